@@ -1,0 +1,1 @@
+//! Weft control protocol, sans-IO: Noise IK handshake, authenticated frames, message codec

@@ -1,0 +1,3 @@
+//! weft-control, the Weft coordination server
+
+fn main() {}

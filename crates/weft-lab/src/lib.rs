@@ -1,0 +1,1 @@
+//! Test harness for Weft end-to-end tests: network namespaces, veth links, processes, waits

@@ -1,0 +1,1 @@
+//! Weft's data-plane drivers: the TUN device, batched UDP and the engine loop joining them to weft-wg

@@ -1,0 +1,36 @@
+//! WireGuard for Weft, sans-IO.
+//!
+//! This crate holds the protocol side of Weft's data plane and nothing else:
+//! no sockets, no TUN, no threads, no clock reads. Drivers (see `weft-net`)
+//! feed it packets and the current time and do what it says.
+//!
+//! * [`Device`]: a WireGuard interface — private key, listen port, fwmark and
+//!   peers — with the cryptokey routing table ([`allowed_ips::AllowedIps`]).
+//!   Its data-path methods take `&self` so a TUN thread and a UDP thread can
+//!   drive one device concurrently (one lock per peer).
+//! * [`session`]: one peer's Noise session behind our own [`session::WgSession`]
+//!   trait, implemented on boringtun's `noise::Tunn`. boringtun reads its own
+//!   clock; we build it with `mock-instant` and set that (thread-local) clock
+//!   from the caller's `now` right before every call, so every timer in this
+//!   crate — ours and boringtun's — runs on injected time.
+//! * [`uapi`]: the cross-platform UAPI text protocol (`get=1` / `set=1`)
+//!   spoken by `wg(8)`, parsed into typed [`DeviceUpdate`]s.
+//!
+//! Driving loop (driver side):
+//! 1. Packets from TUN → [`Device::encapsulate`]; datagrams from UDP →
+//!    [`Device::decapsulate`]. Both write into the caller's buffer.
+//! 2. Every [`TIMER_TICK`] call [`Device::handle_timeout`].
+//! 3. Configuration comes through [`Device::apply`] (typed) or
+//!    [`Device::uapi_set`] (text); both are all-or-nothing.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod allowed_ips;
+mod device;
+pub mod ip;
+pub mod session;
+pub mod uapi;
+
+pub use device::{
+    Applied, Decapsulated, Device, DeviceStats, DeviceUpdate, DropReason, Encapsulated,
+    PeerStats, PeerUpdate, TIMER_TICK,
+};
