@@ -1,0 +1,1 @@
+//! weft-control storage: users, nodes, keys, addresses and policies on SQLite or PostgreSQL.
