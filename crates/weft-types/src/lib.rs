@@ -7,6 +7,9 @@
 //! cannot bypass validation.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod control;
+pub mod filter;
+pub mod ids;
 pub mod key;
 
 pub use key::{

@@ -1,0 +1,1 @@
+//! Netmaps and the control protocol messages (in progress).

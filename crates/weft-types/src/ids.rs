@@ -1,0 +1,1 @@
+//! Identifiers: node, user, profile ids (in progress).
