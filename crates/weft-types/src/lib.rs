@@ -1,18 +1,30 @@
 //! Weft's shared vocabulary, in the role Tailscale's `tailcfg` plays: keys,
-//! identifiers and (as the control protocol grows) every message that passes
+//! identifiers, validated names, nodes, netmaps and every message that passes
 //! between weft-control, weftd and the CLI.
 //!
 //! This crate holds types only: no I/O, no async runtime, no CLI or database
 //! dependencies. Validated values deserialize through their `FromStr`, so JSON
-//! cannot bypass validation.
+//! cannot bypass validation. Times are [`UnixMillis`]. The doc of every
+//! `Option` field says what `None` means.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod control;
 pub mod filter;
 pub mod ids;
 pub mod key;
+pub mod names;
+pub mod netmap;
+pub mod node;
+pub mod time;
+pub mod version;
 
+pub use ids::{NodeId, StableNodeId, UserId};
 pub use key::{
     DiscoPrivate, DiscoPublic, KeyParseError, MachinePrivate, MachinePublic, NodePrivate,
     NodePublic,
 };
+pub use names::{DnsLabel, DnsName, Hostname, LoginName, NameError, Tag};
+pub use netmap::{Delta, MapBody, MapResponse, NetMap, PeerDelta};
+pub use node::{Endpoint, EndpointKind, HostInfo, Node, NodeOwner, UserProfile};
+pub use time::UnixMillis;
+pub use version::CapabilityVersion;
