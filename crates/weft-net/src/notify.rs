@@ -1,0 +1,151 @@
+//! Waking threads that sleep in `poll(2)`.
+//!
+//! Every engine thread sleeps in `poll` on its data descriptor (TUN or UDP)
+//! plus one or more [`Notify`]s. A `Notify` is an `eventfd`: once
+//! [`Notify::notify`] has been called it stays readable until
+//! [`Notify::clear`], so a stop signal reaches every thread that polls it,
+//! whenever that thread next looks.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+/// A level-triggered, shareable wake-up flag backed by an `eventfd`.
+#[derive(Debug)]
+pub struct Notify {
+    fd: EventFd,
+    set: AtomicBool,
+}
+
+impl Notify {
+    /// Creates a notifier in the cleared state.
+    ///
+    /// # Errors
+    /// The `eventfd(2)` error (e.g. `EMFILE`).
+    pub fn new() -> io::Result<Self> {
+        let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(io::Error::from)?;
+        Ok(Self {
+            fd,
+            set: AtomicBool::new(false),
+        })
+    }
+
+    /// Sets the flag and makes the descriptor readable. Idempotent.
+    pub fn notify(&self) {
+        if !self.set.swap(true, Ordering::AcqRel) {
+            // Cannot fail short of counter overflow, which one write per
+            // set/clear cycle never reaches.
+            let _ = self.fd.write(1);
+        }
+    }
+
+    /// Returns whether the flag is set (cheap: one atomic load).
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Clears the flag and drains the descriptor.
+    pub fn clear(&self) {
+        if self.set.swap(false, Ordering::AcqRel) {
+            // EAGAIN when already drained is fine.
+            let _ = self.fd.read();
+        }
+    }
+}
+
+impl AsFd for Notify {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// What [`wait`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ready {
+    /// The data descriptor is ready for the requested direction (or has an
+    /// error/hangup pending, which the next I/O call will report).
+    pub io: bool,
+    /// Which of the notifiers are readable, by position.
+    pub notified: [bool; 2],
+}
+
+/// Sleeps until `fd` is ready for `events`, one of `notifiers` is set, or
+/// `timeout` passes (`None` = no limit). `EINTR` counts as a spurious wake-up.
+pub(crate) fn wait(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    notifiers: &[&Notify],
+    timeout: Option<Duration>,
+) -> io::Result<Ready> {
+    let mut fds: [PollFd<'_>; 3] = [
+        PollFd::new(fd, events),
+        PollFd::new(fd, PollFlags::empty()),
+        PollFd::new(fd, PollFlags::empty()),
+    ];
+    let count = 1 + notifiers.len().min(2);
+    for (slot, n) in fds[1..].iter_mut().zip(notifiers) {
+        *slot = PollFd::new(n.as_fd(), PollFlags::POLLIN);
+    }
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+    };
+    let mut ready = Ready {
+        io: false,
+        notified: [false; 2],
+    };
+    match nix::poll::poll(&mut fds[..count], timeout) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EINTR) => return Ok(ready),
+        Err(e) => return Err(e.into()),
+    }
+    let revents = |p: &PollFd<'_>| p.revents().unwrap_or(PollFlags::empty());
+    ready.io = !revents(&fds[0]).is_empty();
+    for i in 0..count - 1 {
+        ready.notified[i] = !revents(&fds[i + 1]).is_empty();
+    }
+    Ok(ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    #[test]
+    fn a_notifier_wakes_a_poller_and_stays_set_until_cleared() {
+        let (a, _b) = UnixDatagram::pair().unwrap();
+        let stop = Notify::new().unwrap();
+        let r = wait(a.as_fd(), PollFlags::POLLIN, &[&stop], Some(Duration::ZERO)).unwrap();
+        assert_eq!(r.notified, [false, false]);
+        stop.notify();
+        stop.notify();
+        assert!(stop.is_set());
+        for _ in 0..2 {
+            let r = wait(a.as_fd(), PollFlags::POLLIN, &[&stop], None).unwrap();
+            assert!(r.notified[0]);
+            assert!(!r.io);
+        }
+        stop.clear();
+        assert!(!stop.is_set());
+        let r = wait(a.as_fd(), PollFlags::POLLIN, &[&stop], Some(Duration::ZERO)).unwrap();
+        assert!(!r.notified[0]);
+    }
+
+    #[test]
+    fn data_on_the_descriptor_is_reported_as_io() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let stop = Notify::new().unwrap();
+        let wake = Notify::new().unwrap();
+        b.send(b"x").unwrap();
+        wake.notify();
+        let r = wait(a.as_fd(), PollFlags::POLLIN, &[&stop, &wake], None).unwrap();
+        assert!(r.io);
+        assert_eq!(r.notified, [false, true]);
+    }
+}

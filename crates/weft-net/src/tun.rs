@@ -1,0 +1,395 @@
+//! The TUN device, with Linux offloads when the kernel has them.
+//!
+//! With offloads on (`IFF_VNET_HDR` plus `TUNSETOFFLOAD` TSO4/TSO6, and USO
+//! on kernels ≥ 6.2), every read returns one *super-packet* of up to 64 KiB
+//! that the kernel did not segment, preceded by a `virtio_net_hdr`.
+//! [`TunReader`] splits it back into MTU-sized packets (tun-rs's `gso_split`).
+//! On the way in, [`TunWriter`] hands a batch of packets to tun-rs's
+//! `GROTable`, which coalesces consecutive TCP segments (and UDP datagrams
+//! with USO) of one flow into super-packets again, so the kernel's TCP stack
+//! sees few large packets instead of many small ones. That, not the crypto,
+//! is what makes a userspace tunnel fast.
+//!
+//! Without offloads (old kernels, or [`Offload::Off`]) both sides fall back
+//! to one plain packet per `read`/`write`, still batched in userspace.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+
+use crate::error::TunError;
+
+/// Largest IP packet a TUN device can carry.
+pub const MAX_PACKET: usize = 65535;
+
+/// Packets per read batch: enough for one 64 KiB super-packet at MSS ≥ 512,
+/// twice over, so draining several super-packets per batch never runs out
+/// of room in the middle of a split.
+const READ_SLOTS: usize = 2 * tun_rs::IDEAL_BATCH_SIZE;
+
+/// With offloads, keep reading only while this many slots are free: a
+/// super-packet that does not fit would be lost by `gso_split`.
+const MIN_FREE_SLOTS_OFFLOAD: usize = tun_rs::IDEAL_BATCH_SIZE;
+
+/// Packets per write batch handed to the GRO table.
+pub(crate) const WRITE_SLOTS: usize = tun_rs::IDEAL_BATCH_SIZE;
+
+/// Whether to ask the kernel for segmentation offloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Offload {
+    /// Use offloads if the kernel supports them, else plain packets.
+    #[default]
+    Auto,
+    /// Never use offloads.
+    Off,
+}
+
+/// How to create the TUN device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunConfig {
+    /// Interface name (1–15 bytes).
+    pub name: String,
+    /// Initial MTU.
+    pub mtu: u16,
+    /// Offload policy.
+    pub offload: Offload,
+    /// Transmit queue length (the kernel default for TUN is 500).
+    pub tx_queue_len: Option<u32>,
+    /// An IPv4 address and prefix length to assign at creation.
+    pub ipv4: Option<(Ipv4Addr, u8)>,
+}
+
+impl TunConfig {
+    /// Returns a config for `name` with MTU 1420, offloads on if available.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            mtu: 1420,
+            offload: Offload::Auto,
+            tx_queue_len: Some(1000),
+            ipv4: None,
+        }
+    }
+}
+
+/// An open, non-persistent TUN device; the interface disappears when this is
+/// dropped.
+pub struct Tun {
+    dev: SyncDevice,
+    name: String,
+    offload: bool,
+    udp_offload: bool,
+}
+
+impl std::fmt::Debug for Tun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tun")
+            .field("name", &self.name)
+            .field("offload", &self.offload)
+            .field("udp_offload", &self.udp_offload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tun {
+    /// Creates the device, sets its MTU and brings it up, non-blocking.
+    ///
+    /// With [`Offload::Auto`], a kernel that refuses `IFF_VNET_HDR` or
+    /// `TUNSETOFFLOAD` gets a second attempt without offloads.
+    ///
+    /// # Errors
+    /// A [`TunError`] that names what is missing (the driver, the
+    /// capability) and how to fix it.
+    pub fn create(config: &TunConfig) -> Result<Self, TunError> {
+        validate_name(&config.name)?;
+        let attempt = |offload: bool| {
+            let mut builder = DeviceBuilder::new()
+                .name(config.name.clone())
+                .mtu(config.mtu)
+                .offload(offload)
+                .enable(true);
+            if let Some(len) = config.tx_queue_len {
+                builder = builder.tx_queue_len(len);
+            }
+            if let Some((addr, prefix)) = config.ipv4 {
+                builder = builder.ipv4(addr, prefix, None);
+            }
+            builder.build_sync()
+        };
+        let dev = match config.offload {
+            Offload::Off => attempt(false).map_err(|e| classify(&config.name, e))?,
+            Offload::Auto => match attempt(true) {
+                Ok(dev) => dev,
+                Err(e) => match classify(&config.name, e) {
+                    TunError::Other { source, .. } => {
+                        tracing::warn!(
+                            error = %source,
+                            "TUN offloads unavailable; falling back to one packet per read/write"
+                        );
+                        attempt(false).map_err(|e| classify(&config.name, e))?
+                    }
+                    fatal => return Err(fatal),
+                },
+            },
+        };
+        dev.set_nonblocking(true).map_err(|source| TunError::Other {
+            name: config.name.clone(),
+            source,
+        })?;
+        let offload = dev.tcp_gso();
+        let udp_offload = dev.udp_gso();
+        tracing::debug!(name = %config.name, offload, udp_offload, "TUN device created");
+        Ok(Self {
+            dev,
+            name: config.name.clone(),
+            offload,
+            udp_offload,
+        })
+    }
+
+    /// Returns the interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Returns whether TCP segmentation offload (virtio header) is on.
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Returns whether UDP segmentation offload (USO) is on as well.
+    pub fn udp_offload(&self) -> bool {
+        self.udp_offload
+    }
+
+    pub(crate) fn device(&self) -> &SyncDevice {
+        &self.dev
+    }
+}
+
+impl AsFd for Tun {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.dev.as_fd()
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), TunError> {
+    let ok = !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(TunError::InvalidName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+fn classify(name: &str, source: io::Error) -> TunError {
+    let name = name.to_owned();
+    match source.raw_os_error() {
+        Some(libc::ENOENT | libc::ENODEV | libc::ENXIO) => TunError::NoDriver { source },
+        Some(libc::EPERM | libc::EACCES) => TunError::PermissionDenied { name, source },
+        Some(libc::EBUSY) => TunError::Busy { name, source },
+        _ => TunError::Other { name, source },
+    }
+}
+
+/// Whether an I/O error means the device is gone (deleted, fd invalid).
+pub(crate) fn is_fatal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::EBADFD | libc::ENODEV | libc::ENXIO)
+    )
+}
+
+/// Reusable buffers for reading batches of packets from TUN.
+pub(crate) struct TunReader {
+    /// One raw read: virtio header plus up to 64 KiB.
+    original: Vec<u8>,
+    slots: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    count: usize,
+    min_free: usize,
+}
+
+impl TunReader {
+    pub(crate) fn new(offload: bool) -> Self {
+        Self {
+            original: vec![0; VIRTIO_NET_HDR_LEN + MAX_PACKET],
+            slots: (0..READ_SLOTS).map(|_| vec![0; MAX_PACKET]).collect(),
+            sizes: vec![0; READ_SLOTS],
+            count: 0,
+            min_free: if offload { MIN_FREE_SLOTS_OFFLOAD } else { 1 },
+        }
+    }
+
+    /// Reads whatever the device has queued, up to the batch size, without
+    /// blocking. Returns the number of packets now in the batch (0 = nothing
+    /// queued: poll the device). Malformed super-packets are skipped and
+    /// counted in `bad`.
+    ///
+    /// # Errors
+    /// Only errors that mean the device is gone ([`is_fatal`]).
+    pub(crate) fn read_batch(&mut self, tun: &Tun, bad: &mut u64) -> io::Result<usize> {
+        self.count = 0;
+        while self.slots.len() - self.count >= self.min_free {
+            let (slots, sizes) = (
+                &mut self.slots[self.count..],
+                &mut self.sizes[self.count..],
+            );
+            match tun
+                .device()
+                .recv_multiple(&mut self.original, slots, sizes, 0)
+            {
+                Ok(n) => self.count += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => {
+                    *bad += 1;
+                    tracing::debug!(error = %e, "dropping a packet TUN returned that could not be split");
+                }
+            }
+        }
+        Ok(self.count)
+    }
+
+    /// Returns the packets of the last batch.
+    pub(crate) fn packets(&self) -> impl Iterator<Item = &[u8]> {
+        self.slots
+            .iter()
+            .zip(&self.sizes)
+            .take(self.count)
+            .filter_map(|(slot, &size)| slot.get(..size))
+    }
+}
+
+/// Reusable buffers for writing batches of packets to TUN, with GRO.
+pub(crate) struct TunWriter {
+    slots: Vec<Vec<u8>>,
+    count: usize,
+    gro: GROTable,
+}
+
+/// Room in front of each packet for the virtio header the GRO table writes.
+const HEADROOM: usize = VIRTIO_NET_HDR_LEN;
+
+impl TunWriter {
+    pub(crate) fn new() -> Self {
+        Self {
+            // Capacity for a coalesced 64 KiB super-packet (the GRO table
+            // refuses to coalesce beyond the capacity, it never reallocates
+            // past what we give here because it checks first).
+            slots: (0..WRITE_SLOTS)
+                .map(|_| Vec::with_capacity(MAX_PACKET + 2 * HEADROOM))
+                .collect(),
+            count: 0,
+            gro: GROTable::new(),
+        }
+    }
+
+    /// Returns whether the batch is full (flush before the next packet).
+    pub(crate) fn is_full(&self) -> bool {
+        self.count == self.slots.len()
+    }
+
+    /// Returns the number of packets waiting in the batch.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Returns a buffer of at least `need` bytes for the next packet, or
+    /// `None` when the batch is full.
+    pub(crate) fn next_slot(&mut self, need: usize) -> Option<&mut [u8]> {
+        let need = need.min(MAX_PACKET);
+        let slot = self.slots.get_mut(self.count)?;
+        // Only the bytes beyond the previous length get zeroed, which is
+        // usually nothing: consecutive packets have similar sizes.
+        slot.resize(HEADROOM + need, 0);
+        slot.get_mut(HEADROOM..)
+    }
+
+    /// Commits the packet written into the slot from [`Self::next_slot`]:
+    /// `len` bytes starting `offset` bytes into it.
+    pub(crate) fn commit(&mut self, offset: usize, len: usize) {
+        let Some(slot) = self.slots.get_mut(self.count) else {
+            return;
+        };
+        if offset != 0 {
+            slot.copy_within(HEADROOM + offset..HEADROOM + offset + len, HEADROOM);
+        }
+        slot.truncate(HEADROOM + len);
+        self.count += 1;
+    }
+
+    /// Writes the batch (coalesced where possible) and empties it.
+    ///
+    /// # Errors
+    /// The last write error; a fatal one ([`is_fatal`]) means the device is
+    /// gone.
+    pub(crate) fn flush(&mut self, tun: &Tun) -> io::Result<()> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        let n = std::mem::take(&mut self.count);
+        tun.device()
+            .send_multiple(&mut self.gro, &mut self.slots[..n], HEADROOM)
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_validated_before_touching_the_kernel() {
+        assert!(validate_name("labwga").is_ok());
+        assert!(validate_name("a23456789012345").is_ok());
+        for bad in ["", "a234567890123456", "a/b", "a b", "x:1", "..", "."] {
+            assert!(matches!(validate_name(bad), Err(TunError::InvalidName { .. })), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn permission_and_driver_errors_say_how_to_fix_them() {
+        let e = classify("wg0", io::Error::from_raw_os_error(libc::EPERM));
+        assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}");
+        let e = classify("wg0", io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(e.to_string().contains("modprobe tun"), "{e}");
+        let e = classify("wg0", io::Error::from_raw_os_error(libc::EBUSY));
+        assert!(e.to_string().contains("in use"), "{e}");
+    }
+
+    #[test]
+    fn the_writer_moves_a_packet_written_at_an_offset_to_the_front() {
+        let mut w = TunWriter::new();
+        let slot = w.next_slot(200).unwrap();
+        assert!(slot.len() >= 200);
+        slot[10..14].copy_from_slice(&[0x45, 1, 2, 3]);
+        w.commit(10, 4);
+        assert_eq!(w.len(), 1);
+        assert_eq!(&w.slots[0][HEADROOM..], &[0x45, 1, 2, 3]);
+    }
+
+    #[test]
+    fn the_writer_reports_full_after_its_slots_are_used() {
+        let mut w = TunWriter::new();
+        for _ in 0..WRITE_SLOTS {
+            assert!(!w.is_full());
+            w.next_slot(20).unwrap();
+            w.commit(0, 20);
+        }
+        assert!(w.is_full());
+        assert!(w.next_slot(20).is_none());
+    }
+}
