@@ -78,6 +78,7 @@ impl BoundSocket {
             dual_stack,
         };
         this.grow_buffers();
+        this.undo_quinn_defaults();
         if fwmark != 0 {
             this.set_mark(fwmark)?;
         }
@@ -129,6 +130,28 @@ impl BoundSocket {
         if setsockopt(&fd, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
             let _ = setsockopt(&fd, sockopt::SndBuf, &SOCKET_BUFFER);
         }
+    }
+
+    /// quinn-udp tunes the socket for QUIC; two of its choices do not suit a
+    /// WireGuard socket:
+    /// * "probe" path-MTU mode plus don't-fragment: a datagram over the path
+    ///   MTU (a tunnel MTU set too high) would be dropped, where wireguard-go
+    ///   and kernel WireGuard let the kernel fragment it. Restore the
+    ///   kernel's default ("want": DF set, fragment locally when needed).
+    /// * receive timestamps, which we never read: turn them off.
+    fn undo_quinn_defaults(&self) {
+        let fd = self.sock.as_fd();
+        let _ = set_int_option(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_WANT);
+        if self.dual_stack {
+            let _ = set_int_option(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_WANT,
+            );
+            let _ = setsockopt(&fd, sockopt::Ipv6DontFrag, &false);
+        }
+        let _ = setsockopt(&fd, sockopt::ReceiveTimestampns, &false);
     }
 
     /// Maps `to` into this socket's address family (IPv4 → `::ffff:` on a
@@ -238,6 +261,26 @@ impl BoundSocket {
 impl AsFd for BoundSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
+    }
+}
+
+/// Sets an integer socket option that neither nix nor socket2 wraps.
+fn set_int_option(fd: BorrowedFd<'_>, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `fd` is a live socket for the duration of the call, and the
+    // option value is a properly sized and aligned c_int on our stack.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            level,
+            name,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
