@@ -1,0 +1,355 @@
+//! Requests and responses of the LocalAPI. JSON field names are stable:
+//! fields may be added, never renamed or removed.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use weft_types::ids::{NodeId, UserId};
+use weft_types::key::NodePublic;
+
+/// Where the daemon's backend is in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    /// Starting up; nothing known yet.
+    NoState,
+    /// No usable node key: the user must log in (`weft up` / `weft login`).
+    NeedsLogin,
+    /// Logged in, but an admin must approve this machine.
+    NeedsMachineAuth,
+    /// Logged in, but the user asked to be down (`weft down`).
+    Stopped,
+    /// Connecting to control / waiting for the first netmap.
+    Starting,
+    /// Connected; the data plane is programmed from a netmap.
+    Running,
+}
+
+impl BackendState {
+    /// Returns the line `weft status` prints when the daemon is not running.
+    pub fn not_running_message(self) -> Option<&'static str> {
+        match self {
+            BackendState::Stopped => Some("Weft is stopped."),
+            BackendState::NeedsLogin => Some("Logged out."),
+            BackendState::NeedsMachineAuth => Some("Machine is not yet approved by tailnet admin."),
+            BackendState::NoState => Some("Weft is starting."),
+            BackendState::Starting | BackendState::Running => None,
+        }
+    }
+}
+
+/// A profile's preferences. Every field is sticky: it persists in the state
+/// file and survives restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prefs {
+    /// The control server's URL (`--login-server`).
+    pub control_url: String,
+    /// Whether the user wants the node connected (`up` sets, `down` clears).
+    pub want_running: bool,
+    /// Whether the profile was explicitly logged out.
+    pub logged_out: bool,
+    /// Hostname to report instead of the OS hostname (`--hostname`).
+    pub hostname: Option<String>,
+    /// Run the built-in SSH server on the tailnet addresses (`--ssh`).
+    pub run_ssh: bool,
+    /// Refuse all new inbound connections (`--shields-up`).
+    pub shields_up: bool,
+    /// Use the tailnet's DNS settings (`--accept-dns`).
+    pub accept_dns: bool,
+    /// Tags this node asks to be given (`--advertise-tags`), e.g. `tag:server`.
+    pub advertise_tags: Vec<String>,
+    /// The profile's nickname (`weft set --nickname`), shown by `switch --list`.
+    pub nickname: Option<String>,
+}
+
+/// The URL used when `--login-server` is never given.
+pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:8080";
+
+impl Default for Prefs {
+    fn default() -> Self {
+        Prefs {
+            control_url: DEFAULT_CONTROL_URL.to_owned(),
+            want_running: false,
+            logged_out: false,
+            hostname: None,
+            run_ssh: false,
+            shields_up: false,
+            accept_dns: true,
+            advertise_tags: Vec::new(),
+            nickname: None,
+        }
+    }
+}
+
+/// A partial change to [`Prefs`]: `None` leaves a field unchanged (Tailscale's
+/// `MaskedPrefs`, typed). `hostname`/`nickname` use `Some(None)` to clear.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrefsPatch {
+    pub control_url: Option<String>,
+    pub want_running: Option<bool>,
+    pub hostname: Option<Option<String>>,
+    pub run_ssh: Option<bool>,
+    pub shields_up: Option<bool>,
+    pub accept_dns: Option<bool>,
+    pub advertise_tags: Option<Vec<String>>,
+    pub nickname: Option<Option<String>>,
+}
+
+impl PrefsPatch {
+    /// Returns `prefs` with this patch applied.
+    pub fn apply_to(&self, prefs: &Prefs) -> Prefs {
+        let mut p = prefs.clone();
+        if let Some(v) = &self.control_url {
+            p.control_url.clone_from(v);
+        }
+        if let Some(v) = self.want_running {
+            p.want_running = v;
+        }
+        if let Some(v) = &self.hostname {
+            p.hostname.clone_from(v);
+        }
+        if let Some(v) = self.run_ssh {
+            p.run_ssh = v;
+        }
+        if let Some(v) = self.shields_up {
+            p.shields_up = v;
+        }
+        if let Some(v) = self.accept_dns {
+            p.accept_dns = v;
+        }
+        if let Some(v) = &self.advertise_tags {
+            p.advertise_tags.clone_from(v);
+        }
+        if let Some(v) = &self.nickname {
+            p.nickname.clone_from(v);
+        }
+        p
+    }
+
+    /// Returns whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == PrefsPatch::default()
+    }
+}
+
+/// The body of `POST start`: what `weft up` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StartRequest {
+    /// The complete desired prefs (`up` states everything); `None` keeps the
+    /// current prefs and only sets `want_running`.
+    pub prefs: Option<Prefs>,
+    /// A pre-auth key to register with, if any (never stored).
+    pub auth_key: Option<String>,
+    /// Re-authenticate even if the node key is still valid (new node key).
+    pub force_reauth: bool,
+}
+
+/// `GET status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The daemon's version.
+    pub version: String,
+    pub backend_state: BackendState,
+    /// The pending interactive-login URL, while one is pending.
+    pub auth_url: Option<String>,
+    /// The TUN device name.
+    pub tun: String,
+    /// The current tailnet, once logged in.
+    pub tailnet: Option<TailnetInfo>,
+    /// This node, once it has a netmap.
+    #[serde(rename = "self")]
+    pub self_node: Option<PeerStatus>,
+    /// The logged-in user (none for tagged nodes).
+    pub user: Option<UserInfo>,
+    /// Peers, sorted by name.
+    pub peers: Vec<PeerStatus>,
+    /// Problems a human should know about ("control server unreachable since …").
+    pub health: Vec<String>,
+    /// The inbound packet filter.
+    pub filter: FilterStatus,
+    /// The current login profile.
+    pub profile: Option<ProfileSummary>,
+}
+
+/// The tailnet this node is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailnetInfo {
+    /// The tailnet's DNS domain, e.g. `example.weft.internal`.
+    pub domain: String,
+    /// The control server's URL.
+    pub control_url: String,
+}
+
+/// A user as the daemon knows it from the netmap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub id: UserId,
+    pub login_name: String,
+    pub display_name: String,
+}
+
+/// One node (self or a peer) in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub stable_id: String,
+    /// The short MagicDNS name (first label).
+    pub name: String,
+    /// The full MagicDNS name.
+    pub dns_name: String,
+    /// The hostname the node reported.
+    pub hostname: String,
+    pub os: String,
+    /// The owner's login name; `None` for tagged nodes.
+    pub user: Option<String>,
+    pub tags: Vec<String>,
+    /// Tailnet addresses (IPv4 first).
+    pub addresses: Vec<IpAddr>,
+    pub allowed_ips: Vec<IpNet>,
+    pub public_key: NodePublic,
+    /// Endpoints the node reported to control.
+    pub endpoints: Vec<SocketAddr>,
+    /// The UDP address traffic currently goes to, if a direct path is in use.
+    pub cur_addr: Option<SocketAddr>,
+    /// The relay in use when no direct path exists.
+    pub relay: Option<String>,
+    pub online: bool,
+    /// Unix ms the node was last seen by control.
+    pub last_seen_ms: Option<i64>,
+    /// Unix ms of the last WireGuard handshake with this peer.
+    pub last_handshake_ms: Option<i64>,
+    /// Whether traffic flowed recently (a handshake within the last few minutes and bytes moving).
+    pub active: bool,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub expired: bool,
+    /// Unix ms the node key expires (none = never).
+    pub key_expiry_ms: Option<i64>,
+    /// The node's SSH host keys (authorized_keys lines).
+    pub ssh_host_keys: Vec<String>,
+}
+
+/// The inbound packet filter's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterStatus {
+    pub shields_up: bool,
+    /// Number of filter rules in force.
+    pub rules: usize,
+    /// Inbound packets dropped, total.
+    pub dropped: u64,
+    /// Inbound packets dropped, by reason (`not_allowed`, `malformed`, …).
+    pub dropped_by_reason: BTreeMap<String, u64>,
+}
+
+/// A login profile, as `switch --list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileSummary {
+    /// Four hex digits, stable for the profile's life.
+    pub id: String,
+    pub nickname: Option<String>,
+    /// The tailnet domain, once logged in.
+    pub tailnet: Option<String>,
+    /// The login name, once logged in.
+    pub account: Option<String>,
+    pub control_url: String,
+    /// Whether this is the current profile.
+    pub selected: bool,
+}
+
+impl ProfileSummary {
+    /// Returns what `switch --list` shows as the account: the nickname if
+    /// set, else the login name, else `-`.
+    pub fn display_account(&self) -> &str {
+        self.nickname.as_deref().or(self.account.as_deref()).unwrap_or("-")
+    }
+}
+
+/// `POST ping`: one disco ping over the data plane's UDP path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingRequest {
+    /// A peer's tailnet address.
+    pub ip: IpAddr,
+    /// How long to wait for the pong, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// One pong.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingResult {
+    /// The peer's short name.
+    pub node_name: String,
+    /// The peer's tailnet address that was pinged.
+    pub node_ip: IpAddr,
+    /// How the pong arrived.
+    pub via: PingPath,
+    /// Round-trip time in milliseconds.
+    pub latency_ms: f64,
+}
+
+/// The path a pong took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PingPath {
+    /// Directly over UDP from this address.
+    Direct(SocketAddr),
+    /// Through the named relay.
+    Relay(String),
+}
+
+/// `GET whois?addr=IP`: who owns a tailnet address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhoIs {
+    pub node: PeerStatus,
+    /// The owner; `None` for tagged nodes.
+    pub user: Option<UserInfo>,
+}
+
+/// `GET debug/prefs`: the current profile's prefs and persisted identity,
+/// private keys redacted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugPrefs {
+    pub profile_id: String,
+    pub prefs: Prefs,
+    /// The node's public key, if it has one.
+    pub node_key: Option<NodePublic>,
+    /// Always `"<redacted>"` when a private node key exists.
+    pub private_node_key: Option<String>,
+    pub node_id: Option<NodeId>,
+    pub user: Option<String>,
+    /// The control server key pinned at first contact.
+    pub control_key: Option<String>,
+}
+
+/// One event on the `watch` stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Notify {
+    /// Always first: the state at the moment the watch began.
+    Snapshot {
+        state: BackendState,
+        auth_url: Option<String>,
+        prefs: Prefs,
+    },
+    /// The backend moved to a new state.
+    State { state: BackendState },
+    /// The user should open this URL to log in.
+    BrowseToUrl { url: String },
+    /// An interactive or key login finished successfully.
+    LoginFinished,
+    /// Prefs changed.
+    Prefs { prefs: Prefs },
+    /// A new netmap was applied.
+    NetMap { peers: usize },
+    /// Something went wrong that the user should see (e.g. a refused auth key).
+    Error { message: String },
+}
+
+/// The body of every non-2xx response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
