@@ -1,1 +1,36 @@
-//! Weft access policy: HuJSON parsing and validation, compilation per node, evaluation and explanation (pure)
+//! Weft's access policy, decided by pure code: parse and validate the HuJSON
+//! policy file, compile it per destination node into the packet filter and
+//! SSH policy that node enforces (`weft_types::filter`), explain any single
+//! decision, run the file's own `tests`/`sshTests`, and judge an SSH login
+//! against a local user snapshot the caller provides.
+//!
+//! This crate does no I/O: no files, no clock, no passwd lookups. The
+//! control server feeds it the policy text and its view of the tailnet; the
+//! node daemon feeds it the compiled SSH policy and a user lookup; the CLI
+//! feeds it files for offline checks.
+//!
+//! ```text
+//! Policy::parse(text) ─┐
+//!                      ├─ compile_all ─> CompiledTailnet ─ packet_filter(node) / ssh_policy(node) / visible_peers(node)
+//! Tailnet::new(..) ────┘   explain(..) / Policy::run_tests(..)
+//! ```
+//!
+//! The policy language, its semantics and how they differ from Tailscale's
+//! are documented in `docs/POLICY.md`.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod bits;
+pub mod compile;
+pub mod error;
+mod eval;
+mod hujson;
+mod parse;
+pub mod policy;
+mod syntax;
+pub mod tailnet;
+
+pub use compile::{CompiledTailnet, compile, compile_all};
+pub use error::{ErrorKind, PolicyError, TailnetError};
+pub use policy::{DEFAULT_POLICY, Policy};
+pub use syntax::proto_name;
+pub use tailnet::{Endpoint, Node, NodeId, Role, Tailnet, User};

@@ -1,0 +1,152 @@
+//! Fixed-size bitsets and interval-to-CIDR conversion for the compiler.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+/// A fixed-size set of small integers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Bits {
+    words: Vec<u64>,
+}
+
+impl Bits {
+    pub(crate) fn new(len: usize) -> Self {
+        Bits { words: vec![0; len.div_ceil(64)] }
+    }
+
+    pub(crate) fn set(&mut self, i: usize) {
+        if let Some(w) = self.words.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+
+    pub(crate) fn clear(&mut self, i: usize) {
+        if let Some(w) = self.words.get_mut(i / 64) {
+            *w &= !(1 << (i % 64));
+        }
+    }
+
+    pub(crate) fn get(&self, i: usize) -> bool {
+        self.words.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.words.iter().all(|w| *w == 0)
+    }
+
+    pub(crate) fn or_assign(&mut self, other: &Bits) {
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a |= *b;
+        }
+    }
+
+    pub(crate) fn and(&self, other: &Bits) -> Bits {
+        Bits { words: self.words.iter().zip(&other.words).map(|(a, b)| a & b).collect() }
+    }
+
+    /// Iterates the members in ascending order.
+    pub(crate) fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(wi, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let b = w.trailing_zeros() as usize;
+                w &= w - 1;
+                Some(wi * 64 + b)
+            })
+        })
+    }
+
+    /// Maps a set over pairs (`2i`, `2i + 1`) to a set over `i` in `0..n`.
+    pub(crate) fn project_pairs(&self, n: usize) -> Bits {
+        let mut out = Bits::new(n);
+        for s in self.ones() {
+            out.set(s / 2);
+        }
+        out
+    }
+}
+
+fn mask(bits: u32) -> u128 {
+    if bits >= 128 { u128::MAX } else { (1u128 << bits) - 1 }
+}
+
+/// Appends the fewest CIDRs covering the union of sorted inclusive
+/// intervals of a `width`-bit address family (32 or 128).
+pub(crate) fn cidrs(intervals: impl Iterator<Item = (u128, u128)>, width: u32, out: &mut Vec<IpNet>) {
+    let mut merged: Vec<(u128, u128)> = Vec::new();
+    for (lo, hi) in intervals {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    for (lo, hi) in merged {
+        let mut cur = lo;
+        loop {
+            let mut bits = if cur == 0 { width } else { cur.trailing_zeros().min(width) };
+            while bits > 0 && (cur | mask(bits)) > hi {
+                bits -= 1;
+            }
+            let len = u8::try_from(width - bits).unwrap_or(0);
+            let addr = if width == 32 {
+                IpAddr::V4(Ipv4Addr::from(u32::try_from(cur).unwrap_or(0)))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(cur))
+            };
+            if let Ok(net) = IpNet::new(addr, len) {
+                out.push(net);
+            }
+            let last = cur | mask(bits);
+            if last >= hi {
+                break;
+            }
+            cur = last + 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(lo: &str, hi: &str) -> Vec<String> {
+        let p = |s: &str| u128::from(u32::from(s.parse::<Ipv4Addr>().unwrap()));
+        let mut out = Vec::new();
+        cidrs([(p(lo), p(hi))].into_iter(), 32, &mut out);
+        out.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn ranges_become_the_fewest_cidrs() {
+        assert_eq!(v4("100.64.0.0", "100.64.0.255"), ["100.64.0.0/24"]);
+        assert_eq!(v4("100.64.0.1", "100.64.0.6"), ["100.64.0.1/32", "100.64.0.2/31", "100.64.0.4/31", "100.64.0.6/32"]);
+        assert_eq!(v4("0.0.0.0", "255.255.255.255"), ["0.0.0.0/0"]);
+        assert_eq!(v4("255.255.255.255", "255.255.255.255"), ["255.255.255.255/32"]);
+        let mut out = Vec::new();
+        cidrs([(0, u128::MAX)].into_iter(), 128, &mut out);
+        assert_eq!(out[0].to_string(), "::/0");
+    }
+
+    #[test]
+    fn overlapping_and_adjacent_intervals_merge() {
+        let mut out = Vec::new();
+        cidrs([(0, 3), (2, 5), (6, 7)].into_iter(), 32, &mut out);
+        assert_eq!(out.iter().map(ToString::to_string).collect::<Vec<_>>(), ["0.0.0.0/29"]);
+    }
+
+    #[test]
+    fn bitsets_iterate_in_order_and_project_pairs() {
+        let mut b = Bits::new(200);
+        for i in [0, 3, 64, 65, 199] {
+            b.set(i);
+        }
+        assert_eq!(b.ones().collect::<Vec<_>>(), [0, 3, 64, 65, 199]);
+        assert_eq!(b.project_pairs(100).ones().collect::<Vec<_>>(), [0, 1, 32, 99]);
+        b.clear(3);
+        assert!(!b.get(3));
+    }
+}
