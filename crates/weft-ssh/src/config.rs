@@ -1,0 +1,91 @@
+//! Server configuration: limits, timeouts and the few host paths the server uses.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Configuration of an [`SshServer`](crate::SshServer). [`SshConfig::default`]
+/// holds the production defaults; every field may be changed before `new`.
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    // --- identity ---
+    /// The software version after `SSH-2.0-` in the identification string.
+    pub server_id: String,
+    /// This node's own tailnet addresses: `ssh -R` may bind them (besides
+    /// loopback), never any other address.
+    pub tailnet_addrs: Vec<IpAddr>,
+
+    // --- admission (per TCP source address) ---
+    /// Connections a single source may hold open at once.
+    pub max_conns_per_source: u32,
+    /// Connections the server holds open at once, over all sources.
+    pub max_conns_total: u32,
+    /// Burst of new connections a source may open before being rate limited.
+    pub conn_burst: u32,
+    /// Sustained new connections per second per source after the burst.
+    pub conn_rate_per_sec: f64,
+
+    // --- protocol limits ---
+    /// Longest login name accepted (bytes). Linux allows 32 for useradd and
+    /// 256 for `LOGIN_NAME_MAX`; longer names are refused outright.
+    pub max_username_len: usize,
+    /// Channels (sessions and forwards) a connection may have open at once.
+    pub max_channels_per_conn: usize,
+    /// Remote forwards (`ssh -R`) a connection may hold.
+    pub max_remote_forwards_per_conn: usize,
+    /// Bytes of client input buffered per channel while the consumer (a
+    /// process's stdin, a forwarded socket) is slower than the client. Past
+    /// this the connection is back-pressured at the TCP level.
+    pub channel_input_buffer: usize,
+
+    // --- timeouts ---
+    /// From TCP accept until the SSH identification line has been exchanged.
+    pub handshake_timeout: Duration,
+    /// From TCP accept until authentication succeeds (not counting the time
+    /// a `check` rule holds the login).
+    pub auth_timeout: Duration,
+    /// How long a `check` rule may hold a login waiting for re-authentication.
+    pub check_timeout: Duration,
+    /// A connection with no traffic at all for this long is dropped.
+    pub inactivity_timeout: Duration,
+    /// Keepalive probe interval once authenticated (3 missed probes close).
+    pub keepalive_interval: Duration,
+    /// Timeout for connecting to the target of `ssh -L`/`-W`.
+    pub forward_connect_timeout: Duration,
+
+    // --- host paths ---
+    /// Candidates for the SFTP server binary, first existing one wins.
+    pub sftp_server_paths: Vec<PathBuf>,
+    /// Parent directory for per-connection agent socket directories.
+    pub agent_socket_parent: PathBuf,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            server_id: "Weft".to_owned(),
+            tailnet_addrs: Vec::new(),
+            max_conns_per_source: 32,
+            max_conns_total: 512,
+            conn_burst: 20,
+            conn_rate_per_sec: 2.0,
+            max_username_len: 256,
+            max_channels_per_conn: 64,
+            max_remote_forwards_per_conn: 16,
+            channel_input_buffer: 16 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(60),
+            check_timeout: Duration::from_secs(15 * 60),
+            inactivity_timeout: Duration::from_secs(3600),
+            keepalive_interval: Duration::from_secs(60),
+            forward_connect_timeout: Duration::from_secs(10),
+            sftp_server_paths: vec![
+                PathBuf::from("/usr/lib/openssh/sftp-server"),
+                PathBuf::from("/usr/libexec/openssh/sftp-server"),
+                PathBuf::from("/usr/libexec/sftp-server"),
+                PathBuf::from("/usr/lib/ssh/sftp-server"),
+            ],
+            agent_socket_parent: PathBuf::from("/tmp"),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Weft SSH: the node's built-in SSH server, served on the node's own tailnet
+//! addresses and authorized by tailnet policy instead of keys or passwords.
+//!
+//! What it is. A russh server that weftd embeds. A connection's WireGuard-
+//! authenticated source address is its identity ([`Authorizer::identify`]);
+//! the node's compiled SSH policy decides the login ([`Authorizer::authorize`]:
+//! accept, check, or refuse with a message); `check` logins are held until the
+//! user re-authenticates at the control server ([`CheckHook`]). Sessions run
+//! as the local user with privileges dropped before any user code: the login
+//! shell or `shell -c`, with or without a pty, the system `sftp-server` for
+//! SFTP (and so SCP), `-L`/`-W`/`-R` forwarding and agent forwarding, each
+//! gated by the policy. [`SshServer::update_policy`] closes sessions a new
+//! policy no longer allows.
+//!
+//! What it is not. It never reads `/etc/ssh/sshd_config` or `~/.ssh`, never
+//! accepts passwords or keys, and never binds anything but what weftd hands
+//! it (plus `-R` listeners on loopback or the node's tailnet address).
+//!
+//! Driving it:
+//! 1. Load keys with [`HostKeys::load_or_generate`] and publish
+//!    [`HostKeys::public_lines`] to control.
+//! 2. `SshServer::new(config, &keys, authorizer, check_hook)`, then
+//!    `serve(listener)` per tailnet address (or `serve_stream` per stream).
+//! 3. On every netmap: `update_policy(new_authorizer)`; on exit: `shutdown`.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod authz;
+mod config;
+mod forward;
+mod handler;
+mod hostkeys;
+mod limits;
+mod pump;
+mod server;
+mod session;
+mod user;
+
+pub use authz::{
+    Authorizer, CheckHook, CheckOutcome, CheckRequest, DEFAULT_ACCEPT_ENV, Decision, Grant,
+    PeerIdentity, PendingCheck, glob_match,
+};
+pub use config::SshConfig;
+pub use hostkeys::{HostKeyError, HostKeyOptions, HostKeys, KeySource};
+pub use limits::Refusal;
+pub use server::{ConnectionInfo, PolicyUpdate, ServeError, SshServer};
+pub use user::{LocalUser, UserError};
