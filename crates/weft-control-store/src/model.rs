@@ -1,0 +1,497 @@
+//! The records the store hands out, and the small validated values they use.
+//!
+//! Times are unix milliseconds (`i64`), the project-wide convention for the
+//! database and the wire. `None` for an expiry means "never expires".
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use weft_types::{DiscoPublic, MachinePublic, NodePublic};
+
+use crate::StoreError;
+
+macro_rules! int_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub i64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{} id {}", $what, self.0)
+            }
+        }
+    };
+}
+
+int_id!(
+    /// A user's row id. Assigned by the database, never reused.
+    UserId,
+    "user"
+);
+int_id!(
+    /// A node's row id: short, numeric, never reused (the netmap's node id).
+    NodeId,
+    "node"
+);
+int_id!(
+    /// A pre-auth key's row id.
+    PreauthKeyId,
+    "pre-auth key"
+);
+int_id!(
+    /// An API key's row id.
+    ApiKeyId,
+    "API key"
+);
+int_id!(
+    /// A policy version: versions count up from 1; the highest is current.
+    PolicyVersionId,
+    "policy version"
+);
+
+/// A node's stable id: random text (`n` + 20 hex digits) that stays the same
+/// for the node's whole life, for clients that must not depend on row ids.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct StableNodeId(pub String);
+
+impl fmt::Display for StableNodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A user's role in the tailnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May register nodes and see what the policy allows.
+    Member,
+    /// May also administer the tailnet (users, keys, policy, approvals).
+    Admin,
+}
+
+impl Role {
+    /// Returns the text stored in the `role` column.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "member" => Ok(Role::Member),
+            "admin" => Ok(Role::Admin),
+            other => Err(StoreError::Corrupt {
+                what: "users.role",
+                detail: other.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A node tag such as `tag:server`: `tag:` then 1–63 letters, digits or
+/// dashes, starting with a letter. Tagged nodes are owned by their tags, not
+/// by a user.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Tag(String);
+
+impl Tag {
+    /// Returns the tag text, `tag:` prefix included.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Tag {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        let bad = || StoreError::InvalidTag(s.to_owned());
+        let name = s.strip_prefix("tag:").ok_or_else(bad)?;
+        let first_is_letter = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+        let all_ok = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !first_is_letter || !all_ok || name.len() > 63 {
+            return Err(bad());
+        }
+        Ok(Tag(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How long a node key lives after (re-)registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyLifetime {
+    /// Use the server's default ([`crate::StoreConfig::node_key_expiry`]).
+    #[default]
+    ServerDefault,
+    /// The key never expires.
+    Never,
+    /// The key expires this long after registration.
+    After(Duration),
+}
+
+impl KeyLifetime {
+    /// Encodes as the `node_key_lifetime_ms` column: NULL = server default,
+    /// 0 = never, n > 0 = n milliseconds.
+    pub(crate) fn to_column(self) -> Option<i64> {
+        match self {
+            KeyLifetime::ServerDefault => None,
+            KeyLifetime::Never => Some(0),
+            KeyLifetime::After(d) => Some(duration_ms(d).max(1)),
+        }
+    }
+
+    pub(crate) fn from_column(v: Option<i64>) -> Self {
+        match v {
+            None => KeyLifetime::ServerDefault,
+            Some(n) if n <= 0 => KeyLifetime::Never,
+            Some(n) => KeyLifetime::After(Duration::from_millis(n.unsigned_abs())),
+        }
+    }
+
+    /// Returns the expiry time for a key registered at `now_ms`, given the
+    /// server default (`None` = never).
+    pub fn expiry_from(self, now_ms: i64, server_default: Option<Duration>) -> Option<i64> {
+        let lifetime = match self {
+            KeyLifetime::ServerDefault => server_default?,
+            KeyLifetime::Never => return None,
+            KeyLifetime::After(d) => d,
+        };
+        Some(now_ms.saturating_add(duration_ms(lifetime)))
+    }
+}
+
+/// Converts a duration to whole milliseconds, saturating at `i64::MAX`.
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A user of the tailnet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct User {
+    /// Row id.
+    pub id: UserId,
+    /// Unique login name, e.g. `alice` or `alice@example.com`.
+    pub login_name: String,
+    /// Free-form display name (may be empty).
+    pub display_name: String,
+    /// Member or admin.
+    pub role: Role,
+    /// When the user was created.
+    pub created_ms: i64,
+}
+
+/// Input for [`crate::Store::create_user`].
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Unique login name: 1–254 characters, no whitespace or control characters.
+    pub login_name: String,
+    /// Free-form display name.
+    pub display_name: String,
+    /// Member or admin.
+    pub role: Role,
+}
+
+/// A change to a user; `None` fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    /// New unique login name.
+    pub login_name: Option<String>,
+    /// New display name.
+    pub display_name: Option<String>,
+    /// New role.
+    pub role: Option<Role>,
+}
+
+/// A registered node (a machine in the tailnet).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Node {
+    /// Row id (short, numeric, never reused).
+    pub id: NodeId,
+    /// Random text id that never changes.
+    pub stable_id: StableNodeId,
+    /// The machine key that authenticates the control channel (unique).
+    pub machine_key: MachinePublic,
+    /// The current WireGuard node key (unique).
+    pub node_key: NodePublic,
+    /// The disco key of the running daemon, once reported.
+    pub disco_key: Option<DiscoPublic>,
+    /// The hostname as the node reported it (unsanitized).
+    pub hostname: String,
+    /// The node's DNS label: unique in the tailnet, DNS-safe.
+    pub given_name: String,
+    /// The owning user; `None` for tagged nodes (owned by their tags).
+    pub user: Option<UserId>,
+    /// The user whose key or approval registered the node, if still present.
+    pub registered_by: Option<UserId>,
+    /// Tags, sorted and without duplicates.
+    pub tags: Vec<Tag>,
+    /// Tailnet IPv4 address (unique).
+    pub ipv4: Ipv4Addr,
+    /// Tailnet IPv6 address (unique).
+    pub ipv6: Ipv6Addr,
+    /// Endpoints the node last reported (local and STUN-discovered).
+    pub endpoints: Vec<SocketAddr>,
+    /// Host info as the node last reported it (opaque JSON to the store).
+    pub host_info: serde_json::Value,
+    /// When the node was first registered.
+    pub created_ms: i64,
+    /// When the node was last seen by the server (`None`: never connected).
+    pub last_seen_ms: Option<i64>,
+    /// Whether the server last recorded the node as connected.
+    pub online: bool,
+    /// When the node key expires (`None`: never).
+    pub expiry_ms: Option<i64>,
+    /// Ephemeral nodes are deleted after being offline for a grace period.
+    pub ephemeral: bool,
+    /// The pre-auth key used for the latest registration, if any.
+    pub preauth_key: Option<PreauthKeyId>,
+}
+
+impl Node {
+    /// Returns whether the node key has expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expiry_ms.is_some_and(|e| e <= now_ms)
+    }
+
+    /// Returns both tailnet addresses.
+    pub fn addresses(&self) -> [IpAddr; 2] {
+        [IpAddr::V4(self.ipv4), IpAddr::V6(self.ipv6)]
+    }
+}
+
+/// What a node reports about itself when it registers.
+#[derive(Debug, Clone)]
+pub struct RegisterNode {
+    /// The machine key of the control channel.
+    pub machine_key: MachinePublic,
+    /// The node key to register.
+    pub node_key: NodePublic,
+    /// The disco key, if the daemon already has one.
+    pub disco_key: Option<DiscoPublic>,
+    /// The hostname as reported; sanitized into the node's DNS label.
+    pub hostname: String,
+    /// Host info (opaque JSON to the store).
+    pub host_info: serde_json::Value,
+    /// Endpoints reported with the registration.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// How a registration was authorized.
+#[derive(Debug, Clone, Copy)]
+pub enum RegisterAuth<'a> {
+    /// A pre-auth key in its full text form (`weftkey-auth-…`). The store
+    /// validates it and counts the use in the registration's transaction.
+    PreauthKey(&'a str),
+    /// A user the server already authenticated (interactive approval, OIDC).
+    User {
+        /// The user who approved; owner unless `tags` is non-empty.
+        user: UserId,
+        /// Tags to apply (the node is then owned by its tags).
+        tags: &'a [Tag],
+        /// Whether the node is ephemeral.
+        ephemeral: bool,
+        /// Node-key lifetime.
+        key_lifetime: KeyLifetime,
+    },
+}
+
+/// The result of a registration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    /// The node as committed.
+    pub node: Node,
+    /// `true` if a new node was created; `false` if the machine key was
+    /// already registered and this re-authenticated it (same id, name and
+    /// addresses; new node key, owner, tags and expiry).
+    pub created: bool,
+}
+
+/// A change to a node's self-reported state; `None` fields stay as they are.
+/// Applying it also sets `last_seen`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStatusUpdate {
+    /// New disco key (a daemon restart makes a new one).
+    pub disco_key: Option<DiscoPublic>,
+    /// New endpoint list.
+    pub endpoints: Option<Vec<SocketAddr>>,
+    /// New host info.
+    pub host_info: Option<serde_json::Value>,
+    /// New reported hostname (the DNS label does not follow; see `rename_node`).
+    pub hostname: Option<String>,
+}
+
+/// A pre-auth key. The secret itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PreauthKey {
+    /// Row id.
+    pub id: PreauthKeyId,
+    /// The public part of the key text (`weftkey-auth-<prefix>-…`), for lookups and listings.
+    pub prefix: String,
+    /// The user the key registers nodes for; `None` for tag-only keys.
+    pub user: Option<UserId>,
+    /// Whether the key may be used more than once.
+    pub reusable: bool,
+    /// Whether nodes registered with it are ephemeral.
+    pub ephemeral: bool,
+    /// Tags applied to nodes registered with it.
+    pub tags: Vec<Tag>,
+    /// Node-key lifetime for nodes registered with it.
+    #[serde(skip)]
+    pub node_key_lifetime: KeyLifetime,
+    /// When the key was created.
+    pub created_ms: i64,
+    /// When the key stops being accepted.
+    pub expires_ms: i64,
+    /// How many registrations used it.
+    pub used_count: i64,
+    /// When it was revoked (expired by hand), if it was.
+    pub revoked_ms: Option<i64>,
+}
+
+impl PreauthKey {
+    /// Returns whether the key is still accepted at `now_ms`.
+    pub fn is_usable(&self, now_ms: i64) -> bool {
+        self.revoked_ms.is_none()
+            && now_ms < self.expires_ms
+            && (self.reusable || self.used_count == 0)
+    }
+}
+
+/// Input for [`crate::Store::create_preauth_key`].
+#[derive(Debug, Clone)]
+pub struct NewPreauthKey {
+    /// The user to register nodes for; may be `None` only if `tags` is non-empty.
+    pub user: Option<UserId>,
+    /// Whether the key may be used more than once.
+    pub reusable: bool,
+    /// Whether registered nodes are ephemeral.
+    pub ephemeral: bool,
+    /// Tags applied to registered nodes.
+    pub tags: Vec<Tag>,
+    /// When the key stops being accepted (unix ms).
+    pub expires_ms: i64,
+    /// Node-key lifetime for nodes registered with it.
+    pub node_key_lifetime: KeyLifetime,
+}
+
+/// An admin API key. The secret itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApiKey {
+    /// Row id.
+    pub id: ApiKeyId,
+    /// The public part of the key text (`weftkey-api-<prefix>-…`).
+    pub prefix: String,
+    /// Free-form description.
+    pub description: String,
+    /// When the key was created.
+    pub created_ms: i64,
+    /// When the key stops being accepted (`None`: never).
+    pub expires_ms: Option<i64>,
+    /// When it was revoked, if it was.
+    pub revoked_ms: Option<i64>,
+    /// When it was last verified successfully.
+    pub last_used_ms: Option<i64>,
+}
+
+/// The state of an interactive login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthRequestState {
+    /// Waiting for a user or admin to approve it.
+    Pending,
+    /// Approved; the node is registered.
+    Approved,
+    /// Rejected by an admin.
+    Rejected,
+}
+
+impl AuthRequestState {
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            AuthRequestState::Pending => "pending",
+            AuthRequestState::Approved => "approved",
+            AuthRequestState::Rejected => "rejected",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "pending" => Ok(AuthRequestState::Pending),
+            "approved" => Ok(AuthRequestState::Approved),
+            "rejected" => Ok(AuthRequestState::Rejected),
+            other => Err(StoreError::Corrupt {
+                what: "auth_requests.state",
+                detail: other.to_owned(),
+            }),
+        }
+    }
+}
+
+/// An interactive login: a node asked to register without a key, and the
+/// server showed it a URL containing `auth_id`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuthRequest {
+    /// Random token (32 hex digits) that names the request in the login URL.
+    pub auth_id: String,
+    /// The requesting machine.
+    pub machine_key: MachinePublic,
+    /// The node key it wants registered.
+    pub node_key: NodePublic,
+    /// Its disco key, if reported.
+    pub disco_key: Option<DiscoPublic>,
+    /// Reported hostname.
+    pub hostname: String,
+    /// Reported host info.
+    pub host_info: serde_json::Value,
+    /// When it was created.
+    pub created_ms: i64,
+    /// When it stops being approvable.
+    pub expires_ms: i64,
+    /// Pending, approved or rejected.
+    pub state: AuthRequestState,
+    /// When it was approved or rejected.
+    pub completed_ms: Option<i64>,
+    /// The approving user (owner of the node).
+    pub user: Option<UserId>,
+    /// The node registered on approval.
+    pub node: Option<NodeId>,
+}
+
+/// Input for [`crate::Store::create_auth_request`].
+#[derive(Debug, Clone)]
+pub struct NewAuthRequest {
+    /// The registration the node asked for.
+    pub register: RegisterNode,
+    /// When the request stops being approvable (unix ms).
+    pub expires_ms: i64,
+}
+
+/// One stored version of the policy file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyVersion {
+    /// Version number; the highest is current.
+    pub id: PolicyVersionId,
+    /// The policy text exactly as submitted (HuJSON).
+    pub text: String,
+    /// When it was stored.
+    pub created_ms: i64,
+    /// Who stored it (login name, `api key <prefix>`, `file`, …).
+    pub author: String,
+}
