@@ -123,7 +123,7 @@ impl Parser<'_> {
                 .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.' | '@'))
                 .take(40)
                 .collect();
-            return format!("`{word}`");
+            return format!("`{}`", word.trim_end_matches(':'));
         }
         match c {
             '\n' | '\r' => "end of line".to_string(),

@@ -20,16 +20,24 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod bits;
+pub mod checks;
 pub mod compile;
 pub mod error;
 mod eval;
+pub mod explain;
 mod hujson;
+pub mod offline;
 mod parse;
 pub mod policy;
+pub mod ssh;
 mod syntax;
 pub mod tailnet;
 
+pub use checks::{TestReport, TestResult};
 pub use compile::{CompiledTailnet, compile, compile_all};
+pub use explain::{Explanation, ExplainError, Verdict, explain, explain_query};
+pub use offline::{CheckReport, ExplainReport, Outcome, Source, offline_check, offline_explain};
+pub use ssh::{LocalAccount, RejectReason, SshDecision, authorize_ssh};
 pub use error::{ErrorKind, PolicyError, TailnetError};
 pub use policy::{DEFAULT_POLICY, Policy};
 pub use syntax::proto_name;

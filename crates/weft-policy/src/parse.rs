@@ -422,8 +422,17 @@ fn dst_entries(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R
     strings(v, path, "dst")?
         .into_iter()
         .map(|(s, sv, p)| {
-            let (alias, ports) = syntax::split_dst(s).map_err(|e| fail(sv.span, &p, e))?;
-            let target = syntax::selector(alias, Place::AclDst, names).map_err(|e| fail(sv.span, &p, e))?;
+            let missing_port = || {
+                syntax::selector(s, Place::AclDst, names).is_ok().then(|| {
+                    fail(sv.span, &p, ErrorKind::BadPort {
+                        text: s.to_string(),
+                        reason: format!("a destination needs ports: write \"{s}:*\" for all ports or \"{s}:22\" for one"),
+                    })
+                })
+            };
+            let (alias, ports) = syntax::split_dst(s).map_err(|e| missing_port().unwrap_or_else(|| fail(sv.span, &p, e)))?;
+            let target = syntax::selector(alias, Place::AclDst, names)
+                .map_err(|e| missing_port().unwrap_or_else(|| fail(sv.span, &p, e)))?;
             let ports = syntax::ports(ports).map_err(|e| fail(sv.span, &p, e))?;
             Ok(item(DstEntry { target, ports }, s, sv, lines))
         })

@@ -54,6 +54,9 @@ pub(crate) fn selector(s: &str, place: Place, names: &Names<'_>) -> Result<Selec
         (Selector::Any | Selector::Group(_) | Selector::Autogroup(_), Place::TestEndpoint) => {
             not_here("tests name one identity: a user, tag, host or IP")
         }
+        (Selector::Host(_, net) | Selector::Prefix(net), Place::TestEndpoint) if net.prefix_len() != net.max_prefix_len() => {
+            not_here("tests name one address, not a range")
+        }
         _ => Ok(sel),
     }
 }
