@@ -457,12 +457,17 @@ impl SshServer {
             }
             Ok(Ok(s)) => s,
         };
+        let mut finished = false;
         let outcome = tokio::select! {
-            r = &mut session => r.map_err(|e| ServeError::Protocol(e.to_string())),
+            r = &mut session => {
+                finished = true;
+                r.map_err(|e| ServeError::Protocol(e.to_string()))
+            }
             () = auth_watchdog(phase_rx, shared.config.auth_timeout) => Err(ServeError::AuthTimeout),
             () = closed.cancelled() => Ok(()),
         };
-        if closed.is_cancelled() || outcome.is_err() {
+        // A finished session must not be polled again.
+        if !finished {
             closed.cancel();
             // The killed stream makes the session task fail promptly.
             let _ = tokio::time::timeout(CLOSE_GRACE, &mut session).await;
