@@ -268,7 +268,7 @@ impl<T: Tunnel> Engine<T> {
             counters: Counters::default(),
         });
         tracing::info!(
-            interface = shared.tun.name(),
+            interface = %shared.tun.name(),
             port = bound.listen_port,
             tun_offload = shared.tun.offload(),
             tun_udp_offload = shared.tun.udp_offload(),
