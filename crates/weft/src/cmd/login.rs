@@ -1,0 +1,58 @@
+//! `weft login`: add a new login profile and log it in. The other profiles
+//! keep their node keys, so `weft switch` goes back without a new login.
+
+use std::process::ExitCode;
+
+use weft_localapi::StartRequest;
+
+use crate::cmd::up::{self, AuthArgs};
+use crate::ctx::Ctx;
+use crate::prefs::{self, PrefFlags};
+use crate::spinner::spin;
+
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    pub prefs: PrefFlags,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// A short name for the new profile (shown by 'weft switch --list')
+    #[arg(long, value_name = "NAME")]
+    pub nickname: Option<String>,
+}
+
+/// Runs `weft login`.
+pub async fn run(args: LoginArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let auth_key = args.auth.read_key()?;
+    let profile = ctx.api(spin("Creating a profile", ctx.client.new_profile()).await)?;
+    eprintln!("Created profile {}.", profile.id);
+    let mut watch = ctx.api(ctx.client.watch().await)?;
+    let (state, current) = up::snapshot(ctx, &mut watch).await?;
+    // A new profile starts from defaults, so the flags are the whole story:
+    // plan as with --reset (which cannot hit the sticky rule).
+    let mut desired = match prefs::plan(&args.prefs, true, false, false, &current) {
+        Ok(Some(desired)) => desired,
+        Ok(None) => current.clone(),
+        Err(e) => anyhow::bail!("cannot plan the new profile's settings: {e:?}"),
+    };
+    desired.want_running = true;
+    if let Some(nick) = &args.nickname {
+        desired.nickname = (!nick.is_empty()).then(|| nick.clone());
+    }
+    let control_url = desired.control_url.clone();
+    let req = StartRequest {
+        prefs: Some(desired),
+        auth_key,
+        force_reauth: false,
+    };
+    up::drive(
+        ctx,
+        watch,
+        state,
+        req,
+        &control_url,
+        args.auth.timeout,
+        false,
+    )
+    .await
+}

@@ -1,0 +1,14 @@
+//! `weft logout`: expire this node's key at the control server and remove
+//! the current login profile.
+
+use std::process::ExitCode;
+
+use crate::ctx::Ctx;
+use crate::spinner::spin;
+
+/// Runs `weft logout`.
+pub async fn run(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    ctx.api(spin("Logging out", ctx.client.logout()).await)?;
+    eprintln!("Logged out.");
+    Ok(ExitCode::SUCCESS)
+}

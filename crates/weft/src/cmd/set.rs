@@ -1,0 +1,96 @@
+//! `weft set`: change the preferences you name and nothing else (unlike
+//! `up`, whose flags describe the complete settings).
+
+use std::process::ExitCode;
+
+use clap::builder::BoolishValueParser;
+use weft_localapi::PrefsPatch;
+
+use crate::ctx::Ctx;
+use crate::prefs::parse_hostname;
+
+#[derive(Debug, Default, clap::Args)]
+#[command(group = clap::ArgGroup::new("change").required(true).multiple(true))]
+pub struct SetArgs {
+    /// The profile's nickname, shown by 'weft switch --list' (empty clears it)
+    #[arg(long, value_name = "NAME", group = "change")]
+    pub nickname: Option<String>,
+    /// Run weftd's SSH server on the tailnet addresses
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, group = "change",
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub ssh: Option<bool>,
+    /// Refuse all new inbound connections
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, group = "change",
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub shields_up: Option<bool>,
+    /// Use the tailnet's DNS settings
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, group = "change",
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub accept_dns: Option<bool>,
+    /// The name to use instead of the OS hostname (empty: the OS hostname)
+    #[arg(long, value_name = "NAME", value_parser = parse_hostname, group = "change")]
+    pub hostname: Option<String>,
+}
+
+impl SetArgs {
+    /// Returns the patch that changes exactly the mentioned prefs.
+    pub fn patch(&self) -> PrefsPatch {
+        let clearable = |v: &Option<String>| v.as_ref().map(|s| (!s.is_empty()).then(|| s.clone()));
+        PrefsPatch {
+            nickname: clearable(&self.nickname),
+            run_ssh: self.ssh,
+            shields_up: self.shields_up,
+            accept_dns: self.accept_dns,
+            hostname: clearable(&self.hostname),
+            ..PrefsPatch::default()
+        }
+    }
+}
+
+/// Runs `weft set`.
+pub async fn run(args: SetArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    ctx.api(ctx.client.edit_prefs(&args.patch()).await)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        set: SetArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<SetArgs, clap::Error> {
+        Wrap::try_parse_from(std::iter::once("set").chain(args.iter().copied())).map(|w| w.set)
+    }
+
+    #[test]
+    fn only_the_mentioned_prefs_are_in_the_patch() {
+        let patch = parse(&["--ssh", "--hostname="]).unwrap().patch();
+        let want = PrefsPatch {
+            run_ssh: Some(true),
+            hostname: Some(None),
+            ..PrefsPatch::default()
+        };
+        assert_eq!(patch, want);
+        let patch = parse(&["--nickname=work", "--accept-dns=false"])
+            .unwrap()
+            .patch();
+        let want = PrefsPatch {
+            nickname: Some(Some("work".into())),
+            accept_dns: Some(false),
+            ..PrefsPatch::default()
+        };
+        assert_eq!(patch, want);
+    }
+
+    #[test]
+    fn set_without_flags_is_a_usage_error() {
+        let err = parse(&[]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,48 @@
+//! `weft version`: the CLI's version, and the daemon's when it answers.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::ctx::Ctx;
+
+/// How long to wait for the daemon's answer.
+const DAEMON_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, clap::Args)]
+pub struct VersionArgs {
+    /// Print {"cli", "daemon"} as JSON (daemon is null when unreachable)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct VersionJson<'a> {
+    cli: &'a str,
+    daemon: Option<&'a str>,
+}
+
+/// Runs `weft version`; succeeds even when the daemon is not reachable.
+pub async fn run(args: VersionArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let cli = env!("CARGO_PKG_VERSION");
+    let daemon = match tokio::time::timeout(DAEMON_WAIT, ctx.client.status()).await {
+        Ok(Ok(status)) => Ok(status.version),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", DAEMON_WAIT.as_secs())),
+    };
+    if args.json {
+        let daemon = daemon.as_deref().ok();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&VersionJson { cli, daemon })?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("weft {cli}");
+    match daemon {
+        Ok(v) => println!("weftd {v}"),
+        Err(why) => eprintln!("weftd: not reachable ({why})"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
