@@ -15,13 +15,24 @@
 //!   crate — ours and boringtun's — runs on injected time.
 //! * [`uapi`]: the cross-platform UAPI text protocol (`get=1` / `set=1`)
 //!   spoken by `wg(8)`, parsed into typed [`DeviceUpdate`]s.
+//! * [`ip`]: the validated IPv4/IPv6 header view used for routing and the
+//!   ingress source check; [`wire`]: WireGuard message types and sizes.
 //!
 //! Driving loop (driver side):
 //! 1. Packets from TUN → [`Device::encapsulate`]; datagrams from UDP →
-//!    [`Device::decapsulate`]. Both write into the caller's buffer.
+//!    [`Device::decapsulate`]. Both write into the caller's buffer, and hand
+//!    any extra datagrams (handshake messages, packets that waited for a
+//!    handshake) to a `send` callback.
 //! 2. Every [`TIMER_TICK`] call [`Device::handle_timeout`].
 //! 3. Configuration comes through [`Device::apply`] (typed) or
-//!    [`Device::uapi_set`] (text); both are all-or-nothing.
+//!    [`Device::uapi_set`] (text); both are all-or-nothing. Act on the
+//!    returned [`Applied`] (rebind, set the mark).
+//!
+//! What this crate does not do: resolve host names (UAPI endpoints are
+//! numeric), pad transport messages to 16 bytes (boringtun does not; the
+//! inner packet's own length field makes padding unnecessary for interop),
+//! or read OS randomness itself — boringtun draws ephemeral keys from the OS
+//! RNG internally.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod allowed_ips;
@@ -29,8 +40,9 @@ mod device;
 pub mod ip;
 pub mod session;
 pub mod uapi;
+pub mod wire;
 
 pub use device::{
-    Applied, Decapsulated, Device, DeviceStats, DeviceUpdate, DropReason, Encapsulated,
-    PeerStats, PeerUpdate, TIMER_TICK,
+    Applied, Decapsulated, Device, DeviceStats, DeviceUpdate, DropReason, Encapsulated, MIN_OUT,
+    OVERHEAD, PeerStats, PeerUpdate, TIMER_TICK,
 };
