@@ -1,0 +1,52 @@
+//! Shared fixtures for the integration tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use weft_policy::{Node, NodeId, Policy, Role, Tailnet, User};
+
+/// A small tailnet: alice (admin) and bob are users; carol has no devices.
+/// `server` is tagged by alice and so has no user identity.
+pub const NODES: &str = r#"{
+  "users": [
+    {"login": "alice@example.com", "role": "admin"},
+    {"login": "bob@example.com"},
+    {"login": "carol@example.com"}
+  ],
+  "nodes": [
+    {"name": "alice-laptop", "user": "alice@example.com", "ipv4": "100.64.0.1", "ipv6": "fd13:b027:8801::1"},
+    {"name": "alice-phone", "user": "alice@example.com", "ipv4": "100.64.0.2", "ipv6": "fd13:b027:8801::2"},
+    {"name": "bob-laptop", "user": "bob@example.com", "ipv4": "100.64.0.3", "ipv6": "fd13:b027:8801::3"},
+    {"name": "server", "user": "alice@example.com", "tags": ["tag:server"], "ipv4": "100.64.0.10", "ipv6": "fd13:b027:8801::10"},
+    {"name": "db", "user": null, "tags": ["tag:db"], "ipv4": "100.64.0.11", "ipv6": "fd13:b027:8801::11"}
+  ]
+}"#;
+
+pub fn tailnet() -> Tailnet {
+    Tailnet::from_nodes_json(NODES).unwrap()
+}
+
+pub fn policy(text: &str) -> Policy {
+    Policy::parse(text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn id(t: &Tailnet, name: &str) -> NodeId {
+    t.node_by_name(name).unwrap().id
+}
+
+pub fn ip(s: &str) -> std::net::IpAddr {
+    s.parse().unwrap()
+}
+
+pub fn node(id: u64, name: &str, user: Option<&str>, tags: &[&str], v4: &str, v6: &str) -> Node {
+    Node {
+        id: NodeId(id),
+        name: name.into(),
+        user: user.map(Into::into),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        ipv4: Some(v4.parse().unwrap()),
+        ipv6: Some(v6.parse().unwrap()),
+    }
+}
+
+pub fn user(login: &str, admin: bool) -> User {
+    User { login: login.into(), role: if admin { Role::Admin } else { Role::Member } }
+}
