@@ -1,1 +1,34 @@
-//! Weft control protocol, sans-IO: Noise IK handshake, authenticated frames, message codec
+//! Weft's control protocol, sans-IO: the Noise IK handshake over an HTTP
+//! upgrade, authenticated length-prefixed frames with fragmentation, the
+//! JSON message codec (with encode-once splicing for the server), and the
+//! client's map session that turns a map stream into a netmap and diffs.
+//!
+//! What it is not: no sockets, no HTTP library, no async runtime, no clock
+//! and no OS randomness. Drivers (the `weft-control` server, the node's
+//! control client) move bytes, pass `now: Instant` and seeds, and act on
+//! the events and errors. The wire format is specified in `docs/PROTOCOL.md`;
+//! the message types live in `weft-types`.
+//!
+//! - [`upgrade`]: `GET /key`, the `POST /control` upgrade headers and the
+//!   server's refusals.
+//! - [`Connection`] ([`ClientConnection`], [`ServerConnection`]): handshake,
+//!   records, keep-alives, timeouts.
+//! - [`encode`]: [`Encoded`] fragments, full maps spliced from them, map
+//!   stream numbering on the server.
+//! - [`MapSession`]: full map + deltas → [`weft_types::NetMap`] + [`NetMapDiff`].
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod connection;
+pub mod encode;
+pub mod frame;
+pub mod map_session;
+pub mod noise;
+pub mod upgrade;
+
+pub use connection::{
+    Accepted, ChannelConfig, ChannelError, ClientConnection, ClientRole, Connection, Event, Role,
+    ServerConnection, ServerRole,
+};
+pub use encode::{Encoded, EncodeError, FullMapParts, MapStream};
+pub use map_session::{ChangedFields, MapError, MapSession, NetMapDiff, PeerDiff};
+pub use upgrade::{UpgradeError, UpgradeHeaders, UpgradeRequest};

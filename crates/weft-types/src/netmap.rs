@@ -14,17 +14,7 @@ use crate::names::DnsName;
 use crate::node::{Endpoint, Node, UserProfile};
 use crate::time::UnixMillis;
 
-/// The compiled packet filter for one node (rules the node enforces on
-/// inbound traffic). Placeholder until `weft-policy` fills
-/// `crate::filter::PacketFilter`; then this becomes a re-export of it.
-pub type PacketFilter = FilterPlaceholder;
-/// The SSH policy for one node. Placeholder until `weft-policy` fills
-/// `crate::filter::SshPolicy`; then this becomes a re-export of it.
-pub type SshPolicy = FilterPlaceholder;
-
-/// Stands in for the policy types until they land: an empty JSON object.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct FilterPlaceholder {}
+pub use crate::filter::{PacketFilter, SshPolicy};
 
 /// A node's view of its tailnet, as built by the client from a full map and
 /// the deltas after it (and as the server sends it in [`MapBody::Full`]).
@@ -144,7 +134,7 @@ pub enum Delta {
     /// New relay map.
     RelayMap(RelayMap),
     /// New packet filter for this node.
-    PacketFilter(PacketFilter),
+    PacketFilter(Box<PacketFilter>),
     /// New SSH policy for this node.
     SshPolicy(SshPolicy),
 }
