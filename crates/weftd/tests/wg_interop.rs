@@ -405,10 +405,12 @@ fn garbage_datagrams_are_dropped_and_counted_and_traffic_still_flows() -> anyhow
             let sock = c.udp_socket(SocketAddr::new(IpAddr::V4(ac.b.addr), 0))?;
             let target = SocketAddr::new(IpAddr::V4(ac.a.addr), PORT);
             let mut rng = XorShift::new(u64::from(lab.id().tag) << 16 | 0xbad);
-            let mut sizes = [0u64; 3];
+            let mut sizes = [0u64; 4];
             for i in 0..COUNT {
                 let d = garbage(&mut rng);
-                sizes[usize::from(d.len() > 200) + usize::from(d.len() > 1500)] += 1;
+                sizes[usize::from(!d.is_empty())
+                    + usize::from(d.len() > 200)
+                    + usize::from(d.len() > 1500)] += 1;
                 sock.send_to(&d, target)
                     .with_context(|| format!("sending garbage datagram {i} ({} bytes)", d.len()))?;
                 // Paced so that the receiver's socket buffer does not overflow: the point is what
@@ -420,8 +422,8 @@ fn garbage_datagrams_are_dropped_and_counted_and_traffic_still_flows() -> anyhow
                 }
             }
             eprintln!(
-                "garbage sizes: <=200: {}, 201..=1500: {}, >1500: {}",
-                sizes[0], sizes[1], sizes[2]
+                "garbage sizes: empty: {}, 1..=200: {}, 201..=1500: {}, >1500: {}",
+                sizes[0], sizes[1], sizes[2], sizes[3]
             );
             let snmp = |s: &BTreeMap<String, i64>, k: &str| s.get(k).copied().unwrap_or(0);
             let lost_in_kernel = wait_for(
