@@ -571,6 +571,9 @@ impl Device {
         let Some(longest) = session.queued_len() else {
             return;
         };
+        if !session.has_current_session(now) {
+            return; // still waiting for the handshake
+        }
         let need = (longest + TRANSPORT_OVERHEAD).max(MIN_OUT);
         let mut heap = Vec::new();
         let buf = if buf.len() >= need {
