@@ -49,8 +49,28 @@ impl SetArgs {
 
 /// Runs `weft set`.
 pub async fn run(args: SetArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    ctx.api(ctx.client.edit_prefs(&args.patch()).await)?;
+    let patch = args.patch();
+    ensure_expressible(&patch)?;
+    ctx.api(ctx.client.edit_prefs(&patch).await)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks that `patch` means the same after a trip through JSON. Clearing
+/// (`--hostname=`, `--nickname=`) is `Some(None)`, which the LocalAPI's
+/// `PrefsPatch` currently serializes as `null` — the same as "unchanged" —
+/// so the daemon would silently ignore it.
+///
+/// # Errors
+/// When the patch would lose a change on the wire.
+fn ensure_expressible(patch: &PrefsPatch) -> anyhow::Result<()> {
+    let wire: PrefsPatch = serde_json::from_value(serde_json::to_value(patch)?)?;
+    if wire != *patch {
+        anyhow::bail!(
+            "weftd's LocalAPI cannot clear --hostname or --nickname through 'weft set' yet; \
+             to go back to the OS hostname use 'weft up --hostname=' (with your other flags)"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -86,6 +106,14 @@ mod tests {
             ..PrefsPatch::default()
         };
         assert_eq!(patch, want);
+    }
+
+    #[test]
+    fn patches_that_set_values_survive_the_wire() {
+        let patch = parse(&["--ssh=false", "--hostname=box", "--nickname=n"])
+            .unwrap()
+            .patch();
+        assert!(ensure_expressible(&patch).is_ok());
     }
 
     #[test]
