@@ -528,7 +528,10 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
             let Some(filled) = buf.get(..m.len) else {
                 continue;
             };
-            for datagram in filled.chunks(m.stride.max(1)) {
+            // `chunks` yields nothing for an empty datagram, which the core
+            // must still see (and count as malformed).
+            let empty: &[&[u8]] = if filled.is_empty() { &[&[]] } else { &[] };
+            for datagram in filled.chunks(m.stride.max(1)).chain(empty.iter().copied()) {
                 datagrams += 1;
                 if writer.is_full() {
                     flush_rx(shared, &mut writer)?;

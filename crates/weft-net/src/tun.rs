@@ -324,6 +324,9 @@ impl TunWriter {
         let Some(slot) = self.slots.get_mut(self.count) else {
             return;
         };
+        if len == 0 {
+            return; // not a packet; it would make the GRO table refuse the whole batch
+        }
         if offset != 0 {
             slot.copy_within(HEADROOM + offset..HEADROOM + offset + len, HEADROOM);
         }
@@ -379,6 +382,14 @@ mod tests {
         w.commit(10, 4);
         assert_eq!(w.len(), 1);
         assert_eq!(&w.slots[0][HEADROOM..], &[0x45, 1, 2, 3]);
+    }
+
+    #[test]
+    fn the_writer_ignores_an_empty_packet() {
+        let mut w = TunWriter::new();
+        w.next_slot(200).unwrap();
+        w.commit(0, 0);
+        assert_eq!(w.len(), 0);
     }
 
     #[test]
