@@ -45,11 +45,17 @@ async fn garbage_silence_and_huge_usernames_are_refused_and_the_server_keeps_ser
         auth_timeout: Duration::from_secs(2),
         ..SshConfig::default()
     };
-    let srv = start_with(FakeAuthz::new().with(&user.name, Rule::Accept(user.name.clone())), config).await;
+    let srv = start_with(
+        FakeAuthz::new().with(&user.name, Rule::Accept(user.name.clone())),
+        config,
+    )
+    .await;
 
     // Garbage instead of an identification line.
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
-    let junk: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(7919) % 251) as u8).collect();
+    let junk: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(7919) % 251) as u8)
+        .collect();
     let _ = s.write_all(&junk).await;
     let got = read_to_close(&mut s, Duration::from_secs(10)).await;
     assert!(got.starts_with(b"SSH-2.0-Weft"), "{:?}", text(&got));
@@ -83,7 +89,11 @@ async fn a_source_opening_connections_too_fast_is_rate_limited() {
     if !e2e_ready() {
         return;
     }
-    let config = SshConfig { conn_burst: 3, conn_rate_per_sec: 0.001, ..SshConfig::default() };
+    let config = SshConfig {
+        conn_burst: 3,
+        conn_rate_per_sec: 0.001,
+        ..SshConfig::default()
+    };
     let srv = start_with(FakeAuthz::new(), config).await;
     let mut admitted = Vec::new();
     for _ in 0..3 {
@@ -95,7 +105,11 @@ async fn a_source_opening_connections_too_fast_is_rate_limited() {
     }
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let got = read_to_close(&mut s, Duration::from_secs(10)).await;
-    assert!(got.is_empty(), "a rate-limited connection gets nothing: {:?}", text(&got));
+    assert!(
+        got.is_empty(),
+        "a rate-limited connection gets nothing: {:?}",
+        text(&got)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,26 +118,47 @@ async fn a_channel_flood_hits_the_cap_without_hurting_the_connection_or_the_serv
         return;
     }
     let user = TestUser::create("h");
-    let config = SshConfig { max_channels_per_conn: 32, ..SshConfig::default() };
-    let srv = start_with(FakeAuthz::new().with(&user.name, Rule::Accept(user.name.clone())), config).await;
+    let config = SshConfig {
+        max_channels_per_conn: 32,
+        ..SshConfig::default()
+    };
+    let srv = start_with(
+        FakeAuthz::new().with(&user.name, Rule::Accept(user.name.clone())),
+        config,
+    )
+    .await;
     let echo = echo_server().await;
     let lport = free_port();
     let spec = format!("{lport}:127.0.0.1:{}", echo.port());
-    let _fwd = srv.ssh(&user.name, &["-N", "-o", "ExitOnForwardFailure=yes", "-L", &spec], &[]).spawn().unwrap();
-    wait_for(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", lport)).ok()).await;
+    let _fwd = srv
+        .ssh(
+            &user.name,
+            &["-N", "-o", "ExitOnForwardFailure=yes", "-L", &spec],
+            &[],
+        )
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", lport)).ok()
+    })
+    .await;
 
     // 300 connections through one SSH connection = 300 direct-tcpip channels.
     let mut tasks = Vec::new();
     for i in 0..300u32 {
         tasks.push(tokio::spawn(async move {
-            let Ok(mut s) = TcpStream::connect(("127.0.0.1", lport)).await else { return (false, None) };
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", lport)).await else {
+                return (false, None);
+            };
             let msg = format!("ping-{i:04}");
             if s.write_all(msg.as_bytes()).await.is_err() {
                 return (false, None);
             }
             let mut buf = vec![0u8; msg.len()];
-            let ok = matches!(tokio::time::timeout(Duration::from_secs(15), s.read_exact(&mut buf)).await, Ok(Ok(_)))
-                && buf == msg.as_bytes();
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(15), s.read_exact(&mut buf)).await,
+                Ok(Ok(_))
+            ) && buf == msg.as_bytes();
             (ok, Some(s))
         }));
     }
@@ -144,11 +179,16 @@ async fn a_channel_flood_hits_the_cap_without_hurting_the_connection_or_the_serv
         let mut s = TcpStream::connect(("127.0.0.1", lport)).await.unwrap();
         s.write_all(b"again").await.unwrap();
         let mut buf = [0u8; 5];
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await
+        {
             assert_eq!(&buf, b"again");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "channel slots never came back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "channel slots never came back"
+        );
     }
     still_serves(&srv, &user.name).await;
 }
@@ -166,7 +206,10 @@ async fn a_client_that_never_reads_stalls_only_itself_and_can_still_be_closed() 
     let mut stalled = srv.ssh(&user.name, &[], &["yes"]);
     stalled.stdout(Stdio::piped()).stderr(Stdio::null());
     let mut stalled = stalled.spawn().unwrap();
-    wait_for(Duration::from_secs(20), || (srv.server.connections().len() == 1).then_some(())).await;
+    wait_for(Duration::from_secs(20), || {
+        (srv.server.connections().len() == 1).then_some(())
+    })
+    .await;
 
     // Meanwhile other clients are served normally, including bulk input.
     for _ in 0..3 {
@@ -182,14 +225,20 @@ async fn a_client_that_never_reads_stalls_only_itself_and_can_still_be_closed() 
             stdin.write_all(&chunk).await.unwrap();
         }
     });
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.unwrap().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     writer.await.unwrap();
     assert_eq!(out.stdout.len(), 8 << 20);
 
     // The stalled connection still obeys a policy change.
     let update = srv.server.update_policy(FakeAuthz::new().arc());
     assert!(update.closed >= 1, "{update:?}");
-    wait_for(Duration::from_secs(20), || srv.server.connections().is_empty().then_some(())).await;
+    wait_for(Duration::from_secs(20), || {
+        srv.server.connections().is_empty().then_some(())
+    })
+    .await;
     let st = tokio::time::timeout(Duration::from_secs(20), stalled.wait()).await;
     if st.is_err() {
         let _ = stalled.kill().await;

@@ -23,7 +23,15 @@ pub fn e2e_ready() -> bool {
     if !nix::unistd::geteuid().is_root() {
         missing.push("root".to_owned());
     }
-    for tool in ["/usr/bin/ssh", "/usr/bin/scp", "/usr/bin/sftp", "/usr/bin/ssh-agent", "/usr/bin/ssh-add", "/usr/bin/tmux", "/usr/sbin/useradd"] {
+    for tool in [
+        "/usr/bin/ssh",
+        "/usr/bin/scp",
+        "/usr/bin/sftp",
+        "/usr/bin/ssh-agent",
+        "/usr/bin/ssh-add",
+        "/usr/bin/tmux",
+        "/usr/sbin/useradd",
+    ] {
         if !Path::new(tool).exists() {
             missing.push(tool.to_owned());
         }
@@ -31,7 +39,10 @@ pub fn e2e_ready() -> bool {
     if missing.is_empty() {
         return true;
     }
-    assert!(!strict, "WEFT_E2E=1 but prerequisites are missing: {missing:?}");
+    assert!(
+        !strict,
+        "WEFT_E2E=1 but prerequisites are missing: {missing:?}"
+    );
     eprintln!("skipping: missing {missing:?}");
     false
 }
@@ -60,7 +71,10 @@ pub struct FakeAuthz {
 
 impl FakeAuthz {
     pub fn new() -> Self {
-        FakeAuthz { known: true, ..Default::default() }
+        FakeAuthz {
+            known: true,
+            ..Default::default()
+        }
     }
     pub fn with(mut self, login: &str, rule: Rule) -> Self {
         self.rules.insert(login.to_owned(), rule);
@@ -89,8 +103,14 @@ impl Authorizer for FakeAuthz {
         match self.rules.get(ssh_user).or(self.wildcard.as_ref()) {
             None => Decision::no_matching_rule(ssh_user),
             Some(Rule::Accept(local)) => Decision::Accept(Grant::new(local.clone())),
-            Some(Rule::NonRoot) => Decision::Accept(Grant { refuse_root: true, ..Grant::new(ssh_user) }),
-            Some(Rule::Check(local, period)) => Decision::Check { grant: Grant::new(local.clone()), period: *period },
+            Some(Rule::NonRoot) => Decision::Accept(Grant {
+                refuse_root: true,
+                ..Grant::new(ssh_user)
+            }),
+            Some(Rule::Check(local, period)) => Decision::Check {
+                grant: Grant::new(local.clone()),
+                period: *period,
+            },
             Some(Rule::Custom(d)) => d.clone(),
         }
     }
@@ -147,22 +167,44 @@ pub async fn start(authz: FakeAuthz) -> TestServer {
 }
 
 pub async fn start_with(authz: FakeAuthz, mut config: SshConfig) -> TestServer {
-    let _ = tracing_subscriber::fmt().with_env_filter("weft_ssh=debug").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("weft_ssh=debug")
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     // World-traversable so dropped-privilege children can reach files we hand them.
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     config.agent_socket_parent = dir.path().to_owned();
     let keys = HostKeys::ephemeral().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let known_hosts = dir.path().join("known_hosts");
-    let lines: Vec<String> = keys.public_lines().iter().map(|k| format!("[127.0.0.1]:{} {k}", addr.port())).collect();
+    let lines: Vec<String> = keys
+        .public_lines()
+        .iter()
+        .map(|k| format!("[127.0.0.1]:{} {k}", addr.port()))
+        .collect();
     std::fs::write(&known_hosts, lines.join("\n") + "\n").unwrap();
     let check = Arc::new(FakeCheck::default());
-    let server = SshServer::new(config, &keys, authz.arc(), Arc::new(CheckHandle(check.clone())));
+    let server = SshServer::new(
+        config,
+        &keys,
+        authz.arc(),
+        Arc::new(CheckHandle(check.clone())),
+    );
     let s = server.clone();
     tokio::spawn(async move { s.serve(listener).await });
-    TestServer { server, addr, dir, known_hosts, check }
+    TestServer {
+        server,
+        addr,
+        dir,
+        known_hosts,
+        check,
+    }
 }
 
 impl TestServer {
@@ -195,16 +237,29 @@ impl TestServer {
     /// `ssh [extra] -p PORT user@127.0.0.1 [remote...]`.
     pub fn ssh(&self, user: &str, extra: &[&str], remote: &[&str]) -> tokio::process::Command {
         let mut c = tokio::process::Command::new("/usr/bin/ssh");
-        c.args(self.opts()).args(["-o", "IdentityAgent=none"]).args(extra);
-        c.args(["-p", &self.addr.port().to_string(), &format!("{user}@127.0.0.1")]).args(remote);
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        c.args(self.opts())
+            .args(["-o", "IdentityAgent=none"])
+            .args(extra);
+        c.args([
+            "-p",
+            &self.addr.port().to_string(),
+            &format!("{user}@127.0.0.1"),
+        ])
+        .args(remote);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         c
     }
 }
 
 /// Runs a command to completion with a 60 s bound.
 pub async fn run(mut cmd: tokio::process::Command) -> Output {
-    tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.expect("command timed out").unwrap()
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("command timed out")
+        .unwrap()
 }
 
 pub fn text(b: &[u8]) -> String {
@@ -218,7 +273,10 @@ pub async fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T
         if let Some(v) = f() {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -238,7 +296,12 @@ pub struct TestUser {
 }
 
 fn sh(cmd: &str, args: &[&str]) -> bool {
-    std::process::Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    std::process::Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 impl TestUser {
@@ -248,9 +311,21 @@ impl TestUser {
         let name = format!("wft{unique}{tag}");
         let group = format!("{name}g");
         assert!(sh("/usr/sbin/groupadd", &[&group]), "groupadd {group}");
-        assert!(sh("/usr/sbin/useradd", &["-m", "-s", "/bin/bash", "-G", &group, &name]), "useradd {name}");
+        assert!(
+            sh(
+                "/usr/sbin/useradd",
+                &["-m", "-s", "/bin/bash", "-G", &group, &name]
+            ),
+            "useradd {name}"
+        );
         let pw = nix::unistd::User::from_name(&name).unwrap().unwrap();
-        TestUser { name, group, uid: pw.uid.as_raw(), gid: pw.gid.as_raw(), home: pw.dir }
+        TestUser {
+            name,
+            group,
+            uid: pw.uid.as_raw(),
+            gid: pw.gid.as_raw(),
+            home: pw.dir,
+        }
     }
 }
 
@@ -268,7 +343,9 @@ pub async fn echo_server() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -280,5 +357,9 @@ pub async fn echo_server() -> SocketAddr {
 
 /// Returns a free TCP port on 127.0.0.1 (bound and released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,0 +1,124 @@
+//! Authentication: the policy verdict for a login and the keyboard-interactive
+//! rounds that show refusals and `check` URLs.
+
+use super::*;
+
+pub(super) type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = CheckOutcome> + Send>>;
+
+/// What the next keyboard-interactive round does.
+pub(super) enum Kbd {
+    Idle,
+    /// A reason was shown; the next response is refused.
+    Refusing,
+    /// A `check` URL was shown; the next response waits for the outcome.
+    Checking {
+        pending: Pending,
+        user: Arc<LocalUser>,
+        grant: Grant,
+        ssh_user: String,
+    },
+}
+
+/// The result of evaluating one login attempt.
+pub(super) enum Verdict {
+    Allow { user: Arc<LocalUser>, grant: Grant },
+    Refuse(String),
+    Hold { user: Arc<LocalUser>, grant: Grant },
+}
+
+impl ConnHandler {
+    pub(super) fn decide(
+        &self,
+        ssh_user: &str,
+    ) -> impl std::future::Future<Output = Verdict> + Send + 'static {
+        decide(
+            self.shared.clone(),
+            self.identity.clone(),
+            self.peer_addr,
+            ssh_user.to_owned(),
+        )
+    }
+
+    pub(super) fn accept_login(
+        &mut self,
+        ssh_user: &str,
+        user: Arc<LocalUser>,
+        grant: Grant,
+    ) -> Auth {
+        let peer = self
+            .identity
+            .clone()
+            .unwrap_or_else(|| unknown_peer(self.peer_addr));
+        let audit = Audit {
+            conn_id: self.conn_id,
+            peer_user: peer.principal(),
+            peer_node: peer.node_name.clone(),
+            local_user: user.name.clone(),
+        };
+        self.login = Some(Login {
+            user,
+            grant: Arc::new(Mutex::new(grant)),
+            audit,
+        });
+        self.ssh_user = ssh_user.to_owned();
+        Auth::Accept
+    }
+
+    pub(super) fn refuse(&mut self, message: &str) -> Auth {
+        let peer = self.identity.as_ref().map(PeerIdentity::principal);
+        tracing::info!(conn = self.conn_id, peer_user = ?peer, reason = %message, "ssh login refused");
+        self.kbd = Kbd::Refusing;
+        Auth::Partial {
+            name: Cow::Borrowed(""),
+            instructions: Cow::Owned(format!("weft: {message}\n")),
+            prompts: Cow::Borrowed(&[]),
+        }
+    }
+}
+
+/// Evaluates a login attempt: identity, policy, local account, approvals.
+/// Takes owned inputs so the handler (which holds a non-`Sync` pending check)
+/// is not borrowed across the passwd lookup.
+async fn decide(
+    shared: Arc<Shared>,
+    identity: Option<PeerIdentity>,
+    peer_addr: SocketAddr,
+    ssh_user: String,
+) -> Verdict {
+    let ssh_user = ssh_user.as_str();
+    if ssh_user.len() > shared.config.max_username_len {
+        return Verdict::Refuse("login name too long".to_owned());
+    }
+    let Some(peer) = &identity else {
+        return Verdict::Refuse(format!(
+            "this node does not know the tailnet address {}",
+            peer_addr.ip()
+        ));
+    };
+    let (instant, unix_ms) = now();
+    let decision = shared.authorizer().authorize(peer, ssh_user, unix_ms);
+    let (grant, period) = match decision {
+        Decision::Reject { message } => return Verdict::Refuse(message),
+        Decision::Accept(g) => (g, None),
+        Decision::Check { grant, period } => (grant, Some(period)),
+    };
+    let name = grant.local_user.clone();
+    let user = match tokio::task::spawn_blocking(move || LocalUser::lookup(&name)).await {
+        Ok(Ok(u)) => Arc::new(u),
+        Ok(Err(e)) => return Verdict::Refuse(e.to_string()),
+        Err(_) => return Verdict::Refuse("local user lookup failed".to_owned()),
+    };
+    if grant.refuse_root && user.uid == 0 {
+        let Decision::Reject { message } = Decision::no_matching_rule(ssh_user) else {
+            return Verdict::Refuse("refused".to_owned());
+        };
+        return Verdict::Refuse(message);
+    }
+    match period {
+        None => Verdict::Allow { user, grant },
+        Some(p) if shared.approval_fresh(&peer.node_id, ssh_user, p, instant) => {
+            Verdict::Allow { user, grant }
+        }
+        Some(_) => Verdict::Hold { user, grant },
+    }
+}

@@ -1,0 +1,598 @@
+//! The per-connection russh [`Handler`]: authentication by tailnet identity
+//! and policy, then session, forwarding and agent requests.
+//!
+//! Authentication flow. The identity was fixed at accept time from the
+//! source address. `none` succeeds when the policy accepts the login (or a
+//! `check` approval is still fresh). Otherwise the client is steered to
+//! `keyboard-interactive` with zero prompts, whose instruction text is the
+//! only place mid-authentication where OpenSSH shows server text: a refusal
+//! shows its reason there and then fails; a `check` shows the
+//! re-authentication URL there and then holds the login until the
+//! [`CheckHook`](crate::CheckHook) answers.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Response, Session};
+use russh::{Channel, ChannelWriteHalf};
+use russh::{ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Sig};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::authz::{CheckOutcome, CheckRequest, Decision, Grant, PeerIdentity};
+use crate::forward::{self, AgentDir, FwdCtx};
+use crate::pump::{InputQueue, bridge, drain};
+use crate::server::{ConnEntry, Phase, Shared, now};
+use crate::session::{self, Audit, Program, PtyReq};
+use crate::user::LocalUser;
+
+mod auth;
+mod start;
+
+use auth::{Kbd, Verdict};
+
+/// An authenticated login.
+struct Login {
+    user: Arc<LocalUser>,
+    grant: Arc<Mutex<Grant>>,
+    audit: Audit,
+}
+
+/// State of one session channel.
+struct SessionChan {
+    write: Option<ChannelWriteHalf<Msg>>,
+    input: Arc<InputQueue>,
+    pty: Option<PtyReq>,
+    env: Vec<(String, String)>,
+    pgid: Option<i32>,
+    resize: Option<OwnedFd>,
+    /// Cancelled when the client closes the channel or the connection ends.
+    cancel: CancellationToken,
+}
+
+pub(crate) struct ConnHandler {
+    shared: Arc<Shared>,
+    conn_id: u64,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+    identity: Option<PeerIdentity>,
+    phase: watch::Sender<Phase>,
+    /// Cancelled when the connection ends for any reason.
+    closed: CancellationToken,
+    kbd: Kbd,
+    login: Option<Login>,
+    /// The login name of the accepted login.
+    ssh_user: String,
+    sessions: BTreeMap<ChannelId, SessionChan>,
+    /// Open session channel ids, shared with the registry for messages.
+    session_ids: Arc<Mutex<BTreeSet<ChannelId>>>,
+    channel_slots: Arc<Semaphore>,
+    remote_forwards: BTreeMap<(String, u32), CancellationToken>,
+    agent: Option<AgentDir>,
+}
+
+impl ConnHandler {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        conn_id: u64,
+        peer_addr: SocketAddr,
+        local_addr: SocketAddr,
+        phase: watch::Sender<Phase>,
+        closed: CancellationToken,
+    ) -> Self {
+        let identity = shared.authorizer().identify(peer_addr.ip());
+        let slots = Arc::new(Semaphore::new(shared.config.max_channels_per_conn));
+        ConnHandler {
+            shared,
+            conn_id,
+            peer_addr,
+            local_addr,
+            identity,
+            phase,
+            closed,
+            kbd: Kbd::Idle,
+            login: None,
+            ssh_user: String::new(),
+            sessions: BTreeMap::new(),
+            session_ids: Arc::default(),
+            channel_slots: slots,
+            remote_forwards: BTreeMap::new(),
+            agent: None,
+        }
+    }
+
+    /// Evaluates a login attempt (see [`decide`]).
+
+    fn grant(&self) -> Option<Grant> {
+        self.login.as_ref().map(|l| {
+            l.grant
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
+    }
+
+    fn fwd_ctx(&self, session: &Session, audit: Audit) -> FwdCtx {
+        FwdCtx {
+            handle: session.handle(),
+            channels: self.channel_slots.clone(),
+            conn_closed: self.closed.clone(),
+            input_cap: self.shared.config.channel_input_buffer,
+            audit,
+        }
+    }
+}
+
+fn unknown_peer(addr: SocketAddr) -> PeerIdentity {
+    PeerIdentity {
+        addr: addr.ip(),
+        node_id: String::new(),
+        node_name: String::new(),
+        user_login: None,
+        tags: Vec::new(),
+    }
+}
+
+impl Drop for ConnHandler {
+    fn drop(&mut self) {
+        self.closed.cancel();
+        for stop in self.remote_forwards.values() {
+            stop.cancel();
+        }
+        self.shared.unregister(self.conn_id);
+    }
+}
+
+impl Handler for ConnHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        match self.decide(user).await {
+            Verdict::Allow { user: local, grant } => Ok(self.accept_login(user, local, grant)),
+            // Steer the client to keyboard-interactive, where text can be shown.
+            Verdict::Refuse(_) | Verdict::Hold { .. } => Ok(Auth::Reject {
+                proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
+                partial_success: false,
+            }),
+        }
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        if response.is_none() {
+            // A fresh round: evaluate from scratch.
+            return Ok(match self.decide(user).await {
+                Verdict::Allow { user: local, grant } => self.accept_login(user, local, grant),
+                Verdict::Refuse(msg) => self.refuse(&msg),
+                Verdict::Hold { user: local, grant } => {
+                    let Some(peer) = self.identity.clone() else {
+                        return Ok(self.refuse("unknown peer"));
+                    };
+                    let pending = self.shared.check_hook.start(CheckRequest {
+                        peer,
+                        ssh_user: user.to_owned(),
+                        local_user: local.name.clone(),
+                    });
+                    let url = pending.url.clone();
+                    self.kbd = Kbd::Checking {
+                        pending: pending.outcome,
+                        user: local,
+                        grant,
+                        ssh_user: user.to_owned(),
+                    };
+                    Auth::Partial {
+                        name: Cow::Borrowed(""),
+                        instructions: Cow::Owned(format!(
+                            "weft: tailnet policy requires you to re-authenticate before logging in as {user}.\n\
+                             To continue, visit: {url}\n"
+                        )),
+                        prompts: Cow::Borrowed(&[]),
+                    }
+                }
+            });
+        }
+        match std::mem::replace(&mut self.kbd, Kbd::Idle) {
+            Kbd::Idle | Kbd::Refusing => Ok(Auth::Reject {
+                proceed_with_methods: Some(MethodSet::empty()),
+                partial_success: false,
+            }),
+            Kbd::Checking {
+                pending,
+                user: local,
+                grant,
+                ssh_user,
+            } => {
+                self.phase.send_replace(Phase::Checking);
+                let outcome = tokio::select! {
+                    o = pending => Some(o),
+                    () = tokio::time::sleep(self.shared.config.check_timeout) => None,
+                    () = self.closed.cancelled() => None,
+                };
+                self.phase.send_replace(Phase::PreAuth);
+                match outcome {
+                    Some(CheckOutcome::Approved) => {
+                        if let Some(peer) = &self.identity {
+                            self.shared
+                                .record_approval(&peer.node_id, &ssh_user, now().0);
+                        }
+                        Ok(self.accept_login(&ssh_user, local, grant))
+                    }
+                    Some(CheckOutcome::Denied { message }) => Ok(self.refuse(&message)),
+                    None => Ok(self.refuse("re-authentication timed out")),
+                }
+            }
+        }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let Some(login) = &self.login else {
+            return Ok(());
+        };
+        let peer = self
+            .identity
+            .clone()
+            .unwrap_or_else(|| unknown_peer(self.peer_addr));
+        // Audit line (info on purpose; see `server` module docs).
+        tracing::info!(
+            conn = self.conn_id,
+            peer_user = %login.audit.peer_user,
+            peer_node = %login.audit.peer_node,
+            ssh_user = %self.ssh_user,
+            local_user = %login.audit.local_user,
+            "ssh login accepted"
+        );
+        self.shared.register(
+            self.conn_id,
+            ConnEntry {
+                peer,
+                ssh_user: self.ssh_user.clone(),
+                local_user: login.user.name.clone(),
+                local_uid: login.user.uid,
+                handle: session.handle(),
+                closed: self.closed.clone(),
+                grant: login.grant.clone(),
+                sessions: self.session_ids.clone(),
+            },
+        );
+        self.phase.send_replace(Phase::Authenticated);
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Ok(permit) = self.channel_slots.clone().try_acquire_owned() else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let id = channel.id();
+        let (read, write) = channel.split();
+        let input = InputQueue::new(self.shared.config.channel_input_buffer);
+        let cancel = self.closed.child_token();
+        let chan_cancel = cancel.clone();
+        let q = input.clone();
+        tokio::spawn(async move {
+            drain(read, q, chan_cancel.clone(), Some(permit)).await;
+            chan_cancel.cancel();
+        });
+        self.sessions.insert(
+            id,
+            SessionChan {
+                write: Some(write),
+                input,
+                pty: None,
+                env: Vec::new(),
+                pgid: None,
+                resize: None,
+                cancel,
+            },
+        );
+        self.session_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id);
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(chan) = self.sessions.remove(&channel) {
+            chan.cancel.cancel();
+        }
+        self.session_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&channel);
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(chan) = self.sessions.get_mut(&channel) else {
+            return session.channel_failure(channel);
+        };
+        let term = if term.is_empty() || term.len() > 64 {
+            "dumb"
+        } else {
+            term
+        };
+        chan.pty = Some(PtyReq {
+            term: term.to_owned(),
+            cols: u16::try_from(col_width).unwrap_or(u16::MAX).max(1),
+            rows: u16::try_from(row_height).unwrap_or(u16::MAX).max(1),
+        });
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let allowed = self.grant().is_some_and(|g| g.accepts_env(name));
+        match self.sessions.get_mut(&channel) {
+            Some(chan) if allowed && chan.env.len() < 64 && value.len() <= 4096 => {
+                chan.env.retain(|(k, _)| k != name);
+                chan.env.push((name.to_owned(), value.to_owned()));
+                session.channel_success(channel)
+            }
+            _ => session.channel_failure(channel),
+        }
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(channel, Program::Shell, session)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(
+            channel,
+            Program::Exec(OsString::from_vec(data.to_vec())),
+            session,
+        )
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name != "sftp" {
+            return session.channel_failure(channel);
+        }
+        let Some(path) = self
+            .shared
+            .config
+            .sftp_server_paths
+            .iter()
+            .find(|p| p.is_file())
+            .cloned()
+        else {
+            let msg = "weft-ssh: SFTP is unavailable: no sftp-server binary (install openssh-sftp-server)\r\n";
+            session.extended_data(channel, 1, msg.as_bytes().to_vec())?;
+            return session.channel_failure(channel);
+        };
+        self.start(channel, Program::Sftp(path), session)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(fd) = self.sessions.get(&channel).and_then(|c| c.resize.as_ref()) {
+            session::resize(fd, col_width, row_height);
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(pgid) = self.sessions.get(&channel).and_then(|c| c.pgid) {
+            session::signal_group(pgid, &signal);
+        }
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let (Some(grant), Some(login)) = (self.grant(), self.login.as_ref()) else {
+            return Ok(false);
+        };
+        if !grant.allow_agent_forwarding {
+            return Ok(false);
+        }
+        if self.agent.is_none() {
+            match forward::create_agent_socket(&self.shared.config.agent_socket_parent, &login.user)
+            {
+                Ok((dir, listener)) => {
+                    let ctx = self.fwd_ctx(session, login.audit.clone());
+                    self.shared
+                        .tracker
+                        .spawn(forward::serve_agent(listener, ctx));
+                    self.agent = Some(dir);
+                }
+                Err(e) => {
+                    tracing::warn!(conn = self.conn_id, error = %e, "cannot create agent socket");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(self.sessions.contains_key(&channel))
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let msg = "weft-ssh: X11 forwarding is not supported on this node\r\n";
+        session.extended_data(channel, 1, msg.as_bytes().to_vec())?;
+        session.channel_failure(channel)
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(grant), Some(login)) = (self.grant(), self.login.as_ref()) else {
+            return Ok(());
+        };
+        if !grant.allow_local_port_forwarding {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let Ok(permit) = self.channel_slots.clone().try_acquire_owned() else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        let host = host_to_connect.to_owned();
+        let timeout = self.shared.config.forward_connect_timeout;
+        let cap = self.shared.config.channel_input_buffer;
+        let closed = self.closed.clone();
+        let audit = login.audit.clone();
+        // Connect off the session loop: a slow target must not stall the connection.
+        self.shared.tracker.spawn(async move {
+            let stream = tokio::select! {
+                r = forward::connect_direct(&host, port_to_connect, timeout) => r,
+                () = closed.cancelled() => return,
+            };
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(conn = audit.conn_id, error = %e, "direct-tcpip connect failed");
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                    return;
+                }
+            };
+            reply.accept().await;
+            let (read, write) = channel.split();
+            // Audit line (info on purpose; see `server` module docs).
+            tracing::info!(conn = audit.conn_id, peer_user = %audit.peer_user, peer_node = %audit.peer_node,
+                local_user = %audit.local_user, what = "forward-local", "ssh session started");
+            let sent = bridge(stream, read, write, cap, closed, Some(permit)).await;
+            tracing::info!(conn = audit.conn_id, peer_user = %audit.peer_user, peer_node = %audit.peer_node,
+                local_user = %audit.local_user, what = "forward-local", bytes_out = sent, "ssh session ended");
+        });
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let (Some(grant), Some(login)) = (self.grant(), self.login.as_ref()) else {
+            return Ok(false);
+        };
+        if !grant.allow_remote_port_forwarding
+            || self.remote_forwards.len() >= self.shared.config.max_remote_forwards_per_conn
+            || (*port != 0 && *port < 1024 && login.user.uid != 0)
+        {
+            return Ok(false);
+        }
+        let Some(ip) = forward::remote_bind_addr(address, &self.shared.config.tailnet_addrs) else {
+            return Ok(false);
+        };
+        let (listener, bound) = match forward::bind_remote(ip, *port).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(conn = self.conn_id, error = %e, "tcpip-forward bind failed");
+                return Ok(false);
+            }
+        };
+        let stop = self.closed.child_token();
+        let ctx = self.fwd_ctx(session, login.audit.clone());
+        // Audit line (info on purpose; see `server` module docs).
+        tracing::info!(conn = self.conn_id, peer_user = %login.audit.peer_user, peer_node = %login.audit.peer_node,
+            local_user = %login.audit.local_user, what = "forward-remote", port = bound, "ssh session started");
+        self.shared.tracker.spawn(forward::serve_remote_forward(
+            listener,
+            address.to_owned(),
+            bound,
+            ctx,
+            stop.clone(),
+        ));
+        // OpenSSH cancels by the port it asked for (0 stays 0 only if it never learnt the port).
+        self.remote_forwards
+            .insert((address.to_owned(), bound), stop);
+        *port = bound;
+        Ok(true)
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        match self.remote_forwards.remove(&(address.to_owned(), port)) {
+            Some(stop) => {
+                stop.cancel();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
