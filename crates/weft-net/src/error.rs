@@ -1,4 +1,5 @@
-//! Errors of the data-plane drivers.
+//! Errors of the data-plane drivers. Messages do not repeat their source
+//! error; print the chain (`{:#}` with anyhow) to see it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::net::SocketAddr;
 pub enum TunError {
     /// `/dev/net/tun` is absent or the `tun` module is not loaded.
     #[error(
-        "cannot open /dev/net/tun ({source}): the TUN driver is missing; run `modprobe tun` \
+        "cannot open /dev/net/tun: the TUN driver is missing; run `modprobe tun` \
          (in a container, pass the device in, e.g. `--device /dev/net/tun`)"
     )]
     NoDriver {
@@ -17,7 +18,7 @@ pub enum TunError {
     },
     /// The process may not create network devices.
     #[error(
-        "cannot create TUN device {name:?} ({source}): permission denied; \
+        "cannot create TUN device {name:?}: permission denied; \
          run as root or grant CAP_NET_ADMIN (e.g. `setcap cap_net_admin+ep <binary>`)"
     )]
     PermissionDenied {
@@ -36,7 +37,7 @@ pub enum TunError {
     #[error("invalid interface name {name:?}: use 1 to 15 characters, no '/', ':' or whitespace")]
     InvalidName { name: String },
     /// Anything else the kernel refused.
-    #[error("cannot create TUN device {name:?}: {source}")]
+    #[error("cannot create TUN device {name:?}")]
     Other {
         name: String,
         #[source]
@@ -51,21 +52,21 @@ pub enum NetError {
     #[error(transparent)]
     Tun(#[from] TunError),
     /// The UDP socket could not be bound.
-    #[error("cannot bind UDP socket to {addr}: {source}")]
+    #[error("cannot bind UDP socket to {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: io::Error,
     },
     /// A socket option or other setup step failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Setup {
         what: &'static str,
         #[source]
         source: io::Error,
     },
     /// A worker thread could not be spawned.
-    #[error("cannot spawn thread {name}: {source}")]
+    #[error("cannot spawn thread {name}")]
     Spawn {
         name: &'static str,
         #[source]

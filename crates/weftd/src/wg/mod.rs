@@ -162,7 +162,7 @@ impl Control {
                     };
                     return Err(Refusal {
                         errno,
-                        reason: e.to_string(),
+                        reason: format!("{:#}", anyhow::Error::new(e)),
                     });
                 }
             }
@@ -172,7 +172,7 @@ impl Control {
         {
             return Err(Refusal {
                 errno: -libc::EIO,
-                reason: e.to_string(),
+                reason: format!("{:#}", anyhow::Error::new(e)),
             });
         }
         Ok(())
