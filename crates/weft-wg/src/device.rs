@@ -279,6 +279,15 @@ pub struct Device {
     counters: Counters,
 }
 
+/// A datagram being decapsulated, with what is known about it.
+#[derive(Clone, Copy)]
+struct Incoming<'d> {
+    kind: MessageKind,
+    from: SocketAddr,
+    datagram: &'d [u8],
+    now: Instant,
+}
+
 /// Packets queued during a handshake are sent in a burst of at most this
 /// many (boringtun queues at most 256 per peer).
 const MAX_FLUSH: usize = 260;
@@ -380,12 +389,16 @@ impl Device {
             return Decapsulated::Dropped(self.count(DropReason::BufferTooSmall));
         }
         let state = self.read();
-        let peer = match kind.receiver() {
-            _ if state.identity.is_none() => Err(DropReason::NoPrivateKey),
-            None => self.identify_initiator(&state, from, datagram, out, now, send),
-            Some(receiver) => state
-                .peer_by_receiver(receiver)
-                .ok_or(DropReason::UnknownPeer),
+        let peer = if state.identity.is_none() {
+            Err(DropReason::NoPrivateKey)
+        } else {
+            let rx = Incoming {
+                kind,
+                from,
+                datagram,
+                now,
+            };
+            self.find_peer(&state, &rx, out, send)
         };
         let peer = match peer {
             Ok(peer) => peer,
@@ -509,35 +522,55 @@ impl Device {
         }
     }
 
-    /// Screens a handshake initiation through the device rate limiter, then
-    /// decrypts its static key to find the peer. Under load a cookie reply
-    /// goes to `send` instead.
-    fn identify_initiator<'s>(
+    /// Finds the peer a datagram is for. Handshake messages first pass the
+    /// device rate limiter (which may send a cookie reply instead); an
+    /// initiation's sender is then found by decrypting its static key, every
+    /// other message's by its receiver index.
+    fn find_peer<'s>(
         &self,
         state: &'s State,
-        from: SocketAddr,
-        datagram: &[u8],
+        rx: &Incoming<'_>,
         out: &mut [u8],
-        now: Instant,
         send: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Result<&'s Arc<Peer>, DropReason> {
+        let Incoming {
+            kind,
+            from,
+            datagram,
+            now,
+        } = *rx;
         let Some(identity) = &state.identity else {
             return Err(DropReason::NoPrivateKey);
         };
+        let by_index = |receiver| {
+            state
+                .peer_by_receiver(receiver)
+                .ok_or(DropReason::UnknownPeer)
+        };
+        let receiver = match kind {
+            MessageKind::Initiation => None,
+            MessageKind::Response { receiver } => Some(receiver),
+            MessageKind::CookieReply { receiver } | MessageKind::Transport { receiver } => {
+                return by_index(receiver);
+            }
+        };
         let decision = match self.gate().as_mut() {
-            Some(gate) => gate.check_initiation(from.ip(), datagram, out, now),
+            Some(gate) => gate.check(from.ip(), datagram, out, now),
             None => return Err(DropReason::NoPrivateKey),
         };
-        let init = match decision {
-            GateDecision::Pass(init) => init,
-            GateDecision::Cookie(len) => {
-                send(from, out.get(..len).unwrap_or_default());
-                return Err(DropReason::RateLimited);
+        match (decision, receiver) {
+            (GateDecision::Initiation(init), None) => {
+                let key = session::identify_initiator(&identity.statics, &init)?;
+                state.peers.get(&key).ok_or(DropReason::UnknownPeer)
             }
-            GateDecision::Refuse(e) => return Err(e.into()),
-        };
-        let key = session::identify_initiator(&identity.statics, &init)?;
-        state.peers.get(&key).ok_or(DropReason::UnknownPeer)
+            (GateDecision::Response, Some(receiver)) => by_index(receiver),
+            (GateDecision::Cookie(len), _) => {
+                send(from, out.get(..len).unwrap_or_default());
+                Err(DropReason::RateLimited)
+            }
+            (GateDecision::Refuse(e), _) => Err(e.into()),
+            (GateDecision::Initiation(_) | GateDecision::Response, _) => Err(DropReason::Malformed),
+        }
     }
 
     /// Book-keeping for an authenticated transport message (data or keepalive).

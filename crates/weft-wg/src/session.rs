@@ -29,6 +29,7 @@
 //! that cannot be injected.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use boringtun::noise::errors::WireGuardError;
@@ -245,16 +246,9 @@ impl BoringSession {
         let mut last = Duration::ZERO;
         clock.enter(now, &mut last);
         let secret = StaticSecret::from(*key.as_bytes());
-        // `None`: boringtun gives this `Tunn` its own rate limiter (10
-        // handshakes a second), touched only under this peer's lock.
-        let tunn = Tunn::new(
-            secret,
-            PublicKey::from(peer.to_bytes()),
-            preshared_key,
-            None,
-            index,
-            None,
-        );
+        let limiter = unlimited(&PublicKey::from(&secret));
+        let peer = PublicKey::from(peer.to_bytes());
+        let tunn = Tunn::new(secret, peer, preshared_key, None, index, Some(limiter));
         Self {
             tunn,
             clock,
@@ -368,7 +362,8 @@ impl WgSession for BoringSession {
         self.clock.enter(now, &mut self.last);
         let secret = StaticSecret::from(*key.as_bytes());
         let public = PublicKey::from(&secret);
-        self.tunn.set_static_private(secret, public, None);
+        let limiter = unlimited(&public);
+        self.tunn.set_static_private(secret, public, Some(limiter));
     }
 
     fn has_current_session(&mut self, now: Instant) -> bool {
@@ -385,6 +380,15 @@ impl WgSession for BoringSession {
             rtt_ms,
         }
     }
+}
+
+/// The rate limiter each `Tunn` gets: its own (never shared, so its
+/// `Instant`s follow this peer's clock), checking MAC1 but never asking for
+/// a cookie. Load is judged once, device-wide, by [`HandshakeGate`]: two
+/// limiters with different cookie secrets would hand a peer cookies that the
+/// other one rejects.
+fn unlimited(our_public: &PublicKey) -> Arc<RateLimiter> {
+    Arc::new(RateLimiter::new(our_public, u64::MAX))
 }
 
 fn convert(result: TunnResult<'_>, is_transport: bool) -> SessionOutput<'_> {
@@ -435,19 +439,25 @@ impl StaticIdentity {
 /// A handshake initiation whose MAC1 (and, under load, MAC2) verified.
 pub(crate) struct VerifiedInitiation<'d>(HandshakeInit<'d>);
 
-/// What [`HandshakeGate::check_initiation`] decided.
+/// What [`HandshakeGate::check`] decided.
 pub(crate) enum GateDecision<'d> {
-    /// The MACs verified; identify the sender with [`identify_initiator`].
-    Pass(VerifiedInitiation<'d>),
+    /// An initiation whose MACs verified; identify the sender with
+    /// [`identify_initiator`].
+    Initiation(VerifiedInitiation<'d>),
+    /// A response whose MACs verified; its receiver index names the peer.
+    Response,
     /// Under load: send the cookie reply of this length (in the caller's buffer).
     Cookie(usize),
     /// Refused.
     Refuse(SessionError),
 }
 
-/// The device-wide rate limiter that screens handshake initiations before
-/// the expensive Diffie-Hellman that identifies their sender (whitepaper
-/// §5.3, §5.4.4). It lives under its own lock; see the module docs for `last`.
+/// The device-wide rate limiter for handshake messages (whitepaper §5.3,
+/// §5.4.4, §5.4.7). Every initiation and response passes it before any
+/// Diffie-Hellman: it checks MAC1, counts the message and, above
+/// [`DEVICE_HANDSHAKE_RATE_LIMIT`] a second, demands a valid MAC2 (a cookie
+/// bound to the sender's IP), answering with a cookie reply otherwise. It
+/// lives under its own lock; see the module docs for `last`.
 pub(crate) struct HandshakeGate {
     limiter: RateLimiter,
     clock: Clock,
@@ -459,16 +469,17 @@ impl HandshakeGate {
         let mut last = Duration::ZERO;
         clock.enter(now, &mut last);
         let public = PublicKey::from(&StaticSecret::from(*key.as_bytes()));
+        let limiter = RateLimiter::new(&public, DEVICE_HANDSHAKE_RATE_LIMIT);
         Self {
-            limiter: RateLimiter::new(&public, DEVICE_HANDSHAKE_RATE_LIMIT),
+            limiter,
             clock,
             last,
         }
     }
 
-    /// Checks the MACs of a handshake initiation and counts it against the
-    /// rate limit. `cookie_out` must hold 64 bytes.
-    pub(crate) fn check_initiation<'d>(
+    /// Checks the MACs of a handshake initiation or response and counts it
+    /// against the rate limit. `cookie_out` must hold 64 bytes.
+    pub(crate) fn check<'d>(
         &mut self,
         from: IpAddr,
         datagram: &'d [u8],
@@ -477,7 +488,8 @@ impl HandshakeGate {
     ) -> GateDecision<'d> {
         self.clock.enter(now, &mut self.last);
         match self.limiter.verify_packet(Some(from), datagram, cookie_out) {
-            Ok(Packet::HandshakeInit(init)) => GateDecision::Pass(VerifiedInitiation(init)),
+            Ok(Packet::HandshakeInit(init)) => GateDecision::Initiation(VerifiedInitiation(init)),
+            Ok(Packet::HandshakeResponse(_)) => GateDecision::Response,
             Ok(_) => GateDecision::Refuse(SessionError::Malformed),
             Err(TunnResult::WriteToNetwork(cookie)) => GateDecision::Cookie(cookie.len()),
             Err(TunnResult::Err(e)) => GateDecision::Refuse(map_error(&e, false)),
@@ -485,7 +497,9 @@ impl HandshakeGate {
         }
     }
 
-    /// Resets the per-second handshake count once a second has passed.
+    /// Resets the per-second handshake count once a second has passed
+    /// (boringtun's `reset_count` checks the second itself, so calling it
+    /// every tick runs it once a second).
     pub(crate) fn tick(&mut self, now: Instant) {
         self.clock.enter(now, &mut self.last);
         self.limiter.reset_count();

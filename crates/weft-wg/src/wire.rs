@@ -69,16 +69,6 @@ impl MessageKind {
             _ => None,
         }
     }
-
-    /// Returns the receiver index of an index-addressed message.
-    pub(crate) fn receiver(self) -> Option<u32> {
-        match self {
-            Self::Initiation => None,
-            Self::Response { receiver }
-            | Self::CookieReply { receiver }
-            | Self::Transport { receiver } => Some(receiver),
-        }
-    }
 }
 
 /// Returns the message type of an outgoing datagram (its first byte).

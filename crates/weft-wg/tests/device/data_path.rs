@@ -334,6 +334,47 @@ fn a_handshake_needs_matching_preshared_keys() {
     );
 }
 
+#[test]
+fn under_a_handshake_flood_peers_get_cookies_and_still_get_through() {
+    let mut net = Net::pair();
+    net.send_ip(0, &ipv4_packet(overlay_v4(0), overlay_v4(1), 1, 8));
+    let init = net.wire.pop_front().unwrap();
+    // Replays of one initiation: the device counts each against its limit of
+    // 100 handshake messages a second; past that it demands a cookie.
+    let flood = |net: &mut Net| -> Vec<Datagram> {
+        for _ in 0..101 {
+            net.deliver(init.clone());
+        }
+        net.wire
+            .drain(..)
+            .filter(|d| message_type(&d.bytes) == 3)
+            .collect()
+    };
+    let cookies = flood(&mut net);
+    assert_eq!(cookies.len(), 1, "one cookie reply, for the 101st message");
+    assert_eq!(cookies[0].to, net.nodes[0].addr);
+    assert_eq!(net.nodes[1].dev.stats().dropped(DropReason::RateLimited), 1);
+    assert_eq!(net.nodes[1].dev.stats().dropped(DropReason::Replayed), 99);
+    assert_eq!(
+        net.deliver(cookies[0].clone()),
+        Outcome::Done,
+        "node 0 takes the cookie"
+    );
+
+    // Node 0 retries with the cookie as MAC2 while node 1 is flooded again.
+    let retry = loop {
+        net.now += TIMER_TICK;
+        net.tick();
+        if let Some(d) = net.wire.drain(..).find(|d| message_type(&d.bytes) == 1) {
+            break d;
+        }
+    };
+    assert_eq!(flood(&mut net).len(), 1, "still under load");
+    net.deliver(retry);
+    net.pump();
+    assert_eq!(net.delivered[1].len(), 1, "the real peer got through");
+}
+
 // --- keys ---
 
 #[test]
