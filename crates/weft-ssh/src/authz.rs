@@ -131,8 +131,11 @@ impl Decision {
 
 /// Maps connections to tailnet identities and evaluates the SSH policy.
 ///
-/// Both methods are called on the async runtime and must not block: they are
-/// expected to consult in-memory netmap and policy snapshots. A new netmap is
+/// `identify` is called on the async runtime and must not block (it consults
+/// an in-memory netmap snapshot). `authorize` runs on a blocking thread: it
+/// gets `uid_of`, a passwd lookup (`None` = no such account), so an
+/// evaluator like `weft_policy::authorize_ssh` can skip rules whose local
+/// user is missing or is root under "same name, never root". A new netmap is
 /// installed by handing the server a new authorizer
 /// ([`SshServer::update_policy`](crate::SshServer::update_policy)).
 pub trait Authorizer: Send + Sync + 'static {
@@ -142,8 +145,14 @@ pub trait Authorizer: Send + Sync + 'static {
 
     /// Evaluates the SSH policy for `peer` logging in as `ssh_user` at
     /// `now_unix_ms` (rules can expire). First matching rule wins; no match is
-    /// [`Decision::no_matching_rule`].
-    fn authorize(&self, peer: &PeerIdentity, ssh_user: &str, now_unix_ms: i64) -> Decision;
+    /// [`Decision::no_matching_rule`]. May call `uid_of` for local accounts.
+    fn authorize(
+        &self,
+        peer: &PeerIdentity,
+        ssh_user: &str,
+        now_unix_ms: i64,
+        uid_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Decision;
 }
 
 /// A login held by a `check` rule, as handed to the [`CheckHook`].

@@ -299,13 +299,58 @@ impl SshServer {
     /// authenticated connection: the ones the policy no longer allows (or now
     /// maps to another local user) get a message on each session and are
     /// disconnected; the others pick up the new forwarding permissions.
-    pub fn update_policy(&self, authorizer: Arc<dyn Authorizer>) -> PolicyUpdate {
+    pub async fn update_policy(&self, authorizer: Arc<dyn Authorizer>) -> PolicyUpdate {
         *self
             .shared
             .authorizer
             .write()
             .unwrap_or_else(PoisonError::into_inner) = authorizer.clone();
         let (_, unix_ms) = now();
+        // Snapshot the logins, evaluate off the runtime (passwd lookups), apply.
+        let logins: Vec<(u64, IpAddr, String, String, u32)> = {
+            let conns = self
+                .shared
+                .conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            conns
+                .iter()
+                .map(|(id, e)| {
+                    (
+                        *id,
+                        e.peer.addr,
+                        e.ssh_user.clone(),
+                        e.local_user.clone(),
+                        e.local_uid,
+                    )
+                })
+                .collect()
+        };
+        let evaluated = tokio::task::spawn_blocking(move || {
+            let uid_of = |name: &str| crate::user::LocalUser::lookup(name).ok().map(|u| u.uid);
+            logins
+                .into_iter()
+                .map(|(id, addr, ssh_user, local_user, local_uid)| {
+                    let verdict = match authorizer.identify(addr) {
+                        None => Err("your node is no longer part of this tailnet".to_owned()),
+                        Some(peer) => match authorizer.authorize(&peer, &ssh_user, unix_ms, &uid_of) {
+                            Decision::Reject { message } => Err(message),
+                            Decision::Accept(g) | Decision::Check { grant: g, .. }
+                                if g.local_user != local_user || (g.refuse_root && local_uid == 0) =>
+                            {
+                                Err(format!(
+                                    "tailnet policy no longer permits you to SSH to this node as {ssh_user}"
+                                ))
+                            }
+                            Decision::Accept(g) | Decision::Check { grant: g, .. } => Ok(g),
+                        },
+                    };
+                    (id, verdict)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
         let mut result = PolicyUpdate::default();
         let mut to_close = Vec::new();
         {
@@ -314,47 +359,33 @@ impl SshServer {
                 .conns
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let ids: Vec<u64> = conns.keys().copied().collect();
-            for id in ids {
-                let Some(entry) = conns.get(&id) else {
-                    continue;
-                };
-                let verdict = match authorizer.identify(entry.peer.addr) {
-                    None => Err("your node is no longer part of this tailnet".to_owned()),
-                    Some(peer) => match authorizer.authorize(&peer, &entry.ssh_user, unix_ms) {
-                        Decision::Reject { message } => Err(message),
-                        Decision::Accept(g) | Decision::Check { grant: g, .. } => {
-                            if g.local_user != entry.local_user
-                                || (g.refuse_root && entry.local_uid == 0)
-                            {
-                                Err(format!(
-                                    "tailnet policy no longer permits you to SSH to this node as {}",
-                                    entry.ssh_user
-                                ))
-                            } else {
-                                Ok(g)
-                            }
-                        }
-                    },
-                };
+            for (id, verdict) in evaluated {
                 match verdict {
                     Ok(g) => {
-                        *entry.grant.lock().unwrap_or_else(PoisonError::into_inner) = g;
-                        result.kept += 1;
+                        if let Some(entry) = conns.get(&id) {
+                            *entry.grant.lock().unwrap_or_else(PoisonError::into_inner) = g;
+                            result.kept += 1;
+                        }
                     }
                     Err(message) => {
                         if let Some(entry) = conns.remove(&id) {
                             to_close.push((id, entry, message));
+                            result.closed += 1;
                         }
-                        result.closed += 1;
                     }
                 }
             }
         }
         for (id, entry, message) in to_close {
             // Audit line (info on purpose; see module docs).
-            tracing::info!(conn = id, peer_user = %entry.peer.principal(), peer_node = %entry.peer.node_name,
-                local_user = %entry.local_user, reason = %message, "ssh connection closed by policy");
+            tracing::info!(
+                conn = id,
+                peer_user = %entry.peer.principal(),
+                peer_node = %entry.peer.node_name,
+                local_user = %entry.local_user,
+                reason = %message,
+                "ssh connection closed by policy"
+            );
             self.shared.tracker.spawn(close_connection(entry, message));
         }
         result

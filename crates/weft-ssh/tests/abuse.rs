@@ -233,7 +233,7 @@ async fn a_client_that_never_reads_stalls_only_itself_and_can_still_be_closed() 
     assert_eq!(out.stdout.len(), 8 << 20);
 
     // The stalled connection still obeys a policy change.
-    let update = srv.server.update_policy(FakeAuthz::new().arc());
+    let update = srv.server.update_policy(FakeAuthz::new().arc()).await;
     assert!(update.closed >= 1, "{update:?}");
     wait_for(Duration::from_secs(20), || {
         srv.server.connections().is_empty().then_some(())

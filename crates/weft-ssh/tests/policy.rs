@@ -171,11 +171,14 @@ async fn a_policy_change_closes_sessions_it_no_longer_allows_and_keeps_the_other
     })
     .await;
 
-    let update = srv.server.update_policy(
-        FakeAuthz::new()
-            .with(&bob.name, Rule::Accept(bob.name.clone()))
-            .arc(),
-    );
+    let update = srv
+        .server
+        .update_policy(
+            FakeAuthz::new()
+                .with(&bob.name, Rule::Accept(bob.name.clone()))
+                .arc(),
+        )
+        .await;
     assert_eq!((update.kept, update.closed), (1, 1));
     let out = tokio::time::timeout(Duration::from_secs(20), a.wait_with_output())
         .await

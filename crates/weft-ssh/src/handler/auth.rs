@@ -96,7 +96,17 @@ async fn decide(
         ));
     };
     let (instant, unix_ms) = now();
-    let decision = shared.authorizer().authorize(peer, ssh_user, unix_ms);
+    // The evaluator may consult passwd: run it on a blocking thread.
+    let (authz, who, login) = (shared.authorizer(), peer.clone(), ssh_user.to_owned());
+    let evaluated = tokio::task::spawn_blocking(move || {
+        authz.authorize(&who, &login, unix_ms, &|name: &str| {
+            LocalUser::lookup(name).ok().map(|u| u.uid)
+        })
+    })
+    .await;
+    let Ok(decision) = evaluated else {
+        return Verdict::Refuse("policy evaluation failed".to_owned());
+    };
     let (grant, period) = match decision {
         Decision::Reject { message } => return Verdict::Refuse(message),
         Decision::Accept(g) => (g, None),

@@ -99,7 +99,13 @@ impl Authorizer for FakeAuthz {
     fn identify(&self, src: IpAddr) -> Option<PeerIdentity> {
         (self.known && src == IpAddr::V4(Ipv4Addr::LOCALHOST)).then(peer)
     }
-    fn authorize(&self, _peer: &PeerIdentity, ssh_user: &str, _now: i64) -> Decision {
+    fn authorize(
+        &self,
+        _peer: &PeerIdentity,
+        ssh_user: &str,
+        _now: i64,
+        _uid_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Decision {
         match self.rules.get(ssh_user).or(self.wildcard.as_ref()) {
             None => Decision::no_matching_rule(ssh_user),
             Some(Rule::Accept(local)) => Decision::Accept(Grant::new(local.clone())),
