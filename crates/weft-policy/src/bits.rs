@@ -60,6 +60,17 @@ impl Bits {
         })
     }
 
+    /// Maps the even (`v4`) or odd members `2i (+ 1)` to `i` in `0..n`.
+    pub(crate) fn project_family(&self, n: usize, v4: bool) -> Bits {
+        let mut out = Bits::new(n);
+        for s in self.ones() {
+            if (s % 2 == 0) == v4 {
+                out.set(s / 2);
+            }
+        }
+        out
+    }
+
     /// Maps a set over pairs (`2i`, `2i + 1`) to a set over `i` in `0..n`.
     pub(crate) fn project_pairs(&self, n: usize) -> Bits {
         let mut out = Bits::new(n);

@@ -408,19 +408,21 @@ impl<'a> Compiler<'a> {
             if per_node.is_empty() {
                 continue;
             }
-            let src_nodes = src.slots.project_pairs(n);
+            // Visibility is per family: a source reaches B only over an
+            // address family both have.
+            let src_nodes = [src.slots.project_family(n, true), src.slots.project_family(n, false)];
             let mut normal_list: Option<u32> = None;
-            let mut self_lists: BTreeMap<String, Option<(u32, Bits)>> = BTreeMap::new();
+            let mut self_lists: BTreeMap<String, Option<(u32, [Bits; 2])>> = BTreeMap::new();
             for (b, (normal, selfs)) in per_node {
                 if !wanted(b) {
                     continue;
                 }
                 if !normal.is_empty() && (src.any || !src.raw.is_empty() || !src.slots.is_empty()) {
                     let list = *normal_list.get_or_insert_with(|| push_list(&mut out.src_lists, self.prefixes(&src.slots, &src.raw)));
-                    out.acl[b].push(AclPiece { rule: r, src: list, dst: normal });
                     if let Some(row) = inbound.get_mut(b) {
-                        row.or_assign(&src_nodes);
+                        or_by_family(row, &src_nodes, &normal);
                     }
+                    out.acl[b].push(AclPiece { rule: r, src: list, dst: normal });
                 }
                 let owner = self.tailnet.nodes().get(b).and_then(|node| node.owner());
                 if let (false, Some(owner)) = (selfs.is_empty(), owner) {
@@ -431,14 +433,14 @@ impl<'a> Compiler<'a> {
                             None
                         } else {
                             let list = push_list(&mut out.src_lists, self.prefixes(&slots, &[]));
-                            Some((list, slots.project_pairs(n)))
+                            Some((list, [slots.project_family(n, true), slots.project_family(n, false)]))
                         }
                     });
                     if let Some((list, nodes)) = entry {
-                        out.acl[b].push(AclPiece { rule: r, src: *list, dst: selfs });
                         if let Some(row) = inbound.get_mut(b) {
-                            row.or_assign(nodes);
+                            or_by_family(row, nodes, &selfs);
                         }
+                        out.acl[b].push(AclPiece { rule: r, src: *list, dst: selfs });
                     }
                 }
             }
@@ -598,6 +600,16 @@ fn ssh_users<'u>(users: impl Iterator<Item = &'u SshUser>) -> (BTreeMap<String, 
         map.insert("root".to_string(), LocalUser::NoMapping);
     }
     (map, domains)
+}
+
+/// Adds to `row` the sources of each family the destinations use.
+fn or_by_family(row: &mut Bits, src_nodes: &[Bits; 2], dst: &[DstPorts]) {
+    if dst.iter().any(|d| d.net.addr().is_ipv4()) {
+        row.or_assign(&src_nodes[0]);
+    }
+    if dst.iter().any(|d| d.net.addr().is_ipv6()) {
+        row.or_assign(&src_nodes[1]);
+    }
 }
 
 fn origin(index: usize, line: u32) -> RuleOrigin {

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use weft_types::filter::{CheckPeriod, LocalUser, SshAction, SshMode, SshPolicy};
+use weft_types::filter::{CheckPeriod, LocalUser, SSH_ANY_USER, SshAction, SshMode, SshPolicy};
 
 /// What the caller knows about a local account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +100,10 @@ pub fn authorize_ssh(
         }
         let local = match rule.local_user_for(requested) {
             None | Some(LocalUser::NoMapping) => {
-                note(RejectReason::LoginNotAllowed);
+                // `root` is kept out of a "same name, never root" rule by an
+                // explicit no-mapping entry: say so.
+                let nonroot_rule = rule.users.get(SSH_ANY_USER) == Some(&LocalUser::SameNameNonRoot);
+                note(if nonroot_rule { RejectReason::RootRefused } else { RejectReason::LoginNotAllowed });
                 continue;
             }
             Some(LocalUser::Named(name)) => {
