@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use weft_wg::session::{KEEPALIVE_TIMEOUT, REKEY_AFTER_TIME, REKEY_TIMEOUT};
+use weft_wg::session::{KEEPALIVE_TIMEOUT, REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT};
 use weft_wg::{DeviceUpdate, DropReason, TIMER_TICK};
 
 use crate::harness::*;
@@ -143,6 +143,49 @@ fn retries_the_handshake_after_rekey_timeout_when_the_responder_is_silent() {
         1,
         "and again REKEY_TIMEOUT later"
     );
+}
+
+#[test]
+fn gives_up_after_rekey_attempt_time_and_starts_again_on_new_traffic() {
+    let mut net = Net::pair();
+    net.send_ip(0, &ipv4_packet(overlay_v4(0), overlay_v4(1), 1, 8));
+    let mut initiations = 0;
+    let end = net.now + REKEY_ATTEMPT_TIME + Duration::from_secs(30);
+    while net.now < end {
+        net.now += TIMER_TICK;
+        net.tick();
+        initiations += net
+            .wire
+            .drain(..)
+            .filter(|d| message_type(&d.bytes) == 1)
+            .count();
+    }
+    // One every REKEY_TIMEOUT until REKEY_ATTEMPT_TIME: 18 retries at most.
+    assert!((15..=18).contains(&initiations), "{initiations} retries");
+    assert_eq!(net.wire.len(), 0);
+
+    let p = ipv4_packet(overlay_v4(0), overlay_v4(1), 2, 8);
+    assert_eq!(net.send_ip(0, &p), Outcome::Queued);
+    assert_eq!(net.wire.len(), 1, "a fresh initiation");
+    net.pump();
+    assert_eq!(
+        net.delivered[1],
+        vec![p],
+        "only the new packet: the old queue was dropped"
+    );
+}
+
+#[test]
+fn traffic_resumes_after_ten_idle_minutes() {
+    let mut net = Net::pair();
+    net.handshake();
+    net.run_for(Duration::from_secs(600), TIMER_TICK);
+    for (from, to) in [(0, 1), (1, 0)] {
+        let p = ipv4_packet(overlay_v4(from), overlay_v4(to), 3, 8);
+        net.send_ip(from, &p);
+        net.pump();
+        assert_eq!(net.delivered[to].last(), Some(&p));
+    }
 }
 
 #[test]
