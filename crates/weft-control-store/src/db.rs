@@ -189,6 +189,8 @@ pub(crate) struct Inner {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
     pub(crate) writer: tokio::sync::Mutex<()>,
+    /// How many write transactions were retried (a contention metric).
+    pub(crate) retries: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -250,6 +252,7 @@ macro_rules! write_tx {
                 Ok(v) => break Ok(v),
                 Err(e) if e.is_transient() && $attempt + 1 < $crate::db::MAX_ATTEMPTS => {
                     tracing::debug!(attempt = $attempt, error = %e, "retrying write transaction");
+                    inner.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     $attempt += 1;
                 }
                 Err(e) => break Err($crate::db::give_up(e, $attempt + 1)),

@@ -46,6 +46,7 @@ mod register;
 mod users;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -137,6 +138,7 @@ impl Store {
                 pool,
                 backend,
                 writer: tokio::sync::Mutex::new(()),
+                retries: AtomicU64::new(0),
             }),
             config: Arc::new(config),
             rng: Arc::new(Mutex::new(SplitMix64::new(seed))),
@@ -170,6 +172,13 @@ impl Store {
             .fetch_one(&self.inner.pool)
             .await?;
         Ok(v.unwrap_or(0))
+    }
+
+    /// Returns how many write transactions this handle retried after losing
+    /// a race (lock, serialization failure or uniqueness collision). Worth
+    /// exporting as a metric: a steadily rising count means heavy contention.
+    pub fn write_retries(&self) -> u64 {
+        self.inner.retries.load(Ordering::Relaxed)
     }
 
     /// Closes every connection; later calls fail. Pending work finishes first.

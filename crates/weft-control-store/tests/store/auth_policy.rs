@@ -1,0 +1,246 @@
+use weft_control_store::{
+    AuthRequestState, KeyLifetime, NewAuthRequest, NewPreauthKey, PolicyVersionId, RegisterAuth,
+    StoreError, Tag,
+};
+
+use crate::common::{HOUR, MINUTE, T0, TestDb, machine_key, register_req, reusable_key_for, user};
+
+pub async fn an_approved_login_registers_its_node(db: &TestDb) {
+    let store = db.store().await;
+    let alice = user(&store, "alice").await;
+    let new = NewAuthRequest {
+        register: register_req(1, "Desk Top"),
+        expires_ms: T0 + 10 * MINUTE,
+    };
+    let req = store.create_auth_request(new, T0).await.unwrap();
+    assert_eq!(req.state, AuthRequestState::Pending);
+    assert_eq!(req.auth_id.len(), 32);
+    assert!(req.auth_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!((req.user, req.node, req.completed_ms), (None, None, None));
+    assert_eq!(store.auth_request(&req.auth_id).await.unwrap(), req);
+    assert_eq!(
+        store
+            .pending_auth_request_for(&machine_key(1), T0 + MINUTE)
+            .await
+            .unwrap(),
+        Some(req.clone())
+    );
+    assert_eq!(
+        store
+            .pending_auth_request_for(&machine_key(2), T0)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store.list_nodes().await.unwrap().is_empty(),
+        "nothing is registered before approval"
+    );
+
+    let tags: Vec<Tag> = vec!["tag:desk".parse().unwrap()];
+    let approval = RegisterAuth::User {
+        user: alice.id,
+        tags: &tags,
+        ephemeral: false,
+        key_lifetime: KeyLifetime::Never,
+    };
+    let (done, registered) = store
+        .complete_auth_request(&req.auth_id, approval, T0 + 2 * MINUTE)
+        .await
+        .unwrap();
+    assert!(registered.created);
+    let node = registered.node;
+    assert_eq!(
+        (node.hostname.as_str(), node.given_name.as_str()),
+        ("Desk Top", "desk-top")
+    );
+    assert_eq!(node.node_key, req.node_key);
+    assert_eq!(node.endpoints, register_req(1, "").endpoints);
+    assert_eq!(
+        (node.user, node.registered_by, node.expiry_ms),
+        (None, Some(alice.id), None)
+    );
+    assert_eq!(done.state, AuthRequestState::Approved);
+    assert_eq!(
+        (done.user, done.node, done.completed_ms),
+        (Some(alice.id), Some(node.id), Some(T0 + 2 * MINUTE))
+    );
+    assert_eq!(
+        store
+            .pending_auth_request_for(&machine_key(1), T0 + 3 * MINUTE)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Approving twice is refused and registers nothing more.
+    let err = store
+        .complete_auth_request(&req.auth_id, approval, T0 + 3 * MINUTE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::AuthRequestCompleted(id, "approved") if *id == req.auth_id),
+        "{err}"
+    );
+    assert_eq!(store.list_nodes().await.unwrap().len(), 1);
+
+    // A login can also be completed with a pre-auth key; a failed registration
+    // leaves the request pending.
+    let new = NewAuthRequest {
+        register: register_req(2, "b"),
+        expires_ms: T0 + HOUR,
+    };
+    let second = store.create_auth_request(new, T0).await.unwrap();
+    let one_off = NewPreauthKey {
+        reusable: false,
+        ..reusable_key_for(&alice)
+    };
+    let (_, secret) = store.create_preauth_key(one_off, T0).await.unwrap();
+    store
+        .register_node(
+            &register_req(3, "c"),
+            RegisterAuth::PreauthKey(secret.expose()),
+            T0,
+        )
+        .await
+        .unwrap();
+    let err = store
+        .complete_auth_request(
+            &second.auth_id,
+            RegisterAuth::PreauthKey(secret.expose()),
+            T0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PreauthKeyUsed(_)), "{err}");
+    assert_eq!(
+        store.auth_request(&second.auth_id).await.unwrap().state,
+        AuthRequestState::Pending
+    );
+}
+
+pub async fn logins_can_be_rejected_expire_and_are_cleaned_up(db: &TestDb) {
+    let store = db.store().await;
+    let alice = user(&store, "alice").await;
+    let mk = |n: u64, expires_ms: i64| NewAuthRequest {
+        register: register_req(n, "x"),
+        expires_ms,
+    };
+    let rejected = store
+        .create_auth_request(mk(1, T0 + HOUR), T0)
+        .await
+        .unwrap();
+    let stale = store
+        .create_auth_request(mk(2, T0 + MINUTE), T0)
+        .await
+        .unwrap();
+
+    let r = store
+        .reject_auth_request(&rejected.auth_id, T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.state, r.completed_ms),
+        (AuthRequestState::Rejected, Some(T0 + 1))
+    );
+    let err = store
+        .reject_auth_request(&rejected.auth_id, T0 + 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::AuthRequestCompleted(_, "rejected")),
+        "{err}"
+    );
+    let approval = RegisterAuth::User {
+        user: alice.id,
+        tags: &[],
+        ephemeral: false,
+        key_lifetime: KeyLifetime::ServerDefault,
+    };
+    let err = store
+        .complete_auth_request(&rejected.auth_id, approval, T0 + 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::AuthRequestCompleted(_, "rejected")),
+        "{err}"
+    );
+
+    let err = store
+        .complete_auth_request(&stale.auth_id, approval, T0 + MINUTE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::AuthRequestExpired(id) if *id == stale.auth_id),
+        "{err}"
+    );
+    let err = store
+        .reject_auth_request(&stale.auth_id, T0 + MINUTE)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AuthRequestExpired(_)), "{err}");
+    assert_eq!(
+        store
+            .pending_auth_request_for(&machine_key(2), T0 + MINUTE)
+            .await
+            .unwrap(),
+        None
+    );
+
+    let err = store.auth_request("nope").await.unwrap_err();
+    assert_eq!(err.to_string(), "unknown auth request \"nope\"");
+    let err = store
+        .complete_auth_request("nope", approval, T0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::UnknownAuthRequest(id) if id == "nope"),
+        "{err}"
+    );
+
+    assert_eq!(
+        store
+            .delete_expired_auth_requests(T0 + MINUTE)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.auth_request(&stale.auth_id).await.is_err());
+    assert!(store.auth_request(&rejected.auth_id).await.is_ok());
+    assert_eq!(
+        store.delete_expired_auth_requests(T0 + HOUR).await.unwrap(),
+        1
+    );
+    assert!(store.list_nodes().await.unwrap().is_empty());
+}
+
+pub async fn policies_are_versioned(db: &TestDb) {
+    let store = db.store().await;
+    assert_eq!(store.current_policy().await.unwrap(), None);
+    assert!(store.list_policies().await.unwrap().is_empty());
+
+    let text1 = "// first\n{ \"acls\": [] }\n";
+    let text2 = "{\n  \"acls\": [{\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"]}], // trailing\n}\n";
+    let v1 = store.put_policy(text1, "alice", T0).await.unwrap();
+    let v2 = store
+        .put_policy(text2, "api key 0123456789ab", T0 + 1)
+        .await
+        .unwrap();
+    assert!(v2.id > v1.id);
+    assert_eq!(
+        (v1.text.as_str(), v1.author.as_str(), v1.created_ms),
+        (text1, "alice", T0)
+    );
+    assert_eq!(store.current_policy().await.unwrap(), Some(v2.clone()));
+    assert_eq!(
+        store.list_policies().await.unwrap(),
+        vec![v2.clone(), v1.clone()]
+    );
+    assert_eq!(store.policy_version(v1.id).await.unwrap(), v1);
+    let ghost = PolicyVersionId(v2.id.0 + 10);
+    let err = store.policy_version(ghost).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("unknown policy version id {}", ghost.0)
+    );
+}

@@ -1,0 +1,347 @@
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use weft_control_store::{
+    KeyLifetime, NewPreauthKey, NodeId, NodeStatusUpdate, RegisterAuth, StoreError, Tag,
+};
+use weft_types::DiscoPublic;
+
+use crate::common::{
+    DAY, HOUR, MINUTE, T0, TestDb, machine_key, node_key, register_as, register_req,
+    reusable_key_for, user,
+};
+
+pub async fn nodes_are_found_by_id_key_and_address(db: &TestDb) {
+    let store = db.store().await;
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let a = register_as(&store, &alice, 1, "a", T0).await.node;
+    let b = register_as(&store, &bob, 2, "b", T0).await.node;
+    let c = register_as(&store, &alice, 3, "c", T0).await.node;
+
+    assert_eq!(store.node(b.id).await.unwrap(), b);
+    assert_eq!(store.node_by_node_key(&b.node_key).await.unwrap(), b);
+    assert_eq!(store.node_by_machine_key(&b.machine_key).await.unwrap(), b);
+    assert_eq!(store.node_by_ip(IpAddr::V4(b.ipv4)).await.unwrap(), b);
+    assert_eq!(store.node_by_ip(IpAddr::V6(b.ipv6)).await.unwrap(), b);
+    let mapped = IpAddr::V6(b.ipv4.to_ipv6_mapped());
+    assert_eq!(store.node_by_ip(mapped).await.unwrap(), b);
+    assert_eq!(
+        store.list_nodes().await.unwrap(),
+        vec![a.clone(), b.clone(), c.clone()]
+    );
+    assert_eq!(
+        store.list_nodes_of_user(alice.id).await.unwrap(),
+        vec![a, c]
+    );
+    assert_eq!(store.list_nodes_of_user(bob.id).await.unwrap(), vec![b]);
+}
+
+pub async fn unknown_nodes_are_named_in_errors(db: &TestDb) {
+    let store = db.store().await;
+    let ghost = NodeId(4242);
+    let expect_unknown = |err: StoreError| {
+        assert!(
+            matches!(err, StoreError::UnknownNode(id) if id == ghost),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "unknown node id 4242");
+    };
+    expect_unknown(store.node(ghost).await.unwrap_err());
+    expect_unknown(store.delete_node(ghost).await.unwrap_err());
+    expect_unknown(store.rename_node(ghost, "x").await.unwrap_err());
+    expect_unknown(store.set_node_tags(ghost, &[]).await.unwrap_err());
+    expect_unknown(store.expire_node(ghost, T0).await.unwrap_err());
+    expect_unknown(store.set_node_expiry(ghost, None).await.unwrap_err());
+    expect_unknown(store.set_online(ghost, true, T0).await.unwrap_err());
+    expect_unknown(
+        store
+            .update_node_status(ghost, NodeStatusUpdate::default(), T0)
+            .await
+            .unwrap_err(),
+    );
+
+    let nk = node_key(9, 0);
+    let err = store.node_by_node_key(&nk).await.unwrap_err();
+    assert_eq!(err.to_string(), format!("unknown node key {nk}"));
+    let err = store
+        .rotate_node_key(&nk, &node_key(9, 1), T0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::UnknownNodeKey(k) if k == nk),
+        "{err}"
+    );
+    let mk = machine_key(9);
+    let err = store.node_by_machine_key(&mk).await.unwrap_err();
+    assert_eq!(err.to_string(), format!("unknown machine key {mk}"));
+    let ip: IpAddr = "100.64.1.2".parse().unwrap();
+    let err = store.node_by_ip(ip).await.unwrap_err();
+    assert_eq!(err.to_string(), "no node has address 100.64.1.2");
+}
+
+pub async fn status_online_and_last_seen_are_recorded(db: &TestDb) {
+    let store = db.store().await;
+    let alice = user(&store, "alice").await;
+    let a = register_as(&store, &alice, 1, "a", T0).await.node;
+    let b = register_as(&store, &alice, 2, "b", T0).await.node;
+
+    let disco = DiscoPublic::from_bytes([5; 32]);
+    let eps: Vec<SocketAddr> = vec![
+        "198.18.0.7:41641".parse().unwrap(),
+        "[2001:db8::1]:41641".parse().unwrap(),
+    ];
+    let update = NodeStatusUpdate {
+        disco_key: Some(disco),
+        endpoints: Some(eps.clone()),
+        host_info: Some(
+            serde_json::json!({ "os": "linux", "ssh_host_keys": ["ssh-ed25519 AAAA"] }),
+        ),
+        hostname: Some("a-new".into()),
+    };
+    let a1 = store
+        .update_node_status(a.id, update, T0 + MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(a1.disco_key, Some(disco));
+    assert_eq!(a1.endpoints, eps);
+    assert_eq!(a1.host_info["ssh_host_keys"][0], "ssh-ed25519 AAAA");
+    assert_eq!(a1.hostname, "a-new");
+    assert_eq!(a1.given_name, "a");
+    assert_eq!(a1.last_seen_ms, Some(T0 + MINUTE));
+    // An empty update changes nothing but last_seen.
+    let a2 = store
+        .update_node_status(a.id, NodeStatusUpdate::default(), T0 + 2 * MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(a2.last_seen_ms, Some(T0 + 2 * MINUTE));
+    let mut same = a2.clone();
+    same.last_seen_ms = a1.last_seen_ms;
+    assert_eq!(same, a1);
+
+    store.set_online(a.id, true, T0 + 3 * MINUTE).await.unwrap();
+    store.set_online(b.id, true, T0 + 3 * MINUTE).await.unwrap();
+    let a3 = store.node(a.id).await.unwrap();
+    assert!(a3.online);
+    assert_eq!(a3.last_seen_ms, Some(T0 + 3 * MINUTE));
+    assert_eq!(
+        store
+            .touch_last_seen(&[a.id, NodeId(999)], T0 + 4 * MINUTE)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.node(a.id).await.unwrap().last_seen_ms,
+        Some(T0 + 4 * MINUTE)
+    );
+    store
+        .set_online(b.id, false, T0 + 5 * MINUTE)
+        .await
+        .unwrap();
+
+    // Restart: whatever was online is now offline and seen at restart time.
+    assert_eq!(store.mark_all_offline(T0 + HOUR).await.unwrap(), 1);
+    let (a4, b4) = (
+        store.node(a.id).await.unwrap(),
+        store.node(b.id).await.unwrap(),
+    );
+    assert!(!a4.online && !b4.online);
+    assert_eq!(a4.last_seen_ms, Some(T0 + HOUR));
+    assert_eq!(b4.last_seen_ms, Some(T0 + 5 * MINUTE));
+}
+
+pub async fn node_keys_rotate_and_expire(db: &TestDb) {
+    let store = db.store().await;
+    let alice = user(&store, "alice").await;
+    let a = register_as(&store, &alice, 1, "a", T0).await.node;
+    assert!(!a.is_expired(T0));
+
+    let new_key = node_key(1, 7);
+    let rotated = store
+        .rotate_node_key(&a.node_key, &new_key, T0 + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(rotated.node_key, new_key);
+    assert_eq!(
+        (rotated.id, rotated.ipv4, rotated.expiry_ms),
+        (a.id, a.ipv4, a.expiry_ms)
+    );
+    assert_eq!(store.node_by_node_key(&new_key).await.unwrap().id, a.id);
+    assert!(matches!(
+        store.node_by_node_key(&a.node_key).await,
+        Err(StoreError::UnknownNodeKey(_))
+    ));
+    // Rotating to the key it already has is a no-op.
+    assert_eq!(
+        store
+            .rotate_node_key(&new_key, &new_key, T0)
+            .await
+            .unwrap()
+            .node_key,
+        new_key
+    );
+
+    let expired = store.expire_node(a.id, T0 + DAY).await.unwrap();
+    assert_eq!(expired.expiry_ms, Some(T0 + DAY));
+    assert!(expired.is_expired(T0 + DAY) && !expired.is_expired(T0 + DAY - 1));
+    let forever = store.set_node_expiry(a.id, None).await.unwrap();
+    assert_eq!(forever.expiry_ms, None);
+    assert!(!forever.is_expired(i64::MAX));
+}
+
+pub async fn renames_and_tags_change_names_and_ownership(db: &TestDb) {
+    let store = db.store().await;
+    let alice = user(&store, "alice").await;
+    let a = register_as(&store, &alice, 1, "a", T0).await.node;
+    let b = register_as(&store, &alice, 2, "b", T0).await.node;
+
+    assert_eq!(
+        store
+            .rename_node(a.id, "db-primary")
+            .await
+            .unwrap()
+            .given_name,
+        "db-primary"
+    );
+    assert_eq!(
+        store
+            .rename_node(a.id, "db-primary")
+            .await
+            .unwrap()
+            .given_name,
+        "db-primary"
+    );
+    let err = store.rename_node(b.id, "db-primary").await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NameTaken(n) if n == "db-primary"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the name \"db-primary\" is already taken by another node"
+    );
+    for bad in ["DB", "-x", "x-", "", "a.b", "a_b"] {
+        let err = store.rename_node(b.id, bad).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::InvalidName { name, .. } if name == bad),
+            "{bad:?}: {err}"
+        );
+    }
+    assert_eq!(store.node(b.id).await.unwrap().given_name, "b");
+    // The old name is free again.
+    assert_eq!(store.rename_node(b.id, "a").await.unwrap().given_name, "a");
+
+    let tags: Vec<Tag> = vec![
+        "tag:web".parse().unwrap(),
+        "tag:prod".parse().unwrap(),
+        "tag:web".parse().unwrap(),
+    ];
+    let tagged = store.set_node_tags(a.id, &tags).await.unwrap();
+    assert_eq!(tagged.user, None);
+    assert_eq!(tagged.registered_by, Some(alice.id));
+    let names: Vec<&str> = tagged.tags.iter().map(Tag::as_str).collect();
+    assert_eq!(names, ["tag:prod", "tag:web"], "sorted, without duplicates");
+    assert!(
+        store
+            .list_nodes_of_user(alice.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|n| n.id != a.id)
+    );
+    let untagged = store.set_node_tags(a.id, &[]).await.unwrap();
+    assert_eq!((untagged.user, untagged.tags.len()), (Some(alice.id), 0));
+
+    // A node registered by a tag-only key has nobody to fall back to.
+    let key = NewPreauthKey {
+        user: None,
+        tags: vec!["tag:ci".parse().unwrap()],
+        ..reusable_key_for(&alice)
+    };
+    let (_, secret) = store.create_preauth_key(key, T0).await.unwrap();
+    let ci = store
+        .register_node(
+            &register_req(3, "ci"),
+            RegisterAuth::PreauthKey(secret.expose()),
+            T0,
+        )
+        .await
+        .unwrap()
+        .node;
+    let err = store.set_node_tags(ci.id, &[]).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::NodeWithoutOwner(id) if id == ci.id),
+        "{err}"
+    );
+}
+
+pub async fn ephemeral_gc_selects_only_offline_ephemeral_nodes_past_grace(db: &TestDb) {
+    let store = db.store().await;
+    let alice = user(&store, "alice").await;
+    let eph = |n: u64, host: &'static str, created: i64| {
+        let store = store.clone();
+        let user = alice.id;
+        async move {
+            let auth = RegisterAuth::User {
+                user,
+                tags: &[],
+                ephemeral: true,
+                key_lifetime: KeyLifetime::ServerDefault,
+            };
+            store
+                .register_node(&register_req(n, host), auth, created)
+                .await
+                .unwrap()
+                .node
+        }
+    };
+    let grace = Duration::from_secs(30 * 60);
+    let now = T0 + DAY;
+    // Offline, last seen long ago: collected.
+    let stale = eph(1, "stale", T0).await;
+    store.set_online(stale.id, false, now - HOUR).await.unwrap();
+    // Offline exactly at the grace boundary: collected.
+    let boundary = eph(2, "boundary", T0).await;
+    store
+        .set_online(boundary.id, false, now - 30 * MINUTE)
+        .await
+        .unwrap();
+    // Offline but seen recently: kept.
+    let recent = eph(3, "recent", T0).await;
+    store
+        .set_online(recent.id, false, now - 30 * MINUTE + 1)
+        .await
+        .unwrap();
+    // Online, even with an old last_seen: kept.
+    let online = eph(4, "online", T0).await;
+    store.set_online(online.id, true, T0).await.unwrap();
+    // Not ephemeral: kept.
+    let regular = register_as(&store, &alice, 5, "regular", T0).await.node;
+    store.set_online(regular.id, false, T0).await.unwrap();
+
+    let ids =
+        |nodes: Vec<weft_control_store::Node>| nodes.into_iter().map(|n| n.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.ephemeral_gc_candidates(grace, now).await.unwrap()),
+        vec![stale.id, boundary.id]
+    );
+    assert_eq!(
+        ids(store.delete_ephemeral_offline(grace, now).await.unwrap()),
+        vec![stale.id, boundary.id]
+    );
+    assert_eq!(
+        ids(store.list_nodes().await.unwrap()),
+        vec![recent.id, online.id, regular.id]
+    );
+    assert!(
+        store
+            .ephemeral_gc_candidates(grace, now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Nothing holds their addresses any more.
+    assert!(store.node_by_ip(IpAddr::V4(stale.ipv4)).await.is_err());
+    assert!(store.node_by_ip(IpAddr::V6(boundary.ipv6)).await.is_err());
+}
