@@ -32,8 +32,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// An idle connection (no request in flight) is closed after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A refused `set`: the errno for the reply (negative, as wireguard-go
-/// sends it) and a reason for the log.
+/// A refused `set`: the errno for the reply (either sign; it is sent
+/// negative, as wireguard-go does) and a reason for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub errno: i32,
@@ -331,8 +331,11 @@ fn with_errno(mut body: String, errno: i32) -> String {
     body
 }
 
+/// Formats the status line. wireguard-go sends errors as negative errnos
+/// (`errno=-22`) and `wg(8)` negates the number to report it; a positive
+/// value from the core is normalized to that convention.
 fn errno_only(errno: i32) -> String {
-    format!("errno={errno}\n\n")
+    format!("errno={}\n\n", -errno.saturating_abs())
 }
 
 /// Sends one request and returns the reply body (without the errno line).

@@ -29,6 +29,12 @@ impl Handler for FakeDevice {
                 reason: "asked to fail".into(),
             });
         }
+        if body.contains("positive") {
+            return Err(Refusal {
+                errno: libc::EPROTO,
+                reason: "core errnos are positive".into(),
+            });
+        }
         self.applied.lock().unwrap().push(body.to_owned());
         Ok(())
     }
@@ -109,6 +115,14 @@ fn a_refused_set_reports_its_errno_and_the_connection_stays_usable() {
     assert_eq!(read_reply(&mut r), "errno=-22\n\n");
     s.write_all(b"get=1\n\n").unwrap();
     assert!(read_reply(&mut r).starts_with("sets=0\n"));
+}
+
+#[test]
+fn errnos_go_out_negative_as_wireguard_go_sends_them() {
+    let f = fixture();
+    let (mut s, mut r) = connect(&f);
+    s.write_all(b"set=1\npositive\n\n").unwrap();
+    assert_eq!(read_reply(&mut r), "errno=-71\n\n");
 }
 
 #[test]
