@@ -348,6 +348,15 @@ impl<T: Tunnel> Engine<T> {
         Ok(())
     }
 
+    /// Returns the `SO_MARK` of the current socket, read back from the
+    /// kernel.
+    ///
+    /// # Errors
+    /// The `getsockopt` error.
+    pub fn socket_fwmark(&self) -> io::Result<u32> {
+        self.shared.socket.get().mark()
+    }
+
     /// Returns the notifier that becomes readable when a thread died (the
     /// TUN device was deleted, say). Poll it next to your signal handling.
     pub fn failed(&self) -> &Notify {

@@ -120,6 +120,14 @@ impl BoundSocket {
             })
     }
 
+    /// Returns the socket's `SO_MARK` as the kernel has it.
+    ///
+    /// # Errors
+    /// The `getsockopt` error.
+    pub fn mark(&self) -> io::Result<u32> {
+        socket2::SockRef::from(&self.sock).mark()
+    }
+
     fn grow_buffers(&self) {
         let fd = self.sock.as_fd();
         // The *FORCE variants ignore net.core.{r,w}mem_max but need

@@ -73,20 +73,7 @@ pub fn run(args: &WgArgs) -> anyhow::Result<()> {
     #[allow(clippy::disallowed_methods)] // wall clock for "latest handshake"
     let device = Arc::new(Device::new(now(), SystemTime::now()));
     let engine = Engine::start(Arc::clone(&device), tun, EngineConfig::default())?;
-    // Port 0 means "pick one": tell the core which one we got, so `wg show`
-    // prints it as wireguard-go does.
-    device.apply(
-        DeviceUpdate {
-            listen_port: Some(engine.listen_port()),
-            ..DeviceUpdate::default()
-        },
-        now(),
-    );
-    let control = Arc::new(Control {
-        device,
-        engine,
-        lock: Mutex::new(()),
-    });
+    let control = Arc::new(Control::new(device, engine));
 
     let (listener, socket_file) = uapi::bind(&args.uapi_dir, &path)?;
     let server = uapi::Server::start(listener, Arc::clone(&control))?;
@@ -140,6 +127,18 @@ struct Control {
 }
 
 impl Control {
+    fn new(device: Arc<Device>, engine: Engine<Device>) -> Self {
+        let control = Self {
+            device,
+            engine,
+            lock: Mutex::new(()),
+        };
+        // Port 0 means "pick one": tell the core which one we got, so `wg
+        // show` prints it as wireguard-go does.
+        control.set_core_port(control.engine.listen_port());
+        control
+    }
+
     /// Acts on what the core says changed; on a failed rebind, puts the old
     /// port back into the core so the device stays consistent.
     fn after_apply(&self, applied: Applied, old_port: u16) -> Result<(), Refusal> {
@@ -188,6 +187,9 @@ impl Control {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 impl Handler for Control {
     fn get(&self) -> String {
