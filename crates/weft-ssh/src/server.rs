@@ -524,7 +524,10 @@ impl Drop for AdmissionGuard {
     }
 }
 
-/// Tells the client why, then disconnects it; forces the close if it lingers.
+/// Tells the client why, then closes it: the reason on each session's stderr,
+/// the sessions closed (so the client prints what it has and exits), then a
+/// disconnect carrying the reason for whatever is left (forwards-only
+/// clients), and finally the socket if the client lingers.
 async fn close_connection(entry: ConnEntry, message: String) {
     let text = format!("\r\nweft-ssh: {message}; closing this session.\r\n");
     let channels: Vec<ChannelId> = entry
@@ -534,21 +537,28 @@ async fn close_connection(entry: ConnEntry, message: String) {
         .iter()
         .copied()
         .collect();
-    for ch in channels {
+    let h = &entry.handle;
+    for ch in &channels {
         let _ = tokio::time::timeout(
             SEND_TIMEOUT,
-            entry.handle.extended_data(ch, 1, text.clone().into_bytes()),
+            h.extended_data(*ch, 1, text.clone().into_bytes()),
         )
         .await;
+        let _ = tokio::time::timeout(SEND_TIMEOUT, h.eof(*ch)).await;
+        let _ = tokio::time::timeout(SEND_TIMEOUT, h.close(*ch)).await;
     }
-    let _ = tokio::time::timeout(
-        SEND_TIMEOUT,
-        entry
-            .handle
-            .disconnect(Disconnect::ByApplication, message, String::new()),
-    )
-    .await;
-    let _ = tokio::time::timeout(CLOSE_GRACE, entry.closed.cancelled()).await;
+    if !channels.is_empty() {
+        // A client whose sessions are all closed exits on its own.
+        let _ = tokio::time::timeout(CLOSE_GRACE, entry.closed.cancelled()).await;
+    }
+    if !entry.closed.is_cancelled() {
+        let _ = tokio::time::timeout(
+            SEND_TIMEOUT,
+            h.disconnect(Disconnect::ByApplication, message, String::new()),
+        )
+        .await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, entry.closed.cancelled()).await;
+    }
     entry.closed.cancel();
 }
 

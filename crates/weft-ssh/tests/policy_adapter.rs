@@ -12,7 +12,9 @@ use std::sync::Arc;
 use common::*;
 use weft_policy::ssh::{LocalAccount, RejectReason, SshDecision, authorize_ssh};
 use weft_ssh::{Authorizer, Decision, Grant, PeerIdentity};
-use weft_types::filter::{CheckPeriod, LocalUser, SshAction, SshMode, SshPolicy, SshPrincipal, SshRule};
+use weft_types::filter::{
+    CheckPeriod, LocalUser, SshAction, SshMode, SshPolicy, SshPrincipal, SshRule,
+};
 
 struct PolicyAuthz(SshPolicy);
 
@@ -21,25 +23,40 @@ impl Authorizer for PolicyAuthz {
         (src == peer().addr).then(peer)
     }
 
-    fn authorize(&self, peer: &PeerIdentity, ssh_user: &str, _now: i64, uid_of: &dyn Fn(&str) -> Option<u32>) -> Decision {
+    fn authorize(
+        &self,
+        peer: &PeerIdentity,
+        ssh_user: &str,
+        _now: i64,
+        uid_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Decision {
         let grant = |local_user: String, a: SshAction| Grant {
             allow_agent_forwarding: a.allow_agent_forwarding,
             allow_local_port_forwarding: a.allow_local_port_forwarding,
             allow_remote_port_forwarding: a.allow_remote_port_forwarding,
             ..Grant::new(local_user)
         };
-        match authorize_ssh(&self.0, peer.addr, ssh_user, |n| uid_of(n).map(|uid| LocalAccount { uid })) {
-            SshDecision::Accept { local_user, action, .. } => Decision::Accept(grant(local_user, action)),
-            SshDecision::Check { local_user, period, action, .. } => Decision::Check {
+        match authorize_ssh(&self.0, peer.addr, ssh_user, |n| {
+            uid_of(n).map(|uid| LocalAccount { uid })
+        }) {
+            SshDecision::Accept {
+                local_user, action, ..
+            } => Decision::Accept(grant(local_user, action)),
+            SshDecision::Check {
+                local_user,
+                period,
+                action,
+                ..
+            } => Decision::Check {
                 grant: grant(local_user, action),
                 period: match period {
                     CheckPeriod::Always => std::time::Duration::ZERO,
                     CheckPeriod::Millis(ms) => std::time::Duration::from_millis(ms),
                 },
             },
-            SshDecision::Reject(RejectReason::NoSuchLocalUser(u)) => {
-                Decision::Reject { message: format!("local user \"{u}\" does not exist on this node") }
-            }
+            SshDecision::Reject(RejectReason::NoSuchLocalUser(u)) => Decision::Reject {
+                message: format!("local user \"{u}\" does not exist on this node"),
+            },
             SshDecision::Reject(_) => Decision::no_matching_rule(ssh_user),
         }
     }
@@ -70,14 +87,30 @@ async fn a_compiled_nonroot_policy_admits_users_as_themselves_and_refuses_root()
         }],
     };
     let srv = start(FakeAuthz::new()).await;
-    let update = srv.server.update_policy(Arc::new(PolicyAuthz(policy))).await;
+    let update = srv
+        .server
+        .update_policy(Arc::new(PolicyAuthz(policy)))
+        .await;
     assert_eq!(update, weft_ssh::PolicyUpdate::default());
 
     let out = run(srv.ssh(&user.name, &[], &["id -un"])).await;
-    assert_eq!(text(&out.stdout), format!("{}\n", user.name), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}\n", user.name),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(srv.ssh("root", &[], &["id -un"])).await;
     assert_eq!(out.status.code(), Some(255));
-    assert!(text(&out.stderr).contains("does not permit you to SSH to this node as root"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not permit you to SSH to this node as root"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(srv.ssh("wft-absent", &[], &["id -un"])).await;
-    assert!(text(&out.stderr).contains("local user \"wft-absent\" does not exist"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("local user \"wft-absent\" does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
 }
