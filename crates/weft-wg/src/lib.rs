@@ -1,8 +1,10 @@
 //! WireGuard for Weft, sans-IO.
 //!
 //! This crate holds the protocol side of Weft's data plane and nothing else:
-//! no sockets, no TUN, no threads, no clock reads. Drivers (see `weft-net`)
-//! feed it packets and the current time and do what it says.
+//! no sockets, no TUN, no threads, no clock reads of its own. Drivers (see
+//! `weft-net`) feed it packets and the current time and do what it says.
+//! (boringtun 0.7.1 itself reads the wall clock once per session it creates,
+//! to stamp handshakes; see [`session`].)
 //!
 //! * [`Device`]: a WireGuard interface — private key, listen port, fwmark and
 //!   peers — with the cryptokey routing table ([`allowed_ips::AllowedIps`]).

@@ -27,6 +27,14 @@
 //!
 //! boringtun also draws ephemeral keys and cookie secrets from the OS RNG;
 //! that cannot be injected.
+//!
+//! # Rate limiting
+//! One device-wide limiter ([`HandshakeGate`], boringtun's `RateLimiter`)
+//! screens every handshake initiation and response before any
+//! Diffie-Hellman, and alone decides when a cookie is required. Each `Tunn`
+//! gets a private limiter that checks MAC1 but never asks for a cookie: with
+//! two limiters under load, each with its own cookie secret, a peer would be
+//! handed cookies the other one rejects and never get through.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -41,6 +49,9 @@ use mock_instant::MockClock;
 use weft_types::{NodePrivate, NodePublic};
 
 use crate::wire::{self, INITIATION_LEN, MESSAGE_INITIATION, TRANSPORT_OVERHEAD};
+
+// The timer constants are boringtun's, which enforces them; they are
+// repeated here to document them and to drive tests.
 
 /// The initiator rekeys a session this old once it sends (whitepaper §6.1, §6.2).
 pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
