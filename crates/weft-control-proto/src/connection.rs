@@ -613,32 +613,102 @@ impl<R: Role> Connection<R> {
 
     /// Splits `msg` into fragments and appends one record frame per fragment.
     fn seal(&mut self, msg: &[u8], now: Instant) -> Result<(), ChannelError> {
-        let transport = match &mut self.state {
-            State::Open { transport } | State::AwaitingConfirmation { transport, .. } => transport,
-            _ => return Err(ChannelError::Dead),
-        };
         let count = msg.len().div_ceil(MAX_FRAGMENT).max(1);
         for i in 0..count {
             let end = ((i + 1) * MAX_FRAGMENT).min(msg.len());
             let chunk = msg.get(i * MAX_FRAGMENT..end).unwrap_or_default();
             let flags = if i + 1 == count { FLAG_FIN } else { 0 };
-            self.scratch.clear();
-            self.scratch.push(flags);
-            self.scratch.extend_from_slice(chunk);
-            let start = self.outbuf.len();
-            self.outbuf.resize(start + HEADER_LEN + self.scratch.len() + TAG_LEN, 0);
-            let (header, out) = self
-                .outbuf
-                .get_mut(start..)
-                .and_then(|region| region.split_at_mut_checked(HEADER_LEN))
-                .ok_or(ChannelError::Encrypt)?;
-            let n = transport.write_message(&self.scratch, out).map_err(|_| ChannelError::Encrypt)?;
-            let len = u16::try_from(n).map_err(|_| ChannelError::Encrypt)?;
-            let [hi, lo] = len.to_be_bytes();
-            header.copy_from_slice(&[FRAME_RECORD, hi, lo]);
-            self.outbuf.truncate(start + HEADER_LEN + n);
+            self.seal_record(flags, chunk)?;
         }
         self.last_send = now;
         Ok(())
+    }
+
+    /// Encrypts `flags || chunk` and appends it as one record frame.
+    fn seal_record(&mut self, flags: u8, chunk: &[u8]) -> Result<(), ChannelError> {
+        let transport = match &mut self.state {
+            State::Open { transport } | State::AwaitingConfirmation { transport, .. } => transport,
+            _ => return Err(ChannelError::Dead),
+        };
+        self.scratch.clear();
+        self.scratch.push(flags);
+        self.scratch.extend_from_slice(chunk);
+        let start = self.outbuf.len();
+        self.outbuf.resize(start + HEADER_LEN + self.scratch.len() + TAG_LEN, 0);
+        let (header, out) = self
+            .outbuf
+            .get_mut(start..)
+            .and_then(|region| region.split_at_mut_checked(HEADER_LEN))
+            .ok_or(ChannelError::Encrypt)?;
+        let n = transport.write_message(&self.scratch, out).map_err(|_| ChannelError::Encrypt)?;
+        let len = u16::try_from(n).map_err(|_| ChannelError::Encrypt)?;
+        let [hi, lo] = len.to_be_bytes();
+        header.copy_from_slice(&[FRAME_RECORD, hi, lo]);
+        self.outbuf.truncate(start + HEADER_LEN + n);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upgrade::UpgradeHeaders;
+
+    fn pair(now: Instant) -> (ClientConnection, ServerConnection) {
+        let server_key = MachinePrivate::from_bytes([2; 32]);
+        let (mut client, req) = Connection::client(
+            &MachinePrivate::from_bytes([1; 32]),
+            &server_key.public(),
+            CapabilityVersion::CURRENT,
+            ChannelConfig::default(),
+            [3; 32],
+            now,
+        )
+        .unwrap();
+        let cap = req.capability.to_string();
+        let h = UpgradeHeaders { upgrade: Some("weft-control"), capability: Some(&cap), handshake: Some(&req.handshake) };
+        let mut server = Connection::accept(&server_key, &h, ChannelConfig::default(), [4; 32], now).unwrap().connection;
+        client.handle_input(&server.poll_transmit().unwrap(), now).unwrap();
+        (client, server)
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    #[test]
+    fn a_record_that_is_not_a_client_message_is_refused() {
+        let now = t0();
+        for bad in [&b"not json"[..], b"{}", b"{\"map\":{}}", b"{\"frobnicate\":{}}", b""] {
+            let (mut client, mut server) = pair(now);
+            client.send_bytes(bad, now).unwrap();
+            let err = server.handle_input(&client.poll_transmit().unwrap(), now).unwrap_err();
+            assert!(matches!(err, ChannelError::MalformedMessage(_)), "{err:?}");
+            assert!(!err.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_record_with_unknown_flags_is_refused() {
+        let now = t0();
+        let (mut client, mut server) = pair(now);
+        client.seal_record(0x02, b"{}").unwrap();
+        let err = server.handle_input(&client.poll_transmit().unwrap(), now).unwrap_err();
+        assert_eq!(err, ChannelError::MalformedFrame("record with unknown flags"));
+    }
+
+    #[test]
+    fn a_record_without_the_flags_byte_is_refused() {
+        // An authenticated record with an empty plaintext: only a peer with
+        // the keys can make one, and it is still refused.
+        let now = t0();
+        let (mut client, mut server) = pair(now);
+        let State::Open { transport } = &mut client.state else { panic!() };
+        let mut out = [0u8; TAG_LEN];
+        let n = transport.write_message(&[], &mut out).unwrap();
+        let mut frame = vec![FRAME_RECORD, 0, n as u8];
+        frame.extend_from_slice(&out[..n]);
+        assert!(matches!(server.handle_input(&frame, now), Err(ChannelError::MalformedFrame(_))));
     }
 }

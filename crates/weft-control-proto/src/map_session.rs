@@ -316,51 +316,82 @@ impl MapSession {
         };
         validate(map, &deltas)?;
 
-        // Remember each touched peer as it was, then apply, then compare.
-        let mut before: BTreeMap<NodeId, Option<Node>> = BTreeMap::new();
-        let mut diff = NetMapDiff::default();
+        // Remember each touched part as it was before the batch, apply the
+        // batch, then compare: a batch that changes something and changes it
+        // back reports nothing.
+        let mut before = Before::default();
         for delta in deltas {
             match delta {
                 Delta::Peer(pd) => {
                     let id = peer_delta_id(&pd);
-                    before.entry(id).or_insert_with(|| map.peers.get(&id).cloned());
+                    before.peers.entry(id).or_insert_with(|| map.peers.get(&id).cloned());
                     apply_peer(map, pd);
                 }
                 Delta::SelfNode(node) => {
-                    diff.self_node |= map.self_node != *node;
+                    before.self_node.get_or_insert_with(|| map.self_node.clone());
                     map.self_node = *node;
                 }
                 Delta::UserProfile(p) => {
-                    diff.user_profiles |= map.user_profiles.get(&p.id) != Some(&p);
+                    before.user_profiles.get_or_insert_with(|| map.user_profiles.clone());
                     map.user_profiles.insert(p.id, p);
                 }
                 Delta::UserProfileRemoved(id) => {
-                    diff.user_profiles |= map.user_profiles.remove(&id).is_some();
+                    before.user_profiles.get_or_insert_with(|| map.user_profiles.clone());
+                    map.user_profiles.remove(&id);
                 }
                 Delta::Dns(d) => {
-                    diff.dns |= map.dns != d;
+                    before.dns.get_or_insert_with(|| map.dns.clone());
                     map.dns = d;
                 }
                 Delta::RelayMap(r) => {
-                    diff.relay_map |= map.relay_map != r;
+                    before.relay_map.get_or_insert_with(|| map.relay_map.clone());
                     map.relay_map = r;
                 }
                 Delta::PacketFilter(f) => {
-                    diff.packet_filter |= map.packet_filter != *f;
+                    before.packet_filter.get_or_insert_with(|| map.packet_filter.clone());
                     map.packet_filter = *f;
                 }
                 Delta::SshPolicy(p) => {
-                    diff.ssh_policy |= map.ssh_policy != p;
+                    before.ssh_policy.get_or_insert_with(|| map.ssh_policy.clone());
                     map.ssh_policy = p;
                 }
             }
         }
-        for (id, old) in before {
-            if let Some(d) = peer_diff(old.as_ref(), map.peers.get(&id)) {
-                diff.peers.insert(id, d);
-            }
+        Ok(before.diff(map))
+    }
+}
+
+/// The parts of a netmap a delta batch touched, as they were before it.
+#[derive(Default)]
+struct Before {
+    peers: BTreeMap<NodeId, Option<Node>>,
+    self_node: Option<Node>,
+    user_profiles: Option<BTreeMap<weft_types::UserId, weft_types::UserProfile>>,
+    dns: Option<weft_types::netmap::DnsConfig>,
+    relay_map: Option<weft_types::netmap::RelayMap>,
+    packet_filter: Option<weft_types::netmap::PacketFilter>,
+    ssh_policy: Option<weft_types::netmap::SshPolicy>,
+}
+
+impl Before {
+    fn diff(self, map: &NetMap) -> NetMapDiff {
+        fn changed<T: PartialEq>(old: Option<T>, new: &T) -> bool {
+            old.is_some_and(|o| o != *new)
         }
-        Ok(diff)
+        NetMapDiff {
+            peers: self
+                .peers
+                .into_iter()
+                .filter_map(|(id, old)| Some((id, peer_diff(old.as_ref(), map.peers.get(&id))?)))
+                .collect(),
+            self_node: changed(self.self_node, &map.self_node),
+            user_profiles: changed(self.user_profiles, &map.user_profiles),
+            domain: false,
+            dns: changed(self.dns, &map.dns),
+            relay_map: changed(self.relay_map, &map.relay_map),
+            packet_filter: changed(self.packet_filter, &map.packet_filter),
+            ssh_policy: changed(self.ssh_policy, &map.ssh_policy),
+        }
     }
 }
 
