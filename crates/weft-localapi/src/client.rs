@@ -337,6 +337,18 @@ mod tests {
     }
 
     #[test]
+    fn a_patch_carries_only_what_it_changes_and_null_clears() {
+        let clear = PrefsPatch { hostname: Some(None), ..PrefsPatch::default() };
+        let json = serde_json::to_string(&clear).unwrap();
+        assert_eq!(json, r#"{"hostname":null}"#);
+        assert_eq!(serde_json::from_str::<PrefsPatch>(&json).unwrap(), clear);
+        let none: PrefsPatch = serde_json::from_str("{}").unwrap();
+        assert!(none.is_empty());
+        let set: PrefsPatch = serde_json::from_str(r#"{"nickname":"work"}"#).unwrap();
+        assert_eq!(set.nickname, Some(Some("work".into())));
+    }
+
+    #[test]
     fn notify_events_are_tagged_json_lines() {
         let n = Notify::BrowseToUrl { url: "http://x/a/1".into() };
         let s = serde_json::to_string(&n).unwrap();

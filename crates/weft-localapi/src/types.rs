@@ -85,17 +85,38 @@ impl Default for Prefs {
 
 /// A partial change to [`Prefs`]: `None` leaves a field unchanged (Tailscale's
 /// `MaskedPrefs`, typed). `hostname`/`nickname` use `Some(None)` to clear.
+///
+/// On the wire a patch carries only the fields it changes: an absent field
+/// is unchanged, and for `hostname`/`nickname` an explicit `null` clears.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PrefsPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub control_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub want_running: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "double_option")]
     pub hostname: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub run_ssh: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shields_up: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub accept_dns: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_tags: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "double_option")]
     pub nickname: Option<Option<String>>,
+}
+
+/// Reads a present field (value or `null`) as `Some(..)`, so `null` means
+/// "clear" while an absent field stays `None` ("unchanged") via `default`.
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl PrefsPatch {
