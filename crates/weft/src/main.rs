@@ -14,11 +14,13 @@
 mod cli;
 mod cmd;
 mod ctx;
+mod known_hosts;
 mod prefs;
 mod render;
 mod resolve;
 mod spinner;
 mod upflow;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use weft_localapi::BackendState;
+
 /// Text columns aligned like Go's tabwriter: each column as wide as its
 /// widest cell, two spaces between columns, no trailing spaces.
 #[derive(Debug, Default)]
@@ -183,9 +185,22 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// Returns the state's JSON name (`needs_login`, …) for messages.
+pub fn state_word(state: BackendState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{state:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_are_named_as_in_json() {
+        assert_eq!(state_word(BackendState::NeedsLogin), "needs_login");
+    }
 
     #[test]
     fn columns_align_with_two_spaces_and_no_trailing_blanks() {

@@ -253,6 +253,18 @@ async fn up_with_a_refused_key_prints_the_servers_reason_and_exits_1() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_gives_up_after_the_timeout_naming_the_control_server() {
+    let fake = Fake::start(logged_out());
+    let out = weft(&fake, &["up", "--authkey=k", "--timeout=300ms"]).await;
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr,
+        "error: timed out after 300ms waiting for the node to run (control server \
+         http://127.0.0.1:8080, state needs_login); see 'weft status', or give --timeout\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_refuses_to_revert_unmentioned_settings_and_suggests_the_full_command() {
     let mut st = running();
     st.prefs.run_ssh = true;
@@ -475,6 +487,14 @@ async fn down_stops_once_and_then_says_it_already_was() {
         (0, "Weft was already stopped.\n")
     );
     assert_eq!(bodies(&fake, Method::PATCH, "prefs").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_asks_the_daemon_to_expire_the_key() {
+    let fake = Fake::start(running());
+    let out = weft(&fake, &["logout"]).await;
+    assert_eq!((out.code, out.stderr.as_str()), (0, "Logged out.\n"));
+    assert_eq!(bodies(&fake, Method::POST, "logout").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
 
-use crate::cmd::up::state_word;
 use crate::ctx::Ctx;
+use crate::render::state_word;
 use crate::resolve::find_node;
 
 #[derive(Debug, clap::Args)]

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use weft_localapi::StartRequest;
 
-use crate::cmd::up::{self, AuthArgs};
+use crate::cmd::up::AuthArgs;
 use crate::ctx::Ctx;
 use crate::prefs::{self, PrefFlags};
 use crate::spinner::spin;
+use crate::watch::{self, Login};
 
 #[derive(Debug, clap::Args)]
 pub struct LoginArgs {
@@ -27,7 +28,7 @@ pub async fn run(args: LoginArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let profile = ctx.api(spin("Creating a profile", ctx.client.new_profile()).await)?;
     eprintln!("Created profile {}.", profile.id);
     let mut watch = ctx.api(ctx.client.watch().await)?;
-    let (state, current) = up::snapshot(ctx, &mut watch).await?;
+    let (state, current) = watch::snapshot(ctx, &mut watch).await?;
     // A new profile starts from defaults, so the flags are the whole story:
     // plan as with --reset (which cannot hit the sticky rule).
     let mut desired = match prefs::plan(&args.prefs, true, false, false, &current) {
@@ -40,19 +41,16 @@ pub async fn run(args: LoginArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         desired.nickname = (!nick.is_empty()).then(|| nick.clone());
     }
     let control_url = desired.control_url.clone();
-    let req = StartRequest {
+    let start = StartRequest {
         prefs: Some(desired),
         auth_key,
         force_reauth: false,
     };
-    up::drive(
-        ctx,
-        watch,
-        state,
-        req,
-        &control_url,
-        args.auth.timeout,
-        false,
-    )
-    .await
+    let login = Login {
+        start,
+        control_url,
+        timeout: args.auth.timeout,
+        json: false,
+    };
+    watch::drive(ctx, watch, state, login).await
 }
