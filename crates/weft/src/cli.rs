@@ -15,7 +15,8 @@ use crate::ctx::Ctx;
 pub struct Cli {
     /// The weftd LocalAPI socket to talk to (run several daemons side by side
     /// by giving each its own socket).
-    #[arg(long, global = true, env = SOCKET_ENV, hide_env_values = true, default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    #[arg(long, global = true, env = SOCKET_ENV, hide_env_values = true,
+          default_value = DEFAULT_SOCKET, value_name = "PATH")]
     pub socket: PathBuf,
 
     #[command(subcommand)]

@@ -37,7 +37,12 @@ pub fn find_node<'a>(status: &'a Status, query: &str) -> anyhow::Result<Found<'a
     if let Ok(ip) = query.parse::<IpAddr>() {
         return match nodes.into_iter().find(|f| f.node.addresses.contains(&ip)) {
             Some(found) => Ok(found),
-            None => bail!("no node in the tailnet has the address {ip} (see 'weft status')"),
+            None => match status.backend_state.not_running_message() {
+                Some(why) => bail!(
+                    "{why} No peers are known while weft is not running, so {ip} cannot be found."
+                ),
+                None => bail!("no node in the tailnet has the address {ip} (see 'weft status')"),
+            },
         };
     }
     let want = query.trim_end_matches('.').to_ascii_lowercase();
@@ -57,7 +62,12 @@ pub fn find_node<'a>(status: &'a Status, query: &str) -> anyhow::Result<Found<'a
         .collect();
     match by_host.as_slice() {
         [one] => Ok(**one),
-        [] => bail!("no node named {query:?} in the tailnet (see 'weft status')"),
+        [] => match status.backend_state.not_running_message() {
+            Some(why) => bail!(
+                "{why} No peers are known while weft is not running, so {query:?} cannot be found."
+            ),
+            None => bail!("no node named {query:?} in the tailnet (see 'weft status')"),
+        },
         many => {
             let list: Vec<String> = many.iter().map(|f| describe(f.node)).collect();
             bail!(
@@ -160,6 +170,15 @@ pub mod tests {
         let st = sample();
         let err = find_node(&st, "box").unwrap_err().to_string();
         assert!(err.contains("db (100.64.0.3), db-1 (100.64.0.4)"), "{err}");
+    }
+
+    #[test]
+    fn a_node_that_is_not_running_says_so_instead_of_no_such_peer() {
+        let mut st = sample();
+        st.backend_state = BackendState::NeedsLogin;
+        st.peers.clear();
+        let err = find_node(&st, "web").unwrap_err().to_string();
+        assert!(err.starts_with("Logged out. No peers are known"), "{err}");
     }
 
     #[test]
