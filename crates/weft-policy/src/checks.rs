@@ -2,20 +2,23 @@
 //!
 //! Tests are about *identities*, as in Tailscale: `"src": "alice@example.com"`
 //! asks about Alice whatever device she uses, including one she has not
-//! registered yet. Weft therefore evaluates
-//! - **`accept`** (and sshTests `check`) at the identity level: a user or tag
-//!   stands for a device with that identity and no particular address, so
-//!   the test passes only if a rule grants it by identity (or by `*`). An
-//!   address src or dst (IP or host) is that address, with the identity of
-//!   the node that holds it, if any.
-//! - **`deny`** at the identity level *and* for every current device: the
-//!   test fails if the identity, or any device of the src identity talking to
-//!   any device of the dst identity (same address family), is allowed. An
-//!   address-based rule that lets one of Alice's devices through therefore
-//!   breaks a deny test about Alice.
+//! registered yet. Weft evaluates them as follows.
+//! - The **src** is an identity: a user or tag stands for a device with that
+//!   identity and no particular address, so only rules that grant it by
+//!   identity (users, groups, tags, autogroups, `*`) count. An IP or host src
+//!   is that address, with the identity of the node holding it, if any.
+//! - The **dst** is what exists: every current device of the dst identity
+//!   (or the dst address). When the identity has no devices yet, a device
+//!   with that identity and no particular address stands in for it.
+//! - **`accept`** (and sshTests `accept`/`check`) passes when the src
+//!   identity reaches every dst device (on at least one of its addresses).
+//! - **`deny`** passes only when *nothing* gets through: neither the src
+//!   identity nor any current device of it (by address, same family) reaches
+//!   the dst identity or any of its devices. An address rule that lets one of
+//!   Alice's devices through therefore breaks a deny test about Alice.
 //!
-//! So a user with no devices is tested exactly like one with devices, and a
-//! deny test also catches address rules that cover today's devices.
+//! A user with no devices is thus tested like one with devices, and a deny
+//! test also catches address rules that cover today's devices.
 //! `sshTests` treat the login `root` as uid 0 (the node's user database is
 //! not known to control); `autogroup:nonroot` never admits `root`.
 
@@ -113,13 +116,20 @@ impl Policy {
                     let (dst_id, dst_devs) = probes(tailnet, &target);
                     let flow = |p: u8| if proto::has_ports(p) { format!("{} ({}/{})", d.text, proto_name(p), d.value.port) } else { format!("{} ({})", d.text, proto_name(p)) };
                     if expect_allow {
-                        let e = explain_probes(self, tailnet, &src_id, &dst_id, t.proto, d.value.port);
-                        if e.decided_by.is_none() {
+                        let targets: Vec<Vec<Probe>> = if dst_devs.is_empty() { vec![vec![dst_id.clone()]] } else { dst_devs.clone() };
+                        for device in &targets {
+                            let explained: Vec<_> = device.iter().map(|dd| explain_probes(self, tailnet, &src_id, dd, t.proto, d.value.port)).collect();
+                            if explained.iter().any(|e| e.decided_by.is_some()) {
+                                continue;
+                            }
+                            let Some(e) = explained.first() else { continue };
                             let closest = e.near_misses.first().map_or(String::new(), |m| {
                                 let why: Vec<String> = m.checks.iter().filter(|c| !c.ok).map(|c| c.detail.clone()).collect();
                                 format!("; closest rule acls[{}] (line {}): {}", m.index, m.line, why.join("; "))
                             });
-                            r.failures.push(format!("{} → {}: expected allowed, but no rule allows it{closest}", t.src.text, flow(e.proto_number)));
+                            let dev = device.first().map_or(String::new(), |dd| via(&src_id, dd));
+                            r.failures.push(format!("{} → {}: expected allowed, but no rule allows it{dev}{closest}", t.src.text, flow(e.proto_number)));
+                            break;
                         }
                     } else {
                         for (s, dd) in pairs(&src_id, &src_devs, &dst_id, &dst_devs) {
@@ -161,7 +171,14 @@ impl Policy {
                             }
                             continue;
                         }
-                        let v = eval::ssh_decide(self, tailnet, &src_id, &dst_id, &login.value);
+                        let targets: Vec<&Probe> = if dst_devs.is_empty() { vec![&dst_id] } else { dst_devs.iter().filter_map(|dev| dev.first()).collect() };
+                        let verdicts: Vec<(SshVerdict, &Probe)> = targets.iter().map(|dd| (eval::ssh_decide(self, tailnet, &src_id, dd, &login.value), *dd)).collect();
+                        let (v, dd) = verdicts
+                            .iter()
+                            .find(|(v, _)| !matches!((v, want), (SshVerdict::Accept { .. } | SshVerdict::Check { .. }, "accept") | (SshVerdict::Check { .. }, "check")))
+                            .or(verdicts.first())
+                            .map_or((SshVerdict::Deny, &dst_id), |(v, dd)| (v.clone(), *dd));
+                        let at = if dd.addr.is_some() { via(&src_id, dd) } else { String::new() };
                         let failure = match (&v, want) {
                             (SshVerdict::Accept { .. } | SshVerdict::Check { .. }, "accept") | (SshVerdict::Check { .. }, "check") => None,
                             (SshVerdict::Accept { rule, .. }, _) => {
@@ -170,7 +187,7 @@ impl Policy {
                             _ => Some(format!("expected {want}, but no ssh rule lets it log in")),
                         };
                         if let Some(msg) = failure {
-                            r.failures.push(format!("{what}: {msg}"));
+                            r.failures.push(format!("{what}: {msg}{at}"));
                         }
                     }
                 }
@@ -206,14 +223,15 @@ fn via(s: &Probe, d: &Probe) -> String {
     }
 }
 
-/// The identity probe of a test endpoint, and its current devices.
-fn probes(tailnet: &Tailnet, sel: &Item<Selector>) -> (Probe, Vec<Probe>) {
-    let devices = |nodes: &[usize]| -> Vec<Probe> {
+/// The identity probe of a test endpoint, and its current devices (one
+/// probe per address, grouped by device).
+fn probes(tailnet: &Tailnet, sel: &Item<Selector>) -> (Probe, Vec<Vec<Probe>>) {
+    let devices = |nodes: &[usize]| -> Vec<Vec<Probe>> {
         nodes
             .iter()
-            .flat_map(|&i| {
+            .map(|&i| {
                 let addrs: Vec<_> = tailnet.nodes().get(i).map(|n| n.addresses().collect()).unwrap_or_default();
-                addrs.into_iter().filter_map(move |a| Probe::node(tailnet, i, Some(a)))
+                addrs.into_iter().filter_map(|a| Probe::node(tailnet, i, Some(a))).collect()
             })
             .collect()
     };
@@ -228,9 +246,9 @@ fn probes(tailnet: &Tailnet, sel: &Item<Selector>) -> (Probe, Vec<Probe>) {
 
 /// Every (src, dst) combination a deny test must refuse: identities and
 /// devices, skipping device pairs of different address families.
-fn pairs<'p>(src_id: &'p Probe, src_devs: &'p [Probe], dst_id: &'p Probe, dst_devs: &'p [Probe]) -> Vec<(&'p Probe, &'p Probe)> {
-    let srcs: Vec<&Probe> = std::iter::once(src_id).chain(src_devs).collect();
-    let dsts: Vec<&Probe> = std::iter::once(dst_id).chain(dst_devs).collect();
+fn pairs<'p>(src_id: &'p Probe, src_devs: &'p [Vec<Probe>], dst_id: &'p Probe, dst_devs: &'p [Vec<Probe>]) -> Vec<(&'p Probe, &'p Probe)> {
+    let srcs: Vec<&Probe> = std::iter::once(src_id).chain(src_devs.iter().flatten()).collect();
+    let dsts: Vec<&Probe> = std::iter::once(dst_id).chain(dst_devs.iter().flatten()).collect();
     let mut out = Vec::new();
     for s in &srcs {
         for d in &dsts {

@@ -139,10 +139,10 @@ pub fn explain(
     let mut e = explain_probes(policy, tailnet, &s, &d, proto_num, port);
     e.src.description = tailnet.describe(&endpoint_with_addr(src, s.addr));
     e.dst.description = tailnet.describe(&endpoint_with_addr(dst, d.addr));
-    for (side, ep) in [("source", src), ("destination", dst)] {
+    for (side, entries, ep) in [("source", "src", src), ("destination", "dst", dst)] {
         if let Endpoint::User(_) | Endpoint::Tag(_) = ep {
             e.notes.push(format!(
-                "the {side} is evaluated as an identity; rules that match by address (hosts, IPs, CIDRs) do not apply to it — name a device to include them"
+                "the {side} is evaluated as an identity: {entries} entries that match by address (hosts, IPs, CIDRs) do not apply to it — name a device to include them"
             ));
         }
     }

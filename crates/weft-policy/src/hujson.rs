@@ -260,6 +260,10 @@ impl Parser<'_> {
                     return Err(self.err_here(&format!("expected a value or `]`, found {what} `,`")));
                 }
                 None => return Err(self.err_here("expected a value or `]`, found end of input")),
+                Some(b'}' | b':') => {
+                    let found = self.found();
+                    return Err(self.err_here(&format!("expected a value or `]`, found {found}")));
+                }
                 _ => {}
             }
             items.push(self.value(depth)?);

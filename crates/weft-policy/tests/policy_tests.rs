@@ -53,7 +53,7 @@ fn an_accept_test_needs_a_rule_for_the_identity_and_says_which_rule_came_closest
     assert!(!r.passed());
     assert_eq!(
         r.results[0].failures,
-        ["alice@example.com → tag:server:8080 (tcp/8080): expected allowed, but no rule allows it; closest rule acls[0] (line 6): 8080 is not in 22,443"]
+        ["alice@example.com → tag:server:8080 (tcp/8080): expected allowed, but no rule allows it (to server 100.64.0.10); closest rule acls[0] (line 6): 8080 is not in 22,443"]
     );
 }
 
@@ -82,9 +82,9 @@ fn ssh_tests_tell_check_from_accept_and_deny() {
     assert_eq!(
         f,
         [
-            "alice@example.com → tag:server as \"ubuntu\": expected check, but ssh[1] (line 12) accepts without a check",
+            "alice@example.com → tag:server as \"ubuntu\": expected check, but ssh[1] (line 12) accepts without a check (to server 100.64.0.10)",
             "alice@example.com → tag:server as \"root\": expected deny, but ssh[0] (line 11) admits it after a check as local user \"root\"",
-            "bob@example.com → tag:server as \"ubuntu\": expected accept, but no ssh rule lets it log in",
+            "bob@example.com → tag:server as \"ubuntu\": expected accept, but no ssh rule lets it log in (to server 100.64.0.10)",
         ]
     );
 }
