@@ -446,7 +446,7 @@ mod tests {
         let Kind::Object(m) = v.kind else { panic!() };
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].0.name, "a");
-        assert_eq!(m[1].1.span.start, 40);
+        assert_eq!(m[1].1.span.start, 42);
     }
 
     #[test]
@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn unterminated_things_point_at_their_start() {
-        assert_eq!(err("{\n  \"a\": \"abc\n}"), (2, 10, "expected a closing `\"` before a line break (write it escaped, e.g. \\n)".into()));
+        assert_eq!(err("{\n  \"a\": \"abc\n}"), (2, 12, "expected a closing `\"` before a line break (write it escaped, e.g. \\n)".into()));
         assert_eq!(err("{\n /* open\n"), (2, 2, "unterminated block comment: expected `*/`".into()));
         assert_eq!(err("[\"ab"), (1, 2, "unterminated string: expected a closing `\"`".into()));
     }
