@@ -256,14 +256,18 @@ impl Cmd {
         let mut cmd = self.command();
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         let child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
-        Ok(Process {
+        let process = Process {
             name: name.to_owned(),
             cmdline: self.cmdline(),
             netns: self.netns.clone(),
             pid: child.id(),
             child: Mutex::new(child),
             log_path,
-        })
+        };
+        if let Some(ns) = &self.netns {
+            process.wait_inside(ns)?;
+        }
+        Ok(process)
     }
 }
 
@@ -341,6 +345,19 @@ impl Process {
             self.cmdline,
             tail(&self.log(), 16 * 1024)
         )
+    }
+
+    /// Waits until the process has joined namespace `ns` (or exited), so that a teardown that
+    /// sweeps the namespace right after `spawn` cannot miss a process still on its way in.
+    fn wait_inside(&self, ns: &str) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let target = format!("{}/{ns}", crate::lab::NETNS_DIR);
+        let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+        let want = id(&target).map_err(|e| LabError::io(format!("stat {target}"), e))?;
+        let what = format!("{} (pid {}) to enter {ns}", self.name, self.pid);
+        crate::wait::wait_until(Duration::from_secs(5), &what, || {
+            Ok(self.try_status()?.is_some() || id(&format!("/proc/{}/ns/net", self.pid))? == want)
+        })
     }
 
     /// Returns `Ok(None)` while it runs and its exit status once it has ended.
