@@ -37,6 +37,11 @@ async fn nonroot_refuses_root_and_unlisted_users_are_refused_with_a_message() {
         "{}",
         text(&out.stderr)
     );
+    assert_eq!(
+        text(&out.stderr).matches("does not permit").count(),
+        1,
+        "the reason is shown once"
+    );
     // A local user that does not exist is a clear error.
     let out = run(srv.ssh("wft-nobody-here", &[], &["true"])).await;
     assert_eq!(out.status.code(), Some(255));

@@ -27,6 +27,7 @@ pub(super) enum Verdict {
 }
 
 impl ConnHandler {
+    /// Evaluates a login attempt (see the free [`decide`]).
     pub(super) fn decide(
         &self,
         ssh_user: &str,
@@ -39,6 +40,7 @@ impl ConnHandler {
         )
     }
 
+    /// Records an accepted login for `auth_succeeded` and the sessions.
     pub(super) fn accept_login(
         &mut self,
         ssh_user: &str,
@@ -64,7 +66,17 @@ impl ConnHandler {
         Auth::Accept
     }
 
+    /// Shows the refusal reason once (keyboard-interactive instruction).
     pub(super) fn refuse(&mut self, message: &str) -> Auth {
+        if self.refusals > 0 {
+            // The reason was shown once; clients retry keyboard-interactive
+            // (OpenSSH up to NumberOfPasswordPrompts): just fail.
+            return Auth::Reject {
+                proceed_with_methods: Some(MethodSet::empty()),
+                partial_success: false,
+            };
+        }
+        self.refusals += 1;
         let peer = self.identity.as_ref().map(PeerIdentity::principal);
         tracing::info!(conn = self.conn_id, peer_user = ?peer, reason = %message, "ssh login refused");
         self.kbd = Kbd::Refusing;

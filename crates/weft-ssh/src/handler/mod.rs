@@ -68,6 +68,8 @@ pub(crate) struct ConnHandler {
     login: Option<Login>,
     /// The login name of the accepted login.
     ssh_user: String,
+    /// Refusals shown so far (the reason is shown once per connection).
+    refusals: u32,
     sessions: BTreeMap<ChannelId, SessionChan>,
     /// Open session channel ids, shared with the registry for messages.
     session_ids: Arc<Mutex<BTreeSet<ChannelId>>>,
@@ -98,6 +100,7 @@ impl ConnHandler {
             kbd: Kbd::Idle,
             login: None,
             ssh_user: String::new(),
+            refusals: 0,
             sessions: BTreeMap::new(),
             session_ids: Arc::default(),
             channel_slots: slots,
@@ -105,8 +108,6 @@ impl ConnHandler {
             agent: None,
         }
     }
-
-    /// Evaluates a login attempt (see [`decide`]).
 
     fn grant(&self) -> Option<Grant> {
         self.login.as_ref().map(|l| {

@@ -31,6 +31,7 @@ pub fn e2e_ready() -> bool {
         "/usr/bin/ssh-add",
         "/usr/bin/tmux",
         "/usr/sbin/useradd",
+        "/usr/lib/openssh/sftp-server",
     ] {
         if !Path::new(tool).exists() {
             missing.push(tool.to_owned());
