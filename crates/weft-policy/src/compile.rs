@@ -318,11 +318,30 @@ impl<'a> Compiler<'a> {
         }
         v4.sort_unstable();
         v6.sort_unstable();
-        let v4_slots = self.sorted_v4.iter().filter(|(_, s)| slots.get(*s)).map(|(a, _)| (u128::from(*a), u128::from(*a)));
-        let v6_slots = self.sorted_v6.iter().filter(|(_, s)| slots.get(*s)).map(|(a, _)| (*a, *a));
         let mut out = Vec::new();
-        crate::bits::cidrs(merge_sorted(v4, v4_slots), 32, &mut out);
-        crate::bits::cidrs(merge_sorted(v6, v6_slots), 128, &mut out);
+        let members = slots.count();
+        if members * 16 < self.sorted_v4.len() + self.sorted_v6.len() {
+            // Sparse (a user's own devices): sort just the members.
+            let (mut a4, mut a6) = (Vec::with_capacity(members), Vec::with_capacity(members));
+            for s in slots.ones() {
+                let Some(node) = self.tailnet.nodes().get(s / 2) else { continue };
+                match (s % 2 == 0, node.ipv4, node.ipv6) {
+                    (true, Some(a), _) => a4.push((u128::from(u32::from(a)), u128::from(u32::from(a)))),
+                    (false, _, Some(a)) => a6.push((u128::from(a), u128::from(a))),
+                    _ => {}
+                }
+            }
+            a4.sort_unstable();
+            a6.sort_unstable();
+            crate::bits::cidrs(merge_sorted(v4, a4.into_iter()), 32, &mut out);
+            crate::bits::cidrs(merge_sorted(v6, a6.into_iter()), 128, &mut out);
+        } else {
+            // Dense: walk every address in order, no sorting.
+            let v4_slots = self.sorted_v4.iter().filter(|(_, s)| slots.get(*s)).map(|(a, _)| (u128::from(*a), u128::from(*a)));
+            let v6_slots = self.sorted_v6.iter().filter(|(_, s)| slots.get(*s)).map(|(a, _)| (*a, *a));
+            crate::bits::cidrs(merge_sorted(v4, v4_slots), 32, &mut out);
+            crate::bits::cidrs(merge_sorted(v6, v6_slots), 128, &mut out);
+        }
         out
     }
 
@@ -350,7 +369,7 @@ impl<'a> Compiler<'a> {
             visible: Vec::new(),
         };
         let mut inbound: Vec<Bits> = if only.is_none() { vec![Bits::new(n); n] } else { Vec::new() };
-        let mut user_slot_cache: BTreeMap<String, Bits> = BTreeMap::new();
+        let mut user_slot_cache: BTreeMap<&'a str, Bits> = BTreeMap::new();
 
         for (ri, rule) in self.policy.acls.iter().enumerate() {
             let r = u32::try_from(ri).unwrap_or(u32::MAX);
@@ -412,7 +431,7 @@ impl<'a> Compiler<'a> {
             // address family both have.
             let src_nodes = [src.slots.project_family(n, true), src.slots.project_family(n, false)];
             let mut normal_list: Option<u32> = None;
-            let mut self_lists: BTreeMap<String, Option<(u32, [Bits; 2])>> = BTreeMap::new();
+            let mut self_lists: BTreeMap<&'a str, Option<(u32, [Bits; 2])>> = BTreeMap::new();
             for (b, (normal, selfs)) in per_node {
                 if !wanted(b) {
                     continue;
@@ -426,8 +445,8 @@ impl<'a> Compiler<'a> {
                 }
                 let owner = self.tailnet.nodes().get(b).and_then(|node| node.owner());
                 if let (false, Some(owner)) = (selfs.is_empty(), owner) {
-                    let entry = self_lists.entry(owner.to_string()).or_insert_with(|| {
-                        let us = user_slot_cache.entry(owner.to_string()).or_insert_with(|| self.user_slots(owner));
+                    let entry = self_lists.entry(owner).or_insert_with(|| {
+                        let us = user_slot_cache.entry(owner).or_insert_with(|| self.user_slots(owner));
                         let slots = src.slots.and(us);
                         if slots.is_empty() {
                             None
@@ -465,7 +484,7 @@ impl<'a> Compiler<'a> {
         out
     }
 
-    fn compile_ssh(&self, out: &mut CompiledTailnet, only: Option<usize>, user_slot_cache: &mut BTreeMap<String, Bits>) {
+    fn compile_ssh(&self, out: &mut CompiledTailnet, only: Option<usize>, user_slot_cache: &mut BTreeMap<&'a str, Bits>) {
         let n = self.n;
         for (ri, rule) in self.policy.ssh.iter().enumerate() {
             let r = u32::try_from(ri).unwrap_or(u32::MAX);
@@ -509,19 +528,19 @@ impl<'a> Compiler<'a> {
                     }
                 }
             }
-            let lp_users: Vec<(String, String)> = localparts.iter().flat_map(|d| self.domain_users(d)).collect();
+            let lp_users: Vec<(&'a str, String)> = localparts.iter().flat_map(|d| self.domain_users(d)).collect();
             let mut normal_list: Option<Option<u32>> = None;
-            let mut per_user: BTreeMap<String, Option<u32>> = BTreeMap::new();
-            let mut localpart_lists: BTreeMap<(String, Option<String>), Option<u32>> = BTreeMap::new();
+            let mut per_user: BTreeMap<&'a str, Option<u32>> = BTreeMap::new();
+            let mut localpart_lists: BTreeMap<(&'a str, Option<&'a str>), Option<u32>> = BTreeMap::new();
             for (b, normally) in reach {
-                let owner = self.tailnet.nodes().get(b).and_then(|node| node.owner()).map(str::to_string);
+                let owner: Option<&'a str> = self.tailnet.nodes().get(b).and_then(|node| node.owner());
                 // Principals: all sources, or (self) only the owner's own devices.
-                let restrict = if normally { None } else { owner.clone() };
+                let restrict = if normally { None } else { owner };
                 if !users.is_empty() {
-                    let list = match &restrict {
+                    let list = match restrict {
                         None => *normal_list.get_or_insert_with(|| self.principals(&mut out.principal_lists, &src, None)),
-                        Some(u) => *per_user.entry(u.clone()).or_insert_with(|| {
-                            let us = user_slot_cache.entry(u.clone()).or_insert_with(|| self.user_slots(u));
+                        Some(u) => *per_user.entry(u).or_insert_with(|| {
+                            let us = user_slot_cache.entry(u).or_insert_with(|| self.user_slots(u));
                             self.principals(&mut out.principal_lists, &src, Some(us))
                         }),
                     };
@@ -530,11 +549,11 @@ impl<'a> Compiler<'a> {
                     }
                 }
                 for (login, local) in &lp_users {
-                    if restrict.as_ref().is_some_and(|u| u != login) {
+                    if restrict.is_some_and(|u| u != *login) {
                         continue;
                     }
-                    let list = *localpart_lists.entry((login.clone(), restrict.clone())).or_insert_with(|| {
-                        let us = user_slot_cache.entry(login.clone()).or_insert_with(|| self.user_slots(login));
+                    let list = *localpart_lists.entry((*login, restrict)).or_insert_with(|| {
+                        let us = user_slot_cache.entry(*login).or_insert_with(|| self.user_slots(login));
                         let slots = src.slots.and(us);
                         if slots.is_empty() {
                             None
@@ -562,14 +581,14 @@ impl<'a> Compiler<'a> {
     }
 
     /// Users whose login is in `domain`, with their local part.
-    fn domain_users(&self, domain: &str) -> Vec<(String, String)> {
+    fn domain_users(&self, domain: &str) -> Vec<(&'a str, String)> {
         self.tailnet
             .users()
             .keys()
             .filter_map(|login| {
                 let (local, d) = login.split_once('@')?;
                 (d.eq_ignore_ascii_case(domain) && local != "root" && crate::syntax::local_user_name(local).is_ok())
-                    .then(|| (login.clone(), local.to_string()))
+                    .then(|| (login.as_str(), local.to_string()))
             })
             .collect()
     }
