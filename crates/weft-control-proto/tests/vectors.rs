@@ -97,6 +97,24 @@ fn fixed_keys_and_seeds_give_the_documented_bytes() {
     }
 }
 
+#[test]
+fn the_protocol_document_shows_these_vectors() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md")).unwrap();
+    for v in [
+        MACHINE_PUBLIC,
+        SERVER_PUBLIC,
+        CLIENT_EPHEMERAL,
+        SERVER_EPHEMERAL,
+        MESSAGE_1,
+        HANDSHAKE_HEADER_VALUE,
+        RESPONSE_FRAME,
+        CLIENT_RECORD,
+        SERVER_RECORD,
+    ] {
+        assert!(doc.contains(v), "docs/PROTOCOL.md lacks {v}");
+    }
+}
+
 // Cross-checked against an independent Noise implementation (Python
 // `noiseprotocol` 0.3.1 with the same keys, ephemeral keys and prologue).
 const MACHINE_PUBLIC: &str = "mkey:8f40c5adb68f25624ae5b214ea767a6ec94d829d3d7b5e1ad1ba6f3e2138285f";

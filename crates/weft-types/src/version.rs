@@ -24,7 +24,7 @@ use std::fmt;
 ///   then deltas with `seq`; peer added/removed/changed/endpoints/online;
 ///   self, user profiles, DNS, relay map, packet filter, SSH policy),
 ///   `endpoints`, `host_info`, `keep_alive`; `ssh_check` is reserved and
-///   answered with an `unsupported` error.
+///   answered with a `reject` decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]

@@ -214,6 +214,14 @@ fn keep_alives_errors_and_the_key_response_have_the_documented_shapes() {
     assert_eq!(format!("{:?}", AuthKey("secret".into())), "AuthKey(<redacted>)");
 }
 
+#[test]
+fn the_protocol_document_shows_these_examples() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md")).unwrap();
+    for ex in [EXAMPLE_REGISTER, EXAMPLE_REGISTERED, EXAMPLE_MAP_REQUEST, EXAMPLE_NODE, EXAMPLE_DELTA, EXAMPLE_FULL] {
+        assert!(doc.contains(ex), "docs/PROTOCOL.md lacks this example:\n{ex}");
+    }
+}
+
 const EXAMPLE_REGISTER: &str = r#"{
   "register": {
     "version": 1,
