@@ -31,4 +31,4 @@ pub use connection::{
 };
 pub use encode::{Encoded, EncodeError, FullMapParts, MapStream};
 pub use map_session::{ChangedFields, MapError, MapSession, NetMapDiff, PeerDiff};
-pub use upgrade::{UpgradeError, UpgradeHeaders, UpgradeRequest};
+pub use upgrade::{UpgradeError, UpgradeHeaders, UpgradeRefused, UpgradeRequest};

@@ -110,6 +110,46 @@ impl UpgradeError {
     }
 }
 
+/// Why a client's upgrade request did not get `101 Switching Protocols`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpgradeRefused {
+    /// The server answered with another status; `message` is its body (cut
+    /// to 512 bytes), which says why for every refusal of §4.
+    #[error("control server refused the upgrade with HTTP {status}: {message}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The response body, for the log.
+        message: String,
+    },
+    /// The server switched to another protocol (something in between
+    /// answered, not a weft-control server).
+    #[error("the server switched to {0:?} instead of weft-control")]
+    WrongProtocol(String),
+}
+
+/// Checks the server's answer to the upgrade request (client side).
+///
+/// # Errors
+/// [`UpgradeRefused`] unless the answer is `101` with `Upgrade: weft-control`.
+pub fn check_response(status: u16, upgrade: Option<&str>, body: &str) -> Result<(), UpgradeRefused> {
+    if status != 101 {
+        let mut message = body.trim().to_owned();
+        if message.len() > 512 {
+            let mut cut = 512;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        return Err(UpgradeRefused::Status { status, message });
+    }
+    match upgrade {
+        Some(u) if u.trim().eq_ignore_ascii_case(UPGRADE_PROTOCOL) => Ok(()),
+        other => Err(UpgradeRefused::WrongProtocol(other.unwrap_or_default().to_owned())),
+    }
+}
+
 /// The parts of a valid upgrade request.
 pub(crate) struct CheckedUpgrade {
     pub(crate) version: CapabilityVersion,

@@ -49,6 +49,28 @@ fn a_handshake_and_messages_round_trip_both_ways() {
 }
 
 #[test]
+fn connections_and_encoded_messages_can_move_between_threads() {
+    fn send<T: Send + 'static>() {}
+    fn share<T: Send + Sync + 'static>() {}
+    send::<weft_control_proto::ClientConnection>();
+    send::<weft_control_proto::ServerConnection>();
+    send::<weft_control_proto::MapSession>();
+    share::<Encoded<ServerMessage>>();
+}
+
+#[test]
+fn a_handshake_response_and_records_in_one_read_are_all_processed() {
+    let now = t0();
+    let (mut client, mut server) = open(ChannelConfig::default(), now);
+    let msg = ServerMessage::KeepAlive(KeepAlive {});
+    server.send(&msg, now).unwrap();
+    server.send(&msg, now).unwrap();
+    let bytes = server.poll_transmit().unwrap();
+    client.handle_input(&bytes, now).unwrap();
+    assert_eq!(events(&mut client), vec![Event::Established, Event::Message(msg.clone()), Event::Message(msg)]);
+}
+
+#[test]
 fn the_server_learns_the_authenticated_machine_key_and_version() {
     let now = t0();
     let (_, req) = Connection::client(
@@ -225,6 +247,39 @@ fn a_client_that_hangs_up_during_the_handshake_is_reported() {
     let now = t0();
     let (_client, mut server) = open(ChannelConfig::default(), now);
     assert_eq!(server.handle_eof(), Err(ChannelError::ClosedDuringHandshake));
+}
+
+#[test]
+fn the_client_checks_the_servers_answer_to_the_upgrade() {
+    use weft_control_proto::upgrade::check_response;
+    use weft_control_proto::UpgradeRefused;
+    check_response(101, Some("weft-control"), "").unwrap();
+    let refusal = UpgradeError::UnsupportedVersion { client: CapabilityVersion(0), min: CapabilityVersion(1) };
+    let err = check_response(refusal.status(), None, &refusal.to_string()).unwrap_err();
+    assert_eq!(err, UpgradeRefused::Status { status: 400, message: refusal.to_string() });
+    assert!(err.to_string().contains("upgrade weft"));
+    assert_eq!(check_response(101, Some("websocket"), ""), Err(UpgradeRefused::WrongProtocol("websocket".into())));
+    let long = "é".repeat(600);
+    let Err(UpgradeRefused::Status { message, .. }) = check_response(502, None, &long) else { panic!() };
+    assert!(message.len() <= 512);
+}
+
+#[test]
+fn the_upgrade_request_carries_the_documented_headers() {
+    let (_, req) = Connection::client(
+        &machine_key(),
+        &server_key().public(),
+        CapabilityVersion::CURRENT,
+        ChannelConfig::default(),
+        counting(1),
+        t0(),
+    )
+    .unwrap();
+    let h = req.headers();
+    assert_eq!(h[0], ("Upgrade", "weft-control".to_owned()));
+    assert_eq!(h[1], ("Connection", "Upgrade".to_owned()));
+    assert_eq!(h[2], ("X-Weft-Capability", "1".to_owned()));
+    assert_eq!((h[3].0, h[3].1.len()), ("X-Weft-Handshake", 128));
 }
 
 // --- records ---
@@ -410,6 +465,46 @@ fn a_silent_peer_is_dropped_after_the_idle_timeout() {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_end_in_an_error_or_a_wait(
+        junk in proptest::collection::vec(any::<u8>(), 0..300),
+        prefix_valid in any::<bool>(),
+    ) {
+        let now = t0();
+        let (mut client, mut server) = established(ChannelConfig::default(), now);
+        if prefix_valid {
+            client.send(&keep_alive(), now).unwrap();
+            pump(&mut client, &mut server, now).unwrap();
+        }
+        match server.handle_input(&junk, now) {
+            // Not a whole frame yet: the end of stream then is a truncation.
+            Ok(()) => {
+                prop_assert!(events(&mut server).iter().all(|e| matches!(e, Event::Message(_))));
+                let eof = server.handle_eof();
+                prop_assert!(junk.is_empty() == eof.is_ok(), "{:?}", eof);
+            }
+            Err(e) => {
+                prop_assert!(!e.to_string().is_empty());
+                prop_assert_eq!(server.handle_input(b"x", now), Err(ChannelError::Dead));
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_upgrade_headers_never_panic(
+        upgrade in proptest::option::of(".{0,20}"),
+        capability in proptest::option::of(".{0,12}"),
+        handshake in proptest::option::of("[A-Za-z0-9+/=]{0,300}"),
+    ) {
+        let h = UpgradeHeaders {
+            upgrade: upgrade.as_deref(),
+            capability: capability.as_deref(),
+            handshake: handshake.as_deref(),
+        };
+        let result = Connection::accept(&server_key(), &h, ChannelConfig::default(), counting(2), t0());
+        prop_assert!(result.is_err());
+    }
 
     #[test]
     fn messages_of_any_size_survive_fragmentation(n in 0usize..12_000, split in 1usize..70_000) {
