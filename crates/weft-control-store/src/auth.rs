@@ -6,6 +6,7 @@
 use sqlx::AnyConnection;
 use weft_types::MachinePublic;
 
+use crate::UnixMillis;
 use crate::db::write_tx;
 use crate::register::{Authorizer, authorize};
 use crate::rows::{self, auth_request_columns, endpoints_json};
@@ -24,7 +25,7 @@ impl Store {
     pub async fn create_auth_request(
         &self,
         new: NewAuthRequest,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<AuthRequest, StoreError> {
         let r = &new.register;
         let host_info = r.host_info.to_string();
@@ -45,8 +46,8 @@ impl Store {
                 .bind(&r.hostname)
                 .bind(&host_info)
                 .bind(&endpoints)
-                .bind(now_ms)
-                .bind(new.expires_ms)
+                .bind(now.0)
+                .bind(new.expires.0)
                 .fetch_one(&mut *conn)
                 .await?;
             Ok(rows::auth_request(&row)?.0)
@@ -63,14 +64,14 @@ impl Store {
     }
 
     /// Returns the newest login of this machine that is still pending and
-    /// unexpired at `now_ms`, so a client that asks again gets the same URL.
+    /// unexpired at `now`, so a client that asks again gets the same URL.
     ///
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn pending_auth_request_for(
         &self,
         machine_key: &MachinePublic,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<Option<AuthRequest>, StoreError> {
         let sql = concat!(
             "SELECT ",
@@ -80,7 +81,7 @@ impl Store {
         );
         let row = sqlx::query(sql)
             .bind(machine_key.to_string())
-            .bind(now_ms)
+            .bind(now.0)
             .fetch_optional(&self.inner.pool)
             .await?;
         Ok(row
@@ -102,12 +103,12 @@ impl Store {
         &self,
         auth_id: &str,
         approval: RegisterAuth<'_>,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<(AuthRequest, Registered), StoreError> {
         let authorizer = Authorizer::parse(approval)?;
         write_tx!(&self.inner, |conn, attempt| {
-            let (req, endpoints) = pending(conn, auth_id, now_ms).await?;
-            let grant = authorize(conn, &authorizer, now_ms).await?;
+            let (req, endpoints) = pending(conn, auth_id, now).await?;
+            let grant = authorize(conn, &authorizer, now).await?;
             let register = RegisterNode {
                 machine_key: req.machine_key,
                 node_key: req.node_key,
@@ -117,7 +118,7 @@ impl Store {
                 endpoints,
             };
             let registered = self
-                .register_in(conn, &register, &grant, now_ms, attempt)
+                .register_in(conn, &register, &grant, now, attempt)
                 .await?;
             let approver = match &authorizer {
                 Authorizer::User { user, .. } => Some(*user),
@@ -129,7 +130,7 @@ impl Store {
                 auth_request_columns!()
             );
             let row = sqlx::query(sql)
-                .bind(now_ms)
+                .bind(now.0)
                 .bind(approver.map(|u| u.0))
                 .bind(registered.node.id.0)
                 .bind(auth_id)
@@ -147,17 +148,17 @@ impl Store {
     pub async fn reject_auth_request(
         &self,
         auth_id: &str,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<AuthRequest, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
-            pending(conn, auth_id, now_ms).await?;
+            pending(conn, auth_id, now).await?;
             let sql = concat!(
                 "UPDATE auth_requests SET state = 'rejected', completed_ms = $1 ",
                 "WHERE auth_id = $2 RETURNING ",
                 auth_request_columns!()
             );
             let row = sqlx::query(sql)
-                .bind(now_ms)
+                .bind(now.0)
                 .bind(auth_id)
                 .fetch_one(&mut *conn)
                 .await?;
@@ -165,16 +166,16 @@ impl Store {
         })
     }
 
-    /// Deletes logins whose time ran out at or before `now_ms`, whatever their
+    /// Deletes logins whose time ran out at or before `now`, whatever their
     /// state (approved ones are already reflected in their node). Returns how
     /// many were deleted.
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn delete_expired_auth_requests(&self, now_ms: i64) -> Result<u64, StoreError> {
+    pub async fn delete_expired_auth_requests(&self, now: UnixMillis) -> Result<u64, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let done = sqlx::query("DELETE FROM auth_requests WHERE expires_ms <= $1")
-                .bind(now_ms)
+                .bind(now.0)
                 .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected())
@@ -185,7 +186,7 @@ impl Store {
 async fn auth_request_by_id(
     conn: &mut AnyConnection,
     auth_id: &str,
-) -> Result<(AuthRequest, Vec<std::net::SocketAddr>), StoreError> {
+) -> Result<(AuthRequest, Vec<weft_types::Endpoint>), StoreError> {
     let sql = concat!(
         "SELECT ",
         auth_request_columns!(),
@@ -202,11 +203,11 @@ async fn auth_request_by_id(
 async fn pending(
     conn: &mut AnyConnection,
     auth_id: &str,
-    now_ms: i64,
-) -> Result<(AuthRequest, Vec<std::net::SocketAddr>), StoreError> {
+    now: UnixMillis,
+) -> Result<(AuthRequest, Vec<weft_types::Endpoint>), StoreError> {
     let (req, eps) = auth_request_by_id(conn, auth_id).await?;
     match req.state {
-        AuthRequestState::Pending if now_ms >= req.expires_ms => {
+        AuthRequestState::Pending if now >= req.expires => {
             Err(StoreError::AuthRequestExpired(auth_id.to_owned()))
         }
         AuthRequestState::Pending => Ok((req, eps)),

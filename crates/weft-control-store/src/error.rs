@@ -4,9 +4,9 @@
 
 use std::net::IpAddr;
 
-use weft_types::{MachinePublic, NodePublic};
+use weft_types::{DnsLabel, LoginName, MachinePublic, NodeId, NodePublic, UserId};
 
-use crate::model::{ApiKeyId, NodeId, PolicyVersionId, PreauthKeyId, UserId};
+use crate::model::{ApiKeyId, PolicyVersionId, PreauthKeyId};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,10 +17,10 @@ pub enum StoreError {
     #[error("unknown user {0:?}")]
     UnknownUser(String),
     /// No user has this id.
-    #[error("unknown {0}")]
+    #[error("unknown user id {0}")]
     UnknownUserId(UserId),
     /// No node has this id.
-    #[error("unknown {0}")]
+    #[error("unknown node id {0}")]
     UnknownNode(NodeId),
     /// No node has this node key.
     #[error("unknown node key {0}")]
@@ -32,13 +32,13 @@ pub enum StoreError {
     #[error("no node has address {0}")]
     UnknownNodeAddress(IpAddr),
     /// No pre-auth key has this id.
-    #[error("unknown {0}")]
+    #[error("unknown pre-auth key id {0}")]
     UnknownPreauthKeyId(PreauthKeyId),
     /// No pre-auth key has this prefix, or the secret did not match.
     #[error("invalid pre-auth key {0:?}")]
     UnknownPreauthKey(String),
     /// No API key has this id.
-    #[error("unknown {0}")]
+    #[error("unknown API key id {0}")]
     UnknownApiKeyId(ApiKeyId),
     /// No API key has this prefix, or the secret did not match.
     #[error("invalid API key {0:?}")]
@@ -47,7 +47,7 @@ pub enum StoreError {
     #[error("unknown auth request {0:?}")]
     UnknownAuthRequest(String),
     /// No policy version has this id.
-    #[error("unknown {0}")]
+    #[error("unknown policy version {0}")]
     UnknownPolicyVersion(PolicyVersionId),
 
     // --- refusals -------------------------------------------------------------------------
@@ -79,36 +79,22 @@ pub enum StoreError {
     #[error("node key {0} is already registered to another node")]
     DuplicateNodeKey(NodePublic),
     /// Another user already has this login name.
-    #[error("a user named {0:?} already exists")]
-    DuplicateUser(String),
+    #[error("a user named \"{0}\" already exists")]
+    DuplicateUser(LoginName),
     /// Another node already uses this DNS name.
-    #[error("the name {0:?} is already taken by another node")]
-    NameTaken(String),
-    /// A name given by hand is not a DNS label.
-    #[error("invalid node name {name:?}: {reason}")]
-    InvalidName {
-        /// The rejected name.
-        name: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A login name is empty, too long, or contains whitespace or control characters.
-    #[error("invalid login name {0:?}: 1-254 characters without whitespace")]
-    InvalidLoginName(String),
-    /// A tag is not `tag:` followed by a letter and letters, digits or dashes.
-    #[error("invalid tag {0:?}: expected tag:<letter>[letters, digits, -]")]
-    InvalidTag(String),
+    #[error("the name \"{0}\" is already taken by another node")]
+    NameTaken(DnsLabel),
     /// A pre-auth key needs a user or at least one tag to own its nodes.
     #[error("a pre-auth key needs a user or at least one tag")]
     KeyWithoutOwner,
     /// Removing the node's tags would leave it without an owner.
-    #[error("{0} would have neither tags nor a user to own it")]
+    #[error("node id {0} would have neither tags nor a user to own it")]
     NodeWithoutOwner(NodeId),
     /// The user still owns nodes; delete or re-own them first.
-    #[error("user {login:?} still owns {count} node(s)")]
+    #[error("user \"{login}\" still owns {count} node(s)")]
     UserHasNodes {
         /// The user's login name.
-        login: String,
+        login: LoginName,
         /// How many nodes it owns.
         count: i64,
     },

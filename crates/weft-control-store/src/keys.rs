@@ -3,6 +3,7 @@
 
 use sqlx::{AnyConnection, Row as _};
 
+use crate::UnixMillis;
 use crate::db::write_tx;
 use crate::error::is_unique_violation;
 use crate::rows::{self, api_key_columns, int_flag, preauth_columns, tags_json};
@@ -23,7 +24,7 @@ impl Store {
     pub async fn create_preauth_key(
         &self,
         new: NewPreauthKey,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<(PreauthKey, KeySecret), StoreError> {
         if new.user.is_none() && new.tags.is_empty() {
             return Err(StoreError::KeyWithoutOwner);
@@ -48,8 +49,8 @@ impl Store {
                 .bind(int_flag(new.ephemeral))
                 .bind(&tags)
                 .bind(new.node_key_lifetime.to_column())
-                .bind(now_ms)
-                .bind(new.expires_ms)
+                .bind(now.0)
+                .bind(new.expires.0)
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(prefix_clash)?;
@@ -105,7 +106,7 @@ impl Store {
     pub async fn expire_preauth_key(
         &self,
         id: PreauthKeyId,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<PreauthKey, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let sql = concat!(
@@ -114,7 +115,7 @@ impl Store {
                 preauth_columns!()
             );
             let row = sqlx::query(sql)
-                .bind(now_ms)
+                .bind(now.0)
                 .bind(id.0)
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -123,7 +124,7 @@ impl Store {
     }
 
     /// Checks a pre-auth key's text without using it up: returns the key if a
-    /// registration with it would be accepted at `now_ms`.
+    /// registration with it would be accepted at `now`.
     ///
     /// # Errors
     /// [`StoreError::MalformedKey`], [`StoreError::UnknownPreauthKey`],
@@ -132,7 +133,7 @@ impl Store {
     pub async fn validate_preauth_key(
         &self,
         text: &str,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<PreauthKey, StoreError> {
         let (prefix, hash) = secret::parse(KeyKind::Auth, text)?;
         let sql = concat!(
@@ -150,10 +151,10 @@ impl Store {
             return Err(unknown());
         }
         let key = rows::preauth_key(&row)?;
-        if key.revoked_ms.is_some() {
+        if key.revoked.is_some() {
             return Err(StoreError::PreauthKeyRevoked(key.prefix));
         }
-        if now_ms >= key.expires_ms {
+        if now >= key.expires {
             return Err(StoreError::PreauthKeyExpired(key.prefix));
         }
         if !key.reusable && key.used_count > 0 {
@@ -163,15 +164,15 @@ impl Store {
     }
 
     /// Creates an API key and returns it with its full text, which is shown
-    /// only this once. `expires_ms = None` makes a key that never expires.
+    /// only this once. `expires = None` makes a key that never expires.
     ///
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn create_api_key(
         &self,
         description: &str,
-        expires_ms: Option<i64>,
-        now_ms: i64,
+        expires: Option<UnixMillis>,
+        now: UnixMillis,
     ) -> Result<(ApiKey, KeySecret), StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let generated = secret::generate(KeyKind::Api)?;
@@ -184,8 +185,8 @@ impl Store {
                 .bind(&generated.prefix)
                 .bind(&generated.hash)
                 .bind(description)
-                .bind(now_ms)
-                .bind(expires_ms)
+                .bind(now.0)
+                .bind(expires.map(|t| t.0))
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(prefix_clash)?;
@@ -207,14 +208,18 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::UnknownApiKeyId`].
-    pub async fn expire_api_key(&self, id: ApiKeyId, now_ms: i64) -> Result<ApiKey, StoreError> {
+    pub async fn expire_api_key(
+        &self,
+        id: ApiKeyId,
+        now: UnixMillis,
+    ) -> Result<ApiKey, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let sql = concat!(
                 "UPDATE api_keys SET revoked_ms = COALESCE(revoked_ms, $1) WHERE id = $2 RETURNING ",
                 api_key_columns!()
             );
             let row = sqlx::query(sql)
-                .bind(now_ms)
+                .bind(now.0)
                 .bind(id.0)
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -223,12 +228,12 @@ impl Store {
     }
 
     /// Checks an API key's text and returns the key if it is accepted at
-    /// `now_ms`. Refreshes `last_used` (at most once a minute).
+    /// `now`. Refreshes `last_used` (at most once a minute).
     ///
     /// # Errors
     /// [`StoreError::MalformedKey`], [`StoreError::UnknownApiKey`] (unknown
     /// prefix or wrong secret), [`StoreError::ApiKeyExpired`].
-    pub async fn verify_api_key(&self, text: &str, now_ms: i64) -> Result<ApiKey, StoreError> {
+    pub async fn verify_api_key(&self, text: &str, now: UnixMillis) -> Result<ApiKey, StoreError> {
         let (prefix, hash) = secret::parse(KeyKind::Api, text)?;
         let sql = concat!(
             "SELECT ",
@@ -245,23 +250,23 @@ impl Store {
             return Err(unknown());
         }
         let mut key = rows::api_key(&row)?;
-        if key.revoked_ms.is_some() || key.expires_ms.is_some_and(|e| now_ms >= e) {
+        if key.revoked.is_some() || key.expires.is_some_and(|e| now >= e) {
             return Err(StoreError::ApiKeyExpired(key.prefix));
         }
         if key
-            .last_used_ms
-            .is_none_or(|t| now_ms - t >= API_KEY_TOUCH_INTERVAL_MS)
+            .last_used
+            .is_none_or(|t| now.0.saturating_sub(t.0) >= API_KEY_TOUCH_INTERVAL_MS)
         {
             let id = key.id;
             write_tx!(&self.inner, |conn, _attempt| {
                 sqlx::query("UPDATE api_keys SET last_used_ms = $1 WHERE id = $2")
-                    .bind(now_ms)
+                    .bind(now.0)
                     .bind(id.0)
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
             })?;
-            key.last_used_ms = Some(now_ms);
+            key.last_used = Some(now);
         }
         Ok(key)
     }

@@ -55,11 +55,15 @@ pub use db::Backend;
 pub use error::StoreError;
 pub use model::{
     ApiKey, ApiKeyId, AuthRequest, AuthRequestState, KeyLifetime, NewAuthRequest, NewPreauthKey,
-    NewUser, Node, NodeId, NodeStatusUpdate, PolicyVersion, PolicyVersionId, PreauthKey,
-    PreauthKeyId, RegisterAuth, RegisterNode, Registered, Role, StableNodeId, Tag, User, UserId,
-    UserPatch,
+    NewUser, Node, NodeStatusUpdate, PolicyVersion, PolicyVersionId, PreauthKey, PreauthKeyId,
+    RegisterAuth, RegisterNode, Registered, Role, User, UserPatch,
 };
 pub use secret::KeySecret;
+/// The `weft-types` vocabulary the API uses, re-exported for convenience.
+pub use weft_types::{
+    DnsLabel, Endpoint, EndpointKind, LoginName, NodeId, NodeOwner, StableNodeId, Tag, UnixMillis,
+    UserId,
+};
 
 use alloc::SplitMix64;
 
@@ -81,6 +85,9 @@ pub struct StoreConfig {
     pub max_connections: Option<u32>,
     /// Seed for address and name choices (`None`: from the OS CSPRNG).
     pub seed: Option<u64>,
+    /// New nodes start unauthorized until an admin calls
+    /// [`Store::set_node_authorized`] (device approval). Default: off.
+    pub require_device_approval: bool,
 }
 
 impl Default for StoreConfig {
@@ -90,6 +97,7 @@ impl Default for StoreConfig {
             node_key_expiry: Some(DEFAULT_NODE_KEY_EXPIRY),
             max_connections: None,
             seed: None,
+            require_device_approval: false,
         }
     }
 }

@@ -1,70 +1,33 @@
 //! The records the store hands out, and the small validated values they use.
 //!
-//! Times are unix milliseconds (`i64`), the project-wide convention for the
-//! database and the wire. `None` for an expiry means "never expires".
+//! Ids, keys, names, tags, endpoints and times are the `weft-types`
+//! vocabulary, so records map onto the netmap's types without conversion
+//! tables. Times are [`UnixMillis`]; `None` for an expiry means "never".
 
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::time::Duration;
 
-use weft_types::{DiscoPublic, MachinePublic, NodePublic};
+use weft_types::{
+    DiscoPublic, DnsLabel, Endpoint, LoginName, MachinePublic, NodeId, NodeOwner, NodePublic,
+    StableNodeId, Tag, UnixMillis, UserId,
+};
 
 use crate::StoreError;
 
-macro_rules! int_id {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        #[derive(serde::Serialize, serde::Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub i64);
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{} id {}", $what, self.0)
-            }
-        }
-    };
-}
-
-int_id!(
-    /// A user's row id. Assigned by the database, never reused.
-    UserId,
-    "user"
-);
-int_id!(
-    /// A node's row id: short, numeric, never reused (the netmap's node id).
-    NodeId,
-    "node"
-);
-int_id!(
+weft_types::make_id!(
     /// A pre-auth key's row id.
-    PreauthKeyId,
-    "pre-auth key"
+    PreauthKeyId
 );
-int_id!(
+weft_types::make_id!(
     /// An API key's row id.
-    ApiKeyId,
-    "API key"
+    ApiKeyId
 );
-int_id!(
+weft_types::make_id!(
     /// A policy version: versions count up from 1; the highest is current.
-    PolicyVersionId,
-    "policy version"
+    PolicyVersionId
 );
-
-/// A node's stable id: random text (`n` + 20 hex digits) that stays the same
-/// for the node's whole life, for clients that must not depend on row ids.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(transparent)]
-pub struct StableNodeId(pub String);
-
-impl fmt::Display for StableNodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A user's role in the tailnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -100,40 +63,6 @@ impl FromStr for Role {
     }
 }
 
-/// A node tag such as `tag:server`: `tag:` then 1–63 letters, digits or
-/// dashes, starting with a letter. Tagged nodes are owned by their tags, not
-/// by a user.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(transparent)]
-pub struct Tag(String);
-
-impl Tag {
-    /// Returns the tag text, `tag:` prefix included.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for Tag {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self, StoreError> {
-        let bad = || StoreError::InvalidTag(s.to_owned());
-        let name = s.strip_prefix("tag:").ok_or_else(bad)?;
-        let first_is_letter = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
-        let all_ok = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-        if !first_is_letter || !all_ok || name.len() > 63 {
-            return Err(bad());
-        }
-        Ok(Tag(s.to_owned()))
-    }
-}
-
-impl fmt::Display for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// How long a node key lives after (re-)registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KeyLifetime {
@@ -165,15 +94,19 @@ impl KeyLifetime {
         }
     }
 
-    /// Returns the expiry time for a key registered at `now_ms`, given the
+    /// Returns the expiry time for a key registered at `now`, given the
     /// server default (`None` = never).
-    pub fn expiry_from(self, now_ms: i64, server_default: Option<Duration>) -> Option<i64> {
+    pub fn expiry_from(
+        self,
+        now: UnixMillis,
+        server_default: Option<Duration>,
+    ) -> Option<UnixMillis> {
         let lifetime = match self {
             KeyLifetime::ServerDefault => server_default?,
             KeyLifetime::Never => return None,
             KeyLifetime::After(d) => d,
         };
-        Some(now_ms.saturating_add(duration_ms(lifetime)))
+        Some(now.saturating_add(lifetime))
     }
 }
 
@@ -188,20 +121,20 @@ pub struct User {
     /// Row id.
     pub id: UserId,
     /// Unique login name, e.g. `alice` or `alice@example.com`.
-    pub login_name: String,
+    pub login_name: LoginName,
     /// Free-form display name (may be empty).
     pub display_name: String,
     /// Member or admin.
     pub role: Role,
     /// When the user was created.
-    pub created_ms: i64,
+    pub created: UnixMillis,
 }
 
 /// Input for [`crate::Store::create_user`].
 #[derive(Debug, Clone)]
 pub struct NewUser {
-    /// Unique login name: 1–254 characters, no whitespace or control characters.
-    pub login_name: String,
+    /// Unique login name.
+    pub login_name: LoginName,
     /// Free-form display name.
     pub display_name: String,
     /// Member or admin.
@@ -212,7 +145,7 @@ pub struct NewUser {
 #[derive(Debug, Clone, Default)]
 pub struct UserPatch {
     /// New unique login name.
-    pub login_name: Option<String>,
+    pub login_name: Option<LoginName>,
     /// New display name.
     pub display_name: Option<String>,
     /// New role.
@@ -234,30 +167,36 @@ pub struct Node {
     pub disco_key: Option<DiscoPublic>,
     /// The hostname as the node reported it (unsanitized).
     pub hostname: String,
-    /// The node's DNS label: unique in the tailnet, DNS-safe.
-    pub given_name: String,
-    /// The owning user; `None` for tagged nodes (owned by their tags).
+    /// The node's DNS label: unique in the tailnet.
+    pub given_name: DnsLabel,
+    /// The owning user; `None` for tagged nodes (owned by their tags). See
+    /// [`Node::owner`].
     pub user: Option<UserId>,
     /// The user whose key or approval registered the node, if still present.
     pub registered_by: Option<UserId>,
-    /// Tags, sorted and without duplicates.
-    pub tags: Vec<Tag>,
+    /// Tags; non-empty exactly when `user` is `None`.
+    pub tags: BTreeSet<Tag>,
     /// Tailnet IPv4 address (unique).
     pub ipv4: Ipv4Addr,
     /// Tailnet IPv6 address (unique).
     pub ipv6: Ipv6Addr,
     /// Endpoints the node last reported (local and STUN-discovered).
-    pub endpoints: Vec<SocketAddr>,
-    /// Host info as the node last reported it (opaque JSON to the store).
+    pub endpoints: Vec<Endpoint>,
+    /// Host info as the node last reported it: a serialized
+    /// `weft_types::HostInfo`, kept as JSON so that a record written by an
+    /// older or newer server always reads back.
     pub host_info: serde_json::Value,
     /// When the node was first registered.
-    pub created_ms: i64,
-    /// When the node was last seen by the server (`None`: never connected).
-    pub last_seen_ms: Option<i64>,
+    pub created: UnixMillis,
+    /// When the server last saw the node (`None`: never).
+    pub last_seen: Option<UnixMillis>,
     /// Whether the server last recorded the node as connected.
     pub online: bool,
     /// When the node key expires (`None`: never).
-    pub expiry_ms: Option<i64>,
+    pub key_expiry: Option<UnixMillis>,
+    /// Whether an administrator authorized the node (device approval; new
+    /// nodes are authorized unless the server says otherwise).
+    pub authorized: bool,
     /// Ephemeral nodes are deleted after being offline for a grace period.
     pub ephemeral: bool,
     /// The pre-auth key used for the latest registration, if any.
@@ -265,9 +204,17 @@ pub struct Node {
 }
 
 impl Node {
-    /// Returns whether the node key has expired at `now_ms`.
-    pub fn is_expired(&self, now_ms: i64) -> bool {
-        self.expiry_ms.is_some_and(|e| e <= now_ms)
+    /// Returns whether the node key has expired at `now`.
+    pub fn is_expired(&self, now: UnixMillis) -> bool {
+        self.key_expiry.is_some_and(|e| e <= now)
+    }
+
+    /// Returns who owns the node, in the netmap's terms.
+    pub fn owner(&self) -> NodeOwner {
+        match self.user {
+            Some(user) => NodeOwner::User(user),
+            None => NodeOwner::Tags(self.tags.clone()),
+        }
     }
 
     /// Returns both tailnet addresses.
@@ -287,10 +234,10 @@ pub struct RegisterNode {
     pub disco_key: Option<DiscoPublic>,
     /// The hostname as reported; sanitized into the node's DNS label.
     pub hostname: String,
-    /// Host info (opaque JSON to the store).
+    /// Host info: a serialized `weft_types::HostInfo` (opaque to the store).
     pub host_info: serde_json::Value,
     /// Endpoints reported with the registration.
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// How a registration was authorized.
@@ -304,7 +251,7 @@ pub enum RegisterAuth<'a> {
         /// The user who approved; owner unless `tags` is non-empty.
         user: UserId,
         /// Tags to apply (the node is then owned by its tags).
-        tags: &'a [Tag],
+        tags: &'a BTreeSet<Tag>,
         /// Whether the node is ephemeral.
         ephemeral: bool,
         /// Node-key lifetime.
@@ -330,7 +277,7 @@ pub struct NodeStatusUpdate {
     /// New disco key (a daemon restart makes a new one).
     pub disco_key: Option<DiscoPublic>,
     /// New endpoint list.
-    pub endpoints: Option<Vec<SocketAddr>>,
+    pub endpoints: Option<Vec<Endpoint>>,
     /// New host info.
     pub host_info: Option<serde_json::Value>,
     /// New reported hostname (the DNS label does not follow; see `rename_node`).
@@ -351,26 +298,24 @@ pub struct PreauthKey {
     /// Whether nodes registered with it are ephemeral.
     pub ephemeral: bool,
     /// Tags applied to nodes registered with it.
-    pub tags: Vec<Tag>,
+    pub tags: BTreeSet<Tag>,
     /// Node-key lifetime for nodes registered with it.
     #[serde(skip)]
     pub node_key_lifetime: KeyLifetime,
     /// When the key was created.
-    pub created_ms: i64,
+    pub created: UnixMillis,
     /// When the key stops being accepted.
-    pub expires_ms: i64,
+    pub expires: UnixMillis,
     /// How many registrations used it.
     pub used_count: i64,
     /// When it was revoked (expired by hand), if it was.
-    pub revoked_ms: Option<i64>,
+    pub revoked: Option<UnixMillis>,
 }
 
 impl PreauthKey {
-    /// Returns whether the key is still accepted at `now_ms`.
-    pub fn is_usable(&self, now_ms: i64) -> bool {
-        self.revoked_ms.is_none()
-            && now_ms < self.expires_ms
-            && (self.reusable || self.used_count == 0)
+    /// Returns whether the key is still accepted at `now`.
+    pub fn is_usable(&self, now: UnixMillis) -> bool {
+        self.revoked.is_none() && now < self.expires && (self.reusable || self.used_count == 0)
     }
 }
 
@@ -384,9 +329,9 @@ pub struct NewPreauthKey {
     /// Whether registered nodes are ephemeral.
     pub ephemeral: bool,
     /// Tags applied to registered nodes.
-    pub tags: Vec<Tag>,
-    /// When the key stops being accepted (unix ms).
-    pub expires_ms: i64,
+    pub tags: BTreeSet<Tag>,
+    /// When the key stops being accepted.
+    pub expires: UnixMillis,
     /// Node-key lifetime for nodes registered with it.
     pub node_key_lifetime: KeyLifetime,
 }
@@ -401,13 +346,13 @@ pub struct ApiKey {
     /// Free-form description.
     pub description: String,
     /// When the key was created.
-    pub created_ms: i64,
+    pub created: UnixMillis,
     /// When the key stops being accepted (`None`: never).
-    pub expires_ms: Option<i64>,
+    pub expires: Option<UnixMillis>,
     /// When it was revoked, if it was.
-    pub revoked_ms: Option<i64>,
-    /// When it was last verified successfully.
-    pub last_used_ms: Option<i64>,
+    pub revoked: Option<UnixMillis>,
+    /// When it was last verified successfully (refreshed at most once a minute).
+    pub last_used: Option<UnixMillis>,
 }
 
 /// The state of an interactive login.
@@ -461,13 +406,13 @@ pub struct AuthRequest {
     /// Reported host info.
     pub host_info: serde_json::Value,
     /// When it was created.
-    pub created_ms: i64,
+    pub created: UnixMillis,
     /// When it stops being approvable.
-    pub expires_ms: i64,
+    pub expires: UnixMillis,
     /// Pending, approved or rejected.
     pub state: AuthRequestState,
     /// When it was approved or rejected.
-    pub completed_ms: Option<i64>,
+    pub completed: Option<UnixMillis>,
     /// The approving user (owner of the node).
     pub user: Option<UserId>,
     /// The node registered on approval.
@@ -479,8 +424,8 @@ pub struct AuthRequest {
 pub struct NewAuthRequest {
     /// The registration the node asked for.
     pub register: RegisterNode,
-    /// When the request stops being approvable (unix ms).
-    pub expires_ms: i64,
+    /// When the request stops being approvable.
+    pub expires: UnixMillis,
 }
 
 /// One stored version of the policy file.
@@ -491,7 +436,7 @@ pub struct PolicyVersion {
     /// The policy text exactly as submitted (HuJSON).
     pub text: String,
     /// When it was stored.
-    pub created_ms: i64,
+    pub created: UnixMillis,
     /// Who stored it (login name, `api key <prefix>`, `file`, …).
     pub author: String,
 }

@@ -9,12 +9,12 @@ use std::time::Duration;
 use sqlx::AnyConnection;
 use weft_types::{MachinePublic, NodePublic};
 
+use crate::UnixMillis;
 use crate::db::write_tx;
 use crate::error::is_unique_violation;
 use crate::label;
-use crate::model::duration_ms;
 use crate::rows::{self, endpoints_json, int_flag, node_columns, tags_json};
-use crate::{Node, NodeId, NodeStatusUpdate, Store, StoreError, Tag, UserId};
+use crate::{DnsLabel, Node, NodeId, NodeStatusUpdate, Store, StoreError, Tag, UserId};
 
 impl Store {
     /// Returns the node with this id.
@@ -94,7 +94,7 @@ impl Store {
         &self,
         old: &NodePublic,
         new: &NodePublic,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<Node, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let Some(node) = node_where_text(conn, By::NodeKey, &old.to_string()).await? else {
@@ -116,7 +116,7 @@ impl Store {
             );
             match sqlx::query(sql)
                 .bind(new.to_string())
-                .bind(now_ms)
+                .bind(now.0)
                 .bind(node.id.0)
                 .fetch_one(&mut *conn)
                 .await
@@ -128,7 +128,7 @@ impl Store {
         })
     }
 
-    /// Applies what a node reported about itself and sets `last_seen` to `now_ms`.
+    /// Applies what a node reported about itself and sets `last_seen` to `now`.
     ///
     /// # Errors
     /// [`StoreError::UnknownNode`].
@@ -136,7 +136,7 @@ impl Store {
         &self,
         id: NodeId,
         update: NodeStatusUpdate,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<Node, StoreError> {
         let disco = update.disco_key.map(|k| k.to_string());
         let endpoints = update.endpoints.as_deref().map(endpoints_json);
@@ -155,7 +155,7 @@ impl Store {
                 .bind(endpoints.clone())
                 .bind(host_info.clone())
                 .bind(update.hostname.clone())
-                .bind(now_ms)
+                .bind(now.0)
                 .bind(id.0)
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -164,7 +164,7 @@ impl Store {
     }
 
     /// Records that a node connected (`online = true`) or disconnected, and
-    /// sets `last_seen` to `now_ms`.
+    /// sets `last_seen` to `now`.
     ///
     /// # Errors
     /// [`StoreError::UnknownNode`].
@@ -172,12 +172,12 @@ impl Store {
         &self,
         id: NodeId,
         online: bool,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<(), StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let done = sqlx::query("UPDATE nodes SET online = $1, last_seen_ms = $2 WHERE id = $3")
                 .bind(int_flag(online))
-                .bind(now_ms)
+                .bind(now.0)
                 .bind(id.0)
                 .execute(&mut *conn)
                 .await?;
@@ -188,17 +188,21 @@ impl Store {
         })
     }
 
-    /// Sets `last_seen` of the given (connected) nodes to `now_ms`, in one
+    /// Sets `last_seen` of the given (connected) nodes to `now`, in one
     /// transaction; unknown ids are skipped. Returns how many rows changed.
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn touch_last_seen(&self, ids: &[NodeId], now_ms: i64) -> Result<u64, StoreError> {
+    pub async fn touch_last_seen(
+        &self,
+        ids: &[NodeId],
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let mut n = 0;
             for id in ids {
                 n += sqlx::query("UPDATE nodes SET last_seen_ms = $1 WHERE id = $2")
-                    .bind(now_ms)
+                    .bind(now.0)
                     .bind(id.0)
                     .execute(&mut *conn)
                     .await?
@@ -208,17 +212,17 @@ impl Store {
         })
     }
 
-    /// Marks every node offline, setting `last_seen` to `now_ms` for those
+    /// Marks every node offline, setting `last_seen` to `now` for those
     /// that were online. Call it when the server starts: connections did not
     /// survive the restart, and the ephemeral GC skips nodes marked online.
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub async fn mark_all_offline(&self, now_ms: i64) -> Result<u64, StoreError> {
+    pub async fn mark_all_offline(&self, now: UnixMillis) -> Result<u64, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let done =
                 sqlx::query("UPDATE nodes SET online = 0, last_seen_ms = $1 WHERE online = 1")
-                    .bind(now_ms)
+                    .bind(now.0)
                     .execute(&mut *conn)
                     .await?;
             Ok(done.rows_affected())
@@ -229,8 +233,8 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::UnknownNode`].
-    pub async fn expire_node(&self, id: NodeId, now_ms: i64) -> Result<Node, StoreError> {
-        self.set_node_expiry(id, Some(now_ms)).await
+    pub async fn expire_node(&self, id: NodeId, now: UnixMillis) -> Result<Node, StoreError> {
+        self.set_node_expiry(id, Some(now)).await
     }
 
     /// Sets when a node's key expires (`None`: never).
@@ -240,7 +244,7 @@ impl Store {
     pub async fn set_node_expiry(
         &self,
         id: NodeId,
-        expiry_ms: Option<i64>,
+        expiry: Option<UnixMillis>,
     ) -> Result<Node, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let sql = concat!(
@@ -248,7 +252,30 @@ impl Store {
                 node_columns!()
             );
             let row = sqlx::query(sql)
-                .bind(expiry_ms)
+                .bind(expiry.map(|t| t.0))
+                .bind(id.0)
+                .fetch_optional(&mut *conn)
+                .await?;
+            rows::node(&row.ok_or(StoreError::UnknownNode(id))?)
+        })
+    }
+
+    /// Authorizes a node (device approval) or withdraws the authorization.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownNode`].
+    pub async fn set_node_authorized(
+        &self,
+        id: NodeId,
+        authorized: bool,
+    ) -> Result<Node, StoreError> {
+        write_tx!(&self.inner, |conn, _attempt| {
+            let sql = concat!(
+                "UPDATE nodes SET authorized = $1 WHERE id = $2 RETURNING ",
+                node_columns!()
+            );
+            let row = sqlx::query(sql)
+                .bind(int_flag(authorized))
                 .bind(id.0)
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -271,17 +298,15 @@ impl Store {
         })
     }
 
-    /// Gives a node a new DNS name, which must already be a valid label
-    /// (names typed by people are validated, not sanitized).
+    /// Gives a node a new DNS name. Names typed by people are parsed into a
+    /// [`DnsLabel`] by the caller (refused if invalid, not sanitized).
     ///
     /// # Errors
-    /// [`StoreError::UnknownNode`], [`StoreError::InvalidName`],
-    /// [`StoreError::NameTaken`].
-    pub async fn rename_node(&self, id: NodeId, name: &str) -> Result<Node, StoreError> {
-        label::validate_label(name)?;
+    /// [`StoreError::UnknownNode`], [`StoreError::NameTaken`].
+    pub async fn rename_node(&self, id: NodeId, name: &DnsLabel) -> Result<Node, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let node = node_by_id(conn, id).await?;
-            if node.given_name == name {
+            if node.given_name == *name {
                 return Ok(node);
             }
             let sql = concat!(
@@ -289,13 +314,13 @@ impl Store {
                 node_columns!()
             );
             match sqlx::query(sql)
-                .bind(name)
+                .bind(name.as_str())
                 .bind(id.0)
                 .fetch_one(&mut *conn)
                 .await
             {
                 Ok(row) => rows::node(&row),
-                Err(e) if is_unique_violation(&e) => Err(StoreError::NameTaken(name.to_owned())),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::NameTaken(name.clone())),
                 Err(e) => Err(e.into()),
             }
         })
@@ -307,7 +332,11 @@ impl Store {
     /// # Errors
     /// [`StoreError::UnknownNode`]; [`StoreError::NodeWithoutOwner`] if the
     /// tags would be emptied and the registering user is gone.
-    pub async fn set_node_tags(&self, id: NodeId, tags: &[Tag]) -> Result<Node, StoreError> {
+    pub async fn set_node_tags(
+        &self,
+        id: NodeId,
+        tags: &BTreeSet<Tag>,
+    ) -> Result<Node, StoreError> {
         let tags_text = tags_json(tags);
         write_tx!(&self.inner, |conn, _attempt| {
             let node = node_by_id(conn, id).await?;
@@ -336,17 +365,17 @@ impl Store {
     }
 
     /// Returns the ephemeral nodes that are offline and were last seen (or,
-    /// if never seen, created) at or before `now_ms - grace`, by id.
+    /// if never seen, created) at or before `now - grace`, by id.
     ///
     /// # Errors
     /// [`StoreError::Db`].
     pub async fn ephemeral_gc_candidates(
         &self,
         grace: Duration,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<Vec<Node>, StoreError> {
         let mut conn = self.inner.pool.acquire().await?;
-        gc_candidates(&mut conn, grace, now_ms).await
+        gc_candidates(&mut conn, grace, now).await
     }
 
     /// Deletes what [`Store::ephemeral_gc_candidates`] selects, in one
@@ -357,10 +386,10 @@ impl Store {
     pub async fn delete_ephemeral_offline(
         &self,
         grace: Duration,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<Vec<Node>, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
-            let doomed = gc_candidates(conn, grace, now_ms).await?;
+            let doomed = gc_candidates(conn, grace, now).await?;
             for node in &doomed {
                 sqlx::query("DELETE FROM nodes WHERE id = $1")
                     .bind(node.id.0)
@@ -380,16 +409,19 @@ impl Store {
 async fn gc_candidates(
     conn: &mut AnyConnection,
     grace: Duration,
-    now_ms: i64,
+    now: UnixMillis,
 ) -> Result<Vec<Node>, StoreError> {
-    let cutoff = now_ms.saturating_sub(duration_ms(grace));
+    let cutoff = UnixMillis(now.0.saturating_sub(crate::model::duration_ms(grace)));
     let sql = concat!(
         "SELECT ",
         node_columns!(),
         " FROM nodes WHERE ephemeral = 1 AND online = 0 \
          AND COALESCE(last_seen_ms, created_ms) <= $1 ORDER BY id"
     );
-    let all = sqlx::query(sql).bind(cutoff).fetch_all(&mut *conn).await?;
+    let all = sqlx::query(sql)
+        .bind(cutoff.0)
+        .fetch_all(&mut *conn)
+        .await?;
     all.iter().map(rows::node).collect()
 }
 
@@ -442,7 +474,7 @@ pub(crate) async fn node_where_text(
 /// Returns the names in use that a label derived from `base` could collide with.
 pub(crate) async fn taken_names(
     conn: &mut AnyConnection,
-    base: &str,
+    base: &DnsLabel,
 ) -> Result<BTreeSet<String>, StoreError> {
     // Labels contain only [a-z0-9-], so the prefix has no LIKE wildcards.
     let pattern = format!("{}%", label::candidate_prefix(base));

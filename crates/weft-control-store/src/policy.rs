@@ -2,6 +2,7 @@
 //! The store keeps the text verbatim and does not parse it: validation and
 //! compilation belong to `weft-policy`, before `put_policy` is called.
 
+use crate::UnixMillis;
 use crate::db::write_tx;
 use crate::rows::{self, policy_columns};
 use crate::{PolicyVersion, PolicyVersionId, Store, StoreError};
@@ -15,7 +16,7 @@ impl Store {
         &self,
         text: &str,
         author: &str,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<PolicyVersion, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let sql = concat!(
@@ -24,7 +25,7 @@ impl Store {
             );
             let row = sqlx::query(sql)
                 .bind(text)
-                .bind(now_ms)
+                .bind(now.0)
                 .bind(author)
                 .fetch_one(&mut *conn)
                 .await?;

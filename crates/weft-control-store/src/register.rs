@@ -27,6 +27,7 @@ use crate::error::{is_unique_violation, violation_detail};
 use crate::nodes::{By, node_where_text, taken_names};
 use crate::rows::{self, endpoints_json, int_flag, node_columns, preauth_columns, tags_json};
 use crate::secret::{self, KeyKind};
+use crate::{DnsLabel, UnixMillis};
 use crate::{
     KeyLifetime, PreauthKeyId, RegisterAuth, RegisterNode, Registered, Store, StoreError, Tag,
     UserId, label,
@@ -37,7 +38,7 @@ use crate::{
 pub(crate) struct Grant {
     owner: Option<UserId>,
     registered_by: Option<UserId>,
-    tags: Vec<Tag>,
+    tags: BTreeSet<Tag>,
     ephemeral: bool,
     lifetime: KeyLifetime,
     preauth_key: Option<PreauthKeyId>,
@@ -52,7 +53,7 @@ pub(crate) enum Authorizer {
     },
     User {
         user: UserId,
-        tags: Vec<Tag>,
+        tags: BTreeSet<Tag>,
         ephemeral: bool,
         lifetime: KeyLifetime,
     },
@@ -72,7 +73,7 @@ impl Authorizer {
                 key_lifetime,
             } => Authorizer::User {
                 user,
-                tags: tags.to_vec(),
+                tags: tags.clone(),
                 ephemeral,
                 lifetime: key_lifetime,
             },
@@ -99,12 +100,12 @@ impl Store {
         &self,
         req: &RegisterNode,
         auth: RegisterAuth<'_>,
-        now_ms: i64,
+        now: UnixMillis,
     ) -> Result<Registered, StoreError> {
         let authorizer = Authorizer::parse(auth)?;
         write_tx!(&self.inner, |conn, attempt| {
-            let grant = authorize(conn, &authorizer, now_ms).await?;
-            self.register_in(conn, req, &grant, now_ms, attempt).await
+            let grant = authorize(conn, &authorizer, now).await?;
+            self.register_in(conn, req, &grant, now, attempt).await
         })
     }
 
@@ -114,7 +115,7 @@ impl Store {
         conn: &mut AnyConnection,
         req: &RegisterNode,
         grant: &Grant,
-        now_ms: i64,
+        now: UnixMillis,
         attempt: u32,
     ) -> Result<Registered, StoreError> {
         let existing = node_where_text(conn, By::MachineKey, &req.machine_key.to_string()).await?;
@@ -123,9 +124,7 @@ impl Store {
         {
             return Err(StoreError::DuplicateNodeKey(req.node_key));
         }
-        let expiry = grant
-            .lifetime
-            .expiry_from(now_ms, self.config.node_key_expiry);
+        let expiry = grant.lifetime.expiry_from(now, self.config.node_key_expiry);
         let tags = tags_json(&grant.tags);
         let endpoints = endpoints_json(&req.endpoints);
         let host_info = req.host_info.to_string();
@@ -148,10 +147,10 @@ impl Store {
                 .bind(grant.owner.map(|u| u.0))
                 .bind(grant.registered_by.map(|u| u.0))
                 .bind(tags)
-                .bind(expiry)
+                .bind(expiry.map(|t| t.0))
                 .bind(int_flag(grant.ephemeral))
                 .bind(grant.preauth_key.map(|k| k.0))
-                .bind(now_ms)
+                .bind(now.0)
                 .bind(node.id.0)
                 .fetch_one(&mut *conn)
                 .await
@@ -162,9 +161,9 @@ impl Store {
             });
         }
 
-        let base = label::sanitize_hostname(&req.hostname);
+        let base = DnsLabel::sanitize(&req.hostname);
         let taken = taken_names(conn, &base).await?;
-        let given_name = self.with_rng(|rng| label::unique_label(&base, &taken, attempt, rng));
+        let given_name = self.with_rng(|rng| label::unique_label(&base, &taken, attempt, rng))?;
         let used = used_ipv4(conn).await?;
         let pool = &self.config.pool;
         let ipv4 = self
@@ -176,9 +175,9 @@ impl Store {
         let sql = concat!(
             "INSERT INTO nodes (stable_id, machine_key, node_key, disco_key, hostname, ",
             "given_name, user_id, registered_by, tags, ipv4, ipv6, endpoints, host_info, ",
-            "created_ms, last_seen_ms, online, expiry_ms, ephemeral, preauth_key_id) ",
+            "created_ms, last_seen_ms, online, expiry_ms, ephemeral, preauth_key_id, authorized) ",
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, ",
-            "$16, $17, $18) RETURNING ",
+            "$16, $17, $18, $19) RETURNING ",
             node_columns!()
         );
         let row = sqlx::query(sql)
@@ -187,7 +186,7 @@ impl Store {
             .bind(req.node_key.to_string())
             .bind(disco)
             .bind(&req.hostname)
-            .bind(given_name)
+            .bind(given_name.as_str())
             .bind(grant.owner.map(|u| u.0))
             .bind(grant.registered_by.map(|u| u.0))
             .bind(tags)
@@ -195,11 +194,12 @@ impl Store {
             .bind(ipv6.to_string())
             .bind(endpoints)
             .bind(host_info)
-            .bind(now_ms)
-            .bind(now_ms)
-            .bind(expiry)
+            .bind(now.0)
+            .bind(now.0)
+            .bind(expiry.map(|t| t.0))
             .bind(int_flag(grant.ephemeral))
             .bind(grant.preauth_key.map(|k| k.0))
+            .bind(int_flag(!self.config.require_device_approval))
             .fetch_one(&mut *conn)
             .await
             .map_err(contention)?;
@@ -214,7 +214,7 @@ impl Store {
 pub(crate) async fn authorize(
     conn: &mut AnyConnection,
     auth: &Authorizer,
-    now_ms: i64,
+    now: UnixMillis,
 ) -> Result<Grant, StoreError> {
     match auth {
         Authorizer::User {
@@ -250,10 +250,10 @@ pub(crate) async fn authorize(
                 return Err(unknown());
             }
             let key = rows::preauth_key(&row)?;
-            if key.revoked_ms.is_some() {
+            if key.revoked.is_some() {
                 return Err(StoreError::PreauthKeyRevoked(key.prefix));
             }
-            if now_ms >= key.expires_ms {
+            if now >= key.expires {
                 return Err(StoreError::PreauthKeyExpired(key.prefix));
             }
             // The guard in WHERE makes a concurrent use of a one-off key fail

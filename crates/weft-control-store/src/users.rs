@@ -2,6 +2,7 @@
 
 use sqlx::AnyConnection;
 
+use crate::UnixMillis;
 use crate::db::write_tx;
 use crate::error::is_unique_violation;
 use crate::rows::{self, user_columns};
@@ -12,8 +13,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::InvalidLoginName`], [`StoreError::DuplicateUser`].
-    pub async fn create_user(&self, new: NewUser, now_ms: i64) -> Result<User, StoreError> {
-        validate_login_name(&new.login_name)?;
+    pub async fn create_user(&self, new: NewUser, now: UnixMillis) -> Result<User, StoreError> {
         write_tx!(&self.inner, |conn, _attempt| {
             let sql = concat!(
                 "INSERT INTO users (login_name, display_name, role, created_ms) \
@@ -22,10 +22,10 @@ impl Store {
                 ""
             );
             match sqlx::query(sql)
-                .bind(&new.login_name)
+                .bind(new.login_name.as_str())
                 .bind(&new.display_name)
                 .bind(new.role.as_str())
-                .bind(now_ms)
+                .bind(now.0)
                 .fetch_one(&mut *conn)
                 .await
             {
@@ -81,9 +81,6 @@ impl Store {
     /// [`StoreError::UnknownUserId`], [`StoreError::InvalidLoginName`],
     /// [`StoreError::DuplicateUser`].
     pub async fn update_user(&self, id: UserId, patch: UserPatch) -> Result<User, StoreError> {
-        if let Some(login) = &patch.login_name {
-            validate_login_name(login)?;
-        }
         write_tx!(&self.inner, |conn, _attempt| {
             let current = user_by_id(conn, id).await?;
             let login = patch.login_name.clone().unwrap_or(current.login_name);
@@ -96,7 +93,7 @@ impl Store {
                 ""
             );
             match sqlx::query(sql)
-                .bind(&login)
+                .bind(login.as_str())
                 .bind(&display)
                 .bind(role.as_str())
                 .bind(id.0)
@@ -145,17 +142,4 @@ pub(crate) async fn user_by_id(conn: &mut AnyConnection, id: UserId) -> Result<U
         .fetch_optional(&mut *conn)
         .await?;
     rows::user(&row.ok_or(StoreError::UnknownUserId(id))?)
-}
-
-/// A login name is 1–254 characters without whitespace or control characters
-/// (`alice`, `alice@example.com`, an OIDC subject).
-fn validate_login_name(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.chars().count() <= 254
-        && !name.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidLoginName(name.to_owned()))
-    }
 }

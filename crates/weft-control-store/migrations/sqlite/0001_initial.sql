@@ -48,6 +48,8 @@ CREATE TABLE nodes (
     online         INTEGER NOT NULL DEFAULT 0 CHECK (online IN (0, 1)),
     -- NULL = the node key never expires
     expiry_ms      INTEGER,
+    -- device approval: 0 until an administrator authorizes the node
+    authorized     INTEGER NOT NULL DEFAULT 1 CHECK (authorized IN (0, 1)),
     ephemeral      INTEGER NOT NULL DEFAULT 0 CHECK (ephemeral IN (0, 1)),
     preauth_key_id INTEGER REFERENCES preauth_keys (id) ON DELETE SET NULL
 );

@@ -1,26 +1,30 @@
+use std::collections::BTreeSet;
+
 use weft_control_store::{
     AuthRequestState, KeyLifetime, NewAuthRequest, NewPreauthKey, PolicyVersionId, RegisterAuth,
-    StoreError, Tag,
+    StoreError, Tag, UnixMillis,
 };
 
-use crate::common::{HOUR, MINUTE, T0, TestDb, machine_key, register_req, reusable_key_for, user};
+use crate::common::{
+    HOUR, MINUTE, T0, TestDb, at, machine_key, register_req, reusable_key_for, user,
+};
 
 pub async fn an_approved_login_registers_its_node(db: &TestDb) {
     let store = db.store().await;
     let alice = user(&store, "alice").await;
     let new = NewAuthRequest {
         register: register_req(1, "Desk Top"),
-        expires_ms: T0 + 10 * MINUTE,
+        expires: at(10 * MINUTE),
     };
     let req = store.create_auth_request(new, T0).await.unwrap();
     assert_eq!(req.state, AuthRequestState::Pending);
     assert_eq!(req.auth_id.len(), 32);
     assert!(req.auth_id.bytes().all(|b| b.is_ascii_hexdigit()));
-    assert_eq!((req.user, req.node, req.completed_ms), (None, None, None));
+    assert_eq!((req.user, req.node, req.completed), (None, None, None));
     assert_eq!(store.auth_request(&req.auth_id).await.unwrap(), req);
     assert_eq!(
         store
-            .pending_auth_request_for(&machine_key(1), T0 + MINUTE)
+            .pending_auth_request_for(&machine_key(1), at(MINUTE))
             .await
             .unwrap(),
         Some(req.clone())
@@ -37,7 +41,7 @@ pub async fn an_approved_login_registers_its_node(db: &TestDb) {
         "nothing is registered before approval"
     );
 
-    let tags: Vec<Tag> = vec!["tag:desk".parse().unwrap()];
+    let tags: BTreeSet<Tag> = ["tag:desk".parse().unwrap()].into();
     let approval = RegisterAuth::User {
         user: alice.id,
         tags: &tags,
@@ -45,7 +49,7 @@ pub async fn an_approved_login_registers_its_node(db: &TestDb) {
         key_lifetime: KeyLifetime::Never,
     };
     let (done, registered) = store
-        .complete_auth_request(&req.auth_id, approval, T0 + 2 * MINUTE)
+        .complete_auth_request(&req.auth_id, approval, at(2 * MINUTE))
         .await
         .unwrap();
     assert!(registered.created);
@@ -57,17 +61,17 @@ pub async fn an_approved_login_registers_its_node(db: &TestDb) {
     assert_eq!(node.node_key, req.node_key);
     assert_eq!(node.endpoints, register_req(1, "").endpoints);
     assert_eq!(
-        (node.user, node.registered_by, node.expiry_ms),
+        (node.user, node.registered_by, node.key_expiry),
         (None, Some(alice.id), None)
     );
     assert_eq!(done.state, AuthRequestState::Approved);
     assert_eq!(
-        (done.user, done.node, done.completed_ms),
-        (Some(alice.id), Some(node.id), Some(T0 + 2 * MINUTE))
+        (done.user, done.node, done.completed),
+        (Some(alice.id), Some(node.id), Some(at(2 * MINUTE)))
     );
     assert_eq!(
         store
-            .pending_auth_request_for(&machine_key(1), T0 + 3 * MINUTE)
+            .pending_auth_request_for(&machine_key(1), at(3 * MINUTE))
             .await
             .unwrap(),
         None
@@ -75,7 +79,7 @@ pub async fn an_approved_login_registers_its_node(db: &TestDb) {
 
     // Approving twice is refused and registers nothing more.
     let err = store
-        .complete_auth_request(&req.auth_id, approval, T0 + 3 * MINUTE)
+        .complete_auth_request(&req.auth_id, approval, at(3 * MINUTE))
         .await
         .unwrap_err();
     assert!(
@@ -88,7 +92,7 @@ pub async fn an_approved_login_registers_its_node(db: &TestDb) {
     // leaves the request pending.
     let new = NewAuthRequest {
         register: register_req(2, "b"),
-        expires_ms: T0 + HOUR,
+        expires: at(HOUR),
     };
     let second = store.create_auth_request(new, T0).await.unwrap();
     let one_off = NewPreauthKey {
@@ -122,29 +126,29 @@ pub async fn an_approved_login_registers_its_node(db: &TestDb) {
 pub async fn logins_can_be_rejected_expire_and_are_cleaned_up(db: &TestDb) {
     let store = db.store().await;
     let alice = user(&store, "alice").await;
-    let mk = |n: u64, expires_ms: i64| NewAuthRequest {
+    let mk = |n: u64, expires: UnixMillis| NewAuthRequest {
         register: register_req(n, "x"),
-        expires_ms,
+        expires,
     };
     let rejected = store
-        .create_auth_request(mk(1, T0 + HOUR), T0)
+        .create_auth_request(mk(1, at(HOUR)), T0)
         .await
         .unwrap();
     let stale = store
-        .create_auth_request(mk(2, T0 + MINUTE), T0)
+        .create_auth_request(mk(2, at(MINUTE)), T0)
         .await
         .unwrap();
 
     let r = store
-        .reject_auth_request(&rejected.auth_id, T0 + 1)
+        .reject_auth_request(&rejected.auth_id, at(1))
         .await
         .unwrap();
     assert_eq!(
-        (r.state, r.completed_ms),
-        (AuthRequestState::Rejected, Some(T0 + 1))
+        (r.state, r.completed),
+        (AuthRequestState::Rejected, Some(at(1)))
     );
     let err = store
-        .reject_auth_request(&rejected.auth_id, T0 + 2)
+        .reject_auth_request(&rejected.auth_id, at(2))
         .await
         .unwrap_err();
     assert!(
@@ -153,12 +157,12 @@ pub async fn logins_can_be_rejected_expire_and_are_cleaned_up(db: &TestDb) {
     );
     let approval = RegisterAuth::User {
         user: alice.id,
-        tags: &[],
+        tags: &BTreeSet::new(),
         ephemeral: false,
         key_lifetime: KeyLifetime::ServerDefault,
     };
     let err = store
-        .complete_auth_request(&rejected.auth_id, approval, T0 + 2)
+        .complete_auth_request(&rejected.auth_id, approval, at(2))
         .await
         .unwrap_err();
     assert!(
@@ -167,7 +171,7 @@ pub async fn logins_can_be_rejected_expire_and_are_cleaned_up(db: &TestDb) {
     );
 
     let err = store
-        .complete_auth_request(&stale.auth_id, approval, T0 + MINUTE)
+        .complete_auth_request(&stale.auth_id, approval, at(MINUTE))
         .await
         .unwrap_err();
     assert!(
@@ -175,13 +179,13 @@ pub async fn logins_can_be_rejected_expire_and_are_cleaned_up(db: &TestDb) {
         "{err}"
     );
     let err = store
-        .reject_auth_request(&stale.auth_id, T0 + MINUTE)
+        .reject_auth_request(&stale.auth_id, at(MINUTE))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::AuthRequestExpired(_)), "{err}");
     assert_eq!(
         store
-            .pending_auth_request_for(&machine_key(2), T0 + MINUTE)
+            .pending_auth_request_for(&machine_key(2), at(MINUTE))
             .await
             .unwrap(),
         None
@@ -200,7 +204,7 @@ pub async fn logins_can_be_rejected_expire_and_are_cleaned_up(db: &TestDb) {
 
     assert_eq!(
         store
-            .delete_expired_auth_requests(T0 + MINUTE)
+            .delete_expired_auth_requests(at(MINUTE))
             .await
             .unwrap(),
         1
@@ -208,7 +212,7 @@ pub async fn logins_can_be_rejected_expire_and_are_cleaned_up(db: &TestDb) {
     assert!(store.auth_request(&stale.auth_id).await.is_err());
     assert!(store.auth_request(&rejected.auth_id).await.is_ok());
     assert_eq!(
-        store.delete_expired_auth_requests(T0 + HOUR).await.unwrap(),
+        store.delete_expired_auth_requests(at(HOUR)).await.unwrap(),
         1
     );
     assert!(store.list_nodes().await.unwrap().is_empty());
@@ -223,12 +227,12 @@ pub async fn policies_are_versioned(db: &TestDb) {
     let text2 = "{\n  \"acls\": [{\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"]}], // trailing\n}\n";
     let v1 = store.put_policy(text1, "alice", T0).await.unwrap();
     let v2 = store
-        .put_policy(text2, "api key 0123456789ab", T0 + 1)
+        .put_policy(text2, "api key 0123456789ab", at(1))
         .await
         .unwrap();
     assert!(v2.id > v1.id);
     assert_eq!(
-        (v1.text.as_str(), v1.author.as_str(), v1.created_ms),
+        (v1.text.as_str(), v1.author.as_str(), v1.created),
         (text1, "alice", T0)
     );
     assert_eq!(store.current_policy().await.unwrap(), Some(v2.clone()));
@@ -241,6 +245,6 @@ pub async fn policies_are_versioned(db: &TestDb) {
     let err = store.policy_version(ghost).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("unknown policy version id {}", ghost.0)
+        format!("unknown policy version {}", ghost.0)
     );
 }

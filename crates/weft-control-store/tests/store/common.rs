@@ -4,18 +4,25 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::{AssertSqlSafe, Connection as _};
+use std::collections::BTreeSet;
+
 use weft_control_store::{
-    Backend, NewPreauthKey, NewUser, RegisterAuth, RegisterNode, Registered, Role, Store,
-    StoreConfig, User,
+    Backend, Endpoint, EndpointKind, NewPreauthKey, NewUser, RegisterAuth, RegisterNode,
+    Registered, Role, Store, StoreConfig, UnixMillis, User,
 };
 use weft_types::{MachinePublic, NodePublic};
 
 /// A fixed "now" for tests (2027-01-15); time moves by adding to it.
-pub const T0: i64 = 1_800_000_000_000;
+pub const T0: UnixMillis = UnixMillis(1_800_000_000_000);
 pub const SECOND: i64 = 1000;
 pub const MINUTE: i64 = 60 * SECOND;
 pub const HOUR: i64 = 60 * MINUTE;
 pub const DAY: i64 = 24 * HOUR;
+
+/// Returns the time `offset_ms` after [`T0`] (before it if negative).
+pub fn at(offset_ms: i64) -> UnixMillis {
+    UnixMillis(T0.0 + offset_ms)
+}
 
 /// One test's database.
 pub struct TestDb {
@@ -164,13 +171,16 @@ pub fn register_req(n: u64, hostname: &str) -> RegisterNode {
         disco_key: None,
         hostname: hostname.to_owned(),
         host_info: serde_json::json!({ "os": "linux", "n": n }),
-        endpoints: vec!["198.18.0.1:41641".parse().unwrap()],
+        endpoints: vec![Endpoint {
+            addr: "198.18.0.1:41641".parse().unwrap(),
+            kind: EndpointKind::Local,
+        }],
     }
 }
 
 pub async fn user(store: &Store, login: &str) -> User {
     let new = NewUser {
-        login_name: login.to_owned(),
+        login_name: login.parse().unwrap(),
         display_name: login.to_uppercase(),
         role: Role::Member,
     };
@@ -183,8 +193,8 @@ pub fn reusable_key_for(user: &User) -> NewPreauthKey {
         user: Some(user.id),
         reusable: true,
         ephemeral: false,
-        tags: vec![],
-        expires_ms: T0 + DAY,
+        tags: BTreeSet::new(),
+        expires: at(DAY),
         node_key_lifetime: Default::default(),
     }
 }
@@ -195,11 +205,11 @@ pub async fn register_as(
     user: &User,
     n: u64,
     hostname: &str,
-    now: i64,
+    now: UnixMillis,
 ) -> Registered {
     let auth = RegisterAuth::User {
         user: user.id,
-        tags: &[],
+        tags: &BTreeSet::new(),
         ephemeral: false,
         key_lifetime: Default::default(),
     };

@@ -6,7 +6,7 @@ use weft_control_store::{
     Backend, NewPreauthKey, Node, RegisterAuth, Store, StoreConfig, StoreError,
 };
 
-use crate::common::{T0, TestDb, config, register_req, reusable_key_for, user};
+use crate::common::{T0, TestDb, at, config, register_req, reusable_key_for, user};
 
 /// Every load test here finishes well within this, or fails.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -35,12 +35,12 @@ fn assert_all_distinct(nodes: &[Node]) {
         "IPv6 addresses"
     );
     assert_eq!(
-        distinct(&|n| n.given_name.clone()),
+        distinct(&|n| n.given_name.to_string()),
         nodes.len(),
         "DNS names"
     );
     assert_eq!(
-        distinct(&|n| n.stable_id.0.clone()),
+        distinct(&|n| n.stable_id.to_string()),
         nodes.len(),
         "stable ids"
     );
@@ -59,7 +59,7 @@ async fn register_many(
             .register_node(
                 &register_req(n, hostname),
                 RegisterAuth::PreauthKey(&key),
-                T0 + n as i64,
+                at(n as i64),
             )
             .await
             .unwrap_or_else(|e| panic!("registering node {n}: {e}"));
@@ -112,7 +112,8 @@ pub async fn concurrent_registrations_never_share_an_address_or_name(db: &TestDb
     assert!(
         stored
             .iter()
-            .all(|n| n.given_name == "runner" || n.given_name.starts_with("runner-"))
+            .all(|n| n.given_name.as_str() == "runner"
+                || n.given_name.as_str().starts_with("runner-"))
     );
     assert_eq!(
         store.preauth_key(key.id).await.unwrap().used_count,
@@ -196,7 +197,7 @@ pub async fn two_servers_with_the_same_seed_still_allocate_uniquely(db: &TestDb)
                     let n = 1000 * (s as u64 + 1) + 100 * t + i;
                     let auth = RegisterAuth::User {
                         user,
-                        tags: &[],
+                        tags: &BTreeSet::new(),
                         ephemeral: false,
                         key_lifetime: Default::default(),
                     };

@@ -3,7 +3,7 @@ use weft_control_store::{
     ApiKeyId, Backend, NewPreauthKey, PreauthKeyId, RegisterAuth, Store, StoreError,
 };
 
-use crate::common::{DAY, HOUR, MINUTE, T0, TestDb, register_req, reusable_key_for, user};
+use crate::common::{DAY, HOUR, MINUTE, T0, TestDb, at, register_req, reusable_key_for, user};
 
 pub async fn pre_auth_keys_are_listed_validated_and_revoked(db: &TestDb) {
     let store = db.store().await;
@@ -18,12 +18,12 @@ pub async fn pre_auth_keys_are_listed_validated_and_revoked(db: &TestDb) {
         ephemeral: true,
         ..reusable_key_for(&bob)
     };
-    let (kb, sb) = store.create_preauth_key(one_off, T0 + 1).await.unwrap();
+    let (kb, sb) = store.create_preauth_key(one_off, at(1)).await.unwrap();
     assert_eq!(
-        (kb.reusable, kb.ephemeral, kb.used_count, kb.created_ms),
-        (false, true, 0, T0 + 1)
+        (kb.reusable, kb.ephemeral, kb.used_count, kb.created),
+        (false, true, 0, at(1))
     );
-    assert!(ka.is_usable(T0) && !ka.is_usable(ka.expires_ms));
+    assert!(ka.is_usable(T0) && !ka.is_usable(ka.expires));
 
     assert_eq!(
         store.list_preauth_keys(None).await.unwrap(),
@@ -62,7 +62,7 @@ pub async fn pre_auth_keys_are_listed_validated_and_revoked(db: &TestDb) {
         .unwrap_err();
     assert!(matches!(err, StoreError::PreauthKeyUsed(_)), "{err}");
     let err = store
-        .validate_preauth_key(sa.expose(), ka.expires_ms)
+        .validate_preauth_key(sa.expose(), ka.expires)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::PreauthKeyExpired(_)), "{err}");
@@ -76,19 +76,19 @@ pub async fn pre_auth_keys_are_listed_validated_and_revoked(db: &TestDb) {
     );
 
     // Revoking is idempotent and keeps the first time.
-    let revoked = store.expire_preauth_key(ka.id, T0 + HOUR).await.unwrap();
-    assert_eq!(revoked.revoked_ms, Some(T0 + HOUR));
+    let revoked = store.expire_preauth_key(ka.id, at(HOUR)).await.unwrap();
+    assert_eq!(revoked.revoked, Some(at(HOUR)));
     assert_eq!(
         store
-            .expire_preauth_key(ka.id, T0 + DAY)
+            .expire_preauth_key(ka.id, at(DAY))
             .await
             .unwrap()
-            .revoked_ms,
-        Some(T0 + HOUR)
+            .revoked,
+        Some(at(HOUR))
     );
-    assert!(!revoked.is_usable(T0 + HOUR));
+    assert!(!revoked.is_usable(at(HOUR)));
     let err = store
-        .validate_preauth_key(sa.expose(), T0 + HOUR)
+        .validate_preauth_key(sa.expose(), at(HOUR))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::PreauthKeyRevoked(_)), "{err}");
@@ -109,7 +109,7 @@ pub async fn api_keys_verify_expire_and_store_only_a_hash(db: &TestDb) {
     let store = db.store().await;
     let (forever, s1) = store.create_api_key("ci deploy", None, T0).await.unwrap();
     let (short, s2) = store
-        .create_api_key("temp", Some(T0 + HOUR), T0)
+        .create_api_key("temp", Some(at(HOUR)), T0)
         .await
         .unwrap();
     assert!(
@@ -119,8 +119,8 @@ pub async fn api_keys_verify_expire_and_store_only_a_hash(db: &TestDb) {
     assert_eq!(
         (
             forever.description.as_str(),
-            forever.expires_ms,
-            forever.last_used_ms
+            forever.expires,
+            forever.last_used
         ),
         ("ci deploy", None, None)
     );
@@ -129,26 +129,23 @@ pub async fn api_keys_verify_expire_and_store_only_a_hash(db: &TestDb) {
         "Debug redacts the secret"
     );
 
-    let v = store
-        .verify_api_key(s1.expose(), T0 + MINUTE)
-        .await
-        .unwrap();
-    assert_eq!((v.id, v.last_used_ms), (forever.id, Some(T0 + MINUTE)));
+    let v = store.verify_api_key(s1.expose(), at(MINUTE)).await.unwrap();
+    assert_eq!((v.id, v.last_used), (forever.id, Some(at(MINUTE))));
     // last_used is refreshed at most once a minute.
     store
-        .verify_api_key(s1.expose(), T0 + MINUTE + 10)
+        .verify_api_key(s1.expose(), at(MINUTE + 10))
         .await
         .unwrap();
     let listed = store.list_api_keys().await.unwrap();
     assert_eq!(listed.len(), 2);
-    assert_eq!(listed[0].last_used_ms, Some(T0 + MINUTE));
+    assert_eq!(listed[0].last_used, Some(at(MINUTE)));
     store
-        .verify_api_key(s1.expose(), T0 + 3 * MINUTE)
+        .verify_api_key(s1.expose(), at(3 * MINUTE))
         .await
         .unwrap();
     assert_eq!(
-        store.list_api_keys().await.unwrap()[0].last_used_ms,
-        Some(T0 + 3 * MINUTE)
+        store.list_api_keys().await.unwrap()[0].last_used,
+        Some(at(3 * MINUTE))
     );
 
     // Wrong secret, unknown prefix, wrong kind.
@@ -179,21 +176,21 @@ pub async fn api_keys_verify_expire_and_store_only_a_hash(db: &TestDb) {
 
     // Expiry by time and by revocation.
     store
-        .verify_api_key(s2.expose(), T0 + HOUR - 1)
+        .verify_api_key(s2.expose(), at(HOUR - 1))
         .await
         .unwrap();
     let err = store
-        .verify_api_key(s2.expose(), T0 + HOUR)
+        .verify_api_key(s2.expose(), at(HOUR))
         .await
         .unwrap_err();
     assert!(
         matches!(&err, StoreError::ApiKeyExpired(p) if *p == short.prefix),
         "{err}"
     );
-    let revoked = store.expire_api_key(forever.id, T0 + DAY).await.unwrap();
-    assert_eq!(revoked.revoked_ms, Some(T0 + DAY));
+    let revoked = store.expire_api_key(forever.id, at(DAY)).await.unwrap();
+    assert_eq!(revoked.revoked, Some(at(DAY)));
     let err = store
-        .verify_api_key(s1.expose(), T0 + DAY)
+        .verify_api_key(s1.expose(), at(DAY))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::ApiKeyExpired(_)), "{err}");

@@ -4,11 +4,11 @@ use std::time::Duration;
 use weft_control_store::alloc::{AddressPool, TAILNET_V4, TAILNET_V6};
 use weft_control_store::{
     DEFAULT_NODE_KEY_EXPIRY, KeyLifetime, NewPreauthKey, RegisterAuth, StoreConfig, StoreError,
-    Tag, UserId,
+    Tag, UnixMillis, UserId,
 };
 
 use crate::common::{
-    DAY, HOUR, T0, TestDb, config, node_key, register_as, register_req, reusable_key_for, user,
+    DAY, HOUR, T0, TestDb, at, config, node_key, register_as, register_req, reusable_key_for, user,
 };
 
 pub async fn a_one_off_key_registers_exactly_one_node(db: &TestDb) {
@@ -25,7 +25,7 @@ pub async fn a_one_off_key_registers_exactly_one_node(db: &TestDb) {
             .starts_with(&format!("weftkey-auth-{}-", key.prefix))
     );
 
-    let now = T0 + 5;
+    let now = at(5);
     let reg = store
         .register_node(
             &register_req(1, "Alice's Laptop"),
@@ -38,7 +38,7 @@ pub async fn a_one_off_key_registers_exactly_one_node(db: &TestDb) {
     let node = reg.node;
     assert_eq!(node.user, Some(alice.id));
     assert_eq!(node.registered_by, Some(alice.id));
-    assert_eq!(node.given_name, "alice-s-laptop");
+    assert_eq!(node.given_name.as_str(), "alices-laptop");
     assert_eq!(node.hostname, "Alice's Laptop");
     assert!(TAILNET_V4.contains(&node.ipv4) && TAILNET_V6.contains(&node.ipv6));
     assert_eq!(
@@ -46,16 +46,16 @@ pub async fn a_one_off_key_registers_exactly_one_node(db: &TestDb) {
         AddressPool::tailnet_default().ipv6_for(node.ipv4)
     );
     assert_eq!(
-        node.expiry_ms,
-        Some(now + DEFAULT_NODE_KEY_EXPIRY.as_millis() as i64)
+        node.key_expiry,
+        Some(now.saturating_add(DEFAULT_NODE_KEY_EXPIRY))
     );
-    assert_eq!(node.created_ms, now);
-    assert_eq!(node.last_seen_ms, Some(now));
+    assert_eq!(node.created, now);
+    assert_eq!(node.last_seen, Some(now));
     assert!(!node.online && !node.ephemeral);
     assert_eq!(node.preauth_key, Some(key.id));
     assert_eq!(node.endpoints, register_req(1, "").endpoints);
     assert_eq!(node.host_info["os"], "linux");
-    assert!(node.stable_id.0.starts_with('n') && node.stable_id.0.len() == 21);
+    assert!(node.stable_id.as_str().starts_with('n') && node.stable_id.as_str().len() == 21);
     assert_eq!(store.preauth_key(key.id).await.unwrap().used_count, 1);
 
     // A second machine with the same one-off key is refused, and nothing is created.
@@ -89,7 +89,7 @@ pub async fn bad_pre_auth_keys_are_refused_and_not_counted(db: &TestDb) {
         .unwrap();
     let text = secret.expose().to_owned();
     let req = register_req(1, "box");
-    let try_key = |text: String, now: i64| {
+    let try_key = |text: String, now: UnixMillis| {
         let store = store.clone();
         let req = req.clone();
         async move {
@@ -129,15 +129,15 @@ pub async fn bad_pre_auth_keys_are_refused_and_not_counted(db: &TestDb) {
     }
 
     // Expired by time: at the expiry instant the key is refused.
-    let err = try_key(text.clone(), key.expires_ms).await;
+    let err = try_key(text.clone(), key.expires).await;
     assert!(
         matches!(&err, StoreError::PreauthKeyExpired(p) if *p == key.prefix),
         "{err}"
     );
 
     // Revoked.
-    store.expire_preauth_key(key.id, T0 + 1).await.unwrap();
-    let err = try_key(text.clone(), T0 + 2).await;
+    store.expire_preauth_key(key.id, at(1)).await.unwrap();
+    let err = try_key(text.clone(), at(2)).await;
     assert!(
         matches!(&err, StoreError::PreauthKeyRevoked(p) if *p == key.prefix),
         "{err}"
@@ -160,7 +160,7 @@ pub async fn bad_pre_auth_keys_are_refused_and_not_counted(db: &TestDb) {
     let ghost = UserId(9999);
     let auth = RegisterAuth::User {
         user: ghost,
-        tags: &[],
+        tags: &BTreeSet::new(),
         ephemeral: false,
         key_lifetime: KeyLifetime::ServerDefault,
     };
@@ -179,7 +179,7 @@ pub async fn tagged_ephemeral_keys_and_key_lifetimes_apply_to_nodes(db: &TestDb)
         })
         .await;
     let alice = user(&store, "alice").await;
-    let tags: Vec<Tag> = vec!["tag:server".parse().unwrap(), "tag:ci".parse().unwrap()];
+    let tags: BTreeSet<Tag> = ["tag:server".parse().unwrap(), "tag:ci".parse().unwrap()].into();
 
     // A tag-only key (no user): nodes are tag-owned, ephemeral, and never expire.
     let new = NewPreauthKey {
@@ -187,13 +187,11 @@ pub async fn tagged_ephemeral_keys_and_key_lifetimes_apply_to_nodes(db: &TestDb)
         reusable: true,
         ephemeral: true,
         tags: tags.clone(),
-        expires_ms: T0 + DAY,
+        expires: at(DAY),
         node_key_lifetime: KeyLifetime::Never,
     };
     let (key, secret) = store.create_preauth_key(new, T0).await.unwrap();
-    let mut sorted = tags.clone();
-    sorted.sort();
-    assert_eq!(key.tags, sorted);
+    assert_eq!(key.tags, tags);
     let node = store
         .register_node(
             &register_req(1, "runner"),
@@ -204,13 +202,13 @@ pub async fn tagged_ephemeral_keys_and_key_lifetimes_apply_to_nodes(db: &TestDb)
         .unwrap()
         .node;
     assert_eq!((node.user, node.registered_by), (None, None));
-    assert_eq!(node.tags, sorted);
+    assert_eq!(node.tags, tags);
     assert!(node.ephemeral);
-    assert_eq!(node.expiry_ms, None);
+    assert_eq!(node.key_expiry, None);
 
     // A user key with tags: tag-owned, but the registering user is recorded.
     let new = NewPreauthKey {
-        tags: vec!["tag:db".parse().unwrap()],
+        tags: ["tag:db".parse().unwrap()].into(),
         node_key_lifetime: KeyLifetime::After(Duration::from_secs(2 * 3600)),
         ..reusable_key_for(&alice)
     };
@@ -225,11 +223,11 @@ pub async fn tagged_ephemeral_keys_and_key_lifetimes_apply_to_nodes(db: &TestDb)
         .unwrap()
         .node;
     assert_eq!((node.user, node.registered_by), (None, Some(alice.id)));
-    assert_eq!(node.expiry_ms, Some(T0 + 2 * HOUR));
+    assert_eq!(node.key_expiry, Some(at(2 * HOUR)));
 
     // The server default (1 h here) applies otherwise.
     let node = register_as(&store, &alice, 3, "laptop", T0).await.node;
-    assert_eq!(node.expiry_ms, Some(T0 + HOUR));
+    assert_eq!(node.key_expiry, Some(at(HOUR)));
 
     // A key must have an owner; tags must be well-formed.
     let ownerless = NewPreauthKey {
@@ -240,13 +238,6 @@ pub async fn tagged_ephemeral_keys_and_key_lifetimes_apply_to_nodes(db: &TestDb)
         store.create_preauth_key(ownerless, T0).await,
         Err(StoreError::KeyWithoutOwner)
     ));
-    for bad in ["server", "tag:", "tag:1abc", "tag:a b", "tag:a_b"] {
-        let err = bad.parse::<Tag>().unwrap_err();
-        assert!(
-            matches!(&err, StoreError::InvalidTag(t) if t == bad),
-            "{bad:?}: {err}"
-        );
-    }
     let ghost = NewPreauthKey {
         user: Some(UserId(777)),
         ..reusable_key_for(&alice)
@@ -265,7 +256,7 @@ pub async fn a_duplicate_node_key_is_refused(db: &TestDb) {
     req.node_key = a.node_key;
     let auth = RegisterAuth::User {
         user: alice.id,
-        tags: &[],
+        tags: &BTreeSet::new(),
         ephemeral: false,
         key_lifetime: KeyLifetime::ServerDefault,
     };
@@ -295,18 +286,18 @@ pub async fn a_known_machine_reregisters_in_place(db: &TestDb) {
     let alice = user(&store, "alice").await;
     let bob = user(&store, "bob").await;
     let first = register_as(&store, &alice, 1, "laptop", T0).await.node;
-    store.expire_node(first.id, T0 + DAY).await.unwrap();
+    store.expire_node(first.id, at(DAY)).await.unwrap();
 
     // Same machine, new node key, approved by bob this time.
     let mut req = register_req(1, "laptop-renamed-by-os");
     req.node_key = node_key(1, 1);
     let auth = RegisterAuth::User {
         user: bob.id,
-        tags: &[],
+        tags: &BTreeSet::new(),
         ephemeral: false,
         key_lifetime: KeyLifetime::Never,
     };
-    let now = T0 + 2 * DAY;
+    let now = at(2 * DAY);
     let again = store.register_node(&req, auth, now).await.unwrap();
     assert!(!again.created);
     let node = again.node;
@@ -315,13 +306,14 @@ pub async fn a_known_machine_reregisters_in_place(db: &TestDb) {
         (first.id, &first.stable_id, first.ipv4, first.ipv6)
     );
     assert_eq!(
-        node.given_name, "laptop",
+        node.given_name.as_str(),
+        "laptop",
         "the DNS name does not follow the reported hostname"
     );
     assert_eq!(node.hostname, "laptop-renamed-by-os");
     assert_eq!(node.node_key, node_key(1, 1));
     assert_eq!(node.user, Some(bob.id));
-    assert_eq!(node.expiry_ms, None);
+    assert_eq!(node.key_expiry, None);
     assert!(!node.is_expired(now));
     assert!(matches!(
         store.node_by_node_key(&first.node_key).await,
@@ -342,7 +334,9 @@ pub async fn hostnames_become_unique_dns_labels(db: &TestDb) {
             register_as(&store, &alice, n as u64, host, T0)
                 .await
                 .node
-                .given_name,
+                .given_name
+                .as_str()
+                .to_owned(),
         );
     }
     assert_eq!(
@@ -360,8 +354,8 @@ pub async fn hostnames_become_unique_dns_labels(db: &TestDb) {
     let long = "x".repeat(80);
     let a = register_as(&store, &alice, 10, &long, T0).await.node;
     let b = register_as(&store, &alice, 11, &long, T0).await.node;
-    assert_eq!(a.given_name, "x".repeat(63));
-    assert_eq!(b.given_name, format!("{}-1", "x".repeat(61)));
+    assert_eq!(a.given_name.as_str(), "x".repeat(63));
+    assert_eq!(b.given_name.as_str(), format!("{}-1", "x".repeat(61)));
 
     // A deleted node's name is free again.
     let first = store
@@ -370,13 +364,13 @@ pub async fn hostnames_become_unique_dns_labels(db: &TestDb) {
         .unwrap();
     store.delete_node(first.id).await.unwrap();
     let again = register_as(&store, &alice, 20, "web server", T0).await.node;
-    assert_eq!(again.given_name, "web-server");
+    assert_eq!(again.given_name.as_str(), "web-server");
     let unique: BTreeSet<String> = store
         .list_nodes()
         .await
         .unwrap()
         .into_iter()
-        .map(|n| n.given_name)
+        .map(|n| n.given_name.as_str().to_owned())
         .collect();
     assert_eq!(unique.len(), 7);
 }
@@ -400,7 +394,7 @@ pub async fn a_full_pool_is_reported_and_released_addresses_are_reused(db: &Test
 
     let auth = RegisterAuth::User {
         user: alice.id,
-        tags: &[],
+        tags: &BTreeSet::new(),
         ephemeral: false,
         key_lifetime: KeyLifetime::ServerDefault,
     };

@@ -30,10 +30,10 @@ pub async fn users_are_created_read_updated_and_deleted(db: &TestDb) {
     let store = db.store().await;
     let alice = user(&store, "alice").await;
     let bob = user(&store, "bob@example.com").await;
-    assert_eq!(alice.login_name, "alice");
+    assert_eq!(alice.login_name.as_str(), "alice");
     assert_eq!(alice.display_name, "ALICE");
     assert_eq!(alice.role, Role::Member);
-    assert_eq!(alice.created_ms, T0);
+    assert_eq!(alice.created, T0);
     assert_eq!(store.user_by_login("bob@example.com").await.unwrap(), bob);
     assert_eq!(
         store.list_users().await.unwrap(),
@@ -58,13 +58,13 @@ pub async fn users_are_created_read_updated_and_deleted(db: &TestDb) {
         .update_user(
             alice.id,
             UserPatch {
-                login_name: Some("alice2".into()),
+                login_name: Some("alice2".parse().unwrap()),
                 ..Default::default()
             },
         )
         .await
         .unwrap();
-    assert_eq!(renamed.login_name, "alice2");
+    assert_eq!(renamed.login_name.as_str(), "alice2");
     assert!(
         matches!(store.user_by_login("alice").await, Err(StoreError::UnknownUser(n)) if n == "alice")
     );
@@ -91,42 +91,29 @@ pub async fn bad_user_input_is_refused_with_the_offending_value(db: &TestDb) {
     let store = db.store().await;
     let alice = user(&store, "alice").await;
     let dup = NewUser {
-        login_name: "alice".into(),
+        login_name: "alice".parse().unwrap(),
         display_name: String::new(),
         role: Role::Admin,
     };
     let err = store.create_user(dup, T0).await.unwrap_err();
     assert!(
-        matches!(&err, StoreError::DuplicateUser(n) if n == "alice"),
+        matches!(&err, StoreError::DuplicateUser(n) if n.as_str() == "alice"),
         "{err}"
     );
-
-    for bad in ["", "has space", "tab\there", &"x".repeat(255)] {
-        let new = NewUser {
-            login_name: bad.into(),
-            display_name: String::new(),
-            role: Role::Member,
-        };
-        let err = store.create_user(new, T0).await.unwrap_err();
-        assert!(
-            matches!(err, StoreError::InvalidLoginName(_)),
-            "{bad:?}: {err}"
-        );
-    }
 
     let bob = user(&store, "bob").await;
     let err = store
         .update_user(
             bob.id,
             UserPatch {
-                login_name: Some("alice".into()),
+                login_name: Some("alice".parse().unwrap()),
                 ..Default::default()
             },
         )
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::DuplicateUser(n) if n == "alice"),
+        matches!(&err, StoreError::DuplicateUser(n) if n.as_str() == "alice"),
         "{err}"
     );
 
