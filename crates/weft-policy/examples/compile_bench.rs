@@ -63,7 +63,14 @@ const GROUPS: usize = 60;
 fn tailnet(n: usize, rng: &mut Rng) -> (Tailnet, usize) {
     let n_users = (n / 4).max(1);
     let users: Vec<User> = (0..n_users)
-        .map(|u| User { login: format!("user{u}@example.com"), role: if u % 50 == 0 { Role::Admin } else { Role::Member } })
+        .map(|u| User {
+            login: format!("user{u}@example.com"),
+            role: if u % 50 == 0 {
+                Role::Admin
+            } else {
+                Role::Member
+            },
+        })
         .collect();
     let nodes: Vec<Node> = (0..n)
         .map(|i| {
@@ -85,7 +92,9 @@ fn tailnet(n: usize, rng: &mut Rng) -> (Tailnet, usize) {
                 user: Some(format!("user{}@example.com", rng.below(n_users))),
                 tags,
                 ipv4: Some(Ipv4Addr::from(0x6440_0000 | host)),
-                ipv6: Some(Ipv6Addr::from(0xfd13_b027_8801_0000_0000_0000_0000_0000u128 | u128::from(host))),
+                ipv6: Some(Ipv6Addr::from(
+                    0xfd13_b027_8801_0000_0000_0000_0000_0000u128 | u128::from(host),
+                )),
             }
         })
         .collect();
@@ -95,32 +104,91 @@ fn tailnet(n: usize, rng: &mut Rng) -> (Tailnet, usize) {
 fn policy_text(m: usize, n_users: usize, rng: &mut Rng) -> String {
     let mut s = String::from("{\n  \"groups\": {\n");
     for g in 0..GROUPS {
-        let members: Vec<String> = (0..5 + rng.below(45)).map(|_| format!("\"user{}@example.com\"", rng.below(n_users))).collect();
+        let members: Vec<String> = (0..5 + rng.below(45))
+            .map(|_| format!("\"user{}@example.com\"", rng.below(n_users)))
+            .collect();
         let _ = writeln!(s, "    \"group:g{g}\": [{}],", members.join(", "));
     }
     s.push_str("  },\n  \"tagOwners\": {\n");
     for t in 0..TAGS {
-        let _ = writeln!(s, "    \"tag:t{t}\": [\"group:g{}\", \"autogroup:admin\"],", t % GROUPS);
+        let _ = writeln!(
+            s,
+            "    \"tag:t{t}\": [\"group:g{}\", \"autogroup:admin\"],",
+            t % GROUPS
+        );
     }
     s.push_str("  },\n  \"hosts\": {\n");
     for h in 0..20 {
-        let _ = writeln!(s, "    \"h{h}\": \"100.{}.0.0/{}\",", 64 + h % 64, 12 + h % 12);
+        let _ = writeln!(
+            s,
+            "    \"h{h}\": \"100.{}.0.0/{}\",",
+            64 + h % 64,
+            12 + h % 12
+        );
     }
     s.push_str("  },\n  \"acls\": [\n");
-    let ports = ["22", "443", "80,443", "5432", "8000-8099", "*", "3000-3999,9090", "53"];
+    let ports = [
+        "22",
+        "443",
+        "80,443",
+        "5432",
+        "8000-8099",
+        "*",
+        "3000-3999,9090",
+        "53",
+    ];
     for _ in 0..m {
         let port = ports[rng.below(ports.len())];
         let (src, dst, proto) = match rng.below(20) {
-            0..=7 => (format!("\"group:g{}\"", rng.below(GROUPS)), format!("\"tag:t{}:{port}\"", rng.below(TAGS)), ""),
-            8..=10 => (format!("\"tag:t{}\"", rng.below(TAGS)), format!("\"tag:t{}:{port}\", \"tag:t{}:{port}\"", rng.below(TAGS), rng.below(TAGS)), ""),
-            11..=12 => (format!("\"user{}@example.com\"", rng.below(n_users)), format!("\"tag:t{}:{port}\"", rng.below(TAGS)), ""),
-            13..=14 => ("\"autogroup:member\"".into(), format!("\"tag:t{}:{port}\"", rng.below(TAGS)), ""),
-            15 => ("\"autogroup:member\"".into(), "\"autogroup:self:*\"".into(), ""),
-            16..=17 => (format!("\"h{}\", \"10.{}.0.0/16\"", rng.below(20), rng.below(256)), format!("\"tag:t{}:{port}\"", rng.below(TAGS)), ""),
-            18 => ("\"*\"".into(), format!("\"tag:t{}:53\"", rng.below(TAGS)), ", \"proto\": \"udp\""),
-            _ => (format!("\"group:g{}\"", rng.below(GROUPS)), format!("\"h{}:{port}\"", rng.below(20)), ""),
+            0..=7 => (
+                format!("\"group:g{}\"", rng.below(GROUPS)),
+                format!("\"tag:t{}:{port}\"", rng.below(TAGS)),
+                "",
+            ),
+            8..=10 => (
+                format!("\"tag:t{}\"", rng.below(TAGS)),
+                format!(
+                    "\"tag:t{}:{port}\", \"tag:t{}:{port}\"",
+                    rng.below(TAGS),
+                    rng.below(TAGS)
+                ),
+                "",
+            ),
+            11..=12 => (
+                format!("\"user{}@example.com\"", rng.below(n_users)),
+                format!("\"tag:t{}:{port}\"", rng.below(TAGS)),
+                "",
+            ),
+            13..=14 => (
+                "\"autogroup:member\"".into(),
+                format!("\"tag:t{}:{port}\"", rng.below(TAGS)),
+                "",
+            ),
+            15 => (
+                "\"autogroup:member\"".into(),
+                "\"autogroup:self:*\"".into(),
+                "",
+            ),
+            16..=17 => (
+                format!("\"h{}\", \"10.{}.0.0/16\"", rng.below(20), rng.below(256)),
+                format!("\"tag:t{}:{port}\"", rng.below(TAGS)),
+                "",
+            ),
+            18 => (
+                "\"*\"".into(),
+                format!("\"tag:t{}:53\"", rng.below(TAGS)),
+                ", \"proto\": \"udp\"",
+            ),
+            _ => (
+                format!("\"group:g{}\"", rng.below(GROUPS)),
+                format!("\"h{}:{port}\"", rng.below(20)),
+                "",
+            ),
         };
-        let _ = writeln!(s, "    {{\"action\": \"accept\", \"src\": [{src}], \"dst\": [{dst}]{proto}}},");
+        let _ = writeln!(
+            s,
+            "    {{\"action\": \"accept\", \"src\": [{src}], \"dst\": [{dst}]{proto}}},"
+        );
     }
     s.push_str("  ],\n  \"ssh\": [\n");
     for _ in 0..20 {
@@ -146,7 +214,11 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, usize) {
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -173,19 +245,55 @@ fn main() {
     });
     let (_, t_index, mem_index) = timed(|| {
         for id in compiled.node_ids() {
-            drop(weft_types::filter::PacketFilter::new(compiled.filter_rules(*id).unwrap()));
+            drop(weft_types::filter::PacketFilter::new(
+                compiled.filter_rules(*id).unwrap(),
+            ));
         }
     });
-    let (peers, t_visible, _) = timed(|| compiled.node_ids().iter().map(|id| compiled.visible_peers(*id).unwrap().len()).sum::<usize>());
+    let (peers, t_visible, _) = timed(|| {
+        compiled
+            .node_ids()
+            .iter()
+            .map(|id| compiled.visible_peers(*id).unwrap().len())
+            .sum::<usize>()
+    });
     let ms = |d: Duration| format!("{:>9.1} ms", d.as_secs_f64() * 1000.0);
     let mib = |b: usize| format!("{:>8.1} MiB", b as f64 / (1024.0 * 1024.0));
-    println!("weft-policy compile benchmark: {n} nodes ({n_users} users), {m} acl rules + 21 ssh rules, policy {} KiB", text.len() / 1024);
+    println!(
+        "weft-policy compile benchmark: {n} nodes ({n_users} users), {m} acl rules + 21 ssh rules, policy {} KiB",
+        text.len() / 1024
+    );
     println!("{:<44} {:>12} {:>12}", "stage", "time", "peak heap");
-    println!("{:<44} {} {}", "build tailnet (index users, tags, addresses)", ms(t_tailnet), mib(mem_tailnet));
-    println!("{:<44} {} {}", "parse + validate policy", ms(t_parse), mib(mem_parse));
-    println!("{:<44} {} {}", "compile_all (filters, ssh, visibility)", ms(t_compile), mib(mem_compile));
-    println!("{:<44} {} {}", "every node's filter rules + ssh policy (wire)", ms(t_wire), mib(mem_wire));
-    println!("{:<44} {} {}", "every node's PacketFilter::new (node side)", ms(t_index), mib(mem_index));
+    println!(
+        "{:<44} {} {}",
+        "build tailnet (index users, tags, addresses)",
+        ms(t_tailnet),
+        mib(mem_tailnet)
+    );
+    println!(
+        "{:<44} {} {}",
+        "parse + validate policy",
+        ms(t_parse),
+        mib(mem_parse)
+    );
+    println!(
+        "{:<44} {} {}",
+        "compile_all (filters, ssh, visibility)",
+        ms(t_compile),
+        mib(mem_compile)
+    );
+    println!(
+        "{:<44} {} {}",
+        "every node's filter rules + ssh policy (wire)",
+        ms(t_wire),
+        mib(mem_wire)
+    );
+    println!(
+        "{:<44} {} {}",
+        "every node's PacketFilter::new (node side)",
+        ms(t_index),
+        mib(mem_index)
+    );
     println!("{:<44} {}", "visible_peers for every node", ms(t_visible));
     println!(
         "per node on average: {:.1} filter/ssh rules, {:.0} source prefixes, {:.0} visible peers",

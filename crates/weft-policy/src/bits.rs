@@ -12,7 +12,9 @@ pub(crate) struct Bits {
 
 impl Bits {
     pub(crate) fn new(len: usize) -> Self {
-        Bits { words: vec![0; len.div_ceil(64)] }
+        Bits {
+            words: vec![0; len.div_ceil(64)],
+        }
     }
 
     pub(crate) fn set(&mut self, i: usize) {
@@ -28,7 +30,9 @@ impl Bits {
     }
 
     pub(crate) fn get(&self, i: usize) -> bool {
-        self.words.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+        self.words
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -46,7 +50,14 @@ impl Bits {
     }
 
     pub(crate) fn and(&self, other: &Bits) -> Bits {
-        Bits { words: self.words.iter().zip(&other.words).map(|(a, b)| a & b).collect() }
+        Bits {
+            words: self
+                .words
+                .iter()
+                .zip(&other.words)
+                .map(|(a, b)| a & b)
+                .collect(),
+        }
     }
 
     /// Iterates the members in ascending order.
@@ -86,12 +97,20 @@ impl Bits {
 }
 
 fn mask(bits: u32) -> u128 {
-    if bits >= 128 { u128::MAX } else { (1u128 << bits) - 1 }
+    if bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    }
 }
 
 /// Appends the fewest CIDRs covering the union of sorted inclusive
 /// intervals of a `width`-bit address family (32 or 128).
-pub(crate) fn cidrs(intervals: impl Iterator<Item = (u128, u128)>, width: u32, out: &mut Vec<IpNet>) {
+pub(crate) fn cidrs(
+    intervals: impl Iterator<Item = (u128, u128)>,
+    width: u32,
+    out: &mut Vec<IpNet>,
+) {
     let mut merged: Vec<(u128, u128)> = Vec::new();
     for (lo, hi) in intervals {
         match merged.last_mut() {
@@ -102,7 +121,11 @@ pub(crate) fn cidrs(intervals: impl Iterator<Item = (u128, u128)>, width: u32, o
     for (lo, hi) in merged {
         let mut cur = lo;
         loop {
-            let mut bits = if cur == 0 { width } else { cur.trailing_zeros().min(width) };
+            let mut bits = if cur == 0 {
+                width
+            } else {
+                cur.trailing_zeros().min(width)
+            };
             while bits > 0 && (cur | mask(bits)) > hi {
                 bits -= 1;
             }
@@ -138,9 +161,20 @@ mod tests {
     #[test]
     fn ranges_become_the_fewest_cidrs() {
         assert_eq!(v4("100.64.0.0", "100.64.0.255"), ["100.64.0.0/24"]);
-        assert_eq!(v4("100.64.0.1", "100.64.0.6"), ["100.64.0.1/32", "100.64.0.2/31", "100.64.0.4/31", "100.64.0.6/32"]);
+        assert_eq!(
+            v4("100.64.0.1", "100.64.0.6"),
+            [
+                "100.64.0.1/32",
+                "100.64.0.2/31",
+                "100.64.0.4/31",
+                "100.64.0.6/32"
+            ]
+        );
         assert_eq!(v4("0.0.0.0", "255.255.255.255"), ["0.0.0.0/0"]);
-        assert_eq!(v4("255.255.255.255", "255.255.255.255"), ["255.255.255.255/32"]);
+        assert_eq!(
+            v4("255.255.255.255", "255.255.255.255"),
+            ["255.255.255.255/32"]
+        );
         let mut out = Vec::new();
         cidrs([(0, u128::MAX)].into_iter(), 128, &mut out);
         assert_eq!(out[0].to_string(), "::/0");
@@ -150,7 +184,10 @@ mod tests {
     fn overlapping_and_adjacent_intervals_merge() {
         let mut out = Vec::new();
         cidrs([(0, 3), (2, 5), (6, 7)].into_iter(), 32, &mut out);
-        assert_eq!(out.iter().map(ToString::to_string).collect::<Vec<_>>(), ["0.0.0.0/29"]);
+        assert_eq!(
+            out.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["0.0.0.0/29"]
+        );
     }
 
     #[test]
@@ -160,7 +197,10 @@ mod tests {
             b.set(i);
         }
         assert_eq!(b.ones().collect::<Vec<_>>(), [0, 3, 64, 65, 199]);
-        assert_eq!(b.project_pairs(100).ones().collect::<Vec<_>>(), [0, 1, 32, 99]);
+        assert_eq!(
+            b.project_pairs(100).ones().collect::<Vec<_>>(),
+            [0, 1, 32, 99]
+        );
         b.clear(3);
         assert!(!b.get(3));
     }

@@ -85,7 +85,11 @@ impl TestReport {
 impl fmt::Display for TestReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for r in self.failed() {
-            writeln!(f, "{}:{}:{}: {}[{}] (src {}) failed:", self.source_name, r.line, r.column, r.section, r.index, r.src)?;
+            writeln!(
+                f,
+                "{}:{}:{}: {}[{}] (src {}) failed:",
+                self.source_name, r.line, r.column, r.section, r.index, r.src
+            )?;
             for msg in &r.failures {
                 writeln!(f, "  - {msg}")?;
             }
@@ -93,9 +97,20 @@ impl fmt::Display for TestReport {
         let count = |section: &str| self.results.iter().filter(|r| r.section == section).count();
         let failed = self.failed().count();
         if failed == 0 {
-            write!(f, "{}: all {} tests and {} sshTests passed", self.source_name, count("tests"), count("sshTests"))
+            write!(
+                f,
+                "{}: all {} tests and {} sshTests passed",
+                self.source_name,
+                count("tests"),
+                count("sshTests")
+            )
         } else {
-            write!(f, "{}: {failed} of {} test entries failed", self.source_name, self.results.len())
+            write!(
+                f,
+                "{}: {failed} of {} test entries failed",
+                self.source_name,
+                self.results.len()
+            )
         }
     }
 }
@@ -112,23 +127,63 @@ impl Policy {
             for (expect_allow, list) in [(true, &t.accept), (false, &t.deny)] {
                 for d in list {
                     r.checked += 1;
-                    let target = Item { value: d.value.target.clone(), text: d.text.clone(), loc: d.loc };
+                    let target = Item {
+                        value: d.value.target.clone(),
+                        text: d.text.clone(),
+                        loc: d.loc,
+                    };
                     let (dst_id, dst_devs) = probes(tailnet, &target);
-                    let flow = |p: u8| if proto::has_ports(p) { format!("{} ({}/{})", d.text, proto_name(p), d.value.port) } else { format!("{} ({})", d.text, proto_name(p)) };
+                    let flow = |p: u8| {
+                        if proto::has_ports(p) {
+                            format!("{} ({}/{})", d.text, proto_name(p), d.value.port)
+                        } else {
+                            format!("{} ({})", d.text, proto_name(p))
+                        }
+                    };
                     if expect_allow {
-                        let targets: Vec<Vec<Probe>> = if dst_devs.is_empty() { vec![vec![dst_id.clone()]] } else { dst_devs.clone() };
+                        let targets: Vec<Vec<Probe>> = if dst_devs.is_empty() {
+                            vec![vec![dst_id.clone()]]
+                        } else {
+                            dst_devs.clone()
+                        };
                         for device in &targets {
-                            let explained: Vec<_> = device.iter().map(|dd| explain_probes(self, tailnet, &src_id, dd, t.proto, d.value.port)).collect();
+                            let explained: Vec<_> = device
+                                .iter()
+                                .map(|dd| {
+                                    explain_probes(
+                                        self,
+                                        tailnet,
+                                        &src_id,
+                                        dd,
+                                        t.proto,
+                                        d.value.port,
+                                    )
+                                })
+                                .collect();
                             if explained.iter().any(|e| e.decided_by.is_some()) {
                                 continue;
                             }
                             let Some(e) = explained.first() else { continue };
                             let closest = e.near_misses.first().map_or(String::new(), |m| {
-                                let why: Vec<String> = m.checks.iter().filter(|c| !c.ok).map(|c| c.detail.clone()).collect();
-                                format!("; closest rule acls[{}] (line {}): {}", m.index, m.line, why.join("; "))
+                                let why: Vec<String> = m
+                                    .checks
+                                    .iter()
+                                    .filter(|c| !c.ok)
+                                    .map(|c| c.detail.clone())
+                                    .collect();
+                                format!(
+                                    "; closest rule acls[{}] (line {}): {}",
+                                    m.index,
+                                    m.line,
+                                    why.join("; ")
+                                )
                             });
                             let dev = device.first().map_or(String::new(), |dd| via(&src_id, dd));
-                            r.failures.push(format!("{} → {}: expected allowed, but no rule allows it{dev}{closest}", t.src.text, flow(e.proto_number)));
+                            r.failures.push(format!(
+                                "{} → {}: expected allowed, but no rule allows it{dev}{closest}",
+                                t.src.text,
+                                flow(e.proto_number)
+                            ));
                             break;
                         }
                     } else {
@@ -157,7 +212,11 @@ impl Policy {
             let (src_id, src_devs) = probes(tailnet, &t.src);
             for d in &t.dst {
                 let (dst_id, dst_devs) = probes(tailnet, d);
-                for (want, logins) in [("accept", &t.accept), ("check", &t.check), ("deny", &t.deny)] {
+                for (want, logins) in [
+                    ("accept", &t.accept),
+                    ("check", &t.check),
+                    ("deny", &t.deny),
+                ] {
                     for login in logins {
                         r.checked += 1;
                         let what = format!("{} → {} as \"{}\"", t.src.text, d.text, login.value);
@@ -165,25 +224,54 @@ impl Policy {
                             for (s, dd) in pairs(&src_id, &src_devs, &dst_id, &dst_devs) {
                                 let v = eval::ssh_decide(self, tailnet, s, dd, &login.value);
                                 if let Some(msg) = ssh_admits(self, &v) {
-                                    r.failures.push(format!("{what}: expected deny, but {msg}{}", via(s, dd)));
+                                    r.failures.push(format!(
+                                        "{what}: expected deny, but {msg}{}",
+                                        via(s, dd)
+                                    ));
                                     break;
                                 }
                             }
                             continue;
                         }
-                        let targets: Vec<&Probe> = if dst_devs.is_empty() { vec![&dst_id] } else { dst_devs.iter().filter_map(|dev| dev.first()).collect() };
-                        let verdicts: Vec<(SshVerdict, &Probe)> = targets.iter().map(|dd| (eval::ssh_decide(self, tailnet, &src_id, dd, &login.value), *dd)).collect();
+                        let targets: Vec<&Probe> = if dst_devs.is_empty() {
+                            vec![&dst_id]
+                        } else {
+                            dst_devs.iter().filter_map(|dev| dev.first()).collect()
+                        };
+                        let verdicts: Vec<(SshVerdict, &Probe)> = targets
+                            .iter()
+                            .map(|dd| {
+                                (
+                                    eval::ssh_decide(self, tailnet, &src_id, dd, &login.value),
+                                    *dd,
+                                )
+                            })
+                            .collect();
                         let (v, dd) = verdicts
                             .iter()
-                            .find(|(v, _)| !matches!((v, want), (SshVerdict::Accept { .. } | SshVerdict::Check { .. }, "accept") | (SshVerdict::Check { .. }, "check")))
+                            .find(|(v, _)| {
+                                !matches!(
+                                    (v, want),
+                                    (
+                                        SshVerdict::Accept { .. } | SshVerdict::Check { .. },
+                                        "accept"
+                                    ) | (SshVerdict::Check { .. }, "check")
+                                )
+                            })
                             .or(verdicts.first())
                             .map_or((SshVerdict::Deny, &dst_id), |(v, dd)| (v.clone(), *dd));
-                        let at = if dd.addr.is_some() { via(&src_id, dd) } else { String::new() };
+                        let at = if dd.addr.is_some() {
+                            via(&src_id, dd)
+                        } else {
+                            String::new()
+                        };
                         let failure = match (&v, want) {
-                            (SshVerdict::Accept { .. } | SshVerdict::Check { .. }, "accept") | (SshVerdict::Check { .. }, "check") => None,
-                            (SshVerdict::Accept { rule, .. }, _) => {
-                                Some(format!("expected check, but ssh[{rule}] (line {}) accepts without a check", ssh_line(self, *rule)))
-                            }
+                            (SshVerdict::Accept { .. } | SshVerdict::Check { .. }, "accept")
+                            | (SshVerdict::Check { .. }, "check") => None,
+                            (SshVerdict::Accept { rule, .. }, _) => Some(format!(
+                                "expected check, but ssh[{rule}] (line {}) accepts without a check",
+                                ssh_line(self, *rule)
+                            )),
                             _ => Some(format!("expected {want}, but no ssh rule lets it log in")),
                         };
                         if let Some(msg) = failure {
@@ -194,12 +282,23 @@ impl Policy {
             }
             results.push(r);
         }
-        TestReport { results, source_name: self.source_name().to_string() }
+        TestReport {
+            results,
+            source_name: self.source_name().to_string(),
+        }
     }
 }
 
 fn result(section: &'static str, index: usize, loc: &Loc, src: &str) -> TestResult {
-    TestResult { section, index, line: loc.line, column: loc.column, src: src.to_string(), checked: 0, failures: Vec::new() }
+    TestResult {
+        section,
+        index,
+        line: loc.line,
+        column: loc.column,
+        src: src.to_string(),
+        checked: 0,
+        failures: Vec::new(),
+    }
 }
 
 fn ssh_line(policy: &Policy, rule: usize) -> u32 {
@@ -208,8 +307,14 @@ fn ssh_line(policy: &Policy, rule: usize) -> u32 {
 
 fn ssh_admits(policy: &Policy, v: &SshVerdict) -> Option<String> {
     match v {
-        SshVerdict::Accept { rule, local } => Some(format!("ssh[{rule}] (line {}) accepts it as local user \"{local}\"", ssh_line(policy, *rule))),
-        SshVerdict::Check { rule, local } => Some(format!("ssh[{rule}] (line {}) admits it after a check as local user \"{local}\"", ssh_line(policy, *rule))),
+        SshVerdict::Accept { rule, local } => Some(format!(
+            "ssh[{rule}] (line {}) accepts it as local user \"{local}\"",
+            ssh_line(policy, *rule)
+        )),
+        SshVerdict::Check { rule, local } => Some(format!(
+            "ssh[{rule}] (line {}) admits it after a check as local user \"{local}\"",
+            ssh_line(policy, *rule)
+        )),
         SshVerdict::Deny => None,
     }
 }
@@ -230,25 +335,51 @@ fn probes(tailnet: &Tailnet, sel: &Item<Selector>) -> (Probe, Vec<Vec<Probe>>) {
         nodes
             .iter()
             .map(|&i| {
-                let addrs: Vec<_> = tailnet.nodes().get(i).map(|n| n.addresses().collect()).unwrap_or_default();
-                addrs.into_iter().filter_map(|a| Probe::node(tailnet, i, Some(a))).collect()
+                let addrs: Vec<_> = tailnet
+                    .nodes()
+                    .get(i)
+                    .map(|n| n.addresses().collect())
+                    .unwrap_or_default();
+                addrs
+                    .into_iter()
+                    .filter_map(|a| Probe::node(tailnet, i, Some(a)))
+                    .collect()
             })
             .collect()
     };
     match &sel.value {
         Selector::User(u) => (Probe::user(u), devices(tailnet.user_nodes(u))),
         Selector::Tag(t) => (Probe::tag(t), devices(tailnet.tag_nodes(t))),
-        Selector::Host(_, net) | Selector::Prefix(net) => (Probe::address(tailnet, net.addr()), Vec::new()),
+        Selector::Host(_, net) | Selector::Prefix(net) => {
+            (Probe::address(tailnet, net.addr()), Vec::new())
+        }
         // Rejected by the parser for tests; an identity-less probe matches only `*`.
-        _ => (Probe { user: None, tags: Vec::new(), addr: None, label: sel.text.clone() }, Vec::new()),
+        _ => (
+            Probe {
+                user: None,
+                tags: Vec::new(),
+                addr: None,
+                label: sel.text.clone(),
+            },
+            Vec::new(),
+        ),
     }
 }
 
 /// Every (src, dst) combination a deny test must refuse: identities and
 /// devices, skipping device pairs of different address families.
-fn pairs<'p>(src_id: &'p Probe, src_devs: &'p [Vec<Probe>], dst_id: &'p Probe, dst_devs: &'p [Vec<Probe>]) -> Vec<(&'p Probe, &'p Probe)> {
-    let srcs: Vec<&Probe> = std::iter::once(src_id).chain(src_devs.iter().flatten()).collect();
-    let dsts: Vec<&Probe> = std::iter::once(dst_id).chain(dst_devs.iter().flatten()).collect();
+fn pairs<'p>(
+    src_id: &'p Probe,
+    src_devs: &'p [Vec<Probe>],
+    dst_id: &'p Probe,
+    dst_devs: &'p [Vec<Probe>],
+) -> Vec<(&'p Probe, &'p Probe)> {
+    let srcs: Vec<&Probe> = std::iter::once(src_id)
+        .chain(src_devs.iter().flatten())
+        .collect();
+    let dsts: Vec<&Probe> = std::iter::once(dst_id)
+        .chain(dst_devs.iter().flatten())
+        .collect();
     let mut out = Vec::new();
     for s in &srcs {
         for d in &dsts {

@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use weft_types::filter::{
-    DstPorts, FilterRule, LocalUser, PacketFilter, RuleOrigin, SSH_ANY_USER, SshAction, SshMode, SshPolicy,
-    SshPrincipal, SshRule,
+    DstPorts, FilterRule, LocalUser, PacketFilter, RuleOrigin, SSH_ANY_USER, SshAction, SshMode,
+    SshPolicy, SshPrincipal, SshRule,
 };
 
 use crate::bits::Bits;
@@ -45,10 +45,13 @@ pub struct CompiledTailnet {
     principal_lists: Vec<Arc<Vec<SshPrincipal>>>,
     /// Per node: the SSH rules that reach it.
     ssh: Vec<Vec<SshPiece>>,
-    ssh_meta: Vec<(Arc<BTreeMap<String, LocalUser>>, SshAction, RuleOrigin)>,
+    ssh_meta: Vec<SshMeta>,
     /// `visible[a]` has bit `b` when `a` may reach `b` or `b` may reach `a`.
     visible: Vec<Bits>,
 }
+
+/// Per `ssh` rule: its users map, action and origin.
+type SshMeta = (Arc<BTreeMap<String, LocalUser>>, SshAction, RuleOrigin);
 
 #[derive(Debug, Clone)]
 struct AclPiece {
@@ -108,10 +111,16 @@ impl CompiledTailnet {
                 let (users, action, origin) = self.ssh_meta.get(p.rule as usize)?;
                 let users = match &p.localpart {
                     None => users.as_ref().clone(),
-                    Some(name) => [(name.clone(), LocalUser::SameNameNonRoot)].into_iter().collect(),
+                    Some(name) => [(name.clone(), LocalUser::SameNameNonRoot)]
+                        .into_iter()
+                        .collect(),
                 };
                 Some(SshRule {
-                    principals: self.principal_lists.get(p.principals as usize)?.as_ref().clone(),
+                    principals: self
+                        .principal_lists
+                        .get(p.principals as usize)?
+                        .as_ref()
+                        .clone(),
                     users,
                     action: *action,
                     origin: Some(*origin),
@@ -126,7 +135,11 @@ impl CompiledTailnet {
     #[must_use]
     pub fn visible_peers(&self, node: NodeId) -> Option<Vec<NodeId>> {
         let row = self.visible.get(*self.index.get(&node)?)?;
-        Some(row.ones().filter_map(|i| self.ids.get(i).copied()).collect())
+        Some(
+            row.ones()
+                .filter_map(|i| self.ids.get(i).copied())
+                .collect(),
+        )
     }
 
     /// Returns whether `a` and `b` see each other.
@@ -148,7 +161,11 @@ pub fn compile_all(policy: &Policy, tailnet: &Tailnet) -> CompiledTailnet {
 /// Compiles the packet filter and SSH policy of one destination node, or
 /// `None` if the tailnet has no such node.
 #[must_use]
-pub fn compile(policy: &Policy, tailnet: &Tailnet, node: NodeId) -> Option<(PacketFilter, SshPolicy)> {
+pub fn compile(
+    policy: &Policy,
+    tailnet: &Tailnet,
+    node: NodeId,
+) -> Option<(PacketFilter, SshPolicy)> {
     let index = tailnet.index_of(node)?;
     let c = Compiler::new(policy, tailnet).run(Some(index));
     Some((c.packet_filter(node)?, c.ssh_policy(node)?))
@@ -240,13 +257,24 @@ impl<'a> Compiler<'a> {
                     self.add_node(slots, i);
                 }
             }
-            Selector::User(u) => self.tailnet.user_nodes(u).iter().for_each(|&i| self.add_node(slots, i)),
+            Selector::User(u) => self
+                .tailnet
+                .user_nodes(u)
+                .iter()
+                .for_each(|&i| self.add_node(slots, i)),
             Selector::Group(g) => {
                 for u in self.policy.groups.get(g).into_iter().flatten() {
-                    self.tailnet.user_nodes(u).iter().for_each(|&i| self.add_node(slots, i));
+                    self.tailnet
+                        .user_nodes(u)
+                        .iter()
+                        .for_each(|&i| self.add_node(slots, i));
                 }
             }
-            Selector::Tag(t) => self.tailnet.tag_nodes(t).iter().for_each(|&i| self.add_node(slots, i)),
+            Selector::Tag(t) => self
+                .tailnet
+                .tag_nodes(t)
+                .iter()
+                .for_each(|&i| self.add_node(slots, i)),
             Selector::Autogroup(Autogroup::Member) => self.add_nodes(slots, &self.members),
             Selector::Autogroup(Autogroup::Tagged) => self.add_nodes(slots, &self.tagged),
             Selector::Autogroup(Autogroup::Admin) => self.add_nodes(slots, &self.admins),
@@ -260,14 +288,20 @@ impl<'a> Compiler<'a> {
     }
 
     fn resolve_src<'s>(&self, sels: impl Iterator<Item = &'s Selector>) -> Src {
-        let mut src = Src { slots: Bits::new(2 * self.n), raw: Vec::new(), any: false };
+        let mut src = Src {
+            slots: Bits::new(2 * self.n),
+            raw: Vec::new(),
+            any: false,
+        };
         for sel in sels {
             self.add_identity(&mut src.slots, sel);
             match sel {
                 Selector::Any => {
                     src.any = true;
-                    src.raw.push(IpNet::from(IpAddr::from([0u8; 4])).trunc_to(0));
-                    src.raw.push(IpNet::from(IpAddr::from([0u16; 8])).trunc_to(0));
+                    src.raw
+                        .push(IpNet::from(IpAddr::from([0u8; 4])).trunc_to(0));
+                    src.raw
+                        .push(IpNet::from(IpAddr::from([0u16; 8])).trunc_to(0));
                 }
                 Selector::Host(_, net) | Selector::Prefix(net) => src.raw.push(*net),
                 _ => {}
@@ -278,13 +312,18 @@ impl<'a> Compiler<'a> {
 
     /// Returns the slots of node `b` that target `sel` covers (not self).
     fn target_slots_of(&self, sel: &Selector, b: usize) -> (bool, bool) {
-        let Some(node) = self.tailnet.nodes().get(b) else { return (false, false) };
+        let Some(node) = self.tailnet.nodes().get(b) else {
+            return (false, false);
+        };
         let hit = match sel {
             Selector::Any => true,
             Selector::User(u) => node.owner() == Some(u.as_str()),
-            Selector::Group(g) => {
-                node.owner().is_some_and(|o| self.policy.groups.get(g).is_some_and(|m| m.iter().any(|x| x == o)))
-            }
+            Selector::Group(g) => node.owner().is_some_and(|o| {
+                self.policy
+                    .groups
+                    .get(g)
+                    .is_some_and(|m| m.iter().any(|x| x == o))
+            }),
             Selector::Tag(t) => node.tags.contains(t),
             Selector::Autogroup(Autogroup::Member) => self.members.get(b),
             Selector::Autogroup(Autogroup::Tagged) => self.tagged.get(b),
@@ -312,7 +351,10 @@ impl<'a> Compiler<'a> {
         let mut v6: Vec<(u128, u128)> = Vec::new();
         for net in raw {
             match net {
-                IpNet::V4(n) => v4.push((u128::from(u32::from(n.network())), u128::from(u32::from(n.broadcast())))),
+                IpNet::V4(n) => v4.push((
+                    u128::from(u32::from(n.network())),
+                    u128::from(u32::from(n.broadcast())),
+                )),
                 IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
             }
         }
@@ -324,9 +366,13 @@ impl<'a> Compiler<'a> {
             // Sparse (a user's own devices): sort just the members.
             let (mut a4, mut a6) = (Vec::with_capacity(members), Vec::with_capacity(members));
             for s in slots.ones() {
-                let Some(node) = self.tailnet.nodes().get(s / 2) else { continue };
+                let Some(node) = self.tailnet.nodes().get(s / 2) else {
+                    continue;
+                };
                 match (s % 2 == 0, node.ipv4, node.ipv6) {
-                    (true, Some(a), _) => a4.push((u128::from(u32::from(a)), u128::from(u32::from(a)))),
+                    (true, Some(a), _) => {
+                        a4.push((u128::from(u32::from(a)), u128::from(u32::from(a))))
+                    }
                     (false, _, Some(a)) => a6.push((u128::from(a), u128::from(a))),
                     _ => {}
                 }
@@ -337,8 +383,16 @@ impl<'a> Compiler<'a> {
             crate::bits::cidrs(merge_sorted(v6, a6.into_iter()), 128, &mut out);
         } else {
             // Dense: walk every address in order, no sorting.
-            let v4_slots = self.sorted_v4.iter().filter(|(_, s)| slots.get(*s)).map(|(a, _)| (u128::from(*a), u128::from(*a)));
-            let v6_slots = self.sorted_v6.iter().filter(|(_, s)| slots.get(*s)).map(|(a, _)| (*a, *a));
+            let v4_slots = self
+                .sorted_v4
+                .iter()
+                .filter(|(_, s)| slots.get(*s))
+                .map(|(a, _)| (u128::from(*a), u128::from(*a)));
+            let v6_slots = self
+                .sorted_v6
+                .iter()
+                .filter(|(_, s)| slots.get(*s))
+                .map(|(a, _)| (*a, *a));
             crate::bits::cidrs(merge_sorted(v4, v4_slots), 32, &mut out);
             crate::bits::cidrs(merge_sorted(v6, v6_slots), 128, &mut out);
         }
@@ -347,7 +401,10 @@ impl<'a> Compiler<'a> {
 
     fn user_slots(&self, login: &str) -> Bits {
         let mut s = Bits::new(2 * self.n);
-        self.tailnet.user_nodes(login).iter().for_each(|&i| self.add_node(&mut s, i));
+        self.tailnet
+            .user_nodes(login)
+            .iter()
+            .for_each(|&i| self.add_node(&mut s, i));
         s
     }
 
@@ -368,12 +425,17 @@ impl<'a> Compiler<'a> {
             ssh_meta: Vec::new(),
             visible: Vec::new(),
         };
-        let mut inbound: Vec<Bits> = if only.is_none() { vec![Bits::new(n); n] } else { Vec::new() };
+        let mut inbound: Vec<Bits> = if only.is_none() {
+            vec![Bits::new(n); n]
+        } else {
+            Vec::new()
+        };
         let mut user_slot_cache: BTreeMap<&'a str, Bits> = BTreeMap::new();
 
         for (ri, rule) in self.policy.acls.iter().enumerate() {
             let r = u32::try_from(ri).unwrap_or(u32::MAX);
-            out.acl_meta.push((rule.protos.clone(), origin(ri, rule.loc.line)));
+            out.acl_meta
+                .push((rule.protos.clone(), origin(ri, rule.loc.line)));
             let src = self.resolve_src(rule.src.iter().map(|s| &s.value));
             // dst pieces per node: (normal entries, self entries)
             let mut per_node: BTreeMap<usize, (Vec<DstPorts>, Vec<DstPorts>)> = BTreeMap::new();
@@ -405,7 +467,13 @@ impl<'a> Compiler<'a> {
                         }
                     }
                     None => {
-                        let targets = if is_self { let mut s = Bits::new(2 * n); self.add_nodes(&mut s, &self.members); s } else { self.target_slots(&d.value.target) };
+                        let targets = if is_self {
+                            let mut s = Bits::new(2 * n);
+                            self.add_nodes(&mut s, &self.members);
+                            s
+                        } else {
+                            self.target_slots(&d.value.target)
+                        };
                         let mut last: Option<(usize, bool, bool)> = None;
                         for s in targets.ones() {
                             let (b, v4) = (s / 2, s % 2 == 0);
@@ -429,7 +497,10 @@ impl<'a> Compiler<'a> {
             }
             // Visibility is per family: a source reaches B only over an
             // address family both have.
-            let src_nodes = [src.slots.project_family(n, true), src.slots.project_family(n, false)];
+            let src_nodes = [
+                src.slots.project_family(n, true),
+                src.slots.project_family(n, false),
+            ];
             let mut normal_list: Option<u32> = None;
             let mut self_lists: BTreeMap<&'a str, Option<(u32, [Bits; 2])>> = BTreeMap::new();
             for (b, (normal, selfs)) in per_node {
@@ -437,29 +508,47 @@ impl<'a> Compiler<'a> {
                     continue;
                 }
                 if !normal.is_empty() && (src.any || !src.raw.is_empty() || !src.slots.is_empty()) {
-                    let list = *normal_list.get_or_insert_with(|| push_list(&mut out.src_lists, self.prefixes(&src.slots, &src.raw)));
+                    let list = *normal_list.get_or_insert_with(|| {
+                        push_list(&mut out.src_lists, self.prefixes(&src.slots, &src.raw))
+                    });
                     if let Some(row) = inbound.get_mut(b) {
                         or_by_family(row, &src_nodes, &normal);
                     }
-                    out.acl[b].push(AclPiece { rule: r, src: list, dst: normal });
+                    out.acl[b].push(AclPiece {
+                        rule: r,
+                        src: list,
+                        dst: normal,
+                    });
                 }
                 let owner = self.tailnet.nodes().get(b).and_then(|node| node.owner());
                 if let (false, Some(owner)) = (selfs.is_empty(), owner) {
                     let entry = self_lists.entry(owner).or_insert_with(|| {
-                        let us = user_slot_cache.entry(owner).or_insert_with(|| self.user_slots(owner));
+                        let us = user_slot_cache
+                            .entry(owner)
+                            .or_insert_with(|| self.user_slots(owner));
                         let slots = src.slots.and(us);
                         if slots.is_empty() {
                             None
                         } else {
                             let list = push_list(&mut out.src_lists, self.prefixes(&slots, &[]));
-                            Some((list, [slots.project_family(n, true), slots.project_family(n, false)]))
+                            Some((
+                                list,
+                                [
+                                    slots.project_family(n, true),
+                                    slots.project_family(n, false),
+                                ],
+                            ))
                         }
                     });
                     if let Some((list, nodes)) = entry {
                         if let Some(row) = inbound.get_mut(b) {
                             or_by_family(row, nodes, &selfs);
                         }
-                        out.acl[b].push(AclPiece { rule: r, src: *list, dst: selfs });
+                        out.acl[b].push(AclPiece {
+                            rule: r,
+                            src: *list,
+                            dst: selfs,
+                        });
                     }
                 }
             }
@@ -484,7 +573,12 @@ impl<'a> Compiler<'a> {
         out
     }
 
-    fn compile_ssh(&self, out: &mut CompiledTailnet, only: Option<usize>, user_slot_cache: &mut BTreeMap<&'a str, Bits>) {
+    fn compile_ssh(
+        &self,
+        out: &mut CompiledTailnet,
+        only: Option<usize>,
+        user_slot_cache: &mut BTreeMap<&'a str, Bits>,
+    ) {
         let n = self.n;
         for (ri, rule) in self.policy.ssh.iter().enumerate() {
             let r = u32::try_from(ri).unwrap_or(u32::MAX);
@@ -499,7 +593,8 @@ impl<'a> Compiler<'a> {
                 allow_local_port_forwarding: true,
                 allow_remote_port_forwarding: true,
             };
-            out.ssh_meta.push((Arc::new(users.clone()), action, origin(ri, rule.loc.line)));
+            out.ssh_meta
+                .push((Arc::new(users.clone()), action, origin(ri, rule.loc.line)));
             let src = self.resolve_src(rule.src.iter().map(|s| &s.value));
             // Which nodes does the rule reach, and how (normally or as self)?
             let mut reach: BTreeMap<usize, bool> = BTreeMap::new(); // node -> reached normally
@@ -528,42 +623,66 @@ impl<'a> Compiler<'a> {
                     }
                 }
             }
-            let lp_users: Vec<(&'a str, String)> = localparts.iter().flat_map(|d| self.domain_users(d)).collect();
+            let lp_users: Vec<(&'a str, String)> = localparts
+                .iter()
+                .flat_map(|d| self.domain_users(d))
+                .collect();
             let mut normal_list: Option<Option<u32>> = None;
             let mut per_user: BTreeMap<&'a str, Option<u32>> = BTreeMap::new();
-            let mut localpart_lists: BTreeMap<(&'a str, Option<&'a str>), Option<u32>> = BTreeMap::new();
+            let mut localpart_lists: BTreeMap<(&'a str, Option<&'a str>), Option<u32>> =
+                BTreeMap::new();
             for (b, normally) in reach {
-                let owner: Option<&'a str> = self.tailnet.nodes().get(b).and_then(|node| node.owner());
+                let owner: Option<&'a str> =
+                    self.tailnet.nodes().get(b).and_then(|node| node.owner());
                 // Principals: all sources, or (self) only the owner's own devices.
                 let restrict = if normally { None } else { owner };
                 if !users.is_empty() {
                     let list = match restrict {
-                        None => *normal_list.get_or_insert_with(|| self.principals(&mut out.principal_lists, &src, None)),
+                        None => *normal_list.get_or_insert_with(|| {
+                            self.principals(&mut out.principal_lists, &src, None)
+                        }),
                         Some(u) => *per_user.entry(u).or_insert_with(|| {
-                            let us = user_slot_cache.entry(u).or_insert_with(|| self.user_slots(u));
+                            let us = user_slot_cache
+                                .entry(u)
+                                .or_insert_with(|| self.user_slots(u));
                             self.principals(&mut out.principal_lists, &src, Some(us))
                         }),
                     };
                     if let Some(list) = list {
-                        out.ssh[b].push(SshPiece { rule: r, principals: list, localpart: None });
+                        out.ssh[b].push(SshPiece {
+                            rule: r,
+                            principals: list,
+                            localpart: None,
+                        });
                     }
                 }
                 for (login, local) in &lp_users {
                     if restrict.is_some_and(|u| u != *login) {
                         continue;
                     }
-                    let list = *localpart_lists.entry((*login, restrict)).or_insert_with(|| {
-                        let us = user_slot_cache.entry(*login).or_insert_with(|| self.user_slots(login));
-                        let slots = src.slots.and(us);
-                        if slots.is_empty() {
-                            None
-                        } else {
-                            let prefixes = self.prefixes(&slots, &[]);
-                            Some(push_list(&mut out.principal_lists, prefixes.into_iter().map(SshPrincipal::Prefix).collect()))
-                        }
-                    });
+                    let list = *localpart_lists
+                        .entry((*login, restrict))
+                        .or_insert_with(|| {
+                            let us = user_slot_cache
+                                .entry(*login)
+                                .or_insert_with(|| self.user_slots(login));
+                            let slots = src.slots.and(us);
+                            if slots.is_empty() {
+                                None
+                            } else {
+                                let prefixes = self.prefixes(&slots, &[]);
+                                Some(push_list(
+                                    &mut out.principal_lists,
+                                    prefixes.into_iter().map(SshPrincipal::Prefix).collect(),
+                                ))
+                            }
+                        });
                     if let Some(list) = list {
-                        out.ssh[b].push(SshPiece { rule: r, principals: list, localpart: Some(local.clone()) });
+                        out.ssh[b].push(SshPiece {
+                            rule: r,
+                            principals: list,
+                            localpart: Some(local.clone()),
+                        });
                     }
                 }
             }
@@ -571,13 +690,30 @@ impl<'a> Compiler<'a> {
     }
 
     /// Principals for `src`, optionally restricted to the slots `only`.
-    fn principals(&self, lists: &mut Vec<Arc<Vec<SshPrincipal>>>, src: &Src, only: Option<&Bits>) -> Option<u32> {
+    fn principals(
+        &self,
+        lists: &mut Vec<Arc<Vec<SshPrincipal>>>,
+        src: &Src,
+        only: Option<&Bits>,
+    ) -> Option<u32> {
         let list: Vec<SshPrincipal> = match only {
             None if src.any => vec![SshPrincipal::Any],
-            None => self.prefixes(&src.slots, &src.raw).into_iter().map(SshPrincipal::Prefix).collect(),
-            Some(us) => self.prefixes(&src.slots.and(us), &[]).into_iter().map(SshPrincipal::Prefix).collect(),
+            None => self
+                .prefixes(&src.slots, &src.raw)
+                .into_iter()
+                .map(SshPrincipal::Prefix)
+                .collect(),
+            Some(us) => self
+                .prefixes(&src.slots.and(us), &[])
+                .into_iter()
+                .map(SshPrincipal::Prefix)
+                .collect(),
         };
-        if list.is_empty() { None } else { Some(push_list(lists, list)) }
+        if list.is_empty() {
+            None
+        } else {
+            Some(push_list(lists, list))
+        }
     }
 
     /// Users whose login is in `domain`, with their local part.
@@ -587,8 +723,10 @@ impl<'a> Compiler<'a> {
             .keys()
             .filter_map(|login| {
                 let (local, d) = login.split_once('@')?;
-                (d.eq_ignore_ascii_case(domain) && local != "root" && crate::syntax::local_user_name(local).is_ok())
-                    .then(|| (login.as_str(), local.to_string()))
+                (d.eq_ignore_ascii_case(domain)
+                    && local != "root"
+                    && crate::syntax::local_user_name(local).is_ok())
+                .then(|| (login.as_str(), local.to_string()))
             })
             .collect()
     }
@@ -596,7 +734,9 @@ impl<'a> Compiler<'a> {
 
 /// Compiles an `ssh` rule's `users` into the wire map, plus the domains of
 /// its `localpart:` entries (compiled into per-user rules).
-fn ssh_users<'u>(users: impl Iterator<Item = &'u SshUser>) -> (BTreeMap<String, LocalUser>, Vec<String>) {
+fn ssh_users<'u>(
+    users: impl Iterator<Item = &'u SshUser>,
+) -> (BTreeMap<String, LocalUser>, Vec<String>) {
     let mut map = BTreeMap::new();
     let mut domains = Vec::new();
     let mut root = false;
@@ -632,7 +772,10 @@ fn or_by_family(row: &mut Bits, src_nodes: &[Bits; 2], dst: &[DstPorts]) {
 }
 
 fn origin(index: usize, line: u32) -> RuleOrigin {
-    RuleOrigin { index: u32::try_from(index).unwrap_or(u32::MAX), line }
+    RuleOrigin {
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        line,
+    }
 }
 
 fn push_list<T>(lists: &mut Vec<Arc<Vec<T>>>, list: Vec<T>) -> u32 {
@@ -641,7 +784,10 @@ fn push_list<T>(lists: &mut Vec<Arc<Vec<T>>>, list: Vec<T>) -> u32 {
 }
 
 /// Merges sorted intervals with a sorted stream of single addresses.
-fn merge_sorted(a: Vec<(u128, u128)>, b: impl Iterator<Item = (u128, u128)>) -> impl Iterator<Item = (u128, u128)> {
+fn merge_sorted(
+    a: Vec<(u128, u128)>,
+    b: impl Iterator<Item = (u128, u128)>,
+) -> impl Iterator<Item = (u128, u128)> {
     let mut a = a.into_iter().peekable();
     let mut b = b.peekable();
     std::iter::from_fn(move || match (a.peek(), b.peek()) {

@@ -205,7 +205,12 @@ fn defined_list(what: &str, names: &[String]) -> String {
 fn suggest(field: &str, expected: &[&'static str]) -> String {
     expected
         .iter()
-        .map(|e| (edit_distance(&field.to_ascii_lowercase(), &e.to_ascii_lowercase()), *e))
+        .map(|e| {
+            (
+                edit_distance(&field.to_ascii_lowercase(), &e.to_ascii_lowercase()),
+                *e,
+            )
+        })
         .filter(|(d, e)| *d <= 2.max(e.len() / 4))
         .min()
         .map(|(_, e)| format!(" (did you mean \"{e}\"?)"))

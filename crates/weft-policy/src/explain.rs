@@ -165,10 +165,18 @@ pub fn explain_query(
 ) -> Result<Explanation, ExplainError> {
     let proto_num = match proto_text {
         None => proto::TCP,
-        Some(p) => crate::syntax::protos(p).map_err(|e| ExplainError(e.to_string()))?.first().copied().unwrap_or(proto::TCP),
+        Some(p) => crate::syntax::protos(p)
+            .map_err(|e| ExplainError(e.to_string()))?
+            .first()
+            .copied()
+            .unwrap_or(proto::TCP),
     };
-    let src_ep = tailnet.resolve(src).map_err(|e| ExplainError(format!("--src: {e}")))?;
-    let (dst_ep, port) = tailnet.resolve_with_port(dst).map_err(|e| ExplainError(format!("--dst: {e}")))?;
+    let src_ep = tailnet
+        .resolve(src)
+        .map_err(|e| ExplainError(format!("--src: {e}")))?;
+    let (dst_ep, port) = tailnet
+        .resolve_with_port(dst)
+        .map_err(|e| ExplainError(format!("--dst: {e}")))?;
     let port = match port {
         Some(p) => p,
         None if !proto::has_ports(proto_num) => 0,
@@ -190,13 +198,29 @@ fn endpoint_with_addr(e: &Endpoint, addr: Option<IpAddr>) -> Endpoint {
 }
 
 /// Explains a flow between two probes.
-pub(crate) fn explain_probes(policy: &Policy, tailnet: &Tailnet, src: &Probe, dst: &Probe, proto_num: u8, port: u16) -> Explanation {
+pub(crate) fn explain_probes(
+    policy: &Policy,
+    tailnet: &Tailnet,
+    src: &Probe,
+    dst: &Probe,
+    proto_num: u8,
+    port: u16,
+) -> Explanation {
     let proto_num = eval::effective_proto(proto_num, src, dst);
-    let reports: Vec<RuleReport> =
-        policy.acls.iter().enumerate().map(|(i, r)| analyze(policy, tailnet, i, r, src, dst, proto_num, port)).collect();
+    let reports: Vec<RuleReport> = policy
+        .acls
+        .iter()
+        .enumerate()
+        .map(|(i, r)| analyze(policy, tailnet, i, r, src, dst, proto_num, port))
+        .collect();
     let mut allowing = reports.iter().filter(|r| r.failures() == 0);
     let decided_by = allowing.next().cloned();
-    let also_allowed_by = allowing.map(|r| RuleLink { index: r.index, line: r.line }).collect();
+    let also_allowed_by = allowing
+        .map(|r| RuleLink {
+            index: r.index,
+            line: r.line,
+        })
+        .collect();
     let near_misses = if decided_by.is_some() {
         Vec::new()
     } else {
@@ -212,9 +236,16 @@ pub(crate) fn explain_probes(policy: &Policy, tailnet: &Tailnet, src: &Probe, ds
         misses.truncate(MAX_NEAR_MISSES);
         misses
     };
-    let party = |p: &Probe| Party { description: p.label.clone(), address: p.addr };
+    let party = |p: &Probe| Party {
+        description: p.label.clone(),
+        address: p.addr,
+    };
     Explanation {
-        verdict: if decided_by.is_some() { Verdict::Allowed } else { Verdict::Denied },
+        verdict: if decided_by.is_some() {
+            Verdict::Allowed
+        } else {
+            Verdict::Denied
+        },
         src: party(src),
         dst: party(dst),
         proto: proto_name(proto_num),
@@ -229,13 +260,40 @@ pub(crate) fn explain_probes(policy: &Policy, tailnet: &Tailnet, src: &Probe, ds
 }
 
 #[allow(clippy::too_many_arguments)]
-fn analyze(policy: &Policy, tailnet: &Tailnet, index: usize, rule: &AclRule, src: &Probe, dst: &Probe, proto_num: u8, port: u16) -> RuleReport {
+fn analyze(
+    policy: &Policy,
+    tailnet: &Tailnet,
+    index: usize,
+    rule: &AclRule,
+    src: &Probe,
+    dst: &Probe,
+    proto_num: u8,
+    port: u16,
+) -> RuleReport {
     let src_check = {
-        let results: Vec<(&str, eval::Why)> =
-            rule.src.iter().map(|s| (s.text.as_str(), eval::match_src(policy, tailnet, &s.value, src))).collect();
+        let results: Vec<(&str, eval::Why)> = rule
+            .src
+            .iter()
+            .map(|s| {
+                (
+                    s.text.as_str(),
+                    eval::match_src(policy, tailnet, &s.value, src),
+                )
+            })
+            .collect();
         match results.iter().find(|(_, w)| w.is_ok()) {
-            Some((text, Ok(why))) => Check { what: "src", ok: true, selector: Some((*text).to_string()), detail: why.clone() },
-            _ => Check { what: "src", ok: false, selector: None, detail: why_nots(&results) },
+            Some((text, Ok(why))) => Check {
+                what: "src",
+                ok: true,
+                selector: Some((*text).to_string()),
+                detail: why.clone(),
+            },
+            _ => Check {
+                what: "src",
+                ok: false,
+                selector: None,
+                detail: why_nots(&results),
+            },
         }
     };
     // Prefer an entry matching target and port, then one matching the target.
@@ -243,48 +301,101 @@ fn analyze(policy: &Policy, tailnet: &Tailnet, index: usize, rule: &AclRule, src
         .dst
         .iter()
         .enumerate()
-        .map(|(j, d)| (j, eval::match_dst(policy, tailnet, &d.value.target, src, dst), eval::ports_admit(&d.value.ports, proto_num, port)))
+        .map(|(j, d)| {
+            (
+                j,
+                eval::match_dst(policy, tailnet, &d.value.target, src, dst),
+                eval::ports_admit(&d.value.ports, proto_num, port),
+            )
+        })
         .collect();
-    let best = entries.iter().find(|(_, w, p)| w.is_ok() && *p).or_else(|| entries.iter().find(|(_, w, _)| w.is_ok()));
-    let port_label = if proto::has_ports(proto_num) { port.to_string() } else { format!("{} (no ports)", proto_name(proto_num)) };
+    let best = entries
+        .iter()
+        .find(|(_, w, p)| w.is_ok() && *p)
+        .or_else(|| entries.iter().find(|(_, w, _)| w.is_ok()));
+    let port_label = if proto::has_ports(proto_num) {
+        port.to_string()
+    } else {
+        format!("{} (no ports)", proto_name(proto_num))
+    };
     let (dst_check, port_check) = match best {
         Some((j, Ok(why), port_ok)) => {
             let text = rule.dst.get(*j).map(|d| d.text.clone()).unwrap_or_default();
-            let ports = crate::syntax::split_dst(&text).map(|(_, p)| p.to_string()).unwrap_or_default();
+            let ports = crate::syntax::split_dst(&text)
+                .map(|(_, p)| p.to_string())
+                .unwrap_or_default();
             let detail = if *port_ok {
-                if proto::has_ports(proto_num) { format!("{port} is in {ports}") } else { format!("{port_label}: matched by any port list") }
+                if proto::has_ports(proto_num) {
+                    format!("{port} is in {ports}")
+                } else {
+                    format!("{port_label}: matched by any port list")
+                }
             } else if proto::has_ports(proto_num) {
                 format!("{port} is not in {ports}")
             } else {
                 format!("{port_label} needs all ports (\":*\"), the entry has {ports}")
             };
             (
-                Check { what: "dst", ok: true, selector: Some(text.clone()), detail: why.clone() },
-                Check { what: "port", ok: *port_ok, selector: Some(text), detail },
+                Check {
+                    what: "dst",
+                    ok: true,
+                    selector: Some(text.clone()),
+                    detail: why.clone(),
+                },
+                Check {
+                    what: "port",
+                    ok: *port_ok,
+                    selector: Some(text),
+                    detail,
+                },
             )
         }
         _ => {
-            let results: Vec<(&str, eval::Why)> =
-                entries.iter().filter_map(|(j, w, _)| Some((rule.dst.get(*j)?.text.as_str(), w.clone()))).collect();
+            let results: Vec<(&str, eval::Why)> = entries
+                .iter()
+                .filter_map(|(j, w, _)| Some((rule.dst.get(*j)?.text.as_str(), w.clone())))
+                .collect();
             let any_port = entries.iter().any(|(_, _, p)| *p);
             (
-                Check { what: "dst", ok: false, selector: None, detail: why_nots(&results) },
+                Check {
+                    what: "dst",
+                    ok: false,
+                    selector: None,
+                    detail: why_nots(&results),
+                },
                 Check {
                     what: "port",
                     ok: any_port,
                     selector: None,
-                    detail: if any_port { format!("{port_label} is listed") } else { format!("{port_label} is not listed in any entry") },
+                    detail: if any_port {
+                        format!("{port_label} is listed")
+                    } else {
+                        format!("{port_label} is not listed in any entry")
+                    },
                 },
             )
         }
     };
     let proto_ok = eval::rule_admits_proto(rule, proto_num);
-    let allowed: Vec<String> = if rule.protos.is_empty() { vec!["tcp, udp, icmp (the default)".into()] } else { rule.protos.iter().map(|p| proto_name(*p)).collect() };
+    let allowed: Vec<String> = if rule.protos.is_empty() {
+        vec!["tcp, udp, icmp (the default)".into()]
+    } else {
+        rule.protos.iter().map(|p| proto_name(*p)).collect()
+    };
     let proto_check = Check {
         what: "proto",
         ok: proto_ok,
         selector: None,
-        detail: format!("{} {} {}", proto_name(proto_num), if proto_ok { "is allowed:" } else { "is not allowed:" }, allowed.join(", ")),
+        detail: format!(
+            "{} {} {}",
+            proto_name(proto_num),
+            if proto_ok {
+                "is allowed:"
+            } else {
+                "is not allowed:"
+            },
+            allowed.join(", ")
+        ),
     };
     let mut report = RuleReport {
         index,
@@ -299,7 +410,11 @@ fn analyze(policy: &Policy, tailnet: &Tailnet, index: usize, rule: &AclRule, src
 }
 
 fn why_nots(results: &[(&str, eval::Why)]) -> String {
-    let mut parts: Vec<String> = results.iter().filter_map(|(_, w)| w.as_ref().err().cloned()).take(3).collect();
+    let mut parts: Vec<String> = results
+        .iter()
+        .filter_map(|(_, w)| w.as_ref().err().cloned())
+        .take(3)
+        .collect();
     if results.len() > 3 {
         parts.push(format!("and {} more", results.len() - 3));
     }
@@ -307,11 +422,30 @@ fn why_nots(results: &[(&str, eval::Why)]) -> String {
 }
 
 /// The smallest edit that makes a near miss allow the flow.
-fn fix(r: &RuleReport, rule: &AclRule, src: &Probe, dst: &Probe, proto_num: u8, port: u16) -> Option<String> {
+fn fix(
+    r: &RuleReport,
+    rule: &AclRule,
+    src: &Probe,
+    dst: &Probe,
+    proto_num: u8,
+    port: u16,
+) -> Option<String> {
     let failed: Vec<&str> = r.checks.iter().filter(|c| !c.ok).map(|c| c.what).collect();
-    let src_name = src.user.clone().or_else(|| src.tags.first().cloned()).or_else(|| src.addr.map(|a| a.to_string()))?;
-    let dst_name = dst.user.clone().or_else(|| dst.tags.first().cloned()).or_else(|| dst.addr.map(|a| a.to_string()))?;
-    let port_text = if proto::has_ports(proto_num) { port.to_string() } else { "*".to_string() };
+    let src_name = src
+        .user
+        .clone()
+        .or_else(|| src.tags.first().cloned())
+        .or_else(|| src.addr.map(|a| a.to_string()))?;
+    let dst_name = dst
+        .user
+        .clone()
+        .or_else(|| dst.tags.first().cloned())
+        .or_else(|| dst.addr.map(|a| a.to_string()))?;
+    let port_text = if proto::has_ports(proto_num) {
+        port.to_string()
+    } else {
+        "*".to_string()
+    };
     let entry = r.checks.get(2).and_then(|c| c.selector.clone());
     match failed.as_slice() {
         ["src"] => Some(format!("add \"{src_name}\" to src")),
@@ -322,10 +456,16 @@ fn fix(r: &RuleReport, rule: &AclRule, src: &Probe, dst: &Probe, proto_num: u8, 
         }),
         ["proto"] => Some(format!(
             "this rule is limited to proto {}; add a rule for {}",
-            rule.protos.iter().map(|p| proto_name(*p)).collect::<Vec<_>>().join(", "),
+            rule.protos
+                .iter()
+                .map(|p| proto_name(*p))
+                .collect::<Vec<_>>()
+                .join(", "),
             proto_name(proto_num)
         )),
-        ["src", "port"] => Some(format!("add \"{src_name}\" to src and port {port_text} to dst")),
+        ["src", "port"] => Some(format!(
+            "add \"{src_name}\" to src and port {port_text} to dst"
+        )),
         _ => None,
     }
 }
@@ -348,18 +488,32 @@ impl fmt::Display for Explanation {
         }
         writeln!(f)?;
         if let Some(r) = &self.decided_by {
-            writeln!(f, "Allowed by acls[{}] at {}:{}:{}", r.index, self.source_name, r.line, r.column)?;
+            writeln!(
+                f,
+                "Allowed by acls[{}] at {}:{}:{}",
+                r.index, self.source_name, r.line, r.column
+            )?;
             self.write_rule(f, r)?;
             if !self.also_allowed_by.is_empty() {
-                let list: Vec<String> = self.also_allowed_by.iter().map(|l| format!("acls[{}] (line {})", l.index, l.line)).collect();
+                let list: Vec<String> = self
+                    .also_allowed_by
+                    .iter()
+                    .map(|l| format!("acls[{}] (line {})", l.index, l.line))
+                    .collect();
                 writeln!(f)?;
                 writeln!(f, "Also allowed by {}.", list.join(", "))?;
             }
             return Ok(());
         }
-        writeln!(f, "No rule allows this flow, so the policy denies it (deny by default).")?;
+        writeln!(
+            f,
+            "No rule allows this flow, so the policy denies it (deny by default)."
+        )?;
         if self.near_misses.is_empty() {
-            return writeln!(f, "No rule comes close: none matches the source or the destination.");
+            return writeln!(
+                f,
+                "No rule comes close: none matches the source or the destination."
+            );
         }
         writeln!(f)?;
         writeln!(f, "Closest rules:")?;
@@ -367,7 +521,11 @@ impl fmt::Display for Explanation {
             if i > 0 {
                 writeln!(f)?;
             }
-            writeln!(f, "acls[{}] at {}:{}:{}", r.index, self.source_name, r.line, r.column)?;
+            writeln!(
+                f,
+                "acls[{}] at {}:{}:{}",
+                r.index, self.source_name, r.line, r.column
+            )?;
             self.write_rule(f, r)?;
             if let Some(fix) = &r.fix {
                 writeln!(f, "    → to allow: {fix}")?;
@@ -383,7 +541,9 @@ impl Explanation {
         for c in &r.checks {
             let mark = if c.ok { "✓" } else { "✗" };
             match (&c.selector, c.what) {
-                (Some(sel), "src" | "dst") => writeln!(f, "    {mark} {:<5} {sel}: {}", c.what, c.detail)?,
+                (Some(sel), "src" | "dst") => {
+                    writeln!(f, "    {mark} {:<5} {sel}: {}", c.what, c.detail)?
+                }
                 _ => writeln!(f, "    {mark} {:<5} {}", c.what, c.detail)?,
             }
         }

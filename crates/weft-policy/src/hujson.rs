@@ -75,7 +75,11 @@ pub(crate) struct SyntaxError {
 /// Parses one HuJSON document (one value, surrounded by whitespace and
 /// comments).
 pub(crate) fn parse(text: &str) -> Result<Value, SyntaxError> {
-    let mut p = Parser { src: text, bytes: text.as_bytes(), pos: 0 };
+    let mut p = Parser {
+        src: text,
+        bytes: text.as_bytes(),
+        pos: 0,
+    };
     if text.starts_with('\u{feff}') {
         p.pos = 3;
     }
@@ -87,7 +91,9 @@ pub(crate) fn parse(text: &str) -> Result<Value, SyntaxError> {
     p.skip_trivia()?;
     if p.pos < p.bytes.len() {
         let found = p.found();
-        return Err(p.err_here(&format!("expected end of input after the top-level value, found {found}")));
+        return Err(p.err_here(&format!(
+            "expected end of input after the top-level value, found {found}"
+        )));
     }
     Ok(value)
 }
@@ -100,7 +106,10 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err_at(&self, offset: usize, message: &str) -> SyntaxError {
-        SyntaxError { offset, message: message.to_string() }
+        SyntaxError {
+            offset,
+            message: message.to_string(),
+        }
     }
 
     fn err_here(&self, message: &str) -> SyntaxError {
@@ -120,7 +129,9 @@ impl Parser<'_> {
         if c.is_ascii_alphabetic() || c == '_' {
             let word: String = rest
                 .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.' | '@'))
+                .take_while(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.' | '@')
+                })
                 .take(40)
                 .collect();
             return format!("`{}`", word.trim_end_matches(':'));
@@ -148,12 +159,19 @@ impl Parser<'_> {
                     }
                     Some(b'*') => {
                         let start = self.pos;
-                        let Some(end) = self.src.get(self.pos + 2..).and_then(|r| r.find("*/")) else {
-                            return Err(self.err_at(start, "unterminated block comment: expected `*/`"));
+                        let Some(end) = self.src.get(self.pos + 2..).and_then(|r| r.find("*/"))
+                        else {
+                            return Err(
+                                self.err_at(start, "unterminated block comment: expected `*/`")
+                            );
                         };
                         self.pos += 2 + end + 2;
                     }
-                    _ => return Err(self.err_here("expected `//` or `/*` to start a comment, found a lone `/`")),
+                    _ => {
+                        return Err(self.err_here(
+                            "expected `//` or `/*` to start a comment, found a lone `/`",
+                        ));
+                    }
                 },
                 _ => return Ok(()),
             }
@@ -167,12 +185,21 @@ impl Parser<'_> {
             Some(b'[') => self.array(depth)?,
             Some(b'"') => Kind::String(self.string()?),
             Some(b'-' | b'0'..=b'9') => self.number()?,
-            Some(b't') if self.bytes[self.pos..].starts_with(b"true") => self.literal(4, Kind::Bool(true)),
-            Some(b'f') if self.bytes[self.pos..].starts_with(b"false") => self.literal(5, Kind::Bool(false)),
-            Some(b'n') if self.bytes[self.pos..].starts_with(b"null") => self.literal(4, Kind::Null),
+            Some(b't') if self.bytes[self.pos..].starts_with(b"true") => {
+                self.literal(4, Kind::Bool(true))
+            }
+            Some(b'f') if self.bytes[self.pos..].starts_with(b"false") => {
+                self.literal(5, Kind::Bool(false))
+            }
+            Some(b'n') if self.bytes[self.pos..].starts_with(b"null") => {
+                self.literal(4, Kind::Null)
+            }
             _ => {
                 let found = self.found();
-                let hint = if found.starts_with('`') && found.len() > 3 && found.as_bytes()[1].is_ascii_alphabetic() {
+                let hint = if found.starts_with('`')
+                    && found.len() > 3
+                    && found.as_bytes()[1].is_ascii_alphabetic()
+                {
                     " (strings must be in double quotes)"
                 } else {
                     ""
@@ -180,7 +207,13 @@ impl Parser<'_> {
                 return Err(self.err_here(&format!("expected a value, found {found}{hint}")));
             }
         };
-        Ok(Value { kind, span: Span { start, end: self.pos } })
+        Ok(Value {
+            kind,
+            span: Span {
+                start,
+                end: self.pos,
+            },
+        })
     }
 
     fn literal(&mut self, len: usize, kind: Kind) -> Kind {
@@ -208,25 +241,48 @@ impl Parser<'_> {
                 }
                 Some(b'"') => {}
                 Some(b',') => {
-                    let what = if members.is_empty() { "a leading" } else { "a second" };
-                    return Err(self.err_here(&format!("expected a quoted key or `}}`, found {what} `,`")));
+                    let what = if members.is_empty() {
+                        "a leading"
+                    } else {
+                        "a second"
+                    };
+                    return Err(
+                        self.err_here(&format!("expected a quoted key or `}}`, found {what} `,`"))
+                    );
                 }
                 _ => {
                     let found = self.found();
-                    return Err(self.err_here(&format!("expected a quoted key or `}}`, found {found}")));
+                    return Err(
+                        self.err_here(&format!("expected a quoted key or `}}`, found {found}"))
+                    );
                 }
             }
             let kstart = self.pos;
             let name = self.string()?;
-            let key = Key { name, span: Span { start: kstart, end: self.pos } };
+            let key = Key {
+                name,
+                span: Span {
+                    start: kstart,
+                    end: self.pos,
+                },
+            };
             if let Some((first, _)) = members.iter().find(|(k, _)| k.name == key.name) {
                 let line = line_col(self.src, first.span.start).0;
-                return Err(self.err_at(kstart, &format!("duplicate key \"{}\" (first given on line {line})", key.name)));
+                return Err(self.err_at(
+                    kstart,
+                    &format!(
+                        "duplicate key \"{}\" (first given on line {line})",
+                        key.name
+                    ),
+                ));
             }
             self.skip_trivia()?;
             if self.peek() != Some(b':') {
                 let found = self.found();
-                return Err(self.err_here(&format!("expected `:` after key \"{}\", found {found}", key.name)));
+                return Err(self.err_here(&format!(
+                    "expected `:` after key \"{}\", found {found}",
+                    key.name
+                )));
             }
             self.pos += 1;
             self.skip_trivia()?;
@@ -238,7 +294,9 @@ impl Parser<'_> {
                 Some(b'}') => {}
                 _ => {
                     let found = self.found();
-                    return Err(self.err_here(&format!("expected `,` or `}}` after an object member, found {found}")));
+                    return Err(self.err_here(&format!(
+                        "expected `,` or `}}` after an object member, found {found}"
+                    )));
                 }
             }
         }
@@ -256,8 +314,14 @@ impl Parser<'_> {
                     return Ok(Kind::Array(items));
                 }
                 Some(b',') => {
-                    let what = if items.is_empty() { "a leading" } else { "a second" };
-                    return Err(self.err_here(&format!("expected a value or `]`, found {what} `,`")));
+                    let what = if items.is_empty() {
+                        "a leading"
+                    } else {
+                        "a second"
+                    };
+                    return Err(
+                        self.err_here(&format!("expected a value or `]`, found {what} `,`"))
+                    );
                 }
                 None => return Err(self.err_here("expected a value or `]`, found end of input")),
                 Some(b'}' | b':') => {
@@ -273,7 +337,9 @@ impl Parser<'_> {
                 Some(b']') => {}
                 _ => {
                     let found = self.found();
-                    return Err(self.err_here(&format!("expected `,` or `]` after an array element, found {found}")));
+                    return Err(self.err_here(&format!(
+                        "expected `,` or `]` after an array element, found {found}"
+                    )));
                 }
             }
         }
@@ -296,7 +362,9 @@ impl Parser<'_> {
                 '\\' => {
                     let esc_at = self.pos;
                     let Some(&e) = self.bytes.get(self.pos + 1) else {
-                        return Err(self.err_at(start, "unterminated string: expected a closing `\"`"));
+                        return Err(
+                            self.err_at(start, "unterminated string: expected a closing `\"`")
+                        );
                     };
                     self.pos += 2;
                     match e {
@@ -318,7 +386,11 @@ impl Parser<'_> {
                     }
                 }
                 c if (c as u32) < 0x20 => {
-                    let what = if c == '\n' { "a line break" } else { "a control character" };
+                    let what = if c == '\n' {
+                        "a line break"
+                    } else {
+                        "a control character"
+                    };
                     return Err(self.err_here(&format!(
                         "expected a closing `\"` before {what} (write it escaped, e.g. \\n)"
                     )));
@@ -344,18 +416,29 @@ impl Parser<'_> {
         let hi = self.hex4(esc_at)?;
         let code = if (0xD800..0xDC00).contains(&hi) {
             if !self.bytes[self.pos..].starts_with(b"\\u") {
-                return Err(self.err_at(esc_at, "invalid escape: a high surrogate must be followed by \\uDC00-\\uDFFF"));
+                return Err(self.err_at(
+                    esc_at,
+                    "invalid escape: a high surrogate must be followed by \\uDC00-\\uDFFF",
+                ));
             }
             self.pos += 2;
             let lo = self.hex4(esc_at)?;
             if !(0xDC00..0xE000).contains(&lo) {
-                return Err(self.err_at(esc_at, "invalid escape: a high surrogate must be followed by \\uDC00-\\uDFFF"));
+                return Err(self.err_at(
+                    esc_at,
+                    "invalid escape: a high surrogate must be followed by \\uDC00-\\uDFFF",
+                ));
             }
             0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
         } else {
             hi
         };
-        char::from_u32(code).ok_or_else(|| self.err_at(esc_at, "invalid escape: a lone surrogate is not a character"))
+        char::from_u32(code).ok_or_else(|| {
+            self.err_at(
+                esc_at,
+                "invalid escape: a lone surrogate is not a character",
+            )
+        })
     }
 
     fn number(&mut self) -> Result<Kind, SyntaxError> {
@@ -397,7 +480,9 @@ impl Parser<'_> {
                 return Err(self.err_here("invalid number: expected a digit in the exponent"));
             }
         }
-        Ok(Kind::Number(self.src.get(start..self.pos).unwrap_or("").to_string()))
+        Ok(Kind::Number(
+            self.src.get(start..self.pos).unwrap_or("").to_string(),
+        ))
     }
 }
 
@@ -407,8 +492,13 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (u32, u32) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = text.get(line_start..offset).map_or(1, |s| s.chars().count() + 1);
-    (u32::try_from(line).unwrap_or(u32::MAX), u32::try_from(column).unwrap_or(u32::MAX))
+    let column = text
+        .get(line_start..offset)
+        .map_or(1, |s| s.chars().count() + 1);
+    (
+        u32::try_from(line).unwrap_or(u32::MAX),
+        u32::try_from(column).unwrap_or(u32::MAX),
+    )
 }
 
 /// Renders a string as a JSON string literal (for messages and rule text).
@@ -442,7 +532,8 @@ mod tests {
 
     #[test]
     fn comments_and_trailing_commas_are_accepted() {
-        let v = parse("// top\n{ /* a */ \"a\": [1, 2,], // x\n \"b\": {\"c\": null,}, }\n").unwrap();
+        let v =
+            parse("// top\n{ /* a */ \"a\": [1, 2,], // x\n \"b\": {\"c\": null,}, }\n").unwrap();
         let Kind::Object(m) = v.kind else { panic!() };
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].0.name, "a");
@@ -453,27 +544,68 @@ mod tests {
     fn loose_json5_forms_are_rejected_with_positions() {
         assert_eq!(err("{acls: []}").0..=err("{acls: []}").1, 1..=2);
         assert!(err("{acls: []}").2.contains("expected a quoted key"));
-        assert_eq!(err("{\"a\": 'x'}").2, "expected a value, found `'` (strings use double quotes)");
-        assert_eq!(err("[1,,2]"), (1, 4, "expected a value or `]`, found a second `,`".into()));
-        assert_eq!(err("[0x10]").2, "expected `,` or `]` after an array element, found `x10`");
+        assert_eq!(
+            err("{\"a\": 'x'}").2,
+            "expected a value, found `'` (strings use double quotes)"
+        );
+        assert_eq!(
+            err("[1,,2]"),
+            (1, 4, "expected a value or `]`, found a second `,`".into())
+        );
+        assert_eq!(
+            err("[0x10]").2,
+            "expected `,` or `]` after an array element, found `x10`"
+        );
         assert_eq!(err("[+1]").2, "expected a value, found `+`");
         assert_eq!(err("[01]").2, "invalid number: no leading zeros");
-        assert_eq!(err("{\"a\": 1 \"b\": 2}"), (1, 9, "expected `,` or `}` after an object member, found `\"`".into()));
-        assert_eq!(err("{} {}").2, "expected end of input after the top-level value, found `{`");
-        assert_eq!(err("  \n ").2, "expected a JSON value, found end of input (the document is empty)");
-        assert_eq!(err("{\"a\": tru}").2, "expected a value, found `tru` (strings must be in double quotes)");
+        assert_eq!(
+            err("{\"a\": 1 \"b\": 2}"),
+            (
+                1,
+                9,
+                "expected `,` or `}` after an object member, found `\"`".into()
+            )
+        );
+        assert_eq!(
+            err("{} {}").2,
+            "expected end of input after the top-level value, found `{`"
+        );
+        assert_eq!(
+            err("  \n ").2,
+            "expected a JSON value, found end of input (the document is empty)"
+        );
+        assert_eq!(
+            err("{\"a\": tru}").2,
+            "expected a value, found `tru` (strings must be in double quotes)"
+        );
     }
 
     #[test]
     fn unterminated_things_point_at_their_start() {
-        assert_eq!(err("{\n  \"a\": \"abc\n}"), (2, 12, "expected a closing `\"` before a line break (write it escaped, e.g. \\n)".into()));
-        assert_eq!(err("{\n /* open\n"), (2, 2, "unterminated block comment: expected `*/`".into()));
-        assert_eq!(err("[\"ab"), (1, 2, "unterminated string: expected a closing `\"`".into()));
+        assert_eq!(
+            err("{\n  \"a\": \"abc\n}"),
+            (
+                2,
+                12,
+                "expected a closing `\"` before a line break (write it escaped, e.g. \\n)".into()
+            )
+        );
+        assert_eq!(
+            err("{\n /* open\n"),
+            (2, 2, "unterminated block comment: expected `*/`".into())
+        );
+        assert_eq!(
+            err("[\"ab"),
+            (1, 2, "unterminated string: expected a closing `\"`".into())
+        );
     }
 
     #[test]
     fn duplicate_keys_are_rejected_at_the_second_key() {
-        assert_eq!(err("{\n\"a\": 1,\n  \"a\": 2}"), (3, 3, "duplicate key \"a\" (first given on line 2)".into()));
+        assert_eq!(
+            err("{\n\"a\": 1,\n  \"a\": 2}"),
+            (3, 3, "duplicate key \"a\" (first given on line 2)".into())
+        );
     }
 
     #[test]
@@ -483,7 +615,10 @@ mod tests {
         assert_eq!(a[0].kind, Kind::String("é😀\n".into()));
         assert_eq!(err("[\"é\", x]").1, 7);
         assert_eq!(err(r#"["\x"]"#).1, 3);
-        assert_eq!(err(r#"["\ud83d"]"#).2, "invalid escape: a high surrogate must be followed by \\uDC00-\\uDFFF");
+        assert_eq!(
+            err(r#"["\ud83d"]"#).2,
+            "invalid escape: a high surrogate must be followed by \\uDC00-\\uDFFF"
+        );
     }
 
     #[test]
@@ -515,7 +650,11 @@ mod tests {
             Kind::Number(n) => serde_json::from_str(n).unwrap(),
             Kind::String(s) => serde_json::Value::String(s.clone()),
             Kind::Array(a) => serde_json::Value::Array(a.iter().map(to_serde).collect()),
-            Kind::Object(m) => serde_json::Value::Object(m.iter().map(|(k, v)| (k.name.clone(), to_serde(v))).collect()),
+            Kind::Object(m) => serde_json::Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.name.clone(), to_serde(v)))
+                    .collect(),
+            ),
         }
     }
 

@@ -35,10 +35,10 @@ pub mod tailnet;
 
 pub use checks::{TestReport, TestResult};
 pub use compile::{CompiledTailnet, compile, compile_all};
-pub use explain::{Explanation, ExplainError, Verdict, explain, explain_query};
-pub use offline::{CheckReport, ExplainReport, Outcome, Source, offline_check, offline_explain};
-pub use ssh::{LocalAccount, RejectReason, SshDecision, authorize_ssh};
 pub use error::{ErrorKind, PolicyError, TailnetError};
+pub use explain::{ExplainError, Explanation, Verdict, explain, explain_query};
+pub use offline::{CheckReport, ExplainReport, Outcome, Source, offline_check, offline_explain};
 pub use policy::{DEFAULT_POLICY, Policy};
+pub use ssh::{LocalAccount, RejectReason, SshDecision, authorize_ssh};
 pub use syntax::proto_name;
 pub use tailnet::{Endpoint, Node, NodeId, Role, Tailnet, User};

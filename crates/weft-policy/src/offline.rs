@@ -107,11 +107,20 @@ fn load(policy: Source<'_>, nodes: Source<'_>) -> Result<(Policy, Tailnet), Stri
 #[must_use]
 pub fn offline_check(policy: Source<'_>, nodes: Source<'_>) -> CheckReport {
     match load(policy, nodes) {
-        Err(error) => CheckReport { outcome: Outcome::Invalid, error: Some(error), tests: None, tailnet_size: (0, 0) },
+        Err(error) => CheckReport {
+            outcome: Outcome::Invalid,
+            error: Some(error),
+            tests: None,
+            tailnet_size: (0, 0),
+        },
         Ok((p, t)) => {
             let report = p.run_tests(&t);
             CheckReport {
-                outcome: if report.passed() { Outcome::Ok } else { Outcome::Failed },
+                outcome: if report.passed() {
+                    Outcome::Ok
+                } else {
+                    Outcome::Failed
+                },
                 error: None,
                 tests: Some(report),
                 tailnet_size: (t.users().len(), t.nodes().len()),
@@ -123,15 +132,29 @@ pub fn offline_check(policy: Source<'_>, nodes: Source<'_>) -> CheckReport {
 /// Answers `explain` offline: `src` is a node name, login or address; `dst`
 /// is `TARGET:PORT`; `proto` defaults to tcp.
 #[must_use]
-pub fn offline_explain(policy: Source<'_>, nodes: Source<'_>, src: &str, dst: &str, proto: Option<&str>) -> ExplainReport {
-    let invalid = |error: String| ExplainReport { outcome: Outcome::Invalid, error: Some(error), explanation: None };
+pub fn offline_explain(
+    policy: Source<'_>,
+    nodes: Source<'_>,
+    src: &str,
+    dst: &str,
+    proto: Option<&str>,
+) -> ExplainReport {
+    let invalid = |error: String| ExplainReport {
+        outcome: Outcome::Invalid,
+        error: Some(error),
+        explanation: None,
+    };
     let (p, t) = match load(policy, nodes) {
         Ok(x) => x,
         Err(e) => return invalid(e),
     };
     match explain_query(&p, &t, src, dst, proto) {
         Ok(x) => ExplainReport {
-            outcome: if x.verdict == Verdict::Allowed { Outcome::Ok } else { Outcome::Failed },
+            outcome: if x.verdict == Verdict::Allowed {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            },
             error: None,
             explanation: Some(x),
         },

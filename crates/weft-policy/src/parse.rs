@@ -12,8 +12,8 @@ use weft_types::filter::{CheckPeriod, PortRange, proto};
 use crate::error::{ErrorKind, PolicyError};
 use crate::hujson::{self, Key, Kind, Span, Value};
 use crate::policy::{
-    AclRule, AclTest, DstEntry, Item, Loc, Policy, Selector, SshRuleAction, SshRuleSpec, SshTest, TagOwner,
-    TestDst,
+    AclRule, AclTest, DstEntry, Item, Loc, Policy, Selector, SshRuleAction, SshRuleSpec, SshTest,
+    TagOwner, TestDst,
 };
 use crate::syntax::{self, Names, Place};
 
@@ -28,7 +28,11 @@ pub(crate) struct Fail {
 pub(crate) type R<T> = Result<T, Fail>;
 
 pub(crate) fn fail(span: Span, path: &str, kind: ErrorKind) -> Fail {
-    Fail { offset: span.start, path: path.to_string(), kind }
+    Fail {
+        offset: span.start,
+        path: path.to_string(),
+        kind,
+    }
 }
 
 /// Maps byte offsets to lines and columns.
@@ -47,39 +51,77 @@ impl<'a> Lines<'a> {
     pub(crate) fn line_col(&self, offset: usize) -> (u32, u32) {
         let line = self.starts.partition_point(|&s| s <= offset).max(1);
         let start = self.starts.get(line - 1).copied().unwrap_or(0);
-        let col = self.text.get(start..offset.min(self.text.len())).map_or(1, |s| s.chars().count() + 1);
-        (u32::try_from(line).unwrap_or(u32::MAX), u32::try_from(col).unwrap_or(u32::MAX))
+        let col = self
+            .text
+            .get(start..offset.min(self.text.len()))
+            .map_or(1, |s| s.chars().count() + 1);
+        (
+            u32::try_from(line).unwrap_or(u32::MAX),
+            u32::try_from(col).unwrap_or(u32::MAX),
+        )
     }
 
     pub(crate) fn loc(&self, span: Span) -> Loc {
         let (line, column) = self.line_col(span.start);
-        Loc { line, column, start: span.start, end: span.end }
+        Loc {
+            line,
+            column,
+            start: span.start,
+            end: span.end,
+        }
     }
 
     pub(crate) fn error(&self, source_name: &str, f: Fail) -> PolicyError {
         let (line, column) = self.line_col(f.offset);
-        PolicyError { source_name: source_name.to_string(), line, column, path: f.path, kind: f.kind }
+        PolicyError {
+            source_name: source_name.to_string(),
+            line,
+            column,
+            path: f.path,
+            kind: f.kind,
+        }
     }
 }
 
 pub(crate) fn as_object<'v>(v: &'v Value, path: &str) -> R<&'v [(Key, Value)]> {
     match &v.kind {
         Kind::Object(m) => Ok(m),
-        k => Err(fail(v.span, path, ErrorKind::WrongType { expected: "an object", found: k.describe() })),
+        k => Err(fail(
+            v.span,
+            path,
+            ErrorKind::WrongType {
+                expected: "an object",
+                found: k.describe(),
+            },
+        )),
     }
 }
 
 pub(crate) fn as_array<'v>(v: &'v Value, path: &str) -> R<&'v [Value]> {
     match &v.kind {
         Kind::Array(a) => Ok(a),
-        k => Err(fail(v.span, path, ErrorKind::WrongType { expected: "an array", found: k.describe() })),
+        k => Err(fail(
+            v.span,
+            path,
+            ErrorKind::WrongType {
+                expected: "an array",
+                found: k.describe(),
+            },
+        )),
     }
 }
 
 pub(crate) fn as_str<'v>(v: &'v Value, path: &str) -> R<&'v str> {
     match &v.kind {
         Kind::String(s) => Ok(s),
-        k => Err(fail(v.span, path, ErrorKind::WrongType { expected: "a string", found: k.describe() })),
+        k => Err(fail(
+            v.span,
+            path,
+            ErrorKind::WrongType {
+                expected: "a string",
+                found: k.describe(),
+            },
+        )),
     }
 }
 
@@ -95,46 +137,107 @@ pub(crate) fn fields<'v>(
         if allowed.contains(&k.name.as_str()) {
             out.push((k.name.as_str(), v));
         } else if let Some((_, hint)) = unsupported.iter().find(|(name, _)| *name == k.name) {
-            return Err(fail(k.span, path, ErrorKind::Unsupported { field: k.name.clone(), hint }));
+            return Err(fail(
+                k.span,
+                path,
+                ErrorKind::Unsupported {
+                    field: k.name.clone(),
+                    hint,
+                },
+            ));
         } else {
-            return Err(fail(k.span, path, ErrorKind::UnknownField { field: k.name.clone(), expected: allowed.to_vec() }));
+            return Err(fail(
+                k.span,
+                path,
+                ErrorKind::UnknownField {
+                    field: k.name.clone(),
+                    expected: allowed.to_vec(),
+                },
+            ));
         }
     }
     Ok(out)
 }
 
 fn join(path: &str, field: &str) -> String {
-    if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
 }
 
-const TOP_LEVEL: &[&str] = &["groups", "tagOwners", "hosts", "acls", "ssh", "tests", "sshTests"];
+const TOP_LEVEL: &[&str] = &[
+    "groups",
+    "tagOwners",
+    "hosts",
+    "acls",
+    "ssh",
+    "tests",
+    "sshTests",
+];
 const TOP_LEVEL_UNSUPPORTED: &[(&str, &str)] = &[
-    ("grants", "write the rules as \"acls\" (grants are not implemented yet)"),
-    ("ipsets", "list the addresses or CIDRs in the rules or as \"hosts\""),
+    (
+        "grants",
+        "write the rules as \"acls\" (grants are not implemented yet)",
+    ),
+    (
+        "ipsets",
+        "list the addresses or CIDRs in the rules or as \"hosts\"",
+    ),
     ("postures", "device posture checks are not implemented"),
-    ("defaultSrcPosture", "device posture checks are not implemented"),
-    ("autoApprovers", "approve routes and exit nodes with weft-control"),
+    (
+        "defaultSrcPosture",
+        "device posture checks are not implemented",
+    ),
+    (
+        "autoApprovers",
+        "approve routes and exit nodes with weft-control",
+    ),
     ("nodeAttrs", "node attributes are not implemented"),
-    ("derpMap", "relays are configured on the control server, not in the policy"),
-    ("disableIPv4", "every node always gets an IPv4 and an IPv6 address"),
-    ("randomizeClientPort", "set the UDP port on each node with `weft set --port`"),
+    (
+        "derpMap",
+        "relays are configured on the control server, not in the policy",
+    ),
+    (
+        "disableIPv4",
+        "every node always gets an IPv4 and an IPv6 address",
+    ),
+    (
+        "randomizeClientPort",
+        "set the UDP port on each node with `weft set --port`",
+    ),
     ("OneCGNATRoute", "routes are not configured in the policy"),
 ];
 
 pub(crate) fn parse_policy(source_name: &str, text: &str) -> Result<Policy, PolicyError> {
     let lines = Lines::new(text);
     let root = hujson::parse(text).map_err(|e| {
-        lines.error(source_name, Fail { offset: e.offset, path: String::new(), kind: ErrorKind::Syntax(e.message) })
+        lines.error(
+            source_name,
+            Fail {
+                offset: e.offset,
+                path: String::new(),
+                kind: ErrorKind::Syntax(e.message),
+            },
+        )
     })?;
-    parse_root(text, &lines, &root).map_err(|f| lines.error(source_name, f)).map(|mut p| {
-        p.source_name = source_name.to_string();
-        p
-    })
+    parse_root(text, &lines, &root)
+        .map_err(|f| lines.error(source_name, f))
+        .map(|mut p| {
+            p.source_name = source_name.to_string();
+            p
+        })
 }
 
 fn parse_root(text: &str, lines: &Lines<'_>, root: &Value) -> R<Policy> {
-    let obj = as_object(root, "")
-        .map_err(|f| Fail { kind: ErrorKind::Invalid(format!("the policy must be a JSON object {{…}}; {}", f.kind)), ..f })?;
+    let obj = as_object(root, "").map_err(|f| Fail {
+        kind: ErrorKind::Invalid(format!(
+            "the policy must be a JSON object {{…}}; {}",
+            f.kind
+        )),
+        ..f
+    })?;
     let top = fields(obj, "", TOP_LEVEL, TOP_LEVEL_UNSUPPORTED)?;
     let section = |name: &str| top.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
     let mut errors: Vec<Fail> = Vec::new();
@@ -171,7 +274,11 @@ fn parse_root(text: &str, lines: &Lines<'_>, root: &Value) -> R<Policy> {
             Err(f) => errors.push(f),
         }
     }
-    let names = Names { groups: &group_names, tags: &tag_names, hosts: &host_names };
+    let names = Names {
+        groups: &group_names,
+        tags: &tag_names,
+        hosts: &host_names,
+    };
 
     let mut tag_owners = BTreeMap::new();
     if let Some(v) = section("tagOwners") {
@@ -196,14 +303,18 @@ fn parse_root(text: &str, lines: &Lines<'_>, root: &Value) -> R<Policy> {
     }
     let mut tests = Vec::new();
     if let Some(v) = section("tests") {
-        match list(v, "tests", |item, path| parse_test(item, path, &names, lines)) {
+        match list(v, "tests", |item, path| {
+            parse_test(item, path, &names, lines)
+        }) {
             Ok(t) => tests = t,
             Err(f) => errors.push(f),
         }
     }
     let mut ssh_tests = Vec::new();
     if let Some(v) = section("sshTests") {
-        match list(v, "sshTests", |item, path| parse_ssh_test(item, path, &names, lines)) {
+        match list(v, "sshTests", |item, path| {
+            parse_ssh_test(item, path, &names, lines)
+        }) {
             Ok(t) => ssh_tests = t,
             Err(f) => errors.push(f),
         }
@@ -225,7 +336,11 @@ fn parse_root(text: &str, lines: &Lines<'_>, root: &Value) -> R<Policy> {
 }
 
 fn list<T>(v: &Value, path: &str, mut each: impl FnMut(&Value, &str) -> R<T>) -> R<Vec<T>> {
-    as_array(v, path)?.iter().enumerate().map(|(i, item)| each(item, &format!("{path}[{i}]"))).collect()
+    as_array(v, path)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| each(item, &format!("{path}[{i}]")))
+        .collect()
 }
 
 fn parse_groups(m: &[(Key, Value)]) -> R<BTreeMap<String, Vec<String>>> {
@@ -244,7 +359,10 @@ fn parse_groups(m: &[(Key, Value)]) -> R<BTreeMap<String, Vec<String>>> {
                 return Err(fail(
                     mv.span,
                     &p,
-                    ErrorKind::NotAllowedHere { name: s.to_string(), reason: "groups list user logins only" },
+                    ErrorKind::NotAllowedHere {
+                        name: s.to_string(),
+                        reason: "groups list user logins only",
+                    },
                 ));
             }
             syntax::user_login(s).map_err(|e| fail(mv.span, &p, e))?;
@@ -294,7 +412,9 @@ fn parse_tag_owners(v: &Value, names: &Names<'_>) -> R<BTreeMap<String, Vec<TagO
                         },
                     ));
                 }
-                _ => match syntax::selector(s, Place::AclSrc, names).map_err(|e| fail(item.span, &p, e))? {
+                _ => match syntax::selector(s, Place::AclSrc, names)
+                    .map_err(|e| fail(item.span, &p, e))?
+                {
                     Selector::User(u) => TagOwner::User(u),
                     Selector::Group(g) => TagOwner::Group(g),
                     Selector::Tag(t) => TagOwner::Tag(t),
@@ -317,7 +437,11 @@ fn parse_tag_owners(v: &Value, names: &Names<'_>) -> R<BTreeMap<String, Vec<TagO
     Ok(out)
 }
 
-fn strings<'v>(v: &'v Value, path: &str, what: &'static str) -> R<Vec<(&'v str, &'v Value, String)>> {
+fn strings<'v>(
+    v: &'v Value,
+    path: &str,
+    what: &'static str,
+) -> R<Vec<(&'v str, &'v Value, String)>> {
     let items = as_array(v, path)?;
     if items.is_empty() {
         return Err(fail(v.span, path, ErrorKind::Empty(what)));
@@ -333,10 +457,21 @@ fn strings<'v>(v: &'v Value, path: &str, what: &'static str) -> R<Vec<(&'v str, 
 }
 
 fn item<T>(value: T, text: &str, v: &Value, lines: &Lines<'_>) -> Item<T> {
-    Item { value, text: text.to_string(), loc: lines.loc(v.span) }
+    Item {
+        value,
+        text: text.to_string(),
+        loc: lines.loc(v.span),
+    }
 }
 
-fn selectors(v: &Value, path: &str, what: &'static str, place: Place, names: &Names<'_>, lines: &Lines<'_>) -> R<Vec<Item<Selector>>> {
+fn selectors(
+    v: &Value,
+    path: &str,
+    what: &'static str,
+    place: Place,
+    names: &Names<'_>,
+    lines: &Lines<'_>,
+) -> R<Vec<Item<Selector>>> {
     strings(v, path, what)?
         .into_iter()
         .map(|(s, sv, p)| {
@@ -361,7 +496,14 @@ fn action(v: &Value, path: &str, allowed: &'static [&'static str]) -> R<String> 
     if allowed.contains(&s) {
         Ok(s.to_string())
     } else {
-        Err(fail(v.span, path, ErrorKind::BadAction { found: s.to_string(), allowed }))
+        Err(fail(
+            v.span,
+            path,
+            ErrorKind::BadAction {
+                found: s.to_string(),
+                allowed,
+            },
+        ))
     }
 }
 
@@ -371,7 +513,12 @@ fn require<T>(v: Option<T>, span: Span, path: &str, field: &'static str) -> R<T>
 
 fn parse_acl(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<AclRule> {
     let obj = as_object(v, path)?;
-    let members = fields(obj, path, &["action", "src", "dst", "proto", "users", "ports"], &[])?;
+    let members = fields(
+        obj,
+        path,
+        &["action", "src", "dst", "proto", "users", "ports"],
+        &[],
+    )?;
     let (mut act, mut src, mut dst, mut protos) = (None, None, None, Vec::new());
     let mut proto_value = None;
     for (k, fv) in members {
@@ -380,13 +527,25 @@ fn parse_acl(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<A
             "action" => act = Some(action(fv, &p, &["accept"])?),
             "src" | "users" => {
                 if src.is_some() {
-                    return Err(fail(fv.span, &p, ErrorKind::Invalid("give either \"src\" or the legacy \"users\", not both".into())));
+                    return Err(fail(
+                        fv.span,
+                        &p,
+                        ErrorKind::Invalid(
+                            "give either \"src\" or the legacy \"users\", not both".into(),
+                        ),
+                    ));
                 }
                 src = Some(selectors(fv, &p, "src", Place::AclSrc, names, lines)?);
             }
             "dst" | "ports" => {
                 if dst.is_some() {
-                    return Err(fail(fv.span, &p, ErrorKind::Invalid("give either \"dst\" or the legacy \"ports\", not both".into())));
+                    return Err(fail(
+                        fv.span,
+                        &p,
+                        ErrorKind::Invalid(
+                            "give either \"dst\" or the legacy \"ports\", not both".into(),
+                        ),
+                    ));
                 }
                 dst = Some(dst_entries(fv, &p, names, lines)?);
             }
@@ -400,7 +559,9 @@ fn parse_acl(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<A
     require(act, v.span, path, "action")?;
     let src = require(src, v.span, path, "src")?;
     let dst = require(dst, v.span, path, "dst")?;
-    if let Some(name) = proto_value.filter(|_| !protos.is_empty() && !protos.iter().any(|p| proto::has_ports(*p))) {
+    if let Some(name) =
+        proto_value.filter(|_| !protos.is_empty() && !protos.iter().any(|p| proto::has_ports(*p)))
+    {
         for (j, d) in dst.iter().enumerate() {
             if d.value.ports.iter().any(|r| !r.is_all()) {
                 let (_, ports) = syntax::split_dst(&d.text).unwrap_or(("", ""));
@@ -415,10 +576,20 @@ fn parse_acl(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<A
             }
         }
     }
-    Ok(AclRule { loc: lines.loc(v.span), src, dst, protos })
+    Ok(AclRule {
+        loc: lines.loc(v.span),
+        src,
+        dst,
+        protos,
+    })
 }
 
-fn dst_entries(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<Vec<Item<DstEntry>>> {
+fn dst_entries(
+    v: &Value,
+    path: &str,
+    names: &Names<'_>,
+    lines: &Lines<'_>,
+) -> R<Vec<Item<DstEntry>>> {
     strings(v, path, "dst")?
         .into_iter()
         .map(|(s, sv, p)| {
@@ -445,7 +616,10 @@ fn parse_ssh(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<S
         obj,
         path,
         &["action", "src", "dst", "users", "checkPeriod"],
-        &[("acceptEnv", "sessions get a fixed environment; remove acceptEnv")],
+        &[(
+            "acceptEnv",
+            "sessions get a fixed environment; remove acceptEnv",
+        )],
     )?;
     let (mut act, mut src, mut dst, mut users, mut period) = (None, None, None, None, None);
     for (k, fv) in members {
@@ -457,22 +631,41 @@ fn parse_ssh(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<S
             "users" => {
                 let list = strings(fv, &p, "users")?
                     .into_iter()
-                    .map(|(s, uv, up)| Ok(item(syntax::ssh_user(s).map_err(|e| fail(uv.span, &up, e))?, s, uv, lines)))
+                    .map(|(s, uv, up)| {
+                        Ok(item(
+                            syntax::ssh_user(s).map_err(|e| fail(uv.span, &up, e))?,
+                            s,
+                            uv,
+                            lines,
+                        ))
+                    })
                     .collect::<R<Vec<_>>>()?;
                 users = Some(list);
             }
             "checkPeriod" => {
                 let s = as_str(fv, &p)?;
-                period = Some((syntax::check_period(s).map_err(|e| fail(fv.span, &p, e))?, fv.span, p));
+                period = Some((
+                    syntax::check_period(s).map_err(|e| fail(fv.span, &p, e))?,
+                    fv.span,
+                    p,
+                ));
             }
             _ => {}
         }
     }
     let (act, _) = require(act, v.span, path, "action")?;
     let action = match (act.as_str(), period) {
-        ("check", period) => SshRuleAction::Check(period.map_or(CheckPeriod::DEFAULT, |(p, _, _)| p)),
+        ("check", period) => {
+            SshRuleAction::Check(period.map_or(CheckPeriod::DEFAULT, |(p, _, _)| p))
+        }
         (_, Some((_, span, p))) => {
-            return Err(fail(span, &p, ErrorKind::Invalid("checkPeriod applies only to rules with \"action\": \"check\"".into())));
+            return Err(fail(
+                span,
+                &p,
+                ErrorKind::Invalid(
+                    "checkPeriod applies only to rules with \"action\": \"check\"".into(),
+                ),
+            ));
         }
         _ => SshRuleAction::Accept,
     };
@@ -515,28 +708,58 @@ fn parse_test(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<
             let tp = format!("{p}[{i}]");
             let s = as_str(tv, &tp)?;
             let (alias, port) = syntax::split_dst(s).map_err(|e| fail(tv.span, &tp, e))?;
-            let target = syntax::selector(alias, Place::TestEndpoint, names).map_err(|e| fail(tv.span, &tp, e))?;
-            let port = match syntax::ports(port).map_err(|e| fail(tv.span, &tp, e))?.as_slice() {
+            let target = syntax::selector(alias, Place::TestEndpoint, names)
+                .map_err(|e| fail(tv.span, &tp, e))?;
+            let port = match syntax::ports(port)
+                .map_err(|e| fail(tv.span, &tp, e))?
+                .as_slice()
+            {
                 [r] if r.first == r.last => r.first,
                 [r] if *r == PortRange::ALL && !proto::has_ports(proto_num) => 0,
                 _ => {
-                    return Err(fail(tv.span, &tp, ErrorKind::BadPort {
-                        text: port.to_string(),
-                        reason: "a test tries exactly one port, e.g. \"tag:web:443\"".to_string(),
-                    }));
+                    return Err(fail(
+                        tv.span,
+                        &tp,
+                        ErrorKind::BadPort {
+                            text: port.to_string(),
+                            reason: "a test tries exactly one port, e.g. \"tag:web:443\""
+                                .to_string(),
+                        },
+                    ));
                 }
             };
             let entry = item(TestDst { target, port }, s, tv, lines);
-            if is_accept { accept.push(entry) } else { deny.push(entry) }
+            if is_accept {
+                accept.push(entry)
+            } else {
+                deny.push(entry)
+            }
         }
     }
-    Ok(AclTest { loc: lines.loc(v.span), src, proto: proto_num, accept, deny })
+    Ok(AclTest {
+        loc: lines.loc(v.span),
+        src,
+        proto: proto_num,
+        accept,
+        deny,
+    })
 }
 
 fn parse_ssh_test(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<SshTest> {
     let obj = as_object(v, path)?;
     let members = fields(obj, path, &["src", "dst", "accept", "check", "deny"], &[])?;
-    let mut t = SshTest { loc: lines.loc(v.span), src: Item { value: Selector::Any, text: String::new(), loc: Loc::default() }, dst: Vec::new(), accept: Vec::new(), check: Vec::new(), deny: Vec::new() };
+    let mut t = SshTest {
+        loc: lines.loc(v.span),
+        src: Item {
+            value: Selector::Any,
+            text: String::new(),
+            loc: Loc::default(),
+        },
+        dst: Vec::new(),
+        accept: Vec::new(),
+        check: Vec::new(),
+        deny: Vec::new(),
+    };
     let (mut has_src, mut has_dst) = (false, false);
     for (k, fv) in members {
         let p = join(path, k);
@@ -551,7 +774,8 @@ fn parse_ssh_test(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -
                     return Err(fail(fv.span, &p, ErrorKind::Empty("dst")));
                 }
                 for (i, dv) in items.iter().enumerate() {
-                    t.dst.push(endpoint(dv, &format!("{p}[{i}]"), names, lines)?);
+                    t.dst
+                        .push(endpoint(dv, &format!("{p}[{i}]"), names, lines)?);
                 }
                 has_dst = true;
             }

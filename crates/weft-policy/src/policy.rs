@@ -127,7 +127,9 @@ impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Selector::Any => f.write_str("*"),
-            Selector::User(s) | Selector::Group(s) | Selector::Tag(s) | Selector::Host(s, _) => f.write_str(s),
+            Selector::User(s) | Selector::Group(s) | Selector::Tag(s) | Selector::Host(s, _) => {
+                f.write_str(s)
+            }
             Selector::Autogroup(a) => f.write_str(a.as_str()),
             Selector::Prefix(n) => {
                 if n.prefix_len() == n.max_prefix_len() {
@@ -389,7 +391,11 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
             }
             c if c.is_whitespace() => pending_space = true,
             c => {
-                if pending_space && !out.is_empty() && !matches!(c, ']' | '}' | ',' | ':') && !out.ends_with(['[', '{']) {
+                if pending_space
+                    && !out.is_empty()
+                    && !matches!(c, ']' | '}' | ',' | ':')
+                    && !out.ends_with(['[', '{'])
+                {
                     out.push(' ');
                 }
                 pending_space = false;

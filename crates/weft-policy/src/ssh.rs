@@ -65,10 +65,18 @@ pub enum RejectReason {
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RejectReason::SourceNotAllowed => f.write_str("tailnet policy does not permit you to SSH to this node"),
-            RejectReason::LoginNotAllowed => f.write_str("tailnet policy does not permit you to SSH to this node as this user"),
-            RejectReason::RootRefused => f.write_str("tailnet policy permits only non-root users here"),
-            RejectReason::NoSuchLocalUser(u) => write!(f, "local user \"{u}\" does not exist on this node"),
+            RejectReason::SourceNotAllowed => {
+                f.write_str("tailnet policy does not permit you to SSH to this node")
+            }
+            RejectReason::LoginNotAllowed => {
+                f.write_str("tailnet policy does not permit you to SSH to this node as this user")
+            }
+            RejectReason::RootRefused => {
+                f.write_str("tailnet policy permits only non-root users here")
+            }
+            RejectReason::NoSuchLocalUser(u) => {
+                write!(f, "local user \"{u}\" does not exist on this node")
+            }
         }
     }
 }
@@ -102,8 +110,13 @@ pub fn authorize_ssh(
             None | Some(LocalUser::NoMapping) => {
                 // `root` is kept out of a "same name, never root" rule by an
                 // explicit no-mapping entry: say so.
-                let nonroot_rule = rule.users.get(SSH_ANY_USER) == Some(&LocalUser::SameNameNonRoot);
-                note(if nonroot_rule { RejectReason::RootRefused } else { RejectReason::LoginNotAllowed });
+                let nonroot_rule =
+                    rule.users.get(SSH_ANY_USER) == Some(&LocalUser::SameNameNonRoot);
+                note(if nonroot_rule {
+                    RejectReason::RootRefused
+                } else {
+                    RejectReason::LoginNotAllowed
+                });
                 continue;
             }
             Some(LocalUser::Named(name)) => {
@@ -130,8 +143,17 @@ pub fn authorize_ssh(
             },
         };
         return match rule.action.mode {
-            SshMode::Accept => SshDecision::Accept { local_user: local, rule: i, action: rule.action },
-            SshMode::Check { period } => SshDecision::Check { local_user: local, period, rule: i, action: rule.action },
+            SshMode::Accept => SshDecision::Accept {
+                local_user: local,
+                rule: i,
+                action: rule.action,
+            },
+            SshMode::Check { period } => SshDecision::Check {
+                local_user: local,
+                period,
+                rule: i,
+                action: rule.action,
+            },
         };
     }
     SshDecision::Reject(reason)

@@ -28,7 +28,12 @@ pub(crate) enum Place {
     TestEndpoint,
 }
 
-const KNOWN_AUTOGROUPS: &[&str] = &["autogroup:member", "autogroup:tagged", "autogroup:admin", "autogroup:self"];
+const KNOWN_AUTOGROUPS: &[&str] = &[
+    "autogroup:member",
+    "autogroup:tagged",
+    "autogroup:admin",
+    "autogroup:self",
+];
 const TAILSCALE_ONLY_AUTOGROUPS: &[&str] = &[
     "autogroup:owner",
     "autogroup:it-admin",
@@ -43,18 +48,25 @@ const TAILSCALE_ONLY_AUTOGROUPS: &[&str] = &[
 /// Parses a selector (`*`, login, `group:`, `tag:`, `autogroup:`, host, IP, CIDR).
 pub(crate) fn selector(s: &str, place: Place, names: &Names<'_>) -> Result<Selector, ErrorKind> {
     let sel = selector_any_place(s, names)?;
-    let not_here = |reason: &'static str| Err(ErrorKind::NotAllowedHere { name: s.to_string(), reason });
+    let not_here = |reason: &'static str| {
+        Err(ErrorKind::NotAllowedHere {
+            name: s.to_string(),
+            reason,
+        })
+    };
     match (&sel, place) {
-        (Selector::Autogroup(Autogroup::SelfDevices), Place::AclSrc | Place::SshSrc) => {
-            not_here("autogroup:self is only valid in dst (it means \"the source user's own devices\")")
-        }
+        (Selector::Autogroup(Autogroup::SelfDevices), Place::AclSrc | Place::SshSrc) => not_here(
+            "autogroup:self is only valid in dst (it means \"the source user's own devices\")",
+        ),
         (Selector::Autogroup(Autogroup::SelfDevices), Place::TestEndpoint) => {
             not_here("tests name one identity: a user, tag, host or IP")
         }
         (Selector::Any | Selector::Group(_) | Selector::Autogroup(_), Place::TestEndpoint) => {
             not_here("tests name one identity: a user, tag, host or IP")
         }
-        (Selector::Host(_, net) | Selector::Prefix(net), Place::TestEndpoint) if net.prefix_len() != net.max_prefix_len() => {
+        (Selector::Host(_, net) | Selector::Prefix(net), Place::TestEndpoint)
+            if net.prefix_len() != net.max_prefix_len() =>
+        {
             not_here("tests name one address, not a range")
         }
         _ => Ok(sel),
@@ -79,20 +91,29 @@ fn selector_any_place(s: &str, names: &Names<'_>) -> Result<Selector, ErrorKind>
                 field: s.to_string(),
                 hint: "Weft knows autogroup:member, autogroup:tagged, autogroup:admin and autogroup:self",
             }),
-            _ => Err(ErrorKind::UnknownAutogroup { name: s.to_string(), known: KNOWN_AUTOGROUPS.to_vec() }),
+            _ => Err(ErrorKind::UnknownAutogroup {
+                name: s.to_string(),
+                known: KNOWN_AUTOGROUPS.to_vec(),
+            }),
         };
     }
     if s.starts_with("group:") {
         group_name(s)?;
         if !names.groups.contains_key(s) {
-            return Err(ErrorKind::UnknownGroup { name: s.to_string(), defined: names.groups.keys().cloned().collect() });
+            return Err(ErrorKind::UnknownGroup {
+                name: s.to_string(),
+                defined: names.groups.keys().cloned().collect(),
+            });
         }
         return Ok(Selector::Group(s.to_string()));
     }
     if s.starts_with("tag:") {
         tag_name(s)?;
         if !names.tags.iter().any(|t| t == s) {
-            return Err(ErrorKind::UnknownTag { name: s.to_string(), defined: names.tags.to_vec() });
+            return Err(ErrorKind::UnknownTag {
+                name: s.to_string(),
+                defined: names.tags.to_vec(),
+            });
         }
         return Ok(Selector::Tag(s.to_string()));
     }
@@ -106,7 +127,10 @@ fn selector_any_place(s: &str, names: &Names<'_>) -> Result<Selector, ErrorKind>
     if looks_like_address(s) {
         return address(s).map(Selector::Prefix);
     }
-    Err(ErrorKind::UnknownHost { name: s.to_string(), defined: names.hosts.keys().cloned().collect() })
+    Err(ErrorKind::UnknownHost {
+        name: s.to_string(),
+        defined: names.hosts.keys().cloned().collect(),
+    })
 }
 
 fn looks_like_address(s: &str) -> bool {
@@ -116,23 +140,32 @@ fn looks_like_address(s: &str) -> bool {
 /// Parses an IP address (as a full-length prefix) or a CIDR (host bits are
 /// cleared, as Tailscale does).
 pub(crate) fn address(s: &str) -> Result<IpNet, ErrorKind> {
-    let bad = |reason| Err(ErrorKind::BadAddress { text: s.to_string(), reason });
+    let bad = |reason| {
+        Err(ErrorKind::BadAddress {
+            text: s.to_string(),
+            reason,
+        })
+    };
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
     }
     match s.split_once('/') {
         Some((addr, len)) => {
-            let Ok(ip) = addr.parse::<IpAddr>() else { return bad("the part before `/` is not an IP address") };
+            let Ok(ip) = addr.parse::<IpAddr>() else {
+                return bad("the part before `/` is not an IP address");
+            };
             let max = if ip.is_ipv4() { 32 } else { 128 };
             match len.parse::<u8>() {
-                Ok(l) if l <= max && !len.starts_with('+') => {
-                    IpNet::new(ip, l).map(|n| n.trunc()).or_else(|_| bad("invalid prefix length"))
-                }
+                Ok(l) if l <= max && !len.starts_with('+') => IpNet::new(ip, l)
+                    .map(|n| n.trunc())
+                    .or_else(|_| bad("invalid prefix length")),
                 _ if ip.is_ipv4() => bad("the prefix length must be 0-32"),
                 _ => bad("the prefix length must be 0-128"),
             }
         }
-        None => bad("expected an IPv4 or IPv6 address such as 100.64.0.1, or a CIDR such as 10.0.0.0/8"),
+        None => {
+            bad("expected an IPv4 or IPv6 address such as 100.64.0.1, or a CIDR such as 10.0.0.0/8")
+        }
     }
 }
 
@@ -147,9 +180,19 @@ pub(crate) fn tag_name(s: &str) -> Result<(), ErrorKind> {
 }
 
 fn prefixed_name(s: &str, prefix: &str, what: &'static str) -> Result<(), ErrorKind> {
-    let bad = |reason| Err(ErrorKind::BadName { what, text: s.to_string(), reason });
+    let bad = |reason| {
+        Err(ErrorKind::BadName {
+            what,
+            text: s.to_string(),
+            reason,
+        })
+    };
     let Some(name) = s.strip_prefix(prefix) else {
-        return bad(if prefix == "tag:" { "tags start with \"tag:\"" } else { "group names start with \"group:\"" });
+        return bad(if prefix == "tag:" {
+            "tags start with \"tag:\""
+        } else {
+            "group names start with \"group:\""
+        });
     };
     let mut chars = name.chars();
     match chars.next() {
@@ -164,10 +207,20 @@ fn prefixed_name(s: &str, prefix: &str, what: &'static str) -> Result<(), ErrorK
 
 /// Checks a user login (`local@domain`).
 pub(crate) fn user_login(s: &str) -> Result<(), ErrorKind> {
-    let bad = |reason| Err(ErrorKind::BadName { what: "user login", text: s.to_string(), reason });
+    let bad = |reason| {
+        Err(ErrorKind::BadName {
+            what: "user login",
+            text: s.to_string(),
+            reason,
+        })
+    };
     match s.split_once('@') {
-        Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !domain.contains('@') => {
-            if s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':') {
+        Some((local, domain))
+            if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
+        {
+            if s.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+            {
                 bad("logins contain no spaces or `:`")
             } else {
                 Ok(())
@@ -179,7 +232,13 @@ pub(crate) fn user_login(s: &str) -> Result<(), ErrorKind> {
 
 /// Checks a host alias name (a key of `hosts`).
 pub(crate) fn host_name(s: &str) -> Result<(), ErrorKind> {
-    let bad = |reason| Err(ErrorKind::BadName { what: "host name", text: s.to_string(), reason });
+    let bad = |reason| {
+        Err(ErrorKind::BadName {
+            what: "host name",
+            text: s.to_string(),
+            reason,
+        })
+    };
     if s.is_empty() {
         return bad("the name is empty");
     }
@@ -190,7 +249,9 @@ pub(crate) fn host_name(s: &str) -> Result<(), ErrorKind> {
         return bad("a host name cannot look like an address");
     }
     if !s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
     {
         return bad("use letters, digits, `-`, `_` and `.`, starting with a letter or digit");
     }
@@ -213,7 +274,9 @@ pub(crate) fn split_dst(s: &str) -> Result<(&str, &str), ErrorKind> {
         Some((alias, ports)) if !alias.is_empty() && !alias.ends_with(':') => Ok((alias, ports)),
         _ => Err(ErrorKind::BadPort {
             text: s.to_string(),
-            reason: format!("a destination needs ports: write \"{s}:*\" for all ports or \"{s}:22\" for one"),
+            reason: format!(
+                "a destination needs ports: write \"{s}:*\" for all ports or \"{s}:22\" for one"
+            ),
         }),
     }
 }
@@ -241,9 +304,16 @@ pub(crate) fn ports(s: &str) -> Result<Vec<PortRange>, ErrorKind> {
 }
 
 fn port_number(p: &str, whole: &str) -> Result<u16, ErrorKind> {
-    let bad = |reason: String| Err(ErrorKind::BadPort { text: whole.to_string(), reason });
+    let bad = |reason: String| {
+        Err(ErrorKind::BadPort {
+            text: whole.to_string(),
+            reason,
+        })
+    };
     if p.is_empty() {
-        return bad("expected `*`, a port, a range like 8000-8099 or a comma-separated list".to_string());
+        return bad(
+            "expected `*`, a port, a range like 8000-8099 or a comma-separated list".to_string(),
+        );
     }
     if !p.bytes().all(|b| b.is_ascii_digit()) {
         return bad(format!("\"{p}\" is not a port number"));
@@ -271,7 +341,9 @@ pub(crate) fn protos(s: &str) -> Result<Vec<u8>, ErrorKind> {
         "esp" => 50,
         "ah" => 51,
         "fc" => 133,
-        n => n.parse::<u8>().map_err(|_| ErrorKind::BadProto(s.to_string()))?,
+        n => n
+            .parse::<u8>()
+            .map_err(|_| ErrorKind::BadProto(s.to_string()))?,
     };
     Ok(vec![one])
 }
@@ -296,7 +368,12 @@ pub fn proto_name(p: u8) -> String {
 
 /// Parses an SSH `users` entry.
 pub(crate) fn ssh_user(s: &str) -> Result<SshUser, ErrorKind> {
-    let bad = |reason| Err(ErrorKind::BadSshUser { text: s.to_string(), reason });
+    let bad = |reason| {
+        Err(ErrorKind::BadSshUser {
+            text: s.to_string(),
+            reason,
+        })
+    };
     if s == "root" {
         return Ok(SshUser::Root);
     }
@@ -305,12 +382,17 @@ pub(crate) fn ssh_user(s: &str) -> Result<SshUser, ErrorKind> {
     }
     if let Some(rest) = s.strip_prefix("autogroup:") {
         let _ = rest;
-        return Err(ErrorKind::UnknownAutogroup { name: s.to_string(), known: vec!["autogroup:nonroot"] });
+        return Err(ErrorKind::UnknownAutogroup {
+            name: s.to_string(),
+            known: vec!["autogroup:nonroot"],
+        });
     }
     if let Some(rest) = s.strip_prefix("localpart:") {
         return match rest.strip_prefix("*@") {
             Some(domain) if !domain.is_empty() && !domain.contains(['@', ' ', ':']) => {
-                Ok(SshUser::Localpart { domain: domain.to_string() })
+                Ok(SshUser::Localpart {
+                    domain: domain.to_string(),
+                })
             }
             _ => bad("expected localpart:*@example.com"),
         };
@@ -326,18 +408,29 @@ pub(crate) fn local_user_name(s: &str) -> Result<(), ErrorKind> {
     let ok = !s.is_empty()
         && s.len() <= 32
         && !s.starts_with('-')
-        && s.strip_suffix('$').unwrap_or(s).chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && s.strip_suffix('$')
+            .unwrap_or(s)
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
     } else {
-        Err(ErrorKind::BadSshUser { text: s.to_string(), reason: "not a valid local user name" })
+        Err(ErrorKind::BadSshUser {
+            text: s.to_string(),
+            reason: "not a valid local user name",
+        })
     }
 }
 
 /// Parses a `checkPeriod`: `always`, or a duration like `12h`, `30m`,
 /// `1h30m`, `90s`, between 1 minute and 168 hours.
 pub(crate) fn check_period(s: &str) -> Result<CheckPeriod, ErrorKind> {
-    let bad = |reason| Err(ErrorKind::BadCheckPeriod { text: s.to_string(), reason });
+    let bad = |reason| {
+        Err(ErrorKind::BadCheckPeriod {
+            text: s.to_string(),
+            reason,
+        })
+    };
     if s == "always" {
         return Ok(CheckPeriod::Always);
     }

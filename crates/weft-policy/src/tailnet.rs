@@ -15,7 +15,9 @@ use crate::parse::{Fail, Lines, R, as_array, as_object, as_str, fail, fields};
 use crate::syntax;
 
 /// A node's stable identifier in the control server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(pub u64);
 
 impl fmt::Display for NodeId {
@@ -65,18 +67,29 @@ impl Node {
     /// if tagged.
     #[must_use]
     pub fn owner(&self) -> Option<&str> {
-        if self.tags.is_empty() { self.user.as_deref() } else { None }
+        if self.tags.is_empty() {
+            self.user.as_deref()
+        } else {
+            None
+        }
     }
 
     /// Returns the node's addresses, IPv4 first.
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.ipv4.map(IpAddr::V4).into_iter().chain(self.ipv6.map(IpAddr::V6))
+        self.ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(IpAddr::V6))
     }
 
     /// Returns the address of the given family.
     #[must_use]
     pub fn address(&self, v4: bool) -> Option<IpAddr> {
-        if v4 { self.ipv4.map(IpAddr::V4) } else { self.ipv6.map(IpAddr::V6) }
+        if v4 {
+            self.ipv4.map(IpAddr::V4)
+        } else {
+            self.ipv6.map(IpAddr::V6)
+        }
     }
 
     /// Describes the identity for people: `alice@example.com` or `tag:a, tag:b`.
@@ -128,17 +141,31 @@ impl Tailnet {
             }
             for a in n.addresses() {
                 if let Some(&other) = t.by_addr.get(&a) {
-                    let first = t.nodes.get(other).map(|o| o.name.clone()).unwrap_or_default();
-                    return Err(TailnetError::DuplicateAddress { addr: a, first, second: n.name.clone() });
+                    let first = t
+                        .nodes
+                        .get(other)
+                        .map(|o| o.name.clone())
+                        .unwrap_or_default();
+                    return Err(TailnetError::DuplicateAddress {
+                        addr: a,
+                        first,
+                        second: n.name.clone(),
+                    });
                 }
                 t.by_addr.insert(a, i);
             }
             if let Some(tag) = n.tags.iter().find(|tag| syntax::tag_name(tag).is_err()) {
-                return Err(TailnetError::BadTag { node: n.name.clone(), tag: tag.clone() });
+                return Err(TailnetError::BadTag {
+                    node: n.name.clone(),
+                    tag: tag.clone(),
+                });
             }
             if let Some(u) = &n.user {
                 if !t.users.contains_key(u) {
-                    return Err(TailnetError::UnknownUser { node: n.name, user: u.clone() });
+                    return Err(TailnetError::UnknownUser {
+                        node: n.name,
+                        user: u.clone(),
+                    });
                 }
             } else if n.tags.is_empty() {
                 return Err(TailnetError::NoOwner(n.name));
@@ -171,7 +198,11 @@ impl Tailnet {
         let lines = Lines::new(text);
         let to_err = |f: Fail| TailnetError::Json(lines.error(source_name, f));
         let root = hujson::parse(text).map_err(|e| {
-            to_err(Fail { offset: e.offset, path: String::new(), kind: ErrorKind::Syntax(e.message) })
+            to_err(Fail {
+                offset: e.offset,
+                path: String::new(),
+                kind: ErrorKind::Syntax(e.message),
+            })
         })?;
         let (users, nodes) = nodes_json(&root).map_err(to_err)?;
         Tailnet::new(users, nodes)
@@ -228,8 +259,13 @@ impl Tailnet {
     }
 
     /// Nodes whose addresses lie in `net`, with the matching address.
-    pub(crate) fn nodes_in(&self, net: &ipnet::IpNet) -> impl Iterator<Item = (IpAddr, usize)> + '_ {
-        self.by_addr.range(net.network()..=net.broadcast()).map(|(a, i)| (*a, *i))
+    pub(crate) fn nodes_in(
+        &self,
+        net: &ipnet::IpNet,
+    ) -> impl Iterator<Item = (IpAddr, usize)> + '_ {
+        self.by_addr
+            .range(net.network()..=net.broadcast())
+            .map(|(a, i)| (*a, *i))
     }
 
     /// Resolves a `--src`/`--dst` string: a node name, a user login, or an
@@ -239,11 +275,21 @@ impl Tailnet {
     /// Names nothing in this tailnet; the message lists what exists.
     pub fn resolve(&self, s: &str) -> Result<Endpoint, String> {
         if let Some(n) = self.node_by_name(s) {
-            return Ok(Endpoint::Node { id: n.id, addr: None });
+            return Ok(Endpoint::Node {
+                id: n.id,
+                addr: None,
+            });
         }
-        if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        if let Ok(ip) = s
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             return Ok(match self.node_by_addr(ip) {
-                Some(n) => Endpoint::Node { id: n.id, addr: Some(ip) },
+                Some(n) => Endpoint::Node {
+                    id: n.id,
+                    addr: Some(ip),
+                },
                 None => Endpoint::Address(ip),
             });
         }
@@ -252,13 +298,19 @@ impl Tailnet {
                 return Ok(Endpoint::User(s.to_string()));
             }
             let known: Vec<&str> = self.users.keys().map(String::as_str).collect();
-            return Err(format!("no user \"{s}\" in the tailnet (users: {})", list_or_none(&known)));
+            return Err(format!(
+                "no user \"{s}\" in the tailnet (users: {})",
+                list_or_none(&known)
+            ));
         }
         if s.starts_with("tag:") {
             return Ok(Endpoint::Tag(s.to_string()));
         }
         let names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
-        Err(format!("\"{s}\" is not a node name, user login or IP address (nodes: {})", list_or_none(&names)))
+        Err(format!(
+            "\"{s}\" is not a node name, user login or IP address (nodes: {})",
+            list_or_none(&names)
+        ))
     }
 
     /// Resolves `TARGET:PORT` (IPv6 as `[addr]:port`); the port may be
@@ -270,19 +322,30 @@ impl Tailnet {
         let (target, port) = if let Some(rest) = s.strip_prefix('[') {
             match rest.split_once(']') {
                 Some((addr, "")) => (addr, None),
-                Some((addr, p)) => (addr, Some(p.strip_prefix(':').ok_or_else(|| format!("expected [address]:port, got \"{s}\""))?)),
+                Some((addr, p)) => (
+                    addr,
+                    Some(
+                        p.strip_prefix(':')
+                            .ok_or_else(|| format!("expected [address]:port, got \"{s}\""))?,
+                    ),
+                ),
                 None => return Err(format!("missing `]` in \"{s}\"")),
             }
         } else if s.parse::<IpAddr>().is_ok() {
             (s, None)
         } else {
             match s.rsplit_once(':') {
-                Some((t, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() => (t, Some(p)),
+                Some((t, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() => {
+                    (t, Some(p))
+                }
                 _ => (s, None),
             }
         };
         let port = match port {
-            Some(p) => Some(p.parse::<u16>().map_err(|_| format!("\"{p}\" is not a port number (0-65535)"))?),
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("\"{p}\" is not a port number (0-65535)"))?,
+            ),
             None => None,
         };
         Ok((self.resolve(target)?, port))
@@ -310,7 +373,11 @@ impl Tailnet {
 }
 
 fn list_or_none(items: &[&str]) -> String {
-    if items.is_empty() { "none".to_string() } else { items.join(", ") }
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// Something traffic comes from or goes to, as named on a command line.
@@ -358,14 +425,23 @@ fn nodes_json(root: &Value) -> R<(Vec<User>, Vec<Node>)> {
             continue;
         }
         for (i, item) in as_array(v, k)?.iter().enumerate() {
-            if let (Some(n), Kind::Object(m)) = (nodes.get(i), &item.kind) {
-                if let Some(u) = n.user.as_ref().filter(|u| !seen_users.contains(*u)) {
-                    let span = m.iter().find(|(k, _)| k.name == "user").map_or(item.span, |(_, v)| v.span);
+            if let (Some(n), Kind::Object(m)) = (nodes.get(i), &item.kind)
+                && let Some(u) = n.user.as_ref().filter(|u| !seen_users.contains(*u))
+            {
+                {
+                    let span = m
+                        .iter()
+                        .find(|(k, _)| k.name == "user")
+                        .map_or(item.span, |(_, v)| v.span);
                     let known: Vec<&str> = seen_users.iter().map(String::as_str).collect();
-                    return Err(fail(span, &format!("nodes[{i}].user"), ErrorKind::Invalid(format!(
-                        "unknown user \"{u}\": add {{\"login\": \"{u}\"}} to \"users\" (users: {})",
-                        list_or_none(&known)
-                    ))));
+                    return Err(fail(
+                        span,
+                        &format!("nodes[{i}].user"),
+                        ErrorKind::Invalid(format!(
+                            "unknown user \"{u}\": add {{\"login\": \"{u}\"}} to \"users\" (users: {})",
+                            list_or_none(&known)
+                        )),
+                    ));
                 }
             }
         }
@@ -373,7 +449,12 @@ fn nodes_json(root: &Value) -> R<(Vec<User>, Vec<Node>)> {
     Ok((users, nodes))
 }
 
-fn user_json(item: &Value, m: &[(hujson::Key, Value)], path: &str, seen: &mut BTreeSet<String>) -> R<User> {
+fn user_json(
+    item: &Value,
+    m: &[(hujson::Key, Value)],
+    path: &str,
+    seen: &mut BTreeSet<String>,
+) -> R<User> {
     let mut login = None;
     let mut role = Role::Member;
     for (k, v) in fields(m, path, &["login", "role"], &[])? {
@@ -382,14 +463,26 @@ fn user_json(item: &Value, m: &[(hujson::Key, Value)], path: &str, seen: &mut BT
         if k == "login" {
             syntax::user_login(s).map_err(|e| fail(v.span, &p, e))?;
             if !seen.insert(s.to_string()) {
-                return Err(fail(v.span, &p, ErrorKind::Invalid(format!("duplicate user \"{s}\""))));
+                return Err(fail(
+                    v.span,
+                    &p,
+                    ErrorKind::Invalid(format!("duplicate user \"{s}\"")),
+                ));
             }
             login = Some(s.to_string());
         } else {
             role = match s {
                 "admin" => Role::Admin,
                 "member" => Role::Member,
-                _ => return Err(fail(v.span, &p, ErrorKind::Invalid(format!("unknown role \"{s}\": expected \"admin\" or \"member\"")))),
+                _ => {
+                    return Err(fail(
+                        v.span,
+                        &p,
+                        ErrorKind::Invalid(format!(
+                            "unknown role \"{s}\": expected \"admin\" or \"member\""
+                        )),
+                    ));
+                }
             };
         }
     }
@@ -405,22 +498,50 @@ fn node_json(
     seen_names: &mut BTreeMap<String, ()>,
     seen_addrs: &mut BTreeMap<IpAddr, String>,
 ) -> R<Node> {
-    let mut n = Node { id: NodeId(index as u64 + 1), name: String::new(), user: None, tags: Vec::new(), ipv4: None, ipv6: None };
+    let mut n = Node {
+        id: NodeId(index as u64 + 1),
+        name: String::new(),
+        user: None,
+        tags: Vec::new(),
+        ipv4: None,
+        ipv6: None,
+    };
     let mut has_name = false;
-    for (k, v) in fields(m, path, &["id", "name", "user", "tags", "ipv4", "ipv6"], &[])? {
+    for (k, v) in fields(
+        m,
+        path,
+        &["id", "name", "user", "tags", "ipv4", "ipv6"],
+        &[],
+    )? {
         let p = format!("{path}.{k}");
         match k {
             "id" => match &v.kind {
-                Kind::Number(s) if s.parse::<u64>().is_ok() => n.id = NodeId(s.parse::<u64>().unwrap_or(0)),
-                _ => return Err(fail(v.span, &p, ErrorKind::Invalid("expected a non-negative integer id".into()))),
+                Kind::Number(s) if s.parse::<u64>().is_ok() => {
+                    n.id = NodeId(s.parse::<u64>().unwrap_or(0))
+                }
+                _ => {
+                    return Err(fail(
+                        v.span,
+                        &p,
+                        ErrorKind::Invalid("expected a non-negative integer id".into()),
+                    ));
+                }
             },
             "name" => {
                 let s = as_str(v, &p)?;
                 if s.is_empty() || s.contains(char::is_whitespace) {
-                    return Err(fail(v.span, &p, ErrorKind::Invalid("node names are non-empty, without spaces".into())));
+                    return Err(fail(
+                        v.span,
+                        &p,
+                        ErrorKind::Invalid("node names are non-empty, without spaces".into()),
+                    ));
                 }
                 if seen_names.insert(s.to_string(), ()).is_some() {
-                    return Err(fail(v.span, &p, ErrorKind::Invalid(format!("duplicate node name \"{s}\""))));
+                    return Err(fail(
+                        v.span,
+                        &p,
+                        ErrorKind::Invalid(format!("duplicate node name \"{s}\"")),
+                    ));
                 }
                 n.name = s.to_string();
                 has_name = true;
@@ -450,12 +571,24 @@ fn node_json(
                         a
                     }
                     _ => {
-                        let want = if k == "ipv4" { "an IPv4 address such as 100.64.0.5" } else { "an IPv6 address such as fd13:b027:8801::5" };
-                        return Err(fail(v.span, &p, ErrorKind::Invalid(format!("expected {want}"))));
+                        let want = if k == "ipv4" {
+                            "an IPv4 address such as 100.64.0.5"
+                        } else {
+                            "an IPv6 address such as fd13:b027:8801::5"
+                        };
+                        return Err(fail(
+                            v.span,
+                            &p,
+                            ErrorKind::Invalid(format!("expected {want}")),
+                        ));
                     }
                 };
                 if let Some(other) = seen_addrs.insert(addr, path.to_string()) {
-                    return Err(fail(v.span, &p, ErrorKind::Invalid(format!("address {addr} is already used by {other}"))));
+                    return Err(fail(
+                        v.span,
+                        &p,
+                        ErrorKind::Invalid(format!("address {addr} is already used by {other}")),
+                    ));
                 }
             }
         }
@@ -464,10 +597,18 @@ fn node_json(
         return Err(fail(item.span, path, ErrorKind::MissingField("name")));
     }
     if n.user.is_none() && n.tags.is_empty() {
-        return Err(fail(item.span, path, ErrorKind::Invalid("a node needs a \"user\" or \"tags\"".into())));
+        return Err(fail(
+            item.span,
+            path,
+            ErrorKind::Invalid("a node needs a \"user\" or \"tags\"".into()),
+        ));
     }
     if n.ipv4.is_none() && n.ipv6.is_none() {
-        return Err(fail(item.span, path, ErrorKind::Invalid("a node needs an \"ipv4\" and/or an \"ipv6\" address".into())));
+        return Err(fail(
+            item.span,
+            path,
+            ErrorKind::Invalid("a node needs an \"ipv4\" and/or an \"ipv6\" address".into()),
+        ));
     }
     Ok(n)
 }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use weft_policy::Policy;
 
 fn files(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(dir);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(dir);
     let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -53,7 +55,10 @@ fn every_malformed_policy_gets_its_exact_error() {
         }
         let want = std::fs::read_to_string(&err_path).unwrap_or_default();
         if got != want.trim_end() {
-            mismatches.push(format!("{name}\n  want: {}\n  got:  {got}", want.trim_end()));
+            mismatches.push(format!(
+                "{name}\n  want: {}\n  got:  {got}",
+                want.trim_end()
+            ));
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
@@ -65,5 +70,8 @@ fn the_default_policy_is_valid_and_allows_everything() {
     assert_eq!(p.text(), weft_policy::DEFAULT_POLICY);
     assert_eq!(p.acls.len(), 1);
     assert!(p.ssh.is_empty());
-    assert!(p.text().contains("//"), "the default policy explains itself in comments");
+    assert!(
+        p.text().contains("//"),
+        "the default policy explains itself in comments"
+    );
 }

@@ -35,7 +35,9 @@ const POLICY: &str = r#"// Example policy for the explain snapshots.
 "#;
 
 fn snapshot(name: &str, got: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(format!("{name}.txt"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(format!("{name}.txt"));
     if std::env::var_os("WEFT_BLESS").is_some() {
         std::fs::write(&path, got).unwrap();
         return;
@@ -45,7 +47,19 @@ fn snapshot(name: &str, got: &str) {
 }
 
 fn explain(src: &str, dst: &str, proto: Option<&str>) -> weft_policy::ExplainReport {
-    offline_explain(Source { name: "policy.hujson", text: POLICY }, Source { name: "nodes.json", text: common::NODES }, src, dst, proto)
+    offline_explain(
+        Source {
+            name: "policy.hujson",
+            text: POLICY,
+        },
+        Source {
+            name: "nodes.json",
+            text: common::NODES,
+        },
+        src,
+        dst,
+        proto,
+    )
 }
 
 #[test]
@@ -54,7 +68,10 @@ fn an_allowed_flow_names_the_rule_and_why_each_part_matched() {
     assert_eq!(r.outcome, Outcome::Ok);
     let x = r.explanation.as_ref().unwrap();
     assert_eq!(x.verdict, Verdict::Allowed);
-    assert_eq!(x.decided_by.as_ref().map(|d| (d.index, d.line)), Some((0, 11)));
+    assert_eq!(
+        x.decided_by.as_ref().map(|d| (d.index, d.line)),
+        Some((0, 11))
+    );
     snapshot("explain_allowed", &r.to_string());
 }
 
@@ -63,7 +80,10 @@ fn a_denied_flow_lists_near_misses_with_fixes() {
     let r = explain("alice-laptop", "server:8080", None);
     assert_eq!(r.outcome, Outcome::Failed);
     let x = r.explanation.as_ref().unwrap();
-    assert_eq!(x.near_misses.first().and_then(|m| m.fix.clone()).as_deref(), Some("add port 8080 to \"tag:server:22,443\""));
+    assert_eq!(
+        x.near_misses.first().and_then(|m| m.fix.clone()).as_deref(),
+        Some("add port 8080 to \"tag:server:22,443\"")
+    );
     snapshot("explain_denied_port", &r.to_string());
 }
 
@@ -95,38 +115,92 @@ fn explain_output_is_also_json() {
     assert_eq!(json["outcome"], "ok");
     assert_eq!(json["explanation"]["verdict"], "allowed");
     assert_eq!(json["explanation"]["decided_by"]["index"], 3);
-    assert_eq!(json["explanation"]["decided_by"]["checks"][1]["detail"], "alice-phone belongs to alice@example.com, the source's own user");
+    assert_eq!(
+        json["explanation"]["decided_by"]["checks"][1]["detail"],
+        "alice-phone belongs to alice@example.com, the source's own user"
+    );
 }
 
 #[test]
 fn bad_questions_get_one_clear_answer() {
     let r = explain("nobody", "server:22", None);
     assert_eq!(r.outcome, Outcome::Invalid);
-    assert_eq!(r.to_string(), "--src: \"nobody\" is not a node name, user login or IP address (nodes: alice-laptop, alice-phone, bob-laptop, db, server)\n");
+    assert_eq!(
+        r.to_string(),
+        "--src: \"nobody\" is not a node name, user login or IP address (nodes: alice-laptop, alice-phone, bob-laptop, db, server)\n"
+    );
     let r = explain("alice-laptop", "server", None);
-    assert_eq!(r.to_string(), "--dst: give a port for tcp, e.g. \"server:22\"\n");
-    let r = offline_explain(Source { name: "p.hujson", text: "{\"acls\": [}" }, Source { name: "nodes.json", text: common::NODES }, "a", "b:1", None);
-    assert_eq!(r.to_string(), "p.hujson:1:11: expected a value or `]`, found `}`\n");
+    assert_eq!(
+        r.to_string(),
+        "--dst: give a port for tcp, e.g. \"server:22\"\n"
+    );
+    let r = offline_explain(
+        Source {
+            name: "p.hujson",
+            text: "{\"acls\": [}",
+        },
+        Source {
+            name: "nodes.json",
+            text: common::NODES,
+        },
+        "a",
+        "b:1",
+        None,
+    );
+    assert_eq!(
+        r.to_string(),
+        "p.hujson:1:11: expected a value or `]`, found `}`\n"
+    );
     assert_eq!(r.outcome.exit_code(), 2);
 }
 
 #[test]
 fn offline_check_runs_the_tests_and_reports_failures_with_lines() {
-    let r = offline_check(Source { name: "policy.hujson", text: POLICY }, Source { name: "nodes.json", text: common::NODES });
+    let r = offline_check(
+        Source {
+            name: "policy.hujson",
+            text: POLICY,
+        },
+        Source {
+            name: "nodes.json",
+            text: common::NODES,
+        },
+    );
     assert_eq!(r.outcome, Outcome::Failed);
     assert_eq!(r.outcome.exit_code(), 1);
     snapshot("check_failed", &r.to_string());
     let fixed = POLICY.replace(r#""tag:db:5432", "tag:server:22""#, r#""tag:db:5432""#);
-    let r = offline_check(Source { name: "policy.hujson", text: &fixed }, Source { name: "nodes.json", text: common::NODES });
+    let r = offline_check(
+        Source {
+            name: "policy.hujson",
+            text: &fixed,
+        },
+        Source {
+            name: "nodes.json",
+            text: common::NODES,
+        },
+    );
     assert_eq!(r.outcome, Outcome::Ok, "{r}");
-    assert_eq!(r.to_string(), "policy.hujson: all 2 tests and 0 sshTests passed (tailnet: 3 users, 5 nodes)\n");
+    assert_eq!(
+        r.to_string(),
+        "policy.hujson: all 2 tests and 0 sshTests passed (tailnet: 3 users, 5 nodes)\n"
+    );
 }
 
 #[test]
 fn offline_check_rejects_a_bad_nodes_file_with_its_position() {
     let nodes = r#"{"users": [{"login": "alice@example.com"}],
   "nodes": [{"name": "a", "user": "bob@example.com", "ipv4": "100.64.0.1"}]}"#;
-    let r = offline_check(Source { name: "policy.hujson", text: POLICY }, Source { name: "nodes.json", text: nodes });
+    let r = offline_check(
+        Source {
+            name: "policy.hujson",
+            text: POLICY,
+        },
+        Source {
+            name: "nodes.json",
+            text: nodes,
+        },
+    );
     assert_eq!(r.outcome, Outcome::Invalid);
     assert_eq!(
         r.to_string(),

@@ -56,8 +56,16 @@ struct Model {
 }
 
 const NETS: &[&str] = &[
-    "100.64.0.0/26", "100.64.0.0/28", "100.64.0.16/28", "100.64.0.5", "100.64.0.9/32", "10.0.0.0/8",
-    "fd13:b027:8801::/120", "fd13:b027:8801::3", "fd13:b027:8801::10/124", "0.0.0.0/0",
+    "100.64.0.0/26",
+    "100.64.0.0/28",
+    "100.64.0.16/28",
+    "100.64.0.5",
+    "100.64.0.9/32",
+    "10.0.0.0/8",
+    "fd13:b027:8801::/120",
+    "fd13:b027:8801::3",
+    "fd13:b027:8801::10/124",
+    "0.0.0.0/0",
 ];
 
 fn user_login(u: usize) -> String {
@@ -80,26 +88,51 @@ fn sel_text(s: &Sel, m: &Model) -> String {
 }
 
 fn render(m: &Model) -> String {
-    let sep = if m.pretty { ",\n    // a comment\n    " } else { "," };
+    let sep = if m.pretty {
+        ",\n    // a comment\n    "
+    } else {
+        ","
+    };
     let trailing = if m.pretty { "," } else { "" };
     let mut s = String::from("/* generated */ {\n");
     let groups: Vec<String> = m
         .groups
         .iter()
         .enumerate()
-        .map(|(g, us)| format!("\"group:g{g}\": [{}]", us.iter().map(|u| format!("\"{}\"", user_login(*u))).collect::<Vec<_>>().join(",")))
+        .map(|(g, us)| {
+            format!(
+                "\"group:g{g}\": [{}]",
+                us.iter()
+                    .map(|u| format!("\"{}\"", user_login(*u)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        })
         .collect();
     let groups_trailing = if groups.is_empty() { "" } else { trailing };
-    let _ = writeln!(s, "  \"groups\": {{{}{groups_trailing}}},", groups.join(sep));
+    let _ = writeln!(
+        s,
+        "  \"groups\": {{{}{groups_trailing}}},",
+        groups.join(sep)
+    );
     let tags: Vec<String> = (0..m.n_tags).map(|t| format!("\"tag:t{t}\": []")).collect();
     let _ = writeln!(s, "  \"tagOwners\": {{{}}},", tags.join(sep));
-    let hosts: Vec<String> = m.hosts.iter().enumerate().map(|(i, n)| format!("\"h{i}\": \"{n}\"")).collect();
+    let hosts: Vec<String> = m
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("\"h{i}\": \"{n}\""))
+        .collect();
     let _ = writeln!(s, "  \"hosts\": {{{}}},", hosts.join(sep));
     let rules: Vec<String> = m
         .rules
         .iter()
         .map(|r| {
-            let src: Vec<String> = r.src.iter().map(|x| format!("\"{}\"", sel_text(x, m))).collect();
+            let src: Vec<String> = r
+                .src
+                .iter()
+                .map(|x| format!("\"{}\"", sel_text(x, m)))
+                .collect();
             let dst: Vec<String> = r
                 .dst
                 .iter()
@@ -110,17 +143,37 @@ fn render(m: &Model) -> String {
                     }
                     let ports: Vec<String> = ports
                         .iter()
-                        .map(|&(a, b)| if (a, b) == (0, 65535) && ports.len() == 1 { "*".into() } else if a == b { a.to_string() } else { format!("{a}-{b}") })
+                        .map(|&(a, b)| {
+                            if (a, b) == (0, 65535) && ports.len() == 1 {
+                                "*".into()
+                            } else if a == b {
+                                a.to_string()
+                            } else {
+                                format!("{a}-{b}")
+                            }
+                        })
                         .collect();
                     format!("\"{alias}:{}\"", ports.join(","))
                 })
                 .collect();
-            let proto = r.proto.map(|p| format!(", \"proto\": \"{p}\"")).unwrap_or_default();
-            format!("{{\"action\": \"accept\", \"src\": [{}{}], \"dst\": [{}]{proto}}}", src.join(","), if src.is_empty() { "" } else { trailing }, dst.join(","))
+            let proto = r
+                .proto
+                .map(|p| format!(", \"proto\": \"{p}\""))
+                .unwrap_or_default();
+            format!(
+                "{{\"action\": \"accept\", \"src\": [{}{}], \"dst\": [{}]{proto}}}",
+                src.join(","),
+                if src.is_empty() { "" } else { trailing },
+                dst.join(",")
+            )
         })
         .collect();
     let rules_trailing = if rules.is_empty() { "" } else { trailing };
-    let _ = writeln!(s, "  \"acls\": [\n    {}{rules_trailing}\n  ]{trailing}\n}}", rules.join(sep));
+    let _ = writeln!(
+        s,
+        "  \"acls\": [\n    {}{rules_trailing}\n  ]{trailing}\n}}",
+        rules.join(sep)
+    );
     s
 }
 
@@ -129,7 +182,13 @@ fn nodes_json(m: &Model) -> String {
         .admins
         .iter()
         .enumerate()
-        .map(|(u, a)| format!("{{\"login\": \"{}\", \"role\": \"{}\"}}", user_login(u), if *a { "admin" } else { "member" }))
+        .map(|(u, a)| {
+            format!(
+                "{{\"login\": \"{}\", \"role\": \"{}\"}}",
+                user_login(u),
+                if *a { "admin" } else { "member" }
+            )
+        })
         .collect();
     let nodes: Vec<String> = m
         .nodes
@@ -142,13 +201,20 @@ fn nodes_json(m: &Model) -> String {
             format!("{{\"id\": {}, \"name\": \"n{i}\", \"user\": {user}, \"tags\": [{}], \"ipv4\": \"100.64.0.{}\"{v6}}}", i + 1, tags.join(","), n.v4)
         })
         .collect();
-    format!("{{\"users\": [{}], \"nodes\": [{}]}}", users.join(","), nodes.join(","))
+    format!(
+        "{{\"users\": [{}], \"nodes\": [{}]}}",
+        users.join(","),
+        nodes.join(",")
+    )
 }
 
 // --- the naive interpreter -------------------------------------------------
 
 fn net_contains(net: &str, a: IpAddr) -> bool {
-    let n: ipnet::IpNet = net.parse().or_else(|_| net.parse::<IpAddr>().map(ipnet::IpNet::from)).unwrap();
+    let n: ipnet::IpNet = net
+        .parse()
+        .or_else(|_| net.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .unwrap();
     n.trunc().contains(&a)
 }
 
@@ -162,7 +228,9 @@ fn addr(n: &MNode, v4: bool) -> Option<IpAddr> {
 
 /// The identity of whoever holds address `a`: (untagged user, tags).
 fn holder(m: &Model, a: IpAddr) -> Option<&MNode> {
-    m.nodes.iter().find(|n| addr(n, true) == Some(a) || addr(n, false) == Some(a))
+    m.nodes
+        .iter()
+        .find(|n| addr(n, true) == Some(a) || addr(n, false) == Some(a))
 }
 
 fn user_of(n: &MNode) -> Option<usize> {
@@ -205,14 +273,23 @@ fn port_ok(ports: &[(u16, u16)], proto: u8, port: u16) -> bool {
     })
 }
 
-fn naive_allows(m: &Model, src: IpAddr, dst: &MNode, dst_addr: IpAddr, proto: u8, port: u16) -> bool {
+fn naive_allows(
+    m: &Model,
+    src: IpAddr,
+    dst: &MNode,
+    dst_addr: IpAddr,
+    proto: u8,
+    port: u16,
+) -> bool {
     let s = holder(m, src);
     m.rules.iter().any(|r| {
         protos(r.proto).contains(&proto)
             && r.src.iter().any(|x| covers(m, x, src, s))
             && r.dst.iter().any(|(x, ports)| {
                 let target = match x {
-                    Sel::SelfDev => s.and_then(user_of).is_some() && s.and_then(user_of) == user_of(dst),
+                    Sel::SelfDev => {
+                        s.and_then(user_of).is_some() && s.and_then(user_of) == user_of(dst)
+                    }
                     x => covers(m, x, dst_addr, Some(dst)),
                 };
                 target && port_ok(ports, proto, port)
@@ -222,16 +299,18 @@ fn naive_allows(m: &Model, src: IpAddr, dst: &MNode, dst_addr: IpAddr, proto: u8
 
 fn naive_visible(m: &Model, a: &MNode, b: &MNode) -> bool {
     let reaches = |x: &MNode, y: &MNode| {
-        [true, false].into_iter().any(|v4| match (addr(x, v4), addr(y, v4)) {
-            (Some(xa), Some(ya)) => m.rules.iter().any(|r| {
-                r.src.iter().any(|s| covers(m, s, xa, Some(x)))
-                    && r.dst.iter().any(|(d, _)| match d {
-                        Sel::SelfDev => user_of(x).is_some() && user_of(x) == user_of(y),
-                        d => covers(m, d, ya, Some(y)),
-                    })
-            }),
-            _ => false,
-        })
+        [true, false]
+            .into_iter()
+            .any(|v4| match (addr(x, v4), addr(y, v4)) {
+                (Some(xa), Some(ya)) => m.rules.iter().any(|r| {
+                    r.src.iter().any(|s| covers(m, s, xa, Some(x)))
+                        && r.dst.iter().any(|(d, _)| match d {
+                            Sel::SelfDev => user_of(x).is_some() && user_of(x) == user_of(y),
+                            d => covers(m, d, ya, Some(y)),
+                        })
+                }),
+                _ => false,
+            })
     };
     reaches(a, b) || reaches(b, a)
 }
@@ -248,7 +327,9 @@ fn arb_sel(dst: bool) -> impl Strategy<Value = Sel> {
         Just(Sel::Tagged).boxed(),
         Just(Sel::Admin).boxed(),
         (0usize..2).prop_map(Sel::Host).boxed(),
-        proptest::sample::select(NETS).prop_map(|n| Sel::Net(n.to_string())).boxed(),
+        proptest::sample::select(NETS)
+            .prop_map(|n| Sel::Net(n.to_string()))
+            .boxed(),
     ];
     if dst {
         v.push(Just(Sel::SelfDev).boxed());
@@ -259,7 +340,14 @@ fn arb_sel(dst: bool) -> impl Strategy<Value = Sel> {
 
 fn arb_ports() -> impl Strategy<Value = Vec<(u16, u16)>> {
     proptest::collection::vec(
-        prop_oneof![Just((0u16, 65535u16)), Just((22, 22)), Just((443, 443)), Just((20, 30)), Just((400, 500)), Just((0, 0))],
+        prop_oneof![
+            Just((0u16, 65535u16)),
+            Just((22, 22)),
+            Just((443, 443)),
+            Just((20, 30)),
+            Just((400, 500)),
+            Just((0, 0))
+        ],
         1..3,
     )
 }
@@ -271,14 +359,21 @@ fn arb_model() -> impl Strategy<Value = Model> {
         1usize..4,
         proptest::collection::vec(proptest::sample::select(NETS), 1..3),
         proptest::collection::vec(
-            (proptest::option::of(0usize..4), proptest::collection::vec(0usize..3, 0..2), proptest::option::weighted(0.7, Just(()))),
+            (
+                proptest::option::of(0usize..4),
+                proptest::collection::vec(0usize..3, 0..2),
+                proptest::option::weighted(0.7, Just(())),
+            ),
             1..10,
         ),
         proptest::collection::vec(
             (
                 proptest::collection::vec(arb_sel(false), 1..3),
                 proptest::collection::vec((arb_sel(true), arb_ports()), 1..3),
-                proptest::option::weighted(0.3, proptest::sample::select(&["tcp", "udp", "icmp", "47"][..])),
+                proptest::option::weighted(
+                    0.3,
+                    proptest::sample::select(&["tcp", "udp", "icmp", "47"][..]),
+                ),
             ),
             0..6,
         ),
@@ -286,7 +381,15 @@ fn arb_model() -> impl Strategy<Value = Model> {
     )
         .prop_map(|(admins, groups, n_tags, hosts, nodes, rules, pretty)| {
             let n_users = admins.len();
-            let groups = groups.into_iter().map(|g| { let mut g: Vec<usize> = g.into_iter().map(|u| u % n_users).collect(); g.sort(); g.dedup(); g }).collect();
+            let groups = groups
+                .into_iter()
+                .map(|g| {
+                    let mut g: Vec<usize> = g.into_iter().map(|u| u % n_users).collect();
+                    g.sort();
+                    g.dedup();
+                    g
+                })
+                .collect();
             let nodes = nodes
                 .into_iter()
                 .enumerate()
@@ -300,7 +403,12 @@ fn arb_model() -> impl Strategy<Value = Model> {
                     };
                     // Spread addresses so that the CIDRs above cut through them.
                     let host = u8::try_from(1 + i * 5).unwrap();
-                    MNode { user, tags, v4: host, v6: v6.map(|()| host) }
+                    MNode {
+                        user,
+                        tags,
+                        v4: host,
+                        v6: v6.map(|()| host),
+                    }
                 })
                 .collect();
             let rules = rules
@@ -309,12 +417,26 @@ fn arb_model() -> impl Strategy<Value = Model> {
                     // ICMP and other port-less protocols take only ":*".
                     let dst = dst
                         .into_iter()
-                        .map(|(s, ports)| if matches!(proto, Some("icmp" | "47")) { (s, vec![(0, 65535)]) } else { (s, ports) })
+                        .map(|(s, ports)| {
+                            if matches!(proto, Some("icmp" | "47")) {
+                                (s, vec![(0, 65535)])
+                            } else {
+                                (s, ports)
+                            }
+                        })
                         .collect();
                     Rule { src, dst, proto }
                 })
                 .collect();
-            Model { admins, groups, n_tags, hosts: hosts.into_iter().map(str::to_string).collect(), nodes, rules, pretty }
+            Model {
+                admins,
+                groups,
+                n_tags,
+                hosts: hosts.into_iter().map(str::to_string).collect(),
+                nodes,
+                rules,
+                pretty,
+            }
         })
 }
 
@@ -325,7 +447,15 @@ fn arb_packet() -> impl Strategy<Value = (usize, Option<u8>, usize, bool, u8, u1
         0usize..10,
         any::<bool>(),
         prop_oneof![Just(6u8), Just(17u8), Just(1u8), Just(47u8)],
-        prop_oneof![Just(0u16), Just(22), Just(25), Just(443), Just(450), Just(8080), Just(65535)],
+        prop_oneof![
+            Just(0u16),
+            Just(22),
+            Just(25),
+            Just(443),
+            Just(450),
+            Just(8080),
+            Just(65535)
+        ],
     )
 }
 

@@ -37,13 +37,18 @@ fn passing_tests_pass() {
     assert!(r.passed(), "{r}");
     assert_eq!(r.results.len(), 5);
     assert_eq!(r.results[0].checked, 4);
-    assert_eq!(r.to_string(), "policy.hujson: all 3 tests and 2 sshTests passed");
+    assert_eq!(
+        r.to_string(),
+        "policy.hujson: all 3 tests and 2 sshTests passed"
+    );
 }
 
 #[test]
 fn a_user_without_devices_is_tested_as_an_identity() {
     // carol has no devices; she is in group:eng, so she may reach the servers.
-    let r = run(r#""tests": [{"src": "carol@example.com", "accept": ["tag:server:22"], "deny": ["tag:db:5432"]}],"#);
+    let r = run(
+        r#""tests": [{"src": "carol@example.com", "accept": ["tag:server:22"], "deny": ["tag:db:5432"]}],"#,
+    );
     assert!(r.passed(), "{r}");
 }
 
@@ -53,7 +58,9 @@ fn an_accept_test_needs_a_rule_for_the_identity_and_says_which_rule_came_closest
     assert!(!r.passed());
     assert_eq!(
         r.results[0].failures,
-        ["alice@example.com → tag:server:8080 (tcp/8080): expected allowed, but no rule allows it (to server 100.64.0.10); closest rule acls[0] (line 6): 8080 is not in 22,443"]
+        [
+            "alice@example.com → tag:server:8080 (tcp/8080): expected allowed, but no rule allows it (to server 100.64.0.10); closest rule acls[0] (line 6): 8080 is not in 22,443"
+        ]
     );
 }
 
@@ -64,11 +71,19 @@ fn a_deny_test_fails_when_an_address_rule_lets_one_of_the_users_devices_through(
     let r = run(r#""tests": [{"src": "alice@example.com", "deny": ["tag:db:5432"]}],"#);
     assert_eq!(
         r.results[0].failures,
-        ["alice@example.com → tag:db:5432 (tcp/5432): expected denied, but acls[2] (line 8) allows it (from alice-phone 100.64.0.2 to db 100.64.0.11)"]
+        [
+            "alice@example.com → tag:db:5432 (tcp/5432): expected denied, but acls[2] (line 8) allows it (from alice-phone 100.64.0.2 to db 100.64.0.11)"
+        ]
     );
     let shown = r.to_string();
-    assert!(shown.starts_with("policy.hujson:14:11: tests[0] (src alice@example.com) failed:\n"), "{shown}");
-    assert!(shown.ends_with("policy.hujson: 1 of 1 test entries failed"), "{shown}");
+    assert!(
+        shown.starts_with("policy.hujson:14:11: tests[0] (src alice@example.com) failed:\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.ends_with("policy.hujson: 1 of 1 test entries failed"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -78,7 +93,11 @@ fn ssh_tests_tell_check_from_accept_and_deny() {
         {"src": "alice@example.com", "dst": ["tag:server"], "deny": ["root"]},
         {"src": "bob@example.com", "dst": ["tag:server"], "accept": ["ubuntu"]},
       ],"#);
-    let f: Vec<&str> = r.results.iter().flat_map(|x| x.failures.iter().map(String::as_str)).collect();
+    let f: Vec<&str> = r
+        .results
+        .iter()
+        .flat_map(|x| x.failures.iter().map(String::as_str))
+        .collect();
     assert_eq!(
         f,
         [

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use weft_policy::{LocalAccount, RejectReason, SshDecision, authorize_ssh, compile_all};
-use weft_types::filter::{CheckPeriod, LocalUser, SshAction, SshMode, SshPolicy, SshPrincipal, SshRule};
+use weft_types::filter::{
+    CheckPeriod, LocalUser, SshAction, SshMode, SshPolicy, SshPrincipal, SshRule,
+};
 
 fn passwd(entries: &[(&str, u32)]) -> impl Fn(&str) -> Option<LocalAccount> + use<> {
     let map: BTreeMap<String, u32> = entries.iter().map(|(n, u)| (n.to_string(), *u)).collect();
@@ -17,7 +19,9 @@ fn passwd(entries: &[(&str, u32)]) -> impl Fn(&str) -> Option<LocalAccount> + us
 
 fn server_policy(text: &str) -> SshPolicy {
     let t = tailnet();
-    compile_all(&policy(text), &t).ssh_policy(id(&t, "server")).unwrap()
+    compile_all(&policy(text), &t)
+        .ssh_policy(id(&t, "server"))
+        .unwrap()
 }
 
 const RULES: &str = r#"{"tagOwners": {"tag:server": []}, "ssh": [
@@ -30,15 +34,31 @@ fn the_first_matching_rule_decides_and_carries_its_action() {
     let s = server_policy(RULES);
     let users = passwd(&[("root", 0), ("alice", 1000), ("bob", 1001)]);
     match authorize_ssh(&s, ip("100.64.0.1"), "root", &users) {
-        SshDecision::Check { local_user, period, rule, .. } => {
-            assert_eq!((local_user.as_str(), period, rule), ("root", CheckPeriod::Always, 0));
+        SshDecision::Check {
+            local_user,
+            period,
+            rule,
+            ..
+        } => {
+            assert_eq!(
+                (local_user.as_str(), period, rule),
+                ("root", CheckPeriod::Always, 0)
+            );
         }
         other => panic!("{other:?}"),
     }
     match authorize_ssh(&s, ip("fd13:b027:8801::3"), "bob", &users) {
-        SshDecision::Accept { local_user, rule, action } => {
+        SshDecision::Accept {
+            local_user,
+            rule,
+            action,
+        } => {
             assert_eq!((local_user.as_str(), rule), ("bob", 1));
-            assert!(action.allow_agent_forwarding && action.allow_local_port_forwarding && action.allow_remote_port_forwarding);
+            assert!(
+                action.allow_agent_forwarding
+                    && action.allow_local_port_forwarding
+                    && action.allow_remote_port_forwarding
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -52,25 +72,59 @@ fn refusals_say_why() {
         SshDecision::Reject(r) => r,
         other => panic!("{login}: {other:?}"),
     };
-    assert_eq!(reject("100.64.0.3", "root"), RejectReason::RootRefused, "bob may not be root");
-    assert_eq!(reject("100.64.0.3", "toor"), RejectReason::RootRefused, "nor any other uid-0 account");
-    assert_eq!(reject("100.64.0.3", "mallory"), RejectReason::NoSuchLocalUser("mallory".into()));
-    assert_eq!(reject("100.64.0.10", "bob"), RejectReason::SourceNotAllowed, "a tagged device is not a member");
+    assert_eq!(
+        reject("100.64.0.3", "root"),
+        RejectReason::RootRefused,
+        "bob may not be root"
+    );
+    assert_eq!(
+        reject("100.64.0.3", "toor"),
+        RejectReason::RootRefused,
+        "nor any other uid-0 account"
+    );
+    assert_eq!(
+        reject("100.64.0.3", "mallory"),
+        RejectReason::NoSuchLocalUser("mallory".into())
+    );
+    assert_eq!(
+        reject("100.64.0.10", "bob"),
+        RejectReason::SourceNotAllowed,
+        "a tagged device is not a member"
+    );
     assert_eq!(reject("100.64.0.99", "bob"), RejectReason::SourceNotAllowed);
-    assert_eq!(reject("100.64.0.3", "root").to_string(), "tailnet policy permits only non-root users here");
-    assert!(matches!(authorize_ssh(&SshPolicy::default(), ip("100.64.0.1"), "alice", &users), SshDecision::Reject(RejectReason::SourceNotAllowed)));
+    assert_eq!(
+        reject("100.64.0.3", "root").to_string(),
+        "tailnet policy permits only non-root users here"
+    );
+    assert!(matches!(
+        authorize_ssh(&SshPolicy::default(), ip("100.64.0.1"), "alice", &users),
+        SshDecision::Reject(RejectReason::SourceNotAllowed)
+    ));
 }
 
 fn arb_users() -> impl Strategy<Value = Vec<(String, u32)>> {
     proptest::collection::vec(
-        (prop_oneof![Just("root".to_string()), Just("toor".to_string()), Just("admin".to_string()), "[a-z]{1,6}"], prop_oneof![Just(0u32), 1u32..70000]),
+        (
+            prop_oneof![
+                Just("root".to_string()),
+                Just("toor".to_string()),
+                Just("admin".to_string()),
+                "[a-z]{1,6}"
+            ],
+            prop_oneof![Just(0u32), 1u32..70000],
+        ),
         0..8,
     )
 }
 
 fn arb_map() -> impl Strategy<Value = BTreeMap<String, LocalUser>> {
     proptest::collection::btree_map(
-        prop_oneof![Just("*".to_string()), Just("root".to_string()), Just("toor".to_string()), "[a-z]{1,6}"],
+        prop_oneof![
+            Just("*".to_string()),
+            Just("root".to_string()),
+            Just("toor".to_string()),
+            "[a-z]{1,6}"
+        ],
         prop_oneof![Just(LocalUser::SameNameNonRoot), Just(LocalUser::NoMapping)],
         0..4,
     )

@@ -83,12 +83,18 @@ pub struct PortRange {
 
 impl PortRange {
     /// Every port, `0-65535`.
-    pub const ALL: PortRange = PortRange { first: 0, last: u16::MAX };
+    pub const ALL: PortRange = PortRange {
+        first: 0,
+        last: u16::MAX,
+    };
 
     /// Returns the range holding exactly `port`.
     #[must_use]
     pub const fn single(port: u16) -> Self {
-        PortRange { first: port, last: port }
+        PortRange {
+            first: port,
+            last: port,
+        }
     }
 
     /// Returns whether `port` lies in the range.
@@ -275,7 +281,8 @@ impl PacketFilter {
                 self.v4.lookup(u32::from(s), u32::from(d), proto, dst_port)
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                self.v6.lookup(u128::from(s), u128::from(d), proto, dst_port)
+                self.v6
+                    .lookup(u128::from(s), u128::from(d), proto, dst_port)
             }
             _ => None,
         }
@@ -347,7 +354,11 @@ struct FamilyIndex<A> {
 
 fn proto_mask(rule: &FilterRule) -> [u64; 4] {
     let mut mask = [0u64; 4];
-    let list: &[u8] = if rule.protos.is_empty() { &proto::DEFAULT } else { &rule.protos };
+    let list: &[u8] = if rule.protos.is_empty() {
+        &proto::DEFAULT
+    } else {
+        &rule.protos
+    };
     for &p in list {
         if let Some(word) = mask.get_mut(usize::from(p / 64)) {
             *word |= 1u64 << (p % 64);
@@ -368,10 +379,15 @@ impl<A: Addr> FamilyIndex<A> {
             let start = idx.dsts.len();
             for d in &rule.dst {
                 if let Some((lo, hi)) = interval(&d.net) {
-                    idx.dsts.push(DstEntry { lo, hi, ports: d.ports });
+                    idx.dsts.push(DstEntry {
+                        lo,
+                        hi,
+                        ports: d.ports,
+                    });
                 }
             }
-            idx.rule_dsts.push((to_u32(start), to_u32(idx.dsts.len() - start)));
+            idx.rule_dsts
+                .push((to_u32(start), to_u32(idx.dsts.len() - start)));
             idx.protos.push(proto_mask(rule));
         }
         // Sweep over source interval boundaries: +rule at lo, -rule after hi.
@@ -451,7 +467,9 @@ impl<A: Addr> FamilyIndex<A> {
             if self.protos.get(r).is_none_or(|m| m[word] & bit == 0) {
                 continue;
             }
-            let Some(&(doff, dlen)) = self.rule_dsts.get(r) else { continue };
+            let Some(&(doff, dlen)) = self.rule_dsts.get(r) else {
+                continue;
+            };
             let Some(entries) = self.dsts.get(doff as usize..(doff + dlen) as usize) else {
                 continue;
             };
@@ -503,7 +521,9 @@ impl SshRule {
     /// entry, else `None` (the rule does not apply to that login).
     #[must_use]
     pub fn local_user_for(&self, requested: &str) -> Option<&LocalUser> {
-        self.users.get(requested).or_else(|| self.users.get(SSH_ANY_USER))
+        self.users
+            .get(requested)
+            .or_else(|| self.users.get(SSH_ANY_USER))
     }
 
     /// Returns whether a connection from `src` is covered by a principal.
@@ -609,7 +629,13 @@ mod tests {
             src: src.iter().map(|s| net(s)).collect(),
             dst: dst
                 .iter()
-                .map(|(n, a, b)| DstPorts { net: net(n), ports: PortRange { first: *a, last: *b } })
+                .map(|(n, a, b)| DstPorts {
+                    net: net(n),
+                    ports: PortRange {
+                        first: *a,
+                        last: *b,
+                    },
+                })
                 .collect(),
             protos: protos.to_vec(),
             origin: None,
@@ -619,43 +645,92 @@ mod tests {
     #[test]
     fn an_empty_filter_refuses_everything() {
         let f = PacketFilter::default();
-        assert_eq!(f.allows(ip("100.64.0.1"), ip("100.64.0.2"), proto::TCP, 22), None);
+        assert_eq!(
+            f.allows(ip("100.64.0.1"), ip("100.64.0.2"), proto::TCP, 22),
+            None
+        );
         let f = PacketFilter::new(vec![]);
-        assert_eq!(f.allows(ip("fd13:b027:8801::1"), ip("fd13:b027:8801::2"), proto::UDP, 53), None);
+        assert_eq!(
+            f.allows(
+                ip("fd13:b027:8801::1"),
+                ip("fd13:b027:8801::2"),
+                proto::UDP,
+                53
+            ),
+            None
+        );
     }
 
     #[test]
     fn tcp_and_udp_are_matched_by_port_range() {
-        let f = PacketFilter::new(vec![rule(&["100.64.0.0/24"], &[("100.64.1.1/32", 8000, 8099)], &[])]);
+        let f = PacketFilter::new(vec![rule(
+            &["100.64.0.0/24"],
+            &[("100.64.1.1/32", 8000, 8099)],
+            &[],
+        )]);
         let (s, d) = (ip("100.64.0.9"), ip("100.64.1.1"));
         assert_eq!(f.allows(s, d, proto::TCP, 8000), Some(RuleRef(0)));
         assert_eq!(f.allows(s, d, proto::UDP, 8099), Some(RuleRef(0)));
         assert_eq!(f.allows(s, d, proto::TCP, 8100), None);
         assert_eq!(f.allows(s, d, proto::TCP, 7999), None);
-        assert_eq!(f.allows(ip("100.64.1.9"), d, proto::TCP, 8000), None, "source outside the prefix");
-        assert_eq!(f.allows(s, ip("100.64.1.2"), proto::TCP, 8000), None, "another destination");
+        assert_eq!(
+            f.allows(ip("100.64.1.9"), d, proto::TCP, 8000),
+            None,
+            "source outside the prefix"
+        );
+        assert_eq!(
+            f.allows(s, ip("100.64.1.2"), proto::TCP, 8000),
+            None,
+            "another destination"
+        );
     }
 
     #[test]
     fn an_empty_proto_list_means_tcp_udp_and_icmp_of_both_families() {
-        let f = PacketFilter::new(vec![rule(&["0.0.0.0/0", "::/0"], &[("100.64.1.1/32", 0, 65535), ("fd13:b027:8801::1/128", 0, 65535)], &[])]);
+        let f = PacketFilter::new(vec![rule(
+            &["0.0.0.0/0", "::/0"],
+            &[
+                ("100.64.1.1/32", 0, 65535),
+                ("fd13:b027:8801::1/128", 0, 65535),
+            ],
+            &[],
+        )]);
         let (s, d) = (ip("100.64.0.9"), ip("100.64.1.1"));
         for p in [proto::TCP, proto::UDP, proto::ICMP] {
             assert!(f.allows(s, d, p, 1).is_some(), "proto {p}");
         }
-        assert!(f.allows(ip("fd13:b027:8801::9"), ip("fd13:b027:8801::1"), proto::ICMPV6, 0).is_some());
+        assert!(
+            f.allows(
+                ip("fd13:b027:8801::9"),
+                ip("fd13:b027:8801::1"),
+                proto::ICMPV6,
+                0
+            )
+            .is_some()
+        );
         assert_eq!(f.allows(s, d, 47, 0), None, "GRE is not in the default set");
-        assert_eq!(f.allows(s, d, proto::SCTP, 1), None, "SCTP is not in the default set");
+        assert_eq!(
+            f.allows(s, d, proto::SCTP, 1),
+            None,
+            "SCTP is not in the default set"
+        );
     }
 
     #[test]
     fn icmp_ignores_ports_and_other_protocols_need_every_port() {
         let f = PacketFilter::new(vec![
-            rule(&["100.64.0.0/10"], &[("100.64.1.1/32", 22, 22)], &[proto::ICMP, 47]),
+            rule(
+                &["100.64.0.0/10"],
+                &[("100.64.1.1/32", 22, 22)],
+                &[proto::ICMP, 47],
+            ),
             rule(&["100.64.0.0/10"], &[("100.64.1.2/32", 0, 65535)], &[47]),
         ]);
         let s = ip("100.64.0.9");
-        assert_eq!(f.allows(s, ip("100.64.1.1"), proto::ICMP, 0), Some(RuleRef(0)));
+        assert_eq!(
+            f.allows(s, ip("100.64.1.1"), proto::ICMP, 0),
+            Some(RuleRef(0))
+        );
         assert_eq!(f.allows(s, ip("100.64.1.1"), 47, 0), None);
         assert_eq!(f.allows(s, ip("100.64.1.2"), 47, 0), Some(RuleRef(1)));
     }
@@ -663,30 +738,60 @@ mod tests {
     #[test]
     fn the_first_matching_rule_in_order_is_reported() {
         let f = PacketFilter::new(vec![
-            rule(&["100.64.0.0/16"], &[("100.64.1.1/32", 443, 443)], &[proto::TCP]),
+            rule(
+                &["100.64.0.0/16"],
+                &[("100.64.1.1/32", 443, 443)],
+                &[proto::TCP],
+            ),
             rule(&["100.64.0.5/32"], &[("100.64.1.1/32", 0, 65535)], &[]),
             rule(&["0.0.0.0/0"], &[("100.64.1.1/32", 0, 65535)], &[]),
         ]);
         let d = ip("100.64.1.1");
-        assert_eq!(f.allows(ip("100.64.0.5"), d, proto::TCP, 443), Some(RuleRef(0)));
-        assert_eq!(f.allows(ip("100.64.0.5"), d, proto::TCP, 22), Some(RuleRef(1)));
-        assert_eq!(f.allows(ip("100.64.0.6"), d, proto::TCP, 22), Some(RuleRef(2)));
+        assert_eq!(
+            f.allows(ip("100.64.0.5"), d, proto::TCP, 443),
+            Some(RuleRef(0))
+        );
+        assert_eq!(
+            f.allows(ip("100.64.0.5"), d, proto::TCP, 22),
+            Some(RuleRef(1))
+        );
+        assert_eq!(
+            f.allows(ip("100.64.0.6"), d, proto::TCP, 22),
+            Some(RuleRef(2))
+        );
         assert_eq!(f.allows(ip("0.0.0.0"), d, proto::TCP, 22), Some(RuleRef(2)));
-        assert_eq!(f.allows(ip("255.255.255.255"), d, proto::TCP, 22), Some(RuleRef(2)));
+        assert_eq!(
+            f.allows(ip("255.255.255.255"), d, proto::TCP, 22),
+            Some(RuleRef(2))
+        );
     }
 
     #[test]
     fn families_never_mix() {
-        let f = PacketFilter::new(vec![rule(&["0.0.0.0/0", "::/0"], &[("100.64.1.1/32", 0, 65535)], &[])]);
-        assert_eq!(f.allows(ip("fd13:b027:8801::9"), ip("100.64.1.1"), proto::TCP, 1), None);
-        assert_eq!(f.allows(ip("100.64.0.1"), ip("fd13:b027:8801::1"), proto::TCP, 1), None);
+        let f = PacketFilter::new(vec![rule(
+            &["0.0.0.0/0", "::/0"],
+            &[("100.64.1.1/32", 0, 65535)],
+            &[],
+        )]);
+        assert_eq!(
+            f.allows(ip("fd13:b027:8801::9"), ip("100.64.1.1"), proto::TCP, 1),
+            None
+        );
+        assert_eq!(
+            f.allows(ip("100.64.0.1"), ip("fd13:b027:8801::1"), proto::TCP, 1),
+            None
+        );
     }
 
     #[test]
     fn a_filter_round_trips_through_json_and_keeps_matching() {
         let f = PacketFilter::new(vec![FilterRule {
             origin: Some(RuleOrigin { index: 3, line: 17 }),
-            ..rule(&["100.64.0.0/10", "fd13:b027:8801::/48"], &[("fd13:b027:8801::1/128", 22, 22)], &[proto::TCP])
+            ..rule(
+                &["100.64.0.0/10", "fd13:b027:8801::/48"],
+                &[("fd13:b027:8801::1/128", 22, 22)],
+                &[proto::TCP],
+            )
         }]);
         let json = serde_json::to_string(&f).unwrap();
         assert_eq!(
@@ -695,14 +800,25 @@ mod tests {
         );
         let back: PacketFilter = serde_json::from_str(&json).unwrap();
         assert_eq!(back, f);
-        assert_eq!(back.allows(ip("fd13:b027:8801::7"), ip("fd13:b027:8801::1"), proto::TCP, 22), Some(RuleRef(0)));
+        assert_eq!(
+            back.allows(
+                ip("fd13:b027:8801::7"),
+                ip("fd13:b027:8801::1"),
+                proto::TCP,
+                22
+            ),
+            Some(RuleRef(0))
+        );
     }
 
     #[test]
     fn ssh_types_have_a_stable_json_form() {
         let policy = SshPolicy {
             rules: vec![SshRule {
-                principals: vec![SshPrincipal::Any, SshPrincipal::Prefix(net("100.64.0.7/32"))],
+                principals: vec![
+                    SshPrincipal::Any,
+                    SshPrincipal::Prefix(net("100.64.0.7/32")),
+                ],
                 users: [
                     ("*".to_string(), LocalUser::SameNameNonRoot),
                     ("root".to_string(), LocalUser::NoMapping),
@@ -711,7 +827,9 @@ mod tests {
                 .into_iter()
                 .collect(),
                 action: SshAction {
-                    mode: SshMode::Check { period: CheckPeriod::DEFAULT },
+                    mode: SshMode::Check {
+                        period: CheckPeriod::DEFAULT,
+                    },
                     allow_agent_forwarding: true,
                     allow_local_port_forwarding: true,
                     allow_remote_port_forwarding: false,
@@ -734,15 +852,27 @@ mod tests {
 
     fn arb_v4_net() -> impl Strategy<Value = IpNet> {
         // A small address space so that prefixes overlap often.
-        (0u32..64, prop_oneof![Just(32u8), Just(30u8), Just(28u8), Just(26u8), Just(0u8)]).prop_map(|(host, len)| {
-            IpNet::new(IpAddr::V4(Ipv4Addr::from(0x6440_0000 | host)), len).unwrap().trunc()
-        })
+        (
+            0u32..64,
+            prop_oneof![Just(32u8), Just(30u8), Just(28u8), Just(26u8), Just(0u8)],
+        )
+            .prop_map(|(host, len)| {
+                IpNet::new(IpAddr::V4(Ipv4Addr::from(0x6440_0000 | host)), len)
+                    .unwrap()
+                    .trunc()
+            })
     }
     fn arb_v6_net() -> impl Strategy<Value = IpNet> {
-        (0u128..64, prop_oneof![Just(128u8), Just(126u8), Just(124u8), Just(0u8)]).prop_map(|(host, len)| {
-            let base = u128::from("fd13:b027:8801::".parse::<Ipv6Addr>().unwrap());
-            IpNet::new(IpAddr::V6(Ipv6Addr::from(base | host)), len).unwrap().trunc()
-        })
+        (
+            0u128..64,
+            prop_oneof![Just(128u8), Just(126u8), Just(124u8), Just(0u8)],
+        )
+            .prop_map(|(host, len)| {
+                let base = u128::from("fd13:b027:8801::".parse::<Ipv6Addr>().unwrap());
+                IpNet::new(IpAddr::V6(Ipv6Addr::from(base | host)), len)
+                    .unwrap()
+                    .trunc()
+            })
     }
     fn arb_net() -> impl Strategy<Value = IpNet> {
         prop_oneof![3 => arb_v4_net(), 1 => arb_v6_net()]
@@ -751,14 +881,24 @@ mod tests {
         (
             proptest::collection::vec(arb_net(), 0..5),
             proptest::collection::vec((arb_net(), 0u16..8, 0u16..8), 0..4),
-            proptest::collection::vec(prop_oneof![Just(1u8), Just(6u8), Just(17u8), Just(47u8), Just(58u8)], 0..3),
+            proptest::collection::vec(
+                prop_oneof![Just(1u8), Just(6u8), Just(17u8), Just(47u8), Just(58u8)],
+                0..3,
+            ),
         )
             .prop_map(|(src, dst, protos)| FilterRule {
                 src,
                 dst: dst
                     .into_iter()
                     .map(|(net, a, b)| {
-                        let ports = if a == 7 { PortRange::ALL } else { PortRange { first: a.min(b), last: a.max(b) } };
+                        let ports = if a == 7 {
+                            PortRange::ALL
+                        } else {
+                            PortRange {
+                                first: a.min(b),
+                                last: a.max(b),
+                            }
+                        };
                         DstPorts { net, ports }
                     })
                     .collect(),

@@ -48,5 +48,8 @@ pub fn node(id: u64, name: &str, user: Option<&str>, tags: &[&str], v4: &str, v6
 }
 
 pub fn user(login: &str, admin: bool) -> User {
-    User { login: login.into(), role: if admin { Role::Admin } else { Role::Member } }
+    User {
+        login: login.into(),
+        role: if admin { Role::Admin } else { Role::Member },
+    }
 }
