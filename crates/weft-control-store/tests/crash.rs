@@ -72,10 +72,10 @@ async fn crash_and_check(db: &TestDb) {
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(n) = line.strip_prefix("ack ") {
-                if tx.send(n.trim().parse().unwrap()).is_err() {
-                    break;
-                }
+            if let Some(n) = line.strip_prefix("ack ")
+                && tx.send(n.trim().parse().unwrap()).is_err()
+            {
+                break;
             }
         }
     });
