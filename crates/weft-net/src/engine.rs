@@ -35,7 +35,7 @@ use weft_wg::{Decapsulated, Encapsulated};
 use crate::batch::{Span, TxBatch};
 use crate::error::NetError;
 use crate::notify::{self, Notify};
-use crate::tun::{self, Tun, TunReader, TunWriter};
+use crate::tun::{Tun, TunReader, TunWriter};
 use crate::udp::{self, BoundSocket};
 
 /// WireGuard data message overhead: 16-byte header, 16-byte tag, and up to
@@ -492,7 +492,7 @@ fn flush_tx<T>(shared: &Shared<T>, batch: &mut TxBatch, sock: &BoundSocket) {
 fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
     let mut storage: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0; RX_BUFFER_BYTES]).collect();
     let mut meta = [RecvMeta::default(); RX_BUFFERS];
-    let mut writer = TunWriter::new();
+    let mut writer = TunWriter::new(shared.tun.offload(), shared.tun.udp_offload());
     let mut view = shared.socket.view();
     let c = &shared.counters;
     loop {
@@ -545,7 +545,7 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
                 if writer.is_full() {
                     flush_rx(shared, &mut writer)?;
                 }
-                let Some(out) = writer.next_slot(datagram.len().max(MIN_OUT)) else {
+                let Some(out) = writer.next_slot() else {
                     continue;
                 };
                 let span = Span::of(out);
@@ -568,15 +568,9 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
 }
 
 fn flush_rx<T>(shared: &Shared<T>, writer: &mut TunWriter) -> io::Result<()> {
-    match writer.flush(&shared.tun) {
-        Ok(()) => Ok(()),
-        Err(e) if tun::is_fatal(&e) => Err(e),
-        Err(e) => {
-            add(&shared.counters.tun_write_errors, 1);
-            tracing::debug!(error = %e, "TUN write failed");
-            Ok(())
-        }
-    }
+    let failed = writer.flush(&shared.tun)?;
+    add(&shared.counters.tun_write_errors, failed);
+    Ok(())
 }
 
 // -- timers -----------------------------------------------------------------

@@ -14,8 +14,10 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod batch;
+mod checksum;
 mod engine;
 mod error;
+mod gro;
 mod notify;
 pub mod tun;
 pub mod udp;

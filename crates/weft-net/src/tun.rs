@@ -4,10 +4,10 @@
 //! on kernels ≥ 6.2), every read returns one *super-packet* of up to 64 KiB
 //! that the kernel did not segment, preceded by a `virtio_net_hdr`.
 //! [`TunReader`] splits it back into MTU-sized packets (tun-rs's `gso_split`).
-//! On the way in, [`TunWriter`] hands a batch of packets to tun-rs's
-//! `GROTable`, which coalesces consecutive TCP segments (and UDP datagrams
-//! with USO) of one flow into super-packets again, so the kernel's TCP stack
-//! sees few large packets instead of many small ones. That, not the crypto,
+//! On the way in, [`TunWriter`] hands a batch of packets to our
+//! [`crate::gro`], which coalesces consecutive TCP segments (and UDP
+//! datagrams with USO) of one flow into super-packets again, so the kernel's
+//! TCP stack sees few large packets instead of many small ones. That, not the crypto,
 //! is what makes a userspace tunnel fast.
 //!
 //! Without offloads (old kernels, or [`Offload::Off`]) both sides fall back
@@ -17,9 +17,10 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{DeviceBuilder, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use crate::error::TunError;
+use crate::gro::{self, Gro};
 
 /// Largest IP packet a TUN device can carry.
 pub const MAX_PACKET: usize = 65535;
@@ -272,81 +273,100 @@ impl TunReader {
     }
 }
 
-/// Reusable buffers for writing batches of packets to TUN, with GRO.
+/// Reusable buffers for writing batches of packets to TUN, coalesced by
+/// [`Gro`] when the device has offloads.
 pub(crate) struct TunWriter {
-    slots: Vec<Vec<u8>>,
-    count: usize,
-    gro: GROTable,
+    /// Each slot: virtio header room, then room for a 64 KiB packet (a head
+    /// that absorbs others grows in place).
+    slots: Vec<Box<[u8]>>,
+    lens: Vec<usize>,
+    gro: Option<Gro>,
+    to_write: Vec<usize>,
 }
 
-/// Room in front of each packet for the virtio header the GRO table writes.
-const HEADROOM: usize = VIRTIO_NET_HDR_LEN;
+/// Room in front of each packet for the virtio header.
+const HEADROOM: usize = gro::HEADER_LEN;
 
 impl TunWriter {
-    pub(crate) fn new() -> Self {
+    /// Creates a writer for a device with (`offload`) or without offloads;
+    /// `udp_offload` allows coalescing UDP as well.
+    pub(crate) fn new(offload: bool, udp_offload: bool) -> Self {
         Self {
-            // Capacity for a coalesced 64 KiB super-packet (the GRO table
-            // refuses to coalesce beyond the capacity, it never reallocates
-            // past what we give here because it checks first).
             slots: (0..WRITE_SLOTS)
-                .map(|_| Vec::with_capacity(MAX_PACKET + 2 * HEADROOM))
+                .map(|_| vec![0; HEADROOM + MAX_PACKET].into_boxed_slice())
                 .collect(),
-            count: 0,
-            gro: GROTable::new(),
+            lens: Vec::with_capacity(WRITE_SLOTS),
+            gro: offload.then(|| Gro::new(WRITE_SLOTS, udp_offload)),
+            to_write: Vec::with_capacity(WRITE_SLOTS),
         }
     }
 
     /// Returns whether the batch is full (flush before the next packet).
     pub(crate) fn is_full(&self) -> bool {
-        self.count == self.slots.len()
+        self.lens.len() == self.slots.len()
     }
 
     /// Returns the number of packets waiting in the batch.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.count
+        self.lens.len()
     }
 
-    /// Returns a buffer of at least `need` bytes for the next packet, or
+    /// Returns the buffer for the next packet (room for any IP packet), or
     /// `None` when the batch is full.
-    pub(crate) fn next_slot(&mut self, need: usize) -> Option<&mut [u8]> {
-        let need = need.min(MAX_PACKET);
-        let slot = self.slots.get_mut(self.count)?;
-        // Only the bytes beyond the previous length get zeroed, which is
-        // usually nothing: consecutive packets have similar sizes.
-        slot.resize(HEADROOM + need, 0);
+    pub(crate) fn next_slot(&mut self) -> Option<&mut [u8]> {
+        let slot = self.slots.get_mut(self.lens.len())?;
         slot.get_mut(HEADROOM..)
     }
 
     /// Commits the packet written into the slot from [`Self::next_slot`]:
     /// `len` bytes starting `offset` bytes into it.
     pub(crate) fn commit(&mut self, offset: usize, len: usize) {
-        let Some(slot) = self.slots.get_mut(self.count) else {
+        let Some(slot) = self.slots.get_mut(self.lens.len()) else {
             return;
         };
-        if len == 0 {
-            return; // not a packet; it would make the GRO table refuse the whole batch
+        if len == 0 || HEADROOM + offset + len > slot.len() {
+            return; // not a packet
         }
         if offset != 0 {
             slot.copy_within(HEADROOM + offset..HEADROOM + offset + len, HEADROOM);
         }
-        slot.truncate(HEADROOM + len);
-        self.count += 1;
+        self.lens.push(len);
     }
 
-    /// Writes the batch (coalesced where possible) and empties it.
+    /// Writes the batch (coalesced where possible) and empties it. Returns
+    /// the number of writes that failed (the packets are lost).
     ///
     /// # Errors
-    /// The last write error; a fatal one ([`is_fatal`]) means the device is
-    /// gone.
-    pub(crate) fn flush(&mut self, tun: &Tun) -> io::Result<()> {
-        if self.count == 0 {
-            return Ok(());
-        }
-        let n = std::mem::take(&mut self.count);
-        tun.device()
-            .send_multiple(&mut self.gro, &mut self.slots[..n], HEADROOM)
-            .map(drop)
+    /// Only a fatal error ([`is_fatal`]): the device is gone.
+    pub(crate) fn flush(&mut self, tun: &Tun) -> io::Result<u64> {
+        let mut failed = 0;
+        let dev = tun.device();
+        let mut write = |buf: &[u8]| -> io::Result<()> {
+            match dev.send(buf) {
+                Ok(_) => Ok(()),
+                Err(e) if is_fatal(&e) => Err(e),
+                Err(e) => {
+                    failed += 1;
+                    tracing::debug!(error = %e, "TUN write failed");
+                    Ok(())
+                }
+            }
+        };
+        let result = match &mut self.gro {
+            Some(gro) => {
+                gro.coalesce(&mut self.slots, &mut self.lens, &mut self.to_write);
+                self.to_write.iter().try_for_each(|&i| {
+                    let len = self.lens.get(i).copied().unwrap_or(0);
+                    self.slots.get(i).and_then(|s| s.get(..HEADROOM + len)).map_or(Ok(()), &mut write)
+                })
+            }
+            None => self.lens.iter().zip(&self.slots).try_for_each(|(&len, slot)| {
+                slot.get(HEADROOM..HEADROOM + len).map_or(Ok(()), &mut write)
+            }),
+        };
+        self.lens.clear();
+        result.map(|()| failed)
     }
 }
 
@@ -375,32 +395,32 @@ mod tests {
 
     #[test]
     fn the_writer_moves_a_packet_written_at_an_offset_to_the_front() {
-        let mut w = TunWriter::new();
-        let slot = w.next_slot(200).unwrap();
-        assert!(slot.len() >= 200);
+        let mut w = TunWriter::new(true, true);
+        let slot = w.next_slot().unwrap();
+        assert!(slot.len() >= MAX_PACKET);
         slot[10..14].copy_from_slice(&[0x45, 1, 2, 3]);
         w.commit(10, 4);
         assert_eq!(w.len(), 1);
-        assert_eq!(&w.slots[0][HEADROOM..], &[0x45, 1, 2, 3]);
+        assert_eq!(&w.slots[0][HEADROOM..HEADROOM + 4], &[0x45, 1, 2, 3]);
     }
 
     #[test]
     fn the_writer_ignores_an_empty_packet() {
-        let mut w = TunWriter::new();
-        w.next_slot(200).unwrap();
+        let mut w = TunWriter::new(false, false);
+        w.next_slot().unwrap();
         w.commit(0, 0);
         assert_eq!(w.len(), 0);
     }
 
     #[test]
     fn the_writer_reports_full_after_its_slots_are_used() {
-        let mut w = TunWriter::new();
+        let mut w = TunWriter::new(true, false);
         for _ in 0..WRITE_SLOTS {
             assert!(!w.is_full());
-            w.next_slot(20).unwrap();
+            w.next_slot().unwrap();
             w.commit(0, 20);
         }
         assert!(w.is_full());
-        assert!(w.next_slot(20).is_none());
+        assert!(w.next_slot().is_none());
     }
 }

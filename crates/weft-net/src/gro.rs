@@ -1,0 +1,442 @@
+//! Software GRO for TUN writes: coalescing a batch of decrypted packets into
+//! a few large ones, without allocating.
+//!
+//! Read first: the `virtio_net_hdr` section of the virtio spec ("Packet
+//! Transmission"), and Linux's `tcp_gro_receive` for what may be merged.
+//!
+//! With `IFF_VNET_HDR`, each write to TUN starts with a `virtio_net_hdr`.
+//! A packet whose header says "GSO, TCPv4, segment size N" may carry up to
+//! 64 KiB of payload: the kernel treats it as that many segments that
+//! arrived together (exactly what NIC GRO produces), so the TCP stack runs
+//! once per super-packet instead of once per segment. [`Gro::coalesce`]
+//! builds those super-packets from a batch:
+//!
+//! * A packet may join the *head* packet of its flow (same addresses,
+//!   ports, ACK number, IP and TCP options) if it continues the byte stream
+//!   exactly (its sequence number is the head's next one), its payload is
+//!   not longer than the head's first segment, the head is not closed, and
+//!   the result stays under 64 KiB and [`MAX_SEGMENTS`]. A shorter segment
+//!   or PSH closes the head (nothing may follow it within a GSO packet).
+//! * UDP datagrams of one flow join the same way when the device has USO,
+//!   all of the head's size except a shorter last one.
+//! * Every packet's own checksum is verified before it joins: the merged
+//!   packet goes up as `CHECKSUM_PARTIAL` (`NEEDS_CSUM`), which the kernel
+//!   does not verify, so an invalid segment must never be folded in.
+//! * Anything else is written as it came, with an empty header. A packet of
+//!   a flow that cannot join ends that flow's head, so packets of a flow
+//!   are never reordered.
+
+use crate::checksum::{fold, sum16};
+
+/// Room for the virtio header in front of every packet.
+pub(crate) const HEADER_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+
+/// At most this many segments per coalesced packet.
+pub(crate) const MAX_SEGMENTS: u16 = 64;
+
+const MAX_IP_LEN: usize = 65535;
+
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = 0x10;
+
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
+
+/// Addresses, protocol and ports: what identifies a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FiveTuple {
+    src: [u8; 16],
+    dst: [u8; 16],
+    v6: bool,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+}
+
+/// One parsed packet.
+#[derive(Debug, Clone, Copy)]
+struct Parsed {
+    tuple: FiveTuple,
+    /// IP header length (IPv4 without options: 20; IPv6: 40).
+    ip_len: usize,
+    /// TCP header length, or 8 for UDP.
+    l4_len: usize,
+    /// Bytes after the transport header.
+    payload: usize,
+    /// TCP sequence number (0 for UDP).
+    seq: u32,
+    /// TCP ACK number (0 for UDP).
+    ack: u32,
+    /// TCP flags (0 for UDP).
+    flags: u8,
+    /// Whether it may join or start a coalesced packet at all.
+    candidate: bool,
+}
+
+/// The packet currently collecting a flow's segments.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    slot: usize,
+    parsed: Parsed,
+    /// Payload size of the first segment: every joiner but the last has it.
+    segment: usize,
+    segments: u16,
+    next_seq: u32,
+    psh: bool,
+    closed: bool,
+}
+
+/// Reusable GRO state; holds no packets between calls.
+#[derive(Debug)]
+pub(crate) struct Gro {
+    heads: Vec<Head>,
+    udp: bool,
+}
+
+impl Gro {
+    /// Creates the state for batches of up to `batch` packets. UDP is
+    /// coalesced only if `udp` (the device accepted USO).
+    pub(crate) fn new(batch: usize, udp: bool) -> Self {
+        Self {
+            heads: Vec::with_capacity(batch),
+            udp,
+        }
+    }
+
+    /// Coalesces `slots[..lens.len()]`: slot `i` holds [`HEADER_LEN`] bytes
+    /// of headroom, then a packet of `lens[i]` bytes. Writes the virtio
+    /// header of every packet to be written, grows `lens` of the heads that
+    /// absorbed others, and puts the indices of the slots to write, in
+    /// order, into `out`.
+    pub(crate) fn coalesce<S: AsMut<[u8]>>(
+        &mut self,
+        slots: &mut [S],
+        lens: &mut [usize],
+        out: &mut Vec<usize>,
+    ) {
+        self.heads.clear();
+        out.clear();
+        let n = lens.len().min(slots.len());
+        for i in 0..n {
+            let len = lens[i];
+            let slot = slots[i].as_mut();
+            let Some(packet) = slot.get(HEADER_LEN..HEADER_LEN + len) else {
+                continue;
+            };
+            let parsed = parse(packet, self.udp);
+            let valid = parsed.is_some_and(|p| p.candidate && checksum_ok(packet, &p));
+            write_header(slot, &VirtioHeader::default());
+            out.push(i);
+            let Some(p) = parsed else { continue };
+            let found = self.heads.iter().position(|h| h.parsed.tuple == p.tuple);
+            if !p.candidate {
+                // It cannot join; nothing of its flow may overtake it.
+                if let Some(h) = found {
+                    self.heads[h].closed = true;
+                }
+                continue;
+            }
+            if let Some(h) = found
+                && valid
+                && self.try_join(h, i, &p, slots, lens)
+            {
+                out.pop();
+                continue;
+            }
+            // Start a new head; the flow's old head (if any) is complete.
+            let head = Head {
+                slot: i,
+                parsed: p,
+                segment: p.payload,
+                segments: 1,
+                next_seq: p.seq.wrapping_add(p.payload as u32),
+                psh: p.flags & TCP_PSH != 0,
+                closed: !valid || p.flags & TCP_PSH != 0,
+            };
+            match found {
+                Some(h) => {
+                    let old = std::mem::replace(&mut self.heads[h], head);
+                    retire(slots, lens, &old);
+                }
+                None => self.heads.push(head),
+            }
+        }
+        for h in &self.heads {
+            retire(slots, lens, h);
+        }
+    }
+
+    /// Appends packet `i` (already checksum-verified) to head `h` if
+    /// allowed; returns whether it did.
+    fn try_join<S: AsMut<[u8]>>(
+        &mut self,
+        h: usize,
+        i: usize,
+        p: &Parsed,
+        slots: &mut [S],
+        lens: &mut [usize],
+    ) -> bool {
+        let head = self.heads[h];
+        let hp = &head.parsed;
+        let head_len = lens[head.slot];
+        if head.closed
+            || head.segments >= MAX_SEGMENTS
+            || p.payload > head.segment
+            || head_len + p.payload > MAX_IP_LEN
+            || p.l4_len != hp.l4_len
+            || p.ip_len != hp.ip_len
+            || (p.tuple.proto == PROTO_TCP && (p.seq != head.next_seq || p.ack != hp.ack))
+        {
+            return false;
+        }
+        let (before, after) = slots.split_at_mut(i);
+        let Some(head_slot) = before.get_mut(head.slot) else {
+            return false;
+        };
+        let head_slot = head_slot.as_mut();
+        let Some(packet) = after
+            .first_mut()
+            .and_then(|s| s.as_mut().get(HEADER_LEN..HEADER_LEN + lens[i]))
+        else {
+            return false;
+        };
+        let Some(head_packet) = head_slot.get(HEADER_LEN..HEADER_LEN + head_len) else {
+            return false;
+        };
+        if head_slot.len() < HEADER_LEN + head_len + p.payload || !headers_match(head_packet, packet, p)
+        {
+            return false;
+        }
+        let start = p.ip_len + p.l4_len;
+        let dst = HEADER_LEN + head_len;
+        head_slot[dst..dst + p.payload].copy_from_slice(&packet[start..start + p.payload]);
+        lens[head.slot] = head_len + p.payload;
+        let head = &mut self.heads[h];
+        head.segments += 1;
+        head.next_seq = head.next_seq.wrapping_add(p.payload as u32);
+        if p.flags & TCP_PSH != 0 {
+            head.psh = true;
+            head.closed = true;
+        }
+        if p.payload < head.segment {
+            head.closed = true;
+        }
+        true
+    }
+}
+
+/// Turns a head that absorbed other packets into a GSO packet.
+fn retire<S: AsMut<[u8]>>(slots: &mut [S], lens: &[usize], h: &Head) {
+    if h.segments > 1
+        && let (Some(slot), Some(&len)) = (slots.get_mut(h.slot), lens.get(h.slot))
+    {
+        finish(slot.as_mut(), len, h);
+    }
+}
+
+/// Parses the IP and transport headers. `None` for anything that is not
+/// a well-formed TCP or UDP packet; `candidate` says whether it may be
+/// coalesced.
+fn parse(packet: &[u8], udp: bool) -> Option<Parsed> {
+    let version = packet.first()? >> 4;
+    let (ip_len, proto, mut tuple, ip_ok) = match version {
+        4 => {
+            let h = packet.get(..20)?;
+            let ihl = usize::from(h[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+            let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
+            let mut src = [0; 16];
+            let mut dst = [0; 16];
+            src[..4].copy_from_slice(&h[12..16]);
+            dst[..4].copy_from_slice(&h[16..20]);
+            let tuple = FiveTuple { src, dst, v6: false, proto: h[9], sport: 0, dport: 0 };
+            // Options are rare; leaving them out keeps "headers match" simple.
+            let ok = ihl == 20 && total == packet.len() && !fragment && fold(sum16(h, 0)) == 0xffff;
+            (20, h[9], tuple, ok)
+        }
+        6 => {
+            let h = packet.get(..40)?;
+            let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
+            let mut src = [0; 16];
+            let mut dst = [0; 16];
+            src.copy_from_slice(&h[8..24]);
+            dst.copy_from_slice(&h[24..40]);
+            let tuple = FiveTuple { src, dst, v6: true, proto: h[6], sport: 0, dport: 0 };
+            (40, h[6], tuple, payload + 40 == packet.len())
+        }
+        _ => return None,
+    };
+    let l4 = packet.get(ip_len..)?;
+    let ports = l4.get(..4)?;
+    tuple.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    tuple.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    match proto {
+        PROTO_TCP => {
+            let t = l4.get(..20)?;
+            let l4_len = usize::from(t[12] >> 4) * 4;
+            if !(20..=60).contains(&l4_len) || l4.len() < l4_len {
+                return None;
+            }
+            let flags = t[13];
+            let payload = l4.len() - l4_len;
+            // Only plain data segments: ACK, or ACK+PSH. ECE/CWR/URG and
+            // SYN/FIN/RST go up on their own.
+            let plain = flags == TCP_ACK || flags == TCP_ACK | TCP_PSH;
+            Some(Parsed {
+                tuple,
+                ip_len,
+                l4_len,
+                payload,
+                seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+                ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+                flags,
+                candidate: ip_ok && plain && payload > 0,
+            })
+        }
+        PROTO_UDP => {
+            let u = l4.get(..8)?;
+            let udp_len = usize::from(u16::from_be_bytes([u[4], u[5]]));
+            let has_checksum = u[6] != 0 || u[7] != 0;
+            let payload = l4.len() - 8;
+            Some(Parsed {
+                tuple,
+                ip_len,
+                l4_len: 8,
+                payload,
+                seq: 0,
+                ack: 0,
+                flags: 0,
+                candidate: udp && ip_ok && udp_len == l4.len() && has_checksum && payload > 0,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether everything but lengths, IDs, checksums and sequence numbers is
+/// the same, so the merged packet's headers speak for all segments.
+fn headers_match(head: &[u8], packet: &[u8], p: &Parsed) -> bool {
+    let ip_same = if p.tuple.v6 {
+        // Version, traffic class, flow label; next header; hop limit.
+        head.get(..4) == packet.get(..4) && head.get(6..8) == packet.get(6..8)
+    } else {
+        // TOS; DF/MF flags; TTL and protocol.
+        head.get(1) == packet.get(1)
+            && head.get(6).map(|b| b & 0xe0) == packet.get(6).map(|b| b & 0xe0)
+            && head.get(8..10) == packet.get(8..10)
+    };
+    if !ip_same {
+        return false;
+    }
+    if p.tuple.proto == PROTO_TCP {
+        // Window may differ (the kernel keeps the first one, as NIC GRO
+        // does); options must be identical.
+        let opts = p.ip_len + 20..p.ip_len + p.l4_len;
+        head.get(opts.clone()) == packet.get(opts)
+    } else {
+        true
+    }
+}
+
+/// Verifies the transport checksum (with the pseudo-header).
+fn checksum_ok(packet: &[u8], p: &Parsed) -> bool {
+    let Some(l4) = packet.get(p.ip_len..) else {
+        return false;
+    };
+    fold(sum16(l4, pseudo_sum(p, l4.len()))) == 0xffff
+}
+
+fn pseudo_sum(p: &Parsed, l4_len: usize) -> u64 {
+    let addr = if p.tuple.v6 { 16 } else { 4 };
+    let mut acc = sum16(&p.tuple.src[..addr], 0);
+    acc = sum16(&p.tuple.dst[..addr], acc);
+    acc + u64::from(p.tuple.proto) + l4_len as u64
+}
+
+/// Fixes the lengths and checksums of a head that absorbed other packets
+/// and writes its GSO header.
+fn finish(slot: &mut [u8], len: usize, h: &Head) {
+    let p = &h.parsed;
+    let Some(packet) = slot.get_mut(HEADER_LEN..HEADER_LEN + len) else {
+        return;
+    };
+    if p.tuple.v6 {
+        packet[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    } else {
+        packet[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        packet[10..12].fill(0);
+        let c = !fold(sum16(&packet[..20], 0));
+        packet[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    let l4_total = len - p.ip_len;
+    // CHECKSUM_PARTIAL: the field holds the pseudo-header sum; the kernel
+    // adds the rest (per segment, if it ever segments again).
+    let partial = fold(pseudo_sum(p, l4_total));
+    let (gso_type, csum_offset) = if p.tuple.proto == PROTO_TCP {
+        if h.psh {
+            packet[p.ip_len + 13] |= TCP_PSH;
+        }
+        let t = if p.tuple.v6 { VIRTIO_NET_HDR_GSO_TCPV6 } else { VIRTIO_NET_HDR_GSO_TCPV4 };
+        (t, 16)
+    } else {
+        packet[p.ip_len + 4..p.ip_len + 6].copy_from_slice(&(l4_total as u16).to_be_bytes());
+        (VIRTIO_NET_HDR_GSO_UDP_L4, 6)
+    };
+    packet[p.ip_len + csum_offset..p.ip_len + csum_offset + 2]
+        .copy_from_slice(&partial.to_be_bytes());
+    write_header(
+        slot,
+        &VirtioHeader {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type,
+            hdr_len: (p.ip_len + p.l4_len) as u16,
+            gso_size: h.segment as u16,
+            csum_start: p.ip_len as u16,
+            csum_offset: csum_offset as u16,
+        },
+    );
+}
+
+/// `struct virtio_net_hdr`, in the host's byte order (legacy TUN).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct VirtioHeader {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+fn write_header(slot: &mut [u8], h: &VirtioHeader) {
+    let Some(b) = slot.get_mut(..HEADER_LEN) else {
+        return;
+    };
+    b[0] = h.flags;
+    b[1] = h.gso_type;
+    b[2..4].copy_from_slice(&h.hdr_len.to_ne_bytes());
+    b[4..6].copy_from_slice(&h.gso_size.to_ne_bytes());
+    b[6..8].copy_from_slice(&h.csum_start.to_ne_bytes());
+    b[8..10].copy_from_slice(&h.csum_offset.to_ne_bytes());
+}
+
+#[cfg(test)]
+pub(crate) fn read_header(slot: &[u8]) -> VirtioHeader {
+    let u = |i: usize| u16::from_ne_bytes([slot[i], slot[i + 1]]);
+    VirtioHeader {
+        flags: slot[0],
+        gso_type: slot[1],
+        hdr_len: u(2),
+        gso_size: u(4),
+        csum_start: u(6),
+        csum_offset: u(8),
+    }
+}
+
+#[cfg(test)]
+mod tests;
