@@ -16,8 +16,11 @@
 //! - [`encode`]: [`Encoded`] fragments, full maps spliced from them, map
 //!   stream numbering on the server.
 //! - [`MapSession`]: full map + deltas → [`weft_types::NetMap`] + [`NetMapDiff`].
+//! - [`ControlClient`]: the node's conversation on one connection
+//!   (register, auth URL follow-up, map stream, updates) for `weftd`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod client;
 pub mod connection;
 pub mod encode;
 pub mod frame;
@@ -25,6 +28,7 @@ pub mod map_session;
 pub mod noise;
 pub mod upgrade;
 
+pub use client::{ClientError, ClientEvent, ClientParams, ControlClient};
 pub use connection::{
     Accepted, ChannelConfig, ChannelError, ClientConnection, ClientRole, Connection, Event, Role,
     ServerConnection, ServerRole,
