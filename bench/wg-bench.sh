@@ -15,7 +15,8 @@
 #   -x        also the interop pairs weftd>wireguard-go and wireguard-go>weftd (1 run each)
 #   -u        also iperf3 UDP at 500M and 1G (loss %, in DIR/summary.txt and DIR/table-full.md)
 # env: everything lab/bench-wg.sh reads passes through (LAB_QUIET_WAIT_MAX, LAB_TUN_MTU,
-#      WIREGUARD_GO, ...); WEFTD=/path/to/weftd skips the build and uses that binary.
+#      WIREGUARD_GO, ...); WEFTD=/path/to/weftd skips the build and uses that binary;
+#      LAB_LOCK_WAIT (default 1800 s): how long to wait for another bench on this machine to end.
 #
 # Output: the table on stdout; DIR/summary.txt (one bench-wg.sh result line per config),
 # DIR/table.md (this table), DIR/table-full.md (lab/mktable.sh, all columns), DIR/versions.txt
@@ -107,6 +108,12 @@ for c in "${CONFIGS[@]}"; do
     [[ $label == *">"* ]] && n=1
     dir=$OUT/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"$label")
     log "== $label"
+    # One bench per machine (lab/bench-wg.sh holds this lock while it runs): wait our turn
+    # instead of failing when someone else's bench is on.
+    if ! flock -n /run/lab-bench.lock true 2>/dev/null; then
+        log "another lab bench is running: waiting up to ${LAB_LOCK_WAIT:-1800}s for /run/lab-bench.lock"
+        flock -w "${LAB_LOCK_WAIT:-1800}" /run/lab-bench.lock true || log "still locked; trying anyway"
+    fi
     # shellcheck disable=SC2086 # impls is one or two words on purpose
     if ! "$LAB/bench-wg.sh" -n "$n" -t "$DUR" -T "$TESTS" -o "$dir" -l "$label" $impls >>"$OUT/summary.txt"; then
         echo "impl=$label FAILED (see $dir)" >>"$OUT/summary.txt"
