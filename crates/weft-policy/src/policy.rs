@@ -325,6 +325,38 @@ impl Policy {
         }
     }
 
+    /// Returns whether a node may carry `tag` when registered by `login`
+    /// (`None` for a node registered by an auth key without a user) and
+    /// already holding `node_tags`, according to `tagOwners`: the tag must be
+    /// declared, and the user is an admin, is listed, is in a listed group,
+    /// is a member while `autogroup:member` is listed, or the node holds a
+    /// listed owner tag.
+    #[must_use]
+    pub fn may_apply_tag(
+        &self,
+        tailnet: &crate::Tailnet,
+        tag: &str,
+        login: Option<&str>,
+        node_tags: &[String],
+    ) -> bool {
+        let Some(owners) = self.tag_owners.get(tag) else {
+            return false;
+        };
+        if login.is_some_and(|l| tailnet.is_admin(l)) {
+            return true;
+        }
+        owners.iter().any(|o| match (o, login) {
+            (TagOwner::User(u), Some(l)) => u == l,
+            (TagOwner::Group(g), Some(l)) => {
+                self.groups.get(g).is_some_and(|m| m.iter().any(|x| x == l))
+            }
+            (TagOwner::Admins, Some(l)) => tailnet.is_admin(l),
+            (TagOwner::Members, Some(l)) => tailnet.users().contains_key(l),
+            (TagOwner::Tag(t), _) => node_tags.contains(t),
+            _ => false,
+        })
+    }
+
     /// Returns the source text, exactly as parsed (comments included).
     #[must_use]
     pub fn text(&self) -> &str {

@@ -215,3 +215,36 @@ fn ssh_users_compile_to_the_wire_vocabulary() {
     assert_eq!(s.rules[0].users.len(), 1);
     assert!(s.rules[0].principals.iter().all(|p| matches!(p, SshPrincipal::Prefix(n) if n.to_string().ends_with("::3/128") || n.to_string() == "100.64.0.3/32")));
 }
+
+#[test]
+fn tag_owners_decide_who_may_apply_a_tag() {
+    let t = tailnet();
+    let p = policy(
+        r#"{"groups": {"group:eng": ["bob@example.com"]},
+            "tagOwners": {"tag:server": ["group:eng"], "tag:ci": ["tag:server"], "tag:db": [], "tag:any": ["autogroup:member"]}}"#,
+    );
+    let bob = Some("bob@example.com");
+    assert!(
+        p.may_apply_tag(&t, "tag:server", bob, &[]),
+        "bob is in group:eng"
+    );
+    assert!(!p.may_apply_tag(&t, "tag:server", Some("carol@example.com"), &[]));
+    assert!(
+        p.may_apply_tag(&t, "tag:server", Some("alice@example.com"), &[]),
+        "admins may apply any declared tag"
+    );
+    assert!(
+        !p.may_apply_tag(&t, "tag:db", bob, &[]),
+        "an empty owner list means admins only"
+    );
+    assert!(
+        p.may_apply_tag(&t, "tag:ci", None, &["tag:server".to_string()]),
+        "a tag may own a tag"
+    );
+    assert!(!p.may_apply_tag(&t, "tag:ci", None, &[]));
+    assert!(p.may_apply_tag(&t, "tag:any", Some("carol@example.com"), &[]));
+    assert!(
+        !p.may_apply_tag(&t, "tag:undeclared", Some("alice@example.com"), &[]),
+        "undeclared tags are never applied"
+    );
+}
