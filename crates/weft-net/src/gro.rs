@@ -9,7 +9,9 @@
 //! 64 KiB of payload: the kernel treats it as that many segments that
 //! arrived together (exactly what NIC GRO produces), so the TCP stack runs
 //! once per super-packet instead of once per segment. [`Gro::coalesce`]
-//! builds those super-packets from a batch:
+//! builds those super-packets from a batch, without copying: a joining
+//! packet's payload stays where it is, and the head is written together
+//! with the joined payloads in one `writev`.
 //!
 //! * A packet may join the *head* packet of its flow (same addresses,
 //!   ports, ACK number, IP and TCP options) if it continues the byte stream
@@ -83,6 +85,9 @@ struct Parsed {
 struct Head {
     slot: usize,
     parsed: Parsed,
+    /// Length of the coalesced packet: the head's own bytes plus the
+    /// payloads that joined it.
+    total: usize,
     /// Payload size of the first segment: every joiner but the last has it.
     segment: usize,
     segments: u16,
@@ -91,10 +96,22 @@ struct Head {
     closed: bool,
 }
 
+/// A payload that joined a head: it stays in its own slot and is written
+/// after the head with the same `writev`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Join {
+    head: usize,
+    slot: usize,
+    /// Byte range within the slot (headroom included).
+    start: usize,
+    end: usize,
+}
+
 /// Reusable GRO state; holds no packets between calls.
 #[derive(Debug)]
 pub(crate) struct Gro {
     heads: Vec<Head>,
+    joins: Vec<Join>,
     udp: bool,
 }
 
@@ -104,22 +121,35 @@ impl Gro {
     pub(crate) fn new(batch: usize, udp: bool) -> Self {
         Self {
             heads: Vec::with_capacity(batch),
+            joins: Vec::with_capacity(batch),
             udp,
         }
     }
 
+    /// Returns the byte ranges of the payloads that joined the packet in
+    /// `slot` during the last [`Self::coalesce`], in stream order: write
+    /// them right after it (`writev`).
+    pub(crate) fn joined(&self, slot: usize) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> {
+        self.joins
+            .iter()
+            .filter(move |j| j.head == slot)
+            .map(|j| (j.slot, j.start..j.end))
+    }
+
     /// Coalesces `slots[..lens.len()]`: slot `i` holds [`HEADER_LEN`] bytes
     /// of headroom, then a packet of `lens[i]` bytes. Writes the virtio
-    /// header of every packet to be written, grows `lens` of the heads that
-    /// absorbed others, and puts the indices of the slots to write, in
-    /// order, into `out`.
+    /// header of every packet to be written and fixes the IP/transport
+    /// headers of those that others joined, and puts the indices of the
+    /// slots to write, in order, into `out`. Write slot `i` as its first
+    /// `HEADER_LEN + lens[i]` bytes followed by [`Self::joined`]`(i)`.
     pub(crate) fn coalesce<S: AsMut<[u8]>>(
         &mut self,
         slots: &mut [S],
-        lens: &mut [usize],
+        lens: &[usize],
         out: &mut Vec<usize>,
     ) {
         self.heads.clear();
+        self.joins.clear();
         out.clear();
         let n = lens.len().min(slots.len());
         for i in 0..n {
@@ -152,6 +182,7 @@ impl Gro {
             let head = Head {
                 slot: i,
                 parsed: p,
+                total: len,
                 segment: p.payload,
                 segments: 1,
                 next_seq: p.seq.wrapping_add(p.payload as u32),
@@ -171,52 +202,60 @@ impl Gro {
         }
     }
 
-    /// Appends packet `i` (already checksum-verified) to head `h` if
-    /// allowed; returns whether it did.
+    /// Returns the length the packet in `slot` has once its joined payloads
+    /// follow it.
+    #[cfg(test)]
+    pub(crate) fn total_len(&self, slot: usize, own: usize) -> usize {
+        own + self.joined(slot).map(|(_, r)| r.len()).sum::<usize>()
+    }
+
+    /// Joins packet `i` (already checksum-verified) to head `h` if allowed;
+    /// returns whether it did.
     fn try_join<S: AsMut<[u8]>>(
         &mut self,
         h: usize,
         i: usize,
         p: &Parsed,
         slots: &mut [S],
-        lens: &mut [usize],
+        lens: &[usize],
     ) -> bool {
         let head = self.heads[h];
         let hp = &head.parsed;
-        let head_len = lens[head.slot];
         if head.closed
             || head.segments >= MAX_SEGMENTS
             || p.payload > head.segment
-            || head_len + p.payload > MAX_IP_LEN
+            || head.total + p.payload > MAX_IP_LEN
             || p.l4_len != hp.l4_len
             || p.ip_len != hp.ip_len
             || (p.tuple.proto == PROTO_TCP && (p.seq != head.next_seq || p.ack != hp.ack))
         {
             return false;
         }
+        let (Some(head_len), Some(len)) = (lens.get(head.slot), lens.get(i)) else {
+            return false;
+        };
         let (before, after) = slots.split_at_mut(i);
-        let Some(head_slot) = before.get_mut(head.slot) else {
-            return false;
-        };
-        let head_slot = head_slot.as_mut();
-        let Some(packet) = after
+        let head_packet = before
+            .get_mut(head.slot)
+            .and_then(|s| s.as_mut().get(HEADER_LEN..HEADER_LEN + head_len));
+        let packet = after
             .first_mut()
-            .and_then(|s| s.as_mut().get(HEADER_LEN..HEADER_LEN + lens[i]))
-        else {
+            .and_then(|s| s.as_mut().get(HEADER_LEN..HEADER_LEN + len));
+        let (Some(head_packet), Some(packet)) = (head_packet, packet) else {
             return false;
         };
-        let Some(head_packet) = head_slot.get(HEADER_LEN..HEADER_LEN + head_len) else {
-            return false;
-        };
-        if head_slot.len() < HEADER_LEN + head_len + p.payload || !headers_match(head_packet, packet, p)
-        {
+        if !headers_match(head_packet, packet, p) {
             return false;
         }
-        let start = p.ip_len + p.l4_len;
-        let dst = HEADER_LEN + head_len;
-        head_slot[dst..dst + p.payload].copy_from_slice(&packet[start..start + p.payload]);
-        lens[head.slot] = head_len + p.payload;
+        let start = HEADER_LEN + p.ip_len + p.l4_len;
+        self.joins.push(Join {
+            head: head.slot,
+            slot: i,
+            start,
+            end: start + p.payload,
+        });
         let head = &mut self.heads[h];
+        head.total += p.payload;
         head.segments += 1;
         head.next_seq = head.next_seq.wrapping_add(p.payload as u32);
         if p.flags & TCP_PSH != 0 {
@@ -358,11 +397,13 @@ fn pseudo_sum(p: &Parsed, l4_len: usize) -> u64 {
     acc + u64::from(p.tuple.proto) + l4_len as u64
 }
 
-/// Fixes the lengths and checksums of a head that absorbed other packets
-/// and writes its GSO header.
-fn finish(slot: &mut [u8], len: usize, h: &Head) {
+/// Fixes the lengths and checksums of a head that others joined (its own
+/// `own` bytes are in the slot; the total length is `h.total`) and writes
+/// its GSO header.
+fn finish(slot: &mut [u8], own: usize, h: &Head) {
     let p = &h.parsed;
-    let Some(packet) = slot.get_mut(HEADER_LEN..HEADER_LEN + len) else {
+    let len = h.total;
+    let Some(packet) = slot.get_mut(HEADER_LEN..HEADER_LEN + own) else {
         return;
     };
     if p.tuple.v6 {

@@ -13,7 +13,7 @@
 //! Without offloads (old kernels, or [`Offload::Off`]) both sides fall back
 //! to one plain packet per `read`/`write`, still batched in userspace.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -276,8 +276,7 @@ impl TunReader {
 /// Reusable buffers for writing batches of packets to TUN, coalesced by
 /// [`Gro`] when the device has offloads.
 pub(crate) struct TunWriter {
-    /// Each slot: virtio header room, then room for a 64 KiB packet (a head
-    /// that absorbs others grows in place).
+    /// Each slot: virtio header room, then room for the largest packet.
     slots: Vec<Box<[u8]>>,
     lens: Vec<usize>,
     gro: Option<Gro>,
@@ -342,8 +341,8 @@ impl TunWriter {
     pub(crate) fn flush(&mut self, tun: &Tun) -> io::Result<u64> {
         let mut failed = 0;
         let dev = tun.device();
-        let mut write = |buf: &[u8]| -> io::Result<()> {
-            match dev.send(buf) {
+        let mut check = |r: io::Result<usize>| -> io::Result<()> {
+            match r {
                 Ok(_) => Ok(()),
                 Err(e) if is_fatal(&e) => Err(e),
                 Err(e) => {
@@ -355,14 +354,29 @@ impl TunWriter {
         };
         let result = match &mut self.gro {
             Some(gro) => {
-                gro.coalesce(&mut self.slots, &mut self.lens, &mut self.to_write);
+                gro.coalesce(&mut self.slots, &self.lens, &mut self.to_write);
+                let (slots, lens, gro) = (&self.slots, &self.lens, &*gro);
                 self.to_write.iter().try_for_each(|&i| {
-                    let len = self.lens.get(i).copied().unwrap_or(0);
-                    self.slots.get(i).and_then(|s| s.get(..HEADROOM + len)).map_or(Ok(()), &mut write)
+                    let own = lens.get(i).and_then(|&l| slots.get(i)?.get(..HEADROOM + l));
+                    let Some(own) = own else { return Ok(()) };
+                    let mut iov = [IoSlice::new(&[]); 1 + gro::MAX_SEGMENTS as usize];
+                    iov[0] = IoSlice::new(own);
+                    let mut n = 1;
+                    for (j, range) in gro.joined(i) {
+                        let Some(part) = slots.get(j).and_then(|s| s.get(range)) else {
+                            continue;
+                        };
+                        if let Some(slot) = iov.get_mut(n) {
+                            *slot = IoSlice::new(part);
+                            n += 1;
+                        }
+                    }
+                    check(if n == 1 { dev.send(own) } else { dev.send_vectored(&iov[..n]) })
                 })
             }
             None => self.lens.iter().zip(&self.slots).try_for_each(|(&len, slot)| {
-                slot.get(HEADROOM..HEADROOM + len).map_or(Ok(()), &mut write)
+                slot.get(HEADROOM..HEADROOM + len)
+                    .map_or(Ok(()), |p| check(dev.send(p)))
             }),
         };
         self.lens.clear();

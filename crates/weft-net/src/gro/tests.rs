@@ -98,14 +98,19 @@ fn run(packets: &[Vec<u8>], udp: bool) -> Vec<(VirtioHeader, Vec<u8>)> {
             s
         })
         .collect();
-    let mut lens: Vec<usize> = packets.iter().map(Vec::len).collect();
+    let lens: Vec<usize> = packets.iter().map(Vec::len).collect();
     let mut out = Vec::new();
     let mut gro = Gro::new(packets.len(), udp);
-    gro.coalesce(&mut slots, &mut lens, &mut out);
+    gro.coalesce(&mut slots, &lens, &mut out);
     out.iter()
         .map(|&i| {
             let s = &slots[i];
-            (read_header(s), s[HEADER_LEN..HEADER_LEN + lens[i]].to_vec())
+            let mut packet = s[HEADER_LEN..HEADER_LEN + lens[i]].to_vec();
+            for (j, range) in gro.joined(i) {
+                packet.extend_from_slice(&slots[j][range]);
+            }
+            assert_eq!(packet.len(), gro.total_len(i, lens[i]));
+            (read_header(s), packet)
         })
         .collect()
 }
