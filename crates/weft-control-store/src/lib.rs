@@ -28,6 +28,13 @@
 //! constraints are the final guard: a registration that loses a race is
 //! retried with a fresh view, so two live nodes never share an address or a
 //! name.
+//!
+//! # Tests
+//! `cargo test -p weft-control-store` runs one suite (`tests/store/`) on
+//! SQLite and, when `WEFT_TEST_PG_URL` names a PostgreSQL server, on
+//! PostgreSQL too, each test in a database of its own. Start a throwaway
+//! server with `eval "$(bash .ci/start-postgres.sh)"`. Without the URL the
+//! PostgreSQL variants print why they skip; with `WEFT_E2E=1` they fail.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod alloc;
