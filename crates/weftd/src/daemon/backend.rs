@@ -1,0 +1,795 @@
+//! The coordinator: one task that owns the profile store, the data plane
+//! and the current control session, and turns LocalAPI requests and session
+//! events into changes of all three. It decides nothing about wire formats
+//! or packets; each owner does its own job:
+//!
+//! | owner | holds |
+//! |---|---|
+//! | [`ProfileStore`] | the state file: machine key, profiles, prefs |
+//! | [`session`](super::session) task | the control connection, map stream, reconnects |
+//! | [`DataPlane`] | WireGuard, disco, TUN addresses (incremental) |
+//! | [`Bus`] | the `watch` event stream |
+//! | `Backend` (here) | the runtime facts of the current profile and the state derived from them |
+//!
+//! Requests arrive as closures run on the coordinator task ([`Handle::call`]),
+//! so no locks are needed and every change is seen in one order. Work that
+//! waits on the network (logout, ping) is split: the closure starts it and
+//! hands back what to wait on, the caller waits outside.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use weft_localapi::{
+    BackendState, DebugPrefs, Notify, Prefs, PrefsPatch, ProfileSummary, StartRequest, UserInfo,
+};
+use weft_types::control::{AuthKey, Registered};
+use weft_types::{Endpoint, HostInfo, NetMap, NodePrivate, Tag};
+
+use super::bus::Bus;
+use super::control::{ControlClient, ControlTarget};
+use super::dataplane::DataPlane;
+use super::profiles::{ProfileError, ProfileStore};
+use super::session::{self, LoginMode, SessionCmd, SessionEvent, SessionHandle, SessionSpec};
+
+/// An error for the LocalAPI: an HTTP status and a message for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(400, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(404, m)
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(500, m)
+    }
+}
+
+impl From<ProfileError> for ApiError {
+    fn from(e: ProfileError) -> Self {
+        match e {
+            ProfileError::Unknown(_) => ApiError::not_found(e.to_string()),
+            ProfileError::State(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<super::state_file::StateError> for ApiError {
+    fn from(e: super::state_file::StateError) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
+/// A login the user started and is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Login {
+    #[default]
+    None,
+    AuthKey,
+    Interactive,
+}
+
+/// What the coordinator knows about the current profile at run time
+/// (reset on a profile switch; never persisted).
+#[derive(Debug, Default)]
+struct Runtime {
+    netmap: Option<Arc<NetMap>>,
+    auth_url: Option<String>,
+    login: Login,
+    browse_requested: bool,
+    key_expired: bool,
+    /// Control does not know our node key (deleted, or never registered).
+    needs_auth: bool,
+    machine_authorized: Option<bool>,
+    control_error: Option<String>,
+    /// An error was already sent as `Notify::Error` since the last start.
+    error_reported: bool,
+    /// A node key being registered (first login or re-authentication);
+    /// committed to the profile once control accepts it.
+    pending_key: Option<NodePrivate>,
+}
+
+/// Fixed facts about this daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub tun: String,
+    pub os_hostname: String,
+}
+
+/// A closure run on the coordinator task.
+pub type Job = Box<dyn FnOnce(&mut Backend) + Send>;
+
+/// The coordinator's mailbox.
+#[derive(Clone)]
+pub struct Handle {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Handle {
+    /// Runs `f` on the coordinator and returns its result.
+    ///
+    /// # Errors
+    /// 503 if the coordinator has stopped.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Backend) -> R + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |b| {
+                let _ = tx.send(f(b));
+            }))
+            .map_err(|_| ApiError::new(503, "weftd is shutting down"))?;
+        rx.await.map_err(|_| ApiError::new(503, "weftd is shutting down"))
+    }
+}
+
+/// Work to finish a logout outside the coordinator.
+pub struct LogoutJob {
+    pub profile_id: String,
+    pub client: Arc<dyn ControlClient>,
+    pub url: String,
+    pub machine_key: weft_types::MachinePrivate,
+    pub pinned: Option<weft_types::MachinePublic>,
+    pub node_key: NodePrivate,
+    pub host_info: HostInfo,
+}
+
+impl LogoutJob {
+    /// Expires the node key at control.
+    ///
+    /// # Errors
+    /// A message naming the control server and the cause.
+    pub async fn run(self) -> Result<(), String> {
+        let server_key = match self.pinned {
+            Some(k) => k,
+            None => session::fetch_key(&*self.client, &self.url).await.map_err(|e| e.to_string())?,
+        };
+        let target = ControlTarget { url: self.url.clone(), machine_key: self.machine_key.clone(), server_key };
+        session::logout(&*self.client, &target, &self.node_key, self.host_info.clone()).await
+    }
+}
+
+/// The coordinator. See the module docs.
+pub struct Backend {
+    store: ProfileStore,
+    control: Arc<dyn ControlClient>,
+    dp: Box<dyn DataPlane>,
+    bus: Bus,
+    info: DaemonInfo,
+    events_tx: session::EventTx,
+    session: Option<SessionHandle>,
+    generation: u64,
+    rt: Runtime,
+    last_state: BackendState,
+    endpoints: Vec<Endpoint>,
+}
+
+impl Backend {
+    /// Creates the coordinator and programs the data plane with the current
+    /// profile's key. Call [`Backend::run`] to start it.
+    pub fn new(
+        store: ProfileStore,
+        control: Arc<dyn ControlClient>,
+        dp: Box<dyn DataPlane>,
+        bus: Bus,
+        info: DaemonInfo,
+        events_tx: session::EventTx,
+    ) -> Self {
+        let mut b = Self {
+            store,
+            control,
+            dp,
+            bus,
+            info,
+            events_tx,
+            session: None,
+            generation: 0,
+            rt: Runtime::default(),
+            last_state: BackendState::NoState,
+            endpoints: Vec::new(),
+        };
+        b.load_profile();
+        b
+    }
+
+    /// Runs the coordinator until every [`Handle`] is dropped.
+    pub async fn run(
+        mut self,
+        mut jobs: mpsc::UnboundedReceiver<Job>,
+        mut events: mpsc::UnboundedReceiver<(u64, SessionEvent)>,
+    ) {
+        self.publish_state(false);
+        loop {
+            tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(job) => job(&mut self),
+                    None => break,
+                },
+                Some((generation, event)) = events.recv() => self.on_session(generation, event),
+            }
+            self.publish_state(false);
+        }
+        self.session = None;
+    }
+
+    /// Returns a mailbox and the receiver [`Backend::run`] takes.
+    pub fn mailbox() -> (Handle, mpsc::UnboundedReceiver<Job>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Handle { jobs: tx }, rx)
+    }
+
+    // ---- derived state ------------------------------------------------------
+
+    /// Returns the backend state of the current profile.
+    pub fn state(&self) -> BackendState {
+        let p = self.store.current();
+        let want = p.prefs.want_running;
+        if self.rt.login == Login::AuthKey && want {
+            return BackendState::Starting;
+        }
+        if self.rt.key_expired || self.rt.needs_auth || !p.is_registered() || self.rt.pending_key.is_some() && self.rt.login != Login::None {
+            return BackendState::NeedsLogin;
+        }
+        if !want {
+            return BackendState::Stopped;
+        }
+        if self.rt.machine_authorized == Some(false) {
+            return BackendState::NeedsMachineAuth;
+        }
+        if self.rt.netmap.is_none() {
+            return BackendState::Starting;
+        }
+        BackendState::Running
+    }
+
+    fn publish_state(&mut self, always: bool) {
+        let s = self.state();
+        if always || s != self.last_state {
+            if s != self.last_state {
+                tracing::info!(from = ?self.last_state, to = ?s, "Backend state");
+            }
+            self.last_state = s;
+            self.bus.send(Notify::State { state: s });
+        }
+    }
+
+    // ---- read-only views ------------------------------------------------------
+
+    pub fn store(&self) -> &ProfileStore {
+        &self.store
+    }
+    pub fn data_plane(&self) -> &dyn DataPlane {
+        &*self.dp
+    }
+    pub fn netmap(&self) -> Option<&Arc<NetMap>> {
+        self.rt.netmap.as_ref()
+    }
+    pub fn auth_url(&self) -> Option<&str> {
+        self.rt.auth_url.as_deref()
+    }
+    pub fn info(&self) -> &DaemonInfo {
+        &self.info
+    }
+
+    /// Returns the problems a user should know about.
+    pub fn health(&self) -> Vec<String> {
+        let mut h = Vec::new();
+        if let Some(e) = &self.rt.control_error {
+            let kept = if self.rt.netmap.is_some() { "; keeping the last network map" } else { "" };
+            h.push(format!("{e}{kept}"));
+        }
+        if self.rt.key_expired {
+            h.push("node key expired: log in again with weft up --force-reauth".into());
+        } else if self.rt.needs_auth && self.store.current().is_registered() {
+            h.push("control does not know this node any more: log in again with weft up".into());
+        }
+        if self.rt.machine_authorized == Some(false) {
+            h.push("waiting for an administrator to approve this machine".into());
+        }
+        h
+    }
+
+    pub fn prefs(&self) -> Prefs {
+        self.store.current().prefs.clone()
+    }
+
+    pub fn profiles(&self) -> Vec<ProfileSummary> {
+        self.store.summaries()
+    }
+
+    pub fn current_summary(&self) -> ProfileSummary {
+        self.store.summary(self.store.current())
+    }
+
+    /// Returns a snapshot for a new watcher and subscribes it, atomically
+    /// (no event falls between the two).
+    pub fn watch(&self) -> (Notify, tokio::sync::broadcast::Receiver<Notify>) {
+        let snapshot = Notify::Snapshot { state: self.state(), auth_url: self.rt.auth_url.clone(), prefs: self.prefs() };
+        (snapshot, self.bus.subscribe())
+    }
+
+    pub fn debug_prefs(&self) -> DebugPrefs {
+        let p = self.store.current();
+        DebugPrefs {
+            profile_id: p.id.clone(),
+            prefs: p.prefs.clone(),
+            node_key: p.node_key.as_ref().map(NodePrivate::public),
+            private_node_key: p.node_key.as_ref().map(|_| "<redacted>".to_owned()),
+            node_id: p.node_id,
+            user: p.user.as_ref().map(|u| u.login_name.clone()),
+            control_key: p.control_key.map(|k| k.to_string()),
+        }
+    }
+
+    // ---- requests -----------------------------------------------------------
+
+    /// `PATCH prefs`.
+    ///
+    /// # Errors
+    /// 400 for a change that needs a new login; 500 if the state cannot be written.
+    pub fn edit_prefs(&mut self, patch: &PrefsPatch) -> Result<Prefs, ApiError> {
+        let cur = self.store.current();
+        if let Some(url) = &patch.control_url
+            && *url != cur.prefs.control_url
+            && cur.is_registered()
+        {
+            return Err(ApiError::bad_request(
+                "changing the control server needs a new login: use weft login --login-server=URL (a new profile)",
+            ));
+        }
+        validate_tags(patch.advertise_tags.as_deref().unwrap_or_default())?;
+        let before = cur.prefs.clone();
+        let after = patch.apply_to(&before);
+        self.store.update_current(|p| p.prefs = after.clone())?;
+        self.after_prefs_change(&before, &after);
+        Ok(after)
+    }
+
+    fn after_prefs_change(&mut self, before: &Prefs, after: &Prefs) {
+        if before == after {
+            return;
+        }
+        self.bus.send(Notify::Prefs { prefs: after.clone() });
+        if before.want_running != after.want_running {
+            if after.want_running {
+                self.rt.error_reported = false;
+                self.ensure_session(true);
+            } else {
+                // Down: stop talking to control and empty the data plane; the
+                // registration stays (no re-login needed for `up`).
+                self.session = None;
+                self.rt.netmap = None;
+                self.rt.control_error = None;
+                self.dp.clear();
+            }
+        } else if host_info_changed(before, after)
+            && let Some(s) = &self.session
+        {
+            s.send(SessionCmd::HostInfo(self.host_info()));
+        }
+    }
+
+    /// `POST start`.
+    ///
+    /// # Errors
+    /// As [`Backend::edit_prefs`].
+    pub fn start(&mut self, req: StartRequest) -> Result<(), ApiError> {
+        let cur = self.store.current().clone();
+        let mut prefs = req.prefs.clone().unwrap_or_else(|| cur.prefs.clone());
+        prefs.want_running = true;
+        prefs.logged_out = false;
+        if prefs.nickname.is_none() && req.prefs.is_some() {
+            prefs.nickname.clone_from(&cur.prefs.nickname);
+        }
+        validate_tags(&prefs.advertise_tags)?;
+        let server_changed = prefs.control_url != cur.prefs.control_url;
+        let before = cur.prefs.clone();
+        self.store.update_current(|p| {
+            p.prefs = prefs.clone();
+            if server_changed {
+                // Another server: this identity means nothing there.
+                p.node_key = None;
+                p.node_id = None;
+                p.control_key = None;
+                p.user = None;
+                p.tailnet = None;
+            }
+        })?;
+        if server_changed {
+            self.reset_runtime();
+        }
+        self.rt.error_reported = false;
+        if before != prefs {
+            self.bus.send(Notify::Prefs { prefs: prefs.clone() });
+        }
+        let registered = self.store.current().is_registered();
+        let needs_login = !registered || self.rt.key_expired || self.rt.needs_auth;
+        if req.force_reauth {
+            self.rt.pending_key = Some(NodePrivate::generate());
+        }
+        let auth_key = req.auth_key.filter(|k| !k.is_empty());
+        match auth_key {
+            Some(k) if needs_login || req.force_reauth => {
+                self.rt.login = Login::AuthKey;
+                self.respawn(LoginMode::AuthKey(AuthKey(k)));
+            }
+            _ if req.force_reauth || server_changed => self.respawn(LoginMode::Existing),
+            _ if self.session.is_none() || !registered => self.ensure_session(true),
+            _ => {
+                if let Some(s) = &self.session {
+                    s.send(SessionCmd::HostInfo(self.host_info()));
+                }
+            }
+        }
+        // The CLI waits for a state event after every start.
+        self.publish_state(true);
+        Ok(())
+    }
+
+    /// `POST login-interactive`.
+    pub fn login_interactive(&mut self) {
+        self.rt.login = Login::Interactive;
+        self.rt.browse_requested = true;
+        self.rt.error_reported = false;
+        if let Some(url) = self.rt.auth_url.clone() {
+            self.bus.send(Notify::BrowseToUrl { url });
+        }
+        match &self.session {
+            Some(s) => s.send(SessionCmd::Interactive),
+            None => self.respawn(LoginMode::Existing),
+        }
+    }
+
+    /// First half of `POST logout`: stops the session and returns what must
+    /// be done at control (`None`: nothing registered, done locally).
+    ///
+    /// # Errors
+    /// 500 if the state cannot be written.
+    pub fn begin_logout(&mut self) -> Result<Option<LogoutJob>, ApiError> {
+        let p = self.store.current().clone();
+        let Some(node_key) = p.node_key.clone().filter(|_| p.is_registered()) else {
+            self.finish_logout(&p.id, Ok(()))?;
+            return Ok(None);
+        };
+        self.session = None;
+        Ok(Some(LogoutJob {
+            profile_id: p.id.clone(),
+            client: Arc::clone(&self.control),
+            url: p.prefs.control_url.clone(),
+            machine_key: self.store.machine_key().clone(),
+            pinned: p.control_key,
+            node_key,
+            host_info: self.host_info(),
+        }))
+    }
+
+    /// Second half of `POST logout`: removes the profile, or on failure
+    /// resumes as before.
+    ///
+    /// # Errors
+    /// 502 with the control error; 500 if the state cannot be written.
+    pub fn finish_logout(&mut self, profile_id: &str, result: Result<(), String>) -> Result<(), ApiError> {
+        if self.store.current().id != profile_id {
+            return Err(ApiError::new(409, "the profile changed while logging out; nothing was removed"));
+        }
+        if let Err(e) = result {
+            self.ensure_session(false);
+            return Err(ApiError::new(502, format!("logout failed, the node is still logged in: {e}")));
+        }
+        self.store.delete(profile_id, super::dataplane::unix_now().0)?;
+        self.store.update_current(|p| p.prefs.logged_out = true)?;
+        self.load_profile();
+        self.bus.send(Notify::Prefs { prefs: self.prefs() });
+        tracing::info!("Logged out");
+        Ok(())
+    }
+
+    /// `PUT profiles`: a new empty profile, now current.
+    ///
+    /// # Errors
+    /// 500 if the state cannot be written.
+    pub fn new_profile(&mut self) -> Result<ProfileSummary, ApiError> {
+        self.store.create(Prefs::default(), super::dataplane::unix_now().0)?;
+        self.load_profile();
+        self.bus.send(Notify::Prefs { prefs: self.prefs() });
+        Ok(self.current_summary())
+    }
+
+    /// `POST profiles/{id}`.
+    ///
+    /// # Errors
+    /// 404 for an unknown id; 500 if the state cannot be written.
+    pub fn switch_profile(&mut self, id: &str) -> Result<ProfileSummary, ApiError> {
+        if self.store.current().id != id {
+            self.store.switch(id)?;
+            self.load_profile();
+            self.bus.send(Notify::Prefs { prefs: self.prefs() });
+        }
+        Ok(self.current_summary())
+    }
+
+    /// `DELETE profiles/{id}` (no logout at control).
+    ///
+    /// # Errors
+    /// 404 for an unknown id; 500 if the state cannot be written.
+    pub fn delete_profile(&mut self, id: &str) -> Result<(), ApiError> {
+        if self.store.delete(id, super::dataplane::unix_now().0)? {
+            self.load_profile();
+            self.bus.send(Notify::Prefs { prefs: self.prefs() });
+        }
+        Ok(())
+    }
+
+    /// Finds the peer with tailnet address `ip`.
+    pub fn peer_by_ip(&self, ip: IpAddr) -> Option<&weft_types::Node> {
+        let nm = self.rt.netmap.as_ref()?;
+        nm.peers.values().find(|n| n.addresses.iter().any(|a| a.addr() == ip))
+    }
+
+    /// Starts a disco ping to the peer at `ip`.
+    ///
+    /// # Errors
+    /// 404 if no peer has the address, 502 if it cannot be pinged.
+    pub fn start_ping(
+        &self,
+        ip: IpAddr,
+        timeout: Duration,
+    ) -> Result<(String, oneshot::Receiver<weft_disco::PingOutcome>), ApiError> {
+        let Some(peer) = self.peer_by_ip(ip) else {
+            return Err(ApiError::not_found(format!("no peer has the address {ip}")));
+        };
+        let name = peer.name.first_label().to_string();
+        if !peer.is_usable_at(super::dataplane::unix_now()) {
+            return Err(ApiError::new(502, format!("{name} ({ip}) is expired or not authorized")));
+        }
+        let rx = self.dp.ping(&peer.node_key, timeout).ok_or_else(|| {
+            ApiError::new(502, format!("{name} ({ip}) has no disco key yet (it has not connected to control)"))
+        })?;
+        Ok((name, rx))
+    }
+
+    /// Our endpoints changed (from the endpoint monitor).
+    pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) {
+        if endpoints == self.endpoints {
+            return;
+        }
+        tracing::debug!(count = endpoints.len(), "Local endpoints changed");
+        self.endpoints.clone_from(&endpoints);
+        if let Some(s) = &self.session {
+            s.send(SessionCmd::Endpoints(endpoints));
+        }
+    }
+
+    // ---- sessions -----------------------------------------------------------
+
+    /// Makes the current profile's runtime fresh, programs its key into the
+    /// data plane and starts a session if it wants to run.
+    fn load_profile(&mut self) {
+        self.session = None;
+        self.reset_runtime();
+        self.dp.clear();
+        let key = self.store.current().node_key.clone();
+        self.dp.set_node_key(key.as_ref());
+        self.ensure_session(false);
+    }
+
+    fn reset_runtime(&mut self) {
+        self.session = None;
+        self.rt = Runtime::default();
+        self.dp.clear();
+    }
+
+    /// Starts a session if none runs and the profile wants one
+    /// (`login_ok`: also for a profile that still has to log in).
+    fn ensure_session(&mut self, login_ok: bool) {
+        if self.session.is_some() {
+            return;
+        }
+        let p = self.store.current();
+        let runnable = p.prefs.want_running && (p.is_registered() || login_ok) && !self.rt.key_expired;
+        if runnable {
+            self.respawn(LoginMode::Existing);
+        }
+    }
+
+    fn respawn(&mut self, login: LoginMode) {
+        self.session = None;
+        self.generation += 1;
+        let p = self.store.current();
+        let node_key = match (&self.rt.pending_key, &p.node_key) {
+            (Some(k), _) => k.clone(),
+            (None, Some(k)) if p.is_registered() => k.clone(),
+            (None, _) => {
+                let k = NodePrivate::generate();
+                self.rt.pending_key = Some(k.clone());
+                k
+            }
+        };
+        let old_node_key = match (&self.rt.pending_key, &p.node_key) {
+            (Some(_), Some(old)) if p.is_registered() => Some(old.public()),
+            _ => None,
+        };
+        let spec = SessionSpec {
+            generation: self.generation,
+            url: p.prefs.control_url.clone(),
+            machine_key: self.store.machine_key().clone(),
+            pinned: p.control_key,
+            node_key,
+            old_node_key,
+            login,
+            interactive: self.rt.browse_requested,
+            want_map: p.prefs.want_running,
+            host_info: self.host_info(),
+            endpoints: self.endpoints.clone(),
+            disco_key: self.dp.disco_key(),
+            seed: rand::random(),
+        };
+        tracing::debug!(generation = self.generation, url = %spec.url, "Control session starting");
+        self.session = Some(session::spawn(Arc::clone(&self.control), spec, self.events_tx.clone()));
+    }
+
+    fn host_info(&self) -> HostInfo {
+        let prefs = &self.store.current().prefs;
+        HostInfo {
+            hostname: prefs.hostname.clone().unwrap_or_else(|| self.info.os_hostname.clone()),
+            os: "linux".into(),
+            os_version: String::new(),
+            weft_version: env!("CARGO_PKG_VERSION").into(),
+            ssh_host_keys: Vec::new(),
+            requested_tags: prefs.advertise_tags.iter().filter_map(|t| t.parse::<Tag>().ok()).collect(),
+            shields_up: prefs.shields_up,
+        }
+    }
+
+    fn on_session(&mut self, generation: u64, event: SessionEvent) {
+        if generation != self.generation || self.session.is_none() {
+            return;
+        }
+        match event {
+            SessionEvent::ServerKey(k) => {
+                tracing::info!(url = %self.store.current().prefs.control_url, key = %k, "Pinned the control server key");
+                if let Err(e) = self.store.update_current(|p| p.control_key = Some(k)) {
+                    tracing::error!(error = %e, "Cannot save the pinned key");
+                }
+            }
+            SessionEvent::Unreachable(msg) => {
+                tracing::warn!(error = %msg, "Control unreachable; retrying");
+                self.rt.control_error = Some(msg.clone());
+                if self.state() != BackendState::Running && !self.rt.error_reported {
+                    self.rt.error_reported = true;
+                    self.bus.send(Notify::Error { message: msg });
+                }
+            }
+            SessionEvent::Reachable => {
+                if self.rt.control_error.take().is_some() {
+                    tracing::info!("Control reachable again");
+                }
+            }
+            SessionEvent::AuthUrl { url, browse } => {
+                self.rt.auth_url = Some(url.clone());
+                self.rt.needs_auth = true;
+                if self.rt.login == Login::AuthKey {
+                    self.rt.login = Login::None;
+                }
+                if browse {
+                    self.bus.send(Notify::BrowseToUrl { url });
+                }
+            }
+            SessionEvent::Refused(message) => {
+                tracing::warn!(%message, "Registration refused");
+                self.rt.login = Login::None;
+                self.rt.error_reported = true;
+                self.bus.send(Notify::Error { message });
+            }
+            SessionEvent::KeyExpired => {
+                tracing::warn!("Node key expired at control");
+                self.rt.key_expired = true;
+                self.rt.login = Login::None;
+                self.rt.netmap = None;
+                self.dp.clear();
+            }
+            SessionEvent::Registered(r) => self.on_registered(r),
+            SessionEvent::NetMap(nm) => self.on_netmap(nm),
+        }
+    }
+
+    fn on_registered(&mut self, r: Registered) {
+        self.rt.control_error = None;
+        let new_key = self.rt.pending_key.take();
+        let was_login = self.rt.login != Login::None || new_key.is_some();
+        let user = r.user.as_ref().map(|u| UserInfo {
+            id: u.id,
+            login_name: u.login_name.to_string(),
+            display_name: u.display_name.clone(),
+        });
+        let key_changed = new_key.is_some();
+        let saved = self.store.update_current(|p| {
+            if let Some(k) = new_key {
+                p.node_key = Some(k);
+            }
+            p.node_id = Some(r.node_id);
+            p.user = user;
+            p.prefs.logged_out = false;
+        });
+        if let Err(e) = saved {
+            tracing::error!(error = %e, "Cannot save the registration");
+        }
+        if key_changed {
+            let key = self.store.current().node_key.clone();
+            self.dp.clear();
+            self.rt.netmap = None;
+            self.dp.set_node_key(key.as_ref());
+        }
+        self.rt.auth_url = None;
+        self.rt.needs_auth = false;
+        self.rt.key_expired = false;
+        self.rt.login = Login::None;
+        self.rt.browse_requested = false;
+        self.rt.machine_authorized = Some(r.machine_authorized);
+        tracing::info!(node = %r.node_id, authorized = r.machine_authorized, "Registered");
+        if was_login {
+            self.bus.send(Notify::LoginFinished);
+        }
+    }
+
+    fn on_netmap(&mut self, nm: Arc<NetMap>) {
+        if nm.self_node.expired {
+            self.on_session(self.generation, SessionEvent::KeyExpired);
+            return;
+        }
+        self.rt.control_error = None;
+        self.rt.machine_authorized = Some(nm.self_node.machine_authorized);
+        if nm.self_node.machine_authorized {
+            self.dp.apply_netmap(&nm);
+        } else {
+            self.dp.clear();
+        }
+        let domain = nm.domain.to_string();
+        let user = match &nm.self_node.owner {
+            weft_types::NodeOwner::User(id) => nm.user_profiles.get(id).map(|u| UserInfo {
+                id: u.id,
+                login_name: u.login_name.to_string(),
+                display_name: u.display_name.clone(),
+            }),
+            weft_types::NodeOwner::Tags(_) => None,
+        };
+        let saved = self.store.update_current(|p| {
+            p.tailnet = Some(domain);
+            if user.is_some() {
+                p.user = user;
+            }
+            p.node_id = Some(nm.self_node.id);
+        });
+        if let Err(e) = saved {
+            tracing::error!(error = %e, "Cannot save the tailnet name");
+        }
+        let peers = nm.peers.len();
+        self.rt.netmap = Some(nm);
+        self.bus.send(Notify::NetMap { peers });
+    }
+}
+
+fn host_info_changed(a: &Prefs, b: &Prefs) -> bool {
+    a.hostname != b.hostname || a.shields_up != b.shields_up || a.advertise_tags != b.advertise_tags || a.run_ssh != b.run_ssh
+}
+
+fn validate_tags(tags: &[String]) -> Result<(), ApiError> {
+    for t in tags {
+        if let Err(e) = t.parse::<Tag>() {
+            return Err(ApiError::bad_request(format!("invalid tag {t:?}: {e}")));
+        }
+    }
+    Ok(())
+}

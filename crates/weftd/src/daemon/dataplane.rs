@@ -1,0 +1,152 @@
+//! The data plane as the coordinator sees it: a [`DataPlane`] it programs
+//! from netmaps and asks about peers. [`EngineDataPlane`] is the real one
+//! (TUN + engine + WireGuard + disco + netlink); tests use a recording fake.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use weft_disco::PingOutcome;
+use weft_net::Engine;
+use weft_types::{DiscoPublic, NetMap, NodePrivate, NodePublic, UnixMillis};
+use weft_wg::DeviceUpdate;
+
+use super::config::{Configurator, Plan};
+use super::netlink::AddrChange;
+use super::tunnel::TailnetTunnel;
+
+/// What the data plane knows about one peer right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerLive {
+    /// The trusted direct path (disco), else WireGuard's endpoint.
+    pub cur_addr: Option<SocketAddr>,
+    pub last_handshake: Option<SystemTime>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// The coordinator's handle on the data plane.
+pub trait DataPlane: Send + 'static {
+    /// Sets (or, with `None`, removes) the WireGuard private key.
+    fn set_node_key(&mut self, key: Option<&NodePrivate>);
+    /// Programs the data plane for `nm`, touching only what changed.
+    fn apply_netmap(&mut self, nm: &NetMap);
+    /// Removes every peer and address.
+    fn clear(&mut self);
+    /// Returns live per-peer state, by node key.
+    fn peers(&self) -> BTreeMap<NodePublic, PeerLive>;
+    /// Asks for one disco ping; `None` if disco does not know the peer.
+    fn ping(&self, peer: &NodePublic, timeout: Duration) -> Option<oneshot::Receiver<PingOutcome>>;
+    /// Returns this run's disco key.
+    fn disco_key(&self) -> DiscoPublic;
+    /// Returns how many inbound packets the filter dropped.
+    fn filtered(&self) -> u64;
+    /// Returns why the data plane stopped, if it did.
+    fn failure(&self) -> Option<String>;
+}
+
+#[allow(clippy::disallowed_methods)] // the daemon is where time enters
+fn now() -> Instant {
+    Instant::now()
+}
+
+#[allow(clippy::disallowed_methods)] // the daemon is where time enters
+pub fn unix_now() -> UnixMillis {
+    let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    UnixMillis(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// The real data plane.
+pub struct EngineDataPlane {
+    tunnel: Arc<TailnetTunnel>,
+    engine: Engine<TailnetTunnel>,
+    config: Configurator,
+    os: mpsc::UnboundedSender<AddrChange>,
+}
+
+impl EngineDataPlane {
+    /// Joins a started engine with the netlink worker's queue.
+    pub fn new(tunnel: Arc<TailnetTunnel>, engine: Engine<TailnetTunnel>, os: mpsc::UnboundedSender<AddrChange>) -> Self {
+        Self { tunnel, engine, config: Configurator::new(), os }
+    }
+
+    fn apply(&mut self, plan: Plan) {
+        if plan.is_empty() {
+            return;
+        }
+        let now = now();
+        tracing::debug!(
+            wg = plan.wg.len(),
+            disco_upsert = plan.disco_upsert.len(),
+            disco_remove = plan.disco_remove.len(),
+            add = plan.add_addresses.len(),
+            remove = plan.remove_addresses.len(),
+            "Programming the data plane"
+        );
+        for key in &plan.disco_remove {
+            self.tunnel.disco_remove(key);
+        }
+        if !plan.wg.is_empty() {
+            self.tunnel.device().apply(DeviceUpdate { peers: plan.wg, ..DeviceUpdate::default() }, now);
+        }
+        for p in plan.disco_upsert {
+            self.tunnel.disco_upsert(p.node_key, p.disco_key, p.endpoints, now);
+        }
+        if !plan.add_addresses.is_empty() || !plan.remove_addresses.is_empty() {
+            let _ = self.os.send(AddrChange { add: plan.add_addresses, remove: plan.remove_addresses });
+        }
+    }
+}
+
+impl DataPlane for EngineDataPlane {
+    fn set_node_key(&mut self, key: Option<&NodePrivate>) {
+        if let Some(k) = key {
+            self.tunnel.set_node_key(k.public());
+        }
+        self.tunnel
+            .device()
+            .apply(DeviceUpdate { private_key: Some(key.cloned()), ..DeviceUpdate::default() }, now());
+    }
+
+    fn apply_netmap(&mut self, nm: &NetMap) {
+        let plan = self.config.plan(nm, unix_now());
+        self.apply(plan);
+    }
+
+    fn clear(&mut self) {
+        let plan = self.config.clear();
+        self.apply(plan);
+    }
+
+    fn peers(&self) -> BTreeMap<NodePublic, PeerLive> {
+        let now = now();
+        self.tunnel
+            .device()
+            .peers(now)
+            .into_iter()
+            .map(|p| {
+                let cur = self.tunnel.best_addr(&p.public_key, now).or(p.endpoint);
+                let live = PeerLive { cur_addr: cur, last_handshake: p.last_handshake, rx_bytes: p.rx_bytes, tx_bytes: p.tx_bytes };
+                (p.public_key, live)
+            })
+            .collect()
+    }
+
+    fn ping(&self, peer: &NodePublic, timeout: Duration) -> Option<oneshot::Receiver<PingOutcome>> {
+        self.tunnel.ping(peer, timeout, now())
+    }
+
+    fn disco_key(&self) -> DiscoPublic {
+        self.tunnel.disco_key()
+    }
+
+    fn filtered(&self) -> u64 {
+        self.tunnel.filtered()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.engine.failure()
+    }
+}

@@ -1,0 +1,286 @@
+//! The LocalAPI server: the route table of `weft_localapi` served with axum
+//! over the daemon's unix socket.
+//!
+//! Authorization is per request, from the caller's peer credentials
+//! (SO_PEERCRED): `GET` is open to everyone who can open the socket (it is
+//! 0666); any other method needs the [`Authorizer`]'s yes (root, or the
+//! `--operator` user), else 403 with a message naming what was refused.
+//! Every error is a JSON [`ErrorBody`]; a body that is not valid JSON for
+//! the route is a 400 and changes nothing.
+
+pub mod status;
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tokio::net::UnixListener;
+use weft_localapi::{
+    ErrorBody, Notify, PREFIX, PingPath, PingRequest, PingResult, PrefsPatch, StartRequest,
+};
+
+use super::backend::{ApiError, Handle};
+
+/// Decides whether a caller (by uid; `None` if unknown) may change things.
+pub type Authorizer = Arc<dyn Fn(Option<u32>) -> bool + Send + Sync>;
+
+/// The default policy: root, or the operator uid.
+pub fn root_or(operator: Option<u32>) -> Authorizer {
+    Arc::new(move |uid| uid == Some(0) || (uid.is_some() && uid == operator))
+}
+
+/// The longest ping timeout accepted.
+const MAX_PING_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct AppState {
+    handle: Handle,
+    authorize: Authorizer,
+}
+
+/// The caller's credentials.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: Option<u32>,
+}
+
+impl Connected<axum::serve::IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(s: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        Peer { uid: s.io().peer_cred().ok().map(|c| c.uid()) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ErrorBody { error: self.message })).into_response()
+    }
+}
+
+/// Binds the socket: creates its directory (0755), removes a stale socket,
+/// and makes the socket 0666 so everyone may read.
+///
+/// # Errors
+/// What failed, naming the path.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    use anyhow::Context as _;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another weftd is already listening on {}; stop it or pass --socket", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Returns the route table.
+pub fn router(handle: Handle, authorize: Authorizer) -> Router {
+    let state = AppState { handle, authorize };
+    let api = Router::new()
+        .route("/status", get(status_h))
+        .route("/prefs", get(prefs_get).patch(prefs_patch))
+        .route("/start", post(start_h))
+        .route("/login-interactive", post(login_interactive_h))
+        .route("/logout", post(logout_h))
+        .route("/profiles", get(profiles_get).put(profiles_put))
+        .route("/profiles/{id}", post(profile_switch).delete(profile_delete))
+        .route("/ping", post(ping_h))
+        .route("/whois", get(whois_h))
+        .route("/watch", get(watch_h))
+        .route("/debug/prefs", get(debug_prefs_h))
+        .fallback(|req: Request| async move {
+            ApiError::not_found(format!("no such LocalAPI route: {} {}", req.method(), req.uri().path()))
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), authorize_mw))
+        .with_state(state);
+    Router::new().nest(PREFIX.trim_end_matches('/'), api).fallback(|req: Request| async move {
+        ApiError::not_found(format!("not a LocalAPI path: {} (expected {PREFIX}…)", req.uri().path()))
+    })
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// The server's I/O error.
+pub async fn serve(
+    listener: UnixListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn authorize_mw(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.method() != Method::GET && !(st.authorize)(peer.uid) {
+        let what = format!("{} {}", req.method(), req.uri().path().trim_start_matches(PREFIX.trim_end_matches('/')));
+        let who = peer.uid.map_or_else(|| "an unknown user".to_owned(), |u| format!("uid {u}"));
+        return ApiError::new(
+            403,
+            format!("{what} needs root or the operator user (weftd --operator); {who} may only read"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Parses a JSON body; an empty body counts as `{}`.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+#[allow(clippy::disallowed_methods)] // wall time for handshake ages in status
+fn wall_now() -> SystemTime {
+    SystemTime::now()
+}
+
+async fn status_h(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let s = st.handle.call(|b| status::build(b, wall_now())).await?;
+    Ok(Json(s).into_response())
+}
+
+async fn prefs_get(State(st): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(st.handle.call(|b| b.prefs()).await?).into_response())
+}
+
+async fn prefs_patch(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let patch: PrefsPatch = parse(&body)?;
+    let prefs = st.handle.call(move |b| b.edit_prefs(&patch)).await??;
+    Ok(Json(prefs).into_response())
+}
+
+async fn start_h(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: StartRequest = parse(&body)?;
+    st.handle.call(move |b| b.start(req)).await??;
+    Ok(Json(serde_json::json!({})).into_response())
+}
+
+async fn login_interactive_h(State(st): State<AppState>) -> Result<Response, ApiError> {
+    st.handle.call(|b| b.login_interactive()).await?;
+    Ok(Json(serde_json::json!({})).into_response())
+}
+
+async fn logout_h(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let job = st.handle.call(|b| b.begin_logout()).await??;
+    if let Some(job) = job {
+        let id = job.profile_id.clone();
+        let result = job.run().await;
+        st.handle.call(move |b| b.finish_logout(&id, result)).await??;
+    }
+    Ok(Json(serde_json::json!({})).into_response())
+}
+
+async fn profiles_get(State(st): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(st.handle.call(|b| b.profiles()).await?).into_response())
+}
+
+async fn profiles_put(State(st): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(st.handle.call(|b| b.new_profile()).await??).into_response())
+}
+
+async fn profile_switch(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
+    Ok(Json(st.handle.call(move |b| b.switch_profile(&id)).await??).into_response())
+}
+
+async fn profile_delete(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
+    st.handle.call(move |b| b.delete_profile(&id)).await??;
+    Ok(Json(serde_json::json!({})).into_response())
+}
+
+async fn ping_h(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: PingRequest = parse(&body)?;
+    if req.timeout_ms == 0 {
+        return Err(ApiError::bad_request("timeout_ms must be positive"));
+    }
+    let timeout = Duration::from_millis(req.timeout_ms).min(MAX_PING_TIMEOUT);
+    let ip = req.ip;
+    let (name, rx) = st.handle.call(move |b| b.start_ping(ip, timeout)).await??;
+    let timed_out = || ApiError::new(504, format!("ping {name} ({ip}) timed out after {} ms", timeout.as_millis()));
+    // The core times the ping out itself; the extra second only guards
+    // against a core that never answers.
+    match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
+        Ok(Ok(weft_disco::PingOutcome::Pong { addr, rtt })) => Ok(Json(PingResult {
+            node_name: name,
+            node_ip: ip,
+            via: PingPath::Direct(addr),
+            latency_ms: rtt.as_secs_f64() * 1000.0,
+        })
+        .into_response()),
+        _ => Err(timed_out()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct WhoisQuery {
+    addr: Option<String>,
+}
+
+async fn whois_h(State(st): State<AppState>, Query(query): Query<WhoisQuery>) -> Result<Response, ApiError> {
+    let addr = query.addr.ok_or_else(|| ApiError::bad_request("whois needs ?addr=IP"))?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("{addr:?} is not an IP address")))?;
+    let w = st.handle.call(move |b| status::whois(b, ip, wall_now())).await?;
+    let w = w.ok_or_else(|| ApiError::not_found(format!("no node in the tailnet has the address {ip}")))?;
+    Ok(Json(w).into_response())
+}
+
+async fn debug_prefs_h(State(st): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(st.handle.call(|b| b.debug_prefs()).await?).into_response())
+}
+
+fn ndjson(n: &Notify) -> Bytes {
+    let mut v = serde_json::to_vec(n).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+async fn watch_h(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let (snapshot, rx) = st.handle.call(|b| b.watch()).await?;
+    let stream = futures::stream::unfold((Some(snapshot), rx), |(first, mut rx)| async move {
+        if let Some(n) = first {
+            return Some((Ok::<_, Infallible>(ndjson(&n)), (None, rx)));
+        }
+        match rx.recv().await {
+            Ok(n) => Some((Ok(ndjson(&n)), (None, rx))),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "Closing a watcher that fell behind");
+                None
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}

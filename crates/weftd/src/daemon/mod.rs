@@ -1,0 +1,183 @@
+//! `weftd` in tailnet mode (the default): join a tailnet through a control
+//! server and carry its traffic over WireGuard.
+//!
+//! Modules, by owner (see [`backend`] for how they meet):
+//! * [`state_file`], [`profiles`]: the state file and the profiles in it;
+//! * [`control`], [`session`]: the control client seam and the session task
+//!   (register, map stream, reconnect with backoff);
+//! * [`backend`]: the coordinator and the backend state machine;
+//! * [`config`], [`dataplane`], [`tunnel`], [`netlink`], [`endpoints`]: the
+//!   data plane (incremental peer programming, disco, TUN addresses, our
+//!   endpoints);
+//! * [`bus`], [`localapi`]: the LocalAPI server and its event stream.
+//!
+//! Every path comes from a flag (`--state`, `--socket`, `--tun`, `--port`),
+//! so several daemons run side by side in network namespaces.
+
+pub mod backend;
+pub mod bus;
+pub mod config;
+pub mod control;
+pub mod dataplane;
+pub mod endpoints;
+pub mod localapi;
+pub mod netlink;
+pub mod profiles;
+pub mod session;
+pub mod state_file;
+pub mod tunnel;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use weft_disco::Disco;
+use weft_net::{Engine, EngineConfig, Offload, Tun, TunConfig};
+use weft_types::DiscoPrivate;
+use weft_wg::Device;
+
+use backend::{Backend, DaemonInfo};
+use dataplane::EngineDataPlane;
+use profiles::ProfileStore;
+use tunnel::TailnetTunnel;
+
+/// The TUN MTU in tailnet mode (Tailscale's safe default).
+pub const TUN_MTU: u16 = 1280;
+/// How often our local endpoints are re-read.
+pub const ENDPOINT_POLL: Duration = Duration::from_secs(5);
+
+/// Arguments of `weftd` / `weftd run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonArgs {
+    /// The state file (keys, profiles, prefs).
+    #[arg(long, default_value = "/var/lib/weft/weftd.state")]
+    pub state: PathBuf,
+    /// The directory for other state (SSH host keys).
+    #[arg(long, default_value = "/var/lib/weft")]
+    pub statedir: PathBuf,
+    /// The LocalAPI socket.
+    #[arg(long, default_value = weft_localapi::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// The TUN interface name.
+    #[arg(long, default_value = "weft0")]
+    pub tun: String,
+    /// The UDP port for WireGuard and disco (0 = any free port).
+    #[arg(long, default_value_t = 41641)]
+    pub port: u16,
+    /// A user who may change settings through the LocalAPI besides root.
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// Log at debug level (RUST_LOG still wins when set).
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+#[allow(clippy::disallowed_methods)] // the daemon is where time enters
+fn clocks() -> (Instant, SystemTime) {
+    (Instant::now(), SystemTime::now())
+}
+
+/// Runs the daemon until SIGINT/SIGTERM or a data-plane failure.
+///
+/// # Errors
+/// A setup failure (state file, TUN, socket…) or the data-plane failure.
+pub fn run(args: &DaemonArgs) -> anyhow::Result<()> {
+    let operator_uid = match &args.operator {
+        None => None,
+        Some(name) => Some(
+            nix::unistd::User::from_name(name)
+                .with_context(|| format!("cannot look up the operator user {name:?}"))?
+                .with_context(|| format!("no such user {name:?} (--operator)"))?
+                .uid
+                .as_raw(),
+        ),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("weftd")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run_async(args, operator_uid))
+}
+
+async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Result<()> {
+    let store = ProfileStore::open(&args.state, dataplane::unix_now().0)?;
+    tracing::info!(state = %args.state.display(), machine = %store.machine_key().public().short(), "State loaded");
+
+    let (now, wall) = clocks();
+    let tun = Tun::create(&TunConfig { mtu: TUN_MTU, offload: Offload::Auto, ..TunConfig::new(&args.tun) })?;
+    let device = Arc::new(Device::new(now, wall));
+    let disco_key = DiscoPrivate::generate();
+    let placeholder = store.machine_key().public(); // replaced by the node key once one is loaded
+    let disco = Disco::new(disco_key, weft_types::NodePublic::from_bytes(placeholder.to_bytes()), rand::random());
+    let tunnel = Arc::new(TailnetTunnel::new(Arc::clone(&device), disco));
+    let engine = Engine::start(Arc::clone(&tunnel), tun, EngineConfig { listen_port: args.port, fwmark: 0 })?;
+    device.set_bound_port(engine.listen_port());
+    let port = engine.listen_port();
+    let os = netlink::spawn(args.tun.clone()).context("cannot open a netlink socket")?;
+    let dp = EngineDataPlane::new(Arc::clone(&tunnel), engine, os);
+
+    let os_hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let info = DaemonInfo { tun: args.tun.clone(), os_hostname };
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (handle, jobs) = Backend::mailbox();
+    let control: Arc<dyn control::ControlClient> = Arc::new(control::NotLinked);
+    let backend = Backend::new(store, control, Box::new(dp), bus::Bus::new(), info, events_tx);
+    let coordinator = tokio::spawn(backend.run(jobs, events_rx));
+
+    let listener = localapi::bind(&args.socket)?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = localapi::router(handle.clone(), localapi::root_or(operator_uid));
+    let server = tokio::spawn(localapi::serve(listener, router, async move {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(socket = %args.socket.display(), tun = %args.tun, port, "weftd ready");
+
+    let monitor = {
+        let handle = handle.clone();
+        let tun = args.tun.clone();
+        tokio::spawn(async move {
+            loop {
+                let eps = endpoints::local(&tun, port);
+                if handle.call(move |b| b.set_endpoints(eps)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(ENDPOINT_POLL).await;
+            }
+        })
+    };
+
+    let outcome = wait_for_exit(&handle).await;
+    monitor.abort();
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    drop(handle);
+    let _ = coordinator.await;
+    let _ = std::fs::remove_file(&args.socket);
+    if outcome.is_ok() {
+        tracing::info!("stopped");
+    }
+    outcome
+}
+
+async fn wait_for_exit(handle: &backend::Handle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); return Ok(()) }
+            _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); return Ok(()) }
+            _ = tick.tick() => {
+                if let Ok(Some(why)) = handle.call(|b| b.data_plane().failure()).await {
+                    anyhow::bail!("the data plane stopped: {why}");
+                }
+            }
+        }
+    }
+}
