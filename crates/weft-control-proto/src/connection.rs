@@ -36,6 +36,9 @@ use crate::upgrade::{self, UpgradeError, UpgradeHeaders, UpgradeRequest};
 
 /// The default bound on one received application message (16 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+/// The receive bound a server should use for client messages (1 MiB):
+/// nodes send requests and host info, never maps.
+pub const SERVER_MAX_MESSAGE_SIZE: usize = 1 << 20;
 /// The default time a handshake may take (client: until message 2 arrives;
 /// server: until the first record confirms the client has the keys).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +71,14 @@ impl Default for ChannelConfig {
             keep_alive_interval: Some(DEFAULT_KEEP_ALIVE_INTERVAL),
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
+    }
+}
+
+impl ChannelConfig {
+    /// Returns the defaults with the server's smaller receive bound
+    /// ([`SERVER_MAX_MESSAGE_SIZE`]).
+    pub fn for_server() -> Self {
+        Self { max_message_size: SERVER_MAX_MESSAGE_SIZE, ..Self::default() }
     }
 }
 

@@ -393,6 +393,27 @@ fn a_message_over_the_size_limit_is_refused() {
 }
 
 #[test]
+fn the_server_configuration_refuses_client_messages_over_one_mebibyte() {
+    let now = t0();
+    let (mut client, req) = Connection::client(
+        &machine_key(),
+        &server_key().public(),
+        CapabilityVersion::CURRENT,
+        ChannelConfig::default(),
+        counting(1),
+        now,
+    )
+    .unwrap();
+    let mut server = accept(&req, ChannelConfig::for_server(), now).connection;
+    pump(&mut server, &mut client, now).unwrap();
+    client.send(&big_update(30_000), now).unwrap(); // about 1.5 MB of JSON
+    assert_eq!(
+        pump(&mut client, &mut server, now),
+        Err(ChannelError::MessageTooLarge { limit: 1 << 20 })
+    );
+}
+
+#[test]
 fn unknown_and_misplaced_frames_are_refused() {
     let now = t0();
     let (_, mut server) = established(ChannelConfig::default(), now);
