@@ -219,7 +219,13 @@ fn walk_extensions(
 ) -> Result<(u8, usize, Frag), ParseError> {
     let mut frag = Frag::Whole;
     let mut seen_fragment = false;
-    for _ in 0..MAX_EXTENSION_HEADERS {
+    for _ in 0..=MAX_EXTENSION_HEADERS {
+        if !matches!(
+            next,
+            ext::HOP_BY_HOP | ext::DEST_OPTS | ext::ROUTING | ext::AUTH | ext::FRAGMENT
+        ) {
+            return Ok((next, offset, frag));
+        }
         let len = match next {
             ext::HOP_BY_HOP | ext::DEST_OPTS => (usize::from(byte(pkt, offset + 1)?) + 1) * 8,
             ext::ROUTING => {
@@ -253,6 +259,7 @@ fn walk_extensions(
             return Err(ParseError::Malformed);
         }
     }
+    // One more extension header than the bound.
     Err(ParseError::Unsupported)
 }
 
