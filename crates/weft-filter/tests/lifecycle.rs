@@ -84,12 +84,31 @@ fn a_reset_leaves_the_flow_closing() {
     let f = node(PacketFilter::default());
     let now = t0();
     f.outbound(&tcp(ME4, ALICE4, 40000, 22, SYN), now);
+    f.inbound(&tcp(ALICE4, ME4, 22, 40000, SYN | ACK), now);
+    let rst = tcp(ALICE4, ME4, 22, 40000, RST | ACK);
+    assert_eq!(f.inbound(&rst, now), FLOW);
+    assert_eq!(f.inbound(&rst, now + secs(29)), FLOW);
+    assert_eq!(f.inbound(&rst, now + secs(60)), NO_FLOW);
+}
+
+#[test]
+fn a_half_closed_connection_stays_established() {
+    let f = node(PacketFilter::default());
+    let now = t0();
+    f.outbound(&tcp(ME4, ALICE4, 40000, 22, SYN), now);
+    f.inbound(&tcp(ALICE4, ME4, 22, 40000, SYN | ACK), now);
+    f.outbound(&tcp(ME4, ALICE4, 40000, 22, FIN | ACK), now);
+    let later = now + secs(3600);
     assert_eq!(
-        f.inbound(&tcp(ALICE4, ME4, 22, 40000, RST | ACK), now),
+        f.inbound(&tcp(ALICE4, ME4, 22, 40000, ACK | PSH), later),
         FLOW
     );
     assert_eq!(
-        f.inbound(&tcp(ALICE4, ME4, 22, 40000, RST | ACK), now + secs(31)),
+        f.inbound(&tcp(ALICE4, ME4, 22, 40000, FIN | ACK), later),
+        FLOW
+    );
+    assert_eq!(
+        f.inbound(&tcp(ALICE4, ME4, 22, 40000, ACK), later + secs(31)),
         NO_FLOW
     );
 }
