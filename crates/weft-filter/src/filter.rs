@@ -380,7 +380,7 @@ impl Filter {
 
 /// Returns whether a tracked flow survives `policy`.
 fn still_allowed(policy: &Policy, key: &FlowKey, flow: &Flow) -> bool {
-    if !policy.is_local(key.pair.local) {
+    if !policy.is_local(key.local) {
         return false;
     }
     match flow.origin {
@@ -389,12 +389,7 @@ fn still_allowed(policy: &Policy, key: &FlowKey, flow: &Flow) -> bool {
             !policy.shields_up
                 && policy
                     .filter
-                    .allows(
-                        key.pair.remote,
-                        key.pair.local,
-                        key.pair.proto,
-                        key.judged_port(),
-                    )
+                    .allows(key.remote, key.local, key.proto, key.judged_port())
                     .is_some()
         }
     }

@@ -5,7 +5,6 @@
 //! outbound packet (`src` = local) and the inbound reply (`dst` = local)
 //! therefore produce the same key.
 
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use weft_types::filter::proto;
 
 use crate::Timeouts;
 use crate::parse::tcp;
+use crate::table::Keyed;
 
 /// Which side opened a flow, or which way a packet travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +34,15 @@ pub(crate) struct Pair {
     pub hash: u64,
 }
 
-/// A connection-tracking key: a [`Pair`] plus the ports. ICMP echo flows
-/// put the echo id in `lport` and the opener's side in `rport` (see
-/// [`ECHO_OUT`], [`ECHO_IN`]); protocols without ports use 0 and 0.
+/// A connection-tracking key: a [`Pair`]'s addresses and protocol plus the
+/// ports. ICMP echo flows put the echo id in `lport` and the opener's side
+/// in `rport` (see [`ECHO_OUT`], [`ECHO_IN`]); protocols without ports use
+/// 0 and 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FlowKey {
-    pub pair: Pair,
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    pub proto: u8,
     pub lport: u16,
     pub rport: u16,
     pub hash: u64,
@@ -54,7 +57,7 @@ impl FlowKey {
     /// Returns the destination port the packet filter judges an inbound
     /// flow on: the local port for protocols with ports, 0 otherwise.
     pub fn judged_port(&self) -> u16 {
-        if proto::has_ports(self.pair.proto) {
+        if proto::has_ports(self.proto) {
             self.lport
         } else {
             0
@@ -62,9 +65,9 @@ impl FlowKey {
     }
 }
 
-impl Hash for FlowKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
+impl Keyed for FlowKey {
+    fn hash64(&self) -> u64 {
+        self.hash
     }
 }
 
@@ -72,14 +75,16 @@ impl Hash for FlowKey {
 /// the IP identification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FragKey {
-    pub pair: Pair,
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    pub proto: u8,
     pub id: u32,
     pub hash: u64,
 }
 
-impl Hash for FragKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
+impl Keyed for FragKey {
+    fn hash64(&self) -> u64 {
+        self.hash
     }
 }
 
@@ -160,7 +165,9 @@ impl KeyHasher {
         let ports = (u64::from(lport) << 16) | u64::from(rport);
         let hash = fold(pair.hash ^ ports ^ self.k[2], self.k[0] ^ MUL);
         FlowKey {
-            pair,
+            local: pair.local,
+            remote: pair.remote,
+            proto: pair.proto,
             lport,
             rport,
             hash,
@@ -169,7 +176,13 @@ impl KeyHasher {
 
     pub fn frag(&self, pair: Pair, id: u32) -> FragKey {
         let hash = fold(pair.hash ^ u64::from(id) ^ self.k[3], self.k[1] ^ MUL);
-        FragKey { pair, id, hash }
+        FragKey {
+            local: pair.local,
+            remote: pair.remote,
+            proto: pair.proto,
+            id,
+            hash,
+        }
     }
 }
 

@@ -17,7 +17,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use weft_types::filter::proto;
 
 /// The most IPv6 extension headers walked before a packet is refused as
-/// [`ParseError::Unsupported`]. Real traffic carries zero to two.
+/// [`DropReason::Unsupported`](crate::DropReason::Unsupported). Real traffic
+/// carries zero to two.
 pub const MAX_EXTENSION_HEADERS: usize = 8;
 
 /// TCP flag bits (byte 13 of the TCP header).
@@ -127,6 +128,7 @@ pub(crate) struct Packet {
 
 /// Parses an IPv4 or IPv6 packet (by its version nibble). Bytes after the
 /// length the IP header gives are ignored.
+#[inline]
 pub(crate) fn parse(buf: &[u8]) -> Result<Packet, ParseError> {
     match byte(buf, 0)? >> 4 {
         4 => parse_v4(buf),
@@ -135,6 +137,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Packet, ParseError> {
     }
 }
 
+#[inline]
 fn parse_v4(buf: &[u8]) -> Result<Packet, ParseError> {
     let ihl = usize::from(byte(buf, 0)? & 0x0f) * 4;
     let total = usize::from(be16(buf, 2)?);
@@ -265,6 +268,7 @@ fn walk_extensions(
 
 /// Parses the transport header. `whole` says the payload is the complete
 /// datagram (not a first fragment), so lengths inside it must fit.
+#[inline]
 fn parse_l4(proto: u8, p: &[u8], whole: bool, is_v6: bool) -> Result<L4, ParseError> {
     match proto {
         proto::TCP => {

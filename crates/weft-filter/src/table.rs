@@ -2,48 +2,19 @@
 //! order, allocating only in [`Lru::with_capacity`].
 //!
 //! Entries live in a slab of slots linked into one list, most recently used
-//! at the head; a `HashMap` maps keys to slot numbers. Keys carry their own
-//! (keyed) hash, which the map uses as is ([`Prehashed`]).
-//!
-//! Why the map is sized for twice the capacity: `std`'s hash map leaves a
-//! tombstone for each removal and, once tombstones use up its spare room,
-//! rehashes. It rehashes in place (no allocation) only while at most half
-//! its buckets are full, so with room for `2 × capacity` entries and never
-//! more than `capacity` stored, churn never allocates.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+//! at the head. An open-addressing index (linear probing, deletion by
+//! backward shift, so no tombstones) maps a key's precomputed hash to its
+//! slot. Each index entry is 8 bytes — 32 bits of the hash and the slot
+//! number — and the index has at least twice as many entries as the table
+//! has slots, so a lookup usually reads one index cache line and then the
+//! one slot it names.
 
 const NIL: u32 = u32::MAX;
+const EMPTY: u64 = u64::MAX;
 
-/// Uses a key's precomputed hash as is.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Prehashed;
-
-/// The hasher [`Prehashed`] builds: it keeps the last `u64` written.
-#[derive(Debug, Default)]
-pub(crate) struct PrehashedHasher(u64);
-
-impl BuildHasher for Prehashed {
-    type Hasher = PrehashedHasher;
-    fn build_hasher(&self) -> PrehashedHasher {
-        PrehashedHasher(0)
-    }
-}
-
-impl Hasher for PrehashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Keys only call `write_u64`; fold anything else in regardless.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
+/// A key that carries its own (keyed) hash.
+pub(crate) trait Keyed: Copy + Eq {
+    fn hash64(&self) -> u64;
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,23 +30,34 @@ struct Slot<K, V> {
 /// The table. Slot numbers (`u32`) stay valid until that entry is removed.
 #[derive(Debug)]
 pub(crate) struct Lru<K, V> {
-    map: HashMap<K, u32, Prehashed>,
+    /// `(low 32 bits of the hash) << 32 | slot`, or [`EMPTY`].
+    index: Box<[u64]>,
+    mask: usize,
     slots: Vec<Slot<K, V>>,
     free: Vec<u32>,
+    len: usize,
     head: u32,
     tail: u32,
     capacity: usize,
 }
 
-impl<K: Copy + Eq + Hash, V: Copy> Lru<K, V> {
+#[allow(clippy::cast_possible_truncation)] // the low half is the point
+fn low32(h: u64) -> u32 {
+    h as u32
+}
+
+impl<K: Keyed, V: Copy> Lru<K, V> {
     /// Returns an empty table holding at most `capacity` entries (at least
-    /// 1, at most `u32::MAX - 1`).
+    /// 1, at most 2^30).
     pub fn with_capacity(capacity: usize) -> Self {
-        let capacity = capacity.clamp(1, (NIL - 1) as usize);
+        let capacity = capacity.clamp(1, 1 << 30);
+        let index_len = (capacity * 2).next_power_of_two();
         Lru {
-            map: HashMap::with_capacity_and_hasher(capacity.saturating_mul(2), Prehashed),
+            index: vec![EMPTY; index_len].into_boxed_slice(),
+            mask: index_len - 1,
             slots: Vec::with_capacity(capacity),
             free: Vec::with_capacity(capacity),
+            len: 0,
             head: NIL,
             tail: NIL,
             capacity,
@@ -83,16 +65,32 @@ impl<K: Copy + Eq + Hash, V: Copy> Lru<K, V> {
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     pub fn is_full(&self) -> bool {
-        self.map.len() >= self.capacity
+        self.len >= self.capacity
     }
 
     /// Returns the slot holding `key`.
     pub fn find(&self, key: &K) -> Option<u32> {
-        self.map.get(key).copied()
+        let h = low32(key.hash64());
+        let mut i = h as usize & self.mask;
+        // At most half the index is in use, so an empty entry ends the probe.
+        for _ in 0..=self.mask {
+            let e = *self.index.get(i)?;
+            if e == EMPTY {
+                return None;
+            }
+            if (e >> 32) as u32 == h {
+                let slot = low32(e);
+                if self.slots.get(slot as usize).is_some_and(|s| s.key == *key) {
+                    return Some(slot);
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
     }
 
     #[cfg(test)]
@@ -133,7 +131,7 @@ impl<K: Copy + Eq + Hash, V: Copy> Lru<K, V> {
     /// and returns its slot; returns `None` when the table is full (make
     /// room first) or `key` is already present.
     pub fn insert(&mut self, key: K, value: V) -> Option<u32> {
-        if self.is_full() || self.map.contains_key(&key) {
+        if self.is_full() || self.find(&key).is_some() {
             return None;
         }
         let slot = Slot {
@@ -154,19 +152,20 @@ impl<K: Copy + Eq + Hash, V: Copy> Lru<K, V> {
             }
         };
         self.push_front(n);
-        self.map.insert(key, n);
+        self.index_insert(key.hash64(), n);
+        self.len += 1;
         Some(n)
     }
 
     /// Removes the entry in `slot` and returns it.
     pub fn remove(&mut self, slot: u32) -> Option<(K, V)> {
         let s = *self.slots.get(slot as usize)?;
-        if self.map.get(&s.key) != Some(&slot) {
+        if !self.index_remove(s.key.hash64(), slot) {
             return None;
         }
         self.unlink(slot);
-        self.map.remove(&s.key);
         self.free.push(slot);
+        self.len -= 1;
         Some((s.key, s.value))
     }
 
@@ -184,6 +183,61 @@ impl<K: Copy + Eq + Hash, V: Copy> Lru<K, V> {
             cursor = next;
         }
         removed
+    }
+
+    fn index_insert(&mut self, hash: u64, slot: u32) {
+        let h = low32(hash);
+        let mut i = h as usize & self.mask;
+        for _ in 0..=self.mask {
+            if let Some(e) = self.index.get_mut(i)
+                && *e == EMPTY
+            {
+                *e = (u64::from(h) << 32) | u64::from(slot);
+                return;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Removes the index entry for `slot`; returns whether there was one.
+    fn index_remove(&mut self, hash: u64, slot: u32) -> bool {
+        let wanted = (u64::from(low32(hash)) << 32) | u64::from(slot);
+        let mut hole = low32(hash) as usize & self.mask;
+        let mut found = false;
+        for _ in 0..=self.mask {
+            match self.index.get(hole) {
+                Some(&e) if e == wanted => {
+                    found = true;
+                    break;
+                }
+                Some(&EMPTY) | None => break,
+                Some(_) => hole = (hole + 1) & self.mask,
+            }
+        }
+        if !found {
+            return false;
+        }
+        // Backward shift: pull later entries of the probe run into the hole
+        // when the hole lies between their home and where they sit.
+        let mut j = hole;
+        for _ in 0..self.mask {
+            j = (j + 1) & self.mask;
+            let Some(&e) = self.index.get(j) else { break };
+            if e == EMPTY {
+                break;
+            }
+            let home = (e >> 32) as usize & self.mask;
+            if j.wrapping_sub(hole) & self.mask <= j.wrapping_sub(home) & self.mask {
+                if let Some(h) = self.index.get_mut(hole) {
+                    *h = e;
+                }
+                hole = j;
+            }
+        }
+        if let Some(h) = self.index.get_mut(hole) {
+            *h = EMPTY;
+        }
+        true
     }
 
     fn unlink(&mut self, n: u32) {
@@ -220,9 +274,18 @@ mod tests {
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     struct K(u64);
-    impl Hash for K {
-        fn hash<H: Hasher>(&self, h: &mut H) {
-            h.write_u64(self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    impl Keyed for K {
+        fn hash64(&self) -> u64 {
+            self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        }
+    }
+
+    /// Keys whose hashes collide in the index in clusters of `n`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Clustered(u64, u64);
+    impl Keyed for Clustered {
+        fn hash64(&self) -> u64 {
+            self.0 / self.1
         }
     }
 
@@ -297,5 +360,81 @@ mod tests {
         assert_eq!(t.remove(a), None);
         assert_eq!(t.len(), 0);
         assert_eq!(t.oldest(), None);
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Insert(u64),
+        Remove(u64),
+        Touch(u64),
+        EvictOldest,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u64..96).prop_map(Op::Insert),
+            2 => (0u64..96).prop_map(Op::Remove),
+            1 => (0u64..96).prop_map(Op::Touch),
+            1 => Just(Op::EvictOldest),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_table_agrees_with_a_plain_list_under_colliding_hashes(
+            ops in proptest::collection::vec(op(), 1..400),
+            cluster in 1u64..6,
+        ) {
+            let mut t: Lru<Clustered, u64> = Lru::with_capacity(32);
+            // Least recently used first.
+            let mut model: Vec<u64> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Insert(k) => {
+                        let inserted = t.insert(Clustered(k, cluster), k).is_some();
+                        let expect = !model.contains(&k) && model.len() < 32;
+                        proptest::prop_assert_eq!(inserted, expect);
+                        if expect {
+                            model.push(k);
+                        }
+                    }
+                    Op::Remove(k) => {
+                        let removed = t.find(&Clustered(k, cluster)).and_then(|n| t.remove(n));
+                        let pos = model.iter().position(|&m| m == k);
+                        proptest::prop_assert_eq!(removed.map(|(_, v)| v), pos.map(|_| k));
+                        if let Some(p) = pos {
+                            model.remove(p);
+                        }
+                    }
+                    Op::Touch(k) => {
+                        if let Some(n) = t.find(&Clustered(k, cluster)) {
+                            t.touch(n);
+                        }
+                        if let Some(p) = model.iter().position(|&m| m == k) {
+                            model.remove(p);
+                            model.push(k);
+                        }
+                    }
+                    Op::EvictOldest => {
+                        let evicted = t.oldest().and_then(|n| t.remove(n)).map(|(_, v)| v);
+                        let expect = (!model.is_empty()).then(|| model.remove(0));
+                        proptest::prop_assert_eq!(evicted, expect);
+                    }
+                }
+                proptest::prop_assert_eq!(t.len(), model.len());
+                let mut order = Vec::new();
+                let mut c = t.oldest();
+                while let Some(n) = c {
+                    order.push(t.value(n).copied().unwrap());
+                    c = t.newer(n);
+                }
+                proptest::prop_assert_eq!(&order, &model);
+                for k in 0..96 {
+                    let found = t.find(&Clustered(k, cluster)).and_then(|n| t.value(n).copied());
+                    proptest::prop_assert_eq!(found, model.contains(&k).then_some(k));
+                }
+            }
+        }
     }
 }
