@@ -20,9 +20,10 @@ const EVICT_SCAN: usize = 8;
 /// The stateful inbound packet filter. See the crate docs for how to drive
 /// it and what it decides.
 ///
-/// Thread-safe: every method takes `&self`. Each packet takes exactly one
-/// shard lock (two for a later fragment or an ICMP error whose flow lives
-/// in another shard — never nested).
+/// Thread-safe (`Send + Sync`): every method takes `&self`. Each packet
+/// takes exactly one shard lock and nothing else: the shard holds the
+/// flow, the fragment state and a copy of the policy. Policy changes take
+/// the shard locks one at a time.
 #[derive(Debug)]
 pub struct Filter {
     // Set once in `new`.
@@ -523,7 +524,10 @@ impl Shard {
                 break;
             };
             if now.saturating_duration_since(flow.last_seen) < shortest {
-                break; // everything newer is younger still
+                // Everything nearer the head was used later, so it cannot
+                // have expired either (up to the skew between the callers'
+                // clocks, which the next sweep or a lookup catches).
+                break;
             }
             let expired = flow.expired(now, t);
             cursor = self.flows.newer(slot);

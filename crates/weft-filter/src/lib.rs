@@ -78,7 +78,9 @@
 //! of an unknown connection does not, so a connection the policy cut cannot
 //! be revived by the local side retransmitting), any UDP, SCTP or other
 //! datagram opens one, an echo request opens one. Flows are never opened for
-//! a source address that is not the node's own.
+//! a source address that is not the node's own. So a UDP flow the policy cut
+//! comes back only if a local program sends to that peer first — which
+//! makes it a flow this node opened.
 //!
 //! **Policy changes** ([`Filter::set_policy`]) apply to every shard under
 //! its lock: each flow an inbound packet opened is judged again against the
@@ -102,8 +104,12 @@
 //! full shard evicts a flow: among the eight least recently used, an
 //! expired one, else one not yet two-way (TCP before its SYN-ACK or after
 //! its FIN/RST, a datagram flow without a reply), else the least recently
-//! used. Per packet the steady state allocates nothing (see the
-//! `no_alloc` test).
+//! used. An evicted TCP connection is cut like a revoked one (its next
+//! segment finds no flow), so size the table for the node's load; evictions
+//! are counted in [`FilterStats::flows_evicted`]. Flow keys are hashed with
+//! keys derived from the seed given to [`Filter::new`], so peers cannot aim
+//! at one index bucket. Per packet the steady state allocates nothing (see
+//! the `no_alloc` test).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod filter;
@@ -300,7 +306,8 @@ pub struct Config {
     /// Number of independently locked shards (rounded up to a power of two,
     /// at most 1024).
     pub shards: usize,
-    /// Fragmented datagrams tracked at most (also per shard, rounded up).
+    /// Fragmented datagrams whose later fragments are awaited, at most
+    /// (split over the shards like the flows; the oldest is forgotten first).
     pub max_fragments: usize,
     /// Idle timeouts.
     pub timeouts: Timeouts,

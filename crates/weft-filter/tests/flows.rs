@@ -12,6 +12,13 @@ const NOT_ALLOWED: Verdict = Verdict::Drop(DropReason::NotAllowed);
 const NO_FLOW: Verdict = Verdict::Drop(DropReason::NoFlow);
 const FLOW: Verdict = Verdict::Accept(Accept::Flow);
 
+#[test]
+fn the_filter_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<weft_filter::Filter>();
+    shared::<weft_filter::FilterStats>();
+}
+
 // --- replies to this node's own flows ---
 
 #[test]
