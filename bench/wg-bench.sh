@@ -16,7 +16,8 @@
 #   -u        also iperf3 UDP at 500M and 1G (loss %, in DIR/summary.txt and DIR/table-full.md)
 # env: everything lab/bench-wg.sh reads passes through (LAB_QUIET_WAIT_MAX, LAB_TUN_MTU,
 #      WIREGUARD_GO, ...); WEFTD=/path/to/weftd skips the build and uses that binary;
-#      LAB_LOCK_WAIT (default 1800 s): how long to wait for another bench on this machine to end.
+#      LAB_LOCK_WAIT (default 1800 s): how long to wait (per try, 5 tries) for another bench on
+#      this machine to end.
 #
 # Output: the table on stdout; DIR/summary.txt (one bench-wg.sh result line per config),
 # DIR/table.md (this table), DIR/table-full.md (lab/mktable.sh, all columns), DIR/versions.txt
@@ -108,17 +109,28 @@ for c in "${CONFIGS[@]}"; do
     [[ $label == *">"* ]] && n=1
     dir=$OUT/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"$label")
     log "== $label"
-    # One bench per machine (lab/bench-wg.sh holds this lock while it runs): wait our turn
-    # instead of failing when someone else's bench is on.
-    if ! flock -n /run/lab-bench.lock true 2>/dev/null; then
-        log "another lab bench is running: waiting up to ${LAB_LOCK_WAIT:-1800}s for /run/lab-bench.lock"
-        flock -w "${LAB_LOCK_WAIT:-1800}" /run/lab-bench.lock true || log "still locked; trying anyway"
-    fi
-    # shellcheck disable=SC2086 # impls is one or two words on purpose
-    if ! "$LAB/bench-wg.sh" -n "$n" -t "$DUR" -T "$TESTS" -o "$dir" -l "$label" $impls >>"$OUT/summary.txt"; then
+    # One bench per machine (lab/bench-wg.sh holds /run/lab-bench.lock while it runs): when
+    # someone else's bench is on, wait for the lock and try again rather than fail.
+    for attempt in 1 2 3 4 5; do
+        flock -w "${LAB_LOCK_WAIT:-1800}" /run/lab-bench.lock true || true
+        # Result line to $dir.line; the progress log both to the terminal and to $dir.err.
+        set +e
+        # shellcheck disable=SC2086 # impls is one or two words on purpose
+        "$LAB/bench-wg.sh" -n "$n" -t "$DUR" -T "$TESTS" -o "$dir" -l "$label" $impls 2>&1 >"$dir.line" | tee "$dir.err" >&2
+        rc=${PIPESTATUS[0]}
+        set -e
+        if ((rc == 0)); then
+            cat "$dir.line" >>"$OUT/summary.txt"
+            break
+        fi
+        if grep -q "another bench-wg.sh is running" "$dir.err" && ((attempt < 5)); then
+            log "another lab bench took the machine first: waiting for it (attempt $attempt)"
+            continue
+        fi
         echo "impl=$label FAILED (see $dir)" >>"$OUT/summary.txt"
         log "$label FAILED, logs in $dir"
-    fi
+        break
+    done
 done
 
 # ------------------------------------------------------------------ 3. table
