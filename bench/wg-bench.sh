@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # wg-bench.sh - Weft's WireGuard data-plane benchmark, in one invocation:
-#   1. builds weftd in release (cargo build --release --locked -p weftd),
+#   1. builds weftd in release (cargo build --release -p weftd),
 #   2. runs, one after another in the same namespace pair (lab-a -> lab-b, see lab/README.md):
 #        veth      no tunnel: the raw veth underlay, the ceiling
 #        wg-go     Debian's wireguard-go on both sides
@@ -77,8 +77,8 @@ log "results: $OUT"
 if [ -z "${WEFTD:-}" ]; then
     command -v cargo >/dev/null || die "cargo not found (or set WEFTD=/path/to/weftd)"
     log "building weftd (release)"
-    (cd "$REPO" && cargo build --release --locked -p weftd) >&2
-    TARGET_DIR=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps --locked | jq -r .target_directory)
+    (cd "$REPO" && cargo build --release -p weftd) >&2
+    TARGET_DIR=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
     WEFTD=$TARGET_DIR/release/weftd
 fi
 [ -x "$WEFTD" ] || die "weftd binary not found at $WEFTD"
