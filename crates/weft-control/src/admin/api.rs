@@ -1,0 +1,196 @@
+//! The admin API's routes (JSON over HTTP), served under `/api/v1` with an
+//! API key and on the admin socket without one. `docs/openapi.yaml`
+//! describes them.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use http::StatusCode;
+use serde::Deserialize;
+
+use super::types::*;
+use super::{Admin, AdminError};
+
+/// Who is calling (for the policy's author field and logs).
+#[derive(Debug, Clone)]
+pub(crate) struct Actor(pub String);
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+type R<T> = Result<Json<T>, AdminError>;
+
+/// Returns the admin routes (without authentication; see [`require_api_key`]).
+pub(crate) fn routes(admin: Admin) -> Router {
+    Router::new()
+        .route("/users", get(list_users).post(create_user))
+        .route("/users/{login}", axum::routing::delete(delete_user))
+        .route("/preauthkeys", get(list_keys).post(create_key))
+        .route("/preauthkeys/{id}/expire", post(expire_key))
+        .route("/nodes", get(list_nodes))
+        .route("/nodes/{id}", get(node).delete(delete_node))
+        .route("/nodes/{id}/expire", post(expire_node))
+        .route("/nodes/{id}/rename", post(rename_node))
+        .route("/nodes/{id}/tags", post(tag_node))
+        .route("/nodes/{id}/authorize", post(authorize_node))
+        .route("/logins/{auth_id}/approve", post(approve_login))
+        .route("/logins/{auth_id}/reject", post(reject_login))
+        .route("/apikeys", get(list_api_keys).post(create_api_key))
+        .route("/apikeys/{id}/expire", post(expire_api_key))
+        .route("/policy", get(get_policy).put(set_policy))
+        .route("/policy/check", post(check_policy))
+        .route("/policy/explain", post(explain))
+        .fallback(|| async {
+            AdminError {
+                status: 404,
+                code: "not_found",
+                message: "no such admin API route; see docs/openapi.yaml".into(),
+            }
+        })
+        .with_state(admin)
+}
+
+/// Middleware for `/api/v1`: `Authorization: Bearer <api key>`.
+pub(crate) async fn require_api_key(State(admin): State<Admin>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return AdminError {
+            status: 401,
+            code: "unauthorized",
+            message: "missing Authorization: Bearer <api key>; create one on the server with weft-control apikeys create".into(),
+        }
+        .into_response();
+    };
+    match admin.verify_api_key(token).await {
+        Ok(actor) => {
+            req.extensions_mut().insert(Actor(actor));
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn parse_id(what: &str, s: &str) -> Result<i64, AdminError> {
+    s.parse().map_err(|_| AdminError::invalid(format!("invalid {what} id {s:?}: expected a number")))
+}
+
+async fn list_users(State(a): State<Admin>) -> R<Vec<UserView>> {
+    a.list_users().await.map(Json)
+}
+
+async fn create_user(State(a): State<Admin>, Json(req): Json<NewUser>) -> Result<(StatusCode, Json<UserView>), AdminError> {
+    a.create_user(req).await.map(|u| (StatusCode::CREATED, Json(u)))
+}
+
+async fn delete_user(State(a): State<Admin>, Path(login): Path<String>) -> R<UserView> {
+    a.delete_user(&login).await.map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+struct UserFilter {
+    user: Option<String>,
+}
+
+async fn list_keys(State(a): State<Admin>, Query(f): Query<UserFilter>) -> R<Vec<PreauthKeyView>> {
+    a.list_preauth_keys(f.user.as_deref()).await.map(Json)
+}
+
+async fn create_key(
+    State(a): State<Admin>,
+    Json(req): Json<NewPreauthKey>,
+) -> Result<(StatusCode, Json<CreatedPreauthKey>), AdminError> {
+    a.create_preauth_key(req).await.map(|k| (StatusCode::CREATED, Json(k)))
+}
+
+async fn expire_key(State(a): State<Admin>, Path(id): Path<String>) -> R<PreauthKeyView> {
+    a.expire_preauth_key(parse_id("pre-auth key", &id)?).await.map(Json)
+}
+
+async fn list_nodes(State(a): State<Admin>) -> R<Vec<NodeView>> {
+    a.list_nodes().await.map(Json)
+}
+
+async fn node(State(a): State<Admin>, Path(id): Path<String>) -> R<NodeView> {
+    a.node(parse_id("node", &id)?).await.map(Json)
+}
+
+async fn delete_node(State(a): State<Admin>, Path(id): Path<String>) -> R<NodeView> {
+    a.delete_node(parse_id("node", &id)?).await.map(Json)
+}
+
+async fn expire_node(State(a): State<Admin>, Path(id): Path<String>) -> R<NodeView> {
+    a.expire_node(parse_id("node", &id)?).await.map(Json)
+}
+
+async fn rename_node(State(a): State<Admin>, Path(id): Path<String>, Json(r): Json<Rename>) -> R<NodeView> {
+    a.rename_node(parse_id("node", &id)?, &r.name).await.map(Json)
+}
+
+async fn tag_node(State(a): State<Admin>, Path(id): Path<String>, Json(t): Json<SetTags>) -> R<NodeView> {
+    a.set_node_tags(parse_id("node", &id)?, &t.tags).await.map(Json)
+}
+
+async fn authorize_node(State(a): State<Admin>, Path(id): Path<String>, Json(r): Json<Authorize>) -> R<NodeView> {
+    a.authorize_node(parse_id("node", &id)?, r.authorized).await.map(Json)
+}
+
+async fn approve_login(State(a): State<Admin>, Path(auth_id): Path<String>, Json(r): Json<Approve>) -> R<NodeView> {
+    a.approve_login(&auth_id, &r.user).await.map(Json)
+}
+
+async fn reject_login(State(a): State<Admin>, Path(auth_id): Path<String>) -> Result<StatusCode, AdminError> {
+    a.reject_login(&auth_id).await.map(|()| StatusCode::NO_CONTENT)
+}
+
+async fn list_api_keys(State(a): State<Admin>) -> R<Vec<ApiKeyView>> {
+    a.list_api_keys().await.map(Json)
+}
+
+async fn create_api_key(
+    State(a): State<Admin>,
+    Json(req): Json<NewApiKey>,
+) -> Result<(StatusCode, Json<CreatedApiKey>), AdminError> {
+    a.create_api_key(req).await.map(|k| (StatusCode::CREATED, Json(k)))
+}
+
+async fn expire_api_key(State(a): State<Admin>, Path(id): Path<String>) -> R<ApiKeyView> {
+    a.expire_api_key(parse_id("API key", &id)?).await.map(Json)
+}
+
+async fn get_policy(State(a): State<Admin>) -> R<PolicyView> {
+    a.policy().await.map(Json)
+}
+
+async fn set_policy(
+    State(a): State<Admin>,
+    actor: Option<Extension<Actor>>,
+    Json(p): Json<PolicyText>,
+) -> R<PolicyView> {
+    let author = actor.map_or_else(|| "admin".to_owned(), |Extension(a)| a.0);
+    a.set_policy(&p.policy, &author).await.map(Json)
+}
+
+async fn check_policy(State(a): State<Admin>, Json(p): Json<PolicyText>) -> Json<PolicyCheck> {
+    Json(a.check_policy(&p.policy))
+}
+
+async fn explain(State(a): State<Admin>, Json(q): Json<ExplainQuery>) -> R<ExplainAnswer> {
+    a.explain(&q).map(Json)
+}

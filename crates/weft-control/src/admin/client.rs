@@ -1,0 +1,349 @@
+//! A typed client of the admin API, over the admin socket or over HTTP
+//! with an API key. The `weft-control` CLI, the tests and the load
+//! generator use it. One connection per request: admin traffic is light.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::types::*;
+
+/// Where the admin API is.
+#[derive(Debug, Clone)]
+pub enum AdminTarget {
+    /// The admin socket of a local server.
+    Socket(PathBuf),
+    /// A server's REST API (`http://HOST:PORT`) with an API key.
+    Http {
+        /// The server URL (without `/api/v1`).
+        url: String,
+        /// The API key text.
+        api_key: String,
+    },
+}
+
+impl std::fmt::Display for AdminTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminTarget::Socket(p) => write!(f, "the admin socket {}", p.display()),
+            AdminTarget::Http { url, .. } => write!(f, "{url}"),
+        }
+    }
+}
+
+/// Why an admin request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminClientError {
+    /// The server could not be reached.
+    #[error("cannot reach {target}: {cause}{hint}")]
+    Connect {
+        /// Where.
+        target: String,
+        /// The OS error.
+        cause: String,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// The server refused the request.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error code (`not_found`, `conflict`, `invalid`, …).
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The answer was not what the API documents.
+    #[error("unexpected answer from {target}: {detail}")]
+    Protocol {
+        /// Where.
+        target: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// A client of one server's admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    target: AdminTarget,
+    timeout: Duration,
+}
+
+impl AdminClient {
+    /// Creates a client.
+    pub fn new(target: AdminTarget) -> Self {
+        Self {
+            target,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Returns where it connects.
+    pub fn target(&self) -> &AdminTarget {
+        &self.target
+    }
+
+    async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, AdminClientError> {
+        let bytes = self.raw(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| AdminClientError::Protocol {
+            target: self.target.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    async fn raw<B: Serialize>(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Bytes, AdminClientError> {
+        let target = self.target.to_string();
+        let payload = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| AdminClientError::Protocol {
+                target: target.clone(),
+                detail: e.to_string(),
+            })?,
+            None => Vec::new(),
+        };
+        let (authority, prefix, bearer) = match &self.target {
+            AdminTarget::Socket(_) => ("localhost".to_owned(), String::new(), None),
+            AdminTarget::Http { url, api_key } => {
+                let uri: http::Uri = url.parse().map_err(|_| AdminClientError::Connect {
+                    target: target.clone(),
+                    cause: "not an http:// URL".into(),
+                    hint: "",
+                })?;
+                if uri.scheme_str() != Some("http") {
+                    return Err(AdminClientError::Connect {
+                        target,
+                        cause: "only http:// is supported by this client (put a TLS proxy in front and use it locally, or use the admin socket)".into(),
+                        hint: "",
+                    });
+                }
+                let authority = uri.authority().map(ToString::to_string).unwrap_or_default();
+                (authority, uri.path().trim_end_matches('/').to_owned(), Some(api_key.clone()))
+            }
+        };
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("{prefix}{}{path}", if matches!(self.target, AdminTarget::Http { .. }) { "/api/v1" } else { "" }))
+            .header(http::header::HOST, authority.clone())
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = bearer {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| AdminClientError::Protocol {
+                target: target.clone(),
+                detail: e.to_string(),
+            })?;
+        let connect_err = |cause: String, hint| AdminClientError::Connect {
+            target: target.clone(),
+            cause,
+            hint,
+        };
+        let work = async {
+            let resp = match &self.target {
+                AdminTarget::Socket(path) => {
+                    let s = tokio::net::UnixStream::connect(path).await.map_err(|e| {
+                        connect_err(
+                            e.to_string(),
+                            " (is weft-control serve running with this --state-dir, and are you root?)",
+                        )
+                    })?;
+                    send(TokioIo::new(s), req).await
+                }
+                AdminTarget::Http { .. } => {
+                    let s = tokio::net::TcpStream::connect(&authority)
+                        .await
+                        .map_err(|e| connect_err(e.to_string(), ""))?;
+                    send(TokioIo::new(s), req).await
+                }
+            }
+            .map_err(|e| connect_err(e.to_string(), ""))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| connect_err(e.to_string(), ""))?
+                .to_bytes();
+            if status.is_success() {
+                return Ok(body);
+            }
+            Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(e) => AdminClientError::Api {
+                    status: status.as_u16(),
+                    code: e.error.code,
+                    message: e.error.message,
+                },
+                Err(_) => AdminClientError::Api {
+                    status: status.as_u16(),
+                    code: "http".into(),
+                    message: format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()),
+                },
+            })
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| AdminClientError::Connect {
+                target: self.target.to_string(),
+                cause: format!("no answer within {:?}", self.timeout),
+                hint: "",
+            })?
+    }
+
+    // --- users ---
+
+    /// `POST /users`.
+    pub async fn create_user(&self, req: &NewUser) -> Result<UserView, AdminClientError> {
+        self.request(http::Method::POST, "/users", Some(req)).await
+    }
+    /// `GET /users`.
+    pub async fn list_users(&self) -> Result<Vec<UserView>, AdminClientError> {
+        self.request::<(), _>(http::Method::GET, "/users", None).await
+    }
+    /// `DELETE /users/{login}`.
+    pub async fn delete_user(&self, login: &str) -> Result<UserView, AdminClientError> {
+        self.request::<(), _>(http::Method::DELETE, &format!("/users/{}", encode(login)), None)
+            .await
+    }
+
+    // --- pre-auth keys ---
+
+    /// `POST /preauthkeys`.
+    pub async fn create_preauth_key(&self, req: &NewPreauthKey) -> Result<CreatedPreauthKey, AdminClientError> {
+        self.request(http::Method::POST, "/preauthkeys", Some(req)).await
+    }
+    /// `GET /preauthkeys`.
+    pub async fn list_preauth_keys(&self, user: Option<&str>) -> Result<Vec<PreauthKeyView>, AdminClientError> {
+        let path = match user {
+            Some(u) => format!("/preauthkeys?user={}", encode(u)),
+            None => "/preauthkeys".to_owned(),
+        };
+        self.request::<(), _>(http::Method::GET, &path, None).await
+    }
+    /// `POST /preauthkeys/{id}/expire`.
+    pub async fn expire_preauth_key(&self, id: i64) -> Result<PreauthKeyView, AdminClientError> {
+        self.request::<(), _>(http::Method::POST, &format!("/preauthkeys/{id}/expire"), None)
+            .await
+    }
+
+    // --- nodes ---
+
+    /// `GET /nodes`.
+    pub async fn list_nodes(&self) -> Result<Vec<NodeView>, AdminClientError> {
+        self.request::<(), _>(http::Method::GET, "/nodes", None).await
+    }
+    /// `POST /logins/{auth_id}/approve`.
+    pub async fn approve_login(&self, auth_id: &str, user: &str) -> Result<NodeView, AdminClientError> {
+        let body = Approve { user: user.to_owned() };
+        self.request(http::Method::POST, &format!("/logins/{}/approve", encode(auth_id)), Some(&body))
+            .await
+    }
+    /// `POST /logins/{auth_id}/reject`.
+    pub async fn reject_login(&self, auth_id: &str) -> Result<(), AdminClientError> {
+        self.raw::<()>(http::Method::POST, &format!("/logins/{}/reject", encode(auth_id)), None)
+            .await
+            .map(|_| ())
+    }
+    /// `POST /nodes/{id}/expire`.
+    pub async fn expire_node(&self, id: i64) -> Result<NodeView, AdminClientError> {
+        self.request::<(), _>(http::Method::POST, &format!("/nodes/{id}/expire"), None).await
+    }
+    /// `DELETE /nodes/{id}`.
+    pub async fn delete_node(&self, id: i64) -> Result<NodeView, AdminClientError> {
+        self.request::<(), _>(http::Method::DELETE, &format!("/nodes/{id}"), None).await
+    }
+    /// `POST /nodes/{id}/rename`.
+    pub async fn rename_node(&self, id: i64, name: &str) -> Result<NodeView, AdminClientError> {
+        let body = Rename { name: name.to_owned() };
+        self.request(http::Method::POST, &format!("/nodes/{id}/rename"), Some(&body)).await
+    }
+    /// `POST /nodes/{id}/tags`.
+    pub async fn set_node_tags(&self, id: i64, tags: &[String]) -> Result<NodeView, AdminClientError> {
+        let body = SetTags { tags: tags.to_vec() };
+        self.request(http::Method::POST, &format!("/nodes/{id}/tags"), Some(&body)).await
+    }
+    /// `POST /nodes/{id}/authorize`.
+    pub async fn authorize_node(&self, id: i64, authorized: bool) -> Result<NodeView, AdminClientError> {
+        let body = Authorize { authorized };
+        self.request(http::Method::POST, &format!("/nodes/{id}/authorize"), Some(&body)).await
+    }
+
+    // --- API keys ---
+
+    /// `POST /apikeys`.
+    pub async fn create_api_key(&self, req: &NewApiKey) -> Result<CreatedApiKey, AdminClientError> {
+        self.request(http::Method::POST, "/apikeys", Some(req)).await
+    }
+    /// `GET /apikeys`.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyView>, AdminClientError> {
+        self.request::<(), _>(http::Method::GET, "/apikeys", None).await
+    }
+    /// `POST /apikeys/{id}/expire`.
+    pub async fn expire_api_key(&self, id: i64) -> Result<ApiKeyView, AdminClientError> {
+        self.request::<(), _>(http::Method::POST, &format!("/apikeys/{id}/expire"), None).await
+    }
+
+    // --- policy ---
+
+    /// `GET /policy`.
+    pub async fn policy(&self) -> Result<PolicyView, AdminClientError> {
+        self.request::<(), _>(http::Method::GET, "/policy", None).await
+    }
+    /// `PUT /policy`.
+    pub async fn set_policy(&self, text: &str) -> Result<PolicyView, AdminClientError> {
+        let body = PolicyText { policy: text.to_owned() };
+        self.request(http::Method::PUT, "/policy", Some(&body)).await
+    }
+    /// `POST /policy/check`.
+    pub async fn check_policy(&self, text: &str) -> Result<PolicyCheck, AdminClientError> {
+        let body = PolicyText { policy: text.to_owned() };
+        self.request(http::Method::POST, "/policy/check", Some(&body)).await
+    }
+    /// `POST /policy/explain`.
+    pub async fn explain(&self, q: &ExplainQuery) -> Result<ExplainAnswer, AdminClientError> {
+        self.request(http::Method::POST, "/policy/explain", Some(q)).await
+    }
+}
+
+async fn send<IO>(
+    io: IO,
+    req: http::Request<Full<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, hyper::Error>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(req).await
+}
+
+/// Percent-encodes a path segment or query value.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@:".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

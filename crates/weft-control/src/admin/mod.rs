@@ -1,0 +1,704 @@
+//! Administration: one service layer ([`Admin`]) used by both doors to it,
+//! the admin socket (`<state-dir>/admin.sock`, root only) and the REST API
+//! (`/api/v1`, `Authorization: Bearer <api key>`), so every operation exists
+//! in both. The `weft-control` CLI talks to either with [`client`].
+//!
+//! Every change is committed to the database first and then handed to the
+//! coordinator, which sends the deltas. Errors name what was wrong and, for
+//! unknown things, the id or name that was not found.
+
+pub(crate) mod api;
+pub mod client;
+pub(crate) mod socket;
+pub mod types;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use weft_control_store::{
+    ApiKey, KeyLifetime, LoginName, NewPreauthKey as StoreNewKey, NewUser as StoreNewUser,
+    Node as StoreNode, PreauthKey, RegisterAuth, Role, StoreError, User,
+};
+use weft_policy::Policy;
+use weft_types::{DnsLabel, DnsName, NodeId, Tag, UnixMillis, UserId};
+
+use crate::ctx::Ctx;
+use crate::registration::lifetime_of;
+use crate::state::coordinator::Msg;
+use types::*;
+
+/// The default lifetime of a pre-auth key.
+pub const DEFAULT_PREAUTH_KEY_EXPIRATION: Duration = Duration::from_secs(60 * 60);
+
+/// An admin operation that failed: an HTTP status, a code for programs and
+/// a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AdminError {
+    /// HTTP status.
+    pub status: u16,
+    /// Machine-readable code (`not_found`, `conflict`, `invalid`, …).
+    pub code: &'static str,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl AdminError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: status.as_u16(),
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 400 with `message`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        use StoreError as E;
+        let msg = e.to_string();
+        match e {
+            E::UnknownUser(_)
+            | E::UnknownUserId(_)
+            | E::UnknownNode(_)
+            | E::UnknownNodeKey(_)
+            | E::UnknownMachineKey(_)
+            | E::UnknownNodeAddress(_)
+            | E::UnknownPreauthKeyId(_)
+            | E::UnknownApiKeyId(_)
+            | E::UnknownAuthRequest(_)
+            | E::UnknownPolicyVersion(_) => Self::not_found(msg),
+            E::DuplicateUser(_)
+            | E::NameTaken(_)
+            | E::DuplicateNodeKey(_)
+            | E::UserHasNodes { .. }
+            | E::AuthRequestCompleted(..) => Self::new(StatusCode::CONFLICT, "conflict", msg),
+            E::AuthRequestExpired(_) => Self::new(StatusCode::GONE, "expired", msg),
+            E::MalformedKey { .. }
+            | E::KeyWithoutOwner
+            | E::NodeWithoutOwner(_)
+            | E::UnknownPreauthKey(_)
+            | E::UnknownApiKey(_)
+            | E::PreauthKeyExpired(_)
+            | E::PreauthKeyRevoked(_)
+            | E::PreauthKeyUsed(_)
+            | E::ApiKeyExpired(_) => Self::invalid(msg),
+            E::AddressPoolExhausted(_) | E::Contention { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
+            }
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
+        }
+    }
+}
+
+/// The admin service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    ctx: Arc<Ctx>,
+}
+
+impl Admin {
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Self {
+        Self { ctx }
+    }
+
+    fn now(&self) -> UnixMillis {
+        self.ctx.clock.now()
+    }
+
+    // --- users -------------------------------------------------------------------------
+
+    /// Creates a user.
+    ///
+    /// # Errors
+    /// `invalid` login name or role, `conflict` if it exists.
+    pub async fn create_user(&self, req: NewUser) -> Result<UserView, AdminError> {
+        let login: LoginName = req.login_name.parse().map_err(|_| {
+            AdminError::invalid(format!(
+                "invalid login name {:?}: use 1-254 characters without spaces, e.g. alice or alice@example.com",
+                req.login_name
+            ))
+        })?;
+        let role = parse_role(req.role.as_deref())?;
+        let user = self
+            .ctx
+            .store
+            .create_user(
+                StoreNewUser {
+                    login_name: login,
+                    display_name: req.display_name.unwrap_or_default(),
+                    role,
+                },
+                self.now(),
+            )
+            .await?;
+        self.ctx.coord.send(Msg::UserUpsert(Box::new(user.clone())));
+        Ok(user_view(&user))
+    }
+
+    /// Lists users by id.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn list_users(&self) -> Result<Vec<UserView>, AdminError> {
+        Ok(self.ctx.store.list_users().await?.iter().map(user_view).collect())
+    }
+
+    /// Deletes a user that owns no nodes.
+    ///
+    /// # Errors
+    /// `not_found`, `conflict` while it owns nodes.
+    pub async fn delete_user(&self, login: &str) -> Result<UserView, AdminError> {
+        let user = self.ctx.store.user_by_login(login).await?;
+        let user = self.ctx.store.delete_user(user.id).await.map_err(|e| match e {
+            StoreError::UserHasNodes { login, count } => AdminError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("user {login:?} still owns {count} node(s); delete them or move them to tags first (weft-control nodes list)"),
+            ),
+            other => other.into(),
+        })?;
+        self.ctx.coord.send(Msg::UserDeleted(user.id));
+        Ok(user_view(&user))
+    }
+
+    // --- pre-auth keys ---------------------------------------------------------------------
+
+    /// Creates a pre-auth key; the answer holds the secret, shown only here.
+    ///
+    /// # Errors
+    /// `invalid` tags, unknown user, a key with neither user nor tags.
+    pub async fn create_preauth_key(&self, req: NewPreauthKey) -> Result<CreatedPreauthKey, AdminError> {
+        let user = match &req.user {
+            Some(login) => Some(self.ctx.store.user_by_login(login).await?),
+            None => None,
+        };
+        let tags = parse_tags(&req.tags)?;
+        if user.is_none() && tags.is_empty() {
+            return Err(AdminError::invalid(
+                "a pre-auth key needs a user (--user) or at least one tag (--tags tag:x)",
+            ));
+        }
+        let now = self.now();
+        let expiration = req
+            .expiration_ms
+            .map_or(DEFAULT_PREAUTH_KEY_EXPIRATION, Duration::from_millis);
+        let lifetime = match req.node_key_expiry_ms {
+            None => KeyLifetime::ServerDefault,
+            Some(0) => KeyLifetime::Never,
+            Some(ms) => KeyLifetime::After(Duration::from_millis(ms)),
+        };
+        let (key, secret) = self
+            .ctx
+            .store
+            .create_preauth_key(
+                StoreNewKey {
+                    user: user.as_ref().map(|u| u.id),
+                    reusable: req.reusable,
+                    ephemeral: req.ephemeral,
+                    tags,
+                    expires: now.saturating_add(expiration),
+                    node_key_lifetime: lifetime,
+                },
+                now,
+            )
+            .await?;
+        Ok(CreatedPreauthKey {
+            key: preauth_view(&key, user.as_ref().map(|u| u.login_name.to_string()), now),
+            secret: secret.expose().to_owned(),
+        })
+    }
+
+    /// Lists pre-auth keys, optionally of one user.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown user.
+    pub async fn list_preauth_keys(&self, user: Option<&str>) -> Result<Vec<PreauthKeyView>, AdminError> {
+        let uid = match user {
+            Some(login) => Some(self.ctx.store.user_by_login(login).await?.id),
+            None => None,
+        };
+        let logins = self.logins().await?;
+        let now = self.now();
+        Ok(self
+            .ctx
+            .store
+            .list_preauth_keys(uid)
+            .await?
+            .iter()
+            .map(|k| preauth_view(k, k.user.and_then(|u| logins.get(&u).cloned()), now))
+            .collect())
+    }
+
+    /// Expires (revokes) a pre-auth key now.
+    ///
+    /// # Errors
+    /// `not_found`.
+    pub async fn expire_preauth_key(&self, id: i64) -> Result<PreauthKeyView, AdminError> {
+        let now = self.now();
+        let k = self
+            .ctx
+            .store
+            .expire_preauth_key(weft_control_store::PreauthKeyId(id), now)
+            .await?;
+        let logins = self.logins().await?;
+        Ok(preauth_view(&k, k.user.and_then(|u| logins.get(&u).cloned()), now))
+    }
+
+    // --- nodes --------------------------------------------------------------------------
+
+    /// Lists nodes by id, with their live state.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn list_nodes(&self) -> Result<Vec<NodeView>, AdminError> {
+        let logins = self.logins().await?;
+        let now = self.now();
+        let snap = self.ctx.coord.snapshot();
+        Ok(self
+            .ctx
+            .store
+            .list_nodes()
+            .await?
+            .iter()
+            .map(|n| self.node_view(n, &logins, now, &snap))
+            .collect())
+    }
+
+    /// Returns one node.
+    ///
+    /// # Errors
+    /// `not_found`.
+    pub async fn node(&self, id: i64) -> Result<NodeView, AdminError> {
+        let n = self.ctx.store.node(NodeId(id)).await?;
+        self.view_one(&n).await
+    }
+
+    /// Approves an interactive login: registers its node for `user`.
+    ///
+    /// # Errors
+    /// `not_found` (login or user), `expired`, `conflict` if already decided.
+    pub async fn approve_login(&self, auth_id: &str, user: &str) -> Result<NodeView, AdminError> {
+        let user = self.ctx.store.user_by_login(user).await?;
+        let now = self.now();
+        let wish = self.ctx.logins.wish(auth_id);
+        let requested: BTreeSet<Tag> = wish.requested_tags.clone();
+        if !requested.is_empty() {
+            let snap = self.ctx.coord.snapshot();
+            let p = &snap.policy;
+            let login = user.login_name.to_string();
+            let denied: Vec<&str> = requested
+                .iter()
+                .filter(|t| !p.policy.may_apply_tag(&p.tailnet, t.as_str(), Some(&login), &[]))
+                .map(Tag::as_str)
+                .collect();
+            if !denied.is_empty() {
+                return Err(AdminError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("the policy's tagOwners do not let {login} apply {} (requested by the device)", denied.join(", ")),
+                ));
+            }
+        }
+        let (_, reg) = self
+            .ctx
+            .store
+            .complete_auth_request(
+                auth_id,
+                RegisterAuth::User {
+                    user: user.id,
+                    tags: &requested,
+                    ephemeral: wish.ephemeral,
+                    key_lifetime: lifetime_of(wish.expiry, now),
+                },
+                now,
+            )
+            .await?;
+        tracing::info!(node = %reg.node.id, user = %user.login_name, "interactive login approved");
+        self.ctx.coord.send(Msg::NodeUpsert(Box::new(reg.node.clone())));
+        self.ctx.logins.decided(auth_id);
+        self.view_one(&reg.node).await
+    }
+
+    /// Declines an interactive login.
+    ///
+    /// # Errors
+    /// `not_found`, `expired`, `conflict` if already decided.
+    pub async fn reject_login(&self, auth_id: &str) -> Result<(), AdminError> {
+        self.ctx.store.reject_auth_request(auth_id, self.now()).await?;
+        self.ctx.logins.decided(auth_id);
+        Ok(())
+    }
+
+    /// Expires a node's key now: peers see it expired, its stream ends.
+    ///
+    /// # Errors
+    /// `not_found`.
+    pub async fn expire_node(&self, id: i64) -> Result<NodeView, AdminError> {
+        let n = self.ctx.store.expire_node(NodeId(id), self.now()).await?;
+        self.changed(n).await
+    }
+
+    /// Deletes a node.
+    ///
+    /// # Errors
+    /// `not_found`.
+    pub async fn delete_node(&self, id: i64) -> Result<NodeView, AdminError> {
+        let n = self.ctx.store.delete_node(NodeId(id)).await?;
+        self.ctx.coord.send(Msg::NodeDeleted(n.id));
+        self.view_one_offline(&n).await
+    }
+
+    /// Renames a node (its DNS label).
+    ///
+    /// # Errors
+    /// `invalid` name, `not_found`, `conflict` if taken.
+    pub async fn rename_node(&self, id: i64, name: &str) -> Result<NodeView, AdminError> {
+        let label: DnsLabel = name.parse().map_err(|_| {
+            AdminError::invalid(format!(
+                "invalid name {name:?}: use 1-63 lowercase letters, digits and '-', not starting or ending with '-' (e.g. {})",
+                DnsLabel::sanitize(name)
+            ))
+        })?;
+        let n = self.ctx.store.rename_node(NodeId(id), &label).await?;
+        self.changed(n).await
+    }
+
+    /// Replaces a node's tags (empty: back to its user).
+    ///
+    /// # Errors
+    /// `invalid` tags, `not_found`.
+    pub async fn set_node_tags(&self, id: i64, tags: &[String]) -> Result<NodeView, AdminError> {
+        let tags = parse_tags(tags)?;
+        let n = self.ctx.store.set_node_tags(NodeId(id), &tags).await?;
+        self.changed(n).await
+    }
+
+    /// Authorizes a node (device approval) or withdraws it.
+    ///
+    /// # Errors
+    /// `not_found`.
+    pub async fn authorize_node(&self, id: i64, authorized: bool) -> Result<NodeView, AdminError> {
+        let n = self.ctx.store.set_node_authorized(NodeId(id), authorized).await?;
+        self.changed(n).await
+    }
+
+    async fn changed(&self, n: StoreNode) -> Result<NodeView, AdminError> {
+        self.ctx.coord.send(Msg::NodeUpsert(Box::new(n.clone())));
+        self.view_one(&n).await
+    }
+
+    // --- API keys -----------------------------------------------------------------------
+
+    /// Creates an API key; the answer holds the secret, shown only here.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn create_api_key(&self, req: NewApiKey) -> Result<CreatedApiKey, AdminError> {
+        let now = self.now();
+        let expires = req.expiration_ms.map(|ms| now.saturating_add(Duration::from_millis(ms)));
+        let (key, secret) = self
+            .ctx
+            .store
+            .create_api_key(&req.description, expires, now)
+            .await?;
+        Ok(CreatedApiKey {
+            key: api_key_view(&key, now),
+            secret: secret.expose().to_owned(),
+        })
+    }
+
+    /// Lists API keys.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyView>, AdminError> {
+        let now = self.now();
+        Ok(self
+            .ctx
+            .store
+            .list_api_keys()
+            .await?
+            .iter()
+            .map(|k| api_key_view(k, now))
+            .collect())
+    }
+
+    /// Expires an API key now.
+    ///
+    /// # Errors
+    /// `not_found`.
+    pub async fn expire_api_key(&self, id: i64) -> Result<ApiKeyView, AdminError> {
+        let now = self.now();
+        let k = self
+            .ctx
+            .store
+            .expire_api_key(weft_control_store::ApiKeyId(id), now)
+            .await?;
+        Ok(api_key_view(&k, now))
+    }
+
+    /// Checks an API key's text; returns a description of the caller.
+    pub(crate) async fn verify_api_key(&self, text: &str) -> Result<String, AdminError> {
+        match self.ctx.store.verify_api_key(text, self.now()).await {
+            Ok(k) => Ok(format!("api key {}", k.prefix)),
+            Err(e @ (StoreError::MalformedKey { .. } | StoreError::UnknownApiKey(_) | StoreError::ApiKeyExpired(_))) => {
+                Err(AdminError::new(StatusCode::UNAUTHORIZED, "unauthorized", format!("{e}; create one with weft-control apikeys create on the server")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // --- policy -------------------------------------------------------------------------
+
+    /// Returns the policy in force.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn policy(&self) -> Result<PolicyView, AdminError> {
+        Ok(match self.ctx.store.current_policy().await? {
+            Some(p) => PolicyView {
+                policy: p.text,
+                version: Some(p.id.0),
+                author: Some(p.author),
+                created: Some(p.created.0),
+            },
+            None => PolicyView {
+                policy: weft_policy::DEFAULT_POLICY.to_owned(),
+                version: None,
+                author: None,
+                created: None,
+            },
+        })
+    }
+
+    /// Validates a policy and runs its tests against the live tailnet.
+    pub fn check_policy(&self, text: &str) -> PolicyCheck {
+        let policy = match Policy::parse(text) {
+            Ok(p) => p,
+            Err(e) => {
+                return PolicyCheck {
+                    ok: false,
+                    error: Some(e.to_string()),
+                    report: None,
+                    tests: None,
+                };
+            }
+        };
+        let snap = self.ctx.coord.snapshot();
+        let report = policy.run_tests(&snap.policy.tailnet);
+        PolicyCheck {
+            ok: report.passed(),
+            error: None,
+            report: Some(report.to_string()),
+            tests: serde_json::to_value(&report).ok(),
+        }
+    }
+
+    /// Replaces the policy if it is valid and all its tests pass; otherwise
+    /// the old policy stays in force.
+    ///
+    /// # Errors
+    /// `invalid` with the parse error or the failed tests.
+    pub async fn set_policy(&self, text: &str, author: &str) -> Result<PolicyView, AdminError> {
+        let check = self.check_policy(text);
+        if !check.ok {
+            let detail = check.error.or(check.report).unwrap_or_default();
+            return Err(AdminError::invalid(format!(
+                "policy refused, the old policy stays in force:\n{detail}"
+            )));
+        }
+        let policy = Policy::parse(text).map_err(|e| AdminError::invalid(e.to_string()))?;
+        let v = self.ctx.store.put_policy(text, author, self.now()).await?;
+        tracing::info!(version = %v.id, %author, "policy replaced");
+        self.ctx.coord.send(Msg::Policy {
+            policy: Arc::new(policy),
+            version: Some(v.id),
+        });
+        Ok(PolicyView {
+            policy: v.text,
+            version: Some(v.id.0),
+            author: Some(v.author),
+            created: Some(v.created.0),
+        })
+    }
+
+    /// Explains whether a flow is allowed by the policy in force.
+    ///
+    /// # Errors
+    /// `invalid` when the question names nothing in the tailnet.
+    pub fn explain(&self, q: &ExplainQuery) -> Result<ExplainAnswer, AdminError> {
+        let snap = self.ctx.coord.snapshot();
+        let p = &snap.policy;
+        let x = weft_policy::explain_query(&p.policy, &p.tailnet, &q.src, &q.dst, q.proto.as_deref())
+            .map_err(|e| AdminError::invalid(e.to_string()))?;
+        Ok(ExplainAnswer {
+            verdict: match x.verdict {
+                weft_policy::Verdict::Allowed => "allowed".into(),
+                weft_policy::Verdict::Denied => "denied".into(),
+            },
+            text: x.to_string(),
+            explanation: serde_json::to_value(&x).unwrap_or_default(),
+        })
+    }
+
+    /// Ends the coordinator's current batch and waits until it is
+    /// published (tests and tools use it to wait for a change to go out).
+    pub async fn flush(&self) {
+        let _ = self.ctx.coord.flush().await;
+    }
+
+    // --- helpers ------------------------------------------------------------------------
+
+    async fn logins(&self) -> Result<std::collections::BTreeMap<UserId, String>, AdminError> {
+        Ok(self
+            .ctx
+            .store
+            .list_users()
+            .await?
+            .into_iter()
+            .map(|u| (u.id, u.login_name.to_string()))
+            .collect())
+    }
+
+    async fn view_one(&self, n: &StoreNode) -> Result<NodeView, AdminError> {
+        let logins = self.logins().await?;
+        let snap = self.ctx.coord.snapshot();
+        Ok(self.node_view(n, &logins, self.now(), &snap))
+    }
+
+    async fn view_one_offline(&self, n: &StoreNode) -> Result<NodeView, AdminError> {
+        let logins = self.logins().await?;
+        let mut v = node_view(n, &logins, self.now(), &self.ctx.config.domain);
+        v.online = false;
+        Ok(v)
+    }
+
+    fn node_view(
+        &self,
+        n: &StoreNode,
+        logins: &std::collections::BTreeMap<UserId, String>,
+        now: UnixMillis,
+        snap: &crate::state::Snapshot,
+    ) -> NodeView {
+        let mut v = node_view(n, logins, now, &self.ctx.config.domain);
+        if let Some(live) = snap.nodes.get(&n.id) {
+            // Runtime state is the server's live view; the database follows.
+            v.online = live.rec.online;
+            v.last_seen = live.rec.last_seen.map(|t| t.0);
+            v.endpoints = live.rec.endpoints.iter().map(|e| e.addr.to_string()).collect();
+        }
+        v
+    }
+}
+
+fn parse_role(role: Option<&str>) -> Result<Role, AdminError> {
+    match role.unwrap_or("member") {
+        "member" => Ok(Role::Member),
+        "admin" => Ok(Role::Admin),
+        other => Err(AdminError::invalid(format!(
+            "invalid role {other:?}: use member or admin"
+        ))),
+    }
+}
+
+fn parse_tags(tags: &[String]) -> Result<BTreeSet<Tag>, AdminError> {
+    tags.iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| {
+            t.trim().parse::<Tag>().map_err(|_| {
+                AdminError::invalid(format!(
+                    "invalid tag {t:?}: write tag:NAME, NAME starting with a letter (letters, digits, '-')"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn user_view(u: &User) -> UserView {
+    UserView {
+        id: u.id.0,
+        login_name: u.login_name.to_string(),
+        display_name: u.display_name.clone(),
+        role: u.role.as_str().to_owned(),
+        created: u.created.0,
+    }
+}
+
+fn preauth_view(k: &PreauthKey, user: Option<String>, now: UnixMillis) -> PreauthKeyView {
+    PreauthKeyView {
+        id: k.id.0,
+        prefix: k.prefix.clone(),
+        user,
+        reusable: k.reusable,
+        ephemeral: k.ephemeral,
+        tags: k.tags.iter().map(ToString::to_string).collect(),
+        created: k.created.0,
+        expires: k.expires.0,
+        used_count: k.used_count,
+        revoked: k.revoked.map(|t| t.0),
+        usable: k.is_usable(now),
+    }
+}
+
+fn api_key_view(k: &ApiKey, now: UnixMillis) -> ApiKeyView {
+    ApiKeyView {
+        id: k.id.0,
+        prefix: k.prefix.clone(),
+        description: k.description.clone(),
+        created: k.created.0,
+        expires: k.expires.map(|t| t.0),
+        revoked: k.revoked.map(|t| t.0),
+        last_used: k.last_used.map(|t| t.0),
+        usable: k.revoked.is_none() && k.expires.is_none_or(|e| now < e),
+    }
+}
+
+fn node_view(
+    n: &StoreNode,
+    logins: &std::collections::BTreeMap<UserId, String>,
+    now: UnixMillis,
+    domain: &DnsName,
+) -> NodeView {
+    let os = n
+        .host_info
+        .get("os")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    NodeView {
+        id: n.id.0,
+        stable_id: n.stable_id.to_string(),
+        name: n.given_name.to_string(),
+        fqdn: DnsName::with_label(&n.given_name, domain)
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        hostname: n.hostname.clone(),
+        user: n.user.and_then(|u| logins.get(&u).cloned()),
+        tags: n.tags.iter().map(ToString::to_string).collect(),
+        ipv4: n.ipv4.to_string(),
+        ipv6: n.ipv6.to_string(),
+        machine_key: n.machine_key.to_string(),
+        node_key: n.node_key.to_string(),
+        online: n.online,
+        last_seen: n.last_seen.map(|t| t.0),
+        created: n.created.0,
+        key_expiry: n.key_expiry.map(|t| t.0),
+        expired: n.is_expired(now),
+        authorized: n.authorized,
+        ephemeral: n.ephemeral,
+        endpoints: n.endpoints.iter().map(|e| e.addr.to_string()).collect(),
+        os,
+    }
+}

@@ -1,0 +1,223 @@
+//! The admin API's JSON bodies, shared by the server and [`super::client`].
+//! Times are unix milliseconds; ids are numbers; secrets appear only in the
+//! answer to the request that created them.
+
+use serde::{Deserialize, Serialize};
+
+/// A user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    pub id: i64,
+    pub login_name: String,
+    pub display_name: String,
+    /// `member` or `admin`.
+    pub role: String,
+    pub created: i64,
+}
+
+/// `POST /users`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NewUser {
+    pub login_name: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// `member` (default) or `admin`.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// A pre-auth key (without its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreauthKeyView {
+    pub id: i64,
+    /// The public part: `weftkey-auth-<prefix>-…`.
+    pub prefix: String,
+    /// The user it registers nodes for (`None`: tag-only key).
+    pub user: Option<String>,
+    pub reusable: bool,
+    pub ephemeral: bool,
+    pub tags: Vec<String>,
+    pub created: i64,
+    pub expires: i64,
+    pub used_count: i64,
+    pub revoked: Option<i64>,
+    /// Whether it is accepted now.
+    pub usable: bool,
+}
+
+/// `POST /preauthkeys`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NewPreauthKey {
+    /// Login of the owning user; may be absent when `tags` is not empty.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub reusable: bool,
+    #[serde(default)]
+    pub ephemeral: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// How long the key is accepted (default 1 hour).
+    #[serde(default)]
+    pub expiration_ms: Option<u64>,
+    /// Node-key lifetime of nodes registered with it (default: the server's).
+    #[serde(default)]
+    pub node_key_expiry_ms: Option<u64>,
+}
+
+/// A created key: shown exactly once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedPreauthKey {
+    pub key: PreauthKeyView,
+    /// The full key text; not stored by the server and not shown again.
+    pub secret: String,
+}
+
+/// A node, as administrators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: i64,
+    pub stable_id: String,
+    /// The DNS label.
+    pub name: String,
+    /// `<name>.<domain>`.
+    pub fqdn: String,
+    /// The hostname the node reported.
+    pub hostname: String,
+    pub user: Option<String>,
+    pub tags: Vec<String>,
+    pub ipv4: String,
+    pub ipv6: String,
+    pub machine_key: String,
+    pub node_key: String,
+    pub online: bool,
+    pub last_seen: Option<i64>,
+    pub created: i64,
+    pub key_expiry: Option<i64>,
+    pub expired: bool,
+    pub authorized: bool,
+    pub ephemeral: bool,
+    pub endpoints: Vec<String>,
+    pub os: String,
+}
+
+/// `POST /logins/{auth_id}/approve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Approve {
+    /// Login of the user the node will belong to.
+    pub user: String,
+}
+
+/// `POST /nodes/{id}/rename`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rename {
+    pub name: String,
+}
+
+/// `POST /nodes/{id}/tags`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetTags {
+    pub tags: Vec<String>,
+}
+
+/// `POST /nodes/{id}/authorize`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Authorize {
+    pub authorized: bool,
+}
+
+/// An API key (without its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyView {
+    pub id: i64,
+    pub prefix: String,
+    pub description: String,
+    pub created: i64,
+    pub expires: Option<i64>,
+    pub revoked: Option<i64>,
+    pub last_used: Option<i64>,
+    pub usable: bool,
+}
+
+/// `POST /apikeys`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NewApiKey {
+    #[serde(default)]
+    pub description: String,
+    /// How long the key is accepted (`None`: until expired by hand).
+    #[serde(default)]
+    pub expiration_ms: Option<u64>,
+}
+
+/// A created API key: shown exactly once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedApiKey {
+    pub key: ApiKeyView,
+    pub secret: String,
+}
+
+/// The policy in force.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// The HuJSON text.
+    pub policy: String,
+    /// Stored version (`None`: the built-in default of a new tailnet).
+    pub version: Option<i64>,
+    pub author: Option<String>,
+    pub created: Option<i64>,
+}
+
+/// `PUT /policy`, `POST /policy/check`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyText {
+    pub policy: String,
+}
+
+/// The result of checking a policy against the live tailnet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyCheck {
+    /// Valid and every test passed.
+    pub ok: bool,
+    /// The parse error, if invalid.
+    pub error: Option<String>,
+    /// The test report as text (what `policy check` prints).
+    pub report: Option<String>,
+    /// The test report as JSON.
+    pub tests: Option<serde_json::Value>,
+}
+
+/// `POST /policy/explain`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExplainQuery {
+    /// A node name, user login, tag or address.
+    pub src: String,
+    /// `<node|ip>:<port>`.
+    pub dst: String,
+    /// `tcp` (default), `udp`, `icmp`, …
+    #[serde(default)]
+    pub proto: Option<String>,
+}
+
+/// The answer of `policy explain`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExplainAnswer {
+    /// `allowed` or `denied`.
+    pub verdict: String,
+    /// What `policy explain` prints.
+    pub text: String,
+    /// The structured explanation.
+    pub explanation: serde_json::Value,
+}
+
+/// The body of every error answer: `{"error": {"code": …, "message": …}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// An error: a code for programs, a message for people.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}

@@ -1,0 +1,128 @@
+//! The command line: argument definitions and dispatch. Each noun has its
+//! own module; output the user asked for goes to stdout, logs to stderr.
+
+mod admin;
+mod fmt;
+mod policy;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use weft_control::admin::client::{AdminClient, AdminTarget};
+use weft_control::config::{ADMIN_SOCKET_FILE, DEFAULT_STATE_DIR};
+
+/// weft-control: the Weft coordination server.
+#[derive(Debug, Parser)]
+#[command(name = "weft-control", version, about = "weft-control: the Weft coordination server and its administration", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(serve::ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    Users(admin::UsersCmd),
+    /// Manage pre-auth keys (register nodes without a browser).
+    #[command(subcommand)]
+    Keys(admin::KeysCmd),
+    /// Manage nodes and approve interactive logins.
+    #[command(subcommand)]
+    Nodes(admin::NodesCmd),
+    /// Manage API keys for the REST API.
+    #[command(subcommand)]
+    Apikeys(admin::ApiKeysCmd),
+    /// Check, set, show and explain the access policy.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+}
+
+/// How admin commands reach the server.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// The server's state directory (its admin socket is <state-dir>/admin.sock).
+    #[arg(long, default_value = DEFAULT_STATE_DIR, env = "WEFT_CONTROL_STATE_DIR")]
+    state_dir: PathBuf,
+    /// The admin socket (default: <state-dir>/admin.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// A remote server's URL (uses the REST API; needs --api-key).
+    #[arg(long, env = "WEFT_CONTROL_SERVER")]
+    server: Option<String>,
+    /// API key for --server.
+    #[arg(long, env = "WEFT_CONTROL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Conn {
+    /// Returns a client for the chosen target.
+    ///
+    /// # Errors
+    /// `--server` without `--api-key`.
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        let target = match (&self.server, &self.api_key) {
+            (Some(url), Some(key)) => AdminTarget::Http {
+                url: url.clone(),
+                api_key: key.clone(),
+            },
+            (Some(url), None) => anyhow::bail!(
+                "--server {url} needs --api-key (or WEFT_CONTROL_API_KEY); create one on the server with: weft-control apikeys create"
+            ),
+            (None, _) => AdminTarget::Socket(
+                self.socket
+                    .clone()
+                    .unwrap_or_else(|| self.state_dir.join(ADMIN_SOCKET_FILE)),
+            ),
+        };
+        Ok(AdminClient::new(target))
+    }
+}
+
+/// Parses the command line, runs the command, and maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weft-control: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => serve::run(a).await.map(|()| ExitCode::SUCCESS),
+            Command::Users(c) => admin::users(c).await.map(|()| ExitCode::SUCCESS),
+            Command::Keys(c) => admin::keys(c).await.map(|()| ExitCode::SUCCESS),
+            Command::Nodes(c) => admin::nodes(c).await.map(|()| ExitCode::SUCCESS),
+            Command::Apikeys(c) => admin::apikeys(c).await.map(|()| ExitCode::SUCCESS),
+            Command::Policy(c) => policy::run(c).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weft-control: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a value as pretty JSON.
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Returns the wall-clock time in unix milliseconds (for relative times).
+fn now_ms() -> i64 {
+    use weft_control::clock::Clock as _;
+    weft_control::clock::SystemClock.now().0
+}

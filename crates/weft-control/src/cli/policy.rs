@@ -1,0 +1,188 @@
+//! `policy check|set|get|explain`, against a server or offline.
+//!
+//! Exit status of `check` and `explain`: 0 ok / allowed, 1 tests failed /
+//! denied, 2 invalid input or an unanswerable question (as docs/POLICY.md
+//! says).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use weft_control::admin::client::AdminClientError;
+use weft_control::admin::types::ExplainQuery;
+use weft_policy::offline::{Outcome, Source};
+
+use super::{Conn, print_json};
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Validate a policy file and run its tests (against the server's
+    /// tailnet, or offline against --nodes NODES.json).
+    Check {
+        /// The policy file (HuJSON).
+        file: PathBuf,
+        /// Check offline against this tailnet description.
+        #[arg(long)]
+        nodes: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Replace the policy; refused (the old one stays) if invalid or a test fails.
+    Set {
+        /// The policy file (HuJSON).
+        file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the policy in force.
+    Get {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Explain whether a flow is allowed and which rule decides.
+    Explain {
+        /// Source: a node name, user login, tag or address.
+        #[arg(long)]
+        src: String,
+        /// Destination: <node|ip>:<port> ([v6]:port for IPv6).
+        #[arg(long)]
+        dst: String,
+        /// Protocol: tcp (default), udp, icmp, …
+        #[arg(long)]
+        proto: Option<String>,
+        /// Explain offline with this policy file (needs --nodes).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The tailnet description for offline use.
+        #[arg(long)]
+        nodes: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn exit(outcome: Outcome) -> ExitCode {
+    ExitCode::from(u8::try_from(outcome.exit_code()).unwrap_or(2))
+}
+
+pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCmd::Check { file, nodes, conn } => {
+            let text = read(&file)?;
+            if let Some(nodes) = nodes {
+                let nodes_text = read(&nodes)?;
+                let report = weft_policy::offline_check(
+                    Source { name: &name(&file), text: &text },
+                    Source { name: &name(&nodes), text: &nodes_text },
+                );
+                if conn.json {
+                    print_json(&report)?;
+                } else {
+                    print!("{report}");
+                }
+                return Ok(exit(report.outcome));
+            }
+            let check = conn.client()?.check_policy(&text).await?;
+            if conn.json {
+                print_json(&check)?;
+            } else if let Some(e) = &check.error {
+                println!("{e}");
+            } else if let Some(r) = &check.report {
+                println!("{r}");
+            }
+            Ok(exit(match (check.ok, check.error.is_some()) {
+                (true, _) => Outcome::Ok,
+                (false, true) => Outcome::Invalid,
+                (false, false) => Outcome::Failed,
+            }))
+        }
+        PolicyCmd::Set { file, conn } => {
+            let text = read(&file)?;
+            let v = conn.client()?.set_policy(&text).await.map_err(|e| match e {
+                AdminClientError::Api { message, .. } => anyhow::anyhow!("{message}"),
+                other => other.into(),
+            })?;
+            if conn.json {
+                print_json(&v)?;
+            } else {
+                println!(
+                    "policy version {} is in force; nodes receive their new filters now",
+                    v.version.unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Get { conn } => {
+            let v = conn.client()?.policy().await?;
+            if conn.json {
+                print_json(&v)?;
+            } else {
+                print!("{}", v.policy);
+                if !v.policy.ends_with('\n') {
+                    println!();
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Explain {
+            src,
+            dst,
+            proto,
+            policy,
+            nodes,
+            conn,
+        } => {
+            match (policy, nodes) {
+                (Some(p), Some(n)) => {
+                    let (ptext, ntext) = (read(&p)?, read(&n)?);
+                    let report = weft_policy::offline_explain(
+                        Source { name: &name(&p), text: &ptext },
+                        Source { name: &name(&n), text: &ntext },
+                        &src,
+                        &dst,
+                        proto.as_deref(),
+                    );
+                    if conn.json {
+                        print_json(&report)?;
+                    } else {
+                        print!("{report}");
+                    }
+                    return Ok(exit(report.outcome));
+                }
+                (Some(_), None) | (None, Some(_)) => {
+                    anyhow::bail!("offline explain needs both --policy FILE and --nodes NODES.json");
+                }
+                (None, None) => {}
+            }
+            let answer = conn
+                .client()?
+                .explain(&ExplainQuery { src, dst, proto })
+                .await;
+            match answer {
+                Ok(a) => {
+                    if conn.json {
+                        print_json(&a.explanation)?;
+                    } else {
+                        print!("{}", a.text);
+                    }
+                    Ok(exit(if a.verdict == "allowed" { Outcome::Ok } else { Outcome::Failed }))
+                }
+                Err(AdminClientError::Api { message, .. }) => {
+                    eprintln!("weft-control: {message}");
+                    Ok(exit(Outcome::Invalid))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! `weft-control serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use weft_control::config::{DEFAULT_DOMAIN, DEFAULT_LISTEN, DEFAULT_STATE_DIR};
+use weft_control::{Server, ServerConfig};
+
+use super::fmt::parse_duration;
+
+/// Options of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for HTTP (control protocol, login pages, REST API, metrics).
+    #[arg(long, default_value = DEFAULT_LISTEN, env = "WEFT_CONTROL_LISTEN")]
+    listen: SocketAddr,
+    /// The URL nodes use and login links show (default: http://<listen>).
+    #[arg(long, env = "WEFT_CONTROL_SERVER_URL")]
+    server_url: Option<String>,
+    /// State directory: database (SQLite), server key, admin socket.
+    #[arg(long, default_value = DEFAULT_STATE_DIR, env = "WEFT_CONTROL_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: <state-dir>/weft.db).
+    #[arg(long, env = "WEFT_CONTROL_DB_URL", hide_env_values = true)]
+    db_url: Option<String>,
+    /// The tailnet's DNS domain (node names are <name>.<domain>).
+    #[arg(long, default_value = DEFAULT_DOMAIN)]
+    domain: String,
+    /// Node-key lifetime (e.g. 180d; 0 = keys never expire).
+    #[arg(long, default_value = "180d", value_parser = parse_duration)]
+    node_key_expiry: Duration,
+    /// How long an ephemeral node may be offline before it is deleted.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    ephemeral_grace: Duration,
+    /// How long changes are collected into one delta.
+    #[arg(long, default_value = "150ms", value_parser = parse_duration)]
+    batch_delay: Duration,
+    /// How long an interactive login URL stays valid.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    login_expiry: Duration,
+    /// New nodes wait for an administrator (weft-control nodes authorize ID).
+    #[arg(long)]
+    require_device_approval: bool,
+    /// Do not serve the admin socket.
+    #[arg(long)]
+    no_admin_socket: bool,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
+    init_logging(&a.log_format);
+    raise_fd_limit();
+    let mut config = ServerConfig::new(&a.state_dir);
+    config.listen = a.listen;
+    config.server_url = a.server_url;
+    config.db_url = a.db_url;
+    config.domain = a.domain.parse().with_context(|| {
+        format!("--domain {:?} is not a DNS name (lowercase labels of a-z, 0-9 and '-', joined by '.')", a.domain)
+    })?;
+    config.node_key_expiry = (!a.node_key_expiry.is_zero()).then_some(a.node_key_expiry);
+    config.ephemeral_grace = a.ephemeral_grace;
+    config.batch_delay = a.batch_delay;
+    config.auth_request_lifetime = a.login_expiry;
+    config.require_device_approval = a.require_device_approval;
+    config.admin_socket = !a.no_admin_socket;
+    let server = Server::start(config)
+        .await
+        .with_context(|| format!("cannot start with --state-dir {}", a.state_dir.display()))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Raises the open-file limit to its hard maximum: every node keeps a TCP
+/// connection open.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+    }
+}

@@ -1,0 +1,135 @@
+//! Server settings, with the defaults of `weft-control serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_control_proto::ChannelConfig;
+use weft_types::DnsName;
+
+use crate::auth::{AdminApproval, Authenticator};
+use crate::clock::{Clock, SystemClock};
+
+/// The default state directory (database, server key, admin socket).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft-control";
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// The default tailnet DNS domain (`.internal` is reserved for private use).
+pub const DEFAULT_DOMAIN: &str = "weft.internal";
+/// The default node-key lifetime.
+pub const DEFAULT_NODE_KEY_EXPIRY: Duration = weft_control_store::DEFAULT_NODE_KEY_EXPIRY;
+/// How long an ephemeral node may stay offline before it is deleted.
+pub const DEFAULT_EPHEMERAL_GRACE: Duration = Duration::from_secs(5 * 60);
+/// How long changes are collected before they go out as one delta.
+pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(150);
+/// How long an interactive login URL stays valid.
+pub const DEFAULT_AUTH_REQUEST_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// The server key file inside the state directory.
+pub const SERVER_KEY_FILE: &str = "server.key";
+/// The admin socket inside the state directory.
+pub const ADMIN_SOCKET_FILE: &str = "admin.sock";
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen for HTTP (control protocol, login pages, REST API, metrics).
+    pub listen: SocketAddr,
+    /// The URL nodes use and login links show. `None`: `http://<listen>`
+    /// (with `127.0.0.1` for an unspecified address).
+    pub server_url: Option<String>,
+    /// The state directory: database (unless `db_url`), server key, admin socket.
+    pub state_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; `None`: `<state_dir>/weft.db`.
+    pub db_url: Option<String>,
+    /// Serve the admin API on `<state_dir>/admin.sock`.
+    pub admin_socket: bool,
+    /// The tailnet's DNS domain.
+    pub domain: DnsName,
+    /// Node-key lifetime unless a key or approval says otherwise (`None`: never).
+    pub node_key_expiry: Option<Duration>,
+    /// Offline time after which ephemeral nodes are deleted.
+    pub ephemeral_grace: Duration,
+    /// How long changes are collected into one delta.
+    pub batch_delay: Duration,
+    /// How long an interactive login URL stays valid.
+    pub auth_request_lifetime: Duration,
+    /// Control channel limits and timers (handshake timeout, keep-alive, idle).
+    pub channel: ChannelConfig,
+    /// Time a client has to send its HTTP request headers.
+    pub http_header_timeout: Duration,
+    /// Time one write of map data may take before the stream is dropped.
+    pub write_timeout: Duration,
+    /// Pending map messages per stream before the stream is resynced with
+    /// a fresh full map instead.
+    pub stream_queue_limit: usize,
+    /// How many full maps are built and written at the same time (bounds
+    /// memory: each is O(peers) bytes, twice).
+    pub full_map_concurrency: usize,
+    /// New nodes wait for an administrator's authorization.
+    pub require_device_approval: bool,
+    /// Seed for address and name choices (`None`: random).
+    pub store_seed: Option<u64>,
+    /// Wall-clock source.
+    pub clock: Arc<dyn Clock>,
+    /// Completes interactive logins (`/a/<id>`).
+    pub authenticator: Arc<dyn Authenticator>,
+}
+
+impl ServerConfig {
+    /// Returns the defaults of `weft-control serve` for a state directory.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            server_url: None,
+            state_dir: state_dir.into(),
+            db_url: None,
+            admin_socket: true,
+            domain: default_domain(),
+            node_key_expiry: Some(DEFAULT_NODE_KEY_EXPIRY),
+            ephemeral_grace: DEFAULT_EPHEMERAL_GRACE,
+            batch_delay: DEFAULT_BATCH_DELAY,
+            auth_request_lifetime: DEFAULT_AUTH_REQUEST_LIFETIME,
+            channel: ChannelConfig::for_server(),
+            http_header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            stream_queue_limit: 256,
+            full_map_concurrency: 4,
+            require_device_approval: false,
+            store_seed: None,
+            clock: Arc::new(SystemClock),
+            authenticator: Arc::new(AdminApproval),
+        }
+    }
+
+    /// Returns settings for tests: loopback on a free port, short batch
+    /// delay and handshake timeout.
+    pub fn for_tests(state_dir: impl Into<PathBuf>) -> Self {
+        let mut c = Self::new(state_dir);
+        c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.batch_delay = Duration::from_millis(20);
+        c.channel.handshake_timeout = Duration::from_millis(500);
+        c.http_header_timeout = Duration::from_secs(2);
+        c.store_seed = Some(1);
+        c
+    }
+
+    /// Returns the admin socket path.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.state_dir.join(ADMIN_SOCKET_FILE)
+    }
+}
+
+/// Returns the default domain.
+pub fn default_domain() -> DnsName {
+    const INVARIANT: &str = "DEFAULT_DOMAIN is a valid DNS name (tested)";
+    DEFAULT_DOMAIN.parse().expect(INVARIANT)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_domain_is_valid() {
+        assert_eq!(super::default_domain().to_string(), super::DEFAULT_DOMAIN);
+    }
+}

@@ -1,0 +1,405 @@
+//! One upgraded control connection: the server's [`ServerConnection`]
+//! driven over the socket by a task of its own.
+//!
+//! The task reads and decrypts requests, answers `register` (a follow-up
+//! long-poll runs as a future beside the loop, so keep-alives and reads go
+//! on meanwhile), opens the map stream through the coordinator and then
+//! sends what the coordinator queues for it: a full map spliced from the
+//! latest snapshot (at most `full_map_concurrency` at once, server-wide),
+//! then deltas, each encoded once for all recipients and only wrapped
+//! (`seq`) and encrypted here. Any protocol error ends the connection with
+//! its reason logged; the node reconnects.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::oneshot;
+use weft_control_proto::{Accepted, ChannelError, Event, MapStream, ServerConnection};
+use weft_types::control::{
+    ClientMessage, ErrorCode, MapRequest, ProtocolError, RegisterResponse, ServerMessage,
+    SshCheckDecision, SshCheckVerdict,
+};
+use weft_types::{MachinePublic, NodeId};
+
+use crate::ctx::Ctx;
+use crate::registration;
+use crate::state::coordinator::{Msg, Subscribe};
+use crate::state::queue::{Item, StreamQueue};
+
+/// Endpoints a node may report at once.
+const MAX_ENDPOINTS: usize = 64;
+
+type PendingRegister = Pin<Box<dyn Future<Output = RegisterResponse> + Send>>;
+
+/// An open map stream on this connection.
+struct ActiveStream {
+    node: NodeId,
+    id: u64,
+    queue: Arc<StreamQueue>,
+    numbering: MapStream,
+    /// The snapshot version of the last full map sent: deltas up to it are
+    /// already in that map.
+    full_version: u64,
+}
+
+/// Why the loop stops.
+enum Stop {
+    /// The peer closed cleanly, or we sent a final error.
+    Done,
+    /// A protocol or I/O failure, with the reason for the log.
+    Failed(String, &'static str),
+}
+
+struct Conn<IO> {
+    ctx: Arc<Ctx>,
+    io: IO,
+    conn: ServerConnection,
+    machine_key: MachinePublic,
+    remote: String,
+    register: Option<PendingRegister>,
+    stream: Option<ActiveStream>,
+    /// A final error was sent; close once it is written.
+    closing: bool,
+}
+
+/// Runs the connection until it ends.
+pub(crate) async fn run<IO>(ctx: Arc<Ctx>, io: IO, accepted: Accepted, remote: String)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    metrics::gauge!("weft_control_connections").increment(1.0);
+    let mut c = Conn {
+        ctx,
+        io,
+        conn: accepted.connection,
+        machine_key: accepted.machine_key,
+        remote,
+        register: None,
+        stream: None,
+        closing: false,
+    };
+    let stop = c.run_loop().await;
+    match &stop {
+        Stop::Done => tracing::debug!(remote = %c.remote, machine = %c.machine_key.short(), "control connection closed"),
+        Stop::Failed(reason, kind) => {
+            metrics::counter!("weft_control_connection_errors_total", "reason" => *kind).increment(1);
+            tracing::info!(remote = %c.remote, machine = %c.machine_key.short(), %reason, "control connection closed");
+        }
+    }
+    if let Some(s) = c.stream.take() {
+        metrics::gauge!("weft_map_streams").decrement(1.0);
+        c.ctx.coord.send(Msg::Unsubscribe {
+            node: s.node,
+            stream: s.id,
+        });
+    }
+    let _ = c.io.shutdown().await;
+    metrics::gauge!("weft_control_connections").decrement(1.0);
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
+    async fn run_loop(&mut self) -> Stop {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            if let Err(stop) = self.flush().await {
+                return stop;
+            }
+            if self.closing {
+                return Stop::Done;
+            }
+            let deadline = self.conn.poll_timeout().map(|(t, _)| tokio::time::Instant::from_std(t));
+            let queue = self.stream.as_ref().map(|s| s.queue.clone());
+            let stop_signal = self.ctx.stop.clone();
+            tokio::select! {
+                biased;
+                () = stop_signal.cancelled() => {
+                    self.fatal(ErrorCode::ShuttingDown, "the control server is shutting down; reconnect later");
+                }
+                r = self.io.read(&mut buf) => {
+                    let step = match r {
+                        Ok(0) => match self.conn.handle_eof() {
+                            Ok(()) => return Stop::Done,
+                            Err(e) => Err(e),
+                        },
+                        Ok(n) => self.conn.handle_input(buf.get(..n).unwrap_or_default(), crate::now()),
+                        Err(e) => return Stop::Failed(format!("read failed: {e}"), "io"),
+                    };
+                    if let Err(e) = step {
+                        return channel_failure(&e);
+                    }
+                    while let Some(ev) = self.conn.poll_event() {
+                        if let Event::Message(m) = ev {
+                            self.handle_message(m).await;
+                        }
+                    }
+                }
+                resp = wait_register(&mut self.register) => {
+                    self.register = None;
+                    if let Err(e) = self.conn.send(&ServerMessage::Register(resp), crate::now()) {
+                        return channel_failure(&e);
+                    }
+                }
+                () = wait_queue(queue.as_deref()) => {
+                    if let Err(stop) = self.drain_queue().await {
+                        return stop;
+                    }
+                }
+                () = sleep_opt(deadline) => {
+                    if let Err(e) = self.conn.handle_timeout(crate::now()) {
+                        return channel_failure(&e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes whatever the connection has to send.
+    async fn flush(&mut self) -> Result<(), Stop> {
+        while let Some(bytes) = self.conn.poll_transmit() {
+            let timeout = self.ctx.config.write_timeout;
+            match tokio::time::timeout(timeout, self.io.write_all(&bytes)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Stop::Failed(format!("write failed: {e}"), "io")),
+                Err(_) => {
+                    return Err(Stop::Failed(
+                        format!("the client did not read {} bytes within {timeout:?}", bytes.len()),
+                        "slow_reader",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a final error; the loop closes once it is written.
+    fn fatal(&mut self, code: ErrorCode, message: &str) {
+        tracing::debug!(remote = %self.remote, ?code, message, "ending control connection");
+        let err = ProtocolError {
+            code,
+            message: message.to_owned(),
+        };
+        let _ = self.conn.send(&ServerMessage::Error(err), crate::now());
+        self.closing = true;
+    }
+
+    async fn handle_message(&mut self, msg: ClientMessage) {
+        if self.closing {
+            return;
+        }
+        match msg {
+            ClientMessage::Register(req) => {
+                if self.register.is_some() {
+                    self.fatal(ErrorCode::BadRequest, "a register request is already outstanding on this connection");
+                    return;
+                }
+                let fut = registration::register(self.ctx.clone(), self.machine_key, req);
+                self.register = Some(Box::pin(fut));
+            }
+            ClientMessage::Map(req) => self.open_map(req).await,
+            ClientMessage::Endpoints(u) => {
+                let Some(s) = &self.stream else {
+                    self.fatal(ErrorCode::BadRequest, "endpoints are only accepted on an open map stream");
+                    return;
+                };
+                if u.endpoints.len() > MAX_ENDPOINTS {
+                    self.fatal(ErrorCode::BadRequest, "too many endpoints (at most 64)");
+                    return;
+                }
+                self.ctx.coord.send(Msg::Endpoints {
+                    node: s.node,
+                    stream: s.id,
+                    endpoints: u.endpoints,
+                });
+            }
+            ClientMessage::HostInfo(h) => {
+                let Some(s) = &self.stream else {
+                    self.fatal(ErrorCode::BadRequest, "host info is only accepted on an open map stream");
+                    return;
+                };
+                self.ctx.coord.send(Msg::HostInfo {
+                    node: s.node,
+                    stream: s.id,
+                    host_info: Box::new(h),
+                });
+            }
+            ClientMessage::KeepAlive(_) => {}
+            ClientMessage::SshCheck(r) => {
+                let decision = SshCheckDecision {
+                    request_id: r.request_id,
+                    verdict: SshCheckVerdict::Reject {
+                        message: "SSH check mode is not supported by this control server yet".into(),
+                    },
+                };
+                let _ = self.conn.send(&ServerMessage::SshCheck(decision), crate::now());
+            }
+        }
+    }
+
+    async fn open_map(&mut self, req: MapRequest) {
+        if self.register.is_some() {
+            self.fatal(ErrorCode::BadRequest, "send map only after the answer to register");
+            return;
+        }
+        if self.stream.is_some() {
+            self.fatal(ErrorCode::BadRequest, "a map stream is already open on this connection");
+            return;
+        }
+        if req.endpoints.len() > MAX_ENDPOINTS {
+            self.fatal(ErrorCode::BadRequest, "too many endpoints (at most 64)");
+            return;
+        }
+        let queue = Arc::new(StreamQueue::new(self.ctx.config.stream_queue_limit));
+        let (tx, rx) = oneshot::channel();
+        self.ctx.coord.send(Msg::Subscribe(Box::new(Subscribe {
+            node_key: req.node_key,
+            machine_key: self.machine_key,
+            disco_key: req.disco_key,
+            endpoints: req.endpoints,
+            host_info: req.host_info,
+            stream: req.stream,
+            queue: queue.clone(),
+            reply: tx,
+        })));
+        let sub = match rx.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.fatal(e.code, &e.message);
+                return;
+            }
+            Err(_) => {
+                self.fatal(ErrorCode::ShuttingDown, "the control server is shutting down; reconnect later");
+                return;
+            }
+        };
+        if req.stream {
+            metrics::gauge!("weft_map_streams").increment(1.0);
+            self.stream = Some(ActiveStream {
+                node: sub.node,
+                id: sub.stream,
+                queue,
+                numbering: MapStream::new(),
+                full_version: 0,
+            });
+        } else {
+            let mut numbering = MapStream::new();
+            if let Err(stop) = self.send_full(sub.node, &mut numbering).await {
+                if let Stop::Failed(reason, _) = stop {
+                    tracing::info!(remote = %self.remote, %reason, "one-shot map failed");
+                }
+                self.closing = true;
+            }
+        }
+    }
+
+    /// Sends everything queued for the stream.
+    async fn drain_queue(&mut self) -> Result<(), Stop> {
+        let Some(mut s) = self.stream.take() else {
+            return Ok(());
+        };
+        let r = self.drain_into(&mut s).await;
+        self.stream = Some(s);
+        r
+    }
+
+    async fn drain_into(&mut self, s: &mut ActiveStream) -> Result<(), Stop> {
+        while let Some(item) = s.queue.pop() {
+            match item {
+                Item::Full => s.full_version = self.send_full(s.node, &mut s.numbering).await?,
+                Item::Delta { version, body } => {
+                    if version <= s.full_version {
+                        continue;
+                    }
+                    let msg = s
+                        .numbering
+                        .next(&body)
+                        .map_err(|e| Stop::Failed(e.to_string(), "encode"))?;
+                    self.conn
+                        .send_encoded(&msg, crate::now())
+                        .map_err(|e| channel_failure(&e))?;
+                    metrics::counter!("weft_map_updates_sent_total", "kind" => "delta").increment(1);
+                    self.flush().await?;
+                }
+                Item::Close(e) => {
+                    self.fatal(e.code, &e.message);
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the node's full map from the latest snapshot and writes it.
+    /// Returns the snapshot version it was built from.
+    async fn send_full(&mut self, node: NodeId, numbering: &mut MapStream) -> Result<u64, Stop> {
+        let ctx = self.ctx.clone();
+        let permit = ctx.full_maps.acquire().await.ok();
+        #[allow(clippy::disallowed_methods)] // measuring only
+        let started = Instant::now();
+        let snap = self.ctx.coord.snapshot();
+        let body = match snap.full_map(node) {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => return Err(Stop::Failed(e.to_string(), "encode")),
+            None => {
+                self.fatal(ErrorCode::NotRegistered, "this node is no longer registered; log in again");
+                return Err(Stop::Done);
+            }
+        };
+        let msg = numbering
+            .next(&body)
+            .map_err(|e| Stop::Failed(e.to_string(), "encode"))?;
+        drop(body);
+        self.conn
+            .send_encoded(&msg, crate::now())
+            .map_err(|e| channel_failure(&e))?;
+        drop(msg);
+        metrics::histogram!("weft_full_map_build_seconds").record(started.elapsed().as_secs_f64());
+        self.flush().await?;
+        drop(permit);
+        metrics::counter!("weft_map_updates_sent_total", "kind" => "full").increment(1);
+        Ok(snap.version)
+    }
+}
+
+fn channel_failure(e: &ChannelError) -> Stop {
+    let kind = match e {
+        ChannelError::HandshakeTimeout(_) => "handshake_timeout",
+        ChannelError::HandshakeFailed => "handshake_failed",
+        ChannelError::IdleTimeout(_) => "idle_timeout",
+        ChannelError::Authentication => "authentication",
+        ChannelError::UnknownFrameType(_) | ChannelError::UnexpectedFrame(_) | ChannelError::MalformedFrame(_) => "malformed_frame",
+        ChannelError::MessageTooLarge { .. } => "message_too_large",
+        ChannelError::MalformedMessage(_) => "malformed_message",
+        ChannelError::Truncated => "truncated",
+        ChannelError::ClosedDuringHandshake => "closed_during_handshake",
+        _ => "other",
+    };
+    Stop::Failed(e.to_string(), kind)
+}
+
+async fn wait_register(r: &mut Option<PendingRegister>) -> RegisterResponse {
+    match r {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_queue(q: Option<&StreamQueue>) {
+    match q {
+        Some(q) => {
+            if q.len() == 0 {
+                q.notified().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

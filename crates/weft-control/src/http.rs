@@ -1,0 +1,144 @@
+//! The HTTP listener: our own accept loop around hyper (so request headers
+//! have a deadline and upgrades work), and the routes.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /key` | the server's Noise key (docs/PROTOCOL.md §3) |
+//! | `POST /control` | the control channel upgrade (§4) |
+//! | `GET /a/{auth_id}` | the login page ([`crate::auth`]) |
+//! | `/login/{authenticator}/…` | the authenticator's own routes, if any |
+//! | `/api/v1/…` | the admin API with an API key ([`crate::admin`]) |
+//! | `GET /metrics` | Prometheus metrics |
+//! | `GET /health` | `ok` |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use weft_control_store::StoreError;
+
+use crate::admin::{Admin, api};
+use crate::auth::LoginContext;
+use crate::ctx::Ctx;
+
+/// The remote address of an HTTP connection (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RemoteAddr(pub SocketAddr);
+
+/// Builds every route of the server.
+pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
+    let rest = api::routes(admin.clone()).layer(axum::middleware::from_fn_with_state(
+        admin.clone(),
+        api::require_api_key,
+    ));
+    let mut r = Router::new()
+        .route("/key", get(crate::control::key))
+        .route("/control", post(crate::control::upgrade))
+        .route("/a/{auth_id}", get(login_page))
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(ctx.clone())
+        .nest("/api/v1", rest);
+    if let Some(extra) = ctx.config.authenticator.routes(admin) {
+        r = r.nest(&format!("/login/{}", ctx.config.authenticator.name()), extra);
+    }
+    r.layer(axum::middleware::from_fn(track))
+}
+
+/// Records the latency of every request by route.
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
+    let route = if route.starts_with("/api/v1") { "/api/v1".to_owned() } else { route };
+    #[allow(clippy::disallowed_methods)] // measuring only
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    metrics::histogram!("weft_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn metrics() -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+async fn login_page(State(ctx): State<Arc<Ctx>>, Path(auth_id): Path<String>) -> Response {
+    let valid = auth_id.len() == 32 && auth_id.bytes().all(|b| b.is_ascii_hexdigit());
+    let request = if valid {
+        match ctx.store.auth_request(&auth_id).await {
+            Ok(r) => Some(r),
+            Err(StoreError::UnknownAuthRequest(_)) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a login");
+                return (http::StatusCode::INTERNAL_SERVER_ERROR, "the server cannot read this login right now; try again").into_response();
+            }
+        }
+    } else {
+        None
+    };
+    let page = ctx.config.authenticator.login_page(&LoginContext {
+        auth_id: &auth_id,
+        request: request.as_ref(),
+        now: ctx.clock.now(),
+        server_url: &ctx.server_url,
+    });
+    let status = http::StatusCode::from_u16(page.status).unwrap_or(http::StatusCode::OK);
+    (status, Html(page.html)).into_response()
+}
+
+/// Accepts connections until `ctx.stop`, serving each with hyper (HTTP/1.1
+/// with upgrades, a deadline for the request headers).
+pub(crate) async fn serve(listener: TcpListener, router: Router, ctx: Arc<Ctx>) {
+    let header_timeout = ctx.config.http_header_timeout;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = ctx.stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a little.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        let stop = ctx.stop.clone();
+        ctx.tasks.spawn(async move {
+            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(RemoteAddr(peer));
+                let router = router.clone();
+                async move { tower::ServiceExt::oneshot(router, req).await }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Some(header_timeout))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                    }
+                }
+                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}

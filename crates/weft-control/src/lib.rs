@@ -1,0 +1,305 @@
+//! weft-control, the coordination server: it registers nodes, keeps the
+//! tailnet's state, compiles the policy per node, and streams each node its
+//! netmap (a full map, then deltas). It never carries tailnet traffic.
+//!
+//! This library is the whole server; the `weft-control` binary is its CLI,
+//! and tests and the load generator start it in-process with
+//! [`Server::start`].
+//!
+//! ```text
+//!  HTTP (hyper accept loop) ── GET /key, POST /control ──▶ one task per connection (control::conn)
+//!        │                     /a/<id>, /api/v1, /metrics        │ register ─▶ store (SQLite/PostgreSQL)
+//!        │                                                       │ map ─────▶ coordinator: subscribe
+//!  admin socket ─▶ admin::Admin ─▶ store, then coordinator        ▼
+//!                                        state::coordinator (one task): batch ─▶ deltas ─▶ stream queues
+//!                                        publishes state::Snapshot (Arc swap) ◀── full maps spliced from it
+//! ```
+//!
+//! The database is the source of truth; the hot path is the in-memory
+//! [`state`] (see its docs for how deltas are computed and encoded once).
+//! Time comes from an injectable [`clock::Clock`], so expiry and the
+//! ephemeral-node grace period are tested without waiting.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod admin;
+pub mod auth;
+pub mod clock;
+pub mod config;
+mod control;
+mod ctx;
+mod http;
+pub mod keyfile;
+mod metrics;
+mod registration;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_control_store::{Store, StoreConfig};
+use weft_types::MachinePublic;
+
+pub use admin::Admin;
+pub use config::ServerConfig;
+
+use crate::ctx::{Ctx, Logins};
+use crate::state::coordinator::{CoordConfig, Coordinator};
+use crate::state::persist::Persister;
+
+/// Reads the monotonic clock (for the channel's timers).
+#[allow(clippy::disallowed_methods)] // the server driver is where time enters
+pub(crate) fn now() -> Instant {
+    Instant::now()
+}
+
+/// Draws a 32-byte seed from the OS CSPRNG (a Noise ephemeral key).
+pub(crate) fn seed() -> [u8; 32] {
+    use ring::rand::SecureRandom as _;
+    let mut s = [0u8; 32];
+    if ring::rand::SystemRandom::new().fill(&mut s).is_err() {
+        tracing::error!("the OS random number generator failed");
+    }
+    s
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state directory could not be created.
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server key could not be loaded or made.
+    #[error(transparent)]
+    Key(#[from] keyfile::KeyFileError),
+    /// The database could not be opened.
+    #[error("cannot open the database: {0}")]
+    Store(#[from] weft_control_store::StoreError),
+    /// The initial state could not be loaded.
+    #[error("cannot load the tailnet state: {0}")]
+    Load(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The admin socket could not be bound.
+    #[error("cannot create the admin socket {path}: {source}")]
+    AdminSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+#[derive(Debug)]
+pub struct Server {
+    ctx: Arc<Ctx>,
+    local_addr: SocketAddr,
+    admin_socket: Option<PathBuf>,
+    background: TaskTracker,
+}
+
+impl Server {
+    /// Opens the store, loads the tailnet, binds the listener (and the
+    /// admin socket) and starts serving.
+    ///
+    /// # Errors
+    /// [`StartError`] with what failed and where.
+    pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
+        metrics::install();
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+        let server_key = keyfile::load_or_create(&config.state_dir.join(config::SERVER_KEY_FILE))?;
+        let store_config = StoreConfig {
+            node_key_expiry: config.node_key_expiry,
+            seed: config.store_seed,
+            require_device_approval: config.require_device_approval,
+            ..StoreConfig::default()
+        };
+        let store = match &config.db_url {
+            Some(url) => Store::open(url, store_config).await?,
+            None => Store::open_state_dir(&config.state_dir, store_config).await?,
+        };
+        let clock = config.clock.clone();
+        let marked = store.mark_all_offline(clock.now()).await?;
+        if marked > 0 {
+            tracing::info!(nodes = marked, "marked nodes offline after a restart");
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let server_url = match &config.server_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let mut a = local_addr;
+                if a.ip().is_unspecified() {
+                    a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{a}")
+            }
+        };
+        let admin_listener = if config.admin_socket {
+            let path = config.admin_socket_path();
+            Some((
+                admin::socket::bind(&path).map_err(|source| StartError::AdminSocket {
+                    path: path.clone(),
+                    source,
+                })?,
+                path,
+            ))
+        } else {
+            None
+        };
+
+        let persist = Arc::new(Persister::default());
+        let (coordinator, coord) = Coordinator::load(
+            store.clone(),
+            persist.clone(),
+            clock.clone(),
+            CoordConfig {
+                domain: config.domain.clone(),
+                batch_delay: config.batch_delay,
+                ephemeral_grace: config.ephemeral_grace,
+            },
+        )
+        .await
+        .map_err(|e| StartError::Load(e.to_string()))?;
+        let stop = CancellationToken::new();
+        let ctx = Arc::new(Ctx {
+            full_maps: Semaphore::new(config.full_map_concurrency.max(1)),
+            config,
+            server_url,
+            store: store.clone(),
+            server_key,
+            coord,
+            logins: Logins::default(),
+            clock: clock.clone(),
+            stop: stop.clone(),
+            tasks: TaskTracker::new(),
+        });
+        let background = TaskTracker::new();
+        let admin = Admin::new(ctx.clone());
+        background.spawn(coordinator.run(stop.clone()));
+        background.spawn(persist.run(store.clone(), clock.clone(), stop.clone()));
+        background.spawn(maintenance(ctx.clone()));
+        let admin_socket = admin_listener.map(|(l, path)| {
+            background.spawn(admin::socket::serve(
+                l,
+                path.clone(),
+                admin::api::routes(admin.clone()),
+                stop.clone(),
+            ));
+            path
+        });
+        let router = http::router(ctx.clone(), admin);
+        background.spawn(http::serve(listener, router, ctx.clone()));
+        tracing::info!(
+            listen = %local_addr,
+            url = %ctx.server_url,
+            key = %ctx.server_key.public(),
+            backend = ?store.backend(),
+            authenticator = ctx.config.authenticator.name(),
+            "weft-control serving"
+        );
+        Ok(Server {
+            ctx,
+            local_addr,
+            admin_socket,
+            background,
+        })
+    }
+
+    /// Returns the bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Returns the URL nodes use.
+    pub fn url(&self) -> &str {
+        &self.ctx.server_url
+    }
+
+    /// Returns the server's public Noise key (what `GET /key` returns).
+    pub fn public_key(&self) -> MachinePublic {
+        self.ctx.server_key.public()
+    }
+
+    /// Returns the admin service (in-process administration).
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.ctx.clone())
+    }
+
+    /// Returns the admin socket path, if it is served.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin_socket.as_deref()
+    }
+
+    /// Stops accepting, ends every connection (`shutting_down`), writes the
+    /// pending runtime state and closes the database.
+    pub async fn shutdown(self) {
+        self.ctx.stop.cancel();
+        self.ctx.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.ctx.tasks.wait()).await;
+        self.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.background.wait()).await;
+        self.ctx.store.close().await;
+    }
+
+    /// Waits until the server stops (it stops only on [`Server::shutdown`]
+    /// or a signal handled by the caller).
+    pub async fn stopped(&self) {
+        self.ctx.stop.cancelled().await;
+    }
+}
+
+/// Periodic housekeeping: expired interactive logins.
+async fn maintenance(ctx: Arc<Ctx>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5 * 60));
+    loop {
+        tokio::select! {
+            () = ctx.stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = ctx.clock.now();
+        match ctx.store.delete_expired_auth_requests(now).await {
+            Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired logins removed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot remove expired logins"),
+        }
+        let mut gone = std::collections::BTreeSet::new();
+        for id in ctx.logins.ids() {
+            match ctx.store.auth_request(&id).await {
+                Ok(r) if r.state == weft_control_store::AuthRequestState::Pending => {}
+                Ok(_) | Err(weft_control_store::StoreError::UnknownAuthRequest(_)) => {
+                    gone.insert(id);
+                }
+                Err(_) => {}
+            }
+        }
+        ctx.logins.retain(|id| !gone.contains(id));
+    }
+}

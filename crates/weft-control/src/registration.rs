@@ -1,0 +1,420 @@
+//! The server's answer to a `register` request (docs/PROTOCOL.md §8).
+//!
+//! In order: logout (`expiry: now`); a node key bound to another machine
+//! (refused); key rotation (`old_node_key`); a known key of this machine
+//! (restart: answered at once, or `node_key_expired`); then the proof of
+//! consent: a pre-auth key registers at once, none starts an interactive
+//! login (auth URL), a follow-up waits until that login is decided.
+//! Every committed change goes to the coordinator before the answer goes
+//! out, so the node's next `map` finds it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_control_store::{
+    KeyLifetime, NewAuthRequest, Node as StoreNode, RegisterAuth as StoreAuth, RegisterNode,
+    StoreError,
+};
+use weft_types::control::{
+    ExpiryRequest, RefusalReason, RegisterAuth, RegisterRequest, RegisterResponse, Registered,
+    Refusal,
+};
+use weft_types::{MachinePublic, Tag, UnixMillis};
+
+use crate::clock;
+use crate::ctx::{Ctx, LoginWish};
+use crate::state::coordinator::Msg;
+
+/// The path prefix of login URLs.
+pub(crate) const LOGIN_PATH: &str = "/a/";
+
+/// Answers one `register` request from the machine `machine_key`.
+pub(crate) async fn register(
+    ctx: Arc<Ctx>,
+    machine_key: MachinePublic,
+    req: RegisterRequest,
+) -> RegisterResponse {
+    #[allow(clippy::disallowed_methods)] // measuring only
+    let started = std::time::Instant::now();
+    let (resp, outcome) = match handle(&ctx, machine_key, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "registration failed");
+            (
+                refused(
+                    RefusalReason::Other,
+                    format!("the control server could not complete the registration: {e}; try again later"),
+                ),
+                "error",
+            )
+        }
+    };
+    metrics::counter!("weft_registrations_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("weft_register_duration_seconds", "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn refused(reason: RefusalReason, message: String) -> RegisterResponse {
+    RegisterResponse::Refused(Refusal { reason, message })
+}
+
+type Answer = (RegisterResponse, &'static str);
+
+async fn handle(ctx: &Arc<Ctx>, mk: MachinePublic, req: RegisterRequest) -> Result<Answer, StoreError> {
+    let now = ctx.clock.now();
+    let known = optional(ctx.store.node_by_node_key(&req.node_key).await)?;
+
+    if req.expiry == ExpiryRequest::Now {
+        return match known {
+            Some(n) if n.machine_key == mk => {
+                let n = ctx.store.expire_node(n.id, now).await?;
+                tracing::info!(node = %n.id, "node logged out");
+                announce(ctx, n);
+                Ok((RegisterResponse::LoggedOut, "logged_out"))
+            }
+            Some(_) => Ok(in_use(&req)),
+            None => Ok((RegisterResponse::LoggedOut, "logged_out")),
+        };
+    }
+    if let Some(n) = &known
+        && n.machine_key != mk
+    {
+        return Ok(in_use(&req));
+    }
+
+    if let Some(old) = req.old_node_key.filter(|o| *o != req.node_key) {
+        let old_node = optional(ctx.store.node_by_node_key(&old).await)?;
+        let Some(old_node) = old_node.filter(|n| n.machine_key == mk) else {
+            return Ok((
+                refused(
+                    RefusalReason::OldNodeKeyMismatch,
+                    format!("{old} is not this machine's current node key; log in again without it"),
+                ),
+                "refused_old_node_key_mismatch",
+            ));
+        };
+        if known.as_ref().is_some_and(|n| n.id != old_node.id) {
+            return Ok(in_use(&req));
+        }
+        return match &req.auth {
+            RegisterAuth::None if old_node.is_expired(now) => needs_auth(ctx, mk, &req, now).await,
+            RegisterAuth::None => {
+                let n = ctx.store.rotate_node_key(&old, &req.node_key, now).await?;
+                let n = apply_expiry_wish(ctx, n, req.expiry, now).await?;
+                tracing::info!(node = %n.id, "node key rotated");
+                registered(ctx, n, "rotated").await
+            }
+            RegisterAuth::AuthKey(k) => with_auth_key(ctx, mk, &req, &k.0, now).await,
+            RegisterAuth::Followup { auth_url } => followup(ctx, mk, auth_url).await,
+        };
+    }
+
+    match (&req.auth, known) {
+        (RegisterAuth::None, Some(n)) if n.is_expired(now) => {
+            Ok((RegisterResponse::NodeKeyExpired, "key_expired"))
+        }
+        (RegisterAuth::None, Some(n)) => registered(ctx, n, "known").await,
+        (RegisterAuth::None, None) => needs_auth(ctx, mk, &req, now).await,
+        (RegisterAuth::AuthKey(k), _) => with_auth_key(ctx, mk, &req, &k.0, now).await,
+        (RegisterAuth::Followup { auth_url }, _) => followup(ctx, mk, auth_url).await,
+    }
+}
+
+fn in_use(req: &RegisterRequest) -> Answer {
+    (
+        refused(
+            RefusalReason::NodeKeyInUse,
+            format!(
+                "node key {} is already registered to another machine; make a new node key",
+                req.node_key
+            ),
+        ),
+        "refused_node_key_in_use",
+    )
+}
+
+fn optional<T>(r: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::UnknownNodeKey(_) | StoreError::UnknownNode(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Tells the coordinator about a committed node.
+fn announce(ctx: &Ctx, n: StoreNode) {
+    ctx.coord.send(Msg::NodeUpsert(Box::new(n)));
+}
+
+async fn registered(ctx: &Ctx, n: StoreNode, outcome: &'static str) -> Result<Answer, StoreError> {
+    let user = match n.user {
+        Some(u) => {
+            let u = ctx.store.user(u).await?;
+            Some(weft_types::UserProfile {
+                id: u.id,
+                login_name: u.login_name,
+                display_name: u.display_name,
+                profile_pic_url: None,
+            })
+        }
+        None => None,
+    };
+    let resp = RegisterResponse::Registered(Registered {
+        node_id: n.id,
+        user,
+        tags: n.tags.clone(),
+        machine_authorized: n.authorized,
+        key_expiry: n.key_expiry,
+    });
+    if outcome != "known" {
+        announce(ctx, n);
+    }
+    Ok((resp, outcome))
+}
+
+/// Shortens the key expiry to what the node asked for, if earlier.
+async fn apply_expiry_wish(
+    ctx: &Ctx,
+    n: StoreNode,
+    wish: ExpiryRequest,
+    now: UnixMillis,
+) -> Result<StoreNode, StoreError> {
+    match wish {
+        ExpiryRequest::At(t) if t > now && n.key_expiry.is_none_or(|e| t < e) => {
+            ctx.store.set_node_expiry(n.id, Some(t)).await
+        }
+        _ => Ok(n),
+    }
+}
+
+/// Checks requested tags against the policy's `tagOwners` for `login`.
+fn tags_permitted(ctx: &Ctx, tags: &BTreeSet<Tag>, login: Option<&str>) -> Result<(), String> {
+    let snap = ctx.coord.snapshot();
+    let policy = &snap.policy;
+    let denied: Vec<&str> = tags
+        .iter()
+        .filter(|t| !policy.policy.may_apply_tag(&policy.tailnet, t.as_str(), login, &[]))
+        .map(Tag::as_str)
+        .collect();
+    if denied.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the policy's tagOwners do not let {} apply {}",
+            login.unwrap_or("this key"),
+            denied.join(", ")
+        ))
+    }
+}
+
+fn register_node(mk: MachinePublic, req: &RegisterRequest) -> RegisterNode {
+    RegisterNode {
+        machine_key: mk,
+        node_key: req.node_key,
+        disco_key: None,
+        hostname: req.host_info.hostname.clone(),
+        host_info: serde_json::to_value(&req.host_info).unwrap_or_default(),
+        endpoints: Vec::new(),
+    }
+}
+
+async fn with_auth_key(
+    ctx: &Ctx,
+    mk: MachinePublic,
+    req: &RegisterRequest,
+    key: &str,
+    now: UnixMillis,
+) -> Result<Answer, StoreError> {
+    let requested = &req.host_info.requested_tags;
+    if !requested.is_empty() {
+        let login = match ctx.store.validate_preauth_key(key, now).await {
+            Ok(k) => match k.user {
+                Some(u) => Some(ctx.store.user(u).await?.login_name.to_string()),
+                None => None,
+            },
+            Err(e) => return key_refusal(e),
+        };
+        if let Err(message) = tags_permitted(ctx, requested, login.as_deref()) {
+            return Ok((refused(RefusalReason::TagsNotPermitted, message), "refused_tags"));
+        }
+    }
+    let reg = match ctx
+        .store
+        .register_node(&register_node(mk, req), StoreAuth::PreauthKey(key), now)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return key_refusal(e),
+    };
+    let mut n = reg.node;
+    if !requested.is_empty() {
+        let mut tags = n.tags.clone();
+        tags.extend(requested.iter().cloned());
+        n = ctx.store.set_node_tags(n.id, &tags).await?;
+    }
+    let n = apply_expiry_wish(ctx, n, req.expiry, now).await?;
+    tracing::info!(node = %n.id, name = %n.given_name, created = reg.created, "node registered with a pre-auth key");
+    registered(ctx, n, if reg.created { "registered" } else { "reauthenticated" }).await
+}
+
+/// Turns a store refusal of a pre-auth key into a message for the user.
+fn key_refusal(e: StoreError) -> Result<Answer, StoreError> {
+    let invalid = |m: String| Ok((refused(RefusalReason::InvalidAuthKey, m), "refused_invalid_auth_key"));
+    match e {
+        StoreError::MalformedKey { .. } | StoreError::UnknownPreauthKey(_) => invalid(
+            "the auth key is not valid on this server: check that it was copied whole, or ask an administrator for a new one (weft-control keys create)".into(),
+        ),
+        StoreError::PreauthKeyExpired(p) => invalid(format!(
+            "the auth key weftkey-auth-{p}-… has expired; ask an administrator for a new one (weft-control keys create)"
+        )),
+        StoreError::PreauthKeyRevoked(p) => invalid(format!(
+            "the auth key weftkey-auth-{p}-… was revoked by an administrator; ask for a new one"
+        )),
+        StoreError::PreauthKeyUsed(p) => invalid(format!(
+            "the auth key weftkey-auth-{p}-… is single-use and was already used; ask for a new one, or a reusable key (weft-control keys create --reusable)"
+        )),
+        StoreError::DuplicateNodeKey(k) => Ok((
+            refused(
+                RefusalReason::NodeKeyInUse,
+                format!("node key {k} is already registered to another machine; make a new node key"),
+            ),
+            "refused_node_key_in_use",
+        )),
+        StoreError::AddressPoolExhausted(pool) => Ok((
+            refused(
+                RefusalReason::Other,
+                format!("the tailnet has no free address left in {pool}; delete unused nodes"),
+            ),
+            "refused_pool_exhausted",
+        )),
+        other => Err(other),
+    }
+}
+
+async fn needs_auth(
+    ctx: &Ctx,
+    mk: MachinePublic,
+    req: &RegisterRequest,
+    now: UnixMillis,
+) -> Result<Answer, StoreError> {
+    let existing = ctx
+        .store
+        .pending_auth_request_for(&mk, now)
+        .await?
+        .filter(|r| r.node_key == req.node_key);
+    let ar = match existing {
+        Some(r) => r,
+        None => {
+            let expires = now.saturating_add(ctx.config.auth_request_lifetime);
+            ctx.store
+                .create_auth_request(
+                    NewAuthRequest {
+                        register: register_node(mk, req),
+                        expires,
+                    },
+                    now,
+                )
+                .await?
+        }
+    };
+    ctx.logins.remember(
+        &ar.auth_id,
+        LoginWish {
+            ephemeral: req.ephemeral,
+            expiry: req.expiry,
+            requested_tags: req.host_info.requested_tags.clone(),
+        },
+    );
+    let auth_url = format!("{}{LOGIN_PATH}{}", ctx.server_url, ar.auth_id);
+    Ok((RegisterResponse::NeedsAuth { auth_url }, "needs_auth"))
+}
+
+/// Returns the login id at the end of an auth URL.
+pub(crate) fn auth_id_of(url: &str) -> Option<&str> {
+    let (_, rest) = url.rsplit_once(LOGIN_PATH)?;
+    let id = rest.split(['?', '#', '/']).next()?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+async fn followup(ctx: &Ctx, mk: MachinePublic, auth_url: &str) -> Result<Answer, StoreError> {
+    let expired = |m: &str| {
+        Ok((
+            refused(RefusalReason::AuthUrlExpired, m.to_owned()),
+            "refused_auth_url_expired",
+        ))
+    };
+    let Some(id) = auth_id_of(auth_url) else {
+        return expired("this login URL is not one this server made; run weft up again for a new one");
+    };
+    loop {
+        let notify = ctx.logins.notifier(id);
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let ar = match ctx.store.auth_request(id).await {
+            Ok(r) => r,
+            Err(StoreError::UnknownAuthRequest(_)) => {
+                return expired("this login URL is unknown or expired; run weft up again for a new one");
+            }
+            Err(e) => return Err(e),
+        };
+        if ar.machine_key != mk {
+            return expired("this login URL belongs to another machine; run weft up again for your own");
+        }
+        let now = ctx.clock.now();
+        match ar.state {
+            weft_control_store::AuthRequestState::Approved => {
+                let Some(node) = ar.node else {
+                    return expired("the login was approved but its node is gone; run weft up again");
+                };
+                let n = match optional(ctx.store.node(node).await)? {
+                    Some(n) => n,
+                    None => return expired("the login was approved but its node was deleted; run weft up again"),
+                };
+                return registered(ctx, n, "known").await.map(|(r, _)| (r, "approved"));
+            }
+            weft_control_store::AuthRequestState::Rejected => {
+                return Ok((
+                    refused(RefusalReason::AccessDenied, "an administrator declined this login".into()),
+                    "refused_access_denied",
+                ));
+            }
+            weft_control_store::AuthRequestState::Pending if now >= ar.expires => {
+                return expired("the login URL expired before anyone approved it; run weft up again for a new one");
+            }
+            weft_control_store::AuthRequestState::Pending => {
+                let clock = ctx.clock.clone();
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = clock::sleep_until(&*clock, ar.expires) => {}
+                    // Re-check now and then in case another server process decided it.
+                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Returns the key lifetime a login wish asks for.
+pub(crate) fn lifetime_of(wish: ExpiryRequest, now: UnixMillis) -> KeyLifetime {
+    match wish {
+        ExpiryRequest::At(t) if t > now => KeyLifetime::After(t.saturating_since(now)),
+        _ => KeyLifetime::ServerDefault,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_auth_id_is_the_last_path_part_of_the_login_url() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(auth_id_of(&format!("http://h:8080/a/{id}")), Some(id));
+        assert_eq!(auth_id_of(&format!("https://h/weft/a/{id}?x=1")), Some(id));
+        assert_eq!(auth_id_of("http://h/a/short"), None);
+        assert_eq!(auth_id_of("http://h/b/0123456789abcdef0123456789abcdef"), None);
+    }
+}

@@ -1,0 +1,776 @@
+//! The coordinator: the one task that changes the in-memory tailnet.
+//!
+//! Everything that changes the tailnet arrives as a [`Msg`]: committed
+//! registrations and admin edits, policy changes, map streams opening and
+//! closing, endpoint and host-info reports. The coordinator applies each to
+//! its working state at once (so a registration is known before the node's
+//! first map request is), and marks the node dirty. The first change of a
+//! batch starts the batch timer; when it fires, [`Coordinator::flush`]
+//! re-encodes the dirty nodes, recompiles the policy if identities or the
+//! policy changed, computes and queues the deltas, and publishes the new
+//! snapshot. A map stream is registered between batches and gets a full
+//! map built from a snapshot at least as new as the one it was registered
+//! at, then every delta after it.
+//!
+//! Timers: node-key expiry (the node shows as expired everywhere and its
+//! stream ends) and the ephemeral-node collector, both on the injectable
+//! [`Clock`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use weft_control_proto::Encoded;
+use weft_control_store::{Node as StoreNode, NodeStatusUpdate, PolicyVersionId, Store, User};
+use weft_policy::Policy;
+use weft_types::control::{ErrorCode, ProtocolError};
+use weft_types::netmap::RelayMap;
+use weft_types::{
+    DiscoPublic, DnsName, Endpoint, HostInfo, MachinePublic, NodeId, NodePublic, UnixMillis,
+    UserId,
+};
+
+use super::delta::{self, Batch, Output, Recipient, kind};
+use super::persist::Persister;
+use super::queue::StreamQueue;
+use super::{NodeEntry, NodePolicy, PolicyState, Published, Snapshot, UserEntry, dns_config};
+use crate::clock::{self, Clock};
+
+/// A request to open (or, with `stream: false`, just validate) a map stream.
+#[derive(Debug)]
+pub(crate) struct Subscribe {
+    pub node_key: NodePublic,
+    pub machine_key: MachinePublic,
+    pub disco_key: DiscoPublic,
+    pub endpoints: Vec<Endpoint>,
+    pub host_info: HostInfo,
+    pub stream: bool,
+    pub queue: Arc<StreamQueue>,
+    pub reply: oneshot::Sender<Result<Subscribed, ProtocolError>>,
+}
+
+/// An accepted map request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Subscribed {
+    pub node: NodeId,
+    pub stream: u64,
+}
+
+/// What the coordinator is told.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// A node record committed to the database (registration, admin edit).
+    NodeUpsert(Box<StoreNode>),
+    /// A node was deleted from the database.
+    NodeDeleted(NodeId),
+    /// A user was created or changed.
+    UserUpsert(Box<User>),
+    /// A user was deleted.
+    UserDeleted(UserId),
+    /// A new policy is in force.
+    Policy {
+        policy: Arc<Policy>,
+        version: Option<PolicyVersionId>,
+    },
+    /// Open a map stream.
+    Subscribe(Box<Subscribe>),
+    /// A map stream ended.
+    Unsubscribe { node: NodeId, stream: u64 },
+    /// A node reported new endpoints on its stream.
+    Endpoints {
+        node: NodeId,
+        stream: u64,
+        endpoints: Vec<Endpoint>,
+    },
+    /// A node reported new host info on its stream.
+    HostInfo {
+        node: NodeId,
+        stream: u64,
+        host_info: Box<HostInfo>,
+    },
+    /// End the current batch now; answers with the published version.
+    Flush(oneshot::Sender<u64>),
+}
+
+/// How to reach the coordinator and read what it published.
+#[derive(Debug, Clone)]
+pub(crate) struct CoordHandle {
+    tx: mpsc::UnboundedSender<Msg>,
+    pub published: Arc<Published>,
+}
+
+impl CoordHandle {
+    /// Sends a message (dropped if the server is shutting down).
+    pub fn send(&self, m: Msg) {
+        let _ = self.tx.send(m);
+    }
+
+    /// Returns the latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.published.load()
+    }
+
+    /// Ends the current batch and waits until its snapshot is published.
+    pub async fn flush(&self) -> Option<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Flush(tx));
+        rx.await.ok()
+    }
+}
+
+/// Settings the coordinator uses.
+#[derive(Debug, Clone)]
+pub(crate) struct CoordConfig {
+    pub domain: DnsName,
+    pub batch_delay: Duration,
+    pub ephemeral_grace: Duration,
+}
+
+#[derive(Debug)]
+struct StreamRec {
+    id: u64,
+    queue: Arc<StreamQueue>,
+    sent: Arc<NodePolicy>,
+    closing: bool,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    changes: BTreeMap<NodeId, u8>,
+    recompute_all: bool,
+    dirty: bool,
+    waiters: Vec<oneshot::Sender<u64>>,
+}
+
+/// The coordinator's state. See the module docs.
+pub(crate) struct Coordinator {
+    rx: mpsc::UnboundedReceiver<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    published: Arc<Published>,
+    store: Store,
+    persist: Arc<Persister>,
+    clock: Arc<dyn Clock>,
+    config: CoordConfig,
+    // --- working state (ahead of the published snapshot by one batch) ---
+    nodes: BTreeMap<NodeId, Arc<NodeEntry>>,
+    by_key: HashMap<NodePublic, NodeId>,
+    users: BTreeMap<UserId, Arc<UserEntry>>,
+    policy: (Arc<Policy>, Option<PolicyVersionId>),
+    expiries: BTreeSet<(UnixMillis, NodeId)>,
+    streams: BTreeMap<NodeId, StreamRec>,
+    parked: Vec<Subscribe>,
+    pending: Pending,
+    next_stream: u64,
+    next_gc: UnixMillis,
+    gc_in_flight: BTreeSet<NodeId>,
+}
+
+/// Why loading the initial state failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error(transparent)]
+    Store(#[from] weft_control_store::StoreError),
+    #[error("cannot encode the tailnet state: {0}")]
+    Encode(#[from] weft_control_proto::EncodeError),
+}
+
+impl Coordinator {
+    /// Loads users, nodes and the policy from the store and publishes the
+    /// first snapshot.
+    pub async fn load(
+        store: Store,
+        persist: Arc<Persister>,
+        clock: Arc<dyn Clock>,
+        config: CoordConfig,
+    ) -> Result<(Coordinator, CoordHandle), LoadError> {
+        let now = clock.now();
+        let mut users = BTreeMap::new();
+        for u in store.list_users().await? {
+            users.insert(u.id, Arc::new(UserEntry::new(u)?));
+        }
+        let mut nodes = BTreeMap::new();
+        let mut by_key = HashMap::new();
+        let mut expiries = BTreeSet::new();
+        for n in store.list_nodes().await? {
+            if let Some(t) = n.key_expiry.filter(|t| *t > now) {
+                expiries.insert((t, n.id));
+            }
+            by_key.insert(n.node_key, n.id);
+            let e = NodeEntry::new(n, &config.domain, now)?;
+            nodes.insert(e.rec.id, Arc::new(e));
+        }
+        let (policy, version) = match store.current_policy().await? {
+            None => (Policy::default_allow_all(), None),
+            Some(pv) => match Policy::parse(&pv.text) {
+                Ok(p) => (p, Some(pv.id)),
+                Err(e) => {
+                    // Policies are validated before they are stored; a bad one
+                    // means the database was edited. Deny everything.
+                    tracing::error!(version = %pv.id, error = %e, "the stored policy is invalid; denying all traffic until a valid one is set");
+                    (Policy::parse("{}").unwrap_or_else(|_| Policy::default_allow_all()), Some(pv.id))
+                }
+            },
+        };
+        let policy = Arc::new(policy);
+        let pstate = Arc::new(PolicyState::build(policy.clone(), &nodes, &users));
+        let snapshot = Snapshot {
+            version: 0,
+            unauthorized: unauthorized(&nodes),
+            nodes: nodes.clone(),
+            users: users.clone(),
+            policy: pstate,
+            dns: Encoded::new(&dns_config(&config.domain))?,
+            relay_map: Encoded::new(&RelayMap::default())?,
+            domain: config.domain.clone(),
+        };
+        let published = Arc::new(Published::new(Arc::new(snapshot)));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = CoordHandle {
+            tx: tx.clone(),
+            published: published.clone(),
+        };
+        let c = Coordinator {
+            rx,
+            tx,
+            published,
+            store,
+            persist,
+            clock,
+            next_gc: now,
+            config,
+            nodes,
+            by_key,
+            users,
+            policy: (policy, version),
+            expiries,
+            streams: BTreeMap::new(),
+            parked: Vec::new(),
+            pending: Pending::default(),
+            next_stream: 1,
+            gc_in_flight: BTreeSet::new(),
+        };
+        c.update_gauges();
+        Ok((c, handle))
+    }
+
+    /// Runs until `stop` is cancelled; then ends every stream with
+    /// `shutting_down`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut batch_at: Option<tokio::time::Instant> = None;
+        loop {
+            let timer = self.next_timer();
+            let clock = self.clock.clone();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                () = sleep_opt(batch_at) => {
+                    batch_at = None;
+                    self.flush();
+                }
+                m = self.rx.recv() => {
+                    let Some(m) = m else { break };
+                    self.apply(m);
+                    // Take whatever else is waiting before looking at timers.
+                    for _ in 0..4096 {
+                        match self.rx.try_recv() {
+                            Ok(m) => self.apply(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = clock::sleep_until(&*clock, timer) => self.on_timer(),
+            }
+            if self.pending.dirty && batch_at.is_none() {
+                batch_at = Some(tokio::time::Instant::now() + self.config.batch_delay);
+            }
+        }
+        for s in self.streams.values() {
+            s.queue.close(ProtocolError {
+                code: ErrorCode::ShuttingDown,
+                message: "the control server is shutting down; reconnect later".into(),
+            });
+        }
+    }
+
+    fn apply(&mut self, m: Msg) {
+        match m {
+            Msg::NodeUpsert(rec) => self.upsert_node(*rec),
+            Msg::NodeDeleted(id) => self.remove_node(id),
+            Msg::UserUpsert(u) => match UserEntry::new(*u) {
+                Ok(e) => {
+                    self.users.insert(e.user.id, Arc::new(e));
+                    self.recompute_all();
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode a user profile"),
+            },
+            Msg::UserDeleted(id) => {
+                self.users.remove(&id);
+                self.recompute_all();
+            }
+            Msg::Policy { policy, version } => {
+                self.policy = (policy, version);
+                self.recompute_all();
+            }
+            Msg::Subscribe(s) => self.subscribe(*s),
+            Msg::Unsubscribe { node, stream } => self.unsubscribe(node, stream),
+            Msg::Endpoints {
+                node,
+                stream,
+                endpoints,
+            } => {
+                if !self.is_current(node, stream) {
+                    return;
+                }
+                let Some(e) = self.nodes.get_mut(&node) else { return };
+                if e.rec.endpoints == endpoints {
+                    return;
+                }
+                let e = Arc::make_mut(e);
+                e.rec.endpoints.clone_from(&endpoints);
+                self.persist.status(
+                    node,
+                    NodeStatusUpdate {
+                        endpoints: Some(endpoints),
+                        ..NodeStatusUpdate::default()
+                    },
+                );
+                self.mark(node, kind::ENDPOINTS);
+            }
+            Msg::HostInfo {
+                node,
+                stream,
+                host_info,
+            } => {
+                if !self.is_current(node, stream) {
+                    return;
+                }
+                let Some(e) = self.nodes.get_mut(&node) else { return };
+                if e.host == *host_info {
+                    return;
+                }
+                let e = Arc::make_mut(e);
+                e.host = *host_info;
+                e.rec.hostname.clone_from(&e.host.hostname);
+                e.rec.host_info = serde_json::to_value(&e.host).unwrap_or_default();
+                self.persist.status(
+                    node,
+                    NodeStatusUpdate {
+                        host_info: Some(e.rec.host_info.clone()),
+                        hostname: Some(e.rec.hostname.clone()),
+                        ..NodeStatusUpdate::default()
+                    },
+                );
+                self.mark(node, kind::FULL);
+            }
+            Msg::Flush(reply) => {
+                self.pending.waiters.push(reply);
+                self.pending.dirty = true;
+            }
+        }
+    }
+
+    fn is_current(&self, node: NodeId, stream: u64) -> bool {
+        self.streams
+            .get(&node)
+            .is_some_and(|s| s.id == stream && !s.closing)
+    }
+
+    fn mark(&mut self, node: NodeId, bits: u8) {
+        *self.pending.changes.entry(node).or_default() |= bits;
+        self.pending.dirty = true;
+    }
+
+    fn recompute_all(&mut self) {
+        self.pending.recompute_all = true;
+        self.pending.dirty = true;
+    }
+
+    fn close_stream(&mut self, node: NodeId, code: ErrorCode, message: String) {
+        if let Some(s) = self.streams.get_mut(&node)
+            && !s.closing
+        {
+            s.closing = true;
+            s.queue.close(ProtocolError { code, message });
+        }
+    }
+
+    fn upsert_node(&mut self, mut rec: StoreNode) {
+        let now = self.clock.now();
+        let id = rec.id;
+        let has_stream = self.streams.get(&id).is_some_and(|s| !s.closing);
+        let old = self.nodes.get(&id).cloned();
+        let mut identity = true;
+        if let Some(old) = &old {
+            // Runtime fields: the live view wins over the database's.
+            rec.online = has_stream;
+            if has_stream {
+                rec.endpoints.clone_from(&old.rec.endpoints);
+                rec.disco_key = old.rec.disco_key.or(rec.disco_key);
+            }
+            rec.last_seen = rec.last_seen.max(old.rec.last_seen);
+            if old.rec.node_key != rec.node_key {
+                self.by_key.remove(&old.rec.node_key);
+            }
+            if let Some(t) = old.rec.key_expiry {
+                self.expiries.remove(&(t, id));
+            }
+            identity = old.rec.user != rec.user
+                || old.rec.tags != rec.tags
+                || old.rec.ipv4 != rec.ipv4
+                || old.rec.ipv6 != rec.ipv6
+                || old.rec.authorized != rec.authorized
+                || old.rec.given_name != rec.given_name;
+        } else {
+            rec.online = false;
+        }
+        let expired = rec.is_expired(now);
+        let authorized = rec.authorized;
+        if let Some(t) = rec.key_expiry.filter(|_| !expired) {
+            self.expiries.insert((t, id));
+        }
+        self.by_key.insert(rec.node_key, id);
+        match NodeEntry::new(rec, &self.config.domain, now) {
+            Ok(e) => {
+                self.nodes.insert(id, Arc::new(e));
+            }
+            Err(e) => {
+                tracing::error!(node = %id, error = %e, "cannot encode a node");
+                return;
+            }
+        }
+        if expired {
+            self.close_stream(
+                id,
+                ErrorCode::NodeKeyExpired,
+                "the node key has expired; log in again (weft up)".into(),
+            );
+        } else if !authorized {
+            self.close_stream(
+                id,
+                ErrorCode::NotAuthorized,
+                "this machine is waiting for an administrator's approval".into(),
+            );
+        }
+        let bits = match (&old, identity) {
+            (None, _) => kind::ADDED | kind::IDENTITY,
+            (Some(_), true) => kind::FULL | kind::IDENTITY,
+            (Some(_), false) => kind::FULL,
+        };
+        self.mark(id, bits);
+    }
+
+    fn remove_node(&mut self, id: NodeId) {
+        self.gc_in_flight.remove(&id);
+        self.persist.forget(id);
+        let Some(old) = self.nodes.remove(&id) else { return };
+        if self.by_key.get(&old.rec.node_key) == Some(&id) {
+            self.by_key.remove(&old.rec.node_key);
+        }
+        if let Some(t) = old.rec.key_expiry {
+            self.expiries.remove(&(t, id));
+        }
+        self.close_stream(
+            id,
+            ErrorCode::NotRegistered,
+            "this node was deleted from the tailnet; log in again".into(),
+        );
+        self.mark(id, kind::REMOVED | kind::IDENTITY);
+    }
+
+    fn subscribe(&mut self, s: Subscribe) {
+        let now = self.clock.now();
+        let refuse = |code, message: String| Err(ProtocolError { code, message });
+        let check = match self.by_key.get(&s.node_key).and_then(|id| self.nodes.get(id)) {
+            None => refuse(
+                ErrorCode::NotRegistered,
+                format!("node key {} is not registered on this server; register first", s.node_key),
+            ),
+            Some(e) if e.rec.machine_key != s.machine_key => refuse(
+                ErrorCode::NotRegistered,
+                format!("node key {} is registered to another machine", s.node_key),
+            ),
+            Some(e) if e.rec.is_expired(now) => refuse(
+                ErrorCode::NodeKeyExpired,
+                "the node key has expired; log in again (weft up)".into(),
+            ),
+            Some(e) if !e.rec.authorized => refuse(
+                ErrorCode::NotAuthorized,
+                "this machine is waiting for an administrator's approval".into(),
+            ),
+            Some(e) => Ok(e.rec.id),
+        };
+        let id = match check {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = s.reply.send(Err(e));
+                return;
+            }
+        };
+        if !self.published.load().nodes.contains_key(&id) {
+            // Registered in this batch: its full map needs the next snapshot.
+            self.parked.push(s);
+            self.pending.dirty = true;
+            return;
+        }
+        if !s.stream {
+            let _ = s.reply.send(Ok(Subscribed { node: id, stream: 0 }));
+            return;
+        }
+        let Some(e) = self.nodes.get_mut(&id) else { return };
+        let e = Arc::make_mut(e);
+        let mut bits = kind::ONLINE;
+        if e.rec.disco_key != Some(s.disco_key) || e.host != s.host_info {
+            bits |= kind::FULL;
+        }
+        if e.rec.endpoints != s.endpoints {
+            bits |= kind::ENDPOINTS;
+        }
+        e.rec.disco_key = Some(s.disco_key);
+        e.rec.endpoints.clone_from(&s.endpoints);
+        if e.host != s.host_info {
+            e.host = s.host_info.clone();
+            e.rec.hostname.clone_from(&e.host.hostname);
+            e.rec.host_info = serde_json::to_value(&e.host).unwrap_or_default();
+        }
+        e.rec.online = true;
+        e.rec.last_seen = Some(now);
+        self.persist.status(
+            id,
+            NodeStatusUpdate {
+                disco_key: Some(s.disco_key),
+                endpoints: Some(s.endpoints),
+                host_info: Some(e.rec.host_info.clone()),
+                hostname: Some(e.rec.hostname.clone()),
+            },
+        );
+        self.persist.online(id, true, now);
+        if let Some(old) = self.streams.remove(&id) {
+            old.queue.close(ProtocolError {
+                code: ErrorCode::Replaced,
+                message: "another map stream for this node replaced this one".into(),
+            });
+        }
+        let stream = self.next_stream;
+        self.next_stream += 1;
+        s.queue.push_full();
+        let sent = self.published.load().policy.node_policy(id);
+        self.streams.insert(
+            id,
+            StreamRec {
+                id: stream,
+                queue: s.queue,
+                sent,
+                closing: false,
+            },
+        );
+        self.mark(id, bits);
+        let _ = s.reply.send(Ok(Subscribed { node: id, stream }));
+    }
+
+    fn unsubscribe(&mut self, node: NodeId, stream: u64) {
+        if self.streams.get(&node).is_none_or(|s| s.id != stream) {
+            return;
+        }
+        self.streams.remove(&node);
+        let now = self.clock.now();
+        let Some(e) = self.nodes.get_mut(&node) else { return };
+        let e = Arc::make_mut(e);
+        e.rec.online = false;
+        e.rec.last_seen = Some(now);
+        self.persist.online(node, false, now);
+        self.mark(node, kind::ONLINE);
+    }
+
+    /// Returns the next wall-clock deadline: a key expiry or a GC check.
+    fn next_timer(&self) -> UnixMillis {
+        let gc = self.next_gc;
+        match self.expiries.first() {
+            Some((t, _)) => (*t).min(gc),
+            None => gc,
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = self.clock.now();
+        tracing::trace!(now = now.0, next_gc = self.next_gc.0, "coordinator timer");
+        while let Some(&(t, id)) = self.expiries.first() {
+            if t > now {
+                break;
+            }
+            self.expiries.pop_first();
+            if self.nodes.get(&id).is_some_and(|e| e.rec.is_expired(now)) {
+                tracing::info!(node = %id, "node key expired");
+                self.close_stream(
+                    id,
+                    ErrorCode::NodeKeyExpired,
+                    "the node key has expired; log in again (weft up)".into(),
+                );
+                self.mark(id, kind::FULL);
+            }
+        }
+        if now >= self.next_gc {
+            self.collect_ephemeral(now);
+            let every = (self.config.ephemeral_grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(15));
+            self.next_gc = now.saturating_add(every);
+        }
+    }
+
+    /// Deletes ephemeral nodes that have been offline for the grace period.
+    fn collect_ephemeral(&mut self, now: UnixMillis) {
+        let grace = self.config.ephemeral_grace;
+        let doomed: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|e| {
+                e.rec.ephemeral
+                    && !self.streams.contains_key(&e.rec.id)
+                    && !self.gc_in_flight.contains(&e.rec.id)
+                    && e.rec.last_seen.unwrap_or(e.rec.created).saturating_add(grace) <= now
+            })
+            .map(|e| e.rec.id)
+            .collect();
+        for id in doomed {
+            tracing::debug!(node = %id, "collecting an ephemeral node");
+            self.gc_in_flight.insert(id);
+            let store = self.store.clone();
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                match store.delete_node(id).await {
+                    Ok(_) | Err(weft_control_store::StoreError::UnknownNode(_)) => {
+                        tracing::info!(node = %id, "deleted an ephemeral node after its grace period offline");
+                        metrics::counter!("weft_ephemeral_nodes_deleted_total").increment(1);
+                        let _ = tx.send(Msg::NodeDeleted(id));
+                    }
+                    Err(e) => tracing::warn!(node = %id, error = %e, "could not delete an ephemeral node"),
+                }
+            });
+        }
+    }
+
+    /// Ends the batch: re-encode, recompile, compute and queue deltas, publish.
+    fn flush(&mut self) {
+        #[allow(clippy::disallowed_methods)] // measuring only
+        let started = std::time::Instant::now();
+        let now = self.clock.now();
+        let old = self.published.load();
+        let changes = std::mem::take(&mut self.pending.changes);
+        let recompute_all = std::mem::take(&mut self.pending.recompute_all);
+        for (id, bits) in &changes {
+            if bits & kind::REMOVED != 0 {
+                continue;
+            }
+            if let Some(e) = self.nodes.get_mut(id)
+                && let Err(err) = Arc::make_mut(e).reencode(&self.config.domain, now)
+            {
+                tracing::error!(node = %id, error = %err, "cannot encode a node");
+            }
+        }
+        let identity = changes.values().any(|b| b & kind::IDENTITY != 0);
+        let policy = if identity || recompute_all {
+            Arc::new(PolicyState::build(
+                self.policy.0.clone(),
+                &self.nodes,
+                &self.users,
+            ))
+        } else {
+            old.policy.clone()
+        };
+        let new = Arc::new(Snapshot {
+            version: old.version + 1,
+            unauthorized: unauthorized(&self.nodes),
+            nodes: self.nodes.clone(),
+            users: self.users.clone(),
+            policy,
+            domain: old.domain.clone(),
+            dns: old.dns.clone(),
+            relay_map: old.relay_map.clone(),
+        });
+
+        let mut recipients: Vec<Recipient> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.closing)
+            .map(|(id, s)| Recipient {
+                node: *id,
+                sent: s.sent.clone(),
+            })
+            .collect();
+        let outputs = delta::compute(
+            &Batch {
+                old: &old,
+                new: &new,
+                changes: &changes,
+                recompute_all,
+            },
+            &mut recipients,
+        );
+        let (mut bodies, mut fulls, mut resyncs) = (0u64, 0u64, 0u64);
+        for (r, out) in recipients.into_iter().zip(outputs) {
+            let Some(s) = self.streams.get_mut(&r.node) else { continue };
+            s.sent = r.sent;
+            match out {
+                Output::Nothing => {}
+                Output::Full => {
+                    s.queue.push_full();
+                    fulls += 1;
+                }
+                Output::Bodies(list) => {
+                    for body in list {
+                        bodies += 1;
+                        if s.queue.push_delta(new.version, body) {
+                            resyncs += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let version = new.version;
+        self.published.store(new);
+        for w in self.pending.waiters.drain(..) {
+            let _ = w.send(version);
+        }
+        self.pending.dirty = false;
+        for s in std::mem::take(&mut self.parked) {
+            self.subscribe(s);
+        }
+        self.persist
+            .set_connected(self.streams.keys().copied().collect());
+        metrics::counter!("weft_map_delta_bodies_queued_total").increment(bodies);
+        metrics::counter!("weft_map_resyncs_total").increment(resyncs + fulls);
+        metrics::histogram!("weft_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("weft_batch_changes").record(changes.len() as f64);
+        self.update_gauges();
+        tracing::debug!(
+            version,
+            changes = changes.len(),
+            bodies,
+            fulls,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch published"
+        );
+    }
+
+    fn update_gauges(&self) {
+        metrics::gauge!("weft_nodes").set(self.nodes.len() as f64);
+        metrics::gauge!("weft_nodes_online").set(self.streams.len() as f64);
+        metrics::gauge!("weft_users").set(self.users.len() as f64);
+        metrics::gauge!("weft_persist_backlog_nodes").set(self.persist.backlog() as f64);
+    }
+}
+
+fn unauthorized(nodes: &BTreeMap<NodeId, Arc<NodeEntry>>) -> BTreeSet<NodeId> {
+    nodes
+        .values()
+        .filter(|e| !e.rec.authorized)
+        .map(|e| e.rec.id)
+        .collect()
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
