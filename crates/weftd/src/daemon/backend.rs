@@ -204,11 +204,13 @@ impl Backend {
         b
     }
 
-    /// Runs the coordinator until every [`Handle`] is dropped.
+    /// Runs the coordinator until every [`Handle`] is dropped or `stop`
+    /// becomes `true`; the data plane and the session stop with it.
     pub async fn run(
         mut self,
         mut jobs: mpsc::UnboundedReceiver<Job>,
         mut events: mpsc::UnboundedReceiver<(u64, SessionEvent)>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         self.publish_state(false);
         loop {
@@ -217,6 +219,7 @@ impl Backend {
                     Some(job) => job(&mut self),
                     None => break,
                 },
+                _ = stop.wait_for(|s| *s) => break,
                 Some((generation, event)) = events.recv() => self.on_session(generation, event),
             }
             self.publish_state(false);

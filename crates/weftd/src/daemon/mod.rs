@@ -127,13 +127,14 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
     let (handle, jobs) = Backend::mailbox();
     let control: Arc<dyn control::ControlClient> = Arc::new(control::NotLinked);
     let backend = Backend::new(store, control, Box::new(dp), bus::Bus::new(), info, events_tx);
-    let coordinator = tokio::spawn(backend.run(jobs, events_rx));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let coordinator = tokio::spawn(backend.run(jobs, events_rx, stop_rx.clone()));
 
     let listener = localapi::bind(&args.socket)?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = localapi::router(handle.clone(), localapi::root_or(operator_uid));
+    let router = localapi::router(handle.clone(), localapi::root_or(operator_uid), stop_rx.clone());
+    let mut stop_wait = stop_rx;
     let server = tokio::spawn(localapi::serve(listener, router, async move {
-        let _ = stop_rx.await;
+        let _ = stop_wait.wait_for(|s| *s).await;
     }));
     tracing::info!(socket = %args.socket.display(), tun = %args.tun, port, "weftd ready");
 
@@ -153,8 +154,12 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
 
     let outcome = wait_for_exit(&handle).await;
     monitor.abort();
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    let _ = stop_tx.send(true);
+    let mut server = server;
+    if tokio::time::timeout(localapi::SHUTDOWN_GRACE, &mut server).await.is_err() {
+        tracing::warn!("A LocalAPI client did not let go; closing it");
+        server.abort();
+    }
     drop(handle);
     let _ = coordinator.await;
     let _ = std::fs::remove_file(&args.socket);

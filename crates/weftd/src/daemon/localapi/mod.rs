@@ -41,6 +41,10 @@ pub fn root_or(operator: Option<u32>) -> Authorizer {
     Arc::new(move |uid| uid == Some(0) || (uid.is_some() && uid == operator))
 }
 
+/// How long a shutdown waits for open connections (a client that stopped
+/// reading would otherwise hold it forever).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// The longest ping timeout accepted.
 const MAX_PING_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -48,6 +52,9 @@ const MAX_PING_TIMEOUT: Duration = Duration::from_secs(60);
 struct AppState {
     handle: Handle,
     authorize: Authorizer,
+    /// Becomes `true` at shutdown: open `watch` streams end then, so a
+    /// graceful shutdown never waits for a watcher that stays connected.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The caller's credentials.
@@ -95,9 +102,10 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Returns the route table.
-pub fn router(handle: Handle, authorize: Authorizer) -> Router {
-    let state = AppState { handle, authorize };
+/// Returns the route table. Setting `stopping` to `true` ends every open
+/// `watch` stream.
+pub fn router(handle: Handle, authorize: Authorizer, stopping: tokio::sync::watch::Receiver<bool>) -> Router {
+    let state = AppState { handle, authorize, stopping };
     let api = Router::new()
         .route("/status", get(status_h))
         .route("/prefs", get(prefs_get).patch(prefs_patch))
@@ -266,12 +274,17 @@ fn ndjson(n: &Notify) -> Bytes {
 
 async fn watch_h(State(st): State<AppState>) -> Result<Response, ApiError> {
     let (snapshot, rx) = st.handle.call(|b| b.watch()).await?;
-    let stream = futures::stream::unfold((Some(snapshot), rx), |(first, mut rx)| async move {
+    let stopping = st.stopping.clone();
+    let stream = futures::stream::unfold((Some(snapshot), rx, stopping), |(first, mut rx, mut stopping)| async move {
         if let Some(n) = first {
-            return Some((Ok::<_, Infallible>(ndjson(&n)), (None, rx)));
+            return Some((Ok::<_, Infallible>(ndjson(&n)), (None, rx, stopping)));
         }
-        match rx.recv().await {
-            Ok(n) => Some((Ok(ndjson(&n)), (None, rx))),
+        let next = tokio::select! {
+            r = rx.recv() => r,
+            _ = stopping.wait_for(|s| *s) => return None,
+        };
+        match next {
+            Ok(n) => Some((Ok(ndjson(&n)), (None, rx, stopping))),
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::debug!(missed, "Closing a watcher that fell behind");
                 None

@@ -1,0 +1,6 @@
+//! Tests of the coordinator and the LocalAPI against a fake control server
+//! and a recording data plane, on virtual time.
+
+mod backend;
+mod fake;
+mod localapi;
