@@ -94,10 +94,11 @@ async fn an_auth_key_login_reaches_running_and_programs_the_data_plane() {
     h.wait("netmap", |n| matches!(n, Notify::NetMap { peers: 2 })).await;
     h.wait_state(BackendState::Running).await;
 
-    let log = dp.log.lock().unwrap();
-    assert!(log.programmed);
-    assert!(log.keys.last().unwrap().is_some(), "the new node key went to WireGuard");
-    drop(log);
+    {
+        let log = dp.log.lock().unwrap();
+        assert!(log.programmed);
+        assert!(log.keys.last().unwrap().is_some(), "the new node key went to WireGuard");
+    }
     let saved = StateFile::load(&state_path(&dir)).unwrap().unwrap();
     let p = saved.current().unwrap();
     assert!(p.is_registered());
@@ -215,6 +216,7 @@ async fn a_restart_keeps_the_same_keys_and_node() {
     let after = h.handle.call(|b| b.debug_prefs()).await.unwrap();
     assert_eq!(before, after);
     assert_eq!(control.s().nodes.len(), 1, "no duplicate node");
+    assert_eq!(control.s().machines.len(), 1, "the same machine key after a restart");
     h.stop().await;
 }
 

@@ -39,6 +39,8 @@ pub struct FakeState {
     pub streams: Vec<mpsc::UnboundedSender<Result<MapEvent, ControlError>>>,
     pub updates: Vec<mpsc::UnboundedReceiver<MapUpdate>>,
     pub next_node: i64,
+    /// Machine keys that connected.
+    pub machines: BTreeSet<MachinePublic>,
 }
 
 #[derive(Clone, Default)]
@@ -96,6 +98,16 @@ impl FakeControl {
         }
     }
 
+    /// What a real client sees when the pinned key is not the server's:
+    /// the Noise handshake fails.
+    fn check_target(&self, target: &ControlTarget) -> Result<(), ControlError> {
+        if target.server_key != server_key() {
+            return Err(ControlError::Unreachable { url: target.url.clone(), cause: "handshake failed: wrong server key".into() });
+        }
+        self.s().machines.insert(target.machine_key.public());
+        Ok(())
+    }
+
     fn unreachable(url: &str) -> ControlError {
         ControlError::Unreachable { url: url.into(), cause: "connection refused".into() }
     }
@@ -143,7 +155,9 @@ impl ControlClient for FakeControl {
 
     fn register(&self, target: &ControlTarget, req: RegisterRequest) -> BoxFuture<'_, Result<RegisterResponse, ControlError>> {
         let url = target.url.clone();
+        let checked = self.check_target(target);
         Box::pin(async move {
+            checked?;
             loop {
                 let approved = self.approved.notified();
                 {
@@ -203,9 +217,12 @@ impl ControlClient for FakeControl {
         req: MapRequest,
         updates: mpsc::UnboundedReceiver<MapUpdate>,
     ) -> BoxFuture<'_, Result<MapStream, ControlError>> {
+        let checked = self.check_target(target);
         let mut s = self.s();
         s.map_calls += 1;
-        let r = if !s.up.contains(&target.url) {
+        let r = if let Err(e) = checked {
+            Err(e)
+        } else if !s.up.contains(&target.url) {
             Err(Self::unreachable(&target.url))
         } else if s.expired.contains(&req.node_key) {
             Err(ControlError::Server { url: target.url.clone(), code: ErrorCode::NodeKeyExpired, message: "node key expired".into() })
