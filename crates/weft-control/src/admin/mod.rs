@@ -144,6 +144,8 @@ impl Admin {
             )
             .await?;
         self.ctx.coord.send(Msg::UserUpsert(Box::new(user.clone())));
+        // Policy checks and tag permissions read the published snapshot.
+        let _ = self.ctx.coord.flush().await;
         Ok(user_view(&user))
     }
 
@@ -170,6 +172,7 @@ impl Admin {
             other => other.into(),
         })?;
         self.ctx.coord.send(Msg::UserDeleted(user.id));
+        let _ = self.ctx.coord.flush().await;
         Ok(user_view(&user))
     }
 
@@ -526,6 +529,8 @@ impl Admin {
             policy: Arc::new(policy),
             version: Some(v.id),
         });
+        // Returns once the policy is in force (published; deltas queued).
+        let _ = self.ctx.coord.flush().await;
         Ok(PolicyView {
             policy: v.text,
             version: Some(v.id.0),
