@@ -50,7 +50,7 @@ async fn raw_channel(t: &TestServer) -> (TcpStream, ClientConnection) {
 
 /// Reads until the server closes the connection; returns how long it took.
 async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> Duration {
-    let start = Instant::now();
+    let start = now();
     let mut buf = vec![0u8; 65536];
     loop {
         match tokio::time::timeout(limit, tcp.read(&mut buf)).await {
