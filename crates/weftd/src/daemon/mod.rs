@@ -3,8 +3,9 @@
 //!
 //! Modules, by owner (see [`backend`] for how they meet):
 //! * [`state_file`], [`profiles`]: the state file and the profiles in it;
-//! * [`control`], [`session`]: the control client seam and the session task
-//!   (register, map stream, reconnect with backoff);
+//! * [`control`], [`client`], [`session`]: the control client seam, its
+//!   implementation over `weft-client`, and the session task (register, map
+//!   stream, reconnect with backoff);
 //! * [`backend`]: the coordinator and the backend state machine;
 //! * [`config`], [`dataplane`], [`tunnel`], [`netlink`], [`endpoints`]: the
 //!   data plane (incremental peer programming, disco, TUN addresses, our
@@ -16,6 +17,7 @@
 
 pub mod backend;
 pub mod bus;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod dataplane;
@@ -125,7 +127,7 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
     let info = DaemonInfo { tun: args.tun.clone(), os_hostname };
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let (handle, jobs) = Backend::mailbox();
-    let control: Arc<dyn control::ControlClient> = Arc::new(control::NotLinked);
+    let control: Arc<dyn control::ControlClient> = Arc::new(client::WeftClient::new());
     let backend = Backend::new(store, control, Box::new(dp), bus::Bus::new(), info, events_tx);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let coordinator = tokio::spawn(backend.run(jobs, events_rx, stop_rx.clone()));
