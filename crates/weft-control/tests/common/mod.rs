@@ -45,11 +45,6 @@ impl TestServer {
         let clock = TestClock::new();
         let mut config = ServerConfig::for_tests(dir.path());
         config.clock = clock.clone();
-        if let Ok(url) = std::env::var("WEFT_TEST_PG_URL")
-            && std::env::var("WEFT_CONTROL_TEST_PG").is_ok()
-        {
-            config.db_url = Some(url);
-        }
         tweak(&mut config);
         let server = Server::start(config).await.unwrap();
         TestServer { server, clock, dir }
@@ -235,6 +230,102 @@ impl TestNode {
     pub async fn close(&mut self) {
         if let Some(s) = self.session.take() {
             s.close().await;
+        }
+    }
+}
+
+/// A `weft-control serve` child process (the real binary).
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub state_dir: std::path::PathBuf,
+}
+
+/// Returns a loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl ServerProcess {
+    /// Starts the binary on `state_dir` (and `port`) and waits until it answers.
+    pub async fn start(state_dir: &std::path::Path, port: u16) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state_dir.join("server.log"))
+            .unwrap();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
+            .args(["serve", "--listen", &addr.to_string(), "--batch-delay", "20ms", "--state-dir"])
+            .arg(state_dir)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = ServerProcess {
+            child,
+            addr,
+            state_dir: state_dir.to_owned(),
+        };
+        let url: ControlUrl = p.url().parse().unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if weft_client::fetch_key(&url, Duration::from_secs(1)).await.is_ok()
+                && state_dir.join("admin.sock").exists()
+            {
+                return p;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the server did not come up; see {}", state_dir.join("server.log").display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn admin(&self) -> weft_control::admin::client::AdminClient {
+        weft_control::admin::client::AdminClient::new(
+            weft_control::admin::client::AdminTarget::Socket(self.state_dir.join("admin.sock")),
+        )
+    }
+
+    /// Sends SIGKILL (no chance to clean up) and reaps the process.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// Runs the CLI against this server; returns (status, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
