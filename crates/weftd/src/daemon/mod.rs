@@ -106,7 +106,21 @@ pub fn run(args: &DaemonArgs) -> anyhow::Result<()> {
     rt.block_on(run_async(args, operator_uid))
 }
 
+/// Removes the socket file when the daemon exits (not after `kill -9`; the
+/// next start replaces a stale socket).
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Result<()> {
+    // The socket first: a second daemon on the same paths stops here,
+    // before it touches the TUN or the state.
+    let listener = localapi::bind(&args.socket)?;
+    let _socket_file = SocketFile(args.socket.clone());
     let store = ProfileStore::open(&args.state, dataplane::unix_now().0)?;
     tracing::info!(state = %args.state.display(), machine = %store.machine_key().public().short(), "State loaded");
 
@@ -132,7 +146,6 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let coordinator = tokio::spawn(backend.run(jobs, events_rx, stop_rx.clone()));
 
-    let listener = localapi::bind(&args.socket)?;
     let router = localapi::router(handle.clone(), localapi::root_or(operator_uid), stop_rx.clone());
     let mut stop_wait = stop_rx;
     let server = tokio::spawn(localapi::serve(listener, router, async move {
@@ -164,7 +177,6 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
     }
     drop(handle);
     let _ = coordinator.await;
-    let _ = std::fs::remove_file(&args.socket);
     if outcome.is_ok() {
         tracing::info!("stopped");
     }

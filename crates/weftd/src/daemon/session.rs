@@ -359,7 +359,15 @@ impl<C: ControlClient + ?Sized> Session<C> {
                         self.emit(SessionEvent::KeyExpired);
                         return AfterMap::Park;
                     }
-                    Some(ErrorCode::NotRegistered | ErrorCode::NotAuthorized) => return AfterMap::Reregister,
+                    Some(ErrorCode::NotRegistered | ErrorCode::NotAuthorized) => {
+                        // Register again (after a pause, so a server that keeps
+                        // saying this is not hammered).
+                        tracing::debug!(error = %e, "Map refused; registering again");
+                        if !self.pause().await {
+                            return AfterMap::Park;
+                        }
+                        return AfterMap::Reregister;
+                    }
                     _ => self.emit(SessionEvent::Unreachable(e.to_string())),
                 },
             }
