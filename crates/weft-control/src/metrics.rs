@@ -13,6 +13,7 @@
 //! | `weft_register_duration_seconds{outcome}` | histogram | time to answer `register` |
 //! | `weft_http_request_duration_seconds{route}` | histogram | HTTP request latency |
 //! | `weft_batch_duration_seconds`, `weft_batch_changes` | histogram | coordinator batches |
+//! | `weft_policy_compile_seconds` | histogram | compiling the policy for the whole tailnet (after identity or policy changes) |
 //! | `weft_full_map_build_seconds` | histogram | splice + encrypt + write of a full map |
 //! | `weft_control_connection_errors_total{reason}` | counter | connections closed by a protocol error |
 //! | `weft_control_upgrades_refused_total` | counter | refused upgrades |

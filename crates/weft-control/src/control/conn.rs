@@ -102,7 +102,8 @@ where
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
     async fn run_loop(&mut self) -> Stop {
-        let mut buf = vec![0u8; 64 << 10];
+        // Nodes send small messages; the channel reassembles larger ones.
+        let mut buf = vec![0u8; 16 << 10];
         loop {
             if let Err(stop) = self.flush().await {
                 return stop;

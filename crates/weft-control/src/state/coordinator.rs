@@ -141,6 +141,8 @@ struct Pending {
     changes: BTreeMap<NodeId, u8>,
     recompute_all: bool,
     dirty: bool,
+    /// Someone waits for the batch: end it without the batch delay.
+    now: bool,
     waiters: Vec<oneshot::Sender<u64>>,
 }
 
@@ -282,7 +284,10 @@ impl Coordinator {
                 }
                 () = clock::sleep_until(&*clock, timer) => self.on_timer(),
             }
-            if self.pending.dirty && batch_at.is_none() {
+            if self.pending.now {
+                batch_at = None;
+                self.flush();
+            } else if self.pending.dirty && batch_at.is_none() {
                 batch_at = Some(tokio::time::Instant::now() + self.config.batch_delay);
             }
         }
@@ -367,6 +372,7 @@ impl Coordinator {
             Msg::Flush(reply) => {
                 self.pending.waiters.push(reply);
                 self.pending.dirty = true;
+                self.pending.now = true;
             }
         }
     }
@@ -669,11 +675,15 @@ impl Coordinator {
         }
         let identity = changes.values().any(|b| b & kind::IDENTITY != 0);
         let policy = if identity || recompute_all {
-            Arc::new(PolicyState::build(
+            #[allow(clippy::disallowed_methods)] // measuring only
+            let t = std::time::Instant::now();
+            let p = Arc::new(PolicyState::build(
                 self.policy.0.clone(),
                 &self.nodes,
                 &self.users,
-            ))
+            ));
+            metrics::histogram!("weft_policy_compile_seconds").record(t.elapsed().as_secs_f64());
+            p
         } else {
             old.policy.clone()
         };
@@ -732,6 +742,7 @@ impl Coordinator {
             let _ = w.send(version);
         }
         self.pending.dirty = false;
+        self.pending.now = false;
         for s in std::mem::take(&mut self.parked) {
             self.subscribe(s);
         }
