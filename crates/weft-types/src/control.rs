@@ -45,7 +45,8 @@ pub enum ClientMessage {
     HostInfo(HostInfo),
     /// Nothing to say; proves the node is still there.
     KeepAlive(KeepAlive),
-    /// Reserved for SSH check mode (a later capability version).
+    /// Ask whether an SSH login held by a `check` rule may proceed
+    /// (capability version 2).
     SshCheck(SshCheckRequest),
 }
 
@@ -59,7 +60,7 @@ pub enum ServerMessage {
     Map(MapResponse),
     /// Nothing to say; proves the server and the stream are alive.
     KeepAlive(KeepAlive),
-    /// The answer to an [`ClientMessage::SshCheck`].
+    /// An answer to a [`ClientMessage::SshCheck`] (`pending`, then final).
     SshCheck(SshCheckDecision),
     /// A fatal error: the server closes the connection after sending it.
     Error(ProtocolError),
@@ -226,18 +227,41 @@ pub struct EndpointUpdate {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// Reserved for SSH check mode (asks control whether a recent interactive
-/// login backs an SSH session); not used by capability version 1.
+/// SSH check mode: the destination node of an SSH login that a `check`
+/// rule holds asks control whether the tailnet user has re-authenticated
+/// recently enough (capability version 2; docs/PROTOCOL.md §"SSH check").
+///
+/// The node picks `check_id` (32 random lowercase hex digits) so it can show
+/// the URL `<server>/a/<check_id>` to the SSH client before control answers;
+/// control registers the check under that id, or refuses an id it already
+/// knows. The answer is one [`SshCheckDecision`] with
+/// [`SshCheckVerdict::Pending`] and later exactly one with `accept` or
+/// `reject`, or a single `accept`/`reject` when control decides at once.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SshCheckRequest {
-    /// Chosen by the node; echoed in the decision.
+    /// Chosen by the node; echoed in every decision.
     pub request_id: u64,
+    /// The node key of the asking (destination) node; control checks it
+    /// belongs to the machine that authenticated the channel.
+    pub node_key: NodePublic,
+    /// The re-authentication id the node shows as `<server>/a/<check_id>`.
+    pub check_id: String,
     /// The node the SSH connection comes from.
     pub src_node: NodeId,
-    /// The tailnet user behind it.
+    /// The tailnet user behind it, as the asking node's netmap says
+    /// (control checks it against its own records).
     pub src_user: UserId,
-    /// The local account requested.
+    /// The login name the SSH client asked for.
+    pub ssh_user: String,
+    /// The local account the session would run as.
     pub local_user: String,
+    /// The rule's `checkPeriod` in milliseconds: an approval this recent
+    /// (by the same user, for the same source node) is accepted at once, and
+    /// a new one is good for this long. 0: always ask.
+    pub check_period_ms: u64,
+    /// How long the node holds the SSH connection, in milliseconds; control
+    /// gives up (rejects) after the smaller of this and its own bound.
+    pub max_wait_ms: u64,
 }
 
 /// The answer to an [`SshCheckRequest`].
@@ -245,15 +269,23 @@ pub struct SshCheckRequest {
 pub struct SshCheckDecision {
     /// The request's id.
     pub request_id: u64,
-    /// Accept or reject.
+    /// Accept, reject, or wait.
     pub verdict: SshCheckVerdict,
 }
 
-/// Accept or reject an SSH check.
+/// What control says about an SSH check.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SshCheckVerdict {
-    /// Accept; ask again after `until`.
+    /// The user must re-authenticate at `auth_url`; a final `accept` or
+    /// `reject` follows on the same connection, at the latest at `expires`.
+    Pending {
+        /// Where the user approves (`<server>/a/<check_id>`).
+        auth_url: String,
+        /// When control gives up and rejects.
+        expires: UnixMillis,
+    },
+    /// Accept; the approval backs further logins until `until`.
     Accept {
         /// When the check must be made again.
         until: UnixMillis,
@@ -263,6 +295,19 @@ pub enum SshCheckVerdict {
         /// For people.
         message: String,
     },
+}
+
+impl SshCheckVerdict {
+    /// Returns whether this is the last decision for its request.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, SshCheckVerdict::Pending { .. })
+    }
+}
+
+/// Returns whether `id` has the form of a login or check id: 32 lowercase
+/// hex digits.
+pub fn is_auth_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A fatal error; the sender closes the connection after it.
@@ -297,4 +342,38 @@ pub enum ErrorCode {
     /// Anything else (also what newer, unknown codes decode as).
     #[serde(other)]
     Other,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_check_decisions_have_a_stable_json_shape() {
+        let pending = ServerMessage::SshCheck(SshCheckDecision {
+            request_id: 7,
+            verdict: SshCheckVerdict::Pending {
+                auth_url: "http://h/a/0123456789abcdef0123456789abcdef".into(),
+                expires: UnixMillis(5),
+            },
+        });
+        let json = serde_json::to_string(&pending).unwrap();
+        assert_eq!(
+            json,
+            r#"{"ssh_check":{"request_id":7,"verdict":{"pending":{"auth_url":"http://h/a/0123456789abcdef0123456789abcdef","expires":5}}}}"#
+        );
+        let back: ServerMessage = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, pending);
+        let accept = SshCheckVerdict::Accept { until: UnixMillis(9) };
+        assert!(accept.is_final());
+        assert!(!SshCheckVerdict::Pending { auth_url: String::new(), expires: UnixMillis(0) }.is_final());
+    }
+
+    #[test]
+    fn auth_ids_are_32_lowercase_hex_digits() {
+        assert!(is_auth_id("0123456789abcdef0123456789abcdef"));
+        assert!(!is_auth_id("0123456789ABCDEF0123456789abcdef"));
+        assert!(!is_auth_id("0123456789abcdef"));
+        assert!(!is_auth_id("../../etc/passwd0123456789abcdef0"));
+    }
 }

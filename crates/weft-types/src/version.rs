@@ -25,6 +25,11 @@ use std::fmt;
 ///   self, user profiles, DNS, relay map, packet filter, SSH policy),
 ///   `endpoints`, `host_info`, `keep_alive`; `ssh_check` is reserved and
 ///   answered with a `reject` decision.
+/// - **2** (2026-11-27): SSH check mode. `ssh_check` carries the asking node's
+///   key, a node-chosen check id, the source node and user, the login, the
+///   rule's `checkPeriod` and how long the node waits; control answers
+///   `accept` at once (a fresh approval), or `pending` with the URL and later
+///   `accept`/`reject` (approved by that user, declined, or expired).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
@@ -32,7 +37,7 @@ pub struct CapabilityVersion(pub u32);
 
 impl CapabilityVersion {
     /// The version this build speaks.
-    pub const CURRENT: CapabilityVersion = CapabilityVersion(1);
+    pub const CURRENT: CapabilityVersion = CapabilityVersion(2);
     /// The oldest client version this build's server still serves.
     pub const MIN_SUPPORTED: CapabilityVersion = CapabilityVersion(1);
 
