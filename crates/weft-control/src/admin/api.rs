@@ -5,7 +5,6 @@
 use axum::extract::{Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use http::StatusCode;
 use serde::Deserialize;
@@ -32,26 +31,51 @@ impl IntoResponse for AdminError {
 
 type R<T> = Result<Json<T>, AdminError>;
 
+/// Declares the admin routes once: [`ROUTES`] (what `docs/openapi.yaml`
+/// must document; `tests/openapi.rs` checks both directions) and the
+/// router built from exactly that list, so the two cannot drift apart.
+macro_rules! admin_routes {
+    ($($path:literal => $($method:ident($handler:ident)),+;)*) => {
+        /// Every admin route as `(METHOD, path)`, paths relative to `/api/v1`
+        /// (and to the admin socket's root) in axum's `{param}` syntax.
+        pub const ROUTES: &[(&str, &str)] = &[$($((method_name!($method), $path),)+)*];
+
+        fn route_table() -> Router<Admin> {
+            Router::new()$(.route($path, axum::routing::MethodRouter::new()$(.$method($handler))+))*
+        }
+    };
+}
+
+macro_rules! method_name {
+    (get) => { "GET" };
+    (post) => { "POST" };
+    (put) => { "PUT" };
+    (delete) => { "DELETE" };
+}
+
+admin_routes! {
+    "/users" => get(list_users), post(create_user);
+    "/users/{login}" => delete(delete_user);
+    "/preauthkeys" => get(list_keys), post(create_key);
+    "/preauthkeys/{id}/expire" => post(expire_key);
+    "/nodes" => get(list_nodes);
+    "/nodes/{id}" => get(node), delete(delete_node);
+    "/nodes/{id}/expire" => post(expire_node);
+    "/nodes/{id}/rename" => post(rename_node);
+    "/nodes/{id}/tags" => post(tag_node);
+    "/nodes/{id}/authorize" => post(authorize_node);
+    "/logins/{auth_id}/approve" => post(approve_login);
+    "/logins/{auth_id}/reject" => post(reject_login);
+    "/apikeys" => get(list_api_keys), post(create_api_key);
+    "/apikeys/{id}/expire" => post(expire_api_key);
+    "/policy" => get(get_policy), put(set_policy);
+    "/policy/check" => post(check_policy);
+    "/policy/explain" => post(explain);
+}
+
 /// Returns the admin routes (without authentication; see [`require_api_key`]).
 pub(crate) fn routes(admin: Admin) -> Router {
-    Router::new()
-        .route("/users", get(list_users).post(create_user))
-        .route("/users/{login}", axum::routing::delete(delete_user))
-        .route("/preauthkeys", get(list_keys).post(create_key))
-        .route("/preauthkeys/{id}/expire", post(expire_key))
-        .route("/nodes", get(list_nodes))
-        .route("/nodes/{id}", get(node).delete(delete_node))
-        .route("/nodes/{id}/expire", post(expire_node))
-        .route("/nodes/{id}/rename", post(rename_node))
-        .route("/nodes/{id}/tags", post(tag_node))
-        .route("/nodes/{id}/authorize", post(authorize_node))
-        .route("/logins/{auth_id}/approve", post(approve_login))
-        .route("/logins/{auth_id}/reject", post(reject_login))
-        .route("/apikeys", get(list_api_keys).post(create_api_key))
-        .route("/apikeys/{id}/expire", post(expire_api_key))
-        .route("/policy", get(get_policy).put(set_policy))
-        .route("/policy/check", post(check_policy))
-        .route("/policy/explain", post(explain))
+    route_table()
         .fallback(|| async {
             AdminError {
                 status: 404,

@@ -12,6 +12,9 @@ pub mod client;
 pub(crate) mod socket;
 pub mod types;
 
+/// Every admin route as `(METHOD, path)` under `/api/v1` (docs/openapi.yaml documents them).
+pub use api::ROUTES;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
