@@ -92,6 +92,7 @@ pub mod names;
 mod netns;
 mod prereq;
 mod process;
+pub mod tailnet;
 mod traffic;
 mod wait;
 mod wg;
