@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use weft_types::control::{
     ClientMessage, EndpointUpdate, ExpiryRequest, MapRequest, ProtocolError, Refusal, RegisterAuth,
-    RegisterRequest, RegisterResponse, Registered, ServerMessage,
+    RegisterRequest, RegisterResponse, Registered, ServerMessage, SshCheckDecision, SshCheckRequest,
 };
 use weft_types::{CapabilityVersion, DiscoPublic, Endpoint, HostInfo, NetMap, NodePublic};
 
@@ -80,6 +80,9 @@ pub enum ClientEvent {
     Refused(Refusal),
     /// The netmap changed; read it from [`ControlClient::netmap`].
     NetMap(NetMapDiff),
+    /// An answer to a check sent with [`ControlClient::send_ssh_check`];
+    /// feed it to that check's [`crate::SshCheckCall`].
+    SshCheck(SshCheckDecision),
 }
 
 /// Why the connection ended.
@@ -203,6 +206,16 @@ impl ControlClient {
         Ok(())
     }
 
+    /// Sends an SSH check (capability version 2) on this connection, in any
+    /// phase; its decisions come back as [`ClientEvent::SshCheck`].
+    ///
+    /// # Errors
+    /// [`ClientError::Channel`] on a dead connection.
+    pub fn send_ssh_check(&mut self, req: SshCheckRequest, now: Instant) -> Result<(), ClientError> {
+        self.conn.send(&ClientMessage::SshCheck(req), now)?;
+        Ok(())
+    }
+
     /// Returns bytes to write to the socket.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.conn.poll_transmit()
@@ -265,8 +278,7 @@ impl ControlClient {
                 self.events.push_back(ClientEvent::NetMap(diff));
             }
             (ServerMessage::Map(_), _) => return Err(ClientError::Unexpected("map response without a stream")),
-            // Reserved for check mode; this version never asks.
-            (ServerMessage::SshCheck(_), _) => return Err(ClientError::Unexpected("ssh check decision")),
+            (ServerMessage::SshCheck(d), _) => self.events.push_back(ClientEvent::SshCheck(d)),
         }
         Ok(())
     }

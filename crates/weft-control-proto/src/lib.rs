@@ -18,6 +18,7 @@
 //! - [`MapSession`]: full map + deltas → [`weft_types::NetMap`] + [`NetMapDiff`].
 //! - [`ControlClient`]: the node's conversation on one connection
 //!   (register, auth URL follow-up, map stream, updates) for `weftd`.
+//! - [`SshCheckCall`]: one SSH check (`check` rules) as the node sees it.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod client;
@@ -26,6 +27,7 @@ pub mod encode;
 pub mod frame;
 pub mod map_session;
 pub mod noise;
+pub mod ssh_check;
 pub mod upgrade;
 
 pub use client::{ClientError, ClientEvent, ClientParams, ControlClient};
@@ -35,4 +37,5 @@ pub use connection::{
 };
 pub use encode::{Encoded, EncodeError, FullMapParts, MapStream};
 pub use map_session::{ChangedFields, MapError, MapSession, NetMapDiff, PeerDiff};
+pub use ssh_check::{CheckError, CheckProgress, CheckResult, SshCheckCall, check_id_from};
 pub use upgrade::{UpgradeError, UpgradeHeaders, UpgradeRefused, UpgradeRequest};

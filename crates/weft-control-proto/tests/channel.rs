@@ -278,7 +278,7 @@ fn the_upgrade_request_carries_the_documented_headers() {
     let h = req.headers();
     assert_eq!(h[0], ("Upgrade", "weft-control".to_owned()));
     assert_eq!(h[1], ("Connection", "Upgrade".to_owned()));
-    assert_eq!(h[2], ("X-Weft-Capability", "1".to_owned()));
+    assert_eq!(h[2], ("X-Weft-Capability", CapabilityVersion::CURRENT.to_string()));
     assert_eq!((h[3].0, h[3].1.len()), ("X-Weft-Handshake", 128));
 }
 

@@ -223,3 +223,54 @@ fn a_reconnect_keeps_the_netmap_and_diffs_against_it() {
     assert_eq!(diff.peers.keys().copied().collect::<Vec<_>>(), vec![NodeId(3), NodeId(4)]);
     assert!(!diff.self_node && !diff.dns);
 }
+
+#[test]
+fn an_ssh_check_on_the_map_connection_comes_back_as_events_for_its_call() {
+    use weft_control_proto::{CheckProgress, CheckResult, SshCheckCall, check_id_from};
+    use weft_types::{UnixMillis, UserId};
+    let now = t0();
+    let (mut client, mut server) =
+        connect(RegisterAuth::AuthKey(AuthKey("k".into())), MapSession::new(Duration::from_secs(150), now), now);
+    exchange(&mut client, &mut server, now);
+    server.send(&registered(true), now).unwrap();
+    exchange(&mut client, &mut server, now);
+    client_events(&mut client);
+
+    let req = SshCheckRequest {
+        request_id: 11,
+        node_key: NodePrivate::from_bytes([5; 32]).public(),
+        check_id: check_id_from([7; 16]),
+        src_node: NodeId(2),
+        src_user: UserId(1),
+        ssh_user: "alice".into(),
+        local_user: "alice".into(),
+        check_period_ms: 3_600_000,
+        max_wait_ms: 60_000,
+    };
+    let mut call = SshCheckCall::new(req.clone(), now);
+    client.send_ssh_check(req.clone(), now).unwrap();
+    let got = exchange(&mut client, &mut server, now);
+    assert_eq!(got, vec![ClientMessage::SshCheck(req)]);
+
+    let url = format!("http://control/a/{}", check_id_from([7; 16]));
+    let pending = SshCheckVerdict::Pending { auth_url: url.clone(), expires: UnixMillis(60_000) };
+    server.send(&ServerMessage::SshCheck(SshCheckDecision { request_id: 11, verdict: pending }), now).unwrap();
+    let later = now + Duration::from_secs(30);
+    server
+        .send(&ServerMessage::SshCheck(SshCheckDecision { request_id: 11, verdict: SshCheckVerdict::Accept { until: UnixMillis(9) } }), later)
+        .unwrap();
+    exchange(&mut client, &mut server, later);
+    let mut progress = Vec::new();
+    for ev in client_events(&mut client) {
+        let ClientEvent::SshCheck(d) = ev else { panic!("{ev:?}") };
+        progress.push(call.handle_decision(d, later, UnixMillis(30_000)).unwrap());
+    }
+    assert_eq!(
+        progress,
+        vec![
+            CheckProgress::Pending { auth_url: url, expires: UnixMillis(60_000) },
+            CheckProgress::Done(CheckResult::Accepted { until: UnixMillis(9) }),
+        ]
+    );
+    assert!(call.is_done());
+}
