@@ -11,6 +11,7 @@
 //!   good netmap to the next connection.
 //! - [`register`] / [`map`]: one `register` exchange, or a map stream of raw
 //!   responses, for a daemon that keeps its own state machine (weftd).
+//! - [`ssh_check`]: one SSH check (`check` rules) on its own connection.
 //! - [`Channel`]: a bare authenticated connection carrying typed messages.
 //!
 //! What it is not: no key storage, no retry policy of its own, no netmap
@@ -29,6 +30,7 @@ mod error;
 pub mod http;
 mod ops;
 mod session;
+pub mod ssh_check;
 mod url;
 
 pub use channel::{Channel, ConnectOptions, Target};
@@ -36,6 +38,9 @@ pub use error::ClientError;
 pub use http::fetch_key;
 pub use ops::{Backoff, MapEvent, MapEvents, MapUpdate, map, register};
 pub use session::{Session, SessionEvent};
+pub use ssh_check::{SshCheckWait, ssh_check};
 pub use url::ControlUrl;
 /// The protocol pieces a caller of this crate needs, re-exported.
-pub use weft_control_proto::{ChannelConfig, ClientParams, MapSession, NetMapDiff, PeerDiff};
+pub use weft_control_proto::{
+    ChannelConfig, CheckProgress, CheckResult, ClientParams, MapSession, NetMapDiff, PeerDiff, check_id_from,
+};

@@ -232,6 +232,8 @@ impl Core for SessionCore {
                 },
                 None => return None,
             },
+            // A session sends no checks (see [`crate::ssh_check`]); skip.
+            ClientEvent::SshCheck(_) => return self.poll_output(),
         })
     }
 
