@@ -174,6 +174,8 @@ pub struct Backend {
     rt: Runtime,
     last_state: BackendState,
     endpoints: Vec<Endpoint>,
+    /// Our SSH host keys (set by the SSH service), published while `--ssh` is on.
+    ssh_host_keys: Vec<weft_types::node::SshHostKey>,
 }
 
 impl Backend {
@@ -199,6 +201,7 @@ impl Backend {
             rt: Runtime::default(),
             last_state: BackendState::NoState,
             endpoints: Vec::new(),
+            ssh_host_keys: Vec::new(),
         };
         b.load_profile();
         b
@@ -575,6 +578,20 @@ impl Backend {
         }
     }
 
+    /// Our SSH host keys (from the SSH service); sent to control in HostInfo
+    /// while `--ssh` is on.
+    pub fn set_ssh_host_keys(&mut self, keys: Vec<weft_types::node::SshHostKey>) {
+        if keys == self.ssh_host_keys {
+            return;
+        }
+        self.ssh_host_keys = keys;
+        if self.store.current().prefs.run_ssh
+            && let Some(s) = &self.session
+        {
+            s.send(SessionCmd::HostInfo(self.host_info()));
+        }
+    }
+
     // ---- sessions -----------------------------------------------------------
 
     /// Makes the current profile's runtime fresh, programs its key into the
@@ -650,7 +667,7 @@ impl Backend {
             os: "linux".into(),
             os_version: String::new(),
             weft_version: env!("CARGO_PKG_VERSION").into(),
-            ssh_host_keys: Vec::new(),
+            ssh_host_keys: if prefs.run_ssh { self.ssh_host_keys.clone() } else { Vec::new() },
             requested_tags: prefs.advertise_tags.iter().filter_map(|t| t.parse::<Tag>().ok()).collect(),
             shields_up: prefs.shields_up,
         }

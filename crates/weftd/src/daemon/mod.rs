@@ -10,7 +10,8 @@
 //! * [`config`], [`dataplane`], [`tunnel`], [`netlink`], [`endpoints`]: the
 //!   data plane (incremental peer programming, disco, TUN addresses, our
 //!   endpoints);
-//! * [`bus`], [`localapi`]: the LocalAPI server and its event stream.
+//! * [`bus`], [`localapi`]: the LocalAPI server and its event stream;
+//! * [`ssh`]: Weft SSH on the tailnet addresses while `--ssh` is on.
 //!
 //! Every path comes from a flag (`--state`, `--socket`, `--tun`, `--port`),
 //! so several daemons run side by side in network namespaces.
@@ -26,6 +27,7 @@ pub mod localapi;
 pub mod netlink;
 pub mod profiles;
 pub mod session;
+pub mod ssh;
 pub mod state_file;
 pub mod tunnel;
 #[cfg(test)]
@@ -145,6 +147,9 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
     let backend = Backend::new(store, control, Box::new(dp), bus::Bus::new(), info, events_tx);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let coordinator = tokio::spawn(backend.run(jobs, events_rx, stop_rx.clone()));
+    // Weft SSH; `check_hook` is where SSH check mode plugs in.
+    let ssh_opts = ssh::SshOptions { statedir: args.statedir.clone(), port: ssh::SSH_PORT, check_hook: None };
+    let ssh_service = ssh::spawn(handle.clone(), ssh_opts, stop_rx.clone());
 
     let router = localapi::router(handle.clone(), localapi::root_or(operator_uid), stop_rx.clone());
     let mut stop_wait = stop_rx;
@@ -176,6 +181,7 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
         server.abort();
     }
     drop(handle);
+    let _ = tokio::time::timeout(localapi::SHUTDOWN_GRACE * 2, ssh_service).await;
     let _ = coordinator.await;
     if outcome.is_ok() {
         tracing::info!("stopped");
