@@ -327,7 +327,7 @@ impl<'lab> Tailnet<'lab> {
                 .copied()
                 .filter(|n| *n != node.name())
                 .collect();
-            node.wait_peers(&others, Duration::from_secs(30))?;
+            node.wait_peers_online(&others, Duration::from_secs(30))?;
         }
         Ok(nodes)
     }
@@ -986,6 +986,29 @@ impl Node {
         want.sort();
         self.wait_status(timeout, &format!("peers {want:?}"), |v| {
             peer_hostnames(v) == want
+        })
+    }
+
+    /// Waits until `status --json` lists exactly the peers `names`, each online at control
+    /// (so its disco key and endpoints are known: `weft ping` and direct paths work).
+    ///
+    /// # Errors
+    /// [`LabError::Timeout`].
+    pub fn wait_peers_online(
+        &self,
+        names: &[&str],
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let mut want: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        want.sort();
+        self.wait_status(timeout, &format!("peers {want:?} online"), |v| {
+            peer_hostnames(v) == want
+                && want.iter().all(|n| {
+                    peer(v, n).is_some_and(|p| {
+                        p["online"] == true
+                            && p["endpoints"].as_array().is_some_and(|e| !e.is_empty())
+                    })
+                })
         })
     }
 
