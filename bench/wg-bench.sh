@@ -93,9 +93,16 @@ WEFTD=$(cd "$(dirname "$WEFTD")" && pwd)/$(basename "$WEFTD")
     echo "wireguard-go: $(${WIREGUARD_GO:-wireguard-go} --version 2>/dev/null | head -1)"
     echo "iperf3: $(iperf3 --version | head -1)"
     echo "runs: n=$REPS t=${DUR}s tests=$TESTS"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/versions.txt" >&2
 
 # ------------------------------------------------------------------ 2. measure
+# Namespace names unique to this run (the project's lab rule); lab/bench-wg.sh removes them on
+# exit, and one bench per machine runs at a time (its lock), so the interface names can be fixed.
+export LAB_NS_A=${LAB_NS_A:-wgb$$-a} LAB_NS_B=${LAB_NS_B:-wgb$$-b}
+# Also tear them down here: a bench-wg.sh killed from outside cannot run its own cleanup.
+trap '"$LAB/netns-pair.sh" down >/dev/null 2>&1 || true' EXIT
+trap 'exit 130' INT TERM
 export WG_CUSTOM_CMD="$WEFTD wg {if}"
 unset WG_CUSTOM_CMD_B
 CONFIGS=("veth raw" "wireguard-go wireguard-go" "weftd custom")
@@ -103,12 +110,14 @@ if ((CROSS)); then
     CONFIGS+=("weftd>wireguard-go custom wireguard-go" "wireguard-go>weftd wireguard-go custom")
 fi
 : >"$OUT/summary.txt"
+: >"$OUT/load.txt"
 for c in "${CONFIGS[@]}"; do
     read -r label impls <<<"$c"
     n=$REPS
     [[ $label == *">"* ]] && n=1
     dir=$OUT/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"$label")
     log "== $label"
+    echo "$label $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/load.txt"
     # One bench per machine (lab/bench-wg.sh holds /run/lab-bench.lock while it runs): when
     # someone else's bench is on, wait for the lock and try again rather than fail.
     for attempt in 1 2 3 4 5; do
@@ -170,6 +179,12 @@ END {
     print "CPU: % of one core (100 = one core; the host has " NCPU " cores). Tunnel daemons = both sides summed; veth has none."
     if (disturbed) print "Disturbed: runs during which other processes used a lot of CPU even after 3 attempts (see runs.tsv in the config directories); their numbers are not trustworthy."
 }' NCPU="$(nproc)" "$OUT/summary.txt" | tee "$OUT/table.md"
+{
+    echo
+    printf 'Load average (1 / 5 / 15 min, `uptime`) when each config started:'
+    awk '{ printf " %s %s / %s / %s;", $1, $2, $3, $4 }' "$OUT/load.txt"
+    echo " after the run: $(cut -d' ' -f1-3 /proc/loadavg | sed 's# # / #g')."
+} | tee -a "$OUT/table.md"
 log "results: $OUT (table.md, table-full.md, summary.txt, per-config logs)"
 if grep -q ' FAILED' "$OUT/summary.txt"; then
     exit 1

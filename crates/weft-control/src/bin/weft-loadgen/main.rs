@@ -76,6 +76,10 @@ struct Args {
     /// The weft-control binary (default: next to this one).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// The server's database (`postgres://…`; default: SQLite in a temporary state directory).
+    /// The database should be empty: the run creates users `u0@loadgen.test`….
+    #[arg(long)]
+    db_url: Option<String>,
     /// Upper bound for each phase, seconds.
     #[arg(long, default_value_t = 1800)]
     phase_timeout: u64,
@@ -179,8 +183,13 @@ async fn main() -> anyhow::Result<()> {
     let admin = AdminClient::new(AdminTarget::Socket(server.dir.path().join("admin.sock")));
     let server_key = weft_client::fetch_key(&url, Duration::from_secs(10)).await?.public_key;
     println!(
-        "weft-loadgen: {n} nodes, {users} user(s), {} rounds, policy rules {}, batch delay {}, server {} (pid {})",
-        args.rounds, args.policy_rules, args.batch_delay, server.url, server.pid
+        "weft-loadgen: {n} nodes, {users} user(s), {} rounds, policy rules {}, batch delay {}, database {}, server {} (pid {})",
+        args.rounds,
+        args.policy_rules,
+        args.batch_delay,
+        if args.db_url.is_some() { "PostgreSQL (--db-url)" } else { "SQLite" },
+        server.url,
+        server.pid
     );
     let mut report = Report { phases: Vec::new(), lines: Vec::new() };
 
@@ -587,9 +596,13 @@ async fn start_server(args: &Args) -> anyhow::Result<ServerProc> {
         l.local_addr()?.port()
     };
     let log = std::fs::File::create(dir.path().join("server.log"))?;
-    let child = std::process::Command::new(&bin)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--batch-delay", &args.batch_delay, "--state-dir"])
-        .arg(dir.path())
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--batch-delay", &args.batch_delay, "--state-dir"])
+        .arg(dir.path());
+    if let Some(db) = &args.db_url {
+        cmd.args(["--db-url", db]);
+    }
+    let child = cmd
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(log)
