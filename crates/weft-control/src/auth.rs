@@ -44,6 +44,14 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug + 'static {
     /// Renders the page at `/a/<auth-id>`.
     fn login_page(&self, login: &LoginContext<'_>) -> LoginPage;
 
+    /// Renders the page at `/a/<check-id>` for a pending SSH check (who must
+    /// approve what). The default shows the approval command; an
+    /// authenticator with its own login completes the check through
+    /// [`crate::admin::Admin::approve_login`] as the user who logged in.
+    fn check_page(&self, check_id: &str, check: &crate::check::CheckInfo, now: UnixMillis) -> LoginPage {
+        crate::check::default_page(check_id, check, now)
+    }
+
     /// Routes of the authenticator's own (e.g. an OIDC callback), mounted
     /// under `/login/<name>/`; they complete logins through the admin
     /// service they are given.

@@ -26,6 +26,8 @@ pub(crate) struct Ctx {
     pub server_key: MachinePrivate,
     pub coord: CoordHandle,
     pub logins: Logins,
+    /// SSH checks waiting for approval, and recent approvals.
+    pub checks: crate::check::Checks,
     pub clock: Arc<dyn Clock>,
     /// Bounds how many full maps are built and written at once.
     pub full_maps: Semaphore,

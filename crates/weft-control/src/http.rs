@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /key` | the server's Noise key (docs/PROTOCOL.md §3) |
 //! | `POST /control` | the control channel upgrade (§4) |
-//! | `GET /a/{auth_id}` | the login page ([`crate::auth`]) |
+//! | `GET /a/{auth_id}` | the login page ([`crate::auth`]), or an SSH check's ([`crate::check`]) |
 //! | `/login/{authenticator}/…` | the authenticator's own routes, if any |
 //! | `/api/v1/…` | the admin API with an API key ([`crate::admin`]) |
 //! | `GET /metrics` | Prometheus metrics |
@@ -89,6 +89,13 @@ async fn login_page(State(ctx): State<Arc<Ctx>>, Path(auth_id): Path<String>) ->
     } else {
         None
     };
+    if request.is_none()
+        && let Some(check) = ctx.checks.info(&auth_id)
+    {
+        let page = ctx.config.authenticator.check_page(&auth_id, &check, ctx.clock.now());
+        let status = http::StatusCode::from_u16(page.status).unwrap_or(http::StatusCode::OK);
+        return (status, Html(page.html)).into_response();
+    }
     let page = ctx.config.authenticator.login_page(&LoginContext {
         auth_id: &auth_id,
         request: request.as_ref(),

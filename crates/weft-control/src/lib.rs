@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod check;
 pub mod clock;
 pub mod config;
 mod control;
@@ -197,6 +198,7 @@ impl Server {
             server_key,
             coord,
             logins: Logins::default(),
+            checks: crate::check::Checks::default(),
             clock: clock.clone(),
             stop: stop.clone(),
             tasks: TaskTracker::new(),

@@ -291,13 +291,27 @@ impl Admin {
         self.view_one(&n).await
     }
 
-    /// Approves an interactive login: registers its node for `user`.
+    /// Approves an interactive login: registers its node for `user`. If
+    /// `auth_id` is a pending SSH check ([`crate::check`]), approves that
+    /// instead (only as the user it is for) and returns its source node.
     ///
     /// # Errors
-    /// `not_found` (login or user), `expired`, `conflict` if already decided.
+    /// `not_found` (login or user), `expired`, `conflict` if already decided,
+    /// `forbidden` for an SSH check of another user.
     pub async fn approve_login(&self, auth_id: &str, user: &str) -> Result<NodeView, AdminError> {
         let user = self.ctx.store.user_by_login(user).await?;
         let now = self.now();
+        if let Some(r) = self.ctx.checks.approve(auth_id, user.id, user.login_name.as_ref(), now) {
+            return match r {
+                Ok(src) => self.node(src.0).await,
+                Err(e @ crate::check::ApproveError::WrongUser { .. }) => {
+                    Err(AdminError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()))
+                }
+                Err(e @ crate::check::ApproveError::Expired) => {
+                    Err(AdminError::new(StatusCode::GONE, "expired", e.to_string()))
+                }
+            };
+        }
         let wish = self.ctx.logins.wish(auth_id);
         let requested: BTreeSet<Tag> = wish.requested_tags.clone();
         if !requested.is_empty() {
@@ -342,6 +356,9 @@ impl Admin {
     /// # Errors
     /// `not_found`, `expired`, `conflict` if already decided.
     pub async fn reject_login(&self, auth_id: &str) -> Result<(), AdminError> {
+        if self.ctx.checks.reject(auth_id) {
+            return Ok(());
+        }
         self.ctx.store.reject_auth_request(auth_id, self.now()).await?;
         self.ctx.logins.decided(auth_id);
         Ok(())

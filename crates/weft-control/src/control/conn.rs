@@ -22,6 +22,8 @@ use weft_types::control::{
     ClientMessage, ErrorCode, MapRequest, ProtocolError, RegisterResponse, ServerMessage,
     SshCheckDecision, SshCheckVerdict,
 };
+
+use crate::check;
 use weft_types::{MachinePublic, NodeId};
 
 use crate::ctx::Ctx;
@@ -33,6 +35,9 @@ use crate::state::queue::{Item, StreamQueue};
 const MAX_ENDPOINTS: usize = 64;
 
 type PendingRegister = Pin<Box<dyn Future<Output = RegisterResponse> + Send>>;
+
+/// An SSH check waiting for its user: the request id and the final verdict.
+type PendingCheck = (u64, Pin<Box<dyn Future<Output = SshCheckVerdict> + Send>>);
 
 /// An open map stream on this connection.
 struct ActiveStream {
@@ -60,6 +65,8 @@ struct Conn<IO> {
     machine_key: MachinePublic,
     remote: String,
     register: Option<PendingRegister>,
+    /// At most one SSH check waits per connection (weftd opens one each).
+    check: Option<PendingCheck>,
     stream: Option<ActiveStream>,
     /// A final error was sent; close once it is written.
     closing: bool,
@@ -78,6 +85,7 @@ where
         machine_key: accepted.machine_key,
         remote,
         register: None,
+        check: None,
         stream: None,
         closing: false,
     };
@@ -140,6 +148,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                 resp = wait_register(&mut self.register) => {
                     self.register = None;
                     if let Err(e) = self.conn.send(&ServerMessage::Register(resp), crate::now()) {
+                        return channel_failure(&e);
+                    }
+                }
+                (request_id, verdict) = wait_check(&mut self.check) => {
+                    self.check = None;
+                    let d = SshCheckDecision { request_id, verdict };
+                    if let Err(e) = self.conn.send(&ServerMessage::SshCheck(d), crate::now()) {
                         return channel_failure(&e);
                     }
                 }
@@ -228,13 +243,27 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             }
             ClientMessage::KeepAlive(_) => {}
             ClientMessage::SshCheck(r) => {
-                let decision = SshCheckDecision {
-                    request_id: r.request_id,
-                    verdict: SshCheckVerdict::Reject {
-                        message: "SSH check mode is not supported by this control server yet".into(),
-                    },
+                let request_id = r.request_id;
+                let verdict = if self.check.is_some() {
+                    SshCheckVerdict::Reject {
+                        message: "another SSH check is waiting on this connection; open one per check".into(),
+                    }
+                } else {
+                    match check::start(self.ctx.clone(), self.machine_key, r).await {
+                        check::Start::Now(v) => v,
+                        check::Start::Wait(pending, rest) => {
+                            self.check = Some((request_id, rest));
+                            pending
+                        }
+                    }
                 };
-                let _ = self.conn.send(&ServerMessage::SshCheck(decision), crate::now());
+                let outcome = match &verdict {
+                    SshCheckVerdict::Pending { .. } => "pending",
+                    SshCheckVerdict::Accept { .. } => "accepted",
+                    SshCheckVerdict::Reject { .. } => "rejected",
+                };
+                metrics::counter!("weft_ssh_checks_total", "first_answer" => outcome).increment(1);
+                let _ = self.conn.send(&ServerMessage::SshCheck(SshCheckDecision { request_id, verdict }), crate::now());
             }
         }
     }
@@ -383,6 +412,13 @@ fn channel_failure(e: &ChannelError) -> Stop {
 async fn wait_register(r: &mut Option<PendingRegister>) -> RegisterResponse {
     match r {
         Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_check(c: &mut Option<PendingCheck>) -> (u64, SshCheckVerdict) {
+    match c {
+        Some((id, f)) => (*id, f.await),
         None => std::future::pending().await,
     }
 }
