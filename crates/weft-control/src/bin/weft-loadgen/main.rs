@@ -286,6 +286,17 @@ async fn main() -> anyhow::Result<()> {
         opened_at[i] = t;
     }
     let connected = start.elapsed();
+    // Keep-alives from now on, so the server never times a node out (it drops a node silent
+    // for 150 s, and with thousands of nodes the initial maps alone can take longer than that).
+    let ka_senders: Vec<Arc<Mutex<Sender>>> = senders.iter().flatten().cloned().collect();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            for s in &ka_senders {
+                let _ = lean::keep_alive(s).await;
+            }
+        }
+    });
     let mut got_full = vec![false; n];
     let mut full_lat = Vec::with_capacity(n);
     let mut last_full = start;
@@ -314,17 +325,6 @@ async fn main() -> anyhow::Result<()> {
         ms(quantile(&full_lat, 0.99)),
         watch.bytes.load(Ordering::Relaxed) as f64 / 1e9
     ));
-
-    // Keep-alives, so the server never times a node out.
-    let ka_senders: Vec<Arc<Mutex<Sender>>> = senders.iter().flatten().cloned().collect();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(50)).await;
-            for s in &ka_senders {
-                let _ = lean::keep_alive(s).await;
-            }
-        }
-    });
 
     let before = usage_pair(&server);
     let start = now();
