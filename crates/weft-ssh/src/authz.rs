@@ -164,6 +164,10 @@ pub struct CheckRequest {
     pub ssh_user: String,
     /// The local account the session would run as.
     pub local_user: String,
+    /// The rule's `checkPeriod` (zero: every login asks): control accepts at
+    /// once if the user approved this recently, and remembers a new approval
+    /// this long.
+    pub period: Duration,
 }
 
 /// The final answer to a held login.

@@ -23,7 +23,7 @@ pub(super) enum Kbd {
 pub(super) enum Verdict {
     Allow { user: Arc<LocalUser>, grant: Grant },
     Refuse(String),
-    Hold { user: Arc<LocalUser>, grant: Grant },
+    Hold { user: Arc<LocalUser>, grant: Grant, period: std::time::Duration },
 }
 
 impl ConnHandler {
@@ -141,6 +141,6 @@ async fn decide(
         Some(p) if shared.approval_fresh(&peer.node_id, ssh_user, p, instant) => {
             Verdict::Allow { user, grant }
         }
-        Some(_) => Verdict::Hold { user, grant },
+        Some(period) => Verdict::Hold { user, grant, period },
     }
 }

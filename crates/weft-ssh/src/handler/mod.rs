@@ -174,7 +174,7 @@ impl Handler for ConnHandler {
             return Ok(match self.decide(user).await {
                 Verdict::Allow { user: local, grant } => self.accept_login(user, local, grant),
                 Verdict::Refuse(msg) => self.refuse(&msg),
-                Verdict::Hold { user: local, grant } => {
+                Verdict::Hold { user: local, grant, period } => {
                     let Some(peer) = self.identity.clone() else {
                         return Ok(self.refuse("unknown peer"));
                     };
@@ -182,6 +182,7 @@ impl Handler for ConnHandler {
                         peer,
                         ssh_user: user.to_owned(),
                         local_user: local.name.clone(),
+                        period,
                     });
                     let url = pending.url.clone();
                     self.kbd = Kbd::Checking {
