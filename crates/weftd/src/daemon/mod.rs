@@ -28,6 +28,7 @@ pub mod netlink;
 pub mod profiles;
 pub mod session;
 pub mod ssh;
+pub mod ssh_check;
 pub mod state_file;
 pub mod tunnel;
 #[cfg(test)]
@@ -147,8 +148,13 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
     let backend = Backend::new(store, control, Box::new(dp), bus::Bus::new(), info, events_tx);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let coordinator = tokio::spawn(backend.run(jobs, events_rx, stop_rx.clone()));
-    // Weft SSH; `check_hook` is where SSH check mode plugs in.
-    let ssh_opts = ssh::SshOptions { statedir: args.statedir.clone(), port: ssh::SSH_PORT, check_hook: None };
+    // Weft SSH; `check` rules ask control through the check hook.
+    let check_hook = ssh_check::ControlCheckHook::spawn(handle.clone(), ssh_check::max_wait_from_env(), stop_rx.clone());
+    let ssh_opts = ssh::SshOptions {
+        statedir: args.statedir.clone(),
+        port: ssh::SSH_PORT,
+        check_hook: Some(Arc::new(check_hook)),
+    };
     let ssh_service = ssh::spawn(handle.clone(), ssh_opts, stop_rx.clone());
 
     let router = localapi::router(handle.clone(), localapi::root_or(operator_uid), stop_rx.clone());
