@@ -182,6 +182,14 @@ fn host_keys(status: &serde_json::Value, name: &str) -> usize {
     peer(status, name).and_then(|p| p["ssh_host_keys"].as_array()).map_or(0, Vec::len)
 }
 
+/// The local addresses of TCP listeners on port 22 in `node`'s namespace, sorted.
+fn ssh_listeners(node: &Node) -> anyhow::Result<Vec<String>> {
+    let out = node.netns().exec("ss", ["-Hltn", "sport = :22"])?;
+    let mut v: Vec<String> = out.stdout.lines().filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned)).collect();
+    v.sort();
+    Ok(v)
+}
+
 fn wait_ssh_ready(net: &Net<'_>) -> anyhow::Result<()> {
     net.a.wait_status(SECS(30), "b's SSH host keys (ed25519 + ecdsa)", |v| host_keys(v, "b") >= 2)?;
     net.b.netns().wait_tcp_listen(22, SECS(20))?;
@@ -333,6 +341,14 @@ fn weft_ssh_logs_in_with_no_keys_and_strict_host_keys_from_the_netmap() -> anyho
                 ensure!(text.lines().any(|l| l.starts_with(host) && l.contains("ecdsa-sha2-nistp256")), "{host}: {text}");
             }
             ensure!(!client.path(".ssh").exists(), "the client has a ~/.ssh");
+
+            // Over IPv6 too (b listens on both of its tailnet addresses, and on nothing else).
+            let b6 = net.b.weft_ok(["ip", "-6"])?.stdout.trim().to_owned();
+            let out = weft_ssh(&net, &client, &[&format!("{}@{b6}", target.name), "id -un"])?;
+            ok(&out, "weft ssh over IPv6")?;
+            ensure!(out.stdout.trim() == target.name, "{out:?}");
+            let listeners = ssh_listeners(&net.b)?;
+            ensure!(listeners == [format!("{}:22", net.b_ip), format!("[{b6}]:22")], "{listeners:?}");
 
             // Plain ssh with the same file works; with an empty one strict checking refuses.
             let out = ssh(&net, &client, &target.name, &[], &["id -un"])?;
@@ -647,6 +663,10 @@ fn garbage_long_names_and_channel_floods_hit_limits_and_ssh_off_closes_the_port(
             net.b.weft_ok(["set", "--ssh"])?;
             wait_ssh_ready(&net)?;
             ok(&ssh(&net, &client, t, &[], &["true"])?, "ssh after --ssh on again")?;
+
+            // `weft down` stops the server too (the listeners go, not just the tunnel).
+            net.b.weft_ok(["down"])?;
+            wait_until(SECS(20), "b's SSH listeners to go after down", || Ok(ssh_listeners(&net.b)?.is_empty()))?;
             Ok(())
         },
         || net.report(),
