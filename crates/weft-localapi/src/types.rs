@@ -264,6 +264,12 @@ pub struct FilterStatus {
     pub dropped: u64,
     /// Inbound packets dropped, by reason (`not_allowed`, `malformed`, …).
     pub dropped_by_reason: BTreeMap<String, u64>,
+    /// Flows tracked now (connections this node opened or admitted).
+    #[serde(default)]
+    pub flows: u64,
+    /// Flows peers opened that a policy change or shields-up cut since start.
+    #[serde(default)]
+    pub flows_revoked: u64,
 }
 
 /// A login profile, as `switch --list` shows it.

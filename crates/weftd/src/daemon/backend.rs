@@ -215,6 +215,7 @@ impl Backend {
         mut events: mpsc::UnboundedReceiver<(u64, SessionEvent)>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        self.dp.set_shields_up(self.store.current().prefs.shields_up);
         self.publish_state(false);
         loop {
             tokio::select! {
@@ -225,6 +226,7 @@ impl Backend {
                 _ = stop.wait_for(|s| *s) => break,
                 Some((generation, event)) = events.recv() => self.on_session(generation, event),
             }
+            self.dp.set_shields_up(self.store.current().prefs.shields_up);
             self.publish_state(false);
         }
         self.session = None;

@@ -14,6 +14,7 @@ use weft_types::{DiscoPublic, NetMap, NodePrivate, NodePublic, UnixMillis};
 use weft_wg::DeviceUpdate;
 
 use super::config::{Configurator, Plan};
+use super::filter::NodeFilter;
 use super::netlink::AddrChange;
 use super::tunnel::TailnetTunnel;
 
@@ -43,6 +44,15 @@ pub trait DataPlane: Send + 'static {
     fn disco_key(&self) -> DiscoPublic;
     /// Returns how many inbound packets the filter dropped.
     fn filtered(&self) -> u64;
+    /// Raises or lowers shields. The coordinator calls it after every step
+    /// with the current prefs, so it must be cheap when nothing changes.
+    fn set_shields_up(&mut self, _up: bool) {}
+    /// Returns the inbound filter's counters, if this data plane has one.
+    fn filter_stats(&self) -> Option<weft_filter::FilterStats> {
+        None
+    }
+    /// Appends the data plane's metrics in Prometheus' text format.
+    fn metrics(&self, _out: &mut String) {}
     /// Returns why the data plane stopped, if it did.
     fn failure(&self) -> Option<String>;
 }
@@ -61,15 +71,21 @@ pub fn unix_now() -> UnixMillis {
 /// The real data plane.
 pub struct EngineDataPlane {
     tunnel: Arc<TailnetTunnel>,
+    filter: Arc<NodeFilter>,
     engine: Engine<TailnetTunnel>,
     config: Configurator,
     os: mpsc::UnboundedSender<AddrChange>,
 }
 
 impl EngineDataPlane {
-    /// Joins a started engine with the netlink worker's queue.
+    /// Joins a started engine with the netlink worker's queue, and puts the
+    /// inbound filter into the tunnel (nothing comes in until a netmap).
     pub fn new(tunnel: Arc<TailnetTunnel>, engine: Engine<TailnetTunnel>, os: mpsc::UnboundedSender<AddrChange>) -> Self {
-        Self { tunnel, engine, config: Configurator::new(), os }
+        let filter = Arc::new(NodeFilter::new(rand::random()));
+        if !tunnel.set_hooks(Arc::clone(&filter) as Arc<dyn super::tunnel::PacketHooks>) {
+            tracing::warn!("The tunnel already had packet hooks; the filter is not in the data path");
+        }
+        Self { tunnel, filter, engine, config: Configurator::new(), os }
     }
 
     fn apply(&mut self, plan: Plan) {
@@ -111,11 +127,13 @@ impl DataPlane for EngineDataPlane {
     }
 
     fn apply_netmap(&mut self, nm: &NetMap) {
+        self.filter.apply_netmap(nm);
         let plan = self.config.plan(nm, unix_now());
         self.apply(plan);
     }
 
     fn clear(&mut self) {
+        self.filter.clear();
         let plan = self.config.clear();
         self.apply(plan);
     }
@@ -144,6 +162,18 @@ impl DataPlane for EngineDataPlane {
 
     fn filtered(&self) -> u64 {
         self.tunnel.filtered()
+    }
+
+    fn set_shields_up(&mut self, up: bool) {
+        self.filter.set_shields_up(up);
+    }
+
+    fn filter_stats(&self) -> Option<weft_filter::FilterStats> {
+        Some(self.filter.stats())
+    }
+
+    fn metrics(&self, out: &mut String) {
+        super::filter::render_metrics(out, &self.filter.stats(), &self.tunnel.counters(), &self.engine.stats());
     }
 
     fn failure(&self) -> Option<String> {

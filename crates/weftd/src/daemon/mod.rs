@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod endpoints;
+pub mod filter;
 pub mod localapi;
 pub mod netlink;
 pub mod profiles;

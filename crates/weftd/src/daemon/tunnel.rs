@@ -8,7 +8,8 @@
 //! * Send: every packet read from TUN is shown to
 //!   [`PacketHooks::note_outbound`] (the stateful filter tracks flows there)
 //!   before it is sealed.
-//! * Timers: WireGuard's, then disco's; pings asked for from outside (the
+//! * Timers: WireGuard's, then disco's, then the hooks' (the filter sweeps
+//!   expired flows there); pings asked for from outside (the
 //!   LocalAPI) are built here, so their round-trip time starts when the
 //!   datagram really leaves (the engine has no way to send outside its
 //!   threads yet; see `/work/notes/engine-requests.md`).
@@ -16,12 +17,15 @@
 //!   peer only.
 //!
 //! Locks: `disco` is taken on its own, never while the device runs a
-//! callback; `pings` only after `disco` is released.
+//! callback; `pings` only after `disco` is released. The per-packet path
+//! takes none of them: the hooks sit in a `OnceLock` (set once, read with
+//! one atomic load) and the packet counters are relaxed atomics, the tx
+//! ones and the rx ones on separate cache lines (one thread writes each).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -30,24 +34,44 @@ use weft_net::Tunnel;
 use weft_types::{DiscoPublic, NodePublic};
 use weft_wg::{Decapsulated, Device, DeviceUpdate, Encapsulated, PeerUpdate};
 
-/// Where the packet filter plugs in. The default lets everything through.
+/// Where the packet filter plugs in ([`super::filter::NodeFilter`]). A tunnel
+/// without hooks lets everything through.
 pub trait PacketHooks: Send + Sync + 'static {
     /// Returns whether a decrypted packet from a peer may reach TUN.
     fn inbound_allowed(&self, packet: &[u8], now: Instant) -> bool;
     /// Sees each packet from TUN before it is sealed (to track flows, so
     /// replies to our own connections pass `inbound_allowed`).
     fn note_outbound(&self, packet: &[u8], now: Instant);
+    /// Runs on the engine's timer thread every tick.
+    fn handle_timeout(&self, _now: Instant) {}
 }
 
-/// Lets every packet through (until the stateful filter lands).
-#[derive(Debug, Default)]
-pub struct AllowAll;
+/// IP packets and bytes through the tunnel, as [`TailnetTunnel::counters`]
+/// reads them: tx = read from TUN (before sealing), rx = written to TUN
+/// (after decryption and the filter).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelCounters {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
 
-impl PacketHooks for AllowAll {
-    fn inbound_allowed(&self, _packet: &[u8], _now: Instant) -> bool {
-        true
+/// One direction's counters, alone on its cache line: the tx thread and the
+/// rx thread never write the same line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Traffic {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    filtered: AtomicU64,
+}
+
+impl Traffic {
+    fn add(&self, len: usize) {
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
     }
-    fn note_outbound(&self, _packet: &[u8], _now: Instant) {}
 }
 
 /// WireGuard + disco for the engine.
@@ -55,8 +79,10 @@ pub struct TailnetTunnel {
     device: Arc<Device>,
     disco: Mutex<Disco>,
     pings: Mutex<BTreeMap<PingId, oneshot::Sender<PingOutcome>>>,
-    hooks: RwLock<Arc<dyn PacketHooks>>,
-    filtered: AtomicU64,
+    /// Unset: everything passes.
+    hooks: OnceLock<Arc<dyn PacketHooks>>,
+    tx: Traffic,
+    rx: Traffic,
 }
 
 impl TailnetTunnel {
@@ -66,8 +92,9 @@ impl TailnetTunnel {
             device,
             disco: Mutex::new(disco),
             pings: Mutex::new(BTreeMap::new()),
-            hooks: RwLock::new(Arc::new(AllowAll)),
-            filtered: AtomicU64::new(0),
+            hooks: OnceLock::new(),
+            tx: Traffic::default(),
+            rx: Traffic::default(),
         }
     }
 
@@ -76,16 +103,28 @@ impl TailnetTunnel {
         &self.device
     }
 
-    /// Replaces the packet hooks (the filter). Wired when the stateful
-    /// filter lands; shields-up and the netmap's packet filter go there.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub fn set_hooks(&self, hooks: Arc<dyn PacketHooks>) {
-        *self.hooks.write().unwrap_or_else(PoisonError::into_inner) = hooks;
+    /// Installs the packet hooks (the filter, see [`super::filter`]), once;
+    /// until then every packet passes. Returns `false` (and changes nothing)
+    /// if hooks were installed already: the filter's policy changes through
+    /// the filter itself, never by swapping it.
+    pub fn set_hooks(&self, hooks: Arc<dyn PacketHooks>) -> bool {
+        self.hooks.set(hooks).is_ok()
     }
 
     /// Returns how many inbound packets the hooks refused.
     pub fn filtered(&self) -> u64 {
-        self.filtered.load(Ordering::Relaxed)
+        self.rx.filtered.load(Ordering::Relaxed)
+    }
+
+    /// Returns the packets and bytes through the tunnel so far.
+    pub fn counters(&self) -> TunnelCounters {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TunnelCounters {
+            tx_packets: l(&self.tx.packets),
+            tx_bytes: l(&self.tx.bytes),
+            rx_packets: l(&self.rx.packets),
+            rx_bytes: l(&self.rx.bytes),
+        }
     }
 
     /// Returns our disco public key.
@@ -182,7 +221,10 @@ impl Tunnel for TailnetTunnel {
         now: Instant,
         send: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Encapsulated<'o> {
-        self.hooks.read().unwrap_or_else(PoisonError::into_inner).note_outbound(packet, now);
+        if let Some(hooks) = self.hooks.get() {
+            hooks.note_outbound(packet, now);
+        }
+        self.tx.add(packet.len());
         self.device.encapsulate(packet, out, now, send)
     }
 
@@ -201,10 +243,11 @@ impl Tunnel for TailnetTunnel {
         }
         match self.device.decapsulate(from, datagram, out, now, send) {
             Decapsulated::ToTunnel(p) => {
-                if self.hooks.read().unwrap_or_else(PoisonError::into_inner).inbound_allowed(p, now) {
+                if self.hooks.get().is_none_or(|h| h.inbound_allowed(p, now)) {
+                    self.rx.add(p.len());
                     Decapsulated::ToTunnel(p)
                 } else {
-                    self.filtered.fetch_add(1, Ordering::Relaxed);
+                    self.rx.filtered.fetch_add(1, Ordering::Relaxed);
                     Decapsulated::Done
                 }
             }
@@ -216,6 +259,9 @@ impl Tunnel for TailnetTunnel {
         self.device.handle_timeout(now, send);
         self.disco().handle_timeout(now);
         self.drain(now, send);
+        if let Some(hooks) = self.hooks.get() {
+            hooks.handle_timeout(now);
+        }
     }
 }
 
@@ -293,7 +339,8 @@ mod tests {
         assert_eq!(at_b, 1);
 
         // With a filter that refuses everything, b drops it and counts it.
-        b.set_hooks(Arc::new(DenyAll));
+        assert!(b.set_hooks(Arc::new(DenyAll)));
+        assert!(!b.set_hooks(Arc::new(DenyAll)), "hooks are installed once");
         let mut queue = Vec::new();
         if let Encapsulated::Send { to, datagram } = a.encapsulate(&packet, &mut out, now, &mut |to, d| queue.push((aa, to, d.to_vec()))) {
             queue.push((aa, to, datagram.to_vec()));
@@ -301,6 +348,9 @@ mod tests {
         let (_, at_b) = pump(&a, &b, aa, ba, queue, now);
         assert_eq!(at_b, 0);
         assert_eq!(b.filtered(), 1);
+        let c = b.counters();
+        assert_eq!((c.rx_packets, c.rx_bytes), (1, packet.len() as u64), "only the packet that passed");
+        assert_eq!((a.counters().tx_packets, a.counters().tx_bytes), (2, 2 * packet.len() as u64));
     }
 
     #[test]

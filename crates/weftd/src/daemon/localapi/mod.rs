@@ -116,6 +116,7 @@ pub fn router(handle: Handle, authorize: Authorizer, stopping: tokio::sync::watc
         .route("/whois", get(whois_h))
         .route("/watch", get(watch_h))
         .route("/debug/prefs", get(debug_prefs_h))
+        .route("/metrics", get(metrics_h))
         .fallback(|req: Request| async move {
             ApiError::not_found(format!("no such LocalAPI route: {} {}", req.method(), req.uri().path()))
         })
@@ -258,6 +259,17 @@ async fn whois_h(State(st): State<AppState>, Query(query): Query<WhoisQuery>) ->
     let w = st.handle.call(move |b| status::whois(b, ip, wall_now())).await?;
     let w = w.ok_or_else(|| ApiError::not_found(format!("no node in the tailnet has the address {ip}")))?;
     Ok(Json(w).into_response())
+}
+
+/// `GET metrics`: Prometheus text (filter drops, tunnel packets and bytes).
+async fn metrics_h(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let text = st.handle.call(|b| {
+        let mut out = String::new();
+        b.data_plane().metrics(&mut out);
+        out
+    });
+    let headers = [(axum::http::header::CONTENT_TYPE, crate::daemon::filter::METRICS_CONTENT_TYPE)];
+    Ok((headers, text.await?).into_response())
 }
 
 async fn debug_prefs_h(State(st): State<AppState>) -> Result<Response, ApiError> {

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use weft_localapi::{FilterStatus, PeerStatus, Status, TailnetInfo, WhoIs};
+use weft_localapi::{PeerStatus, Status, TailnetInfo, WhoIs};
 use weft_types::{NetMap, Node, NodeOwner};
 
 use crate::daemon::backend::Backend;
@@ -30,6 +30,7 @@ pub fn build(b: &Backend, now: SystemTime) -> Status {
     peers.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
     let rules = nm.map_or(0, |nm| nm.packet_filter.rules().len());
     let filtered = b.data_plane().filtered();
+    let filter_stats = b.data_plane().filter_stats();
     Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         backend_state: b.state(),
@@ -43,16 +44,7 @@ pub fn build(b: &Backend, now: SystemTime) -> Status {
         user: profile.user.clone(),
         peers,
         health: b.health(),
-        filter: FilterStatus {
-            shields_up: profile.prefs.shields_up,
-            rules,
-            dropped: filtered,
-            dropped_by_reason: if filtered > 0 {
-                std::iter::once(("not_allowed".to_owned(), filtered)).collect()
-            } else {
-                Default::default()
-            },
-        },
+        filter: crate::daemon::filter::status(filter_stats.as_ref(), profile.prefs.shields_up, rules, filtered),
         profile: Some(b.current_summary()),
     }
 }
