@@ -1,0 +1,248 @@
+//! SSH check mode end to end: real `weft-control`, `weftd` and `weft` in network namespaces
+//! (`weft_lab::tailnet`) and Debian's OpenSSH client.
+//!
+//! The tailnet: user `alice@example.com` owns node `a` (the SSH client); node `b` is tagged
+//! `tag:server` and runs `weft up --ssh`. The policy's only SSH rule is a `check` rule (members to
+//! `tag:server` as any non-root user, `checkPeriod` 1 h). A login from `a` to `b` is held: `ssh`
+//! prints the control server's `/a/<id>` URL (keyboard-interactive instruction text) and waits;
+//! `weft-control nodes approve <id> --user alice@example.com` lets it in; another user's approval
+//! is refused; a second login within the period goes straight through; a login nobody approves
+//! is refused once `b`'s bound (`WEFTD_SSH_CHECK_TIMEOUT`, a few seconds here) has passed.
+//!
+//! Needs root, `setpriv`, `ssh`, `useradd` and `/dev/net/tun`; skips without them unless
+//! `WEFT_E2E=1`. The two scenarios run as parallel tests; every wait is bounded; a failure
+//! carries each daemon's status and log.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use weft_lab::tailnet::{Binaries, Control, KeyOptions, Node, NodeOptions, Tailnet, peer};
+use weft_lab::{Lab, Output, Process, e2e_lab, wait_for, with_diagnostics};
+
+const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const ALICE: &str = "alice@example.com";
+const BOB: &str = "bob@example.com";
+
+macro_rules! lab {
+    () => {
+        e2e_lab!("setpriv", "ssh", "useradd", "userdel", "/dev/net/tun")
+    };
+}
+
+// ---- local accounts ------------------------------------------------------------------------
+
+/// useradd/userdel lock /etc/passwd: one at a time in this process, retried against others.
+static PASSWD: Mutex<()> = Mutex::new(());
+
+/// A local account, removed on drop. The namespaces share /etc/passwd and the file system.
+struct LocalAccount {
+    name: String,
+    home: PathBuf,
+}
+
+fn passwd_tool(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new(program).args(args).stdin(Stdio::null()).output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{program} {args:?}: {last}")
+}
+
+impl LocalAccount {
+    fn create(tag: &str) -> anyhow::Result<LocalAccount> {
+        let _g = PASSWD.lock().unwrap_or_else(|e| e.into_inner());
+        let name = format!("wck{:06x}{tag}", rand::random::<u32>() & 0xff_ffff);
+        passwd_tool("useradd", &["-m", "-U", "-s", "/bin/bash", &name])?;
+        let pw = nix::unistd::User::from_name(&name)?.context("the new account is not in passwd")?;
+        Ok(LocalAccount { name, home: pw.dir })
+    }
+}
+
+impl Drop for LocalAccount {
+    fn drop(&mut self) {
+        let _g = PASSWD.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = passwd_tool("userdel", &["-r", "-f", &self.name]);
+    }
+}
+
+// ---- the tailnet ---------------------------------------------------------------------------
+
+const POLICY: &str = r#"{
+  "tagOwners": {"tag:server": ["alice@example.com"]},
+  "acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["*:*"]}],
+  "ssh": [
+    {"action": "check", "src": ["autogroup:member"], "dst": ["tag:server"],
+     "users": ["autogroup:nonroot"], "checkPeriod": "1h"},
+  ],
+}"#;
+
+struct Net<'l> {
+    tailnet: Tailnet<'l>,
+    control: Control,
+    a: Node,
+    b: Node,
+}
+
+impl Net<'_> {
+    fn report(&self) -> String {
+        format!("=== control ===\n{}\n{}\n{}\n", self.control.log(), self.a.report(), self.b.report())
+    }
+}
+
+fn up(node: &Node, control: &Control, key: &str, extra: &[&str]) -> anyhow::Result<()> {
+    let url = control.url();
+    let mut args = vec!["up", "--login-server", &url, "--authkey", key, "--hostname", node.name(), "--timeout", "30s"];
+    args.extend(extra);
+    node.weft_ok(args)?;
+    Ok(())
+}
+
+/// Control with the check policy, `a` (alice's) and `b` (`tag:server`, `--ssh`, waiting at most
+/// `check_timeout` for an approval); returns once `a` has `b`'s host keys and `b` listens on 22.
+fn tailnet(lab: &Lab, check_timeout: Duration) -> anyhow::Result<Net<'_>> {
+    let tailnet = Tailnet::with_binaries(lab, Binaries::discover()?.with_weftd(WEFTD))?;
+    let control = tailnet.control("ctl")?;
+    control.create_user(ALICE)?;
+    control.create_user(BOB)?;
+    control.set_policy(POLICY)?;
+    let key = |tags: &[&str]| {
+        control.create_key(ALICE, &KeyOptions { tags: tags.iter().map(|t| (*t).to_owned()).collect(), ..KeyOptions::default() })
+    };
+    let a = tailnet.node("a")?;
+    up(&a, &control, &key(&[])?, &[])?;
+    let env = vec![("WEFTD_SSH_CHECK_TIMEOUT".to_owned(), check_timeout.as_secs().to_string())];
+    let b = tailnet.node_with("b", NodeOptions { env, ..NodeOptions::default() })?;
+    up(&b, &control, &key(&["tag:server"])?, &["--ssh"])?;
+    let net = Net { tailnet, control, a, b };
+    with_diagnostics(
+        || {
+            let keys = |v: &serde_json::Value| peer(v, "b").and_then(|p| p["ssh_host_keys"].as_array()).map_or(0, Vec::len);
+            net.a.wait_status(SECS(30), "b's SSH host keys", |v| keys(v) >= 2)?;
+            net.b.netns().wait_tcp_listen(22, SECS(20))?;
+            Ok(())
+        },
+        || net.report(),
+    )?;
+    Ok(net)
+}
+
+// ---- running the client ----------------------------------------------------------------------
+
+/// `weft ssh <target>@b <remote>` on `a` as `client` (host keys pinned through the known_hosts
+/// file `weft ssh` writes; no `BatchMode`, which would skip the keyboard-interactive round
+/// where the URL is shown).
+fn weft_ssh(net: &Net<'_>, client: &LocalAccount, target: &str, remote: &str) -> weft_lab::Cmd {
+    let home = client.home.display().to_string();
+    let weft = net.tailnet.binaries().weft.display().to_string();
+    net.a
+        .netns()
+        .command("setpriv")
+        .args(["--reuid", &client.name, "--regid", &client.name, "--init-groups", "--"])
+        .arg(&weft)
+        .args(["--socket", &net.a.socket().display().to_string(), "ssh"])
+        .arg(format!("{target}@b"))
+        .arg(remote)
+        .env("HOME", &home)
+        .env("USER", &client.name)
+        .env("LOGNAME", &client.name)
+        .env("XDG_CONFIG_HOME", format!("{home}/.config"))
+        .env("SSH_AUTH_SOCK", "")
+        .env("WEFT_SSH", "/usr/bin/ssh")
+        .timeout(SECS(60))
+}
+
+/// Returns the check id in the first `/a/<32 hex>` URL of `text`.
+fn check_id(text: &str) -> Option<String> {
+    text.match_indices("/a/").find_map(|(i, _)| {
+        let id = text.get(i + 3..i + 35)?;
+        id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)).then(|| id.to_owned())
+    })
+}
+
+/// Waits until the held `ssh` has printed the URL; returns the check id.
+fn wait_url(p: &Process) -> anyhow::Result<String> {
+    Ok(wait_for(SECS(30), "ssh to print the check URL", || {
+        ensure!(p.is_running(), "ssh ended before showing a URL:\n{}", p.log());
+        Ok(check_id(&p.log()))
+    })?)
+}
+
+fn ok(out: &Output, what: &str) -> anyhow::Result<()> {
+    ensure!(out.status.success(), "{what}: {}\nstdout: {}\nstderr: {}", out.status, out.stdout, out.stderr);
+    Ok(())
+}
+
+// ---- the scenarios -------------------------------------------------------------------------
+
+#[test]
+fn check_holds_the_login_until_its_user_approves_and_a_second_login_within_the_period_goes_through()
+-> anyhow::Result<()> {
+    let lab = lab!();
+    let client = LocalAccount::create("c")?;
+    let target = LocalAccount::create("t")?;
+    let net = tailnet(&lab, SECS(120))?;
+    with_diagnostics(
+        || {
+            let held = weft_ssh(&net, &client, &target.name, "id -un").spawn("ssh-held")?;
+            let id = wait_url(&held)?;
+            let log = held.log();
+            ensure!(log.contains("re-authenticate") && log.contains(&format!("{}/a/{id}", net.control.url())), "{log}");
+
+            // Bob cannot approve alice's login; ssh keeps waiting.
+            let bob = net.control.admin_unchecked(["nodes", "approve", &id, "--user", BOB])?;
+            ensure!(!bob.status.success(), "bob's approval was accepted: {bob:?}");
+            ensure!(bob.stderr.contains(&format!("only {ALICE} may approve it")), "{}", bob.stderr);
+            ensure!(held.is_running(), "ssh ended without an approval:\n{}", held.log());
+
+            net.control.admin(["nodes", "approve", &id, "--user", ALICE])?;
+            let status = held.wait_exit(SECS(30))?;
+            let log = held.log();
+            ensure!(status.success(), "the approved login failed ({status}):\n{log}");
+            ensure!(log.lines().any(|l| l == target.name), "the session did not run as {}:\n{log}", target.name);
+
+            // Within the check period: straight in, no URL.
+            let again = weft_ssh(&net, &client, &target.name, "id -un").run_unchecked()?;
+            ok(&again, "the second login")?;
+            ensure!(again.stdout == format!("{}\n", target.name), "{again:?}");
+            ensure!(check_id(&again.stderr).is_none(), "the second login was asked again: {}", again.stderr);
+            let b_log = net.b.log();
+            ensure!(b_log.contains("ssh check approved by control"), "b logged no approval");
+            Ok(())
+        },
+        || net.report(),
+    )
+}
+
+#[test]
+fn a_check_nobody_approves_is_refused_after_the_bound() -> anyhow::Result<()> {
+    let lab = lab!();
+    let client = LocalAccount::create("c")?;
+    let target = LocalAccount::create("t")?;
+    let net = tailnet(&lab, SECS(4))?;
+    with_diagnostics(
+        || {
+            let held = weft_ssh(&net, &client, &target.name, "id -un").spawn("ssh-unapproved")?;
+            let id = wait_url(&held)?;
+            let status = held.wait_exit(SECS(30))?;
+            let log = held.log();
+            ensure!(!status.success(), "an unapproved login got in:\n{log}");
+            ensure!(log.contains("not approved within 4 seconds"), "no reason shown:\n{log}");
+            ensure!(!log.lines().any(|l| l == target.name), "a session ran:\n{log}");
+            // Too late to approve now.
+            let late = net.control.admin_unchecked(["nodes", "approve", &id, "--user", ALICE])?;
+            ensure!(!late.status.success(), "a late approval was accepted: {late:?}");
+            Ok(())
+        },
+        || net.report(),
+    )
+}
