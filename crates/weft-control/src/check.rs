@@ -261,14 +261,18 @@ async fn decide(ctx: &Arc<Ctx>, mk: MachinePublic, req: &SshCheckRequest) -> Res
     tracing::info!(check = %req.check_id, user = %login, src = %src.given_name, dst = %dst.given_name, ssh_user = %req.ssh_user, "ssh check waiting for approval");
     let auth_url = format!("{}{LOGIN_PATH}{}", ctx.server_url, req.check_id);
     let guard = Forget { ctx: ctx.clone(), id: req.check_id.clone() };
-    let minutes = wait.as_secs().div_ceil(60);
+    let within = if wait < Duration::from_secs(120) {
+        format!("{} seconds", wait.as_secs())
+    } else {
+        format!("{} minutes", wait.as_secs().div_ceil(60))
+    };
     let clock = ctx.clock.clone();
     let fut = async move {
         let _guard = guard;
         tokio::select! {
             r = rx => r.unwrap_or_else(|_| reject("the check was abandoned")),
             () = clock::sleep_until(&*clock, expires) => {
-                reject(format!("the login was not approved within {minutes} minute(s)"))
+                reject(format!("the login was not approved within {within}"))
             }
         }
     };
