@@ -56,7 +56,7 @@ async fn serve_one(mut s: TcpStream, server_key: MachinePrivate) {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    if line.starts_with("GET /key?v=1 ") {
+    if line.starts_with(&format!("GET /key?v={} ", weft_types::CapabilityVersion::CURRENT)) {
         let body = serde_json::to_string(&KeyResponse {
             public_key: server_key.public(),
             capability_version: CapabilityVersion::CURRENT,
