@@ -252,3 +252,72 @@ impl CheckHook for NoCheck {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+    use std::net::{SocketAddr, TcpStream};
+
+    use super::*;
+
+    /// A service whose host keys are already loaded (nothing published).
+    fn service(port: u16) -> Service {
+        let (handle, _jobs) = Backend::mailbox();
+        let opts = SshOptions { statedir: PathBuf::from("/nonexistent"), port, check_hook: None };
+        Service { opts, handle, keys: Some(HostKeys::ephemeral().unwrap()), running: None }
+    }
+
+    fn serving(addrs: &[&str]) -> Wanted {
+        let nm = Arc::new(crate::daemon::config::tests::netmap(1, &[2]));
+        Wanted { run_ssh: true, serve: Some((addrs.iter().map(|a| a.parse().unwrap()).collect(), nm)) }
+    }
+
+    /// Whether an SSH server answers on `ip:port` (reads its identification line).
+    fn answers(ip: &str, port: u16) -> bool {
+        let addr = SocketAddr::new(ip.parse().unwrap(), port);
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 8];
+        s.read_exact(&mut buf).is_ok() && &buf == b"SSH-2.0-"
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// Runs blocking probes off the runtime's worker.
+    async fn probe(ip: &'static str, port: u16) -> bool {
+        tokio::task::spawn_blocking(move || answers(ip, port)).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_server_follows_the_addresses_and_stops_when_ssh_is_off() {
+        let port = free_port();
+        let mut svc = service(port);
+        assert!(!svc.reconcile(serving(&["127.0.0.1"])).await, "bind failed");
+        assert!(probe("127.0.0.1", port).await);
+        assert!(!probe("127.0.0.2", port).await, "listening beyond its address");
+
+        // New addresses: the old listener goes, the new one serves.
+        assert!(!svc.reconcile(serving(&["127.0.0.2"])).await);
+        assert!(probe("127.0.0.2", port).await);
+        assert!(!probe("127.0.0.1", port).await, "the old address still answers");
+
+        // SSH off (or down, logout): nothing listens any more.
+        assert!(!svc.reconcile(Wanted { run_ssh: false, serve: None }).await);
+        assert!(svc.running.is_none());
+        assert!(!probe("127.0.0.2", port).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_port_in_use_is_reported_for_retry_and_taken_once_free() {
+        let blocker = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+        let port = blocker.local_addr().unwrap().port();
+        let mut svc = service(port);
+        assert!(svc.reconcile(serving(&["127.0.0.3"])).await, "a failed bind must ask for a retry");
+        drop(blocker);
+        assert!(!svc.reconcile(serving(&["127.0.0.3"])).await);
+        assert!(probe("127.0.0.3", port).await);
+        svc.stop().await;
+    }
+}
