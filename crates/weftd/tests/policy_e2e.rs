@@ -459,3 +459,40 @@ fn with_shields_up_a_node_reaches_its_peers_but_no_peer_opens_a_connection_to_it
         || format!("{}{}\n{}\n{}\n{}", filters(&[a, b, c]), a.report(), b.report(), c.report(), control.log()),
     )
 }
+
+/// Not a check but a measurement: TCP throughput over the tunnel with every packet going
+/// through the filter (the receiver's inbound, the sender's outbound), and the packets counted
+/// by the receiver, so the filter's per-packet cost (`cargo bench -p weft-filter`) can be set
+/// against the time a packet takes. Bounded: one 3-second iperf3 run.
+/// `WEFT_E2E=1 cargo test -p weftd --test policy_e2e -- --ignored --nocapture throughput`
+#[test]
+#[ignore = "a measurement (iperf3 for 3 s), not a test"]
+fn throughput_through_the_filter() -> anyhow::Result<()> {
+    let lab = e2e_lab!("/dev/net/tun", "iperf3");
+    let net = Tailnet::with_binaries(&lab, Binaries::discover()?.with_weftd(WEFTD))?;
+    let control = net.control("ctl")?;
+    let nodes = net.join(&control, &["a", "b"])?;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let b_ip = b.ip4()?;
+    a.netns().wait_ping(b_ip.into(), PROPAGATION)?;
+    let _server = b.netns().spawn("iperf3-server", "iperf3", ["-s", "-1", "-p", "5201"])?;
+    b.netns().wait_tcp_listen(5201, Duration::from_secs(10))?;
+    let before = metrics(b)?;
+    let out = a.netns().command("iperf3").args(["-c", &b_ip.to_string(), "-p", "5201", "-t", "3", "-J"]).timeout(Duration::from_secs(30)).run()?;
+    let after = metrics(b)?;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3: no sum_received")?;
+    let secs = v["end"]["sum_received"]["seconds"].as_f64().unwrap_or(3.0);
+    let rx = |m: &str| sample(m, r#"weftd_tunnel_packets_total{direction="rx"}"#).unwrap_or(0);
+    let packets = rx(&after) - rx(&before);
+    let drops = sample(&after, r#"weftd_filter_dropped_packets_total{reason="no_flow"}"#).unwrap_or(0);
+    ensure!(packets > 0, "no packets counted");
+    eprintln!(
+        "iperf3 a → b over the tunnel: {:.2} Gbit/s; b wrote {packets} packets to TUN in {secs:.1} s \
+         ({:.0} ns per packet received, {:.0} bytes on average); no_flow drops {drops}",
+        bps / 1e9,
+        secs * 1e9 / packets as f64,
+        bps * secs / 8.0 / packets as f64,
+    );
+    Ok(())
+}
