@@ -57,6 +57,10 @@ pub async fn run(args: StatusArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
     if let Some(why) = status.backend_state.not_running_message() {
         println!("{why}");
+        // Why it stopped, when the daemon knows (key expired, deleted at control, …).
+        for problem in &status.health {
+            println!("# {problem}");
+        }
         if let Some(url) = &status.auth_url {
             println!("\nLog in at: {url}");
         }

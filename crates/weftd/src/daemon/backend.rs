@@ -772,6 +772,10 @@ impl Backend {
             return;
         }
         self.rt.control_error = None;
+        // A map that says we are fine wins over an earlier "expired": right
+        // after a re-authentication, control may still stream one map made
+        // before it saw the new key.
+        self.rt.key_expired = false;
         self.rt.machine_authorized = Some(nm.self_node.machine_authorized);
         if nm.self_node.machine_authorized {
             self.dp.apply_netmap(&nm);

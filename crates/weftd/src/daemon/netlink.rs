@@ -1,7 +1,7 @@
 //! TUN addresses and tailnet routes through rtnetlink (no `ip` shell-outs).
 //!
 //! A worker task owns the netlink socket and applies [`AddrChange`]s in the
-//! order they come: addresses first, then — once — the routes for the
+//! order they come: addresses first, then the routes for the
 //! tailnet ranges (100.64.0.0/10 and the project ULA) through the TUN. The
 //! node's own addresses need no route: the kernel's local table has them.
 
@@ -66,7 +66,10 @@ async fn apply(handle: &Handle, tun: &str, change: &AddrChange, routed: &mut boo
             .map_err(|e| format!("adding {net}: {e}"))?;
         tracing::debug!(interface = %tun, address = %net, "Address added");
     }
-    if !*routed && !change.add.is_empty() {
+    // Every time addresses are added: removing the last address of a family
+    // (a cleared data plane, a profile switch) makes the kernel drop the
+    // routes through the interface too.
+    if !change.add.is_empty() {
         let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(TAILNET_V4.0, TAILNET_V4.1)
             .output_interface(index)
@@ -77,8 +80,10 @@ async fn apply(handle: &Handle, tun: &str, change: &AddrChange, routed: &mut boo
             .output_interface(index)
             .build();
         ignore_exists(handle.route().add(v6).execute().await).map_err(|e| format!("adding the route to fd13:b027:8801::/48: {e}"))?;
+        if !*routed {
+            tracing::info!(interface = %tun, "Tailnet routes installed");
+        }
         *routed = true;
-        tracing::info!(interface = %tun, "Tailnet routes installed");
     }
     Ok(())
 }

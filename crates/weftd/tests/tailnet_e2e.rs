@@ -1,0 +1,539 @@
+//! The user's whole flow, end to end: real `weft-control`, `weftd` and `weft` binaries, real TUNs,
+//! each node in its own network namespace on one switched underlay (`weft_lab::tailnet`).
+//!
+//! Needs root, `ping`, `runuser` and `/dev/net/tun`; skips without them unless `WEFT_E2E=1`.
+//! Every scenario is its own test (they run in parallel, each in its own namespaces); every wait
+//! is bounded, and a failure carries each daemon's status and log.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use weft_lab::tailnet::{
+    Binaries, Control, ControlOptions, KeyOptions, Node, Tailnet, peer, peer_hostnames,
+};
+use weft_lab::{Lab, e2e_lab, tcp_transfer, wait_for, wait_until, with_diagnostics};
+
+const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+macro_rules! lab {
+    () => {
+        e2e_lab!("ping", "runuser", "/dev/net/tun")
+    };
+}
+
+fn tailnet(lab: &Lab) -> anyhow::Result<Tailnet<'_>> {
+    Ok(Tailnet::with_binaries(lab, Binaries::discover()?.with_weftd(WEFTD))?)
+}
+
+fn report(control: &Control, nodes: &[&Node]) -> String {
+    let mut s = format!("=== control ===\n{}\n", control.log());
+    for n in nodes {
+        s.push_str(&n.report());
+        s.push('\n');
+    }
+    s
+}
+
+/// Whether ICMP from `from` reaches `to`'s tailnet address (one probe, 1 s).
+fn pings(from: &Node, to: IpAddr) -> bool {
+    from.netns().ping(to, 1).is_ok()
+}
+
+#[test]
+fn three_nodes_join_with_a_pre_auth_key_and_reach_each_other_every_way() -> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let nodes = net.join(&control, &["n1", "n2", "n3"])?;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    with_diagnostics(
+        || {
+            let ips: Vec<_> = nodes.iter().map(Node::ip4).collect::<Result<_, _>>()?;
+            // Every status lists the other two with the addresses they report themselves.
+            for (i, node) in nodes.iter().enumerate() {
+                let st = node.status_json()?;
+                ensure!(st["backend_state"] == "running", "{}: {st}", node.name());
+                for (j, other) in nodes.iter().enumerate() {
+                    if i == j {
+                        continue;
+                    }
+                    let p = peer(&st, other.name())
+                        .with_context(|| format!("{} does not list {}", node.name(), other.name()))?;
+                    let addrs: Vec<String> = p["addresses"]
+                        .as_array()
+                        .context("addresses")?
+                        .iter()
+                        .filter_map(|a| a.as_str().map(str::to_owned))
+                        .collect();
+                    ensure!(
+                        addrs.first() == Some(&ips[j].to_string()),
+                        "{} lists {} with {addrs:?}, it says it is {}",
+                        node.name(),
+                        other.name(),
+                        ips[j]
+                    );
+                    ensure!(
+                        addrs.iter().any(|a| a.starts_with("fd13:b027:8801:")),
+                        "{} lists {} without a ULA address: {addrs:?}",
+                        node.name(),
+                        other.name()
+                    );
+                }
+            }
+            // ICMP and a checksummed TCP transfer between every ordered pair.
+            for (i, a) in nodes.iter().enumerate() {
+                for (j, b) in nodes.iter().enumerate() {
+                    if i == j {
+                        continue;
+                    }
+                    a.netns().wait_ping(ips[j].into(), SECS(15))?;
+                    let dest = SocketAddr::new(ips[j].into(), 5000 + u16::try_from(i * 3 + j)?);
+                    tcp_transfer(a.netns(), b.netns(), dest, 256 * 1024, SECS(20))?.verify()?;
+                }
+            }
+            // `weft ping` gets pongs over a direct endpoint (an underlay address and the port).
+            for (a, b) in [(&nodes[0], &nodes[1]), (&nodes[1], &nodes[2]), (&nodes[2], &nodes[0])] {
+                let out = a.weft_ok(["ping", "-c", "2", b.name()])?;
+                let want = format!("via {}:", b.underlay_addr());
+                ensure!(
+                    out.stdout.contains(&format!("pong from {}", b.name())) && out.stdout.contains(&want),
+                    "weft ping {} from {}: {}{}",
+                    b.name(),
+                    a.name(),
+                    out.stdout,
+                    out.stderr
+                );
+            }
+            // No duplicates at control.
+            ensure!(control.nodes()?.len() == 3, "{:?}", control.nodes()?);
+            Ok(())
+        },
+        || report(&control, &refs),
+    )
+}
+
+#[test]
+fn a_node_deleted_at_control_vanishes_from_its_peers_and_its_traffic_stops() -> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let nodes = net.join(&control, &["d1", "d2", "d3"])?;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    with_diagnostics(
+        || {
+            let ip3 = nodes[2].ip4()?;
+            nodes[0].netns().wait_ping(ip3.into(), SECS(15))?;
+            let id = control.node_id("d3")?;
+            control.delete_node(&id)?;
+            for n in &nodes[..2] {
+                let other = if n.name() == "d1" { "d2" } else { "d1" };
+                n.wait_peers(&[other], SECS(10))?;
+            }
+            wait_until(SECS(10), "ICMP from d1 to the deleted d3 to fail", || {
+                Ok(!pings(&nodes[0], ip3.into()))
+            })?;
+            // And it stays failed (not a blip).
+            ensure!(!pings(&nodes[0], ip3.into()), "d3 reachable again after deletion");
+            let ids: Vec<String> = control.nodes()?.iter().map(|n| n["hostname"].to_string()).collect();
+            ensure!(ids.len() == 2, "{ids:?}");
+            Ok(())
+        },
+        || report(&control, &refs),
+    )
+}
+
+
+/// The reusable key of user `alice` on `control`.
+fn alice_key(control: &Control) -> anyhow::Result<String> {
+    control.ensure_user("alice")?;
+    Ok(control.create_key(
+        "alice",
+        &KeyOptions {
+            reusable: true,
+            ..KeyOptions::default()
+        },
+    )?)
+}
+
+#[test]
+fn an_interactive_login_prints_a_url_and_succeeds_once_an_admin_approves_it() -> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    control.ensure_user("alice")?;
+    let node = net.node("i1")?;
+    with_diagnostics(
+        || {
+            let up = node
+                .weft_cmd(["up", "--login-server", &control.url(), "--hostname", "i1", "--timeout", "60s"])
+                .spawn("weft-up")?;
+            let url = wait_for(SECS(20), "weft up to print a login URL", || {
+                let log = up.log();
+                let Some(after) = log.split("To authenticate, visit:").nth(1) else {
+                    return Ok(None);
+                };
+                Ok(after.split_whitespace().next().map(str::to_owned))
+            })?;
+            ensure!(url.starts_with(&control.url()), "login URL {url} is not on {}", control.url());
+            ensure!(node.backend_state()? == "needs_login");
+            control.approve(&url, "alice")?;
+            let status = up.wait_exit(SECS(20))?;
+            let log = up.log();
+            ensure!(status.success() && log.contains("Success."), "weft up: {status}\n{log}");
+            node.wait_state("running", SECS(10))?;
+            let st = node.status_json()?;
+            ensure!(st["user"]["login_name"] == "alice", "{st}");
+            Ok(())
+        },
+        || report(&control, &[&node]),
+    )
+}
+
+#[test]
+fn a_node_whose_key_expired_loses_traffic_says_so_and_force_reauth_brings_it_back() -> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let nodes = net.join(&control, &["e1", "e2"])?;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    with_diagnostics(
+        || {
+            let (e1, e2) = (&nodes[0], &nodes[1]);
+            let ip2 = e2.ip4()?;
+            e1.netns().wait_ping(ip2.into(), SECS(15))?;
+            control.expire_node(&control.node_id("e2")?)?;
+            wait_until(SECS(15), "ICMP from e1 to the expired e2 to fail", || {
+                Ok(!pings(e1, ip2.into()))
+            })?;
+            e2.wait_state("needs_login", SECS(10))?;
+            let text = e2.weft(["status"])?;
+            ensure!(
+                !text.status.success() && text.stdout.contains("log in again"),
+                "weft status on an expired node: {} {}{}",
+                text.status,
+                text.stdout,
+                text.stderr
+            );
+            let key = alice_key(&control)?;
+            e2.weft_ok([
+                "up",
+                "--force-reauth",
+                "--login-server",
+                &control.url(),
+                "--authkey",
+                &key,
+                "--hostname",
+                "e2",
+                "--timeout",
+                "30s",
+            ])?;
+            e2.wait_state("running", SECS(10))?;
+            let ip2 = e2.ip4()?;
+            e1.wait_peers_online(&["e2"], SECS(20))?;
+            e1.netns().wait_ping(ip2.into(), SECS(15))?;
+            ensure!(control.nodes()?.len() == 2, "duplicate nodes: {:?}", control.nodes()?);
+            Ok(())
+        },
+        || report(&control, &refs),
+    )
+}
+
+#[test]
+fn peers_keep_talking_while_control_is_down_for_a_minute_and_resume_after() -> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let nodes = net.join(&control, &["c1", "c2"])?;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    with_diagnostics(
+        || {
+            let (c1, c2) = (&nodes[0], &nodes[1]);
+            let (ip1, ip2) = (c1.ip4()?, c2.ip4()?);
+            c1.netns().wait_ping(ip2.into(), SECS(15))?;
+            control.stop()?;
+            let down_since = weft_lab::now();
+            let mut round = 0u16;
+            while down_since.elapsed() < SECS(60) {
+                // Both directions, ICMP and TCP, every few seconds.
+                c1.netns().wait_ping(ip2.into(), SECS(5))?;
+                c2.netns().wait_ping(ip1.into(), SECS(5))?;
+                let dest = SocketAddr::new(ip2.into(), 6000 + round);
+                tcp_transfer(c1.netns(), c2.netns(), dest, 64 * 1024, SECS(10))?.verify()?;
+                round += 1;
+                std::thread::sleep(SECS(5));
+            }
+            let st = c1.status_json()?;
+            ensure!(st["backend_state"] == "running", "{st}");
+            ensure!(
+                st["health"].as_array().is_some_and(|h| !h.is_empty()),
+                "no health warning while control is down: {st}"
+            );
+            control.start()?;
+            for n in [c1, c2] {
+                n.wait_status(SECS(40), "control reachable again", |v| {
+                    v["health"].as_array().is_some_and(Vec::is_empty)
+                })?;
+            }
+            // The map streams are live again: a node joining now shows up at both.
+            let c3 = net.node("c3")?;
+            c3.up_with_key(&control, &alice_key(&control)?)?;
+            c1.wait_peers_online(&["c2", "c3"], SECS(20))?;
+            c2.wait_peers_online(&["c1", "c3"], SECS(20))?;
+            c1.netns().wait_ping(c3.ip4()?.into(), SECS(15))?;
+            let names: Vec<String> = control.nodes()?.iter().map(|n| n["hostname"].to_string()).collect();
+            ensure!(names.len() == 3, "duplicate nodes after the restart: {names:?}");
+            Ok(())
+        },
+        || report(&control, &refs),
+    )
+}
+
+#[test]
+fn weftd_keeps_ips_keys_profiles_and_down_across_kill_9_and_a_deleted_state_is_a_new_node()
+-> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let nodes = net.join(&control, &["k1", "k2"])?;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    with_diagnostics(
+        || {
+            let (k1, k2) = (&nodes[0], &nodes[1]);
+            let ip1 = k1.ip4()?;
+            let prefs = |n: &Node| -> anyhow::Result<serde_json::Value> {
+                Ok(serde_json::from_str(&n.weft_ok(["debug", "prefs"])?.stdout)?)
+            };
+            let profiles = |n: &Node| -> anyhow::Result<serde_json::Value> {
+                Ok(serde_json::from_str(&n.weft_ok(["switch", "--list", "--json"])?.stdout)?)
+            };
+            let (prefs_before, profiles_before) = (prefs(k1)?, profiles(k1)?);
+            ensure!(!prefs_before["node_key"].is_null(), "{prefs_before}");
+
+            k1.restart()?;
+            k1.wait_state("running", SECS(20))?;
+            ensure!(k1.ip4()? == ip1, "IP changed across kill -9");
+            ensure!(prefs(k1)? == prefs_before, "prefs/keys changed: {} vs {prefs_before}", prefs(k1)?);
+            ensure!(profiles(k1)? == profiles_before, "profiles changed across kill -9");
+            k2.netns().wait_ping(ip1.into(), SECS(15))?;
+
+            // `down` is sticky.
+            k1.weft_ok(["down"])?;
+            k1.wait_state("stopped", SECS(10))?;
+            k1.restart()?;
+            ensure!(k1.backend_state()? == "stopped", "down did not survive a restart");
+            ensure!(!pings(k2, ip1.into()), "k1 answers while down");
+            ensure!(k1.backend_state()? == "stopped", "down did not survive a restart");
+            k1.weft_ok(["up"])?;
+            k1.wait_state("running", SECS(20))?;
+            ensure!(k1.ip4()? == ip1, "IP changed across down/up");
+            k2.netns().wait_ping(ip1.into(), SECS(15))?;
+
+            // A deleted state file: a new machine, a new node, a new address.
+            k1.stop()?;
+            std::fs::remove_file(k1.state_path())?;
+            k1.start()?;
+            ensure!(k1.backend_state()? == "needs_login");
+            k1.up_with_key(&control, &alice_key(&control)?)?;
+            let new_ip = k1.ip4()?;
+            ensure!(new_ip != ip1, "a new node got the old address {ip1}");
+            ensure!(control.nodes()?.len() == 3, "{:?}", control.nodes()?);
+            k2.netns().wait_ping(new_ip.into(), SECS(15))?;
+            Ok(())
+        },
+        || report(&control, &refs),
+    )
+}
+
+#[test]
+fn two_tailnets_are_two_profiles_switched_by_nickname_without_a_new_login() -> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let home = net.control("home")?;
+    let work = net.control_with(
+        "work",
+        ControlOptions {
+            serve_args: vec!["--domain".into(), "work.internal".into()],
+        },
+    )?;
+    let nodes = net.join(&home, &["p1", "p2"])?;
+    let q2 = net.node("q2")?;
+    let refs: Vec<&Node> = nodes.iter().chain([&q2]).collect();
+    with_diagnostics(
+        || {
+            let p1 = &nodes[0];
+            work.ensure_user("bob")?;
+            let work_key = work.create_key(
+                "bob",
+                &KeyOptions {
+                    reusable: true,
+                    ..KeyOptions::default()
+                },
+            )?;
+            q2.up_with_key(&work, &work_key)?;
+            p1.weft_ok([
+                "login",
+                "--login-server",
+                &work.url(),
+                "--authkey",
+                &work_key,
+                "--hostname",
+                "p1",
+                "--timeout",
+                "30s",
+            ])?;
+            p1.wait_peers_online(&["q2"], SECS(20))?;
+            p1.netns().wait_ping(q2.ip4()?.into(), SECS(15))?;
+
+            let list = p1.weft_ok(["switch", "--list"])?.stdout;
+            ensure!(
+                list.contains("weft.internal") && list.contains("work.internal") && list.contains('*'),
+                "switch --list: {list}"
+            );
+            p1.weft_ok(["set", "--nickname", "work"])?;
+            let profiles: serde_json::Value =
+                serde_json::from_str(&p1.weft_ok(["switch", "--list", "--json"])?.stdout)?;
+            let profiles = profiles.as_array().context("profiles")?.clone();
+            ensure!(profiles.len() == 2, "{profiles:?}");
+            let current = profiles.iter().find(|p| p["selected"] == true).context("no current")?;
+            ensure!(current["nickname"] == "work", "{current}");
+            let home_id = profiles
+                .iter()
+                .find(|p| p["selected"] == false)
+                .and_then(|p| p["id"].as_str())
+                .context("no home profile")?
+                .to_owned();
+
+            for round in 0..2 {
+                let out = p1.weft_ok(["switch", &home_id])?;
+                ensure!(!out.stderr.contains("To authenticate"), "re-auth asked: {}", out.stderr);
+                p1.wait_peers_online(&["p2"], SECS(20))?;
+                p1.netns().wait_ping(nodes[1].ip4()?.into(), SECS(15))?;
+                let out = p1.weft_ok(["switch", "work"])?;
+                ensure!(!out.stderr.contains("To authenticate"), "re-auth asked: {}", out.stderr);
+                p1.wait_peers_online(&["q2"], SECS(20))?;
+                p1.netns()
+                    .wait_ping(q2.ip4()?.into(), SECS(15))
+                    .with_context(|| format!("round {round}"))?;
+            }
+            ensure!(home.nodes()?.len() == 2 && work.nodes()?.len() == 2, "duplicate nodes");
+            Ok(())
+        },
+        || format!("{}\n=== work control ===\n{}", report(&home, &refs), work.log()),
+    )
+}
+
+/// Sends raw bytes to the LocalAPI socket and returns the raw response.
+fn raw_localapi(socket: &std::path::Path, request: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(SECS(10)))?;
+    s.write_all(request.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let nodes = net.join(&control, &["b1"])?;
+    let fresh = net.node("b2")?;
+    let refs: Vec<&Node> = nodes.iter().chain([&fresh]).collect();
+    with_diagnostics(
+        || {
+            let b1 = &nodes[0];
+            // A non-root user reads, but may not change anything.
+            let st = b1.weft_as("nobody", ["status"])?;
+            ensure!(st.status.success() && st.stdout.contains("b1"), "status as nobody: {st:?}");
+            for args in [&["up"][..], &["down"], &["set", "--shields-up"]] {
+                let out = b1.weft_as("nobody", args)?;
+                ensure!(
+                    !out.status.success() && out.stderr.contains("root"),
+                    "weft {args:?} as nobody: {out:?}"
+                );
+            }
+            ensure!(b1.backend_state()? == "running");
+
+            // Usage errors.
+            for args in [&["up", "--no-such-flag"][..], &["ping", "-c", "many", "b1"], &["up", "--ssh=maybe"]] {
+                let out = b1.weft(args)?;
+                ensure!(out.status.code() == Some(2), "weft {args:?}: {out:?}");
+            }
+
+            // A bad auth key: the server's reason.
+            let out = fresh.weft([
+                "up",
+                "--login-server",
+                &control.url(),
+                "--authkey",
+                "weftkey-auth-000000000000-0000000000000000000000000000000000000000000000000",
+                "--timeout",
+                "20s",
+            ])?;
+            ensure!(
+                !out.status.success() && out.stderr.contains("auth key is not valid on this server"),
+                "bad key: {out:?}"
+            );
+
+            // An unreachable login server: URL and cause, in bounded time.
+            let bad_url = format!("http://{}:9", control.addr());
+            let start = weft_lab::now();
+            let out = fresh.weft([
+                "up",
+                "--login-server",
+                &bad_url,
+                "--authkey",
+                "weftkey-auth-000000000000-0000000000000000000000000000000000000000000000000",
+                "--timeout",
+                "60s",
+            ])?;
+            let took = start.elapsed();
+            ensure!(
+                !out.status.success()
+                    && out.stderr.contains(&bad_url)
+                    && out.stderr.to_lowercase().contains("refused"),
+                "unreachable server: {out:?}"
+            );
+            ensure!(took < SECS(15), "took {took:?} to report an unreachable server");
+
+            // Bad LocalAPI JSON: 400 with a message; the daemon carries on.
+            let body = "{not json";
+            let resp = raw_localapi(
+                b1.socket(),
+                &format!(
+                    "POST /localapi/v0/start HTTP/1.1\r\nHost: local\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                ),
+            )?;
+            ensure!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+            ensure!(resp.len() > resp.find("\r\n\r\n").unwrap_or(0) + 6, "400 without a message: {resp}");
+            let resp = raw_localapi(
+                b1.socket(),
+                "PATCH /localapi/v0/prefs HTTP/1.1\r\nHost: local\r\nContent-Type: application/json\r\n\
+                 Content-Length: 20\r\nConnection: close\r\n\r\n{\"shields_up\": \"yes\"}",
+            )?;
+            ensure!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+            ensure!(b1.backend_state()? == "running", "daemon harmed by bad JSON");
+            ensure!(b1.weft_ok(["status"])?.stdout.contains("b1"));
+            Ok(())
+        },
+        || report(&control, &refs),
+    )
+}
+
+#[test]
+fn peer_hostnames_helper_reads_status() {
+    // Guards the fixture's parsing against a shape change of status --json.
+    let st: serde_json::Value = serde_json::from_str(
+        r#"{"peers":[{"hostname":"b"},{"hostname":"a"}],"backend_state":"running"}"#,
+    )
+    .unwrap();
+    assert_eq!(peer_hostnames(&st), vec!["a", "b"]);
+    assert!(peer(&st, "b").is_some());
+}
