@@ -200,3 +200,81 @@ async fn ask(target: &Target, request: SshCheckRequest, opts: &ConnectOptions) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use weft_ssh::PeerIdentity;
+    use weft_types::{MachinePrivate, NodeId, NodePrivate};
+
+    use super::*;
+
+    /// A hook whose snapshot is `netmap` (self 2, peers 1 and 3; 3 tagged)
+    /// with control at `url`, or none at all.
+    fn hook(url: Option<&str>) -> ControlCheckHook {
+        let snapshot = url.map(|url| {
+            let mut nm = crate::daemon::config::tests::netmap(2, &[1, 3]);
+            if let Some(ci) = nm.peers.get_mut(&NodeId(3)) {
+                ci.owner = NodeOwner::Tags(["tag:ci".parse().unwrap()].into());
+            }
+            Snapshot {
+                url: url.to_owned(),
+                machine_key: MachinePrivate::from_bytes([1; 32]),
+                server_key: MachinePrivate::from_bytes([2; 32]).public(),
+                node_key: NodePrivate::from_bytes([3; 32]).public(),
+                netmap: Arc::new(nm),
+            }
+        });
+        ControlCheckHook { snapshot: Arc::new(Mutex::new(snapshot)), opts: ConnectOptions::default(), max_wait: DEFAULT_MAX_WAIT }
+    }
+
+    fn request(node_id: &str) -> CheckRequest {
+        let addr: IpAddr = "100.64.0.1".parse().unwrap();
+        CheckRequest {
+            peer: PeerIdentity { addr, node_id: node_id.into(), node_name: "node1".into(), user_login: None, tags: Vec::new() },
+            ssh_user: "alice".into(),
+            local_user: "alice".into(),
+            period: Duration::from_secs(3600),
+        }
+    }
+
+    fn denied(p: PendingCheck) -> impl std::future::Future<Output = String> {
+        async move {
+            match p.outcome.await {
+                CheckOutcome::Denied { message } => message,
+                CheckOutcome::Approved => panic!("approved"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_login_is_refused_at_once_while_the_node_has_no_control_connection() {
+        let p = hook(None).start(request("n1"));
+        assert!(p.url.is_empty());
+        assert!(denied(p).await.contains("not connected to its control server"));
+    }
+
+    #[tokio::test]
+    async fn a_tagged_or_unknown_source_is_refused_without_asking_control() {
+        let h = hook(Some("http://127.0.0.1:9"));
+        assert!(denied(h.start(request("n3"))).await.contains("tagged node"));
+        assert!(denied(h.start(request("n99"))).await.contains("not in this node's netmap"));
+    }
+
+    #[tokio::test]
+    async fn the_url_names_control_and_a_fresh_check_id_and_an_unreachable_control_refuses() {
+        // A loopback port where nothing listens.
+        let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}", sock.local_addr().unwrap().port());
+        drop(sock);
+        let h = hook(Some(&format!("{url}/")));
+        let first = h.start(request("n1"));
+        let second = h.start(request("n1"));
+        let id = first.url.strip_prefix(&format!("{url}/a/")).unwrap().to_owned();
+        assert!(weft_types::control::is_auth_id(&id), "{}", first.url);
+        assert_ne!(first.url, second.url, "every check gets its own id");
+        let message = tokio::time::timeout(Duration::from_secs(20), denied(first)).await.unwrap();
+        assert!(message.contains("cannot ask the control server"), "{message}");
+    }
+}
