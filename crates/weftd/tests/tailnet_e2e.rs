@@ -25,7 +25,10 @@ macro_rules! lab {
 }
 
 fn tailnet(lab: &Lab) -> anyhow::Result<Tailnet<'_>> {
-    Ok(Tailnet::with_binaries(lab, Binaries::discover()?.with_weftd(WEFTD))?)
+    Ok(Tailnet::with_binaries(
+        lab,
+        Binaries::discover()?.with_weftd(WEFTD),
+    )?)
 }
 
 fn report(control: &Control, nodes: &[&Node]) -> String {
@@ -60,8 +63,9 @@ fn three_nodes_join_with_a_pre_auth_key_and_reach_each_other_every_way() -> anyh
                     if i == j {
                         continue;
                     }
-                    let p = peer(&st, other.name())
-                        .with_context(|| format!("{} does not list {}", node.name(), other.name()))?;
+                    let p = peer(&st, other.name()).with_context(|| {
+                        format!("{} does not list {}", node.name(), other.name())
+                    })?;
                     let addrs: Vec<String> = p["addresses"]
                         .as_array()
                         .context("addresses")?
@@ -95,11 +99,16 @@ fn three_nodes_join_with_a_pre_auth_key_and_reach_each_other_every_way() -> anyh
                 }
             }
             // `weft ping` gets pongs over a direct endpoint (an underlay address and the port).
-            for (a, b) in [(&nodes[0], &nodes[1]), (&nodes[1], &nodes[2]), (&nodes[2], &nodes[0])] {
+            for (a, b) in [
+                (&nodes[0], &nodes[1]),
+                (&nodes[1], &nodes[2]),
+                (&nodes[2], &nodes[0]),
+            ] {
                 let out = a.weft_ok(["ping", "-c", "2", b.name()])?;
                 let want = format!("via {}:", b.underlay_addr());
                 ensure!(
-                    out.stdout.contains(&format!("pong from {}", b.name())) && out.stdout.contains(&want),
+                    out.stdout.contains(&format!("pong from {}", b.name()))
+                        && out.stdout.contains(&want),
                     "weft ping {} from {}: {}{}",
                     b.name(),
                     a.name(),
@@ -136,15 +145,21 @@ fn a_node_deleted_at_control_vanishes_from_its_peers_and_its_traffic_stops() -> 
                 Ok(!pings(&nodes[0], ip3.into()))
             })?;
             // And it stays failed (not a blip).
-            ensure!(!pings(&nodes[0], ip3.into()), "d3 reachable again after deletion");
-            let ids: Vec<String> = control.nodes()?.iter().map(|n| n["hostname"].to_string()).collect();
+            ensure!(
+                !pings(&nodes[0], ip3.into()),
+                "d3 reachable again after deletion"
+            );
+            let ids: Vec<String> = control
+                .nodes()?
+                .iter()
+                .map(|n| n["hostname"].to_string())
+                .collect();
             ensure!(ids.len() == 2, "{ids:?}");
             Ok(())
         },
         || report(&control, &refs),
     )
 }
-
 
 /// The reusable key of user `alice` on `control`.
 fn alice_key(control: &Control) -> anyhow::Result<String> {
@@ -159,7 +174,8 @@ fn alice_key(control: &Control) -> anyhow::Result<String> {
 }
 
 #[test]
-fn an_interactive_login_prints_a_url_and_succeeds_once_an_admin_approves_it() -> anyhow::Result<()> {
+fn an_interactive_login_prints_a_url_and_succeeds_once_an_admin_approves_it() -> anyhow::Result<()>
+{
     let lab = lab!();
     let net = tailnet(&lab)?;
     let control = net.control("ctl")?;
@@ -168,7 +184,15 @@ fn an_interactive_login_prints_a_url_and_succeeds_once_an_admin_approves_it() ->
     with_diagnostics(
         || {
             let up = node
-                .weft_cmd(["up", "--login-server", &control.url(), "--hostname", "i1", "--timeout", "60s"])
+                .weft_cmd([
+                    "up",
+                    "--login-server",
+                    &control.url(),
+                    "--hostname",
+                    "i1",
+                    "--timeout",
+                    "60s",
+                ])
                 .spawn("weft-up")?;
             let url = wait_for(SECS(20), "weft up to print a login URL", || {
                 let log = up.log();
@@ -177,12 +201,19 @@ fn an_interactive_login_prints_a_url_and_succeeds_once_an_admin_approves_it() ->
                 };
                 Ok(after.split_whitespace().next().map(str::to_owned))
             })?;
-            ensure!(url.starts_with(&control.url()), "login URL {url} is not on {}", control.url());
+            ensure!(
+                url.starts_with(&control.url()),
+                "login URL {url} is not on {}",
+                control.url()
+            );
             ensure!(node.backend_state()? == "needs_login");
             control.approve(&url, "alice")?;
             let status = up.wait_exit(SECS(20))?;
             let log = up.log();
-            ensure!(status.success() && log.contains("Success."), "weft up: {status}\n{log}");
+            ensure!(
+                status.success() && log.contains("Success."),
+                "weft up: {status}\n{log}"
+            );
             node.wait_state("running", SECS(10))?;
             let st = node.status_json()?;
             ensure!(st["user"]["login_name"] == "alice", "{st}");
@@ -193,7 +224,8 @@ fn an_interactive_login_prints_a_url_and_succeeds_once_an_admin_approves_it() ->
 }
 
 #[test]
-fn a_node_whose_key_expired_loses_traffic_says_so_and_force_reauth_brings_it_back() -> anyhow::Result<()> {
+fn a_node_whose_key_expired_loses_traffic_says_so_and_force_reauth_brings_it_back()
+-> anyhow::Result<()> {
     let lab = lab!();
     let net = tailnet(&lab)?;
     let control = net.control("ctl")?;
@@ -234,7 +266,11 @@ fn a_node_whose_key_expired_loses_traffic_says_so_and_force_reauth_brings_it_bac
             let ip2 = e2.ip4()?;
             e1.wait_peers_online(&["e2"], SECS(20))?;
             e1.netns().wait_ping(ip2.into(), SECS(15))?;
-            ensure!(control.nodes()?.len() == 2, "duplicate nodes: {:?}", control.nodes()?);
+            ensure!(
+                control.nodes()?.len() == 2,
+                "duplicate nodes: {:?}",
+                control.nodes()?
+            );
             Ok(())
         },
         || report(&control, &refs),
@@ -283,8 +319,15 @@ fn peers_keep_talking_while_control_is_down_for_a_minute_and_resume_after() -> a
             c1.wait_peers_online(&["c2", "c3"], SECS(20))?;
             c2.wait_peers_online(&["c1", "c3"], SECS(20))?;
             c1.netns().wait_ping(c3.ip4()?.into(), SECS(15))?;
-            let names: Vec<String> = control.nodes()?.iter().map(|n| n["hostname"].to_string()).collect();
-            ensure!(names.len() == 3, "duplicate nodes after the restart: {names:?}");
+            let names: Vec<String> = control
+                .nodes()?
+                .iter()
+                .map(|n| n["hostname"].to_string())
+                .collect();
+            ensure!(
+                names.len() == 3,
+                "duplicate nodes after the restart: {names:?}"
+            );
             Ok(())
         },
         || report(&control, &refs),
@@ -304,10 +347,14 @@ fn weftd_keeps_ips_keys_profiles_and_down_across_kill_9_and_a_deleted_state_is_a
             let (k1, k2) = (&nodes[0], &nodes[1]);
             let ip1 = k1.ip4()?;
             let prefs = |n: &Node| -> anyhow::Result<serde_json::Value> {
-                Ok(serde_json::from_str(&n.weft_ok(["debug", "prefs"])?.stdout)?)
+                Ok(serde_json::from_str(
+                    &n.weft_ok(["debug", "prefs"])?.stdout,
+                )?)
             };
             let profiles = |n: &Node| -> anyhow::Result<serde_json::Value> {
-                Ok(serde_json::from_str(&n.weft_ok(["switch", "--list", "--json"])?.stdout)?)
+                Ok(serde_json::from_str(
+                    &n.weft_ok(["switch", "--list", "--json"])?.stdout,
+                )?)
             };
             let (prefs_before, profiles_before) = (prefs(k1)?, profiles(k1)?);
             ensure!(!prefs_before["node_key"].is_null(), "{prefs_before}");
@@ -315,17 +362,36 @@ fn weftd_keeps_ips_keys_profiles_and_down_across_kill_9_and_a_deleted_state_is_a
             k1.restart()?;
             k1.wait_state("running", SECS(20))?;
             ensure!(k1.ip4()? == ip1, "IP changed across kill -9");
-            ensure!(prefs(k1)? == prefs_before, "prefs/keys changed: {} vs {prefs_before}", prefs(k1)?);
-            ensure!(profiles(k1)? == profiles_before, "profiles changed across kill -9");
+            ensure!(
+                prefs(k1)? == prefs_before,
+                "prefs/keys changed: {} vs {prefs_before}",
+                prefs(k1)?
+            );
+            ensure!(
+                profiles(k1)? == profiles_before,
+                "profiles changed across kill -9"
+            );
             k2.netns().wait_ping(ip1.into(), SECS(15))?;
 
             // `down` is sticky.
             k1.weft_ok(["down"])?;
             k1.wait_state("stopped", SECS(10))?;
             k1.restart()?;
-            ensure!(k1.backend_state()? == "stopped", "down did not survive a restart");
+            ensure!(
+                k1.backend_state()? == "stopped",
+                "down did not survive a restart"
+            );
             ensure!(!pings(k2, ip1.into()), "k1 answers while down");
-            ensure!(k1.backend_state()? == "stopped", "down did not survive a restart");
+            // A disco ping to a peer that is down times out (504 from the LocalAPI).
+            let out = k2.weft(["ping", "-c", "1", "--timeout", "2s", &ip1.to_string()])?;
+            ensure!(
+                format!("{}{}", out.stdout, out.stderr).contains("timed out"),
+                "weft ping to a node that is down: {out:?}"
+            );
+            ensure!(
+                k1.backend_state()? == "stopped",
+                "down did not survive a restart"
+            );
             k1.weft_ok(["up"])?;
             k1.wait_state("running", SECS(20))?;
             ensure!(k1.ip4()? == ip1, "IP changed across down/up");
@@ -389,7 +455,9 @@ fn two_tailnets_are_two_profiles_switched_by_nickname_without_a_new_login() -> a
 
             let list = p1.weft_ok(["switch", "--list"])?.stdout;
             ensure!(
-                list.contains("weft.internal") && list.contains("work.internal") && list.contains('*'),
+                list.contains("weft.internal")
+                    && list.contains("work.internal")
+                    && list.contains('*'),
                 "switch --list: {list}"
             );
             p1.weft_ok(["set", "--nickname", "work"])?;
@@ -397,7 +465,10 @@ fn two_tailnets_are_two_profiles_switched_by_nickname_without_a_new_login() -> a
                 serde_json::from_str(&p1.weft_ok(["switch", "--list", "--json"])?.stdout)?;
             let profiles = profiles.as_array().context("profiles")?.clone();
             ensure!(profiles.len() == 2, "{profiles:?}");
-            let current = profiles.iter().find(|p| p["selected"] == true).context("no current")?;
+            let current = profiles
+                .iter()
+                .find(|p| p["selected"] == true)
+                .context("no current")?;
             ensure!(current["nickname"] == "work", "{current}");
             let home_id = profiles
                 .iter()
@@ -408,20 +479,37 @@ fn two_tailnets_are_two_profiles_switched_by_nickname_without_a_new_login() -> a
 
             for round in 0..2 {
                 let out = p1.weft_ok(["switch", &home_id])?;
-                ensure!(!out.stderr.contains("To authenticate"), "re-auth asked: {}", out.stderr);
+                ensure!(
+                    !out.stderr.contains("To authenticate"),
+                    "re-auth asked: {}",
+                    out.stderr
+                );
                 p1.wait_peers_online(&["p2"], SECS(20))?;
                 p1.netns().wait_ping(nodes[1].ip4()?.into(), SECS(15))?;
                 let out = p1.weft_ok(["switch", "work"])?;
-                ensure!(!out.stderr.contains("To authenticate"), "re-auth asked: {}", out.stderr);
+                ensure!(
+                    !out.stderr.contains("To authenticate"),
+                    "re-auth asked: {}",
+                    out.stderr
+                );
                 p1.wait_peers_online(&["q2"], SECS(20))?;
                 p1.netns()
                     .wait_ping(q2.ip4()?.into(), SECS(15))
                     .with_context(|| format!("round {round}"))?;
             }
-            ensure!(home.nodes()?.len() == 2 && work.nodes()?.len() == 2, "duplicate nodes");
+            ensure!(
+                home.nodes()?.len() == 2 && work.nodes()?.len() == 2,
+                "duplicate nodes"
+            );
             Ok(())
         },
-        || format!("{}\n=== work control ===\n{}", report(&home, &refs), work.log()),
+        || {
+            format!(
+                "{}\n=== work control ===\n{}",
+                report(&home, &refs),
+                work.log()
+            )
+        },
     )
 }
 
@@ -449,7 +537,10 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
             let b1 = &nodes[0];
             // A non-root user reads, but may not change anything.
             let st = b1.weft_as("nobody", ["status"])?;
-            ensure!(st.status.success() && st.stdout.contains("b1"), "status as nobody: {st:?}");
+            ensure!(
+                st.status.success() && st.stdout.contains("b1"),
+                "status as nobody: {st:?}"
+            );
             for args in [&["up"][..], &["down"], &["set", "--shields-up"]] {
                 let out = b1.weft_as("nobody", args)?;
                 ensure!(
@@ -459,8 +550,19 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
             }
             ensure!(b1.backend_state()? == "running");
 
+            // whois of an address nobody has: 404 naming it.
+            let out = b1.weft(["whois", "100.64.0.99"])?;
+            ensure!(
+                !out.status.success() && out.stderr.contains("100.64.0.99"),
+                "whois of an unknown address: {out:?}"
+            );
+
             // Usage errors.
-            for args in [&["up", "--no-such-flag"][..], &["ping", "-c", "many", "b1"], &["up", "--ssh=maybe"]] {
+            for args in [
+                &["up", "--no-such-flag"][..],
+                &["ping", "-c", "many", "b1"],
+                &["up", "--ssh=maybe"],
+            ] {
                 let out = b1.weft(args)?;
                 ensure!(out.status.code() == Some(2), "weft {args:?}: {out:?}");
             }
@@ -476,7 +578,8 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
                 "20s",
             ])?;
             ensure!(
-                !out.status.success() && out.stderr.contains("auth key is not valid on this server"),
+                !out.status.success()
+                    && out.stderr.contains("auth key is not valid on this server"),
                 "bad key: {out:?}"
             );
 
@@ -499,7 +602,10 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
                     && out.stderr.to_lowercase().contains("refused"),
                 "unreachable server: {out:?}"
             );
-            ensure!(took < SECS(15), "took {took:?} to report an unreachable server");
+            ensure!(
+                took < SECS(15),
+                "took {took:?} to report an unreachable server"
+            );
 
             // Bad LocalAPI JSON: 400 with a message; the daemon carries on.
             let body = "{not json";
@@ -512,14 +618,20 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
                 ),
             )?;
             ensure!(resp.starts_with("HTTP/1.1 400"), "{resp}");
-            ensure!(resp.len() > resp.find("\r\n\r\n").unwrap_or(0) + 6, "400 without a message: {resp}");
+            ensure!(
+                resp.len() > resp.find("\r\n\r\n").unwrap_or(0) + 6,
+                "400 without a message: {resp}"
+            );
             let resp = raw_localapi(
                 b1.socket(),
                 "PATCH /localapi/v0/prefs HTTP/1.1\r\nHost: local\r\nContent-Type: application/json\r\n\
                  Content-Length: 20\r\nConnection: close\r\n\r\n{\"shields_up\": \"yes\"}",
             )?;
             ensure!(resp.starts_with("HTTP/1.1 400"), "{resp}");
-            ensure!(b1.backend_state()? == "running", "daemon harmed by bad JSON");
+            ensure!(
+                b1.backend_state()? == "running",
+                "daemon harmed by bad JSON"
+            );
             ensure!(b1.weft_ok(["status"])?.stdout.contains("b1"));
             Ok(())
         },
