@@ -239,12 +239,10 @@ mod tests {
         }
     }
 
-    fn denied(p: PendingCheck) -> impl std::future::Future<Output = String> {
-        async move {
-            match p.outcome.await {
-                CheckOutcome::Denied { message } => message,
-                CheckOutcome::Approved => panic!("approved"),
-            }
+    async fn denied(p: PendingCheck) -> String {
+        match p.outcome.await {
+            CheckOutcome::Denied { message } => message,
+            CheckOutcome::Approved => panic!("approved"),
         }
     }
 
