@@ -60,6 +60,8 @@ impl Ctx {
                  weftd said: {message}\ntry: {}",
                 self.sudo_command()
             ),
+            // Its message already names the cause; `{:#}` would repeat it.
+            e @ LocalApiError::Connect { .. } => anyhow::anyhow!("{e}"),
             other => anyhow::Error::new(other),
         })
     }
