@@ -92,7 +92,22 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(exit(report.outcome));
             }
-            let check = conn.client()?.check_policy(&text).await?;
+            // Syntax and validation need no server: report them even when none is running.
+            if let Err(e) = weft_policy::Policy::parse_named(&name(&file), &text) {
+                if conn.json {
+                    print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }))?;
+                } else {
+                    println!("{e}");
+                }
+                return Ok(exit(Outcome::Invalid));
+            }
+            let check = conn.client()?.check_policy(&text).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\nThe file is valid. To run its tests without a server: \
+                     weft-control policy check {} --nodes NODES.json (see docs/POLICY.md)",
+                    file.display()
+                )
+            })?;
             if conn.json {
                 print_json(&check)?;
             } else if let Some(e) = &check.error {
