@@ -20,6 +20,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use weft_types::control::ServerMessage;
+use weft_types::filter::FilterRule;
 use weft_types::netmap::{DnsConfig, PacketFilter, RelayMap, SshPolicy};
 use weft_types::{Delta, DnsName, MapBody, Node, UserProfile};
 
@@ -177,6 +178,58 @@ pub fn delta_body(deltas: &[Delta]) -> Result<Encoded<MapBody>, EncodeError> {
         Delta(&'a [Delta]),
     }
     Ok(Encoded::from_raw(serde_json::value::to_raw_value(&DeltaBodyRef::Delta(deltas))?))
+}
+
+/// Encodes a packet filter straight from its rules, without building the
+/// lookup index a [`PacketFilter`] carries (the server only sends filters,
+/// it never matches packets against them). Same bytes as encoding
+/// `PacketFilter::new(rules.to_vec())`.
+///
+/// # Errors
+/// As [`Encoded::new`].
+pub fn packet_filter_from_rules(rules: &[FilterRule]) -> Result<Encoded<PacketFilter>, EncodeError> {
+    // Mirrors `PacketFilter`'s wire form: `{"rules": [...]}`.
+    #[derive(Serialize)]
+    struct PacketFilterRef<'a> {
+        rules: &'a [FilterRule],
+    }
+    Ok(Encoded::from_raw(serde_json::value::to_raw_value(&PacketFilterRef { rules })?))
+}
+
+/// Encodes `deltas` followed by a pre-encoded packet filter and SSH policy
+/// (each if given) as one delta body: the same bytes as [`delta_body`] with
+/// `Delta::PacketFilter` and `Delta::SshPolicy` appended, but the filter,
+/// often the largest part, is copied rather than serialized again.
+///
+/// # Errors
+/// As [`Encoded::new`].
+pub fn delta_body_with_policy(
+    deltas: &[Delta],
+    packet_filter: Option<&Encoded<PacketFilter>>,
+    ssh_policy: Option<&Encoded<SshPolicy>>,
+) -> Result<Encoded<MapBody>, EncodeError> {
+    // Mirrors `Delta`'s externally tagged, snake_case variants.
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum PolicyDeltaRef<'a> {
+        PacketFilter(&'a Encoded<PacketFilter>),
+        SshPolicy(&'a Encoded<SshPolicy>),
+    }
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum ItemRef<'a> {
+        Typed(&'a Delta),
+        Policy(PolicyDeltaRef<'a>),
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum DeltaBodyRef<'a> {
+        Delta(&'a [ItemRef<'a>]),
+    }
+    let mut items: Vec<ItemRef<'_>> = deltas.iter().map(ItemRef::Typed).collect();
+    items.extend(packet_filter.map(|f| ItemRef::Policy(PolicyDeltaRef::PacketFilter(f))));
+    items.extend(ssh_policy.map(|s| ItemRef::Policy(PolicyDeltaRef::SshPolicy(s))));
+    Ok(Encoded::from_raw(serde_json::value::to_raw_value(&DeltaBodyRef::Delta(&items))?))
 }
 
 /// Wraps a map body in the `map` message with sequence number `seq`.

@@ -26,16 +26,20 @@
 //! A policy change (or a user change, which can move `autogroup:admin`)
 //! recomputes every recipient's peer set; a recipient whose delta would be
 //! longer than [`FULL_THRESHOLD`] operations gets a fresh full map instead.
+//! A recipient gets a packet filter or SSH policy only if its content
+//! changed (compared by digest, see [`super::PolicyState::node_policy_reusing`]);
+//! the policy is spliced into the body already encoded, and recipients whose
+//! body is only the same policy share one encoded body.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use weft_control_proto::Encoded;
-use weft_control_proto::encode::delta_body;
+use weft_control_proto::encode::{delta_body, delta_body_with_policy};
 use weft_types::netmap::{Delta, PeerDelta};
 use weft_types::{MapBody, NodeId, UserId};
 
-use super::{NodePolicy, Snapshot};
+use super::{ContentKey, NodePolicy, Snapshot};
 
 /// How a node changed in a batch (bits).
 pub(crate) mod kind {
@@ -64,6 +68,9 @@ mod op {
 
 /// A chunk's index and its operations: what one shared body holds.
 type ChunkKey<'a> = (usize, &'a [(u32, u8)]);
+
+/// A node policy's content and which of its parts a body carries.
+type PolicyBodyKey = ((ContentKey, ContentKey), bool, bool);
 
 /// Changed nodes per shared body.
 pub(crate) const CHUNK: usize = 64;
@@ -192,6 +199,7 @@ pub(crate) fn compute(batch: &Batch<'_>, recipients: &mut [Recipient]) -> Vec<Ou
 
     // 2. Encode shared chunks once per distinct content.
     let mut cache: HashMap<ChunkKey<'_>, Encoded<MapBody>> = HashMap::new();
+    let mut policy_bodies: HashMap<PolicyBodyKey, Encoded<MapBody>> = HashMap::new();
     let mut outputs = Vec::with_capacity(recipients.len());
     let policy_changed = !Arc::ptr_eq(&old.policy, &new.policy);
     for (s, r) in recipients.iter_mut().enumerate() {
@@ -213,8 +221,10 @@ pub(crate) fn compute(batch: &Batch<'_>, recipients: &mut [Recipient]) -> Vec<Ou
                 }
             }
         }
+        // Reusing what the node has when the content is the same: an
+        // unchanged node costs a digest of its rules, not an encoding.
         let np = if policy_changed {
-            new.policy.node_policy(r.node)
+            new.policy.node_policy_reusing(r.node, Some(&r.sent))
         } else {
             r.sent.clone()
         };
@@ -252,19 +262,26 @@ pub(crate) fn compute(batch: &Batch<'_>, recipients: &mut [Recipient]) -> Vec<Ou
         {
             deltas.push(Delta::SelfNode(Box::new(me.wire.clone())));
         }
-        if policy_changed {
-            if !np.same_filter(&r.sent) {
-                deltas.push(Delta::PacketFilter(Box::new(np.filter.clone())));
+        let send_filter = policy_changed && !np.same_filter(&r.sent);
+        let send_ssh = policy_changed && !np.same_ssh(&r.sent);
+        let filter = send_filter.then_some(&np.filter_enc);
+        let ssh = send_ssh.then_some(&np.ssh_enc);
+        if deltas.is_empty() && (send_filter || send_ssh) {
+            // Only the policy: nodes with the same one share the body.
+            let key = (np.key(), send_filter, send_ssh);
+            if let Some(body) = policy_bodies.get(&key) {
+                bodies.push(body.clone());
+            } else if let Ok(body) = delta_body_with_policy(&[], filter, ssh) {
+                policy_bodies.insert(key, body.clone());
+                bodies.push(body);
             }
-            if !np.same_ssh(&r.sent) {
-                deltas.push(Delta::SshPolicy(np.ssh.clone()));
-            }
-            r.sent = np;
-        }
-        if !deltas.is_empty()
-            && let Ok(body) = delta_body(&deltas)
+        } else if (!deltas.is_empty() || send_filter || send_ssh)
+            && let Ok(body) = delta_body_with_policy(&deltas, filter, ssh)
         {
             bodies.push(body);
+        }
+        if policy_changed {
+            r.sent = np;
         }
         outputs.push(if bodies.is_empty() {
             Output::Nothing
@@ -319,6 +336,76 @@ fn peer_deltas(snap: &Snapshot, ops: &[(NodeId, u8)], out: &mut Vec<Delta>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::state::tests::{domain, nodes, policy_state, users};
+    use crate::state::{PolicyState, dns_config};
+    use weft_types::netmap::{PacketFilter, RelayMap, SshPolicy};
+
+    fn snapshot(version: u64, policy: PolicyState) -> Snapshot {
+        Snapshot {
+            version,
+            nodes: nodes(),
+            users: users(),
+            policy: Arc::new(policy),
+            unauthorized: BTreeSet::new(),
+            domain: domain(),
+            dns: Encoded::new(&dns_config(&domain())).unwrap(),
+            relay_map: Encoded::new(&RelayMap::default()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_policy_change_sends_a_filter_only_to_the_nodes_whose_filter_changed() {
+        let old = snapshot(1, policy_state(false));
+        let new = snapshot(2, policy_state(true));
+        let mut recipients: Vec<Recipient> = [1, 2, 3]
+            .into_iter()
+            .map(|id| Recipient {
+                node: NodeId(id),
+                sent: old.policy.node_policy(NodeId(id)),
+            })
+            .collect();
+        let changes = BTreeMap::new();
+        let batch = Batch {
+            old: &old,
+            new: &new,
+            changes: &changes,
+            recompute_all: true,
+        };
+        let out = compute(&batch, &mut recipients);
+        assert!(matches!(out[0], Output::Nothing), "{:?}", out[0]);
+        assert!(matches!(out[1], Output::Nothing), "{:?}", out[1]);
+        let Output::Bodies(bodies) = &out[2] else { panic!("{:?}", out[2]) };
+        assert_eq!(bodies.len(), 1);
+        let body: MapBody = serde_json::from_str(bodies[0].as_str()).unwrap();
+        let MapBody::Delta(deltas) = body else { panic!("not a delta") };
+        let [Delta::PacketFilter(f)] = deltas.as_slice() else { panic!("{deltas:?}") };
+        let (bob, alice) = ("100.64.0.1".parse().unwrap(), "100.64.0.3".parse().unwrap());
+        assert!(f.allows(bob, alice, 6, 80).is_some());
+        // Every recipient now holds the new snapshot's policy.
+        for r in &recipients {
+            assert!(Arc::ptr_eq(&r.sent, &new.policy.node_policy(r.node)));
+        }
+    }
+
+    #[test]
+    fn a_delta_with_a_pre_encoded_policy_is_byte_for_byte_the_typed_delta() {
+        let p = policy_state(true);
+        let np = p.node_policy(NodeId(3));
+        let filter: PacketFilter = serde_json::from_str(np.filter_enc.as_str()).unwrap();
+        let ssh: SshPolicy = serde_json::from_str(np.ssh_enc.as_str()).unwrap();
+        let online = Delta::Peer(PeerDelta::Online {
+            id: NodeId(1),
+            online: true,
+            last_seen: weft_types::UnixMillis(5),
+        });
+        let typed = delta_body(&[online.clone(), Delta::PacketFilter(Box::new(filter.clone())), Delta::SshPolicy(ssh)]).unwrap();
+        let spliced = delta_body_with_policy(std::slice::from_ref(&online), Some(&np.filter_enc), Some(&np.ssh_enc)).unwrap();
+        assert_eq!(spliced.as_str(), typed.as_str());
+        let typed = delta_body(&[Delta::PacketFilter(Box::new(filter))]).unwrap();
+        let spliced = delta_body_with_policy(&[], Some(&np.filter_enc), None).unwrap();
+        assert_eq!(spliced.as_str(), typed.as_str());
+    }
 
     #[test]
     fn merge_walks_both_lists_in_order() {

@@ -20,14 +20,16 @@ pub(crate) mod delta;
 pub(crate) mod persist;
 pub(crate) mod queue;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use ipnet::IpNet;
 use weft_control_proto::Encoded;
-use weft_control_proto::encode::{EncodeError, FullMapParts, full_map_body};
+use weft_control_proto::encode::{EncodeError, FullMapParts, full_map_body, packet_filter_from_rules};
 use weft_control_store::{Node as StoreNode, Role, User};
 use weft_policy::{CompiledTailnet, Policy, Tailnet};
+use weft_types::filter::FilterRule;
 use weft_types::netmap::{DnsConfig, PacketFilter, RelayMap, SshPolicy};
 use weft_types::{DnsName, HostInfo, MapBody, Node, NodeId, UnixMillis, UserId, UserProfile};
 
@@ -114,37 +116,78 @@ impl UserEntry {
     }
 }
 
-/// The compiled filter and SSH policy of one node, typed and encoded.
+/// A 128-bit digest of a compiled filter or SSH policy: what two node
+/// policies are compared by. Two SipHash-1-3 digests with different
+/// prefixes over the same content; an accidental collision (2^-128) is not
+/// a concern, and the content comes from the administrator's policy and
+/// server-assigned addresses, not from nodes.
+pub(crate) type ContentKey = (u64, u64);
+
+/// Feeds one traversal of a value into two hashers.
+struct Tee(std::hash::DefaultHasher, std::hash::DefaultHasher);
+
+impl Hasher for Tee {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+        self.1.write(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
+
+/// Returns the [`ContentKey`] of `value`.
+pub(crate) fn content_key<T: Hash + ?Sized>(value: &T) -> ContentKey {
+    let mut t = Tee(std::hash::DefaultHasher::new(), std::hash::DefaultHasher::new());
+    t.1.write_u64(0x7765_6674_2d6b_6579);
+    value.hash(&mut t);
+    (t.0.finish(), t.1.finish())
+}
+
+/// The compiled filter and SSH policy of one node, encoded. Nodes whose
+/// compiled policies are equal share one `NodePolicy` (see
+/// [`PolicyState::node_policy`]). Only the encodings are kept: the server
+/// sends filters, it never matches packets against them.
 #[derive(Debug)]
 pub(crate) struct NodePolicy {
-    pub filter: PacketFilter,
-    pub ssh: SshPolicy,
+    /// Digest of the filter rules.
+    pub filter_key: ContentKey,
+    /// Digest of the SSH policy's encoding.
+    pub ssh_key: ContentKey,
     pub filter_enc: Encoded<PacketFilter>,
     pub ssh_enc: Encoded<SshPolicy>,
 }
 
 impl NodePolicy {
-    fn new(filter: PacketFilter, ssh: SshPolicy) -> Result<Self, EncodeError> {
+    fn new(rules: &[FilterRule], filter_key: ContentKey, ssh_enc: Encoded<SshPolicy>) -> Result<Self, EncodeError> {
         Ok(Self {
-            filter_enc: Encoded::new(&filter)?,
-            ssh_enc: Encoded::new(&ssh)?,
-            filter,
-            ssh,
+            filter_key,
+            ssh_key: content_key(ssh_enc.as_bytes()),
+            filter_enc: packet_filter_from_rules(rules)?,
+            ssh_enc,
         })
     }
 
-    /// Returns whether the two hold the same filter and SSH policy.
+    /// Returns whether the two hold the same packet filter.
     pub fn same_filter(&self, other: &NodePolicy) -> bool {
-        self.filter_enc.as_bytes() == other.filter_enc.as_bytes()
+        self.filter_key == other.filter_key
     }
 
+    /// Returns whether the two hold the same SSH policy.
     pub fn same_ssh(&self, other: &NodePolicy) -> bool {
-        self.ssh_enc.as_bytes() == other.ssh_enc.as_bytes()
+        self.ssh_key == other.ssh_key
+    }
+
+    /// The key nodes with this policy are shared under.
+    pub fn key(&self) -> (ContentKey, ContentKey) {
+        (self.filter_key, self.ssh_key)
     }
 }
 
 /// The policy in force, compiled against the tailnet of one snapshot. Per
-/// node filters are made on first use and kept.
+/// node filters are made on first use and kept; nodes with identical
+/// compiled filters and SSH policies share one encoded [`NodePolicy`].
 #[derive(Debug)]
 pub(crate) struct PolicyState {
     pub policy: Arc<Policy>,
@@ -152,6 +195,8 @@ pub(crate) struct PolicyState {
     pub compiled: CompiledTailnet,
     index: BTreeMap<NodeId, usize>,
     cache: Vec<OnceLock<Arc<NodePolicy>>>,
+    /// The distinct node policies made so far, by content.
+    distinct: Mutex<HashMap<(ContentKey, ContentKey), Arc<NodePolicy>>>,
 }
 
 impl PolicyState {
@@ -184,23 +229,55 @@ impl PolicyState {
             compiled,
             index,
             cache,
+            distinct: Mutex::new(HashMap::new()),
         }
     }
 
     /// Returns the filter and SSH policy of `node` (made on first use).
     pub fn node_policy(&self, node: NodeId) -> Arc<NodePolicy> {
-        let make = || {
-            let pid = policy_id(node);
-            let filter = self.compiled.packet_filter(pid).unwrap_or_default();
-            let ssh = self.compiled.ssh_policy(pid).unwrap_or_default();
-            NodePolicy::new(filter, ssh)
-                .map(Arc::new)
-                .unwrap_or_else(|_| empty_node_policy())
+        self.node_policy_reusing(node, None)
+    }
+
+    /// As [`PolicyState::node_policy`], but if the node's compiled policy
+    /// has the same content as `prev` (what the node has now), `prev`
+    /// itself is used: nothing is encoded and the caller can tell the
+    /// policy did not change by pointer.
+    pub fn node_policy_reusing(&self, node: NodeId, prev: Option<&Arc<NodePolicy>>) -> Arc<NodePolicy> {
+        let Some(slot) = self.index.get(&node).and_then(|&i| self.cache.get(i)) else {
+            return empty_node_policy();
         };
-        match self.index.get(&node).and_then(|&i| self.cache.get(i)) {
-            Some(slot) => slot.get_or_init(make).clone(),
-            None => empty_node_policy(),
+        if let Some(np) = slot.get() {
+            return np.clone();
         }
+        slot.get_or_init(|| self.make(node, prev)).clone()
+    }
+
+    fn make(&self, node: NodeId, prev: Option<&Arc<NodePolicy>>) -> Arc<NodePolicy> {
+        let pid = policy_id(node);
+        let rules = self.compiled.filter_rules(pid).unwrap_or_default();
+        let ssh = self.compiled.ssh_policy(pid).unwrap_or_default();
+        let Ok(ssh_enc) = Encoded::new(&ssh) else { return empty_node_policy() };
+        let key = (content_key(&rules), content_key(ssh_enc.as_bytes()));
+        let distinct = || self.distinct.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(np) = distinct().get(&key) {
+            return np.clone();
+        }
+        let np = match prev {
+            Some(p) if p.key() == key => p.clone(),
+            _ => match NodePolicy::new(&rules, key.0, ssh_enc) {
+                Ok(np) => Arc::new(np),
+                Err(_) => return empty_node_policy(),
+            },
+        };
+        // Encoded outside the lock; if another thread made the same policy
+        // meanwhile, use theirs so that the encoding stays shared.
+        distinct().entry(key).or_insert(np).clone()
+    }
+
+    /// Returns how many distinct node policies were made so far.
+    #[cfg(test)]
+    pub fn distinct_policies(&self) -> usize {
+        self.distinct.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
 
@@ -208,17 +285,10 @@ fn empty_node_policy() -> Arc<NodePolicy> {
     static EMPTY: OnceLock<Arc<NodePolicy>> = OnceLock::new();
     EMPTY
         .get_or_init(|| {
-            let filter = PacketFilter::default();
-            let ssh = SshPolicy::default();
-            match (Encoded::new(&filter), Encoded::new(&ssh)) {
-                (Ok(filter_enc), Ok(ssh_enc)) => Arc::new(NodePolicy {
-                    filter,
-                    ssh,
-                    filter_enc,
-                    ssh_enc,
-                }),
+            match Encoded::new(&SshPolicy::default()).and_then(|ssh| NodePolicy::new(&[], content_key(&[] as &[FilterRule]), ssh)) {
+                Ok(np) => Arc::new(np),
                 // Encoding empty lists cannot fail.
-                _ => std::process::abort(),
+                Err(_) => std::process::abort(),
             }
         })
         .clone()
@@ -359,3 +429,113 @@ pub(crate) fn dns_config(domain: &DnsName) -> DnsConfig {
     }
 }
 
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::Ipv4Addr;
+
+    use weft_types::{DnsLabel, MachinePublic, NodePublic};
+
+    use super::*;
+
+    pub fn domain() -> DnsName {
+        "weft.test".parse().unwrap()
+    }
+
+    pub fn users() -> BTreeMap<UserId, Arc<UserEntry>> {
+        [(1, "alice@weft.test"), (2, "bob@weft.test")]
+            .into_iter()
+            .map(|(id, login)| {
+                let u = User {
+                    id: UserId(id),
+                    login_name: login.parse().unwrap(),
+                    display_name: String::new(),
+                    role: Role::Member,
+                    created: UnixMillis(0),
+                };
+                (UserId(id), Arc::new(UserEntry::new(u).unwrap()))
+            })
+            .collect()
+    }
+
+    /// Node 1 and 2 belong to bob, node 3 to alice.
+    pub fn nodes() -> BTreeMap<NodeId, Arc<NodeEntry>> {
+        [(1u8, 2), (2, 2), (3, 1)]
+            .into_iter()
+            .map(|(id, user)| {
+                let rec = StoreNode {
+                    id: NodeId(i64::from(id)),
+                    stable_id: format!("n{id}").parse().unwrap(),
+                    machine_key: MachinePublic::from_bytes([id; 32]),
+                    node_key: NodePublic::from_bytes([id + 100; 32]),
+                    disco_key: None,
+                    hostname: format!("n{id}"),
+                    given_name: DnsLabel::sanitize(&format!("n{id}")),
+                    user: Some(UserId(user)),
+                    registered_by: None,
+                    tags: BTreeSet::new(),
+                    ipv4: Ipv4Addr::new(100, 64, 0, id),
+                    ipv6: format!("fd13:b027:8801::{id}").parse().unwrap(),
+                    endpoints: Vec::new(),
+                    host_info: serde_json::Value::Null,
+                    created: UnixMillis(0),
+                    last_seen: None,
+                    online: true,
+                    key_expiry: None,
+                    authorized: true,
+                    ephemeral: false,
+                    preauth_key: None,
+                };
+                (NodeId(i64::from(id)), Arc::new(NodeEntry::new(rec, &domain(), UnixMillis(0)).unwrap()))
+            })
+            .collect()
+    }
+
+    /// Bob's nodes may reach alice's on port 22 (and 80 with `open_80`).
+    pub fn policy_state(open_80: bool) -> PolicyState {
+        let ports = if open_80 { "22,80" } else { "22" };
+        let text = format!(
+            r#"{{"acls": [{{"action": "accept", "src": ["bob@weft.test"], "dst": ["alice@weft.test:{ports}"]}}]}}"#
+        );
+        PolicyState::build(Arc::new(Policy::parse(&text).unwrap()), &nodes(), &users())
+    }
+
+    #[test]
+    fn nodes_with_identical_compiled_policies_share_one_encoding() {
+        let p = policy_state(false);
+        let (n1, n2, n3) = (p.node_policy(NodeId(1)), p.node_policy(NodeId(2)), p.node_policy(NodeId(3)));
+        // Nothing may reach bob's two nodes: the same (empty) filter, made once.
+        assert!(Arc::ptr_eq(&n1, &n2));
+        assert!(!n3.same_filter(&n1));
+        assert!(n3.filter_enc.as_str().contains("100.64.0.3"), "{}", n3.filter_enc.as_str());
+        assert_eq!(p.distinct_policies(), 2);
+        // Asking again does not make anything new.
+        assert!(Arc::ptr_eq(&p.node_policy(NodeId(3)), &n3));
+        assert_eq!(p.distinct_policies(), 2);
+    }
+
+    #[test]
+    fn a_node_whose_compiled_policy_did_not_change_keeps_the_one_it_has() {
+        let (before, after) = (policy_state(false), policy_state(true));
+        let old1 = before.node_policy(NodeId(1));
+        let old3 = before.node_policy(NodeId(3));
+        let new1 = after.node_policy_reusing(NodeId(1), Some(&old1));
+        let new3 = after.node_policy_reusing(NodeId(3), Some(&old3));
+        assert!(Arc::ptr_eq(&new1, &old1), "bob's filter did not change");
+        assert!(!Arc::ptr_eq(&new3, &old3));
+        assert!(!new3.same_filter(&old3), "port 80 opened on alice's node");
+        assert!(new3.same_ssh(&old3));
+        // Bob's other node shares the reused policy.
+        assert!(Arc::ptr_eq(&after.node_policy(NodeId(2)), &old1));
+    }
+
+    #[test]
+    fn a_filter_encoded_from_its_rules_is_byte_for_byte_the_typed_encoding() {
+        let p = policy_state(true);
+        let rules = p.compiled.filter_rules(policy_id(NodeId(3))).unwrap();
+        assert!(!rules.is_empty());
+        let typed = Encoded::new(&PacketFilter::new(rules.clone())).unwrap();
+        assert_eq!(packet_filter_from_rules(&rules).unwrap().as_str(), typed.as_str());
+        assert_eq!(p.node_policy(NodeId(3)).filter_enc.as_str(), typed.as_str());
+    }
+}
