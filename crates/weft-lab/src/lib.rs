@@ -86,6 +86,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod account;
 mod error;
 mod lab;
 pub mod names;

@@ -14,12 +14,9 @@
 //! carries each daemon's status and log.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::ensure;
 use weft_lab::tailnet::{Binaries, Control, KeyOptions, Node, NodeOptions, Tailnet, peer};
 use weft_lab::{Lab, Output, Process, e2e_lab, wait_for, with_diagnostics};
 
@@ -36,44 +33,7 @@ macro_rules! lab {
 
 // ---- local accounts ------------------------------------------------------------------------
 
-/// useradd/userdel lock /etc/passwd: one at a time in this process, retried against others.
-static PASSWD: Mutex<()> = Mutex::new(());
-
-/// A local account, removed on drop. The namespaces share /etc/passwd and the file system.
-struct LocalAccount {
-    name: String,
-    home: PathBuf,
-}
-
-fn passwd_tool(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let mut last = String::new();
-    for _ in 0..50 {
-        let out = std::process::Command::new(program).args(args).stdin(Stdio::null()).output()?;
-        if out.status.success() {
-            return Ok(());
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{program} {args:?}: {last}")
-}
-
-impl LocalAccount {
-    fn create(tag: &str) -> anyhow::Result<LocalAccount> {
-        let _g = PASSWD.lock().unwrap_or_else(|e| e.into_inner());
-        let name = format!("wck{:06x}{tag}", rand::random::<u32>() & 0xff_ffff);
-        passwd_tool("useradd", &["-m", "-U", "-s", "/bin/bash", &name])?;
-        let pw = nix::unistd::User::from_name(&name)?.context("the new account is not in passwd")?;
-        Ok(LocalAccount { name, home: pw.dir })
-    }
-}
-
-impl Drop for LocalAccount {
-    fn drop(&mut self) {
-        let _g = PASSWD.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = passwd_tool("userdel", &["-r", "-f", &self.name]);
-    }
-}
+use weft_lab::account::LocalAccount;
 
 // ---- the tailnet ---------------------------------------------------------------------------
 
@@ -188,8 +148,8 @@ fn ok(out: &Output, what: &str) -> anyhow::Result<()> {
 fn check_holds_the_login_until_its_user_approves_and_a_second_login_within_the_period_goes_through()
 -> anyhow::Result<()> {
     let lab = lab!();
-    let client = LocalAccount::create("c")?;
-    let target = LocalAccount::create("t")?;
+    let client = LocalAccount::create("wck", "c")?;
+    let target = LocalAccount::create("wck", "t")?;
     let net = tailnet(&lab, SECS(120))?;
     with_diagnostics(
         || {
@@ -226,8 +186,8 @@ fn check_holds_the_login_until_its_user_approves_and_a_second_login_within_the_p
 #[test]
 fn a_check_nobody_approves_is_refused_after_the_bound() -> anyhow::Result<()> {
     let lab = lab!();
-    let client = LocalAccount::create("c")?;
-    let target = LocalAccount::create("t")?;
+    let client = LocalAccount::create("wck", "c")?;
+    let target = LocalAccount::create("wck", "t")?;
     let net = tailnet(&lab, SECS(4))?;
     with_diagnostics(
         || {

@@ -18,11 +18,9 @@
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use weft_lab::tailnet::{Binaries, Control, KeyOptions, Node, Tailnet, peer};
 use weft_lab::{Lab, Output, Process, e2e_lab, wait_for, wait_until, with_diagnostics};
 
@@ -41,64 +39,7 @@ macro_rules! lab {
 
 // ---- local accounts ------------------------------------------------------------------------
 
-/// useradd/userdel take a lock on /etc/passwd: one at a time in this process, retried against
-/// other processes.
-static PASSWD: Mutex<()> = Mutex::new(());
-
-/// A local account (with its own group plus one supplementary group), removed on drop.
-struct LocalAccount {
-    name: String,
-    extra_group: String,
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
-}
-
-fn passwd_tool(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let mut last = String::new();
-    for _ in 0..50 {
-        let out = std::process::Command::new(program).args(args).stdin(Stdio::null()).output()?;
-        if out.status.success() {
-            return Ok(());
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        // Another process holds the passwd lock: try again shortly.
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{program} {args:?}: {last}")
-}
-
-impl LocalAccount {
-    fn create(tag: &str) -> anyhow::Result<LocalAccount> {
-        let _g = PASSWD.lock().unwrap_or_else(|e| e.into_inner());
-        let name = format!("wse{:06x}{tag}", rand::random::<u32>() & 0xff_ffff);
-        let extra_group = format!("{name}x");
-        passwd_tool("groupadd", &[&extra_group])?;
-        passwd_tool("useradd", &["-m", "-U", "-s", "/bin/bash", "-G", &extra_group, &name])?;
-        let pw = nix::unistd::User::from_name(&name)?.context("the new account is not in passwd")?;
-        Ok(LocalAccount { name, extra_group, uid: pw.uid.as_raw(), gid: pw.gid.as_raw(), home: pw.dir })
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.home.join(rel)
-    }
-
-    /// Writes a file in the home directory, owned by the account.
-    fn write(&self, rel: &str, data: &[u8]) -> anyhow::Result<PathBuf> {
-        let p = self.path(rel);
-        std::fs::write(&p, data)?;
-        nix::unistd::chown(&p, Some(self.uid.into()), Some(self.gid.into()))?;
-        Ok(p)
-    }
-}
-
-impl Drop for LocalAccount {
-    fn drop(&mut self) {
-        let _g = PASSWD.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = passwd_tool("userdel", &["-r", "-f", &self.name]);
-        let _ = passwd_tool("groupdel", &[&self.extra_group]);
-    }
-}
+use weft_lab::account::LocalAccount;
 
 // ---- the tailnet ---------------------------------------------------------------------------
 
@@ -318,8 +259,8 @@ fn spawn(cmd: weft_lab::Cmd, name: &str) -> anyhow::Result<Process> {
 #[test]
 fn weft_ssh_logs_in_with_no_keys_and_strict_host_keys_from_the_netmap() -> anyhow::Result<()> {
     let lab = lab!();
-    let client = LocalAccount::create("c")?;
-    let target = LocalAccount::create("t")?;
+    let client = LocalAccount::create("wse", "c")?;
+    let target = LocalAccount::create("wse", "t")?;
     let net = tailnet(&lab, &nonroot_policy("nobody"), false)?;
     with_diagnostics(
         || {
@@ -372,8 +313,8 @@ fn weft_ssh_logs_in_with_no_keys_and_strict_host_keys_from_the_netmap() -> anyho
 #[test]
 fn sessions_run_as_exactly_the_target_user_with_pty_scp_sftp_forwarding_and_agent() -> anyhow::Result<()> {
     let lab = lab!();
-    let client = LocalAccount::create("c")?;
-    let target = LocalAccount::create("t")?;
+    let client = LocalAccount::create("wse", "c")?;
+    let target = LocalAccount::create("wse", "t")?;
     let net = tailnet(&lab, &nonroot_policy("nobody"), false)?;
     with_diagnostics(
         || {
@@ -538,9 +479,9 @@ fn agent_forwarding(net: &Net<'_>, client: &LocalAccount, t: &str) -> anyhow::Re
 #[test]
 fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_sessions() -> anyhow::Result<()> {
     let lab = lab!();
-    let client = LocalAccount::create("c")?;
-    let target = LocalAccount::create("t")?;
-    let other = LocalAccount::create("o")?;
+    let client = LocalAccount::create("wse", "c")?;
+    let target = LocalAccount::create("wse", "t")?;
+    let other = LocalAccount::create("wse", "o")?;
     let net = tailnet(&lab, &nonroot_policy(&target.name), true)?;
     let c = net.c.as_ref().unwrap();
     with_diagnostics(
@@ -597,8 +538,8 @@ fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_
 #[test]
 fn garbage_long_names_and_channel_floods_hit_limits_and_ssh_off_closes_the_port() -> anyhow::Result<()> {
     let lab = lab!();
-    let client = LocalAccount::create("c")?;
-    let target = LocalAccount::create("t")?;
+    let client = LocalAccount::create("wse", "c")?;
+    let target = LocalAccount::create("wse", "t")?;
     let net = tailnet(&lab, &nonroot_policy("nobody"), false)?;
     with_diagnostics(
         || {
