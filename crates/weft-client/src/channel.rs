@@ -80,7 +80,8 @@ impl Channel {
         )
         .map_err(|e| ClientError::channel(&url, e))?;
         let deadline = tokio::time::Instant::now() + opts.connect_timeout;
-        let (mut tcp, leftover) = http::upgrade(&target.url, &request, opts.connect_timeout).await?;
+        let (mut tcp, leftover) =
+            http::upgrade(&target.url, &request, opts.connect_timeout).await?;
         let established = async {
             let mut input = leftover.to_vec();
             let mut buf = vec![0u8; 4096];
@@ -95,9 +96,10 @@ impl Channel {
                 }
                 match tcp.read(&mut buf).await {
                     Ok(0) => {
-                        let e = conn.handle_eof().err().unwrap_or(
-                            weft_control_proto::ChannelError::ClosedDuringHandshake,
-                        );
+                        let e = conn
+                            .handle_eof()
+                            .err()
+                            .unwrap_or(weft_control_proto::ChannelError::ClosedDuringHandshake);
                         return Err(ClientError::channel(&url, e));
                     }
                     Ok(n) => input.extend_from_slice(buf.get(..n).unwrap_or_default()),

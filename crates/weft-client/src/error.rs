@@ -28,7 +28,9 @@ pub enum ClientError {
         cause: String,
     },
     /// `https://` URLs need TLS, which this build of the client lacks.
-    #[error("control server {url}: https is not supported by this client yet; use http:// (the Noise channel authenticates and encrypts either way)")]
+    #[error(
+        "control server {url}: https is not supported by this client yet; use http:// (the Noise channel authenticates and encrypts either way)"
+    )]
     TlsUnsupported {
         /// The control server URL.
         url: String,

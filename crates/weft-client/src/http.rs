@@ -62,12 +62,15 @@ pub async fn fetch_key(url: &ControlUrl, timeout: Duration) -> Result<KeyRespons
                 String::from_utf8_lossy(&body).trim()
             )));
         }
-        serde_json::from_slice::<KeyResponse>(&body)
-            .map_err(|e| bad(format!("not a key document ({e}); is this a weft-control server?")))
+        serde_json::from_slice::<KeyResponse>(&body).map_err(|e| {
+            bad(format!(
+                "not a key document ({e}); is this a weft-control server?"
+            ))
+        })
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| ClientError::unreachable(url.as_str(), format!("no answer within {timeout:?}")))?
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        ClientError::unreachable(url.as_str(), format!("no answer within {timeout:?}"))
+    })?
 }
 
 /// Sends the upgrade request and returns the raw connection after `101
@@ -111,11 +114,12 @@ pub async fn upgrade(
             conn_task.abort();
             return Err(refusal(url, refused));
         }
-        upgrade::check_response(status, upgrade_header.as_deref(), "")
-            .map_err(|source| ClientError::Upgrade {
+        upgrade::check_response(status, upgrade_header.as_deref(), "").map_err(|source| {
+            ClientError::Upgrade {
                 url: url.to_string(),
                 source,
-            })?;
+            }
+        })?;
         let upgraded = hyper::upgrade::on(resp)
             .await
             .map_err(|e| ClientError::unreachable(url.as_str(), e))?;
@@ -124,9 +128,9 @@ pub async fn upgrade(
             .map_err(|_| ClientError::unreachable(url.as_str(), "upgrade lost the TCP stream"))?;
         Ok((parts.io.into_inner(), parts.read_buf))
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| ClientError::unreachable(url.as_str(), format!("no answer within {timeout:?}")))?
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        ClientError::unreachable(url.as_str(), format!("no answer within {timeout:?}"))
+    })?
 }
 
 fn refusal(url: &ControlUrl, r: Result<(), weft_control_proto::UpgradeRefused>) -> ClientError {

@@ -42,5 +42,6 @@ pub use ssh_check::{SshCheckWait, ssh_check};
 pub use url::ControlUrl;
 /// The protocol pieces a caller of this crate needs, re-exported.
 pub use weft_control_proto::{
-    ChannelConfig, CheckProgress, CheckResult, ClientParams, MapSession, NetMapDiff, PeerDiff, check_id_from,
+    ChannelConfig, CheckProgress, CheckResult, ClientParams, MapSession, NetMapDiff, PeerDiff,
+    check_id_from,
 };

@@ -121,7 +121,9 @@ pub async fn map(
     Ok(Box::pin(stream))
 }
 
-async fn recv_update(updates: &mut Option<mpsc::UnboundedReceiver<MapUpdate>>) -> Option<MapUpdate> {
+async fn recv_update(
+    updates: &mut Option<mpsc::UnboundedReceiver<MapUpdate>>,
+) -> Option<MapUpdate> {
     match updates {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -192,7 +194,13 @@ mod tests {
         assert!(first >= Backoff::MIN.mul_f64(0.75) && first <= Backoff::MIN.mul_f64(1.25));
         let later: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
         assert!(later.iter().all(|d| *d <= Backoff::MAX));
-        assert!(later.iter().rev().take(5).all(|d| *d >= Backoff::MAX.mul_f64(0.75)));
+        assert!(
+            later
+                .iter()
+                .rev()
+                .take(5)
+                .all(|d| *d >= Backoff::MAX.mul_f64(0.75))
+        );
         let distinct: std::collections::BTreeSet<_> = later.iter().collect();
         assert!(distinct.len() > 5, "jitter spreads the delays");
         b.reset();

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use weft_control_proto::{ClientEvent, ClientParams, Connection, ControlClient, MapSession};
 use weft_control_proto::{ClientError as ProtoError, NetMapDiff};
+use weft_control_proto::{ClientEvent, ClientParams, Connection, ControlClient, MapSession};
 use weft_types::control::{Refusal, Registered};
 use weft_types::{Endpoint, HostInfo, NetMap};
 
@@ -94,8 +94,8 @@ impl Session {
         let session = map_session.unwrap_or_else(|| {
             MapSession::new(weft_control_proto::map_session::DEFAULT_STALL_TIMEOUT, now)
         });
-        let mut client = ControlClient::new(conn, params, session, now)
-            .map_err(|e| proto_error(&url, e))?;
+        let mut client =
+            ControlClient::new(conn, params, session, now).map_err(|e| proto_error(&url, e))?;
         if !leftover.is_empty() {
             client
                 .handle_input(&leftover, now)

@@ -32,7 +32,11 @@ pub struct SshCheckWait {
 ///
 /// # Errors
 /// Connection errors.
-pub async fn ssh_check(target: &Target, req: SshCheckRequest, opts: &ConnectOptions) -> Result<SshCheckWait, ClientError> {
+pub async fn ssh_check(
+    target: &Target,
+    req: SshCheckRequest,
+    opts: &ConnectOptions,
+) -> Result<SshCheckWait, ClientError> {
     let ch = Channel::connect(target, opts).await?;
     let call = SshCheckCall::new(req, now());
     ch.send(call.message())?;
@@ -58,7 +62,10 @@ impl SshCheckWait {
     pub async fn next(&mut self) -> Result<CheckProgress, ClientError> {
         loop {
             let Some(deadline) = self.call.poll_timeout() else {
-                return Err(ClientError::Unexpected { url: self.ch.url().to_owned(), what: "a check that is already decided" });
+                return Err(ClientError::Unexpected {
+                    url: self.ch.url().to_owned(),
+                    what: "a check that is already decided",
+                });
             };
             let msg = tokio::select! {
                 m = self.ch.recv() => m?,
@@ -72,10 +79,13 @@ impl SshCheckWait {
             match msg {
                 ServerMessage::KeepAlive(_) => {}
                 ServerMessage::SshCheck(d) => {
-                    return self.call.handle_decision(d, now(), unix_now()).map_err(|_| ClientError::Unexpected {
-                        url: self.ch.url().to_owned(),
-                        what: "an ssh check decision that does not fit the request",
-                    });
+                    return self
+                        .call
+                        .handle_decision(d, now(), unix_now())
+                        .map_err(|_| ClientError::Unexpected {
+                            url: self.ch.url().to_owned(),
+                            what: "an ssh check decision that does not fit the request",
+                        });
                 }
                 _ => {
                     return Err(ClientError::Unexpected {

@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn urls_keep_their_port_and_path_prefix() {
         let u: ControlUrl = "http://198.18.0.1:8080".parse().unwrap();
-        assert_eq!((u.host(), u.port(), u.is_tls()), ("198.18.0.1", 8080, false));
+        assert_eq!(
+            (u.host(), u.port(), u.is_tls()),
+            ("198.18.0.1", 8080, false)
+        );
         assert_eq!(u.path("/key"), "/key");
         assert_eq!(u.host_header(), "198.18.0.1:8080");
 

@@ -19,9 +19,7 @@ use weft_types::control::{
     RegisterResponse, Registered, ServerMessage,
 };
 use weft_types::netmap::{Delta, MapBody, MapResponse};
-use weft_types::{
-    CapabilityVersion, DiscoPrivate, HostInfo, MachinePrivate, NodeId, NodePrivate,
-};
+use weft_types::{CapabilityVersion, DiscoPrivate, HostInfo, MachinePrivate, NodeId, NodePrivate};
 
 #[allow(clippy::disallowed_methods)]
 fn now() -> Instant {
@@ -56,7 +54,10 @@ async fn serve_one(mut s: TcpStream, server_key: MachinePrivate) {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    if line.starts_with(&format!("GET /key?v={} ", weft_types::CapabilityVersion::CURRENT)) {
+    if line.starts_with(&format!(
+        "GET /key?v={} ",
+        weft_types::CapabilityVersion::CURRENT
+    )) {
         let body = serde_json::to_string(&KeyResponse {
             public_key: server_key.public(),
             capability_version: CapabilityVersion::CURRENT,
@@ -129,9 +130,9 @@ async fn serve_one(mut s: TcpStream, server_key: MachinePrivate) {
                 ClientMessage::Map(_) => {
                     let delta = MapResponse {
                         seq: 1,
-                        body: MapBody::Delta(vec![Delta::Peer(
-                            weft_types::PeerDelta::Removed(NodeId(3)),
-                        )]),
+                        body: MapBody::Delta(vec![Delta::Peer(weft_types::PeerDelta::Removed(
+                            NodeId(3),
+                        ))]),
                     };
                     conn.send(&ServerMessage::Map(delta), now()).unwrap();
                 }
@@ -223,7 +224,11 @@ async fn a_map_stream_yields_responses_and_carries_updates() {
     assert!(matches!(first, MapEvent::Response(r) if r.seq == 1));
     tx.send(weft_client::MapUpdate::Endpoints(vec![])).unwrap();
     let second = events.next().await.unwrap().unwrap();
-    assert_eq!(second, MapEvent::KeepAlive, "the fake answers an update with a keep-alive");
+    assert_eq!(
+        second,
+        MapEvent::KeepAlive,
+        "the fake answers an update with a keep-alive"
+    );
 }
 
 #[tokio::test]
@@ -239,7 +244,10 @@ async fn a_wrong_pinned_key_is_refused_with_the_servers_reason() {
         .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, ClientError::Upgrade { .. }), "{err:?}");
-    assert!(text.contains(url.as_str()) && text.contains("HTTP 400"), "{text}");
+    assert!(
+        text.contains(url.as_str()) && text.contains("HTTP 400"),
+        "{text}"
+    );
     assert!(text.contains("pinned a different server key"), "{text}");
     assert!(!err.is_transient());
 }

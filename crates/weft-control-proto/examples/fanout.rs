@@ -18,8 +18,8 @@ use weft_control_proto::{
 use weft_types::control::{ClientMessage, KeepAlive, ServerMessage};
 use weft_types::netmap::{Delta, DnsConfig, PeerDelta, RelayMap};
 use weft_types::{
-    CapabilityVersion, DiscoPrivate, Endpoint, EndpointKind, HostInfo, MachinePrivate, Node, NodeId,
-    NodeOwner, NodePrivate, UnixMillis, UserId,
+    CapabilityVersion, DiscoPrivate, Endpoint, EndpointKind, HostInfo, MachinePrivate, Node,
+    NodeId, NodeOwner, NodePrivate, UnixMillis, UserId,
 };
 
 fn bytes32(i: u64, tag: u8) -> [u8; 32] {
@@ -30,7 +30,9 @@ fn bytes32(i: u64, tag: u8) -> [u8; 32] {
 
 fn node(i: i64) -> Node {
     let n = i as u64;
-    let v4 = format!("100.{}.{}.{}/32", 64 + (i >> 16), (i >> 8) & 255, i & 255).parse().unwrap();
+    let v4 = format!("100.{}.{}.{}/32", 64 + (i >> 16), (i >> 8) & 255, i & 255)
+        .parse()
+        .unwrap();
     let v6 = format!("fd13:b027:8801::{i:x}/128").parse().unwrap();
     Node {
         id: NodeId(i),
@@ -76,7 +78,10 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
-    let n: i64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let n: i64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000);
     let now = clock();
 
     // 1. The server's snapshot: one fragment per node.
@@ -87,8 +92,13 @@ fn main() {
     let fragments: Vec<Encoded<Node>> = nodes.iter().map(|x| Encoded::new(x).unwrap()).collect();
     let encode_all = t.elapsed();
     let frag_bytes: usize = fragments.iter().map(Encoded::len).sum();
-    println!("nodes: {n}; build {}, encode all fragments once {} ({} bytes, {} B/node)",
-        ms(built), ms(encode_all), frag_bytes, frag_bytes / n as usize);
+    println!(
+        "nodes: {n}; build {}, encode all fragments once {} ({} bytes, {} B/node)",
+        ms(built),
+        ms(encode_all),
+        frag_bytes,
+        frag_bytes / n as usize
+    );
 
     // 2. One recipient's full map: splice + encrypt.
     let dns = Encoded::new(&DnsConfig::default()).unwrap();
@@ -116,18 +126,37 @@ fn main() {
     // A real channel pair for the full map, to time encryption and the client.
     let server_key = MachinePrivate::from_bytes([9; 32]);
     let (mut client, req) = Connection::client(
-        &MachinePrivate::from_bytes([8; 32]), &server_key.public(), CapabilityVersion::CURRENT,
-        ChannelConfig::default(), [7; 32], now).unwrap();
+        &MachinePrivate::from_bytes([8; 32]),
+        &server_key.public(),
+        CapabilityVersion::CURRENT,
+        ChannelConfig::default(),
+        [7; 32],
+        now,
+    )
+    .unwrap();
     let cap = req.capability.to_string();
-    let h = UpgradeHeaders { upgrade: Some("weft-control"), capability: Some(&cap), handshake: Some(&req.handshake) };
-    let mut server = Connection::accept(&server_key, &h, ChannelConfig::default(), [6; 32], now).unwrap().connection;
-    client.handle_input(&server.poll_transmit().unwrap(), now).unwrap();
+    let h = UpgradeHeaders {
+        upgrade: Some("weft-control"),
+        capability: Some(&cap),
+        handshake: Some(&req.handshake),
+    };
+    let mut server = Connection::accept(&server_key, &h, ChannelConfig::default(), [6; 32], now)
+        .unwrap()
+        .connection;
+    client
+        .handle_input(&server.poll_transmit().unwrap(), now)
+        .unwrap();
     let t = clock();
     server.send_encoded(&full_msg, now).unwrap();
     let wire = server.poll_transmit().unwrap();
     let encrypt = t.elapsed();
-    println!("full map for one node with {} peers: splice {}, encrypt {} ({} bytes on the wire)",
-        n - 1, ms(splice), ms(encrypt), wire.len());
+    println!(
+        "full map for one node with {} peers: splice {}, encrypt {} ({} bytes on the wire)",
+        n - 1,
+        ms(splice),
+        ms(encrypt),
+        wire.len()
+    );
     let t = clock();
     client.handle_input(&wire, now).unwrap();
     let decrypt_parse = t.elapsed();
@@ -139,7 +168,11 @@ fn main() {
         }
     }
     let apply = t.elapsed();
-    println!("client: decrypt + reassemble + parse {}, apply full map {}", ms(decrypt_parse), ms(apply));
+    println!(
+        "client: decrypt + reassemble + parse {}, apply full map {}",
+        ms(decrypt_parse),
+        ms(apply)
+    );
 
     // 3. One delta to n connections: encode once, envelope + encrypt each.
     let empty_delta = delta_body(&[]).unwrap();
@@ -147,26 +180,55 @@ fn main() {
     let mut conns: Vec<(ServerConnection, MapStream)> = (0..n as u64)
         .map(|i| {
             let (mut c, req) = Connection::client(
-                &MachinePrivate::from_bytes(bytes32(i, 4)), &server_key.public(), CapabilityVersion::CURRENT,
-                ChannelConfig::default(), bytes32(i, 5), now).unwrap();
+                &MachinePrivate::from_bytes(bytes32(i, 4)),
+                &server_key.public(),
+                CapabilityVersion::CURRENT,
+                ChannelConfig::default(),
+                bytes32(i, 5),
+                now,
+            )
+            .unwrap();
             let cap = req.capability.to_string();
-            let h = UpgradeHeaders { upgrade: Some("weft-control"), capability: Some(&cap), handshake: Some(&req.handshake) };
-            let mut s = Connection::accept(&server_key, &h, ChannelConfig::default(), bytes32(i, 6), now).unwrap().connection;
+            let h = UpgradeHeaders {
+                upgrade: Some("weft-control"),
+                capability: Some(&cap),
+                handshake: Some(&req.handshake),
+            };
+            let mut s = Connection::accept(
+                &server_key,
+                &h,
+                ChannelConfig::default(),
+                bytes32(i, 6),
+                now,
+            )
+            .unwrap()
+            .connection;
             c.handle_input(&s.poll_transmit().unwrap(), now).unwrap();
-            c.send(&ClientMessage::KeepAlive(KeepAlive {}), now).unwrap();
+            c.send(&ClientMessage::KeepAlive(KeepAlive {}), now)
+                .unwrap();
             s.handle_input(&c.poll_transmit().unwrap(), now).unwrap();
             let mut st = MapStream::new();
             st.next(&empty_delta).unwrap(); // stands in for the full map that went out first
             (s, st)
         })
         .collect();
-    println!("{n} handshakes (both sides, in one thread): {}", ms(t.elapsed()));
+    println!(
+        "{n} handshakes (both sides, in one thread): {}",
+        ms(t.elapsed())
+    );
 
     let mut changed = node(42);
     changed.endpoints.truncate(1);
     let deltas = [
-        Delta::Peer(PeerDelta::Endpoints { id: NodeId(42), endpoints: changed.endpoints.clone() }),
-        Delta::Peer(PeerDelta::Online { id: NodeId(43), online: false, last_seen: UnixMillis(1_790_000_200_000) }),
+        Delta::Peer(PeerDelta::Endpoints {
+            id: NodeId(42),
+            endpoints: changed.endpoints.clone(),
+        }),
+        Delta::Peer(PeerDelta::Online {
+            id: NodeId(43),
+            online: false,
+            last_seen: UnixMillis(1_790_000_200_000),
+        }),
     ];
     let t = clock();
     let shared = delta_body(&deltas).unwrap();
@@ -177,6 +239,11 @@ fn main() {
         total += conn.poll_transmit().map_or(0, |b| b.len());
     }
     let fan = t.elapsed();
-    println!("one delta ({} bytes) to {n} connections: {} total, {:.2} µs per recipient, {} bytes out",
-        shared.len(), ms(fan), fan.as_secs_f64() * 1e6 / n as f64, total);
+    println!(
+        "one delta ({} bytes) to {n} connections: {} total, {:.2} µs per recipient, {} bytes out",
+        shared.len(),
+        ms(fan),
+        fan.as_secs_f64() * 1e6 / n as f64,
+        total
+    );
 }

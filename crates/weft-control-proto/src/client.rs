@@ -28,7 +28,8 @@ use std::time::Instant;
 
 use weft_types::control::{
     ClientMessage, EndpointUpdate, ExpiryRequest, MapRequest, ProtocolError, Refusal, RegisterAuth,
-    RegisterRequest, RegisterResponse, Registered, ServerMessage, SshCheckDecision, SshCheckRequest,
+    RegisterRequest, RegisterResponse, Registered, ServerMessage, SshCheckDecision,
+    SshCheckRequest,
 };
 use weft_types::{CapabilityVersion, DiscoPublic, Endpoint, HostInfo, NetMap, NodePublic};
 
@@ -140,8 +141,14 @@ impl ControlClient {
     ) -> Result<Self, ClientError> {
         session.restart(now);
         let version = conn.version();
-        let mut client =
-            Self { conn, session, params, version, phase: Phase::Registering, events: VecDeque::new() };
+        let mut client = Self {
+            conn,
+            session,
+            params,
+            version,
+            phase: Phase::Registering,
+            events: VecDeque::new(),
+        };
         let auth = client.params.auth.clone();
         client.send_register(auth, now)?;
         Ok(client)
@@ -186,10 +193,15 @@ impl ControlClient {
     ///
     /// # Errors
     /// [`ClientError::Channel`] on a dead connection.
-    pub fn update_endpoints(&mut self, endpoints: Vec<Endpoint>, now: Instant) -> Result<(), ClientError> {
+    pub fn update_endpoints(
+        &mut self,
+        endpoints: Vec<Endpoint>,
+        now: Instant,
+    ) -> Result<(), ClientError> {
         self.params.endpoints.clone_from(&endpoints);
         if self.phase == Phase::Mapping {
-            self.conn.send(&ClientMessage::Endpoints(EndpointUpdate { endpoints }), now)?;
+            self.conn
+                .send(&ClientMessage::Endpoints(EndpointUpdate { endpoints }), now)?;
         }
         Ok(())
     }
@@ -198,7 +210,11 @@ impl ControlClient {
     ///
     /// # Errors
     /// [`ClientError::Channel`] on a dead connection.
-    pub fn update_host_info(&mut self, host_info: HostInfo, now: Instant) -> Result<(), ClientError> {
+    pub fn update_host_info(
+        &mut self,
+        host_info: HostInfo,
+        now: Instant,
+    ) -> Result<(), ClientError> {
         self.params.host_info = host_info.clone();
         if self.phase == Phase::Mapping {
             self.conn.send(&ClientMessage::HostInfo(host_info), now)?;
@@ -211,7 +227,11 @@ impl ControlClient {
     ///
     /// # Errors
     /// [`ClientError::Channel`] on a dead connection.
-    pub fn send_ssh_check(&mut self, req: SshCheckRequest, now: Instant) -> Result<(), ClientError> {
+    pub fn send_ssh_check(
+        &mut self,
+        req: SshCheckRequest,
+        now: Instant,
+    ) -> Result<(), ClientError> {
         self.conn.send(&ClientMessage::SshCheck(req), now)?;
         Ok(())
     }
@@ -229,7 +249,11 @@ impl ControlClient {
     /// Returns when [`ControlClient::handle_timeout`] is due, and why.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
         let conn = self.conn.poll_timeout();
-        let map = if self.phase == Phase::Mapping { self.session.poll_timeout() } else { None };
+        let map = if self.phase == Phase::Mapping {
+            self.session.poll_timeout()
+        } else {
+            None
+        };
         match (conn, map) {
             (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
             (a, b) => a.or(b),
@@ -271,13 +295,19 @@ impl ControlClient {
                 }
             }
             (ServerMessage::Error(e), _) => return Err(ClientError::Server(e)),
-            (ServerMessage::Register(resp), Phase::Registering) => self.handle_register(resp, now)?,
-            (ServerMessage::Register(_), _) => return Err(ClientError::Unexpected("register answer without a request")),
+            (ServerMessage::Register(resp), Phase::Registering) => {
+                self.handle_register(resp, now)?
+            }
+            (ServerMessage::Register(_), _) => {
+                return Err(ClientError::Unexpected("register answer without a request"));
+            }
             (ServerMessage::Map(resp), Phase::Mapping) => {
                 let diff = self.session.handle_response(resp, now)?;
                 self.events.push_back(ClientEvent::NetMap(diff));
             }
-            (ServerMessage::Map(_), _) => return Err(ClientError::Unexpected("map response without a stream")),
+            (ServerMessage::Map(_), _) => {
+                return Err(ClientError::Unexpected("map response without a stream"));
+            }
             (ServerMessage::SshCheck(d), _) => self.events.push_back(ClientEvent::SshCheck(d)),
         }
         Ok(())
@@ -286,7 +316,12 @@ impl ControlClient {
     fn handle_register(&mut self, resp: RegisterResponse, now: Instant) -> Result<(), ClientError> {
         match resp {
             RegisterResponse::NeedsAuth { auth_url } => {
-                self.send_register(RegisterAuth::Followup { auth_url: auth_url.clone() }, now)?;
+                self.send_register(
+                    RegisterAuth::Followup {
+                        auth_url: auth_url.clone(),
+                    },
+                    now,
+                )?;
                 self.events.push_back(ClientEvent::NeedsAuth { auth_url });
             }
             RegisterResponse::Registered(r) => {

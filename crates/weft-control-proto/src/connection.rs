@@ -78,7 +78,10 @@ impl ChannelConfig {
     /// Returns the defaults with the server's smaller receive bound
     /// ([`SERVER_MAX_MESSAGE_SIZE`]).
     pub fn for_server() -> Self {
-        Self { max_message_size: SERVER_MAX_MESSAGE_SIZE, ..Self::default() }
+        Self {
+            max_message_size: SERVER_MAX_MESSAGE_SIZE,
+            ..Self::default()
+        }
     }
 }
 
@@ -90,7 +93,9 @@ pub enum ChannelError {
     HandshakeTimeout(Duration),
     /// The server's handshake response did not authenticate: the server
     /// does not hold the pinned key, or the message was tampered with.
-    #[error("handshake failed: the server does not hold the pinned key, or the response was tampered with")]
+    #[error(
+        "handshake failed: the server does not hold the pinned key, or the response was tampered with"
+    )]
     HandshakeFailed,
     /// Nothing arrived for the idle timeout.
     #[error("nothing received for {0:?}")]
@@ -207,11 +212,19 @@ pub struct Accepted {
 
 enum State {
     /// Client: message 1 is out; waiting for message 2.
-    AwaitingResponse { hs: Box<snow::HandshakeState>, deadline: Instant },
+    AwaitingResponse {
+        hs: Box<snow::HandshakeState>,
+        deadline: Instant,
+    },
     /// Server: message 2 is out; waiting for the first record.
-    AwaitingConfirmation { transport: Box<snow::TransportState>, deadline: Instant },
+    AwaitingConfirmation {
+        transport: Box<snow::TransportState>,
+        deadline: Instant,
+    },
     /// Both sides hold the session keys.
-    Open { transport: Box<snow::TransportState> },
+    Open {
+        transport: Box<snow::TransportState>,
+    },
     /// The peer ended the stream cleanly.
     Closed,
     /// An error ended the connection.
@@ -288,13 +301,18 @@ impl Connection<ClientRole> {
             .and_then(|b| b.build_initiator())
             .map_err(|_| ChannelError::Encrypt)?;
         let mut msg = [0u8; INITIATION_LEN];
-        let n = hs.write_message(&[], &mut msg).map_err(|_| ChannelError::Encrypt)?;
+        let n = hs
+            .write_message(&[], &mut msg)
+            .map_err(|_| ChannelError::Encrypt)?;
         let request = UpgradeRequest {
             handshake: upgrade::encode_initiation(msg.get(..n).unwrap_or_default()),
             capability: version,
         };
         let deadline = now + config.handshake_timeout;
-        let state = State::AwaitingResponse { hs: Box::new(hs), deadline };
+        let state = State::AwaitingResponse {
+            hs: Box::new(hs),
+            deadline,
+        };
         Ok((Self::new(config, *server_key, version, state, now), request))
     }
 }
@@ -339,16 +357,27 @@ impl Connection<ServerRole> {
             .map(MachinePublic::from_bytes)
             .ok_or(UpgradeError::HandshakeFailed)?;
         let mut response = [0u8; RESPONSE_LEN];
-        let n = hs.write_message(&[], &mut response).map_err(|_| UpgradeError::HandshakeFailed)?;
-        let transport = hs.into_transport_mode().map_err(|_| UpgradeError::HandshakeFailed)?;
+        let n = hs
+            .write_message(&[], &mut response)
+            .map_err(|_| UpgradeError::HandshakeFailed)?;
+        let transport = hs
+            .into_transport_mode()
+            .map_err(|_| UpgradeError::HandshakeFailed)?;
 
         let deadline = now + config.handshake_timeout;
-        let state = State::AwaitingConfirmation { transport: Box::new(transport), deadline };
+        let state = State::AwaitingConfirmation {
+            transport: Box::new(transport),
+            deadline,
+        };
         let mut connection = Self::new(config, client_key, checked.version, state, now);
         let body = response.get(..n).unwrap_or_default();
         push_header(&mut connection.outbuf, FRAME_HANDSHAKE, RESPONSE_LEN as u16);
         connection.outbuf.extend_from_slice(body);
-        Ok(Accepted { connection, machine_key: client_key, version: checked.version })
+        Ok(Accepted {
+            connection,
+            machine_key: client_key,
+            version: checked.version,
+        })
     }
 }
 
@@ -461,14 +490,22 @@ impl<R: Role> Connection<R> {
     ///
     /// # Errors
     /// As [`Connection::send`].
-    pub fn send_encoded(&mut self, msg: &Encoded<R::Send>, now: Instant) -> Result<(), ChannelError> {
+    pub fn send_encoded(
+        &mut self,
+        msg: &Encoded<R::Send>,
+        now: Instant,
+    ) -> Result<(), ChannelError> {
         self.check_alive()?;
         self.send_bytes(msg.as_bytes(), now)
     }
 
     /// Returns the bytes to write to the socket, if any (all of them at once).
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        if self.outbuf.is_empty() { None } else { Some(std::mem::take(&mut self.outbuf)) }
+        if self.outbuf.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.outbuf))
+        }
     }
 
     /// Returns the next event, if any.
@@ -479,12 +516,17 @@ impl<R: Role> Connection<R> {
     /// Returns when [`Connection::handle_timeout`] must be called next, and why.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
         match &self.state {
-            State::AwaitingResponse { deadline, .. } | State::AwaitingConfirmation { deadline, .. } => {
-                Some((*deadline, "handshake"))
-            }
+            State::AwaitingResponse { deadline, .. }
+            | State::AwaitingConfirmation { deadline, .. } => Some((*deadline, "handshake")),
             State::Open { .. } => {
-                let keep_alive = self.config.keep_alive_interval.map(|d| (self.last_send + d, "keep-alive"));
-                let idle = self.config.idle_timeout.map(|d| (self.last_recv + d, "idle"));
+                let keep_alive = self
+                    .config
+                    .keep_alive_interval
+                    .map(|d| (self.last_send + d, "keep-alive"));
+                let idle = self
+                    .config
+                    .idle_timeout
+                    .map(|d| (self.last_recv + d, "idle"));
                 match (keep_alive, idle) {
                     (Some(k), Some(i)) => Some(if i.0 <= k.0 { i } else { k }),
                     (k, i) => k.or(i),
@@ -502,9 +544,12 @@ impl<R: Role> Connection<R> {
     /// the connection is dead afterwards.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ChannelError> {
         match &self.state {
-            State::AwaitingResponse { deadline, .. } | State::AwaitingConfirmation { deadline, .. } => {
+            State::AwaitingResponse { deadline, .. }
+            | State::AwaitingConfirmation { deadline, .. } => {
                 if now >= *deadline {
-                    return Err(self.die(ChannelError::HandshakeTimeout(self.config.handshake_timeout)));
+                    return Err(self.die(ChannelError::HandshakeTimeout(
+                        self.config.handshake_timeout,
+                    )));
                 }
                 Ok(())
             }
@@ -544,11 +589,15 @@ impl<R: Role> Connection<R> {
 
     fn handle_frame(&mut self, kind: u8, body: &[u8], now: Instant) -> Result<(), ChannelError> {
         match (kind, &mut self.state) {
-            (FRAME_HANDSHAKE, State::AwaitingResponse { .. }) => self.finish_client_handshake(body, now),
-            (FRAME_HANDSHAKE, _) => Err(ChannelError::UnexpectedFrame("handshake response after the handshake")),
-            (FRAME_RECORD, State::AwaitingResponse { .. }) => {
-                Err(ChannelError::UnexpectedFrame("record before the handshake response"))
+            (FRAME_HANDSHAKE, State::AwaitingResponse { .. }) => {
+                self.finish_client_handshake(body, now)
             }
+            (FRAME_HANDSHAKE, _) => Err(ChannelError::UnexpectedFrame(
+                "handshake response after the handshake",
+            )),
+            (FRAME_RECORD, State::AwaitingResponse { .. }) => Err(ChannelError::UnexpectedFrame(
+                "record before the handshake response",
+            )),
             (FRAME_RECORD, _) => self.handle_record(body),
             (other, _) => Err(ChannelError::UnknownFrameType(other)),
         }
@@ -556,18 +605,32 @@ impl<R: Role> Connection<R> {
 
     fn finish_client_handshake(&mut self, body: &[u8], now: Instant) -> Result<(), ChannelError> {
         if body.len() != RESPONSE_LEN {
-            return Err(ChannelError::MalformedFrame("handshake response of the wrong length"));
+            return Err(ChannelError::MalformedFrame(
+                "handshake response of the wrong length",
+            ));
         }
-        let State::AwaitingResponse { mut hs, .. } = std::mem::replace(&mut self.state, State::Dead) else {
-            return Err(ChannelError::UnexpectedFrame("handshake response after the handshake"));
+        let State::AwaitingResponse { mut hs, .. } =
+            std::mem::replace(&mut self.state, State::Dead)
+        else {
+            return Err(ChannelError::UnexpectedFrame(
+                "handshake response after the handshake",
+            ));
         };
         let mut payload = [0u8; RESPONSE_LEN];
-        let n = hs.read_message(body, &mut payload).map_err(|_| ChannelError::HandshakeFailed)?;
+        let n = hs
+            .read_message(body, &mut payload)
+            .map_err(|_| ChannelError::HandshakeFailed)?;
         if n != 0 {
-            return Err(ChannelError::MalformedFrame("handshake response with a payload"));
+            return Err(ChannelError::MalformedFrame(
+                "handshake response with a payload",
+            ));
         }
-        let transport = hs.into_transport_mode().map_err(|_| ChannelError::HandshakeFailed)?;
-        self.state = State::Open { transport: Box::new(transport) };
+        let transport = hs
+            .into_transport_mode()
+            .map_err(|_| ChannelError::HandshakeFailed)?;
+        self.state = State::Open {
+            transport: Box::new(transport),
+        };
         self.events.push_back(Event::Established);
         for msg in std::mem::take(&mut self.queued) {
             self.seal(&msg, now)?;
@@ -577,18 +640,29 @@ impl<R: Role> Connection<R> {
 
     fn handle_record(&mut self, body: &[u8]) -> Result<(), ChannelError> {
         if body.len() < MIN_RECORD_LEN {
-            return Err(ChannelError::MalformedFrame("record shorter than its tag and flags"));
+            return Err(ChannelError::MalformedFrame(
+                "record shorter than its tag and flags",
+            ));
         }
         let transport = match &mut self.state {
             State::Open { transport } | State::AwaitingConfirmation { transport, .. } => transport,
-            _ => return Err(ChannelError::UnexpectedFrame("record on a finished connection")),
+            _ => {
+                return Err(ChannelError::UnexpectedFrame(
+                    "record on a finished connection",
+                ));
+            }
         };
         self.scratch.resize(body.len(), 0);
-        let n = transport.read_message(body, &mut self.scratch).map_err(|_| ChannelError::Authentication)?;
+        let n = transport
+            .read_message(body, &mut self.scratch)
+            .map_err(|_| ChannelError::Authentication)?;
         if let State::AwaitingConfirmation { .. } = self.state {
-            let State::AwaitingConfirmation { transport, .. } = std::mem::replace(&mut self.state, State::Dead)
+            let State::AwaitingConfirmation { transport, .. } =
+                std::mem::replace(&mut self.state, State::Dead)
             else {
-                return Err(ChannelError::UnexpectedFrame("record on a finished connection"));
+                return Err(ChannelError::UnexpectedFrame(
+                    "record on a finished connection",
+                ));
             };
             self.state = State::Open { transport };
             self.events.push_back(Event::Established);
@@ -645,13 +719,16 @@ impl<R: Role> Connection<R> {
         self.scratch.push(flags);
         self.scratch.extend_from_slice(chunk);
         let start = self.outbuf.len();
-        self.outbuf.resize(start + HEADER_LEN + self.scratch.len() + TAG_LEN, 0);
+        self.outbuf
+            .resize(start + HEADER_LEN + self.scratch.len() + TAG_LEN, 0);
         let (header, out) = self
             .outbuf
             .get_mut(start..)
             .and_then(|region| region.split_at_mut_checked(HEADER_LEN))
             .ok_or(ChannelError::Encrypt)?;
-        let n = transport.write_message(&self.scratch, out).map_err(|_| ChannelError::Encrypt)?;
+        let n = transport
+            .write_message(&self.scratch, out)
+            .map_err(|_| ChannelError::Encrypt)?;
         let len = u16::try_from(n).map_err(|_| ChannelError::Encrypt)?;
         let [hi, lo] = len.to_be_bytes();
         header.copy_from_slice(&[FRAME_RECORD, hi, lo]);
@@ -677,9 +754,18 @@ mod tests {
         )
         .unwrap();
         let cap = req.capability.to_string();
-        let h = UpgradeHeaders { upgrade: Some("weft-control"), capability: Some(&cap), handshake: Some(&req.handshake) };
-        let mut server = Connection::accept(&server_key, &h, ChannelConfig::default(), [4; 32], now).unwrap().connection;
-        client.handle_input(&server.poll_transmit().unwrap(), now).unwrap();
+        let h = UpgradeHeaders {
+            upgrade: Some("weft-control"),
+            capability: Some(&cap),
+            handshake: Some(&req.handshake),
+        };
+        let mut server =
+            Connection::accept(&server_key, &h, ChannelConfig::default(), [4; 32], now)
+                .unwrap()
+                .connection;
+        client
+            .handle_input(&server.poll_transmit().unwrap(), now)
+            .unwrap();
         (client, server)
     }
 
@@ -691,10 +777,18 @@ mod tests {
     #[test]
     fn a_record_that_is_not_a_client_message_is_refused() {
         let now = t0();
-        for bad in [&b"not json"[..], b"{}", b"{\"map\":{}}", b"{\"frobnicate\":{}}", b""] {
+        for bad in [
+            &b"not json"[..],
+            b"{}",
+            b"{\"map\":{}}",
+            b"{\"frobnicate\":{}}",
+            b"",
+        ] {
             let (mut client, mut server) = pair(now);
             client.send_bytes(bad, now).unwrap();
-            let err = server.handle_input(&client.poll_transmit().unwrap(), now).unwrap_err();
+            let err = server
+                .handle_input(&client.poll_transmit().unwrap(), now)
+                .unwrap_err();
             assert!(matches!(err, ChannelError::MalformedMessage(_)), "{err:?}");
             assert!(!err.to_string().is_empty());
         }
@@ -705,8 +799,13 @@ mod tests {
         let now = t0();
         let (mut client, mut server) = pair(now);
         client.seal_record(0x02, b"{}").unwrap();
-        let err = server.handle_input(&client.poll_transmit().unwrap(), now).unwrap_err();
-        assert_eq!(err, ChannelError::MalformedFrame("record with unknown flags"));
+        let err = server
+            .handle_input(&client.poll_transmit().unwrap(), now)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ChannelError::MalformedFrame("record with unknown flags")
+        );
     }
 
     #[test]
@@ -715,11 +814,16 @@ mod tests {
         // the keys can make one, and it is still refused.
         let now = t0();
         let (mut client, mut server) = pair(now);
-        let State::Open { transport } = &mut client.state else { panic!() };
+        let State::Open { transport } = &mut client.state else {
+            panic!()
+        };
         let mut out = [0u8; TAG_LEN];
         let n = transport.write_message(&[], &mut out).unwrap();
         let mut frame = vec![FRAME_RECORD, 0, n as u8];
         frame.extend_from_slice(&out[..n]);
-        assert!(matches!(server.handle_input(&frame, now), Err(ChannelError::MalformedFrame(_))));
+        assert!(matches!(
+            server.handle_input(&frame, now),
+            Err(ChannelError::MalformedFrame(_))
+        ));
     }
 }

@@ -39,7 +39,10 @@ pub struct EncodeError(#[from] serde_json::Error);
 
 impl<T: ?Sized> Clone for Encoded<T> {
     fn clone(&self) -> Self {
-        Self { raw: Arc::clone(&self.raw), _type: PhantomData }
+        Self {
+            raw: Arc::clone(&self.raw),
+            _type: PhantomData,
+        }
     }
 }
 
@@ -61,7 +64,10 @@ impl<T: ?Sized + Serialize> Encoded<T> {
 
 impl<T: ?Sized> Encoded<T> {
     fn from_raw(raw: Box<RawValue>) -> Self {
-        Self { raw: Arc::from(raw), _type: PhantomData }
+        Self {
+            raw: Arc::from(raw),
+            _type: PhantomData,
+        }
     }
 
     /// Returns the JSON bytes.
@@ -177,7 +183,9 @@ pub fn delta_body(deltas: &[Delta]) -> Result<Encoded<MapBody>, EncodeError> {
     enum DeltaBodyRef<'a> {
         Delta(&'a [Delta]),
     }
-    Ok(Encoded::from_raw(serde_json::value::to_raw_value(&DeltaBodyRef::Delta(deltas))?))
+    Ok(Encoded::from_raw(serde_json::value::to_raw_value(
+        &DeltaBodyRef::Delta(deltas),
+    )?))
 }
 
 /// Encodes a packet filter straight from its rules, without building the
@@ -187,13 +195,17 @@ pub fn delta_body(deltas: &[Delta]) -> Result<Encoded<MapBody>, EncodeError> {
 ///
 /// # Errors
 /// As [`Encoded::new`].
-pub fn packet_filter_from_rules(rules: &[FilterRule]) -> Result<Encoded<PacketFilter>, EncodeError> {
+pub fn packet_filter_from_rules(
+    rules: &[FilterRule],
+) -> Result<Encoded<PacketFilter>, EncodeError> {
     // Mirrors `PacketFilter`'s wire form: `{"rules": [...]}`.
     #[derive(Serialize)]
     struct PacketFilterRef<'a> {
         rules: &'a [FilterRule],
     }
-    Ok(Encoded::from_raw(serde_json::value::to_raw_value(&PacketFilterRef { rules })?))
+    Ok(Encoded::from_raw(serde_json::value::to_raw_value(
+        &PacketFilterRef { rules },
+    )?))
 }
 
 /// Encodes `deltas` followed by a pre-encoded packet filter and SSH policy
@@ -229,14 +241,19 @@ pub fn delta_body_with_policy(
     let mut items: Vec<ItemRef<'_>> = deltas.iter().map(ItemRef::Typed).collect();
     items.extend(packet_filter.map(|f| ItemRef::Policy(PolicyDeltaRef::PacketFilter(f))));
     items.extend(ssh_policy.map(|s| ItemRef::Policy(PolicyDeltaRef::SshPolicy(s))));
-    Ok(Encoded::from_raw(serde_json::value::to_raw_value(&DeltaBodyRef::Delta(&items))?))
+    Ok(Encoded::from_raw(serde_json::value::to_raw_value(
+        &DeltaBodyRef::Delta(&items),
+    )?))
 }
 
 /// Wraps a map body in the `map` message with sequence number `seq`.
 ///
 /// # Errors
 /// As [`Encoded::new`].
-pub fn map_message(seq: u64, body: &Encoded<MapBody>) -> Result<Encoded<ServerMessage>, EncodeError> {
+pub fn map_message(
+    seq: u64,
+    body: &Encoded<MapBody>,
+) -> Result<Encoded<ServerMessage>, EncodeError> {
     let msg = ServerMessageRef::Map(MapResponseRef { seq, body });
     Ok(Encoded::from_raw(serde_json::value::to_raw_value(&msg)?))
 }

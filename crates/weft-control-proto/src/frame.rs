@@ -74,7 +74,13 @@ mod tests {
         push_header(&mut buf, FRAME_RECORD, 3);
         buf.extend_from_slice(b"abcde");
         let (f, used) = split_frame(&buf).unwrap();
-        assert_eq!(f, RawFrame { kind: FRAME_RECORD, body: b"abc" });
+        assert_eq!(
+            f,
+            RawFrame {
+                kind: FRAME_RECORD,
+                body: b"abc"
+            }
+        );
         assert_eq!(used, 6);
         assert_eq!(split_frame(&buf[..5]), None);
         assert_eq!(split_frame(&buf[..2]), None);
@@ -82,6 +88,9 @@ mod tests {
 
     #[test]
     fn the_fragment_limit_fills_a_noise_message_exactly() {
-        assert_eq!(HEADER_LEN + 1 + MAX_FRAGMENT + crate::noise::TAG_LEN, 3 + 65535);
+        assert_eq!(
+            HEADER_LEN + 1 + MAX_FRAGMENT + crate::noise::TAG_LEN,
+            3 + 65535
+        );
     }
 }

@@ -35,7 +35,7 @@ pub use connection::{
     Accepted, ChannelConfig, ChannelError, ClientConnection, ClientRole, Connection, Event, Role,
     ServerConnection, ServerRole,
 };
-pub use encode::{Encoded, EncodeError, FullMapParts, MapStream};
+pub use encode::{EncodeError, Encoded, FullMapParts, MapStream};
 pub use map_session::{ChangedFields, MapError, MapSession, NetMapDiff, PeerDiff};
 pub use ssh_check::{CheckError, CheckProgress, CheckResult, SshCheckCall, check_id_from};
 pub use upgrade::{UpgradeError, UpgradeHeaders, UpgradeRefused, UpgradeRequest};

@@ -181,7 +181,10 @@ fn peer_diff(before: Option<&Node>, after: Option<&Node>) -> Option<PeerDiff> {
                 presence: a.online != b.online || a.last_seen != b.last_seen,
                 other: rest_b != *a,
             };
-            Some(PeerDiff::Changed { previous: Box::new(b.clone()), fields })
+            Some(PeerDiff::Changed {
+                previous: Box::new(b.clone()),
+                fields,
+            })
         }
     }
 }
@@ -208,14 +211,22 @@ pub struct MapSession {
 impl MapSession {
     /// Starts a session for a new stream, with no netmap yet.
     pub fn new(stall_timeout: Duration, now: Instant) -> Self {
-        Self { netmap: None, stream: StreamState::Starting, stall_timeout, last_activity: now }
+        Self {
+            netmap: None,
+            stream: StreamState::Starting,
+            stall_timeout,
+            last_activity: now,
+        }
     }
 
     /// Starts a session for a new stream from a netmap kept from before
     /// (e.g. loaded from the state file), so the first full map's diff is
     /// relative to it.
     pub fn with_netmap(netmap: NetMap, stall_timeout: Duration, now: Instant) -> Self {
-        Self { netmap: Some(netmap), ..Self::new(stall_timeout, now) }
+        Self {
+            netmap: Some(netmap),
+            ..Self::new(stall_timeout, now)
+        }
     }
 
     /// Expects a new stream (after a reconnect): the next response must be
@@ -244,18 +255,27 @@ impl MapSession {
     /// # Errors
     /// A [`MapError`]; the netmap is left as it was and the session needs a
     /// [`MapSession::restart`] on a new stream.
-    pub fn handle_response(&mut self, resp: MapResponse, now: Instant) -> Result<NetMapDiff, MapError> {
+    pub fn handle_response(
+        &mut self,
+        resp: MapResponse,
+        now: Instant,
+    ) -> Result<NetMapDiff, MapError> {
         let expected = match self.stream {
             StreamState::Starting => 1,
             StreamState::Following { last_seq } => last_seq + 1,
             StreamState::Broken => return Err(MapError::NeedsRestart),
         };
         let result = if resp.seq != expected {
-            Err(MapError::UnexpectedSeq { expected, got: resp.seq })
+            Err(MapError::UnexpectedSeq {
+                expected,
+                got: resp.seq,
+            })
         } else {
             match resp.body {
                 MapBody::Full(map) => self.apply_full(*map),
-                MapBody::Delta(_) if self.stream == StreamState::Starting => Err(MapError::DeltaBeforeFull),
+                MapBody::Delta(_) if self.stream == StreamState::Starting => {
+                    Err(MapError::DeltaBeforeFull)
+                }
                 MapBody::Delta(deltas) => self.apply_deltas(deltas),
             }
         };
@@ -324,19 +344,28 @@ impl MapSession {
             match delta {
                 Delta::Peer(pd) => {
                     let id = peer_delta_id(&pd);
-                    before.peers.entry(id).or_insert_with(|| map.peers.get(&id).cloned());
+                    before
+                        .peers
+                        .entry(id)
+                        .or_insert_with(|| map.peers.get(&id).cloned());
                     apply_peer(map, pd);
                 }
                 Delta::SelfNode(node) => {
-                    before.self_node.get_or_insert_with(|| map.self_node.clone());
+                    before
+                        .self_node
+                        .get_or_insert_with(|| map.self_node.clone());
                     map.self_node = *node;
                 }
                 Delta::UserProfile(p) => {
-                    before.user_profiles.get_or_insert_with(|| map.user_profiles.clone());
+                    before
+                        .user_profiles
+                        .get_or_insert_with(|| map.user_profiles.clone());
                     map.user_profiles.insert(p.id, p);
                 }
                 Delta::UserProfileRemoved(id) => {
-                    before.user_profiles.get_or_insert_with(|| map.user_profiles.clone());
+                    before
+                        .user_profiles
+                        .get_or_insert_with(|| map.user_profiles.clone());
                     map.user_profiles.remove(&id);
                 }
                 Delta::Dns(d) => {
@@ -344,15 +373,21 @@ impl MapSession {
                     map.dns = d;
                 }
                 Delta::RelayMap(r) => {
-                    before.relay_map.get_or_insert_with(|| map.relay_map.clone());
+                    before
+                        .relay_map
+                        .get_or_insert_with(|| map.relay_map.clone());
                     map.relay_map = r;
                 }
                 Delta::PacketFilter(f) => {
-                    before.packet_filter.get_or_insert_with(|| map.packet_filter.clone());
+                    before
+                        .packet_filter
+                        .get_or_insert_with(|| map.packet_filter.clone());
                     map.packet_filter = *f;
                 }
                 Delta::SshPolicy(p) => {
-                    before.ssh_policy.get_or_insert_with(|| map.ssh_policy.clone());
+                    before
+                        .ssh_policy
+                        .get_or_insert_with(|| map.ssh_policy.clone());
                     map.ssh_policy = p;
                 }
             }
@@ -398,7 +433,9 @@ impl Before {
 fn peer_delta_id(pd: &PeerDelta) -> NodeId {
     match pd {
         PeerDelta::Added(n) | PeerDelta::Changed(n) => n.id,
-        PeerDelta::Removed(id) | PeerDelta::Endpoints { id, .. } | PeerDelta::Online { id, .. } => *id,
+        PeerDelta::Removed(id) | PeerDelta::Endpoints { id, .. } | PeerDelta::Online { id, .. } => {
+            *id
+        }
     }
 }
 
@@ -410,7 +447,10 @@ fn validate(map: &NetMap, deltas: &[Delta]) -> Result<(), MapError> {
     let mut peers: BTreeMap<NodeId, bool> = BTreeMap::new();
     let mut users: BTreeMap<weft_types::UserId, bool> = BTreeMap::new();
     let peer_present = |peers: &BTreeMap<NodeId, bool>, id: NodeId| {
-        peers.get(&id).copied().unwrap_or_else(|| map.peers.contains_key(&id))
+        peers
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| map.peers.contains_key(&id))
     };
     for delta in deltas {
         match delta {
@@ -429,23 +469,35 @@ fn validate(map: &NetMap, deltas: &[Delta]) -> Result<(), MapError> {
                     PeerDelta::Removed(_) => {
                         peers.insert(id, false);
                     }
-                    PeerDelta::Changed(_) | PeerDelta::Endpoints { .. } | PeerDelta::Online { .. } => {}
+                    PeerDelta::Changed(_)
+                    | PeerDelta::Endpoints { .. }
+                    | PeerDelta::Online { .. } => {}
                 }
             }
             Delta::SelfNode(n) if n.id != self_id => {
-                return Err(MapError::SelfIdChanged { expected: self_id, got: n.id });
+                return Err(MapError::SelfIdChanged {
+                    expected: self_id,
+                    got: n.id,
+                });
             }
             Delta::UserProfile(p) => {
                 users.insert(p.id, true);
             }
             Delta::UserProfileRemoved(id) => {
-                let present = users.get(id).copied().unwrap_or_else(|| map.user_profiles.contains_key(id));
+                let present = users
+                    .get(id)
+                    .copied()
+                    .unwrap_or_else(|| map.user_profiles.contains_key(id));
                 if !present {
                     return Err(MapError::UnknownUser(*id));
                 }
                 users.insert(*id, false);
             }
-            Delta::SelfNode(_) | Delta::Dns(_) | Delta::RelayMap(_) | Delta::PacketFilter(_) | Delta::SshPolicy(_) => {}
+            Delta::SelfNode(_)
+            | Delta::Dns(_)
+            | Delta::RelayMap(_)
+            | Delta::PacketFilter(_)
+            | Delta::SshPolicy(_) => {}
         }
     }
     Ok(())
@@ -465,7 +517,11 @@ fn apply_peer(map: &mut NetMap, pd: PeerDelta) {
                 p.endpoints = endpoints;
             }
         }
-        PeerDelta::Online { id, online, last_seen } => {
+        PeerDelta::Online {
+            id,
+            online,
+            last_seen,
+        } => {
             if let Some(p) = map.peers.get_mut(&id) {
                 p.online = online;
                 p.last_seen = Some(last_seen);

@@ -58,7 +58,10 @@ pub fn prologue(v: CapabilityVersion) -> Vec<u8> {
 /// Only if [`NOISE_PARAMS`] failed to parse, which no build of snow we use does.
 pub(crate) fn builder<'a>(seed: [u8; 32]) -> Result<snow::Builder<'a>, snow::Error> {
     let params: snow::params::NoiseParams = NOISE_PARAMS.parse()?;
-    Ok(snow::Builder::with_resolver(params, Box::new(SeededResolver { seed })))
+    Ok(snow::Builder::with_resolver(
+        params,
+        Box::new(SeededResolver { seed }),
+    ))
 }
 
 /// Derives the ephemeral private key a handshake seeded with `seed` uses

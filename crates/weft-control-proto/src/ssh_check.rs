@@ -91,7 +91,12 @@ impl SshCheckCall {
     pub fn new(request: SshCheckRequest, now: Instant) -> Self {
         let wait = Duration::from_millis(request.max_wait_ms).saturating_add(EXPIRY_SLACK);
         let deadline = now.checked_add(wait).unwrap_or(now);
-        Self { request, state: State::Sent, started: now, deadline }
+        Self {
+            request,
+            state: State::Sent,
+            started: now,
+            deadline,
+        }
     }
 
     /// Returns the message to send.
@@ -124,15 +129,24 @@ impl SshCheckCall {
         now_unix: UnixMillis,
     ) -> Result<CheckProgress, CheckError> {
         if decision.request_id != self.request.request_id {
-            return Err(CheckError::WrongRequest { expected: self.request.request_id, got: decision.request_id });
+            return Err(CheckError::WrongRequest {
+                expected: self.request.request_id,
+                got: decision.request_id,
+            });
         }
         match (self.state, decision.verdict) {
             (State::Done, _) => Err(CheckError::OutOfOrder("a decision after the final one")),
-            (State::Pending, SshCheckVerdict::Pending { .. }) => Err(CheckError::OutOfOrder("a second pending")),
+            (State::Pending, SshCheckVerdict::Pending { .. }) => {
+                Err(CheckError::OutOfOrder("a second pending"))
+            }
             (State::Sent, SshCheckVerdict::Pending { auth_url, expires }) => {
                 self.state = State::Pending;
-                let left = Duration::from_millis(u64::try_from(expires.0.saturating_sub(now_unix.0)).unwrap_or(0));
-                let theirs = now.checked_add(left.saturating_add(EXPIRY_SLACK)).unwrap_or(now);
+                let left = Duration::from_millis(
+                    u64::try_from(expires.0.saturating_sub(now_unix.0)).unwrap_or(0),
+                );
+                let theirs = now
+                    .checked_add(left.saturating_add(EXPIRY_SLACK))
+                    .unwrap_or(now);
                 self.deadline = self.deadline.min(theirs);
                 Ok(CheckProgress::Pending { auth_url, expires })
             }
@@ -197,7 +211,10 @@ mod tests {
     }
 
     fn decision(verdict: SshCheckVerdict) -> SshCheckDecision {
-        SshCheckDecision { request_id: 3, verdict }
+        SshCheckDecision {
+            request_id: 3,
+            verdict,
+        }
     }
 
     fn t0() -> Instant {
@@ -212,8 +229,21 @@ mod tests {
         let now = t0();
         let mut c = SshCheckCall::new(request(60_000), now);
         assert!(matches!(c.message(), ClientMessage::SshCheck(r) if r.request_id == 3));
-        let p = c.handle_decision(decision(SshCheckVerdict::Accept { until: UnixMillis(9) }), now, UnixMillis(0)).unwrap();
-        assert_eq!(p, CheckProgress::Done(CheckResult::Accepted { until: UnixMillis(9) }));
+        let p = c
+            .handle_decision(
+                decision(SshCheckVerdict::Accept {
+                    until: UnixMillis(9),
+                }),
+                now,
+                UnixMillis(0),
+            )
+            .unwrap();
+        assert_eq!(
+            p,
+            CheckProgress::Done(CheckResult::Accepted {
+                until: UnixMillis(9)
+            })
+        );
         assert!(c.is_done());
         assert_eq!(c.poll_timeout(), None);
         assert_eq!(c.handle_timeout(now + Duration::from_secs(3600)), None);
@@ -225,13 +255,48 @@ mod tests {
         let mut c = SshCheckCall::new(request(60_000), now);
         let url = "http://h/a/abababababababababababababababab".to_owned();
         let p = c
-            .handle_decision(decision(SshCheckVerdict::Pending { auth_url: url.clone(), expires: UnixMillis(1_000) }), now, UnixMillis(0))
+            .handle_decision(
+                decision(SshCheckVerdict::Pending {
+                    auth_url: url.clone(),
+                    expires: UnixMillis(1_000),
+                }),
+                now,
+                UnixMillis(0),
+            )
             .unwrap();
-        assert_eq!(p, CheckProgress::Pending { auth_url: url, expires: UnixMillis(1_000) });
-        let p = c.handle_decision(decision(SshCheckVerdict::Reject { message: "no".into() }), now, UnixMillis(0)).unwrap();
-        assert_eq!(p, CheckProgress::Done(CheckResult::Rejected { message: "no".into() }));
-        let late = c.handle_decision(decision(SshCheckVerdict::Accept { until: UnixMillis(1) }), now, UnixMillis(0));
-        assert_eq!(late, Err(CheckError::OutOfOrder("a decision after the final one")));
+        assert_eq!(
+            p,
+            CheckProgress::Pending {
+                auth_url: url,
+                expires: UnixMillis(1_000)
+            }
+        );
+        let p = c
+            .handle_decision(
+                decision(SshCheckVerdict::Reject {
+                    message: "no".into(),
+                }),
+                now,
+                UnixMillis(0),
+            )
+            .unwrap();
+        assert_eq!(
+            p,
+            CheckProgress::Done(CheckResult::Rejected {
+                message: "no".into()
+            })
+        );
+        let late = c.handle_decision(
+            decision(SshCheckVerdict::Accept {
+                until: UnixMillis(1),
+            }),
+            now,
+            UnixMillis(0),
+        );
+        assert_eq!(
+            late,
+            Err(CheckError::OutOfOrder("a decision after the final one"))
+        );
     }
 
     #[test]
@@ -241,7 +306,9 @@ mod tests {
         let due = c.poll_timeout().unwrap();
         assert_eq!(due, now + Duration::from_secs(10) + EXPIRY_SLACK);
         assert_eq!(c.handle_timeout(due - Duration::from_millis(1)), None);
-        let Some(CheckResult::Rejected { message }) = c.handle_timeout(due) else { panic!() };
+        let Some(CheckResult::Rejected { message }) = c.handle_timeout(due) else {
+            panic!()
+        };
         assert!(message.contains("did not answer"), "{message}");
         assert!(c.is_done());
     }
@@ -251,14 +318,19 @@ mod tests {
         let now = t0();
         let mut c = SshCheckCall::new(request(600_000), now);
         c.handle_decision(
-            decision(SshCheckVerdict::Pending { auth_url: "u".into(), expires: UnixMillis(100_000 + 20_000) }),
+            decision(SshCheckVerdict::Pending {
+                auth_url: "u".into(),
+                expires: UnixMillis(100_000 + 20_000),
+            }),
             now,
             UnixMillis(100_000),
         )
         .unwrap();
         let due = c.poll_timeout().unwrap();
         assert_eq!(due, now + Duration::from_secs(20) + EXPIRY_SLACK);
-        let Some(CheckResult::Rejected { message }) = c.handle_timeout(due) else { panic!() };
+        let Some(CheckResult::Rejected { message }) = c.handle_timeout(due) else {
+            panic!()
+        };
         assert!(message.contains("not approved within 25 s"), "{message}");
     }
 
@@ -266,11 +338,30 @@ mod tests {
     fn decisions_for_other_requests_or_a_second_pending_are_errors() {
         let now = t0();
         let mut c = SshCheckCall::new(request(60_000), now);
-        let other = SshCheckDecision { request_id: 4, verdict: SshCheckVerdict::Accept { until: UnixMillis(1) } };
-        assert_eq!(c.handle_decision(other, now, UnixMillis(0)), Err(CheckError::WrongRequest { expected: 3, got: 4 }));
-        let pending = || decision(SshCheckVerdict::Pending { auth_url: "u".into(), expires: UnixMillis(5) });
+        let other = SshCheckDecision {
+            request_id: 4,
+            verdict: SshCheckVerdict::Accept {
+                until: UnixMillis(1),
+            },
+        };
+        assert_eq!(
+            c.handle_decision(other, now, UnixMillis(0)),
+            Err(CheckError::WrongRequest {
+                expected: 3,
+                got: 4
+            })
+        );
+        let pending = || {
+            decision(SshCheckVerdict::Pending {
+                auth_url: "u".into(),
+                expires: UnixMillis(5),
+            })
+        };
         c.handle_decision(pending(), now, UnixMillis(0)).unwrap();
-        assert_eq!(c.handle_decision(pending(), now, UnixMillis(0)), Err(CheckError::OutOfOrder("a second pending")));
+        assert_eq!(
+            c.handle_decision(pending(), now, UnixMillis(0)),
+            Err(CheckError::OutOfOrder("a second pending"))
+        );
     }
 
     #[test]

@@ -81,7 +81,9 @@ pub enum UpgradeError {
     #[error("missing or malformed X-Weft-Capability header")]
     BadCapability,
     /// The client is older than the server serves (400).
-    #[error("client capability version {client} is too old: this server needs at least {min}; upgrade weft")]
+    #[error(
+        "client capability version {client} is too old: this server needs at least {min}; upgrade weft"
+    )]
     UnsupportedVersion {
         /// The client's version.
         client: CapabilityVersion,
@@ -93,7 +95,9 @@ pub enum UpgradeError {
     BadHandshakeEncoding,
     /// Noise message 1 has the wrong length or failed to decrypt (400).
     /// The usual cause is a client that pinned another server key.
-    #[error("Noise handshake failed: the client may have pinned a different server key (fetch /key again if the server was reinstalled)")]
+    #[error(
+        "Noise handshake failed: the client may have pinned a different server key (fetch /key again if the server was reinstalled)"
+    )]
     HandshakeFailed,
 }
 
@@ -132,7 +136,11 @@ pub enum UpgradeRefused {
 ///
 /// # Errors
 /// [`UpgradeRefused`] unless the answer is `101` with `Upgrade: weft-control`.
-pub fn check_response(status: u16, upgrade: Option<&str>, body: &str) -> Result<(), UpgradeRefused> {
+pub fn check_response(
+    status: u16,
+    upgrade: Option<&str>,
+    body: &str,
+) -> Result<(), UpgradeRefused> {
     if status != 101 {
         let mut message = body.trim().to_owned();
         if message.len() > 512 {
@@ -146,7 +154,9 @@ pub fn check_response(status: u16, upgrade: Option<&str>, body: &str) -> Result<
     }
     match upgrade {
         Some(u) if u.trim().eq_ignore_ascii_case(UPGRADE_PROTOCOL) => Ok(()),
-        other => Err(UpgradeRefused::WrongProtocol(other.unwrap_or_default().to_owned())),
+        other => Err(UpgradeRefused::WrongProtocol(
+            other.unwrap_or_default().to_owned(),
+        )),
     }
 }
 
@@ -159,13 +169,17 @@ pub(crate) struct CheckedUpgrade {
 /// Checks the headers of an upgrade request (everything but the Noise
 /// message's cryptography).
 pub(crate) fn check_headers(h: &UpgradeHeaders<'_>) -> Result<CheckedUpgrade, UpgradeError> {
-    let upgrade_ok = h
-        .upgrade
-        .is_some_and(|u| u.split(',').any(|p| p.trim().eq_ignore_ascii_case(UPGRADE_PROTOCOL)));
+    let upgrade_ok = h.upgrade.is_some_and(|u| {
+        u.split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case(UPGRADE_PROTOCOL))
+    });
     if !upgrade_ok {
         return Err(UpgradeError::NotAnUpgrade);
     }
-    let cap = h.capability.map(str::trim).ok_or(UpgradeError::BadCapability)?;
+    let cap = h
+        .capability
+        .map(str::trim)
+        .ok_or(UpgradeError::BadCapability)?;
     if cap.is_empty() || !cap.bytes().all(|b| b.is_ascii_digit()) {
         return Err(UpgradeError::BadCapability);
     }
@@ -176,13 +190,21 @@ pub(crate) fn check_headers(h: &UpgradeHeaders<'_>) -> Result<CheckedUpgrade, Up
             min: CapabilityVersion::MIN_SUPPORTED,
         });
     }
-    let b64 = h.handshake.map(str::trim).ok_or(UpgradeError::BadHandshakeEncoding)?;
+    let b64 = h
+        .handshake
+        .map(str::trim)
+        .ok_or(UpgradeError::BadHandshakeEncoding)?;
     // 96 bytes encode to 128 characters; refuse anything much longer before decoding.
     if b64.len() > 256 {
         return Err(UpgradeError::BadHandshakeEncoding);
     }
-    let initiation = BASE64.decode(b64).map_err(|_| UpgradeError::BadHandshakeEncoding)?;
-    Ok(CheckedUpgrade { version, initiation })
+    let initiation = BASE64
+        .decode(b64)
+        .map_err(|_| UpgradeError::BadHandshakeEncoding)?;
+    Ok(CheckedUpgrade {
+        version,
+        initiation,
+    })
 }
 
 /// Encodes Noise message 1 for the [`HANDSHAKE_HEADER`].

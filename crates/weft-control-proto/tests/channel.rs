@@ -21,7 +21,9 @@ fn keep_alive() -> ClientMessage {
 }
 
 fn big_update(n: usize) -> ClientMessage {
-    ClientMessage::Endpoints(EndpointUpdate { endpoints: (0..n).map(|i| endpoint(i as i64, 1000)).collect() })
+    ClientMessage::Endpoints(EndpointUpdate {
+        endpoints: (0..n).map(|i| endpoint(i as i64, 1000)).collect(),
+    })
 }
 
 // --- handshake ---
@@ -40,7 +42,10 @@ fn a_handshake_and_messages_round_trip_both_ways() {
     pump(&mut server, &mut client, now).unwrap();
     assert_eq!(events(&mut client), vec![Event::Established]);
     pump(&mut client, &mut server, now).unwrap();
-    assert_eq!(events(&mut server), vec![Event::Established, Event::Message(keep_alive())]);
+    assert_eq!(
+        events(&mut server),
+        vec![Event::Established, Event::Message(keep_alive())]
+    );
 
     let msg = ServerMessage::KeepAlive(KeepAlive {});
     server.send(&msg, now).unwrap();
@@ -67,7 +72,14 @@ fn a_handshake_response_and_records_in_one_read_are_all_processed() {
     server.send(&msg, now).unwrap();
     let bytes = server.poll_transmit().unwrap();
     client.handle_input(&bytes, now).unwrap();
-    assert_eq!(events(&mut client), vec![Event::Established, Event::Message(msg.clone()), Event::Message(msg)]);
+    assert_eq!(
+        events(&mut client),
+        vec![
+            Event::Established,
+            Event::Message(msg.clone()),
+            Event::Message(msg)
+        ]
+    );
 }
 
 #[test]
@@ -91,12 +103,29 @@ fn the_server_learns_the_authenticated_machine_key_and_version() {
 fn a_client_that_pinned_another_server_key_is_refused_by_the_server() {
     let now = t0();
     let wrong = MachinePrivate::from_bytes(counting(0x99)).public();
-    let (_, req) =
-        Connection::client(&machine_key(), &wrong, CapabilityVersion::CURRENT, ChannelConfig::default(), counting(1), now)
-            .unwrap();
+    let (_, req) = Connection::client(
+        &machine_key(),
+        &wrong,
+        CapabilityVersion::CURRENT,
+        ChannelConfig::default(),
+        counting(1),
+        now,
+    )
+    .unwrap();
     let (cap, hs) = headers(&req);
-    let h = UpgradeHeaders { upgrade: Some("weft-control"), capability: Some(&cap), handshake: Some(&hs) };
-    let err = Connection::accept(&server_key(), &h, ChannelConfig::default(), counting(2), now).unwrap_err();
+    let h = UpgradeHeaders {
+        upgrade: Some("weft-control"),
+        capability: Some(&cap),
+        handshake: Some(&hs),
+    };
+    let err = Connection::accept(
+        &server_key(),
+        &h,
+        ChannelConfig::default(),
+        counting(2),
+        now,
+    )
+    .unwrap_err();
     assert_eq!(err, UpgradeError::HandshakeFailed);
     assert_eq!(err.status(), 400);
 }
@@ -117,12 +146,20 @@ fn a_server_without_the_pinned_key_fails_the_clients_handshake() {
     .unwrap();
     // The impostor does hold the key the client pinned, so it can answer…
     let (cap, hs) = headers(&req);
-    let h = UpgradeHeaders { upgrade: Some("weft-control"), capability: Some(&cap), handshake: Some(&hs) };
-    let mut acc = Connection::accept(&impostor, &h, ChannelConfig::default(), counting(2), now).unwrap();
+    let h = UpgradeHeaders {
+        upgrade: Some("weft-control"),
+        capability: Some(&cap),
+        handshake: Some(&hs),
+    };
+    let mut acc =
+        Connection::accept(&impostor, &h, ChannelConfig::default(), counting(2), now).unwrap();
     let mut response = acc.connection.poll_transmit().unwrap();
     // …but a response forged by anyone else (here: one byte changed) fails.
     response[10] ^= 1;
-    assert_eq!(client.handle_input(&response, now), Err(ChannelError::HandshakeFailed));
+    assert_eq!(
+        client.handle_input(&response, now),
+        Err(ChannelError::HandshakeFailed)
+    );
     assert_eq!(client.send(&keep_alive(), now), Err(ChannelError::Dead));
 }
 
@@ -144,8 +181,19 @@ fn a_tampered_machine_key_in_message_one_is_refused() {
         let mut msg = b64.decode(&req.handshake).unwrap();
         msg[byte] ^= 0x01;
         let hs = b64.encode(&msg);
-        let h = UpgradeHeaders { upgrade: Some("weft-control"), capability: Some("1"), handshake: Some(&hs) };
-        let err = Connection::accept(&server_key(), &h, ChannelConfig::default(), counting(2), now).unwrap_err();
+        let h = UpgradeHeaders {
+            upgrade: Some("weft-control"),
+            capability: Some("1"),
+            handshake: Some(&hs),
+        };
+        let err = Connection::accept(
+            &server_key(),
+            &h,
+            ChannelConfig::default(),
+            counting(2),
+            now,
+        )
+        .unwrap_err();
         assert_eq!(err, UpgradeError::HandshakeFailed, "byte {byte}");
     }
 }
@@ -163,8 +211,19 @@ fn a_changed_capability_header_breaks_the_handshake() {
         now,
     )
     .unwrap();
-    let h = UpgradeHeaders { upgrade: Some("weft-control"), capability: Some("1"), handshake: Some(&req.handshake) };
-    let err = Connection::accept(&server_key(), &h, ChannelConfig::default(), counting(2), now).unwrap_err();
+    let h = UpgradeHeaders {
+        upgrade: Some("weft-control"),
+        capability: Some("1"),
+        handshake: Some(&req.handshake),
+    };
+    let err = Connection::accept(
+        &server_key(),
+        &h,
+        ChannelConfig::default(),
+        counting(2),
+        now,
+    )
+    .unwrap_err();
     assert_eq!(err, UpgradeError::HandshakeFailed);
 }
 
@@ -185,8 +244,19 @@ fn a_truncated_handshake_header_is_refused() {
     let msg = b64.decode(&req.handshake).unwrap();
     for len in [0, 32, 80, 95] {
         let hs = b64.encode(&msg[..len]);
-        let h = UpgradeHeaders { upgrade: Some("weft-control"), capability: Some("1"), handshake: Some(&hs) };
-        let err = Connection::accept(&server_key(), &h, ChannelConfig::default(), counting(2), now).unwrap_err();
+        let h = UpgradeHeaders {
+            upgrade: Some("weft-control"),
+            capability: Some("1"),
+            handshake: Some(&hs),
+        };
+        let err = Connection::accept(
+            &server_key(),
+            &h,
+            ChannelConfig::default(),
+            counting(2),
+            now,
+        )
+        .unwrap_err();
         assert_eq!(err, UpgradeError::HandshakeFailed, "len {len}");
     }
 }
@@ -195,19 +265,73 @@ fn a_truncated_handshake_header_is_refused() {
 fn bad_upgrade_requests_get_the_documented_status() {
     let now = t0();
     let cases: [(UpgradeHeaders<'_>, UpgradeError, u16); 6] = [
-        (UpgradeHeaders { upgrade: None, capability: Some("1"), handshake: Some("AA==") }, UpgradeError::NotAnUpgrade, 426),
-        (UpgradeHeaders { upgrade: Some("websocket"), capability: Some("1"), handshake: Some("AA==") }, UpgradeError::NotAnUpgrade, 426),
-        (UpgradeHeaders { upgrade: Some("weft-control"), capability: None, handshake: Some("AA==") }, UpgradeError::BadCapability, 400),
-        (UpgradeHeaders { upgrade: Some("weft-control"), capability: Some("+1"), handshake: Some("AA==") }, UpgradeError::BadCapability, 400),
         (
-            UpgradeHeaders { upgrade: Some("weft-control"), capability: Some("0"), handshake: Some("AA==") },
-            UpgradeError::UnsupportedVersion { client: CapabilityVersion(0), min: CapabilityVersion::MIN_SUPPORTED },
+            UpgradeHeaders {
+                upgrade: None,
+                capability: Some("1"),
+                handshake: Some("AA=="),
+            },
+            UpgradeError::NotAnUpgrade,
+            426,
+        ),
+        (
+            UpgradeHeaders {
+                upgrade: Some("websocket"),
+                capability: Some("1"),
+                handshake: Some("AA=="),
+            },
+            UpgradeError::NotAnUpgrade,
+            426,
+        ),
+        (
+            UpgradeHeaders {
+                upgrade: Some("weft-control"),
+                capability: None,
+                handshake: Some("AA=="),
+            },
+            UpgradeError::BadCapability,
             400,
         ),
-        (UpgradeHeaders { upgrade: Some("weft-control"), capability: Some("1"), handshake: Some("not base64!") }, UpgradeError::BadHandshakeEncoding, 400),
+        (
+            UpgradeHeaders {
+                upgrade: Some("weft-control"),
+                capability: Some("+1"),
+                handshake: Some("AA=="),
+            },
+            UpgradeError::BadCapability,
+            400,
+        ),
+        (
+            UpgradeHeaders {
+                upgrade: Some("weft-control"),
+                capability: Some("0"),
+                handshake: Some("AA=="),
+            },
+            UpgradeError::UnsupportedVersion {
+                client: CapabilityVersion(0),
+                min: CapabilityVersion::MIN_SUPPORTED,
+            },
+            400,
+        ),
+        (
+            UpgradeHeaders {
+                upgrade: Some("weft-control"),
+                capability: Some("1"),
+                handshake: Some("not base64!"),
+            },
+            UpgradeError::BadHandshakeEncoding,
+            400,
+        ),
     ];
     for (h, want, status) in cases {
-        let err = Connection::accept(&server_key(), &h, ChannelConfig::default(), counting(2), now).unwrap_err();
+        let err = Connection::accept(
+            &server_key(),
+            &h,
+            ChannelConfig::default(),
+            counting(2),
+            now,
+        )
+        .unwrap_err();
         assert_eq!(err, want);
         assert_eq!(err.status(), status);
         assert!(!err.to_string().is_empty());
@@ -217,10 +341,16 @@ fn bad_upgrade_requests_get_the_documented_status() {
 #[test]
 fn a_client_whose_handshake_response_never_comes_times_out() {
     let now = t0();
-    let config = ChannelConfig { handshake_timeout: Duration::from_secs(10), ..Default::default() };
+    let config = ChannelConfig {
+        handshake_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
     let (mut client, _server) = open(config, now);
     let (deadline, why) = client.poll_timeout().unwrap();
-    assert_eq!((deadline, why), (now + Duration::from_secs(10), "handshake"));
+    assert_eq!(
+        (deadline, why),
+        (now + Duration::from_secs(10), "handshake")
+    );
     client.handle_timeout(now + Duration::from_secs(9)).unwrap();
     assert_eq!(
         client.handle_timeout(deadline),
@@ -237,30 +367,55 @@ fn a_client_that_never_finishes_the_handshake_is_dropped_by_the_server() {
     server.poll_transmit().unwrap();
     let (deadline, why) = server.poll_timeout().unwrap();
     assert_eq!(why, "handshake");
-    server.handle_timeout(deadline - Duration::from_millis(1)).unwrap();
-    assert!(matches!(server.handle_timeout(deadline), Err(ChannelError::HandshakeTimeout(_))));
-    assert_eq!(server.handle_input(&[0x02, 0, 0], deadline), Err(ChannelError::Dead));
+    server
+        .handle_timeout(deadline - Duration::from_millis(1))
+        .unwrap();
+    assert!(matches!(
+        server.handle_timeout(deadline),
+        Err(ChannelError::HandshakeTimeout(_))
+    ));
+    assert_eq!(
+        server.handle_input(&[0x02, 0, 0], deadline),
+        Err(ChannelError::Dead)
+    );
 }
 
 #[test]
 fn a_client_that_hangs_up_during_the_handshake_is_reported() {
     let now = t0();
     let (_client, mut server) = open(ChannelConfig::default(), now);
-    assert_eq!(server.handle_eof(), Err(ChannelError::ClosedDuringHandshake));
+    assert_eq!(
+        server.handle_eof(),
+        Err(ChannelError::ClosedDuringHandshake)
+    );
 }
 
 #[test]
 fn the_client_checks_the_servers_answer_to_the_upgrade() {
-    use weft_control_proto::upgrade::check_response;
     use weft_control_proto::UpgradeRefused;
+    use weft_control_proto::upgrade::check_response;
     check_response(101, Some("weft-control"), "").unwrap();
-    let refusal = UpgradeError::UnsupportedVersion { client: CapabilityVersion(0), min: CapabilityVersion(1) };
+    let refusal = UpgradeError::UnsupportedVersion {
+        client: CapabilityVersion(0),
+        min: CapabilityVersion(1),
+    };
     let err = check_response(refusal.status(), None, &refusal.to_string()).unwrap_err();
-    assert_eq!(err, UpgradeRefused::Status { status: 400, message: refusal.to_string() });
+    assert_eq!(
+        err,
+        UpgradeRefused::Status {
+            status: 400,
+            message: refusal.to_string()
+        }
+    );
     assert!(err.to_string().contains("upgrade weft"));
-    assert_eq!(check_response(101, Some("websocket"), ""), Err(UpgradeRefused::WrongProtocol("websocket".into())));
+    assert_eq!(
+        check_response(101, Some("websocket"), ""),
+        Err(UpgradeRefused::WrongProtocol("websocket".into()))
+    );
     let long = "é".repeat(600);
-    let Err(UpgradeRefused::Status { message, .. }) = check_response(502, None, &long) else { panic!() };
+    let Err(UpgradeRefused::Status { message, .. }) = check_response(502, None, &long) else {
+        panic!()
+    };
     assert!(message.len() <= 512);
 }
 
@@ -278,7 +433,10 @@ fn the_upgrade_request_carries_the_documented_headers() {
     let h = req.headers();
     assert_eq!(h[0], ("Upgrade", "weft-control".to_owned()));
     assert_eq!(h[1], ("Connection", "Upgrade".to_owned()));
-    assert_eq!(h[2], ("X-Weft-Capability", CapabilityVersion::CURRENT.to_string()));
+    assert_eq!(
+        h[2],
+        ("X-Weft-Capability", CapabilityVersion::CURRENT.to_string())
+    );
     assert_eq!((h[3].0, h[3].1.len()), ("X-Weft-Handshake", 128));
 }
 
@@ -292,7 +450,10 @@ fn a_forged_record_is_refused() {
     let mut bytes = client.poll_transmit().unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x80; // in the tag
-    assert_eq!(server.handle_input(&bytes, now), Err(ChannelError::Authentication));
+    assert_eq!(
+        server.handle_input(&bytes, now),
+        Err(ChannelError::Authentication)
+    );
     assert_eq!(server.handle_input(&[], now), Err(ChannelError::Dead));
 }
 
@@ -303,7 +464,10 @@ fn a_replayed_record_is_refused() {
     client.send(&keep_alive(), now).unwrap();
     let bytes = client.poll_transmit().unwrap();
     server.handle_input(&bytes, now).unwrap();
-    assert_eq!(server.handle_input(&bytes, now), Err(ChannelError::Authentication));
+    assert_eq!(
+        server.handle_input(&bytes, now),
+        Err(ChannelError::Authentication)
+    );
 }
 
 #[test]
@@ -314,7 +478,10 @@ fn reordered_records_are_refused() {
     let first = client.poll_transmit().unwrap();
     client.send(&keep_alive(), now).unwrap();
     let second = client.poll_transmit().unwrap();
-    assert_eq!(server.handle_input(&second, now), Err(ChannelError::Authentication));
+    assert_eq!(
+        server.handle_input(&second, now),
+        Err(ChannelError::Authentication)
+    );
     drop(first);
 }
 
@@ -339,7 +506,10 @@ fn a_record_from_another_session_is_refused() {
     };
     client_a.send(&keep_alive(), now).unwrap();
     let bytes = client_a.poll_transmit().unwrap();
-    assert_eq!(server_b.handle_input(&bytes, now), Err(ChannelError::Authentication));
+    assert_eq!(
+        server_b.handle_input(&bytes, now),
+        Err(ChannelError::Authentication)
+    );
 }
 
 #[test]
@@ -360,7 +530,10 @@ fn a_stream_cut_between_fragments_of_a_message_is_truncated() {
     client.send(&big_update(3000), now).unwrap();
     let bytes = client.poll_transmit().unwrap();
     let first_record = 3 + usize::from(u16::from_be_bytes([bytes[1], bytes[2]]));
-    assert!(first_record < bytes.len(), "the message spans several records");
+    assert!(
+        first_record < bytes.len(),
+        "the message spans several records"
+    );
     server.handle_input(&bytes[..first_record], now).unwrap();
     assert_eq!(server.handle_eof(), Err(ChannelError::Truncated));
 }
@@ -370,7 +543,10 @@ fn a_clean_close_between_messages_is_not_an_error() {
     let now = t0();
     let (mut client, mut server) = established(ChannelConfig::default(), now);
     server.handle_eof().unwrap();
-    assert_eq!(server.send(&ServerMessage::KeepAlive(KeepAlive {}), now), Err(ChannelError::Closed));
+    assert_eq!(
+        server.send(&ServerMessage::KeepAlive(KeepAlive {}), now),
+        Err(ChannelError::Closed)
+    );
     client.handle_eof().unwrap();
 }
 
@@ -378,7 +554,10 @@ fn a_clean_close_between_messages_is_not_an_error() {
 fn a_message_over_the_size_limit_is_refused() {
     let now = t0();
     let (mut client, mut server) = established(ChannelConfig::default(), now);
-    let small = ChannelConfig { max_message_size: 100_000, ..Default::default() };
+    let small = ChannelConfig {
+        max_message_size: 100_000,
+        ..Default::default()
+    };
     let (mut client2, mut server2) = established(small, now);
     // Fits the default limit…
     client.send(&big_update(3000), now).unwrap();
@@ -417,11 +596,16 @@ fn the_server_configuration_refuses_client_messages_over_one_mebibyte() {
 fn unknown_and_misplaced_frames_are_refused() {
     let now = t0();
     let (_, mut server) = established(ChannelConfig::default(), now);
-    assert_eq!(server.handle_input(&[0x07, 0, 0], now), Err(ChannelError::UnknownFrameType(0x07)));
+    assert_eq!(
+        server.handle_input(&[0x07, 0, 0], now),
+        Err(ChannelError::UnknownFrameType(0x07))
+    );
 
     let (_, mut server) = established(ChannelConfig::default(), now);
     assert!(matches!(
-        server.handle_input(&[FRAME_HANDSHAKE, 0, 48], now).and_then(|_| server.handle_input(&[0; 48], now)),
+        server
+            .handle_input(&[FRAME_HANDSHAKE, 0, 48], now)
+            .and_then(|_| server.handle_input(&[0; 48], now)),
         Err(ChannelError::UnexpectedFrame(_))
     ));
 
@@ -434,7 +618,9 @@ fn unknown_and_misplaced_frames_are_refused() {
     // A client must get the handshake response before any record.
     let (mut client, _) = open(ChannelConfig::default(), now);
     assert!(matches!(
-        client.handle_input(&[FRAME_RECORD, 0, 17], now).and_then(|_| client.handle_input(&[0; 17], now)),
+        client
+            .handle_input(&[FRAME_RECORD, 0, 17], now)
+            .and_then(|_| client.handle_input(&[0; 17], now)),
         Err(ChannelError::UnexpectedFrame(_))
     ));
 }
@@ -444,7 +630,9 @@ fn an_encoded_message_is_sent_like_a_typed_one() {
     let now = t0();
     let (mut client, mut server) = established(ChannelConfig::default(), now);
     let msg = ServerMessage::KeepAlive(KeepAlive {});
-    server.send_encoded(&Encoded::new(&msg).unwrap(), now).unwrap();
+    server
+        .send_encoded(&Encoded::new(&msg).unwrap(), now)
+        .unwrap();
     pump(&mut server, &mut client, now).unwrap();
     assert_eq!(events(&mut client), vec![Event::Message(msg)]);
 }
@@ -460,22 +648,40 @@ fn a_keep_alive_goes_out_after_the_interval_of_send_silence() {
         ..Default::default()
     };
     let (mut client, mut server) = established(config, now);
-    assert_eq!(server.poll_timeout(), Some((now + Duration::from_secs(60), "keep-alive")));
-    server.handle_timeout(now + Duration::from_secs(59)).unwrap();
+    assert_eq!(
+        server.poll_timeout(),
+        Some((now + Duration::from_secs(60), "keep-alive"))
+    );
+    server
+        .handle_timeout(now + Duration::from_secs(59))
+        .unwrap();
     assert!(server.poll_transmit().is_none());
     let later = now + Duration::from_secs(60);
     server.handle_timeout(later).unwrap();
     pump(&mut server, &mut client, later).unwrap();
-    assert_eq!(events(&mut client), vec![Event::Message(ServerMessage::KeepAlive(KeepAlive {}))]);
-    assert_eq!(server.poll_timeout(), Some((later + Duration::from_secs(60), "keep-alive")));
+    assert_eq!(
+        events(&mut client),
+        vec![Event::Message(ServerMessage::KeepAlive(KeepAlive {}))]
+    );
+    assert_eq!(
+        server.poll_timeout(),
+        Some((later + Duration::from_secs(60), "keep-alive"))
+    );
 }
 
 #[test]
 fn a_silent_peer_is_dropped_after_the_idle_timeout() {
     let now = t0();
-    let config = ChannelConfig { keep_alive_interval: None, idle_timeout: Some(Duration::from_secs(150)), ..Default::default() };
+    let config = ChannelConfig {
+        keep_alive_interval: None,
+        idle_timeout: Some(Duration::from_secs(150)),
+        ..Default::default()
+    };
     let (_client, mut server) = established(config, now);
-    assert_eq!(server.poll_timeout(), Some((now + Duration::from_secs(150), "idle")));
+    assert_eq!(
+        server.poll_timeout(),
+        Some((now + Duration::from_secs(150), "idle"))
+    );
     assert_eq!(
         server.handle_timeout(now + Duration::from_secs(150)),
         Err(ChannelError::IdleTimeout(Duration::from_secs(150)))

@@ -16,11 +16,17 @@ use weft_types::{NodeId, NodePrivate, UnixMillis, UserId};
 const STALL: Duration = Duration::from_secs(150);
 
 fn full(seq: u64, map: &NetMap) -> MapResponse {
-    MapResponse { seq, body: MapBody::Full(Box::new(map.clone())) }
+    MapResponse {
+        seq,
+        body: MapBody::Full(Box::new(map.clone())),
+    }
 }
 
 fn delta(seq: u64, deltas: Vec<Delta>) -> MapResponse {
-    MapResponse { seq, body: MapBody::Delta(deltas) }
+    MapResponse {
+        seq,
+        body: MapBody::Delta(deltas),
+    }
 }
 
 fn added(id: i64) -> Delta {
@@ -38,10 +44,19 @@ fn a_full_map_then_deltas_builds_the_netmap() {
     assert_eq!(diff.peers.len(), 2);
 
     let diff = s
-        .handle_response(delta(2, vec![added(4), Delta::Peer(PeerDelta::Removed(NodeId(2)))]), now)
+        .handle_response(
+            delta(
+                2,
+                vec![added(4), Delta::Peer(PeerDelta::Removed(NodeId(2)))],
+            ),
+            now,
+        )
         .unwrap();
     assert_eq!(diff.peers.get(&NodeId(4)), Some(&PeerDiff::Added));
-    assert_eq!(diff.peers.get(&NodeId(2)), Some(&PeerDiff::Removed(Box::new(node(2)))));
+    assert_eq!(
+        diff.peers.get(&NodeId(2)),
+        Some(&PeerDiff::Removed(Box::new(node(2))))
+    );
     assert_eq!(s.netmap().unwrap(), &netmap(1, [3, 4]));
     assert_eq!(s.last_seq(), Some(2));
 }
@@ -53,10 +68,23 @@ fn a_rekeyed_peer_reports_its_previous_key() {
     s.handle_response(full(1, &netmap(1, [2])), now).unwrap();
     let mut rekeyed = node(2);
     rekeyed.node_key = NodePrivate::from_bytes([0xEE; 32]).public();
-    let diff = s.handle_response(delta(2, vec![Delta::Peer(PeerDelta::Changed(Box::new(rekeyed)))]), now).unwrap();
-    let Some(PeerDiff::Changed { previous, fields }) = diff.peers.get(&NodeId(2)) else { panic!("{diff:?}") };
+    let diff = s
+        .handle_response(
+            delta(2, vec![Delta::Peer(PeerDelta::Changed(Box::new(rekeyed)))]),
+            now,
+        )
+        .unwrap();
+    let Some(PeerDiff::Changed { previous, fields }) = diff.peers.get(&NodeId(2)) else {
+        panic!("{diff:?}")
+    };
     assert_eq!(previous.node_key, node(2).node_key);
-    assert_eq!(*fields, ChangedFields { node_key: true, ..Default::default() });
+    assert_eq!(
+        *fields,
+        ChangedFields {
+            node_key: true,
+            ..Default::default()
+        }
+    );
 }
 
 #[test]
@@ -69,15 +97,31 @@ fn endpoint_and_presence_deltas_change_only_those_fields() {
             delta(
                 2,
                 vec![
-                    Delta::Peer(PeerDelta::Endpoints { id: NodeId(2), endpoints: vec![endpoint(9, 9)] }),
-                    Delta::Peer(PeerDelta::Online { id: NodeId(2), online: false, last_seen: UnixMillis(5) }),
+                    Delta::Peer(PeerDelta::Endpoints {
+                        id: NodeId(2),
+                        endpoints: vec![endpoint(9, 9)],
+                    }),
+                    Delta::Peer(PeerDelta::Online {
+                        id: NodeId(2),
+                        online: false,
+                        last_seen: UnixMillis(5),
+                    }),
                 ],
             ),
             now,
         )
         .unwrap();
-    let Some(PeerDiff::Changed { fields, .. }) = diff.peers.get(&NodeId(2)) else { panic!() };
-    assert_eq!(*fields, ChangedFields { endpoints: true, presence: true, ..Default::default() });
+    let Some(PeerDiff::Changed { fields, .. }) = diff.peers.get(&NodeId(2)) else {
+        panic!()
+    };
+    assert_eq!(
+        *fields,
+        ChangedFields {
+            endpoints: true,
+            presence: true,
+            ..Default::default()
+        }
+    );
     let peer = &s.netmap().unwrap().peers[&NodeId(2)];
     assert_eq!((peer.online, peer.last_seen), (false, Some(UnixMillis(5))));
     assert_eq!(peer.endpoints, vec![endpoint(9, 9)]);
@@ -90,7 +134,11 @@ fn an_expired_peer_stays_in_the_map_but_is_not_usable() {
     s.handle_response(full(1, &netmap(1, [2, 3])), now).unwrap();
     let mut expired = node(3);
     expired.expired = true;
-    s.handle_response(delta(2, vec![Delta::Peer(PeerDelta::Changed(Box::new(expired)))]), now).unwrap();
+    s.handle_response(
+        delta(2, vec![Delta::Peer(PeerDelta::Changed(Box::new(expired)))]),
+        now,
+    )
+    .unwrap();
     let map = s.netmap().unwrap();
     assert_eq!(map.peers.len(), 2);
     let wall = UnixMillis(1_700_000_000_000);
@@ -107,7 +155,9 @@ fn a_repeated_identical_delta_reports_no_change() {
     let mut s = MapSession::new(STALL, now);
     s.handle_response(full(1, &netmap(1, [2])), now).unwrap();
     let same = Delta::Peer(PeerDelta::Changed(Box::new(node(2))));
-    let diff = s.handle_response(delta(2, vec![same, Delta::Dns(netmap(1, []).dns)]), now).unwrap();
+    let diff = s
+        .handle_response(delta(2, vec![same, Delta::Dns(netmap(1, []).dns)]), now)
+        .unwrap();
     assert!(diff.is_empty(), "{diff:?}");
 }
 
@@ -120,9 +170,15 @@ fn a_seq_gap_needs_a_restart_and_keeps_the_last_good_map() {
     s.handle_response(full(1, &netmap(1, [2])), now).unwrap();
     assert_eq!(
         s.handle_response(delta(3, vec![added(3)]), now),
-        Err(MapError::UnexpectedSeq { expected: 2, got: 3 })
+        Err(MapError::UnexpectedSeq {
+            expected: 2,
+            got: 3
+        })
     );
-    assert_eq!(s.handle_response(delta(2, vec![added(3)]), now), Err(MapError::NeedsRestart));
+    assert_eq!(
+        s.handle_response(delta(2, vec![added(3)]), now),
+        Err(MapError::NeedsRestart)
+    );
     assert_eq!(s.netmap().unwrap(), &netmap(1, [2]));
     assert_eq!(s.poll_timeout(), None);
 
@@ -142,7 +198,10 @@ fn a_repeated_or_old_seq_is_refused() {
     s.handle_response(delta(2, vec![added(3)]), now).unwrap();
     assert_eq!(
         s.handle_response(delta(2, vec![added(4)]), now),
-        Err(MapError::UnexpectedSeq { expected: 3, got: 2 })
+        Err(MapError::UnexpectedSeq {
+            expected: 3,
+            got: 2
+        })
     );
 }
 
@@ -150,11 +209,17 @@ fn a_repeated_or_old_seq_is_refused() {
 fn a_stream_must_start_with_a_full_map_at_seq_one() {
     let now = t0();
     let mut s = MapSession::new(STALL, now);
-    assert_eq!(s.handle_response(delta(1, vec![added(3)]), now), Err(MapError::DeltaBeforeFull));
+    assert_eq!(
+        s.handle_response(delta(1, vec![added(3)]), now),
+        Err(MapError::DeltaBeforeFull)
+    );
     let mut s = MapSession::new(STALL, now);
     assert_eq!(
         s.handle_response(full(5, &netmap(1, [])), now),
-        Err(MapError::UnexpectedSeq { expected: 1, got: 5 })
+        Err(MapError::UnexpectedSeq {
+            expected: 1,
+            got: 5
+        })
     );
 }
 
@@ -164,23 +229,42 @@ fn inconsistent_deltas_are_refused_as_a_whole() {
     let cases: Vec<(Vec<Delta>, MapError)> = vec![
         (vec![added(4), added(2)], MapError::PeerExists(NodeId(2))),
         (vec![added(4), added(4)], MapError::PeerExists(NodeId(4))),
-        (vec![added(4), Delta::Peer(PeerDelta::Removed(NodeId(9)))], MapError::UnknownPeer(NodeId(9))),
         (
-            vec![Delta::Peer(PeerDelta::Removed(NodeId(2))), Delta::Peer(PeerDelta::Endpoints { id: NodeId(2), endpoints: vec![] })],
+            vec![added(4), Delta::Peer(PeerDelta::Removed(NodeId(9)))],
+            MapError::UnknownPeer(NodeId(9)),
+        ),
+        (
+            vec![
+                Delta::Peer(PeerDelta::Removed(NodeId(2))),
+                Delta::Peer(PeerDelta::Endpoints {
+                    id: NodeId(2),
+                    endpoints: vec![],
+                }),
+            ],
             MapError::UnknownPeer(NodeId(2)),
         ),
         (vec![added(1)], MapError::SelfAsPeer(NodeId(1))),
         (
             vec![Delta::SelfNode(Box::new(node(7)))],
-            MapError::SelfIdChanged { expected: NodeId(1), got: NodeId(7) },
+            MapError::SelfIdChanged {
+                expected: NodeId(1),
+                got: NodeId(7),
+            },
         ),
-        (vec![Delta::UserProfileRemoved(UserId(99))], MapError::UnknownUser(UserId(99))),
+        (
+            vec![Delta::UserProfileRemoved(UserId(99))],
+            MapError::UnknownUser(UserId(99)),
+        ),
     ];
     for (deltas, want) in cases {
         let mut s = MapSession::new(STALL, now);
         s.handle_response(full(1, &netmap(1, [2, 3])), now).unwrap();
         assert_eq!(s.handle_response(delta(2, deltas), now), Err(want));
-        assert_eq!(s.netmap().unwrap(), &netmap(1, [2, 3]), "nothing of the batch is applied");
+        assert_eq!(
+            s.netmap().unwrap(),
+            &netmap(1, [2, 3]),
+            "nothing of the batch is applied"
+        );
     }
 }
 
@@ -190,7 +274,10 @@ fn a_full_map_listing_the_node_as_its_own_peer_is_refused() {
     let mut s = MapSession::new(STALL, now);
     let mut bad = netmap(1, [2]);
     bad.peers.insert(NodeId(1), node(1));
-    assert_eq!(s.handle_response(full(1, &bad), now), Err(MapError::SelfAsPeer(NodeId(1))));
+    assert_eq!(
+        s.handle_response(full(1, &bad), now),
+        Err(MapError::SelfAsPeer(NodeId(1)))
+    );
     assert_eq!(s.netmap(), None);
 }
 
@@ -207,8 +294,14 @@ fn the_stream_stalls_without_messages_or_keep_alives() {
     s.handle_keep_alive(later);
     assert_eq!(s.poll_timeout(), Some((later + STALL, "map stream stall")));
     s.handle_timeout(now + STALL).unwrap();
-    assert_eq!(s.handle_timeout(later + STALL), Err(MapError::Stalled(STALL)));
-    assert_eq!(s.handle_response(delta(2, vec![]), later + STALL), Err(MapError::NeedsRestart));
+    assert_eq!(
+        s.handle_timeout(later + STALL),
+        Err(MapError::Stalled(STALL))
+    );
+    assert_eq!(
+        s.handle_response(delta(2, vec![]), later + STALL),
+        Err(MapError::NeedsRestart)
+    );
     assert!(s.netmap().is_some());
 }
 
@@ -253,7 +346,11 @@ fn step() -> impl Strategy<Value = Option<Vec<Op>>> {
 
 fn pick(map: &NetMap, k: u8) -> Option<NodeId> {
     let ids: Vec<_> = map.peers.keys().copied().collect();
-    if ids.is_empty() { None } else { Some(ids[usize::from(k) % ids.len()]) }
+    if ids.is_empty() {
+        None
+    } else {
+        Some(ids[usize::from(k) % ids.len()])
+    }
 }
 
 /// Turns an op into a delta valid for `model` and applies it to the model
@@ -290,7 +387,11 @@ fn resolve(model: &mut NetMap, op: &Op) -> Option<Delta> {
             let p = model.peers.get_mut(&id)?;
             p.online = online;
             p.last_seen = Some(UnixMillis(i64::from(k) * 1000));
-            Some(Delta::Peer(PeerDelta::Online { id, online, last_seen: UnixMillis(i64::from(k) * 1000) }))
+            Some(Delta::Peer(PeerDelta::Online {
+                id,
+                online,
+                last_seen: UnixMillis(i64::from(k) * 1000),
+            }))
         }
         Op::Expire(k) => {
             let id = pick(model, k)?;
@@ -299,7 +400,10 @@ fn resolve(model: &mut NetMap, op: &Op) -> Option<Delta> {
             Some(Delta::Peer(PeerDelta::Changed(Box::new(p.clone()))))
         }
         Op::Dns(magic) => {
-            let dns = DnsConfig { magic_dns: magic, ..Default::default() };
+            let dns = DnsConfig {
+                magic_dns: magic,
+                ..Default::default()
+            };
             model.dns = dns.clone();
             Some(Delta::Dns(dns))
         }

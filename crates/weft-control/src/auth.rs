@@ -48,7 +48,12 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug + 'static {
     /// approve what). The default shows the approval command; an
     /// authenticator with its own login completes the check through
     /// [`crate::admin::Admin::approve_login`] as the user who logged in.
-    fn check_page(&self, check_id: &str, check: &crate::check::CheckInfo, now: UnixMillis) -> LoginPage {
+    fn check_page(
+        &self,
+        check_id: &str,
+        check: &crate::check::CheckInfo,
+        now: UnixMillis,
+    ) -> LoginPage {
         crate::check::default_page(check_id, check, now)
     }
 
@@ -85,12 +90,16 @@ impl Authenticator for AdminApproval {
             AuthRequestState::Approved => page(
                 200,
                 "Device approved",
-                &format!("<p>The device <b>{device}</b> is now part of the tailnet. It connects by itself; you can close this page.</p>"),
+                &format!(
+                    "<p>The device <b>{device}</b> is now part of the tailnet. It connects by itself; you can close this page.</p>"
+                ),
             ),
             AuthRequestState::Rejected => page(
                 403,
                 "Login declined",
-                &format!("<p>An administrator declined the login of <b>{device}</b>. Ask them why, then run <code>weft up</code> again.</p>"),
+                &format!(
+                    "<p>An administrator declined the login of <b>{device}</b>. Ask them why, then run <code>weft up</code> again.</p>"
+                ),
             ),
             AuthRequestState::Pending if login.now >= req.expires => page(
                 410,

@@ -89,8 +89,14 @@ pub struct CheckInfo {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ApproveError {
     /// Someone other than the user it is for.
-    #[error("this SSH check is for {owner}'s login from {src}; only {owner} may approve it, not {approver}")]
-    WrongUser { owner: String, src: String, approver: String },
+    #[error(
+        "this SSH check is for {owner}'s login from {src}; only {owner} may approve it, not {approver}"
+    )]
+    WrongUser {
+        owner: String,
+        src: String,
+        approver: String,
+    },
     /// Too late.
     #[error("this SSH check has expired; the login was refused")]
     Expired,
@@ -101,11 +107,16 @@ pub(crate) enum Start {
     /// Decided at once.
     Now(SshCheckVerdict),
     /// `pending` was answered; the final verdict comes from the future.
-    Wait(SshCheckVerdict, Pin<Box<dyn Future<Output = SshCheckVerdict> + Send>>),
+    Wait(
+        SshCheckVerdict,
+        Pin<Box<dyn Future<Output = SshCheckVerdict> + Send>>,
+    ),
 }
 
 fn reject(message: impl Into<String>) -> SshCheckVerdict {
-    SshCheckVerdict::Reject { message: message.into() }
+    SshCheckVerdict::Reject {
+        message: message.into(),
+    }
 }
 
 impl Checks {
@@ -127,7 +138,13 @@ impl Checks {
 
     /// Approves check `id` as `approver` (`user`). Returns `None` if `id`
     /// is not a pending check, else the source node it vouches for.
-    pub fn approve(&self, id: &str, user: UserId, approver: &str, now: UnixMillis) -> Option<Result<NodeId, ApproveError>> {
+    pub fn approve(
+        &self,
+        id: &str,
+        user: UserId,
+        approver: &str,
+        now: UnixMillis,
+    ) -> Option<Result<NodeId, ApproveError>> {
         let mut inner = self.lock();
         let p = inner.pending.get(id)?;
         if now >= p.expires {
@@ -142,14 +159,18 @@ impl Checks {
         }
         let p = inner.pending.remove(id)?;
         if inner.approved.len() >= MAX_APPROVALS {
-            inner.approved.retain(|_, (at, period)| at.saturating_add(*period) > now);
+            inner
+                .approved
+                .retain(|_, (at, period)| at.saturating_add(*period) > now);
             if inner.approved.len() >= MAX_APPROVALS {
                 inner.approved.clear();
             }
         }
         inner.approved.insert((p.user, p.src_node), (now, p.period));
         tracing::info!(check = id, user = %p.login, src = %p.src_name, dst = %p.dst_name, ssh_user = %p.ssh_user, "ssh check approved");
-        let _ = p.tx.send(SshCheckVerdict::Accept { until: now.saturating_add(p.period) });
+        let _ = p.tx.send(SshCheckVerdict::Accept {
+            until: now.saturating_add(p.period),
+        });
         Some(Ok(p.src_node))
     }
 
@@ -164,7 +185,13 @@ impl Checks {
     }
 
     /// Returns until when a fresh approval backs `(user, src)` for `period`.
-    fn fresh(&self, user: UserId, src: NodeId, period: Duration, now: UnixMillis) -> Option<UnixMillis> {
+    fn fresh(
+        &self,
+        user: UserId,
+        src: NodeId,
+        period: Duration,
+        now: UnixMillis,
+    ) -> Option<UnixMillis> {
         let (at, _) = *self.lock().approved.get(&(user, src))?;
         let until = at.saturating_add(period);
         (!period.is_zero() && now < until).then_some(until)
@@ -194,12 +221,18 @@ pub(crate) async fn start(ctx: Arc<Ctx>, mk: MachinePublic, req: SshCheckRequest
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "ssh check failed");
-            Start::Now(reject(format!("the control server could not check this login: {e}")))
+            Start::Now(reject(format!(
+                "the control server could not check this login: {e}"
+            )))
         }
     }
 }
 
-async fn decide(ctx: &Arc<Ctx>, mk: MachinePublic, req: &SshCheckRequest) -> Result<Start, StoreError> {
+async fn decide(
+    ctx: &Arc<Ctx>,
+    mk: MachinePublic,
+    req: &SshCheckRequest,
+) -> Result<Start, StoreError> {
     let now = ctx.clock.now();
     let refuse = |m: &str| Ok(Start::Now(reject(m)));
     if !is_auth_id(&req.check_id) {
@@ -208,13 +241,17 @@ async fn decide(ctx: &Arc<Ctx>, mk: MachinePublic, req: &SshCheckRequest) -> Res
     let dst = match ctx.store.node_by_node_key(&req.node_key).await {
         Ok(n) if n.machine_key == mk && !n.is_expired(now) => n,
         Ok(_) | Err(StoreError::UnknownNodeKey(_)) => {
-            return refuse("the node asking for this check is not registered to its machine (or its key expired)");
+            return refuse(
+                "the node asking for this check is not registered to its machine (or its key expired)",
+            );
         }
         Err(e) => return Err(e),
     };
     let src = match ctx.store.node(req.src_node).await {
         Ok(n) => n,
-        Err(StoreError::UnknownNode(_)) => return refuse("the source node of this login is not in the tailnet"),
+        Err(StoreError::UnknownNode(_)) => {
+            return refuse("the source node of this login is not in the tailnet");
+        }
         Err(e) => return Err(e),
     };
     let Some(user) = src.user else {
@@ -260,7 +297,10 @@ async fn decide(ctx: &Arc<Ctx>, mk: MachinePublic, req: &SshCheckRequest) -> Res
     }
     tracing::info!(check = %req.check_id, user = %login, src = %src.given_name, dst = %dst.given_name, ssh_user = %req.ssh_user, "ssh check waiting for approval");
     let auth_url = format!("{}{LOGIN_PATH}{}", ctx.server_url, req.check_id);
-    let guard = Forget { ctx: ctx.clone(), id: req.check_id.clone() };
+    let guard = Forget {
+        ctx: ctx.clone(),
+        id: req.check_id.clone(),
+    };
     let within = if wait < Duration::from_secs(120) {
         format!("{} seconds", wait.as_secs())
     } else {
@@ -276,7 +316,10 @@ async fn decide(ctx: &Arc<Ctx>, mk: MachinePublic, req: &SshCheckRequest) -> Res
             }
         }
     };
-    Ok(Start::Wait(SshCheckVerdict::Pending { auth_url, expires }, Box::pin(fut)))
+    Ok(Start::Wait(
+        SshCheckVerdict::Pending { auth_url, expires },
+        Box::pin(fut),
+    ))
 }
 
 /// The page at `/a/<check-id>` when the authenticator has none of its own:

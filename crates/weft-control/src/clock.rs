@@ -67,7 +67,12 @@ impl TestClock {
 
 impl Clock for TestClock {
     fn now(&self) -> UnixMillis {
-        UnixMillis(SystemClock.now().0.saturating_add(self.offset_ms.load(Ordering::SeqCst)))
+        UnixMillis(
+            SystemClock
+                .now()
+                .0
+                .saturating_add(self.offset_ms.load(Ordering::SeqCst)),
+        )
     }
 
     fn jumps(&self) -> Option<watch::Receiver<u64>> {

@@ -15,11 +15,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{MatchedPath, Path, Request, State};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use weft_control_store::StoreError;
@@ -47,7 +47,10 @@ pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
         .with_state(ctx.clone())
         .nest("/api/v1", rest);
     if let Some(extra) = ctx.config.authenticator.routes(admin) {
-        r = r.nest(&format!("/login/{}", ctx.config.authenticator.name()), extra);
+        r = r.nest(
+            &format!("/login/{}", ctx.config.authenticator.name()),
+            extra,
+        );
     }
     r.layer(axum::middleware::from_fn(track))
 }
@@ -58,7 +61,11 @@ async fn track(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
-    let route = if route.starts_with("/api/v1") { "/api/v1".to_owned() } else { route };
+    let route = if route.starts_with("/api/v1") {
+        "/api/v1".to_owned()
+    } else {
+        route
+    };
     #[allow(clippy::disallowed_methods)] // measuring only
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
@@ -83,7 +90,11 @@ async fn login_page(State(ctx): State<Arc<Ctx>>, Path(auth_id): Path<String>) ->
             Err(StoreError::UnknownAuthRequest(_)) => None,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read a login");
-                return (http::StatusCode::INTERNAL_SERVER_ERROR, "the server cannot read this login right now; try again").into_response();
+                return (
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "the server cannot read this login right now; try again",
+                )
+                    .into_response();
             }
         }
     } else {
@@ -92,7 +103,10 @@ async fn login_page(State(ctx): State<Arc<Ctx>>, Path(auth_id): Path<String>) ->
     if request.is_none()
         && let Some(check) = ctx.checks.info(&auth_id)
     {
-        let page = ctx.config.authenticator.check_page(&auth_id, &check, ctx.clock.now());
+        let page = ctx
+            .config
+            .authenticator
+            .check_page(&auth_id, &check, ctx.clock.now());
         let status = http::StatusCode::from_u16(page.status).unwrap_or(http::StatusCode::OK);
         return (status, Html(page.html)).into_response();
     }
@@ -127,11 +141,12 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, ctx: Arc<Ctx>) 
         let router = router.clone();
         let stop = ctx.stop.clone();
         ctx.tasks.spawn(async move {
-            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(RemoteAddr(peer));
-                let router = router.clone();
-                async move { tower::ServiceExt::oneshot(router, req).await }
-            });
+            let svc =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(RemoteAddr(peer));
+                    let router = router.clone();
+                    async move { tower::ServiceExt::oneshot(router, req).await }
+                });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Some(header_timeout))

@@ -20,7 +20,9 @@ pub enum KeyFileError {
         source: std::io::Error,
     },
     /// The file does not hold a key.
-    #[error("server key {path} is not a private key (expected privkey:<64 hex digits>); restore it from a backup or remove it to make a new one (every node must then log in again)")]
+    #[error(
+        "server key {path} is not a private key (expected privkey:<64 hex digits>); restore it from a backup or remove it to make a new one (every node must then log in again)"
+    )]
     Malformed {
         /// The file.
         path: PathBuf,

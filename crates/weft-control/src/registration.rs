@@ -17,8 +17,8 @@ use weft_control_store::{
     StoreError,
 };
 use weft_types::control::{
-    ExpiryRequest, RefusalReason, RegisterAuth, RegisterRequest, RegisterResponse, Registered,
-    Refusal,
+    ExpiryRequest, Refusal, RefusalReason, RegisterAuth, RegisterRequest, RegisterResponse,
+    Registered,
 };
 use weft_types::{MachinePublic, Tag, UnixMillis};
 
@@ -44,7 +44,9 @@ pub(crate) async fn register(
             (
                 refused(
                     RefusalReason::Other,
-                    format!("the control server could not complete the registration: {e}; try again later"),
+                    format!(
+                        "the control server could not complete the registration: {e}; try again later"
+                    ),
                 ),
                 "error",
             )
@@ -62,7 +64,11 @@ fn refused(reason: RefusalReason, message: String) -> RegisterResponse {
 
 type Answer = (RegisterResponse, &'static str);
 
-async fn handle(ctx: &Arc<Ctx>, mk: MachinePublic, req: RegisterRequest) -> Result<Answer, StoreError> {
+async fn handle(
+    ctx: &Arc<Ctx>,
+    mk: MachinePublic,
+    req: RegisterRequest,
+) -> Result<Answer, StoreError> {
     let now = ctx.clock.now();
     let known = optional(ctx.store.node_by_node_key(&req.node_key).await)?;
 
@@ -90,7 +96,9 @@ async fn handle(ctx: &Arc<Ctx>, mk: MachinePublic, req: RegisterRequest) -> Resu
             return Ok((
                 refused(
                     RefusalReason::OldNodeKeyMismatch,
-                    format!("{old} is not this machine's current node key; log in again without it"),
+                    format!(
+                        "{old} is not this machine's current node key; log in again without it"
+                    ),
                 ),
                 "refused_old_node_key_mismatch",
             ));
@@ -195,7 +203,11 @@ fn tags_permitted(ctx: &Ctx, tags: &BTreeSet<Tag>, login: Option<&str>) -> Resul
     let policy = &snap.policy;
     let denied: Vec<&str> = tags
         .iter()
-        .filter(|t| !policy.policy.may_apply_tag(&policy.tailnet, t.as_str(), login, &[]))
+        .filter(|t| {
+            !policy
+                .policy
+                .may_apply_tag(&policy.tailnet, t.as_str(), login, &[])
+        })
         .map(Tag::as_str)
         .collect();
     if denied.is_empty() {
@@ -237,7 +249,10 @@ async fn with_auth_key(
             Err(e) => return key_refusal(e),
         };
         if let Err(message) = tags_permitted(ctx, requested, login.as_deref()) {
-            return Ok((refused(RefusalReason::TagsNotPermitted, message), "refused_tags"));
+            return Ok((
+                refused(RefusalReason::TagsNotPermitted, message),
+                "refused_tags",
+            ));
         }
     }
     let reg = match ctx
@@ -256,12 +271,26 @@ async fn with_auth_key(
     }
     let n = apply_expiry_wish(ctx, n, req.expiry, now).await?;
     tracing::info!(node = %n.id, name = %n.given_name, created = reg.created, "node registered with a pre-auth key");
-    registered(ctx, n, if reg.created { "registered" } else { "reauthenticated" }).await
+    registered(
+        ctx,
+        n,
+        if reg.created {
+            "registered"
+        } else {
+            "reauthenticated"
+        },
+    )
+    .await
 }
 
 /// Turns a store refusal of a pre-auth key into a message for the user.
 fn key_refusal(e: StoreError) -> Result<Answer, StoreError> {
-    let invalid = |m: String| Ok((refused(RefusalReason::InvalidAuthKey, m), "refused_invalid_auth_key"));
+    let invalid = |m: String| {
+        Ok((
+            refused(RefusalReason::InvalidAuthKey, m),
+            "refused_invalid_auth_key",
+        ))
+    };
     match e {
         StoreError::MalformedKey { .. } | StoreError::UnknownPreauthKey(_) => invalid(
             "the auth key is not valid on this server: check that it was copied whole, or ask an administrator for a new one (weft-control keys create)".into(),
@@ -346,7 +375,9 @@ async fn followup(ctx: &Ctx, mk: MachinePublic, auth_url: &str) -> Result<Answer
         ))
     };
     let Some(id) = auth_id_of(auth_url) else {
-        return expired("this login URL is not one this server made; run weft up again for a new one");
+        return expired(
+            "this login URL is not one this server made; run weft up again for a new one",
+        );
     };
     loop {
         let notify = ctx.logins.notifier(id);
@@ -356,33 +387,50 @@ async fn followup(ctx: &Ctx, mk: MachinePublic, auth_url: &str) -> Result<Answer
         let ar = match ctx.store.auth_request(id).await {
             Ok(r) => r,
             Err(StoreError::UnknownAuthRequest(_)) => {
-                return expired("this login URL is unknown or expired; run weft up again for a new one");
+                return expired(
+                    "this login URL is unknown or expired; run weft up again for a new one",
+                );
             }
             Err(e) => return Err(e),
         };
         if ar.machine_key != mk {
-            return expired("this login URL belongs to another machine; run weft up again for your own");
+            return expired(
+                "this login URL belongs to another machine; run weft up again for your own",
+            );
         }
         let now = ctx.clock.now();
         match ar.state {
             weft_control_store::AuthRequestState::Approved => {
                 let Some(node) = ar.node else {
-                    return expired("the login was approved but its node is gone; run weft up again");
+                    return expired(
+                        "the login was approved but its node is gone; run weft up again",
+                    );
                 };
                 let n = match optional(ctx.store.node(node).await)? {
                     Some(n) => n,
-                    None => return expired("the login was approved but its node was deleted; run weft up again"),
+                    None => {
+                        return expired(
+                            "the login was approved but its node was deleted; run weft up again",
+                        );
+                    }
                 };
-                return registered(ctx, n, "known").await.map(|(r, _)| (r, "approved"));
+                return registered(ctx, n, "known")
+                    .await
+                    .map(|(r, _)| (r, "approved"));
             }
             weft_control_store::AuthRequestState::Rejected => {
                 return Ok((
-                    refused(RefusalReason::AccessDenied, "an administrator declined this login".into()),
+                    refused(
+                        RefusalReason::AccessDenied,
+                        "an administrator declined this login".into(),
+                    ),
                     "refused_access_denied",
                 ));
             }
             weft_control_store::AuthRequestState::Pending if now >= ar.expires => {
-                return expired("the login URL expired before anyone approved it; run weft up again for a new one");
+                return expired(
+                    "the login URL expired before anyone approved it; run weft up again for a new one",
+                );
             }
             weft_control_store::AuthRequestState::Pending => {
                 let clock = ctx.clock.clone();
@@ -415,6 +463,9 @@ mod tests {
         assert_eq!(auth_id_of(&format!("http://h:8080/a/{id}")), Some(id));
         assert_eq!(auth_id_of(&format!("https://h/weft/a/{id}?x=1")), Some(id));
         assert_eq!(auth_id_of("http://h/a/short"), None);
-        assert_eq!(auth_id_of("http://h/b/0123456789abcdef0123456789abcdef"), None);
+        assert_eq!(
+            auth_id_of("http://h/b/0123456789abcdef0123456789abcdef"),
+            None
+        );
     }
 }

@@ -19,16 +19,34 @@ async fn admin_commands_work_over_the_socket_and_the_rest_api() {
     assert_eq!(code, 1);
     assert!(err.contains("already exists"), "{err}");
 
-    let (code, secret, err) = s.cli(&["keys", "create", "--user", "alice@example.com", "--reusable", "--expiration", "24h"]);
+    let (code, secret, err) = s.cli(&[
+        "keys",
+        "create",
+        "--user",
+        "alice@example.com",
+        "--reusable",
+        "--expiration",
+        "24h",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(secret.trim().starts_with("weftkey-auth-"), "{secret}");
     assert!(err.contains("shown only now"), "{err}");
     let (_, out, _) = s.cli(&["keys", "list"]);
-    assert!(out.contains("usable") && !out.contains(secret.trim()), "the secret is shown once: {out}");
+    assert!(
+        out.contains("usable") && !out.contains(secret.trim()),
+        "the secret is shown once: {out}"
+    );
     let (code, _, err) = s.cli(&["keys", "create"]);
     assert_eq!(code, 1);
     assert!(err.contains("--user USER or --tags"), "{err}");
-    let (code, _, err) = s.cli(&["keys", "create", "--user", "alice@example.com", "--expiration", "soon"]);
+    let (code, _, err) = s.cli(&[
+        "keys",
+        "create",
+        "--user",
+        "alice@example.com",
+        "--expiration",
+        "soon",
+    ]);
     assert_eq!(code, 2, "clap refuses it: {err}");
     assert!(err.contains("invalid duration"), "{err}");
 
@@ -38,7 +56,16 @@ async fn admin_commands_work_over_the_socket_and_the_rest_api() {
         (vec!["nodes", "delete", "42"], "unknown node id 42"),
         (vec!["keys", "expire", "9"], "unknown pre-auth key id 9"),
         (vec!["users", "delete", "nobody"], "unknown user \"nobody\""),
-        (vec!["nodes", "approve", "0123456789abcdef0123456789abcdef", "--user", "alice@example.com"], "unknown auth request"),
+        (
+            vec![
+                "nodes",
+                "approve",
+                "0123456789abcdef0123456789abcdef",
+                "--user",
+                "alice@example.com",
+            ],
+            "unknown auth request",
+        ),
     ] {
         let (code, _, err) = s.cli(&args);
         assert_eq!(code, 1, "{args:?}");
@@ -55,10 +82,25 @@ async fn admin_commands_work_over_the_socket_and_the_rest_api() {
     assert_eq!(code, 0, "{err}");
     let api_key = api_key.trim().to_owned();
     let url = s.url();
-    let (code, out, err) = s.cli(&["users", "list", "--json", "--server", &url, "--api-key", &api_key]);
+    let (code, out, err) = s.cli(&[
+        "users",
+        "list",
+        "--json",
+        "--server",
+        &url,
+        "--api-key",
+        &api_key,
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("alice@example.com"));
-    let (code, _, err) = s.cli(&["users", "list", "--server", &url, "--api-key", "weftkey-api-000000000000-000000000000000000000000000000000000000000000000"]);
+    let (code, _, err) = s.cli(&[
+        "users",
+        "list",
+        "--server",
+        &url,
+        "--api-key",
+        "weftkey-api-000000000000-000000000000000000000000000000000000000000000000",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("invalid API key"), "{err}");
     let (code, _, err) = s.cli(&["users", "list", "--server", &url]);
@@ -96,10 +138,20 @@ async fn admin_commands_work_over_the_socket_and_the_rest_api() {
     std::fs::write(&bad, "{\"acls\": [}").unwrap();
     let (code, _, err) = s.cli(&["policy", "set", bad.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("old policy stays in force") && err.contains("1:"), "{err}");
+    assert!(
+        err.contains("old policy stays in force") && err.contains("1:"),
+        "{err}"
+    );
     let (code, out, _) = s.cli(&["policy", "check", bad.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}");
-    let (code, out, _) = s.cli(&["policy", "explain", "--src", "alice@example.com", "--dst", "100.64.0.1:80"]);
+    let (code, out, _) = s.cli(&[
+        "policy",
+        "explain",
+        "--src",
+        "alice@example.com",
+        "--dst",
+        "100.64.0.1:80",
+    ]);
     assert_eq!(code, 1, "denied: {out}");
     assert!(out.contains("DENIED"), "{out}");
 
@@ -111,7 +163,13 @@ async fn admin_commands_work_over_the_socket_and_the_rest_api() {
                       {"name": "srv", "user": null, "tags": [], "ipv4": "100.64.0.2"}]}"#,
     )
     .unwrap();
-    let (code, out, _) = s.cli(&["policy", "check", policy.to_str().unwrap(), "--nodes", nodes.to_str().unwrap()]);
+    let (code, out, _) = s.cli(&[
+        "policy",
+        "check",
+        policy.to_str().unwrap(),
+        "--nodes",
+        nodes.to_str().unwrap(),
+    ]);
     assert_eq!(code, 2, "srv has no owner: {out}");
     std::fs::write(
         &nodes,
@@ -120,15 +178,35 @@ async fn admin_commands_work_over_the_socket_and_the_rest_api() {
                       {"name": "srv", "user": "alice@example.com", "ipv4": "100.64.0.2"}]}"#,
     )
     .unwrap();
-    let (code, out, _) = s.cli(&["policy", "check", policy.to_str().unwrap(), "--nodes", nodes.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}");
     let (code, out, _) = s.cli(&[
-        "policy", "explain", "--policy", policy.to_str().unwrap(), "--nodes", nodes.to_str().unwrap(),
-        "--src", "laptop", "--dst", "srv:22",
+        "policy",
+        "check",
+        policy.to_str().unwrap(),
+        "--nodes",
+        nodes.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("ALLOWED") && out.contains("policy.hujson:3:"), "{out}");
+    let (code, out, _) = s.cli(&[
+        "policy",
+        "explain",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--nodes",
+        nodes.to_str().unwrap(),
+        "--src",
+        "laptop",
+        "--dst",
+        "srv:22",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ALLOWED") && out.contains("policy.hujson:3:"),
+        "{out}"
+    );
 
     assert!(s.stop().success());
-    assert!(!dir.path().join("admin.sock").exists(), "the socket is removed at shutdown");
+    assert!(
+        !dir.path().join("admin.sock").exists(),
+        "the socket is removed at shutdown"
+    );
 }

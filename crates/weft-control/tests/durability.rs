@@ -12,7 +12,9 @@ use std::time::Duration;
 use common::{ServerProcess, free_port, host_info};
 use weft_client::{ConnectOptions, Target, register};
 use weft_control::admin::types::{NewPreauthKey, NewUser};
-use weft_types::control::{AuthKey, ExpiryRequest, RegisterAuth, RegisterRequest, RegisterResponse};
+use weft_types::control::{
+    AuthKey, ExpiryRequest, RegisterAuth, RegisterRequest, RegisterResponse,
+};
 use weft_types::{CapabilityVersion, MachinePrivate, NodePrivate};
 
 /// One acknowledged registration.
@@ -63,7 +65,11 @@ async fn every_acknowledged_registration_survives_a_kill_9_during_a_burst() {
             for i in 0..200 {
                 let machine = MachinePrivate::generate();
                 let node = NodePrivate::generate();
-                let target = Target { url: url.clone(), machine_key: machine.clone(), server_key };
+                let target = Target {
+                    url: url.clone(),
+                    machine_key: machine.clone(),
+                    server_key,
+                };
                 let req = RegisterRequest {
                     version: CapabilityVersion::CURRENT,
                     node_key: node.public(),
@@ -89,7 +95,10 @@ async fn every_acknowledged_registration_survives_a_kill_9_during_a_burst() {
     // Kill in the middle of the burst.
     let deadline = tokio::time::Instant::now() + common::WAIT;
     while acked.lock().unwrap().len() < 80 {
-        assert!(tokio::time::Instant::now() < deadline, "the burst is too slow");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the burst is too slow"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     server.kill9();
@@ -103,13 +112,24 @@ async fn every_acknowledged_registration_survives_a_kill_9_during_a_burst() {
     let by_key: std::collections::BTreeMap<&str, i64> =
         nodes.iter().map(|n| (n.node_key.as_str(), n.id)).collect();
     for a in &acked {
-        assert_eq!(by_key.get(a.node_key.as_str()), Some(&a.node_id), "acknowledged node {} is missing", a.node_id);
+        assert_eq!(
+            by_key.get(a.node_key.as_str()),
+            Some(&a.node_id),
+            "acknowledged node {} is missing",
+            a.node_id
+        );
     }
     let v4: BTreeSet<&str> = nodes.iter().map(|n| n.ipv4.as_str()).collect();
     let v6: BTreeSet<&str> = nodes.iter().map(|n| n.ipv6.as_str()).collect();
     let names: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-    assert_eq!((v4.len(), v6.len(), names.len()), (nodes.len(), nodes.len(), nodes.len()));
-    assert!(nodes.iter().all(|n| !n.online), "nobody is online after a restart");
+    assert_eq!(
+        (v4.len(), v6.len(), names.len()),
+        (nodes.len(), nodes.len(), nodes.len())
+    );
+    assert!(
+        nodes.iter().all(|n| !n.online),
+        "nobody is online after a restart"
+    );
     assert!(nodes.len() >= acked.len());
 
     // An acknowledged node comes back with its key alone.
@@ -128,9 +148,15 @@ async fn every_acknowledged_registration_survives_a_kill_9_during_a_burst() {
         ephemeral: false,
         host_info: host_info("back"),
     };
-    let resp = register(&target, req, &ConnectOptions::default()).await.unwrap();
+    let resp = register(&target, req, &ConnectOptions::default())
+        .await
+        .unwrap();
     assert!(matches!(resp, RegisterResponse::Registered(r) if r.node_id.0 == a.node_id));
-    eprintln!("acknowledged {} registrations before kill -9; {} nodes after restart", acked.len(), nodes.len());
+    eprintln!(
+        "acknowledged {} registrations before kill -9; {} nodes after restart",
+        acked.len(),
+        nodes.len()
+    );
     let mut server = server;
     assert!(server.stop().success());
 }

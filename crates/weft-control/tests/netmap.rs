@@ -62,7 +62,8 @@ async fn three_nodes_get_full_maps_and_deltas_as_peers_join_change_go_offline_an
         .update_endpoints(vec![endpoint("198.18.5.5:41641")]);
     for n in [&mut a, &mut c, &mut d] {
         n.wait_map(|m| {
-            TestNode::peer(m, "bravo").is_some_and(|p| p.endpoints == vec![endpoint("198.18.5.5:41641")])
+            TestNode::peer(m, "bravo")
+                .is_some_and(|p| p.endpoints == vec![endpoint("198.18.5.5:41641")])
         })
         .await;
     }
@@ -109,14 +110,18 @@ async fn an_expired_node_key_shows_as_expired_everywhere_and_ends_its_stream() {
     let mut b = TestNode::new(&t, "b");
     a.join(&long).await;
     b.join(&short).await;
-    a.wait_map(|m| TestNode::peer(m, "b").is_some_and(|p| !p.expired)).await;
+    a.wait_map(|m| TestNode::peer(m, "b").is_some_and(|p| !p.expired))
+        .await;
 
     t.clock.advance(Duration::from_secs(2 * 60 * 60));
     let m = a
         .wait_map(|m| TestNode::peer(m, "b").is_some_and(|p| p.expired))
         .await;
     let peer = TestNode::peer(&m, "b").unwrap();
-    assert!(!peer.is_usable_at(weft_types::UnixMillis(0)), "an expired peer is not usable");
+    assert!(
+        !peer.is_usable_at(weft_types::UnixMillis(0)),
+        "an expired peer is not usable"
+    );
     let err = loop {
         match b.next_result().await {
             Ok(_) => {}

@@ -16,7 +16,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_control::admin::ROUTES;
 use weft_control::admin::types::NewApiKey;
 
-const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+const METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "patch", "head", "options", "trace",
+];
 
 fn spec() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.yaml");
@@ -26,7 +28,9 @@ fn spec() -> Value {
 
 /// `(METHOD, path)` of every operation in the document.
 fn documented(spec: &Value) -> BTreeSet<(String, String)> {
-    let paths = spec["paths"].as_mapping().expect("the document has `paths`");
+    let paths = spec["paths"]
+        .as_mapping()
+        .expect("the document has `paths`");
     let mut out = BTreeSet::new();
     for (path, item) in paths {
         let path = path.as_str().unwrap();
@@ -42,7 +46,10 @@ fn documented(spec: &Value) -> BTreeSet<(String, String)> {
 }
 
 fn served() -> BTreeSet<(String, String)> {
-    ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect()
+    ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect()
 }
 
 #[test]
@@ -50,7 +57,10 @@ fn every_served_route_is_documented_and_every_documented_route_is_served() {
     let spec = spec();
     assert_eq!(spec["openapi"].as_str(), Some("3.1.0"));
     let served = served();
-    assert!(served.len() >= 20, "the route table looks truncated: {served:?}");
+    assert!(
+        served.len() >= 20,
+        "the route table looks truncated: {served:?}"
+    );
     let documented = documented(&spec);
     let undocumented: Vec<_> = served.difference(&documented).collect();
     let unserved: Vec<_> = documented.difference(&served).collect();
@@ -68,7 +78,10 @@ fn the_document_names_the_api_prefix_and_bearer_auth() {
     let scheme = &spec["components"]["securitySchemes"]["apiKey"];
     assert_eq!(scheme["type"].as_str(), Some("http"));
     assert_eq!(scheme["scheme"].as_str(), Some("bearer"));
-    assert!(spec["security"][0].get("apiKey").is_some(), "bearer auth must apply to every operation");
+    assert!(
+        spec["security"][0].get("apiKey").is_some(),
+        "bearer auth must apply to every operation"
+    );
 }
 
 /// Every `$ref` in the document points at something that exists.
@@ -98,7 +111,11 @@ fn every_reference_in_the_document_resolves() {
     let spec = spec();
     let mut refs = Vec::new();
     walk(&spec, &spec, &mut refs);
-    assert!(refs.len() > 50, "expected the operations to reference shared schemas, found {}", refs.len());
+    assert!(
+        refs.len() > 50,
+        "expected the operations to reference shared schemas, found {}",
+        refs.len()
+    );
 }
 
 /// Path parameters of a documented route, declared or not, must be the ones in the path.
@@ -123,7 +140,12 @@ fn path_parameters_match_the_path_templates() {
                     declared.insert(p["name"].as_str().unwrap().to_owned());
                 }
             }
-            assert_eq!(declared, in_path, "{} {path}: path parameters", method.as_str().unwrap());
+            assert_eq!(
+                declared,
+                in_path,
+                "{} {path}: path parameters",
+                method.as_str().unwrap()
+            );
         }
     }
 }
@@ -131,17 +153,29 @@ fn path_parameters_match_the_path_templates() {
 /// One raw HTTP/1.1 request; returns (status, body).
 async fn request(addr: &str, method: &str, path: &str, api_key: Option<&str>) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = api_key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    let body = if matches!(method, "POST" | "PUT") { "{}" } else { "" };
+    let auth = api_key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let body = if matches!(method, "POST" | "PUT") {
+        "{}"
+    } else {
+        ""
+    };
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
-    tokio::time::timeout(common::WAIT, s.read_to_string(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(common::WAIT, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -153,7 +187,10 @@ async fn the_server_answers_every_documented_operation_and_only_those() {
     let key = t
         .server
         .admin()
-        .create_api_key(NewApiKey { description: "openapi test".into(), expiration_ms: None })
+        .create_api_key(NewApiKey {
+            description: "openapi test".into(),
+            expiration_ms: None,
+        })
         .await
         .unwrap()
         .secret;
@@ -161,12 +198,22 @@ async fn the_server_answers_every_documented_operation_and_only_those() {
     for (method, path) in documented(&spec()) {
         // Unknown ids and logins: the handler answers (404 naming the thing, 400, 422), the
         // router's fallback must not.
-        let concrete = path.replace("{id}", "987654").replace("{login}", "nobody@example.com").replace("{auth_id}", "0123456789abcdef0123456789abcdef");
-        let (status, body) = request(&addr, &method, &format!("/api/v1{concrete}"), Some(&key)).await;
-        assert!(status != 405 && !body.contains(FALLBACK), "{method} {path}: the router does not serve it ({status} {body})");
+        let concrete = path
+            .replace("{id}", "987654")
+            .replace("{login}", "nobody@example.com")
+            .replace("{auth_id}", "0123456789abcdef0123456789abcdef");
+        let (status, body) =
+            request(&addr, &method, &format!("/api/v1{concrete}"), Some(&key)).await;
+        assert!(
+            status != 405 && !body.contains(FALLBACK),
+            "{method} {path}: the router does not serve it ({status} {body})"
+        );
         let (status, body) = request(&addr, &method, &format!("/api/v1{concrete}"), None).await;
         assert_eq!(status, 401, "{method} {path} without an API key: {body}");
-        assert!(body.contains("\"unauthorized\""), "{method} {path}: error body {body}");
+        assert!(
+            body.contains("\"unauthorized\""),
+            "{method} {path}: error body {body}"
+        );
     }
     // And the check can fail: an undocumented route gets the fallback.
     let (status, body) = request(&addr, "GET", "/api/v1/not-a-route", Some(&key)).await;

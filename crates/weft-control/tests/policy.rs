@@ -67,7 +67,10 @@ async fn a_policy_limits_visibility_and_changes_go_to_the_affected_nodes_only() 
     // Alice's laptop and the server see each other; Bob sees nobody.
     let ma = a.wait_map(|m| m.peers.len() == 1).await;
     assert!(TestNode::peer(&ma, "server").is_some());
-    assert!(ma.packet_filter.rules().is_empty(), "nothing may reach alice-laptop");
+    assert!(
+        ma.packet_filter.rules().is_empty(),
+        "nothing may reach alice-laptop"
+    );
     b.wait_map(|m| m.peers.is_empty()).await;
     let ms = s.wait_map(|m| m.peers.len() == 1).await;
     let a_ip = ma.self_node.addresses[0].addr();
@@ -81,7 +84,13 @@ async fn a_policy_limits_visibility_and_changes_go_to_the_affected_nodes_only() 
         netmap_events_within(n, Duration::from_millis(100)).await;
     }
     admin
-        .set_policy(&POLICY.replace("\"dst\": [\"tag:server:22\"]", "\"dst\": [\"tag:server:22,443\"]"), "test")
+        .set_policy(
+            &POLICY.replace(
+                "\"dst\": [\"tag:server:22\"]",
+                "\"dst\": [\"tag:server:22,443\"]",
+            ),
+            "test",
+        )
         .await
         .unwrap();
     let ms = s
@@ -89,8 +98,16 @@ async fn a_policy_limits_visibility_and_changes_go_to_the_affected_nodes_only() 
         .await;
     assert_eq!(ms.peers.len(), 1);
     admin.flush().await;
-    assert_eq!(netmap_events_within(&mut a, Duration::from_millis(300)).await, 0, "alice-laptop is unaffected");
-    assert_eq!(netmap_events_within(&mut b, Duration::from_millis(50)).await, 0, "bob-laptop is unaffected");
+    assert_eq!(
+        netmap_events_within(&mut a, Duration::from_millis(300)).await,
+        0,
+        "alice-laptop is unaffected"
+    );
+    assert_eq!(
+        netmap_events_within(&mut b, Duration::from_millis(50)).await,
+        0,
+        "bob-laptop is unaffected"
+    );
 
     // Explain against the live tailnet names the deciding rule.
     let x = admin
@@ -101,7 +118,11 @@ async fn a_policy_limits_visibility_and_changes_go_to_the_affected_nodes_only() 
         })
         .unwrap();
     assert_eq!(x.verdict, "allowed");
-    assert!(x.text.contains("acls[0] at policy.hujson:5:5"), "{}", x.text);
+    assert!(
+        x.text.contains("acls[0] at policy.hujson:5:5"),
+        "{}",
+        x.text
+    );
     let x = admin
         .explain(&ExplainQuery {
             src: "bob@example.com".into(),
@@ -128,14 +149,27 @@ async fn an_invalid_policy_or_a_failing_test_is_refused_and_the_old_policy_stays
     t.user("bob@example.com").await;
     let admin = t.server.admin();
     let before = admin.policy().await.unwrap();
-    assert_eq!(before.version, None, "a new tailnet has the built-in allow-all policy");
+    assert_eq!(
+        before.version, None,
+        "a new tailnet has the built-in allow-all policy"
+    );
     assert!(before.policy.contains("\"*:*\""));
 
-    let err = admin.set_policy("{\"acls\": [{\"action\": \"accept\", \"srcs\": []}]}", "t").await.unwrap_err();
-    assert!(err.message.contains("policy refused, the old policy stays in force"), "{err}");
+    let err = admin
+        .set_policy("{\"acls\": [{\"action\": \"accept\", \"srcs\": []}]}", "t")
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .contains("policy refused, the old policy stays in force"),
+        "{err}"
+    );
     assert!(err.message.contains("1:"), "names a position: {err}");
 
-    let failing = POLICY.replace("\"bob@example.com\", \"deny\"", "\"bob@example.com\", \"accept\"");
+    let failing = POLICY.replace(
+        "\"bob@example.com\", \"deny\"",
+        "\"bob@example.com\", \"accept\"",
+    );
     let err = admin.set_policy(&failing, "t").await.unwrap_err();
     assert!(err.message.contains("tests[1]"), "{err}");
     assert!(err.message.contains("expected allowed"), "{err}");
@@ -157,19 +191,27 @@ async fn requested_tags_need_the_tag_owners_permission() {
     let ka = t.reusable_key("alice@example.com").await;
 
     let mut n = TestNode::new(&t, "sneaky");
-    let mut p = n.params(weft_types::control::RegisterAuth::AuthKey(weft_types::control::AuthKey(kb)));
+    let mut p = n.params(weft_types::control::RegisterAuth::AuthKey(
+        weft_types::control::AuthKey(kb),
+    ));
     p.host_info.requested_tags = ["tag:server".parse().unwrap()].into();
     n.start(p).await;
     match n.next().await {
         SessionEvent::Refused(r) => {
             assert_eq!(r.reason, RefusalReason::TagsNotPermitted);
-            assert!(r.message.contains("tag:server") && r.message.contains("bob@example.com"), "{}", r.message);
+            assert!(
+                r.message.contains("tag:server") && r.message.contains("bob@example.com"),
+                "{}",
+                r.message
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
 
     let mut ok = TestNode::new(&t, "db");
-    let mut p = ok.params(weft_types::control::RegisterAuth::AuthKey(weft_types::control::AuthKey(ka)));
+    let mut p = ok.params(weft_types::control::RegisterAuth::AuthKey(
+        weft_types::control::AuthKey(ka),
+    ));
     p.host_info.requested_tags = ["tag:server".parse().unwrap()].into();
     ok.start(p).await;
     match ok.next().await {

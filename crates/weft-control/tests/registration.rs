@@ -41,7 +41,11 @@ async fn a_one_off_key_registers_one_node_and_a_reusable_key_many() {
     let mut b = TestNode::new(&t, "b");
     let r = refusal(&mut b, &once).await;
     assert_eq!(r.reason, RefusalReason::InvalidAuthKey);
-    assert!(r.message.contains("single-use and was already used"), "{}", r.message);
+    assert!(
+        r.message.contains("single-use and was already used"),
+        "{}",
+        r.message
+    );
 
     for name in ["c", "d", "e"] {
         let mut n = TestNode::new(&t, name);
@@ -88,8 +92,15 @@ async fn expired_revoked_and_unknown_keys_are_refused_with_a_clear_message() {
     let r = refusal(&mut n, &short.secret).await;
     assert_eq!(r.reason, RefusalReason::InvalidAuthKey);
     assert!(r.message.contains("has expired"), "{}", r.message);
-    assert!(r.message.contains(&short.key.prefix), "names the key: {}", r.message);
-    assert!(!r.message.contains(&short.secret), "never echoes the secret");
+    assert!(
+        r.message.contains(&short.key.prefix),
+        "names the key: {}",
+        r.message
+    );
+    assert!(
+        !r.message.contains(&short.secret),
+        "never echoes the secret"
+    );
 
     let r = refusal(&mut n, &revoked.secret).await;
     assert!(r.message.contains("was revoked"), "{}", r.message);
@@ -97,10 +108,18 @@ async fn expired_revoked_and_unknown_keys_are_refused_with_a_clear_message() {
     let unknown = format!("weftkey-auth-000000000000-{}", "0".repeat(48));
     let r = refusal(&mut n, &unknown).await;
     assert_eq!(r.reason, RefusalReason::InvalidAuthKey);
-    assert!(r.message.contains("not valid on this server"), "{}", r.message);
+    assert!(
+        r.message.contains("not valid on this server"),
+        "{}",
+        r.message
+    );
 
     let r = refusal(&mut n, "hunter2").await;
-    assert!(r.message.contains("not valid on this server"), "{}", r.message);
+    assert!(
+        r.message.contains("not valid on this server"),
+        "{}",
+        r.message
+    );
     assert!(t.server.admin().list_nodes().await.unwrap().is_empty());
     t.server.shutdown().await;
 }
@@ -215,7 +234,11 @@ async fn a_node_key_is_rotated_with_the_old_key_and_peers_see_the_new_one() {
     mallory.node_key = b.node_key.clone();
     let r = refusal(&mut mallory, &key).await;
     assert_eq!(r.reason, RefusalReason::NodeKeyInUse);
-    assert!(r.message.contains("already registered to another machine"), "{}", r.message);
+    assert!(
+        r.message.contains("already registered to another machine"),
+        "{}",
+        r.message
+    );
     t.server.shutdown().await;
 }
 

@@ -69,7 +69,8 @@ async fn still_serving(t: &TestServer, key: &str, name: &str) {
 }
 
 fn keep_alive_record(conn: &mut ClientConnection) -> Vec<u8> {
-    conn.send(&ClientMessage::KeepAlive(KeepAlive {}), now()).unwrap();
+    conn.send(&ClientMessage::KeepAlive(KeepAlive {}), now())
+        .unwrap();
     conn.poll_transmit().unwrap()
 }
 
@@ -143,17 +144,28 @@ async fn malformed_and_oversized_frames_close_the_connection() {
         machine_key: MachinePrivate::generate(),
         server_key: t.server.public_key(),
     };
-    let mut ch = Channel::connect(&target, &ConnectOptions::default()).await.unwrap();
-    ch.send(ClientMessage::Endpoints(weft_types::control::EndpointUpdate { endpoints: vec![] }))
+    let mut ch = Channel::connect(&target, &ConnectOptions::default())
+        .await
         .unwrap();
+    ch.send(ClientMessage::Endpoints(
+        weft_types::control::EndpointUpdate { endpoints: vec![] },
+    ))
+    .unwrap();
     let err = ch.recv().await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
-    assert!(err.to_string().contains("only accepted on an open map stream"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("only accepted on an open map stream"),
+        "{err}"
+    );
 
     still_serving(&t, &key, "after-garbage").await;
     let metrics = metrics(&t).await;
     for reason in ["malformed_frame", "message_too_large"] {
-        assert!(metrics.contains(&format!("reason=\"{reason}\"")), "{reason}: {metrics}");
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "{reason}: {metrics}"
+        );
     }
     t.server.shutdown().await;
 }
@@ -199,14 +211,19 @@ async fn truncated_and_unfinished_handshakes_are_dropped() {
 
     // Request headers that never end: dropped after the header timeout.
     let mut tcp = TcpStream::connect(t.server.local_addr()).await.unwrap();
-    tcp.write_all(b"POST /control HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    tcp.write_all(b"POST /control HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let took = closed_within(&mut tcp, Duration::from_secs(8)).await;
     assert!(took >= Duration::from_secs(1), "closed after {took:?}");
 
     still_serving(&t, &key, "after-silence").await;
     let metrics = metrics(&t).await;
     for reason in ["handshake_timeout", "closed_during_handshake"] {
-        assert!(metrics.contains(&format!("reason=\"{reason}\"")), "{reason}: {metrics}");
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "{reason}: {metrics}"
+        );
     }
     t.server.shutdown().await;
 }
@@ -224,7 +241,9 @@ async fn another_machine_cannot_map_or_take_a_registered_node_key() {
         machine_key: MachinePrivate::generate(),
         server_key: t.server.public_key(),
     };
-    let mut ch = Channel::connect(&mallory, &ConnectOptions::default()).await.unwrap();
+    let mut ch = Channel::connect(&mallory, &ConnectOptions::default())
+        .await
+        .unwrap();
     ch.send(ClientMessage::Map(MapRequest {
         version: CapabilityVersion::CURRENT,
         node_key: a.node_key.public(),
@@ -236,7 +255,10 @@ async fn another_machine_cannot_map_or_take_a_registered_node_key() {
     .unwrap();
     let err = ch.recv().await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotRegistered), "{err}");
-    assert!(err.to_string().contains("registered to another machine"), "{err}");
+    assert!(
+        err.to_string().contains("registered to another machine"),
+        "{err}"
+    );
 
     // A client that pinned the wrong server key never gets a channel.
     let wrong = Target {

@@ -163,7 +163,14 @@ impl Disco {
         if fresh {
             self.remove_peer(&peer);
             let shared = SharedBox::new(&self.private, &disco_key);
-            self.peers.insert(peer, PeerState { disco_key, shared, prober: PathProber::new() });
+            self.peers.insert(
+                peer,
+                PeerState {
+                    disco_key,
+                    shared,
+                    prober: PathProber::new(),
+                },
+            );
             self.by_disco.insert(disco_key, peer);
         }
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -178,11 +185,19 @@ impl Disco {
         };
         self.by_disco.remove(&old.disco_key);
         self.pending.retain(|_, p| p.peer != *peer);
-        let gone: Vec<PingId> =
-            self.asked.iter().filter(|(_, a)| a.peer == *peer).map(|(id, _)| *id).collect();
+        let gone: Vec<PingId> = self
+            .asked
+            .iter()
+            .filter(|(_, a)| a.peer == *peer)
+            .map(|(id, _)| *id)
+            .collect();
         for id in gone {
             self.asked.remove(&id);
-            self.events.push_back(Event::Ping { id, peer: *peer, outcome: PingOutcome::Timeout });
+            self.events.push_back(Event::Ping {
+                id,
+                peer: *peer,
+                outcome: PingOutcome::Timeout,
+            });
         }
     }
 
@@ -206,7 +221,15 @@ impl Disco {
         }
         let id = self.next_ping_id;
         self.next_ping_id += 1;
-        self.asked.insert(id, Asked { peer: *peer, at: now, deadline: now + timeout, sent: false });
+        self.asked.insert(
+            id,
+            Asked {
+                peer: *peer,
+                at: now,
+                deadline: now + timeout,
+                sent: false,
+            },
+        );
         Some(id)
     }
 
@@ -241,9 +264,14 @@ impl Disco {
                     return;
                 }
                 state.prober.note_candidate(from, now);
-                let pong = Message::Pong(Pong { tx_id: ping.tx_id, observed_src: from });
+                let pong = Message::Pong(Pong {
+                    tx_id: ping.tx_id,
+                    observed_src: from,
+                });
                 let nonce = self.next_nonce();
-                let Some(state) = self.peers.get(&peer) else { return };
+                let Some(state) = self.peers.get(&peer) else {
+                    return;
+                };
                 let payload = state.shared.seal(&self.public, nonce, &pong);
                 self.transmits.push_back(Transmit { to: from, payload });
             }
@@ -266,7 +294,10 @@ impl Disco {
         if let Some(state) = self.peers.get_mut(&peer)
             && let Some(change) = state.prober.handle_pong(pending.to, rtt, now)
         {
-            self.events.push_back(Event::BestPath { peer, addr: change.addr });
+            self.events.push_back(Event::BestPath {
+                peer,
+                addr: change.addr,
+            });
         }
         if let Purpose::Asked(id) = pending.purpose
             && self.asked.remove(&id).is_some()
@@ -274,7 +305,10 @@ impl Disco {
             self.events.push_back(Event::Ping {
                 id,
                 peer,
-                outcome: PingOutcome::Pong { addr: pending.to, rtt },
+                outcome: PingOutcome::Pong {
+                    addr: pending.to,
+                    rtt,
+                },
             });
         }
     }
@@ -283,11 +317,19 @@ impl Disco {
     /// ping timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.pending.retain(|_, p| now < p.sent + PING_TIMEOUT);
-        let expired: Vec<PingId> =
-            self.asked.iter().filter(|(_, a)| now >= a.deadline).map(|(id, _)| *id).collect();
+        let expired: Vec<PingId> = self
+            .asked
+            .iter()
+            .filter(|(_, a)| now >= a.deadline)
+            .map(|(id, _)| *id)
+            .collect();
         for id in expired {
             if let Some(a) = self.asked.remove(&id) {
-                self.events.push_back(Event::Ping { id, peer: a.peer, outcome: PingOutcome::Timeout });
+                self.events.push_back(Event::Ping {
+                    id,
+                    peer: a.peer,
+                    outcome: PingOutcome::Timeout,
+                });
             }
         }
         let mut sends: Vec<(NodePublic, SocketAddr, Purpose)> = Vec::new();
@@ -296,18 +338,33 @@ impl Disco {
                 continue;
             }
             a.sent = true;
-            let Some(state) = self.peers.get(&a.peer) else { continue };
+            let Some(state) = self.peers.get(&a.peer) else {
+                continue;
+            };
             let targets: Vec<SocketAddr> = match state.prober.best_addr(now) {
                 Some(best) => vec![best],
                 None => state.prober.candidates().collect(),
             };
-            sends.extend(targets.into_iter().map(|t| (a.peer, t, Purpose::Asked(*id))));
+            sends.extend(
+                targets
+                    .into_iter()
+                    .map(|t| (a.peer, t, Purpose::Asked(*id))),
+            );
         }
         for (peer, state) in &mut self.peers {
             if let Some(change) = state.prober.handle_timeout(now) {
-                self.events.push_back(Event::BestPath { peer: *peer, addr: change.addr });
+                self.events.push_back(Event::BestPath {
+                    peer: *peer,
+                    addr: change.addr,
+                });
             }
-            sends.extend(state.prober.due_pings(now).into_iter().map(|to| (*peer, to, Purpose::Probe)));
+            sends.extend(
+                state
+                    .prober
+                    .due_pings(now)
+                    .into_iter()
+                    .map(|to| (*peer, to, Purpose::Probe)),
+            );
         }
         for (peer, to, purpose) in sends {
             self.send_ping(peer, to, purpose, now);
@@ -317,10 +374,24 @@ impl Disco {
     fn send_ping(&mut self, peer: NodePublic, to: SocketAddr, purpose: Purpose, now: Instant) {
         let tx_id = self.next_tx_id();
         let nonce = self.next_nonce();
-        let ping = Message::Ping(Ping { tx_id, node_key: self.node_key, padding: 0 });
-        let Some(state) = self.peers.get(&peer) else { return };
+        let ping = Message::Ping(Ping {
+            tx_id,
+            node_key: self.node_key,
+            padding: 0,
+        });
+        let Some(state) = self.peers.get(&peer) else {
+            return;
+        };
         let payload = state.shared.seal(&self.public, nonce, &ping);
-        self.pending.insert(tx_id, Pending { peer, to, sent: now, purpose });
+        self.pending.insert(
+            tx_id,
+            Pending {
+                peer,
+                to,
+                sent: now,
+                purpose,
+            },
+        );
         self.transmits.push_back(Transmit { to, payload });
     }
 
@@ -336,15 +407,28 @@ impl Disco {
 
     /// Returns when [`Disco::handle_timeout`] next has work, and why.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        let probes = self.peers.values().filter_map(|p| p.prober.poll_timeout()).min().map(|t| (t, "probe"));
+        let probes = self
+            .peers
+            .values()
+            .filter_map(|p| p.prober.poll_timeout())
+            .min()
+            .map(|t| (t, "probe"));
         let asked = self
             .asked
             .values()
             .map(|a| if a.sent { a.deadline } else { a.at })
             .min()
             .map(|t| (t, "asked ping"));
-        let pending = self.pending.values().map(|p| p.sent + PING_TIMEOUT).min().map(|t| (t, "ping timeout"));
-        [probes, asked, pending].into_iter().flatten().min_by_key(|(t, _)| *t)
+        let pending = self
+            .pending
+            .values()
+            .map(|p| p.sent + PING_TIMEOUT)
+            .min()
+            .map(|t| (t, "ping timeout"));
+        [probes, asked, pending]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(t, _)| *t)
     }
 
     fn next_nonce(&mut self) -> [u8; NONCE_LEN] {

@@ -33,6 +33,6 @@ pub mod prober;
 
 pub use disco::{Disco, Event, PingId, PingOutcome, Transmit};
 pub use message::{
-    CallMeMaybe, DecodeError, MAGIC, Message, Ping, Pong, SharedBox, Sealed, TxId, is_disco,
+    CallMeMaybe, DecodeError, MAGIC, Message, Ping, Pong, Sealed, SharedBox, TxId, is_disco,
 };
 pub use prober::{BestChange, PathProber};

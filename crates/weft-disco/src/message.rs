@@ -34,10 +34,10 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+use crypto_box::SalsaBox;
 use crypto_box::aead::generic_array::GenericArray;
 use crypto_box::aead::generic_array::typenum::Unsigned as _;
 use crypto_box::aead::{Aead, AeadCore};
-use crypto_box::SalsaBox;
 use weft_types::{DiscoPrivate, DiscoPublic, NodePublic};
 
 /// The first six bytes of every disco datagram ("WF🧵").
@@ -118,7 +118,11 @@ impl<'a> Sealed<'a> {
         let (nonce, boxed) = rest.split_at(NONCE_LEN);
         let mut sender = [0u8; KEY_LEN];
         sender.copy_from_slice(key);
-        Ok(Self { sender: DiscoPublic::from_bytes(sender), nonce, boxed })
+        Ok(Self {
+            sender: DiscoPublic::from_bytes(sender),
+            nonce,
+            boxed,
+        })
     }
 
     /// Returns the sender's disco public key (not yet authenticated: only a
@@ -206,12 +210,19 @@ impl Message {
             TYPE_PING => {
                 let tx_id = take::<TX_ID_LEN>(payload, 0)?;
                 let key = take::<KEY_LEN>(payload, TX_ID_LEN)?;
-                Ok(Message::Ping(Ping { tx_id, node_key: NodePublic::from_bytes(key), padding: 0 }))
+                Ok(Message::Ping(Ping {
+                    tx_id,
+                    node_key: NodePublic::from_bytes(key),
+                    padding: 0,
+                }))
             }
             TYPE_PONG => {
                 let tx_id = take::<TX_ID_LEN>(payload, 0)?;
                 let addr = take::<ADDR_LEN>(payload, TX_ID_LEN)?;
-                Ok(Message::Pong(Pong { tx_id, observed_src: get_addr(&addr) }))
+                Ok(Message::Pong(Pong {
+                    tx_id,
+                    observed_src: get_addr(&addr),
+                }))
             }
             TYPE_CALL_ME_MAYBE => {
                 let endpoints = payload
@@ -268,7 +279,9 @@ impl SharedBox {
     pub fn new(ours: &DiscoPrivate, theirs: &DiscoPublic) -> Self {
         let secret = crypto_box::SecretKey::from(*ours.as_bytes());
         let public = crypto_box::PublicKey::from(theirs.to_bytes());
-        Self { inner: SalsaBox::new(&public, &secret) }
+        Self {
+            inner: SalsaBox::new(&public, &secret),
+        }
     }
 
     /// Returns the whole datagram for `msg`, from `sender` (our disco public
@@ -297,7 +310,10 @@ impl SharedBox {
             return Err(DecodeError::TooShort);
         }
         let n = GenericArray::from_slice(sealed.nonce);
-        let plain = self.inner.decrypt(n, sealed.boxed).map_err(|_| DecodeError::Unauthenticated)?;
+        let plain = self
+            .inner
+            .decrypt(n, sealed.boxed)
+            .map_err(|_| DecodeError::Unauthenticated)?;
         Message::decode(&plain)
     }
 }
@@ -308,7 +324,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn keys() -> (DiscoPrivate, DiscoPrivate) {
-        (DiscoPrivate::from_bytes([1; 32]), DiscoPrivate::from_bytes([2; 32]))
+        (
+            DiscoPrivate::from_bytes([1; 32]),
+            DiscoPrivate::from_bytes([2; 32]),
+        )
     }
 
     #[test]
@@ -334,8 +353,12 @@ mod tests {
         let d = ab.seal(&a.public(), [9; 24], &ping);
         let sealed = Sealed::parse(&d).unwrap();
         assert_eq!(sealed.sender(), a.public());
-        let Message::Ping(got) = ba.open(&sealed).unwrap() else { panic!("not a ping") };
-        let Message::Ping(sent) = ping else { unreachable!() };
+        let Message::Ping(got) = ba.open(&sealed).unwrap() else {
+            panic!("not a ping")
+        };
+        let Message::Ping(sent) = ping else {
+            unreachable!()
+        };
         assert_eq!((got.tx_id, got.node_key), (sent.tx_id, sent.node_key));
     }
 
@@ -344,11 +367,17 @@ mod tests {
         let (a, b) = keys();
         let c = DiscoPrivate::from_bytes([5; 32]);
         let cb = SharedBox::new(&c, &b.public());
-        let pong = Message::Pong(Pong { tx_id: [1; 12], observed_src: "198.18.0.1:41641".parse().unwrap() });
+        let pong = Message::Pong(Pong {
+            tx_id: [1; 12],
+            observed_src: "198.18.0.1:41641".parse().unwrap(),
+        });
         // c claims to be a.
         let d = cb.seal(&a.public(), [0; 24], &pong);
         let ba = SharedBox::new(&b, &a.public());
-        assert_eq!(ba.open(&Sealed::parse(&d).unwrap()), Err(DecodeError::Unauthenticated));
+        assert_eq!(
+            ba.open(&Sealed::parse(&d).unwrap()),
+            Err(DecodeError::Unauthenticated)
+        );
     }
 
     #[test]
@@ -356,36 +385,60 @@ mod tests {
         let (a, b) = keys();
         let ab = SharedBox::new(&a, &b.public());
         let ba = SharedBox::new(&b, &a.public());
-        let pong = Message::Pong(Pong { tx_id: [1; 12], observed_src: "[fd13:b027:8801::1]:5".parse().unwrap() });
+        let pong = Message::Pong(Pong {
+            tx_id: [1; 12],
+            observed_src: "[fd13:b027:8801::1]:5".parse().unwrap(),
+        });
         let mut d = ab.seal(&a.public(), [4; 24], &pong);
         let last = d.len() - 1;
         d[last] ^= 1;
-        assert_eq!(ba.open(&Sealed::parse(&d).unwrap()), Err(DecodeError::Unauthenticated));
+        assert_eq!(
+            ba.open(&Sealed::parse(&d).unwrap()),
+            Err(DecodeError::Unauthenticated)
+        );
     }
 
     #[test]
     fn short_and_foreign_datagrams_are_classified() {
-        assert_eq!(Sealed::parse(&[1, 0, 0, 0]).err(), Some(DecodeError::NoMagic));
+        assert_eq!(
+            Sealed::parse(&[1, 0, 0, 0]).err(),
+            Some(DecodeError::NoMagic)
+        );
         assert_eq!(Sealed::parse(&MAGIC).err(), Some(DecodeError::TooShort));
-        assert_eq!(Message::decode(&[0x42, 0]), Err(DecodeError::UnknownType(0x42)));
-        assert_eq!(Message::decode(&[TYPE_PONG, 0, 1, 2]), Err(DecodeError::Truncated));
+        assert_eq!(
+            Message::decode(&[0x42, 0]),
+            Err(DecodeError::UnknownType(0x42))
+        );
+        assert_eq!(
+            Message::decode(&[TYPE_PONG, 0, 1, 2]),
+            Err(DecodeError::Truncated)
+        );
     }
 
     fn addr() -> impl Strategy<Value = SocketAddr> {
         prop_oneof![
             (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
             (any::<[u8; 16]>(), any::<u16>())
-                .prop_filter("not v4-mapped", |(ip, _)| Ipv6Addr::from(*ip).to_ipv4_mapped().is_none())
+                .prop_filter("not v4-mapped", |(ip, _)| Ipv6Addr::from(*ip)
+                    .to_ipv4_mapped()
+                    .is_none())
                 .prop_map(|(ip, p)| SocketAddr::from((Ipv6Addr::from(ip), p))),
         ]
     }
 
     fn message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (any::<[u8; 12]>(), any::<[u8; 32]>())
-                .prop_map(|(tx_id, k)| Message::Ping(Ping { tx_id, node_key: NodePublic::from_bytes(k), padding: 0 })),
-            (any::<[u8; 12]>(), addr()).prop_map(|(tx_id, observed_src)| Message::Pong(Pong { tx_id, observed_src })),
-            proptest::collection::vec(addr(), 0..8).prop_map(|endpoints| Message::CallMeMaybe(CallMeMaybe { endpoints })),
+            (any::<[u8; 12]>(), any::<[u8; 32]>()).prop_map(|(tx_id, k)| Message::Ping(Ping {
+                tx_id,
+                node_key: NodePublic::from_bytes(k),
+                padding: 0
+            })),
+            (any::<[u8; 12]>(), addr()).prop_map(|(tx_id, observed_src)| Message::Pong(Pong {
+                tx_id,
+                observed_src
+            })),
+            proptest::collection::vec(addr(), 0..8)
+                .prop_map(|endpoints| Message::CallMeMaybe(CallMeMaybe { endpoints })),
         ]
     }
 

@@ -56,7 +56,13 @@ struct Candidate {
 
 impl Candidate {
     fn new(now: Instant) -> Self {
-        Self { added: now, reported: false, last_ping: None, last_pong: None, rtt: None }
+        Self {
+            added: now,
+            reported: false,
+            last_ping: None,
+            last_pong: None,
+            rtt: None,
+        }
     }
 }
 
@@ -86,20 +92,32 @@ impl PathProber {
     /// Replaces the endpoints the peer reported. New ones are pinged at the
     /// next [`PathProber::due_pings`]; the best path stays if still trusted.
     /// Returns whether the set changed.
-    pub fn set_endpoints(&mut self, endpoints: impl IntoIterator<Item = SocketAddr>, now: Instant) -> bool {
+    pub fn set_endpoints(
+        &mut self,
+        endpoints: impl IntoIterator<Item = SocketAddr>,
+        now: Instant,
+    ) -> bool {
         let new: std::collections::BTreeSet<SocketAddr> = endpoints.into_iter().collect();
-        let old: std::collections::BTreeSet<SocketAddr> =
-            self.candidates.iter().filter(|(_, c)| c.reported).map(|(a, _)| *a).collect();
+        let old: std::collections::BTreeSet<SocketAddr> = self
+            .candidates
+            .iter()
+            .filter(|(_, c)| c.reported)
+            .map(|(a, _)| *a)
+            .collect();
         if new == old {
             return false;
         }
         let best = self.best.map(|b| b.addr);
-        self.candidates.retain(|a, c| new.contains(a) || (!c.reported) || Some(*a) == best);
+        self.candidates
+            .retain(|a, c| new.contains(a) || (!c.reported) || Some(*a) == best);
         for addr in new {
             if self.candidates.len() >= MAX_CANDIDATES {
                 break;
             }
-            self.candidates.entry(addr).or_insert_with(|| Candidate::new(now)).reported = true;
+            self.candidates
+                .entry(addr)
+                .or_insert_with(|| Candidate::new(now))
+                .reported = true;
         }
         true
     }
@@ -108,13 +126,18 @@ impl PathProber {
     /// even if it did not report it).
     pub fn note_candidate(&mut self, addr: SocketAddr, now: Instant) {
         if self.candidates.len() < MAX_CANDIDATES || self.candidates.contains_key(&addr) {
-            self.candidates.entry(addr).or_insert_with(|| Candidate::new(now));
+            self.candidates
+                .entry(addr)
+                .or_insert_with(|| Candidate::new(now));
         }
     }
 
     /// Returns the endpoints the peer reported (sorted).
     pub fn endpoints(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.candidates.iter().filter(|(_, c)| c.reported).map(|(a, _)| *a)
+        self.candidates
+            .iter()
+            .filter(|(_, c)| c.reported)
+            .map(|(a, _)| *a)
     }
 
     /// Returns every candidate (reported or learned), sorted.
@@ -137,7 +160,9 @@ impl PathProber {
         let mut out = Vec::new();
         match self.best.filter(|b| now < b.trusted_until) {
             Some(best) => {
-                let full_due = self.last_full_probe.is_none_or(|t| now >= t + UPGRADE_INTERVAL);
+                let full_due = self
+                    .last_full_probe
+                    .is_none_or(|t| now >= t + UPGRADE_INTERVAL);
                 if full_due {
                     self.last_full_probe = Some(now);
                     for (addr, c) in &mut self.candidates {
@@ -168,8 +193,16 @@ impl PathProber {
 
     /// Records a pong that arrived for a ping sent to `addr` `rtt` ago.
     /// Returns the change of best path, if any.
-    pub fn handle_pong(&mut self, addr: SocketAddr, rtt: Duration, now: Instant) -> Option<BestChange> {
-        let c = self.candidates.entry(addr).or_insert_with(|| Candidate::new(now));
+    pub fn handle_pong(
+        &mut self,
+        addr: SocketAddr,
+        rtt: Duration,
+        now: Instant,
+    ) -> Option<BestChange> {
+        let c = self
+            .candidates
+            .entry(addr)
+            .or_insert_with(|| Candidate::new(now));
         c.last_pong = Some(now);
         c.rtt = Some(rtt);
         let trusted_until = now + TRUST_DURATION;
@@ -180,9 +213,18 @@ impl PathProber {
                 b.trusted_until = trusted_until;
                 (!was_trusted).then_some(BestChange { addr: Some(addr) })
             }
-            Some(b) if now < b.trusted_until && rtt.as_secs_f64() >= b.rtt.as_secs_f64() * BETTER_RATIO => None,
+            Some(b)
+                if now < b.trusted_until
+                    && rtt.as_secs_f64() >= b.rtt.as_secs_f64() * BETTER_RATIO =>
+            {
+                None
+            }
             _ => {
-                self.best = Some(Best { addr, rtt, trusted_until });
+                self.best = Some(Best {
+                    addr,
+                    rtt,
+                    trusted_until,
+                });
                 Some(BestChange { addr: Some(addr) })
             }
         }
@@ -205,7 +247,11 @@ impl PathProber {
             .min_by_key(|(_, rtt, _)| *rtt);
         match next {
             Some((addr, rtt, pong)) => {
-                self.best = Some(Best { addr, rtt, trusted_until: pong + TRUST_DURATION });
+                self.best = Some(Best {
+                    addr,
+                    rtt,
+                    trusted_until: pong + TRUST_DURATION,
+                });
                 Some(BestChange { addr: Some(addr) })
             }
             None => {
@@ -258,15 +304,31 @@ mod tests {
         p.set_endpoints([a("198.18.0.1:41641"), a("198.18.1.1:41641")], now);
         assert_eq!(p.poll_timeout(), Some(now));
         assert_eq!(p.due_pings(now).len(), 2);
-        assert!(p.due_pings(now).is_empty(), "no second ping within the discovery interval");
+        assert!(
+            p.due_pings(now).is_empty(),
+            "no second ping within the discovery interval"
+        );
         let ms = Duration::from_millis;
         let change = p.handle_pong(a("198.18.1.1:41641"), ms(4), now + ms(4));
-        assert_eq!(change, Some(BestChange { addr: Some(a("198.18.1.1:41641")) }));
+        assert_eq!(
+            change,
+            Some(BestChange {
+                addr: Some(a("198.18.1.1:41641"))
+            })
+        );
         // A slightly faster second answer does not replace it (hysteresis)...
-        assert_eq!(p.handle_pong(a("198.18.0.1:41641"), ms(5), now + ms(5)), None);
+        assert_eq!(
+            p.handle_pong(a("198.18.0.1:41641"), ms(5), now + ms(5)),
+            None
+        );
         // ...a much faster one does.
         let change = p.handle_pong(a("198.18.0.1:41641"), ms(1), now + ms(6));
-        assert_eq!(change, Some(BestChange { addr: Some(a("198.18.0.1:41641")) }));
+        assert_eq!(
+            change,
+            Some(BestChange {
+                addr: Some(a("198.18.0.1:41641"))
+            })
+        );
     }
 
     #[test]

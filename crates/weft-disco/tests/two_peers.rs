@@ -15,7 +15,11 @@ struct Side {
 
 fn side(n: u8, addr: &str) -> Side {
     let node = NodePrivate::from_bytes([n; 32]).public();
-    Side { disco: Disco::new(DiscoPrivate::from_bytes([n + 100; 32]), node, [n; 16]), node, addr: addr.parse().unwrap() }
+    Side {
+        disco: Disco::new(DiscoPrivate::from_bytes([n + 100; 32]), node, [n; 16]),
+        node,
+        addr: addr.parse().unwrap(),
+    }
 }
 
 fn t0() -> Instant {
@@ -67,9 +71,18 @@ fn two_peers_find_the_endpoint_that_answers() {
     a.disco.handle_timeout(now);
     b.disco.handle_timeout(now);
     assert!(deliver(&mut a, &mut b, now, Duration::from_millis(2)) >= 2);
-    assert_eq!(a.disco.best_addr(&b.node, now + Duration::from_millis(4)), Some(b.addr));
-    assert!(events(&mut a.disco).contains(&Event::BestPath { peer: b.node, addr: Some(b.addr) }));
-    assert!(events(&mut b.disco).contains(&Event::BestPath { peer: a.node, addr: Some(a.addr) }));
+    assert_eq!(
+        a.disco.best_addr(&b.node, now + Duration::from_millis(4)),
+        Some(b.addr)
+    );
+    assert!(events(&mut a.disco).contains(&Event::BestPath {
+        peer: b.node,
+        addr: Some(b.addr)
+    }));
+    assert!(events(&mut b.disco).contains(&Event::BestPath {
+        peer: a.node,
+        addr: Some(a.addr)
+    }));
 }
 
 #[test]
@@ -87,12 +100,23 @@ fn an_asked_for_ping_reports_its_round_trip_time() {
         b.disco.handle_udp(a.addr, &t.payload, now);
     }
     while let Some(t) = b.disco.poll_transmit() {
-        a.disco.handle_udp(b.addr, &t.payload, now + Duration::from_millis(3));
+        a.disco
+            .handle_udp(b.addr, &t.payload, now + Duration::from_millis(3));
     }
-    let got: Vec<_> = events(&mut a.disco).into_iter().filter(|e| matches!(e, Event::Ping { .. })).collect();
+    let got: Vec<_> = events(&mut a.disco)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Ping { .. }))
+        .collect();
     assert_eq!(
         got,
-        vec![Event::Ping { id, peer: b.node, outcome: PingOutcome::Pong { addr: b.addr, rtt: Duration::from_millis(3) } }]
+        vec![Event::Ping {
+            id,
+            peer: b.node,
+            outcome: PingOutcome::Pong {
+                addr: b.addr,
+                rtt: Duration::from_millis(3)
+            }
+        }]
     );
 }
 
@@ -101,12 +125,24 @@ fn a_ping_nobody_answers_times_out() {
     let now = t0();
     let mut a = side(1, "198.18.0.1:41641");
     let b = side(2, "198.18.0.2:41641");
-    a.disco.upsert_peer(b.node, b.disco.public_key(), [b.addr], now);
+    a.disco
+        .upsert_peer(b.node, b.disco.public_key(), [b.addr], now);
     let id = a.disco.ping(&b.node, Duration::from_secs(2), now).unwrap();
     a.disco.handle_timeout(now);
     a.disco.handle_timeout(now + Duration::from_secs(2));
-    assert!(events(&mut a.disco).contains(&Event::Ping { id, peer: b.node, outcome: PingOutcome::Timeout }));
-    assert_eq!(a.disco.ping(&NodePrivate::from_bytes([9; 32]).public(), Duration::from_secs(1), now), None);
+    assert!(events(&mut a.disco).contains(&Event::Ping {
+        id,
+        peer: b.node,
+        outcome: PingOutcome::Timeout
+    }));
+    assert_eq!(
+        a.disco.ping(
+            &NodePrivate::from_bytes([9; 32]).public(),
+            Duration::from_secs(1),
+            now
+        ),
+        None
+    );
 }
 
 #[test]
@@ -114,8 +150,10 @@ fn a_stopped_peer_loses_its_path_and_a_restarted_one_is_found_again() {
     let now = t0();
     let mut a = side(1, "198.18.0.1:41641");
     let mut b = side(2, "198.18.0.2:41641");
-    a.disco.upsert_peer(b.node, b.disco.public_key(), [b.addr], now);
-    b.disco.upsert_peer(a.node, a.disco.public_key(), [a.addr], now);
+    a.disco
+        .upsert_peer(b.node, b.disco.public_key(), [b.addr], now);
+    b.disco
+        .upsert_peer(a.node, a.disco.public_key(), [a.addr], now);
     a.disco.handle_timeout(now);
     deliver(&mut a, &mut b, now, Duration::ZERO);
     assert_eq!(a.disco.best_addr(&b.node, now), Some(b.addr));
@@ -128,19 +166,28 @@ fn a_stopped_peer_loses_its_path_and_a_restarted_one_is_found_again() {
         t += Duration::from_millis(100);
         a.disco.handle_timeout(t);
         while a.disco.poll_transmit().is_some() {}
-        if events(&mut a.disco).contains(&Event::BestPath { peer: b.node, addr: None }) {
+        if events(&mut a.disco).contains(&Event::BestPath {
+            peer: b.node,
+            addr: None,
+        }) {
             lost = true;
             break;
         }
     }
     assert!(lost, "path should be lost within 10 s");
-    assert!(t - now <= Duration::from_millis(6600), "lost after {:?}", t - now);
+    assert!(
+        t - now <= Duration::from_millis(6600),
+        "lost after {:?}",
+        t - now
+    );
 
     // b restarts with a new disco key; a learns it from the netmap.
     let mut b2 = side(2, "198.18.0.2:41641");
     b2.disco = Disco::new(DiscoPrivate::from_bytes([77; 32]), b.node, [3; 16]);
-    a.disco.upsert_peer(b.node, b2.disco.public_key(), [b2.addr], t);
-    b2.disco.upsert_peer(a.node, a.disco.public_key(), [a.addr], t);
+    a.disco
+        .upsert_peer(b.node, b2.disco.public_key(), [b2.addr], t);
+    b2.disco
+        .upsert_peer(a.node, a.disco.public_key(), [a.addr], t);
     a.disco.handle_timeout(t);
     deliver(&mut a, &mut b2, t, Duration::ZERO);
     assert_eq!(a.disco.best_addr(&b.node, t), Some(b2.addr));
@@ -152,9 +199,12 @@ fn a_ping_with_a_forged_node_key_is_not_answered() {
     let mut a = side(1, "198.18.0.1:41641");
     let mut b = side(2, "198.18.0.2:41641");
     // a's disco core claims a node key b does not associate with a's disco key.
-    a.disco.set_node_key(NodePrivate::from_bytes([42; 32]).public());
-    a.disco.upsert_peer(b.node, b.disco.public_key(), [b.addr], now);
-    b.disco.upsert_peer(a.node, a.disco.public_key(), [a.addr], now);
+    a.disco
+        .set_node_key(NodePrivate::from_bytes([42; 32]).public());
+    a.disco
+        .upsert_peer(b.node, b.disco.public_key(), [b.addr], now);
+    b.disco
+        .upsert_peer(a.node, a.disco.public_key(), [a.addr], now);
     a.disco.handle_timeout(now);
     while let Some(t) = a.disco.poll_transmit() {
         b.disco.handle_udp(a.addr, &t.payload, now);

@@ -30,7 +30,10 @@ pub struct LocalAccount {
 fn passwd_tool(program: &str, args: &[&str]) -> anyhow::Result<()> {
     let mut last = String::new();
     for _ in 0..50 {
-        let out = std::process::Command::new(program).args(args).stdin(Stdio::null()).output()?;
+        let out = std::process::Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
         if out.status.success() {
             return Ok(());
         }
@@ -52,9 +55,19 @@ impl LocalAccount {
         let name = format!("{prefix}{:x}{n}{tag}", std::process::id());
         let extra_group = format!("{name}x");
         passwd_tool("groupadd", &[&extra_group])?;
-        passwd_tool("useradd", &["-m", "-U", "-s", "/bin/bash", "-G", &extra_group, &name])?;
-        let pw = nix::unistd::User::from_name(&name)?.context("the new account is not in passwd")?;
-        Ok(LocalAccount { name, extra_group, uid: pw.uid.as_raw(), gid: pw.gid.as_raw(), home: pw.dir })
+        passwd_tool(
+            "useradd",
+            &["-m", "-U", "-s", "/bin/bash", "-G", &extra_group, &name],
+        )?;
+        let pw =
+            nix::unistd::User::from_name(&name)?.context("the new account is not in passwd")?;
+        Ok(LocalAccount {
+            name,
+            extra_group,
+            uid: pw.uid.as_raw(),
+            gid: pw.gid.as_raw(),
+            home: pw.dir,
+        })
     }
 
     /// A path in the home directory.

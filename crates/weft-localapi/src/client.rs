@@ -12,11 +12,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
+use crate::PREFIX;
 use crate::types::{
     DebugPrefs, ErrorBody, Notify, PingRequest, PingResult, Prefs, PrefsPatch, ProfileSummary,
     StartRequest, Status, WhoIs,
 };
-use crate::PREFIX;
 
 /// The longest single `watch` line accepted (a defensive bound).
 const MAX_WATCH_LINE: usize = 1 << 20;
@@ -26,7 +26,9 @@ const MAX_WATCH_LINE: usize = 1 << 20;
 pub enum LocalApiError {
     /// The socket could not be reached: the daemon is not running, or the
     /// path is wrong, or permissions forbid it.
-    #[error("cannot connect to weftd at {path}: {source} (is weftd running? set --socket or WEFT_SOCKET to choose another daemon)")]
+    #[error(
+        "cannot connect to weftd at {path}: {source} (is weftd running? set --socket or WEFT_SOCKET to choose another daemon)"
+    )]
     Connect {
         path: PathBuf,
         #[source]
@@ -34,10 +36,7 @@ pub enum LocalApiError {
     },
     /// The daemon answered with an error status.
     #[error("{message}")]
-    Daemon {
-        status: u16,
-        message: String,
-    },
+    Daemon { status: u16, message: String },
     /// The HTTP exchange failed midway.
     #[error("talking to weftd failed: {0}")]
     Transport(String),
@@ -65,7 +64,9 @@ pub struct LocalClient {
 impl LocalClient {
     /// Creates a client for the daemon listening on `socket`.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        LocalClient { socket: socket.into() }
+        LocalClient {
+            socket: socket.into(),
+        }
     }
 
     /// Returns the socket path this client talks to.
@@ -110,7 +111,8 @@ impl LocalClient {
     /// # Errors
     /// As [`LocalClient::edit_prefs`].
     pub async fn login_interactive(&self) -> Result<(), LocalApiError> {
-        self.call_empty(Method::POST, "login-interactive", None::<&()>).await
+        self.call_empty(Method::POST, "login-interactive", None::<&()>)
+            .await
     }
 
     /// `POST logout`: expires the node key at control and removes the profile.
@@ -142,7 +144,8 @@ impl LocalClient {
     /// # Errors
     /// As [`LocalClient::edit_prefs`]; 404 for an unknown id.
     pub async fn switch_profile(&self, id: &str) -> Result<ProfileSummary, LocalApiError> {
-        self.call(Method::POST, &format!("profiles/{id}"), None::<&()>).await
+        self.call(Method::POST, &format!("profiles/{id}"), None::<&()>)
+            .await
     }
 
     /// `DELETE profiles/{id}`.
@@ -150,7 +153,8 @@ impl LocalClient {
     /// # Errors
     /// As [`LocalClient::switch_profile`].
     pub async fn delete_profile(&self, id: &str) -> Result<(), LocalApiError> {
-        self.call_empty(Method::DELETE, &format!("profiles/{id}"), None::<&()>).await
+        self.call_empty(Method::DELETE, &format!("profiles/{id}"), None::<&()>)
+            .await
     }
 
     /// `POST ping`: one disco ping.
@@ -166,7 +170,8 @@ impl LocalClient {
     /// # Errors
     /// As [`LocalClient::status`]; 404 when no node has the address.
     pub async fn whois(&self, addr: IpAddr) -> Result<WhoIs, LocalApiError> {
-        self.call(Method::GET, &format!("whois?addr={addr}"), None::<&()>).await
+        self.call(Method::GET, &format!("whois?addr={addr}"), None::<&()>)
+            .await
     }
 
     /// `GET debug/prefs`.
@@ -184,7 +189,10 @@ impl LocalClient {
     pub async fn watch(&self) -> Result<WatchStream, LocalApiError> {
         let resp = self.send(Method::GET, "watch", None).await?;
         let resp = check_status(resp).await?;
-        Ok(WatchStream { body: resp.into_body(), buf: BytesMut::new() })
+        Ok(WatchStream {
+            body: resp.into_body(),
+            buf: BytesMut::new(),
+        })
     }
 
     async fn call<B: Serialize, R: DeserializeOwned>(
@@ -216,9 +224,13 @@ impl LocalClient {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Response<Incoming>, LocalApiError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| LocalApiError::Connect { path: self.socket.clone(), source })?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| LocalApiError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| LocalApiError::Transport(e.to_string()))?;
@@ -234,12 +246,17 @@ impl LocalClient {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| LocalApiError::Transport(e.to_string()))?;
-        sender.send_request(req).await.map_err(|e| LocalApiError::Transport(e.to_string()))
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| LocalApiError::Transport(e.to_string()))
     }
 }
 
 fn encode<B: Serialize>(body: &B) -> Result<Bytes, LocalApiError> {
-    serde_json::to_vec(body).map(Bytes::from).map_err(|e| LocalApiError::Decode(e.to_string()))
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| LocalApiError::Decode(e.to_string()))
 }
 
 async fn collect(resp: Response<Incoming>) -> Result<Bytes, LocalApiError> {
@@ -259,13 +276,20 @@ async fn check_status(resp: Response<Incoming>) -> Result<Response<Incoming>, Lo
     let message = serde_json::from_slice::<ErrorBody>(&body)
         .map(|b| b.error)
         .unwrap_or_else(|_| default_message(status, &body));
-    Err(LocalApiError::Daemon { status: status.as_u16(), message })
+    Err(LocalApiError::Daemon {
+        status: status.as_u16(),
+        message,
+    })
 }
 
 fn default_message(status: StatusCode, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
-    if text.is_empty() { status.to_string() } else { format!("{status}: {text}") }
+    if text.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status}: {text}")
+    }
 }
 
 /// The `watch` event stream.
@@ -327,18 +351,31 @@ mod tests {
 
     #[test]
     fn a_patch_changes_only_the_fields_it_names() {
-        let prefs = Prefs { run_ssh: true, hostname: Some("a".into()), ..Prefs::default() };
-        let patch = PrefsPatch { shields_up: Some(true), ..PrefsPatch::default() };
+        let prefs = Prefs {
+            run_ssh: true,
+            hostname: Some("a".into()),
+            ..Prefs::default()
+        };
+        let patch = PrefsPatch {
+            shields_up: Some(true),
+            ..PrefsPatch::default()
+        };
         let out = patch.apply_to(&prefs);
         assert!(out.shields_up && out.run_ssh);
         assert_eq!(out.hostname.as_deref(), Some("a"));
-        let clear = PrefsPatch { hostname: Some(None), ..PrefsPatch::default() };
+        let clear = PrefsPatch {
+            hostname: Some(None),
+            ..PrefsPatch::default()
+        };
         assert_eq!(clear.apply_to(&prefs).hostname, None);
     }
 
     #[test]
     fn a_patch_carries_only_what_it_changes_and_null_clears() {
-        let clear = PrefsPatch { hostname: Some(None), ..PrefsPatch::default() };
+        let clear = PrefsPatch {
+            hostname: Some(None),
+            ..PrefsPatch::default()
+        };
         let json = serde_json::to_string(&clear).unwrap();
         assert_eq!(json, r#"{"hostname":null}"#);
         assert_eq!(serde_json::from_str::<PrefsPatch>(&json).unwrap(), clear);
@@ -350,7 +387,9 @@ mod tests {
 
     #[test]
     fn notify_events_are_tagged_json_lines() {
-        let n = Notify::BrowseToUrl { url: "http://x/a/1".into() };
+        let n = Notify::BrowseToUrl {
+            url: "http://x/a/1".into(),
+        };
         let s = serde_json::to_string(&n).unwrap();
         assert_eq!(s, r#"{"kind":"browse_to_url","url":"http://x/a/1"}"#);
         assert_eq!(serde_json::from_str::<Notify>(&s).unwrap(), n);

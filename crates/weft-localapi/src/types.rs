@@ -95,7 +95,10 @@ pub struct PrefsPatch {
     pub control_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub want_running: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "double_option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "double_option"
+    )]
     pub hostname: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_ssh: Option<bool>,
@@ -105,7 +108,10 @@ pub struct PrefsPatch {
     pub accept_dns: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_tags: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "double_option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "double_option"
+    )]
     pub nickname: Option<Option<String>>,
 }
 
@@ -291,7 +297,10 @@ impl ProfileSummary {
     /// Returns what `switch --list` shows as the account: the nickname if
     /// set, else the login name, else `-`.
     pub fn display_account(&self) -> &str {
-        self.nickname.as_deref().or(self.account.as_deref()).unwrap_or("-")
+        self.nickname
+            .as_deref()
+            .or(self.account.as_deref())
+            .unwrap_or("-")
     }
 }
 

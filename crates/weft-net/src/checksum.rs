@@ -68,12 +68,18 @@ mod tests {
 
     #[test]
     fn the_fast_sum_equals_the_reference_for_all_lengths_and_seeds() {
-        let data: Vec<u8> = (0..3000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..3000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         for len in (0..200).chain([1400, 1419, 1420, 1500, 2999]) {
             for acc in [0, 1, 0xffff, 0x1_2345_6789] {
                 let d = &data[..len];
                 assert_eq!(fold(sum16(d, acc)), fold(sum16_narrow(d, acc)), "len {len}");
-                assert_eq!(fold(sum16_wide(d, acc)), fold(sum16_narrow(d, acc)), "len {len}");
+                assert_eq!(
+                    fold(sum16_wide(d, acc)),
+                    fold(sum16_narrow(d, acc)),
+                    "len {len}"
+                );
             }
         }
     }

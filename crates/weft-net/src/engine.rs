@@ -246,9 +246,7 @@ impl<T: Tunnel> Engine<T> {
     /// The bind or setup error; nothing keeps running then.
     pub fn start(tunnel: Arc<T>, tun: Tun, config: EngineConfig) -> Result<Self, NetError> {
         let sock = BoundSocket::bind(config.listen_port, config.fwmark)?;
-        let notifier = |what| {
-            Notify::new().map_err(|source| NetError::Setup { what, source })
-        };
+        let notifier = |what| Notify::new().map_err(|source| NetError::Setup { what, source });
         let bound = EngineConfig {
             listen_port: sock.port(),
             fwmark: config.fwmark,
@@ -286,7 +284,11 @@ impl<T: Tunnel> Engine<T> {
         Ok(engine)
     }
 
-    fn spawn(&mut self, name: &'static str, f: fn(&Shared<T>) -> io::Result<()>) -> Result<(), NetError> {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        f: fn(&Shared<T>) -> io::Result<()>,
+    ) -> Result<(), NetError> {
         let shared = Arc::clone(&self.shared);
         let handle = std::thread::Builder::new()
             .name(name.to_owned())
@@ -455,17 +457,17 @@ fn tx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
                 continue; // cannot happen after a flush: the arena fits any packet
             };
             let span = Span::of(out);
-            let (to, offset, len) =
-                match shared.tunnel.encapsulate(packet, out, now, &mut send_now) {
-                    Encapsulated::Send { to, datagram } => {
-                        let Some(offset) = span.offset_of(datagram) else {
-                            sock.send_one(to, datagram);
-                            continue;
-                        };
-                        (to, offset, datagram.len())
-                    }
-                    Encapsulated::Queued | Encapsulated::Dropped(_) => continue,
-                };
+            let (to, offset, len) = match shared.tunnel.encapsulate(packet, out, now, &mut send_now)
+            {
+                Encapsulated::Send { to, datagram } => {
+                    let Some(offset) = span.offset_of(datagram) else {
+                        sock.send_one(to, datagram);
+                        continue;
+                    };
+                    (to, offset, datagram.len())
+                }
+                Encapsulated::Queued | Encapsulated::Dropped(_) => continue,
+            };
             batch.commit(to, offset, len);
         }
         flush_tx(shared, &mut batch, sock);
@@ -550,7 +552,9 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
                 };
                 let span = Span::of(out);
                 if let Decapsulated::ToTunnel(packet) =
-                    shared.tunnel.decapsulate(from, datagram, out, now, &mut send_now)
+                    shared
+                        .tunnel
+                        .decapsulate(from, datagram, out, now, &mut send_now)
                 {
                     match span.offset_of(packet) {
                         Some(offset) => {

@@ -129,7 +129,10 @@ impl Gro {
     /// Returns the byte ranges of the payloads that joined the packet in
     /// `slot` during the last [`Self::coalesce`], in stream order: write
     /// them right after it (`writev`).
-    pub(crate) fn joined(&self, slot: usize) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> {
+    pub(crate) fn joined(
+        &self,
+        slot: usize,
+    ) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> {
         self.joins
             .iter()
             .filter(move |j| j.head == slot)
@@ -293,7 +296,14 @@ fn parse(packet: &[u8], udp: bool) -> Option<Parsed> {
             let mut dst = [0; 16];
             src[..4].copy_from_slice(&h[12..16]);
             dst[..4].copy_from_slice(&h[16..20]);
-            let tuple = FiveTuple { src, dst, v6: false, proto: h[9], sport: 0, dport: 0 };
+            let tuple = FiveTuple {
+                src,
+                dst,
+                v6: false,
+                proto: h[9],
+                sport: 0,
+                dport: 0,
+            };
             // Options are rare; leaving them out keeps "headers match" simple.
             let ok = ihl == 20 && total == packet.len() && !fragment && fold(sum16(h, 0)) == 0xffff;
             (20, h[9], tuple, ok)
@@ -305,7 +315,14 @@ fn parse(packet: &[u8], udp: bool) -> Option<Parsed> {
             let mut dst = [0; 16];
             src.copy_from_slice(&h[8..24]);
             dst.copy_from_slice(&h[24..40]);
-            let tuple = FiveTuple { src, dst, v6: true, proto: h[6], sport: 0, dport: 0 };
+            let tuple = FiveTuple {
+                src,
+                dst,
+                v6: true,
+                proto: h[6],
+                sport: 0,
+                dport: 0,
+            };
             (40, h[6], tuple, payload + 40 == packet.len())
         }
         _ => return None,
@@ -422,7 +439,11 @@ fn finish(slot: &mut [u8], own: usize, h: &Head) {
         if h.psh {
             packet[p.ip_len + 13] |= TCP_PSH;
         }
-        let t = if p.tuple.v6 { VIRTIO_NET_HDR_GSO_TCPV6 } else { VIRTIO_NET_HDR_GSO_TCPV4 };
+        let t = if p.tuple.v6 {
+            VIRTIO_NET_HDR_GSO_TCPV6
+        } else {
+            VIRTIO_NET_HDR_GSO_TCPV4
+        };
         (t, 16)
     } else {
         packet[p.ip_len + 4..p.ip_len + 6].copy_from_slice(&(l4_total as u16).to_be_bytes());

@@ -135,10 +135,11 @@ impl Tun {
                 },
             },
         };
-        dev.set_nonblocking(true).map_err(|source| TunError::Other {
-            name: config.name.clone(),
-            source,
-        })?;
+        dev.set_nonblocking(true)
+            .map_err(|source| TunError::Other {
+                name: config.name.clone(),
+                source,
+            })?;
         let offload = dev.tcp_gso();
         let udp_offload = dev.udp_gso();
         tracing::debug!(name = %config.name, offload, udp_offload, "TUN device created");
@@ -242,10 +243,7 @@ impl TunReader {
     pub(crate) fn read_batch(&mut self, tun: &Tun, bad: &mut u64) -> io::Result<usize> {
         self.count = 0;
         while self.slots.len() - self.count >= self.min_free {
-            let (slots, sizes) = (
-                &mut self.slots[self.count..],
-                &mut self.sizes[self.count..],
-            );
+            let (slots, sizes) = (&mut self.slots[self.count..], &mut self.sizes[self.count..]);
             match tun
                 .device()
                 .recv_multiple(&mut self.original, slots, sizes, 0)
@@ -371,13 +369,21 @@ impl TunWriter {
                             n += 1;
                         }
                     }
-                    check(if n == 1 { dev.send(own) } else { dev.send_vectored(&iov[..n]) })
+                    check(if n == 1 {
+                        dev.send(own)
+                    } else {
+                        dev.send_vectored(&iov[..n])
+                    })
                 })
             }
-            None => self.lens.iter().zip(&self.slots).try_for_each(|(&len, slot)| {
-                slot.get(HEADROOM..HEADROOM + len)
-                    .map_or(Ok(()), |p| check(dev.send(p)))
-            }),
+            None => self
+                .lens
+                .iter()
+                .zip(&self.slots)
+                .try_for_each(|(&len, slot)| {
+                    slot.get(HEADROOM..HEADROOM + len)
+                        .map_or(Ok(()), |p| check(dev.send(p)))
+                }),
         };
         self.lens.clear();
         result.map(|()| failed)
@@ -393,7 +399,10 @@ mod tests {
         assert!(validate_name("labwga").is_ok());
         assert!(validate_name("a23456789012345").is_ok());
         for bad in ["", "a234567890123456", "a/b", "a b", "x:1", "..", "."] {
-            assert!(matches!(validate_name(bad), Err(TunError::InvalidName { .. })), "{bad:?}");
+            assert!(
+                matches!(validate_name(bad), Err(TunError::InvalidName { .. })),
+                "{bad:?}"
+            );
         }
     }
 

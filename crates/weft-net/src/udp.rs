@@ -53,7 +53,8 @@ impl BoundSocket {
                 ) =>
             {
                 let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-                let s = bind_socket(v4, false).map_err(|source| NetError::Bind { addr: v4, source })?;
+                let s =
+                    bind_socket(v4, false).map_err(|source| NetError::Bind { addr: v4, source })?;
                 (s, false)
             }
             Err(source) => return Err(NetError::Bind { addr: v6, source }),
@@ -65,12 +66,11 @@ impl BoundSocket {
                 source,
             })?
             .port();
-        let state = UdpSocketState::new(UdpSockRef::from(&sock)).map_err(|source| {
-            NetError::Setup {
+        let state =
+            UdpSocketState::new(UdpSockRef::from(&sock)).map_err(|source| NetError::Setup {
                 what: "configuring the UDP socket for GSO/GRO",
                 source,
-            }
-        })?;
+            })?;
         let this = Self {
             sock,
             state,
@@ -149,7 +149,12 @@ impl BoundSocket {
     /// * receive timestamps, which we never read: turn them off.
     fn undo_quinn_defaults(&self) {
         let fd = self.sock.as_fd();
-        let _ = set_int_option(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_WANT);
+        let _ = set_int_option(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_WANT,
+        );
         if self.dual_stack {
             let _ = set_int_option(
                 fd,
@@ -380,7 +385,11 @@ mod tests {
         assert_eq!(got.len(), 6);
         for (i, (from, d)) in got.iter().enumerate() {
             assert_eq!(*from, SocketAddr::from((Ipv4Addr::LOCALHOST, a.port())));
-            let want = if i == 5 { vec![9u8; 300] } else { vec![i as u8; 1000] };
+            let want = if i == 5 {
+                vec![9u8; 300]
+            } else {
+                vec![i as u8; 1000]
+            };
             assert_eq!(d, &want);
         }
     }

@@ -190,7 +190,8 @@ fn exercise_both_directions(offload: Offload) {
     // An empty datagram reaches the core too (which counts it as malformed),
     // and the empty "packet" the pass-through makes of it breaks nothing.
     peer.send_to(&[], to_engine).unwrap();
-    peer.send_to(&udp_packet(far, app_addr, b"after empty"), to_engine).unwrap();
+    peer.send_to(&udp_packet(far, app_addr, b"after empty"), to_engine)
+        .unwrap();
     let (n, _) = app.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"after empty");
     assert_eq!(tunnel.empty_datagrams.load(Ordering::Relaxed), 1);
@@ -198,7 +199,10 @@ fn exercise_both_directions(offload: Offload) {
     let stats = engine.stats();
     assert!(stats.udp_recv_datagrams >= 200, "{stats:?}");
     assert!(stats.tun_read_packets >= 200, "{stats:?}");
-    assert!(stats.udp_send_errors == 0 && stats.tun_write_errors == 0, "{stats:?}");
+    assert!(
+        stats.udp_send_errors == 0 && stats.tun_write_errors == 0,
+        "{stats:?}"
+    );
 
     // Timers tick.
     let t0 = tunnel.ticks.load(Ordering::Relaxed);
@@ -252,9 +256,15 @@ fn rebinding_moves_traffic_to_the_new_port() {
         assert_eq!(engine.listen_port(), new);
 
         let taken = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let err = engine.rebind(taken.local_addr().unwrap().port()).unwrap_err();
+        let err = engine
+            .rebind(taken.local_addr().unwrap().port())
+            .unwrap_err();
         assert!(err.to_string().contains("cannot bind"), "{err}");
-        assert_eq!(engine.listen_port(), new, "a failed rebind keeps the socket");
+        assert_eq!(
+            engine.listen_port(),
+            new,
+            "a failed rebind keeps the socket"
+        );
 
         let pkt = udp_packet(far, app.local_addr().unwrap(), b"after rebind");
         peer.send_to(&pkt, (Ipv4Addr::LOCALHOST, new)).unwrap();
@@ -284,8 +294,15 @@ fn shutdown_is_prompt_and_deletes_the_interface() {
         assert!(nix::net::if_::if_nametoindex("wnt3").is_ok());
         let t = Instant::now();
         engine.shutdown();
-        assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
-        assert!(nix::net::if_::if_nametoindex("wnt3").is_err(), "interface still there");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            t.elapsed()
+        );
+        assert!(
+            nix::net::if_::if_nametoindex("wnt3").is_err(),
+            "interface still there"
+        );
     });
 }
 

@@ -307,7 +307,10 @@ impl SshCheckVerdict {
 /// Returns whether `id` has the form of a login or check id: 32 lowercase
 /// hex digits.
 pub fn is_auth_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A fatal error; the sender closes the connection after it.
@@ -364,9 +367,17 @@ mod tests {
         );
         let back: ServerMessage = serde_json::from_str(&json).unwrap();
         assert_eq!(back, pending);
-        let accept = SshCheckVerdict::Accept { until: UnixMillis(9) };
+        let accept = SshCheckVerdict::Accept {
+            until: UnixMillis(9),
+        };
         assert!(accept.is_final());
-        assert!(!SshCheckVerdict::Pending { auth_url: String::new(), expires: UnixMillis(0) }.is_final());
+        assert!(
+            !SshCheckVerdict::Pending {
+                auth_url: String::new(),
+                expires: UnixMillis(0)
+            }
+            .is_final()
+        );
     }
 
     #[test]

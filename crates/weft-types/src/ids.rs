@@ -71,7 +71,9 @@ pub const STABLE_ID_MAX_LEN: usize = 64;
 /// never changes for the node's life, unlike its name, keys or addresses.
 ///
 /// Valid text is 1–64 ASCII letters, digits, `-` or `_`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct StableNodeId(String);
 

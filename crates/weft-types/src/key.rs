@@ -47,7 +47,11 @@ fn parse_hex32(s: &str) -> Result<[u8; 32], KeyParseError> {
 }
 
 fn parse_base64_32(s: &str) -> Result<[u8; 32], KeyParseError> {
-    let v = Zeroizing::new(BASE64.decode(s.trim()).map_err(|_| KeyParseError::BadBase64)?);
+    let v = Zeroizing::new(
+        BASE64
+            .decode(s.trim())
+            .map_err(|_| KeyParseError::BadBase64)?,
+    );
     <[u8; 32]>::try_from(v.as_slice()).map_err(|_| KeyParseError::BadBase64)
 }
 
@@ -326,7 +330,10 @@ mod tests {
 
     #[test]
     fn bad_key_text_is_rejected() {
-        assert_eq!("nodekey:abc".parse::<NodePublic>(), Err(KeyParseError::BadHex));
+        assert_eq!(
+            "nodekey:abc".parse::<NodePublic>(),
+            Err(KeyParseError::BadHex)
+        );
         assert_eq!(NodePublic::from_base64("!!"), Err(KeyParseError::BadBase64));
     }
 }

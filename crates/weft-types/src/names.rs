@@ -88,7 +88,9 @@ macro_rules! validated_string {
 /// One DNS label in canonical (lowercase) form: 1–63 of `a-z`, `0-9` and
 /// `-`, neither starting nor ending with `-` (RFC 1123 §2.1 host names).
 /// A node's short name, the first label of its MagicDNS name, is one.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct DnsLabel(String);
 
@@ -104,7 +106,11 @@ fn check_label(s: &str) -> Result<(), NameError> {
         && s.bytes().all(ok_char)
         && !s.starts_with('-')
         && !s.ends_with('-');
-    if ok { Ok(()) } else { Err(NameError::BadLabel(s.to_owned())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::BadLabel(s.to_owned()))
+    }
 }
 
 impl DnsLabel {
@@ -172,15 +178,22 @@ impl DnsLabel {
 /// at most 253 characters, written **without** the trailing dot
 /// (`laptop.example.weft.internal`). Used for the tailnet's domain and node
 /// names (FQDNs).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct DnsName(String);
 
 validated_string!(DnsName, check_name);
 
 fn check_name(s: &str) -> Result<(), NameError> {
-    let ok = !s.is_empty() && s.len() <= NAME_MAX_LEN && s.split('.').all(|l| check_label(l).is_ok());
-    if ok { Ok(()) } else { Err(NameError::BadName(s.to_owned())) }
+    let ok =
+        !s.is_empty() && s.len() <= NAME_MAX_LEN && s.split('.').all(|l| check_label(l).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::BadName(s.to_owned()))
+    }
 }
 
 impl DnsName {
@@ -207,7 +220,9 @@ impl DnsName {
 /// A user's login name, e.g. `alice` or `alice@example.com`: 1–254
 /// characters, no whitespace or control characters. Compared exactly (the
 /// server decides any case folding before it hands one out).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct LoginName(String);
 
@@ -215,14 +230,21 @@ validated_string!(LoginName, check_login);
 
 fn check_login(s: &str) -> Result<(), NameError> {
     let n = s.chars().count();
-    let ok = (1..=LOGIN_NAME_MAX_LEN).contains(&n) && !s.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok { Ok(()) } else { Err(NameError::BadLoginName(s.to_owned())) }
+    let ok = (1..=LOGIN_NAME_MAX_LEN).contains(&n)
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::BadLoginName(s.to_owned()))
+    }
 }
 
 /// A node tag such as `tag:server`: `tag:` then 1–63 ASCII letters, digits
 /// or dashes, starting with a letter. A tagged node is owned by its tags, not
 /// by a user.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Tag(String);
 
@@ -236,7 +258,11 @@ fn check_tag(s: &str) -> Result<(), NameError> {
     let name = s.strip_prefix(TAG_PREFIX).ok_or_else(bad)?;
     let first_is_letter = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
     let all_ok = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if first_is_letter && all_ok && name.len() <= TAG_NAME_MAX_LEN { Ok(()) } else { Err(bad()) }
+    if first_is_letter && all_ok && name.len() <= TAG_NAME_MAX_LEN {
+        Ok(())
+    } else {
+        Err(bad())
+    }
 }
 
 impl Tag {
@@ -303,7 +329,14 @@ mod tests {
             assert!(bad.parse::<DnsLabel>().is_err(), "{bad:?}");
         }
         assert!("a.b-c.d".parse::<DnsName>().is_ok());
-        for bad in ["", "a..b", "a.", ".a", "A.b", &format!("{}.b", "a".repeat(64))] {
+        for bad in [
+            "",
+            "a..b",
+            "a.",
+            ".a",
+            "A.b",
+            &format!("{}.b", "a".repeat(64)),
+        ] {
             assert!(bad.parse::<DnsName>().is_err(), "{bad:?}");
         }
         assert!("alice@example.com".parse::<LoginName>().is_ok());
@@ -320,9 +353,15 @@ mod tests {
     fn json_cannot_bypass_validation() {
         assert!(serde_json::from_str::<Tag>("\"server\"").is_err());
         assert!(serde_json::from_str::<DnsLabel>("\"Bad\"").is_err());
-        assert_eq!(serde_json::from_str::<Tag>("\"tag:ok\"").unwrap().as_str(), "tag:ok");
+        assert_eq!(
+            serde_json::from_str::<Tag>("\"tag:ok\"").unwrap().as_str(),
+            "tag:ok"
+        );
         let n = DnsName::with_label(&label("laptop"), &"example.weft".parse().unwrap()).unwrap();
-        assert_eq!(serde_json::to_string(&n).unwrap(), "\"laptop.example.weft\"");
+        assert_eq!(
+            serde_json::to_string(&n).unwrap(),
+            "\"laptop.example.weft\""
+        );
         assert_eq!(n.first_label(), label("laptop"));
         assert_eq!(n.to_fqdn_with_dot(), "laptop.example.weft.");
     }

@@ -43,7 +43,9 @@ pub struct HostInfo {
 
 /// One SSH public key in `authorized_keys` form: `<algorithm> <base64> [comment]`
 /// on one line (no control characters, at most 8 KiB).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct SshHostKey(String);
 
@@ -74,11 +76,19 @@ impl FromStr for SshHostKey {
         let alg = parts.next().unwrap_or_default();
         let blob = parts.next().unwrap_or_default();
         let alg_ok = !alg.is_empty()
-            && alg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-@._".contains(&b));
+            && alg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-@._".contains(&b));
         let blob_ok = !blob.is_empty()
-            && blob.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+            && blob
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
         let line_ok = s.len() <= SSH_HOST_KEY_MAX_LEN && !s.chars().any(char::is_control);
-        if alg_ok && blob_ok && line_ok { Ok(Self(s.to_owned())) } else { Err(SshHostKeyError) }
+        if alg_ok && blob_ok && line_ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(SshHostKeyError)
+        }
     }
 }
 
@@ -103,7 +113,9 @@ impl fmt::Display for SshHostKey {
 
 /// How a node learned one of its own endpoints (mirrors Tailscale's
 /// `EndpointType`; peers try them all, the kind is a hint and for display).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EndpointKind {
     /// An address of a local interface.
@@ -121,7 +133,9 @@ pub enum EndpointKind {
 
 /// One address where a node may receive WireGuard/disco UDP, as the node
 /// reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Endpoint {
     /// The UDP address.
     pub addr: SocketAddr,
@@ -132,7 +146,9 @@ pub struct Endpoint {
 /// Who owns a node: a user, or (for servers and the like) a set of tags.
 /// A tagged node has no user identity on the tailnet; the policy grants
 /// access by its tags.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeOwner {
     /// Owned by this user (whose profile is in the netmap's user profiles).

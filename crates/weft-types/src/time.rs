@@ -11,8 +11,19 @@ use std::time::Duration;
 /// A point in wall-clock time: milliseconds since 1970-01-01T00:00:00Z.
 ///
 /// Serializes as a bare JSON integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct UnixMillis(pub i64);
 
@@ -45,9 +56,21 @@ mod tests {
     #[test]
     fn arithmetic_saturates_instead_of_overflowing() {
         let t = UnixMillis(i64::MAX - 1);
-        assert_eq!(t.saturating_add(Duration::from_secs(10)), UnixMillis(i64::MAX));
-        assert_eq!(UnixMillis(5).saturating_since(UnixMillis(10)), Duration::ZERO);
-        assert_eq!(UnixMillis(1500).saturating_since(UnixMillis(500)), Duration::from_secs(1));
-        assert_eq!(serde_json::to_string(&UnixMillis(1_700_000_000_000)).unwrap(), "1700000000000");
+        assert_eq!(
+            t.saturating_add(Duration::from_secs(10)),
+            UnixMillis(i64::MAX)
+        );
+        assert_eq!(
+            UnixMillis(5).saturating_since(UnixMillis(10)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            UnixMillis(1500).saturating_since(UnixMillis(500)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            serde_json::to_string(&UnixMillis(1_700_000_000_000)).unwrap(),
+            "1700000000000"
+        );
     }
 }

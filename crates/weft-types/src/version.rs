@@ -30,8 +30,9 @@ use std::fmt;
 ///   rule's `checkPeriod` and how long the node waits; control answers
 ///   `accept` at once (a fresh approval), or `pending` with the URL and later
 ///   `accept`/`reject` (approved by that user, declined, or expired).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct CapabilityVersion(pub u32);
 

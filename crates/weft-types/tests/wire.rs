@@ -17,7 +17,8 @@ where
 }
 
 const NODEKEY: &str = "nodekey:1111111111111111111111111111111111111111111111111111111111111111";
-const OLD_NODEKEY: &str = "nodekey:2222222222222222222222222222222222222222222222222222222222222222";
+const OLD_NODEKEY: &str =
+    "nodekey:2222222222222222222222222222222222222222222222222222222222222222";
 const MKEY: &str = "mkey:3333333333333333333333333333333333333333333333333333333333333333";
 const DISCOKEY: &str = "discokey:4444444444444444444444444444444444444444444444444444444444444444";
 
@@ -27,7 +28,11 @@ fn host_info() -> HostInfo {
         os: "linux".into(),
         os_version: "Debian 13".into(),
         weft_version: "0.1.0".into(),
-        ssh_host_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh0ZXN0 root@laptop".parse().unwrap()],
+        ssh_host_keys: vec![
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh0ZXN0 root@laptop"
+                .parse()
+                .unwrap(),
+        ],
         requested_tags: BTreeSet::new(),
         shields_up: false,
     }
@@ -42,9 +47,18 @@ fn sample_node() -> Node {
         node_key: key(NODEKEY),
         machine_key: key(MKEY),
         disco_key: Some(key(DISCOKEY)),
-        addresses: vec!["100.64.0.7/32".parse().unwrap(), "fd13:b027:8801::7/128".parse().unwrap()],
-        allowed_ips: vec!["100.64.0.7/32".parse().unwrap(), "fd13:b027:8801::7/128".parse().unwrap()],
-        endpoints: vec![Endpoint { addr: "198.18.0.7:41641".parse().unwrap(), kind: EndpointKind::Local }],
+        addresses: vec![
+            "100.64.0.7/32".parse().unwrap(),
+            "fd13:b027:8801::7/128".parse().unwrap(),
+        ],
+        allowed_ips: vec![
+            "100.64.0.7/32".parse().unwrap(),
+            "fd13:b027:8801::7/128".parse().unwrap(),
+        ],
+        endpoints: vec![Endpoint {
+            addr: "198.18.0.7:41641".parse().unwrap(),
+            kind: EndpointKind::Local,
+        }],
         host_info: host_info(),
         created: UnixMillis(1_790_000_000_000),
         last_seen: Some(UnixMillis(1_790_000_500_000)),
@@ -60,8 +74,16 @@ where
     T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
 {
     let compact: serde_json::Value = serde_json::from_str(json).unwrap();
-    assert_eq!(serde_json::to_value(value).unwrap(), compact, "encoding differs from the documented JSON");
-    assert_eq!(&serde_json::from_str::<T>(json).unwrap(), value, "documented JSON decodes differently");
+    assert_eq!(
+        serde_json::to_value(value).unwrap(),
+        compact,
+        "encoding differs from the documented JSON"
+    );
+    assert_eq!(
+        &serde_json::from_str::<T>(json).unwrap(),
+        value,
+        "documented JSON decodes differently"
+    );
 }
 
 #[test]
@@ -81,23 +103,41 @@ fn the_register_request_example_matches() {
 #[test]
 fn register_variants_have_the_documented_shapes() {
     round_trip(&RegisterAuth::None, r#""none""#);
-    round_trip(&RegisterAuth::Followup { auth_url: "https://control.example/a/k3x9".into() }, r#"{"followup":{"auth_url":"https://control.example/a/k3x9"}}"#);
-    round_trip(&ExpiryRequest::Now, r#""now""#);
-    round_trip(&ExpiryRequest::At(UnixMillis(1_800_000_000_000)), r#"{"at":1800000000000}"#);
     round_trip(
-        &RegisterResponse::NeedsAuth { auth_url: "https://control.example/a/k3x9".into() },
+        &RegisterAuth::Followup {
+            auth_url: "https://control.example/a/k3x9".into(),
+        },
+        r#"{"followup":{"auth_url":"https://control.example/a/k3x9"}}"#,
+    );
+    round_trip(&ExpiryRequest::Now, r#""now""#);
+    round_trip(
+        &ExpiryRequest::At(UnixMillis(1_800_000_000_000)),
+        r#"{"at":1800000000000}"#,
+    );
+    round_trip(
+        &RegisterResponse::NeedsAuth {
+            auth_url: "https://control.example/a/k3x9".into(),
+        },
         r#"{"needs_auth":{"auth_url":"https://control.example/a/k3x9"}}"#,
     );
     round_trip(&RegisterResponse::NodeKeyExpired, r#""node_key_expired""#);
     round_trip(&RegisterResponse::LoggedOut, r#""logged_out""#);
     round_trip(
-        &RegisterResponse::Refused(Refusal { reason: RefusalReason::NodeKeyInUse, message: "this node key belongs to another machine".into() }),
+        &RegisterResponse::Refused(Refusal {
+            reason: RefusalReason::NodeKeyInUse,
+            message: "this node key belongs to another machine".into(),
+        }),
         r#"{"refused":{"reason":"node_key_in_use","message":"this node key belongs to another machine"}}"#,
     );
     round_trip(
         &ServerMessage::Register(RegisterResponse::Registered(Registered {
             node_id: NodeId(7),
-            user: Some(UserProfile { id: UserId(1), login_name: "alice@example.com".parse().unwrap(), display_name: "Alice".into(), profile_pic_url: None }),
+            user: Some(UserProfile {
+                id: UserId(1),
+                login_name: "alice@example.com".parse().unwrap(),
+                display_name: "Alice".into(),
+                profile_pic_url: None,
+            }),
             tags: BTreeSet::new(),
             machine_authorized: true,
             key_expiry: Some(UnixMillis(1_805_552_000_000)),
@@ -122,7 +162,8 @@ fn register_variants_have_the_documented_shapes() {
 fn unknown_refusal_reasons_and_error_codes_decode_as_other() {
     let r: Refusal = serde_json::from_str(r#"{"reason":"from_the_future","message":"m"}"#).unwrap();
     assert_eq!(r.reason, RefusalReason::Other);
-    let e: ProtocolError = serde_json::from_str(r#"{"code":"from_the_future","message":"m"}"#).unwrap();
+    let e: ProtocolError =
+        serde_json::from_str(r#"{"code":"from_the_future","message":"m"}"#).unwrap();
     assert_eq!(e.code, ErrorCode::Other);
 }
 
@@ -140,10 +181,19 @@ fn the_map_request_example_matches() {
         node_key: key(NODEKEY),
         disco_key: key(DISCOKEY),
         endpoints: vec![
-            Endpoint { addr: "198.18.0.7:41641".parse().unwrap(), kind: EndpointKind::Local },
-            Endpoint { addr: "198.19.5.5:61000".parse().unwrap(), kind: EndpointKind::Stun },
+            Endpoint {
+                addr: "198.18.0.7:41641".parse().unwrap(),
+                kind: EndpointKind::Local,
+            },
+            Endpoint {
+                addr: "198.19.5.5:61000".parse().unwrap(),
+                kind: EndpointKind::Stun,
+            },
         ],
-        host_info: HostInfo { ssh_host_keys: vec![], ..host_info() },
+        host_info: HostInfo {
+            ssh_host_keys: vec![],
+            ..host_info()
+        },
         stream: true,
     });
     round_trip(&req, EXAMPLE_MAP_REQUEST);
@@ -161,9 +211,16 @@ fn the_delta_example_matches() {
         body: MapBody::Delta(vec![
             Delta::Peer(PeerDelta::Endpoints {
                 id: NodeId(9),
-                endpoints: vec![Endpoint { addr: "198.18.0.9:41641".parse().unwrap(), kind: EndpointKind::Local }],
+                endpoints: vec![Endpoint {
+                    addr: "198.18.0.9:41641".parse().unwrap(),
+                    kind: EndpointKind::Local,
+                }],
             }),
-            Delta::Peer(PeerDelta::Online { id: NodeId(12), online: false, last_seen: UnixMillis(1_790_000_900_000) }),
+            Delta::Peer(PeerDelta::Online {
+                id: NodeId(12),
+                online: false,
+                last_seen: UnixMillis(1_790_000_900_000),
+            }),
             Delta::Peer(PeerDelta::Removed(NodeId(13))),
         ]),
     });
@@ -175,14 +232,30 @@ fn the_full_map_example_matches() {
     let map = NetMap {
         self_node: sample_node(),
         peers: Default::default(),
-        user_profiles: [(UserId(1), UserProfile { id: UserId(1), login_name: "alice@example.com".parse().unwrap(), display_name: "Alice".into(), profile_pic_url: None })].into(),
+        user_profiles: [(
+            UserId(1),
+            UserProfile {
+                id: UserId(1),
+                login_name: "alice@example.com".parse().unwrap(),
+                display_name: "Alice".into(),
+                profile_pic_url: None,
+            },
+        )]
+        .into(),
         domain: "example.weft".parse().unwrap(),
-        dns: DnsConfig { magic_dns: true, nameservers: vec![], search_domains: vec!["example.weft".parse().unwrap()] },
+        dns: DnsConfig {
+            magic_dns: true,
+            nameservers: vec![],
+            search_domains: vec!["example.weft".parse().unwrap()],
+        },
         relay_map: RelayMap::default(),
         packet_filter: PacketFilter::default(),
         ssh_policy: SshPolicy::default(),
     };
-    let msg = ServerMessage::Map(MapResponse { seq: 1, body: MapBody::Full(Box::new(map)) });
+    let msg = ServerMessage::Map(MapResponse {
+        seq: 1,
+        body: MapBody::Full(Box::new(map)),
+    });
     let json = serde_json::to_string(&msg).unwrap();
     let with_node = EXAMPLE_FULL.replace("\"<the node example>\"", EXAMPLE_NODE);
     round_trip(&msg, &with_node);
@@ -201,24 +274,54 @@ fn a_full_map_with_a_duplicate_peer_is_rejected() {
 
 #[test]
 fn keep_alives_errors_and_the_key_response_have_the_documented_shapes() {
-    round_trip(&ServerMessage::KeepAlive(KeepAlive {}), r#"{"keep_alive":{}}"#);
     round_trip(
-        &ServerMessage::Error(ProtocolError { code: ErrorCode::NotRegistered, message: "register this node key first".into() }),
+        &ServerMessage::KeepAlive(KeepAlive {}),
+        r#"{"keep_alive":{}}"#,
+    );
+    round_trip(
+        &ServerMessage::Error(ProtocolError {
+            code: ErrorCode::NotRegistered,
+            message: "register this node key first".into(),
+        }),
         r#"{"error":{"code":"not_registered","message":"register this node key first"}}"#,
     );
     round_trip(
-        &KeyResponse { public_key: key(MKEY), capability_version: CapabilityVersion(1), min_capability_version: CapabilityVersion(1) },
+        &KeyResponse {
+            public_key: key(MKEY),
+            capability_version: CapabilityVersion(1),
+            min_capability_version: CapabilityVersion(1),
+        },
         &format!(r#"{{"public_key":"{MKEY}","capability_version":1,"min_capability_version":1}}"#),
     );
-    round_trip(&ClientMessage::Endpoints(EndpointUpdate { endpoints: vec![] }), r#"{"endpoints":{"endpoints":[]}}"#);
-    assert_eq!(format!("{:?}", AuthKey("secret".into())), "AuthKey(<redacted>)");
+    round_trip(
+        &ClientMessage::Endpoints(EndpointUpdate { endpoints: vec![] }),
+        r#"{"endpoints":{"endpoints":[]}}"#,
+    );
+    assert_eq!(
+        format!("{:?}", AuthKey("secret".into())),
+        "AuthKey(<redacted>)"
+    );
 }
 
 #[test]
 fn the_protocol_document_shows_these_examples() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md")).unwrap();
-    for ex in [EXAMPLE_REGISTER, EXAMPLE_REGISTERED, EXAMPLE_MAP_REQUEST, EXAMPLE_NODE, EXAMPLE_DELTA, EXAMPLE_FULL] {
-        assert!(doc.contains(ex), "docs/PROTOCOL.md lacks this example:\n{ex}");
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/PROTOCOL.md"
+    ))
+    .unwrap();
+    for ex in [
+        EXAMPLE_REGISTER,
+        EXAMPLE_REGISTERED,
+        EXAMPLE_MAP_REQUEST,
+        EXAMPLE_NODE,
+        EXAMPLE_DELTA,
+        EXAMPLE_FULL,
+    ] {
+        assert!(
+            doc.contains(ex),
+            "docs/PROTOCOL.md lacks this example:\n{ex}"
+        );
     }
 }
 
@@ -402,4 +505,3 @@ const EXAMPLE_FULL: &str = r#"{
     }
   }
 }"#;
-

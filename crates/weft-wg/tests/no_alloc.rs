@@ -53,7 +53,11 @@ fn the_data_path_makes_no_allocation() {
 
     let probe = allocations();
     drop(std::hint::black_box(vec![0u8; 16]));
-    assert_eq!(allocations() - probe, 1, "the counter sees this thread's allocations");
+    assert_eq!(
+        allocations() - probe,
+        1,
+        "the counter sees this thread's allocations"
+    );
 
     let before = allocations();
     for i in 0..1000 {

@@ -32,17 +32,26 @@ fn args<'a>(state: &'a Path, sock: &'a Path) -> Vec<String> {
 }
 
 fn status(sock: &Path) -> anyhow::Result<Status> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     Ok(rt.block_on(LocalClient::new(sock).status())?)
 }
 
 fn machine_key(state: &Path) -> anyhow::Result<String> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(state)?)?;
-    v["machine_key"].as_str().map(str::to_owned).context("no machine_key in the state file")
+    v["machine_key"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no machine_key in the state file")
 }
 
 fn wait_ready(sock: &Path) -> anyhow::Result<Status> {
-    Ok(wait_for(Duration::from_secs(15), "weftd's LocalAPI answers", || Ok(status(sock).ok()))?)
+    Ok(wait_for(
+        Duration::from_secs(15),
+        "weftd's LocalAPI answers",
+        || Ok(status(sock).ok()),
+    )?)
 }
 
 fn tun_mtu(ns: &Netns) -> anyhow::Result<String> {
@@ -59,7 +68,11 @@ fn weftd_keeps_its_state_across_kill_9_and_refuses_a_corrupt_state_file() -> any
     // First start: a fresh state, a TUN with MTU 1280, a readable socket.
     let first = ns.spawn("weftd-1", WEFTD, args(&state, &sock))?;
     let s = wait_ready(&sock)?;
-    ensure!(s.backend_state == BackendState::NeedsLogin, "fresh node: {:?}", s.backend_state);
+    ensure!(
+        s.backend_state == BackendState::NeedsLogin,
+        "fresh node: {:?}",
+        s.backend_state
+    );
     ensure!(s.tun == "weft0");
     let link = tun_mtu(&ns)?;
     ensure!(link.contains("mtu 1280"), "{link}");
@@ -78,22 +91,44 @@ fn weftd_keeps_its_state_across_kill_9_and_refuses_a_corrupt_state_file() -> any
     ensure!(sock.exists(), "a killed daemon leaves its socket behind");
     let second = ns.spawn("weftd-2", WEFTD, args(&state, &sock))?;
     wait_ready(&sock)?;
-    ensure!(machine_key(&state)? == key, "the machine key changed across a restart");
+    ensure!(
+        machine_key(&state)? == key,
+        "the machine key changed across a restart"
+    );
 
     // SIGTERM: a clean exit that removes the socket and the TUN.
     second.signal(Signal::SIGTERM)?;
     let st = second.wait_exit(Duration::from_secs(10))?;
     ensure!(st.success(), "exit status {st}\n{}", second.log());
     ensure!(!sock.exists(), "socket left behind after a clean exit");
-    wait_until(Duration::from_secs(5), "weft0 is gone", || Ok(!ns.has_link("weft0")))?;
+    wait_until(Duration::from_secs(5), "weft0 is gone", || {
+        Ok(!ns.has_link("weft0"))
+    })?;
 
     // A corrupt state file: refuse to start, name the file, leave it alone.
     std::fs::write(&state, "{\"version\":1,")?;
-    let out = ns.command(WEFTD).args(args(&state, &sock)).timeout(Duration::from_secs(10)).run_unchecked()?;
-    ensure!(!out.status.success(), "weftd started with a corrupt state file");
-    ensure!(out.stderr.contains(&state.display().to_string()) && out.stderr.contains("corrupt"), "{}", out.stderr);
-    ensure!(std::fs::read_to_string(&state)? == "{\"version\":1,", "the corrupt file was changed");
-    ensure!(!ns.has_link("weft0"), "no TUN for a daemon that refused to start");
+    let out = ns
+        .command(WEFTD)
+        .args(args(&state, &sock))
+        .timeout(Duration::from_secs(10))
+        .run_unchecked()?;
+    ensure!(
+        !out.status.success(),
+        "weftd started with a corrupt state file"
+    );
+    ensure!(
+        out.stderr.contains(&state.display().to_string()) && out.stderr.contains("corrupt"),
+        "{}",
+        out.stderr
+    );
+    ensure!(
+        std::fs::read_to_string(&state)? == "{\"version\":1,",
+        "the corrupt file was changed"
+    );
+    ensure!(
+        !ns.has_link("weft0"),
+        "no TUN for a daemon that refused to start"
+    );
     Ok(())
 }
 
@@ -109,9 +144,20 @@ fn two_daemons_run_side_by_side_on_their_own_paths() -> anyhow::Result<()> {
     let _pb = ns.spawn("weftd-b", WEFTD, bargs)?;
     ensure!(wait_ready(&a.1)?.tun == "weft0");
     ensure!(wait_ready(&b.1)?.tun == "weft1");
-    ensure!(machine_key(&a.0)? != machine_key(&b.0)?, "each daemon has its own machine");
+    ensure!(
+        machine_key(&a.0)? != machine_key(&b.0)?,
+        "each daemon has its own machine"
+    );
     // A second daemon on a live socket is refused.
-    let out = ns.command(WEFTD).args(args(&a.0, &a.1)).timeout(Duration::from_secs(10)).run_unchecked()?;
-    ensure!(!out.status.success() && out.stderr.contains("already"), "{}", out.stderr);
+    let out = ns
+        .command(WEFTD)
+        .args(args(&a.0, &a.1))
+        .timeout(Duration::from_secs(10))
+        .run_unchecked()?;
+    ensure!(
+        !out.status.success() && out.stderr.contains("already"),
+        "{}",
+        out.stderr
+    );
     Ok(())
 }

@@ -119,7 +119,9 @@ impl Drop for Listeners {
 
 fn echo_lines(stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    let Ok(mut out) = stream.try_clone() else { return };
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
     let mut lines = BufReader::new(stream);
     let mut line = String::new();
     while matches!(lines.read_line(&mut line), Ok(n) if n > 0) {
@@ -140,7 +142,10 @@ impl Conn {
     fn open(from: &Node, to: SocketAddr) -> anyhow::Result<Conn> {
         let stream = from.netns().tcp_connect(to, CONNECT)?;
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-        let mut c = Conn { stream, what: format!("{} → {to}", from.name()) };
+        let mut c = Conn {
+            stream,
+            what: format!("{} → {to}", from.name()),
+        };
         c.echo("hello")?;
         Ok(c)
     }
@@ -148,10 +153,19 @@ impl Conn {
     /// Sends a line and waits for it to come back.
     fn echo(&mut self, msg: &str) -> anyhow::Result<()> {
         let line = format!("{msg}\n");
-        self.stream.write_all(line.as_bytes()).with_context(|| format!("{}: send", self.what))?;
+        self.stream
+            .write_all(line.as_bytes())
+            .with_context(|| format!("{}: send", self.what))?;
         let mut back = vec![0u8; line.len()];
-        self.stream.read_exact(&mut back).with_context(|| format!("{}: no echo of {msg:?}", self.what))?;
-        ensure!(back == line.as_bytes(), "{}: echoed {:?}", self.what, String::from_utf8_lossy(&back));
+        self.stream
+            .read_exact(&mut back)
+            .with_context(|| format!("{}: no echo of {msg:?}", self.what))?;
+        ensure!(
+            back == line.as_bytes(),
+            "{}: echoed {:?}",
+            self.what,
+            String::from_utf8_lossy(&back)
+        );
         Ok(())
     }
 }
@@ -162,19 +176,29 @@ fn reaches(from: &Node, to: SocketAddr) -> bool {
 }
 
 fn refused(from: &Node, to: SocketAddr) -> anyhow::Result<()> {
-    ensure!(!reaches(from, to), "{} reached {to}, which the policy denies", from.name());
+    ensure!(
+        !reaches(from, to),
+        "{} reached {to}, which the policy denies",
+        from.name()
+    );
     Ok(())
 }
 
 fn allowed(from: &Node, to: SocketAddr) -> anyhow::Result<()> {
-    Conn::open(from, to).map(drop).with_context(|| format!("{} should reach {to}", from.name()))
+    Conn::open(from, to)
+        .map(drop)
+        .with_context(|| format!("{} should reach {to}", from.name()))
 }
 
 /// Waits until `from` reaches (or, with `want == false`, no longer reaches) `to`; returns how
 /// long that took.
 fn wait_reach(from: &Node, to: SocketAddr, want: bool) -> anyhow::Result<Duration> {
     let start = now();
-    let what = format!("{} {} reach {to}", from.name(), if want { "to" } else { "to no longer" });
+    let what = format!(
+        "{} {} reach {to}",
+        from.name(),
+        if want { "to" } else { "to no longer" }
+    );
     wait_until(PROPAGATION, &what, || Ok(reaches(from, to) == want))?;
     Ok(start.elapsed())
 }
@@ -184,32 +208,52 @@ fn wait_reach(from: &Node, to: SocketAddr, want: bool) -> anyhow::Result<Duratio
 /// Returns `filter.dropped_by_reason[reason]` from the node's `weft status --json`.
 fn dropped(node: &Node, reason: &str) -> anyhow::Result<u64> {
     let s = node.status_json()?;
-    Ok(s["filter"]["dropped_by_reason"][reason].as_u64().unwrap_or(0))
+    Ok(s["filter"]["dropped_by_reason"][reason]
+        .as_u64()
+        .unwrap_or(0))
 }
 
 /// Returns each node's `filter` from `status --json`, for failure reports.
 fn filters(nodes: &[&Node]) -> String {
-    let one = |n: &Node| n.status_json().map_or_else(|e| e.to_string(), |s| s["filter"].to_string());
-    nodes.iter().map(|n| format!("filter {}: {}\n", n.name(), one(n))).collect()
+    let one = |n: &Node| {
+        n.status_json()
+            .map_or_else(|e| e.to_string(), |s| s["filter"].to_string())
+    };
+    nodes
+        .iter()
+        .map(|n| format!("filter {}: {}\n", n.name(), one(n)))
+        .collect()
 }
 
 /// `GET /localapi/v0/metrics` over the node's socket; returns the body.
 fn metrics(node: &Node) -> anyhow::Result<String> {
     let mut s = UnixStream::connect(node.socket())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"GET /localapi/v0/metrics HTTP/1.1\r\nHost: local-weftd.sock\r\nConnection: close\r\n\r\n")?;
+    s.write_all(
+        b"GET /localapi/v0/metrics HTTP/1.1\r\nHost: local-weftd.sock\r\nConnection: close\r\n\r\n",
+    )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let (head, body) = resp.split_once("\r\n\r\n").context("no HTTP header end")?;
     ensure!(head.starts_with("HTTP/1.1 200"), "metrics: {head}");
-    ensure!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "metrics: {head}");
+    ensure!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "metrics: {head}"
+    );
     Ok(body.to_owned())
 }
 
 /// Returns the value of the metrics sample line starting with `series ` (e.g.
 /// `weftd_filter_dropped_packets_total{reason="not_allowed"}`). Chunked bodies keep lines whole.
 fn sample(text: &str, series: &str) -> Option<u64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 // ---- the tailnet ---------------------------------------------------------------------------
@@ -231,7 +275,11 @@ impl Scenario<'_> {
     }
 
     fn report(&self) -> String {
-        let policy = self.control.admin(["policy", "get"]).map(|o| o.stdout).unwrap_or_else(|e| e.to_string());
+        let policy = self
+            .control
+            .admin(["policy", "get"])
+            .map(|o| o.stdout)
+            .unwrap_or_else(|e| e.to_string());
         format!(
             "underlay {}\n=== policy ===\n{policy}\n{}\n{}\n{}\n{}\n{}",
             self.net.subnet(),
@@ -251,7 +299,9 @@ impl Scenario<'_> {
 
     /// `policy explain`; returns (allowed, output).
     fn explain(&self, src: &str, dst: &str) -> anyhow::Result<(bool, String)> {
-        let out = self.control.admin_unchecked(["policy", "explain", "--src", src, "--dst", dst])?;
+        let out = self
+            .control
+            .admin_unchecked(["policy", "explain", "--src", src, "--dst", dst])?;
         let text = format!("{}{}", out.stdout, out.stderr);
         match out.status.code() {
             Some(0) => Ok((true, text)),
@@ -287,16 +337,28 @@ fn scenario(lab: &Lab) -> anyhow::Result<Scenario<'_>> {
     bob.wait_state("running", PROPAGATION)?;
     let srv = server.ip4()?;
     let listeners = Listeners::start(server.netns())?;
-    let s = Scenario { net, control, alice, bob, server, srv, _listeners: listeners };
+    let s = Scenario {
+        net,
+        control,
+        alice,
+        bob,
+        server,
+        srv,
+        _listeners: listeners,
+    };
     // The first connection also waits for the direct path (endpoints, WireGuard handshake).
-    with_diagnostics(|| wait_reach(&s.alice, s.at(22), true).map(drop), || s.report())?;
+    with_diagnostics(
+        || wait_reach(&s.alice, s.at(22), true).map(drop),
+        || s.report(),
+    )?;
     Ok(s)
 }
 
 // ---- the scenarios -------------------------------------------------------------------------
 
 #[test]
-fn the_policy_decides_which_tcp_connections_reach_the_server_and_explain_agrees() -> anyhow::Result<()> {
+fn the_policy_decides_which_tcp_connections_reach_the_server_and_explain_agrees()
+-> anyhow::Result<()> {
     let lab = e2e_lab!("/dev/net/tun");
     let s = scenario(&lab)?;
     with_diagnostics(
@@ -308,7 +370,10 @@ fn the_policy_decides_which_tcp_connections_reach_the_server_and_explain_agrees(
             let before = dropped(&s.server, "not_allowed")?;
             refused(&s.alice, s.at(8080))?;
             let after = dropped(&s.server, "not_allowed")?;
-            ensure!(after > before, "the server counted no not_allowed drop ({before} → {after})");
+            ensure!(
+                after > before,
+                "the server counted no not_allowed drop ({before} → {after})"
+            );
             // Bob reaches nothing; the server reaches nobody (Alice's filter has no rule for it).
             for port in PORTS {
                 refused(&s.bob, s.at(port))?;
@@ -316,31 +381,62 @@ fn the_policy_decides_which_tcp_connections_reach_the_server_and_explain_agrees(
             let alice_ip = s.alice.ip4()?;
             let before = dropped(&s.alice, "not_allowed")?;
             refused(&s.server, SocketAddr::from((alice_ip, 22)))?;
-            ensure!(dropped(&s.alice, "not_allowed")? > before, "alice counted no drop of the server's SYN");
+            ensure!(
+                dropped(&s.alice, "not_allowed")? > before,
+                "alice counted no drop of the server's SYN"
+            );
 
             // explain agrees, and names the rule's line in the file.
             let rule_line = line_of(POLICY, r#""dst": ["tag:server:22,80"]"#);
             for port in [22, 80] {
                 let (ok, text) = s.explain("alice", &format!("server:{port}"))?;
-                ensure!(ok && text.contains("ALLOWED"), "explain alice → server:{port}: {text}");
-                ensure!(text.contains(&format!(":{rule_line}:")), "explain does not name line {rule_line}: {text}");
+                ensure!(
+                    ok && text.contains("ALLOWED"),
+                    "explain alice → server:{port}: {text}"
+                );
+                ensure!(
+                    text.contains(&format!(":{rule_line}:")),
+                    "explain does not name line {rule_line}: {text}"
+                );
             }
             let (ok, text) = s.explain("alice", "server:8080")?;
-            ensure!(!ok && text.contains("DENIED"), "explain alice → server:8080: {text}");
+            ensure!(
+                !ok && text.contains("DENIED"),
+                "explain alice → server:8080: {text}"
+            );
             let (ok, text) = s.explain("bob@example.com", "server:22")?;
-            ensure!(!ok && text.contains("DENIED"), "explain bob → server:22: {text}");
+            ensure!(
+                !ok && text.contains("DENIED"),
+                "explain bob → server:22: {text}"
+            );
 
             // The drops in status --json and in the metrics.
             let st = s.server.status_json()?;
             let f = &st["filter"];
-            ensure!(f["rules"].as_u64() >= Some(1) && !f["shields_up"].as_bool().unwrap_or(true), "filter status: {f}");
-            ensure!(f["dropped"].as_u64() >= Some(1) && f["dropped_by_reason"]["not_allowed"].as_u64() >= Some(1), "{f}");
+            ensure!(
+                f["rules"].as_u64() >= Some(1) && !f["shields_up"].as_bool().unwrap_or(true),
+                "filter status: {f}"
+            );
+            ensure!(
+                f["dropped"].as_u64() >= Some(1)
+                    && f["dropped_by_reason"]["not_allowed"].as_u64() >= Some(1),
+                "{f}"
+            );
             ensure!(f.get("flows").is_some(), "status has no flow count: {f}");
             let text = metrics(&s.server)?;
-            let m = sample(&text, r#"weftd_filter_dropped_packets_total{reason="not_allowed"}"#);
+            let m = sample(
+                &text,
+                r#"weftd_filter_dropped_packets_total{reason="not_allowed"}"#,
+            );
             ensure!(m >= Some(1), "metrics: {text}");
-            ensure!(sample(&text, r#"weftd_tunnel_packets_total{direction="rx"}"#) > Some(0), "metrics: {text}");
-            ensure!(sample(&text, r#"weftd_tunnel_bytes_total{direction="tx"}"#) > Some(0), "metrics: {text}");
+            ensure!(
+                sample(&text, r#"weftd_tunnel_packets_total{direction="rx"}"#) > Some(0),
+                "metrics: {text}"
+            );
+            ensure!(
+                sample(&text, r#"weftd_tunnel_bytes_total{direction="tx"}"#) > Some(0),
+                "metrics: {text}"
+            );
             eprintln!("reachability and explain checked in {:?}", start.elapsed());
             Ok(())
         },
@@ -355,8 +451,10 @@ fn a_live_policy_change_moves_reachability_within_seconds_and_keeps_the_flows_it
     let s = scenario(&lab)?;
     with_diagnostics(
         || {
-            let mut ssh = Conn::open(&s.alice, s.at(22)).context("alice → server:22 before the change")?;
-            let mut http = Conn::open(&s.alice, s.at(80)).context("alice → server:80 before the change")?;
+            let mut ssh =
+                Conn::open(&s.alice, s.at(22)).context("alice → server:22 before the change")?;
+            let mut http =
+                Conn::open(&s.alice, s.at(80)).context("alice → server:80 before the change")?;
             refused(&s.alice, s.at(8080))?;
 
             let start = now();
@@ -365,21 +463,37 @@ fn a_live_policy_change_moves_reachability_within_seconds_and_keeps_the_flows_it
             let opened = start.elapsed();
             s.bob.wait_peers(&["server"], PROPAGATION)?;
             wait_reach(&s.bob, s.at(22), true)?;
-            eprintln!("policy set → alice reaches 8080 in {opened:?}; bob reaches 22 after {:?}", start.elapsed());
-            ensure!(opened < Duration::from_secs(10), "the change took {opened:?}");
+            eprintln!(
+                "policy set → alice reaches 8080 in {opened:?}; bob reaches 22 after {:?}",
+                start.elapsed()
+            );
+            ensure!(
+                opened < Duration::from_secs(10),
+                "the change took {opened:?}"
+            );
 
             // The ssh connection opened under the old policy lives on; new http ones are refused
             // and the open one is cut (weftd re-judges flows peers opened).
-            ssh.echo("still here").context("the established ssh connection did not survive")?;
+            ssh.echo("still here")
+                .context("the established ssh connection did not survive")?;
             refused(&s.alice, s.at(80))?;
-            ensure!(http.echo("cut?").is_err(), "the http connection survived a policy that no longer allows it");
+            ensure!(
+                http.echo("cut?").is_err(),
+                "the http connection survived a policy that no longer allows it"
+            );
             refused(&s.bob, s.at(80))?;
             let f = s.server.status_json()?["filter"].clone();
-            ensure!(f["flows_revoked"].as_u64() >= Some(1), "no revoked flow in {f}");
+            ensure!(
+                f["flows_revoked"].as_u64() >= Some(1),
+                "no revoked flow in {f}"
+            );
 
             let line = line_of(POLICY_CHANGED, r#""dst": ["tag:server:22,8080"]"#);
             let (ok, text) = s.explain("alice", "server:8080")?;
-            ensure!(ok && text.contains(&format!(":{line}:")), "explain after the change: {text}");
+            ensure!(
+                ok && text.contains(&format!(":{line}:")),
+                "explain after the change: {text}"
+            );
             let (ok, text) = s.explain("alice", "server:80")?;
             ensure!(!ok, "explain after the change: {text}");
             Ok(())
@@ -397,14 +511,25 @@ fn a_policy_whose_tests_fail_is_refused_and_the_old_one_keeps_working() -> anyho
             let mut ssh = Conn::open(&s.alice, s.at(22))?;
             let path = s.control.state_dir().join("failing.hujson");
             std::fs::write(&path, POLICY_FAILING_TESTS)?;
-            let out = s.control.admin_unchecked(["policy", "set", &path.display().to_string()])?;
+            let out = s
+                .control
+                .admin_unchecked(["policy", "set", &path.display().to_string()])?;
             let text = format!("{}{}", out.stdout, out.stderr);
-            ensure!(!out.status.success(), "a policy with failing tests was accepted: {text}");
-            ensure!(text.contains("tests[0]"), "the refusal does not name the failing test: {text}");
+            ensure!(
+                !out.status.success(),
+                "a policy with failing tests was accepted: {text}"
+            );
+            ensure!(
+                text.contains("tests[0]"),
+                "the refusal does not name the failing test: {text}"
+            );
             ensure!(text.contains("old policy stays in force"), "{text}");
 
             let current = s.control.admin(["policy", "get"])?.stdout;
-            ensure!(current.contains("tag:server:22,80\""), "policy get after the refusal: {current}");
+            ensure!(
+                current.contains("tag:server:22,80\""),
+                "policy get after the refusal: {current}"
+            );
             // The data path still enforces the old policy: 8080 stays closed, 22 and 80 open.
             refused(&s.alice, s.at(8080))?;
             allowed(&s.alice, s.at(80))?;
@@ -418,7 +543,8 @@ fn a_policy_whose_tests_fail_is_refused_and_the_old_one_keeps_working() -> anyho
 }
 
 #[test]
-fn with_shields_up_a_node_reaches_its_peers_but_no_peer_opens_a_connection_to_it() -> anyhow::Result<()> {
+fn with_shields_up_a_node_reaches_its_peers_but_no_peer_opens_a_connection_to_it()
+-> anyhow::Result<()> {
     let lab = e2e_lab!("/dev/net/tun");
     let net = Tailnet::with_binaries(&lab, Binaries::discover()?.with_weftd(WEFTD))?;
     let control = net.control("ctl")?;
@@ -426,22 +552,46 @@ fn with_shields_up_a_node_reaches_its_peers_but_no_peer_opens_a_connection_to_it
     let nodes = net.join(&control, &["a", "b"])?;
     let (a, b) = (&nodes[0], &nodes[1]);
     // c comes up with shields already up.
-    let key = control.create_key("alice", &KeyOptions { reusable: true, ..KeyOptions::default() })?;
+    let key = control.create_key(
+        "alice",
+        &KeyOptions {
+            reusable: true,
+            ..KeyOptions::default()
+        },
+    )?;
     let c = &net.node("c")?;
-    c.weft_ok(["up", "--login-server", &control.url(), "--authkey", &key, "--hostname", "c", "--shields-up", "--timeout", "30s"])?;
+    c.weft_ok([
+        "up",
+        "--login-server",
+        &control.url(),
+        "--authkey",
+        &key,
+        "--hostname",
+        "c",
+        "--shields-up",
+        "--timeout",
+        "30s",
+    ])?;
     for (n, others) in [(a, ["b", "c"]), (b, ["a", "c"]), (c, ["a", "b"])] {
         n.wait_peers(&others, PROPAGATION)?;
     }
     let addr = |n: &Node| -> anyhow::Result<SocketAddr> { Ok(SocketAddr::from((n.ip4()?, 22))) };
     let (a_at, b_at, c_at) = (addr(a)?, addr(b)?, addr(c)?);
-    let _listeners = [Listeners::start(a.netns())?, Listeners::start(b.netns())?, Listeners::start(c.netns())?];
+    let _listeners = [
+        Listeners::start(a.netns())?,
+        Listeners::start(b.netns())?,
+        Listeners::start(c.netns())?,
+    ];
     with_diagnostics(
         || {
             // c (shields up since `up`): reaches b, b cannot reach c.
             wait_reach(c, b_at, true)?;
             refused(b, c_at)?;
             let f = c.status_json()?["filter"].clone();
-            ensure!(f["shields_up"] == true && f["dropped_by_reason"]["shields_up"].as_u64() >= Some(1), "c: {f}");
+            ensure!(
+                f["shields_up"] == true && f["dropped_by_reason"]["shields_up"].as_u64() >= Some(1),
+                "c: {f}"
+            );
 
             // a raises shields with `set`, and lowers them again.
             wait_reach(b, a_at, true)?;
@@ -451,12 +601,24 @@ fn with_shields_up_a_node_reaches_its_peers_but_no_peer_opens_a_connection_to_it
             eprintln!("shields up on a: b refused after {:?}", raised.elapsed());
             allowed(a, b_at)?;
             refused(a, c_at)?; // c's shields are up too
-            ensure!(dropped(a, "shields_up")? >= 1, "a counted no shields_up drop");
+            ensure!(
+                dropped(a, "shields_up")? >= 1,
+                "a counted no shields_up drop"
+            );
             a.weft_ok(["set", "--shields-up=false"])?;
             wait_reach(b, a_at, true)?;
             Ok(())
         },
-        || format!("{}{}\n{}\n{}\n{}", filters(&[a, b, c]), a.report(), b.report(), c.report(), control.log()),
+        || {
+            format!(
+                "{}{}\n{}\n{}\n{}",
+                filters(&[a, b, c]),
+                a.report(),
+                b.report(),
+                c.report(),
+                control.log()
+            )
+        },
     )
 }
 
@@ -475,17 +637,30 @@ fn throughput_through_the_filter() -> anyhow::Result<()> {
     let (a, b) = (&nodes[0], &nodes[1]);
     let b_ip = b.ip4()?;
     a.netns().wait_ping(b_ip.into(), PROPAGATION)?;
-    let _server = b.netns().spawn("iperf3-server", "iperf3", ["-s", "-1", "-p", "5201"])?;
+    let _server = b
+        .netns()
+        .spawn("iperf3-server", "iperf3", ["-s", "-1", "-p", "5201"])?;
     b.netns().wait_tcp_listen(5201, Duration::from_secs(10))?;
     let before = metrics(b)?;
-    let out = a.netns().command("iperf3").args(["-c", &b_ip.to_string(), "-p", "5201", "-t", "3", "-J"]).timeout(Duration::from_secs(30)).run()?;
+    let out = a
+        .netns()
+        .command("iperf3")
+        .args(["-c", &b_ip.to_string(), "-p", "5201", "-t", "3", "-J"])
+        .timeout(Duration::from_secs(30))
+        .run()?;
     let after = metrics(b)?;
     let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3: no sum_received")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3: no sum_received")?;
     let secs = v["end"]["sum_received"]["seconds"].as_f64().unwrap_or(3.0);
     let rx = |m: &str| sample(m, r#"weftd_tunnel_packets_total{direction="rx"}"#).unwrap_or(0);
     let packets = rx(&after) - rx(&before);
-    let drops = sample(&after, r#"weftd_filter_dropped_packets_total{reason="no_flow"}"#).unwrap_or(0);
+    let drops = sample(
+        &after,
+        r#"weftd_filter_dropped_packets_total{reason="no_flow"}"#,
+    )
+    .unwrap_or(0);
     ensure!(packets > 0, "no packets counted");
     eprintln!(
         "iperf3 a → b over the tunnel: {:.2} Gbit/s; b wrote {packets} packets to TUN in {secs:.1} s \

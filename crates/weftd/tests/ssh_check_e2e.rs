@@ -55,13 +55,28 @@ struct Net<'l> {
 
 impl Net<'_> {
     fn report(&self) -> String {
-        format!("=== control ===\n{}\n{}\n{}\n", self.control.log(), self.a.report(), self.b.report())
+        format!(
+            "=== control ===\n{}\n{}\n{}\n",
+            self.control.log(),
+            self.a.report(),
+            self.b.report()
+        )
     }
 }
 
 fn up(node: &Node, control: &Control, key: &str, extra: &[&str]) -> anyhow::Result<()> {
     let url = control.url();
-    let mut args = vec!["up", "--login-server", &url, "--authkey", key, "--hostname", node.name(), "--timeout", "30s"];
+    let mut args = vec![
+        "up",
+        "--login-server",
+        &url,
+        "--authkey",
+        key,
+        "--hostname",
+        node.name(),
+        "--timeout",
+        "30s",
+    ];
     args.extend(extra);
     node.weft_ok(args)?;
     Ok(())
@@ -76,18 +91,43 @@ fn tailnet(lab: &Lab, check_timeout: Duration) -> anyhow::Result<Net<'_>> {
     control.create_user(BOB)?;
     control.set_policy(POLICY)?;
     let key = |tags: &[&str]| {
-        control.create_key(ALICE, &KeyOptions { tags: tags.iter().map(|t| (*t).to_owned()).collect(), ..KeyOptions::default() })
+        control.create_key(
+            ALICE,
+            &KeyOptions {
+                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                ..KeyOptions::default()
+            },
+        )
     };
     let a = tailnet.node("a")?;
     up(&a, &control, &key(&[])?, &[])?;
-    let env = vec![("WEFTD_SSH_CHECK_TIMEOUT".to_owned(), check_timeout.as_secs().to_string())];
-    let b = tailnet.node_with("b", NodeOptions { env, ..NodeOptions::default() })?;
+    let env = vec![(
+        "WEFTD_SSH_CHECK_TIMEOUT".to_owned(),
+        check_timeout.as_secs().to_string(),
+    )];
+    let b = tailnet.node_with(
+        "b",
+        NodeOptions {
+            env,
+            ..NodeOptions::default()
+        },
+    )?;
     up(&b, &control, &key(&["tag:server"])?, &["--ssh"])?;
-    let net = Net { tailnet, control, a, b };
+    let net = Net {
+        tailnet,
+        control,
+        a,
+        b,
+    };
     with_diagnostics(
         || {
-            let keys = |v: &serde_json::Value| peer(v, "b").and_then(|p| p["ssh_host_keys"].as_array()).map_or(0, Vec::len);
-            net.a.wait_status(SECS(30), "b's SSH host keys", |v| keys(v) >= 2)?;
+            let keys = |v: &serde_json::Value| {
+                peer(v, "b")
+                    .and_then(|p| p["ssh_host_keys"].as_array())
+                    .map_or(0, Vec::len)
+            };
+            net.a
+                .wait_status(SECS(30), "b's SSH host keys", |v| keys(v) >= 2)?;
             net.b.netns().wait_tcp_listen(22, SECS(20))?;
             Ok(())
         },
@@ -107,7 +147,14 @@ fn weft_ssh(net: &Net<'_>, client: &LocalAccount, target: &str, remote: &str) ->
     net.a
         .netns()
         .command("setpriv")
-        .args(["--reuid", &client.name, "--regid", &client.name, "--init-groups", "--"])
+        .args([
+            "--reuid",
+            &client.name,
+            "--regid",
+            &client.name,
+            "--init-groups",
+            "--",
+        ])
         .arg(&weft)
         .args(["--socket", &net.a.socket().display().to_string(), "ssh"])
         .arg(format!("{target}@b"))
@@ -125,20 +172,32 @@ fn weft_ssh(net: &Net<'_>, client: &LocalAccount, target: &str, remote: &str) ->
 fn check_id(text: &str) -> Option<String> {
     text.match_indices("/a/").find_map(|(i, _)| {
         let id = text.get(i + 3..i + 35)?;
-        id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)).then(|| id.to_owned())
+        id.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            .then(|| id.to_owned())
     })
 }
 
 /// Waits until the held `ssh` has printed the URL; returns the check id.
 fn wait_url(p: &Process) -> anyhow::Result<String> {
     Ok(wait_for(SECS(30), "ssh to print the check URL", || {
-        ensure!(p.is_running(), "ssh ended before showing a URL:\n{}", p.log());
+        ensure!(
+            p.is_running(),
+            "ssh ended before showing a URL:\n{}",
+            p.log()
+        );
         Ok(check_id(&p.log()))
     })?)
 }
 
 fn ok(out: &Output, what: &str) -> anyhow::Result<()> {
-    ensure!(out.status.success(), "{what}: {}\nstdout: {}\nstderr: {}", out.status, out.stdout, out.stderr);
+    ensure!(
+        out.status.success(),
+        "{what}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
     Ok(())
 }
 
@@ -156,27 +215,59 @@ fn check_holds_the_login_until_its_user_approves_and_a_second_login_within_the_p
             let held = weft_ssh(&net, &client, &target.name, "id -un").spawn("ssh-held")?;
             let id = wait_url(&held)?;
             let log = held.log();
-            ensure!(log.contains("re-authenticate") && log.contains(&format!("{}/a/{id}", net.control.url())), "{log}");
+            ensure!(
+                log.contains("re-authenticate")
+                    && log.contains(&format!("{}/a/{id}", net.control.url())),
+                "{log}"
+            );
 
             // Bob cannot approve alice's login; ssh keeps waiting.
-            let bob = net.control.admin_unchecked(["nodes", "approve", &id, "--user", BOB])?;
-            ensure!(!bob.status.success(), "bob's approval was accepted: {bob:?}");
-            ensure!(bob.stderr.contains(&format!("only {ALICE} may approve it")), "{}", bob.stderr);
-            ensure!(held.is_running(), "ssh ended without an approval:\n{}", held.log());
+            let bob = net
+                .control
+                .admin_unchecked(["nodes", "approve", &id, "--user", BOB])?;
+            ensure!(
+                !bob.status.success(),
+                "bob's approval was accepted: {bob:?}"
+            );
+            ensure!(
+                bob.stderr.contains(&format!("only {ALICE} may approve it")),
+                "{}",
+                bob.stderr
+            );
+            ensure!(
+                held.is_running(),
+                "ssh ended without an approval:\n{}",
+                held.log()
+            );
 
-            net.control.admin(["nodes", "approve", &id, "--user", ALICE])?;
+            net.control
+                .admin(["nodes", "approve", &id, "--user", ALICE])?;
             let status = held.wait_exit(SECS(30))?;
             let log = held.log();
-            ensure!(status.success(), "the approved login failed ({status}):\n{log}");
-            ensure!(log.lines().any(|l| l == target.name), "the session did not run as {}:\n{log}", target.name);
+            ensure!(
+                status.success(),
+                "the approved login failed ({status}):\n{log}"
+            );
+            ensure!(
+                log.lines().any(|l| l == target.name),
+                "the session did not run as {}:\n{log}",
+                target.name
+            );
 
             // Within the check period: straight in, no URL.
             let again = weft_ssh(&net, &client, &target.name, "id -un").run_unchecked()?;
             ok(&again, "the second login")?;
             ensure!(again.stdout == format!("{}\n", target.name), "{again:?}");
-            ensure!(check_id(&again.stderr).is_none(), "the second login was asked again: {}", again.stderr);
+            ensure!(
+                check_id(&again.stderr).is_none(),
+                "the second login was asked again: {}",
+                again.stderr
+            );
             let b_log = net.b.log();
-            ensure!(b_log.contains("ssh check approved by control"), "b logged no approval");
+            ensure!(
+                b_log.contains("ssh check approved by control"),
+                "b logged no approval"
+            );
             Ok(())
         },
         || net.report(),
@@ -196,11 +287,22 @@ fn a_check_nobody_approves_is_refused_after_the_bound() -> anyhow::Result<()> {
             let status = held.wait_exit(SECS(30))?;
             let log = held.log();
             ensure!(!status.success(), "an unapproved login got in:\n{log}");
-            ensure!(log.contains("not approved within 4 seconds"), "no reason shown:\n{log}");
-            ensure!(!log.lines().any(|l| l == target.name), "a session ran:\n{log}");
+            ensure!(
+                log.contains("not approved within 4 seconds"),
+                "no reason shown:\n{log}"
+            );
+            ensure!(
+                !log.lines().any(|l| l == target.name),
+                "a session ran:\n{log}"
+            );
             // Too late to approve now.
-            let late = net.control.admin_unchecked(["nodes", "approve", &id, "--user", ALICE])?;
-            ensure!(!late.status.success(), "a late approval was accepted: {late:?}");
+            let late = net
+                .control
+                .admin_unchecked(["nodes", "approve", &id, "--user", ALICE])?;
+            ensure!(
+                !late.status.success(),
+                "a late approval was accepted: {late:?}"
+            );
             Ok(())
         },
         || net.report(),

@@ -31,8 +31,19 @@ const ALICE: &str = "alice@example.com";
 macro_rules! lab {
     () => {
         e2e_lab!(
-            "runuser", "setpriv", "ss", "ssh", "scp", "sftp", "ssh-agent", "ssh-add", "ssh-keygen", "tmux",
-            "useradd", "/usr/lib/openssh/sftp-server", "/dev/net/tun"
+            "runuser",
+            "setpriv",
+            "ss",
+            "ssh",
+            "scp",
+            "sftp",
+            "ssh-agent",
+            "ssh-add",
+            "ssh-keygen",
+            "tmux",
+            "useradd",
+            "/usr/lib/openssh/sftp-server",
+            "/dev/net/tun"
         )
     };
 }
@@ -76,7 +87,10 @@ struct Net<'l> {
 impl Net<'_> {
     fn report(&self) -> String {
         let mut s = format!("=== control ===\n{}\n", self.control.log());
-        for n in [Some(&self.a), Some(&self.b), self.c.as_ref()].into_iter().flatten() {
+        for n in [Some(&self.a), Some(&self.b), self.c.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             s.push_str(&n.report());
             s.push('\n');
         }
@@ -86,7 +100,17 @@ impl Net<'_> {
 
 fn up(node: &Node, control: &Control, key: &str, extra: &[&str]) -> anyhow::Result<()> {
     let url = control.url();
-    let mut args = vec!["up", "--login-server", &url, "--authkey", key, "--hostname", node.name(), "--timeout", "30s"];
+    let mut args = vec![
+        "up",
+        "--login-server",
+        &url,
+        "--authkey",
+        key,
+        "--hostname",
+        node.name(),
+        "--timeout",
+        "30s",
+    ];
     args.extend(extra);
     node.weft_ok(args)?;
     Ok(())
@@ -100,7 +124,13 @@ fn tailnet<'l>(lab: &'l Lab, policy: &str, with_c: bool) -> anyhow::Result<Net<'
     control.create_user(ALICE)?;
     control.set_policy(policy)?;
     let key = |tags: &[&str]| {
-        control.create_key(ALICE, &KeyOptions { tags: tags.iter().map(|t| (*t).to_owned()).collect(), ..KeyOptions::default() })
+        control.create_key(
+            ALICE,
+            &KeyOptions {
+                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                ..KeyOptions::default()
+            },
+        )
     };
     let a = tailnet.node("a")?;
     up(&a, &control, &key(&[])?, &[])?;
@@ -114,25 +144,41 @@ fn tailnet<'l>(lab: &'l Lab, policy: &str, with_c: bool) -> anyhow::Result<Net<'
         None
     };
     let b_ip = b.ip4()?;
-    let net = Net { _tailnet: tailnet, control, a, b, c, b_ip };
+    let net = Net {
+        _tailnet: tailnet,
+        control,
+        a,
+        b,
+        c,
+        b_ip,
+    };
     with_diagnostics(|| wait_ssh_ready(&net), || net.report())?;
     Ok(net)
 }
 
 fn host_keys(status: &serde_json::Value, name: &str) -> usize {
-    peer(status, name).and_then(|p| p["ssh_host_keys"].as_array()).map_or(0, Vec::len)
+    peer(status, name)
+        .and_then(|p| p["ssh_host_keys"].as_array())
+        .map_or(0, Vec::len)
 }
 
 /// The local addresses of TCP listeners on port 22 in `node`'s namespace, sorted.
 fn ssh_listeners(node: &Node) -> anyhow::Result<Vec<String>> {
     let out = node.netns().exec("ss", ["-Hltn", "sport = :22"])?;
-    let mut v: Vec<String> = out.stdout.lines().filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned)).collect();
+    let mut v: Vec<String> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        .collect();
     v.sort();
     Ok(v)
 }
 
 fn wait_ssh_ready(net: &Net<'_>) -> anyhow::Result<()> {
-    net.a.wait_status(SECS(30), "b's SSH host keys (ed25519 + ecdsa)", |v| host_keys(v, "b") >= 2)?;
+    net.a
+        .wait_status(SECS(30), "b's SSH host keys (ed25519 + ecdsa)", |v| {
+            host_keys(v, "b") >= 2
+        })?;
     net.b.netns().wait_tcp_listen(22, SECS(20))?;
     Ok(())
 }
@@ -165,7 +211,14 @@ fn as_user(node: &Node, client: &LocalAccount, program: &str, args: &[String]) -
     let home = client.home.display().to_string();
     node.netns()
         .command("setpriv")
-        .args(["--reuid", &client.name, "--regid", &client.name, "--init-groups", "--"])
+        .args([
+            "--reuid",
+            &client.name,
+            "--regid",
+            &client.name,
+            "--init-groups",
+            "--",
+        ])
         .arg(program)
         .args(args)
         .env("HOME", &home)
@@ -178,7 +231,13 @@ fn as_user(node: &Node, client: &LocalAccount, program: &str, args: &[String]) -
 }
 
 /// `ssh <opts> <extra> user@b <remote…>` from `a` as `client`.
-fn ssh_cmd(net: &Net<'_>, client: &LocalAccount, user: &str, extra: &[&str], remote: &[&str]) -> weft_lab::Cmd {
+fn ssh_cmd(
+    net: &Net<'_>,
+    client: &LocalAccount,
+    user: &str,
+    extra: &[&str],
+    remote: &[&str],
+) -> weft_lab::Cmd {
     ssh_cmd_from(&net.a, net.b_ip, client, user, extra, remote)
 }
 
@@ -198,27 +257,49 @@ fn ssh_cmd_from(
     as_user(from, client, "ssh", &args)
 }
 
-fn ssh(net: &Net<'_>, client: &LocalAccount, user: &str, extra: &[&str], remote: &[&str]) -> anyhow::Result<Output> {
+fn ssh(
+    net: &Net<'_>,
+    client: &LocalAccount,
+    user: &str,
+    extra: &[&str],
+    remote: &[&str],
+) -> anyhow::Result<Output> {
     Ok(ssh_cmd(net, client, user, extra, remote).run_unchecked()?)
 }
 
 /// `weft ssh` on `a` as `client` (so that known_hosts lands in the client's home).
 fn weft_ssh(net: &Net<'_>, client: &LocalAccount, args: &[&str]) -> anyhow::Result<Output> {
     let weft = net._tailnet.binaries().weft.display().to_string();
-    let mut argv = vec!["--socket".to_owned(), net.a.socket().display().to_string(), "ssh".into()];
+    let mut argv = vec![
+        "--socket".to_owned(),
+        net.a.socket().display().to_string(),
+        "ssh".into(),
+    ];
     argv.extend(args.iter().map(|s| (*s).to_owned()));
-    Ok(as_user(&net.a, client, &weft, &argv).env("WEFT_SSH", "/usr/bin/ssh").run_unchecked()?)
+    Ok(as_user(&net.a, client, &weft, &argv)
+        .env("WEFT_SSH", "/usr/bin/ssh")
+        .run_unchecked()?)
 }
 
 fn ok(out: &Output, what: &str) -> anyhow::Result<()> {
-    ensure!(out.status.success(), "{what}: {}\nstdout: {}\nstderr: {}", out.status, out.stdout, out.stderr);
+    ensure!(
+        out.status.success(),
+        "{what}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
     Ok(())
 }
 
 fn sha256(path: &Path) -> anyhow::Result<String> {
     let out = std::process::Command::new("sha256sum").arg(path).output()?;
     ensure!(out.status.success(), "sha256sum {}", path.display());
-    Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
 }
 
 /// A TCP echo service on `addr` inside `node`'s namespace (runs until the test process ends).
@@ -265,12 +346,28 @@ fn weft_ssh_logs_in_with_no_keys_and_strict_host_keys_from_the_netmap() -> anyho
     with_diagnostics(
         || {
             // `weft ssh` by name; the first run explains plain ssh and the Host block.
-            let out = weft_ssh(&net, &client, &[&format!("{}@b", target.name), "id -un; echo $HOME"])?;
+            let out = weft_ssh(
+                &net,
+                &client,
+                &[&format!("{}@b", target.name), "id -un; echo $HOME"],
+            )?;
             ok(&out, "weft ssh")?;
-            ensure!(out.stdout == format!("{}\n{}\n", target.name, target.home.display()), "{out:?}");
+            ensure!(
+                out.stdout == format!("{}\n{}\n", target.name, target.home.display()),
+                "{out:?}"
+            );
             let kh = known_hosts(&client);
-            ensure!(out.stderr.contains(&format!("ssh -o UserKnownHostsFile={}", kh.display())), "{}", out.stderr);
-            ensure!(out.stderr.contains("Host *.") && out.stderr.contains("StrictHostKeyChecking yes"), "{}", out.stderr);
+            ensure!(
+                out.stderr
+                    .contains(&format!("ssh -o UserKnownHostsFile={}", kh.display())),
+                "{}",
+                out.stderr
+            );
+            ensure!(
+                out.stderr.contains("Host *.") && out.stderr.contains("StrictHostKeyChecking yes"),
+                "{}",
+                out.stderr
+            );
             let printed = weft_ssh(&net, &client, &["--print-config"])?;
             ok(&printed, "weft ssh --print-config")?;
             ensure!(printed.stdout.contains("Host *."), "{}", printed.stdout);
@@ -278,8 +375,16 @@ fn weft_ssh_logs_in_with_no_keys_and_strict_host_keys_from_the_netmap() -> anyho
             // The file pins b by name, full name and address; nothing went into ~/.ssh.
             let text = std::fs::read_to_string(&kh)?;
             for host in ["b ", &format!("{} ", net.b_ip)] {
-                ensure!(text.lines().any(|l| l.starts_with(host) && l.contains("ssh-ed25519")), "{host}: {text}");
-                ensure!(text.lines().any(|l| l.starts_with(host) && l.contains("ecdsa-sha2-nistp256")), "{host}: {text}");
+                ensure!(
+                    text.lines()
+                        .any(|l| l.starts_with(host) && l.contains("ssh-ed25519")),
+                    "{host}: {text}"
+                );
+                ensure!(
+                    text.lines()
+                        .any(|l| l.starts_with(host) && l.contains("ecdsa-sha2-nistp256")),
+                    "{host}: {text}"
+                );
             }
             ensure!(!client.path(".ssh").exists(), "the client has a ~/.ssh");
 
@@ -289,7 +394,10 @@ fn weft_ssh_logs_in_with_no_keys_and_strict_host_keys_from_the_netmap() -> anyho
             ok(&out, "weft ssh over IPv6")?;
             ensure!(out.stdout.trim() == target.name, "{out:?}");
             let listeners = ssh_listeners(&net.b)?;
-            ensure!(listeners == [format!("{}:22", net.b_ip), format!("[{b6}]:22")], "{listeners:?}");
+            ensure!(
+                listeners == [format!("{}:22", net.b_ip), format!("[{b6}]:22")],
+                "{listeners:?}"
+            );
 
             // Plain ssh with the same file works; with an empty one strict checking refuses.
             let out = ssh(&net, &client, &target.name, &[], &["id -un"])?;
@@ -303,7 +411,10 @@ fn weft_ssh_logs_in_with_no_keys_and_strict_host_keys_from_the_netmap() -> anyho
                 &["-o", &format!("UserKnownHostsFile={}", empty.display())],
                 &["true"],
             )?;
-            ensure!(!out.status.success() && out.stderr.contains("Host key verification failed"), "{out:?}");
+            ensure!(
+                !out.status.success() && out.stderr.contains("Host key verification failed"),
+                "{out:?}"
+            );
             Ok(())
         },
         || net.report(),
@@ -311,25 +422,41 @@ fn weft_ssh_logs_in_with_no_keys_and_strict_host_keys_from_the_netmap() -> anyho
 }
 
 #[test]
-fn sessions_run_as_exactly_the_target_user_with_pty_scp_sftp_forwarding_and_agent() -> anyhow::Result<()> {
+fn sessions_run_as_exactly_the_target_user_with_pty_scp_sftp_forwarding_and_agent()
+-> anyhow::Result<()> {
     let lab = lab!();
     let client = LocalAccount::create("wse", "c")?;
     let target = LocalAccount::create("wse", "t")?;
     let net = tailnet(&lab, &nonroot_policy("nobody"), false)?;
     with_diagnostics(
         || {
-            ok(&weft_ssh(&net, &client, &["--print-config"])?, "weft ssh --print-config")?;
+            ok(
+                &weft_ssh(&net, &client, &["--print-config"])?,
+                "weft ssh --print-config",
+            )?;
             let t = &target.name;
 
             // No escalation: uid, gid and groups are exactly the target's.
             let out = ssh(&net, &client, t, &[], &["id -u; id -g; id -G"])?;
             ok(&out, "id")?;
-            let mut groups: Vec<u32> = vec![target.gid, nix::unistd::Group::from_name(&target.extra_group)?.unwrap().gid.as_raw()];
+            let mut groups: Vec<u32> = vec![
+                target.gid,
+                nix::unistd::Group::from_name(&target.extra_group)?
+                    .unwrap()
+                    .gid
+                    .as_raw(),
+            ];
             groups.sort_unstable();
             let lines: Vec<&str> = out.stdout.lines().collect();
             ensure!(lines.len() == 3, "{out:?}");
-            ensure!(lines[0] == target.uid.to_string() && lines[1] == target.gid.to_string(), "{out:?}");
-            let mut got: Vec<u32> = lines[2].split_whitespace().map(|g| g.parse().unwrap()).collect();
+            ensure!(
+                lines[0] == target.uid.to_string() && lines[1] == target.gid.to_string(),
+                "{out:?}"
+            );
+            let mut got: Vec<u32> = lines[2]
+                .split_whitespace()
+                .map(|g| g.parse().unwrap())
+                .collect();
             got.sort_unstable();
             ensure!(got == groups, "groups {got:?}, want {groups:?}");
 
@@ -347,15 +474,31 @@ fn sessions_run_as_exactly_the_target_user_with_pty_scp_sftp_forwarding_and_agen
             let big = client.write("big", &data)?;
             let remote = target.path("big");
             let mut scp = ssh_opts(&client);
-            scp.extend([big.display().to_string(), format!("{t}@{}:{}", net.b_ip, remote.display())]);
-            ok(&as_user(&net.a, &client, "scp", &scp).run_unchecked()?, "scp to b")?;
+            scp.extend([
+                big.display().to_string(),
+                format!("{t}@{}:{}", net.b_ip, remote.display()),
+            ]);
+            ok(
+                &as_user(&net.a, &client, "scp", &scp).run_unchecked()?,
+                "scp to b",
+            )?;
             let back = client.path("back");
             let mut scp = ssh_opts(&client);
-            scp.extend([format!("{t}@{}:{}", net.b_ip, remote.display()), back.display().to_string()]);
-            ok(&as_user(&net.a, &client, "scp", &scp).run_unchecked()?, "scp from b")?;
+            scp.extend([
+                format!("{t}@{}:{}", net.b_ip, remote.display()),
+                back.display().to_string(),
+            ]);
+            ok(
+                &as_user(&net.a, &client, "scp", &scp).run_unchecked()?,
+                "scp from b",
+            )?;
             let want = sha256(&big)?;
-            ensure!(sha256(&remote)? == want && sha256(&back)? == want, "checksums differ");
-            let owner = std::fs::metadata(&remote).map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
+            ensure!(
+                sha256(&remote)? == want && sha256(&back)? == want,
+                "checksums differ"
+            );
+            let owner =
+                std::fs::metadata(&remote).map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
             ensure!(owner == target.uid, "scp wrote as uid {owner}");
 
             // sftp -b: put, get, ls; a root-only file stays unreadable.
@@ -375,28 +518,59 @@ fn sessions_run_as_exactly_the_target_user_with_pty_scp_sftp_forwarding_and_agen
                 .as_bytes(),
             )?;
             let mut args = ssh_opts(&client);
-            args.extend(["-b".into(), batch.display().to_string(), format!("{t}@{}", net.b_ip)]);
+            args.extend([
+                "-b".into(),
+                batch.display().to_string(),
+                format!("{t}@{}", net.b_ip),
+            ]);
             let out = as_user(&net.a, &client, "sftp", &args).run_unchecked()?;
             ok(&out, "sftp -b")?;
             ensure!(out.stdout.contains("sftp-up"), "ls: {}", out.stdout);
-            ensure!(std::fs::read(client.path("sftp-got"))? == b"hello sftp\n", "sftp get");
-            ensure!(std::fs::read(target.path("sftp-up"))? == b"hello sftp\n", "sftp put");
+            ensure!(
+                std::fs::read(client.path("sftp-got"))? == b"hello sftp\n",
+                "sftp get"
+            );
+            ensure!(
+                std::fs::read(target.path("sftp-up"))? == b"hello sftp\n",
+                "sftp put"
+            );
             let batch = client.write(
                 "batch2",
-                format!("get {} {}\n", secret.display(), client.path("stolen").display()).as_bytes(),
+                format!(
+                    "get {} {}\n",
+                    secret.display(),
+                    client.path("stolen").display()
+                )
+                .as_bytes(),
             )?;
             let mut args = ssh_opts(&client);
-            args.extend(["-b".into(), batch.display().to_string(), format!("{t}@{}", net.b_ip)]);
+            args.extend([
+                "-b".into(),
+                batch.display().to_string(),
+                format!("{t}@{}", net.b_ip),
+            ]);
             let out = as_user(&net.a, &client, "sftp", &args).run_unchecked()?;
-            ensure!(!out.status.success() && out.stderr.contains("Permission denied"), "{out:?}");
-            ensure!(!client.path("stolen").exists(), "the root-only file was copied");
+            ensure!(
+                !out.status.success() && out.stderr.contains("Permission denied"),
+                "{out:?}"
+            );
+            ensure!(
+                !client.path("stolen").exists(),
+                "the root-only file was copied"
+            );
 
             // -L to a TCP service on b's loopback, and -W to it (the VS Code Remote-SSH path).
             let svc = echo_service(&net.b, "127.0.0.1:0".parse()?)?;
             let local: SocketAddr = "127.0.0.1:24022".parse()?;
             let fwd = format!("{local}:{svc}");
             let l = spawn(
-                ssh_cmd(&net, &client, t, &["-o", "ExitOnForwardFailure=yes", "-N", "-L", &fwd], &[]),
+                ssh_cmd(
+                    &net,
+                    &client,
+                    t,
+                    &["-o", "ExitOnForwardFailure=yes", "-N", "-L", &fwd],
+                    &[],
+                ),
                 "ssh-L",
             )?;
             net.a.netns().wait_tcp_listen(local.port(), SECS(20))?;
@@ -427,22 +601,44 @@ fn pty_session(net: &Net<'_>, client: &LocalAccount, t: &str) -> anyhow::Result<
     let tmux = |args: &[&str]| -> anyhow::Result<String> {
         let mut argv = vec!["-S".to_owned(), sock.display().to_string()];
         argv.extend(args.iter().map(|s| (*s).to_owned()));
-        Ok(as_user(&net.a, client, "tmux", &argv).run_unchecked()?.stdout)
+        Ok(as_user(&net.a, client, "tmux", &argv)
+            .run_unchecked()?
+            .stdout)
     };
-    tmux(&["new-session", "-d", "-s", "t", "-x", "80", "-y", "24", &shell])?;
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &shell,
+    ])?;
     let result = (|| {
         let pane = || tmux(&["capture-pane", "-p", "-t", "t"]);
-        tmux(&["send-keys", "-t", "t", "echo T$((6*7)); stty size; tty", "Enter"])?;
+        tmux(&[
+            "send-keys",
+            "-t",
+            "t",
+            "echo T$((6*7)); stty size; tty",
+            "Enter",
+        ])?;
         wait_until(SECS(20), "the command's output in the pane", || {
             let p = pane()?;
             Ok(p.contains("T42") && p.contains("24 80") && p.contains("/dev/pts/"))
         })?;
         tmux(&["resize-window", "-t", "t", "-x", "100", "-y", "30"])?;
         tmux(&["send-keys", "-t", "t", "clear; stty size", "Enter"])?;
-        wait_until(SECS(20), "the new size in the pane", || Ok(pane()?.contains("30 100")))?;
+        wait_until(SECS(20), "the new size in the pane", || {
+            Ok(pane()?.contains("30 100"))
+        })?;
         tmux(&["send-keys", "-t", "t", "exit 3", "Enter"])?;
         let code = wait_for(SECS(20), "ssh's exit status", || {
-            Ok(std::fs::read_to_string(&status).ok().filter(|s| !s.trim().is_empty()))
+            Ok(std::fs::read_to_string(&status)
+                .ok()
+                .filter(|s| !s.trim().is_empty()))
         })?;
         ensure!(code.trim() == "3", "exit status {code:?}");
         Ok(())
@@ -457,27 +653,61 @@ fn agent_forwarding(net: &Net<'_>, client: &LocalAccount, t: &str) -> anyhow::Re
     let keygen = ["-q", "-t", "ed25519", "-N", "", "-C", "weft-e2e", "-f"].map(str::to_owned);
     let mut args = keygen.to_vec();
     args.push(key.display().to_string());
-    ok(&as_user(&net.a, client, "ssh-keygen", &args).run_unchecked()?, "ssh-keygen")?;
-    let fp = as_user(&net.a, client, "ssh-keygen", &["-lf".into(), format!("{}.pub", key.display())]).run_unchecked()?;
-    let fingerprint = fp.stdout.split_whitespace().nth(1).context("no fingerprint")?.to_owned();
+    ok(
+        &as_user(&net.a, client, "ssh-keygen", &args).run_unchecked()?,
+        "ssh-keygen",
+    )?;
+    let fp = as_user(
+        &net.a,
+        client,
+        "ssh-keygen",
+        &["-lf".into(), format!("{}.pub", key.display())],
+    )
+    .run_unchecked()?;
+    let fingerprint = fp
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .context("no fingerprint")?
+        .to_owned();
     let sock = client.path("agent.sock");
-    let _agent = spawn(as_user(&net.a, client, "ssh-agent", &["-D".into(), "-a".into(), sock.display().to_string()]), "ssh-agent")?;
+    let _agent = spawn(
+        as_user(
+            &net.a,
+            client,
+            "ssh-agent",
+            &["-D".into(), "-a".into(), sock.display().to_string()],
+        ),
+        "ssh-agent",
+    )?;
     wait_until(SECS(10), "the agent socket", || Ok(sock.exists()))?;
     let sock_env = sock.display().to_string();
     ok(
-        &as_user(&net.a, client, "ssh-add", &[key.display().to_string()]).env("SSH_AUTH_SOCK", &sock_env).run_unchecked()?,
+        &as_user(&net.a, client, "ssh-add", &[key.display().to_string()])
+            .env("SSH_AUTH_SOCK", &sock_env)
+            .run_unchecked()?,
         "ssh-add",
     )?;
-    let out = ssh_cmd(net, client, t, &["-A"], &["ssh-add -l; echo sock=$SSH_AUTH_SOCK"])
-        .env("SSH_AUTH_SOCK", &sock_env)
-        .run_unchecked()?;
+    let out = ssh_cmd(
+        net,
+        client,
+        t,
+        &["-A"],
+        &["ssh-add -l; echo sock=$SSH_AUTH_SOCK"],
+    )
+    .env("SSH_AUTH_SOCK", &sock_env)
+    .run_unchecked()?;
     ok(&out, "ssh -A")?;
-    ensure!(out.stdout.contains(&fingerprint) && out.stdout.contains("sock=/"), "{out:?}");
+    ensure!(
+        out.stdout.contains(&fingerprint) && out.stdout.contains("sock=/"),
+        "{out:?}"
+    );
     Ok(())
 }
 
 #[test]
-fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_sessions() -> anyhow::Result<()> {
+fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_sessions()
+-> anyhow::Result<()> {
     let lab = lab!();
     let client = LocalAccount::create("wse", "c")?;
     let target = LocalAccount::create("wse", "t")?;
@@ -486,14 +716,22 @@ fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_
     let c = net.c.as_ref().unwrap();
     with_diagnostics(
         || {
-            ok(&weft_ssh(&net, &client, &["--print-config"])?, "weft ssh --print-config")?;
+            ok(
+                &weft_ssh(&net, &client, &["--print-config"])?,
+                "weft ssh --print-config",
+            )?;
             let t = &target.name;
             // autogroup:nonroot: a non-root login works, root is refused with the reason.
             let out = ssh(&net, &client, t, &[], &["id -un"])?;
             ok(&out, "ssh as the target")?;
             let out = ssh(&net, &client, "root", &[], &["id -un"])?;
             ensure!(out.status.code() == Some(255), "{out:?}");
-            ensure!(out.stderr.contains("does not permit you to SSH to this node as root"), "{}", out.stderr);
+            ensure!(
+                out.stderr
+                    .contains("does not permit you to SSH to this node as root"),
+                "{}",
+                out.stderr
+            );
             ensure!(out.stdout.is_empty(), "{out:?}");
 
             // c (tag:ci) is allowed by the SSH rules but the ACL gives it only tcp/8080.
@@ -503,29 +741,46 @@ fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_
                 Ok(echo_roundtrip(c, SocketAddr::new(net.b_ip.into(), 8080), b"x")? == b"x")
             })?;
             let out = ssh_cmd_from(c, net.b_ip, &client, t, &[], &["true"]).run_unchecked()?;
-            ensure!(!out.status.success(), "c logged in despite the ACL: {out:?}");
             ensure!(
-                out.stderr.contains("timed out") || out.stderr.contains("refused") || out.stderr.contains("unreachable"),
+                !out.status.success(),
+                "c logged in despite the ACL: {out:?}"
+            );
+            ensure!(
+                out.stderr.contains("timed out")
+                    || out.stderr.contains("refused")
+                    || out.stderr.contains("unreachable"),
                 "{}",
                 out.stderr
             );
 
             // A session that the next policy no longer allows is closed when it arrives.
-            let long = spawn(ssh_cmd(&net, &client, t, &[], &["echo started; sleep 120"]), "long-session")?;
-            wait_until(SECS(20), "the long session to start", || Ok(long.log().contains("started")))?;
+            let long = spawn(
+                ssh_cmd(&net, &client, t, &[], &["echo started; sleep 120"]),
+                "long-session",
+            )?;
+            wait_until(SECS(20), "the long session to start", || {
+                Ok(long.log().contains("started"))
+            })?;
             let only_other = policy(&format!(
                 r#"{{"action": "accept", "src": ["autogroup:member"], "dst": ["tag:server"], "users": ["{}"]}}"#,
                 other.name
             ));
             net.control.set_policy(&only_other)?;
-            let closed = long.wait_exit(SECS(30)).context("the session outlived the policy change")?;
+            let closed = long
+                .wait_exit(SECS(30))
+                .context("the session outlived the policy change")?;
             ensure!(!closed.success(), "{closed}");
             ensure!(long.log().contains("policy"), "{}", long.log());
 
             // Now the target is not in `users`; the listed user is.
             let out = ssh(&net, &client, t, &[], &["true"])?;
             ensure!(out.status.code() == Some(255), "{out:?}");
-            ensure!(out.stderr.contains(&format!("does not permit you to SSH to this node as {t}")), "{}", out.stderr);
+            ensure!(
+                out.stderr
+                    .contains(&format!("does not permit you to SSH to this node as {t}")),
+                "{}",
+                out.stderr
+            );
             let out = ssh(&net, &client, &other.name, &[], &["id -un"])?;
             ok(&out, "ssh as the listed user")?;
             ensure!(out.stdout.trim() == other.name, "{out:?}");
@@ -536,14 +791,18 @@ fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_
 }
 
 #[test]
-fn garbage_long_names_and_channel_floods_hit_limits_and_ssh_off_closes_the_port() -> anyhow::Result<()> {
+fn garbage_long_names_and_channel_floods_hit_limits_and_ssh_off_closes_the_port()
+-> anyhow::Result<()> {
     let lab = lab!();
     let client = LocalAccount::create("wse", "c")?;
     let target = LocalAccount::create("wse", "t")?;
     let net = tailnet(&lab, &nonroot_policy("nobody"), false)?;
     with_diagnostics(
         || {
-            ok(&weft_ssh(&net, &client, &["--print-config"])?, "weft ssh --print-config")?;
+            ok(
+                &weft_ssh(&net, &client, &["--print-config"])?,
+                "weft ssh --print-config",
+            )?;
             let t = &target.name;
             let port22 = SocketAddr::new(net.b_ip.into(), 22);
 
@@ -561,7 +820,11 @@ fn garbage_long_names_and_channel_floods_hit_limits_and_ssh_off_closes_the_port(
                     !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
                     "garbage connection {i} was left open"
                 );
-                ensure!(sink.starts_with(b"SSH-2.0-"), "no SSH banner: {:?}", String::from_utf8_lossy(&sink));
+                ensure!(
+                    sink.starts_with(b"SSH-2.0-"),
+                    "no SSH banner: {:?}",
+                    String::from_utf8_lossy(&sink)
+                );
             }
 
             // Oversized login names are refused outright.
@@ -574,22 +837,37 @@ fn garbage_long_names_and_channel_floods_hit_limits_and_ssh_off_closes_the_port(
             let svc = echo_service(&net.b, "127.0.0.1:0".parse()?)?;
             let local: SocketAddr = "127.0.0.1:24023".parse()?;
             let fwd = format!("{local}:{svc}");
-            let l = spawn(ssh_cmd(&net, &client, t, &["-o", "ExitOnForwardFailure=yes", "-N", "-L", &fwd], &[]), "ssh-flood")?;
+            let l = spawn(
+                ssh_cmd(
+                    &net,
+                    &client,
+                    t,
+                    &["-o", "ExitOnForwardFailure=yes", "-N", "-L", &fwd],
+                    &[],
+                ),
+                "ssh-flood",
+            )?;
             net.a.netns().wait_tcp_listen(local.port(), SECS(20))?;
             let mut held = Vec::new();
             let mut echoed = 0;
             for _ in 0..100 {
-                let Ok(mut s) = net.a.netns().tcp_connect(local, SECS(5)) else { continue };
+                let Ok(mut s) = net.a.netns().tcp_connect(local, SECS(5)) else {
+                    continue;
+                };
                 s.set_read_timeout(Some(SECS(5)))?;
                 let mut buf = [0u8; 4];
-                if s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping" {
+                if s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+                {
                     echoed += 1;
                 }
                 held.push(s);
             }
             drop(held);
             drop(l);
-            ensure!((1..=64).contains(&echoed), "{echoed} forwarded connections echoed (cap 64)");
+            ensure!(
+                (1..=64).contains(&echoed),
+                "{echoed} forwarded connections echoed (cap 64)"
+            );
 
             // After all that the daemon serves new sessions (past the per-source rate limit).
             wait_until(SECS(30), "a normal session after the abuse", || {
@@ -599,15 +877,23 @@ fn garbage_long_names_and_channel_floods_hit_limits_and_ssh_off_closes_the_port(
 
             // --ssh off closes the port (and unpublishes the keys); on again serves again.
             net.b.weft_ok(["set", "--ssh=false"])?;
-            wait_until(SECS(20), "port 22 to close", || Ok(net.a.netns().tcp_connect(port22, SECS(2)).is_err()))?;
-            net.a.wait_status(SECS(30), "b's host keys to go", |v| host_keys(v, "b") == 0)?;
+            wait_until(SECS(20), "port 22 to close", || {
+                Ok(net.a.netns().tcp_connect(port22, SECS(2)).is_err())
+            })?;
+            net.a
+                .wait_status(SECS(30), "b's host keys to go", |v| host_keys(v, "b") == 0)?;
             net.b.weft_ok(["set", "--ssh"])?;
             wait_ssh_ready(&net)?;
-            ok(&ssh(&net, &client, t, &[], &["true"])?, "ssh after --ssh on again")?;
+            ok(
+                &ssh(&net, &client, t, &[], &["true"])?,
+                "ssh after --ssh on again",
+            )?;
 
             // `weft down` stops the server too (the listeners go, not just the tunnel).
             net.b.weft_ok(["down"])?;
-            wait_until(SECS(20), "b's SSH listeners to go after down", || Ok(ssh_listeners(&net.b)?.is_empty()))?;
+            wait_until(SECS(20), "b's SSH listeners to go after down", || {
+                Ok(ssh_listeners(&net.b)?.is_empty())
+            })?;
             Ok(())
         },
         || net.report(),

@@ -12,8 +12,8 @@ use weft_control_proto::{
 };
 use weft_types::netmap::{DnsConfig, RelayMap};
 use weft_types::{
-    CapabilityVersion, DiscoPrivate, Endpoint, EndpointKind, HostInfo, MachinePrivate, NetMap, Node,
-    NodeId, NodeOwner, NodePrivate, UnixMillis, UserId, UserProfile,
+    CapabilityVersion, DiscoPrivate, Endpoint, EndpointKind, HostInfo, MachinePrivate, NetMap,
+    Node, NodeId, NodeOwner, NodePrivate, UnixMillis, UserId, UserProfile,
 };
 
 /// The one place tests read the clock: the base of virtual time.
@@ -45,7 +45,11 @@ pub fn headers(req: &UpgradeRequest) -> (String, String) {
 
 pub fn accept(req: &UpgradeRequest, config: ChannelConfig, now: Instant) -> Accepted {
     let (cap, hs) = headers(req);
-    let h = UpgradeHeaders { upgrade: Some("weft-control"), capability: Some(&cap), handshake: Some(&hs) };
+    let h = UpgradeHeaders {
+        upgrade: Some("weft-control"),
+        capability: Some(&cap),
+        handshake: Some(&hs),
+    };
     Connection::accept(&server_key(), &h, config, counting(SERVER_SEED), now).unwrap()
 }
 
@@ -87,7 +91,12 @@ pub fn events<R: Role>(c: &mut Connection<R>) -> Vec<Event<R::Recv>> {
 pub fn established(config: ChannelConfig, now: Instant) -> (ClientConnection, ServerConnection) {
     let (mut client, mut server) = open(config, now);
     pump(&mut server, &mut client, now).unwrap();
-    client.send(&weft_types::control::ClientMessage::KeepAlive(Default::default()), now).unwrap();
+    client
+        .send(
+            &weft_types::control::ClientMessage::KeepAlive(Default::default()),
+            now,
+        )
+        .unwrap();
     pump(&mut client, &mut server, now).unwrap();
     assert!(client.is_established() && server.is_established());
     events(&mut client);
@@ -106,11 +115,15 @@ pub fn node(id: i64) -> Node {
         machine_key: MachinePrivate::from_bytes(counting(id as u8 ^ 0x80)).public(),
         disco_key: Some(DiscoPrivate::from_bytes(counting(id as u8 ^ 0x40)).public()),
         addresses: vec![
-            format!("100.64.{}.{}/32", id / 250, id % 250 + 1).parse().unwrap(),
+            format!("100.64.{}.{}/32", id / 250, id % 250 + 1)
+                .parse()
+                .unwrap(),
             format!("fd13:b027:8801::{:x}/128", id + 1).parse().unwrap(),
         ],
         allowed_ips: vec![
-            format!("100.64.{}.{}/32", id / 250, id % 250 + 1).parse().unwrap(),
+            format!("100.64.{}.{}/32", id / 250, id % 250 + 1)
+                .parse()
+                .unwrap(),
             format!("fd13:b027:8801::{:x}/128", id + 1).parse().unwrap(),
         ],
         endpoints: vec![endpoint(id, 41641)],
@@ -119,7 +132,11 @@ pub fn node(id: i64) -> Node {
             os: "linux".into(),
             os_version: "Debian 13".into(),
             weft_version: "0.1.0".into(),
-            ssh_host_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh0ZXN0a2V5 root@host".parse().unwrap()],
+            ssh_host_keys: vec![
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh0ZXN0a2V5 root@host"
+                    .parse()
+                    .unwrap(),
+            ],
             requested_tags: BTreeSet::new(),
             shields_up: false,
         },
@@ -133,8 +150,13 @@ pub fn node(id: i64) -> Node {
 }
 
 pub fn endpoint(id: i64, port: u16) -> Endpoint {
-    let addr: SocketAddr = format!("198.18.{}.{}:{port}", (id / 250) % 256, id % 250 + 1).parse().unwrap();
-    Endpoint { addr, kind: EndpointKind::Local }
+    let addr: SocketAddr = format!("198.18.{}.{}:{port}", (id / 250) % 256, id % 250 + 1)
+        .parse()
+        .unwrap();
+    Endpoint {
+        addr,
+        kind: EndpointKind::Local,
+    }
 }
 
 pub fn profile(id: i64) -> UserProfile {
@@ -150,10 +172,17 @@ pub fn profile(id: i64) -> UserProfile {
 pub fn netmap(self_id: i64, peers: impl IntoIterator<Item = i64>) -> NetMap {
     NetMap {
         self_node: node(self_id),
-        peers: peers.into_iter().map(|i| (NodeId(i), node(i))).collect::<BTreeMap<_, _>>(),
+        peers: peers
+            .into_iter()
+            .map(|i| (NodeId(i), node(i)))
+            .collect::<BTreeMap<_, _>>(),
         user_profiles: (1..=3).map(|i| (UserId(i), profile(i))).collect(),
         domain: "example.weft".parse().unwrap(),
-        dns: DnsConfig { magic_dns: true, nameservers: vec![], search_domains: vec![] },
+        dns: DnsConfig {
+            magic_dns: true,
+            nameservers: vec![],
+            search_domains: vec![],
+        },
         relay_map: RelayMap::default(),
         packet_filter: Default::default(),
         ssh_policy: Default::default(),

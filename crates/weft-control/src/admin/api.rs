@@ -47,10 +47,18 @@ macro_rules! admin_routes {
 }
 
 macro_rules! method_name {
-    (get) => { "GET" };
-    (post) => { "POST" };
-    (put) => { "PUT" };
-    (delete) => { "DELETE" };
+    (get) => {
+        "GET"
+    };
+    (post) => {
+        "POST"
+    };
+    (put) => {
+        "PUT"
+    };
+    (delete) => {
+        "DELETE"
+    };
 }
 
 admin_routes! {
@@ -87,7 +95,11 @@ pub(crate) fn routes(admin: Admin) -> Router {
 }
 
 /// Middleware for `/api/v1`: `Authorization: Bearer <api key>`.
-pub(crate) async fn require_api_key(State(admin): State<Admin>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn require_api_key(
+    State(admin): State<Admin>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let token = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -112,15 +124,21 @@ pub(crate) async fn require_api_key(State(admin): State<Admin>, mut req: Request
 }
 
 fn parse_id(what: &str, s: &str) -> Result<i64, AdminError> {
-    s.parse().map_err(|_| AdminError::invalid(format!("invalid {what} id {s:?}: expected a number")))
+    s.parse()
+        .map_err(|_| AdminError::invalid(format!("invalid {what} id {s:?}: expected a number")))
 }
 
 async fn list_users(State(a): State<Admin>) -> R<Vec<UserView>> {
     a.list_users().await.map(Json)
 }
 
-async fn create_user(State(a): State<Admin>, Json(req): Json<NewUser>) -> Result<(StatusCode, Json<UserView>), AdminError> {
-    a.create_user(req).await.map(|u| (StatusCode::CREATED, Json(u)))
+async fn create_user(
+    State(a): State<Admin>,
+    Json(req): Json<NewUser>,
+) -> Result<(StatusCode, Json<UserView>), AdminError> {
+    a.create_user(req)
+        .await
+        .map(|u| (StatusCode::CREATED, Json(u)))
 }
 
 async fn delete_user(State(a): State<Admin>, Path(login): Path<String>) -> R<UserView> {
@@ -140,11 +158,15 @@ async fn create_key(
     State(a): State<Admin>,
     Json(req): Json<NewPreauthKey>,
 ) -> Result<(StatusCode, Json<CreatedPreauthKey>), AdminError> {
-    a.create_preauth_key(req).await.map(|k| (StatusCode::CREATED, Json(k)))
+    a.create_preauth_key(req)
+        .await
+        .map(|k| (StatusCode::CREATED, Json(k)))
 }
 
 async fn expire_key(State(a): State<Admin>, Path(id): Path<String>) -> R<PreauthKeyView> {
-    a.expire_preauth_key(parse_id("pre-auth key", &id)?).await.map(Json)
+    a.expire_preauth_key(parse_id("pre-auth key", &id)?)
+        .await
+        .map(Json)
 }
 
 async fn list_nodes(State(a): State<Admin>) -> R<Vec<NodeView>> {
@@ -163,24 +185,51 @@ async fn expire_node(State(a): State<Admin>, Path(id): Path<String>) -> R<NodeVi
     a.expire_node(parse_id("node", &id)?).await.map(Json)
 }
 
-async fn rename_node(State(a): State<Admin>, Path(id): Path<String>, Json(r): Json<Rename>) -> R<NodeView> {
-    a.rename_node(parse_id("node", &id)?, &r.name).await.map(Json)
+async fn rename_node(
+    State(a): State<Admin>,
+    Path(id): Path<String>,
+    Json(r): Json<Rename>,
+) -> R<NodeView> {
+    a.rename_node(parse_id("node", &id)?, &r.name)
+        .await
+        .map(Json)
 }
 
-async fn tag_node(State(a): State<Admin>, Path(id): Path<String>, Json(t): Json<SetTags>) -> R<NodeView> {
-    a.set_node_tags(parse_id("node", &id)?, &t.tags).await.map(Json)
+async fn tag_node(
+    State(a): State<Admin>,
+    Path(id): Path<String>,
+    Json(t): Json<SetTags>,
+) -> R<NodeView> {
+    a.set_node_tags(parse_id("node", &id)?, &t.tags)
+        .await
+        .map(Json)
 }
 
-async fn authorize_node(State(a): State<Admin>, Path(id): Path<String>, Json(r): Json<Authorize>) -> R<NodeView> {
-    a.authorize_node(parse_id("node", &id)?, r.authorized).await.map(Json)
+async fn authorize_node(
+    State(a): State<Admin>,
+    Path(id): Path<String>,
+    Json(r): Json<Authorize>,
+) -> R<NodeView> {
+    a.authorize_node(parse_id("node", &id)?, r.authorized)
+        .await
+        .map(Json)
 }
 
-async fn approve_login(State(a): State<Admin>, Path(auth_id): Path<String>, Json(r): Json<Approve>) -> R<NodeView> {
+async fn approve_login(
+    State(a): State<Admin>,
+    Path(auth_id): Path<String>,
+    Json(r): Json<Approve>,
+) -> R<NodeView> {
     a.approve_login(&auth_id, &r.user).await.map(Json)
 }
 
-async fn reject_login(State(a): State<Admin>, Path(auth_id): Path<String>) -> Result<StatusCode, AdminError> {
-    a.reject_login(&auth_id).await.map(|()| StatusCode::NO_CONTENT)
+async fn reject_login(
+    State(a): State<Admin>,
+    Path(auth_id): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    a.reject_login(&auth_id)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 async fn list_api_keys(State(a): State<Admin>) -> R<Vec<ApiKeyView>> {
@@ -191,7 +240,9 @@ async fn create_api_key(
     State(a): State<Admin>,
     Json(req): Json<NewApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), AdminError> {
-    a.create_api_key(req).await.map(|k| (StatusCode::CREATED, Json(k)))
+    a.create_api_key(req)
+        .await
+        .map(|k| (StatusCode::CREATED, Json(k)))
 }
 
 async fn expire_api_key(State(a): State<Admin>, Path(id): Path<String>) -> R<ApiKeyView> {

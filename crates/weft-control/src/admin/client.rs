@@ -133,23 +133,34 @@ impl AdminClient {
                     });
                 }
                 let authority = uri.authority().map(ToString::to_string).unwrap_or_default();
-                (authority, uri.path().trim_end_matches('/').to_owned(), Some(api_key.clone()))
+                (
+                    authority,
+                    uri.path().trim_end_matches('/').to_owned(),
+                    Some(api_key.clone()),
+                )
             }
         };
         let mut req = http::Request::builder()
             .method(method)
-            .uri(format!("{prefix}{}{path}", if matches!(self.target, AdminTarget::Http { .. }) { "/api/v1" } else { "" }))
+            .uri(format!(
+                "{prefix}{}{path}",
+                if matches!(self.target, AdminTarget::Http { .. }) {
+                    "/api/v1"
+                } else {
+                    ""
+                }
+            ))
             .header(http::header::HOST, authority.clone())
             .header(http::header::CONTENT_TYPE, "application/json");
         if let Some(token) = bearer {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let req = req
-            .body(Full::new(Bytes::from(payload)))
-            .map_err(|e| AdminClientError::Protocol {
-                target: target.clone(),
-                detail: e.to_string(),
-            })?;
+        let req =
+            req.body(Full::new(Bytes::from(payload)))
+                .map_err(|e| AdminClientError::Protocol {
+                    target: target.clone(),
+                    detail: e.to_string(),
+                })?;
         let connect_err = |cause: String, hint| AdminClientError::Connect {
             target: target.clone(),
             cause,
@@ -214,22 +225,34 @@ impl AdminClient {
     }
     /// `GET /users`.
     pub async fn list_users(&self) -> Result<Vec<UserView>, AdminClientError> {
-        self.request::<(), _>(http::Method::GET, "/users", None).await
+        self.request::<(), _>(http::Method::GET, "/users", None)
+            .await
     }
     /// `DELETE /users/{login}`.
     pub async fn delete_user(&self, login: &str) -> Result<UserView, AdminClientError> {
-        self.request::<(), _>(http::Method::DELETE, &format!("/users/{}", encode(login)), None)
-            .await
+        self.request::<(), _>(
+            http::Method::DELETE,
+            &format!("/users/{}", encode(login)),
+            None,
+        )
+        .await
     }
 
     // --- pre-auth keys ---
 
     /// `POST /preauthkeys`.
-    pub async fn create_preauth_key(&self, req: &NewPreauthKey) -> Result<CreatedPreauthKey, AdminClientError> {
-        self.request(http::Method::POST, "/preauthkeys", Some(req)).await
+    pub async fn create_preauth_key(
+        &self,
+        req: &NewPreauthKey,
+    ) -> Result<CreatedPreauthKey, AdminClientError> {
+        self.request(http::Method::POST, "/preauthkeys", Some(req))
+            .await
     }
     /// `GET /preauthkeys`.
-    pub async fn list_preauth_keys(&self, user: Option<&str>) -> Result<Vec<PreauthKeyView>, AdminClientError> {
+    pub async fn list_preauth_keys(
+        &self,
+        user: Option<&str>,
+    ) -> Result<Vec<PreauthKeyView>, AdminClientError> {
         let path = match user {
             Some(u) => format!("/preauthkeys?user={}", encode(u)),
             None => "/preauthkeys".to_owned(),
@@ -238,86 +261,145 @@ impl AdminClient {
     }
     /// `POST /preauthkeys/{id}/expire`.
     pub async fn expire_preauth_key(&self, id: i64) -> Result<PreauthKeyView, AdminClientError> {
-        self.request::<(), _>(http::Method::POST, &format!("/preauthkeys/{id}/expire"), None)
-            .await
+        self.request::<(), _>(
+            http::Method::POST,
+            &format!("/preauthkeys/{id}/expire"),
+            None,
+        )
+        .await
     }
 
     // --- nodes ---
 
     /// `GET /nodes`.
     pub async fn list_nodes(&self) -> Result<Vec<NodeView>, AdminClientError> {
-        self.request::<(), _>(http::Method::GET, "/nodes", None).await
+        self.request::<(), _>(http::Method::GET, "/nodes", None)
+            .await
     }
     /// `POST /logins/{auth_id}/approve`.
-    pub async fn approve_login(&self, auth_id: &str, user: &str) -> Result<NodeView, AdminClientError> {
-        let body = Approve { user: user.to_owned() };
-        self.request(http::Method::POST, &format!("/logins/{}/approve", encode(auth_id)), Some(&body))
-            .await
+    pub async fn approve_login(
+        &self,
+        auth_id: &str,
+        user: &str,
+    ) -> Result<NodeView, AdminClientError> {
+        let body = Approve {
+            user: user.to_owned(),
+        };
+        self.request(
+            http::Method::POST,
+            &format!("/logins/{}/approve", encode(auth_id)),
+            Some(&body),
+        )
+        .await
     }
     /// `POST /logins/{auth_id}/reject`.
     pub async fn reject_login(&self, auth_id: &str) -> Result<(), AdminClientError> {
-        self.raw::<()>(http::Method::POST, &format!("/logins/{}/reject", encode(auth_id)), None)
-            .await
-            .map(|_| ())
+        self.raw::<()>(
+            http::Method::POST,
+            &format!("/logins/{}/reject", encode(auth_id)),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
     /// `POST /nodes/{id}/expire`.
     pub async fn expire_node(&self, id: i64) -> Result<NodeView, AdminClientError> {
-        self.request::<(), _>(http::Method::POST, &format!("/nodes/{id}/expire"), None).await
+        self.request::<(), _>(http::Method::POST, &format!("/nodes/{id}/expire"), None)
+            .await
     }
     /// `DELETE /nodes/{id}`.
     pub async fn delete_node(&self, id: i64) -> Result<NodeView, AdminClientError> {
-        self.request::<(), _>(http::Method::DELETE, &format!("/nodes/{id}"), None).await
+        self.request::<(), _>(http::Method::DELETE, &format!("/nodes/{id}"), None)
+            .await
     }
     /// `POST /nodes/{id}/rename`.
     pub async fn rename_node(&self, id: i64, name: &str) -> Result<NodeView, AdminClientError> {
-        let body = Rename { name: name.to_owned() };
-        self.request(http::Method::POST, &format!("/nodes/{id}/rename"), Some(&body)).await
+        let body = Rename {
+            name: name.to_owned(),
+        };
+        self.request(
+            http::Method::POST,
+            &format!("/nodes/{id}/rename"),
+            Some(&body),
+        )
+        .await
     }
     /// `POST /nodes/{id}/tags`.
-    pub async fn set_node_tags(&self, id: i64, tags: &[String]) -> Result<NodeView, AdminClientError> {
-        let body = SetTags { tags: tags.to_vec() };
-        self.request(http::Method::POST, &format!("/nodes/{id}/tags"), Some(&body)).await
+    pub async fn set_node_tags(
+        &self,
+        id: i64,
+        tags: &[String],
+    ) -> Result<NodeView, AdminClientError> {
+        let body = SetTags {
+            tags: tags.to_vec(),
+        };
+        self.request(
+            http::Method::POST,
+            &format!("/nodes/{id}/tags"),
+            Some(&body),
+        )
+        .await
     }
     /// `POST /nodes/{id}/authorize`.
-    pub async fn authorize_node(&self, id: i64, authorized: bool) -> Result<NodeView, AdminClientError> {
+    pub async fn authorize_node(
+        &self,
+        id: i64,
+        authorized: bool,
+    ) -> Result<NodeView, AdminClientError> {
         let body = Authorize { authorized };
-        self.request(http::Method::POST, &format!("/nodes/{id}/authorize"), Some(&body)).await
+        self.request(
+            http::Method::POST,
+            &format!("/nodes/{id}/authorize"),
+            Some(&body),
+        )
+        .await
     }
 
     // --- API keys ---
 
     /// `POST /apikeys`.
     pub async fn create_api_key(&self, req: &NewApiKey) -> Result<CreatedApiKey, AdminClientError> {
-        self.request(http::Method::POST, "/apikeys", Some(req)).await
+        self.request(http::Method::POST, "/apikeys", Some(req))
+            .await
     }
     /// `GET /apikeys`.
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyView>, AdminClientError> {
-        self.request::<(), _>(http::Method::GET, "/apikeys", None).await
+        self.request::<(), _>(http::Method::GET, "/apikeys", None)
+            .await
     }
     /// `POST /apikeys/{id}/expire`.
     pub async fn expire_api_key(&self, id: i64) -> Result<ApiKeyView, AdminClientError> {
-        self.request::<(), _>(http::Method::POST, &format!("/apikeys/{id}/expire"), None).await
+        self.request::<(), _>(http::Method::POST, &format!("/apikeys/{id}/expire"), None)
+            .await
     }
 
     // --- policy ---
 
     /// `GET /policy`.
     pub async fn policy(&self) -> Result<PolicyView, AdminClientError> {
-        self.request::<(), _>(http::Method::GET, "/policy", None).await
+        self.request::<(), _>(http::Method::GET, "/policy", None)
+            .await
     }
     /// `PUT /policy`.
     pub async fn set_policy(&self, text: &str) -> Result<PolicyView, AdminClientError> {
-        let body = PolicyText { policy: text.to_owned() };
-        self.request(http::Method::PUT, "/policy", Some(&body)).await
+        let body = PolicyText {
+            policy: text.to_owned(),
+        };
+        self.request(http::Method::PUT, "/policy", Some(&body))
+            .await
     }
     /// `POST /policy/check`.
     pub async fn check_policy(&self, text: &str) -> Result<PolicyCheck, AdminClientError> {
-        let body = PolicyText { policy: text.to_owned() };
-        self.request(http::Method::POST, "/policy/check", Some(&body)).await
+        let body = PolicyText {
+            policy: text.to_owned(),
+        };
+        self.request(http::Method::POST, "/policy/check", Some(&body))
+            .await
     }
     /// `POST /policy/explain`.
     pub async fn explain(&self, q: &ExplainQuery) -> Result<ExplainAnswer, AdminClientError> {
-        self.request(http::Method::POST, "/policy/explain", Some(q)).await
+        self.request(http::Method::POST, "/policy/explain", Some(q))
+            .await
     }
 }
 

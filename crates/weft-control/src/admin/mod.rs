@@ -157,7 +157,14 @@ impl Admin {
     /// # Errors
     /// Database errors.
     pub async fn list_users(&self) -> Result<Vec<UserView>, AdminError> {
-        Ok(self.ctx.store.list_users().await?.iter().map(user_view).collect())
+        Ok(self
+            .ctx
+            .store
+            .list_users()
+            .await?
+            .iter()
+            .map(user_view)
+            .collect())
     }
 
     /// Deletes a user that owns no nodes.
@@ -185,7 +192,10 @@ impl Admin {
     ///
     /// # Errors
     /// `invalid` tags, unknown user, a key with neither user nor tags.
-    pub async fn create_preauth_key(&self, req: NewPreauthKey) -> Result<CreatedPreauthKey, AdminError> {
+    pub async fn create_preauth_key(
+        &self,
+        req: NewPreauthKey,
+    ) -> Result<CreatedPreauthKey, AdminError> {
         let user = match &req.user {
             Some(login) => Some(self.ctx.store.user_by_login(login).await?),
             None => None,
@@ -230,7 +240,10 @@ impl Admin {
     ///
     /// # Errors
     /// `not_found` for an unknown user.
-    pub async fn list_preauth_keys(&self, user: Option<&str>) -> Result<Vec<PreauthKeyView>, AdminError> {
+    pub async fn list_preauth_keys(
+        &self,
+        user: Option<&str>,
+    ) -> Result<Vec<PreauthKeyView>, AdminError> {
         let uid = match user {
             Some(login) => Some(self.ctx.store.user_by_login(login).await?.id),
             None => None,
@@ -259,7 +272,11 @@ impl Admin {
             .expire_preauth_key(weft_control_store::PreauthKeyId(id), now)
             .await?;
         let logins = self.logins().await?;
-        Ok(preauth_view(&k, k.user.and_then(|u| logins.get(&u).cloned()), now))
+        Ok(preauth_view(
+            &k,
+            k.user.and_then(|u| logins.get(&u).cloned()),
+            now,
+        ))
     }
 
     // --- nodes --------------------------------------------------------------------------
@@ -301,12 +318,18 @@ impl Admin {
     pub async fn approve_login(&self, auth_id: &str, user: &str) -> Result<NodeView, AdminError> {
         let user = self.ctx.store.user_by_login(user).await?;
         let now = self.now();
-        if let Some(r) = self.ctx.checks.approve(auth_id, user.id, user.login_name.as_ref(), now) {
+        if let Some(r) = self
+            .ctx
+            .checks
+            .approve(auth_id, user.id, user.login_name.as_ref(), now)
+        {
             return match r {
                 Ok(src) => self.node(src.0).await,
-                Err(e @ crate::check::ApproveError::WrongUser { .. }) => {
-                    Err(AdminError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()))
-                }
+                Err(e @ crate::check::ApproveError::WrongUser { .. }) => Err(AdminError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    e.to_string(),
+                )),
                 Err(e @ crate::check::ApproveError::Expired) => {
                     Err(AdminError::new(StatusCode::GONE, "expired", e.to_string()))
                 }
@@ -320,14 +343,20 @@ impl Admin {
             let login = user.login_name.to_string();
             let denied: Vec<&str> = requested
                 .iter()
-                .filter(|t| !p.policy.may_apply_tag(&p.tailnet, t.as_str(), Some(&login), &[]))
+                .filter(|t| {
+                    !p.policy
+                        .may_apply_tag(&p.tailnet, t.as_str(), Some(&login), &[])
+                })
                 .map(Tag::as_str)
                 .collect();
             if !denied.is_empty() {
                 return Err(AdminError::new(
                     StatusCode::FORBIDDEN,
                     "forbidden",
-                    format!("the policy's tagOwners do not let {login} apply {} (requested by the device)", denied.join(", ")),
+                    format!(
+                        "the policy's tagOwners do not let {login} apply {} (requested by the device)",
+                        denied.join(", ")
+                    ),
                 ));
             }
         }
@@ -346,7 +375,9 @@ impl Admin {
             )
             .await?;
         tracing::info!(node = %reg.node.id, user = %user.login_name, "interactive login approved");
-        self.ctx.coord.send(Msg::NodeUpsert(Box::new(reg.node.clone())));
+        self.ctx
+            .coord
+            .send(Msg::NodeUpsert(Box::new(reg.node.clone())));
         self.ctx.logins.decided(auth_id);
         self.view_one(&reg.node).await
     }
@@ -359,7 +390,10 @@ impl Admin {
         if self.ctx.checks.reject(auth_id) {
             return Ok(());
         }
-        self.ctx.store.reject_auth_request(auth_id, self.now()).await?;
+        self.ctx
+            .store
+            .reject_auth_request(auth_id, self.now())
+            .await?;
         self.ctx.logins.decided(auth_id);
         Ok(())
     }
@@ -413,7 +447,11 @@ impl Admin {
     /// # Errors
     /// `not_found`.
     pub async fn authorize_node(&self, id: i64, authorized: bool) -> Result<NodeView, AdminError> {
-        let n = self.ctx.store.set_node_authorized(NodeId(id), authorized).await?;
+        let n = self
+            .ctx
+            .store
+            .set_node_authorized(NodeId(id), authorized)
+            .await?;
         self.changed(n).await
     }
 
@@ -430,7 +468,9 @@ impl Admin {
     /// Database errors.
     pub async fn create_api_key(&self, req: NewApiKey) -> Result<CreatedApiKey, AdminError> {
         let now = self.now();
-        let expires = req.expiration_ms.map(|ms| now.saturating_add(Duration::from_millis(ms)));
+        let expires = req
+            .expiration_ms
+            .map(|ms| now.saturating_add(Duration::from_millis(ms)));
         let (key, secret) = self
             .ctx
             .store
@@ -476,9 +516,15 @@ impl Admin {
     pub(crate) async fn verify_api_key(&self, text: &str) -> Result<String, AdminError> {
         match self.ctx.store.verify_api_key(text, self.now()).await {
             Ok(k) => Ok(format!("api key {}", k.prefix)),
-            Err(e @ (StoreError::MalformedKey { .. } | StoreError::UnknownApiKey(_) | StoreError::ApiKeyExpired(_))) => {
-                Err(AdminError::new(StatusCode::UNAUTHORIZED, "unauthorized", format!("{e}; create one with weft-control apikeys create on the server")))
-            }
+            Err(
+                e @ (StoreError::MalformedKey { .. }
+                | StoreError::UnknownApiKey(_)
+                | StoreError::ApiKeyExpired(_)),
+            ) => Err(AdminError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("{e}; create one with weft-control apikeys create on the server"),
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -566,8 +612,9 @@ impl Admin {
     pub fn explain(&self, q: &ExplainQuery) -> Result<ExplainAnswer, AdminError> {
         let snap = self.ctx.coord.snapshot();
         let p = &snap.policy;
-        let x = weft_policy::explain_query(&p.policy, &p.tailnet, &q.src, &q.dst, q.proto.as_deref())
-            .map_err(|e| AdminError::invalid(e.to_string()))?;
+        let x =
+            weft_policy::explain_query(&p.policy, &p.tailnet, &q.src, &q.dst, q.proto.as_deref())
+                .map_err(|e| AdminError::invalid(e.to_string()))?;
         Ok(ExplainAnswer {
             verdict: match x.verdict {
                 weft_policy::Verdict::Allowed => "allowed".into(),
@@ -622,7 +669,12 @@ impl Admin {
             // Runtime state is the server's live view; the database follows.
             v.online = live.rec.online;
             v.last_seen = live.rec.last_seen.map(|t| t.0);
-            v.endpoints = live.rec.endpoints.iter().map(|e| e.addr.to_string()).collect();
+            v.endpoints = live
+                .rec
+                .endpoints
+                .iter()
+                .map(|e| e.addr.to_string())
+                .collect();
         }
         v
     }

@@ -37,7 +37,12 @@ pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves the admin routes on the socket until `stop`.
-pub(crate) async fn serve(listener: UnixListener, path: PathBuf, routes: Router, stop: CancellationToken) {
+pub(crate) async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    routes: Router,
+    stop: CancellationToken,
+) {
     let own_uid = nix::unistd::geteuid().as_raw();
     loop {
         let (stream, _) = tokio::select! {
@@ -59,16 +64,21 @@ pub(crate) async fn serve(listener: UnixListener, path: PathBuf, routes: Router,
             }
         };
         if uid != 0 && uid != own_uid {
-            tracing::warn!(uid, "refused an admin socket connection from a non-root user");
+            tracing::warn!(
+                uid,
+                "refused an admin socket connection from a non-root user"
+            );
             continue;
         }
         let routes = routes.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(Actor(format!("admin socket (uid {uid})")));
-                let routes = routes.clone();
-                async move { tower::ServiceExt::oneshot(routes, req).await }
-            });
+            let svc =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(Actor(format!("admin socket (uid {uid})")));
+                    let routes = routes.clone();
+                    async move { tower::ServiceExt::oneshot(routes, req).await }
+                });
             if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .http1_only()
                 .serve_connection(TokioIo::new(stream), svc)

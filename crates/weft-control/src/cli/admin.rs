@@ -209,9 +209,20 @@ pub async fn users(cmd: UsersCmd) -> anyhow::Result<()> {
             let now = now_ms();
             let rows: Vec<Vec<String>> = users
                 .iter()
-                .map(|u| vec![u.id.to_string(), u.login_name.clone(), u.display_name.clone(), u.role.clone(), relative(u.created, now)])
+                .map(|u| {
+                    vec![
+                        u.id.to_string(),
+                        u.login_name.clone(),
+                        u.display_name.clone(),
+                        u.role.clone(),
+                        relative(u.created, now),
+                    ]
+                })
                 .collect();
-            print!("{}", table(&["ID", "LOGIN", "NAME", "ROLE", "CREATED"], &rows));
+            print!(
+                "{}",
+                table(&["ID", "LOGIN", "NAME", "ROLE", "CREATED"], &rows)
+            );
         }
         UsersCmd::Delete { login, conn } => {
             let u = conn.client()?.delete_user(&login).await?;
@@ -236,7 +247,9 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
             conn,
         } => {
             if user.is_none() && tags.is_empty() {
-                anyhow::bail!("give --user USER or --tags tag:x (a key needs an owner for its nodes)");
+                anyhow::bail!(
+                    "give --user USER or --tags tag:x (a key needs an owner for its nodes)"
+                );
             }
             let k = conn
                 .client()?
@@ -256,7 +269,11 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
             eprintln!(
                 "pre-auth key {} ({}{}), expires {}. It is shown only now: store it safely.\nUse it on a node: weft up --auth-key {}",
                 k.key.id,
-                if k.key.reusable { "reusable" } else { "single-use" },
+                if k.key.reusable {
+                    "reusable"
+                } else {
+                    "single-use"
+                },
                 if k.key.ephemeral { ", ephemeral" } else { "" },
                 relative(k.key.expires, now_ms()),
                 k.secret
@@ -284,9 +301,21 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
                         k.id.to_string(),
                         format!("weftkey-auth-{}-…", k.prefix),
                         k.user.clone().unwrap_or_else(|| "-".into()),
-                        if k.reusable { "yes".into() } else { "no".into() },
-                        if k.ephemeral { "yes".into() } else { "no".into() },
-                        if k.tags.is_empty() { "-".into() } else { k.tags.join(",") },
+                        if k.reusable {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        if k.ephemeral {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        if k.tags.is_empty() {
+                            "-".into()
+                        } else {
+                            k.tags.join(",")
+                        },
                         k.used_count.to_string(),
                         relative(k.expires, now),
                         state,
@@ -295,7 +324,20 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
                 .collect();
             print!(
                 "{}",
-                table(&["ID", "KEY", "USER", "REUSABLE", "EPHEMERAL", "TAGS", "USED", "EXPIRES", "STATE"], &rows)
+                table(
+                    &[
+                        "ID",
+                        "KEY",
+                        "USER",
+                        "REUSABLE",
+                        "EPHEMERAL",
+                        "TAGS",
+                        "USED",
+                        "EXPIRES",
+                        "STATE"
+                    ],
+                    &rows
+                )
             );
         }
         KeysCmd::Expire { id, conn } => {
@@ -303,7 +345,10 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
             if conn.json {
                 return print_json(&k);
             }
-            println!("pre-auth key {} (weftkey-auth-{}-…) is expired", k.id, k.prefix);
+            println!(
+                "pre-auth key {} (weftkey-auth-{}-…) is expired",
+                k.id, k.prefix
+            );
         }
     }
     Ok(())
@@ -342,7 +387,11 @@ fn node_rows(nodes: &[NodeView]) -> Vec<Vec<String>> {
                 owner,
                 state,
                 expiry,
-                if n.ephemeral { "yes".into() } else { "no".into() },
+                if n.ephemeral {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
             ]
         })
         .collect()
@@ -365,10 +414,25 @@ pub async fn nodes(cmd: NodesCmd) -> anyhow::Result<()> {
             }
             print!(
                 "{}",
-                table(&["ID", "NAME", "IPV4", "OWNER", "STATE", "KEY EXPIRY", "EPHEMERAL"], &node_rows(&nodes))
+                table(
+                    &[
+                        "ID",
+                        "NAME",
+                        "IPV4",
+                        "OWNER",
+                        "STATE",
+                        "KEY EXPIRY",
+                        "EPHEMERAL"
+                    ],
+                    &node_rows(&nodes)
+                )
             );
         }
-        NodesCmd::Approve { auth_id, user, conn } => {
+        NodesCmd::Approve {
+            auth_id,
+            user,
+            conn,
+        } => {
             let n = conn
                 .client()?
                 .approve_login(&auth_id, &user)
@@ -403,7 +467,15 @@ pub async fn nodes(cmd: NodesCmd) -> anyhow::Result<()> {
         }
         NodesCmd::Authorize { id, revoke, conn } => {
             let n = conn.client()?.authorize_node(id, !revoke).await?;
-            print_node(if revoke { "withdrew the authorization of" } else { "authorized" }, &n, conn.json)?;
+            print_node(
+                if revoke {
+                    "withdrew the authorization of"
+                } else {
+                    "authorized"
+                },
+                &n,
+                conn.json,
+            )?;
         }
     }
     Ok(())
@@ -445,13 +517,25 @@ pub async fn apikeys(cmd: ApiKeysCmd) -> anyhow::Result<()> {
                         k.id.to_string(),
                         format!("weftkey-api-{}-…", k.prefix),
                         k.description.clone(),
-                        k.expires.map_or_else(|| "never".into(), |t| relative(t, now)),
-                        k.last_used.map_or_else(|| "never".into(), |t| relative(t, now)),
-                        if k.usable { "usable".into() } else { "expired".into() },
+                        k.expires
+                            .map_or_else(|| "never".into(), |t| relative(t, now)),
+                        k.last_used
+                            .map_or_else(|| "never".into(), |t| relative(t, now)),
+                        if k.usable {
+                            "usable".into()
+                        } else {
+                            "expired".into()
+                        },
                     ]
                 })
                 .collect();
-            print!("{}", table(&["ID", "KEY", "DESCRIPTION", "EXPIRES", "LAST USED", "STATE"], &rows));
+            print!(
+                "{}",
+                table(
+                    &["ID", "KEY", "DESCRIPTION", "EXPIRES", "LAST USED", "STATE"],
+                    &rows
+                )
+            );
         }
         ApiKeysCmd::Expire { id, conn } => {
             let k = conn.client()?.expire_api_key(id).await?;

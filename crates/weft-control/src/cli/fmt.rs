@@ -18,9 +18,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         if digits == 0 {
             return Err(bad());
         }
-        let n: u64 = rest.get(..digits).and_then(|d| d.parse().ok()).ok_or_else(bad)?;
+        let n: u64 = rest
+            .get(..digits)
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(bad)?;
         rest = rest.get(digits..).unwrap_or_default();
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = rest.get(..unit_len).unwrap_or_default();
         rest = rest.get(unit_len..).unwrap_or_default();
         let d = match unit {
@@ -44,11 +49,19 @@ pub fn short_duration(d: Duration) -> String {
         60..3600 => format!("{}m", s / 60),
         3600..86_400 => {
             let (h, m) = (s / 3600, (s % 3600) / 60);
-            if m == 0 { format!("{h}h") } else { format!("{h}h{m}m") }
+            if m == 0 {
+                format!("{h}h")
+            } else {
+                format!("{h}h{m}m")
+            }
         }
         _ => {
             let (d, h) = (s / 86_400, (s % 86_400) / 3600);
-            if h == 0 { format!("{d}d") } else { format!("{d}d{h}h") }
+            if h == 0 {
+                format!("{d}d")
+            } else {
+                format!("{d}d{h}h")
+            }
         }
     }
 }
@@ -79,7 +92,12 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         for (i, c) in cells.into_iter().enumerate() {
             out.push_str(c);
             if i + 1 < n {
-                let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(c.chars().count()) + 2;
+                let pad = widths
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(c.chars().count())
+                    + 2;
                 out.push_str(&" ".repeat(pad));
             }
         }
@@ -101,15 +119,29 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("180d").unwrap(), Duration::from_secs(180 * 86_400));
+        assert_eq!(
+            parse_duration("180d").unwrap(),
+            Duration::from_secs(180 * 86_400)
+        );
         for bad in ["", "h", "10", "10x", "-5m", "1.5h"] {
-            assert!(parse_duration(bad).unwrap_err().contains("invalid duration"), "{bad}");
+            assert!(
+                parse_duration(bad)
+                    .unwrap_err()
+                    .contains("invalid duration"),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn tables_align_columns() {
-        let t = table(&["ID", "NAME"], &[vec!["1".into(), "alpha".into()], vec!["10".into(), "b".into()]]);
+        let t = table(
+            &["ID", "NAME"],
+            &[
+                vec!["1".into(), "alpha".into()],
+                vec!["10".into(), "b".into()],
+            ],
+        );
         assert_eq!(t, "ID  NAME\n1   alpha\n10  b\n");
     }
 }

@@ -67,8 +67,10 @@ fn read(path: &Path) -> anyhow::Result<String> {
 }
 
 fn name(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn exit(outcome: Outcome) -> ExitCode {
@@ -82,8 +84,14 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             if let Some(nodes) = nodes {
                 let nodes_text = read(&nodes)?;
                 let report = weft_policy::offline_check(
-                    Source { name: &name(&file), text: &text },
-                    Source { name: &name(&nodes), text: &nodes_text },
+                    Source {
+                        name: &name(&file),
+                        text: &text,
+                    },
+                    Source {
+                        name: &name(&nodes),
+                        text: &nodes_text,
+                    },
                 );
                 if conn.json {
                     print_json(&report)?;
@@ -123,10 +131,14 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
         }
         PolicyCmd::Set { file, conn } => {
             let text = read(&file)?;
-            let v = conn.client()?.set_policy(&text).await.map_err(|e| match e {
-                AdminClientError::Api { message, .. } => anyhow::anyhow!("{message}"),
-                other => other.into(),
-            })?;
+            let v = conn
+                .client()?
+                .set_policy(&text)
+                .await
+                .map_err(|e| match e {
+                    AdminClientError::Api { message, .. } => anyhow::anyhow!("{message}"),
+                    other => other.into(),
+                })?;
             if conn.json {
                 print_json(&v)?;
             } else {
@@ -161,8 +173,14 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 (Some(p), Some(n)) => {
                     let (ptext, ntext) = (read(&p)?, read(&n)?);
                     let report = weft_policy::offline_explain(
-                        Source { name: &name(&p), text: &ptext },
-                        Source { name: &name(&n), text: &ntext },
+                        Source {
+                            name: &name(&p),
+                            text: &ptext,
+                        },
+                        Source {
+                            name: &name(&n),
+                            text: &ntext,
+                        },
                         &src,
                         &dst,
                         proto.as_deref(),
@@ -175,7 +193,9 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                     return Ok(exit(report.outcome));
                 }
                 (Some(_), None) | (None, Some(_)) => {
-                    anyhow::bail!("offline explain needs both --policy FILE and --nodes NODES.json");
+                    anyhow::bail!(
+                        "offline explain needs both --policy FILE and --nodes NODES.json"
+                    );
                 }
                 (None, None) => {}
             }
@@ -190,7 +210,11 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                     } else {
                         print!("{}", a.text);
                     }
-                    Ok(exit(if a.verdict == "allowed" { Outcome::Ok } else { Outcome::Failed }))
+                    Ok(exit(if a.verdict == "allowed" {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Failed
+                    }))
                 }
                 Err(AdminClientError::Api { message, .. }) => {
                     eprintln!("weft-control: {message}");

@@ -61,7 +61,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     config.server_url = a.server_url;
     config.db_url = a.db_url;
     config.domain = a.domain.parse().with_context(|| {
-        format!("--domain {:?} is not a DNS name (lowercase labels of a-z, 0-9 and '-', joined by '.')", a.domain)
+        format!(
+            "--domain {:?} is not a DNS name (lowercase labels of a-z, 0-9 and '-', joined by '.')",
+            a.domain
+        )
     })?;
     config.node_key_expiry = (!a.node_key_expiry.is_zero()).then_some(a.node_key_expiry);
     config.ephemeral_grace = a.ephemeral_grace;

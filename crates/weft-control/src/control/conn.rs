@@ -91,9 +91,12 @@ where
     };
     let stop = c.run_loop().await;
     match &stop {
-        Stop::Done => tracing::debug!(remote = %c.remote, machine = %c.machine_key.short(), "control connection closed"),
+        Stop::Done => {
+            tracing::debug!(remote = %c.remote, machine = %c.machine_key.short(), "control connection closed")
+        }
         Stop::Failed(reason, kind) => {
-            metrics::counter!("weft_control_connection_errors_total", "reason" => *kind).increment(1);
+            metrics::counter!("weft_control_connection_errors_total", "reason" => *kind)
+                .increment(1);
             tracing::info!(remote = %c.remote, machine = %c.machine_key.short(), %reason, "control connection closed");
         }
     }
@@ -119,7 +122,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             if self.closing {
                 return Stop::Done;
             }
-            let deadline = self.conn.poll_timeout().map(|(t, _)| tokio::time::Instant::from_std(t));
+            let deadline = self
+                .conn
+                .poll_timeout()
+                .map(|(t, _)| tokio::time::Instant::from_std(t));
             let queue = self.stream.as_ref().map(|s| s.queue.clone());
             let stop_signal = self.ctx.stop.clone();
             tokio::select! {
@@ -181,7 +187,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                 Ok(Err(e)) => return Err(Stop::Failed(format!("write failed: {e}"), "io")),
                 Err(_) => {
                     return Err(Stop::Failed(
-                        format!("the client did not read {} bytes within {timeout:?}", bytes.len()),
+                        format!(
+                            "the client did not read {} bytes within {timeout:?}",
+                            bytes.len()
+                        ),
                         "slow_reader",
                     ));
                 }
@@ -208,7 +217,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
         match msg {
             ClientMessage::Register(req) => {
                 if self.register.is_some() {
-                    self.fatal(ErrorCode::BadRequest, "a register request is already outstanding on this connection");
+                    self.fatal(
+                        ErrorCode::BadRequest,
+                        "a register request is already outstanding on this connection",
+                    );
                     return;
                 }
                 let fut = registration::register(self.ctx.clone(), self.machine_key, req);
@@ -217,7 +229,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             ClientMessage::Map(req) => self.open_map(req).await,
             ClientMessage::Endpoints(u) => {
                 let Some(s) = &self.stream else {
-                    self.fatal(ErrorCode::BadRequest, "endpoints are only accepted on an open map stream");
+                    self.fatal(
+                        ErrorCode::BadRequest,
+                        "endpoints are only accepted on an open map stream",
+                    );
                     return;
                 };
                 if u.endpoints.len() > MAX_ENDPOINTS {
@@ -232,7 +247,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             }
             ClientMessage::HostInfo(h) => {
                 let Some(s) = &self.stream else {
-                    self.fatal(ErrorCode::BadRequest, "host info is only accepted on an open map stream");
+                    self.fatal(
+                        ErrorCode::BadRequest,
+                        "host info is only accepted on an open map stream",
+                    );
                     return;
                 };
                 self.ctx.coord.send(Msg::HostInfo {
@@ -246,7 +264,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                 let request_id = r.request_id;
                 let verdict = if self.check.is_some() {
                     SshCheckVerdict::Reject {
-                        message: "another SSH check is waiting on this connection; open one per check".into(),
+                        message:
+                            "another SSH check is waiting on this connection; open one per check"
+                                .into(),
                     }
                 } else {
                     match check::start(self.ctx.clone(), self.machine_key, r).await {
@@ -263,18 +283,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                     SshCheckVerdict::Reject { .. } => "rejected",
                 };
                 metrics::counter!("weft_ssh_checks_total", "first_answer" => outcome).increment(1);
-                let _ = self.conn.send(&ServerMessage::SshCheck(SshCheckDecision { request_id, verdict }), crate::now());
+                let _ = self.conn.send(
+                    &ServerMessage::SshCheck(SshCheckDecision {
+                        request_id,
+                        verdict,
+                    }),
+                    crate::now(),
+                );
             }
         }
     }
 
     async fn open_map(&mut self, req: MapRequest) {
         if self.register.is_some() {
-            self.fatal(ErrorCode::BadRequest, "send map only after the answer to register");
+            self.fatal(
+                ErrorCode::BadRequest,
+                "send map only after the answer to register",
+            );
             return;
         }
         if self.stream.is_some() {
-            self.fatal(ErrorCode::BadRequest, "a map stream is already open on this connection");
+            self.fatal(
+                ErrorCode::BadRequest,
+                "a map stream is already open on this connection",
+            );
             return;
         }
         if req.endpoints.len() > MAX_ENDPOINTS {
@@ -300,7 +332,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                 return;
             }
             Err(_) => {
-                self.fatal(ErrorCode::ShuttingDown, "the control server is shutting down; reconnect later");
+                self.fatal(
+                    ErrorCode::ShuttingDown,
+                    "the control server is shutting down; reconnect later",
+                );
                 return;
             }
         };
@@ -349,7 +384,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                     self.conn
                         .send_encoded(&msg, crate::now())
                         .map_err(|e| channel_failure(&e))?;
-                    metrics::counter!("weft_map_updates_sent_total", "kind" => "delta").increment(1);
+                    metrics::counter!("weft_map_updates_sent_total", "kind" => "delta")
+                        .increment(1);
                     self.flush().await?;
                 }
                 Item::Close(e) => {
@@ -373,7 +409,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             Some(Ok(b)) => b,
             Some(Err(e)) => return Err(Stop::Failed(e.to_string(), "encode")),
             None => {
-                self.fatal(ErrorCode::NotRegistered, "this node is no longer registered; log in again");
+                self.fatal(
+                    ErrorCode::NotRegistered,
+                    "this node is no longer registered; log in again",
+                );
                 return Err(Stop::Done);
             }
         };
@@ -399,7 +438,9 @@ fn channel_failure(e: &ChannelError) -> Stop {
         ChannelError::HandshakeFailed => "handshake_failed",
         ChannelError::IdleTimeout(_) => "idle_timeout",
         ChannelError::Authentication => "authentication",
-        ChannelError::UnknownFrameType(_) | ChannelError::UnexpectedFrame(_) | ChannelError::MalformedFrame(_) => "malformed_frame",
+        ChannelError::UnknownFrameType(_)
+        | ChannelError::UnexpectedFrame(_)
+        | ChannelError::MalformedFrame(_) => "malformed_frame",
         ChannelError::MessageTooLarge { .. } => "message_too_large",
         ChannelError::MalformedMessage(_) => "malformed_message",
         ChannelError::Truncated => "truncated",

@@ -28,8 +28,7 @@ use weft_policy::Policy;
 use weft_types::control::{ErrorCode, ProtocolError};
 use weft_types::netmap::RelayMap;
 use weft_types::{
-    DiscoPublic, DnsName, Endpoint, HostInfo, MachinePublic, NodeId, NodePublic, UnixMillis,
-    UserId,
+    DiscoPublic, DnsName, Endpoint, HostInfo, MachinePublic, NodeId, NodePublic, UnixMillis, UserId,
 };
 
 use super::delta::{self, Batch, Output, Recipient, kind};
@@ -211,7 +210,10 @@ impl Coordinator {
                     // Policies are validated before they are stored; a bad one
                     // means the database was edited. Deny everything.
                     tracing::error!(version = %pv.id, error = %e, "the stored policy is invalid; denying all traffic until a valid one is set");
-                    (Policy::parse("{}").unwrap_or_else(|_| Policy::default_allow_all()), Some(pv.id))
+                    (
+                        Policy::parse("{}").unwrap_or_else(|_| Policy::default_allow_all()),
+                        Some(pv.id),
+                    )
                 }
             },
         };
@@ -328,7 +330,9 @@ impl Coordinator {
                 if !self.is_current(node, stream) {
                     return;
                 }
-                let Some(e) = self.nodes.get_mut(&node) else { return };
+                let Some(e) = self.nodes.get_mut(&node) else {
+                    return;
+                };
                 if e.rec.endpoints == endpoints {
                     return;
                 }
@@ -351,7 +355,9 @@ impl Coordinator {
                 if !self.is_current(node, stream) {
                     return;
                 }
-                let Some(e) = self.nodes.get_mut(&node) else { return };
+                let Some(e) = self.nodes.get_mut(&node) else {
+                    return;
+                };
                 if e.host == *host_info {
                     return;
                 }
@@ -470,7 +476,9 @@ impl Coordinator {
     fn remove_node(&mut self, id: NodeId) {
         self.gc_in_flight.remove(&id);
         self.persist.forget(id);
-        let Some(old) = self.nodes.remove(&id) else { return };
+        let Some(old) = self.nodes.remove(&id) else {
+            return;
+        };
         if self.by_key.get(&old.rec.node_key) == Some(&id) {
             self.by_key.remove(&old.rec.node_key);
         }
@@ -488,10 +496,17 @@ impl Coordinator {
     fn subscribe(&mut self, s: Subscribe) {
         let now = self.clock.now();
         let refuse = |code, message: String| Err(ProtocolError { code, message });
-        let check = match self.by_key.get(&s.node_key).and_then(|id| self.nodes.get(id)) {
+        let check = match self
+            .by_key
+            .get(&s.node_key)
+            .and_then(|id| self.nodes.get(id))
+        {
             None => refuse(
                 ErrorCode::NotRegistered,
-                format!("node key {} is not registered on this server; register first", s.node_key),
+                format!(
+                    "node key {} is not registered on this server; register first",
+                    s.node_key
+                ),
             ),
             Some(e) if e.rec.machine_key != s.machine_key => refuse(
                 ErrorCode::NotRegistered,
@@ -521,10 +536,15 @@ impl Coordinator {
             return;
         }
         if !s.stream {
-            let _ = s.reply.send(Ok(Subscribed { node: id, stream: 0 }));
+            let _ = s.reply.send(Ok(Subscribed {
+                node: id,
+                stream: 0,
+            }));
             return;
         }
-        let Some(e) = self.nodes.get_mut(&id) else { return };
+        let Some(e) = self.nodes.get_mut(&id) else {
+            return;
+        };
         let e = Arc::make_mut(e);
         let mut bits = kind::ONLINE;
         if e.rec.disco_key != Some(s.disco_key) || e.host != s.host_info {
@@ -581,7 +601,9 @@ impl Coordinator {
         }
         self.streams.remove(&node);
         let now = self.clock.now();
-        let Some(e) = self.nodes.get_mut(&node) else { return };
+        let Some(e) = self.nodes.get_mut(&node) else {
+            return;
+        };
         let e = Arc::make_mut(e);
         e.rec.online = false;
         e.rec.last_seen = Some(now);
@@ -618,7 +640,8 @@ impl Coordinator {
         }
         if now >= self.next_gc {
             self.collect_ephemeral(now);
-            let every = (self.config.ephemeral_grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(15));
+            let every = (self.config.ephemeral_grace / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(15));
             self.next_gc = now.saturating_add(every);
         }
     }
@@ -633,7 +656,11 @@ impl Coordinator {
                 e.rec.ephemeral
                     && !self.streams.contains_key(&e.rec.id)
                     && !self.gc_in_flight.contains(&e.rec.id)
-                    && e.rec.last_seen.unwrap_or(e.rec.created).saturating_add(grace) <= now
+                    && e.rec
+                        .last_seen
+                        .unwrap_or(e.rec.created)
+                        .saturating_add(grace)
+                        <= now
             })
             .map(|e| e.rec.id)
             .collect();
@@ -649,7 +676,9 @@ impl Coordinator {
                         metrics::counter!("weft_ephemeral_nodes_deleted_total").increment(1);
                         let _ = tx.send(Msg::NodeDeleted(id));
                     }
-                    Err(e) => tracing::warn!(node = %id, error = %e, "could not delete an ephemeral node"),
+                    Err(e) => {
+                        tracing::warn!(node = %id, error = %e, "could not delete an ephemeral node")
+                    }
                 }
             });
         }
@@ -718,7 +747,9 @@ impl Coordinator {
         );
         let (mut bodies, mut fulls, mut resyncs) = (0u64, 0u64, 0u64);
         for (r, out) in recipients.into_iter().zip(outputs) {
-            let Some(s) = self.streams.get_mut(&r.node) else { continue };
+            let Some(s) = self.streams.get_mut(&r.node) else {
+                continue;
+            };
             s.sent = r.sent;
             match out {
                 Output::Nothing => {}

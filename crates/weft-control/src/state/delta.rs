@@ -114,8 +114,11 @@ fn decide(before: bool, after: bool, k: u8) -> u8 {
         (true, false) => op::REMOVED,
         (true, true) if k & (kind::FULL | kind::IDENTITY | kind::ADDED) != 0 => op::CHANGED,
         (true, true) => {
-            (if k & kind::ENDPOINTS != 0 { op::ENDPOINTS } else { 0 })
-                | (if k & kind::ONLINE != 0 { op::ONLINE } else { 0 })
+            (if k & kind::ENDPOINTS != 0 {
+                op::ENDPOINTS
+            } else {
+                0
+            }) | (if k & kind::ONLINE != 0 { op::ONLINE } else { 0 })
         }
         (false, false) => 0,
     }
@@ -174,7 +177,8 @@ pub(crate) fn compute(batch: &Batch<'_>, recipients: &mut [Recipient]) -> Vec<Ou
         } else {
             new.peers_of(c)
         };
-        let same_visibility = !recompute_all && k & (kind::IDENTITY | kind::ADDED | kind::REMOVED) == 0;
+        let same_visibility =
+            !recompute_all && k & (kind::IDENTITY | kind::ADDED | kind::REMOVED) == 0;
         let before = if same_visibility {
             None
         } else {
@@ -310,7 +314,9 @@ fn peer_deltas(snap: &Snapshot, ops: &[(NodeId, u8)], out: &mut Vec<Delta>) {
             out.push(Delta::Peer(PeerDelta::Removed(p)));
             continue;
         }
-        let Some(n) = snap.nodes.get(&p) else { continue };
+        let Some(n) = snap.nodes.get(&p) else {
+            continue;
+        };
         if o & op::ADDED != 0 {
             out.push(Delta::Peer(PeerDelta::Added(Box::new(n.wire.clone()))));
         } else if o & op::CHANGED != 0 {
@@ -375,11 +381,17 @@ mod tests {
         let out = compute(&batch, &mut recipients);
         assert!(matches!(out[0], Output::Nothing), "{:?}", out[0]);
         assert!(matches!(out[1], Output::Nothing), "{:?}", out[1]);
-        let Output::Bodies(bodies) = &out[2] else { panic!("{:?}", out[2]) };
+        let Output::Bodies(bodies) = &out[2] else {
+            panic!("{:?}", out[2])
+        };
         assert_eq!(bodies.len(), 1);
         let body: MapBody = serde_json::from_str(bodies[0].as_str()).unwrap();
-        let MapBody::Delta(deltas) = body else { panic!("not a delta") };
-        let [Delta::PacketFilter(f)] = deltas.as_slice() else { panic!("{deltas:?}") };
+        let MapBody::Delta(deltas) = body else {
+            panic!("not a delta")
+        };
+        let [Delta::PacketFilter(f)] = deltas.as_slice() else {
+            panic!("{deltas:?}")
+        };
         let (bob, alice) = ("100.64.0.1".parse().unwrap(), "100.64.0.3".parse().unwrap());
         assert!(f.allows(bob, alice, 6, 80).is_some());
         // Every recipient now holds the new snapshot's policy.
@@ -399,8 +411,18 @@ mod tests {
             online: true,
             last_seen: weft_types::UnixMillis(5),
         });
-        let typed = delta_body(&[online.clone(), Delta::PacketFilter(Box::new(filter.clone())), Delta::SshPolicy(ssh)]).unwrap();
-        let spliced = delta_body_with_policy(std::slice::from_ref(&online), Some(&np.filter_enc), Some(&np.ssh_enc)).unwrap();
+        let typed = delta_body(&[
+            online.clone(),
+            Delta::PacketFilter(Box::new(filter.clone())),
+            Delta::SshPolicy(ssh),
+        ])
+        .unwrap();
+        let spliced = delta_body_with_policy(
+            std::slice::from_ref(&online),
+            Some(&np.filter_enc),
+            Some(&np.ssh_enc),
+        )
+        .unwrap();
         assert_eq!(spliced.as_str(), typed.as_str());
         let typed = delta_body(&[Delta::PacketFilter(Box::new(filter))]).unwrap();
         let spliced = delta_body_with_policy(&[], Some(&np.filter_enc), None).unwrap();
@@ -427,7 +449,10 @@ mod tests {
     #[test]
     fn the_narrow_deltas_are_used_when_only_endpoints_or_presence_changed() {
         assert_eq!(decide(true, true, kind::ENDPOINTS), op::ENDPOINTS);
-        assert_eq!(decide(true, true, kind::ONLINE | kind::ENDPOINTS), op::ENDPOINTS | op::ONLINE);
+        assert_eq!(
+            decide(true, true, kind::ONLINE | kind::ENDPOINTS),
+            op::ENDPOINTS | op::ONLINE
+        );
         assert_eq!(decide(true, true, kind::FULL | kind::ONLINE), op::CHANGED);
         assert_eq!(decide(false, true, kind::ONLINE), op::ADDED);
         assert_eq!(decide(true, false, kind::FULL), op::REMOVED);

@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use ipnet::IpNet;
 use weft_control_proto::Encoded;
-use weft_control_proto::encode::{EncodeError, FullMapParts, full_map_body, packet_filter_from_rules};
+use weft_control_proto::encode::{
+    EncodeError, FullMapParts, full_map_body, packet_filter_from_rules,
+};
 use weft_control_store::{Node as StoreNode, Role, User};
 use weft_policy::{CompiledTailnet, Policy, Tailnet};
 use weft_types::filter::FilterRule;
@@ -68,11 +70,15 @@ impl NodeEntry {
         self.enc = Encoded::new(&self.wire)?;
         Ok(())
     }
-
 }
 
 /// Returns the wire form of a node as of `now`.
-pub(crate) fn wire_node(rec: &StoreNode, host: &HostInfo, domain: &DnsName, now: UnixMillis) -> Node {
+pub(crate) fn wire_node(
+    rec: &StoreNode,
+    host: &HostInfo,
+    domain: &DnsName,
+    now: UnixMillis,
+) -> Node {
     let addresses: Vec<IpNet> = rec.addresses().iter().map(|a| IpNet::from(*a)).collect();
     Node {
         id: rec.id,
@@ -139,7 +145,10 @@ impl Hasher for Tee {
 
 /// Returns the [`ContentKey`] of `value`.
 pub(crate) fn content_key<T: Hash + ?Sized>(value: &T) -> ContentKey {
-    let mut t = Tee(std::hash::DefaultHasher::new(), std::hash::DefaultHasher::new());
+    let mut t = Tee(
+        std::hash::DefaultHasher::new(),
+        std::hash::DefaultHasher::new(),
+    );
     t.1.write_u64(0x7765_6674_2d6b_6579);
     value.hash(&mut t);
     (t.0.finish(), t.1.finish())
@@ -160,7 +169,11 @@ pub(crate) struct NodePolicy {
 }
 
 impl NodePolicy {
-    fn new(rules: &[FilterRule], filter_key: ContentKey, ssh_enc: Encoded<SshPolicy>) -> Result<Self, EncodeError> {
+    fn new(
+        rules: &[FilterRule],
+        filter_key: ContentKey,
+        ssh_enc: Encoded<SshPolicy>,
+    ) -> Result<Self, EncodeError> {
         Ok(Self {
             filter_key,
             ssh_key: content_key(ssh_enc.as_bytes()),
@@ -242,7 +255,11 @@ impl PolicyState {
     /// has the same content as `prev` (what the node has now), `prev`
     /// itself is used: nothing is encoded and the caller can tell the
     /// policy did not change by pointer.
-    pub fn node_policy_reusing(&self, node: NodeId, prev: Option<&Arc<NodePolicy>>) -> Arc<NodePolicy> {
+    pub fn node_policy_reusing(
+        &self,
+        node: NodeId,
+        prev: Option<&Arc<NodePolicy>>,
+    ) -> Arc<NodePolicy> {
         let Some(slot) = self.index.get(&node).and_then(|&i| self.cache.get(i)) else {
             return empty_node_policy();
         };
@@ -256,7 +273,9 @@ impl PolicyState {
         let pid = policy_id(node);
         let rules = self.compiled.filter_rules(pid).unwrap_or_default();
         let ssh = self.compiled.ssh_policy(pid).unwrap_or_default();
-        let Ok(ssh_enc) = Encoded::new(&ssh) else { return empty_node_policy() };
+        let Ok(ssh_enc) = Encoded::new(&ssh) else {
+            return empty_node_policy();
+        };
         let key = (content_key(&rules), content_key(ssh_enc.as_bytes()));
         let distinct = || self.distinct.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(np) = distinct().get(&key) {
@@ -277,7 +296,10 @@ impl PolicyState {
     /// Returns how many distinct node policies were made so far.
     #[cfg(test)]
     pub fn distinct_policies(&self) -> usize {
-        self.distinct.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.distinct
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -285,7 +307,9 @@ fn empty_node_policy() -> Arc<NodePolicy> {
     static EMPTY: OnceLock<Arc<NodePolicy>> = OnceLock::new();
     EMPTY
         .get_or_init(|| {
-            match Encoded::new(&SshPolicy::default()).and_then(|ssh| NodePolicy::new(&[], content_key(&[] as &[FilterRule]), ssh)) {
+            match Encoded::new(&SshPolicy::default())
+                .and_then(|ssh| NodePolicy::new(&[], content_key(&[] as &[FilterRule]), ssh))
+            {
                 Ok(np) => Arc::new(np),
                 // Encoding empty lists cannot fail.
                 Err(_) => std::process::abort(),
@@ -412,7 +436,10 @@ impl Published {
     }
 
     pub fn load(&self) -> Arc<Snapshot> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn store(&self, s: Arc<Snapshot>) {
@@ -428,7 +455,6 @@ pub(crate) fn dns_config(domain: &DnsName) -> DnsConfig {
         search_domains: vec![domain.clone()],
     }
 }
-
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -486,7 +512,10 @@ pub(crate) mod tests {
                     ephemeral: false,
                     preauth_key: None,
                 };
-                (NodeId(i64::from(id)), Arc::new(NodeEntry::new(rec, &domain(), UnixMillis(0)).unwrap()))
+                (
+                    NodeId(i64::from(id)),
+                    Arc::new(NodeEntry::new(rec, &domain(), UnixMillis(0)).unwrap()),
+                )
             })
             .collect()
     }
@@ -503,11 +532,19 @@ pub(crate) mod tests {
     #[test]
     fn nodes_with_identical_compiled_policies_share_one_encoding() {
         let p = policy_state(false);
-        let (n1, n2, n3) = (p.node_policy(NodeId(1)), p.node_policy(NodeId(2)), p.node_policy(NodeId(3)));
+        let (n1, n2, n3) = (
+            p.node_policy(NodeId(1)),
+            p.node_policy(NodeId(2)),
+            p.node_policy(NodeId(3)),
+        );
         // Nothing may reach bob's two nodes: the same (empty) filter, made once.
         assert!(Arc::ptr_eq(&n1, &n2));
         assert!(!n3.same_filter(&n1));
-        assert!(n3.filter_enc.as_str().contains("100.64.0.3"), "{}", n3.filter_enc.as_str());
+        assert!(
+            n3.filter_enc.as_str().contains("100.64.0.3"),
+            "{}",
+            n3.filter_enc.as_str()
+        );
         assert_eq!(p.distinct_policies(), 2);
         // Asking again does not make anything new.
         assert!(Arc::ptr_eq(&p.node_policy(NodeId(3)), &n3));
@@ -535,7 +572,10 @@ pub(crate) mod tests {
         let rules = p.compiled.filter_rules(policy_id(NodeId(3))).unwrap();
         assert!(!rules.is_empty());
         let typed = Encoded::new(&PacketFilter::new(rules.clone())).unwrap();
-        assert_eq!(packet_filter_from_rules(&rules).unwrap().as_str(), typed.as_str());
+        assert_eq!(
+            packet_filter_from_rules(&rules).unwrap().as_str(),
+            typed.as_str()
+        );
         assert_eq!(p.node_policy(NodeId(3)).filter_enc.as_str(), typed.as_str());
     }
 }

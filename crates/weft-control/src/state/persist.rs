@@ -78,7 +78,10 @@ impl Persister {
 
     /// Sets the nodes whose `last_seen` the periodic refresh writes.
     pub fn set_connected(&self, ids: Vec<NodeId>) {
-        *self.connected.lock().unwrap_or_else(PoisonError::into_inner) = ids;
+        *self
+            .connected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = ids;
     }
 
     /// Returns how many nodes have unwritten state.
@@ -90,7 +93,12 @@ impl Persister {
     }
 
     /// Writes until cancelled, then writes what is left.
-    pub async fn run(self: Arc<Self>, store: Store, clock: Arc<dyn Clock>, stop: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        stop: CancellationToken,
+    ) {
         let mut refresh = tokio::time::interval(LAST_SEEN_INTERVAL);
         refresh.tick().await;
         loop {
@@ -114,14 +122,21 @@ impl Persister {
 
     async fn write_pending(&self, store: &Store, clock: &dyn Clock) {
         loop {
-            let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+            let batch =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
             if batch.is_empty() {
                 return;
             }
             metrics::histogram!("weft_persist_batch_nodes").record(batch.len() as f64);
             for (id, d) in batch {
                 if let Some(status) = d.status {
-                    report(id, store.update_node_status(id, status, clock.now()).await.map(|_| ()));
+                    report(
+                        id,
+                        store
+                            .update_node_status(id, status, clock.now())
+                            .await
+                            .map(|_| ()),
+                    );
                 }
                 if let Some((online, at)) = d.online {
                     report(id, store.set_online(id, online, at).await);

@@ -208,7 +208,11 @@ impl TestNode {
                     panic!(
                         "{}: netmap condition not met within {WAIT:?}; last netmap: {:#?}",
                         self.name,
-                        self.netmap.as_ref().map(|m| m.peers.values().map(|p| (&p.name, p.online, p.expired, &p.endpoints)).collect::<Vec<_>>())
+                        self.netmap.as_ref().map(|m| m
+                            .peers
+                            .values()
+                            .map(|p| (&p.name, p.online, p.expired, &p.endpoints))
+                            .collect::<Vec<_>>())
                     )
                 })
                 .unwrap_or_else(|e| panic!("{}: session ended: {e}", self.name));
@@ -224,7 +228,9 @@ impl TestNode {
 
     /// Returns the peer with this hostname, if present.
     pub fn peer<'a>(map: &'a NetMap, hostname: &str) -> Option<&'a weft_types::Node> {
-        map.peers.values().find(|p| p.host_info.hostname == hostname)
+        map.peers
+            .values()
+            .find(|p| p.host_info.hostname == hostname)
     }
 
     pub async fn close(&mut self) {
@@ -257,7 +263,14 @@ impl ServerProcess {
             .unwrap();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
-            .args(["serve", "--listen", &addr.to_string(), "--batch-delay", "20ms", "--state-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--batch-delay",
+                "20ms",
+                "--state-dir",
+            ])
             .arg(state_dir)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
@@ -272,12 +285,18 @@ impl ServerProcess {
         let url: ControlUrl = p.url().parse().unwrap();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if weft_client::fetch_key(&url, Duration::from_secs(1)).await.is_ok()
+            if weft_client::fetch_key(&url, Duration::from_secs(1))
+                .await
+                .is_ok()
                 && state_dir.join("admin.sock").exists()
             {
                 return p;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the server did not come up; see {}", state_dir.join("server.log").display());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server did not come up; see {}",
+                state_dir.join("server.log").display()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

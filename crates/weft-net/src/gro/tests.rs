@@ -2,8 +2,12 @@ use super::*;
 
 const A: [u8; 4] = [100, 64, 0, 1];
 const B: [u8; 4] = [100, 64, 0, 2];
-const A6: [u8; 16] = [0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const B6: [u8; 16] = [0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const A6: [u8; 16] = [
+    0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+];
+const B6: [u8; 16] = [
+    0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+];
 
 #[derive(Clone)]
 struct Tcp {
@@ -174,7 +178,14 @@ fn ipv6_segments_coalesce_too() {
 
 #[test]
 fn a_gap_in_the_sequence_starts_a_new_packet() {
-    let out = run(&[tcp4(&seg(0, 100)), tcp4(&seg(200, 100)), tcp4(&seg(300, 100))], false);
+    let out = run(
+        &[
+            tcp4(&seg(0, 100)),
+            tcp4(&seg(200, 100)),
+            tcp4(&seg(300, 100)),
+        ],
+        false,
+    );
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].0, plain());
     assert_eq!(out[1].0.gso_size, 100);
@@ -186,7 +197,12 @@ fn psh_joins_and_closes_the_packet() {
     let mut last = seg(200, 100);
     last.flags |= TCP_PSH;
     let out = run(
-        &[tcp4(&seg(0, 100)), tcp4(&seg(100, 100)), tcp4(&last), tcp4(&seg(300, 100))],
+        &[
+            tcp4(&seg(0, 100)),
+            tcp4(&seg(100, 100)),
+            tcp4(&last),
+            tcp4(&seg(300, 100)),
+        ],
         false,
     );
     assert_eq!(out.len(), 2);
@@ -198,7 +214,11 @@ fn psh_joins_and_closes_the_packet() {
 #[test]
 fn a_short_segment_ends_the_packet() {
     let out = run(
-        &[tcp4(&seg(0, 100)), tcp4(&seg(100, 60)), tcp4(&seg(160, 100))],
+        &[
+            tcp4(&seg(0, 100)),
+            tcp4(&seg(100, 60)),
+            tcp4(&seg(160, 100)),
+        ],
         false,
     );
     assert_eq!(out.len(), 2);
@@ -220,13 +240,21 @@ fn interleaved_flows_are_coalesced_separately_in_order() {
     let mut b2 = seg(100, 100);
     b2.sport = 40001;
     let out = run(
-        &[tcp4(&seg(0, 100)), tcp4(&b), tcp4(&seg(100, 100)), tcp4(&b2)],
+        &[
+            tcp4(&seg(0, 100)),
+            tcp4(&b),
+            tcp4(&seg(100, 100)),
+            tcp4(&b2),
+        ],
         false,
     );
     assert_eq!(out.len(), 2);
     assert_eq!(u16::from_be_bytes([out[0].1[20], out[0].1[21]]), 40000);
     assert_eq!(u16::from_be_bytes([out[1].1[20], out[1].1[21]]), 40001);
-    assert!(out.iter().all(|(h, p)| h.gso_size == 100 && p.len() == 52 + 200));
+    assert!(
+        out.iter()
+            .all(|(h, p)| h.gso_size == 100 && p.len() == 52 + 200)
+    );
 }
 
 #[test]
@@ -234,7 +262,10 @@ fn a_segment_with_a_bad_checksum_is_never_merged() {
     let mut bad = tcp4(&seg(100, 100));
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
-    let out = run(&[tcp4(&seg(0, 100)), bad.clone(), tcp4(&seg(200, 100))], false);
+    let out = run(
+        &[tcp4(&seg(0, 100)), bad.clone(), tcp4(&seg(200, 100))],
+        false,
+    );
     assert_eq!(out.len(), 3, "bad one alone, and nothing joins it");
     assert_eq!(out[1], (plain(), bad));
 }
@@ -243,7 +274,10 @@ fn a_segment_with_a_bad_checksum_is_never_merged() {
 fn a_packet_that_cannot_join_keeps_its_place_in_the_flow() {
     let mut fin = seg(100, 0);
     fin.flags = TCP_ACK | 0x01;
-    let out = run(&[tcp4(&seg(0, 100)), tcp4(&fin), tcp4(&seg(100, 100))], false);
+    let out = run(
+        &[tcp4(&seg(0, 100)), tcp4(&fin), tcp4(&seg(100, 100))],
+        false,
+    );
     assert_eq!(out.len(), 3);
     assert_eq!(out[1].1[20 + 13], TCP_ACK | 0x01);
 }
@@ -282,7 +316,10 @@ fn udp_datagrams_coalesce_only_with_uso() {
     let (h, p) = &out[0];
     assert_eq!(h.gso_type, VIRTIO_NET_HDR_GSO_UDP_L4);
     assert_eq!((h.gso_size, h.hdr_len, h.csum_offset), (300, 28, 6));
-    assert_eq!(usize::from(u16::from_be_bytes([p[24], p[25]])), p.len() - 20);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([p[24], p[25]])),
+        p.len() - 20
+    );
     assert_partial_checksum_completes(h, p);
 
     let out = run(&d, false);
@@ -309,5 +346,9 @@ fn checksum_helpers_match_a_known_ipv4_header() {
         0x01, 0xc0, 0xa8, 0x00, 0xc7,
     ];
     assert_eq!(fold(sum16(&h, 0)), 0xffff);
-    assert_eq!(fold(sum16(&[0x01], 0)), 0x0100, "odd trailing byte is the high half");
+    assert_eq!(
+        fold(sum16(&[0x01], 0)),
+        0x0100,
+        "odd trailing byte is the high half"
+    );
 }

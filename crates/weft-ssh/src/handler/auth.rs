@@ -21,9 +21,16 @@ pub(super) enum Kbd {
 
 /// The result of evaluating one login attempt.
 pub(super) enum Verdict {
-    Allow { user: Arc<LocalUser>, grant: Grant },
+    Allow {
+        user: Arc<LocalUser>,
+        grant: Grant,
+    },
     Refuse(String),
-    Hold { user: Arc<LocalUser>, grant: Grant, period: std::time::Duration },
+    Hold {
+        user: Arc<LocalUser>,
+        grant: Grant,
+        period: std::time::Duration,
+    },
 }
 
 impl ConnHandler {
@@ -141,6 +148,10 @@ async fn decide(
         Some(p) if shared.approval_fresh(&peer.node_id, ssh_user, p, instant) => {
             Verdict::Allow { user, grant }
         }
-        Some(period) => Verdict::Hold { user, grant, period },
+        Some(period) => Verdict::Hold {
+            user,
+            grant,
+            period,
+        },
     }
 }

@@ -174,7 +174,11 @@ impl Handler for ConnHandler {
             return Ok(match self.decide(user).await {
                 Verdict::Allow { user: local, grant } => self.accept_login(user, local, grant),
                 Verdict::Refuse(msg) => self.refuse(&msg),
-                Verdict::Hold { user: local, grant, period } => {
+                Verdict::Hold {
+                    user: local,
+                    grant,
+                    period,
+                } => {
                     let Some(peer) = self.identity.clone() else {
                         return Ok(self.refuse("unknown peer"));
                     };

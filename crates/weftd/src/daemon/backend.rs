@@ -43,7 +43,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self {
+            status,
+            message: message.into(),
+        }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(400, m)
@@ -131,7 +134,8 @@ impl Handle {
                 let _ = tx.send(f(b));
             }))
             .map_err(|_| ApiError::new(503, "weftd is shutting down"))?;
-        rx.await.map_err(|_| ApiError::new(503, "weftd is shutting down"))
+        rx.await
+            .map_err(|_| ApiError::new(503, "weftd is shutting down"))
     }
 }
 
@@ -154,10 +158,22 @@ impl LogoutJob {
     pub async fn run(self) -> Result<(), String> {
         let server_key = match self.pinned {
             Some(k) => k,
-            None => session::fetch_key(&*self.client, &self.url).await.map_err(|e| e.to_string())?,
+            None => session::fetch_key(&*self.client, &self.url)
+                .await
+                .map_err(|e| e.to_string())?,
         };
-        let target = ControlTarget { url: self.url.clone(), machine_key: self.machine_key.clone(), server_key };
-        session::logout(&*self.client, &target, &self.node_key, self.host_info.clone()).await
+        let target = ControlTarget {
+            url: self.url.clone(),
+            machine_key: self.machine_key.clone(),
+            server_key,
+        };
+        session::logout(
+            &*self.client,
+            &target,
+            &self.node_key,
+            self.host_info.clone(),
+        )
+        .await
     }
 }
 
@@ -215,7 +231,8 @@ impl Backend {
         mut events: mpsc::UnboundedReceiver<(u64, SessionEvent)>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        self.dp.set_shields_up(self.store.current().prefs.shields_up);
+        self.dp
+            .set_shields_up(self.store.current().prefs.shields_up);
         self.publish_state(false);
         loop {
             tokio::select! {
@@ -226,7 +243,8 @@ impl Backend {
                 _ = stop.wait_for(|s| *s) => break,
                 Some((generation, event)) = events.recv() => self.on_session(generation, event),
             }
-            self.dp.set_shields_up(self.store.current().prefs.shields_up);
+            self.dp
+                .set_shields_up(self.store.current().prefs.shields_up);
             self.publish_state(false);
         }
         self.session = None;
@@ -247,7 +265,11 @@ impl Backend {
         if self.rt.login == Login::AuthKey && want {
             return BackendState::Starting;
         }
-        if self.rt.key_expired || self.rt.needs_auth || !p.is_registered() || self.rt.pending_key.is_some() && self.rt.login != Login::None {
+        if self.rt.key_expired
+            || self.rt.needs_auth
+            || !p.is_registered()
+            || self.rt.pending_key.is_some() && self.rt.login != Login::None
+        {
             return BackendState::NeedsLogin;
         }
         if !want {
@@ -295,7 +317,11 @@ impl Backend {
     pub fn health(&self) -> Vec<String> {
         let mut h = Vec::new();
         if let Some(e) = &self.rt.control_error {
-            let kept = if self.rt.netmap.is_some() { "; keeping the last network map" } else { "" };
+            let kept = if self.rt.netmap.is_some() {
+                "; keeping the last network map"
+            } else {
+                ""
+            };
             h.push(format!("{e}{kept}"));
         }
         if self.rt.key_expired {
@@ -324,7 +350,11 @@ impl Backend {
     /// Returns a snapshot for a new watcher and subscribes it, atomically
     /// (no event falls between the two).
     pub fn watch(&self) -> (Notify, tokio::sync::broadcast::Receiver<Notify>) {
-        let snapshot = Notify::Snapshot { state: self.state(), auth_url: self.rt.auth_url.clone(), prefs: self.prefs() };
+        let snapshot = Notify::Snapshot {
+            state: self.state(),
+            auth_url: self.rt.auth_url.clone(),
+            prefs: self.prefs(),
+        };
         (snapshot, self.bus.subscribe())
     }
 
@@ -369,7 +399,9 @@ impl Backend {
         if before == after {
             return;
         }
-        self.bus.send(Notify::Prefs { prefs: after.clone() });
+        self.bus.send(Notify::Prefs {
+            prefs: after.clone(),
+        });
         if before.want_running != after.want_running {
             if after.want_running {
                 self.rt.error_reported = false;
@@ -420,7 +452,9 @@ impl Backend {
         }
         self.rt.error_reported = false;
         if before != prefs {
-            self.bus.send(Notify::Prefs { prefs: prefs.clone() });
+            self.bus.send(Notify::Prefs {
+                prefs: prefs.clone(),
+            });
         }
         let registered = self.store.current().is_registered();
         let needs_login = !registered || self.rt.key_expired || self.rt.needs_auth;
@@ -488,18 +522,31 @@ impl Backend {
     ///
     /// # Errors
     /// 502 with the control error; 500 if the state cannot be written.
-    pub fn finish_logout(&mut self, profile_id: &str, result: Result<(), String>) -> Result<(), ApiError> {
+    pub fn finish_logout(
+        &mut self,
+        profile_id: &str,
+        result: Result<(), String>,
+    ) -> Result<(), ApiError> {
         if self.store.current().id != profile_id {
-            return Err(ApiError::new(409, "the profile changed while logging out; nothing was removed"));
+            return Err(ApiError::new(
+                409,
+                "the profile changed while logging out; nothing was removed",
+            ));
         }
         if let Err(e) = result {
             self.ensure_session(false);
-            return Err(ApiError::new(502, format!("logout failed, the node is still logged in: {e}")));
+            return Err(ApiError::new(
+                502,
+                format!("logout failed, the node is still logged in: {e}"),
+            ));
         }
-        self.store.delete(profile_id, super::dataplane::unix_now().0)?;
+        self.store
+            .delete(profile_id, super::dataplane::unix_now().0)?;
         self.store.update_current(|p| p.prefs.logged_out = true)?;
         self.load_profile();
-        self.bus.send(Notify::Prefs { prefs: self.prefs() });
+        self.bus.send(Notify::Prefs {
+            prefs: self.prefs(),
+        });
         tracing::info!("Logged out");
         Ok(())
     }
@@ -509,9 +556,12 @@ impl Backend {
     /// # Errors
     /// 500 if the state cannot be written.
     pub fn new_profile(&mut self) -> Result<ProfileSummary, ApiError> {
-        self.store.create(Prefs::default(), super::dataplane::unix_now().0)?;
+        self.store
+            .create(Prefs::default(), super::dataplane::unix_now().0)?;
         self.load_profile();
-        self.bus.send(Notify::Prefs { prefs: self.prefs() });
+        self.bus.send(Notify::Prefs {
+            prefs: self.prefs(),
+        });
         Ok(self.current_summary())
     }
 
@@ -523,7 +573,9 @@ impl Backend {
         if self.store.current().id != id {
             self.store.switch(id)?;
             self.load_profile();
-            self.bus.send(Notify::Prefs { prefs: self.prefs() });
+            self.bus.send(Notify::Prefs {
+                prefs: self.prefs(),
+            });
         }
         Ok(self.current_summary())
     }
@@ -535,7 +587,9 @@ impl Backend {
     pub fn delete_profile(&mut self, id: &str) -> Result<(), ApiError> {
         if self.store.delete(id, super::dataplane::unix_now().0)? {
             self.load_profile();
-            self.bus.send(Notify::Prefs { prefs: self.prefs() });
+            self.bus.send(Notify::Prefs {
+                prefs: self.prefs(),
+            });
         }
         Ok(())
     }
@@ -543,7 +597,9 @@ impl Backend {
     /// Finds the peer with tailnet address `ip`.
     pub fn peer_by_ip(&self, ip: IpAddr) -> Option<&weft_types::Node> {
         let nm = self.rt.netmap.as_ref()?;
-        nm.peers.values().find(|n| n.addresses.iter().any(|a| a.addr() == ip))
+        nm.peers
+            .values()
+            .find(|n| n.addresses.iter().any(|a| a.addr() == ip))
     }
 
     /// Starts a disco ping to the peer at `ip`.
@@ -560,10 +616,16 @@ impl Backend {
         };
         let name = peer.name.first_label().to_string();
         if !peer.is_usable_at(super::dataplane::unix_now()) {
-            return Err(ApiError::new(502, format!("{name} ({ip}) is expired or not authorized")));
+            return Err(ApiError::new(
+                502,
+                format!("{name} ({ip}) is expired or not authorized"),
+            ));
         }
         let rx = self.dp.ping(&peer.node_key, timeout).ok_or_else(|| {
-            ApiError::new(502, format!("{name} ({ip}) has no disco key yet (it has not connected to control)"))
+            ApiError::new(
+                502,
+                format!("{name} ({ip}) has no disco key yet (it has not connected to control)"),
+            )
         })?;
         Ok((name, rx))
     }
@@ -620,7 +682,8 @@ impl Backend {
             return;
         }
         let p = self.store.current();
-        let runnable = p.prefs.want_running && (p.is_registered() || login_ok) && !self.rt.key_expired;
+        let runnable =
+            p.prefs.want_running && (p.is_registered() || login_ok) && !self.rt.key_expired;
         if runnable {
             self.respawn(LoginMode::Existing);
         }
@@ -659,18 +722,33 @@ impl Backend {
             seed: rand::random(),
         };
         tracing::debug!(generation = self.generation, url = %spec.url, "Control session starting");
-        self.session = Some(session::spawn(Arc::clone(&self.control), spec, self.events_tx.clone()));
+        self.session = Some(session::spawn(
+            Arc::clone(&self.control),
+            spec,
+            self.events_tx.clone(),
+        ));
     }
 
     fn host_info(&self) -> HostInfo {
         let prefs = &self.store.current().prefs;
         HostInfo {
-            hostname: prefs.hostname.clone().unwrap_or_else(|| self.info.os_hostname.clone()),
+            hostname: prefs
+                .hostname
+                .clone()
+                .unwrap_or_else(|| self.info.os_hostname.clone()),
             os: "linux".into(),
             os_version: String::new(),
             weft_version: env!("CARGO_PKG_VERSION").into(),
-            ssh_host_keys: if prefs.run_ssh { self.ssh_host_keys.clone() } else { Vec::new() },
-            requested_tags: prefs.advertise_tags.iter().filter_map(|t| t.parse::<Tag>().ok()).collect(),
+            ssh_host_keys: if prefs.run_ssh {
+                self.ssh_host_keys.clone()
+            } else {
+                Vec::new()
+            },
+            requested_tags: prefs
+                .advertise_tags
+                .iter()
+                .filter_map(|t| t.parse::<Tag>().ok())
+                .collect(),
             shields_up: prefs.shields_up,
         }
     }
@@ -808,7 +886,10 @@ impl Backend {
 }
 
 fn host_info_changed(a: &Prefs, b: &Prefs) -> bool {
-    a.hostname != b.hostname || a.shields_up != b.shields_up || a.advertise_tags != b.advertise_tags || a.run_ssh != b.run_ssh
+    a.hostname != b.hostname
+        || a.shields_up != b.shields_up
+        || a.advertise_tags != b.advertise_tags
+        || a.run_ssh != b.run_ssh
 }
 
 fn validate_tags(tags: &[String]) -> Result<(), ApiError> {

@@ -23,7 +23,9 @@ impl Default for Bus {
 impl Bus {
     /// Creates a bus with no watchers.
     pub fn new() -> Self {
-        Self { tx: broadcast::channel(CAPACITY).0 }
+        Self {
+            tx: broadcast::channel(CAPACITY).0,
+        }
     }
 
     /// Publishes an event (dropped if nobody watches).

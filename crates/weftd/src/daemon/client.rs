@@ -37,7 +37,11 @@ fn convert(e: ClientError) -> ControlError {
 
 fn target(t: &ControlTarget) -> Result<Target, ControlError> {
     let url: ControlUrl = t.url.parse().map_err(convert)?;
-    Ok(Target { url, machine_key: t.machine_key.clone(), server_key: t.server_key })
+    Ok(Target {
+        url,
+        machine_key: t.machine_key.clone(),
+        server_key: t.server_key,
+    })
 }
 
 impl ControlClient for WeftClient {
@@ -45,14 +49,24 @@ impl ControlClient for WeftClient {
         let parsed: Result<ControlUrl, _> = url.parse();
         Box::pin(async move {
             let url = parsed.map_err(convert)?;
-            let key = weft_client::fetch_key(&url, KEY_TIMEOUT).await.map_err(convert)?;
+            let key = weft_client::fetch_key(&url, KEY_TIMEOUT)
+                .await
+                .map_err(convert)?;
             Ok(key.public_key)
         })
     }
 
-    fn register(&self, t: &ControlTarget, req: RegisterRequest) -> BoxFuture<'_, Result<RegisterResponse, ControlError>> {
+    fn register(
+        &self,
+        t: &ControlTarget,
+        req: RegisterRequest,
+    ) -> BoxFuture<'_, Result<RegisterResponse, ControlError>> {
         let target = target(t);
-        Box::pin(async move { weft_client::register(&target?, req, &self.opts).await.map_err(convert) })
+        Box::pin(async move {
+            weft_client::register(&target?, req, &self.opts)
+                .await
+                .map_err(convert)
+        })
     }
 
     fn map(
@@ -63,7 +77,9 @@ impl ControlClient for WeftClient {
     ) -> BoxFuture<'_, Result<MapStream, ControlError>> {
         let target = target(t);
         Box::pin(async move {
-            let events = weft_client::map(&target?, req, updates, &self.opts).await.map_err(convert)?;
+            let events = weft_client::map(&target?, req, updates, &self.opts)
+                .await
+                .map_err(convert)?;
             let stream: MapStream = Box::pin(events.map(|r| r.map_err(convert)));
             Ok(stream)
         })
@@ -81,14 +97,22 @@ mod tests {
         let port = sock.local_addr().unwrap().port();
         drop(sock);
         let url = format!("http://127.0.0.1:{port}");
-        let err = WeftClient::new().server_key(&url).await.unwrap_err().to_string();
+        let err = WeftClient::new()
+            .server_key(&url)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&url), "{err}");
         assert!(err.to_lowercase().contains("refused"), "{err}");
     }
 
     #[tokio::test]
     async fn a_bad_url_is_refused_with_a_message() {
-        let err = WeftClient::new().server_key("ftp://x").await.unwrap_err().to_string();
+        let err = WeftClient::new()
+            .server_key("ftp://x")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ftp://x"), "{err}");
     }
 }

@@ -74,7 +74,10 @@ impl Configurator {
             .collect();
         for (key, old) in &self.peers {
             if !wanted.contains_key(key) {
-                plan.wg.push(PeerUpdate { remove: true, ..PeerUpdate::new(*key) });
+                plan.wg.push(PeerUpdate {
+                    remove: true,
+                    ..PeerUpdate::new(*key)
+                });
                 if old.disco_key.is_some() {
                     plan.disco_remove.push(*key);
                 }
@@ -89,14 +92,17 @@ impl Configurator {
                     ..PeerUpdate::new(*key)
                 });
             }
-            let disco_changed = old.is_none_or(|o| o.disco_key != new.disco_key || o.endpoints != new.endpoints);
+            let disco_changed =
+                old.is_none_or(|o| o.disco_key != new.disco_key || o.endpoints != new.endpoints);
             match (new.disco_key, disco_changed) {
                 (Some(disco_key), true) => plan.disco_upsert.push(DiscoPeer {
                     node_key: *key,
                     disco_key,
                     endpoints: new.endpoints.clone(),
                 }),
-                (None, true) if old.is_some_and(|o| o.disco_key.is_some()) => plan.disco_remove.push(*key),
+                (None, true) if old.is_some_and(|o| o.disco_key.is_some()) => {
+                    plan.disco_remove.push(*key)
+                }
                 _ => {}
             }
         }
@@ -114,7 +120,10 @@ impl Configurator {
     pub fn clear(&mut self) -> Plan {
         let mut plan = Plan::default();
         for (key, old) in std::mem::take(&mut self.peers) {
-            plan.wg.push(PeerUpdate { remove: true, ..PeerUpdate::new(key) });
+            plan.wg.push(PeerUpdate {
+                remove: true,
+                ..PeerUpdate::new(key)
+            });
             if old.disco_key.is_some() {
                 plan.disco_remove.push(key);
             }
@@ -137,7 +146,11 @@ fn programmed(n: &Node) -> Programmed {
     let mut endpoints: Vec<SocketAddr> = n.endpoints.iter().map(|e| e.addr).collect();
     endpoints.sort();
     endpoints.dedup();
-    Programmed { allowed_ips, disco_key: n.disco_key, endpoints }
+    Programmed {
+        allowed_ips,
+        disco_key: n.disco_key,
+        endpoints,
+    }
 }
 
 #[cfg(test)]
@@ -156,10 +169,23 @@ pub(crate) mod tests {
             node_key: NodePrivate::from_bytes([n; 32]).public(),
             machine_key: weft_types::MachinePrivate::from_bytes([n; 32]).public(),
             disco_key: Some(DiscoPrivate::from_bytes([n; 32]).public()),
-            addresses: vec![format!("100.64.0.{n}/32").parse().unwrap(), format!("fd13:b027:8801::{n}/128").parse().unwrap()],
-            allowed_ips: vec![format!("100.64.0.{n}/32").parse().unwrap(), format!("fd13:b027:8801::{n}/128").parse().unwrap()],
-            endpoints: vec![Endpoint { addr: format!("198.18.0.{n}:41641").parse().unwrap(), kind: EndpointKind::Local }],
-            host_info: HostInfo { hostname: format!("node{n}"), os: "linux".into(), ..HostInfo::default() },
+            addresses: vec![
+                format!("100.64.0.{n}/32").parse().unwrap(),
+                format!("fd13:b027:8801::{n}/128").parse().unwrap(),
+            ],
+            allowed_ips: vec![
+                format!("100.64.0.{n}/32").parse().unwrap(),
+                format!("fd13:b027:8801::{n}/128").parse().unwrap(),
+            ],
+            endpoints: vec![Endpoint {
+                addr: format!("198.18.0.{n}:41641").parse().unwrap(),
+                kind: EndpointKind::Local,
+            }],
+            host_info: HostInfo {
+                hostname: format!("node{n}"),
+                os: "linux".into(),
+                ..HostInfo::default()
+            },
             created: UnixMillis(1),
             last_seen: None,
             online: true,
@@ -172,7 +198,10 @@ pub(crate) mod tests {
     pub(crate) fn netmap(self_n: u8, peers: &[u8]) -> NetMap {
         NetMap {
             self_node: node(self_n),
-            peers: peers.iter().map(|n| (NodeId(i64::from(*n)), node(*n))).collect(),
+            peers: peers
+                .iter()
+                .map(|n| (NodeId(i64::from(*n)), node(*n)))
+                .collect(),
             user_profiles: BTreeMap::new(),
             domain: "example.weft.internal".parse().unwrap(),
             dns: DnsConfig::default(),
@@ -191,10 +220,17 @@ pub(crate) mod tests {
         let mut c = Configurator::new();
         let plan = c.plan(&netmap(1, &[2, 3]), UnixMillis(10));
         assert_eq!(plan.wg.len(), 2);
-        assert!(plan.wg.iter().all(|u| !u.remove && u.replace_allowed_ips && u.allowed_ips.len() == 2));
+        assert!(
+            plan.wg
+                .iter()
+                .all(|u| !u.remove && u.replace_allowed_ips && u.allowed_ips.len() == 2)
+        );
         assert_eq!(plan.disco_upsert.len(), 2);
         assert_eq!(plan.add_addresses.len(), 2);
-        assert!(c.plan(&netmap(1, &[2, 3]), UnixMillis(10)).is_empty(), "the same map again changes nothing");
+        assert!(
+            c.plan(&netmap(1, &[2, 3]), UnixMillis(10)).is_empty(),
+            "the same map again changes nothing"
+        );
     }
 
     #[test]
@@ -203,12 +239,23 @@ pub(crate) mod tests {
         let mut nm = netmap(1, &[2, 3, 4]);
         c.plan(&nm, UnixMillis(10));
         // Peer 3 reports a new endpoint: only disco hears about it.
-        nm.peers.get_mut(&NodeId(3)).unwrap().endpoints[0].addr = "198.18.5.5:41641".parse().unwrap();
+        nm.peers.get_mut(&NodeId(3)).unwrap().endpoints[0].addr =
+            "198.18.5.5:41641".parse().unwrap();
         let plan = c.plan(&nm, UnixMillis(10));
         assert!(plan.wg.is_empty());
-        assert_eq!(plan.disco_upsert.iter().map(|d| d.node_key).collect::<Vec<_>>(), vec![key(3)]);
+        assert_eq!(
+            plan.disco_upsert
+                .iter()
+                .map(|d| d.node_key)
+                .collect::<Vec<_>>(),
+            vec![key(3)]
+        );
         // Peer 4 gets a route: one WireGuard update, for peer 4.
-        nm.peers.get_mut(&NodeId(4)).unwrap().allowed_ips.push("198.18.100.0/24".parse().unwrap());
+        nm.peers
+            .get_mut(&NodeId(4))
+            .unwrap()
+            .allowed_ips
+            .push("198.18.100.0/24".parse().unwrap());
         let plan = c.plan(&nm, UnixMillis(10));
         assert_eq!(plan.wg.len(), 1);
         assert_eq!(plan.wg[0].public_key, key(4));
@@ -228,7 +275,12 @@ pub(crate) mod tests {
         nm.peers.get_mut(&NodeId(4)).unwrap().machine_authorized = false;
         nm.peers.get_mut(&NodeId(5)).unwrap().key_expiry = Some(UnixMillis(5));
         let plan = c.plan(&nm, UnixMillis(10));
-        let removed: Vec<NodePublic> = plan.wg.iter().filter(|u| u.remove).map(|u| u.public_key).collect();
+        let removed: Vec<NodePublic> = plan
+            .wg
+            .iter()
+            .filter(|u| u.remove)
+            .map(|u| u.public_key)
+            .collect();
         assert_eq!(removed.len(), 4);
         assert_eq!(plan.disco_remove.len(), 4);
         assert_eq!(c.peers().count(), 0);

@@ -2,7 +2,6 @@
 //! is written against, so it runs the same over the real client
 //! ([`super::client::WeftClient`]) and over the scripted fake in tests.
 
-
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
@@ -28,7 +27,11 @@ pub enum ControlError {
     Unreachable { url: String, cause: String },
     /// The server sent a protocol error (and closed the channel).
     #[error("control server {url} said: {message}")]
-    Server { url: String, code: ErrorCode, message: String },
+    Server {
+        url: String,
+        code: ErrorCode,
+        message: String,
+    },
     /// Anything else the client reports; the message names the server.
     #[error("{0}")]
     Client(String),

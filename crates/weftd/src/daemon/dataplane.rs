@@ -64,7 +64,9 @@ fn now() -> Instant {
 
 #[allow(clippy::disallowed_methods)] // the daemon is where time enters
 pub fn unix_now() -> UnixMillis {
-    let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     UnixMillis(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
@@ -80,12 +82,24 @@ pub struct EngineDataPlane {
 impl EngineDataPlane {
     /// Joins a started engine with the netlink worker's queue, and puts the
     /// inbound filter into the tunnel (nothing comes in until a netmap).
-    pub fn new(tunnel: Arc<TailnetTunnel>, engine: Engine<TailnetTunnel>, os: mpsc::UnboundedSender<AddrChange>) -> Self {
+    pub fn new(
+        tunnel: Arc<TailnetTunnel>,
+        engine: Engine<TailnetTunnel>,
+        os: mpsc::UnboundedSender<AddrChange>,
+    ) -> Self {
         let filter = Arc::new(NodeFilter::new(rand::random()));
         if !tunnel.set_hooks(Arc::clone(&filter) as Arc<dyn super::tunnel::PacketHooks>) {
-            tracing::warn!("The tunnel already had packet hooks; the filter is not in the data path");
+            tracing::warn!(
+                "The tunnel already had packet hooks; the filter is not in the data path"
+            );
         }
-        Self { tunnel, filter, engine, config: Configurator::new(), os }
+        Self {
+            tunnel,
+            filter,
+            engine,
+            config: Configurator::new(),
+            os,
+        }
     }
 
     fn apply(&mut self, plan: Plan) {
@@ -105,13 +119,23 @@ impl EngineDataPlane {
             self.tunnel.disco_remove(key);
         }
         if !plan.wg.is_empty() {
-            self.tunnel.device().apply(DeviceUpdate { peers: plan.wg, ..DeviceUpdate::default() }, now);
+            self.tunnel.device().apply(
+                DeviceUpdate {
+                    peers: plan.wg,
+                    ..DeviceUpdate::default()
+                },
+                now,
+            );
         }
         for p in plan.disco_upsert {
-            self.tunnel.disco_upsert(p.node_key, p.disco_key, p.endpoints, now);
+            self.tunnel
+                .disco_upsert(p.node_key, p.disco_key, p.endpoints, now);
         }
         if !plan.add_addresses.is_empty() || !plan.remove_addresses.is_empty() {
-            let _ = self.os.send(AddrChange { add: plan.add_addresses, remove: plan.remove_addresses });
+            let _ = self.os.send(AddrChange {
+                add: plan.add_addresses,
+                remove: plan.remove_addresses,
+            });
         }
     }
 }
@@ -121,9 +145,13 @@ impl DataPlane for EngineDataPlane {
         if let Some(k) = key {
             self.tunnel.set_node_key(k.public());
         }
-        self.tunnel
-            .device()
-            .apply(DeviceUpdate { private_key: Some(key.cloned()), ..DeviceUpdate::default() }, now());
+        self.tunnel.device().apply(
+            DeviceUpdate {
+                private_key: Some(key.cloned()),
+                ..DeviceUpdate::default()
+            },
+            now(),
+        );
     }
 
     fn apply_netmap(&mut self, nm: &NetMap) {
@@ -146,7 +174,12 @@ impl DataPlane for EngineDataPlane {
             .into_iter()
             .map(|p| {
                 let cur = self.tunnel.best_addr(&p.public_key, now).or(p.endpoint);
-                let live = PeerLive { cur_addr: cur, last_handshake: p.last_handshake, rx_bytes: p.rx_bytes, tx_bytes: p.tx_bytes };
+                let live = PeerLive {
+                    cur_addr: cur,
+                    last_handshake: p.last_handshake,
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                };
                 (p.public_key, live)
             })
             .collect()
@@ -173,7 +206,12 @@ impl DataPlane for EngineDataPlane {
     }
 
     fn metrics(&self, out: &mut String) {
-        super::filter::render_metrics(out, &self.filter.stats(), &self.tunnel.counters(), &self.engine.stats());
+        super::filter::render_metrics(
+            out,
+            &self.filter.stats(),
+            &self.tunnel.counters(),
+            &self.engine.stats(),
+        );
     }
 
     fn failure(&self) -> Option<String> {

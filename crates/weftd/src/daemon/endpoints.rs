@@ -22,7 +22,10 @@ pub fn local(tun: &str, port: u16) -> Vec<Endpoint> {
             } else {
                 IpAddr::V6(sa.as_sockaddr_in6()?.ip())
             };
-            usable(ip).then_some(Endpoint { addr: SocketAddr::new(ip, port), kind: EndpointKind::Local })
+            usable(ip).then_some(Endpoint {
+                addr: SocketAddr::new(ip, port),
+                kind: EndpointKind::Local,
+            })
         })
         .collect();
     out.sort();
@@ -36,7 +39,11 @@ pub fn usable(ip: IpAddr) -> bool {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => v6.is_unicast_link_local(),
     };
-    !ip.is_loopback() && !ip.is_unspecified() && !ip.is_multicast() && !link_local && !super::netlink::in_tailnet(ip)
+    !ip.is_loopback()
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && !link_local
+        && !super::netlink::in_tailnet(ip)
 }
 
 #[cfg(test)]
@@ -45,7 +52,15 @@ mod tests {
 
     #[test]
     fn loopback_link_local_and_tailnet_addresses_are_not_offered() {
-        for bad in ["127.0.0.1", "::1", "169.254.1.1", "fe80::1", "100.64.0.5", "fd13:b027:8801::5", "0.0.0.0"] {
+        for bad in [
+            "127.0.0.1",
+            "::1",
+            "169.254.1.1",
+            "fe80::1",
+            "100.64.0.5",
+            "fd13:b027:8801::5",
+            "0.0.0.0",
+        ] {
             assert!(!usable(bad.parse().unwrap()), "{bad}");
         }
         for good in ["198.18.0.1", "fd00::1", "10.0.0.1"] {
@@ -56,6 +71,9 @@ mod tests {
     #[test]
     fn local_endpoints_never_include_loopback_or_the_tun() {
         let eps = local("lo", 41641);
-        assert!(eps.iter().all(|e| !e.addr.ip().is_loopback() && e.addr.port() == 41641));
+        assert!(
+            eps.iter()
+                .all(|e| !e.addr.ip().is_loopback() && e.addr.port() == 41641)
+        );
     }
 }

@@ -49,23 +49,39 @@ impl NodeFilter {
     /// netmap. `seed` keys the flow hash (random bytes in the daemon).
     #[must_use]
     pub fn new(seed: [u8; 32]) -> Self {
-        Self { filter: Filter::new(Config::default(), seed), next_sweep: Mutex::new(None) }
+        Self {
+            filter: Filter::new(Config::default(), seed),
+            next_sweep: Mutex::new(None),
+        }
     }
 
     /// Installs what `nm` says about this node: its addresses and its packet
     /// filter. Does nothing when neither changed, so a netmap that only
     /// moves a peer costs no re-judging. Returns how many flows were cut.
     pub fn apply_netmap(&self, nm: &NetMap) -> usize {
-        let mut addrs: Vec<IpAddr> = nm.self_node.addresses.iter().map(ipnet::IpNet::addr).collect();
+        let mut addrs: Vec<IpAddr> = nm
+            .self_node
+            .addresses
+            .iter()
+            .map(ipnet::IpNet::addr)
+            .collect();
         addrs.sort_unstable();
         addrs.dedup();
         let current = self.filter.policy();
         if current.local_addrs == addrs && current.filter == nm.packet_filter {
             return 0;
         }
-        let policy = Policy { filter: nm.packet_filter.clone(), local_addrs: addrs, shields_up: current.shields_up };
+        let policy = Policy {
+            filter: nm.packet_filter.clone(),
+            local_addrs: addrs,
+            shields_up: current.shields_up,
+        };
         let cut = self.filter.set_policy(policy);
-        tracing::info!(rules = nm.packet_filter.rules().len(), cut, "Packet filter installed");
+        tracing::info!(
+            rules = nm.packet_filter.rules().len(),
+            cut,
+            "Packet filter installed"
+        );
         cut
     }
 
@@ -87,7 +103,11 @@ impl NodeFilter {
         if current.local_addrs.is_empty() && current.filter.is_empty() {
             return;
         }
-        self.filter.set_policy(Policy { filter: PacketFilter::default(), local_addrs: Vec::new(), shields_up: current.shields_up });
+        self.filter.set_policy(Policy {
+            filter: PacketFilter::default(),
+            local_addrs: Vec::new(),
+            shields_up: current.shields_up,
+        });
     }
 
     /// Returns the filter's counters.
@@ -107,7 +127,10 @@ impl PacketHooks for NodeFilter {
     }
 
     fn handle_timeout(&self, now: Instant) {
-        let mut next = self.next_sweep.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = self
+            .next_sweep
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if next.is_some_and(|t| now < t) {
             return;
         }
@@ -121,13 +144,22 @@ impl PacketHooks for NodeFilter {
 /// rest from the filter (or, for a data plane without one, the netmap's
 /// rule count and the tunnel's drop count).
 #[must_use]
-pub fn status(stats: Option<&FilterStats>, shields_up: bool, netmap_rules: usize, filtered: u64) -> FilterStatus {
+pub fn status(
+    stats: Option<&FilterStats>,
+    shields_up: bool,
+    netmap_rules: usize,
+    filtered: u64,
+) -> FilterStatus {
     match stats {
         Some(s) => FilterStatus {
             shields_up,
             rules: s.rules,
             dropped: s.dropped_total(),
-            dropped_by_reason: s.dropped.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            dropped_by_reason: s
+                .dropped
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
             flows: s.flows,
             flows_revoked: s.flows_revoked,
         },
@@ -135,7 +167,11 @@ pub fn status(stats: Option<&FilterStats>, shields_up: bool, netmap_rules: usize
             shields_up,
             rules: netmap_rules,
             dropped: filtered,
-            dropped_by_reason: if filtered > 0 { std::iter::once(("not_allowed".to_owned(), filtered)).collect() } else { Default::default() },
+            dropped_by_reason: if filtered > 0 {
+                std::iter::once(("not_allowed".to_owned(), filtered)).collect()
+            } else {
+                Default::default()
+            },
             ..FilterStatus::default()
         },
     }
@@ -146,32 +182,144 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 
 /// Appends the weftd metrics in Prometheus' text format: the filter's
 /// counters, the tunnel's packets and bytes, the engine's I/O counters.
-pub fn render_metrics(out: &mut String, filter: &FilterStats, tunnel: &TunnelCounters, engine: &EngineStats) {
+pub fn render_metrics(
+    out: &mut String,
+    filter: &FilterStats,
+    tunnel: &TunnelCounters,
+    engine: &EngineStats,
+) {
     let mut m = Metrics(out);
-    m.head("weftd_filter_dropped_packets_total", "counter", "Inbound packets the filter dropped, by reason.");
+    m.head(
+        "weftd_filter_dropped_packets_total",
+        "counter",
+        "Inbound packets the filter dropped, by reason.",
+    );
     for reason in DropReason::ALL {
-        m.labeled("weftd_filter_dropped_packets_total", "reason", reason.as_str(), filter.dropped_for(reason));
+        m.labeled(
+            "weftd_filter_dropped_packets_total",
+            "reason",
+            reason.as_str(),
+            filter.dropped_for(reason),
+        );
     }
-    m.one("weftd_filter_accepted_new_flows_total", "counter", "Inbound packets that opened a flow the policy allows.", filter.accepted_new_flows);
-    m.one("weftd_filter_accepted_stateless_total", "counter", "Inbound one-off ICMP messages the policy allows.", filter.accepted_stateless);
-    m.one("weftd_filter_flows", "gauge", "Flows tracked now.", filter.flows);
-    m.one("weftd_filter_flows_revoked_total", "counter", "Inbound-opened flows cut by a policy change or shields-up.", filter.flows_revoked);
-    m.one("weftd_filter_flows_evicted_total", "counter", "Flows evicted from a full table.", filter.flows_evicted);
-    m.one("weftd_filter_flows_expired_total", "counter", "Flows removed after their idle timeout.", filter.flows_expired);
-    m.one("weftd_filter_outbound_malformed_total", "counter", "Packets from TUN the filter could not parse (sent anyway).", filter.outbound_malformed);
-    m.one("weftd_filter_rules", "gauge", "Rules in the installed packet filter.", filter.rules as u64);
-    m.one("weftd_filter_shields_up", "gauge", "1 while shields are up.", u64::from(filter.shields_up));
-    m.head("weftd_tunnel_packets_total", "counter", "IP packets through the tunnel: tx read from TUN, rx written to TUN.");
-    m.labeled("weftd_tunnel_packets_total", "direction", "tx", tunnel.tx_packets);
-    m.labeled("weftd_tunnel_packets_total", "direction", "rx", tunnel.rx_packets);
-    m.head("weftd_tunnel_bytes_total", "counter", "IP bytes through the tunnel (before encryption, after decryption).");
-    m.labeled("weftd_tunnel_bytes_total", "direction", "tx", tunnel.tx_bytes);
-    m.labeled("weftd_tunnel_bytes_total", "direction", "rx", tunnel.rx_bytes);
-    m.one("weftd_udp_received_datagrams_total", "counter", "UDP datagrams received (WireGuard and disco).", engine.udp_recv_datagrams);
-    m.one("weftd_udp_sent_datagrams_total", "counter", "UDP datagrams sent in batches.", engine.udp_send_datagrams);
-    m.one("weftd_udp_send_errors_total", "counter", "Batches that failed to send.", engine.udp_send_errors);
-    m.one("weftd_tun_read_errors_total", "counter", "Malformed reads from TUN.", engine.tun_read_errors);
-    m.one("weftd_tun_write_errors_total", "counter", "Batch writes to TUN that failed.", engine.tun_write_errors);
+    m.one(
+        "weftd_filter_accepted_new_flows_total",
+        "counter",
+        "Inbound packets that opened a flow the policy allows.",
+        filter.accepted_new_flows,
+    );
+    m.one(
+        "weftd_filter_accepted_stateless_total",
+        "counter",
+        "Inbound one-off ICMP messages the policy allows.",
+        filter.accepted_stateless,
+    );
+    m.one(
+        "weftd_filter_flows",
+        "gauge",
+        "Flows tracked now.",
+        filter.flows,
+    );
+    m.one(
+        "weftd_filter_flows_revoked_total",
+        "counter",
+        "Inbound-opened flows cut by a policy change or shields-up.",
+        filter.flows_revoked,
+    );
+    m.one(
+        "weftd_filter_flows_evicted_total",
+        "counter",
+        "Flows evicted from a full table.",
+        filter.flows_evicted,
+    );
+    m.one(
+        "weftd_filter_flows_expired_total",
+        "counter",
+        "Flows removed after their idle timeout.",
+        filter.flows_expired,
+    );
+    m.one(
+        "weftd_filter_outbound_malformed_total",
+        "counter",
+        "Packets from TUN the filter could not parse (sent anyway).",
+        filter.outbound_malformed,
+    );
+    m.one(
+        "weftd_filter_rules",
+        "gauge",
+        "Rules in the installed packet filter.",
+        filter.rules as u64,
+    );
+    m.one(
+        "weftd_filter_shields_up",
+        "gauge",
+        "1 while shields are up.",
+        u64::from(filter.shields_up),
+    );
+    m.head(
+        "weftd_tunnel_packets_total",
+        "counter",
+        "IP packets through the tunnel: tx read from TUN, rx written to TUN.",
+    );
+    m.labeled(
+        "weftd_tunnel_packets_total",
+        "direction",
+        "tx",
+        tunnel.tx_packets,
+    );
+    m.labeled(
+        "weftd_tunnel_packets_total",
+        "direction",
+        "rx",
+        tunnel.rx_packets,
+    );
+    m.head(
+        "weftd_tunnel_bytes_total",
+        "counter",
+        "IP bytes through the tunnel (before encryption, after decryption).",
+    );
+    m.labeled(
+        "weftd_tunnel_bytes_total",
+        "direction",
+        "tx",
+        tunnel.tx_bytes,
+    );
+    m.labeled(
+        "weftd_tunnel_bytes_total",
+        "direction",
+        "rx",
+        tunnel.rx_bytes,
+    );
+    m.one(
+        "weftd_udp_received_datagrams_total",
+        "counter",
+        "UDP datagrams received (WireGuard and disco).",
+        engine.udp_recv_datagrams,
+    );
+    m.one(
+        "weftd_udp_sent_datagrams_total",
+        "counter",
+        "UDP datagrams sent in batches.",
+        engine.udp_send_datagrams,
+    );
+    m.one(
+        "weftd_udp_send_errors_total",
+        "counter",
+        "Batches that failed to send.",
+        engine.udp_send_errors,
+    );
+    m.one(
+        "weftd_tun_read_errors_total",
+        "counter",
+        "Malformed reads from TUN.",
+        engine.tun_read_errors,
+    );
+    m.one(
+        "weftd_tun_write_errors_total",
+        "counter",
+        "Batch writes to TUN that failed.",
+        engine.tun_write_errors,
+    );
 }
 
 struct Metrics<'a>(&'a mut String);
@@ -208,7 +356,10 @@ mod tests {
             .iter()
             .map(|&p| FilterRule {
                 src: vec!["100.64.0.2/32".parse().unwrap()],
-                dst: vec![DstPorts { net: "100.64.0.1/32".parse().unwrap(), ports: PortRange { first: p, last: p } }],
+                dst: vec![DstPorts {
+                    net: "100.64.0.1/32".parse().unwrap(),
+                    ports: PortRange { first: p, last: p },
+                }],
                 protos: vec![6],
                 origin: None,
             })
@@ -264,10 +415,17 @@ mod tests {
             f.note_outbound(&tcp(ME, PEER, port, 4000 + port, SYN_ACK), now);
         }
         assert_eq!(f.apply_netmap(&netmap(&[22])), 1, "the port-80 flow is cut");
-        assert!(f.inbound_allowed(&tcp(PEER, ME, 4022, 22, ACK), now), "ssh continues");
+        assert!(
+            f.inbound_allowed(&tcp(PEER, ME, 4022, 22, ACK), now),
+            "ssh continues"
+        );
         assert!(!f.inbound_allowed(&tcp(PEER, ME, 4080, 80, ACK), now));
         assert_eq!(f.stats().dropped_for(DropReason::NoFlow), 1);
-        assert_eq!(f.apply_netmap(&netmap(&[22])), 0, "the same netmap changes nothing");
+        assert_eq!(
+            f.apply_netmap(&netmap(&[22])),
+            0,
+            "the same netmap changes nothing"
+        );
     }
 
     #[test]
@@ -333,9 +491,17 @@ mod tests {
         assert_eq!(st.dropped_by_reason["malformed"], 1);
 
         let mut text = String::new();
-        let tunnel = TunnelCounters { tx_packets: 3, tx_bytes: 300, rx_packets: 2, rx_bytes: 200 };
+        let tunnel = TunnelCounters {
+            tx_packets: 3,
+            tx_bytes: 300,
+            rx_packets: 2,
+            rx_bytes: 200,
+        };
         render_metrics(&mut text, &s, &tunnel, &EngineStats::default());
-        assert!(text.contains("weftd_filter_dropped_packets_total{reason=\"not_allowed\"} 1\n"), "{text}");
+        assert!(
+            text.contains("weftd_filter_dropped_packets_total{reason=\"not_allowed\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("weftd_filter_dropped_packets_total{reason=\"shields_up\"} 0\n"));
         assert!(text.contains("weftd_tunnel_bytes_total{direction=\"rx\"} 200\n"));
         assert!(text.contains("# TYPE weftd_filter_flows gauge\n"));

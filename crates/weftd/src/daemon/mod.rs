@@ -31,9 +31,9 @@ pub mod session;
 pub mod ssh;
 pub mod ssh_check;
 pub mod state_file;
-pub mod tunnel;
 #[cfg(test)]
 mod tests;
+pub mod tunnel;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -129,28 +129,59 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
     tracing::info!(state = %args.state.display(), machine = %store.machine_key().public().short(), "State loaded");
 
     let (now, wall) = clocks();
-    let tun = Tun::create(&TunConfig { mtu: TUN_MTU, offload: Offload::Auto, ..TunConfig::new(&args.tun) })?;
+    let tun = Tun::create(&TunConfig {
+        mtu: TUN_MTU,
+        offload: Offload::Auto,
+        ..TunConfig::new(&args.tun)
+    })?;
     let device = Arc::new(Device::new(now, wall));
     let disco_key = DiscoPrivate::generate();
     let placeholder = store.machine_key().public(); // replaced by the node key once one is loaded
-    let disco = Disco::new(disco_key, weft_types::NodePublic::from_bytes(placeholder.to_bytes()), rand::random());
+    let disco = Disco::new(
+        disco_key,
+        weft_types::NodePublic::from_bytes(placeholder.to_bytes()),
+        rand::random(),
+    );
     let tunnel = Arc::new(TailnetTunnel::new(Arc::clone(&device), disco));
-    let engine = Engine::start(Arc::clone(&tunnel), tun, EngineConfig { listen_port: args.port, fwmark: 0 })?;
+    let engine = Engine::start(
+        Arc::clone(&tunnel),
+        tun,
+        EngineConfig {
+            listen_port: args.port,
+            fwmark: 0,
+        },
+    )?;
     device.set_bound_port(engine.listen_port());
     let port = engine.listen_port();
     let os = netlink::spawn(args.tun.clone()).context("cannot open a netlink socket")?;
     let dp = EngineDataPlane::new(Arc::clone(&tunnel), engine, os);
 
-    let os_hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-    let info = DaemonInfo { tun: args.tun.clone(), os_hostname };
+    let os_hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let info = DaemonInfo {
+        tun: args.tun.clone(),
+        os_hostname,
+    };
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let (handle, jobs) = Backend::mailbox();
     let control: Arc<dyn control::ControlClient> = Arc::new(client::WeftClient::new());
-    let backend = Backend::new(store, control, Box::new(dp), bus::Bus::new(), info, events_tx);
+    let backend = Backend::new(
+        store,
+        control,
+        Box::new(dp),
+        bus::Bus::new(),
+        info,
+        events_tx,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let coordinator = tokio::spawn(backend.run(jobs, events_rx, stop_rx.clone()));
     // Weft SSH; `check` rules ask control through the check hook.
-    let check_hook = ssh_check::ControlCheckHook::spawn(handle.clone(), ssh_check::max_wait_from_env(), stop_rx.clone());
+    let check_hook = ssh_check::ControlCheckHook::spawn(
+        handle.clone(),
+        ssh_check::max_wait_from_env(),
+        stop_rx.clone(),
+    );
     let ssh_opts = ssh::SshOptions {
         statedir: args.statedir.clone(),
         port: ssh::SSH_PORT,
@@ -158,7 +189,11 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
     };
     let ssh_service = ssh::spawn(handle.clone(), ssh_opts, stop_rx.clone());
 
-    let router = localapi::router(handle.clone(), localapi::root_or(operator_uid), stop_rx.clone());
+    let router = localapi::router(
+        handle.clone(),
+        localapi::root_or(operator_uid),
+        stop_rx.clone(),
+    );
     let mut stop_wait = stop_rx;
     let server = tokio::spawn(localapi::serve(listener, router, async move {
         let _ = stop_wait.wait_for(|s| *s).await;
@@ -183,7 +218,10 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
     monitor.abort();
     let _ = stop_tx.send(true);
     let mut server = server;
-    if tokio::time::timeout(localapi::SHUTDOWN_GRACE, &mut server).await.is_err() {
+    if tokio::time::timeout(localapi::SHUTDOWN_GRACE, &mut server)
+        .await
+        .is_err()
+    {
         tracing::warn!("A LocalAPI client did not let go; closing it");
         server.abort();
     }

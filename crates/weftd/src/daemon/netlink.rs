@@ -47,7 +47,12 @@ fn link_index(tun: &str) -> Result<u32, String> {
     nix::net::if_::if_nametoindex(tun).map_err(|e| format!("no interface {tun}: {e}"))
 }
 
-async fn apply(handle: &Handle, tun: &str, change: &AddrChange, routed: &mut bool) -> Result<(), String> {
+async fn apply(
+    handle: &Handle,
+    tun: &str,
+    change: &AddrChange,
+    routed: &mut bool,
+) -> Result<(), String> {
     let index = link_index(tun)?;
     for net in &change.remove {
         let mut msgs = handle
@@ -56,14 +61,29 @@ async fn apply(handle: &Handle, tun: &str, change: &AddrChange, routed: &mut boo
             .set_link_index_filter(index)
             .set_address_filter(net.addr())
             .execute();
-        while let Some(msg) = msgs.try_next().await.map_err(|e| format!("listing addresses: {e}"))? {
-            handle.address().del(msg).execute().await.map_err(|e| format!("removing {net}: {e}"))?;
+        while let Some(msg) = msgs
+            .try_next()
+            .await
+            .map_err(|e| format!("listing addresses: {e}"))?
+        {
+            handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(|e| format!("removing {net}: {e}"))?;
         }
         tracing::debug!(interface = %tun, address = %net, "Address removed");
     }
     for net in &change.add {
-        ignore_exists(handle.address().add(index, net.addr(), net.prefix_len()).execute().await)
-            .map_err(|e| format!("adding {net}: {e}"))?;
+        ignore_exists(
+            handle
+                .address()
+                .add(index, net.addr(), net.prefix_len())
+                .execute()
+                .await,
+        )
+        .map_err(|e| format!("adding {net}: {e}"))?;
         tracing::debug!(interface = %tun, address = %net, "Address added");
     }
     // Every time addresses are added: removing the last address of a family
@@ -74,12 +94,14 @@ async fn apply(handle: &Handle, tun: &str, change: &AddrChange, routed: &mut boo
             .destination_prefix(TAILNET_V4.0, TAILNET_V4.1)
             .output_interface(index)
             .build();
-        ignore_exists(handle.route().add(v4).execute().await).map_err(|e| format!("adding the route to 100.64.0.0/10: {e}"))?;
+        ignore_exists(handle.route().add(v4).execute().await)
+            .map_err(|e| format!("adding the route to 100.64.0.0/10: {e}"))?;
         let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(TAILNET_V6.0, TAILNET_V6.1)
             .output_interface(index)
             .build();
-        ignore_exists(handle.route().add(v6).execute().await).map_err(|e| format!("adding the route to fd13:b027:8801::/48: {e}"))?;
+        ignore_exists(handle.route().add(v6).execute().await)
+            .map_err(|e| format!("adding the route to fd13:b027:8801::/48: {e}"))?;
         if !*routed {
             tracing::info!(interface = %tun, "Tailnet routes installed");
         }
@@ -98,7 +120,11 @@ fn ignore_exists(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error
 /// Returns whether `ip` is in a tailnet range.
 pub fn in_tailnet(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => ipnet::Ipv4Net::new(TAILNET_V4.0, TAILNET_V4.1).is_ok_and(|n| n.contains(&v4)),
-        IpAddr::V6(v6) => ipnet::Ipv6Net::new(TAILNET_V6.0, TAILNET_V6.1).is_ok_and(|n| n.contains(&v6)),
+        IpAddr::V4(v4) => {
+            ipnet::Ipv4Net::new(TAILNET_V4.0, TAILNET_V4.1).is_ok_and(|n| n.contains(&v4))
+        }
+        IpAddr::V6(v6) => {
+            ipnet::Ipv6Net::new(TAILNET_V6.0, TAILNET_V6.1).is_ok_and(|n| n.contains(&v6))
+        }
     }
 }

@@ -42,7 +42,10 @@ impl ProfileStore {
                 s
             }
         };
-        Ok(Self { path: path.to_owned(), state })
+        Ok(Self {
+            path: path.to_owned(),
+            state,
+        })
     }
 
     /// Returns the machine key.
@@ -53,7 +56,9 @@ impl ProfileStore {
     /// Returns the current profile.
     pub fn current(&self) -> &Profile {
         // `validate` (load) and every mutation keep the current id present.
-        self.state.current().unwrap_or_else(|| unreachable!("current profile always exists"))
+        self.state
+            .current()
+            .unwrap_or_else(|| unreachable!("current profile always exists"))
     }
 
     /// Changes the current profile with `f` and writes the state; on a write
@@ -61,7 +66,10 @@ impl ProfileStore {
     ///
     /// # Errors
     /// [`StateError::Write`].
-    pub fn update_current<R>(&mut self, f: impl FnOnce(&mut Profile) -> R) -> Result<R, StateError> {
+    pub fn update_current<R>(
+        &mut self,
+        f: impl FnOnce(&mut Profile) -> R,
+    ) -> Result<R, StateError> {
         let before = self.state.clone();
         let id = self.state.current_profile.clone();
         let Some(p) = self.state.profiles.get_mut(&id) else {
@@ -82,7 +90,9 @@ impl ProfileStore {
         let before = self.state.clone();
         let taken: Vec<&str> = self.state.profiles.keys().map(String::as_str).collect();
         let id = new_id(&taken);
-        self.state.profiles.insert(id.clone(), Profile::new(id.clone(), prefs, now_ms));
+        self.state
+            .profiles
+            .insert(id.clone(), Profile::new(id.clone(), prefs, now_ms));
         self.state.current_profile.clone_from(&id);
         self.commit(before)?;
         Ok(self.current())
@@ -119,8 +129,13 @@ impl ProfileStore {
         if was_current {
             let taken: Vec<&str> = self.state.profiles.keys().map(String::as_str).collect();
             let new = new_id(&taken);
-            let prefs = Prefs { control_url: keep_url, ..Prefs::default() };
-            self.state.profiles.insert(new.clone(), Profile::new(new.clone(), prefs, now_ms));
+            let prefs = Prefs {
+                control_url: keep_url,
+                ..Prefs::default()
+            };
+            self.state
+                .profiles
+                .insert(new.clone(), Profile::new(new.clone(), prefs, now_ms));
             self.state.current_profile = new;
         }
         self.commit(before)?;
@@ -129,7 +144,11 @@ impl ProfileStore {
 
     /// Returns every profile as `switch --list` shows it, sorted by id.
     pub fn summaries(&self) -> Vec<ProfileSummary> {
-        self.state.profiles.values().map(|p| self.summary(p)).collect()
+        self.state
+            .profiles
+            .values()
+            .map(|p| self.summary(p))
+            .collect()
     }
 
     /// Returns one profile's summary.
@@ -187,8 +206,19 @@ mod tests {
     fn profiles_are_created_switched_and_deleted_with_the_state_written_each_time() {
         let (dir, mut s) = store();
         let first = s.current().id.clone();
-        s.update_current(|p| p.prefs.nickname = Some("home".into())).unwrap();
-        let second = s.create(Prefs { control_url: "http://198.18.0.2:8080".into(), ..Prefs::default() }, 3).unwrap().id.clone();
+        s.update_current(|p| p.prefs.nickname = Some("home".into()))
+            .unwrap();
+        let second = s
+            .create(
+                Prefs {
+                    control_url: "http://198.18.0.2:8080".into(),
+                    ..Prefs::default()
+                },
+                3,
+            )
+            .unwrap()
+            .id
+            .clone();
         assert_ne!(first, second);
         let list = s.summaries();
         assert_eq!(list.iter().filter(|p| p.selected).count(), 1);
@@ -206,7 +236,8 @@ mod tests {
     #[test]
     fn deleting_the_current_profile_makes_a_new_one_on_the_same_server() {
         let (_dir, mut s) = store();
-        s.update_current(|p| p.prefs.control_url = "http://198.18.0.9:8080".into()).unwrap();
+        s.update_current(|p| p.prefs.control_url = "http://198.18.0.9:8080".into())
+            .unwrap();
         let old = s.current().id.clone();
         assert!(s.delete(&old, 5).unwrap());
         assert_ne!(s.current().id, old);

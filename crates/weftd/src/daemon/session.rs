@@ -130,7 +130,11 @@ impl Drop for SessionHandle {
 }
 
 /// Starts a session task.
-pub fn spawn<C: ControlClient + ?Sized>(client: Arc<C>, spec: SessionSpec, events: EventTx) -> SessionHandle {
+pub fn spawn<C: ControlClient + ?Sized>(
+    client: Arc<C>,
+    spec: SessionSpec,
+    events: EventTx,
+) -> SessionHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         let mut s = Session::new(client, spec, events, rx);
@@ -159,9 +163,21 @@ fn now() -> std::time::Instant {
 }
 
 impl<C: ControlClient + ?Sized> Session<C> {
-    fn new(client: Arc<C>, spec: SessionSpec, events: EventTx, cmds: mpsc::UnboundedReceiver<SessionCmd>) -> Self {
+    fn new(
+        client: Arc<C>,
+        spec: SessionSpec,
+        events: EventTx,
+        cmds: mpsc::UnboundedReceiver<SessionCmd>,
+    ) -> Self {
         let backoff = Backoff::new(spec.seed);
-        Self { client, spec, events, cmds, backoff, map: None }
+        Self {
+            client,
+            spec,
+            events,
+            cmds,
+            backoff,
+            map: None,
+        }
     }
 
     fn emit(&self, e: SessionEvent) {
@@ -169,8 +185,14 @@ impl<C: ControlClient + ?Sized> Session<C> {
     }
 
     async fn run(&mut self) {
-        let Some(server_key) = self.pin_server_key().await else { return };
-        let target = ControlTarget { url: self.spec.url.clone(), machine_key: self.spec.machine_key.clone(), server_key };
+        let Some(server_key) = self.pin_server_key().await else {
+            return;
+        };
+        let target = ControlTarget {
+            url: self.spec.url.clone(),
+            machine_key: self.spec.machine_key.clone(),
+            server_key,
+        };
         loop {
             if !self.register(&target).await {
                 return self.park().await;
@@ -268,7 +290,9 @@ impl<C: ControlClient + ?Sized> Session<C> {
         let mut followup: Option<String> = None;
         loop {
             let auth = match (&followup, &self.spec.login) {
-                (Some(url), _) => RegisterAuth::Followup { auth_url: url.clone() },
+                (Some(url), _) => RegisterAuth::Followup {
+                    auth_url: url.clone(),
+                },
                 (None, LoginMode::AuthKey(k)) => RegisterAuth::AuthKey(k.clone()),
                 (None, LoginMode::Existing) => RegisterAuth::None,
             };
@@ -277,7 +301,10 @@ impl<C: ControlClient + ?Sized> Session<C> {
                 // The long-poll waits for the user; only the transport bounds it.
                 self.client.register(target, req).await
             } else {
-                flatten(timeout(CONTACT_TIMEOUT, self.client.register(target, req)).await, &target.url)
+                flatten(
+                    timeout(CONTACT_TIMEOUT, self.client.register(target, req)).await,
+                    &target.url,
+                )
             };
             match result {
                 Ok(RegisterResponse::Registered(r)) => {
@@ -287,12 +314,18 @@ impl<C: ControlClient + ?Sized> Session<C> {
                 }
                 Ok(RegisterResponse::NeedsAuth { auth_url }) => {
                     let browse = self.spec.interactive;
-                    self.emit(SessionEvent::AuthUrl { url: auth_url.clone(), browse });
+                    self.emit(SessionEvent::AuthUrl {
+                        url: auth_url.clone(),
+                        browse,
+                    });
                     if !browse && !self.wait_for_interactive().await {
                         return false;
                     }
                     if !browse {
-                        self.emit(SessionEvent::AuthUrl { url: auth_url.clone(), browse: true });
+                        self.emit(SessionEvent::AuthUrl {
+                            url: auth_url.clone(),
+                            browse: true,
+                        });
                     }
                     followup = Some(auth_url);
                 }
@@ -347,7 +380,10 @@ impl<C: ControlClient + ?Sized> Session<C> {
                 host_info: self.spec.host_info.clone(),
                 stream: true,
             };
-            let opened = flatten(timeout(CONTACT_TIMEOUT, self.client.map(target, req, urx)).await, &target.url);
+            let opened = flatten(
+                timeout(CONTACT_TIMEOUT, self.client.map(target, req, urx)).await,
+                &target.url,
+            );
             let outcome = match opened {
                 Ok(stream) => self.read_stream(stream, &utx).await,
                 Err(e) => Err(e),
@@ -385,14 +421,19 @@ impl<C: ControlClient + ?Sized> Session<C> {
         utx: &mpsc::UnboundedSender<MapUpdate>,
     ) -> Result<(), ControlError> {
         let mut first = true;
-        let map = self.map.get_or_insert_with(|| MapSession::new(STALL_TIMEOUT, now()));
+        let map = self
+            .map
+            .get_or_insert_with(|| MapSession::new(STALL_TIMEOUT, now()));
         map.restart(now());
         loop {
             let stall = self
                 .map
                 .as_ref()
                 .and_then(MapSession::poll_timeout)
-                .map_or_else(|| tokio::time::Instant::now() + STALL_TIMEOUT, |(t, _)| tokio::time::Instant::from_std(t));
+                .map_or_else(
+                    || tokio::time::Instant::now() + STALL_TIMEOUT,
+                    |(t, _)| tokio::time::Instant::from_std(t),
+                );
             tokio::select! {
                 item = stream.next() => match item {
                     Some(Ok(MapEvent::Response(resp))) => {
@@ -476,8 +517,15 @@ pub async fn logout<C: ControlClient + ?Sized>(
         ephemeral: false,
         host_info,
     };
-    match flatten(timeout(CONTACT_TIMEOUT, client.register(target, req)).await, &target.url) {
-        Ok(RegisterResponse::LoggedOut | RegisterResponse::NodeKeyExpired | RegisterResponse::NeedsAuth { .. }) => Ok(()),
+    match flatten(
+        timeout(CONTACT_TIMEOUT, client.register(target, req)).await,
+        &target.url,
+    ) {
+        Ok(
+            RegisterResponse::LoggedOut
+            | RegisterResponse::NodeKeyExpired
+            | RegisterResponse::NeedsAuth { .. },
+        ) => Ok(()),
         Ok(RegisterResponse::Registered(_)) => Err("control did not expire the node key".into()),
         Ok(RegisterResponse::Refused(r)) => Err(r.message),
         Err(e) => Err(e.to_string()),
@@ -489,6 +537,9 @@ pub async fn logout<C: ControlClient + ?Sized>(
 ///
 /// # Errors
 /// As [`ControlClient::server_key`].
-pub async fn fetch_key<C: ControlClient + ?Sized>(client: &C, url: &str) -> Result<MachinePublic, ControlError> {
+pub async fn fetch_key<C: ControlClient + ?Sized>(
+    client: &C,
+    url: &str,
+) -> Result<MachinePublic, ControlError> {
     flatten(timeout(CONTACT_TIMEOUT, client.server_key(url)).await, url)
 }

@@ -78,13 +78,18 @@ pub struct ControlCheckHook {
 
 impl std::fmt::Debug for ControlCheckHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlCheckHook").field("max_wait", &self.max_wait).finish_non_exhaustive()
+        f.debug_struct("ControlCheckHook")
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
     }
 }
 
 /// Returns the wait bound from [`MAX_WAIT_ENV`], else [`DEFAULT_MAX_WAIT`].
 pub fn max_wait_from_env() -> Duration {
-    match std::env::var(MAX_WAIT_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+    match std::env::var(MAX_WAIT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
         Some(s) if s > 0 => Duration::from_secs(s),
         _ => DEFAULT_MAX_WAIT,
     }
@@ -97,9 +102,13 @@ impl ControlCheckHook {
         let snapshot: Arc<Mutex<Option<Snapshot>>> = Arc::default();
         let shared = Arc::clone(&snapshot);
         tokio::spawn(async move {
-            let Ok((_, mut events)) = handle.call(|b| b.watch()).await else { return };
+            let Ok((_, mut events)) = handle.call(|b| b.watch()).await else {
+                return;
+            };
             loop {
-                let Ok(s) = handle.call(|b| Snapshot::of(b)).await else { break };
+                let Ok(s) = handle.call(|b| Snapshot::of(b)).await else {
+                    break;
+                };
                 *shared.lock().unwrap_or_else(PoisonError::into_inner) = s;
                 tokio::select! {
                     ev = events.recv() => match ev {
@@ -110,13 +119,20 @@ impl ControlCheckHook {
                 }
             }
         });
-        Self { snapshot, opts: ConnectOptions::default(), max_wait }
+        Self {
+            snapshot,
+            opts: ConnectOptions::default(),
+            max_wait,
+        }
     }
 }
 
 /// A check that cannot even be asked: refused at once with `message`.
 fn refused(message: String) -> PendingCheck {
-    PendingCheck { url: String::new(), outcome: Box::pin(async move { CheckOutcome::Denied { message } }) }
+    PendingCheck {
+        url: String::new(),
+        outcome: Box::pin(async move { CheckOutcome::Denied { message } }),
+    }
 }
 
 /// Aborts the task asking control when the outcome is dropped (the SSH
@@ -131,14 +147,32 @@ impl Drop for AbortOnDrop {
 
 impl CheckHook for ControlCheckHook {
     fn start(&self, req: CheckRequest) -> PendingCheck {
-        let Some(snap) = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
-            return refused("this node is not connected to its control server; try again later".into());
+        let Some(snap) = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return refused(
+                "this node is not connected to its control server; try again later".into(),
+            );
         };
-        let Some(src) = snap.netmap.peers.values().find(|n| n.stable_id.to_string() == req.peer.node_id) else {
-            return refused(format!("the node {} is not in this node's netmap", req.peer.node_name));
+        let Some(src) = snap
+            .netmap
+            .peers
+            .values()
+            .find(|n| n.stable_id.to_string() == req.peer.node_id)
+        else {
+            return refused(format!(
+                "the node {} is not in this node's netmap",
+                req.peer.node_name
+            ));
         };
         let NodeOwner::User(src_user) = src.owner else {
-            return refused("a tagged node cannot re-authenticate; the policy needs an accept rule for it".into());
+            return refused(
+                "a tagged node cannot re-authenticate; the policy needs an accept rule for it"
+                    .into(),
+            );
         };
         let url: ControlUrl = match snap.url.parse() {
             Ok(u) => u,
@@ -157,14 +191,20 @@ impl CheckHook for ControlCheckHook {
             check_period_ms: u64::try_from(req.period.as_millis()).unwrap_or(u64::MAX),
             max_wait_ms: u64::try_from(self.max_wait.as_millis()).unwrap_or(u64::MAX),
         };
-        let target = Target { url, machine_key: snap.machine_key, server_key: snap.server_key };
+        let target = Target {
+            url,
+            machine_key: snap.machine_key,
+            server_key: snap.server_key,
+        };
         let opts = self.opts.clone();
         let (tx, rx) = oneshot::channel();
         let peer = req.peer.principal();
         let task = tokio::spawn(async move {
             let outcome = ask(&target, request, &opts).await;
             match &outcome {
-                CheckOutcome::Approved => tracing::info!(%peer, ssh_user = %req.ssh_user, "ssh check approved by control"),
+                CheckOutcome::Approved => {
+                    tracing::info!(%peer, ssh_user = %req.ssh_user, "ssh check approved by control")
+                }
                 CheckOutcome::Denied { message } => {
                     tracing::info!(%peer, ssh_user = %req.ssh_user, %message, "ssh check refused");
                 }
@@ -176,7 +216,9 @@ impl CheckHook for ControlCheckHook {
             url: auth_url,
             outcome: Box::pin(async move {
                 let _guard = guard;
-                rx.await.unwrap_or_else(|_| CheckOutcome::Denied { message: "the check with control failed".into() })
+                rx.await.unwrap_or_else(|_| CheckOutcome::Denied {
+                    message: "the check with control failed".into(),
+                })
             }),
         }
     }
@@ -226,13 +268,23 @@ mod tests {
                 netmap: Arc::new(nm),
             }
         });
-        ControlCheckHook { snapshot: Arc::new(Mutex::new(snapshot)), opts: ConnectOptions::default(), max_wait: DEFAULT_MAX_WAIT }
+        ControlCheckHook {
+            snapshot: Arc::new(Mutex::new(snapshot)),
+            opts: ConnectOptions::default(),
+            max_wait: DEFAULT_MAX_WAIT,
+        }
     }
 
     fn request(node_id: &str) -> CheckRequest {
         let addr: IpAddr = "100.64.0.1".parse().unwrap();
         CheckRequest {
-            peer: PeerIdentity { addr, node_id: node_id.into(), node_name: "node1".into(), user_login: None, tags: Vec::new() },
+            peer: PeerIdentity {
+                addr,
+                node_id: node_id.into(),
+                node_name: "node1".into(),
+                user_login: None,
+                tags: Vec::new(),
+            },
             ssh_user: "alice".into(),
             local_user: "alice".into(),
             period: Duration::from_secs(3600),
@@ -250,14 +302,22 @@ mod tests {
     async fn a_login_is_refused_at_once_while_the_node_has_no_control_connection() {
         let p = hook(None).start(request("n1"));
         assert!(p.url.is_empty());
-        assert!(denied(p).await.contains("not connected to its control server"));
+        assert!(
+            denied(p)
+                .await
+                .contains("not connected to its control server")
+        );
     }
 
     #[tokio::test]
     async fn a_tagged_or_unknown_source_is_refused_without_asking_control() {
         let h = hook(Some("http://127.0.0.1:9"));
         assert!(denied(h.start(request("n3"))).await.contains("tagged node"));
-        assert!(denied(h.start(request("n99"))).await.contains("not in this node's netmap"));
+        assert!(
+            denied(h.start(request("n99")))
+                .await
+                .contains("not in this node's netmap")
+        );
     }
 
     #[tokio::test]
@@ -269,10 +329,19 @@ mod tests {
         let h = hook(Some(&format!("{url}/")));
         let first = h.start(request("n1"));
         let second = h.start(request("n1"));
-        let id = first.url.strip_prefix(&format!("{url}/a/")).unwrap().to_owned();
+        let id = first
+            .url
+            .strip_prefix(&format!("{url}/a/"))
+            .unwrap()
+            .to_owned();
         assert!(weft_types::control::is_auth_id(&id), "{}", first.url);
         assert_ne!(first.url, second.url, "every check gets its own id");
-        let message = tokio::time::timeout(Duration::from_secs(20), denied(first)).await.unwrap();
-        assert!(message.contains("cannot ask the control server"), "{message}");
+        let message = tokio::time::timeout(Duration::from_secs(20), denied(first))
+            .await
+            .unwrap();
+        assert!(
+            message.contains("cannot ask the control server"),
+            "{message}"
+        );
     }
 }

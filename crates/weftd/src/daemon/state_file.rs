@@ -99,7 +99,16 @@ pub struct Profile {
 impl Profile {
     /// Returns a new, logged-out profile.
     pub fn new(id: String, prefs: Prefs, created_ms: i64) -> Self {
-        Self { id, prefs, node_key: None, control_key: None, node_id: None, user: None, tailnet: None, created_ms }
+        Self {
+            id,
+            prefs,
+            node_key: None,
+            control_key: None,
+            node_id: None,
+            user: None,
+            tailnet: None,
+            created_ms,
+        }
     }
 
     /// Returns whether the profile has completed a registration.
@@ -110,7 +119,10 @@ impl Profile {
 
 /// Returns whether `id` is a valid profile id (four lowercase hex digits).
 pub fn valid_profile_id(id: &str) -> bool {
-    id.len() == 4 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 4
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl StateFile {
@@ -133,9 +145,17 @@ impl StateFile {
         let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StateError::Read { path: path.to_owned(), source }),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         };
-        let corrupt = |problem: String| StateError::Corrupt { path: path.to_owned(), problem };
+        let corrupt = |problem: String| StateError::Corrupt {
+            path: path.to_owned(),
+            problem,
+        };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(corrupt("it is empty".into()));
         }
@@ -143,7 +163,11 @@ impl StateFile {
         let state: StateFile = serde_path_to_error::deserialize(de).map_err(|e| {
             let at = e.path().to_string();
             let inner = e.into_inner();
-            if at == "." { corrupt(inner.to_string()) } else { corrupt(format!("at {at}: {inner}")) }
+            if at == "." {
+                corrupt(inner.to_string())
+            } else {
+                corrupt(format!("at {at}: {inner}"))
+            }
         })?;
         state.validate().map_err(corrupt)?;
         Ok(Some(state))
@@ -151,7 +175,10 @@ impl StateFile {
 
     fn validate(&self) -> Result<(), String> {
         if self.version != VERSION {
-            return Err(format!("format version {} is not {VERSION}, the one this weftd reads", self.version));
+            return Err(format!(
+                "format version {} is not {VERSION}, the one this weftd reads",
+                self.version
+            ));
         }
         for (key, p) in &self.profiles {
             if !valid_profile_id(key) {
@@ -162,7 +189,10 @@ impl StateFile {
             }
         }
         if !self.profiles.contains_key(&self.current_profile) {
-            return Err(format!("current profile {:?} is not among the profiles", self.current_profile));
+            return Err(format!(
+                "current profile {:?} is not among the profiles",
+                self.current_profile
+            ));
         }
         Ok(())
     }
@@ -172,8 +202,12 @@ impl StateFile {
     /// # Errors
     /// [`StateError::Write`]; the previous file is then still in place.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let write_err = |source| StateError::Write { path: path.to_owned(), source };
-        let json = serde_json::to_vec_pretty(self).map_err(|e| write_err(std::io::Error::other(e)))?;
+        let write_err = |source| StateError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| write_err(std::io::Error::other(e)))?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
@@ -182,10 +216,18 @@ impl StateFile {
             fs::create_dir_all(&dir).map_err(write_err)?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(write_err)?;
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.set_permissions(fs::Permissions::from_mode(0o600))?;
             f.write_all(&json)?;
             f.write_all(b"\n")?;
@@ -210,12 +252,20 @@ mod tests {
     use super::*;
 
     fn sample() -> StateFile {
-        let mut s = StateFile::fresh(MachinePrivate::from_bytes([1; 32]), "ab12".into(), 1_700_000_000_000);
+        let mut s = StateFile::fresh(
+            MachinePrivate::from_bytes([1; 32]),
+            "ab12".into(),
+            1_700_000_000_000,
+        );
         let p = s.profiles.get_mut("ab12").unwrap();
         p.node_key = Some(NodePrivate::from_bytes([2; 32]));
         p.node_id = Some(NodeId(7));
         p.prefs.want_running = true;
-        p.user = Some(UserInfo { id: weft_types::UserId(3), login_name: "alice@example.com".into(), display_name: "Alice".into() });
+        p.user = Some(UserInfo {
+            id: weft_types::UserId(3),
+            login_name: "alice@example.com".into(),
+            display_name: "Alice".into(),
+        });
         s
     }
 
@@ -255,9 +305,18 @@ mod tests {
         for (bad, expect) in [
             ("{\"version\":1,", "EOF"),
             ("", "empty"),
-            ("{\"version\":1,\"machine_key\":\"privkey:zz\",\"current_profile\":\"ab12\",\"profiles\":{}}", "machine_key"),
-            ("{\"version\":9,\"machine_key\":\"privkey:0101010101010101010101010101010101010101010101010101010101010101\",\"current_profile\":\"ab12\",\"profiles\":{}}", "version 9"),
-            ("{\"version\":1,\"machine_key\":\"privkey:0101010101010101010101010101010101010101010101010101010101010101\",\"current_profile\":\"ab12\",\"profiles\":{}}", "current profile"),
+            (
+                "{\"version\":1,\"machine_key\":\"privkey:zz\",\"current_profile\":\"ab12\",\"profiles\":{}}",
+                "machine_key",
+            ),
+            (
+                "{\"version\":9,\"machine_key\":\"privkey:0101010101010101010101010101010101010101010101010101010101010101\",\"current_profile\":\"ab12\",\"profiles\":{}}",
+                "version 9",
+            ),
+            (
+                "{\"version\":1,\"machine_key\":\"privkey:0101010101010101010101010101010101010101010101010101010101010101\",\"current_profile\":\"ab12\",\"profiles\":{}}",
+                "current profile",
+            ),
         ] {
             fs::write(&path, bad).unwrap();
             let err = StateFile::load(&path).unwrap_err().to_string();

@@ -138,7 +138,13 @@ impl TailnetTunnel {
     }
 
     /// Adds or updates a disco peer.
-    pub fn disco_upsert(&self, peer: NodePublic, disco_key: DiscoPublic, endpoints: Vec<SocketAddr>, now: Instant) {
+    pub fn disco_upsert(
+        &self,
+        peer: NodePublic,
+        disco_key: DiscoPublic,
+        endpoints: Vec<SocketAddr>,
+        now: Instant,
+    ) {
         self.disco().upsert_peer(peer, disco_key, endpoints, now);
     }
 
@@ -155,10 +161,18 @@ impl TailnetTunnel {
 
     /// Asks for one disco ping to `peer`; the receiver gets the outcome.
     /// `None` if disco does not know the peer (no disco key yet).
-    pub fn ping(&self, peer: &NodePublic, timeout: Duration, now: Instant) -> Option<oneshot::Receiver<PingOutcome>> {
+    pub fn ping(
+        &self,
+        peer: &NodePublic,
+        timeout: Duration,
+        now: Instant,
+    ) -> Option<oneshot::Receiver<PingOutcome>> {
         let id = self.disco().ping(peer, timeout, now)?;
         let (tx, rx) = oneshot::channel();
-        self.pings.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
+        self.pings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
         Some(rx)
     }
 
@@ -184,16 +198,34 @@ impl TailnetTunnel {
 
     fn handle_event(&self, e: Event, now: Instant) {
         match e {
-            Event::BestPath { peer, addr: Some(addr) } => {
+            Event::BestPath {
+                peer,
+                addr: Some(addr),
+            } => {
                 tracing::debug!(peer = %peer.short(), %addr, "Direct path");
-                let update = PeerUpdate { update_only: true, endpoint: Some(addr), ..PeerUpdate::new(peer) };
-                self.device.apply(DeviceUpdate { peers: vec![update], ..DeviceUpdate::default() }, now);
+                let update = PeerUpdate {
+                    update_only: true,
+                    endpoint: Some(addr),
+                    ..PeerUpdate::new(peer)
+                };
+                self.device.apply(
+                    DeviceUpdate {
+                        peers: vec![update],
+                        ..DeviceUpdate::default()
+                    },
+                    now,
+                );
             }
             Event::BestPath { peer, addr: None } => {
                 tracing::debug!(peer = %peer.short(), "Direct path lost");
             }
             Event::Ping { id, outcome, .. } => {
-                if let Some(tx) = self.pings.lock().unwrap_or_else(PoisonError::into_inner).remove(&id) {
+                if let Some(tx) = self
+                    .pings
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id)
+                {
                     let _ = tx.send(outcome);
                 }
             }
@@ -287,23 +319,52 @@ mod tests {
         let key = NodePrivate::from_bytes([n; 32]);
         #[allow(clippy::disallowed_methods)] // wall clock for the device's handshake stamps
         let device = Arc::new(Device::new(now, std::time::SystemTime::now()));
-        device.apply(DeviceUpdate { private_key: Some(Some(key.clone())), ..DeviceUpdate::default() }, now);
-        let disco = Disco::new(DiscoPrivate::from_bytes([n + 50; 32]), key.public(), [n; 16]);
-        (TailnetTunnel::new(device, disco), key, format!("198.18.0.{n}:41641").parse().unwrap())
+        device.apply(
+            DeviceUpdate {
+                private_key: Some(Some(key.clone())),
+                ..DeviceUpdate::default()
+            },
+            now,
+        );
+        let disco = Disco::new(
+            DiscoPrivate::from_bytes([n + 50; 32]),
+            key.public(),
+            [n; 16],
+        );
+        (
+            TailnetTunnel::new(device, disco),
+            key,
+            format!("198.18.0.{n}:41641").parse().unwrap(),
+        )
     }
 
     /// Delivers every datagram queued in `queue` between the two tunnels
     /// until both are quiet; returns IP packets that reached each TUN.
-    fn pump(a: &TailnetTunnel, b: &TailnetTunnel, aa: SocketAddr, ba: SocketAddr, mut queue: Vec<(SocketAddr, SocketAddr, Vec<u8>)>, now: Instant) -> (usize, usize) {
+    fn pump(
+        a: &TailnetTunnel,
+        b: &TailnetTunnel,
+        aa: SocketAddr,
+        ba: SocketAddr,
+        mut queue: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+        now: Instant,
+    ) -> (usize, usize) {
         let mut to_tun = (0, 0);
         let mut out = vec![0u8; 2048];
         for _ in 0..100 {
-            let Some((from, to, d)) = queue.pop() else { break };
+            let Some((from, to, d)) = queue.pop() else {
+                break;
+            };
             let mut next = Vec::new();
             let (t, me) = if to == aa { (a, aa) } else { (b, ba) };
-            let r = t.decapsulate(from, &d, &mut out, now, &mut |dst, x| next.push((me, dst, x.to_vec())));
+            let r = t.decapsulate(from, &d, &mut out, now, &mut |dst, x| {
+                next.push((me, dst, x.to_vec()))
+            });
             if matches!(r, Decapsulated::ToTunnel(_)) {
-                if to == aa { to_tun.0 += 1 } else { to_tun.1 += 1 }
+                if to == aa {
+                    to_tun.0 += 1
+                } else {
+                    to_tun.1 += 1
+                }
             }
             queue.extend(next);
         }
@@ -315,9 +376,24 @@ mod tests {
         let now = t0();
         let (a, ak, aa) = side(1, now);
         let (b, bk, ba) = side(2, now);
-        let wg = |k: &NodePrivate, ip: &str| PeerUpdate { allowed_ips: vec![ip.parse().unwrap()], ..PeerUpdate::new(k.public()) };
-        a.device.apply(DeviceUpdate { peers: vec![wg(&bk, "100.64.0.2/32")], ..DeviceUpdate::default() }, now);
-        b.device.apply(DeviceUpdate { peers: vec![wg(&ak, "100.64.0.1/32")], ..DeviceUpdate::default() }, now);
+        let wg = |k: &NodePrivate, ip: &str| PeerUpdate {
+            allowed_ips: vec![ip.parse().unwrap()],
+            ..PeerUpdate::new(k.public())
+        };
+        a.device.apply(
+            DeviceUpdate {
+                peers: vec![wg(&bk, "100.64.0.2/32")],
+                ..DeviceUpdate::default()
+            },
+            now,
+        );
+        b.device.apply(
+            DeviceUpdate {
+                peers: vec![wg(&ak, "100.64.0.1/32")],
+                ..DeviceUpdate::default()
+            },
+            now,
+        );
         a.disco_upsert(bk.public(), b.disco_key(), vec![ba], now);
         b.disco_upsert(ak.public(), a.disco_key(), vec![aa], now);
 
@@ -327,13 +403,19 @@ mod tests {
         assert!(queue.iter().all(|(_, _, d)| weft_disco::is_disco(d)));
         pump(&a, &b, aa, ba, queue, now);
         assert_eq!(a.best_addr(&bk.public(), now), Some(ba));
-        assert_eq!(a.device.peers(now)[0].endpoint, Some(ba), "the WireGuard endpoint follows disco");
+        assert_eq!(
+            a.device.peers(now)[0].endpoint,
+            Some(ba),
+            "the WireGuard endpoint follows disco"
+        );
 
         // An IP packet from a's TUN now goes to b over WireGuard and arrives.
         let packet = ipv4_udp([100, 64, 0, 1], [100, 64, 0, 2]);
         let mut out = vec![0u8; 2048];
         let mut queue = Vec::new();
-        let r = a.encapsulate(&packet, &mut out, now, &mut |to, d| queue.push((aa, to, d.to_vec())));
+        let r = a.encapsulate(&packet, &mut out, now, &mut |to, d| {
+            queue.push((aa, to, d.to_vec()))
+        });
         assert!(matches!(r, Encapsulated::Queued));
         let (_, at_b) = pump(&a, &b, aa, ba, queue, now);
         assert_eq!(at_b, 1);
@@ -342,15 +424,26 @@ mod tests {
         assert!(b.set_hooks(Arc::new(DenyAll)));
         assert!(!b.set_hooks(Arc::new(DenyAll)), "hooks are installed once");
         let mut queue = Vec::new();
-        if let Encapsulated::Send { to, datagram } = a.encapsulate(&packet, &mut out, now, &mut |to, d| queue.push((aa, to, d.to_vec()))) {
+        if let Encapsulated::Send { to, datagram } =
+            a.encapsulate(&packet, &mut out, now, &mut |to, d| {
+                queue.push((aa, to, d.to_vec()))
+            })
+        {
             queue.push((aa, to, datagram.to_vec()));
         }
         let (_, at_b) = pump(&a, &b, aa, ba, queue, now);
         assert_eq!(at_b, 0);
         assert_eq!(b.filtered(), 1);
         let c = b.counters();
-        assert_eq!((c.rx_packets, c.rx_bytes), (1, packet.len() as u64), "only the packet that passed");
-        assert_eq!((a.counters().tx_packets, a.counters().tx_bytes), (2, 2 * packet.len() as u64));
+        assert_eq!(
+            (c.rx_packets, c.rx_bytes),
+            (1, packet.len() as u64),
+            "only the packet that passed"
+        );
+        assert_eq!(
+            (a.counters().tx_packets, a.counters().tx_bytes),
+            (2, 2 * packet.len() as u64)
+        );
     }
 
     #[test]
@@ -365,7 +458,14 @@ mod tests {
         a.handle_timeout(now, &mut |to, d| queue.push((aa, to, d.to_vec())));
         pump(&a, &b, aa, ba, queue, now);
         assert!(matches!(rx.try_recv().unwrap(), PingOutcome::Pong { addr, .. } if addr == ba));
-        assert!(a.ping(&NodePrivate::from_bytes([9; 32]).public(), Duration::from_secs(1), now).is_none());
+        assert!(
+            a.ping(
+                &NodePrivate::from_bytes([9; 32]).public(),
+                Duration::from_secs(1),
+                now
+            )
+            .is_none()
+        );
     }
 
     fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {

@@ -42,10 +42,7 @@ pub enum Event {
     Reject { errno: i32, reason: String },
     /// Hang up (after answering `errno`, if given): the stream cannot be
     /// trusted to be in sync any more.
-    Close {
-        errno: Option<i32>,
-        reason: String,
-    },
+    Close { errno: Option<i32>, reason: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,14 +322,26 @@ mod tests {
     #[test]
     fn an_unknown_operation_closes_the_connection_without_a_reply() {
         let evs = events(b"bogus=1\n\nget=1\n\n");
-        assert!(matches!(&evs[..], [Event::Close { errno: None, .. }]), "{evs:?}");
+        assert!(
+            matches!(&evs[..], [Event::Close { errno: None, .. }]),
+            "{evs:?}"
+        );
     }
 
     #[test]
     fn junk_after_get_is_rejected_and_the_connection_stays_usable() {
         let evs = events(b"get=1\nx=y\nmore\n\nget=1\n\n");
         assert!(
-            matches!(&evs[..], [Event::Reject { errno: ERRNO_INVALID, .. }, Event::Request(Request::Get)]),
+            matches!(
+                &evs[..],
+                [
+                    Event::Reject {
+                        errno: ERRNO_INVALID,
+                        ..
+                    },
+                    Event::Request(Request::Get)
+                ]
+            ),
             "{evs:?}"
         );
     }
@@ -344,7 +353,16 @@ mod tests {
         input.extend_from_slice(b"\nlisten_port=1\n\nget=1\n\n");
         let evs = events(&input);
         assert!(
-            matches!(&evs[..], [Event::Reject { errno: ERRNO_INVALID, .. }, Event::Request(Request::Get)]),
+            matches!(
+                &evs[..],
+                [
+                    Event::Reject {
+                        errno: ERRNO_INVALID,
+                        ..
+                    },
+                    Event::Request(Request::Get)
+                ]
+            ),
             "{evs:?}"
         );
     }
@@ -366,7 +384,10 @@ mod tests {
     fn an_overlong_operation_line_closes_the_connection() {
         let mut input = vec![b'g'; MAX_LINE + 10];
         input.extend_from_slice(b"\n\n");
-        assert!(matches!(&events(&input)[..], [Event::Close { errno: None, .. }]));
+        assert!(matches!(
+            &events(&input)[..],
+            [Event::Close { errno: None, .. }]
+        ));
     }
 
     #[test]
@@ -379,7 +400,13 @@ mod tests {
         input.extend_from_slice(b"\n");
         let evs = events(&input);
         assert!(
-            matches!(&evs[..], [Event::Close { errno: Some(ERRNO_INVALID), .. }]),
+            matches!(
+                &evs[..],
+                [Event::Close {
+                    errno: Some(ERRNO_INVALID),
+                    ..
+                }]
+            ),
             "{evs:?}"
         );
     }

@@ -58,7 +58,9 @@ pub fn run(args: &WgArgs) -> anyhow::Result<()> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
-    signals.thread_block().context("cannot block SIGINT/SIGTERM")?;
+    signals
+        .thread_block()
+        .context("cannot block SIGINT/SIGTERM")?;
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC)
         .context("cannot create a signalfd")?;
 
@@ -67,7 +69,11 @@ pub fn run(args: &WgArgs) -> anyhow::Result<()> {
 
     let tun = Tun::create(&TunConfig {
         mtu: args.mtu,
-        offload: if args.no_offload { Offload::Off } else { Offload::Auto },
+        offload: if args.no_offload {
+            Offload::Off
+        } else {
+            Offload::Auto
+        },
         ..TunConfig::new(&args.iface)
     })?;
     #[allow(clippy::disallowed_methods)] // wall clock for "latest handshake"

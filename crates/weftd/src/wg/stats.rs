@@ -96,9 +96,11 @@ mod tests {
     #[test]
     fn reason_names_are_unique_snake_case() {
         let mut names: Vec<&str> = DROP_REASONS.iter().map(|r| reason_name(*r)).collect();
-        assert!(names
-            .iter()
-            .all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+        assert!(
+            names
+                .iter()
+                .all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        );
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), DROP_REASONS.len());

@@ -44,7 +44,11 @@ fn reported_port(c: &Control) -> Option<u16> {
 }
 
 fn free_port() -> u16 {
-    UdpSocket::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -109,7 +113,11 @@ fn a_fwmark_set_through_the_uapi_reaches_the_socket() {
         assert!(c.get().contains("fwmark=51820\n"), "{}", c.get());
         assert_eq!(c.engine.socket_fwmark().unwrap(), 51820);
         c.set("listen_port=0\n").unwrap();
-        assert_eq!(c.engine.socket_fwmark().unwrap(), 51820, "kept across a rebind");
+        assert_eq!(
+            c.engine.socket_fwmark().unwrap(),
+            51820,
+            "kept across a rebind"
+        );
         c.set("fwmark=0\n").unwrap();
         assert_eq!(c.engine.socket_fwmark().unwrap(), 0);
     });

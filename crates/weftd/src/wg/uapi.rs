@@ -214,7 +214,8 @@ fn accept_loop<H: Handler>(listener: &UnixListener, handler: &Arc<H>, stop: &Arc
         match listener.accept() {
             Ok((stream, _)) => {
                 active.fetch_add(1, Ordering::AcqRel);
-                let (handler, stop, active2) = (Arc::clone(handler), Arc::clone(stop), Arc::clone(&active));
+                let (handler, stop, active2) =
+                    (Arc::clone(handler), Arc::clone(stop), Arc::clone(&active));
                 let spawned = std::thread::Builder::new()
                     .name("weft-uapi-conn".into())
                     .spawn(move || {
@@ -286,7 +287,12 @@ fn serve<H: Handler + ?Sized>(stream: UnixStream, handler: &H, stop: &Notify) ->
                 }
                 return Ok(());
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 idle += POLL_INTERVAL;
                 if idle >= IDLE_TIMEOUT {
                     tracing::debug!("closing idle UAPI connection");
@@ -343,8 +349,12 @@ fn errno_only(errno: i32) -> String {
 /// # Errors
 /// Connection failures, a malformed reply, or a non-zero errno.
 pub fn request(path: &Path, request: &str) -> anyhow::Result<String> {
-    let mut stream = UnixStream::connect(path)
-        .with_context(|| format!("cannot connect to {}: is the daemon running?", path.display()))?;
+    let mut stream = UnixStream::connect(path).with_context(|| {
+        format!(
+            "cannot connect to {}: is the daemon running?",
+            path.display()
+        )
+    })?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .context("cannot set a read timeout")?;
@@ -355,7 +365,10 @@ pub fn request(path: &Path, request: &str) -> anyhow::Result<String> {
     let mut lines = LineReader::new();
     let mut body = String::new();
     loop {
-        match lines.next_line(&mut reader).context("cannot read the reply")? {
+        match lines
+            .next_line(&mut reader)
+            .context("cannot read the reply")?
+        {
             Line::Text(l) => {
                 let l = std::str::from_utf8(l).context("reply is not UTF-8")?;
                 if let Some(errno) = l.strip_prefix("errno=") {

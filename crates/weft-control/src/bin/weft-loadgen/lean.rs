@@ -76,7 +76,10 @@ impl Sender {
     pub async fn send(&mut self, msg: &ClientMessage) -> anyhow::Result<()> {
         let mut plain = vec![FIN];
         serde_json::to_writer(&mut plain, msg)?;
-        anyhow::ensure!(plain.len() + TAG <= MAX_RECORD_BODY, "message too large for one record");
+        anyhow::ensure!(
+            plain.len() + TAG <= MAX_RECORD_BODY,
+            "message too large for one record"
+        );
         self.buf.resize(3 + plain.len() + TAG, 0);
         let n = self
             .ts
@@ -152,7 +155,10 @@ impl Frames {
 }
 
 fn resolver() -> Box<dyn snow::resolvers::CryptoResolver + Send> {
-    Box::new(FallbackResolver::new(Box::new(RingResolver), Box::new(DefaultResolver)))
+    Box::new(FallbackResolver::new(
+        Box::new(RingResolver),
+        Box::new(DefaultResolver),
+    ))
 }
 
 /// Connects, upgrades, completes the handshake and opens the map stream.
@@ -179,7 +185,8 @@ pub async fn open_stream(
         handshake: base64::engine::general_purpose::STANDARD.encode(&m1[..n]),
         capability: CapabilityVersion::CURRENT,
     };
-    let (tcp, leftover) = weft_client::http::upgrade(url, &request, Duration::from_secs(60)).await?;
+    let (tcp, leftover) =
+        weft_client::http::upgrade(url, &request, Duration::from_secs(60)).await?;
     let (read, write) = tcp.into_split();
     let mut frames = Frames {
         half: read,
@@ -187,7 +194,10 @@ pub async fn open_stream(
         start: 0,
     };
     let (kind, len) = frames.header().await?;
-    anyhow::ensure!(kind == 0x01 && len == 48, "expected the handshake response, got frame {kind:#x}/{len}");
+    anyhow::ensure!(
+        kind == 0x01 && len == 48,
+        "expected the handshake response, got frame {kind:#x}/{len}"
+    );
     let mut body = Vec::new();
     frames.body(len, &mut body).await?;
     let mut payload = [0u8; 48];
@@ -212,7 +222,10 @@ pub async fn open_stream(
 
 /// Sends a keep-alive (the server drops a node silent for 150 s).
 pub async fn keep_alive(s: &Mutex<Sender>) -> anyhow::Result<()> {
-    s.lock().await.send(&ClientMessage::KeepAlive(KeepAlive {})).await
+    s.lock()
+        .await
+        .send(&ClientMessage::KeepAlive(KeepAlive {}))
+        .await
 }
 
 #[allow(clippy::disallowed_methods)] // the load generator's clock
@@ -325,10 +338,14 @@ fn finish(
     let has_port = |eps: &[Endpoint]| eps.iter().any(|e| e.addr.port() == port);
     for d in &deltas {
         match d {
-            Delta::Peer(PeerDelta::Endpoints { id, endpoints }) if *id == changer && has_port(endpoints) => {
+            Delta::Peer(PeerDelta::Endpoints { id, endpoints })
+                if *id == changer && has_port(endpoints) =>
+            {
                 let _ = events.send(Ev::Endpoint { idx, round, at });
             }
-            Delta::Peer(PeerDelta::Changed(n) | PeerDelta::Added(n)) if n.id == changer && has_port(&n.endpoints) => {
+            Delta::Peer(PeerDelta::Changed(n) | PeerDelta::Added(n))
+                if n.id == changer && has_port(&n.endpoints) =>
+            {
                 let _ = events.send(Ev::Endpoint { idx, round, at });
             }
             Delta::PacketFilter(_) => {

@@ -42,15 +42,17 @@ use weft_types::control::{
     RegisterRequest, RegisterResponse,
 };
 use weft_types::{
-    CapabilityVersion, DiscoPrivate, Endpoint, EndpointKind, MachinePrivate, NodeId,
-    NodePrivate,
+    CapabilityVersion, DiscoPrivate, Endpoint, EndpointKind, MachinePrivate, NodeId, NodePrivate,
 };
 
 use lean::{Ev, Sender, Watch};
 
 /// weft-loadgen: simulated nodes against one weft-control server.
 #[derive(Debug, Parser)]
-#[command(version, about = "weft-loadgen: N simulated nodes against one weft-control server")]
+#[command(
+    version,
+    about = "weft-loadgen: N simulated nodes against one weft-control server"
+)]
 struct Args {
     /// How many nodes.
     #[arg(long, default_value_t = 1000)]
@@ -119,7 +121,10 @@ impl ServerProc {
 impl Drop for ServerProc {
     fn drop(&mut self) {
         if let Ok(pid) = self.pid.parse::<i32>() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         let _ = self.child.wait();
     }
@@ -140,7 +145,13 @@ struct Report {
 }
 
 impl Report {
-    fn phase(&mut self, server: &ServerProc, name: &str, start: Instant, before: (procstat::Usage, procstat::Usage)) {
+    fn phase(
+        &mut self,
+        server: &ServerProc,
+        name: &str,
+        start: Instant,
+        before: (procstat::Usage, procstat::Usage),
+    ) {
         let (s, g) = (server.usage(), procstat::read("self"));
         let p = Phase {
             name: name.to_owned(),
@@ -176,28 +187,45 @@ async fn main() -> anyhow::Result<()> {
     raise_fd_limit();
     let n = args.nodes;
     anyhow::ensure!(n >= 2, "--nodes must be at least 2");
-    let users = args.users.unwrap_or(if args.policy_rules > 0 { 50 } else { 1 }).max(1);
+    let users = args
+        .users
+        .unwrap_or(if args.policy_rules > 0 { 50 } else { 1 })
+        .max(1);
     let timeout = Duration::from_secs(args.phase_timeout);
     let server = start_server(&args).await?;
     let url: ControlUrl = server.url.parse()?;
     let admin = AdminClient::new(AdminTarget::Socket(server.dir.path().join("admin.sock")));
-    let server_key = weft_client::fetch_key(&url, Duration::from_secs(10)).await?.public_key;
+    let server_key = weft_client::fetch_key(&url, Duration::from_secs(10))
+        .await?
+        .public_key;
     println!(
         "weft-loadgen: {n} nodes, {users} user(s), {} rounds, policy rules {}, batch delay {}, database {}, server {} (pid {})",
         args.rounds,
         args.policy_rules,
         args.batch_delay,
-        if args.db_url.is_some() { "PostgreSQL (--db-url)" } else { "SQLite" },
+        if args.db_url.is_some() {
+            "PostgreSQL (--db-url)"
+        } else {
+            "SQLite"
+        },
         server.url,
         server.pid
     );
-    let mut report = Report { phases: Vec::new(), lines: Vec::new() };
+    let mut report = Report {
+        phases: Vec::new(),
+        lines: Vec::new(),
+    };
 
     // --- users and keys -------------------------------------------------------------------
     let mut keys = Vec::new();
     for u in 0..users {
         let login = format!("u{u}@loadgen.test");
-        admin.create_user(&NewUser { login_name: login.clone(), ..NewUser::default() }).await?;
+        admin
+            .create_user(&NewUser {
+                login_name: login.clone(),
+                ..NewUser::default()
+            })
+            .await?;
         let k = admin
             .create_preauth_key(&NewPreauthKey {
                 user: Some(login),
@@ -219,7 +247,11 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let permit = sem.clone().acquire_owned().await?;
-        let target = Target { url: url.clone(), machine_key: machines[i].clone(), server_key };
+        let target = Target {
+            url: url.clone(),
+            machine_key: machines[i].clone(),
+            server_key,
+        };
         let req = RegisterRequest {
             version: CapabilityVersion::CURRENT,
             node_key: node_keys[i].public(),
@@ -262,7 +294,12 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let permit = sem.clone().acquire_owned().await?;
-        let (url, machine, watch, ev_tx) = (url.clone(), machines[i].clone(), watch.clone(), ev_tx.clone());
+        let (url, machine, watch, ev_tx) = (
+            url.clone(),
+            machines[i].clone(),
+            watch.clone(),
+            ev_tx.clone(),
+        );
         let map = MapRequest {
             version: CapabilityVersion::CURRENT,
             node_key: node_keys[i].public(),
@@ -282,7 +319,10 @@ async fn main() -> anyhow::Result<()> {
     let mut opened_at = vec![start; n];
     while let Some(r) = tasks.join_next().await {
         let (i, r, t) = r?;
-        senders[i] = Some(Arc::new(Mutex::new(r.with_context(|| format!("opening the stream of node {i}"))?)));
+        senders[i] =
+            Some(Arc::new(Mutex::new(r.with_context(|| {
+                format!("opening the stream of node {i}")
+            })?)));
         opened_at[i] = t;
     }
     let connected = start.elapsed();
@@ -308,10 +348,15 @@ async fn main() -> anyhow::Result<()> {
                 full_lat.push(at - opened_at[idx]);
                 last_full = last_full.max(at);
             }
-            Ok(Some(Ev::Closed { idx, reason })) => anyhow::bail!("node {idx} lost its stream: {reason}"),
+            Ok(Some(Ev::Closed { idx, reason })) => {
+                anyhow::bail!("node {idx} lost its stream: {reason}")
+            }
             Ok(Some(_)) => {}
             Ok(None) => anyhow::bail!("all receivers ended"),
-            Err(_) => anyhow::bail!("only {} of {n} full maps within {timeout:?}", full_lat.len()),
+            Err(_) => anyhow::bail!(
+                "only {} of {n} full maps within {timeout:?}",
+                full_lat.len()
+            ),
         }
     }
     full_lat.sort();
@@ -333,20 +378,65 @@ async fn main() -> anyhow::Result<()> {
     watch.full_decrypt.store(true, Ordering::Relaxed);
 
     // --- 3. endpoint rounds -----------------------------------------------------------------------
-    rounds(&args, &server, &watch, &mut ev_rx, &senders, &ids, &mut report, "allow-all", Some(n - 1), 0).await?;
+    rounds(
+        &args,
+        &server,
+        &watch,
+        &mut ev_rx,
+        &senders,
+        &ids,
+        &mut report,
+        "allow-all",
+        Some(n - 1),
+        0,
+    )
+    .await?;
 
     // --- 4. policy ------------------------------------------------------------------------------
     if args.policy_rules > 0 {
         let p1 = generate_policy(args.policy_rules, users, None);
-        policy_phase(&server, &watch, &mut ev_rx, &mut report, &p1, "policy set (from allow-all)").await?;
+        policy_phase(
+            &server,
+            &watch,
+            &mut ev_rx,
+            &mut report,
+            &p1,
+            "policy set (from allow-all)",
+        )
+        .await?;
         let p2 = generate_policy(args.policy_rules, users, Some(7));
-        policy_phase(&server, &watch, &mut ev_rx, &mut report, &p2, "policy edit (one rule)").await?;
-        rounds(&args, &server, &watch, &mut ev_rx, &senders, &ids, &mut report, "policy", None, 1_000).await?;
+        policy_phase(
+            &server,
+            &watch,
+            &mut ev_rx,
+            &mut report,
+            &p2,
+            "policy edit (one rule)",
+        )
+        .await?;
+        rounds(
+            &args,
+            &server,
+            &watch,
+            &mut ev_rx,
+            &senders,
+            &ids,
+            &mut report,
+            "policy",
+            None,
+            1_000,
+        )
+        .await?;
     }
 
     let s = server.usage();
-    report.line(format!("server: RSS {:.0} MiB now, peak {:.0} MiB; CPU {:.1} s in total", s.rss_mib, s.peak_mib, s.cpu_s));
-    println!("\n| phase | wall s | server CPU s | server RSS MiB | loadgen CPU s |\n|---|---|---|---|---|");
+    report.line(format!(
+        "server: RSS {:.0} MiB now, peak {:.0} MiB; CPU {:.1} s in total",
+        s.rss_mib, s.peak_mib, s.cpu_s
+    ));
+    println!(
+        "\n| phase | wall s | server CPU s | server RSS MiB | loadgen CPU s |\n|---|---|---|---|---|"
+    );
     for p in &report.phases {
         println!(
             "| {} | {:.2} | {:.1} | {:.0} | {:.1} |",
@@ -363,7 +453,10 @@ async fn main() -> anyhow::Result<()> {
 fn endpoint(i: usize, port: u16) -> Endpoint {
     let i = u32::try_from(i).unwrap_or(0);
     Endpoint {
-        addr: std::net::SocketAddr::from(([198, 18, ((i >> 8) & 0xff) as u8, (i & 0xff) as u8], port)),
+        addr: std::net::SocketAddr::from((
+            [198, 18, ((i >> 8) & 0xff) as u8, (i & 0xff) as u8],
+            port,
+        )),
         kind: EndpointKind::Local,
     }
 }
@@ -385,7 +478,11 @@ async fn register_with_retry(target: &Target, req: RegisterRequest) -> anyhow::R
 }
 
 /// Waits until no map message arrived for a second (the server settled).
-async fn quiesce(watch: &Watch, ev_rx: &mut mpsc::UnboundedReceiver<Ev>, timeout: Duration) -> anyhow::Result<()> {
+async fn quiesce(
+    watch: &Watch,
+    ev_rx: &mut mpsc::UnboundedReceiver<Ev>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = now() + timeout;
     let mut last = watch.messages.load(Ordering::Relaxed);
     loop {
@@ -427,15 +524,22 @@ async fn rounds(
         let changer = (r * 7919 + 1) % n;
         let round = round_base + r as u64 + 1;
         let port = 20_000 + u16::try_from(round % 40_000).unwrap_or(0);
-        watch.changer.store(u64::try_from(ids[changer].0).unwrap_or(0), Ordering::Relaxed);
+        watch.changer.store(
+            u64::try_from(ids[changer].0).unwrap_or(0),
+            Ordering::Relaxed,
+        );
         watch.port.store(u64::from(port), Ordering::Relaxed);
         watch.round.store(round, Ordering::Relaxed);
-        let Some(sender) = &senders[changer] else { continue };
+        let Some(sender) = &senders[changer] else {
+            continue;
+        };
         let t0 = now();
         sender
             .lock()
             .await
-            .send(&ClientMessage::Endpoints(EndpointUpdate { endpoints: vec![endpoint(changer, port)] }))
+            .send(&ClientMessage::Endpoints(EndpointUpdate {
+                endpoints: vec![endpoint(changer, port)],
+            }))
             .await?;
         let mut got: BTreeMap<usize, Duration> = BTreeMap::new();
         let idle = Duration::from_secs(3);
@@ -444,19 +548,29 @@ async fn rounds(
             if expected.is_some_and(|e| got.len() >= e) {
                 break;
             }
-            let wait = if expected.is_some() { deadline.saturating_duration_since(now()) } else { idle };
+            let wait = if expected.is_some() {
+                deadline.saturating_duration_since(now())
+            } else {
+                idle
+            };
             match tokio::time::timeout(wait, ev_rx.recv()).await {
                 Ok(Some(Ev::Endpoint { idx, round: rr, at })) if rr == round => {
                     got.entry(idx).or_insert(at - t0);
                 }
-                Ok(Some(Ev::Closed { idx, reason })) => anyhow::bail!("node {idx} lost its stream: {reason}"),
+                Ok(Some(Ev::Closed { idx, reason })) => {
+                    anyhow::bail!("node {idx} lost its stream: {reason}")
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => anyhow::bail!("all receivers ended"),
                 Err(_) => break,
             }
         }
         if let Some(e) = expected {
-            anyhow::ensure!(got.len() >= e, "round {round}: only {} of {e} peers got the delta within 60 s", got.len());
+            anyhow::ensure!(
+                got.len() >= e,
+                "round {round}: only {} of {e} peers got the delta within 60 s",
+                got.len()
+            );
         }
         let slowest = got.values().max().copied().unwrap_or_default();
         round_times.push(slowest);
@@ -491,9 +605,13 @@ async fn policy_phase(
     let compile_before = metric_sum(&server.url, "weft_policy_compile_seconds").await;
     let before = usage_pair(server);
     let t0 = now();
-    set_policy_slowly(&server.dir.path().join("admin.sock"), policy, timeout_for_policy())
-        .await
-        .context("setting the generated policy")?;
+    set_policy_slowly(
+        &server.dir.path().join("admin.sock"),
+        policy,
+        timeout_for_policy(),
+    )
+    .await
+    .context("setting the generated policy")?;
     let set = t0.elapsed();
     let mut got: BTreeMap<usize, Duration> = BTreeMap::new();
     loop {
@@ -505,7 +623,9 @@ async fn policy_phase(
                 // A recipient whose delta would be too long gets a full map.
                 got.entry(idx).or_insert(at - t0);
             }
-            Ok(Some(Ev::Closed { idx, reason })) => anyhow::bail!("node {idx} lost its stream: {reason}"),
+            Ok(Some(Ev::Closed { idx, reason })) => {
+                anyhow::bail!("node {idx} lost its stream: {reason}")
+            }
             Ok(Some(_)) => {}
             Ok(None) => anyhow::bail!("all receivers ended"),
             Err(_) => break,
@@ -534,9 +654,15 @@ fn timeout_for_policy() -> Duration {
 }
 
 /// `PUT /policy` on the admin socket with our own time limit; fails unless the answer is 200.
-async fn set_policy_slowly(sock: &std::path::Path, policy: &str, limit: Duration) -> anyhow::Result<()> {
+async fn set_policy_slowly(
+    sock: &std::path::Path,
+    policy: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let body = serde_json::to_vec(&weft_control::admin::types::PolicyText { policy: policy.to_owned() })?;
+    let body = serde_json::to_vec(&weft_control::admin::types::PolicyText {
+        policy: policy.to_owned(),
+    })?;
     let work = async {
         let mut s = tokio::net::UnixStream::connect(sock).await?;
         let head = format!(
@@ -553,16 +679,26 @@ async fn set_policy_slowly(sock: &std::path::Path, policy: &str, limit: Duration
         .await
         .map_err(|_| anyhow::anyhow!("no answer from {} within {limit:?}", sock.display()))??;
     let text = String::from_utf8_lossy(&out);
-    anyhow::ensure!(text.starts_with("HTTP/1.1 200"), "policy set refused: {}", text.chars().take(400).collect::<String>());
+    anyhow::ensure!(
+        text.starts_with("HTTP/1.1 200"),
+        "policy set refused: {}",
+        text.chars().take(400).collect::<String>()
+    );
     Ok(())
 }
 
 /// Returns `<name>_sum` from the server's /metrics.
 async fn metric_sum(url: &str, name: &str) -> f64 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Some(addr) = url.strip_prefix("http://") else { return 0.0 };
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return 0.0 };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let Some(addr) = url.strip_prefix("http://") else {
+        return 0.0;
+    };
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return 0.0;
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
     let mut out = String::new();
     let _ = s.read_to_string(&mut out).await;
     let key = format!("{name}_sum ");
@@ -577,7 +713,9 @@ async fn metric_sum(url: &str, name: &str) -> f64 {
 fn generate_policy(rules: usize, users: usize, edit: Option<usize>) -> String {
     let mut rng: u64 = 0x5eed_1234_abcd_0001;
     let mut next = |m: usize| {
-        rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         usize::try_from((rng >> 33) % (m.max(1) as u64)).unwrap_or(0)
     };
     let groups = 10.min(users);
@@ -598,11 +736,22 @@ fn generate_policy(rules: usize, users: usize, edit: Option<usize>) -> String {
             port += 1;
         }
         let rule = match k % 5 {
-            0 => format!("{{\"action\": \"accept\", \"src\": [\"group:g{ga}\"], \"dst\": [\"u{b}@loadgen.test:{port}\"]}}"),
-            1 => format!("{{\"action\": \"accept\", \"src\": [\"u{a}@loadgen.test\"], \"dst\": [\"group:g{gb}:{port}-{}\"]}}", port + 10),
-            2 => format!("{{\"action\": \"accept\", \"src\": [\"u{a}@loadgen.test\", \"u{b}@loadgen.test\"], \"dst\": [\"u{b}@loadgen.test:443,{port}\"]}}"),
-            3 => format!("{{\"action\": \"accept\", \"src\": [\"group:g{ga}\"], \"dst\": [\"group:g{gb}:{port}\"], \"proto\": \"udp\"}}"),
-            _ => format!("{{\"action\": \"accept\", \"src\": [\"100.64.0.0/12\"], \"dst\": [\"u{b}@loadgen.test:{port}\"]}}"),
+            0 => format!(
+                "{{\"action\": \"accept\", \"src\": [\"group:g{ga}\"], \"dst\": [\"u{b}@loadgen.test:{port}\"]}}"
+            ),
+            1 => format!(
+                "{{\"action\": \"accept\", \"src\": [\"u{a}@loadgen.test\"], \"dst\": [\"group:g{gb}:{port}-{}\"]}}",
+                port + 10
+            ),
+            2 => format!(
+                "{{\"action\": \"accept\", \"src\": [\"u{a}@loadgen.test\", \"u{b}@loadgen.test\"], \"dst\": [\"u{b}@loadgen.test:443,{port}\"]}}"
+            ),
+            3 => format!(
+                "{{\"action\": \"accept\", \"src\": [\"group:g{ga}\"], \"dst\": [\"group:g{gb}:{port}\"], \"proto\": \"udp\"}}"
+            ),
+            _ => format!(
+                "{{\"action\": \"accept\", \"src\": [\"100.64.0.0/12\"], \"dst\": [\"u{b}@loadgen.test:{port}\"]}}"
+            ),
         };
         out.push_str("    ");
         out.push_str(&rule);
@@ -620,7 +769,11 @@ async fn start_server(args: &Args) -> anyhow::Result<ServerProc> {
             .context("no directory for the loadgen binary")?
             .join("weft-control"),
     };
-    anyhow::ensure!(bin.exists(), "{} not found: build it (cargo build --release -p weft-control) or pass --server-bin", bin.display());
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build it (cargo build --release -p weft-control) or pass --server-bin",
+        bin.display()
+    );
     let dir = tempfile::tempdir()?;
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -628,8 +781,15 @@ async fn start_server(args: &Args) -> anyhow::Result<ServerProc> {
     };
     let log = std::fs::File::create(dir.path().join("server.log"))?;
     let mut cmd = std::process::Command::new(&bin);
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--batch-delay", &args.batch_delay, "--state-dir"])
-        .arg(dir.path());
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--batch-delay",
+        &args.batch_delay,
+        "--state-dir",
+    ])
+    .arg(dir.path());
     if let Some(db) = &args.db_url {
         cmd.args(["--db-url", db]);
     }
@@ -647,14 +807,19 @@ async fn start_server(args: &Args) -> anyhow::Result<ServerProc> {
     };
     let url: ControlUrl = server.url.parse()?;
     for _ in 0..200 {
-        if weft_client::fetch_key(&url, Duration::from_secs(1)).await.is_ok()
+        if weft_client::fetch_key(&url, Duration::from_secs(1))
+            .await
+            .is_ok()
             && server.dir.path().join("admin.sock").exists()
         {
             return Ok(server);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    anyhow::bail!("the server did not start; see {}", server.dir.path().join("server.log").display())
+    anyhow::bail!(
+        "the server did not start; see {}",
+        server.dir.path().join("server.log").display()
+    )
 }
 
 fn raise_fd_limit() {
@@ -665,4 +830,3 @@ fn raise_fd_limit() {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
-

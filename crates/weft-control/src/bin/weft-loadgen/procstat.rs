@@ -27,7 +27,11 @@ pub fn read(pid: &str) -> Usage {
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
         for line in status.lines() {
             let kib = |l: &str| -> f64 {
-                l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    / 1024.0
             };
             if line.starts_with("VmRSS:") {
                 u.rss_mib = kib(line);

@@ -65,14 +65,22 @@ pub struct Peer {
 
 impl Connected<axum::serve::IncomingStream<'_, UnixListener>> for Peer {
     fn connect_info(s: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
-        Peer { uid: s.io().peer_cred().ok().map(|c| c.uid()) }
+        Peer {
+            uid: s.io().peer_cred().ok().map(|c| c.uid()),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(ErrorBody { error: self.message })).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -83,18 +91,26 @@ impl IntoResponse for ApiError {
 /// What failed, naming the path.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     use anyhow::Context as _;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another weftd is already listening on {}; stop it or pass --socket", path.display());
+            anyhow::bail!(
+                "another weftd is already listening on {}; stop it or pass --socket",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     Ok(listener)
@@ -102,8 +118,16 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Returns the route table. Setting `stopping` to `true` ends every open
 /// `watch` stream.
-pub fn router(handle: Handle, authorize: Authorizer, stopping: tokio::sync::watch::Receiver<bool>) -> Router {
-    let state = AppState { handle, authorize, stopping };
+pub fn router(
+    handle: Handle,
+    authorize: Authorizer,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> Router {
+    let state = AppState {
+        handle,
+        authorize,
+        stopping,
+    };
     let api = Router::new()
         .route("/status", get(status_h))
         .route("/prefs", get(prefs_get).patch(prefs_patch))
@@ -111,20 +135,32 @@ pub fn router(handle: Handle, authorize: Authorizer, stopping: tokio::sync::watc
         .route("/login-interactive", post(login_interactive_h))
         .route("/logout", post(logout_h))
         .route("/profiles", get(profiles_get).put(profiles_put))
-        .route("/profiles/{id}", post(profile_switch).delete(profile_delete))
+        .route(
+            "/profiles/{id}",
+            post(profile_switch).delete(profile_delete),
+        )
         .route("/ping", post(ping_h))
         .route("/whois", get(whois_h))
         .route("/watch", get(watch_h))
         .route("/debug/prefs", get(debug_prefs_h))
         .route("/metrics", get(metrics_h))
         .fallback(|req: Request| async move {
-            ApiError::not_found(format!("no such LocalAPI route: {} {}", req.method(), req.uri().path()))
+            ApiError::not_found(format!(
+                "no such LocalAPI route: {} {}",
+                req.method(),
+                req.uri().path()
+            ))
         })
         .layer(middleware::from_fn_with_state(state.clone(), authorize_mw))
         .with_state(state);
-    Router::new().nest(PREFIX.trim_end_matches('/'), api).fallback(|req: Request| async move {
-        ApiError::not_found(format!("not a LocalAPI path: {} (expected {PREFIX}…)", req.uri().path()))
-    })
+    Router::new()
+        .nest(PREFIX.trim_end_matches('/'), api)
+        .fallback(|req: Request| async move {
+            ApiError::not_found(format!(
+                "not a LocalAPI path: {} (expected {PREFIX}…)",
+                req.uri().path()
+            ))
+        })
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
@@ -136,9 +172,12 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn authorize_mw(
@@ -148,11 +187,21 @@ async fn authorize_mw(
     next: Next,
 ) -> Response {
     if req.method() != Method::GET && !(st.authorize)(peer.uid) {
-        let what = format!("{} {}", req.method(), req.uri().path().trim_start_matches(PREFIX.trim_end_matches('/')));
-        let who = peer.uid.map_or_else(|| "an unknown user".to_owned(), |u| format!("uid {u}"));
+        let what = format!(
+            "{} {}",
+            req.method(),
+            req.uri()
+                .path()
+                .trim_start_matches(PREFIX.trim_end_matches('/'))
+        );
+        let who = peer
+            .uid
+            .map_or_else(|| "an unknown user".to_owned(), |u| format!("uid {u}"));
         return ApiError::new(
             403,
-            format!("{what} needs root or the operator user (weftd --operator); {who} may only read"),
+            format!(
+                "{what} needs root or the operator user (weftd --operator); {who} may only read"
+            ),
         )
         .into_response();
     }
@@ -161,8 +210,13 @@ async fn authorize_mw(
 
 /// Parses a JSON body; an empty body counts as `{}`.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 #[allow(clippy::disallowed_methods)] // wall time for handshake ages in status
@@ -201,7 +255,9 @@ async fn logout_h(State(st): State<AppState>) -> Result<Response, ApiError> {
     if let Some(job) = job {
         let id = job.profile_id.clone();
         let result = job.run().await;
-        st.handle.call(move |b| b.finish_logout(&id, result)).await??;
+        st.handle
+            .call(move |b| b.finish_logout(&id, result))
+            .await??;
     }
     Ok(Json(serde_json::json!({})).into_response())
 }
@@ -214,11 +270,17 @@ async fn profiles_put(State(st): State<AppState>) -> Result<Response, ApiError> 
     Ok(Json(st.handle.call(|b| b.new_profile()).await??).into_response())
 }
 
-async fn profile_switch(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
+async fn profile_switch(
+    State(st): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(st.handle.call(move |b| b.switch_profile(&id)).await??).into_response())
 }
 
-async fn profile_delete(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<Response, ApiError> {
+async fn profile_delete(
+    State(st): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
     st.handle.call(move |b| b.delete_profile(&id)).await??;
     Ok(Json(serde_json::json!({})).into_response())
 }
@@ -231,7 +293,15 @@ async fn ping_h(State(st): State<AppState>, body: Bytes) -> Result<Response, Api
     let timeout = Duration::from_millis(req.timeout_ms).min(MAX_PING_TIMEOUT);
     let ip = req.ip;
     let (name, rx) = st.handle.call(move |b| b.start_ping(ip, timeout)).await??;
-    let timed_out = || ApiError::new(504, format!("ping {name} ({ip}) timed out after {} ms", timeout.as_millis()));
+    let timed_out = || {
+        ApiError::new(
+            504,
+            format!(
+                "ping {name} ({ip}) timed out after {} ms",
+                timeout.as_millis()
+            ),
+        )
+    };
     // The core times the ping out itself; the extra second only guards
     // against a core that never answers.
     match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
@@ -251,13 +321,23 @@ struct WhoisQuery {
     addr: Option<String>,
 }
 
-async fn whois_h(State(st): State<AppState>, Query(query): Query<WhoisQuery>) -> Result<Response, ApiError> {
-    let addr = query.addr.ok_or_else(|| ApiError::bad_request("whois needs ?addr=IP"))?;
+async fn whois_h(
+    State(st): State<AppState>,
+    Query(query): Query<WhoisQuery>,
+) -> Result<Response, ApiError> {
+    let addr = query
+        .addr
+        .ok_or_else(|| ApiError::bad_request("whois needs ?addr=IP"))?;
     let ip: IpAddr = addr
         .parse()
         .map_err(|_| ApiError::bad_request(format!("{addr:?} is not an IP address")))?;
-    let w = st.handle.call(move |b| status::whois(b, ip, wall_now())).await?;
-    let w = w.ok_or_else(|| ApiError::not_found(format!("no node in the tailnet has the address {ip}")))?;
+    let w = st
+        .handle
+        .call(move |b| status::whois(b, ip, wall_now()))
+        .await?;
+    let w = w.ok_or_else(|| {
+        ApiError::not_found(format!("no node in the tailnet has the address {ip}"))
+    })?;
     Ok(Json(w).into_response())
 }
 
@@ -268,7 +348,10 @@ async fn metrics_h(State(st): State<AppState>) -> Result<Response, ApiError> {
         b.data_plane().metrics(&mut out);
         out
     });
-    let headers = [(axum::http::header::CONTENT_TYPE, crate::daemon::filter::METRICS_CONTENT_TYPE)];
+    let headers = [(
+        axum::http::header::CONTENT_TYPE,
+        crate::daemon::filter::METRICS_CONTENT_TYPE,
+    )];
     Ok((headers, text.await?).into_response())
 }
 
@@ -285,23 +368,26 @@ fn ndjson(n: &Notify) -> Bytes {
 async fn watch_h(State(st): State<AppState>) -> Result<Response, ApiError> {
     let (snapshot, rx) = st.handle.call(|b| b.watch()).await?;
     let stopping = st.stopping.clone();
-    let stream = futures::stream::unfold((Some(snapshot), rx, stopping), |(first, mut rx, mut stopping)| async move {
-        if let Some(n) = first {
-            return Some((Ok::<_, Infallible>(ndjson(&n)), (None, rx, stopping)));
-        }
-        let next = tokio::select! {
-            r = rx.recv() => r,
-            _ = stopping.wait_for(|s| *s) => return None,
-        };
-        match next {
-            Ok(n) => Some((Ok(ndjson(&n)), (None, rx, stopping))),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::debug!(missed, "Closing a watcher that fell behind");
-                None
+    let stream = futures::stream::unfold(
+        (Some(snapshot), rx, stopping),
+        |(first, mut rx, mut stopping)| async move {
+            if let Some(n) = first {
+                return Some((Ok::<_, Infallible>(ndjson(&n)), (None, rx, stopping)));
             }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
-        }
-    });
+            let next = tokio::select! {
+                r = rx.recv() => r,
+                _ = stopping.wait_for(|s| *s) => return None,
+            };
+            match next {
+                Ok(n) => Some((Ok(ndjson(&n)), (None, rx, stopping))),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "Closing a watcher that fell behind");
+                    None
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+            }
+        },
+    );
     Ok(Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(stream))

@@ -44,13 +44,20 @@ pub fn build(b: &Backend, now: SystemTime) -> Status {
         user: profile.user.clone(),
         peers,
         health: b.health(),
-        filter: crate::daemon::filter::status(filter_stats.as_ref(), profile.prefs.shields_up, rules, filtered),
+        filter: crate::daemon::filter::status(
+            filter_stats.as_ref(),
+            profile.prefs.shields_up,
+            rules,
+            filtered,
+        ),
         profile: Some(b.current_summary()),
     }
 }
 
 fn unix_ms(t: SystemTime) -> Option<i64> {
-    t.duration_since(SystemTime::UNIX_EPOCH).ok().and_then(|d| i64::try_from(d.as_millis()).ok())
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
 }
 
 /// Builds one node's status line.
@@ -88,7 +95,12 @@ pub fn peer_status(nm: &NetMap, n: &Node, live: Option<&PeerLive>, now: SystemTi
         tx_bytes: live.tx_bytes,
         expired: n.expired,
         key_expiry_ms: n.key_expiry.map(|t| t.0),
-        ssh_host_keys: n.host_info.ssh_host_keys.iter().map(ToString::to_string).collect(),
+        ssh_host_keys: n
+            .host_info
+            .ssh_host_keys
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     }
 }
 
@@ -107,5 +119,8 @@ pub fn whois(b: &Backend, ip: IpAddr, now: SystemTime) -> Option<WhoIs> {
         }),
         NodeOwner::Tags(_) => None,
     };
-    Some(WhoIs { node: peer_status(nm, node, live.get(&node.node_key), now), user })
+    Some(WhoIs {
+        node: peer_status(nm, node, live.get(&node.node_key), now),
+        user,
+    })
 }

@@ -32,7 +32,10 @@ pub struct NetmapAuthorizer {
 impl NetmapAuthorizer {
     /// Returns the authorizer for `netmap`.
     pub fn new(netmap: Arc<NetMap>, check_available: bool) -> Self {
-        Self { netmap, check_available }
+        Self {
+            netmap,
+            check_available,
+        }
     }
 
     /// Returns the node (a peer or this node itself) that owns `src`, if it is
@@ -83,11 +86,18 @@ impl Authorizer for NetmapAuthorizer {
     ) -> Decision {
         let lookup = |name: &str| uid_of(name).map(|uid| LocalAccount { uid });
         match authorize_ssh(&self.netmap.ssh_policy, peer.addr, ssh_user, lookup) {
-            SshDecision::Accept { local_user, action, .. } => Decision::Accept(grant(local_user, action)),
-            SshDecision::Check { .. } if !self.check_available => {
-                Decision::Reject { message: CHECK_UNAVAILABLE.to_owned() }
-            }
-            SshDecision::Check { local_user, period, action, .. } => Decision::Check {
+            SshDecision::Accept {
+                local_user, action, ..
+            } => Decision::Accept(grant(local_user, action)),
+            SshDecision::Check { .. } if !self.check_available => Decision::Reject {
+                message: CHECK_UNAVAILABLE.to_owned(),
+            },
+            SshDecision::Check {
+                local_user,
+                period,
+                action,
+                ..
+            } => Decision::Check {
                 grant: grant(local_user, action),
                 period: match period {
                     CheckPeriod::Always => Duration::ZERO,
@@ -112,13 +122,17 @@ fn grant(local_user: String, a: SshAction) -> Grant {
 
 fn reject(reason: &RejectReason, ssh_user: &str) -> Decision {
     match reason {
-        RejectReason::SourceNotAllowed | RejectReason::LoginNotAllowed => Decision::no_matching_rule(ssh_user),
+        RejectReason::SourceNotAllowed | RejectReason::LoginNotAllowed => {
+            Decision::no_matching_rule(ssh_user)
+        }
         RejectReason::RootRefused => Decision::Reject {
             message: format!(
                 "tailnet policy does not permit you to SSH to this node as {ssh_user}: only non-root users may log in here"
             ),
         },
-        RejectReason::NoSuchLocalUser(_) => Decision::Reject { message: reason.to_string() },
+        RejectReason::NoSuchLocalUser(_) => Decision::Reject {
+            message: reason.to_string(),
+        },
     }
 }
 
@@ -134,7 +148,15 @@ mod tests {
     fn netmap(policy: SshPolicy) -> Arc<NetMap> {
         // Self is node 2 (100.64.0.2), peers 1 (alice's) and 3 (tag:ci).
         let mut nm = crate::daemon::config::tests::netmap(2, &[1, 3]);
-        nm.user_profiles.insert(UserId(1), UserProfile { id: UserId(1), login_name: "alice@example.com".parse().unwrap(), display_name: "Alice".into(), profile_pic_url: None });
+        nm.user_profiles.insert(
+            UserId(1),
+            UserProfile {
+                id: UserId(1),
+                login_name: "alice@example.com".parse().unwrap(),
+                display_name: "Alice".into(),
+                profile_pic_url: None,
+            },
+        );
         if let Some(ci) = nm.peers.get_mut(&NodeId(3)) {
             ci.owner = NodeOwner::Tags(["tag:ci".parse().unwrap()].into());
         }
@@ -145,7 +167,10 @@ mod tests {
     fn rule(src: &str, users: &[(&str, LocalUser)], mode: SshMode) -> SshRule {
         SshRule {
             principals: vec![SshPrincipal::Prefix(src.parse().unwrap())],
-            users: users.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect::<BTreeMap<_, _>>(),
+            users: users
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
             action: SshAction {
                 mode,
                 allow_agent_forwarding: true,
@@ -166,7 +191,10 @@ mod tests {
     }
 
     fn nonroot() -> Vec<(&'static str, LocalUser)> {
-        vec![("*", LocalUser::SameNameNonRoot), ("root", LocalUser::NoMapping)]
+        vec![
+            ("*", LocalUser::SameNameNonRoot),
+            ("root", LocalUser::NoMapping),
+        ]
     }
 
     #[test]
@@ -174,7 +202,9 @@ mod tests {
         let nm = netmap(SshPolicy::default());
         let a = NetmapAuthorizer::new(nm, false);
         let now = UnixMillis(1);
-        let alice = a.identify_at("fd13:b027:8801::1".parse().unwrap(), now).unwrap();
+        let alice = a
+            .identify_at("fd13:b027:8801::1".parse().unwrap(), now)
+            .unwrap();
         assert_eq!(alice.user_login.as_deref(), Some("alice@example.com"));
         assert_eq!(alice.node_name, "node1.example.weft.internal");
         assert!(alice.tags.is_empty());
@@ -183,7 +213,12 @@ mod tests {
         assert_eq!(ci.tags, ["tag:ci"]);
         assert_eq!(a.identify_at("100.64.0.99".parse().unwrap(), now), None);
         // Ourselves, over our own tailnet address.
-        assert_eq!(a.identify_at("100.64.0.2".parse().unwrap(), now).unwrap().node_id, "n2");
+        assert_eq!(
+            a.identify_at("100.64.0.2".parse().unwrap(), now)
+                .unwrap()
+                .node_id,
+            "n2"
+        );
     }
 
     #[test]
@@ -191,7 +226,11 @@ mod tests {
         let policy = SshPolicy {
             rules: vec![
                 rule("100.64.0.1/32", &nonroot(), SshMode::Accept),
-                rule("100.64.0.0/10", &[("root", LocalUser::Named("root".into()))], SshMode::Accept),
+                rule(
+                    "100.64.0.0/10",
+                    &[("root", LocalUser::Named("root".into()))],
+                    SshMode::Accept,
+                ),
             ],
         };
         let nm = netmap(policy);
@@ -206,33 +245,59 @@ mod tests {
             d => panic!("{d:?}"),
         }
         // The first rule does not map root; the second (root → root) does.
-        assert!(matches!(a.authorize(&alice, "root", 0, &uid_of), Decision::Accept(g) if g.local_user == "root"));
+        assert!(
+            matches!(a.authorize(&alice, "root", 0, &uid_of), Decision::Accept(g) if g.local_user == "root")
+        );
         // A user not in any rule's users, and an account that does not exist.
         let ci = from("100.64.0.3");
-        let Decision::Reject { message } = a.authorize(&ci, "alice", 0, &uid_of) else { panic!() };
-        assert_eq!(message, "tailnet policy does not permit you to SSH to this node as alice");
-        let Decision::Reject { message } = a.authorize(&alice, "ghost", 0, &uid_of) else { panic!() };
+        let Decision::Reject { message } = a.authorize(&ci, "alice", 0, &uid_of) else {
+            panic!()
+        };
+        assert_eq!(
+            message,
+            "tailnet policy does not permit you to SSH to this node as alice"
+        );
+        let Decision::Reject { message } = a.authorize(&alice, "ghost", 0, &uid_of) else {
+            panic!()
+        };
         assert!(message.contains("\"ghost\" does not exist"), "{message}");
     }
 
     #[test]
     fn nonroot_alone_refuses_root_with_a_clear_message() {
-        let nm = netmap(SshPolicy { rules: vec![rule("100.64.0.1/32", &nonroot(), SshMode::Accept)] });
+        let nm = netmap(SshPolicy {
+            rules: vec![rule("100.64.0.1/32", &nonroot(), SshMode::Accept)],
+        });
         let a = NetmapAuthorizer::new(nm, false);
-        let alice = a.identify_at("100.64.0.1".parse().unwrap(), UnixMillis(1)).unwrap();
-        let Decision::Reject { message } = a.authorize(&alice, "root", 0, &uid_of) else { panic!() };
-        assert!(message.starts_with("tailnet policy does not permit you to SSH to this node as root"), "{message}");
+        let alice = a
+            .identify_at("100.64.0.1".parse().unwrap(), UnixMillis(1))
+            .unwrap();
+        let Decision::Reject { message } = a.authorize(&alice, "root", 0, &uid_of) else {
+            panic!()
+        };
+        assert!(
+            message.starts_with("tailnet policy does not permit you to SSH to this node as root"),
+            "{message}"
+        );
     }
 
     #[test]
     fn check_rules_are_refused_until_a_check_hook_is_installed() {
-        let check = SshMode::Check { period: CheckPeriod::Millis(60_000) };
-        let nm = netmap(SshPolicy { rules: vec![rule("100.64.0.1/32", &nonroot(), check)] });
+        let check = SshMode::Check {
+            period: CheckPeriod::Millis(60_000),
+        };
+        let nm = netmap(SshPolicy {
+            rules: vec![rule("100.64.0.1/32", &nonroot(), check)],
+        });
         let without = NetmapAuthorizer::new(Arc::clone(&nm), false);
-        let alice = without.identify_at("100.64.0.1".parse().unwrap(), UnixMillis(1)).unwrap();
+        let alice = without
+            .identify_at("100.64.0.1".parse().unwrap(), UnixMillis(1))
+            .unwrap();
         assert_eq!(
             without.authorize(&alice, "alice", 0, &uid_of),
-            Decision::Reject { message: CHECK_UNAVAILABLE.to_owned() }
+            Decision::Reject {
+                message: CHECK_UNAVAILABLE.to_owned()
+            }
         );
         let with = NetmapAuthorizer::new(nm, true);
         match with.authorize(&alice, "alice", 0, &uid_of) {

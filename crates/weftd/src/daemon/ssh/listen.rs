@@ -55,6 +55,9 @@ mod tests {
     async fn an_address_not_on_any_interface_can_still_be_bound() {
         // 100.64.0.0/10 is never configured on a test host outside a namespace.
         let l = bind("100.127.255.254".parse().unwrap(), 0).unwrap();
-        assert_eq!(l.local_addr().unwrap().ip(), "100.127.255.254".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            l.local_addr().unwrap().ip(),
+            "100.127.255.254".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -32,7 +32,10 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
-use weft_ssh::{CheckHook, CheckOutcome, CheckRequest, HostKeyOptions, HostKeys, PendingCheck, SshConfig, SshServer};
+use weft_ssh::{
+    CheckHook, CheckOutcome, CheckRequest, HostKeyOptions, HostKeys, PendingCheck, SshConfig,
+    SshServer,
+};
 use weft_types::NetMap;
 use weft_types::node::SshHostKey;
 
@@ -84,12 +87,20 @@ impl Wanted {
     pub fn of(b: &Backend) -> Self {
         let prefs = b.prefs();
         let run_ssh = prefs.run_ssh;
-        let serve = b.netmap().filter(|_| run_ssh && b.state() == BackendState::Running).and_then(|nm| {
-            let mut addrs: Vec<IpAddr> = nm.self_node.addresses.iter().map(ipnet::IpNet::addr).collect();
-            addrs.sort_unstable();
-            addrs.dedup();
-            (!addrs.is_empty()).then(|| (addrs, Arc::clone(nm)))
-        });
+        let serve = b
+            .netmap()
+            .filter(|_| run_ssh && b.state() == BackendState::Running)
+            .and_then(|nm| {
+                let mut addrs: Vec<IpAddr> = nm
+                    .self_node
+                    .addresses
+                    .iter()
+                    .map(ipnet::IpNet::addr)
+                    .collect();
+                addrs.sort_unstable();
+                addrs.dedup();
+                (!addrs.is_empty()).then(|| (addrs, Arc::clone(nm)))
+            });
         Self { run_ssh, serve }
     }
 }
@@ -98,10 +109,19 @@ impl Wanted {
 /// coordinator goes away, shutting the server down first.
 pub fn spawn(handle: Handle, opts: SshOptions, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let Ok((_, mut events)) = handle.call(|b| b.watch()).await else { return };
-        let mut svc = Service { opts, handle: handle.clone(), keys: None, running: None };
+        let Ok((_, mut events)) = handle.call(|b| b.watch()).await else {
+            return;
+        };
+        let mut svc = Service {
+            opts,
+            handle: handle.clone(),
+            keys: None,
+            running: None,
+        };
         loop {
-            let Ok(want) = handle.call(|b| Wanted::of(b)).await else { break };
+            let Ok(want) = handle.call(|b| Wanted::of(b)).await else {
+                break;
+            };
             let retry = svc.reconcile(want).await;
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -164,15 +184,25 @@ impl Service {
             Some(r) => {
                 if !Arc::ptr_eq(&r.netmap, &netmap) {
                     r.netmap = Arc::clone(&netmap);
-                    let update = r.server.update_policy(Arc::new(NetmapAuthorizer::new(netmap, check))).await;
+                    let update = r
+                        .server
+                        .update_policy(Arc::new(NetmapAuthorizer::new(netmap, check)))
+                        .await;
                     if update.closed > 0 {
-                        tracing::info!(closed = update.closed, kept = update.kept, "SSH policy changed");
+                        tracing::info!(
+                            closed = update.closed,
+                            kept = update.kept,
+                            "SSH policy changed"
+                        );
                     }
                 }
                 r
             }
             None => {
-                let config = SshConfig { tailnet_addrs: addrs.clone(), ..SshConfig::default() };
+                let config = SshConfig {
+                    tailnet_addrs: addrs.clone(),
+                    ..SshConfig::default()
+                };
                 let hook: Arc<dyn CheckHook> = match &self.opts.check_hook {
                     Some(h) => Arc::clone(h),
                     None => Arc::new(NoCheck),
@@ -180,7 +210,12 @@ impl Service {
                 let authz = Arc::new(NetmapAuthorizer::new(Arc::clone(&netmap), check));
                 let server = SshServer::new(config, keys, authz, hook);
                 tracing::info!(addresses = ?addrs, port = self.opts.port, "SSH server starting");
-                self.running.insert(Running { server, addrs, netmap, listeners: BTreeMap::new() })
+                self.running.insert(Running {
+                    server,
+                    addrs,
+                    netmap,
+                    listeners: BTreeMap::new(),
+                })
             }
         };
         let mut failed = false;
@@ -209,7 +244,10 @@ impl Service {
 
     /// Loads (or creates) the host keys and publishes them; false on failure.
     async fn load_keys(&mut self) -> bool {
-        let opts = HostKeyOptions { state_dir: self.opts.statedir.join("ssh"), ..HostKeyOptions::default() };
+        let opts = HostKeyOptions {
+            state_dir: self.opts.statedir.join("ssh"),
+            ..HostKeyOptions::default()
+        };
         let loaded = tokio::task::spawn_blocking(move || HostKeys::load_or_generate(&opts)).await;
         let keys = match loaded {
             Ok(Ok(keys)) => keys,
@@ -225,8 +263,17 @@ impl Service {
         for (source, path) in keys.sources() {
             tracing::info!(?source, path = %path.display(), "SSH host key");
         }
-        let public: Vec<SshHostKey> = keys.public_lines().iter().filter_map(|l| l.parse().ok()).collect();
-        if self.handle.call(move |b| b.set_ssh_host_keys(public)).await.is_err() {
+        let public: Vec<SshHostKey> = keys
+            .public_lines()
+            .iter()
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        if self
+            .handle
+            .call(move |b| b.set_ssh_host_keys(public))
+            .await
+            .is_err()
+        {
             return false;
         }
         self.keys = Some(keys);
@@ -248,7 +295,11 @@ impl CheckHook for NoCheck {
     fn start(&self, _req: CheckRequest) -> PendingCheck {
         PendingCheck {
             url: String::new(),
-            outcome: Box::pin(async { CheckOutcome::Denied { message: authz::CHECK_UNAVAILABLE.to_owned() } }),
+            outcome: Box::pin(async {
+                CheckOutcome::Denied {
+                    message: authz::CHECK_UNAVAILABLE.to_owned(),
+                }
+            }),
         }
     }
 }
@@ -263,31 +314,51 @@ mod tests {
     /// A service whose host keys are already loaded (nothing published).
     fn service(port: u16) -> Service {
         let (handle, _jobs) = Backend::mailbox();
-        let opts = SshOptions { statedir: PathBuf::from("/nonexistent"), port, check_hook: None };
-        Service { opts, handle, keys: Some(HostKeys::ephemeral().unwrap()), running: None }
+        let opts = SshOptions {
+            statedir: PathBuf::from("/nonexistent"),
+            port,
+            check_hook: None,
+        };
+        Service {
+            opts,
+            handle,
+            keys: Some(HostKeys::ephemeral().unwrap()),
+            running: None,
+        }
     }
 
     fn serving(addrs: &[&str]) -> Wanted {
         let nm = Arc::new(crate::daemon::config::tests::netmap(1, &[2]));
-        Wanted { run_ssh: true, serve: Some((addrs.iter().map(|a| a.parse().unwrap()).collect(), nm)) }
+        Wanted {
+            run_ssh: true,
+            serve: Some((addrs.iter().map(|a| a.parse().unwrap()).collect(), nm)),
+        }
     }
 
     /// Whether an SSH server answers on `ip:port` (reads its identification line).
     fn answers(ip: &str, port: u16) -> bool {
         let addr = SocketAddr::new(ip.parse().unwrap(), port);
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            return false;
+        };
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 8];
         s.read_exact(&mut buf).is_ok() && &buf == b"SSH-2.0-"
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     /// Runs blocking probes off the runtime's worker.
     async fn probe(ip: &'static str, port: u16) -> bool {
-        tokio::task::spawn_blocking(move || answers(ip, port)).await.unwrap()
+        tokio::task::spawn_blocking(move || answers(ip, port))
+            .await
+            .unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,15 +367,27 @@ mod tests {
         let mut svc = service(port);
         assert!(!svc.reconcile(serving(&["127.0.0.1"])).await, "bind failed");
         assert!(probe("127.0.0.1", port).await);
-        assert!(!probe("127.0.0.2", port).await, "listening beyond its address");
+        assert!(
+            !probe("127.0.0.2", port).await,
+            "listening beyond its address"
+        );
 
         // New addresses: the old listener goes, the new one serves.
         assert!(!svc.reconcile(serving(&["127.0.0.2"])).await);
         assert!(probe("127.0.0.2", port).await);
-        assert!(!probe("127.0.0.1", port).await, "the old address still answers");
+        assert!(
+            !probe("127.0.0.1", port).await,
+            "the old address still answers"
+        );
 
         // SSH off (or down, logout): nothing listens any more.
-        assert!(!svc.reconcile(Wanted { run_ssh: false, serve: None }).await);
+        assert!(
+            !svc.reconcile(Wanted {
+                run_ssh: false,
+                serve: None
+            })
+            .await
+        );
         assert!(svc.running.is_none());
         assert!(!probe("127.0.0.2", port).await);
     }
@@ -314,7 +397,10 @@ mod tests {
         let blocker = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
         let port = blocker.local_addr().unwrap().port();
         let mut svc = service(port);
-        assert!(svc.reconcile(serving(&["127.0.0.3"])).await, "a failed bind must ask for a retry");
+        assert!(
+            svc.reconcile(serving(&["127.0.0.3"])).await,
+            "a failed bind must ask for a retry"
+        );
         drop(blocker);
         assert!(!svc.reconcile(serving(&["127.0.0.3"])).await);
         assert!(probe("127.0.0.3", port).await);

@@ -27,12 +27,27 @@ impl Harness {
         let store = ProfileStore::open(path, 1).unwrap();
         let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
         let (handle, jobs) = Backend::mailbox();
-        let info = DaemonInfo { tun: "weft0".into(), os_hostname: "testhost".into() };
-        let b = Backend::new(store, Arc::new(control.clone()), Box::new(dp.clone()), Bus::new(), info, etx);
+        let info = DaemonInfo {
+            tun: "weft0".into(),
+            os_hostname: "testhost".into(),
+        };
+        let b = Backend::new(
+            store,
+            Arc::new(control.clone()),
+            Box::new(dp.clone()),
+            Bus::new(),
+            info,
+            etx,
+        );
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(b.run(jobs, erx, stop_rx));
         let (_, watch) = handle.call(|b| b.watch()).await.unwrap();
-        Self { handle, stop, watch, task }
+        Self {
+            handle,
+            stop,
+            watch,
+            task,
+        }
     }
 
     pub async fn stop(self) {
@@ -58,7 +73,10 @@ impl Harness {
         if self.state().await == s {
             return;
         }
-        self.wait(&format!("state {s:?}"), |n| *n == Notify::State { state: s }).await;
+        self.wait(&format!("state {s:?}"), |n| {
+            *n == Notify::State { state: s }
+        })
+        .await;
     }
 
     pub async fn state(&self) -> BackendState {
@@ -66,16 +84,28 @@ impl Harness {
     }
 
     pub async fn start_with(&self, req: StartRequest) {
-        self.handle.call(move |b| b.start(req)).await.unwrap().unwrap();
+        self.handle
+            .call(move |b| b.start(req))
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
 pub fn prefs(url: &str) -> Prefs {
-    Prefs { control_url: url.into(), want_running: true, ..Prefs::default() }
+    Prefs {
+        control_url: url.into(),
+        want_running: true,
+        ..Prefs::default()
+    }
 }
 
 pub fn with_key(url: &str, key: &str) -> StartRequest {
-    StartRequest { prefs: Some(prefs(url)), auth_key: Some(key.into()), force_reauth: false }
+    StartRequest {
+        prefs: Some(prefs(url)),
+        auth_key: Some(key.into()),
+        force_reauth: false,
+    }
 }
 
 fn state_path(dir: &tempfile::TempDir) -> PathBuf {
@@ -90,23 +120,39 @@ async fn an_auth_key_login_reaches_running_and_programs_the_data_plane() {
     assert_eq!(h.state().await, BackendState::NeedsLogin);
 
     h.start_with(with_key(URL, "tskey-good")).await;
-    h.wait("login finished", |n| *n == Notify::LoginFinished).await;
-    h.wait("netmap", |n| matches!(n, Notify::NetMap { peers: 2 })).await;
+    h.wait("login finished", |n| *n == Notify::LoginFinished)
+        .await;
+    h.wait("netmap", |n| matches!(n, Notify::NetMap { peers: 2 }))
+        .await;
     h.wait_state(BackendState::Running).await;
 
     {
         let log = dp.log.lock().unwrap();
         assert!(log.programmed);
-        assert!(log.keys.last().unwrap().is_some(), "the new node key went to WireGuard");
+        assert!(
+            log.keys.last().unwrap().is_some(),
+            "the new node key went to WireGuard"
+        );
     }
     let saved = StateFile::load(&state_path(&dir)).unwrap().unwrap();
     let p = saved.current().unwrap();
     assert!(p.is_registered());
-    assert_eq!(p.control_key, Some(super::fake::server_key()), "server key pinned at first contact");
+    assert_eq!(
+        p.control_key,
+        Some(super::fake::server_key()),
+        "server key pinned at first contact"
+    );
     assert_eq!(p.tailnet.as_deref(), Some("example.weft.internal"));
-    assert_eq!(p.user.as_ref().map(|u| u.login_name.as_str()), Some("alice@example.com"));
+    assert_eq!(
+        p.user.as_ref().map(|u| u.login_name.as_str()),
+        Some("alice@example.com")
+    );
     // The auth key was used once and never stored.
-    assert!(!std::fs::read_to_string(state_path(&dir)).unwrap().contains("tskey-good"));
+    assert!(
+        !std::fs::read_to_string(state_path(&dir))
+            .unwrap()
+            .contains("tskey-good")
+    );
     h.stop().await;
 }
 
@@ -117,7 +163,12 @@ async fn a_refused_auth_key_reports_the_servers_reason() {
     let mut h = Harness::start(&state_path(&dir), &control, &dp).await;
     h.start_with(with_key(URL, "tskey-bad")).await;
     let e = h.wait("error", |n| matches!(n, Notify::Error { .. })).await;
-    assert_eq!(e, Notify::Error { message: "invalid auth key: unknown".into() });
+    assert_eq!(
+        e,
+        Notify::Error {
+            message: "invalid auth key: unknown".into()
+        }
+    );
     assert_eq!(h.state().await, BackendState::NeedsLogin);
     h.stop().await;
 }
@@ -131,8 +182,13 @@ async fn an_unreachable_server_is_reported_with_its_url_within_ten_seconds_and_r
     let t0 = tokio::time::Instant::now();
     h.start_with(with_key(dead, "tskey-good")).await;
     let e = h.wait("error", |n| matches!(n, Notify::Error { .. })).await;
-    let Notify::Error { message } = e else { unreachable!() };
-    assert!(message.contains(dead) && message.contains("connection refused"), "{message}");
+    let Notify::Error { message } = e else {
+        unreachable!()
+    };
+    assert!(
+        message.contains(dead) && message.contains("connection refused"),
+        "{message}"
+    );
     assert!(t0.elapsed() <= Duration::from_secs(10));
     let health = h.handle.call(|b| b.health()).await.unwrap();
     assert!(health.iter().any(|m| m.contains(dead)), "{health:?}");
@@ -148,25 +204,40 @@ async fn interactive_login_shows_the_url_once_asked_and_finishes_after_approval(
     let dir = tempfile::tempdir().unwrap();
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
     let mut h = Harness::start(&state_path(&dir), &control, &dp).await;
-    h.start_with(StartRequest { prefs: Some(prefs(URL)), ..StartRequest::default() }).await;
+    h.start_with(StartRequest {
+        prefs: Some(prefs(URL)),
+        ..StartRequest::default()
+    })
+    .await;
     h.wait_state(BackendState::NeedsLogin).await;
     // `start` alone mints (at most) one URL and does not show it.
     tokio::time::sleep(Duration::from_secs(1)).await;
     while let Ok(n) = h.watch.try_recv() {
-        assert!(!matches!(n, Notify::BrowseToUrl { .. }), "nothing to browse before login-interactive");
+        assert!(
+            !matches!(n, Notify::BrowseToUrl { .. }),
+            "nothing to browse before login-interactive"
+        );
     }
     assert_eq!(control.s().auth_urls.len(), 1, "start minted one URL");
     h.handle.call(|b| b.login_interactive()).await.unwrap();
-    let Notify::BrowseToUrl { url } = h.wait("url", |n| matches!(n, Notify::BrowseToUrl { .. })).await else { unreachable!() };
+    let Notify::BrowseToUrl { url } = h
+        .wait("url", |n| matches!(n, Notify::BrowseToUrl { .. }))
+        .await
+    else {
+        unreachable!()
+    };
     assert!(url.starts_with(URL));
     // Asking again re-sends the pending URL instead of minting another.
     h.handle.call(|b| b.login_interactive()).await.unwrap();
-    let again = h.wait("url again", |n| matches!(n, Notify::BrowseToUrl { .. })).await;
+    let again = h
+        .wait("url again", |n| matches!(n, Notify::BrowseToUrl { .. }))
+        .await;
     assert_eq!(again, Notify::BrowseToUrl { url: url.clone() });
     assert_eq!(control.s().auth_urls.len(), 1);
 
     control.approve_all();
-    h.wait("login finished", |n| *n == Notify::LoginFinished).await;
+    h.wait("login finished", |n| *n == Notify::LoginFinished)
+        .await;
     h.wait_state(BackendState::Running).await;
     h.stop().await;
 }
@@ -183,24 +254,42 @@ async fn down_persists_across_a_restart_and_up_needs_no_new_login() {
     let dir = tempfile::tempdir().unwrap();
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
     let mut h = logged_in(&dir, &control, &dp).await;
-    let patch = PrefsPatch { want_running: Some(false), ..PrefsPatch::default() };
-    h.handle.call(move |b| b.edit_prefs(&patch)).await.unwrap().unwrap();
+    let patch = PrefsPatch {
+        want_running: Some(false),
+        ..PrefsPatch::default()
+    };
+    h.handle
+        .call(move |b| b.edit_prefs(&patch))
+        .await
+        .unwrap()
+        .unwrap();
     h.wait_state(BackendState::Stopped).await;
-    assert!(!dp.log.lock().unwrap().programmed, "down empties the data plane");
+    assert!(
+        !dp.log.lock().unwrap().programmed,
+        "down empties the data plane"
+    );
     h.stop().await;
 
     let maps_before = control.s().map_calls;
     let mut h = Harness::start(&state_path(&dir), &control, &dp).await;
     assert_eq!(h.state().await, BackendState::Stopped);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(control.s().map_calls, maps_before, "a stopped node does not connect");
+    assert_eq!(
+        control.s().map_calls,
+        maps_before,
+        "a stopped node does not connect"
+    );
 
     let registers = control.s().register_calls.len();
     h.start_with(StartRequest::default()).await;
     h.wait_state(BackendState::Running).await;
     let calls = control.s().register_calls.clone();
     assert_eq!(calls.len(), registers + 1);
-    assert_eq!(calls.last().unwrap().auth, RegisterAuth::None, "up reuses the stored key");
+    assert_eq!(
+        calls.last().unwrap().auth,
+        RegisterAuth::None,
+        "up reuses the stored key"
+    );
     h.stop().await;
 }
 
@@ -216,7 +305,11 @@ async fn a_restart_keeps_the_same_keys_and_node() {
     let after = h.handle.call(|b| b.debug_prefs()).await.unwrap();
     assert_eq!(before, after);
     assert_eq!(control.s().nodes.len(), 1, "no duplicate node");
-    assert_eq!(control.s().machines.len(), 1, "the same machine key after a restart");
+    assert_eq!(
+        control.s().machines.len(),
+        1,
+        "the same machine key after a restart"
+    );
     h.stop().await;
 }
 
@@ -226,14 +319,26 @@ async fn the_last_netmap_stays_while_control_is_away() {
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
     let h = logged_in(&dir, &control, &dp).await;
     let clears = dp.log.lock().unwrap().clears;
-    control.push(Err(ControlError::Unreachable { url: URL.into(), cause: "connection reset".into() }));
+    control.push(Err(ControlError::Unreachable {
+        url: URL.into(),
+        cause: "connection reset".into(),
+    }));
     control.set_up(URL, false);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(h.state().await, BackendState::Running);
-    assert_eq!(dp.log.lock().unwrap().clears, clears, "data plane untouched");
+    assert_eq!(
+        dp.log.lock().unwrap().clears,
+        clears,
+        "data plane untouched"
+    );
     assert!(dp.log.lock().unwrap().programmed);
     let health = h.handle.call(|b| b.health()).await.unwrap();
-    assert!(health.iter().any(|m| m.contains("keeping the last network map")), "{health:?}");
+    assert!(
+        health
+            .iter()
+            .any(|m| m.contains("keeping the last network map")),
+        "{health:?}"
+    );
 
     control.set_up(URL, true);
     tokio::time::sleep(Duration::from_secs(40)).await;
@@ -247,7 +352,13 @@ async fn an_expired_key_needs_a_new_login_and_force_reauth_rotates_it() {
     let dir = tempfile::tempdir().unwrap();
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
     let mut h = logged_in(&dir, &control, &dp).await;
-    let old = h.handle.call(|b| b.debug_prefs()).await.unwrap().node_key.unwrap();
+    let old = h
+        .handle
+        .call(|b| b.debug_prefs())
+        .await
+        .unwrap()
+        .node_key
+        .unwrap();
     control.s().expired.insert(old);
     control.push(Err(ControlError::Server {
         url: URL.into(),
@@ -257,13 +368,34 @@ async fn an_expired_key_needs_a_new_login_and_force_reauth_rotates_it() {
     h.wait_state(BackendState::NeedsLogin).await;
     assert!(!dp.log.lock().unwrap().programmed, "traffic stops");
     let health = h.handle.call(|b| b.health()).await.unwrap();
-    assert!(health.iter().any(|m| m.contains("--force-reauth")), "{health:?}");
+    assert!(
+        health.iter().any(|m| m.contains("--force-reauth")),
+        "{health:?}"
+    );
 
-    h.start_with(StartRequest { prefs: None, auth_key: Some("tskey-good".into()), force_reauth: true }).await;
+    h.start_with(StartRequest {
+        prefs: None,
+        auth_key: Some("tskey-good".into()),
+        force_reauth: true,
+    })
+    .await;
     h.wait_state(BackendState::Running).await;
-    let new = h.handle.call(|b| b.debug_prefs()).await.unwrap().node_key.unwrap();
+    let new = h
+        .handle
+        .call(|b| b.debug_prefs())
+        .await
+        .unwrap()
+        .node_key
+        .unwrap();
     assert_ne!(new, old);
-    let last = control.s().register_calls.iter().rev().find(|r| r.node_key == new).cloned().unwrap();
+    let last = control
+        .s()
+        .register_calls
+        .iter()
+        .rev()
+        .find(|r| r.node_key == new)
+        .cloned()
+        .unwrap();
     assert_eq!(last.old_node_key, Some(old));
     assert_eq!(dp.log.lock().unwrap().keys.last().unwrap(), &Some(new));
     h.stop().await;
@@ -274,13 +406,30 @@ async fn logout_expires_the_key_at_control_and_removes_the_profile() {
     let dir = tempfile::tempdir().unwrap();
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
     let mut h = logged_in(&dir, &control, &dp).await;
-    let old_id = h.handle.call(|b| b.store().current().id.clone()).await.unwrap();
-    let job = h.handle.call(|b| b.begin_logout()).await.unwrap().unwrap().unwrap();
+    let old_id = h
+        .handle
+        .call(|b| b.store().current().id.clone())
+        .await
+        .unwrap();
+    let job = h
+        .handle
+        .call(|b| b.begin_logout())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let id = job.profile_id.clone();
     let r = job.run().await;
-    h.handle.call(move |b| b.finish_logout(&id, r)).await.unwrap().unwrap();
+    h.handle
+        .call(move |b| b.finish_logout(&id, r))
+        .await
+        .unwrap()
+        .unwrap();
     h.wait_state(BackendState::NeedsLogin).await;
-    assert!(control.s().nodes.is_empty(), "the key was expired at control");
+    assert!(
+        control.s().nodes.is_empty(),
+        "the key was expired at control"
+    );
     let profiles = h.handle.call(|b| b.profiles()).await.unwrap();
     assert_eq!(profiles.len(), 1);
     assert_ne!(profiles[0].id, old_id);
@@ -295,13 +444,29 @@ async fn logout_with_control_down_fails_and_keeps_the_profile() {
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
     let h = logged_in(&dir, &control, &dp).await;
     control.set_up(URL, false);
-    let job = h.handle.call(|b| b.begin_logout()).await.unwrap().unwrap().unwrap();
+    let job = h
+        .handle
+        .call(|b| b.begin_logout())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let id = job.profile_id.clone();
     let r = job.run().await;
-    let err = h.handle.call(move |b| b.finish_logout(&id, r)).await.unwrap().unwrap_err();
+    let err = h
+        .handle
+        .call(move |b| b.finish_logout(&id, r))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.status, 502);
     assert!(err.message.contains(URL), "{}", err.message);
-    assert!(h.handle.call(|b| b.store().current().is_registered()).await.unwrap());
+    assert!(
+        h.handle
+            .call(|b| b.store().current().is_registered())
+            .await
+            .unwrap()
+    );
     h.stop().await;
 }
 
@@ -310,26 +475,64 @@ async fn two_tailnets_side_by_side_switch_without_a_new_login() {
     let dir = tempfile::tempdir().unwrap();
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
     let mut h = logged_in(&dir, &control, &dp).await;
-    let first = h.handle.call(|b| b.store().current().id.clone()).await.unwrap();
+    let first = h
+        .handle
+        .call(|b| b.store().current().id.clone())
+        .await
+        .unwrap();
     // weft login --login-server=URL2 --auth-key=…
-    let second = h.handle.call(|b| b.new_profile()).await.unwrap().unwrap().id;
+    let second = h
+        .handle
+        .call(|b| b.new_profile())
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
     h.start_with(with_key(URL2, "tskey-good")).await;
     h.wait_state(BackendState::Running).await;
-    let nick = PrefsPatch { nickname: Some(Some("work".into())), ..PrefsPatch::default() };
-    h.handle.call(move |b| b.edit_prefs(&nick)).await.unwrap().unwrap();
+    let nick = PrefsPatch {
+        nickname: Some(Some("work".into())),
+        ..PrefsPatch::default()
+    };
+    h.handle
+        .call(move |b| b.edit_prefs(&nick))
+        .await
+        .unwrap()
+        .unwrap();
     let list = h.handle.call(|b| b.profiles()).await.unwrap();
     assert_eq!(list.len(), 2);
-    assert!(list.iter().any(|p| p.id == second && p.selected && p.nickname.as_deref() == Some("work") && p.control_url == URL2));
+    assert!(list.iter().any(|p| p.id == second
+        && p.selected
+        && p.nickname.as_deref() == Some("work")
+        && p.control_url == URL2));
 
-    let auth_logins = |c: &FakeControl| c.s().register_calls.iter().filter(|r| r.auth != RegisterAuth::None).count();
+    let auth_logins = |c: &FakeControl| {
+        c.s()
+            .register_calls
+            .iter()
+            .filter(|r| r.auth != RegisterAuth::None)
+            .count()
+    };
     let logins = auth_logins(&control);
     let f = first.clone();
-    h.handle.call(move |b| b.switch_profile(&f)).await.unwrap().unwrap();
+    h.handle
+        .call(move |b| b.switch_profile(&f))
+        .await
+        .unwrap()
+        .unwrap();
     h.wait_state(BackendState::Running).await;
     let s = second.clone();
-    h.handle.call(move |b| b.switch_profile(&s)).await.unwrap().unwrap();
+    h.handle
+        .call(move |b| b.switch_profile(&s))
+        .await
+        .unwrap()
+        .unwrap();
     h.wait_state(BackendState::Running).await;
-    assert_eq!(auth_logins(&control), logins, "switching never logs in again");
+    assert_eq!(
+        auth_logins(&control),
+        logins,
+        "switching never logs in again"
+    );
     let e = h.handle.call(|b| b.switch_profile("ffff")).await.unwrap();
     if first != "ffff" && second != "ffff" {
         assert_eq!(e.unwrap_err().status, 404);
@@ -342,8 +545,14 @@ async fn endpoint_changes_reach_the_open_map_stream() {
     let dir = tempfile::tempdir().unwrap();
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
     let h = logged_in(&dir, &control, &dp).await;
-    let ep = weft_types::Endpoint { addr: "198.18.0.7:41641".parse().unwrap(), kind: weft_types::EndpointKind::Local };
-    h.handle.call(move |b| b.set_endpoints(vec![ep])).await.unwrap();
+    let ep = weft_types::Endpoint {
+        addr: "198.18.0.7:41641".parse().unwrap(),
+        kind: weft_types::EndpointKind::Local,
+    };
+    h.handle
+        .call(move |b| b.set_endpoints(vec![ep]))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     let got = control.s().updates.last_mut().unwrap().try_recv().unwrap();
     assert_eq!(got, crate::daemon::control::MapUpdate::Endpoints(vec![ep]));
@@ -355,7 +564,14 @@ async fn a_start_always_announces_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
     let mut h = logged_in(&dir, &control, &dp).await;
-    h.start_with(StartRequest { prefs: Some(Prefs { run_ssh: true, ..prefs(URL) }), ..StartRequest::default() }).await;
+    h.start_with(StartRequest {
+        prefs: Some(Prefs {
+            run_ssh: true,
+            ..prefs(URL)
+        }),
+        ..StartRequest::default()
+    })
+    .await;
     h.wait_state(BackendState::Running).await;
     let _ = MapEvent::KeepAlive;
     h.stop().await;

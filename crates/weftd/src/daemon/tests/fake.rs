@@ -13,12 +13,14 @@ use weft_types::control::{
 };
 use weft_types::netmap::{MapBody, MapResponse};
 use weft_types::{
-    DiscoPrivate, DiscoPublic, MachinePrivate, MachinePublic, NetMap, NodeId, NodePrivate, NodePublic,
-    UserId, UserProfile,
+    DiscoPrivate, DiscoPublic, MachinePrivate, MachinePublic, NetMap, NodeId, NodePrivate,
+    NodePublic, UserId, UserProfile,
 };
 
 use crate::daemon::config::tests::netmap;
-use crate::daemon::control::{ControlClient, ControlError, ControlTarget, MapEvent, MapStream, MapUpdate};
+use crate::daemon::control::{
+    ControlClient, ControlError, ControlTarget, MapEvent, MapStream, MapUpdate,
+};
 use crate::daemon::dataplane::{DataPlane, PeerLive};
 
 /// What the fake control server knows and does.
@@ -102,14 +104,20 @@ impl FakeControl {
     /// the Noise handshake fails.
     fn check_target(&self, target: &ControlTarget) -> Result<(), ControlError> {
         if target.server_key != server_key() {
-            return Err(ControlError::Unreachable { url: target.url.clone(), cause: "handshake failed: wrong server key".into() });
+            return Err(ControlError::Unreachable {
+                url: target.url.clone(),
+                cause: "handshake failed: wrong server key".into(),
+            });
         }
         self.s().machines.insert(target.machine_key.public());
         Ok(())
     }
 
     fn unreachable(url: &str) -> ControlError {
-        ControlError::Unreachable { url: url.into(), cause: "connection refused".into() }
+        ControlError::Unreachable {
+            url: url.into(),
+            cause: "connection refused".into(),
+        }
     }
 
     fn register_node(s: &mut FakeState, key: NodePublic, old: Option<NodePublic>) -> Registered {
@@ -133,7 +141,12 @@ impl FakeControl {
 }
 
 pub fn user() -> UserProfile {
-    UserProfile { id: UserId(1), login_name: "alice@example.com".parse().unwrap(), display_name: "Alice".into(), profile_pic_url: None }
+    UserProfile {
+        id: UserId(1),
+        login_name: "alice@example.com".parse().unwrap(),
+        display_name: "Alice".into(),
+        profile_pic_url: None,
+    }
 }
 
 /// The netmap the fake serves to `key` (node `id`): self plus peers 2 and 3.
@@ -149,11 +162,19 @@ impl ControlClient for FakeControl {
     fn server_key(&self, url: &str) -> BoxFuture<'_, Result<MachinePublic, ControlError>> {
         let mut s = self.s();
         s.key_calls += 1;
-        let r = if s.up.contains(url) { Ok(server_key()) } else { Err(Self::unreachable(url)) };
+        let r = if s.up.contains(url) {
+            Ok(server_key())
+        } else {
+            Err(Self::unreachable(url))
+        };
         Box::pin(async move { r })
     }
 
-    fn register(&self, target: &ControlTarget, req: RegisterRequest) -> BoxFuture<'_, Result<RegisterResponse, ControlError>> {
+    fn register(
+        &self,
+        target: &ControlTarget,
+        req: RegisterRequest,
+    ) -> BoxFuture<'_, Result<RegisterResponse, ControlError>> {
         let url = target.url.clone();
         let checked = self.check_target(target);
         Box::pin(async move {
@@ -176,7 +197,11 @@ impl ControlClient for FakeControl {
                     match &req.auth {
                         RegisterAuth::AuthKey(k) => {
                             if s.auth_keys.contains(&k.0) {
-                                return Ok(RegisterResponse::Registered(Self::register_node(&mut s, req.node_key, req.old_node_key)));
+                                return Ok(RegisterResponse::Registered(Self::register_node(
+                                    &mut s,
+                                    req.node_key,
+                                    req.old_node_key,
+                                )));
                             }
                             return Ok(RegisterResponse::Refused(Refusal {
                                 reason: RefusalReason::InvalidAuthKey,
@@ -200,7 +225,11 @@ impl ControlClient for FakeControl {
                         }
                         RegisterAuth::Followup { auth_url } => {
                             if s.auth_urls.get(auth_url) == Some(&true) {
-                                return Ok(RegisterResponse::Registered(Self::register_node(&mut s, req.node_key, req.old_node_key)));
+                                return Ok(RegisterResponse::Registered(Self::register_node(
+                                    &mut s,
+                                    req.node_key,
+                                    req.old_node_key,
+                                )));
                             }
                             s.register_calls.pop(); // count a long-poll once
                         }
@@ -225,22 +254,35 @@ impl ControlClient for FakeControl {
         } else if !s.up.contains(&target.url) {
             Err(Self::unreachable(&target.url))
         } else if s.expired.contains(&req.node_key) {
-            Err(ControlError::Server { url: target.url.clone(), code: ErrorCode::NodeKeyExpired, message: "node key expired".into() })
+            Err(ControlError::Server {
+                url: target.url.clone(),
+                code: ErrorCode::NodeKeyExpired,
+                message: "node key expired".into(),
+            })
         } else if let Some(id) = s.nodes.get(&req.node_key).copied() {
             let (tx, rx) = mpsc::unbounded_channel();
-            let _ = tx.send(Ok(MapEvent::Response(MapResponse { seq: 1, body: MapBody::Full(Box::new(map_for(req.node_key, id))) })));
+            let _ = tx.send(Ok(MapEvent::Response(MapResponse {
+                seq: 1,
+                body: MapBody::Full(Box::new(map_for(req.node_key, id))),
+            })));
             s.streams.push(tx);
             s.updates.push(updates);
             let stream: MapStream = Box::pin(tokio_stream(rx));
             Ok(stream)
         } else {
-            Err(ControlError::Server { url: target.url.clone(), code: ErrorCode::NotRegistered, message: "not registered".into() })
+            Err(ControlError::Server {
+                url: target.url.clone(),
+                code: ErrorCode::NotRegistered,
+                message: "not registered".into(),
+            })
         };
         Box::pin(async move { r })
     }
 }
 
-fn tokio_stream<T: Send + 'static>(rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> + Send {
+fn tokio_stream<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
 }
 
@@ -263,7 +305,11 @@ pub struct FakeDataPlane {
 
 impl DataPlane for FakeDataPlane {
     fn set_node_key(&mut self, key: Option<&NodePrivate>) {
-        self.log.lock().unwrap().keys.push(key.map(NodePrivate::public));
+        self.log
+            .lock()
+            .unwrap()
+            .keys
+            .push(key.map(NodePrivate::public));
     }
     fn apply_netmap(&mut self, nm: &NetMap) {
         let mut l = self.log.lock().unwrap();
@@ -278,7 +324,11 @@ impl DataPlane for FakeDataPlane {
     fn peers(&self) -> BTreeMap<NodePublic, PeerLive> {
         BTreeMap::new()
     }
-    fn ping(&self, _peer: &NodePublic, _timeout: Duration) -> Option<oneshot::Receiver<PingOutcome>> {
+    fn ping(
+        &self,
+        _peer: &NodePublic,
+        _timeout: Duration,
+    ) -> Option<oneshot::Receiver<PingOutcome>> {
         let (tx, rx) = oneshot::channel();
         let mut l = self.log.lock().unwrap();
         match l.ping_answer {

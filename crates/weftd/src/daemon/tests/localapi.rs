@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_localapi::{BackendState, LocalClient, Notify, PingPath, PingRequest, PrefsPatch, StartRequest};
+use weft_localapi::{
+    BackendState, LocalClient, Notify, PingPath, PingRequest, PrefsPatch, StartRequest,
+};
 
 use super::backend::{Harness, prefs, with_key};
 use super::fake::{FakeControl, FakeDataPlane, URL};
@@ -31,7 +33,15 @@ async fn api(authorize: Authorizer) -> Api {
     let server = tokio::spawn(localapi::serve(listener, router, async move {
         let _ = wait.wait_for(|s| *s).await;
     }));
-    Api { client: LocalClient::new(&sock), _dir: dir, harness, control, dp, stop: tx, server }
+    Api {
+        client: LocalClient::new(&sock),
+        _dir: dir,
+        harness,
+        control,
+        dp,
+        stop: tx,
+        server,
+    }
 }
 
 impl Api {
@@ -40,7 +50,10 @@ impl Api {
     /// daemon, the test gives up on it after a bound.
     async fn stop(mut self) {
         let _ = self.stop.send(true);
-        if tokio::time::timeout(localapi::SHUTDOWN_GRACE, &mut self.server).await.is_err() {
+        if tokio::time::timeout(localapi::SHUTDOWN_GRACE, &mut self.server)
+            .await
+            .is_err()
+        {
             self.server.abort();
         }
         self.harness.stop().await;
@@ -59,7 +72,10 @@ fn nobody() -> Authorizer {
 async fn the_socket_is_world_readable_and_a_stale_one_is_replaced() {
     let a = api(everyone()).await;
     let mode = std::fs::metadata(a.client.socket()).unwrap().permissions();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o666);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o666
+    );
     // A second daemon on the same live socket is refused.
     let err = localapi::bind(a.client.socket()).unwrap_err().to_string();
     assert!(err.contains("already listening"), "{err}");
@@ -79,12 +95,25 @@ async fn readers_may_look_but_not_touch() {
     a.client.profiles().await.unwrap();
     a.client.debug_prefs().await.unwrap();
     let mut w = a.client.watch().await.unwrap();
-    assert!(matches!(w.next().await.unwrap(), Some(Notify::Snapshot { .. })));
+    assert!(matches!(
+        w.next().await.unwrap(),
+        Some(Notify::Snapshot { .. })
+    ));
 
     let err = a.client.start(&StartRequest::default()).await.unwrap_err();
     assert_eq!(err.status(), Some(403));
-    assert!(err.to_string().contains("POST /start") && err.to_string().contains("operator"), "{err}");
-    let err = a.client.edit_prefs(&PrefsPatch { shields_up: Some(true), ..PrefsPatch::default() }).await.unwrap_err();
+    assert!(
+        err.to_string().contains("POST /start") && err.to_string().contains("operator"),
+        "{err}"
+    );
+    let err = a
+        .client
+        .edit_prefs(&PrefsPatch {
+            shields_up: Some(true),
+            ..PrefsPatch::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(403));
     assert!(!a.client.prefs().await.unwrap().shields_up);
     a.stop().await;
@@ -93,7 +122,11 @@ async fn readers_may_look_but_not_touch() {
 #[tokio::test]
 async fn bad_json_is_a_400_with_a_message_and_the_daemon_carries_on() {
     let a = api(everyone()).await;
-    for (path, body) in [("prefs", "{not json"), ("start", "[1,2]"), ("ping", "{\"ip\":\"nope\",\"timeout_ms\":1}")] {
+    for (path, body) in [
+        ("prefs", "{not json"),
+        ("start", "[1,2]"),
+        ("ping", "{\"ip\":\"nope\",\"timeout_ms\":1}"),
+    ] {
         let method = if path == "prefs" { "PATCH" } else { "POST" };
         let (status, text) = raw(a.client.socket(), method, path, body).await;
         assert_eq!(status, 400, "{path}: {text}");
@@ -129,12 +162,21 @@ async fn raw(sock: &std::path::Path, method: &str, path: &str, body: &str) -> (u
 async fn up_over_the_socket_watches_the_login_to_running() {
     let a = api(everyone()).await;
     let mut w = a.client.watch().await.unwrap();
-    let Some(Notify::Snapshot { state, .. }) = w.next().await.unwrap() else { panic!("snapshot first") };
+    let Some(Notify::Snapshot { state, .. }) = w.next().await.unwrap() else {
+        panic!("snapshot first")
+    };
     assert_eq!(state, BackendState::NeedsLogin);
     a.client.start(&with_key(URL, "tskey-good")).await.unwrap();
     let mut seen = Vec::new();
-    while let Some(n) = tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap().unwrap() {
-        let done = n == Notify::State { state: BackendState::Running };
+    while let Some(n) = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        let done = n
+            == Notify::State {
+                state: BackendState::Running,
+            };
         seen.push(n);
         if done {
             break;
@@ -145,13 +187,26 @@ async fn up_over_the_socket_watches_the_login_to_running() {
     assert_eq!(status.peers.len(), 2);
     assert_eq!(status.peers[0].name, "node2");
     assert_eq!(status.peers[0].addresses[0].to_string(), "100.64.0.2");
-    assert_eq!(status.self_node.as_ref().map(|s| s.name.as_str()), Some("node1"));
-    assert_eq!(status.user.as_ref().map(|u| u.login_name.as_str()), Some("alice@example.com"));
-    assert_eq!(status.tailnet.as_ref().map(|t| t.domain.as_str()), Some("example.weft.internal"));
+    assert_eq!(
+        status.self_node.as_ref().map(|s| s.name.as_str()),
+        Some("node1")
+    );
+    assert_eq!(
+        status.user.as_ref().map(|u| u.login_name.as_str()),
+        Some("alice@example.com")
+    );
+    assert_eq!(
+        status.tailnet.as_ref().map(|t| t.domain.as_str()),
+        Some("example.weft.internal")
+    );
 
     let who = a.client.whois("100.64.0.3".parse().unwrap()).await.unwrap();
     assert_eq!(who.node.name, "node3");
-    let err = a.client.whois("100.64.9.9".parse().unwrap()).await.unwrap_err();
+    let err = a
+        .client
+        .whois("100.64.9.9".parse().unwrap())
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(404));
     assert!(err.to_string().contains("100.64.9.9"));
 
@@ -173,7 +228,10 @@ async fn ping_reports_the_pong_or_a_504_on_timeout() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let req = PingRequest { ip: "100.64.0.2".parse().unwrap(), timeout_ms: 200 };
+    let req = PingRequest {
+        ip: "100.64.0.2".parse().unwrap(),
+        timeout_ms: 200,
+    };
     let err = a.client.ping(&req).await.unwrap_err();
     assert_eq!(err.status(), Some(504), "{err}");
     a.dp.log.lock().unwrap().ping_answer = Some(weft_disco::PingOutcome::Pong {
@@ -182,9 +240,19 @@ async fn ping_reports_the_pong_or_a_504_on_timeout() {
     });
     let pong = a.client.ping(&req).await.unwrap();
     assert_eq!(pong.node_name, "node2");
-    assert_eq!(pong.via, PingPath::Direct("198.18.0.2:41641".parse().unwrap()));
+    assert_eq!(
+        pong.via,
+        PingPath::Direct("198.18.0.2:41641".parse().unwrap())
+    );
     assert!((pong.latency_ms - 3.0).abs() < 1e-9);
-    let err = a.client.ping(&PingRequest { ip: "100.64.9.9".parse().unwrap(), timeout_ms: 100 }).await.unwrap_err();
+    let err = a
+        .client
+        .ping(&PingRequest {
+            ip: "100.64.9.9".parse().unwrap(),
+            timeout_ms: 100,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(404));
     a.stop().await;
 }
@@ -195,7 +263,13 @@ async fn profiles_over_the_socket() {
     let first = a.client.profiles().await.unwrap()[0].id.clone();
     let new = a.client.new_profile().await.unwrap();
     assert!(new.selected && new.id != first);
-    a.client.start(&StartRequest { prefs: Some(prefs(URL)), ..StartRequest::default() }).await.unwrap();
+    a.client
+        .start(&StartRequest {
+            prefs: Some(prefs(URL)),
+            ..StartRequest::default()
+        })
+        .await
+        .unwrap();
     let back = a.client.switch_profile(&first).await.unwrap();
     assert!(back.selected);
     a.client.delete_profile(&new.id).await.unwrap();
@@ -211,8 +285,14 @@ async fn a_watcher_that_stops_reading_never_blocks_the_daemon() {
     let _stalled = a.client.watch().await.unwrap(); // never read
     // Flood the bus well past its capacity with prefs changes.
     for i in 0..(crate::daemon::bus::CAPACITY + 50) {
-        let patch = PrefsPatch { hostname: Some(Some(format!("h{i}"))), ..PrefsPatch::default() };
-        tokio::time::timeout(Duration::from_secs(5), a.client.edit_prefs(&patch)).await.unwrap().unwrap();
+        let patch = PrefsPatch {
+            hostname: Some(Some(format!("h{i}"))),
+            ..PrefsPatch::default()
+        };
+        tokio::time::timeout(Duration::from_secs(5), a.client.edit_prefs(&patch))
+            .await
+            .unwrap()
+            .unwrap();
     }
     a.client.status().await.unwrap();
     a.stop().await;

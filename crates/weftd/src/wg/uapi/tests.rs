@@ -100,11 +100,18 @@ fn get_replies_with_the_body_and_errno_zero() {
 fn several_requests_share_one_connection() {
     let f = fixture();
     let (mut s, mut r) = connect(&f);
-    s.write_all(b"set=1\nlisten_port=1\n\nget=1\n\nweft-stats=1\n\n").unwrap();
+    s.write_all(b"set=1\nlisten_port=1\n\nget=1\n\nweft-stats=1\n\n")
+        .unwrap();
     assert_eq!(read_reply(&mut r), "errno=0\n\n");
     assert_eq!(read_reply(&mut r), "sets=1\nlisten_port=51820\nerrno=0\n\n");
-    assert_eq!(read_reply(&mut r), "rx_datagrams=1\ntx_packets=2\nerrno=0\n\n");
-    assert_eq!(*f.device.applied.lock().unwrap(), vec!["listen_port=1\n".to_owned()]);
+    assert_eq!(
+        read_reply(&mut r),
+        "rx_datagrams=1\ntx_packets=2\nerrno=0\n\n"
+    );
+    assert_eq!(
+        *f.device.applied.lock().unwrap(),
+        vec!["listen_port=1\n".to_owned()]
+    );
 }
 
 #[test]
