@@ -25,6 +25,6 @@ pub use key::{
 };
 pub use names::{DnsLabel, DnsName, Hostname, LoginName, NameError, Tag};
 pub use netmap::{Delta, MapBody, MapResponse, NetMap, PeerDelta};
-pub use node::{Endpoint, EndpointKind, HostInfo, Node, NodeOwner, UserProfile};
+pub use node::{Endpoint, EndpointKind, HostInfo, HostInfoError, Node, NodeOwner, UserProfile};
 pub use time::UnixMillis;
 pub use version::CapabilityVersion;

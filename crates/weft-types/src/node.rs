@@ -41,6 +41,120 @@ pub struct HostInfo {
     pub shields_up: bool,
 }
 
+/// Bounds on what a node may report in [`HostInfo`]: control refuses a
+/// registration or update beyond them, and weftd refuses a pref that would
+/// produce one, with the same numbers (docs/PROTOCOL.md §"Limits").
+pub mod host_info_limits {
+    /// The longest hostname, in bytes (a DNS name; Linux allows 64).
+    pub const HOSTNAME_MAX_LEN: usize = 253;
+    /// The longest `os`, `os_version` or `weft_version`, in bytes.
+    pub const SHORT_FIELD_MAX_LEN: usize = 128;
+    /// The most SSH host keys (OpenSSH makes three: ed25519, ecdsa, rsa).
+    pub const SSH_HOST_KEYS_MAX: usize = 8;
+    /// The most requested tags.
+    pub const REQUESTED_TAGS_MAX: usize = 64;
+    /// The most bytes of all fields together (JSON-encoded size is a little
+    /// larger; control bounds the whole message separately).
+    pub const TOTAL_MAX_LEN: usize = 16 * 1024;
+}
+
+/// Why a [`HostInfo`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostInfoError {
+    /// A text field is longer than its limit.
+    #[error("host info field {field} is {len} bytes long; at most {max} are allowed")]
+    TooLong {
+        /// The field's name.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A text field holds control characters (terminal escapes, newlines).
+    #[error("host info field {field} contains control characters")]
+    ControlCharacters {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A list has more entries than allowed.
+    #[error("host info field {field} has {count} entries; at most {max} are allowed")]
+    TooMany {
+        /// The field's name.
+        field: &'static str,
+        /// How many entries it has.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// All fields together are larger than allowed.
+    #[error("host info is {len} bytes in all; at most {max} are allowed")]
+    TooLarge {
+        /// The sum of the fields' lengths.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl HostInfo {
+    /// Checks every field against [`host_info_limits`]: lengths, entry
+    /// counts, the total, and no control characters in text fields.
+    ///
+    /// # Errors
+    /// The first field that breaks a limit.
+    pub fn validate(&self) -> Result<(), HostInfoError> {
+        use host_info_limits::*;
+        let text = |field, s: &str, max| {
+            if s.len() > max {
+                Err(HostInfoError::TooLong {
+                    field,
+                    len: s.len(),
+                    max,
+                })
+            } else if s.chars().any(char::is_control) {
+                Err(HostInfoError::ControlCharacters { field })
+            } else {
+                Ok(s.len())
+            }
+        };
+        let count = |field, count, max| {
+            if count > max {
+                Err(HostInfoError::TooMany { field, count, max })
+            } else {
+                Ok(())
+            }
+        };
+        let mut total = text("hostname", &self.hostname, HOSTNAME_MAX_LEN)?;
+        total += text("os", &self.os, SHORT_FIELD_MAX_LEN)?;
+        total += text("os_version", &self.os_version, SHORT_FIELD_MAX_LEN)?;
+        total += text("weft_version", &self.weft_version, SHORT_FIELD_MAX_LEN)?;
+        count("ssh_host_keys", self.ssh_host_keys.len(), SSH_HOST_KEYS_MAX)?;
+        count(
+            "requested_tags",
+            self.requested_tags.len(),
+            REQUESTED_TAGS_MAX,
+        )?;
+        total += self
+            .ssh_host_keys
+            .iter()
+            .map(|k| k.as_str().len())
+            .sum::<usize>();
+        total += self
+            .requested_tags
+            .iter()
+            .map(|t| t.as_str().len())
+            .sum::<usize>();
+        if total > TOTAL_MAX_LEN {
+            return Err(HostInfoError::TooLarge {
+                len: total,
+                max: TOTAL_MAX_LEN,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// One SSH public key in `authorized_keys` form: `<algorithm> <base64> [comment]`
 /// on one line (no control characters, at most 8 KiB).
 #[derive(

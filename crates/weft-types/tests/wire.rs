@@ -505,3 +505,51 @@ const EXAMPLE_FULL: &str = r#"{
     }
   }
 }"#;
+
+#[test]
+fn host_info_within_the_limits_validates_and_each_limit_is_enforced() {
+    use weft_types::node::host_info_limits::*;
+    assert_eq!(host_info().validate(), Ok(()));
+
+    let mut h = host_info();
+    h.hostname = "h".repeat(HOSTNAME_MAX_LEN);
+    assert_eq!(h.validate(), Ok(()));
+    h.hostname.push('h');
+    assert!(matches!(
+        h.validate(),
+        Err(HostInfoError::TooLong {
+            field: "hostname",
+            ..
+        })
+    ));
+
+    let mut h = host_info();
+    h.os = "linux\x1b[2J".into();
+    assert_eq!(
+        h.validate(),
+        Err(HostInfoError::ControlCharacters { field: "os" })
+    );
+
+    let mut h = host_info();
+    h.os_version = "v".repeat(SHORT_FIELD_MAX_LEN + 1);
+    assert!(h.validate().is_err());
+
+    let mut h = host_info();
+    h.requested_tags = (0..=REQUESTED_TAGS_MAX)
+        .map(|i| format!("tag:t{i}").parse().unwrap())
+        .collect();
+    assert!(matches!(
+        h.validate(),
+        Err(HostInfoError::TooMany {
+            field: "requested_tags",
+            ..
+        })
+    ));
+
+    let mut h = host_info();
+    let key = format!("ssh-rsa {}", "A".repeat(4000));
+    h.ssh_host_keys = (0..5)
+        .map(|i| format!("{key}{i}").parse().unwrap())
+        .collect();
+    assert!(matches!(h.validate(), Err(HostInfoError::TooLarge { .. })));
+}
