@@ -1,0 +1,212 @@
+//! The `weft-control` CLI against the real binary: over the admin socket,
+//! over the REST API with an API key, and offline policy commands. Errors
+//! say what was wrong; unknown ids are named.
+#![allow(clippy::unwrap_used)]
+
+use crate::common;
+
+use common::{ServerProcess, free_port};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_work_over_the_socket_and_the_rest_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = ServerProcess::start(dir.path(), free_port()).await;
+
+    let (code, out, err) = s.cli(&["users", "create", "alice@example.com", "--admin"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("created user alice@example.com"), "{out}");
+    let (code, _, err) = s.cli(&["users", "create", "alice@example.com"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+
+    let (code, secret, err) = s.cli(&[
+        "keys",
+        "create",
+        "--user",
+        "alice@example.com",
+        "--reusable",
+        "--expiration",
+        "24h",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(secret.trim().starts_with("weftkey-auth-"), "{secret}");
+    assert!(err.contains("shown only now"), "{err}");
+    let (_, out, _) = s.cli(&["keys", "list"]);
+    assert!(
+        out.contains("usable") && !out.contains(secret.trim()),
+        "the secret is shown once: {out}"
+    );
+    let (code, _, err) = s.cli(&["keys", "create"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--user USER or --tags"), "{err}");
+    let (code, _, err) = s.cli(&[
+        "keys",
+        "create",
+        "--user",
+        "alice@example.com",
+        "--expiration",
+        "soon",
+    ]);
+    assert_eq!(code, 2, "clap refuses it: {err}");
+    assert!(err.contains("invalid duration"), "{err}");
+
+    // Unknown ids are named.
+    for (args, needle) in [
+        (vec!["nodes", "expire", "42"], "unknown node id 42"),
+        (vec!["nodes", "delete", "42"], "unknown node id 42"),
+        (vec!["keys", "expire", "9"], "unknown pre-auth key id 9"),
+        (vec!["users", "delete", "nobody"], "unknown user \"nobody\""),
+        (
+            vec![
+                "nodes",
+                "approve",
+                "0123456789abcdef0123456789abcdef",
+                "--user",
+                "alice@example.com",
+            ],
+            "unknown auth request",
+        ),
+    ] {
+        let (code, _, err) = s.cli(&args);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+
+    // JSON output parses.
+    let (_, out, _) = s.cli(&["users", "list", "--json"]);
+    let users: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(users[0]["role"], "admin");
+
+    // The REST API with an API key gives the same answers.
+    let (code, api_key, err) = s.cli(&["apikeys", "create", "--description", "ci"]);
+    assert_eq!(code, 0, "{err}");
+    let api_key = api_key.trim().to_owned();
+    let url = s.url();
+    let (code, out, err) = s.cli(&[
+        "users",
+        "list",
+        "--json",
+        "--server",
+        &url,
+        "--api-key",
+        &api_key,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("alice@example.com"));
+    let (code, _, err) = s.cli(&[
+        "users",
+        "list",
+        "--server",
+        &url,
+        "--api-key",
+        "weftkey-api-000000000000-000000000000000000000000000000000000000000000000",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid API key"), "{err}");
+    let (code, _, err) = s.cli(&["users", "list", "--server", &url]);
+    assert_eq!(code, 1);
+    assert!(err.contains("needs --api-key"), "{err}");
+    let (_, out, _) = s.cli(&["apikeys", "list"]);
+    assert!(out.contains("ci") && out.contains("usable"), "{out}");
+    let (code, _, _) = s.cli(&["apikeys", "expire", "1"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = s.cli(&["users", "list", "--server", &url, "--api-key", &api_key]);
+    assert_eq!(code, 1);
+    assert!(err.contains("expired or was revoked"), "{err}");
+
+    // Policy: get, check, set, explain; offline check and explain.
+    let (code, out, _) = s.cli(&["policy", "get"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"*:*\""), "{out}");
+    let policy = dir.path().join("policy.hujson");
+    std::fs::write(
+        &policy,
+        r#"{
+  // Only admins reach anything.
+  "acls": [{"action": "accept", "src": ["autogroup:admin"], "dst": ["*:22"]}],
+  "tests": [{"src": "alice@example.com", "accept": ["100.64.0.1:22"]}],
+}"#,
+    )
+    .unwrap();
+    let (code, out, err) = s.cli(&["policy", "check", policy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("all 1 tests"), "{out}");
+    let (code, out, err) = s.cli(&["policy", "set", policy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("policy version 1 is in force"), "{out}");
+    let bad = dir.path().join("bad.hujson");
+    std::fs::write(&bad, "{\"acls\": [}").unwrap();
+    let (code, _, err) = s.cli(&["policy", "set", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("old policy stays in force") && err.contains("1:"),
+        "{err}"
+    );
+    let (code, out, _) = s.cli(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    let (code, out, _) = s.cli(&[
+        "policy",
+        "explain",
+        "--src",
+        "alice@example.com",
+        "--dst",
+        "100.64.0.1:80",
+    ]);
+    assert_eq!(code, 1, "denied: {out}");
+    assert!(out.contains("DENIED"), "{out}");
+
+    let nodes = dir.path().join("nodes.json");
+    std::fs::write(
+        &nodes,
+        r#"{"users": [{"login": "alice@example.com", "role": "admin"}],
+            "nodes": [{"name": "laptop", "user": "alice@example.com", "ipv4": "100.64.0.1"},
+                      {"name": "srv", "user": null, "tags": [], "ipv4": "100.64.0.2"}]}"#,
+    )
+    .unwrap();
+    let (code, out, _) = s.cli(&[
+        "policy",
+        "check",
+        policy.to_str().unwrap(),
+        "--nodes",
+        nodes.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "srv has no owner: {out}");
+    std::fs::write(
+        &nodes,
+        r#"{"users": [{"login": "alice@example.com", "role": "admin"}],
+            "nodes": [{"name": "laptop", "user": "alice@example.com", "ipv4": "100.64.0.1"},
+                      {"name": "srv", "user": "alice@example.com", "ipv4": "100.64.0.2"}]}"#,
+    )
+    .unwrap();
+    let (code, out, _) = s.cli(&[
+        "policy",
+        "check",
+        policy.to_str().unwrap(),
+        "--nodes",
+        nodes.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = s.cli(&[
+        "policy",
+        "explain",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--nodes",
+        nodes.to_str().unwrap(),
+        "--src",
+        "laptop",
+        "--dst",
+        "srv:22",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ALLOWED") && out.contains("policy.hujson:3:"),
+        "{out}"
+    );
+
+    assert!(s.stop().success());
+    assert!(
+        !dir.path().join("admin.sock").exists(),
+        "the socket is removed at shutdown"
+    );
+}

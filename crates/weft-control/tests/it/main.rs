@@ -1,0 +1,12 @@
+//! weft-control's integration tests, one binary: the server in process and the real binary.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod common;
+mod durability;
+mod netmap;
+mod openapi;
+mod policy;
+mod registration;
+mod security;
+mod ssh_check;

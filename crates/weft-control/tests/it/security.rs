@@ -1,0 +1,293 @@
+//! Hostile and broken clients: each is refused or dropped, with a logged
+//! reason, and the server goes on serving everyone else.
+#![allow(clippy::unwrap_used)]
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestNode, TestServer};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use weft_client::{Channel, ClientError, ConnectOptions, Target};
+use weft_control_proto::{ChannelConfig, ClientConnection, Connection};
+use weft_types::control::{ClientMessage, ErrorCode, KeepAlive, MapRequest};
+use weft_types::{CapabilityVersion, DiscoPrivate, HostInfo, MachinePrivate};
+
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// Upgrades and completes the handshake by hand; returns the socket and
+/// the client half, ready for records.
+async fn raw_channel(t: &TestServer) -> (TcpStream, ClientConnection) {
+    let (mut conn, req) = Connection::client(
+        &MachinePrivate::generate(),
+        &t.server.public_key(),
+        CapabilityVersion::CURRENT,
+        ChannelConfig::default(),
+        [7; 32],
+        now(),
+    )
+    .unwrap();
+    let (mut tcp, leftover) = weft_client::http::upgrade(&t.url(), &req, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut input = leftover.to_vec();
+    let mut buf = [0u8; 1024];
+    while !conn.is_established() {
+        if input.is_empty() {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "server closed during the handshake");
+            input.extend_from_slice(&buf[..n]);
+        }
+        conn.handle_input(&input, now()).unwrap();
+        input.clear();
+    }
+    (tcp, conn)
+}
+
+/// Reads until the server closes the connection; returns how long it took.
+async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> Duration {
+    let start = now();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout(limit, tcp.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return start.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the server kept the connection open for {limit:?}"),
+        }
+    }
+}
+
+/// A well-behaved node joins and gets its map: the server is still serving.
+async fn still_serving(t: &TestServer, key: &str, name: &str) {
+    let mut n = TestNode::new(t, name);
+    n.join(key).await;
+    n.close().await;
+}
+
+fn keep_alive_record(conn: &mut ClientConnection) -> Vec<u8> {
+    conn.send(&ClientMessage::KeepAlive(KeepAlive {}), now())
+        .unwrap();
+    conn.poll_transmit().unwrap()
+}
+
+#[tokio::test]
+async fn forged_and_replayed_records_close_the_connection() {
+    let t = TestServer::start().await;
+    t.user("u").await;
+    let key = t.reusable_key("u").await;
+
+    // Forged: a record with one ciphertext bit flipped.
+    let (mut tcp, mut conn) = raw_channel(&t).await;
+    let mut rec = keep_alive_record(&mut conn);
+    let last = rec.len() - 1;
+    rec[last] ^= 0x01;
+    tcp.write_all(&rec).await.unwrap();
+    closed_within(&mut tcp, Duration::from_secs(5)).await;
+
+    // Replayed: a valid record sent twice.
+    let (mut tcp, mut conn) = raw_channel(&t).await;
+    let rec = keep_alive_record(&mut conn);
+    tcp.write_all(&rec).await.unwrap();
+    tcp.write_all(&rec).await.unwrap();
+    closed_within(&mut tcp, Duration::from_secs(5)).await;
+
+    // A record from another session.
+    let (_, mut other) = raw_channel(&t).await;
+    let (mut tcp, _conn) = raw_channel(&t).await;
+    tcp.write_all(&keep_alive_record(&mut other)).await.unwrap();
+    closed_within(&mut tcp, Duration::from_secs(5)).await;
+
+    still_serving(&t, &key, "after-forgery").await;
+    let metrics = metrics(&t).await;
+    assert!(
+        metrics.contains("weft_control_connection_errors_total{reason=\"authentication\"}"),
+        "{metrics}"
+    );
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_close_the_connection() {
+    let t = TestServer::start().await;
+    t.user("u").await;
+    let key = t.reusable_key("u").await;
+
+    // An unknown frame type.
+    let (mut tcp, _conn) = raw_channel(&t).await;
+    tcp.write_all(&[0x07, 0x00, 0x01, 0x00]).await.unwrap();
+    closed_within(&mut tcp, Duration::from_secs(5)).await;
+
+    // A record too short to hold a tag.
+    let (mut tcp, _conn) = raw_channel(&t).await;
+    tcp.write_all(&[0x02, 0x00, 0x03, 1, 2, 3]).await.unwrap();
+    closed_within(&mut tcp, Duration::from_secs(5)).await;
+
+    // A message over the server's 1 MiB bound (fragmented over many records).
+    let (mut tcp, mut conn) = raw_channel(&t).await;
+    let huge = HostInfo {
+        hostname: "x".repeat(2 << 20),
+        ..HostInfo::default()
+    };
+    conn.send(&ClientMessage::HostInfo(huge), now()).unwrap();
+    let bytes = conn.poll_transmit().unwrap();
+    // The server stops reading once the limit is passed; ignore write errors.
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&bytes)).await;
+    closed_within(&mut tcp, Duration::from_secs(5)).await;
+
+    // A valid record carrying something that is not a client message.
+    let target = Target {
+        url: t.url(),
+        machine_key: MachinePrivate::generate(),
+        server_key: t.server.public_key(),
+    };
+    let mut ch = Channel::connect(&target, &ConnectOptions::default())
+        .await
+        .unwrap();
+    ch.send(ClientMessage::Endpoints(
+        weft_types::control::EndpointUpdate { endpoints: vec![] },
+    ))
+    .unwrap();
+    let err = ch.recv().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    assert!(
+        err.to_string()
+            .contains("only accepted on an open map stream"),
+        "{err}"
+    );
+
+    still_serving(&t, &key, "after-garbage").await;
+    let metrics = metrics(&t).await;
+    for reason in ["malformed_frame", "message_too_large"] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "{reason}: {metrics}"
+        );
+    }
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn truncated_and_unfinished_handshakes_are_dropped() {
+    let t = TestServer::start().await;
+    t.user("u").await;
+    let key = t.reusable_key("u").await;
+
+    // Message 1 cut short: refused with the reason in the body.
+    let (_, req) = Connection::client(
+        &MachinePrivate::generate(),
+        &t.server.public_key(),
+        CapabilityVersion::CURRENT,
+        ChannelConfig::default(),
+        [1; 32],
+        now(),
+    )
+    .unwrap();
+    let mut tcp = TcpStream::connect(t.server.local_addr()).await.unwrap();
+    let cut = &req.handshake[..64];
+    tcp.write_all(
+        format!("POST /control HTTP/1.1\r\nHost: x\r\nUpgrade: weft-control\r\nConnection: Upgrade\r\nX-Weft-Capability: 1\r\nX-Weft-Handshake: {cut}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tcp.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("Noise handshake failed"), "{answer}");
+
+    // Upgraded, then gone before the first record.
+    let (tcp, _conn) = raw_channel(&t).await;
+    drop(tcp);
+
+    // Upgraded, handshake answered, and then silence: dropped after the
+    // handshake timeout (500 ms in the test configuration).
+    let (mut tcp, _conn) = raw_channel(&t).await;
+    let took = closed_within(&mut tcp, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(300), "closed after {took:?}");
+
+    // Request headers that never end: dropped after the header timeout.
+    let mut tcp = TcpStream::connect(t.server.local_addr()).await.unwrap();
+    tcp.write_all(b"POST /control HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let took = closed_within(&mut tcp, Duration::from_secs(8)).await;
+    assert!(took >= Duration::from_secs(1), "closed after {took:?}");
+
+    still_serving(&t, &key, "after-silence").await;
+    let metrics = metrics(&t).await;
+    for reason in ["handshake_timeout", "closed_during_handshake"] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "{reason}: {metrics}"
+        );
+    }
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn another_machine_cannot_map_or_take_a_registered_node_key() {
+    let t = TestServer::start().await;
+    t.user("u").await;
+    let key = t.reusable_key("u").await;
+    let mut a = TestNode::new(&t, "a");
+    a.join(&key).await;
+
+    let mallory = Target {
+        url: t.url(),
+        machine_key: MachinePrivate::generate(),
+        server_key: t.server.public_key(),
+    };
+    let mut ch = Channel::connect(&mallory, &ConnectOptions::default())
+        .await
+        .unwrap();
+    ch.send(ClientMessage::Map(MapRequest {
+        version: CapabilityVersion::CURRENT,
+        node_key: a.node_key.public(),
+        disco_key: DiscoPrivate::generate().public(),
+        endpoints: vec![],
+        host_info: HostInfo::default(),
+        stream: true,
+    }))
+    .unwrap();
+    let err = ch.recv().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotRegistered), "{err}");
+    assert!(
+        err.to_string().contains("registered to another machine"),
+        "{err}"
+    );
+
+    // A client that pinned the wrong server key never gets a channel.
+    let wrong = Target {
+        server_key: MachinePrivate::generate().public(),
+        ..mallory.clone()
+    };
+    let err = Channel::connect(&wrong, &ConnectOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Upgrade { .. }), "{err}");
+
+    // A stays connected and sees nothing of this.
+    a.session
+        .as_ref()
+        .unwrap()
+        .update_endpoints(vec![common::endpoint("198.18.9.9:41641")]);
+    let m = a
+        .wait_map(|m| m.self_node.endpoints == vec![common::endpoint("198.18.9.9:41641")])
+        .await;
+    assert!(m.peers.is_empty());
+    t.server.shutdown().await;
+}
+
+async fn metrics(t: &TestServer) -> String {
+    let mut s = TcpStream::connect(t.server.local_addr()).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

@@ -1,0 +1,10 @@
+//! weftd's end-to-end tests, one binary: the real weftd, weft and weft-control binaries in network
+//! namespaces (root and `WEFT_E2E=1`; see weft-lab).
+#![allow(clippy::unwrap_used)]
+
+mod daemon_process;
+mod policy_e2e;
+mod ssh_check_e2e;
+mod ssh_e2e;
+mod tailnet_e2e;
+mod wg_interop;
