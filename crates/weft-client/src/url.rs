@@ -129,9 +129,9 @@ mod tests {
         assert_eq!(u.host_header(), "example.com");
         assert_eq!(u.to_string(), "https://example.com/weft");
 
-        let u: ControlUrl = "http://[fd13:b027:8801::1]:9000".parse().unwrap();
-        assert_eq!(u.host(), "fd13:b027:8801::1");
-        assert_eq!(u.host_header(), "[fd13:b027:8801::1]:9000");
+        let u: ControlUrl = "http://[fd7a:115c:a1e0::1]:9000".parse().unwrap();
+        assert_eq!(u.host(), "fd7a:115c:a1e0::1");
+        assert_eq!(u.host_header(), "[fd7a:115c:a1e0::1]:9000");
     }
 
     #[test]

@@ -33,7 +33,7 @@ fn node(i: i64) -> Node {
     let v4 = format!("100.{}.{}.{}/32", 64 + (i >> 16), (i >> 8) & 255, i & 255)
         .parse()
         .unwrap();
-    let v6 = format!("fd13:b027:8801::{i:x}/128").parse().unwrap();
+    let v6 = format!("fd7a:115c:a1e0::{i:x}/128").parse().unwrap();
     Node {
         id: NodeId(i),
         stable_id: format!("n{i:020x}").parse().unwrap(),

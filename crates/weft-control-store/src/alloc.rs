@@ -16,8 +16,8 @@
 //! and reports exhaustion only when there is none.
 //!
 //! **IPv6.** Derived from the IPv4: the pool's IPv6 prefix (default the project
-//! ULA `fd13:b027:8801::/48`) with the IPv4 address in the low 32 bits, so
-//! `100.64.0.1` pairs with `fd13:b027:8801::6440:1`. Unique IPv4 addresses
+//! ULA `fd7a:115c:a1e0::/48`) with the IPv4 address in the low 32 bits, so
+//! `100.64.0.1` pairs with `fd7a:115c:a1e0::6440:1`. Unique IPv4 addresses
 //! therefore give unique IPv6 addresses, and the pair is easy to read.
 //!
 //! The database's unique constraints on both columns are the final guard: a
@@ -51,13 +51,13 @@ pub const TAILNET_V4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0)
 
 /// The project ULA (RFC 4193), see the project decisions.
 pub const TAILNET_V6: Ipv6Net =
-    Ipv6Net::new_assert(Ipv6Addr::new(0xfd13, 0xb027, 0x8801, 0, 0, 0, 0, 0), 48);
+    Ipv6Net::new_assert(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0), 48);
 
 /// How many random addresses are tried before scanning.
 const RANDOM_TRIES: u32 = 32;
 
 impl AddressPool {
-    /// Returns the tailnet's default pool: `100.64.0.0/10` and `fd13:b027:8801::/48`.
+    /// Returns the tailnet's default pool: `100.64.0.0/10` and `fd7a:115c:a1e0::/48`.
     pub fn tailnet_default() -> Self {
         Self::build(TAILNET_V4, TAILNET_V6)
     }
@@ -237,7 +237,7 @@ mod tests {
     use super::*;
 
     fn pool(v4: &str) -> AddressPool {
-        AddressPool::new(v4.parse().unwrap(), "fd13:b027:8801::/48".parse().unwrap()).unwrap()
+        AddressPool::new(v4.parse().unwrap(), "fd7a:115c:a1e0::/48".parse().unwrap()).unwrap()
     }
 
     #[test]
@@ -258,7 +258,7 @@ mod tests {
     fn ipv6_carries_the_ipv4_in_its_low_bits() {
         let p = AddressPool::tailnet_default();
         let v6 = p.ipv6_for(Ipv4Addr::new(100, 64, 0, 1));
-        assert_eq!(v6.to_string(), "fd13:b027:8801::6440:1");
+        assert_eq!(v6.to_string(), "fd7a:115c:a1e0::6440:1");
     }
 
     #[test]
@@ -313,7 +313,7 @@ mod tests {
     fn an_ipv6_prefix_too_long_for_the_ipv4_is_refused() {
         let err = AddressPool::new(
             "100.64.0.0/10".parse().unwrap(),
-            "fd13:b027:8801::/112".parse().unwrap(),
+            "fd7a:115c:a1e0::/112".parse().unwrap(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("/96"), "{err}");

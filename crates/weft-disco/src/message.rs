@@ -8,10 +8,13 @@
 //! +--------+----------------+-------+-----+  +------+---------+-----------+
 //! ```
 //!
-//! * **magic** `57 46 f0 9f a7 b5` ("WF🧵"). A WireGuard message starts with
-//!   its type 1–4 as a little-endian `u32`, i.e. a byte 1–4 followed by three
-//!   zero bytes (whitepaper §5.4); the magic's first byte is 0x57 and its next
-//!   three are not zero, so neither can be taken for the other.
+//! * **magic** `54 53 f0 9f 92 ac` ("TS💬", Tailscale's disco magic, so that
+//!   the format is byte-identical to Tailscale's disco). A WireGuard message
+//!   starts with its type 1–4 as a little-endian `u32`, i.e. a byte 1–4
+//!   followed by three zero bytes (whitepaper §5.4); the magic's first byte
+//!   is 0x54 and its next three are not zero, so neither can be taken for the
+//!   other. A STUN message starts with two zero bits (RFC 8489 §5); 0x54 does
+//!   not.
 //! * **box**: NaCl `crypto_box` (X25519 + XSalsa20-Poly1305; 16-byte tag
 //!   first) between the sender's and the receiver's disco keys, under the
 //!   24-byte nonce. Both directions share one key, so each side must keep its
@@ -40,8 +43,8 @@ use crypto_box::aead::generic_array::typenum::Unsigned as _;
 use crypto_box::aead::{Aead, AeadCore};
 use weft_types::{DiscoPrivate, DiscoPublic, NodePublic};
 
-/// The first six bytes of every disco datagram ("WF🧵").
-pub const MAGIC: [u8; 6] = [0x57, 0x46, 0xf0, 0x9f, 0xa7, 0xb5];
+/// The first six bytes of every disco datagram ("TS💬", as Tailscale's).
+pub const MAGIC: [u8; 6] = [0x54, 0x53, 0xf0, 0x9f, 0x92, 0xac];
 /// Bytes of the sender's disco public key.
 const KEY_LEN: usize = 32;
 /// Bytes of the box nonce.
@@ -362,6 +365,28 @@ mod tests {
         assert_eq!((got.tx_id, got.node_key), (sent.tx_id, sent.node_key));
     }
 
+    /// Pins the wire format byte for byte. The expected datagram was made
+    /// independently with libsodium (PyNaCl's `Box(a, B).encrypt(inner,
+    /// nonce)` with the same keys), the way Tailscale's disco seals.
+    #[test]
+    fn a_sealed_ping_matches_the_libsodium_vector() {
+        let (a, b) = keys();
+        let ab = SharedBox::new(&a, &b.public());
+        let ping = Message::Ping(Ping {
+            tx_id: [7; 12],
+            node_key: weft_types::NodePrivate::from_bytes([3; 32]).public(),
+            padding: 0,
+        });
+        let d = ab.seal(&a.public(), [9; 24], &ping);
+        let expected = "5453f09f92ac\
+            a4e09292b651c278b9772c569f5fa9bb13d906b46ab68c9df9dc2b4409f8a209\
+            090909090909090909090909090909090909090909090909\
+            e860c9d6375da5bfae411104500a836a0d0dcf94d23b198c2bcb1871cd6d27c8\
+            84cc6690bfaabbcb063f2e4788583227d54829e8eebc2421d0344b4ef1eb";
+        let got: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, expected);
+    }
+
     #[test]
     fn a_box_from_a_third_key_does_not_open() {
         let (a, b) = keys();
@@ -387,7 +412,7 @@ mod tests {
         let ba = SharedBox::new(&b, &a.public());
         let pong = Message::Pong(Pong {
             tx_id: [1; 12],
-            observed_src: "[fd13:b027:8801::1]:5".parse().unwrap(),
+            observed_src: "[fd7a:115c:a1e0::1]:5".parse().unwrap(),
         });
         let mut d = ab.seal(&a.public(), [4; 24], &pong);
         let last = d.len() - 1;

@@ -93,7 +93,7 @@ fn tailnet(n: usize, rng: &mut Rng) -> (Tailnet, usize) {
                 tags,
                 ipv4: Some(Ipv4Addr::from(0x6440_0000 | host)),
                 ipv6: Some(Ipv6Addr::from(
-                    0xfd13_b027_8801_0000_0000_0000_0000_0000u128 | u128::from(host),
+                    0xfd7a_115c_a1e0_0000_0000_0000_0000_0000u128 | u128::from(host),
                 )),
             }
         })

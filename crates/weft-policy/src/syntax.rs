@@ -266,7 +266,7 @@ pub(crate) fn split_dst(s: &str) -> Result<(&str, &str), ErrorKind> {
             Some((addr, ports)) => Ok((addr, ports)),
             None => Err(ErrorKind::BadPort {
                 text: s.to_string(),
-                reason: "expected `[address]:ports`, e.g. \"[fd13:b027:8801::1]:22\"".to_string(),
+                reason: "expected `[address]:ports`, e.g. \"[fd7a:115c:a1e0::1]:22\"".to_string(),
             }),
         };
     }

@@ -574,7 +574,7 @@ fn node_json(
                         let want = if k == "ipv4" {
                             "an IPv4 address such as 100.64.0.5"
                         } else {
-                            "an IPv6 address such as fd13:b027:8801::5"
+                            "an IPv6 address such as fd7a:115c:a1e0::5"
                         };
                         return Err(fail(
                             v.span,

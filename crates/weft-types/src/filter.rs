@@ -652,8 +652,8 @@ mod tests {
         let f = PacketFilter::new(vec![]);
         assert_eq!(
             f.allows(
-                ip("fd13:b027:8801::1"),
-                ip("fd13:b027:8801::2"),
+                ip("fd7a:115c:a1e0::1"),
+                ip("fd7a:115c:a1e0::2"),
                 proto::UDP,
                 53
             ),
@@ -691,7 +691,7 @@ mod tests {
             &["0.0.0.0/0", "::/0"],
             &[
                 ("100.64.1.1/32", 0, 65535),
-                ("fd13:b027:8801::1/128", 0, 65535),
+                ("fd7a:115c:a1e0::1/128", 0, 65535),
             ],
             &[],
         )]);
@@ -701,8 +701,8 @@ mod tests {
         }
         assert!(
             f.allows(
-                ip("fd13:b027:8801::9"),
-                ip("fd13:b027:8801::1"),
+                ip("fd7a:115c:a1e0::9"),
+                ip("fd7a:115c:a1e0::1"),
                 proto::ICMPV6,
                 0
             )
@@ -774,11 +774,11 @@ mod tests {
             &[],
         )]);
         assert_eq!(
-            f.allows(ip("fd13:b027:8801::9"), ip("100.64.1.1"), proto::TCP, 1),
+            f.allows(ip("fd7a:115c:a1e0::9"), ip("100.64.1.1"), proto::TCP, 1),
             None
         );
         assert_eq!(
-            f.allows(ip("100.64.0.1"), ip("fd13:b027:8801::1"), proto::TCP, 1),
+            f.allows(ip("100.64.0.1"), ip("fd7a:115c:a1e0::1"), proto::TCP, 1),
             None
         );
     }
@@ -788,22 +788,22 @@ mod tests {
         let f = PacketFilter::new(vec![FilterRule {
             origin: Some(RuleOrigin { index: 3, line: 17 }),
             ..rule(
-                &["100.64.0.0/10", "fd13:b027:8801::/48"],
-                &[("fd13:b027:8801::1/128", 22, 22)],
+                &["100.64.0.0/10", "fd7a:115c:a1e0::/48"],
+                &[("fd7a:115c:a1e0::1/128", 22, 22)],
                 &[proto::TCP],
             )
         }]);
         let json = serde_json::to_string(&f).unwrap();
         assert_eq!(
             json,
-            r#"{"rules":[{"src":["100.64.0.0/10","fd13:b027:8801::/48"],"dst":[{"net":"fd13:b027:8801::1/128","ports":{"first":22,"last":22}}],"protos":[6],"origin":{"index":3,"line":17}}]}"#
+            r#"{"rules":[{"src":["100.64.0.0/10","fd7a:115c:a1e0::/48"],"dst":[{"net":"fd7a:115c:a1e0::1/128","ports":{"first":22,"last":22}}],"protos":[6],"origin":{"index":3,"line":17}}]}"#
         );
         let back: PacketFilter = serde_json::from_str(&json).unwrap();
         assert_eq!(back, f);
         assert_eq!(
             back.allows(
-                ip("fd13:b027:8801::7"),
-                ip("fd13:b027:8801::1"),
+                ip("fd7a:115c:a1e0::7"),
+                ip("fd7a:115c:a1e0::1"),
                 proto::TCP,
                 22
             ),
@@ -847,7 +847,7 @@ mod tests {
         let r = &policy.rules[0];
         assert_eq!(r.local_user_for("root"), Some(&LocalUser::NoMapping));
         assert_eq!(r.local_user_for("bob"), Some(&LocalUser::SameNameNonRoot));
-        assert!(r.matches_source(ip("fd13:b027:8801::1")));
+        assert!(r.matches_source(ip("fd7a:115c:a1e0::1")));
     }
 
     fn arb_v4_net() -> impl Strategy<Value = IpNet> {
@@ -868,7 +868,7 @@ mod tests {
             prop_oneof![Just(128u8), Just(126u8), Just(124u8), Just(0u8)],
         )
             .prop_map(|(host, len)| {
-                let base = u128::from("fd13:b027:8801::".parse::<Ipv6Addr>().unwrap());
+                let base = u128::from("fd7a:115c:a1e0::".parse::<Ipv6Addr>().unwrap());
                 IpNet::new(IpAddr::V6(Ipv6Addr::from(base | host)), len)
                     .unwrap()
                     .trunc()
@@ -910,7 +910,7 @@ mod tests {
         prop_oneof![
             3 => (0u32..70).prop_map(|h| IpAddr::V4(Ipv4Addr::from(0x6440_0000 | h))),
             1 => (0u128..70).prop_map(|h| {
-                let base = u128::from("fd13:b027:8801::".parse::<Ipv6Addr>().unwrap());
+                let base = u128::from("fd7a:115c:a1e0::".parse::<Ipv6Addr>().unwrap());
                 IpAddr::V6(Ipv6Addr::from(base | h))
             }),
         ]

@@ -49,11 +49,11 @@ fn sample_node() -> Node {
         disco_key: Some(key(DISCOKEY)),
         addresses: vec![
             "100.64.0.7/32".parse().unwrap(),
-            "fd13:b027:8801::7/128".parse().unwrap(),
+            "fd7a:115c:a1e0::7/128".parse().unwrap(),
         ],
         allowed_ips: vec![
             "100.64.0.7/32".parse().unwrap(),
-            "fd13:b027:8801::7/128".parse().unwrap(),
+            "fd7a:115c:a1e0::7/128".parse().unwrap(),
         ],
         endpoints: vec![Endpoint {
             addr: "198.18.0.7:41641".parse().unwrap(),
@@ -403,11 +403,11 @@ const EXAMPLE_NODE: &str = r#"{
   "disco_key": "discokey:4444444444444444444444444444444444444444444444444444444444444444",
   "addresses": [
     "100.64.0.7/32",
-    "fd13:b027:8801::7/128"
+    "fd7a:115c:a1e0::7/128"
   ],
   "allowed_ips": [
     "100.64.0.7/32",
-    "fd13:b027:8801::7/128"
+    "fd7a:115c:a1e0::7/128"
   ],
   "endpoints": [
     {

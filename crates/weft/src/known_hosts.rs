@@ -99,7 +99,7 @@ mod tests {
     fn every_host_key_is_listed_under_name_fqdn_and_each_address() {
         let mut me = node(1, "me", "me", &["100.64.0.1"]);
         me.ssh_host_keys = vec!["ssh-ed25519 AAAAme".into()];
-        let mut web = node(2, "web", "web", &["100.64.0.2", "fd13:b027:8801::2"]);
+        let mut web = node(2, "web", "web", &["100.64.0.2", "fd7a:115c:a1e0::2"]);
         web.ssh_host_keys = vec![
             "ssh-ed25519 AAAAweb root@web\n".into(),
             "ssh-rsa AAAArsa".into(),
@@ -114,11 +114,11 @@ mod tests {
              web ssh-ed25519 AAAAweb root@web\n\
              web.t.weft.internal ssh-ed25519 AAAAweb root@web\n\
              100.64.0.2 ssh-ed25519 AAAAweb root@web\n\
-             fd13:b027:8801::2 ssh-ed25519 AAAAweb root@web\n\
+             fd7a:115c:a1e0::2 ssh-ed25519 AAAAweb root@web\n\
              web ssh-rsa AAAArsa\n\
              web.t.weft.internal ssh-rsa AAAArsa\n\
              100.64.0.2 ssh-rsa AAAArsa\n\
-             fd13:b027:8801::2 ssh-rsa AAAArsa\n"
+             fd7a:115c:a1e0::2 ssh-rsa AAAArsa\n"
         );
     }
 

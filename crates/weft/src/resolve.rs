@@ -142,7 +142,7 @@ pub mod tests {
 
     fn sample() -> Status {
         status(
-            node(1, "me", "Me-Laptop", &["100.64.0.1", "fd13:b027:8801::1"]),
+            node(1, "me", "Me-Laptop", &["100.64.0.1", "fd7a:115c:a1e0::1"]),
             vec![
                 node(2, "web", "web", &["100.64.0.2"]),
                 node(3, "db", "box", &["100.64.0.3"]),
@@ -156,7 +156,7 @@ pub mod tests {
         let st = sample();
         let name = |q: &str| find_node(&st, q).unwrap().node.name.clone();
         assert_eq!(name("100.64.0.2"), "web");
-        assert_eq!(name("fd13:b027:8801::1"), "me");
+        assert_eq!(name("fd7a:115c:a1e0::1"), "me");
         assert_eq!(name("WEB"), "web");
         assert_eq!(name("web.t.weft.internal"), "web");
         assert_eq!(name("web.t.weft.internal."), "web");

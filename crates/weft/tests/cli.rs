@@ -90,7 +90,7 @@ fn profile(id: &str, nickname: Option<&str>, account: &str, selected: bool) -> P
 /// A running node `me` (100.64.0.1) with peers `db` (tagged, idle) and
 /// `web` (active, direct), two profiles, default prefs.
 fn running() -> State {
-    let mut web = node(3, "web", &["100.64.0.3", "fd13:b027:8801::3"]);
+    let mut web = node(3, "web", &["100.64.0.3", "fd7a:115c:a1e0::3"]);
     web.active = true;
     web.cur_addr = Some("198.18.0.2:41641".parse().unwrap());
     (web.tx_bytes, web.rx_bytes) = (1024, 2048);
@@ -108,7 +108,7 @@ fn running() -> State {
                 domain: "t.weft.internal".into(),
                 control_url: DEFAULT_CONTROL_URL.into(),
             }),
-            self_node: Some(node(1, "me", &["100.64.0.1", "fd13:b027:8801::1"])),
+            self_node: Some(node(1, "me", &["100.64.0.1", "fd7a:115c:a1e0::1"])),
             user: None,
             peers: vec![db, web],
             health: vec![],
@@ -393,9 +393,9 @@ async fn status_of_a_node_that_is_not_running_says_why_and_exits_1() {
 async fn ip_and_whois_find_nodes_by_name_and_address() {
     let fake = Fake::start(running());
     let out = weft(&fake, &["ip"]).await;
-    assert_eq!(out.stdout, "100.64.0.1\nfd13:b027:8801::1\n");
+    assert_eq!(out.stdout, "100.64.0.1\nfd7a:115c:a1e0::1\n");
     let out = weft(&fake, &["ip", "-6", "web"]).await;
-    assert_eq!(out.stdout, "fd13:b027:8801::3\n");
+    assert_eq!(out.stdout, "fd7a:115c:a1e0::3\n");
     let out = weft(&fake, &["ip", "-4", "-6"]).await;
     assert_eq!(out.code, 2, "-4 and -6 conflict");
     let out = weft(&fake, &["whois", "100.64.0.3"]).await;
@@ -594,7 +594,7 @@ async fn ssh_pins_host_keys_and_runs_ssh_against_the_peers_address() {
         "web ssh-ed25519 AAAAC3web\n\
          web.t.weft.internal ssh-ed25519 AAAAC3web\n\
          100.64.0.3 ssh-ed25519 AAAAC3web\n\
-         fd13:b027:8801::3 ssh-ed25519 AAAAC3web\n"
+         fd7a:115c:a1e0::3 ssh-ed25519 AAAAC3web\n"
     );
     assert_eq!(
         std::fs::metadata(&kh).unwrap().permissions().mode() & 0o777,

@@ -501,7 +501,7 @@ pub(crate) mod tests {
                     registered_by: None,
                     tags: BTreeSet::new(),
                     ipv4: Ipv4Addr::new(100, 64, 0, id),
-                    ipv6: format!("fd13:b027:8801::{id}").parse().unwrap(),
+                    ipv6: format!("fd7a:115c:a1e0::{id}").parse().unwrap(),
                     endpoints: Vec::new(),
                     host_info: serde_json::Value::Null,
                     created: UnixMillis(0),

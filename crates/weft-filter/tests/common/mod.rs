@@ -22,12 +22,12 @@ pub const ICMPV6: u8 = 58;
 
 /// This node.
 pub const ME4: &str = "100.64.0.1";
-pub const ME6: &str = "fd13:b027:8801::1";
+pub const ME6: &str = "fd7a:115c:a1e0::1";
 /// Peers.
 pub const ALICE4: &str = "100.64.0.2";
-pub const ALICE6: &str = "fd13:b027:8801::2";
+pub const ALICE6: &str = "fd7a:115c:a1e0::2";
 pub const BOB4: &str = "100.64.0.3";
-pub const BOB6: &str = "fd13:b027:8801::3";
+pub const BOB6: &str = "fd7a:115c:a1e0::3";
 /// Another tailnet address that is not this node's.
 pub const OTHER4: &str = "100.64.0.9";
 
@@ -267,13 +267,13 @@ pub fn rule(src: &[&str], ports: &[(u16, u16)], protos: &[u8], line: u32) -> Fil
 pub fn alice_ssh_and_web() -> PacketFilter {
     PacketFilter::new(vec![
         rule(
-            &["100.64.0.2/32", "fd13:b027:8801::2/128"],
+            &["100.64.0.2/32", "fd7a:115c:a1e0::2/128"],
             &[(22, 22), (80, 80)],
             &[TCP],
             1,
         ),
         rule(
-            &["100.64.0.2/32", "fd13:b027:8801::2/128"],
+            &["100.64.0.2/32", "fd7a:115c:a1e0::2/128"],
             &[(0, 65535)],
             &[ICMP, ICMPV6],
             2,
@@ -284,7 +284,7 @@ pub fn alice_ssh_and_web() -> PacketFilter {
 /// Alice may reach TCP 22 only.
 pub fn alice_ssh_only() -> PacketFilter {
     PacketFilter::new(vec![rule(
-        &["100.64.0.2/32", "fd13:b027:8801::2/128"],
+        &["100.64.0.2/32", "fd7a:115c:a1e0::2/128"],
         &[(22, 22)],
         &[TCP],
         1,

@@ -384,7 +384,7 @@ proptest! {
                     prop_assert_eq!(got, m.inbound(s, now), "step {}: {:?}", step, op);
                 }
                 Op::InNotForUs(s) => {
-                    let other = if s.v6 { "fd13:b027:8801::99" } else { OTHER4 };
+                    let other = if s.v6 { "fd7a:115c:a1e0::99" } else { OTHER4 };
                     let got = f.inbound(&inbound_bytes(s, Some(other)), now);
                     prop_assert_eq!(got, Verdict::Drop(DropReason::NotForUs), "step {}", step);
                 }

@@ -12,11 +12,11 @@ pub const NODES: &str = r#"{
     {"login": "carol@example.com"}
   ],
   "nodes": [
-    {"name": "alice-laptop", "user": "alice@example.com", "ipv4": "100.64.0.1", "ipv6": "fd13:b027:8801::1"},
-    {"name": "alice-phone", "user": "alice@example.com", "ipv4": "100.64.0.2", "ipv6": "fd13:b027:8801::2"},
-    {"name": "bob-laptop", "user": "bob@example.com", "ipv4": "100.64.0.3", "ipv6": "fd13:b027:8801::3"},
-    {"name": "server", "user": "alice@example.com", "tags": ["tag:server"], "ipv4": "100.64.0.10", "ipv6": "fd13:b027:8801::10"},
-    {"name": "db", "user": null, "tags": ["tag:db"], "ipv4": "100.64.0.11", "ipv6": "fd13:b027:8801::11"}
+    {"name": "alice-laptop", "user": "alice@example.com", "ipv4": "100.64.0.1", "ipv6": "fd7a:115c:a1e0::1"},
+    {"name": "alice-phone", "user": "alice@example.com", "ipv4": "100.64.0.2", "ipv6": "fd7a:115c:a1e0::2"},
+    {"name": "bob-laptop", "user": "bob@example.com", "ipv4": "100.64.0.3", "ipv6": "fd7a:115c:a1e0::3"},
+    {"name": "server", "user": "alice@example.com", "tags": ["tag:server"], "ipv4": "100.64.0.10", "ipv6": "fd7a:115c:a1e0::10"},
+    {"name": "db", "user": null, "tags": ["tag:db"], "ipv4": "100.64.0.11", "ipv6": "fd7a:115c:a1e0::11"}
   ]
 }"#;
 

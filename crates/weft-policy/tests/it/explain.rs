@@ -100,7 +100,7 @@ fn explain_takes_users_addresses_and_protocols() {
     let r = explain("bob@example.com", "100.64.0.11:5432", None);
     assert_eq!(r.outcome, Outcome::Ok, "{r}");
     snapshot("explain_user_to_address", &r.to_string());
-    let r = explain("fd13:b027:8801::3", "[fd13:b027:8801::10]:53", Some("udp"));
+    let r = explain("fd7a:115c:a1e0::3", "[fd7a:115c:a1e0::10]:53", Some("udp"));
     assert_eq!(r.outcome, Outcome::Ok, "{r}");
     // ICMP has no ports: reaching any port of a device lets pings through.
     let r = explain("alice-laptop", "server", Some("icmp"));

@@ -62,9 +62,9 @@ const NETS: &[&str] = &[
     "100.64.0.5",
     "100.64.0.9/32",
     "10.0.0.0/8",
-    "fd13:b027:8801::/120",
-    "fd13:b027:8801::3",
-    "fd13:b027:8801::10/124",
+    "fd7a:115c:a1e0::/120",
+    "fd7a:115c:a1e0::3",
+    "fd7a:115c:a1e0::10/124",
     "0.0.0.0/0",
 ];
 
@@ -197,7 +197,7 @@ fn nodes_json(m: &Model) -> String {
         .map(|(i, n)| {
             let user = n.user.map_or("null".to_string(), |u| format!("\"{}\"", user_login(u)));
             let tags: Vec<String> = n.tags.iter().map(|t| format!("\"tag:t{t}\"")).collect();
-            let v6 = n.v6.map(|h| format!(", \"ipv6\": \"fd13:b027:8801::{h:x}\"")).unwrap_or_default();
+            let v6 = n.v6.map(|h| format!(", \"ipv6\": \"fd7a:115c:a1e0::{h:x}\"")).unwrap_or_default();
             format!("{{\"id\": {}, \"name\": \"n{i}\", \"user\": {user}, \"tags\": [{}], \"ipv4\": \"100.64.0.{}\"{v6}}}", i + 1, tags.join(","), n.v4)
         })
         .collect();
@@ -222,7 +222,7 @@ fn addr(n: &MNode, v4: bool) -> Option<IpAddr> {
     if v4 {
         Some(format!("100.64.0.{}", n.v4).parse().unwrap())
     } else {
-        n.v6.map(|h| format!("fd13:b027:8801::{h:x}").parse().unwrap())
+        n.v6.map(|h| format!("fd7a:115c:a1e0::{h:x}").parse().unwrap())
     }
 }
 
@@ -478,7 +478,7 @@ proptest! {
             let src_addr = match raw_src {
                 // An address that may belong to no node (or to one, by chance).
                 Some(h) if v4 => format!("100.64.0.{h}").parse().unwrap(),
-                Some(h) => format!("fd13:b027:8801::{h:x}").parse().unwrap(),
+                Some(h) => format!("fd7a:115c:a1e0::{h:x}").parse().unwrap(),
                 None => match addr(&m.nodes[si % m.nodes.len()], v4) { Some(a) => a, None => continue },
             };
             let proto = if proto == 1 && !v4 { 58 } else { proto };

@@ -25,7 +25,7 @@ fn autogroup_self_lets_users_reach_only_their_own_untagged_devices() {
     );
     assert!(
         phone
-            .allows(ip("fd13:b027:8801::1"), ip("fd13:b027:8801::2"), TCP, 22)
+            .allows(ip("fd7a:115c:a1e0::1"), ip("fd7a:115c:a1e0::2"), TCP, 22)
             .is_some()
     );
     assert!(

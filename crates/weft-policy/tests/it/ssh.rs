@@ -47,7 +47,7 @@ fn the_first_matching_rule_decides_and_carries_its_action() {
         }
         other => panic!("{other:?}"),
     }
-    match authorize_ssh(&s, ip("fd13:b027:8801::3"), "bob", &users) {
+    match authorize_ssh(&s, ip("fd7a:115c:a1e0::3"), "bob", &users) {
         SshDecision::Accept {
             local_user,
             rule,
@@ -161,18 +161,18 @@ proptest! {
     fn nonroot_and_localpart_policies_never_map_to_root(
         users in arb_users(),
         requested in prop_oneof![Just("root".to_string()), Just("toor".to_string()), Just("alice".to_string()), Just("bob".to_string()), "[a-z]{1,6}"],
-        src in prop_oneof![Just("100.64.0.1"), Just("100.64.0.3"), Just("fd13:b027:8801::2")],
+        src in prop_oneof![Just("100.64.0.1"), Just("100.64.0.3"), Just("fd7a:115c:a1e0::2")],
     ) {
         // Users of the example.com domain include a "root@example.com"-like
         // trap: localpart must never give root either.
         let t = weft_policy::Tailnet::new(
             vec![user("alice@example.com", false), user("bob@example.com", false), user("root@example.com", false)],
             vec![
-                node(1, "a", Some("alice@example.com"), &[], "100.64.0.1", "fd13:b027:8801::1"),
-                node(2, "a2", Some("alice@example.com"), &[], "100.64.0.2", "fd13:b027:8801::2"),
-                node(3, "b", Some("bob@example.com"), &[], "100.64.0.3", "fd13:b027:8801::3"),
-                node(4, "r", Some("root@example.com"), &[], "100.64.0.4", "fd13:b027:8801::4"),
-                node(5, "srv", None, &["tag:server"], "100.64.0.10", "fd13:b027:8801::10"),
+                node(1, "a", Some("alice@example.com"), &[], "100.64.0.1", "fd7a:115c:a1e0::1"),
+                node(2, "a2", Some("alice@example.com"), &[], "100.64.0.2", "fd7a:115c:a1e0::2"),
+                node(3, "b", Some("bob@example.com"), &[], "100.64.0.3", "fd7a:115c:a1e0::3"),
+                node(4, "r", Some("root@example.com"), &[], "100.64.0.4", "fd7a:115c:a1e0::4"),
+                node(5, "srv", None, &["tag:server"], "100.64.0.10", "fd7a:115c:a1e0::10"),
             ],
         ).unwrap();
         let p = policy(r#"{"tagOwners": {"tag:server": []}, "ssh": [

@@ -178,17 +178,19 @@ async fn agent_forwarding_lists_the_clients_key_inside_the_session() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // The socket file appears at bind(), a moment before the agent listens:
+    // wait until ssh-add gets through, not just for the file.
     wait_for(Duration::from_secs(10), || {
-        agent_sock.exists().then_some(())
+        std::process::Command::new("/usr/bin/ssh-add")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &agent_sock)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+            .then_some(())
     })
     .await;
-    let st = std::process::Command::new("/usr/bin/ssh-add")
-        .arg(&key)
-        .env("SSH_AUTH_SOCK", &agent_sock)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
 
     let mut c = tokio::process::Command::new("/usr/bin/ssh");
     c.args(srv.opts())

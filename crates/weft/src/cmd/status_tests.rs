@@ -77,7 +77,7 @@ fn each_peer_state_has_its_own_status_field() {
 }
 
 fn sample() -> Status {
-    let mut me = node(1, "me", "me", &["100.64.0.1", "fd13:b027:8801::1"]);
+    let mut me = node(1, "me", "me", &["100.64.0.1", "fd7a:115c:a1e0::1"]);
     me.user = Some("alice@example.com".into());
     let mut web = node(3, "web", "web", &["100.64.0.3"]);
     web.active = true;

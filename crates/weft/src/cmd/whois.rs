@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn a_user_node_shows_machine_and_user_blocks() {
-        let mut n = node(3, "web", "web", &["100.64.0.3", "fd13:b027:8801::3"]);
+        let mut n = node(3, "web", "web", &["100.64.0.3", "fd7a:115c:a1e0::3"]);
         n.allowed_ips = vec![
             "100.64.0.3/32".parse().unwrap(),
             "198.18.5.0/24".parse().unwrap(),
@@ -102,7 +102,7 @@ mod tests {
             "Machine:\n\
              \x20 Name:       web.t.weft.internal\n\
              \x20 ID:         3\n\
-             \x20 Addresses:  [100.64.0.3 fd13:b027:8801::3]\n\
+             \x20 Addresses:  [100.64.0.3 fd7a:115c:a1e0::3]\n\
              \x20 AllowedIPs: [198.18.5.0/24]\n\
              User:\n\
              \x20 Name:       alice@example.com\n\

@@ -171,11 +171,11 @@ pub(crate) mod tests {
             disco_key: Some(DiscoPrivate::from_bytes([n; 32]).public()),
             addresses: vec![
                 format!("100.64.0.{n}/32").parse().unwrap(),
-                format!("fd13:b027:8801::{n}/128").parse().unwrap(),
+                format!("fd7a:115c:a1e0::{n}/128").parse().unwrap(),
             ],
             allowed_ips: vec![
                 format!("100.64.0.{n}/32").parse().unwrap(),
-                format!("fd13:b027:8801::{n}/128").parse().unwrap(),
+                format!("fd7a:115c:a1e0::{n}/128").parse().unwrap(),
             ],
             endpoints: vec![Endpoint {
                 addr: format!("198.18.0.{n}:41641").parse().unwrap(),

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 /// The tailnet's IPv4 range.
 pub const TAILNET_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 64, 0, 0), 10);
 /// The project ULA.
-pub const TAILNET_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd13, 0xb027, 0x8801, 0, 0, 0, 0, 0), 48);
+pub const TAILNET_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0), 48);
 
 /// Addresses to add to and remove from the TUN.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,7 +101,7 @@ async fn apply(
             .output_interface(index)
             .build();
         ignore_exists(handle.route().add(v6).execute().await)
-            .map_err(|e| format!("adding the route to fd13:b027:8801::/48: {e}"))?;
+            .map_err(|e| format!("adding the route to fd7a:115c:a1e0::/48: {e}"))?;
         if !*routed {
             tracing::info!(interface = %tun, "Tailnet routes installed");
         }

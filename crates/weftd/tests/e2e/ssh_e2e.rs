@@ -680,14 +680,18 @@ fn agent_forwarding(net: &Net<'_>, client: &LocalAccount, t: &str) -> anyhow::Re
         ),
         "ssh-agent",
     )?;
-    wait_until(SECS(10), "the agent socket", || Ok(sock.exists()))?;
+    // The socket file appears at bind(), a moment before the agent listens:
+    // wait until ssh-add gets through, not just for the file.
     let sock_env = sock.display().to_string();
-    ok(
-        &as_user(&net.a, client, "ssh-add", &[key.display().to_string()])
-            .env("SSH_AUTH_SOCK", &sock_env)
-            .run_unchecked()?,
-        "ssh-add",
-    )?;
+    wait_until(SECS(10), "ssh-add to reach the agent", || {
+        Ok(
+            as_user(&net.a, client, "ssh-add", &[key.display().to_string()])
+                .env("SSH_AUTH_SOCK", &sock_env)
+                .run_unchecked()?
+                .status
+                .success(),
+        )
+    })?;
     let out = ssh_cmd(
         net,
         client,

@@ -80,7 +80,7 @@ fn three_nodes_join_with_a_pre_auth_key_and_reach_each_other_every_way() -> anyh
                         ips[j]
                     );
                     ensure!(
-                        addrs.iter().any(|a| a.starts_with("fd13:b027:8801:")),
+                        addrs.iter().any(|a| a.starts_with("fd7a:115c:a1e0:")),
                         "{} lists {} without a ULA address: {addrs:?}",
                         node.name(),
                         other.name()

@@ -118,13 +118,13 @@ pub fn node(id: i64) -> Node {
             format!("100.64.{}.{}/32", id / 250, id % 250 + 1)
                 .parse()
                 .unwrap(),
-            format!("fd13:b027:8801::{:x}/128", id + 1).parse().unwrap(),
+            format!("fd7a:115c:a1e0::{:x}/128", id + 1).parse().unwrap(),
         ],
         allowed_ips: vec![
             format!("100.64.{}.{}/32", id / 250, id % 250 + 1)
                 .parse()
                 .unwrap(),
-            format!("fd13:b027:8801::{:x}/128", id + 1).parse().unwrap(),
+            format!("fd7a:115c:a1e0::{:x}/128", id + 1).parse().unwrap(),
         ],
         endpoints: vec![endpoint(id, 41641)],
         host_info: HostInfo {

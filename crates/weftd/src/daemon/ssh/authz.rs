@@ -203,7 +203,7 @@ mod tests {
         let a = NetmapAuthorizer::new(nm, false);
         let now = UnixMillis(1);
         let alice = a
-            .identify_at("fd13:b027:8801::1".parse().unwrap(), now)
+            .identify_at("fd7a:115c:a1e0::1".parse().unwrap(), now)
             .unwrap();
         assert_eq!(alice.user_login.as_deref(), Some("alice@example.com"));
         assert_eq!(alice.node_name, "node1.example.weft.internal");

@@ -1,7 +1,7 @@
 //! Listening sockets on exactly one tailnet address each.
 //!
 //! The SSH server never binds a wildcard address: one listener per tailnet
-//! address (`100.x.y.z:22`, `[fd13:b027:8801::…]:22`). Sockets are bound with
+//! address (`100.x.y.z:22`, `[fd7a:115c:a1e0::…]:22`). Sockets are bound with
 //! `IP_FREEBIND`/`IPV6_FREEBIND`, so binding works in the short window where
 //! the netmap already names an address the TUN does not carry yet (or an
 //! IPv6 address is still tentative); connections arrive once it does.
