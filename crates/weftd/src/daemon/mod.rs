@@ -186,6 +186,7 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
         statedir: args.statedir.clone(),
         port: ssh::SSH_PORT,
         check_hook: Some(Arc::new(check_hook)),
+        socket_owners: Arc::new(ssh::sock_owner::SockDiag),
     };
     let ssh_service = ssh::spawn(handle.clone(), ssh_opts, stop_rx.clone());
 
