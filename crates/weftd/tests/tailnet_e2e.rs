@@ -639,6 +639,96 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
     )
 }
 
+/// `PATCH /localapi/v0/prefs` with `body` as root; returns the raw response.
+fn patch_prefs(node: &Node, body: &str) -> anyhow::Result<String> {
+    raw_localapi(
+        node.socket(),
+        &format!(
+            "PATCH /localapi/v0/prefs HTTP/1.1\r\nHost: local\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+#[test]
+fn oversized_and_control_character_prefs_are_refused_and_control_never_sees_them()
+-> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let nodes = net.join(&control, &["c1", "c2"])?;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    with_diagnostics(
+        || {
+            let (c1, c2) = (&nodes[0], &nodes[1]);
+            let before = c1.weft_ok(["debug", "prefs"])?.stdout;
+            let huge_host = serde_json::json!({ "hostname": "h".repeat(1 << 20) }).to_string();
+            let tags: Vec<String> = (0..50_000).map(|i| format!("tag:t{i}")).collect();
+            let many_tags = serde_json::json!({ "advertise_tags": tags }).to_string();
+            let long_nick = serde_json::json!({ "nickname": "n".repeat(100_000) }).to_string();
+            let ansi_host = serde_json::json!({ "hostname": "box\u{1b}[2J" }).to_string();
+            let crlf_nick = serde_json::json!({ "nickname": "work\r\nfake" }).to_string();
+            for (body, want) in [
+                (
+                    &huge_host,
+                    "hostname (--hostname) is 1048576 bytes long; at most 253 are allowed",
+                ),
+                (
+                    &many_tags,
+                    "advertise_tags (--advertise-tags) has 50000 entries; at most 64 are allowed",
+                ),
+                (
+                    &long_nick,
+                    "nickname (--nickname) is 100000 bytes long; at most 64 are allowed",
+                ),
+                (
+                    &ansi_host,
+                    "hostname (--hostname) contains control characters",
+                ),
+                (
+                    &crlf_nick,
+                    "nickname (--nickname) contains control characters",
+                ),
+            ] {
+                let resp = patch_prefs(c1, body)?;
+                ensure!(
+                    resp.starts_with("HTTP/1.1 400") && resp.contains(want),
+                    "{want}: {}",
+                    resp.get(..600).unwrap_or(&resp)
+                );
+            }
+            // The CLI shows the daemon's reason.
+            let out = c1.weft(["set", "--nickname", &"x".repeat(65)])?;
+            ensure!(
+                out.status.code() == Some(1)
+                    && out
+                        .stderr
+                        .contains("nickname (--nickname) is 65 bytes long; at most 64"),
+                "{out:?}"
+            );
+            // Nothing changed, and the control connection never noticed.
+            ensure!(
+                c1.weft_ok(["debug", "prefs"])?.stdout == before,
+                "prefs changed"
+            );
+            let st = c1.status_json()?;
+            ensure!(
+                st["backend_state"] == "running"
+                    && st["health"].as_array().is_some_and(Vec::is_empty),
+                "{st}"
+            );
+            // The map stream still carries a (valid) change to the peer.
+            c1.weft_ok(["set", "--hostname", "c1-renamed"])?;
+            c2.wait_status(SECS(20), "c1's new hostname", |v| {
+                peer(v, "c1-renamed").is_some()
+            })?;
+            Ok(())
+        },
+        || report(&control, &refs),
+    )
+}
+
 #[test]
 fn peer_hostnames_helper_reads_status() {
     // Guards the fixture's parsing against a shape change of status --json.

@@ -10,7 +10,8 @@
 //! * [`config`], [`dataplane`], [`tunnel`], [`netlink`], [`endpoints`]: the
 //!   data plane (incremental peer programming, disco, TUN addresses, our
 //!   endpoints);
-//! * [`bus`], [`localapi`]: the LocalAPI server and its event stream;
+//! * [`bus`], [`localapi`], [`validate`]: the LocalAPI server, its event
+//!   stream and the bounds on what callers may set;
 //! * [`ssh`]: Weft SSH on the tailnet addresses while `--ssh` is on.
 //!
 //! Every path comes from a flag (`--state`, `--socket`, `--tun`, `--port`),
@@ -34,6 +35,7 @@ pub mod state_file;
 #[cfg(test)]
 mod tests;
 pub mod tunnel;
+pub mod validate;
 
 use std::path::PathBuf;
 use std::sync::Arc;
