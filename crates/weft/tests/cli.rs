@@ -114,6 +114,7 @@ fn running() -> State {
             health: vec![],
             filter: FilterStatus::default(),
             profile: None,
+            udp: UdpStatus::default(),
         },
         prefs: Prefs {
             want_running: true,

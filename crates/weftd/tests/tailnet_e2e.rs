@@ -729,6 +729,113 @@ fn oversized_and_control_character_prefs_are_refused_and_control_never_sees_them
     )
 }
 
+/// The UDP drop counters from `status --json`: (proto, reason) → count.
+fn udp_drops(node: &Node) -> anyhow::Result<std::collections::BTreeMap<(String, String), u64>> {
+    let st = node.status_json()?;
+    let mut out = std::collections::BTreeMap::new();
+    for proto in ["wireguard", "disco"] {
+        let map = st["udp"][format!("{proto}_dropped")]
+            .as_object()
+            .with_context(|| format!("no udp.{proto}_dropped in status: {}", st["udp"]))?;
+        for (reason, n) in map {
+            out.insert((proto.to_owned(), reason.clone()), n.as_u64().unwrap_or(0));
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn garbage_datagrams_are_dropped_and_counted_by_reason_in_status_and_metrics() -> anyhow::Result<()>
+{
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let nodes = net.join(&control, &["g1", "g2"])?;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    with_diagnostics(
+        || {
+            let (g1, g2) = (&nodes[0], &nodes[1]);
+            let before = udp_drops(g1)?;
+            let target = SocketAddr::new(g1.underlay_addr().into(), weft_lab::tailnet::NODE_PORT);
+            let sock = g2.netns().udp_socket("0.0.0.0:0".parse()?)?;
+            // Deterministic junk (xorshift), 50 of each kind, from g2's namespace.
+            let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+            let mut junk = |n: usize| -> Vec<u8> {
+                (0..n)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            };
+            let magic = [0x57u8, 0x46, 0xf0, 0x9f, 0xa7, 0xb5];
+            for _ in 0..50 {
+                // Neither WireGuard nor disco.
+                sock.send_to(b"GET / HTTP/1.1\r\n\r\n", target)?;
+                // A WireGuard handshake initiation full of noise.
+                let mut init = vec![1u8, 0, 0, 0];
+                init.extend(junk(144));
+                sock.send_to(&init, target)?;
+                // Disco magic and too little after it.
+                let mut short = magic.to_vec();
+                short.push(0);
+                sock.send_to(&short, target)?;
+                // A sealed-looking disco message from a key nobody knows.
+                let mut stranger = magic.to_vec();
+                stranger.extend(junk(32 + 24 + 40));
+                sock.send_to(&stranger, target)?;
+            }
+            let delta =
+                |after: &std::collections::BTreeMap<(String, String), u64>, p: &str, r: &str| {
+                    let k = (p.to_owned(), r.to_owned());
+                    after.get(&k).copied().unwrap_or(0) - before.get(&k).copied().unwrap_or(0)
+                };
+            let after = wait_for(SECS(10), "the drop counters to move", || {
+                let after = udp_drops(g1)?;
+                Ok((delta(&after, "disco", "unknown_sender") >= 50).then_some(after))
+            })?;
+            ensure!(delta(&after, "wireguard", "malformed") == 50, "{after:?}");
+            ensure!(delta(&after, "disco", "malformed") == 50, "{after:?}");
+            ensure!(delta(&after, "disco", "unknown_sender") == 50, "{after:?}");
+            let wg_total: u64 = [
+                "malformed",
+                "unknown_peer",
+                "unauthenticated",
+                "rate_limited",
+            ]
+            .iter()
+            .map(|r| delta(&after, "wireguard", r))
+            .sum();
+            ensure!(wg_total >= 100, "{after:?}");
+            let st = g1.status_json()?;
+            ensure!(
+                st["udp"]["dropped"].as_u64().unwrap_or(0) >= 200,
+                "{}",
+                st["udp"]
+            );
+
+            // The same counters in Prometheus' text.
+            let metrics = raw_localapi(
+                g1.socket(),
+                "GET /localapi/v0/metrics HTTP/1.1\r\nHost: local\r\nConnection: close\r\n\r\n",
+            )?;
+            let want = format!(
+                "weftd_udp_dropped_datagrams_total{{proto=\"disco\",reason=\"unknown_sender\"}} {}\n",
+                after[&("disco".to_owned(), "unknown_sender".to_owned())]
+            );
+            ensure!(metrics.contains(&want), "{want} not in {metrics}");
+
+            // Nothing of it harmed the tunnel.
+            let g2_ip: IpAddr = g2.ip4()?.into();
+            wait_until(SECS(10), "g1 to ping g2", || Ok(pings(g1, g2_ip)))?;
+            Ok(())
+        },
+        || report(&control, &refs),
+    )
+}
+
 #[test]
 fn peer_hostnames_helper_reads_status() {
     // Guards the fixture's parsing against a shape change of status --json.
