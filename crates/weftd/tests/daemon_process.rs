@@ -197,3 +197,46 @@ fn two_daemons_run_side_by_side_on_their_own_paths() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn out_of_descriptors_the_localapi_sheds_connections_and_recovers() -> anyhow::Result<()> {
+    let lab = e2e_lab!("prlimit", "/dev/net/tun");
+    let ns = lab.netns("n")?;
+    let state = lab.dir().join("weftd.state");
+    let sock = lab.dir().join("weftd.sock");
+    // So few descriptors that root alone (never limited) can use them all up.
+    let mut argv = vec!["--nofile=64:64".to_owned(), "--".into(), WEFTD.into()];
+    argv.extend(args(&state, &sock));
+    let weftd = ns.spawn("weftd", "prlimit", argv)?;
+    wait_ready(&sock)?;
+
+    // 200 idle connections: the first ones are served (and held until the header
+    // deadline), the rest are closed at once instead of left in the backlog.
+    let mut held: Vec<std::os::unix::net::UnixStream> = (0..200)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock))
+        .collect::<Result<_, _>>()?;
+    let shed = wait_for(Duration::from_secs(5), "connections shed at once", || {
+        let mut shed = 0;
+        for s in &mut held {
+            use std::io::Read as _;
+            s.set_nonblocking(true)?;
+            let mut b = [0u8; 1];
+            if matches!(s.read(&mut b), Ok(0)) {
+                shed += 1;
+            }
+        }
+        Ok((shed >= 100).then_some(shed))
+    })?;
+    drop(held);
+    // Once they are gone the daemon answers again, and it said so without flooding its log.
+    let s = wait_ready(&sock)?;
+    ensure!(s.tun == "weft0");
+    weftd.ensure_running()?;
+    let log = weftd.log();
+    let lines = log.matches("Out of file descriptors").count();
+    ensure!(
+        (1..=3).contains(&lines),
+        "{lines} 'out of file descriptors' lines for {shed} shed connections:\n{log}"
+    );
+    Ok(())
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use weft_lab::tailnet::{
-    Binaries, Control, ControlOptions, KeyOptions, Node, Tailnet, peer, peer_hostnames,
+    Binaries, Control, ControlOptions, KeyOptions, Node, NodeOptions, Tailnet, peer, peer_hostnames,
 };
 use weft_lab::{Lab, e2e_lab, tcp_transfer, wait_for, wait_until, with_diagnostics};
 
@@ -833,6 +833,171 @@ fn garbage_datagrams_are_dropped_and_counted_by_reason_in_status_and_metrics() -
             Ok(())
         },
         || report(&control, &refs),
+    )
+}
+
+/// Opens up to `count` LocalAPI connections to `socket` as `uid` (from a thread whose
+/// credentials alone change), every other one with half a request head, for at most `limit`.
+fn flood_as(
+    uid: u32,
+    socket: &std::path::Path,
+    count: usize,
+    limit: Duration,
+) -> anyhow::Result<Vec<std::os::unix::net::UnixStream>> {
+    use std::io::Write as _;
+    let socket = socket.to_owned();
+    let t = std::thread::spawn(
+        move || -> anyhow::Result<Vec<std::os::unix::net::UnixStream>> {
+            // SAFETY: a plain syscall on this thread's own credentials.
+            let r = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+            ensure!(r == 0, "setresuid: {}", std::io::Error::last_os_error());
+            let start = weft_lab::now();
+            let mut held = Vec::with_capacity(count);
+            while held.len() < count && start.elapsed() < limit {
+                let mut s = std::os::unix::net::UnixStream::connect(&socket)?;
+                if held.len() % 2 == 1 {
+                    let _ = s.write_all(b"GET /localapi/v0/status HTTP/1.1\r\nHost: lo");
+                }
+                held.push(s);
+            }
+            Ok(held)
+        },
+    );
+    t.join()
+        .map_err(|_| anyhow::anyhow!("the flood thread panicked"))?
+}
+
+/// Reads `s` until the server closes it; `None` if it is still open at `deadline`.
+fn until_closed(
+    s: &mut std::os::unix::net::UnixStream,
+    deadline: std::time::Instant,
+) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let left = deadline
+        .saturating_duration_since(weft_lab::now())
+        .max(Duration::from_millis(1));
+    s.set_read_timeout(Some(left)).ok()?;
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => Some(out),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        // A server that closes with our half-sent bytes unread resets the
+        // connection: closed all the same, after what it wrote.
+        Err(_) => Some(out),
+    }
+}
+
+#[test]
+fn a_non_root_localapi_flood_neither_slows_root_nor_cuts_the_control_connection()
+-> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let lab = lab!();
+    // The flood's 1,100 sockets live in this process.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    ensure!(
+        hard >= 2048,
+        "the test needs 2048 descriptors, the hard limit is {hard}"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard.max(soft), hard)?;
+    let flooder = weft_lab::account::LocalAccount::create("wlf", "u")?;
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    control.ensure_user("alice")?;
+    let key = control.create_key(
+        "alice",
+        &KeyOptions {
+            reusable: true,
+            ..KeyOptions::default()
+        },
+    )?;
+    // f1 starts the way distributions start daemons: 1,024 descriptors, 4,096 allowed.
+    let f1 = net.node_with(
+        "f1",
+        NodeOptions {
+            nofile: Some((1024, 4096)),
+            ..NodeOptions::default()
+        },
+    )?;
+    f1.up_with_key(&control, &key)?;
+    let f2 = net.node("f2")?;
+    f2.up_with_key(&control, &key)?;
+    f1.wait_peers_online(&["f2"], SECS(30))?;
+    with_diagnostics(
+        || {
+            let started = weft_lab::now();
+            let mut held = flood_as(flooder.uid, f1.socket(), 1100, SECS(30))?;
+            let opened = held.len();
+            let flood_took = started.elapsed();
+            ensure!(
+                opened == 1100,
+                "only {opened} connections opened in {flood_took:?}"
+            );
+
+            // Root's `weft status`, ten times during the flood: each within 1 s.
+            let mut worst = Duration::ZERO;
+            for _ in 0..10 {
+                let t = weft_lab::now();
+                let out = f1.weft(["status"])?;
+                let took = t.elapsed();
+                ensure!(out.status.success() && out.stdout.contains("f2"), "{out:?}");
+                worst = worst.max(took);
+            }
+            ensure!(
+                worst < SECS(1),
+                "root's weft status took {worst:?} under the flood"
+            );
+
+            // The node is still connected to control: healthy, and a peer's change arrives.
+            let st = f1.status_json()?;
+            ensure!(
+                st["backend_state"] == "running"
+                    && st["health"].as_array().is_some_and(Vec::is_empty),
+                "{st}"
+            );
+            f2.weft_ok(["set", "--hostname", "f2-renamed"])?;
+            f1.wait_status(SECS(20), "f2's new name over the map stream", |v| {
+                peer(v, "f2-renamed").is_some()
+            })?;
+
+            // The flooder got its share and a reason for the rest; its share is closed at the
+            // header deadline (10 s), idle or half-sent alike.
+            let deadline = started + SECS(10 + 5);
+            let (mut refused, mut dropped) = (0, 0);
+            for s in &mut held {
+                match until_closed(s, deadline) {
+                    Some(out) if out.starts_with(b"HTTP/1.1 503") => refused += 1,
+                    Some(_) => dropped += 1,
+                    None => anyhow::bail!("a connection was still open 15 s after the flood began"),
+                }
+            }
+            ensure!(
+                refused == 1100 - 32 && dropped == 32,
+                "{refused} refused with a 503, {dropped} closed at the deadline"
+            );
+            let log = f1.log();
+            ensure!(
+                log.contains("Raised the open-file limit")
+                    && log.contains("LocalAPI connections refused"),
+                "{log}"
+            );
+            ensure!(
+                log.matches("LocalAPI connections refused").count() <= 3,
+                "the refusals were logged more than once per interval"
+            );
+            eprintln!(
+                "flood: {opened} connections in {flood_took:?}, {refused} refused at once, \
+                 {dropped} closed at the header deadline; root's status worst {worst:?}"
+            );
+            Ok(())
+        },
+        || report(&control, &[&f1, &f2]),
     )
 }
 
