@@ -344,7 +344,10 @@ impl SshServer {
                 .into_iter()
                 .map(|(id, (peer_addr, local_addr), ssh_user, local_user, local_uid)| {
                     let verdict = match authorizer.identify(peer_addr, local_addr) {
-                        Err(_) => Err("your node is no longer part of this tailnet".to_owned()),
+                        Err(Unidentified::UnknownAddress(_)) => {
+                            Err("your node is no longer part of this tailnet".to_owned())
+                        }
+                        Err(why) => Err(why.to_string()),
                         Ok(peer) => match authorizer.authorize(&peer, &ssh_user, unix_ms, &uid_of) {
                             Decision::Reject { message } => Err(message),
                             Decision::Accept(g) | Decision::Check { grant: g, .. }
