@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use weft_types::{DiscoPrivate, DiscoPublic, NodePublic};
 
-use crate::message::{Message, NONCE_LEN, Ping, Pong, Sealed, SharedBox, TX_ID_LEN, TxId};
+use crate::message::{
+    DecodeError, Message, NONCE_LEN, Ping, Pong, Sealed, SharedBox, TX_ID_LEN, TxId,
+};
 use crate::prober::{PING_TIMEOUT, PathProber};
 
 /// A datagram to send.
@@ -86,9 +88,44 @@ struct Asked {
     sent: bool,
 }
 
+/// Why [`Disco::handle_udp`] dropped a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// Too short for a sealed message, or it opened into no known message.
+    Malformed,
+    /// Sealed by a disco key that belongs to no peer we know.
+    UnknownSender,
+    /// The box did not open (forged, corrupted or for another key).
+    Unauthenticated,
+    /// A ping that names a node key other than its sender's.
+    WrongNodeKey,
+}
+
+impl DropReason {
+    /// Every reason, in order (the counters' index).
+    pub const ALL: [DropReason; 4] = [
+        Self::Malformed,
+        Self::UnknownSender,
+        Self::Unauthenticated,
+        Self::WrongNodeKey,
+    ];
+
+    /// Returns the snake_case name used in metrics and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownSender => "unknown_sender",
+            Self::Unauthenticated => "unauthenticated",
+            Self::WrongNodeKey => "wrong_node_key",
+        }
+    }
+}
+
 /// The disco core for one daemon run. See the crate docs for the driving
 /// loop.
 pub struct Disco {
+    // --- counters (monotonic) ---
+    drops: [u64; DropReason::ALL.len()],
     // --- set once in `new` ---
     private: DiscoPrivate,
     public: DiscoPublic,
@@ -121,6 +158,7 @@ impl Disco {
     pub fn new(private: DiscoPrivate, node_key: NodePublic, seed: [u8; 16]) -> Self {
         let public = private.public();
         Self {
+            drops: [0; DropReason::ALL.len()],
             private,
             public,
             node_key,
@@ -233,35 +271,48 @@ impl Disco {
         Some(id)
     }
 
+    /// Returns how many datagrams were dropped for `reason` so far.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    fn drop_datagram(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
     /// Handles one datagram that [`crate::is_disco`] recognised. Garbage,
-    /// unknown senders and failed boxes are dropped (logged at trace).
+    /// unknown senders and failed boxes are dropped (logged at trace) and
+    /// counted by reason ([`Disco::dropped`]).
     pub fn handle_udp(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
         let sealed = match Sealed::parse(datagram) {
             Ok(s) => s,
             Err(e) => {
                 tracing::trace!(%from, error = %e, "Dropping disco datagram");
-                return;
+                return self.drop_datagram(DropReason::Malformed);
             }
         };
         let Some(peer) = self.by_disco.get(&sealed.sender()).copied() else {
             tracing::trace!(%from, sender = %sealed.sender().short(), "Disco message from an unknown key");
-            return;
+            return self.drop_datagram(DropReason::UnknownSender);
         };
         let Some(state) = self.peers.get_mut(&peer) else {
-            return;
+            return self.drop_datagram(DropReason::UnknownSender);
         };
         let msg = match state.shared.open(&sealed) {
             Ok(m) => m,
             Err(e) => {
                 tracing::trace!(%from, error = %e, "Dropping disco datagram");
-                return;
+                return self.drop_datagram(match e {
+                    DecodeError::Unauthenticated => DropReason::Unauthenticated,
+                    _ => DropReason::Malformed,
+                });
             }
         };
         match msg {
             Message::Ping(ping) => {
                 if ping.node_key != peer {
                     tracing::trace!(%from, "Disco ping names another node key; dropped");
-                    return;
+                    return self.drop_datagram(DropReason::WrongNodeKey);
                 }
                 state.prober.note_candidate(from, now);
                 let pong = Message::Pong(Pong {

@@ -31,7 +31,7 @@ mod disco;
 pub mod message;
 pub mod prober;
 
-pub use disco::{Disco, Event, PingId, PingOutcome, Transmit};
+pub use disco::{Disco, DropReason, Event, PingId, PingOutcome, Transmit};
 pub use message::{
     CallMeMaybe, DecodeError, MAGIC, Message, Ping, Pong, Sealed, SharedBox, TxId, is_disco,
 };

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use weft_disco::{Disco, Event, PingOutcome, is_disco};
+use weft_disco::{Disco, DropReason, Event, MAGIC, PingOutcome, is_disco};
 use weft_types::{DiscoPrivate, NodePrivate, NodePublic};
 
 struct Side {
@@ -206,8 +206,51 @@ fn a_ping_with_a_forged_node_key_is_not_answered() {
     b.disco
         .upsert_peer(a.node, a.disco.public_key(), [a.addr], now);
     a.disco.handle_timeout(now);
+    let mut sent = 0;
     while let Some(t) = a.disco.poll_transmit() {
         b.disco.handle_udp(a.addr, &t.payload, now);
+        sent += 1;
     }
     assert!(b.disco.poll_transmit().is_none());
+    assert!(sent > 0);
+    assert_eq!(b.disco.dropped(DropReason::WrongNodeKey), sent);
+}
+
+#[test]
+fn garbage_strangers_and_forged_boxes_are_dropped_and_counted_by_reason() {
+    let now = t0();
+    let mut a = side(1, "198.18.0.1:41641");
+    let mut b = side(2, "198.18.0.2:41641");
+    let mut stranger = side(3, "198.18.0.3:41641");
+    a.disco
+        .upsert_peer(b.node, b.disco.public_key(), [b.addr], now);
+    stranger
+        .disco
+        .upsert_peer(b.node, b.disco.public_key(), [b.addr], now);
+    b.disco
+        .upsert_peer(a.node, a.disco.public_key(), [a.addr], now);
+    a.disco.handle_timeout(now);
+    stranger.disco.handle_timeout(now);
+    let from_a = a.disco.poll_transmit().unwrap().payload;
+    let from_stranger = stranger.disco.poll_transmit().unwrap().payload;
+
+    // Magic and nothing else; a stranger's well-sealed ping; a's ping with
+    // one byte of the box flipped.
+    b.disco.handle_udp(a.addr, &MAGIC, now);
+    b.disco.handle_udp(stranger.addr, &from_stranger, now);
+    let mut forged = from_a.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    b.disco.handle_udp(a.addr, &forged, now);
+    assert!(b.disco.poll_transmit().is_none(), "nothing is answered");
+    let counts: Vec<u64> = DropReason::ALL
+        .iter()
+        .map(|r| b.disco.dropped(*r))
+        .collect();
+    assert_eq!(counts, [1, 1, 1, 0]);
+    // The genuine ping still gets its pong and counts nothing.
+    b.disco.handle_udp(a.addr, &from_a, now);
+    assert!(b.disco.poll_transmit().is_some());
+    assert_eq!(DropReason::ALL.map(|r| b.disco.dropped(r)), [1, 1, 1, 0]);
+    assert_eq!(DropReason::Unauthenticated.as_str(), "unauthenticated");
 }

@@ -142,6 +142,9 @@ pub struct NodeOptions {
     pub weftd_args: Vec<String>,
     /// Extra environment for weftd (e.g. `RUST_LOG`).
     pub env: Vec<(String, String)>,
+    /// Start weftd with this open-file limit, `(soft, hard)` (through
+    /// `prlimit`), e.g. a distribution's default `(1024, 4096)`.
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// Options of a pre-auth key ([`Control::create_key`]).
@@ -715,16 +718,24 @@ impl Node {
             return Ok(());
         }
         let n = self.starts.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut cmd = self
-            .ns
-            .command(&self.bins.weftd.display().to_string())
-            .arg("--state")
-            .arg(self.state.display().to_string())
-            .arg("--statedir")
-            .arg(self.statedir.display().to_string())
-            .arg("--socket")
-            .arg(self.socket.display().to_string())
-            .args(["--tun", "weft0", "--port", &NODE_PORT.to_string()]);
+        let weftd = self.bins.weftd.display().to_string();
+        let mut cmd = match self.opts.nofile {
+            // prlimit execs weftd: the PID stays weftd's.
+            Some((soft, hard)) => self
+                .ns
+                .command("prlimit")
+                .arg(format!("--nofile={soft}:{hard}"))
+                .arg("--")
+                .arg(&weftd),
+            None => self.ns.command(&weftd),
+        }
+        .arg("--state")
+        .arg(self.state.display().to_string())
+        .arg("--statedir")
+        .arg(self.statedir.display().to_string())
+        .arg("--socket")
+        .arg(self.socket.display().to_string())
+        .args(["--tun", "weft0", "--port", &NODE_PORT.to_string()]);
         if let Some(op) = &self.opts.operator {
             cmd = cmd.args(["--operator", op]);
         }

@@ -200,6 +200,24 @@ pub struct Status {
     pub filter: FilterStatus,
     /// The current login profile.
     pub profile: Option<ProfileSummary>,
+    /// Datagrams the node's UDP socket dropped.
+    #[serde(default)]
+    pub udp: UdpStatus,
+}
+
+/// Datagrams the node's UDP socket (WireGuard and disco) received and
+/// dropped, by reason; every reason is listed, zeros included.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpStatus {
+    /// Dropped in total.
+    pub dropped: u64,
+    /// WireGuard's drops, which include anything that is not disco
+    /// (`malformed`, `unknown_peer`, `unauthenticated`, `replayed`,
+    /// `spoofed_source`, `rate_limited`, …).
+    pub wireguard_dropped: BTreeMap<String, u64>,
+    /// Disco's drops (`malformed`, `unknown_sender`, `unauthenticated`,
+    /// `wrong_node_key`).
+    pub disco_dropped: BTreeMap<String, u64>,
 }
 
 /// The tailnet this node is in.

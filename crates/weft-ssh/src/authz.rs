@@ -3,22 +3,48 @@
 //! re-authentication happened yet ([`CheckHook`]).
 //!
 //! weftd implements both on top of its netmap, the compiled SSH policy and the
-//! control client. This module holds no policy logic of its own: it only
-//! describes the questions the server asks and the answers it understands.
+//! control client. This module holds no policy logic of its own: it describes
+//! the questions the server asks and the answers it understands, plus the one
+//! rule the server enforces whatever the policy says: a connection opened by
+//! a program on the node itself ([`Origin::LocalProcess`]) logs in only as the
+//! local account that opened it, unless that account is root
+//! ([`PeerIdentity::may_log_in_as`]).
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
-/// The tailnet identity behind a connection's source address.
+/// Where a connection comes from, as far as the node can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    /// Through WireGuard from a peer: the source address was authenticated by
+    /// the peer's key, so it stands for the peer's node and user.
+    Peer,
+    /// From a program on this node: the source is one of the node's own
+    /// addresses, so the packets never passed WireGuard and the address says
+    /// nothing about who sent them. The kernel says which local account owns
+    /// the client socket: `uid`.
+    LocalProcess {
+        /// The uid owning the client's socket.
+        uid: u32,
+    },
+}
+
+/// The identity behind a connection: a tailnet node (and its user or tags),
+/// and whether the connection came from a peer or from this node itself.
 ///
-/// The WireGuard layer has already authenticated the source address, so the
-/// server trusts this identity without any SSH-level credential.
+/// For [`Origin::Peer`] the WireGuard layer has already authenticated the
+/// source address, so the server trusts this identity without any SSH-level
+/// credential. For [`Origin::LocalProcess`] the node fields describe this
+/// node (the policy is evaluated with its identity), and the login is
+/// further limited to the local account that opened the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
-    /// The peer's tailnet address the connection came from.
+    /// The tailnet address the connection came from.
     pub addr: IpAddr,
+    /// Whether a peer or a local program opened the connection.
+    pub origin: Origin,
     /// Stable node id as control knows it (for logs and the check cache).
     pub node_id: String,
     /// The node's name (for logs and messages).
@@ -30,15 +56,64 @@ pub struct PeerIdentity {
 }
 
 impl PeerIdentity {
-    /// Returns the principal to name in logs and messages: the user login, or
-    /// the tags of a tagged node.
+    /// Returns the principal to name in logs and messages: `local uid N` for
+    /// a connection from this node, else the user login, or the tags of a
+    /// tagged node.
     pub fn principal(&self) -> String {
-        match &self.user_login {
-            Some(login) => login.clone(),
-            None if self.tags.is_empty() => "(untagged node)".to_owned(),
-            None => self.tags.join(","),
+        match (&self.origin, &self.user_login) {
+            (Origin::LocalProcess { uid }, _) => format!("local uid {uid}"),
+            (Origin::Peer, Some(login)) => login.clone(),
+            (Origin::Peer, None) if self.tags.is_empty() => "(untagged node)".to_owned(),
+            (Origin::Peer, None) => self.tags.join(","),
         }
     }
+
+    /// Returns the uid that opened the connection, for a connection from
+    /// this node itself.
+    pub fn client_uid(&self) -> Option<u32> {
+        match self.origin {
+            Origin::LocalProcess { uid } => Some(uid),
+            Origin::Peer => None,
+        }
+    }
+
+    /// Checks the one rule the server applies on top of the policy: a
+    /// connection from a program on this node may log in only as the local
+    /// account that opened it (`target_uid`, the account `ssh_user` maps
+    /// to), unless it was opened by root. A peer's login is up to the policy.
+    ///
+    /// # Errors
+    /// The refusal to show the client, saying why and what to do instead.
+    pub fn may_log_in_as(&self, ssh_user: &str, target_uid: u32) -> Result<(), String> {
+        match self.origin {
+            Origin::Peer => Ok(()),
+            Origin::LocalProcess { uid } if uid == 0 || uid == target_uid => Ok(()),
+            Origin::LocalProcess { uid } => Err(format!(
+                "this connection comes from local uid {uid} on this node itself, and such a \
+                 connection may log in only as its own account, not as {ssh_user}; \
+                 use sudo or su to act as another user here"
+            )),
+        }
+    }
+}
+
+/// Why a connection has no identity; shown to the client and logged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unidentified {
+    /// The source address belongs to no node the netmap knows (or to one
+    /// that is expired or otherwise unusable).
+    #[error("this node does not know the tailnet address {0}")]
+    UnknownAddress(IpAddr),
+    /// The connection comes from this node's own address, and the kernel
+    /// could not say which local account opened it.
+    #[error(
+        "this connection comes from a program on this node itself, and weftd cannot tell \
+         which local account opened it ({reason}); log in from another node, or use sudo or su here"
+    )]
+    LocalOwnerUnknown {
+        /// Why the lookup failed.
+        reason: String,
+    },
 }
 
 /// What an accepted login may do.
@@ -131,17 +206,20 @@ impl Decision {
 
 /// Maps connections to tailnet identities and evaluates the SSH policy.
 ///
-/// `identify` is called on the async runtime and must not block (it consults
-/// an in-memory netmap snapshot). `authorize` runs on a blocking thread: it
+/// `identify` runs on a blocking thread once per connection (it may ask the
+/// kernel who owns a local socket). `authorize` runs on a blocking thread: it
 /// gets `uid_of`, a passwd lookup (`None` = no such account), so an
 /// evaluator like `weft_policy::authorize_ssh` can skip rules whose local
 /// user is missing or is root under "same name, never root". A new netmap is
 /// installed by handing the server a new authorizer
 /// ([`SshServer::update_policy`](crate::SshServer::update_policy)).
 pub trait Authorizer: Send + Sync + 'static {
-    /// Returns the identity behind the tailnet source address `src`, or `None`
-    /// if the address belongs to no known peer.
-    fn identify(&self, src: IpAddr) -> Option<PeerIdentity>;
+    /// Returns the identity behind the connection from `peer` (the client's
+    /// address and port) to `local` (our tailnet address and port).
+    ///
+    /// # Errors
+    /// Why the connection has no identity; the login is refused with it.
+    fn identify(&self, peer: SocketAddr, local: SocketAddr) -> Result<PeerIdentity, Unidentified>;
 
     /// Evaluates the SSH policy for `peer` logging in as `ssh_user` at
     /// `now_unix_ms` (rules can expire). First matching rule wins; no match is
@@ -269,6 +347,44 @@ mod tests {
         };
         assert!(g.accepts_env("GIT_AUTHOR_NAME"));
         assert!(!g.accepts_env("LANG"));
+    }
+
+    fn identity(origin: Origin) -> PeerIdentity {
+        PeerIdentity {
+            addr: "100.64.0.2".parse().unwrap(),
+            origin,
+            node_id: "n2".into(),
+            node_name: "me.example.weft.internal".into(),
+            user_login: Some("alice@example.com".into()),
+            tags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_local_process_logs_in_only_as_itself_unless_it_is_root() {
+        let local = identity(Origin::LocalProcess { uid: 1001 });
+        assert_eq!(local.may_log_in_as("deploy", 1001), Ok(()));
+        let refused = local.may_log_in_as("root", 0).unwrap_err();
+        assert!(
+            refused.contains("local uid 1001") && refused.contains("not as root"),
+            "{refused}"
+        );
+        assert!(local.may_log_in_as("bob", 1002).is_err());
+        let root = identity(Origin::LocalProcess { uid: 0 });
+        assert_eq!(root.may_log_in_as("root", 0), Ok(()));
+        assert_eq!(root.may_log_in_as("bob", 1002), Ok(()));
+        // A peer's logins are the policy's business alone.
+        assert_eq!(identity(Origin::Peer).may_log_in_as("root", 0), Ok(()));
+    }
+
+    #[test]
+    fn logs_name_the_local_uid_not_the_nodes_owner() {
+        let local = identity(Origin::LocalProcess { uid: 1001 });
+        assert_eq!(local.principal(), "local uid 1001");
+        assert_eq!(local.client_uid(), Some(1001));
+        let peer = identity(Origin::Peer);
+        assert_eq!(peer.principal(), "alice@example.com");
+        assert_eq!(peer.client_uid(), None);
     }
 
     #[test]

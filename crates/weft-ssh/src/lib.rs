@@ -3,6 +3,9 @@
 //!
 //! What it is. A russh server that weftd embeds. A connection's WireGuard-
 //! authenticated source address is its identity ([`Authorizer::identify`]);
+//! a connection from the node's own address came from a local program, and
+//! may log in only as the local account that opened it, or as anyone if that
+//! was root ([`Origin::LocalProcess`]);
 //! the node's compiled SSH policy decides the login ([`Authorizer::authorize`]:
 //! accept, check, or refuse with a message); `check` logins are held until the
 //! user re-authenticates at the control server ([`CheckHook`]). Sessions run
@@ -36,8 +39,8 @@ mod session;
 mod user;
 
 pub use authz::{
-    Authorizer, CheckHook, CheckOutcome, CheckRequest, DEFAULT_ACCEPT_ENV, Decision, Grant,
-    PeerIdentity, PendingCheck, glob_match,
+    Authorizer, CheckHook, CheckOutcome, CheckRequest, DEFAULT_ACCEPT_ENV, Decision, Grant, Origin,
+    PeerIdentity, PendingCheck, Unidentified, glob_match,
 };
 pub use config::SshConfig;
 pub use hostkeys::{HostKeyError, HostKeyOptions, HostKeys, KeySource};

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
-use crate::authz::{Authorizer, CheckHook, Decision, Grant, PeerIdentity};
+use crate::authz::{Authorizer, CheckHook, Decision, Grant, PeerIdentity, Unidentified};
 use crate::config::SshConfig;
 use crate::handler::ConnHandler;
 use crate::hostkeys::HostKeys;
@@ -99,6 +99,8 @@ pub(crate) fn now() -> (Instant, i64) {
 /// A registered, authenticated connection.
 pub(crate) struct ConnEntry {
     pub(crate) peer: PeerIdentity,
+    /// (client, server) socket addresses, to identify it again on a policy change.
+    pub(crate) addrs: (SocketAddr, SocketAddr),
     pub(crate) ssh_user: String,
     pub(crate) local_user: String,
     pub(crate) local_uid: u32,
@@ -122,8 +124,8 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     // --- behind locks (never held across an await) ---
     authorizer: RwLock<Arc<dyn Authorizer>>,
-    /// (node id, login) → when a `check` was last approved.
-    approvals: Mutex<BTreeMap<(String, String), Instant>>,
+    /// (node id, local client uid, login) → when a `check` was last approved.
+    approvals: Mutex<BTreeMap<ApprovalKey, Instant>>,
     admission: Mutex<Admission>,
     conns: Mutex<BTreeMap<u64, ConnEntry>>,
 }
@@ -138,7 +140,7 @@ impl Shared {
 
     pub(crate) fn approval_fresh(
         &self,
-        node_id: &str,
+        peer: &PeerIdentity,
         ssh_user: &str,
         period: Duration,
         now: Instant,
@@ -151,11 +153,11 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         approvals
-            .get(&(node_id.to_owned(), ssh_user.to_owned()))
+            .get(&approval_key(peer, ssh_user))
             .is_some_and(|at| now.saturating_duration_since(*at) < period)
     }
 
-    pub(crate) fn record_approval(&self, node_id: &str, ssh_user: &str, now: Instant) {
+    pub(crate) fn record_approval(&self, peer: &PeerIdentity, ssh_user: &str, now: Instant) {
         let mut approvals = self
             .approvals
             .lock()
@@ -166,7 +168,7 @@ impl Shared {
                 now.saturating_duration_since(*at) < Duration::from_secs(7 * 86400)
             });
         }
-        approvals.insert((node_id.to_owned(), ssh_user.to_owned()), now);
+        approvals.insert(approval_key(peer, ssh_user), now);
     }
 
     pub(crate) fn register(&self, id: u64, entry: ConnEntry) {
@@ -182,6 +184,14 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
     }
+}
+
+/// Who approved a `check`: the node, the local account for a connection from
+/// the node itself, and the login.
+type ApprovalKey = (String, Option<u32>, String);
+
+fn approval_key(peer: &PeerIdentity, ssh_user: &str) -> ApprovalKey {
+    (peer.node_id.clone(), peer.client_uid(), ssh_user.to_owned())
 }
 
 /// The built-in SSH server. Cheap to clone (one shared state).
@@ -306,8 +316,10 @@ impl SshServer {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = authorizer.clone();
         let (_, unix_ms) = now();
-        // Snapshot the logins, evaluate off the runtime (passwd lookups), apply.
-        let logins: Vec<(u64, IpAddr, String, String, u32)> = {
+        // Snapshot the logins, evaluate off the runtime (passwd lookups, and
+        // the socket owner of connections from the node itself), apply.
+        type Snapshot = (u64, (SocketAddr, SocketAddr), String, String, u32);
+        let logins: Vec<Snapshot> = {
             let conns = self
                 .shared
                 .conns
@@ -318,7 +330,7 @@ impl SshServer {
                 .map(|(id, e)| {
                     (
                         *id,
-                        e.peer.addr,
+                        e.addrs,
                         e.ssh_user.clone(),
                         e.local_user.clone(),
                         e.local_uid,
@@ -330,13 +342,18 @@ impl SshServer {
             let uid_of = |name: &str| crate::user::LocalUser::lookup(name).ok().map(|u| u.uid);
             logins
                 .into_iter()
-                .map(|(id, addr, ssh_user, local_user, local_uid)| {
-                    let verdict = match authorizer.identify(addr) {
-                        None => Err("your node is no longer part of this tailnet".to_owned()),
-                        Some(peer) => match authorizer.authorize(&peer, &ssh_user, unix_ms, &uid_of) {
+                .map(|(id, (peer_addr, local_addr), ssh_user, local_user, local_uid)| {
+                    let verdict = match authorizer.identify(peer_addr, local_addr) {
+                        Err(Unidentified::UnknownAddress(_)) => {
+                            Err("your node is no longer part of this tailnet".to_owned())
+                        }
+                        Err(why) => Err(why.to_string()),
+                        Ok(peer) => match authorizer.authorize(&peer, &ssh_user, unix_ms, &uid_of) {
                             Decision::Reject { message } => Err(message),
                             Decision::Accept(g) | Decision::Check { grant: g, .. }
-                                if g.local_user != local_user || (g.refuse_root && local_uid == 0) =>
+                                if g.local_user != local_user
+                                    || (g.refuse_root && local_uid == 0)
+                                    || peer.may_log_in_as(&ssh_user, local_uid).is_err() =>
                             {
                                 Err(format!(
                                     "tailnet policy no longer permits you to SSH to this node as {ssh_user}"
@@ -382,6 +399,7 @@ impl SshServer {
                 conn = id,
                 peer_user = %entry.peer.principal(),
                 peer_node = %entry.peer.node_name,
+                client_uid = ?entry.peer.client_uid(),
                 local_user = %entry.local_user,
                 reason = %message,
                 "ssh connection closed by policy"
@@ -474,7 +492,33 @@ impl SshServer {
                 .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
             SocketAddr::new(ip, 22)
         });
-        let handler = ConnHandler::new(shared.clone(), id, peer, local, phase_tx, closed.clone());
+        // Who is it? May ask the kernel who owns a local socket: off the runtime.
+        let authz = shared.authorizer();
+        let identity = tokio::task::spawn_blocking(move || authz.identify(peer, local))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Unidentified::LocalOwnerUnknown {
+                    reason: "the lookup failed".to_owned(),
+                })
+            });
+        if let Ok(who) = &identity
+            && let Some(uid) = who.client_uid()
+        {
+            // Audit line (info on purpose; see module docs).
+            tracing::info!(
+                conn = id,
+                client_uid = uid,
+                "ssh connection from a program on this node"
+            );
+        }
+        let handler = ConnHandler::new(
+            shared.clone(),
+            id,
+            (peer, local),
+            identity,
+            phase_tx,
+            closed.clone(),
+        );
         let stream = Killable::new(stream, closed.clone());
         let start = russh::server::run_stream(shared.russh_config.clone(), stream, handler);
         let mut session = match tokio::time::timeout(shared.config.handshake_timeout, start).await {

@@ -7,14 +7,15 @@
 //! warnings go to stderr. Exit codes: 0 success, 1 failure, 2 usage error.
 //!
 //! [`LocalClient`]: weft_localapi::LocalClient
-// stdout is this binary's product.
-#![allow(clippy::print_stdout)]
+// Output goes through `out` (escaping, quiet exit on a closed pipe) only.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod cli;
 mod cmd;
 mod ctx;
 mod known_hosts;
+mod out;
 mod prefs;
 mod render;
 mod resolve;
@@ -32,14 +33,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            out::errln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(cmd::run(cli.command, &ctx)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            out::errln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use weft_localapi::BackendState;
 
+use crate::out::escape;
+
 /// Text columns aligned like Go's tabwriter: each column as wide as its
 /// widest cell, two spaces between columns, no trailing spaces.
 #[derive(Debug, Default)]
@@ -13,13 +15,22 @@ pub struct Table {
 }
 
 impl Table {
-    /// Appends a row.
+    /// Appends a row. Each cell is escaped ([`escape`]): whatever a peer
+    /// put in its name or OS string stays one inert cell on one line.
     pub fn row<I, S>(&mut self, cells: I)
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.rows.push(cells.into_iter().map(Into::into).collect());
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|c| {
+                    let c: String = c.into();
+                    escape(&c).into_owned()
+                })
+                .collect(),
+        );
     }
 
     /// Returns the table as text, one line per row, each ending in `\n`.

@@ -89,7 +89,7 @@ pub fn describe(node: &PeerStatus) -> String {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use weft_localapi::{BackendState, FilterStatus};
+    use weft_localapi::{BackendState, FilterStatus, UdpStatus};
     use weft_types::ids::NodeId;
     use weft_types::key::NodePublic;
 
@@ -137,6 +137,7 @@ pub mod tests {
             health: vec![],
             filter: FilterStatus::default(),
             profile: None,
+            udp: UdpStatus::default(),
         }
     }
 

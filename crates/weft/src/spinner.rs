@@ -8,6 +8,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 
+use crate::out::escape;
+
 /// How long a wait runs before the spinner shows.
 const REVEAL_AFTER: Duration = Duration::from_secs(1);
 
@@ -29,7 +31,7 @@ impl Spinner {
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
         bar.set_style(ProgressStyle::default_spinner());
-        bar.set_message(message.into());
+        bar.set_message(escape(&message.into()).into_owned());
         let shown = bar.clone();
         let reveal = tokio::spawn(async move {
             tokio::time::sleep(REVEAL_AFTER).await;
@@ -45,7 +47,7 @@ impl Spinner {
     /// Replaces the message.
     pub fn set_message(&self, message: impl Into<String>) {
         if let Some(bar) = &self.bar {
-            bar.set_message(message.into());
+            bar.set_message(escape(&message.into()).into_owned());
         }
     }
 

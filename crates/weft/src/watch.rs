@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use weft_localapi::{BackendState, Notify, Prefs, StartRequest, WatchStream};
 
 use crate::ctx::Ctx;
+use crate::out::{self, err, errln};
 use crate::render::{format_duration, state_word};
 use crate::spinner::Spinner;
 use crate::upflow::{Action, UpWatch};
@@ -84,20 +85,20 @@ pub async fn drive(
                     if json {
                         print_json(Some(&url), flow.state())?;
                     } else {
-                        spinner.suspend(|| eprint!("\nTo authenticate, visit:\n\n\t{url}\n\n"));
+                        spinner.suspend(|| err!("\nTo authenticate, visit:\n\n\t{url}\n\n"));
                     }
                     spinner.set_message("Waiting for the login to finish");
                 }
                 Action::RequestLogin => ctx.api(ctx.client.login_interactive().await)?,
                 Action::AwaitApproval => spinner.suspend(|| {
-                    eprintln!("Machine is not yet approved by the tailnet admin; waiting.");
+                    errln!("Machine is not yet approved by the tailnet admin; waiting.");
                 }),
                 Action::Done => {
                     drop(spinner);
                     if json {
                         print_json(flow.url_shown(), BackendState::Running)?;
                     } else if flow.url_shown().is_some() {
-                        eprintln!("Success.");
+                        errln!("Success.");
                     }
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -132,12 +133,9 @@ pub async fn drive(
 }
 
 fn print_json(auth_url: Option<&str>, backend_state: BackendState) -> anyhow::Result<()> {
-    println!(
-        "{}",
-        serde_json::to_string(&UpJson {
-            auth_url,
-            backend_state
-        })?
-    );
+    out::json_line(&UpJson {
+        auth_url,
+        backend_state,
+    })?;
     Ok(())
 }

@@ -114,6 +114,7 @@ fn running() -> State {
             health: vec![],
             filter: FilterStatus::default(),
             profile: None,
+            udp: UdpStatus::default(),
         },
         prefs: Prefs {
             want_running: true,
@@ -658,4 +659,173 @@ async fn version_shows_the_daemons_version_too() {
         out.stdout,
         format!("weft {}\nweftd 0.1.0-fake\n", env!("CARGO_PKG_VERSION"))
     );
+}
+
+// --- terminal escapes from peers, closed pipes ------------------------------------------------
+
+/// A screen clear, a cursor jump home, a fake status line, a bell, a C1 CSI
+/// and a right-to-left override: what a hostile peer might put in its names.
+const HOSTILE: &str =
+    "evil\x1b[2J\x1b[H\r\n100.64.0.9  bank  alice@  linux  -\x07\u{9b}31m\u{202e}";
+
+/// No byte that a terminal would act on: ESC, CR, BEL, C1, bidi overrides.
+fn inert(text: &str) -> bool {
+    !text.chars().any(|c| {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_strings_with_terminal_controls_are_printed_escaped_and_json_is_exact() {
+    let mut st = running();
+    let mut evil = node(9, HOSTILE, &["100.64.0.9"]);
+    evil.os = format!("linux{HOSTILE}");
+    evil.hostname = HOSTILE.into();
+    evil.user = Some(format!("mallory{HOSTILE}@example.com"));
+    evil.dns_name = format!("{HOSTILE}.t.weft.internal.");
+    st.status.peers.push(evil.clone());
+    st.status.health = vec![format!("control says: {HOSTILE}")];
+    st.profiles[1].nickname = Some(format!("work{HOSTILE}"));
+    st.pings.push_back(PingReply::Pong(PingResult {
+        node_name: HOSTILE.into(),
+        node_ip: "100.64.0.9".parse().unwrap(),
+        via: PingPath::Direct("198.18.0.9:41641".parse().unwrap()),
+        latency_ms: 1.0,
+    }));
+    let fake = Fake::start(st);
+
+    // status: one row per node (the injected line break stays inside the
+    // cell), every control shown as an escape, the health footer too.
+    let out = weft(&fake, &["status"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(inert(&out.stdout), "{:?}", out.stdout);
+    let rows: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(rows.len(), 4 + 2, "{}", out.stdout);
+    let evil_row = rows.iter().find(|r| r.starts_with("100.64.0.9")).unwrap();
+    assert!(
+        evil_row.contains(r"evil\x1b[2J\x1b[H\x0d\x0a100.64.0.9  bank")
+            && evil_row.contains(r"\x07\u{9b}31m\u{202e}")
+            && evil_row.contains(r"malloryevil\x1b[2J"),
+        "{evil_row}"
+    );
+    assert!(
+        out.stdout.contains(r"#     - control says: evil\x1b[2J"),
+        "{}",
+        out.stdout
+    );
+
+    // status --json: exactly what the daemon said, unchanged (JSON itself
+    // writes C0 controls as \u001b; a script gets the real value back).
+    let out = weft(&fake, &["status", "--json"]).await;
+    assert!(
+        !out.stdout.contains(['\x1b', '\r', '\x07']),
+        "{}",
+        out.stdout
+    );
+    let got: Status = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(got.peers.last().unwrap().os, evil.os);
+
+    // whois, switch --list, ping, and an error that echoes control's words.
+    let out = weft(&fake, &["whois", "100.64.0.9"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        inert(&out.stdout) && out.stdout.contains(r"Name:       evil\x1b[2J"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.stdout.lines().count(), 7, "{}", out.stdout);
+    let out = weft(&fake, &["switch", "--list"]).await;
+    assert!(
+        inert(&out.stdout) && out.stdout.contains(r"workevil\x1b[2J"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.stdout.lines().count(), 3, "{}", out.stdout);
+    let out = weft(&fake, &["ping", "-c", "1", "100.64.0.9"]).await;
+    assert!(
+        inert(&out.stdout) && out.stdout.starts_with(r"pong from evil\x1b[2J"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    let mut st = logged_out();
+    st.script.insert(
+        "start",
+        vec![Notify::Error {
+            message: format!("control refused: {HOSTILE}"),
+        }],
+    );
+    let fake = Fake::start(st);
+    let out = weft(&fake, &["up", "--authkey=k"]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        inert(&out.stderr) && out.stderr.contains(r"control refused: evil\x1b[2J"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Runs `weft <args> | head -c 10` in bash; returns weft's exit status, its
+/// stderr, and what head printed.
+async fn weft_into_head(fake: &Fake, args: &str) -> (String, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("stderr");
+    let script = format!(
+        "'{weft}' {args} 2>'{err}' | head -c 10; echo \" ${{PIPESTATUS[0]}}\"",
+        weft = env!("CARGO_BIN_EXE_weft"),
+        err = err.display(),
+    );
+    let out = tokio::time::timeout(
+        RUN_LIMIT,
+        tokio::process::Command::new("bash")
+            .args(["-c", &script])
+            .env("WEFT_SOCKET", &fake.socket)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("weft | head hung")
+    .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (head, status) = stdout.rsplit_once(' ').unwrap();
+    (
+        status.trim().to_owned(),
+        std::fs::read_to_string(err).unwrap(),
+        head.to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_ends_every_command_quietly_with_status_0() {
+    // Far more output than a pipe holds (64 KiB), so weft is still writing
+    // when head has taken its 10 bytes and gone: the next write is EPIPE.
+    let mut st = running();
+    for i in 0..3000 {
+        let ip = format!("100.65.{}.{}", i / 250, i % 250 + 1);
+        st.status
+            .peers
+            .push(node(100 + i, &format!("peer{i}"), &[&ip]));
+    }
+    st.prefs.advertise_tags = (0..20_000).map(|i| format!("tag:t{i}")).collect();
+    for i in 0..3000 {
+        st.profiles
+            .push(profile(&format!("{i:04x}"), None, "x@example.com", false));
+    }
+    let fake = Fake::start(st);
+    for args in [
+        "debug prefs",
+        "status",
+        "status --json",
+        "switch --list",
+        "switch --list --json",
+    ] {
+        let (status, stderr, head) = weft_into_head(&fake, args).await;
+        assert_eq!(head.len(), 10, "weft {args}: {head:?}");
+        assert_eq!(
+            (status.as_str(), stderr.as_str()),
+            ("0", ""),
+            "weft {args} | head -c 10"
+        );
+    }
 }

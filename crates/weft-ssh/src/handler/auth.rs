@@ -42,7 +42,6 @@ impl ConnHandler {
         decide(
             self.shared.clone(),
             self.identity.clone(),
-            self.peer_addr,
             ssh_user.to_owned(),
         )
     }
@@ -57,7 +56,7 @@ impl ConnHandler {
         let peer = self
             .identity
             .clone()
-            .unwrap_or_else(|| unknown_peer(self.peer_addr));
+            .unwrap_or_else(|_| unknown_peer(self.peer_addr));
         let audit = Audit {
             conn_id: self.conn_id,
             peer_user: peer.principal(),
@@ -73,6 +72,23 @@ impl ConnHandler {
         Auth::Accept
     }
 
+    /// Logs a refused login once per connection (clients retry methods).
+    pub(super) fn log_refusal(&mut self, message: &str) {
+        if self.refusal_logged {
+            return;
+        }
+        self.refusal_logged = true;
+        let peer = self.identity.as_ref().ok();
+        // Audit line (info on purpose; see `server` module docs).
+        tracing::info!(
+            conn = self.conn_id,
+            peer_user = ?peer.map(PeerIdentity::principal),
+            client_uid = ?peer.and_then(PeerIdentity::client_uid),
+            reason = %message,
+            "ssh login refused"
+        );
+    }
+
     /// Shows the refusal reason once (keyboard-interactive instruction).
     pub(super) fn refuse(&mut self, message: &str) -> Auth {
         if self.refusals > 0 {
@@ -84,8 +100,7 @@ impl ConnHandler {
             };
         }
         self.refusals += 1;
-        let peer = self.identity.as_ref().map(PeerIdentity::principal);
-        tracing::info!(conn = self.conn_id, peer_user = ?peer, reason = %message, "ssh login refused");
+        self.log_refusal(message);
         self.kbd = Kbd::Refusing;
         Auth::Partial {
             name: Cow::Borrowed(""),
@@ -100,19 +115,16 @@ impl ConnHandler {
 /// is not borrowed across the passwd lookup.
 async fn decide(
     shared: Arc<Shared>,
-    identity: Option<PeerIdentity>,
-    peer_addr: SocketAddr,
+    identity: Result<PeerIdentity, Unidentified>,
     ssh_user: String,
 ) -> Verdict {
     let ssh_user = ssh_user.as_str();
     if ssh_user.len() > shared.config.max_username_len {
         return Verdict::Refuse("login name too long".to_owned());
     }
-    let Some(peer) = &identity else {
-        return Verdict::Refuse(format!(
-            "this node does not know the tailnet address {}",
-            peer_addr.ip()
-        ));
+    let peer = match &identity {
+        Ok(peer) => peer,
+        Err(why) => return Verdict::Refuse(why.to_string()),
     };
     let (instant, unix_ms) = now();
     // The evaluator may consult passwd: run it on a blocking thread.
@@ -137,6 +149,11 @@ async fn decide(
         Ok(Err(e)) => return Verdict::Refuse(e.to_string()),
         Err(_) => return Verdict::Refuse("local user lookup failed".to_owned()),
     };
+    // Whatever the policy said: a program on this node logs in only as the
+    // account that opened the connection (or anyone, if that was root).
+    if let Err(message) = peer.may_log_in_as(ssh_user, user.uid) {
+        return Verdict::Refuse(message);
+    }
     if grant.refuse_root && user.uid == 0 {
         let Decision::Reject { message } = Decision::no_matching_rule(ssh_user) else {
             return Verdict::Refuse("refused".to_owned());
@@ -145,7 +162,7 @@ async fn decide(
     }
     match period {
         None => Verdict::Allow { user, grant },
-        Some(p) if shared.approval_fresh(&peer.node_id, ssh_user, p, instant) => {
+        Some(p) if shared.approval_fresh(peer, ssh_user, p, instant) => {
             Verdict::Allow { user, grant }
         }
         Some(period) => Verdict::Hold {

@@ -2,7 +2,8 @@
 //! and policy, then session, forwarding and agent requests.
 //!
 //! Authentication flow. The identity was fixed at accept time from the
-//! source address. `none` succeeds when the policy accepts the login (or a
+//! source address (and, for a connection from the node itself, the local
+//! account that opened it). `none` succeeds when the policy accepts the login (or a
 //! `check` approval is still fresh). Otherwise the client is steered to
 //! `keyboard-interactive` with zero prompts, whose instruction text is the
 //! only place mid-authentication where OpenSSH shows server text: a refusal
@@ -24,7 +25,9 @@ use russh::{ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Sig};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::authz::{CheckOutcome, CheckRequest, Decision, Grant, PeerIdentity};
+use crate::authz::{
+    CheckOutcome, CheckRequest, Decision, Grant, Origin, PeerIdentity, Unidentified,
+};
 use crate::forward::{self, AgentDir, FwdCtx};
 use crate::pump::{InputQueue, bridge, drain};
 use crate::server::{ConnEntry, Phase, Shared, now};
@@ -60,7 +63,7 @@ pub(crate) struct ConnHandler {
     conn_id: u64,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
-    identity: Option<PeerIdentity>,
+    identity: Result<PeerIdentity, Unidentified>,
     phase: watch::Sender<Phase>,
     /// Cancelled when the connection ends for any reason.
     closed: CancellationToken,
@@ -70,6 +73,8 @@ pub(crate) struct ConnHandler {
     ssh_user: String,
     /// Refusals shown so far (the reason is shown once per connection).
     refusals: u32,
+    /// A refusal was logged (once per connection, whichever method saw it).
+    refusal_logged: bool,
     sessions: BTreeMap<ChannelId, SessionChan>,
     /// Open session channel ids, shared with the registry for messages.
     session_ids: Arc<Mutex<BTreeSet<ChannelId>>>,
@@ -79,15 +84,16 @@ pub(crate) struct ConnHandler {
 }
 
 impl ConnHandler {
+    /// Returns the handler of connection `conn_id` from `peer_addr` to
+    /// `local_addr`, whose identity the authorizer already decided.
     pub(crate) fn new(
         shared: Arc<Shared>,
         conn_id: u64,
-        peer_addr: SocketAddr,
-        local_addr: SocketAddr,
+        (peer_addr, local_addr): (SocketAddr, SocketAddr),
+        identity: Result<PeerIdentity, Unidentified>,
         phase: watch::Sender<Phase>,
         closed: CancellationToken,
     ) -> Self {
-        let identity = shared.authorizer().identify(peer_addr.ip());
         let slots = Arc::new(Semaphore::new(shared.config.max_channels_per_conn));
         ConnHandler {
             shared,
@@ -101,6 +107,7 @@ impl ConnHandler {
             login: None,
             ssh_user: String::new(),
             refusals: 0,
+            refusal_logged: false,
             sessions: BTreeMap::new(),
             session_ids: Arc::default(),
             channel_slots: slots,
@@ -132,6 +139,7 @@ impl ConnHandler {
 fn unknown_peer(addr: SocketAddr) -> PeerIdentity {
     PeerIdentity {
         addr: addr.ip(),
+        origin: Origin::Peer,
         node_id: String::new(),
         node_name: String::new(),
         user_login: None,
@@ -155,8 +163,18 @@ impl Handler for ConnHandler {
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         match self.decide(user).await {
             Verdict::Allow { user: local, grant } => Ok(self.accept_login(user, local, grant)),
-            // Steer the client to keyboard-interactive, where text can be shown.
-            Verdict::Refuse(_) | Verdict::Hold { .. } => Ok(Auth::Reject {
+            // Steer the client to keyboard-interactive, where text can be
+            // shown (a BatchMode client stops here: log the refusal now).
+            Verdict::Refuse(why) => {
+                self.log_refusal(&why);
+                Ok(Auth::Reject {
+                    proceed_with_methods: Some(MethodSet::from(
+                        &[MethodKind::KeyboardInteractive][..],
+                    )),
+                    partial_success: false,
+                })
+            }
+            Verdict::Hold { .. } => Ok(Auth::Reject {
                 proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
                 partial_success: false,
             }),
@@ -179,7 +197,7 @@ impl Handler for ConnHandler {
                     grant,
                     period,
                 } => {
-                    let Some(peer) = self.identity.clone() else {
+                    let Ok(peer) = self.identity.clone() else {
                         return Ok(self.refuse("unknown peer"));
                     };
                     let pending = self.shared.check_hook.start(CheckRequest {
@@ -226,9 +244,8 @@ impl Handler for ConnHandler {
                 self.phase.send_replace(Phase::PreAuth);
                 match outcome {
                     Some(CheckOutcome::Approved) => {
-                        if let Some(peer) = &self.identity {
-                            self.shared
-                                .record_approval(&peer.node_id, &ssh_user, now().0);
+                        if let Ok(peer) = &self.identity {
+                            self.shared.record_approval(peer, &ssh_user, now().0);
                         }
                         Ok(self.accept_login(&ssh_user, local, grant))
                     }
@@ -246,12 +263,13 @@ impl Handler for ConnHandler {
         let peer = self
             .identity
             .clone()
-            .unwrap_or_else(|| unknown_peer(self.peer_addr));
+            .unwrap_or_else(|_| unknown_peer(self.peer_addr));
         // Audit line (info on purpose; see `server` module docs).
         tracing::info!(
             conn = self.conn_id,
             peer_user = %login.audit.peer_user,
             peer_node = %login.audit.peer_node,
+            client_uid = ?peer.client_uid(),
             ssh_user = %self.ssh_user,
             local_user = %login.audit.local_user,
             "ssh login accepted"
@@ -260,6 +278,7 @@ impl Handler for ConnHandler {
             self.conn_id,
             ConnEntry {
                 peer,
+                addrs: (self.peer_addr, self.local_addr),
                 ssh_user: self.ssh_user.clone(),
                 local_user: login.user.name.clone(),
                 local_uid: login.user.uid,

@@ -216,3 +216,55 @@ async fn a_policy_change_closes_sessions_it_no_longer_allows_and_keeps_the_other
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_from_a_local_program_logs_in_only_as_the_account_that_opened_it() {
+    if !e2e_ready() {
+        return;
+    }
+    let user = TestUser::create("l");
+    let other = TestUser::create("o");
+    // The policy would let anyone in as root, the user or the other account.
+    let authz = |local_uid| {
+        let mut a = FakeAuthz::new()
+            .with("root", Rule::Accept("root".into()))
+            .with(&user.name, Rule::Accept(user.name.clone()))
+            .with(&other.name, Rule::Accept(other.name.clone()));
+        a.local_uid = Some(local_uid);
+        a
+    };
+
+    // Opened by the user: only the user's own account.
+    let srv = start(authz(user.uid)).await;
+    for target in ["root", other.name.as_str()] {
+        let out = run(srv.ssh(target, &[], &["id -un"])).await;
+        assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+        assert!(out.stdout.is_empty(), "logged in as {target}");
+        let why = text(&out.stderr);
+        assert!(
+            why.contains(&format!("local uid {}", user.uid))
+                && why.contains(&format!("not as {target}"))
+                && why.contains("sudo or su"),
+            "{why}"
+        );
+    }
+    let out = run(srv.ssh(&user.name, &[], &["id -un"])).await;
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}\n", user.name),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Opened by root: whatever the policy allows.
+    let srv = start(authz(0)).await;
+    for target in ["root", other.name.as_str()] {
+        let out = run(srv.ssh(target, &[], &["id -un"])).await;
+        assert_eq!(
+            text(&out.stdout),
+            format!("{target}\n"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -6,12 +6,12 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::*;
 use weft_policy::ssh::{LocalAccount, RejectReason, SshDecision, authorize_ssh};
-use weft_ssh::{Authorizer, Decision, Grant, PeerIdentity};
+use weft_ssh::{Authorizer, Decision, Grant, PeerIdentity, Unidentified};
 use weft_types::filter::{
     CheckPeriod, LocalUser, SshAction, SshMode, SshPolicy, SshPrincipal, SshRule,
 };
@@ -19,8 +19,12 @@ use weft_types::filter::{
 struct PolicyAuthz(SshPolicy);
 
 impl Authorizer for PolicyAuthz {
-    fn identify(&self, src: IpAddr) -> Option<PeerIdentity> {
-        (src == peer().addr).then(peer)
+    fn identify(&self, src: SocketAddr, _local: SocketAddr) -> Result<PeerIdentity, Unidentified> {
+        if src.ip() == peer().addr {
+            Ok(peer())
+        } else {
+            Err(Unidentified::UnknownAddress(src.ip()))
+        }
     }
 
     fn authorize(

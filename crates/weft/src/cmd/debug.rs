@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use crate::ctx::Ctx;
+use crate::out;
 
 #[derive(Debug, clap::Args)]
 pub struct DebugArgs {
@@ -23,7 +24,7 @@ pub async fn run(args: DebugArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     match args.command {
         DebugCommand::Prefs => {
             let prefs = ctx.api(ctx.client.debug_prefs().await)?;
-            println!("{}", serde_json::to_string_pretty(&prefs)?);
+            out::json(&prefs)?;
         }
     }
     Ok(ExitCode::SUCCESS)

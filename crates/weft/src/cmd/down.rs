@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use weft_localapi::{BackendState, PrefsPatch};
 
 use crate::ctx::Ctx;
+use crate::out::errln;
 
 /// Runs `weft down`.
 pub async fn run(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let status = ctx.api(ctx.client.status().await)?;
     if status.backend_state == BackendState::Stopped {
-        eprintln!("Weft was already stopped.");
+        errln!("Weft was already stopped.");
         return Ok(ExitCode::SUCCESS);
     }
     let patch = PrefsPatch {

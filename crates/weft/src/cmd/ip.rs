@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail};
 
 use crate::ctx::Ctx;
+use crate::out::outln;
 use crate::render::state_word;
 use crate::resolve::find_node;
 
@@ -50,7 +51,7 @@ pub async fn run(args: IpArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         bail!("{} has no {family}tailnet address", node.name);
     }
     for a in addrs {
-        println!("{a}");
+        outln!("{a}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ use weft_localapi::StartRequest;
 
 use crate::cmd::up::AuthArgs;
 use crate::ctx::Ctx;
+use crate::out::errln;
 use crate::prefs::{self, PrefFlags};
 use crate::spinner::spin;
 use crate::watch::{self, Login};
@@ -26,7 +27,7 @@ pub struct LoginArgs {
 pub async fn run(args: LoginArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let auth_key = args.auth.read_key()?;
     let profile = ctx.api(spin("Creating a profile", ctx.client.new_profile()).await)?;
-    eprintln!("Created profile {}.", profile.id);
+    errln!("Created profile {}.", profile.id);
     let mut watch = ctx.api(ctx.client.watch().await)?;
     let (state, current) = watch::snapshot(ctx, &mut watch).await?;
     // A new profile starts from defaults, so the flags are the whole story:

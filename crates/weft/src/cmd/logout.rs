@@ -4,11 +4,12 @@
 use std::process::ExitCode;
 
 use crate::ctx::Ctx;
+use crate::out::errln;
 use crate::spinner::spin;
 
 /// Runs `weft logout`.
 pub async fn run(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     ctx.api(spin("Logging out", ctx.client.logout()).await)?;
-    eprintln!("Logged out.");
+    errln!("Logged out.");
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ use clap::ArgAction;
 use weft_localapi::{LocalApiError, PingPath, PingRequest, PingResult};
 
 use crate::ctx::Ctx;
+use crate::out::{self, errln, escape, outln};
 use crate::render::parse_duration;
 use crate::resolve::find_node;
 
@@ -110,7 +111,9 @@ pub fn pong_line(pong: &PingResult) -> String {
     };
     format!(
         "pong from {} ({}) via {via} in {:.0}ms",
-        pong.node_name, pong.node_ip, pong.latency_ms
+        escape(&pong.node_name),
+        pong.node_ip,
+        pong.latency_ms
     )
 }
 
@@ -126,7 +129,7 @@ pub async fn run(args: PingArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         },
     };
     if found.is_self {
-        println!("{ip} is local Weft IP");
+        outln!("{ip} is local Weft IP");
         return Ok(ExitCode::SUCCESS);
     }
     let timeout_ms = u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX);
@@ -137,17 +140,17 @@ pub async fn run(args: PingArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let outcome = match answer {
             Ok(Ok(pong)) => {
                 if args.json {
-                    println!("{}", serde_json::to_string(&pong)?);
+                    out::json_line(&pong)?;
                 } else {
-                    println!("{}", pong_line(&pong));
+                    outln!("{}", pong_line(&pong));
                 }
                 Outcome::Pong(pong)
             }
             Ok(Err(LocalApiError::Daemon { status: 504, .. })) | Err(_) => {
                 if args.json {
-                    eprintln!("ping {:?} timed out", ip.to_string());
+                    errln!("ping {:?} timed out", ip.to_string());
                 } else {
-                    println!("ping {:?} timed out", ip.to_string());
+                    outln!("ping {:?} timed out", ip.to_string());
                 }
                 Outcome::TimedOut
             }

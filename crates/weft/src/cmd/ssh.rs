@@ -20,6 +20,7 @@ use weft_localapi::Status;
 
 use crate::ctx::Ctx;
 use crate::known_hosts::{known_hosts, known_hosts_path, write_private};
+use crate::out::{err, errln, out};
 use crate::resolve::find_node;
 
 #[derive(Debug, clap::Args)]
@@ -47,11 +48,11 @@ pub async fn run(args: SshArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     write_private(&path, &known_hosts(&status))?;
     let domain = tailnet_domain(&status);
     let Some(destination) = &args.destination else {
-        print!("{}", usage_hint(&path, domain.as_deref()));
+        out!("{}", usage_hint(&path, domain.as_deref()));
         return Ok(ExitCode::SUCCESS);
     };
     if first_run {
-        eprint!("{}", usage_hint(&path, domain.as_deref()));
+        err!("{}", usage_hint(&path, domain.as_deref()));
     }
     let (user, host) = match destination.rsplit_once('@') {
         Some((user, host)) => (Some(user), host),
@@ -66,7 +67,7 @@ pub async fn run(args: SshArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         },
     };
     if found.node.ssh_host_keys.is_empty() {
-        eprintln!(
+        errln!(
             "warning: {} has no SSH host keys in the netmap (is its SSH server on? \
              'weft set --ssh' there); ssh will refuse to connect",
             found.node.name

@@ -25,6 +25,7 @@ use clap::ArgAction;
 use weft_localapi::{PeerStatus, Status};
 
 use crate::ctx::Ctx;
+use crate::out::{self, escape, out, outln};
 use crate::render::{Table, format_age};
 
 #[derive(Debug, clap::Args)]
@@ -52,17 +53,17 @@ pub struct StatusArgs {
 pub async fn run(args: StatusArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let status = ctx.api(ctx.client.status().await)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        out::json(&status)?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(why) = status.backend_state.not_running_message() {
-        println!("{why}");
+        outln!("{why}");
         // Why it stopped, when the daemon knows (key expired, deleted at control, …).
         for problem in &status.health {
-            println!("# {problem}");
+            outln!("# {}", escape(problem));
         }
         if let Some(url) = &status.auth_url {
-            println!("\nLog in at: {url}");
+            outln!("\nLog in at: {}", escape(url));
         }
         return Ok(ExitCode::FAILURE);
     }
@@ -71,7 +72,7 @@ pub async fn run(args: StatusArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let now_ms = now
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    print!("{}", render(&status, &args, now_ms));
+    out!("{}", render(&status, &args, now_ms));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -102,7 +103,7 @@ pub fn render(status: &Status, args: &StatusArgs, now_ms: i64) -> String {
     if !status.health.is_empty() {
         out.push_str("# Health check:\n");
         for problem in &status.health {
-            out.push_str(&format!("#     - {problem}\n"));
+            out.push_str(&format!("#     - {}\n", escape(problem)));
         }
     }
     out

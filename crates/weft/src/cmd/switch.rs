@@ -7,6 +7,7 @@ use anyhow::bail;
 use weft_localapi::{BackendState, ProfileSummary};
 
 use crate::ctx::Ctx;
+use crate::out::{self, errln, out};
 use crate::render::Table;
 use crate::spinner::spin;
 
@@ -28,25 +29,25 @@ pub async fn run(args: SwitchArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let profiles = ctx.api(ctx.client.profiles().await)?;
     let Some(target) = args.target else {
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&profiles)?);
+            out::json(&profiles)?;
         } else {
-            print!("{}", render_list(&profiles));
+            out!("{}", render_list(&profiles));
         }
         return Ok(ExitCode::SUCCESS);
     };
     let profile = pick(&profiles, &target)?;
     let name = profile.display_account();
     if profile.selected {
-        eprintln!("Already on account {name:?}");
+        errln!("Already on account {name:?}");
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("Switching to account {name:?}");
+    errln!("Switching to account {name:?}");
     ctx.api(spin("Switching", ctx.client.switch_profile(&profile.id)).await)?;
     let status = ctx.api(ctx.client.status().await)?;
     if status.backend_state == BackendState::NeedsLogin {
-        eprintln!("Logged out.\nTo log in, run:\n  {} up", ctx.prog());
+        errln!("Logged out.\nTo log in, run:\n  {} up", ctx.prog());
     } else {
-        eprintln!("Success.");
+        errln!("Success.");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::ctx::Ctx;
+use crate::out::{self, errln, outln};
 
 /// How long to wait for the daemon's answer.
 const DAEMON_WAIT: Duration = Duration::from_secs(2);
@@ -33,16 +34,13 @@ pub async fn run(args: VersionArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     };
     if args.json {
         let daemon = daemon.as_deref().ok();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&VersionJson { cli, daemon })?
-        );
+        out::json(&VersionJson { cli, daemon })?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("weft {cli}");
+    outln!("weft {cli}");
     match daemon {
-        Ok(v) => println!("weftd {v}"),
-        Err(why) => eprintln!("weftd: not reachable ({why})"),
+        Ok(v) => outln!("weftd {v}"),
+        Err(why) => errln!("weftd: not reachable ({why})"),
     }
     Ok(ExitCode::SUCCESS)
 }

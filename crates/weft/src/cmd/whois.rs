@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use weft_localapi::WhoIs;
 
 use crate::ctx::Ctx;
+use crate::out::{self, escape, out};
 
 #[derive(Debug, clap::Args)]
 pub struct WhoisArgs {
@@ -22,9 +23,9 @@ pub struct WhoisArgs {
 pub async fn run(args: WhoisArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let who = ctx.api(ctx.client.whois(args.addr).await)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&who)?);
+        out::json(&who)?;
     } else {
-        print!("{}", render(&who));
+        out!("{}", render(&who));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -35,7 +36,7 @@ pub fn render(who: &WhoIs) -> String {
     let n = &who.node;
     let mut out = String::from("Machine:\n");
     let mut field = |label: &str, value: String| {
-        let _ = writeln!(out, "  {:<12}{value}", format!("{label}:"));
+        let _ = writeln!(out, "  {:<12}{}", format!("{label}:"), escape(&value));
     };
     field("Name", n.dns_name.trim_end_matches('.').to_owned());
     field("ID", n.id.to_string());
@@ -55,7 +56,7 @@ pub fn render(who: &WhoIs) -> String {
     }
     if let Some(user) = &who.user {
         let _ = writeln!(out, "User:");
-        let _ = writeln!(out, "  {:<12}{}", "Name:", user.login_name);
+        let _ = writeln!(out, "  {:<12}{}", "Name:", escape(&user.login_name));
         let _ = writeln!(out, "  {:<12}{}", "ID:", user.id);
     }
     out

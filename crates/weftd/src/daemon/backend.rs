@@ -387,9 +387,9 @@ impl Backend {
                 "changing the control server needs a new login: use weft login --login-server=URL (a new profile)",
             ));
         }
-        validate_tags(patch.advertise_tags.as_deref().unwrap_or_default())?;
         let before = cur.prefs.clone();
         let after = patch.apply_to(&before);
+        super::validate::prefs(&after)?;
         self.store.update_current(|p| p.prefs = after.clone())?;
         self.after_prefs_change(&before, &after);
         Ok(after)
@@ -433,7 +433,7 @@ impl Backend {
         if prefs.nickname.is_none() && req.prefs.is_some() {
             prefs.nickname.clone_from(&cur.prefs.nickname);
         }
-        validate_tags(&prefs.advertise_tags)?;
+        super::validate::prefs(&prefs)?;
         let server_changed = prefs.control_url != cur.prefs.control_url;
         let before = cur.prefs.clone();
         self.store.update_current(|p| {
@@ -890,13 +890,4 @@ fn host_info_changed(a: &Prefs, b: &Prefs) -> bool {
         || a.shields_up != b.shields_up
         || a.advertise_tags != b.advertise_tags
         || a.run_ssh != b.run_ssh
-}
-
-fn validate_tags(tags: &[String]) -> Result<(), ApiError> {
-    for t in tags {
-        if let Err(e) = t.parse::<Tag>() {
-            return Err(ApiError::bad_request(format!("invalid tag {t:?}: {e}")));
-        }
-    }
-    Ok(())
 }

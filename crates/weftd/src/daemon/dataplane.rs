@@ -16,7 +16,7 @@ use weft_wg::DeviceUpdate;
 use super::config::{Configurator, Plan};
 use super::filter::NodeFilter;
 use super::netlink::AddrChange;
-use super::tunnel::TailnetTunnel;
+use super::tunnel::{TailnetTunnel, UdpDrops};
 
 /// What the data plane knows about one peer right now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,6 +50,10 @@ pub trait DataPlane: Send + 'static {
     /// Returns the inbound filter's counters, if this data plane has one.
     fn filter_stats(&self) -> Option<weft_filter::FilterStats> {
         None
+    }
+    /// Returns the datagrams the UDP socket dropped, by reason.
+    fn udp_drops(&self) -> UdpDrops {
+        UdpDrops::default()
     }
     /// Appends the data plane's metrics in Prometheus' text format.
     fn metrics(&self, _out: &mut String) {}
@@ -205,6 +209,10 @@ impl DataPlane for EngineDataPlane {
         Some(self.filter.stats())
     }
 
+    fn udp_drops(&self) -> UdpDrops {
+        self.tunnel.udp_drops()
+    }
+
     fn metrics(&self, out: &mut String) {
         super::filter::render_metrics(
             out,
@@ -212,6 +220,7 @@ impl DataPlane for EngineDataPlane {
             &self.tunnel.counters(),
             &self.engine.stats(),
         );
+        super::tunnel::render_udp_drop_metrics(out, &self.tunnel.udp_drops());
     }
 
     fn failure(&self) -> Option<String> {

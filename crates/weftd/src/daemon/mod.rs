@@ -10,7 +10,8 @@
 //! * [`config`], [`dataplane`], [`tunnel`], [`netlink`], [`endpoints`]: the
 //!   data plane (incremental peer programming, disco, TUN addresses, our
 //!   endpoints);
-//! * [`bus`], [`localapi`]: the LocalAPI server and its event stream;
+//! * [`bus`], [`localapi`], [`validate`]: the LocalAPI server, its event
+//!   stream and the bounds on what callers may set;
 //! * [`ssh`]: Weft SSH on the tailnet addresses while `--ssh` is on.
 //!
 //! Every path comes from a flag (`--state`, `--socket`, `--tun`, `--port`),
@@ -34,6 +35,7 @@ pub mod state_file;
 #[cfg(test)]
 mod tests;
 pub mod tunnel;
+pub mod validate;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,13 +103,37 @@ pub fn run(args: &DaemonArgs) -> anyhow::Result<()> {
                 .as_raw(),
         ),
     };
+    let nofile = raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("weftd")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(run_async(args, operator_uid))
+    rt.block_on(run_async(args, operator_uid, nofile))
+}
+
+/// Raises the open-file soft limit to the hard limit (every LocalAPI, SSH
+/// and control connection takes a descriptor) and returns the limit now in
+/// force.
+fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft >= hard {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tracing::info!(from = soft, to = hard, "Raised the open-file limit");
+            hard
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, soft, hard, "Cannot raise the open-file limit");
+            soft
+        }
+    }
 }
 
 /// Removes the socket file when the daemon exits (not after `kill -9`; the
@@ -120,7 +146,11 @@ impl Drop for SocketFile {
     }
 }
 
-async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Result<()> {
+async fn run_async(
+    args: &DaemonArgs,
+    operator_uid: Option<u32>,
+    nofile: u64,
+) -> anyhow::Result<()> {
     // The socket first: a second daemon on the same paths stops here,
     // before it touches the TUN or the state.
     let listener = localapi::bind(&args.socket)?;
@@ -186,18 +216,26 @@ async fn run_async(args: &DaemonArgs, operator_uid: Option<u32>) -> anyhow::Resu
         statedir: args.statedir.clone(),
         port: ssh::SSH_PORT,
         check_hook: Some(Arc::new(check_hook)),
+        socket_owners: Arc::new(ssh::sock_owner::SockDiag),
     };
     let ssh_service = ssh::spawn(handle.clone(), ssh_opts, stop_rx.clone());
 
+    let limits = localapi::conn::Limits::for_descriptor_limit(nofile);
     let router = localapi::router(
         handle.clone(),
         localapi::root_or(operator_uid),
         stop_rx.clone(),
+        &limits,
     );
     let mut stop_wait = stop_rx;
-    let server = tokio::spawn(localapi::serve(listener, router, async move {
-        let _ = stop_wait.wait_for(|s| *s).await;
-    }));
+    let server = tokio::spawn(localapi::serve(
+        listener,
+        router,
+        async move {
+            let _ = stop_wait.wait_for(|s| *s).await;
+        },
+        limits,
+    ));
     tracing::info!(socket = %args.socket.display(), tun = %args.tun, port, "weftd ready");
 
     let monitor = {

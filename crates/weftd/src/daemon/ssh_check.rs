@@ -157,6 +157,13 @@ impl CheckHook for ControlCheckHook {
                 "this node is not connected to its control server; try again later".into(),
             );
         };
+        if let Some(uid) = req.peer.client_uid() {
+            // Control approves tailnet users, not local accounts.
+            return refused(format!(
+                "a login from this node itself (local uid {uid}) cannot be approved at the \
+                 control server; the policy needs an accept rule for this node's own logins"
+            ));
+        }
         let Some(src) = snap
             .netmap
             .peers
@@ -280,6 +287,7 @@ mod tests {
         CheckRequest {
             peer: PeerIdentity {
                 addr,
+                origin: weft_ssh::Origin::Peer,
                 node_id: node_id.into(),
                 node_name: "node1".into(),
                 user_login: None,
@@ -317,6 +325,15 @@ mod tests {
             denied(h.start(request("n99")))
                 .await
                 .contains("not in this node's netmap")
+        );
+        // A login from this node itself is a local account's, not a tailnet
+        // user's: control cannot approve it.
+        let mut local = request("n2");
+        local.peer.origin = weft_ssh::Origin::LocalProcess { uid: 1000 };
+        let why = denied(h.start(local)).await;
+        assert!(
+            why.contains("local uid 1000") && why.contains("accept rule"),
+            "{why}"
         );
     }
 

@@ -24,9 +24,12 @@
 //! }
 //! ```
 //!
-//! A file that exists but cannot be read, parsed or validated stops the
-//! daemon with a message naming the file and the problem; it is never
-//! overwritten (deleting it is the user's decision, and makes a new node).
+//! A file that exists but cannot be read, parsed or validated (trailing
+//! bytes after the JSON document included) stops the daemon with a message
+//! naming the file and the problem; it is never overwritten (deleting it is
+//! the user's decision, and makes a new node). A file that group or others
+//! may read or write (it holds private keys) is tightened to 0600 at load,
+//! with a warning in the log.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -125,6 +128,21 @@ pub fn valid_profile_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Makes the state file `file` (at `path`) private to its owner (0600) if
+/// group or others have any access, and says so in the log.
+fn tighten_mode(file: &File, path: &Path) -> std::io::Result<()> {
+    let mode = file.metadata()?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{mode:04o}"),
+            "The state file holds private keys but others could access it; made it 0600"
+        );
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 impl StateFile {
     /// Returns a fresh state: a new machine key and one empty profile.
     pub fn fresh(machine_key: MachinePrivate, profile_id: String, created_ms: i64) -> Self {
@@ -142,16 +160,18 @@ impl StateFile {
     /// # Errors
     /// [`StateError::Read`] or [`StateError::Corrupt`]; the file is untouched.
     pub fn load(path: &Path) -> Result<Option<Self>, StateError> {
-        let bytes = match fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StateError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
+        let read_err = |source| StateError::Read {
+            path: path.to_owned(),
+            source,
         };
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(read_err(source)),
+        };
+        tighten_mode(&file, path).map_err(read_err)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(read_err)?;
         let corrupt = |problem: String| StateError::Corrupt {
             path: path.to_owned(),
             problem,
@@ -159,8 +179,8 @@ impl StateFile {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(corrupt("it is empty".into()));
         }
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        let state: StateFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let state: StateFile = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let at = e.path().to_string();
             let inner = e.into_inner();
             if at == "." {
@@ -168,6 +188,14 @@ impl StateFile {
             } else {
                 corrupt(format!("at {at}: {inner}"))
             }
+        })?;
+        // One document and nothing after it (whitespace aside): anything
+        // else is not a file this daemon wrote.
+        de.end().map_err(|e| {
+            corrupt(format!(
+                "there is more after the JSON document ({e}); the file was changed by something \
+                 other than weftd"
+            ))
         })?;
         state.validate().map_err(corrupt)?;
         Ok(Some(state))
@@ -325,6 +353,47 @@ mod tests {
             assert!(err.contains("will not overwrite"), "{err}");
             assert_eq!(fs::read_to_string(&path).unwrap(), bad);
         }
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_document_are_refused_like_other_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weftd.state");
+        sample().save(&path).unwrap();
+        let good = fs::read_to_string(&path).unwrap();
+        // Whitespace after the document is fine (save writes a newline).
+        StateFile::load(&path).unwrap().unwrap();
+        for junk in ["x", "{}", "\u{0}", "{\"version\":1}"] {
+            let bad = format!("{good}{junk}");
+            fs::write(&path, &bad).unwrap();
+            let err = StateFile::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.display().to_string())
+                    && err.contains("more after the JSON document")
+                    && err.contains("will not overwrite"),
+                "{err}"
+            );
+            assert_eq!(fs::read_to_string(&path).unwrap(), bad, "left untouched");
+        }
+    }
+
+    #[test]
+    fn a_state_file_others_can_read_is_made_private_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weftd.state");
+        sample().save(&path).unwrap();
+        for loose in [0o644, 0o640, 0o606, 0o666] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(loose)).unwrap();
+            let back = StateFile::load(&path).unwrap().unwrap();
+            assert_eq!(back.profiles, sample().profiles);
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{loose:o}");
+        }
+        // A private file is left as it is (0400 stays read-only).
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        StateFile::load(&path).unwrap().unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o400);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! * Receive: a datagram with the disco magic goes to disco (pongs are sent
 //!   through the engine's `send`); everything else to WireGuard. Packets
 //!   WireGuard hands to TUN pass [`PacketHooks::inbound_allowed`] first.
+//!   Datagrams either of them drops are counted by reason ([`UdpDrops`]:
+//!   garbage that is neither is WireGuard's `malformed`).
 //! * Send: every packet read from TUN is shown to
 //!   [`PacketHooks::note_outbound`] (the stateful filter tracks flows there)
 //!   before it is sealed.
@@ -32,7 +34,7 @@ use tokio::sync::oneshot;
 use weft_disco::{Disco, Event, PingId, PingOutcome};
 use weft_net::Tunnel;
 use weft_types::{DiscoPublic, NodePublic};
-use weft_wg::{Decapsulated, Device, DeviceUpdate, Encapsulated, PeerUpdate};
+use weft_wg::{Decapsulated, Device, DeviceUpdate, DropReason, Encapsulated, PeerUpdate};
 
 /// Where the packet filter plugs in ([`super::filter::NodeFilter`]). A tunnel
 /// without hooks lets everything through.
@@ -57,6 +59,24 @@ pub struct TunnelCounters {
     pub rx_bytes: u64,
 }
 
+/// Datagrams the UDP socket received and dropped, by protocol and reason
+/// (every reason present, zeros included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UdpDrops {
+    /// WireGuard's decapsulation drops; a datagram that is neither disco nor
+    /// WireGuard is `Malformed`.
+    pub wireguard: BTreeMap<DropReason, u64>,
+    /// Disco's drops.
+    pub disco: BTreeMap<weft_disco::DropReason, u64>,
+}
+
+impl UdpDrops {
+    /// Returns every drop counted.
+    pub fn total(&self) -> u64 {
+        self.wireguard.values().chain(self.disco.values()).sum()
+    }
+}
+
 /// One direction's counters, alone on its cache line: the tx thread and the
 /// rx thread never write the same line.
 #[derive(Debug, Default)]
@@ -65,6 +85,8 @@ struct Traffic {
     packets: AtomicU64,
     bytes: AtomicU64,
     filtered: AtomicU64,
+    /// WireGuard drops by [`DropReason::ALL`] index (rx only).
+    dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
 impl Traffic {
@@ -125,6 +147,21 @@ impl TailnetTunnel {
             rx_packets: l(&self.rx.packets),
             rx_bytes: l(&self.rx.bytes),
         }
+    }
+
+    /// Returns the datagrams dropped on receive so far, by reason.
+    pub fn udp_drops(&self) -> UdpDrops {
+        let wireguard = DropReason::ALL
+            .iter()
+            .zip(&self.rx.dropped)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .collect();
+        let d = self.disco();
+        let disco = weft_disco::DropReason::ALL
+            .iter()
+            .map(|r| (*r, d.dropped(*r)))
+            .collect();
+        UdpDrops { wireguard, disco }
     }
 
     /// Returns our disco public key.
@@ -283,6 +320,16 @@ impl Tunnel for TailnetTunnel {
                     Decapsulated::Done
                 }
             }
+            Decapsulated::Dropped(reason) => {
+                if let Some(n) = DropReason::ALL
+                    .iter()
+                    .position(|r| *r == reason)
+                    .and_then(|i| self.rx.dropped.get(i))
+                {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+                Decapsulated::Dropped(reason)
+            }
             other => other,
         }
     }
@@ -294,6 +341,26 @@ impl Tunnel for TailnetTunnel {
         if let Some(hooks) = self.hooks.get() {
             hooks.handle_timeout(now);
         }
+    }
+}
+
+/// Appends the UDP drop counters in Prometheus' text format:
+/// `weftd_udp_dropped_datagrams_total{proto="wireguard"|"disco",reason="…"}`.
+pub fn render_udp_drop_metrics(out: &mut String, drops: &UdpDrops) {
+    use std::fmt::Write as _;
+    const NAME: &str = "weftd_udp_dropped_datagrams_total";
+    let _ = writeln!(
+        out,
+        "# HELP {NAME} UDP datagrams dropped on receive, by protocol and reason \
+         (anything that is not disco counts as WireGuard).\n# TYPE {NAME} counter"
+    );
+    for (reason, n) in &drops.wireguard {
+        let reason = crate::wg::stats::reason_name(*reason);
+        let _ = writeln!(out, "{NAME}{{proto=\"wireguard\",reason=\"{reason}\"}} {n}");
+    }
+    for (reason, n) in &drops.disco {
+        let reason = reason.as_str();
+        let _ = writeln!(out, "{NAME}{{proto=\"disco\",reason=\"{reason}\"}} {n}");
     }
 }
 
@@ -466,6 +533,44 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn garbage_on_the_udp_socket_is_counted_by_protocol_and_reason() {
+        let now = t0();
+        let (a, ak, aa) = side(1, now);
+        let (b, _, _) = side(2, now);
+        let mut out = vec![0u8; 2048];
+        let mut sent = Vec::new();
+        let mut send = |to: SocketAddr, d: &[u8]| sent.push((to, d.to_vec()));
+        // Neither protocol, a WireGuard data message for no session, and
+        // disco from a key nobody knows.
+        let mut data = vec![4u8, 0, 0, 0];
+        data.extend_from_slice(&[0u8; 28]);
+        let mut stranger_ping = Vec::new();
+        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], now);
+        b.handle_timeout(now, &mut |_, d| stranger_ping.push(d.to_vec()));
+        for datagram in [&b"GET / HTTP/1.1\r\n\r\n"[..], &data, &stranger_ping[0]] {
+            let r = a.decapsulate(aa, datagram, &mut out, now, &mut send);
+            assert!(!matches!(r, Decapsulated::ToTunnel(_)));
+        }
+        assert!(sent.is_empty(), "garbage is never answered");
+        let d = a.udp_drops();
+        assert_eq!(d.wireguard[&DropReason::Malformed], 1);
+        assert_eq!(d.wireguard[&DropReason::UnknownPeer], 1);
+        assert_eq!(d.disco[&weft_disco::DropReason::UnknownSender], 1);
+        assert_eq!(d.total(), 3);
+        let mut text = String::new();
+        render_udp_drop_metrics(&mut text, &d);
+        assert!(text.contains(
+            "weftd_udp_dropped_datagrams_total{proto=\"wireguard\",reason=\"malformed\"} 1\n"
+        ));
+        assert!(text.contains(
+            "weftd_udp_dropped_datagrams_total{proto=\"disco\",reason=\"unknown_sender\"} 1\n"
+        ));
+        assert!(text.contains(
+            "weftd_udp_dropped_datagrams_total{proto=\"disco\",reason=\"wrong_node_key\"} 0\n"
+        ));
     }
 
     fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {

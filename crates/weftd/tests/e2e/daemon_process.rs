@@ -59,7 +59,8 @@ fn tun_mtu(ns: &Netns) -> anyhow::Result<String> {
 }
 
 #[test]
-fn weftd_keeps_its_state_across_kill_9_and_refuses_a_corrupt_state_file() -> anyhow::Result<()> {
+fn weftd_keeps_its_state_across_kill_9_tightens_its_mode_and_refuses_a_corrupt_state_file()
+-> anyhow::Result<()> {
     let lab = e2e_lab!("/dev/net/tun");
     let ns = lab.netns("n")?;
     let state = lab.dir().join("state/weftd.state");
@@ -104,6 +105,41 @@ fn weftd_keeps_its_state_across_kill_9_and_refuses_a_corrupt_state_file() -> any
     wait_until(Duration::from_secs(5), "weft0 is gone", || {
         Ok(!ns.has_link("weft0"))
     })?;
+
+    // A state file others can read (it holds the keys): made 0600, with a warning.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644))?;
+    let third = ns.spawn("weftd-3", WEFTD, args(&state, &sock))?;
+    wait_ready(&sock)?;
+    let mode = std::fs::metadata(&state)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "a 0644 state file was left {mode:o}");
+    ensure!(
+        third.log().contains("others could access it; made it 0600"),
+        "{}",
+        third.log()
+    );
+    ensure!(machine_key(&state)? == key, "the keys changed");
+    third.signal(Signal::SIGTERM)?;
+    third.wait_exit(Duration::from_secs(10))?;
+
+    // Trailing bytes after a valid document: refused like any corrupt file.
+    let with_junk = format!("{}garbage\n", std::fs::read_to_string(&state)?);
+    std::fs::write(&state, &with_junk)?;
+    let out = ns
+        .command(WEFTD)
+        .args(args(&state, &sock))
+        .timeout(Duration::from_secs(10))
+        .run_unchecked()?;
+    ensure!(!out.status.success(), "weftd started with trailing junk");
+    ensure!(
+        out.stderr.contains(&state.display().to_string())
+            && out.stderr.contains("more after the JSON document"),
+        "{}",
+        out.stderr
+    );
+    ensure!(
+        std::fs::read_to_string(&state)? == with_junk,
+        "the file was changed"
+    );
 
     // A corrupt state file: refuse to start, name the file, leave it alone.
     std::fs::write(&state, "{\"version\":1,")?;
@@ -158,6 +194,49 @@ fn two_daemons_run_side_by_side_on_their_own_paths() -> anyhow::Result<()> {
         !out.status.success() && out.stderr.contains("already"),
         "{}",
         out.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn out_of_descriptors_the_localapi_sheds_connections_and_recovers() -> anyhow::Result<()> {
+    let lab = e2e_lab!("prlimit", "/dev/net/tun");
+    let ns = lab.netns("n")?;
+    let state = lab.dir().join("weftd.state");
+    let sock = lab.dir().join("weftd.sock");
+    // So few descriptors that root alone (never limited) can use them all up.
+    let mut argv = vec!["--nofile=64:64".to_owned(), "--".into(), WEFTD.into()];
+    argv.extend(args(&state, &sock));
+    let weftd = ns.spawn("weftd", "prlimit", argv)?;
+    wait_ready(&sock)?;
+
+    // 200 idle connections: the first ones are served (and held until the header
+    // deadline), the rest are closed at once instead of left in the backlog.
+    let mut held: Vec<std::os::unix::net::UnixStream> = (0..200)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock))
+        .collect::<Result<_, _>>()?;
+    let shed = wait_for(Duration::from_secs(5), "connections shed at once", || {
+        let mut shed = 0;
+        for s in &mut held {
+            use std::io::Read as _;
+            s.set_nonblocking(true)?;
+            let mut b = [0u8; 1];
+            if matches!(s.read(&mut b), Ok(0)) {
+                shed += 1;
+            }
+        }
+        Ok((shed >= 100).then_some(shed))
+    })?;
+    drop(held);
+    // Once they are gone the daemon answers again, and it said so without flooding its log.
+    let s = wait_ready(&sock)?;
+    ensure!(s.tun == "weft0");
+    weftd.ensure_running()?;
+    let log = weftd.log();
+    let lines = log.matches("Out of file descriptors").count();
+    ensure!(
+        (1..=3).contains(&lines),
+        "{lines} 'out of file descriptors' lines for {shed} shed connections:\n{log}"
     );
     Ok(())
 }

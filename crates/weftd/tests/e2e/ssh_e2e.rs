@@ -903,3 +903,145 @@ fn garbage_long_names_and_channel_floods_hit_limits_and_ssh_off_closes_the_port(
         || net.report(),
     )
 }
+
+// ---- connections from the node itself ------------------------------------------------------
+
+/// Members may log in to their own nodes as any non-root user and as root (issue 10's policy):
+/// a login from the node's own address must still be attributed to the local account that
+/// opened it, not to the node's owner.
+fn own_nodes_policy() -> String {
+    policy(
+        r#"{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self"], "users": ["autogroup:nonroot", "root"]}"#,
+    )
+}
+
+/// Control with [`own_nodes_policy`], alice's `a` running `--ssh` and alice's `b` (a peer).
+fn own_nodes_tailnet(lab: &Lab) -> anyhow::Result<(Tailnet<'_>, Control, Node, Node)> {
+    let tailnet = Tailnet::with_binaries(lab, Binaries::discover()?.with_weftd(WEFTD))?;
+    let control = tailnet.control("ctl")?;
+    control.create_user(ALICE)?;
+    control.set_policy(&own_nodes_policy())?;
+    let key = || control.create_key(ALICE, &KeyOptions::default());
+    let a = tailnet.node("a")?;
+    up(&a, &control, &key()?, &["--ssh"])?;
+    let b = tailnet.node("b")?;
+    up(&b, &control, &key()?, &[])?;
+    a.netns().wait_tcp_listen(22, SECS(20))?;
+    Ok((tailnet, control, a, b))
+}
+
+/// OpenSSH options for a login whose host key is not pinned by `weft ssh` (the node itself):
+/// no user config, the key remembered in `known_hosts` on first use.
+fn self_ssh_opts(known_hosts: &Path) -> Vec<String> {
+    [
+        "-F".to_owned(),
+        "/dev/null".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", known_hosts.display()),
+        "-o".into(),
+        "StrictHostKeyChecking=accept-new".into(),
+        "-o".into(),
+        "ConnectTimeout=5".into(),
+    ]
+    .into()
+}
+
+/// The URL-ish host part for `ssh user@host` (IPv6 needs no brackets there).
+fn ssh_login(user: &str, ip: &std::net::IpAddr) -> String {
+    format!("{user}@{ip}")
+}
+
+#[test]
+fn a_local_user_cannot_become_root_or_another_user_through_the_nodes_own_address()
+-> anyhow::Result<()> {
+    let lab = lab!();
+    let local = LocalAccount::create("wse", "l")?;
+    let other = LocalAccount::create("wse", "o")?;
+    let (_tailnet, control, a, b) = own_nodes_tailnet(&lab)?;
+    let report = || {
+        format!(
+            "=== control ===\n{}\n{}\n{}",
+            control.log(),
+            a.report(),
+            b.report()
+        )
+    };
+    with_diagnostics(
+        || {
+            let a4: std::net::IpAddr = a.ip4()?.into();
+            let a6: std::net::IpAddr = a.weft_ok(["ip", "-6"])?.stdout.trim().parse()?;
+            let kh = local.write("self_known_hosts", b"")?;
+            let as_local = |login: &str| -> anyhow::Result<Output> {
+                let mut args = self_ssh_opts(&kh);
+                args.push(login.to_owned());
+                args.push("id -un".to_owned());
+                Ok(as_user(&a, &local, "ssh", &args).run_unchecked()?)
+            };
+            for ip in [a4, a6] {
+                // The escalation: a non-root account asks for root, or for someone else.
+                for target in ["root", other.name.as_str()] {
+                    let out = as_local(&ssh_login(target, &ip))?;
+                    ensure!(
+                        out.status.code() == Some(255) && out.stdout.is_empty(),
+                        "uid {} logged in as {target} over {ip}: {out:?}",
+                        local.uid
+                    );
+                    ensure!(
+                        out.stderr.contains(&format!("local uid {}", local.uid))
+                            && out.stderr.contains(&format!("as {target}")),
+                        "the refusal does not say why ({target} over {ip}): {}",
+                        out.stderr
+                    );
+                }
+                // As itself: allowed (the policy allows any non-root user here).
+                let out = as_local(&ssh_login(&local.name, &ip))?;
+                ok(&out, &format!("ssh to itself over {ip}"))?;
+                ensure!(out.stdout.trim() == local.name, "{out:?}");
+            }
+
+            // Root on the node may log in as root and as anyone.
+            let root_kh = lab.dir().join("root_known_hosts");
+            for (login, want) in [
+                (ssh_login("root", &a4), "root"),
+                (ssh_login("root", &a6), "root"),
+                (ssh_login(&other.name, &a4), other.name.as_str()),
+            ] {
+                let mut args = self_ssh_opts(&root_kh);
+                args.extend([login.clone(), "id -un".to_owned()]);
+                let out = a
+                    .netns()
+                    .command("ssh")
+                    .args(&args)
+                    .timeout(SECS(60))
+                    .run_unchecked()?;
+                ok(&out, &format!("root: ssh {login}"))?;
+                ensure!(out.stdout.trim() == want, "{out:?}");
+            }
+
+            // The log names the local uid of every self-connection, accepted or refused.
+            let log = a.log();
+            for uid in [local.uid, 0] {
+                ensure!(
+                    log.contains(&format!("client_uid={uid}")),
+                    "no log line with client_uid={uid}"
+                );
+            }
+
+            // A peer (alice's b) still logs in under the same policy, as root even.
+            let b_kh = lab.dir().join("b_known_hosts");
+            let mut args = self_ssh_opts(&b_kh);
+            args.extend([ssh_login("root", &a4), "id -un".to_owned()]);
+            wait_until(SECS(30), "b's SSH login to a", || {
+                let out = b
+                    .netns()
+                    .command("ssh")
+                    .args(&args)
+                    .timeout(SECS(60))
+                    .run_unchecked()?;
+                Ok(out.status.success() && out.stdout.trim() == "root")
+            })?;
+            Ok(())
+        },
+        report,
+    )
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use weft_lab::tailnet::{
-    Binaries, Control, ControlOptions, KeyOptions, Node, Tailnet, peer, peer_hostnames,
+    Binaries, Control, ControlOptions, KeyOptions, Node, NodeOptions, Tailnet, peer, peer_hostnames,
 };
 use weft_lab::{Lab, e2e_lab, tcp_transfer, wait_for, wait_until, with_diagnostics};
 
@@ -636,6 +636,368 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
             Ok(())
         },
         || report(&control, &refs),
+    )
+}
+
+/// `PATCH /localapi/v0/prefs` with `body` as root; returns the raw response.
+fn patch_prefs(node: &Node, body: &str) -> anyhow::Result<String> {
+    raw_localapi(
+        node.socket(),
+        &format!(
+            "PATCH /localapi/v0/prefs HTTP/1.1\r\nHost: local\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+#[test]
+fn oversized_and_control_character_prefs_are_refused_and_control_never_sees_them()
+-> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let nodes = net.join(&control, &["c1", "c2"])?;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    with_diagnostics(
+        || {
+            let (c1, c2) = (&nodes[0], &nodes[1]);
+            let before = c1.weft_ok(["debug", "prefs"])?.stdout;
+            let huge_host = serde_json::json!({ "hostname": "h".repeat(1 << 20) }).to_string();
+            let tags: Vec<String> = (0..50_000).map(|i| format!("tag:t{i}")).collect();
+            let many_tags = serde_json::json!({ "advertise_tags": tags }).to_string();
+            let long_nick = serde_json::json!({ "nickname": "n".repeat(100_000) }).to_string();
+            let ansi_host = serde_json::json!({ "hostname": "box\u{1b}[2J" }).to_string();
+            let crlf_nick = serde_json::json!({ "nickname": "work\r\nfake" }).to_string();
+            for (body, want) in [
+                (
+                    &huge_host,
+                    "hostname (--hostname) is 1048576 bytes long; at most 253 are allowed",
+                ),
+                (
+                    &many_tags,
+                    "advertise_tags (--advertise-tags) has 50000 entries; at most 64 are allowed",
+                ),
+                (
+                    &long_nick,
+                    "nickname (--nickname) is 100000 bytes long; at most 64 are allowed",
+                ),
+                (
+                    &ansi_host,
+                    "hostname (--hostname) contains control characters",
+                ),
+                (
+                    &crlf_nick,
+                    "nickname (--nickname) contains control characters",
+                ),
+            ] {
+                let resp = patch_prefs(c1, body)?;
+                ensure!(
+                    resp.starts_with("HTTP/1.1 400") && resp.contains(want),
+                    "{want}: {}",
+                    resp.get(..600).unwrap_or(&resp)
+                );
+            }
+            // The CLI shows the daemon's reason.
+            let out = c1.weft(["set", "--nickname", &"x".repeat(65)])?;
+            ensure!(
+                out.status.code() == Some(1)
+                    && out
+                        .stderr
+                        .contains("nickname (--nickname) is 65 bytes long; at most 64"),
+                "{out:?}"
+            );
+            // Nothing changed, and the control connection never noticed.
+            ensure!(
+                c1.weft_ok(["debug", "prefs"])?.stdout == before,
+                "prefs changed"
+            );
+            let st = c1.status_json()?;
+            ensure!(
+                st["backend_state"] == "running"
+                    && st["health"].as_array().is_some_and(Vec::is_empty),
+                "{st}"
+            );
+            // The map stream still carries a (valid) change to the peer.
+            c1.weft_ok(["set", "--hostname", "c1-renamed"])?;
+            c2.wait_status(SECS(20), "c1's new hostname", |v| {
+                peer(v, "c1-renamed").is_some()
+            })?;
+            Ok(())
+        },
+        || report(&control, &refs),
+    )
+}
+
+/// The UDP drop counters from `status --json`: (proto, reason) → count.
+fn udp_drops(node: &Node) -> anyhow::Result<std::collections::BTreeMap<(String, String), u64>> {
+    let st = node.status_json()?;
+    let mut out = std::collections::BTreeMap::new();
+    for proto in ["wireguard", "disco"] {
+        let map = st["udp"][format!("{proto}_dropped")]
+            .as_object()
+            .with_context(|| format!("no udp.{proto}_dropped in status: {}", st["udp"]))?;
+        for (reason, n) in map {
+            out.insert((proto.to_owned(), reason.clone()), n.as_u64().unwrap_or(0));
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn garbage_datagrams_are_dropped_and_counted_by_reason_in_status_and_metrics() -> anyhow::Result<()>
+{
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let nodes = net.join(&control, &["g1", "g2"])?;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    with_diagnostics(
+        || {
+            let (g1, g2) = (&nodes[0], &nodes[1]);
+            let before = udp_drops(g1)?;
+            let target = SocketAddr::new(g1.underlay_addr().into(), weft_lab::tailnet::NODE_PORT);
+            let sock = g2.netns().udp_socket("0.0.0.0:0".parse()?)?;
+            // Deterministic junk (xorshift), 50 of each kind, from g2's namespace.
+            let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+            let mut junk = |n: usize| -> Vec<u8> {
+                (0..n)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            };
+            let magic = [0x57u8, 0x46, 0xf0, 0x9f, 0xa7, 0xb5];
+            for _ in 0..50 {
+                // Neither WireGuard nor disco.
+                sock.send_to(b"GET / HTTP/1.1\r\n\r\n", target)?;
+                // A WireGuard handshake initiation full of noise.
+                let mut init = vec![1u8, 0, 0, 0];
+                init.extend(junk(144));
+                sock.send_to(&init, target)?;
+                // Disco magic and too little after it.
+                let mut short = magic.to_vec();
+                short.push(0);
+                sock.send_to(&short, target)?;
+                // A sealed-looking disco message from a key nobody knows.
+                let mut stranger = magic.to_vec();
+                stranger.extend(junk(32 + 24 + 40));
+                sock.send_to(&stranger, target)?;
+            }
+            let delta =
+                |after: &std::collections::BTreeMap<(String, String), u64>, p: &str, r: &str| {
+                    let k = (p.to_owned(), r.to_owned());
+                    after.get(&k).copied().unwrap_or(0) - before.get(&k).copied().unwrap_or(0)
+                };
+            let after = wait_for(SECS(10), "the drop counters to move", || {
+                let after = udp_drops(g1)?;
+                Ok((delta(&after, "disco", "unknown_sender") >= 50).then_some(after))
+            })?;
+            ensure!(delta(&after, "wireguard", "malformed") == 50, "{after:?}");
+            ensure!(delta(&after, "disco", "malformed") == 50, "{after:?}");
+            ensure!(delta(&after, "disco", "unknown_sender") == 50, "{after:?}");
+            let wg_total: u64 = [
+                "malformed",
+                "unknown_peer",
+                "unauthenticated",
+                "rate_limited",
+            ]
+            .iter()
+            .map(|r| delta(&after, "wireguard", r))
+            .sum();
+            ensure!(wg_total >= 100, "{after:?}");
+            let st = g1.status_json()?;
+            ensure!(
+                st["udp"]["dropped"].as_u64().unwrap_or(0) >= 200,
+                "{}",
+                st["udp"]
+            );
+
+            // The same counters in Prometheus' text.
+            let metrics = raw_localapi(
+                g1.socket(),
+                "GET /localapi/v0/metrics HTTP/1.1\r\nHost: local\r\nConnection: close\r\n\r\n",
+            )?;
+            let want = format!(
+                "weftd_udp_dropped_datagrams_total{{proto=\"disco\",reason=\"unknown_sender\"}} {}\n",
+                after[&("disco".to_owned(), "unknown_sender".to_owned())]
+            );
+            ensure!(metrics.contains(&want), "{want} not in {metrics}");
+
+            // Nothing of it harmed the tunnel.
+            let g2_ip: IpAddr = g2.ip4()?.into();
+            wait_until(SECS(10), "g1 to ping g2", || Ok(pings(g1, g2_ip)))?;
+            Ok(())
+        },
+        || report(&control, &refs),
+    )
+}
+
+/// Opens up to `count` LocalAPI connections to `socket` as `uid` (from a thread whose
+/// credentials alone change), every other one with half a request head, for at most `limit`.
+fn flood_as(
+    uid: u32,
+    socket: &std::path::Path,
+    count: usize,
+    limit: Duration,
+) -> anyhow::Result<Vec<std::os::unix::net::UnixStream>> {
+    use std::io::Write as _;
+    let socket = socket.to_owned();
+    let t = std::thread::spawn(
+        move || -> anyhow::Result<Vec<std::os::unix::net::UnixStream>> {
+            // SAFETY: a plain syscall on this thread's own credentials.
+            let r = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+            ensure!(r == 0, "setresuid: {}", std::io::Error::last_os_error());
+            let start = weft_lab::now();
+            let mut held = Vec::with_capacity(count);
+            while held.len() < count && start.elapsed() < limit {
+                let mut s = std::os::unix::net::UnixStream::connect(&socket)?;
+                if held.len() % 2 == 1 {
+                    let _ = s.write_all(b"GET /localapi/v0/status HTTP/1.1\r\nHost: lo");
+                }
+                held.push(s);
+            }
+            Ok(held)
+        },
+    );
+    t.join()
+        .map_err(|_| anyhow::anyhow!("the flood thread panicked"))?
+}
+
+/// Reads `s` until the server closes it; `None` if it is still open at `deadline`.
+fn until_closed(
+    s: &mut std::os::unix::net::UnixStream,
+    deadline: std::time::Instant,
+) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let left = deadline
+        .saturating_duration_since(weft_lab::now())
+        .max(Duration::from_millis(1));
+    s.set_read_timeout(Some(left)).ok()?;
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => Some(out),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        // A server that closes with our half-sent bytes unread resets the
+        // connection: closed all the same, after what it wrote.
+        Err(_) => Some(out),
+    }
+}
+
+#[test]
+fn a_non_root_localapi_flood_neither_slows_root_nor_cuts_the_control_connection()
+-> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let lab = lab!();
+    // The flood's 1,100 sockets live in this process.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    ensure!(
+        hard >= 2048,
+        "the test needs 2048 descriptors, the hard limit is {hard}"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard.max(soft), hard)?;
+    let flooder = weft_lab::account::LocalAccount::create("wlf", "u")?;
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    control.ensure_user("alice")?;
+    let key = control.create_key(
+        "alice",
+        &KeyOptions {
+            reusable: true,
+            ..KeyOptions::default()
+        },
+    )?;
+    // f1 starts the way distributions start daemons: 1,024 descriptors, 4,096 allowed.
+    let f1 = net.node_with(
+        "f1",
+        NodeOptions {
+            nofile: Some((1024, 4096)),
+            ..NodeOptions::default()
+        },
+    )?;
+    f1.up_with_key(&control, &key)?;
+    let f2 = net.node("f2")?;
+    f2.up_with_key(&control, &key)?;
+    f1.wait_peers_online(&["f2"], SECS(30))?;
+    with_diagnostics(
+        || {
+            let started = weft_lab::now();
+            let mut held = flood_as(flooder.uid, f1.socket(), 1100, SECS(30))?;
+            let opened = held.len();
+            let flood_took = started.elapsed();
+            ensure!(
+                opened == 1100,
+                "only {opened} connections opened in {flood_took:?}"
+            );
+
+            // Root's `weft status`, ten times during the flood: each within 1 s.
+            let mut worst = Duration::ZERO;
+            for _ in 0..10 {
+                let t = weft_lab::now();
+                let out = f1.weft(["status"])?;
+                let took = t.elapsed();
+                ensure!(out.status.success() && out.stdout.contains("f2"), "{out:?}");
+                worst = worst.max(took);
+            }
+            ensure!(
+                worst < SECS(1),
+                "root's weft status took {worst:?} under the flood"
+            );
+
+            // The node is still connected to control: healthy, and a peer's change arrives.
+            let st = f1.status_json()?;
+            ensure!(
+                st["backend_state"] == "running"
+                    && st["health"].as_array().is_some_and(Vec::is_empty),
+                "{st}"
+            );
+            f2.weft_ok(["set", "--hostname", "f2-renamed"])?;
+            f1.wait_status(SECS(20), "f2's new name over the map stream", |v| {
+                peer(v, "f2-renamed").is_some()
+            })?;
+
+            // The flooder got its share and a reason for the rest; its share is closed at the
+            // header deadline (10 s), idle or half-sent alike.
+            let deadline = started + SECS(10 + 5);
+            let (mut refused, mut dropped) = (0, 0);
+            for s in &mut held {
+                match until_closed(s, deadline) {
+                    Some(out) if out.starts_with(b"HTTP/1.1 503") => refused += 1,
+                    Some(_) => dropped += 1,
+                    None => anyhow::bail!("a connection was still open 15 s after the flood began"),
+                }
+            }
+            ensure!(
+                refused == 1100 - 32 && dropped == 32,
+                "{refused} refused with a 503, {dropped} closed at the deadline"
+            );
+            let log = f1.log();
+            ensure!(
+                log.contains("Raised the open-file limit")
+                    && log.contains("LocalAPI connections refused"),
+                "{log}"
+            );
+            ensure!(
+                log.matches("LocalAPI connections refused").count() <= 3,
+                "the refusals were logged more than once per interval"
+            );
+            eprintln!(
+                "flood: {opened} connections in {flood_took:?}, {refused} refused at once, \
+                 {dropped} closed at the header deadline; root's status worst {worst:?}"
+            );
+            Ok(())
+        },
+        || report(&control, &[&f1, &f2]),
     )
 }
 

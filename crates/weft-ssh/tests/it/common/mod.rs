@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use weft_ssh::{
-    Authorizer, CheckHook, CheckOutcome, CheckRequest, Decision, Grant, HostKeys, PeerIdentity,
-    PendingCheck, SshConfig, SshServer,
+    Authorizer, CheckHook, CheckOutcome, CheckRequest, Decision, Grant, HostKeys, Origin,
+    PeerIdentity, PendingCheck, SshConfig, SshServer, Unidentified,
 };
 
 /// Returns false (test should return early) when e2e prerequisites are
@@ -68,6 +68,9 @@ pub struct FakeAuthz {
     /// Applies to any login not in `rules` (like `"*"`).
     pub wildcard: Option<Rule>,
     pub known: bool,
+    /// Say every connection was opened by this local uid on the node itself
+    /// (weftd decides that from the source address and sock_diag).
+    pub local_uid: Option<u32>,
 }
 
 impl FakeAuthz {
@@ -89,6 +92,7 @@ impl FakeAuthz {
 pub fn peer() -> PeerIdentity {
     PeerIdentity {
         addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        origin: Origin::Peer,
         node_id: "n1".into(),
         node_name: "laptop".into(),
         user_login: Some("alice@example.com".into()),
@@ -97,8 +101,16 @@ pub fn peer() -> PeerIdentity {
 }
 
 impl Authorizer for FakeAuthz {
-    fn identify(&self, src: IpAddr) -> Option<PeerIdentity> {
-        (self.known && src == IpAddr::V4(Ipv4Addr::LOCALHOST)).then(peer)
+    fn identify(&self, src: SocketAddr, _local: SocketAddr) -> Result<PeerIdentity, Unidentified> {
+        if !self.known || src.ip() != IpAddr::V4(Ipv4Addr::LOCALHOST) {
+            return Err(Unidentified::UnknownAddress(src.ip()));
+        }
+        Ok(PeerIdentity {
+            origin: self
+                .local_uid
+                .map_or(Origin::Peer, |uid| Origin::LocalProcess { uid }),
+            ..peer()
+        })
     }
     fn authorize(
         &self,

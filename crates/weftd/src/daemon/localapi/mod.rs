@@ -7,7 +7,12 @@
 //! `--operator` user), else 403 with a message naming what was refused.
 //! Every error is a JSON [`ErrorBody`]; a body that is not valid JSON for
 //! the route is a 400 and changes nothing.
+//!
+//! Connections are held to limits ([`conn`]): at most a few per non-root
+//! uid, request heads and bodies within a deadline, and a graceful answer
+//! when the daemon runs short of file descriptors.
 
+pub mod conn;
 pub mod status;
 
 use std::convert::Infallible;
@@ -18,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -45,6 +49,10 @@ pub fn root_or(operator: Option<u32>) -> Authorizer {
 /// reading would otherwise hold it forever).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// The largest request body read (prefs are a few hundred bytes; this
+/// leaves room for an oversized value to be refused with a message).
+const MAX_BODY: usize = 2 << 20;
+
 /// The longest ping timeout accepted.
 const MAX_PING_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -55,20 +63,14 @@ struct AppState {
     /// Becomes `true` at shutdown: open `watch` streams end then, so a
     /// graceful shutdown never waits for a watcher that stays connected.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// How long a request body may take to arrive.
+    body_read_timeout: Duration,
 }
 
-/// The caller's credentials.
+/// The caller's credentials (`SO_PEERCRED` at connect time).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub uid: Option<u32>,
-}
-
-impl Connected<axum::serve::IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(s: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
-        Peer {
-            uid: s.io().peer_cred().ok().map(|c| c.uid()),
-        }
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -117,16 +119,18 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// Returns the route table. Setting `stopping` to `true` ends every open
-/// `watch` stream.
+/// `watch` stream; request bodies must arrive within `limits`' deadline.
 pub fn router(
     handle: Handle,
     authorize: Authorizer,
     stopping: tokio::sync::watch::Receiver<bool>,
+    limits: &conn::Limits,
 ) -> Router {
     let state = AppState {
         handle,
         authorize,
         stopping,
+        body_read_timeout: limits.body_read_timeout,
     };
     let api = Router::new()
         .route("/status", get(status_h))
@@ -151,6 +155,7 @@ pub fn router(
                 req.uri().path()
             ))
         })
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), authorize_mw))
         .with_state(state);
     Router::new()
@@ -163,7 +168,8 @@ pub fn router(
         })
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves `router` on `listener` until `shutdown` resolves, holding
+/// connections to `limits` (see [`conn`]).
 ///
 /// # Errors
 /// The server's I/O error.
@@ -171,13 +177,41 @@ pub async fn serve(
     listener: UnixListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    limits: conn::Limits,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<Peer>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    conn::serve(listener, router, shutdown, limits).await
+}
+
+/// Reads a request's whole body within the body deadline
+/// ([`conn::Limits::body_read_timeout`]) before the handler runs (after
+/// authorization, so a refused caller's body is never read): a half-sent
+/// body is a 408, not a held connection.
+async fn read_body(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() == Method::GET {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let limit = MAX_BODY;
+    let deadline = st.body_read_timeout;
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => ApiError::new(
+            413,
+            format!("the request body is larger than {limit} bytes, or was cut off"),
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            408,
+            format!(
+                "the request body did not arrive within {} ms",
+                deadline.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn authorize_mw(

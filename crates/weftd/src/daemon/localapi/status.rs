@@ -4,11 +4,12 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use weft_localapi::{PeerStatus, Status, TailnetInfo, WhoIs};
+use weft_localapi::{PeerStatus, Status, TailnetInfo, UdpStatus, WhoIs};
 use weft_types::{NetMap, Node, NodeOwner};
 
 use crate::daemon::backend::Backend;
 use crate::daemon::dataplane::PeerLive;
+use crate::daemon::tunnel::UdpDrops;
 
 /// A peer counts as active while its last handshake is this recent (and
 /// bytes have moved).
@@ -51,6 +52,24 @@ pub fn build(b: &Backend, now: SystemTime) -> Status {
             filtered,
         ),
         profile: Some(b.current_summary()),
+        udp: udp_status(&b.data_plane().udp_drops()),
+    }
+}
+
+/// The UDP socket's drop counters as the LocalAPI names them.
+fn udp_status(d: &UdpDrops) -> UdpStatus {
+    UdpStatus {
+        dropped: d.total(),
+        wireguard_dropped: d
+            .wireguard
+            .iter()
+            .map(|(r, n)| (crate::wg::stats::reason_name(*r).to_owned(), *n))
+            .collect(),
+        disco_dropped: d
+            .disco
+            .iter()
+            .map(|(r, n)| (r.as_str().to_owned(), *n))
+            .collect(),
     }
 }
 

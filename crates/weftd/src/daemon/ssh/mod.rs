@@ -23,6 +23,7 @@
 
 pub mod authz;
 pub mod listen;
+pub mod sock_owner;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -43,6 +44,7 @@ use weft_localapi::BackendState;
 
 use super::backend::{Backend, Handle};
 use authz::NetmapAuthorizer;
+use sock_owner::SocketOwners;
 
 /// The TCP port the server listens on.
 pub const SSH_PORT: u16 = 22;
@@ -61,6 +63,9 @@ pub struct SshOptions {
     /// Decides `check` rules (re-authentication at control). `None`: check
     /// mode is unavailable and such logins are refused with a message.
     pub check_hook: Option<Arc<dyn CheckHook>>,
+    /// Who owns a connection from this node's own address
+    /// ([`sock_owner::SockDiag`] in the daemon).
+    pub socket_owners: Arc<dyn SocketOwners>,
 }
 
 impl std::fmt::Debug for SshOptions {
@@ -184,10 +189,9 @@ impl Service {
             Some(r) => {
                 if !Arc::ptr_eq(&r.netmap, &netmap) {
                     r.netmap = Arc::clone(&netmap);
-                    let update = r
-                        .server
-                        .update_policy(Arc::new(NetmapAuthorizer::new(netmap, check)))
-                        .await;
+                    let authz =
+                        NetmapAuthorizer::new(netmap, check, Arc::clone(&self.opts.socket_owners));
+                    let update = r.server.update_policy(Arc::new(authz)).await;
                     if update.closed > 0 {
                         tracing::info!(
                             closed = update.closed,
@@ -207,7 +211,11 @@ impl Service {
                     Some(h) => Arc::clone(h),
                     None => Arc::new(NoCheck),
                 };
-                let authz = Arc::new(NetmapAuthorizer::new(Arc::clone(&netmap), check));
+                let authz = Arc::new(NetmapAuthorizer::new(
+                    Arc::clone(&netmap),
+                    check,
+                    Arc::clone(&self.opts.socket_owners),
+                ));
                 let server = SshServer::new(config, keys, authz, hook);
                 tracing::info!(addresses = ?addrs, port = self.opts.port, "SSH server starting");
                 self.running.insert(Running {
@@ -318,6 +326,7 @@ mod tests {
             statedir: PathBuf::from("/nonexistent"),
             port,
             check_hook: None,
+            socket_owners: Arc::new(sock_owner::SockDiag),
         };
         Service {
             opts,

@@ -22,17 +22,30 @@ struct Api {
 }
 
 async fn api(authorize: Authorizer) -> Api {
+    api_with(
+        authorize,
+        localapi::conn::Limits::for_descriptor_limit(1024),
+    )
+    .await
+}
+
+async fn api_with(authorize: Authorizer, limits: localapi::conn::Limits) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
     let harness = Harness::start(&dir.path().join("weftd.state"), &control, &dp).await;
     let sock = dir.path().join("run/weftd.sock");
     let listener = localapi::bind(&sock).unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let router = localapi::router(harness.handle.clone(), authorize, rx.clone());
+    let router = localapi::router(harness.handle.clone(), authorize, rx.clone(), &limits);
     let mut wait = rx;
-    let server = tokio::spawn(localapi::serve(listener, router, async move {
-        let _ = wait.wait_for(|s| *s).await;
-    }));
+    let server = tokio::spawn(localapi::serve(
+        listener,
+        router,
+        async move {
+            let _ = wait.wait_for(|s| *s).await;
+        },
+        limits,
+    ));
     Api {
         client: LocalClient::new(&sock),
         _dir: dir,
@@ -293,6 +306,134 @@ async fn a_watcher_that_stops_reading_never_blocks_the_daemon() {
             .await
             .unwrap()
             .unwrap();
+    }
+    a.client.status().await.unwrap();
+    a.stop().await;
+}
+
+/// Limits with short read deadlines, so the tests wait little.
+fn short_deadlines() -> localapi::conn::Limits {
+    localapi::conn::Limits {
+        per_uid: 3,
+        nonroot_total: 100,
+        header_read_timeout: Duration::from_millis(300),
+        body_read_timeout: Duration::from_millis(300),
+    }
+}
+
+/// Reads until the server closes the connection (or 5 s pass: a failure).
+async fn read_until_closed(s: &mut tokio::net::UnixStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the server kept the connection open")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn idle_and_half_sent_requests_are_dropped_at_their_deadlines() {
+    use tokio::io::AsyncWriteExt as _;
+    let a = api_with(everyone(), short_deadlines()).await;
+    let sock = a.client.socket().to_owned();
+    // Nothing sent; half a request head; a complete head and half its body.
+    let mut idle = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    let mut half_head = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    half_head
+        .write_all(b"GET /localapi/v0/status HTTP/1.1\r\nHost: lo")
+        .await
+        .unwrap();
+    let mut half_body = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    half_body
+        .write_all(
+            b"PATCH /localapi/v0/prefs HTTP/1.1\r\nHost: local\r\nContent-Length: 100\r\n\r\n{\"shields",
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_until_closed(&mut idle).await, "");
+    // hyper closes a head that did not arrive in time (408 or nothing).
+    let answer = read_until_closed(&mut half_head).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    let answer = read_until_closed(&mut half_body).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("did not arrive within 300 ms"),
+        "{answer}"
+    );
+    // A keep-alive connection that goes quiet after a response is closed too.
+    let mut kept = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    kept.write_all(b"GET /localapi/v0/prefs HTTP/1.1\r\nHost: local\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut kept)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    // Nothing of it changed the prefs or stopped the server.
+    assert!(!a.client.prefs().await.unwrap().shields_up);
+    a.client.status().await.unwrap();
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_non_root_uid_gets_a_few_connections_and_then_a_reason_root_always_gets_in() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // Connecting as another uid needs root.
+    }
+    let a = api_with(everyone(), short_deadlines()).await;
+    let sock = a.client.socket().to_owned();
+    // Connect as uid 65534 from a thread of its own (the raw syscall changes
+    // only this thread's credentials, which SO_PEERCRED reports).
+    let held = std::thread::spawn(move || {
+        // SAFETY: a plain syscall on this thread's own credentials.
+        let r = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(r, 0);
+        (0..5)
+            .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap();
+    // The first three are served; the rest were told why and closed.
+    let mut answers = Vec::new();
+    for s in held {
+        let mut s = tokio::net::UnixStream::from_std({
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .unwrap();
+        use tokio::io::AsyncWriteExt as _;
+        let _ = s
+            .write_all(b"GET /localapi/v0/prefs HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n")
+            .await;
+        answers.push(read_until_closed(&mut s).await);
+    }
+    let ok = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 200"))
+        .count();
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 503"))
+        .collect();
+    assert_eq!((ok, refused.len()), (3, 2), "{answers:?}");
+    assert!(
+        refused[0].contains("too many LocalAPI connections from uid 65534 (at most 3 at once)"),
+        "{}",
+        refused[0]
+    );
+    // Root is never limited.
+    let mut mine = Vec::new();
+    for _ in 0..10 {
+        mine.push(
+            tokio::net::UnixStream::connect(a.client.socket())
+                .await
+                .unwrap(),
+        );
     }
     a.client.status().await.unwrap();
     a.stop().await;
