@@ -770,7 +770,7 @@ fn garbage_datagrams_are_dropped_and_counted_by_reason_in_status_and_metrics() -
                     })
                     .collect()
             };
-            let magic = [0x57u8, 0x46, 0xf0, 0x9f, 0xa7, 0xb5];
+            let magic = weft_disco::MAGIC;
             for _ in 0..50 {
                 // Neither WireGuard nor disco.
                 sock.send_to(b"GET / HTTP/1.1\r\n\r\n", target)?;
