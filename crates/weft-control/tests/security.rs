@@ -126,7 +126,7 @@ async fn malformed_and_oversized_frames_close_the_connection() {
     tcp.write_all(&[0x02, 0x00, 0x03, 1, 2, 3]).await.unwrap();
     closed_within(&mut tcp, Duration::from_secs(5)).await;
 
-    // A message over the server's 1 MiB bound (fragmented over many records).
+    // A message over the server's 64 KiB bound (fragmented over records).
     let (mut tcp, mut conn) = raw_channel(&t).await;
     let huge = HostInfo {
         hostname: "x".repeat(2 << 20),
