@@ -291,3 +291,58 @@ async fn metrics(t: &TestServer) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test]
+async fn host_info_beyond_its_limits_is_refused_in_map_and_updates() {
+    let t = TestServer::start().await;
+    t.user("u").await;
+    let key = t.reusable_key("u").await;
+    let mut a = TestNode::new(&t, "a");
+    a.join(&key).await;
+
+    // An update with a 300-byte hostname ends the stream with the reason.
+    a.session.as_ref().unwrap().update_host_info(HostInfo {
+        hostname: "h".repeat(300),
+        ..common::host_info("a")
+    });
+    let err = loop {
+        match a.next_result().await {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    assert!(
+        err.to_string()
+            .contains("host info field hostname is 300 bytes long; at most 253"),
+        "{err}"
+    );
+
+    // A map request with terminal escapes in `os` is refused the same way.
+    let mut ch = Channel::connect(&a.target, &ConnectOptions::default())
+        .await
+        .unwrap();
+    ch.send(ClientMessage::Map(MapRequest {
+        version: CapabilityVersion::CURRENT,
+        node_key: a.node_key.public(),
+        disco_key: DiscoPrivate::generate().public(),
+        endpoints: vec![],
+        host_info: HostInfo {
+            os: "linux\u{1b}[2J".into(),
+            ..common::host_info("a")
+        },
+        stream: true,
+    }))
+    .unwrap();
+    let err = ch.recv().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    assert!(
+        err.to_string()
+            .contains("host info field os contains control characters"),
+        "{err}"
+    );
+    // The node's record kept the valid host info.
+    let nodes = t.server.admin().list_nodes().await.unwrap();
+    assert_eq!(nodes[0].hostname, "a");
+    t.server.shutdown().await;
+}

@@ -15,6 +15,7 @@ use weft_control_proto::{Connection, UpgradeHeaders};
 use weft_types::CapabilityVersion;
 use weft_types::control::KeyResponse;
 
+use crate::admission::{Standing, Ticket};
 use crate::ctx::Ctx;
 use crate::http::RemoteAddr;
 
@@ -36,11 +37,9 @@ pub(crate) async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Re
         capability: header(CAPABILITY_HEADER),
         handshake: header(HANDSHAKE_HEADER),
     };
-    let remote = req
-        .extensions()
-        .get::<RemoteAddr>()
-        .map(|r| r.0.to_string())
-        .unwrap_or_default();
+    let peer = req.extensions().get::<RemoteAddr>().map(|r| r.0);
+    let ticket = req.extensions().get::<Arc<Ticket>>().cloned();
+    let remote = peer.map(|p| p.to_string()).unwrap_or_default();
     let accepted = match Connection::accept(
         &ctx.server_key,
         &headers,
@@ -50,7 +49,7 @@ pub(crate) async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Re
     ) {
         Ok(a) => a,
         Err(e) => {
-            tracing::info!(%remote, reason = %e, "control upgrade refused");
+            tracing::debug!(%remote, reason = %e, "control upgrade refused");
             metrics::counter!("weft_control_upgrades_refused_total").increment(1);
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
             let mut resp = (status, e.to_string()).into_response();
@@ -61,11 +60,19 @@ pub(crate) async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Re
             return resp;
         }
     };
+    if let Some(t) = &ticket {
+        t.set(Standing::Unregistered);
+    }
+    let origin = conn::Origin {
+        peer,
+        ticket,
+        version: accepted.version,
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_ctx = ctx.clone();
     ctx.tasks.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => conn::run(task_ctx, TokioIo::new(upgraded), accepted, remote).await,
+            Ok(upgraded) => conn::run(task_ctx, TokioIo::new(upgraded), accepted, origin).await,
             Err(e) => tracing::debug!(%remote, error = %e, "upgrade did not complete"),
         }
     });
