@@ -1,8 +1,8 @@
 //! What a stranger can make the server keep, and what it cannot: bounded
 //! registration fields (the database does not grow), capped pending
 //! logins, a deadline for unregistered connections, per-source and total
-//! connection limits with eviction. The connection floods run against the
-//! real binary.
+//! connection limits with eviction, and a per-node budget of host-info
+//! changes. The connection floods run against the real binary.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -605,4 +605,56 @@ async fn with_1024_descriptors_a_flood_of_1100_sheds_and_a_node_still_registers_
         "logged {accept_failures} accept failures and {shed_lines} shedding lines"
     );
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_info_changes_beyond_the_budget_are_held_and_only_the_latest_is_sent() {
+    let t = TestServer::start().await;
+    t.user("u").await;
+    let key = t.reusable_key("u").await;
+    let mut a = TestNode::new(&t, "a");
+    let mut b = TestNode::new(&t, "b");
+    a.join(&key).await;
+    b.join(&key).await;
+    b.wait_map(|m| TestNode::peer(m, "a").is_some()).await;
+    b.events.clear();
+
+    let version = |i: usize| HostInfo {
+        os_version: format!("v{i}"),
+        ..common::host_info("a")
+    };
+    for i in 0..50 {
+        a.session.as_ref().unwrap().update_host_info(version(i));
+    }
+    // The first six go out at once.
+    let seen_by =
+        |m: &weft_types::NetMap| TestNode::peer(m, "a").map(|p| p.host_info.os_version.clone());
+    b.wait_map(|m| seen_by(m).as_deref() == Some("v5")).await;
+    // The rest wait for the budget; the test clock's jump releases the
+    // latest only.
+    t.clock.advance(Duration::from_secs(10));
+    b.wait_map(|m| seen_by(m).as_deref() == Some("v49")).await;
+    let seen: Vec<String> = b
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            weft_client::SessionEvent::NetMap { netmap, .. } => seen_by(netmap),
+            _ => None,
+        })
+        .collect();
+    let allowed: Vec<String> = (0..6)
+        .map(|i| format!("v{i}"))
+        .chain(["v49".into()])
+        .collect();
+    assert!(
+        seen.iter().all(|v| allowed.contains(v)),
+        "peers saw only the budget and the latest: {seen:?}"
+    );
+    let held = metric(t.server.local_addr(), "weft_host_info_updates_held_total")
+        .await
+        .unwrap();
+    assert!(held >= 44.0, "held {held}");
+    a.close().await;
+    b.close().await;
+    t.server.shutdown().await;
 }
