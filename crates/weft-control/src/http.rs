@@ -10,6 +10,11 @@
 //! | `/api/v1/…` | the admin API with an API key ([`crate::admin`]) |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /health` | `ok` |
+//!
+//! Every response but the `101` of an upgrade carries [`security_headers`]:
+//! a Content-Security-Policy that lets nothing load or run but the pages'
+//! own inline style, no framing, no MIME sniffing, no `Referer` (login URLs
+//! carry the login id), and `Cache-Control: no-store` on HTML.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +58,36 @@ pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
             extra,
         );
     }
-    r.layer(axum::middleware::from_fn(track))
+    r.layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(track))
+}
+
+/// Adds the security headers described in the module docs.
+async fn security_headers(req: Request, next: Next) -> Response {
+    use http::header::{
+        CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, REFERRER_POLICY,
+        X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    let mut resp = next.run(req).await;
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return resp;
+    }
+    let html = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/html"));
+    let h = resp.headers_mut();
+    if let Ok(csp) = HeaderValue::from_str(crate::auth::content_security_policy()) {
+        h.insert(CONTENT_SECURITY_POLICY, csp);
+    }
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if html {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
 }
 
 /// Records the latency of every request by route.

@@ -79,7 +79,8 @@ pub(crate) struct Origin {
     /// The connection's place in admission (`None`: not admitted through
     /// the listener).
     pub ticket: Option<Arc<Ticket>>,
-    /// The client's capability version.
+    /// The capability version the server speaks on this connection (the
+    /// client's, clamped to the server's own).
     pub version: CapabilityVersion,
 }
 
