@@ -517,7 +517,9 @@ fn flood_sources() -> Vec<IpAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_registers_within_2s_while_1100_unregistered_connections_are_held() {
-    raise_nofile();
+    if !raise_nofile(2500) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     // The flood must outlive the measurement: a long registration deadline.
     let p = ServerProcess::start_with(
@@ -564,11 +566,13 @@ async fn a_node_registers_within_2s_while_1100_unregistered_connections_are_held
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_1024_descriptors_a_flood_of_1100_sheds_and_a_node_still_registers_within_2s() {
-    raise_nofile();
+    if !raise_nofile(2500) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     // The open-file limit the probe's server had; no flags, so the same
     // test runs against older builds.
-    let p = ServerProcess::start_with(dir.path(), free_port(), &[], Some(1024)).await;
+    let p = ServerProcess::start_with(dir.path(), free_port(), &[], Some((1024, 1024))).await;
     let url: weft_client::ControlUrl = p.url().parse().unwrap();
     let key = weft_client::fetch_key(&url, Duration::from_secs(5))
         .await
@@ -618,6 +622,22 @@ async fn with_1024_descriptors_a_flood_of_1100_sheds_and_a_node_still_registers_
         "logged {accept_failures} accept failures and {shed_lines} shedding lines"
     );
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_at_start_and_the_connection_limit_follows_it() {
+    use nix::sys::resource::{Resource, getrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let target = hard.min(4096);
+    let dir = tempfile::tempdir().unwrap();
+    let p = ServerProcess::start_with(dir.path(), free_port(), &[], Some((256, target))).await;
+    let log = p.log();
+    assert!(
+        log.contains("raised the open-file limit") && log.contains(&format!("to={target}")),
+        "{log}"
+    );
+    let limit = target - weft_control::config::RESERVED_DESCRIPTORS;
+    assert!(log.contains(&format!("max_connections={limit}")), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
