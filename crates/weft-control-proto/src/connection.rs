@@ -36,9 +36,13 @@ use crate::upgrade::{self, UpgradeError, UpgradeHeaders, UpgradeRequest};
 
 /// The default bound on one received application message (16 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
-/// The receive bound a server should use for client messages (1 MiB):
-/// nodes send requests and host info, never maps.
-pub const SERVER_MAX_MESSAGE_SIZE: usize = 1 << 20;
+/// The receive bound a server should use for client messages (64 KiB):
+/// nodes send requests and host info, never maps. The largest is a
+/// `register` or `map` request with host info at its limits
+/// (`weft_types::node::host_info_limits`, 16 KiB of fields) and 64
+/// endpoints: under 32 KiB of JSON. Every connection may hold this much
+/// while a message is reassembled, so it bounds the server's memory too.
+pub const SERVER_MAX_MESSAGE_SIZE: usize = 64 << 10;
 /// The default time a handshake may take (client: until message 2 arrives;
 /// server: until the first record confirms the client has the keys).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

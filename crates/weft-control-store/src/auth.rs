@@ -91,6 +91,38 @@ impl Store {
             .map(|(r, _)| r))
     }
 
+    /// Returns how many logins are pending and unexpired at `now` (what the
+    /// server's cap on pending logins counts).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn count_pending_auth_requests(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM auth_requests WHERE state = 'pending' AND expires_ms > $1",
+        )
+        .bind(now.0)
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Deletes a login that is still pending (a machine that starts a new
+    /// login replaces its old one). Returns whether one was deleted; an
+    /// approved or rejected login is kept.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub async fn delete_pending_auth_request(&self, auth_id: &str) -> Result<bool, StoreError> {
+        write_tx!(&self.inner, |conn, _attempt| {
+            let done =
+                sqlx::query("DELETE FROM auth_requests WHERE auth_id = $1 AND state = 'pending'")
+                    .bind(auth_id)
+                    .execute(&mut *conn)
+                    .await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
     /// Approves a pending login: registers the node it asked for under
     /// `approval` (normally [`RegisterAuth::User`]) and records the approving
     /// user and the node, in one transaction.

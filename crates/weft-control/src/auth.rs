@@ -126,14 +126,34 @@ impl Authenticator for AdminApproval {
     }
 }
 
+/// The style sheet of the server's pages, inline: the Content-Security-Policy
+/// admits exactly this text by its hash ([`content_security_policy`]).
+pub(crate) const PAGE_STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em;line-height:1.5}\
+     pre,code{background:#f3f3f3;padding:.1em .3em}pre{padding:.8em;overflow-x:auto}";
+
+/// Returns the Content-Security-Policy of every response of the server:
+/// nothing may load or run (no scripts, images, fonts, frames, plugins),
+/// except the inline [`PAGE_STYLE`] by its SHA-256; forms may only post back
+/// to this server; no other site may frame the pages (clickjacking).
+pub fn content_security_policy() -> &'static str {
+    static CSP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use base64::Engine as _;
+        let digest = ring::digest::digest(&ring::digest::SHA256, PAGE_STYLE.as_bytes());
+        let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+        format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        )
+    });
+    &CSP
+}
+
 fn page(status: u16, title: &str, body: &str) -> LoginPage {
     LoginPage {
         status,
         html: format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · Weft</title>\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em;line-height:1.5}}\
-             pre,code{{background:#f3f3f3;padding:.1em .3em}}pre{{padding:.8em;overflow-x:auto}}</style></head>\
+             <style>{PAGE_STYLE}</style></head>\
              <body><h1>{title}</h1>{body}</body></html>"
         ),
     }

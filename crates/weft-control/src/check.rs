@@ -37,6 +37,9 @@ use crate::registration::LOGIN_PATH;
 /// The longest control holds a check open, whatever the node asks.
 pub const MAX_CHECK_WAIT: Duration = Duration::from_secs(10 * 60);
 
+/// The longest SSH login or local account name a check may name, in bytes.
+pub const MAX_CHECK_USER_LEN: usize = 256;
+
 /// Approvals remembered at most (the oldest are dropped beyond it).
 const MAX_APPROVALS: usize = 65_536;
 
@@ -237,6 +240,12 @@ async fn decide(
     let refuse = |m: &str| Ok(Start::Now(reject(m)));
     if !is_auth_id(&req.check_id) {
         return refuse("the check id is not 32 lowercase hex digits");
+    }
+    let bad_name = |s: &str| s.len() > MAX_CHECK_USER_LEN || s.chars().any(char::is_control);
+    if bad_name(&req.ssh_user) || bad_name(&req.local_user) {
+        return refuse(
+            "the login or local account name is longer than 256 bytes or holds control characters",
+        );
     }
     let dst = match ctx.store.node_by_node_key(&req.node_key).await {
         Ok(n) if n.machine_key == mk && !n.is_expired(now) => n,

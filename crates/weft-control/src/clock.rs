@@ -106,6 +106,31 @@ pub async fn sleep_until(clock: &dyn Clock, deadline: UnixMillis) {
     }
 }
 
+/// Formats a duration compactly (`3d4h`, `5m`, `12s`).
+pub fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => {
+            let (h, m) = (s / 3600, (s % 3600) / 60);
+            if m == 0 {
+                format!("{h}h")
+            } else {
+                format!("{h}h{m}m")
+            }
+        }
+        _ => {
+            let (d, h) = (s / 86_400, (s % 86_400) / 3600);
+            if h == 0 {
+                format!("{d}d")
+            } else {
+                format!("{d}d{h}h")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,19 @@ pub const DEFAULT_EPHEMERAL_GRACE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(150);
 /// How long an interactive login URL stays valid.
 pub const DEFAULT_AUTH_REQUEST_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// How long an upgraded connection may stay without proving a registration
+/// (unless a `register` is being answered, e.g. an interactive login).
+pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections per source address (IPv4 address or IPv6 /64) that are not
+/// registered yet, at most.
+pub const DEFAULT_MAX_UNREGISTERED_PER_SOURCE: usize = 64;
+/// Descriptors kept free below the open-file limit (database, admin socket,
+/// logs) when the connection limit is derived from it.
+pub const RESERVED_DESCRIPTORS: u64 = 128;
+/// Interactive logins waiting for approval, at most, in all.
+pub const DEFAULT_MAX_PENDING_LOGINS: usize = 1000;
+/// Interactive logins waiting for approval, at most, per source address.
+pub const DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE: usize = 10;
 /// The server key file inside the state directory.
 pub const SERVER_KEY_FILE: &str = "server.key";
 /// The admin socket inside the state directory.
@@ -54,8 +67,20 @@ pub struct ServerConfig {
     pub batch_delay: Duration,
     /// How long an interactive login URL stays valid.
     pub auth_request_lifetime: Duration,
-    /// Control channel limits and timers (handshake timeout, keep-alive, idle).
+    /// Control channel limits and timers (handshake timeout, keep-alive,
+    /// idle, the 64 KiB bound on a client message).
     pub channel: ChannelConfig,
+    /// Time an upgraded connection has to prove a registration.
+    pub register_timeout: Duration,
+    /// Connections held at most (`None`: the open-file limit less
+    /// [`RESERVED_DESCRIPTORS`]).
+    pub max_connections: Option<usize>,
+    /// Unregistered connections per source address, at most.
+    pub max_unregistered_per_source: usize,
+    /// Interactive logins waiting for approval, at most.
+    pub max_pending_logins: usize,
+    /// Interactive logins waiting for approval per source address, at most.
+    pub max_pending_logins_per_source: usize,
     /// Time a client has to send its HTTP request headers.
     pub http_header_timeout: Duration,
     /// Time one write of map data may take before the stream is dropped.
@@ -91,6 +116,11 @@ impl ServerConfig {
             batch_delay: DEFAULT_BATCH_DELAY,
             auth_request_lifetime: DEFAULT_AUTH_REQUEST_LIFETIME,
             channel: ChannelConfig::for_server(),
+            register_timeout: DEFAULT_REGISTER_TIMEOUT,
+            max_connections: None,
+            max_unregistered_per_source: DEFAULT_MAX_UNREGISTERED_PER_SOURCE,
+            max_pending_logins: DEFAULT_MAX_PENDING_LOGINS,
+            max_pending_logins_per_source: DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE,
             http_header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             stream_queue_limit: 256,
@@ -112,6 +142,18 @@ impl ServerConfig {
         c.http_header_timeout = Duration::from_secs(2);
         c.store_seed = Some(1);
         c
+    }
+
+    /// Returns the connection limit in force: [`ServerConfig::max_connections`],
+    /// else the process's open-file limit less [`RESERVED_DESCRIPTORS`].
+    pub fn connection_limit(&self) -> usize {
+        if let Some(n) = self.max_connections {
+            return n.max(1);
+        }
+        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft);
+        let n = soft.saturating_sub(RESERVED_DESCRIPTORS).clamp(64, 1 << 24);
+        usize::try_from(n).unwrap_or(1 << 24)
     }
 
     /// Returns the admin socket path.

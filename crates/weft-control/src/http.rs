@@ -10,6 +10,11 @@
 //! | `/api/v1/…` | the admin API with an API key ([`crate::admin`]) |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /health` | `ok` |
+//!
+//! Every response but the `101` of an upgrade carries [`security_headers`]:
+//! a Content-Security-Policy that lets nothing load or run but the pages'
+//! own inline style, no framing, no MIME sniffing, no `Referer` (login URLs
+//! carry the login id), and `Cache-Control: no-store` on HTML.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +30,7 @@ use tokio::net::TcpListener;
 use weft_control_store::StoreError;
 
 use crate::admin::{Admin, api};
+use crate::admission::{LOG_EVERY, LogEvery, Refused, Standing};
 use crate::auth::LoginContext;
 use crate::ctx::Ctx;
 
@@ -52,7 +58,36 @@ pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
             extra,
         );
     }
-    r.layer(axum::middleware::from_fn(track))
+    r.layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(track))
+}
+
+/// Adds the security headers described in the module docs.
+async fn security_headers(req: Request, next: Next) -> Response {
+    use http::header::{
+        CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, REFERRER_POLICY,
+        X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    let mut resp = next.run(req).await;
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return resp;
+    }
+    let html = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/html"));
+    let h = resp.headers_mut();
+    if let Ok(csp) = HeaderValue::from_str(crate::auth::content_security_policy()) {
+        h.insert(CONTENT_SECURITY_POLICY, csp);
+    }
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if html {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
 }
 
 /// Records the latency of every request by route.
@@ -120,32 +155,65 @@ async fn login_page(State(ctx): State<Arc<Ctx>>, Path(auth_id): Path<String>) ->
     (status, Html(page.html)).into_response()
 }
 
-/// Accepts connections until `ctx.stop`, serving each with hyper (HTTP/1.1
-/// with upgrades, a deadline for the request headers).
+/// The first pause after `accept` fails (out of descriptors and the like).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The longest pause between failing `accept`s.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts connections until `ctx.stop`, admits each ([`crate::admission`];
+/// a refused one gets `503` and is closed) and serves it with hyper
+/// (HTTP/1.1 with upgrades, a deadline for the request headers).
 pub(crate) async fn serve(listener: TcpListener, router: Router, ctx: Arc<Ctx>) {
     let header_timeout = ctx.config.http_header_timeout;
+    let mut accept_failures = LogEvery::new(LOG_EVERY);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let (tcp, peer) = tokio::select! {
             () = ctx.stop.cancelled() => return,
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    x
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off a little.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    metrics::counter!("weft_control_accept_errors_total").increment(1);
+                    if let Some(failures) = accept_failures.hit(crate::now()) {
+                        tracing::warn!(error = %e, failures, "accept failed; backing off");
+                    }
+                    tokio::select! {
+                        () = ctx.stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
+        };
+        let ticket = match ctx.admission.admit(peer.ip(), crate::now()) {
+            Ok(t) => Arc::new(t),
+            Err(refused) => {
+                shed(tcp, refused);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
         let stop = ctx.stop.clone();
         ctx.tasks.spawn(async move {
+            let evicted = ticket.evicted().clone();
+            let svc_ticket = ticket.clone();
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    svc_ticket.set_if(Standing::Waiting, Standing::Busy);
                     req.extensions_mut().insert(RemoteAddr(peer));
+                    req.extensions_mut().insert(svc_ticket.clone());
                     let router = router.clone();
-                    async move { tower::ServiceExt::oneshot(router, req).await }
+                    let ticket = svc_ticket.clone();
+                    async move {
+                        let resp = tower::ServiceExt::oneshot(router, req).await;
+                        ticket.set_if(Standing::Busy, Standing::Waiting);
+                        resp
+                    }
                 });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -160,7 +228,32 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, ctx: Arc<Ctx>) 
                     }
                 }
                 () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+                () = evicted.cancelled() => {
+                    tracing::debug!(%peer, "HTTP connection evicted to make room");
+                }
             }
+            drop(ticket);
         });
     }
+}
+
+/// Answers a refused connection with `503` and the reason, then closes it.
+/// Best effort and without waiting: the socket is not kept a moment longer
+/// (it may be refused for want of descriptors). What the client has sent
+/// already is read first, so the close does not turn into a reset.
+fn shed(tcp: tokio::net::TcpStream, refused: Refused) {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut tcp) = tcp.into_std() else {
+        return;
+    };
+    let mut scratch = [0u8; 4096];
+    let _ = tcp.read(&mut scratch);
+    let body = refused.message();
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nRetry-After: 5\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.write(resp.as_bytes());
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
 }

@@ -22,6 +22,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod admin;
+mod admission;
 pub mod auth;
 pub mod check;
 pub mod clock;
@@ -190,6 +191,18 @@ impl Server {
         .await
         .map_err(|e| StartError::Load(e.to_string()))?;
         let stop = CancellationToken::new();
+        let limits = admission::Limits {
+            max_connections: config.connection_limit(),
+            max_unregistered_per_source: config.max_unregistered_per_source,
+        };
+        tracing::info!(
+            max_connections = limits.max_connections,
+            max_unregistered_per_source = limits.max_unregistered_per_source,
+            register_timeout = ?config.register_timeout,
+            max_pending_logins = config.max_pending_logins,
+            max_pending_logins_per_source = config.max_pending_logins_per_source,
+            "connection and login limits"
+        );
         let ctx = Arc::new(Ctx {
             full_maps: Semaphore::new(config.full_map_concurrency.max(1)),
             config,
@@ -198,6 +211,7 @@ impl Server {
             server_key,
             coord,
             logins: Logins::default(),
+            admission: admission::Admission::new(limits),
             checks: crate::check::Checks::default(),
             clock: clock.clone(),
             stop: stop.clone(),
@@ -278,9 +292,12 @@ impl Server {
     }
 }
 
+/// How often expired interactive logins are deleted.
+const LOGIN_CLEANUP_EVERY: Duration = Duration::from_secs(60);
+
 /// Periodic housekeeping: expired interactive logins.
 async fn maintenance(ctx: Arc<Ctx>) {
-    let mut every = tokio::time::interval(Duration::from_secs(5 * 60));
+    let mut every = tokio::time::interval(LOGIN_CLEANUP_EVERY);
     loop {
         tokio::select! {
             () = ctx.stop.cancelled() => return,

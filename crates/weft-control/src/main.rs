@@ -5,7 +5,6 @@
 //! only) or remotely over its REST API (`--server URL --api-key KEY`).
 //! `policy check --nodes` and `policy explain --policy --nodes` work
 //! offline, without a server.
-#![allow(clippy::print_stdout)] // a CLI prints what the user asked for
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod cli;

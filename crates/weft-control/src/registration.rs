@@ -7,6 +7,14 @@
 //! login (auth URL), a follow-up waits until that login is decided.
 //! Every committed change goes to the coordinator before the answer goes
 //! out, so the node's next `map` finds it.
+//!
+//! Before any of that, the request is bounded: host info within
+//! `weft_types::node::host_info_limits` ([`HostInfo::validate`]), an auth
+//! key and a follow-up URL by length. A new interactive login is capped per
+//! source address and in total (docs/PROTOCOL.md §12); a machine that
+//! starts a new login gives up its older pending one.
+//!
+//! [`HostInfo::validate`]: weft_types::HostInfo::validate
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,6 +30,7 @@ use weft_types::control::{
 };
 use weft_types::{MachinePublic, Tag, UnixMillis};
 
+use crate::admission::{LOG_EVERY, LogEvery, Source};
 use crate::clock;
 use crate::ctx::{Ctx, LoginWish};
 use crate::state::coordinator::Msg;
@@ -29,15 +38,25 @@ use crate::state::coordinator::Msg;
 /// The path prefix of login URLs.
 pub(crate) const LOGIN_PATH: &str = "/a/";
 
-/// Answers one `register` request from the machine `machine_key`.
+/// The longest pre-auth key accepted (the server's are under 100 bytes).
+pub(crate) const MAX_AUTH_KEY_LEN: usize = 256;
+/// The longest follow-up URL accepted.
+pub(crate) const MAX_AUTH_URL_LEN: usize = 2048;
+
+/// Logs refusals of bad or capped requests at most once per interval.
+static REFUSALS: std::sync::Mutex<Option<LogEvery>> = std::sync::Mutex::new(None);
+
+/// Answers one `register` request from the machine `machine_key`, which
+/// connected from `source`.
 pub(crate) async fn register(
     ctx: Arc<Ctx>,
     machine_key: MachinePublic,
+    source: Option<Source>,
     req: RegisterRequest,
 ) -> RegisterResponse {
     #[allow(clippy::disallowed_methods)] // measuring only
     let started = std::time::Instant::now();
-    let (resp, outcome) = match handle(&ctx, machine_key, req).await {
+    let (resp, outcome) = match handle(&ctx, machine_key, source, req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "registration failed");
@@ -55,7 +74,35 @@ pub(crate) async fn register(
     metrics::counter!("weft_registrations_total", "outcome" => outcome).increment(1);
     metrics::histogram!("weft_register_duration_seconds", "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
+    if outcome.starts_with("refused_invalid") || outcome.starts_with("refused_login_cap") {
+        let due = REFUSALS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(|| LogEvery::new(LOG_EVERY))
+            .hit(crate::now());
+        if let (Some(refused), RegisterResponse::Refused(r)) = (due, &resp) {
+            tracing::info!(refused, outcome, last = %r.message, "registrations refused");
+        }
+    }
     resp
+}
+
+/// Checks the bounds of a request; returns what is wrong.
+fn out_of_bounds(req: &RegisterRequest) -> Option<String> {
+    if let Err(e) = req.host_info.validate() {
+        return Some(e.to_string());
+    }
+    match &req.auth {
+        RegisterAuth::AuthKey(k) if k.0.len() > MAX_AUTH_KEY_LEN => Some(format!(
+            "the auth key is {} bytes long; at most {MAX_AUTH_KEY_LEN} are allowed",
+            k.0.len()
+        )),
+        RegisterAuth::Followup { auth_url } if auth_url.len() > MAX_AUTH_URL_LEN => Some(format!(
+            "the follow-up URL is {} bytes long; at most {MAX_AUTH_URL_LEN} are allowed",
+            auth_url.len()
+        )),
+        _ => None,
+    }
 }
 
 fn refused(reason: RefusalReason, message: String) -> RegisterResponse {
@@ -67,8 +114,19 @@ type Answer = (RegisterResponse, &'static str);
 async fn handle(
     ctx: &Arc<Ctx>,
     mk: MachinePublic,
+    source: Option<Source>,
     req: RegisterRequest,
 ) -> Result<Answer, StoreError> {
+    if let Some(why) = out_of_bounds(&req) {
+        tracing::debug!(machine = %mk.short(), %why, "registration out of bounds");
+        return Ok((
+            refused(
+                RefusalReason::Other,
+                format!("the control server refused this registration: {why}"),
+            ),
+            "refused_invalid",
+        ));
+    }
     let now = ctx.clock.now();
     let known = optional(ctx.store.node_by_node_key(&req.node_key).await)?;
 
@@ -107,7 +165,9 @@ async fn handle(
             return Ok(in_use(&req));
         }
         return match &req.auth {
-            RegisterAuth::None if old_node.is_expired(now) => needs_auth(ctx, mk, &req, now).await,
+            RegisterAuth::None if old_node.is_expired(now) => {
+                needs_auth(ctx, mk, &req, source, now).await
+            }
             RegisterAuth::None => {
                 let n = ctx.store.rotate_node_key(&old, &req.node_key, now).await?;
                 let n = apply_expiry_wish(ctx, n, req.expiry, now).await?;
@@ -124,7 +184,7 @@ async fn handle(
             Ok((RegisterResponse::NodeKeyExpired, "key_expired"))
         }
         (RegisterAuth::None, Some(n)) => registered(ctx, n, "known").await,
-        (RegisterAuth::None, None) => needs_auth(ctx, mk, &req, now).await,
+        (RegisterAuth::None, None) => needs_auth(ctx, mk, &req, source, now).await,
         (RegisterAuth::AuthKey(k), _) => with_auth_key(ctx, mk, &req, &k.0, now).await,
         (RegisterAuth::Followup { auth_url }, _) => followup(ctx, mk, auth_url).await,
     }
@@ -326,16 +386,23 @@ async fn needs_auth(
     ctx: &Ctx,
     mk: MachinePublic,
     req: &RegisterRequest,
+    source: Option<Source>,
     now: UnixMillis,
 ) -> Result<Answer, StoreError> {
-    let existing = ctx
-        .store
-        .pending_auth_request_for(&mk, now)
-        .await?
-        .filter(|r| r.node_key == req.node_key);
+    let _creating = ctx.logins.creating.lock().await;
+    let existing = ctx.store.pending_auth_request_for(&mk, now).await?;
     let ar = match existing {
-        Some(r) => r,
-        None => {
+        Some(r) if r.node_key == req.node_key => r,
+        replaced => {
+            if let Some(old) = replaced {
+                // The machine starts over with another node key; its old
+                // login can never complete for it.
+                ctx.store.delete_pending_auth_request(&old.auth_id).await?;
+                ctx.logins.decided(&old.auth_id);
+            }
+            if let Some(answer) = login_cap_reached(ctx, source, now).await? {
+                return Ok(answer);
+            }
             let expires = now.saturating_add(ctx.config.auth_request_lifetime);
             ctx.store
                 .create_auth_request(
@@ -355,9 +422,49 @@ async fn needs_auth(
             expiry: req.expiry,
             requested_tags: req.host_info.requested_tags.clone(),
         },
+        source.map(|s| (s, ar.expires)),
     );
     let auth_url = format!("{}{LOGIN_PATH}{}", ctx.server_url, ar.auth_id);
     Ok((RegisterResponse::NeedsAuth { auth_url }, "needs_auth"))
+}
+
+/// Returns the refusal if a new login from `source` would pass a cap on
+/// pending logins.
+async fn login_cap_reached(
+    ctx: &Ctx,
+    source: Option<Source>,
+    now: UnixMillis,
+) -> Result<Option<Answer>, StoreError> {
+    let lifetime = crate::clock::short_duration(ctx.config.auth_request_lifetime);
+    let per_source = ctx.config.max_pending_logins_per_source;
+    if let Some(src) = source
+        && ctx.logins.pending_from(src, now) >= per_source
+    {
+        return Ok(Some((
+            refused(
+                RefusalReason::Other,
+                format!(
+                    "{per_source} logins from your address are already waiting for approval, the most this server allows; \
+                     try again once one is approved, declined or expired (after {lifetime}), or register with a pre-auth key (weft up --auth-key)"
+                ),
+            ),
+            "refused_login_cap_source",
+        )));
+    }
+    let total = ctx.config.max_pending_logins;
+    if ctx.store.count_pending_auth_requests(now).await? >= total as u64 {
+        return Ok(Some((
+            refused(
+                RefusalReason::Other,
+                format!(
+                    "{total} logins are already waiting for approval on this server, the most it allows; \
+                     try again later, or register with a pre-auth key (weft up --auth-key)"
+                ),
+            ),
+            "refused_login_cap_total",
+        )));
+    }
+    Ok(None)
 }
 
 /// Returns the login id at the end of an auth URL.
@@ -387,6 +494,7 @@ async fn followup(ctx: &Ctx, mk: MachinePublic, auth_url: &str) -> Result<Answer
         let ar = match ctx.store.auth_request(id).await {
             Ok(r) => r,
             Err(StoreError::UnknownAuthRequest(_)) => {
+                ctx.logins.forget(id);
                 return expired(
                     "this login URL is unknown or expired; run weft up again for a new one",
                 );

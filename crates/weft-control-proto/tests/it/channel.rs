@@ -572,7 +572,7 @@ fn a_message_over_the_size_limit_is_refused() {
 }
 
 #[test]
-fn the_server_configuration_refuses_client_messages_over_one_mebibyte() {
+fn the_server_configuration_refuses_client_messages_over_64_kibibytes() {
     let now = t0();
     let (mut client, req) = Connection::client(
         &machine_key(),
@@ -585,11 +585,52 @@ fn the_server_configuration_refuses_client_messages_over_one_mebibyte() {
     .unwrap();
     let mut server = accept(&req, ChannelConfig::for_server(), now).connection;
     pump(&mut server, &mut client, now).unwrap();
-    client.send(&big_update(30_000), now).unwrap(); // about 1.5 MB of JSON
+    client.send(&big_update(2_000), now).unwrap(); // about 100 KB of JSON
     assert_eq!(
         pump(&mut client, &mut server, now),
-        Err(ChannelError::MessageTooLarge { limit: 1 << 20 })
+        Err(ChannelError::MessageTooLarge { limit: 64 << 10 })
     );
+}
+
+#[test]
+fn the_largest_valid_client_message_fits_the_server_bound_twice() {
+    use weft_types::control::{AuthKey, ExpiryRequest, RegisterAuth, RegisterRequest};
+    use weft_types::node::host_info_limits::*;
+    use weft_types::{HostInfo, NodePrivate};
+    // Quotes and backslashes escape to two bytes each: the worst case.
+    let quoted = |n: usize| "\"".repeat(n);
+    let key_len = (TOTAL_MAX_LEN - HOSTNAME_MAX_LEN - 3 * SHORT_FIELD_MAX_LEN) / SSH_HOST_KEYS_MAX;
+    let key = |i: usize| {
+        let blob = "A".repeat(key_len - 16);
+        format!("ssh-ed25519 {blob} k{i:02}").parse().unwrap()
+    };
+    let host_info = HostInfo {
+        hostname: quoted(HOSTNAME_MAX_LEN),
+        os: quoted(SHORT_FIELD_MAX_LEN),
+        os_version: quoted(SHORT_FIELD_MAX_LEN),
+        weft_version: quoted(SHORT_FIELD_MAX_LEN),
+        ssh_host_keys: (0..SSH_HOST_KEYS_MAX).map(key).collect(),
+        requested_tags: Default::default(),
+        shields_up: true,
+    };
+    assert_eq!(host_info.validate(), Ok(()));
+    let register = ClientMessage::Register(RegisterRequest {
+        version: CapabilityVersion::CURRENT,
+        node_key: NodePrivate::generate().public(),
+        old_node_key: Some(NodePrivate::generate().public()),
+        auth: RegisterAuth::AuthKey(AuthKey("k".repeat(200))),
+        expiry: ExpiryRequest::Default,
+        ephemeral: false,
+        host_info: host_info.clone(),
+    });
+    let map_with_endpoints = big_update(64);
+    for m in [register, map_with_endpoints] {
+        let len = serde_json::to_vec(&m).unwrap().len();
+        assert!(
+            len * 2 < weft_control_proto::connection::SERVER_MAX_MESSAGE_SIZE,
+            "{len} bytes"
+        );
+    }
 }
 
 #[test]

@@ -218,6 +218,68 @@ pub async fn logins_can_be_rejected_expire_and_are_cleaned_up(db: &TestDb) {
     assert!(store.list_nodes().await.unwrap().is_empty());
 }
 
+pub async fn pending_logins_are_counted_and_only_pending_ones_deleted(db: &TestDb) {
+    let store = db.store().await;
+    let alice = user(&store, "alice").await;
+    let mk = |n: u64, expires: UnixMillis| NewAuthRequest {
+        register: register_req(n, "x"),
+        expires,
+    };
+    assert_eq!(store.count_pending_auth_requests(T0).await.unwrap(), 0);
+    let long = store
+        .create_auth_request(mk(1, at(HOUR)), T0)
+        .await
+        .unwrap();
+    let short = store
+        .create_auth_request(mk(2, at(MINUTE)), T0)
+        .await
+        .unwrap();
+    let approved = store
+        .create_auth_request(mk(3, at(HOUR)), T0)
+        .await
+        .unwrap();
+    let approval = RegisterAuth::User {
+        user: alice.id,
+        tags: &BTreeSet::new(),
+        ephemeral: false,
+        key_lifetime: KeyLifetime::ServerDefault,
+    };
+    store
+        .complete_auth_request(&approved.auth_id, approval, at(1))
+        .await
+        .unwrap();
+    assert_eq!(store.count_pending_auth_requests(at(1)).await.unwrap(), 2);
+    assert_eq!(
+        store.count_pending_auth_requests(at(MINUTE)).await.unwrap(),
+        1,
+        "an expired login no longer counts"
+    );
+
+    assert!(
+        !store
+            .delete_pending_auth_request(&approved.auth_id)
+            .await
+            .unwrap(),
+        "an approved login stays"
+    );
+    assert!(store.auth_request(&approved.auth_id).await.is_ok());
+    assert!(
+        store
+            .delete_pending_auth_request(&long.auth_id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_pending_auth_request(&long.auth_id)
+            .await
+            .unwrap()
+    );
+    assert!(store.auth_request(&long.auth_id).await.is_err());
+    assert_eq!(store.count_pending_auth_requests(at(1)).await.unwrap(), 1);
+    assert!(store.auth_request(&short.auth_id).await.is_ok());
+}
+
 pub async fn policies_are_versioned(db: &TestDb) {
     let store = db.store().await;
     assert_eq!(store.current_policy().await.unwrap(), None);

@@ -65,6 +65,7 @@ suite!(
     keys::api_keys_verify_expire_and_store_only_a_hash,
     auth_policy::an_approved_login_registers_its_node,
     auth_policy::logins_can_be_rejected_expire_and_are_cleaned_up,
+    auth_policy::pending_logins_are_counted_and_only_pending_ones_deleted,
     auth_policy::policies_are_versioned,
     concurrency::concurrent_registrations_never_share_an_address_or_name,
     concurrency::a_one_off_key_wins_only_one_race,

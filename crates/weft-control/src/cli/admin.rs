@@ -7,6 +7,7 @@ use clap::Subcommand;
 use weft_control::admin::types::{NewApiKey, NewPreauthKey, NewUser, NodeView};
 
 use super::fmt::{parse_duration, relative, table};
+use super::out::{errln, out, outln};
 use super::{Conn, now_ms, print_json};
 
 #[derive(Debug, Subcommand)]
@@ -199,7 +200,7 @@ pub async fn users(cmd: UsersCmd) -> anyhow::Result<()> {
             if conn.json {
                 return print_json(&u);
             }
-            println!("created user {} (id {}, {})", u.login_name, u.id, u.role);
+            outln!("created user {} (id {}, {})", u.login_name, u.id, u.role)?;
         }
         UsersCmd::List { conn } => {
             let users = conn.client()?.list_users().await?;
@@ -219,17 +220,17 @@ pub async fn users(cmd: UsersCmd) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 table(&["ID", "LOGIN", "NAME", "ROLE", "CREATED"], &rows)
-            );
+            )?;
         }
         UsersCmd::Delete { login, conn } => {
             let u = conn.client()?.delete_user(&login).await?;
             if conn.json {
                 return print_json(&u);
             }
-            println!("deleted user {}", u.login_name);
+            outln!("deleted user {}", u.login_name)?;
         }
     }
     Ok(())
@@ -265,8 +266,8 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
             if conn.json {
                 return print_json(&k);
             }
-            println!("{}", k.secret);
-            eprintln!(
+            outln!("{}", k.secret)?;
+            errln!(
                 "pre-auth key {} ({}{}), expires {}. It is shown only now: store it safely.\nUse it on a node: weft up --auth-key {}",
                 k.key.id,
                 if k.key.reusable {
@@ -322,7 +323,7 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 table(
                     &[
@@ -338,17 +339,18 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
                     ],
                     &rows
                 )
-            );
+            )?;
         }
         KeysCmd::Expire { id, conn } => {
             let k = conn.client()?.expire_preauth_key(id).await?;
             if conn.json {
                 return print_json(&k);
             }
-            println!(
+            outln!(
                 "pre-auth key {} (weftkey-auth-{}-…) is expired",
-                k.id, k.prefix
-            );
+                k.id,
+                k.prefix
+            )?;
         }
     }
     Ok(())
@@ -401,7 +403,7 @@ fn print_node(action: &str, n: &NodeView, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(n);
     }
-    println!("{action} node {} ({}, {})", n.id, n.name, n.ipv4);
+    outln!("{action} node {} ({}, {})", n.id, n.name, n.ipv4)?;
     Ok(())
 }
 
@@ -412,7 +414,7 @@ pub async fn nodes(cmd: NodesCmd) -> anyhow::Result<()> {
             if conn.json {
                 return print_json(&nodes);
             }
-            print!(
+            out!(
                 "{}",
                 table(
                     &[
@@ -426,7 +428,7 @@ pub async fn nodes(cmd: NodesCmd) -> anyhow::Result<()> {
                     ],
                     &node_rows(&nodes)
                 )
-            );
+            )?;
         }
         NodesCmd::Approve {
             auth_id,
@@ -446,7 +448,7 @@ pub async fn nodes(cmd: NodesCmd) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot decline login {auth_id}"))?;
             if !conn.json {
-                println!("declined login {auth_id}");
+                outln!("declined login {auth_id}")?;
             }
         }
         NodesCmd::Expire { id, conn } => {
@@ -498,8 +500,8 @@ pub async fn apikeys(cmd: ApiKeysCmd) -> anyhow::Result<()> {
             if conn.json {
                 return print_json(&k);
             }
-            println!("{}", k.secret);
-            eprintln!(
+            outln!("{}", k.secret)?;
+            errln!(
                 "API key {} created. It is shown only now: store it safely.\nUse it: weft-control --server URL --api-key KEY nodes list",
                 k.key.id
             );
@@ -529,20 +531,20 @@ pub async fn apikeys(cmd: ApiKeysCmd) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 table(
                     &["ID", "KEY", "DESCRIPTION", "EXPIRES", "LAST USED", "STATE"],
                     &rows
                 )
-            );
+            )?;
         }
         ApiKeysCmd::Expire { id, conn } => {
             let k = conn.client()?.expire_api_key(id).await?;
             if conn.json {
                 return print_json(&k);
             }
-            println!("API key {} (weftkey-api-{}-…) is expired", k.id, k.prefix);
+            outln!("API key {} (weftkey-api-{}-…) is expired", k.id, k.prefix)?;
         }
     }
     Ok(())

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use weft_control::clock::short_duration;
+
 /// Parses `500ms`, `30s`, `5m`, `24h`, `180d`, or sums like `1h30m`.
 ///
 /// # Errors
@@ -39,31 +41,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total = total.saturating_add(d);
     }
     Ok(total)
-}
-
-/// Formats a duration compactly (`3d4h`, `5m`, `12s`).
-pub fn short_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86_400 => {
-            let (h, m) = (s / 3600, (s % 3600) / 60);
-            if m == 0 {
-                format!("{h}h")
-            } else {
-                format!("{h}h{m}m")
-            }
-        }
-        _ => {
-            let (d, h) = (s / 86_400, (s % 86_400) / 3600);
-            if h == 0 {
-                format!("{d}d")
-            } else {
-                format!("{d}d{h}h")
-            }
-        }
-    }
 }
 
 /// Formats a time relative to `now`: `5m ago`, `in 2d3h`.

@@ -1,8 +1,10 @@
 //! The command line: argument definitions and dispatch. Each noun has its
-//! own module; output the user asked for goes to stdout, logs to stderr.
+//! own module; output the user asked for goes to stdout, logs to stderr,
+//! both through [`out`] (a closed pipe ends a command quietly).
 
 mod admin;
 mod fmt;
+mod out;
 mod policy;
 mod serve;
 
@@ -12,6 +14,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use weft_control::admin::client::{AdminClient, AdminTarget};
 use weft_control::config::{ADMIN_SOCKET_FILE, DEFAULT_STATE_DIR};
+
+use out::{errln, outln};
 
 /// weft-control: the Weft coordination server.
 #[derive(Debug, Parser)]
@@ -95,7 +99,7 @@ pub fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("weft-control: cannot start the async runtime: {e}");
+            errln!("weft-control: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -112,7 +116,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("weft-control: {e:#}");
+            errln!("weft-control: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -120,8 +124,7 @@ pub fn main() -> ExitCode {
 
 /// Prints a value as pretty JSON.
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    outln!("{}", serde_json::to_string_pretty(v)?)
 }
 
 /// Returns the wall-clock time in unix milliseconds (for relative times).

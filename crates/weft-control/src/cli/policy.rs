@@ -13,6 +13,7 @@ use weft_control::admin::client::AdminClientError;
 use weft_control::admin::types::ExplainQuery;
 use weft_policy::offline::{Outcome, Source};
 
+use super::out::{errln, out, outln};
 use super::{Conn, print_json};
 
 #[derive(Debug, Subcommand)]
@@ -96,7 +97,7 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 if conn.json {
                     print_json(&report)?;
                 } else {
-                    print!("{report}");
+                    out!("{report}")?;
                 }
                 return Ok(exit(report.outcome));
             }
@@ -105,7 +106,7 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 if conn.json {
                     print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }))?;
                 } else {
-                    println!("{e}");
+                    outln!("{e}")?;
                 }
                 return Ok(exit(Outcome::Invalid));
             }
@@ -119,9 +120,9 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             if conn.json {
                 print_json(&check)?;
             } else if let Some(e) = &check.error {
-                println!("{e}");
+                outln!("{e}")?;
             } else if let Some(r) = &check.report {
-                println!("{r}");
+                outln!("{r}")?;
             }
             Ok(exit(match (check.ok, check.error.is_some()) {
                 (true, _) => Outcome::Ok,
@@ -142,10 +143,10 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             if conn.json {
                 print_json(&v)?;
             } else {
-                println!(
+                outln!(
                     "policy version {} is in force; nodes receive their new filters now",
                     v.version.unwrap_or_default()
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -154,9 +155,9 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             if conn.json {
                 print_json(&v)?;
             } else {
-                print!("{}", v.policy);
+                out!("{}", v.policy)?;
                 if !v.policy.ends_with('\n') {
-                    println!();
+                    outln!()?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -188,7 +189,7 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                     if conn.json {
                         print_json(&report)?;
                     } else {
-                        print!("{report}");
+                        out!("{report}")?;
                     }
                     return Ok(exit(report.outcome));
                 }
@@ -208,7 +209,7 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                     if conn.json {
                         print_json(&a.explanation)?;
                     } else {
-                        print!("{}", a.text);
+                        out!("{}", a.text)?;
                     }
                     Ok(exit(if a.verdict == "allowed" {
                         Outcome::Ok
@@ -217,7 +218,7 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                     }))
                 }
                 Err(AdminClientError::Api { message, .. }) => {
-                    eprintln!("weft-control: {message}");
+                    errln!("weft-control: {message}");
                     Ok(exit(Outcome::Invalid))
                 }
                 Err(e) => Err(e.into()),

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use weft_control::config::{DEFAULT_DOMAIN, DEFAULT_LISTEN, DEFAULT_STATE_DIR};
+use weft_control::config::{
+    DEFAULT_DOMAIN, DEFAULT_LISTEN, DEFAULT_MAX_PENDING_LOGINS,
+    DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE, DEFAULT_MAX_UNREGISTERED_PER_SOURCE, DEFAULT_STATE_DIR,
+};
 use weft_control::{Server, ServerConfig};
 
 use super::fmt::parse_duration;
@@ -41,6 +44,24 @@ pub struct ServeArgs {
     /// How long an interactive login URL stays valid.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     login_expiry: Duration,
+    /// Interactive logins waiting for approval, at most, in all.
+    #[arg(long, default_value_t = DEFAULT_MAX_PENDING_LOGINS)]
+    max_pending_logins: usize,
+    /// Interactive logins waiting for approval, at most, per source address
+    /// (an IPv4 address or an IPv6 /64).
+    #[arg(long, default_value_t = DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE)]
+    max_pending_logins_per_source: usize,
+    /// Time a new control connection has to register (or start a login).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    register_timeout: Duration,
+    /// Connections held at most (default: the open-file limit less 128).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Connections not registered yet, at most, per source address (an IPv4
+    /// address or an IPv6 /64). Registered nodes do not count, so a NAT with
+    /// many nodes behind it is not limited.
+    #[arg(long, default_value_t = DEFAULT_MAX_UNREGISTERED_PER_SOURCE)]
+    max_unregistered_per_source: usize,
     /// New nodes wait for an administrator (weft-control nodes authorize ID).
     #[arg(long)]
     require_device_approval: bool,
@@ -71,6 +92,11 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     config.batch_delay = a.batch_delay;
     config.auth_request_lifetime = a.login_expiry;
     config.require_device_approval = a.require_device_approval;
+    config.max_pending_logins = a.max_pending_logins;
+    config.max_pending_logins_per_source = a.max_pending_logins_per_source;
+    config.register_timeout = a.register_timeout;
+    config.max_connections = a.max_connections;
+    config.max_unregistered_per_source = a.max_unregistered_per_source;
     config.admin_socket = !a.no_admin_socket;
     let server = Server::start(config)
         .await
@@ -101,13 +127,15 @@ fn init_logging(format: &str) {
 }
 
 /// Raises the open-file limit to its hard maximum: every node keeps a TCP
-/// connection open.
+/// connection open, and the connection limit is derived from it.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-    {
-        tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "the open-file limit is at its maximum"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
 }

@@ -9,11 +9,21 @@
 //! then deltas, each encoded once for all recipients and only wrapped
 //! (`seq`) and encrypted here. Any protocol error ends the connection with
 //! its reason logged; the node reconnects.
+//!
+//! A connection must prove a registration (a `registered` answer, an open
+//! map, an SSH check of a registered node) within
+//! [`crate::config::ServerConfig::register_timeout`], unless a `register`
+//! is being answered (an interactive login waits as long as its URL is
+//! valid); until then its [admission](crate::admission) standing is
+//! *unregistered*, and a flood of such connections evicts it first.
+//! Host info is checked against `weft_types::node::host_info_limits` in
+//! `map` and `host_info` alike.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::oneshot;
@@ -24,8 +34,9 @@ use weft_types::control::{
 };
 
 use crate::check;
-use weft_types::{MachinePublic, NodeId};
+use weft_types::{CapabilityVersion, HostInfo, MachinePublic, NodeId};
 
+use crate::admission::{Source, Standing, Ticket};
 use crate::ctx::Ctx;
 use crate::registration;
 use crate::state::coordinator::{Msg, Subscribe};
@@ -58,12 +69,36 @@ enum Stop {
     Failed(String, &'static str),
 }
 
+/// How long an evicted connection may take to receive its final error.
+const EVICTION_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where a connection comes from and what admission knows of it.
+pub(crate) struct Origin {
+    /// The peer address (`None` in tests that drive a connection directly).
+    pub peer: Option<SocketAddr>,
+    /// The connection's place in admission (`None`: not admitted through
+    /// the listener).
+    pub ticket: Option<Arc<Ticket>>,
+    /// The capability version the server speaks on this connection (the
+    /// client's, clamped to the server's own).
+    pub version: CapabilityVersion,
+}
+
 struct Conn<IO> {
     ctx: Arc<Ctx>,
     io: IO,
     conn: ServerConnection,
     machine_key: MachinePublic,
     remote: String,
+    source: Option<Source>,
+    ticket: Option<Arc<Ticket>>,
+    /// The version this server speaks here (see [`Origin::version`]).
+    version: CapabilityVersion,
+    /// The machine has proven a registration on this connection.
+    registered: bool,
+    /// Without a registration by then (and no `register` being answered),
+    /// the connection is closed.
+    register_deadline: tokio::time::Instant,
     register: Option<PendingRegister>,
     /// At most one SSH check waits per connection (weftd opens one each).
     check: Option<PendingCheck>,
@@ -73,17 +108,23 @@ struct Conn<IO> {
 }
 
 /// Runs the connection until it ends.
-pub(crate) async fn run<IO>(ctx: Arc<Ctx>, io: IO, accepted: Accepted, remote: String)
+pub(crate) async fn run<IO>(ctx: Arc<Ctx>, io: IO, accepted: Accepted, origin: Origin)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     metrics::gauge!("weft_control_connections").increment(1.0);
+    let register_deadline = tokio::time::Instant::now() + ctx.config.register_timeout;
     let mut c = Conn {
         ctx,
         io,
         conn: accepted.connection,
         machine_key: accepted.machine_key,
-        remote,
+        remote: origin.peer.map(|p| p.to_string()).unwrap_or_default(),
+        source: origin.peer.map(|p| Source::of(p.ip())),
+        ticket: origin.ticket,
+        version: origin.version,
+        registered: false,
+        register_deadline,
         register: None,
         check: None,
         stream: None,
@@ -92,12 +133,17 @@ where
     let stop = c.run_loop().await;
     match &stop {
         Stop::Done => {
-            tracing::debug!(remote = %c.remote, machine = %c.machine_key.short(), "control connection closed")
+            tracing::debug!(remote = %c.remote, machine = %c.machine_key.short(), version = %c.version, "control connection closed")
         }
         Stop::Failed(reason, kind) => {
             metrics::counter!("weft_control_connection_errors_total", "reason" => *kind)
                 .increment(1);
-            tracing::info!(remote = %c.remote, machine = %c.machine_key.short(), %reason, "control connection closed");
+            if c.registered {
+                tracing::info!(remote = %c.remote, machine = %c.machine_key.short(), version = %c.version, %reason, "control connection closed");
+            } else {
+                // Unregistered connections can come by the thousand.
+                tracing::debug!(remote = %c.remote, machine = %c.machine_key.short(), version = %c.version, %reason, "control connection closed");
+            }
         }
     }
     if let Some(s) = c.stream.take() {
@@ -128,10 +174,32 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                 .map(|(t, _)| tokio::time::Instant::from_std(t));
             let queue = self.stream.as_ref().map(|s| s.queue.clone());
             let stop_signal = self.ctx.stop.clone();
+            let evicted = self.ticket.as_ref().map(|t| t.evicted().clone());
+            let must_register_by = self
+                .awaiting_registration()
+                .then_some(self.register_deadline);
             tokio::select! {
                 biased;
                 () = stop_signal.cancelled() => {
                     self.fatal(ErrorCode::ShuttingDown, "the control server is shutting down; reconnect later");
+                }
+                () = cancelled_opt(evicted.as_ref()) => {
+                    self.fatal(
+                        ErrorCode::Other,
+                        "the control server is at its connection limit and closed this unregistered connection; reconnect later",
+                    );
+                    let _ = tokio::time::timeout(EVICTION_WRITE_TIMEOUT, self.flush()).await;
+                    return Stop::Failed("evicted to make room for a new connection".into(), "evicted");
+                }
+                () = sleep_opt(must_register_by) => {
+                    let limit = self.ctx.config.register_timeout;
+                    metrics::counter!("weft_control_connection_errors_total", "reason" => "register_timeout")
+                        .increment(1);
+                    tracing::debug!(remote = %self.remote, machine = %self.machine_key.short(), ?limit, "no registration in time");
+                    self.fatal(
+                        ErrorCode::NotRegistered,
+                        &format!("this connection did not register within {limit:?}; connect again and register"),
+                    );
                 }
                 r = self.io.read(&mut buf) => {
                     let step = match r {
@@ -153,6 +221,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                 }
                 resp = wait_register(&mut self.register) => {
                     self.register = None;
+                    if matches!(resp, RegisterResponse::Registered(_)) {
+                        self.mark_registered();
+                    }
                     if let Err(e) = self.conn.send(&ServerMessage::Register(resp), crate::now()) {
                         return channel_failure(&e);
                     }
@@ -174,6 +245,36 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                         return channel_failure(&e);
                     }
                 }
+            }
+        }
+    }
+
+    /// Returns whether the registration deadline applies now: nothing
+    /// proven yet, and no `register` or SSH check being answered.
+    fn awaiting_registration(&self) -> bool {
+        !self.registered && self.register.is_none() && self.check.is_none() && !self.closing
+    }
+
+    /// Records that the machine proved a registration: the connection may
+    /// stay, and a flood cannot evict it.
+    fn mark_registered(&mut self) {
+        if !self.registered {
+            self.registered = true;
+            if let Some(t) = &self.ticket {
+                t.set(Standing::Registered);
+            }
+        }
+    }
+
+    /// Ends the connection with `bad_request` if host info is out of bounds.
+    fn host_info_ok(&mut self, h: &HostInfo) -> bool {
+        match h.validate() {
+            Ok(()) => true,
+            Err(e) => {
+                metrics::counter!("weft_control_connection_errors_total", "reason" => "host_info_invalid")
+                    .increment(1);
+                self.fatal(ErrorCode::BadRequest, &format!("host info refused: {e}"));
+                false
             }
         }
     }
@@ -223,7 +324,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                     );
                     return;
                 }
-                let fut = registration::register(self.ctx.clone(), self.machine_key, req);
+                let fut =
+                    registration::register(self.ctx.clone(), self.machine_key, self.source, req);
                 self.register = Some(Box::pin(fut));
             }
             ClientMessage::Map(req) => self.open_map(req).await,
@@ -246,11 +348,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                 });
             }
             ClientMessage::HostInfo(h) => {
-                let Some(s) = &self.stream else {
+                if self.stream.is_none() {
                     self.fatal(
                         ErrorCode::BadRequest,
                         "host info is only accepted on an open map stream",
                     );
+                    return;
+                }
+                if !self.host_info_ok(&h) {
+                    return;
+                }
+                let Some(s) = &self.stream else {
                     return;
                 };
                 self.ctx.coord.send(Msg::HostInfo {
@@ -277,6 +385,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                         }
                     }
                 };
+                if matches!(
+                    verdict,
+                    SshCheckVerdict::Pending { .. } | SshCheckVerdict::Accept { .. }
+                ) {
+                    // Only a node registered to this machine gets this far.
+                    self.mark_registered();
+                }
                 let outcome = match &verdict {
                     SshCheckVerdict::Pending { .. } => "pending",
                     SshCheckVerdict::Accept { .. } => "accepted",
@@ -313,6 +428,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             self.fatal(ErrorCode::BadRequest, "too many endpoints (at most 64)");
             return;
         }
+        if !self.host_info_ok(&req.host_info) {
+            return;
+        }
         let queue = Arc::new(StreamQueue::new(self.ctx.config.stream_queue_limit));
         let (tx, rx) = oneshot::channel();
         self.ctx.coord.send(Msg::Subscribe(Box::new(Subscribe {
@@ -339,6 +457,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                 return;
             }
         };
+        self.mark_registered();
         if req.stream {
             metrics::gauge!("weft_map_streams").increment(1.0);
             self.stream = Some(ActiveStream {
@@ -471,6 +590,13 @@ async fn wait_queue(q: Option<&StreamQueue>) {
                 q.notified().await;
             }
         }
+        None => std::future::pending().await,
+    }
+}
+
+async fn cancelled_opt(token: Option<&tokio_util::sync::CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
         None => std::future::pending().await,
     }
 }

@@ -15,6 +15,7 @@ use weft_control_proto::{Connection, UpgradeHeaders};
 use weft_types::CapabilityVersion;
 use weft_types::control::KeyResponse;
 
+use crate::admission::{Standing, Ticket};
 use crate::ctx::Ctx;
 use crate::http::RemoteAddr;
 
@@ -27,6 +28,40 @@ pub(crate) async fn key(State(ctx): State<Arc<Ctx>>) -> axum::Json<KeyResponse> 
     })
 }
 
+/// Client capability versions more than this far ahead of the server's own
+/// are called implausible in the log (a client one or two versions ahead
+/// is normal while a fleet is upgraded node by node).
+pub(crate) const PLAUSIBLE_VERSIONS_AHEAD: u32 = 16;
+
+/// Returns the capability version the server speaks to a client that
+/// announced `client`: the client's, but never more than the server's own
+/// (it cannot speak what it does not know).
+pub(crate) fn served_version(client: CapabilityVersion) -> CapabilityVersion {
+    client.min(CapabilityVersion::CURRENT)
+}
+
+/// Clamps a client's capability version and logs when it had to.
+fn clamp_version(
+    client: CapabilityVersion,
+    machine: &weft_types::MachinePublic,
+) -> CapabilityVersion {
+    let served = served_version(client);
+    if served != client {
+        let far = client.0 - CapabilityVersion::CURRENT.0 > PLAUSIBLE_VERSIONS_AHEAD;
+        metrics::counter!(
+            "weft_control_capability_versions_clamped_total",
+            "kind" => if far { "implausible" } else { "newer" }
+        )
+        .increment(1);
+        if far {
+            tracing::info!(machine = %machine.short(), client = %client, served = %served, "client capability version far beyond the server's; clamped");
+        } else {
+            tracing::debug!(machine = %machine.short(), client = %client, served = %served, "client capability version newer than the server's; clamped");
+        }
+    }
+    served
+}
+
 /// `POST /control`: checks the upgrade request and Noise message 1, answers
 /// `101`, and starts the connection's task.
 pub(crate) async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Response {
@@ -36,11 +71,9 @@ pub(crate) async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Re
         capability: header(CAPABILITY_HEADER),
         handshake: header(HANDSHAKE_HEADER),
     };
-    let remote = req
-        .extensions()
-        .get::<RemoteAddr>()
-        .map(|r| r.0.to_string())
-        .unwrap_or_default();
+    let peer = req.extensions().get::<RemoteAddr>().map(|r| r.0);
+    let ticket = req.extensions().get::<Arc<Ticket>>().cloned();
+    let remote = peer.map(|p| p.to_string()).unwrap_or_default();
     let accepted = match Connection::accept(
         &ctx.server_key,
         &headers,
@@ -50,7 +83,7 @@ pub(crate) async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Re
     ) {
         Ok(a) => a,
         Err(e) => {
-            tracing::info!(%remote, reason = %e, "control upgrade refused");
+            tracing::debug!(%remote, reason = %e, "control upgrade refused");
             metrics::counter!("weft_control_upgrades_refused_total").increment(1);
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
             let mut resp = (status, e.to_string()).into_response();
@@ -61,11 +94,19 @@ pub(crate) async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Re
             return resp;
         }
     };
+    if let Some(t) = &ticket {
+        t.set(Standing::Unregistered);
+    }
+    let origin = conn::Origin {
+        peer,
+        ticket,
+        version: clamp_version(accepted.version, &accepted.machine_key),
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_ctx = ctx.clone();
     ctx.tasks.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => conn::run(task_ctx, TokioIo::new(upgraded), accepted, remote).await,
+            Ok(upgraded) => conn::run(task_ctx, TokioIo::new(upgraded), accepted, origin).await,
             Err(e) => tracing::debug!(%remote, error = %e, "upgrade did not complete"),
         }
     });
@@ -74,4 +115,18 @@ pub(crate) async fn upgrade(State(ctx): State<Arc<Ctx>>, mut req: Request) -> Re
     h.insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_capability_versions_are_served_as_the_servers_own() {
+        let current = CapabilityVersion::CURRENT;
+        assert_eq!(served_version(CapabilityVersion(1)), CapabilityVersion(1));
+        assert_eq!(served_version(current), current);
+        assert_eq!(served_version(CapabilityVersion(current.0 + 1)), current);
+        assert_eq!(served_version(CapabilityVersion(u32::MAX)), current);
+    }
 }

@@ -13,8 +13,9 @@
 //! at, then every delta after it.
 //!
 //! Timers: node-key expiry (the node shows as expired everywhere and its
-//! stream ends) and the ephemeral-node collector, both on the injectable
-//! [`Clock`].
+//! stream ends), the ephemeral-node collector, and the release of host
+//! info held back by a node's [`budget`](super::budget), all on the
+//! injectable [`Clock`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use weft_types::{
     DiscoPublic, DnsName, Endpoint, HostInfo, MachinePublic, NodeId, NodePublic, UnixMillis, UserId,
 };
 
+use super::budget::Budget;
 use super::delta::{self, Batch, Output, Recipient, kind};
 use super::persist::Persister;
 use super::queue::StreamQueue;
@@ -166,6 +168,13 @@ pub(crate) struct Coordinator {
     next_stream: u64,
     next_gc: UnixMillis,
     gc_in_flight: BTreeSet<NodeId>,
+    // --- host-info rate limit ---
+    /// Nodes that changed host info lately, and what they have left.
+    host_budgets: BTreeMap<NodeId, Budget>,
+    /// The latest host info a node reported beyond its budget.
+    held_host_info: BTreeMap<NodeId, HostInfo>,
+    /// When each held host info may be applied.
+    host_info_due: BTreeSet<(UnixMillis, NodeId)>,
 }
 
 /// Why loading the initial state failed.
@@ -254,6 +263,9 @@ impl Coordinator {
             pending: Pending::default(),
             next_stream: 1,
             gc_in_flight: BTreeSet::new(),
+            host_budgets: BTreeMap::new(),
+            held_host_info: BTreeMap::new(),
+            host_info_due: BTreeSet::new(),
         };
         c.update_gauges();
         Ok((c, handle))
@@ -355,30 +367,85 @@ impl Coordinator {
                 if !self.is_current(node, stream) {
                     return;
                 }
-                let Some(e) = self.nodes.get_mut(&node) else {
+                let Some(e) = self.nodes.get(&node) else {
                     return;
                 };
                 if e.host == *host_info {
+                    // The node is back to what peers already have.
+                    self.held_host_info.remove(&node);
                     return;
                 }
-                let e = Arc::make_mut(e);
-                e.host = *host_info;
-                e.rec.hostname.clone_from(&e.host.hostname);
-                e.rec.host_info = serde_json::to_value(&e.host).unwrap_or_default();
-                self.persist.status(
-                    node,
-                    NodeStatusUpdate {
-                        host_info: Some(e.rec.host_info.clone()),
-                        hostname: Some(e.rec.hostname.clone()),
-                        ..NodeStatusUpdate::default()
-                    },
-                );
-                self.mark(node, kind::FULL);
+                let now = self.clock.now();
+                if self.spend_host_budget(node, now) {
+                    self.held_host_info.remove(&node);
+                    self.apply_host_info(node, *host_info);
+                } else {
+                    self.hold_host_info(node, *host_info);
+                }
             }
             Msg::Flush(reply) => {
                 self.pending.waiters.push(reply);
                 self.pending.dirty = true;
                 self.pending.now = true;
+            }
+        }
+    }
+
+    /// Spends one of the node's host-info changes; `false` if none is left.
+    fn spend_host_budget(&mut self, node: NodeId, now: UnixMillis) -> bool {
+        self.host_budgets
+            .entry(node)
+            .or_insert_with(|| Budget::new(now))
+            .take(now)
+    }
+
+    /// Keeps `host_info` until the node's budget allows it, replacing any
+    /// held before.
+    fn hold_host_info(&mut self, node: NodeId, host_info: HostInfo) {
+        metrics::counter!("weft_host_info_updates_held_total").increment(1);
+        let first = self.held_host_info.insert(node, host_info).is_none();
+        if first && let Some(b) = self.host_budgets.get(&node) {
+            self.host_info_due.insert((b.next_at(), node));
+        }
+    }
+
+    /// Makes `host_info` the node's: stored, and sent to its peers.
+    fn apply_host_info(&mut self, node: NodeId, host_info: HostInfo) {
+        let Some(e) = self.nodes.get_mut(&node) else {
+            return;
+        };
+        let e = Arc::make_mut(e);
+        e.host = host_info;
+        e.rec.hostname.clone_from(&e.host.hostname);
+        e.rec.host_info = serde_json::to_value(&e.host).unwrap_or_default();
+        self.persist.status(
+            node,
+            NodeStatusUpdate {
+                host_info: Some(e.rec.host_info.clone()),
+                hostname: Some(e.rec.hostname.clone()),
+                ..NodeStatusUpdate::default()
+            },
+        );
+        self.mark(node, kind::FULL);
+    }
+
+    /// Applies held host info whose time has come.
+    fn release_host_info(&mut self, now: UnixMillis) {
+        while let Some(&(t, node)) = self.host_info_due.first() {
+            if t > now {
+                break;
+            }
+            self.host_info_due.pop_first();
+            let Some(h) = self.held_host_info.remove(&node) else {
+                continue;
+            };
+            if self.nodes.get(&node).is_none_or(|e| e.host == h) {
+                continue;
+            }
+            if self.spend_host_budget(node, now) {
+                self.apply_host_info(node, h);
+            } else {
+                self.hold_host_info(node, h);
             }
         }
     }
@@ -476,6 +543,8 @@ impl Coordinator {
     fn remove_node(&mut self, id: NodeId) {
         self.gc_in_flight.remove(&id);
         self.persist.forget(id);
+        self.host_budgets.remove(&id);
+        self.held_host_info.remove(&id);
         let Some(old) = self.nodes.remove(&id) else {
             return;
         };
@@ -542,12 +611,19 @@ impl Coordinator {
             }));
             return;
         }
+        let host_changed = self.nodes.get(&id).is_some_and(|e| e.host != s.host_info);
+        let apply_host = host_changed && self.spend_host_budget(id, now);
+        if !host_changed {
+            self.held_host_info.remove(&id);
+        } else if !apply_host {
+            self.hold_host_info(id, s.host_info.clone());
+        }
         let Some(e) = self.nodes.get_mut(&id) else {
             return;
         };
         let e = Arc::make_mut(e);
         let mut bits = kind::ONLINE;
-        if e.rec.disco_key != Some(s.disco_key) || e.host != s.host_info {
+        if e.rec.disco_key != Some(s.disco_key) || apply_host {
             bits |= kind::FULL;
         }
         if e.rec.endpoints != s.endpoints {
@@ -555,7 +631,8 @@ impl Coordinator {
         }
         e.rec.disco_key = Some(s.disco_key);
         e.rec.endpoints.clone_from(&s.endpoints);
-        if e.host != s.host_info {
+        if apply_host {
+            self.held_host_info.remove(&id);
             e.host = s.host_info.clone();
             e.rec.hostname.clone_from(&e.host.hostname);
             e.rec.host_info = serde_json::to_value(&e.host).unwrap_or_default();
@@ -611,13 +688,17 @@ impl Coordinator {
         self.mark(node, kind::ONLINE);
     }
 
-    /// Returns the next wall-clock deadline: a key expiry or a GC check.
+    /// Returns the next wall-clock deadline: a key expiry, a GC check, or
+    /// held host info to release.
     fn next_timer(&self) -> UnixMillis {
-        let gc = self.next_gc;
-        match self.expiries.first() {
-            Some((t, _)) => (*t).min(gc),
-            None => gc,
+        let mut next = self.next_gc;
+        if let Some((t, _)) = self.expiries.first() {
+            next = next.min(*t);
         }
+        if let Some((t, _)) = self.host_info_due.first() {
+            next = next.min(*t);
+        }
+        next
     }
 
     fn on_timer(&mut self) {
@@ -638,6 +719,7 @@ impl Coordinator {
                 self.mark(id, kind::FULL);
             }
         }
+        self.release_host_info(now);
         if now >= self.next_gc {
             self.collect_ephemeral(now);
             let every = (self.config.ephemeral_grace / 4)

@@ -13,8 +13,10 @@
 //! node needs ([`delta`]), encodes each distinct delta once and puts the
 //! bytes into the streams' bounded queues ([`queue`]). Writes of
 //! high-frequency runtime state (online, endpoints, last seen) go to the
-//! database in the background ([`persist`]).
+//! database in the background ([`persist`]). Host-info changes are rate
+//! limited per node ([`budget`]).
 
+pub(crate) mod budget;
 pub(crate) mod coordinator;
 pub(crate) mod delta;
 pub(crate) mod persist;

@@ -210,3 +210,126 @@ async fn admin_commands_work_over_the_socket_and_the_rest_api() {
         "the socket is removed at shutdown"
     );
 }
+
+/// Runs the CLI with stdout on a pipe whose reader is already gone, the
+/// way `| head -1` leaves it once head has exited: the first write fails
+/// with EPIPE. Returns (status, stderr).
+fn cli_into_closed_pipe(s: &ServerProcess, args: &[&str]) -> (i32, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
+        .args(args)
+        .arg("--state-dir")
+        .arg(&s.state_dir)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_exits_0_quietly_when_the_reader_of_its_output_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = ServerProcess::start(dir.path(), free_port()).await;
+    let (code, _, err) = s.cli(&["users", "create", "alice@example.com", "--admin"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = s.cli(&["apikeys", "create"]);
+    assert_eq!(code, 0, "{err}");
+    let policy = dir.path().join("policy.hujson");
+    std::fs::write(
+        &policy,
+        r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#,
+    )
+    .unwrap();
+    let nodes = dir.path().join("nodes.json");
+    std::fs::write(
+        &nodes,
+        r#"{"users": [{"login": "alice@example.com", "role": "admin"}],
+            "nodes": [{"name": "laptop", "user": "alice@example.com", "ipv4": "100.64.0.1"}]}"#,
+    )
+    .unwrap();
+    let (p, n) = (policy.to_str().unwrap(), nodes.to_str().unwrap());
+
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["users", "list"],
+        vec!["users", "list", "--json"],
+        vec!["users", "create", "bob@example.com"],
+        vec!["users", "delete", "bob@example.com"],
+        vec!["keys", "create", "--user", "alice@example.com"],
+        vec!["keys", "create", "--user", "alice@example.com", "--json"],
+        vec!["keys", "list"],
+        vec!["keys", "expire", "1"],
+        vec!["nodes", "list"],
+        vec!["nodes", "list", "--json"],
+        vec!["apikeys", "create"],
+        vec!["apikeys", "list"],
+        vec!["apikeys", "expire", "1"],
+        vec!["policy", "get"],
+        vec!["policy", "set", p],
+        vec!["policy", "check", p],
+        vec!["policy", "check", p, "--nodes", n],
+        vec![
+            "policy",
+            "explain",
+            "--src",
+            "alice@example.com",
+            "--dst",
+            "100.64.0.1:22",
+        ],
+        vec![
+            "policy",
+            "explain",
+            "--policy",
+            p,
+            "--nodes",
+            n,
+            "--src",
+            "laptop",
+            "--dst",
+            "laptop:22",
+        ],
+    ];
+    for args in &commands {
+        let (code, err) = cli_into_closed_pipe(&s, args);
+        assert_eq!(code, 0, "{args:?} exited {code}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+    // The side effects happened; only the output had nowhere to go.
+    let (_, out, _) = s.cli(&["keys", "list"]);
+    assert_eq!(out.lines().count(), 3, "header and two keys: {out}");
+
+    // And through a real shell pipeline: an output larger than the pipe
+    // buffer, cut by `head -1`; the command's own status is 0.
+    let big = dir.path().join("big.hujson");
+    let mut text = String::from("{\n");
+    for i in 0..5000 {
+        text.push_str(&format!(
+            "  // comment line {i:05} to make the policy long enough\n"
+        ));
+    }
+    text.push_str(r#"  "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#);
+    std::fs::write(&big, text).unwrap();
+    let (code, _, err) = s.cli(&["policy", "set", big.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let script = format!(
+        "'{bin}' policy get --state-dir '{dir}' | head -1; exit ${{PIPESTATUS[0]}}",
+        bin = env!("CARGO_BIN_EXE_weft-control"),
+        dir = s.state_dir.display(),
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\n");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(s.stop().success());
+}

@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod durability;
+mod limits;
 mod netmap;
 mod openapi;
 mod policy;

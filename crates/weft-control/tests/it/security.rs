@@ -126,7 +126,7 @@ async fn malformed_and_oversized_frames_close_the_connection() {
     tcp.write_all(&[0x02, 0x00, 0x03, 1, 2, 3]).await.unwrap();
     closed_within(&mut tcp, Duration::from_secs(5)).await;
 
-    // A message over the server's 1 MiB bound (fragmented over many records).
+    // A message over the server's 64 KiB bound (fragmented over records).
     let (mut tcp, mut conn) = raw_channel(&t).await;
     let huge = HostInfo {
         hostname: "x".repeat(2 << 20),
@@ -290,4 +290,197 @@ async fn metrics(t: &TestServer) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// Sends a raw `GET` and returns the status line with the headers, and
+/// the body.
+async fn get(t: &TestServer, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(t.server.local_addr()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+/// Returns the value of header `name` (lowercase) in a response head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test]
+async fn every_page_carries_a_strict_content_security_policy() {
+    let t = TestServer::start().await;
+    let mut n = TestNode::new(&t, "laptop");
+    n.start(n.params(weft_types::control::RegisterAuth::None))
+        .await;
+    let url = match n.next().await {
+        weft_client::SessionEvent::NeedsAuth { auth_url } => auth_url,
+        other => panic!("expected NeedsAuth, got {other:?}"),
+    };
+    let login = &url[url.find("/a/").unwrap()..];
+    for path in [
+        login,
+        "/a/0123456789abcdef0123456789abcdef",
+        "/a/not-a-login",
+        "/health",
+        "/key",
+    ] {
+        let (head, body) = get(&t, path).await;
+        let csp = header(&head, "content-security-policy")
+            .unwrap_or_else(|| panic!("{path}: no CSP in {head}"));
+        for directive in [
+            "default-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("script-src"),
+            "{csp}"
+        );
+        assert_eq!(
+            header(&head, "x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(header(&head, "x-frame-options"), Some("DENY"), "{path}");
+        assert_eq!(
+            header(&head, "referrer-policy"),
+            Some("no-referrer"),
+            "{path}"
+        );
+        if header(&head, "content-type").is_some_and(|v| v.starts_with("text/html")) {
+            assert_eq!(header(&head, "cache-control"), Some("no-store"), "{path}");
+            // The inline style is exactly what the policy's hash admits.
+            let style = body
+                .split_once("<style>")
+                .and_then(|(_, rest)| rest.split_once("</style>"))
+                .map(|(s, _)| s)
+                .unwrap_or_else(|| panic!("{path}: no style in {body}"));
+            use base64::Engine as _;
+            let digest = ring::digest::digest(&ring::digest::SHA256, style.as_bytes());
+            let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+            assert!(
+                csp.contains(&format!("style-src 'sha256-{hash}'")),
+                "{path}: {csp} vs {hash}"
+            );
+            assert!(!body.contains("<script"), "{path}");
+        }
+    }
+    n.close().await;
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_capability_version_far_beyond_the_servers_is_clamped_and_served() {
+    let t = TestServer::start().await;
+    t.user("u").await;
+    let key = t.reusable_key("u").await;
+    for (version, kind) in [
+        (CapabilityVersion(u32::MAX), "implausible"),
+        (CapabilityVersion(CapabilityVersion::CURRENT.0 + 1), "newer"),
+    ] {
+        let (mut tcp, mut conn) = common::raw_channel_from(
+            t.server.local_addr(),
+            &t.server.public_key(),
+            "127.0.0.1".parse().unwrap(),
+            &MachinePrivate::generate(),
+            version,
+        )
+        .await
+        .unwrap();
+        let req = weft_types::control::RegisterRequest {
+            version,
+            node_key: weft_types::NodePrivate::generate().public(),
+            old_node_key: None,
+            auth: weft_types::control::RegisterAuth::AuthKey(weft_types::control::AuthKey(
+                key.clone(),
+            )),
+            expiry: weft_types::control::ExpiryRequest::Default,
+            ephemeral: false,
+            host_info: common::host_info("future"),
+        };
+        let answer = common::exchange(&mut tcp, &mut conn, ClientMessage::Register(req))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                answer,
+                weft_types::control::ServerMessage::Register(
+                    weft_types::control::RegisterResponse::Registered(_)
+                )
+            ),
+            "{answer:?}"
+        );
+        let clamped = common::metric(
+            t.server.local_addr(),
+            &format!("weft_control_capability_versions_clamped_total{{kind=\"{kind}\"}}"),
+        )
+        .await;
+        assert!(clamped >= Some(1.0), "{kind}: {clamped:?}");
+    }
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn host_info_beyond_its_limits_is_refused_in_map_and_updates() {
+    let t = TestServer::start().await;
+    t.user("u").await;
+    let key = t.reusable_key("u").await;
+    let mut a = TestNode::new(&t, "a");
+    a.join(&key).await;
+
+    // An update with a 300-byte hostname ends the stream with the reason.
+    a.session.as_ref().unwrap().update_host_info(HostInfo {
+        hostname: "h".repeat(300),
+        ..common::host_info("a")
+    });
+    let err = loop {
+        match a.next_result().await {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    assert!(
+        err.to_string()
+            .contains("host info field hostname is 300 bytes long; at most 253"),
+        "{err}"
+    );
+
+    // A map request with terminal escapes in `os` is refused the same way.
+    let mut ch = Channel::connect(&a.target, &ConnectOptions::default())
+        .await
+        .unwrap();
+    ch.send(ClientMessage::Map(MapRequest {
+        version: CapabilityVersion::CURRENT,
+        node_key: a.node_key.public(),
+        disco_key: DiscoPrivate::generate().public(),
+        endpoints: vec![],
+        host_info: HostInfo {
+            os: "linux\u{1b}[2J".into(),
+            ..common::host_info("a")
+        },
+        stream: true,
+    }))
+    .unwrap();
+    let err = ch.recv().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    assert!(
+        err.to_string()
+            .contains("host info field os contains control characters"),
+        "{err}"
+    );
+    // The node's record kept the valid host info.
+    let nodes = t.server.admin().list_nodes().await.unwrap();
+    assert_eq!(nodes[0].hostname, "a");
+    t.server.shutdown().await;
 }

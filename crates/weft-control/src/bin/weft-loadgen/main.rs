@@ -787,6 +787,9 @@ async fn start_server(args: &Args) -> anyhow::Result<ServerProc> {
         &format!("127.0.0.1:{port}"),
         "--batch-delay",
         &args.batch_delay,
+        // Every simulated node connects from 127.0.0.1, hundreds at once.
+        "--max-unregistered-per-source",
+        "1000000",
         "--state-dir",
     ])
     .arg(dir.path());

@@ -13,7 +13,8 @@ use weft_control::clock::TestClock;
 use weft_control::{Server, ServerConfig};
 use weft_types::control::{AuthKey, ExpiryRequest, RegisterAuth};
 use weft_types::{
-    DiscoPrivate, Endpoint, EndpointKind, HostInfo, MachinePrivate, NetMap, NodePrivate,
+    CapabilityVersion, DiscoPrivate, Endpoint, EndpointKind, HostInfo, MachinePrivate,
+    MachinePublic, NetMap, NodePrivate,
 };
 
 /// How long any single wait in a test may take.
@@ -113,12 +114,17 @@ pub fn endpoint(s: &str) -> Endpoint {
 
 impl TestNode {
     pub fn new(server: &TestServer, name: &str) -> Self {
+        Self::for_server(server.url(), server.server.public_key(), name)
+    }
+
+    /// A node of the server at `url` with the static key `server_key`.
+    pub fn for_server(url: ControlUrl, server_key: MachinePublic, name: &str) -> Self {
         TestNode {
             name: name.into(),
             target: Target {
-                url: server.url(),
+                url,
                 machine_key: MachinePrivate::generate(),
-                server_key: server.server.public_key(),
+                server_key,
             },
             node_key: NodePrivate::generate(),
             disco: DiscoPrivate::generate(),
@@ -240,6 +246,180 @@ impl TestNode {
     }
 }
 
+/// Connects from `src` (any 127.0.0.0/8 address is a distinct source on
+/// loopback), upgrades by hand and completes the Noise handshake as
+/// `machine` (sending one keep-alive, the record that confirms it to the
+/// server). Returns the socket and the client half, or the HTTP answer
+/// (or I/O error) that refused it.
+pub async fn raw_channel_from(
+    server: std::net::SocketAddr,
+    server_key: &MachinePublic,
+    src: std::net::IpAddr,
+    machine: &MachinePrivate,
+    version: CapabilityVersion,
+) -> Result<(tokio::net::TcpStream, weft_control_proto::ClientConnection), String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    #[allow(clippy::disallowed_methods)] // a test's clock
+    let now = std::time::Instant::now();
+    let (mut conn, req) = weft_control_proto::Connection::client(
+        machine,
+        server_key,
+        version,
+        weft_control_proto::ChannelConfig::default(),
+        rand_seed(),
+        now,
+    )
+    .map_err(|e| e.to_string())?;
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(std::net::SocketAddr::new(src, 0))
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    let mut tcp = socket
+        .connect(server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut head = format!("POST /control HTTP/1.1\r\nHost: {server}\r\nContent-Length: 0\r\n");
+    for (name, value) in req.headers() {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    tcp.write_all(head.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut input = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        let n = tcp.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "closed before the answer: {}",
+                String::from_utf8_lossy(&input)
+            ));
+        }
+        input.extend_from_slice(&buf[..n]);
+        if let Some(i) = input.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let answer = String::from_utf8_lossy(&input[..end]).into_owned();
+    if !answer.starts_with("HTTP/1.1 101") {
+        let body = String::from_utf8_lossy(&input[end..]).into_owned();
+        return Err(format!("{answer}{body}"));
+    }
+    let mut pending = input[end..].to_vec();
+    while !conn.is_established() {
+        if pending.is_empty() {
+            let n = tcp.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("closed during the handshake".into());
+            }
+            pending.extend_from_slice(&buf[..n]);
+        }
+        conn.handle_input(&pending, now)
+            .map_err(|e| e.to_string())?;
+        pending.clear();
+    }
+    // The first record completes the handshake on the server's side.
+    conn.send(
+        &weft_types::control::ClientMessage::KeepAlive(weft_types::control::KeepAlive {}),
+        now,
+    )
+    .map_err(|e| e.to_string())?;
+    while let Some(bytes) = conn.poll_transmit() {
+        tcp.write_all(&bytes)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+    }
+    Ok((tcp, conn))
+}
+
+fn rand_seed() -> [u8; 32] {
+    use ring::rand::SecureRandom as _;
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut seed).unwrap();
+    seed
+}
+
+/// Sends `msg` on a raw channel and returns the server's next message that
+/// is not a keep-alive, or the error that ended the channel.
+pub async fn exchange(
+    tcp: &mut tokio::net::TcpStream,
+    conn: &mut weft_control_proto::ClientConnection,
+    msg: weft_types::control::ClientMessage,
+) -> Result<weft_types::control::ServerMessage, String> {
+    use tokio::io::AsyncWriteExt as _;
+    #[allow(clippy::disallowed_methods)] // a test's clock
+    let now = std::time::Instant::now();
+    conn.send(&msg, now).map_err(|e| e.to_string())?;
+    while let Some(bytes) = conn.poll_transmit() {
+        tcp.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    }
+    next_message(tcp, conn).await
+}
+
+/// Reads until the server's next message that is not a keep-alive.
+pub async fn next_message(
+    tcp: &mut tokio::net::TcpStream,
+    conn: &mut weft_control_proto::ClientConnection,
+) -> Result<weft_types::control::ServerMessage, String> {
+    use tokio::io::AsyncReadExt as _;
+    use weft_control_proto::Event;
+    use weft_types::control::ServerMessage;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        while let Some(ev) = conn.poll_event() {
+            if let Event::Message(m) = ev
+                && !matches!(m, ServerMessage::KeepAlive(_))
+            {
+                return Ok(m);
+            }
+        }
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .map_err(|_| format!("no message within {WAIT:?}"))?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed by the server".into());
+        }
+        #[allow(clippy::disallowed_methods)] // a test's clock
+        let now = std::time::Instant::now();
+        conn.handle_input(&buf[..n], now)
+            .map_err(|e| e.to_string())?;
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit, for a flood
+/// that holds `need` sockets here. Returns `false` (and says why) when the
+/// hard limit is too low; with `WEFT_E2E=1` that fails the test instead.
+pub fn raise_nofile(need: u64) -> bool {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    if hard >= need {
+        return true;
+    }
+    let why = format!("the open-file hard limit is {hard}; this test holds {need} sockets");
+    assert!(std::env::var("WEFT_E2E").as_deref() != Ok("1"), "{why}");
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// Fetches `/metrics` of the server at `addr` and returns the value of
+/// the sample that starts with `name` (a metric name, with labels if any).
+pub async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A `weft-control serve` child process (the real binary).
 pub struct ServerProcess {
     pub child: std::process::Child,
@@ -256,27 +436,54 @@ pub fn free_port() -> u16 {
 impl ServerProcess {
     /// Starts the binary on `state_dir` (and `port`) and waits until it answers.
     pub async fn start(state_dir: &std::path::Path, port: u16) -> Self {
+        Self::start_with(state_dir, port, &[], None).await
+    }
+
+    /// Starts the binary with extra `serve` arguments and, if `nofile` is
+    /// given, that open-file limit (soft, hard), as a container or init
+    /// system may impose it.
+    pub async fn start_with(
+        state_dir: &std::path::Path,
+        port: u16,
+        extra: &[&str],
+        nofile: Option<(u64, u64)>,
+    ) -> Self {
+        use std::os::unix::process::CommandExt as _;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(state_dir.join("server.log"))
             .unwrap();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
-            .args([
-                "serve",
-                "--listen",
-                &addr.to_string(),
-                "--batch-delay",
-                "20ms",
-                "--state-dir",
-            ])
-            .arg(state_dir)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"));
+        cmd.args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--batch-delay",
+            "20ms",
+            "--state-dir",
+        ])
+        .arg(state_dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+        if let Some((soft, hard)) = nofile {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft,
+                        hard,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
         let p = ServerProcess {
             child,
             addr,
@@ -303,6 +510,11 @@ impl ServerProcess {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Returns what the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("server.log")).unwrap_or_default()
     }
 
     pub fn admin(&self) -> weft_control::admin::client::AdminClient {
