@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use weft_disco::{Disco, Event, PingId, PingOutcome};
+use weft_disco::{Destination, Disco, Event, Path, PingId, PingOutcome, Transmit};
 use weft_net::Tunnel;
 use weft_types::{DiscoPublic, NodePublic};
 use weft_wg::{Decapsulated, Device, DeviceUpdate, Encapsulated, PeerUpdate};
@@ -145,7 +145,9 @@ impl TailnetTunnel {
         endpoints: Vec<SocketAddr>,
         now: Instant,
     ) {
-        self.disco().upsert_peer(peer, disco_key, endpoints, now);
+        // No relay map reaches disco yet: paths are direct or none.
+        self.disco()
+            .upsert_peer(peer, disco_key, endpoints, None, now);
     }
 
     /// Forgets a disco peer.
@@ -189,7 +191,14 @@ impl TailnetTunnel {
             (t, e)
         };
         for t in transmits {
-            send(t.to, &t.payload);
+            match t {
+                Transmit::Disco {
+                    to: Destination::Udp(to),
+                    payload,
+                } => send(to, &payload),
+                // Without a relay map disco asks for neither.
+                other => tracing::trace!(?other, "No relay or STUN client yet; dropped"),
+            }
         }
         for e in events {
             self.handle_event(e, now);
@@ -198,9 +207,9 @@ impl TailnetTunnel {
 
     fn handle_event(&self, e: Event, now: Instant) {
         match e {
-            Event::BestPath {
+            Event::PathChanged {
                 peer,
-                addr: Some(addr),
+                path: Some(Path::Direct(addr)),
             } => {
                 tracing::debug!(peer = %peer.short(), %addr, "Direct path");
                 let update = PeerUpdate {
@@ -216,7 +225,7 @@ impl TailnetTunnel {
                     now,
                 );
             }
-            Event::BestPath { peer, addr: None } => {
+            Event::PathChanged { peer, .. } => {
                 tracing::debug!(peer = %peer.short(), "Direct path lost");
             }
             Event::Ping { id, outcome, .. } => {
@@ -229,6 +238,10 @@ impl TailnetTunnel {
                     let _ = tx.send(outcome);
                 }
             }
+            Event::Latency { .. }
+            | Event::HomeRelayChanged { .. }
+            | Event::EndpointsChanged { .. }
+            | Event::Netcheck(_) => {}
         }
     }
 
@@ -329,7 +342,7 @@ mod tests {
         let disco = Disco::new(
             DiscoPrivate::from_bytes([n + 50; 32]),
             key.public(),
-            [n; 16],
+            [n; 32],
         );
         (
             TailnetTunnel::new(device, disco),
@@ -457,7 +470,9 @@ mod tests {
         let mut queue = Vec::new();
         a.handle_timeout(now, &mut |to, d| queue.push((aa, to, d.to_vec())));
         pump(&a, &b, aa, ba, queue, now);
-        assert!(matches!(rx.try_recv().unwrap(), PingOutcome::Pong { addr, .. } if addr == ba));
+        assert!(
+            matches!(rx.try_recv().unwrap(), PingOutcome::Pong { path: Path::Direct(addr), .. } if addr == ba)
+        );
         assert!(
             a.ping(
                 &NodePrivate::from_bytes([9; 32]).public(),
