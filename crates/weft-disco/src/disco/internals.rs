@@ -163,8 +163,12 @@ impl Disco {
     }
 
     pub(super) fn handle_report(&mut self, mut report: Report, now: Instant) {
-        self.set_udp_blocked(!report.udp, now);
-        if !report.udp {
+        // STUN may be what is blocked: a working direct path proves UDP
+        // works (and an unblock on every heartbeat would re-probe everyone).
+        let any_direct = self.peers.values().any(|p| p.path.direct().is_some());
+        let blocked = !report.udp && !any_direct;
+        self.set_udp_blocked(blocked, now);
+        if blocked {
             self.retry_udp(now);
         }
         let change = self
@@ -195,7 +199,13 @@ impl Disco {
                 kind: EndpointKind::Stun,
             });
         }
-        self.set_stun_endpoints(stun, now);
+        // A run with no answer says nothing about our public addresses (the
+        // STUN servers may be what is unreachable): keep the last ones,
+        // unless we moved since they were learned.
+        if report.udp || self.stun_stale {
+            self.stun_stale = false;
+            self.set_stun_endpoints(stun, now);
+        }
         for (region, rtt) in &self.relay_latency {
             report.region_latency.entry(*region).or_insert(*rtt);
         }

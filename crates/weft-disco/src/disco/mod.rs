@@ -91,6 +91,8 @@ pub struct Disco {
     /// Local plus STUN-learned: what was last reported.
     endpoints: Vec<Endpoint>,
     stun_endpoints: Vec<Endpoint>,
+    /// Our local endpoints changed since `stun_endpoints` were learned.
+    stun_stale: bool,
     /// The last round trip measured over each region's relay connection.
     relay_latency: BTreeMap<RegionId, Duration>,
     udp_blocked: bool,
@@ -139,6 +141,7 @@ impl Disco {
             by_disco: BTreeMap::new(),
             endpoints: Vec::new(),
             stun_endpoints: Vec::new(),
+            stun_stale: false,
             relay_latency: BTreeMap::new(),
             udp_blocked: false,
             counter: 0,
@@ -270,6 +273,9 @@ impl Disco {
         }
         self.local_port = port;
         self.local_endpoints = endpoints;
+        // What STUN saw was seen from where we were: netcheck runs again,
+        // and if it gets no answer the old public addresses go.
+        self.stun_stale = true;
         self.netcheck.start(now);
         self.publish_endpoints(now);
     }

@@ -177,7 +177,7 @@ fn check(sim: &Sim) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn random_network_events_never_panic_and_never_strand_a_peer_with_a_relay(

@@ -218,3 +218,59 @@ fn relay_latency_and_connection_state_choose_the_home_relay() {
     assert_eq!(homes(&mut d), vec![Some(r1)]);
     assert_eq!(d.home_relay(), Some(r1));
 }
+
+#[test]
+fn a_stun_outage_neither_makes_a_node_with_direct_paths_relay_only_nor_drops_its_public_address() {
+    let mut sim = Sim::new(true);
+    let easy = |ip: &str| Nat::Easy {
+        public: ip.parse().unwrap(),
+    };
+    let a = sim.add("198.18.0.1", easy("198.19.0.1"));
+    let b = sim.add("198.18.1.1", easy("198.19.1.1"));
+    sim.run_for(Duration::from_secs(1));
+    sim.link(a, b);
+    sim.run_for(Duration::from_secs(2));
+    assert!(matches!(sim.path(a, b), Some(Path::Direct(_))));
+    let endpoints = sim.nodes[a].disco.endpoints().to_vec();
+    let seen = sim.nodes[a].events.len();
+    // The STUN server stops answering (the packets go nowhere).
+    sim.stun.clear();
+    sim.run_for(Duration::from_secs(120));
+    assert!(reports(&sim, a).iter().any(|r| !r.udp));
+    assert!(
+        !sim.nodes[a].disco.udp_blocked(),
+        "direct paths prove UDP works"
+    );
+    assert!(matches!(sim.path(a, b), Some(Path::Direct(_))));
+    assert_eq!(sim.nodes[a].disco.endpoints(), &endpoints[..]);
+    assert!(
+        !sim.nodes[a].events[seen..]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::EndpointsChanged { .. })),
+        "no endpoint churn"
+    );
+}
+
+#[test]
+fn moving_to_a_network_that_blocks_udp_drops_the_old_public_address() {
+    let mut sim = Sim::new(true);
+    let a = sim.add(
+        "198.18.0.1",
+        Nat::Easy {
+            public: "198.19.0.1".parse().unwrap(),
+        },
+    );
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.nodes[a].disco.endpoints().len(), 2);
+    sim.nodes[a].udp_blocked = true;
+    sim.move_node(a, "198.18.0.21", Nat::None);
+    sim.run_for(Duration::from_secs(5));
+    let eps: Vec<_> = sim.nodes[a]
+        .disco
+        .endpoints()
+        .iter()
+        .map(|e| e.addr)
+        .collect();
+    assert_eq!(eps, vec![addr("198.18.0.21:41641")]);
+    assert!(sim.nodes[a].disco.udp_blocked());
+}
