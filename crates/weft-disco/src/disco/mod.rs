@@ -468,8 +468,15 @@ impl Disco {
         self.note_home(change);
 
         let ctx = self.ctx();
-        let keys: Vec<NodePublic> = self.peers.keys().copied().collect();
-        for peer in keys {
+        // Only peers with something due: a wake-up for one peer does not
+        // cost a pass over every peer's timers.
+        let due: Vec<NodePublic> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.path.poll_timeout(ctx).is_some_and(|(t, _)| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for peer in due {
             let Some(actions) = self.with_peer(&peer, |p| p.path.handle_timeout(now, ctx)) else {
                 continue;
             };

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use weft_disco::{Path, PathState};
+use weft_disco::{Path, PathState, RegionId};
 
 use crate::sim::{Nat, Sim};
 
@@ -27,8 +27,8 @@ enum Op {
     Unlink(usize, usize),
     Link(usize, usize),
     Ping(usize, usize),
-    RelayConnection(usize, bool),
-    RelayLatency(usize, u16),
+    RelayConnection(usize, u16, bool),
+    RelayLatency(usize, u16, u16),
     Netcheck(usize),
     RelayedTraffic(usize, usize),
     Garbage(usize, Vec<u8>, bool),
@@ -67,8 +67,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (node(), node()).prop_map(|(a, b)| Op::Unlink(a, b)),
         1 => (node(), node()).prop_map(|(a, b)| Op::Link(a, b)),
         2 => (node(), node()).prop_map(|(a, b)| Op::Ping(a, b)),
-        1 => (node(), any::<bool>()).prop_map(|(i, up)| Op::RelayConnection(i, up)),
-        1 => (node(), 1u16..500).prop_map(|(i, ms)| Op::RelayLatency(i, ms)),
+        1 => (node(), 1u16..=2, any::<bool>()).prop_map(|(i, r, up)| Op::RelayConnection(i, r, up)),
+        1 => (node(), 1u16..=2, 1u16..500).prop_map(|(i, r, ms)| Op::RelayLatency(i, r, ms)),
         1 => node().prop_map(Op::Netcheck),
         1 => (node(), node()).prop_map(|(a, b)| Op::RelayedTraffic(a, b)),
         1 => (node(), proptest::collection::vec(any::<u8>(), 0..120), any::<bool>())
@@ -96,15 +96,15 @@ fn apply(sim: &mut Sim, op: &Op) {
             assert_eq!(id.is_some(), linked, "ping works for known peers only");
             sim.pump(a);
         }
-        Op::RelayConnection(i, up) => {
+        Op::RelayConnection(i, r, up) => {
             sim.nodes[i]
                 .disco
-                .handle_relay_connection(crate::sim::REGION, up, now);
+                .handle_relay_connection(RegionId(r), up, now);
             sim.pump(i);
         }
-        Op::RelayLatency(i, ms) => {
+        Op::RelayLatency(i, r, ms) => {
             sim.nodes[i].disco.handle_relay_latency(
-                crate::sim::REGION,
+                RegionId(r),
                 Duration::from_millis(ms.into()),
                 now,
             );
@@ -160,8 +160,22 @@ fn check(sim: &Sim) {
                     sim.home_of(j)
                 );
             }
-            if let PathState::Relay { .. } = status.state {
+            // A relayed peer is reached through its current home region.
+            if let Some(Path::Relay(r)) = status.path {
+                assert_eq!(
+                    Some(r),
+                    sim.home_of(j),
+                    "node {i} relays to {j} via a stale region"
+                );
+            }
+            if let PathState::Relay { retry_at } = status.state {
                 assert!(status.relay.is_some(), "relay state without a relay");
+                // Waiting for nothing is only right while UDP is blocked
+                // (the end of that re-probes everyone).
+                assert!(
+                    retry_at.is_some() || sim.nodes[i].disco.udp_blocked(),
+                    "node {i} waits for nothing to probe {j} again"
+                );
             }
             if let PathState::Direct { addr } = status.state {
                 assert_eq!(status.path, Some(Path::Direct(addr)));
@@ -182,14 +196,22 @@ proptest! {
     #[test]
     fn random_network_events_never_panic_and_never_strand_a_peer_with_a_relay(
         with_relay in any::<bool>(),
+        two_regions in any::<bool>(),
+        link_before_netcheck in any::<bool>(),
         nats in proptest::collection::vec(nat_kind(), NODES),
         ops in proptest::collection::vec(op(), 1..40),
     ) {
         let mut sim = Sim::new(with_relay);
+        if two_regions {
+            sim.stun.push((RegionId(2), crate::sim::addr("198.19.200.1:3478")));
+        }
         for (i, k) in nats.iter().enumerate() {
             sim.add(&format!("198.18.{i}.1"), nat(*k, i as u8));
         }
-        sim.run_for(Duration::from_secs(1));
+        if !link_before_netcheck {
+            // Homes and public addresses are known when peers meet.
+            sim.run_for(Duration::from_secs(1));
+        }
         for a in 0..NODES {
             for b in a + 1..NODES {
                 sim.link(a, b);

@@ -149,7 +149,9 @@ pub struct Sim {
     pub latency: Duration,
     pub relay_latency: Duration,
     pub relay_up: bool,
-    /// STUN servers of the relay map, by region.
+    /// STUN servers of the relay map, by region (every region listed here
+    /// is in the relay map, and region 1 always is). The relay delivers in
+    /// every region.
     pub stun: Vec<(RegionId, SocketAddr)>,
     /// Which nodes control lets see each other (both ways).
     links: BTreeSet<(usize, usize)>,
@@ -184,11 +186,15 @@ impl Sim {
         let mut disco = Disco::new(DiscoPrivate::from_bytes([n + 100; 32]), key, [n; 32]);
         let now = self.now;
         if self.with_relay {
+            let mut regions: BTreeMap<RegionId, Vec<SocketAddr>> = BTreeMap::new();
+            for (r, a) in &self.stun {
+                regions.entry(*r).or_default().push(*a);
+            }
+            regions.entry(REGION).or_default();
             disco.set_relay_map(
-                [RelayRegionInfo {
-                    id: REGION,
-                    stun: self.stun.iter().map(|(_, a)| *a).collect(),
-                }],
+                regions
+                    .into_iter()
+                    .map(|(id, stun)| RelayRegionInfo { id, stun }),
                 now,
             );
         }
