@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use weft_disco::{Disco, Event, PingId, PingOutcome};
+use weft_disco::{Destination, Disco, Event, Path, PingId, PingOutcome, Transmit};
 use weft_net::Tunnel;
 use weft_types::{DiscoPublic, NodePublic};
 use weft_wg::{Decapsulated, Device, DeviceUpdate, DropReason, Encapsulated, PeerUpdate};
@@ -66,8 +66,8 @@ pub struct UdpDrops {
     /// WireGuard's decapsulation drops; a datagram that is neither disco nor
     /// WireGuard is `Malformed`.
     pub wireguard: BTreeMap<DropReason, u64>,
-    /// Disco's drops.
-    pub disco: BTreeMap<weft_disco::DropReason, u64>,
+    /// Disco's drops, by the names of [`weft_disco::Stats::by_reason`].
+    pub disco: BTreeMap<&'static str, u64>,
 }
 
 impl UdpDrops {
@@ -156,11 +156,7 @@ impl TailnetTunnel {
             .zip(&self.rx.dropped)
             .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
             .collect();
-        let d = self.disco();
-        let disco = weft_disco::DropReason::ALL
-            .iter()
-            .map(|r| (*r, d.dropped(*r)))
-            .collect();
+        let disco = self.disco().stats().by_reason().into_iter().collect();
         UdpDrops { wireguard, disco }
     }
 
@@ -182,7 +178,9 @@ impl TailnetTunnel {
         endpoints: Vec<SocketAddr>,
         now: Instant,
     ) {
-        self.disco().upsert_peer(peer, disco_key, endpoints, now);
+        // No relay map reaches disco yet: paths are direct or none.
+        self.disco()
+            .upsert_peer(peer, disco_key, endpoints, None, now);
     }
 
     /// Forgets a disco peer.
@@ -226,7 +224,14 @@ impl TailnetTunnel {
             (t, e)
         };
         for t in transmits {
-            send(t.to, &t.payload);
+            match t {
+                Transmit::Disco {
+                    to: Destination::Udp(to),
+                    payload,
+                } => send(to, &payload),
+                // Without a relay map disco asks for neither.
+                other => tracing::trace!(?other, "No relay or STUN client yet; dropped"),
+            }
         }
         for e in events {
             self.handle_event(e, now);
@@ -235,9 +240,9 @@ impl TailnetTunnel {
 
     fn handle_event(&self, e: Event, now: Instant) {
         match e {
-            Event::BestPath {
+            Event::PathChanged {
                 peer,
-                addr: Some(addr),
+                path: Some(Path::Direct(addr)),
             } => {
                 tracing::debug!(peer = %peer.short(), %addr, "Direct path");
                 let update = PeerUpdate {
@@ -253,7 +258,7 @@ impl TailnetTunnel {
                     now,
                 );
             }
-            Event::BestPath { peer, addr: None } => {
+            Event::PathChanged { peer, .. } => {
                 tracing::debug!(peer = %peer.short(), "Direct path lost");
             }
             Event::Ping { id, outcome, .. } => {
@@ -266,6 +271,10 @@ impl TailnetTunnel {
                     let _ = tx.send(outcome);
                 }
             }
+            Event::Latency { .. }
+            | Event::HomeRelayChanged { .. }
+            | Event::EndpointsChanged { .. }
+            | Event::Netcheck(_) => {}
         }
     }
 
@@ -359,7 +368,6 @@ pub fn render_udp_drop_metrics(out: &mut String, drops: &UdpDrops) {
         let _ = writeln!(out, "{NAME}{{proto=\"wireguard\",reason=\"{reason}\"}} {n}");
     }
     for (reason, n) in &drops.disco {
-        let reason = reason.as_str();
         let _ = writeln!(out, "{NAME}{{proto=\"disco\",reason=\"{reason}\"}} {n}");
     }
 }
@@ -396,7 +404,7 @@ mod tests {
         let disco = Disco::new(
             DiscoPrivate::from_bytes([n + 50; 32]),
             key.public(),
-            [n; 16],
+            [n; 32],
         );
         (
             TailnetTunnel::new(device, disco),
@@ -524,7 +532,9 @@ mod tests {
         let mut queue = Vec::new();
         a.handle_timeout(now, &mut |to, d| queue.push((aa, to, d.to_vec())));
         pump(&a, &b, aa, ba, queue, now);
-        assert!(matches!(rx.try_recv().unwrap(), PingOutcome::Pong { addr, .. } if addr == ba));
+        assert!(
+            matches!(rx.try_recv().unwrap(), PingOutcome::Pong { path: Path::Direct(addr), .. } if addr == ba)
+        );
         assert!(
             a.ping(
                 &NodePrivate::from_bytes([9; 32]).public(),
@@ -558,7 +568,7 @@ mod tests {
         let d = a.udp_drops();
         assert_eq!(d.wireguard[&DropReason::Malformed], 1);
         assert_eq!(d.wireguard[&DropReason::UnknownPeer], 1);
-        assert_eq!(d.disco[&weft_disco::DropReason::UnknownSender], 1);
+        assert_eq!(d.disco["unknown_sender"], 1);
         assert_eq!(d.total(), 3);
         let mut text = String::new();
         render_udp_drop_metrics(&mut text, &d);

@@ -339,10 +339,13 @@ async fn ping_h(State(st): State<AppState>, body: Bytes) -> Result<Response, Api
     // The core times the ping out itself; the extra second only guards
     // against a core that never answers.
     match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
-        Ok(Ok(weft_disco::PingOutcome::Pong { addr, rtt })) => Ok(Json(PingResult {
+        Ok(Ok(weft_disco::PingOutcome::Pong { path, rtt })) => Ok(Json(PingResult {
             node_name: name,
             node_ip: ip,
-            via: PingPath::Direct(addr),
+            via: match path {
+                weft_disco::Path::Direct(addr) => PingPath::Direct(addr),
+                weft_disco::Path::Relay(region) => PingPath::Relay(region.to_string()),
+            },
             latency_ms: rtt.as_secs_f64() * 1000.0,
         })
         .into_response()),

@@ -65,11 +65,7 @@ fn udp_status(d: &UdpDrops) -> UdpStatus {
             .iter()
             .map(|(r, n)| (crate::wg::stats::reason_name(*r).to_owned(), *n))
             .collect(),
-        disco_dropped: d
-            .disco
-            .iter()
-            .map(|(r, n)| (r.as_str().to_owned(), *n))
-            .collect(),
+        disco_dropped: d.disco.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect(),
     }
 }
 

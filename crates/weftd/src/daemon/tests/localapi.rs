@@ -248,7 +248,7 @@ async fn ping_reports_the_pong_or_a_504_on_timeout() {
     let err = a.client.ping(&req).await.unwrap_err();
     assert_eq!(err.status(), Some(504), "{err}");
     a.dp.log.lock().unwrap().ping_answer = Some(weft_disco::PingOutcome::Pong {
-        addr: "198.18.0.2:41641".parse().unwrap(),
+        path: weft_disco::Path::Direct("198.18.0.2:41641".parse().unwrap()),
         rtt: Duration::from_millis(3),
     });
     let pong = a.client.ping(&req).await.unwrap();
