@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use common::*;
-use weft_filter::{Config, Filter, PacketFilter};
+use weft_filter::{CompiledFilter, Config, Filter};
 
 const PACKETS: u32 = 2_000_000;
 
@@ -38,7 +38,7 @@ fn filter_with(extra: usize) -> Filter {
         max_flows: 65_536,
         ..Config::default()
     };
-    node_with(config, PacketFilter::new(rules))
+    node_with(config, CompiledFilter::new(&rules))
 }
 
 fn main() {

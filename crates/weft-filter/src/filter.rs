@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use weft_types::filter::{PacketFilter, proto};
+use weft_types::filter::proto;
 
+use crate::CompiledFilter;
 use crate::flow::{Dir, ECHO_IN, ECHO_OUT, Flow, FlowKey, FragEntry, FragKey, KeyHasher, Pair};
 use crate::parse::{self, Frag, Icmp, Inner, L4, Packet, ParseError, tcp};
 use crate::stats::{Counters, FilterStats};
@@ -174,7 +175,7 @@ impl Filter {
     }
 
     /// Replaces only the packet filter; see [`Filter::set_policy`].
-    pub fn set_filter(&self, filter: PacketFilter) -> usize {
+    pub fn set_filter(&self, filter: CompiledFilter) -> usize {
         self.update(|p| p.filter = filter)
     }
 

@@ -2,7 +2,8 @@
 //!
 //! `weft-control` compiles the tailnet policy into a [`PacketFilter`] for
 //! each destination node; the node enforces it on what it *receives* (see
-//! `weft_types::filter`). This crate is that enforcement: a [`Filter`] that
+//! `weft_types::filter`). This crate is that enforcement: a
+//! [`CompiledFilter`] built from the rules once per netmap, and a [`Filter`] that
 //! the data plane asks about every decrypted inbound packet
 //! ([`Filter::inbound`], before the packet is written to TUN) and tells
 //! about every outbound packet ([`Filter::outbound`], as it is read from
@@ -42,7 +43,7 @@
 //!   inbound flow).
 //! - **New inbound flows are judged.** A TCP SYN without ACK, the first
 //!   datagram of a UDP, SCTP or other-protocol flow, and an ICMP echo
-//!   request are matched with [`PacketFilter::allows`] (source, destination,
+//!   request are matched with [`CompiledFilter::allows`] (source, destination,
 //!   protocol, destination port; 0 for protocols without ports). Admitted:
 //!   the flow is tracked and the packet passes; refused:
 //!   [`DropReason::NotAllowed`]. With shields up, every new inbound flow is
@@ -112,6 +113,7 @@
 //! the `no_alloc` test).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod compiled;
 mod filter;
 mod flow;
 mod parse;
@@ -121,6 +123,7 @@ mod table;
 use std::net::IpAddr;
 use std::time::Duration;
 
+pub use compiled::{CompiledFilter, RuleRef};
 pub use filter::Filter;
 pub use parse::MAX_EXTENSION_HEADERS;
 pub use stats::FilterStats;
@@ -243,8 +246,8 @@ pub enum Outbound {
 /// The access policy the filter enforces.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
-    /// The compiled packet filter for this node (from the netmap).
-    pub filter: PacketFilter,
+    /// This node's packet filter (from the netmap), compiled.
+    pub filter: CompiledFilter,
     /// This node's addresses; inbound packets to anything else are dropped.
     pub local_addrs: Vec<IpAddr>,
     /// Refuse every new inbound flow.

@@ -245,8 +245,8 @@ fn main() {
     });
     let (_, t_index, mem_index) = timed(|| {
         for id in compiled.node_ids() {
-            drop(weft_types::filter::PacketFilter::new(
-                compiled.filter_rules(*id).unwrap(),
+            drop(weft_filter::CompiledFilter::new(
+                &compiled.filter_rules(*id).unwrap(),
             ));
         }
     });
@@ -290,7 +290,7 @@ fn main() {
     );
     println!(
         "{:<44} {} {}",
-        "every node's PacketFilter::new (node side)",
+        "every node's CompiledFilter::new (node side)",
         ms(t_index),
         mib(mem_index)
     );

@@ -483,7 +483,7 @@ proptest! {
             };
             let proto = if proto == 1 && !v4 { 58 } else { proto };
             let want = naive_allows(&m, src_addr, dst, dst_addr, proto, port);
-            let filter = compiled.packet_filter(dst_id).unwrap();
+            let filter = weft_filter::CompiledFilter::new(&compiled.packet_filter(dst_id).unwrap().rules);
             let got = filter.allows(src_addr, dst_addr, proto, port).is_some();
             prop_assert_eq!(got, want, "filter: {} -> {} proto {} port {}\npolicy:\n{}\nfilter: {:?}", src_addr, dst_addr, proto, port, text, filter.rules());
             let src_ep = match tailnet.node_by_addr(src_addr) {

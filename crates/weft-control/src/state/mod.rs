@@ -26,12 +26,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use ipnet::IpNet;
 use weft_control_proto::Encoded;
-use weft_control_proto::encode::{
-    EncodeError, FullMapParts, full_map_body, packet_filter_from_rules,
-};
+use weft_control_proto::encode::{EncodeError, FullMapParts, full_map_body};
 use weft_control_store::{Node as StoreNode, Role, User};
 use weft_policy::{CompiledTailnet, Policy, Tailnet};
-use weft_types::filter::FilterRule;
 use weft_types::netmap::{DnsConfig, PacketFilter, RelayMap, SshPolicy};
 use weft_types::{DnsName, HostInfo, MapBody, Node, NodeId, UnixMillis, UserId, UserProfile};
 
@@ -170,14 +167,14 @@ pub(crate) struct NodePolicy {
 
 impl NodePolicy {
     fn new(
-        rules: &[FilterRule],
+        filter: &PacketFilter,
         filter_key: ContentKey,
         ssh_enc: Encoded<SshPolicy>,
     ) -> Result<Self, EncodeError> {
         Ok(Self {
             filter_key,
             ssh_key: content_key(ssh_enc.as_bytes()),
-            filter_enc: packet_filter_from_rules(rules)?,
+            filter_enc: Encoded::new(filter)?,
             ssh_enc,
         })
     }
@@ -271,19 +268,19 @@ impl PolicyState {
 
     fn make(&self, node: NodeId, prev: Option<&Arc<NodePolicy>>) -> Arc<NodePolicy> {
         let pid = policy_id(node);
-        let rules = self.compiled.filter_rules(pid).unwrap_or_default();
+        let filter = self.compiled.packet_filter(pid).unwrap_or_default();
         let ssh = self.compiled.ssh_policy(pid).unwrap_or_default();
         let Ok(ssh_enc) = Encoded::new(&ssh) else {
             return empty_node_policy();
         };
-        let key = (content_key(&rules), content_key(ssh_enc.as_bytes()));
+        let key = (content_key(&filter.rules), content_key(ssh_enc.as_bytes()));
         let distinct = || self.distinct.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(np) = distinct().get(&key) {
             return np.clone();
         }
         let np = match prev {
             Some(p) if p.key() == key => p.clone(),
-            _ => match NodePolicy::new(&rules, key.0, ssh_enc) {
+            _ => match NodePolicy::new(&filter, key.0, ssh_enc) {
                 Ok(np) => Arc::new(np),
                 Err(_) => return empty_node_policy(),
             },
@@ -307,9 +304,10 @@ fn empty_node_policy() -> Arc<NodePolicy> {
     static EMPTY: OnceLock<Arc<NodePolicy>> = OnceLock::new();
     EMPTY
         .get_or_init(|| {
-            match Encoded::new(&SshPolicy::default())
-                .and_then(|ssh| NodePolicy::new(&[], content_key(&[] as &[FilterRule]), ssh))
-            {
+            match Encoded::new(&SshPolicy::default()).and_then(|ssh| {
+                let empty = PacketFilter::default();
+                NodePolicy::new(&empty, content_key(&empty.rules), ssh)
+            }) {
                 Ok(np) => Arc::new(np),
                 // Encoding empty lists cannot fail.
                 Err(_) => std::process::abort(),
@@ -567,15 +565,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_filter_encoded_from_its_rules_is_byte_for_byte_the_typed_encoding() {
+    fn a_node_policy_holds_the_node_s_packet_filter_encoded() {
         let p = policy_state(true);
-        let rules = p.compiled.filter_rules(policy_id(NodeId(3))).unwrap();
-        assert!(!rules.is_empty());
-        let typed = Encoded::new(&PacketFilter::new(rules.clone())).unwrap();
-        assert_eq!(
-            packet_filter_from_rules(&rules).unwrap().as_str(),
-            typed.as_str()
-        );
-        assert_eq!(p.node_policy(NodeId(3)).filter_enc.as_str(), typed.as_str());
+        let filter = p.compiled.packet_filter(policy_id(NodeId(3))).unwrap();
+        assert!(!filter.is_empty());
+        let enc = &p.node_policy(NodeId(3)).filter_enc;
+        assert_eq!(enc.as_str(), Encoded::new(&filter).unwrap().as_str());
+        let back: PacketFilter = serde_json::from_str(enc.as_str()).unwrap();
+        assert_eq!(back, filter);
     }
 }

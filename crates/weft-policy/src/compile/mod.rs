@@ -97,10 +97,11 @@ impl CompiledTailnet {
         )
     }
 
-    /// Returns the packet filter (rules plus matcher index) for `node`.
+    /// Returns the packet filter for `node`: its rules as the netmap
+    /// carries them (the node compiles them into its matcher).
     #[must_use]
     pub fn packet_filter(&self, node: NodeId) -> Option<PacketFilter> {
-        self.filter_rules(node).map(PacketFilter::new)
+        self.filter_rules(node).map(|rules| PacketFilter { rules })
     }
 
     /// Returns the SSH policy for `node`.

@@ -1,7 +1,8 @@
 //! Shared fixtures for the integration tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use weft_policy::{Node, NodeId, Policy, Role, Tailnet, User};
+use weft_filter::CompiledFilter;
+use weft_policy::{CompiledTailnet, Node, NodeId, Policy, Role, Tailnet, User};
 
 /// A small tailnet: alice (admin) and bob are users; carol has no devices.
 /// `server` is tagged by alice and so has no user identity.
@@ -30,6 +31,11 @@ pub fn policy(text: &str) -> Policy {
 
 pub fn id(t: &Tailnet, name: &str) -> NodeId {
     t.node_by_name(name).unwrap().id
+}
+
+/// Returns the node's packet filter compiled into the matcher the node runs.
+pub fn matcher(c: &CompiledTailnet, node: NodeId) -> CompiledFilter {
+    CompiledFilter::new(&c.packet_filter(node).unwrap().rules)
 }
 
 pub fn ip(s: &str) -> std::net::IpAddr {

@@ -12,10 +12,10 @@
 //!
 //! What feeds it:
 //! * every netmap (full or after a delta): the node's own tailnet addresses
-//!   and the packet filter control compiled for it
-//!   ([`NodeFilter::apply_netmap`]). A change re-judges the flows peers
-//!   opened: those the new policy still allows continue, the others are cut
-//!   at once. An unchanged netmap (a peer's endpoint moved) touches nothing;
+//!   and the packet filter control compiled for it, turned into the
+//!   filter's matcher once per change ([`NodeFilter::apply_netmap`]). A
+//!   change re-judges the flows peers opened: those the new policy still
+//!   allows continue, the others are cut at once. An unchanged netmap (a peer's endpoint moved) touches nothing;
 //! * the `shields_up` preference ([`NodeFilter::set_shields_up`]): no new
 //!   inbound flow at all, and the ones peers opened are cut; this node's own
 //!   connections keep working;
@@ -29,7 +29,9 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use weft_filter::{Config, DropReason, Filter, FilterStats, PacketFilter, Policy, SWEEP_INTERVAL};
+use weft_filter::{
+    CompiledFilter, Config, DropReason, Filter, FilterStats, Policy, SWEEP_INTERVAL,
+};
 use weft_localapi::FilterStatus;
 use weft_net::EngineStats;
 use weft_types::NetMap;
@@ -68,17 +70,17 @@ impl NodeFilter {
         addrs.sort_unstable();
         addrs.dedup();
         let current = self.filter.policy();
-        if current.local_addrs == addrs && current.filter == nm.packet_filter {
+        if current.local_addrs == addrs && current.filter.rules() == nm.packet_filter.rules {
             return 0;
         }
         let policy = Policy {
-            filter: nm.packet_filter.clone(),
+            filter: CompiledFilter::new(&nm.packet_filter.rules),
             local_addrs: addrs,
             shields_up: current.shields_up,
         };
         let cut = self.filter.set_policy(policy);
         tracing::info!(
-            rules = nm.packet_filter.rules().len(),
+            rules = nm.packet_filter.rules.len(),
             cut,
             "Packet filter installed"
         );
@@ -104,7 +106,7 @@ impl NodeFilter {
             return;
         }
         self.filter.set_policy(Policy {
-            filter: PacketFilter::default(),
+            filter: CompiledFilter::default(),
             local_addrs: Vec::new(),
             shields_up: current.shields_up,
         });
@@ -364,7 +366,7 @@ mod tests {
                 origin: None,
             })
             .collect();
-        nm.packet_filter = PacketFilter::new(rules);
+        nm.packet_filter = weft_types::filter::PacketFilter { rules };
         nm
     }
 
