@@ -45,16 +45,8 @@ use serde::{Deserialize, Serialize};
 
 /// IANA protocol numbers the filter treats specially.
 pub mod proto {
-    /// ICMP for IPv4.
-    pub const ICMP: u8 = 1;
-    /// TCP.
-    pub const TCP: u8 = 6;
-    /// UDP.
-    pub const UDP: u8 = 17;
-    /// ICMP for IPv6.
-    pub const ICMPV6: u8 = 58;
-    /// SCTP.
-    pub const SCTP: u8 = 132;
+    pub use weft_packet::proto::{ICMP, ICMPV6, SCTP, TCP, UDP};
+
     /// The protocols a rule with an empty [`protos`](super::FilterRule::protos)
     /// list admits: TCP, UDP, ICMPv4 and ICMPv6 (Tailscale's default too).
     pub const DEFAULT: [u8; 4] = [TCP, UDP, ICMP, ICMPV6];

@@ -277,3 +277,104 @@ pub(crate) mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod agreement {
+    //! `weft_packet::IpPacket` against this header-only view, which it
+    //! replaces: it reads the same header, and refuses more only for what
+    //! lies past the IP header.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+    use weft_packet::PacketError;
+
+    fn agree(buf: &[u8]) -> Result<(), TestCaseError> {
+        match (IpPacket::new(buf), weft_packet::IpPacket::new(buf)) {
+            (Err(_), Err(_)) => {}
+            (Err(old), Ok(_)) => {
+                prop_assert!(
+                    false,
+                    "the view accepts what the header check refused: {old}"
+                )
+            }
+            (Ok(_), Err(e)) => prop_assert!(
+                !matches!(e, PacketError::BadVersion(_) | PacketError::BadHeaderLength),
+                "refused the IP header the old check accepted: {e}"
+            ),
+            (Ok(old), Ok(new)) => {
+                prop_assert_eq!(old.src(), new.src());
+                prop_assert_eq!(old.dst(), new.dst());
+                prop_assert_eq!(old.as_bytes(), new.as_bytes());
+                match old.version() {
+                    IpVersion::V4 => {
+                        prop_assert_eq!(new.version(), weft_packet::IpVersion::V4);
+                        prop_assert_eq!(old.header_len(), new.header_len());
+                        prop_assert_eq!(old.next_protocol(), new.protocol());
+                    }
+                    IpVersion::V6 => {
+                        prop_assert_eq!(new.version(), weft_packet::IpVersion::V6);
+                        prop_assert!(new.header_len() >= old.header_len());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A UDP datagram in IPv4 or IPv6 with `extra` bytes after it.
+    fn seed(v6: bool, extra: usize) -> Vec<u8> {
+        let mut p = if v6 {
+            tests::ipv6(
+                "fd7a:115c:a1e0::1".parse().unwrap(),
+                "fd7a:115c:a1e0::2".parse().unwrap(),
+                12,
+            )
+        } else {
+            tests::ipv4([100, 64, 0, 1], [100, 64, 0, 2], 12)
+        };
+        let at = if v6 { 40 } else { 20 };
+        if v6 {
+            p[6] = 17;
+        }
+        p[at + 4..at + 6].copy_from_slice(&12u16.to_be_bytes());
+        p.extend(std::iter::repeat_n(0xee, extra));
+        p
+    }
+
+    #[test]
+    fn a_valid_udp_packet_reads_alike() {
+        agree(&seed(false, 0)).unwrap();
+        agree(&seed(true, 3)).unwrap();
+        assert!(weft_packet::IpPacket::new(&seed(false, 0)).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        #[test]
+        fn the_view_reads_the_same_header_on_arbitrary_bytes(
+            buf in proptest::collection::vec(any::<u8>(), 0..100),
+        ) {
+            agree(&buf)?;
+        }
+
+        #[test]
+        fn the_view_reads_the_same_header_on_mangled_packets(
+            v6 in any::<bool>(),
+            extra in 0usize..4,
+            flips in proptest::collection::vec((0usize..64, any::<u8>()), 0..4),
+            cut in proptest::option::weighted(0.25, any::<usize>()),
+        ) {
+            let mut p = seed(v6, extra);
+            for (at, byte) in flips {
+                let i = at % p.len();
+                p[i] = byte;
+            }
+            if let Some(cut) = cut {
+                p.truncate(cut % (p.len() + 1));
+            }
+            agree(&p)?;
+        }
+    }
+}

@@ -352,3 +352,122 @@ fn checksum_helpers_match_a_known_ipv4_header() {
         "odd trailing byte is the high half"
     );
 }
+
+mod agreement {
+    //! [`Parsed::from_packet`] against the byte parser it replaces, on the
+    //! packets the engine can hand to GRO: ones `weft_packet` accepts,
+    //! written as exactly the bytes the view covers.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn agree(buf: &[u8], udp: bool) -> Result<(), TestCaseError> {
+        let Ok(ip) = IpPacket::new(buf) else {
+            return Ok(());
+        };
+        if ip.total_len() != buf.len() {
+            return Ok(());
+        }
+        let old = parse(buf, udp);
+        let new = Parsed::from_packet(&ip).map(|mut p| {
+            p.candidate &= p.tuple.proto == PROTO_TCP || udp;
+            p
+        });
+        let cand = |p: &Option<Parsed>| p.is_some_and(|p| p.candidate);
+        prop_assert_eq!(cand(&old), cand(&new), "bytes {:02x?}", buf);
+        if let (Some(o), Some(n)) = (old, new) {
+            // The old parser read ports at a fixed offset: behind IPv4
+            // options or in a later fragment it read other bytes.
+            let plain_header = ip.header_len() == if n.tuple.v6 { 40 } else { 20 };
+            if plain_header && !matches!(ip.fragment(), Fragment::Later { .. }) {
+                prop_assert_eq!(o.tuple, n.tuple);
+            }
+            if o.candidate {
+                prop_assert_eq!(
+                    (o.ip_len, o.l4_len, o.payload, o.seq, o.ack, o.flags),
+                    (n.ip_len, n.l4_len, n.payload, n.seq, n.ack, n.flags)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Candidates first (see the test below), then near misses.
+    fn seeds() -> Vec<Vec<u8>> {
+        let with_flags = |flags| {
+            let mut t = seg(5, 10);
+            t.flags = flags;
+            t.options.clear();
+            tcp4(&t)
+        };
+        let mut no_udp_checksum = udp4(40000, &[7; 30]);
+        no_udp_checksum[26..28].fill(0);
+        let mut ip_options = tcp4(&seg(1000, 100));
+        ip_options[0] = 0x46;
+        ip_options.splice(20..20, [1, 1, 1, 1]);
+        let total = u16::try_from(ip_options.len()).unwrap();
+        ip_options[2..4].copy_from_slice(&total.to_be_bytes());
+        let mut fragment = tcp4(&seg(1000, 100));
+        fragment[6] = 0x20;
+        let mut v6_ext = tcp6(&seg(1000, 100));
+        v6_ext[6] = 60;
+        v6_ext.splice(40..40, [PROTO_TCP, 0, 1, 4, 0, 0, 0, 0]);
+        let payload = u16::from_be_bytes([v6_ext[4], v6_ext[5]]) + 8;
+        v6_ext[4..6].copy_from_slice(&payload.to_be_bytes());
+        vec![
+            tcp4(&seg(1000, 100)),
+            tcp6(&seg(1000, 100)),
+            udp4(40000, &[7; 30]),
+            with_flags(TCP_ACK | TCP_PSH),
+            // Not candidates.
+            with_flags(TCP_ACK | 0x02),
+            with_flags(TCP_ACK | 0x01),
+            tcp4(&seg(1000, 0)),
+            udp4(40000, &[]),
+            no_udp_checksum,
+            ip_options,
+            fragment,
+            v6_ext,
+        ]
+    }
+
+    #[test]
+    fn the_seeds_are_judged_alike_and_the_first_four_are_candidates() {
+        for (i, s) in seeds().iter().enumerate() {
+            let ip = IpPacket::new(s).unwrap();
+            let candidate = Parsed::from_packet(&ip).is_some_and(|p| p.candidate);
+            assert_eq!(candidate, i < 4, "seed {i}");
+            agree(s, true).unwrap();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn the_view_agrees_with_the_byte_parser_on_mangled_packets(
+            seed in any::<prop::sample::Index>(),
+            flips in proptest::collection::vec((0usize..80, prop_oneof![any::<u8>(), Just(0u8), Just(0x10), Just(0x18)]), 0..4),
+            cut in proptest::option::weighted(0.25, any::<usize>()),
+            udp in any::<bool>(),
+        ) {
+            let mut seeds = seeds();
+            let mut p = seeds.swap_remove(seed.index(seeds.len()));
+            for (at, byte) in flips {
+                let i = at % p.len();
+                p[i] = byte;
+            }
+            if let Some(cut) = cut {
+                p.truncate(cut % (p.len() + 1));
+            }
+            agree(&p, udp)?;
+        }
+
+        #[test]
+        fn the_view_agrees_with_the_byte_parser_on_arbitrary_bytes(
+            buf in proptest::collection::vec(any::<u8>(), 0..120),
+            udp in any::<bool>(),
+        ) {
+            agree(&buf, udp)?;
+        }
+    }
+}
