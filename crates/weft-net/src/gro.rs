@@ -383,7 +383,10 @@ impl Parsed {
     /// anything but TCP and UDP; `candidate` says whether it may join or
     /// start a coalesced packet at all (before the device's UDP support is
     /// taken into account).
-    #[cfg_attr(not(test), expect(dead_code, reason = "replaces `parse` in the next commit"))]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "replaces `parse` in the next commit")
+    )]
     pub(crate) fn from_packet(ip: &IpPacket<'_>) -> Option<Parsed> {
         let mut tuple = FiveTuple {
             src: [0; 16],

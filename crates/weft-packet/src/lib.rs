@@ -30,7 +30,7 @@ extern crate std;
 mod parse;
 mod transport;
 
-use core::net::IpAddr;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use transport::{Icmp, IcmpMessage, Quote, QuotedTransport, Sctp, Tcp, Transport, Udp};
 
@@ -148,15 +148,54 @@ pub enum Fragment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpPacket<'a> {
     bytes: &'a [u8],
-    version: IpVersion,
-    src: IpAddr,
-    dst: IpAddr,
+    header: IpHeader<'a>,
     /// Upper-layer protocol, after IPv6 extension headers.
     protocol: u8,
     /// Offset of the transport header (or a later fragment's data).
     header_len: usize,
     fragment: Fragment,
     transport: Transport<'a>,
+}
+
+/// The fixed IP header, checked to be complete: addresses are read from it
+/// without a length check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IpHeader<'a> {
+    V4(&'a [u8; IPV4_MIN_HEADER_LEN]),
+    V6(&'a [u8; IPV6_HEADER_LEN]),
+}
+
+impl IpHeader<'_> {
+    #[inline]
+    pub(crate) fn version(self) -> IpVersion {
+        match self {
+            IpHeader::V4(_) => IpVersion::V4,
+            IpHeader::V6(_) => IpVersion::V6,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn src(self) -> IpAddr {
+        match self {
+            IpHeader::V4(h) => IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
+            IpHeader::V6(h) => IpAddr::V6(Ipv6Addr::from(addr16(h, 8))),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn dst(self) -> IpAddr {
+        match self {
+            IpHeader::V4(h) => IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
+            IpHeader::V6(h) => IpAddr::V6(Ipv6Addr::from(addr16(h, 24))),
+        }
+    }
+}
+
+#[inline]
+fn addr16(h: &[u8; IPV6_HEADER_LEN], at: usize) -> [u8; 16] {
+    let mut a = [0; 16];
+    a.copy_from_slice(&h[at..at + 16]);
+    a
 }
 
 impl<'a> IpPacket<'a> {
@@ -172,20 +211,23 @@ impl<'a> IpPacket<'a> {
 
     /// Returns the IP version.
     #[must_use]
-    pub const fn version(&self) -> IpVersion {
-        self.version
+    #[inline]
+    pub fn version(&self) -> IpVersion {
+        self.header.version()
     }
 
     /// Returns the source address.
     #[must_use]
-    pub const fn src(&self) -> IpAddr {
-        self.src
+    #[inline]
+    pub fn src(&self) -> IpAddr {
+        self.header.src()
     }
 
     /// Returns the destination address.
     #[must_use]
-    pub const fn dst(&self) -> IpAddr {
-        self.dst
+    #[inline]
+    pub fn dst(&self) -> IpAddr {
+        self.header.dst()
     }
 
     /// Returns the upper-layer protocol: the IPv4 Protocol field, or for

@@ -1,11 +1,9 @@
 //! [`IpPacket::new`]'s checks: every length is read here and nowhere else.
 
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
 use crate::transport::{Icmp, IcmpMessage, Quote, QuotedTransport, Sctp, Tcp, Udp};
 use crate::{
-    Fragment, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN, IpPacket, IpVersion, MAX_EXTENSION_HEADERS,
-    PacketError, Transport, proto,
+    Fragment, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN, IpHeader, IpPacket, IpVersion,
+    MAX_EXTENSION_HEADERS, PacketError, Transport, proto,
 };
 
 /// IPv6 extension header numbers (IANA "IPv6 Extension Header Types").
@@ -75,9 +73,7 @@ fn v4(buf: &[u8]) -> Result<IpPacket<'_>, PacketError> {
     };
     Ok(IpPacket {
         bytes,
-        version: IpVersion::V4,
-        src: IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
-        dst: IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
+        header: IpHeader::V4(h),
         protocol,
         header_len: ihl,
         fragment,
@@ -90,8 +86,13 @@ fn v6(buf: &[u8]) -> Result<IpPacket<'_>, PacketError> {
     let h: &[u8; IPV6_HEADER_LEN] = buf.first_chunk().ok_or(PacketError::Truncated)?;
     let total = IPV6_HEADER_LEN + usize::from(u16::from_be_bytes([h[4], h[5]]));
     let bytes = buf.get(..total).ok_or(PacketError::Truncated)?;
-    let (protocol, start, fragment) = walk_extensions(bytes, h[6], IPV6_HEADER_LEN)?;
+    let (protocol, start, fragment) = if is_extension(h[6]) {
+        walk_extensions(bytes, h[6], IPV6_HEADER_LEN)?
+    } else {
+        (h[6], IPV6_HEADER_LEN, Fragment::Whole)
+    };
     let payload = bytes.get(start..).ok_or(PacketError::Truncated)?;
+
     let transport = match fragment {
         Fragment::Later { .. } => Transport::Fragment(payload),
         Fragment::Whole => transport(protocol, payload, true, IpVersion::V6)?,
@@ -99,9 +100,7 @@ fn v6(buf: &[u8]) -> Result<IpPacket<'_>, PacketError> {
     };
     Ok(IpPacket {
         bytes,
-        version: IpVersion::V6,
-        src: IpAddr::V6(Ipv6Addr::from(addr16(h, 8))),
-        dst: IpAddr::V6(Ipv6Addr::from(addr16(h, 24))),
+        header: IpHeader::V6(h),
         protocol,
         header_len: start,
         fragment,
@@ -109,10 +108,14 @@ fn v6(buf: &[u8]) -> Result<IpPacket<'_>, PacketError> {
     })
 }
 
-fn addr16(h: &[u8; IPV6_HEADER_LEN], at: usize) -> [u8; 16] {
-    let mut a = [0; 16];
-    a.copy_from_slice(&h[at..at + 16]);
-    a
+/// Returns whether `next` names an extension header [`walk_extensions`]
+/// steps over.
+#[inline]
+fn is_extension(next: u8) -> bool {
+    matches!(
+        next,
+        ext::HOP_BY_HOP | ext::ROUTING | ext::FRAGMENT | ext::AUTH | ext::DEST_OPTS
+    )
 }
 
 /// Walks IPv6 extension headers from `next` at `offset` and returns the
@@ -207,6 +210,7 @@ fn transport(
     }
 }
 
+#[inline(never)]
 fn icmp<'a>(
     p: &'a [u8],
     types: &IcmpTypes,
@@ -236,46 +240,41 @@ fn icmp<'a>(
 /// Reads the IPv4 packet quoted in an ICMPv4 error: its header plus at
 /// least the first 8 bytes of its payload (RFC 792). The quote is usually
 /// cut short, so its total length is not checked.
-fn quote_v4(q: &[u8]) -> Result<Option<Quote>, PacketError> {
+fn quote_v4(q: &[u8]) -> Result<Option<Quote<'_>>, PacketError> {
     let h: &[u8; IPV4_MIN_HEADER_LEN] = q.first_chunk().ok_or(PacketError::Truncated)?;
     let ihl = usize::from(h[0] & 0x0f) * 4;
     if h[0] >> 4 != 4 || ihl < IPV4_MIN_HEADER_LEN {
         return Err(PacketError::BadIcmpQuote);
     }
-    let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
-    let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
     if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
         return Ok(None);
     }
     let l4 = q.get(ihl..).ok_or(PacketError::Truncated)?;
-    quoted_transport(src, dst, h[9], l4, &ICMP4, proto::ICMP)
+    quoted_transport(IpHeader::V4(h), h[9], l4, &ICMP4, proto::ICMP)
 }
 
 /// Reads the IPv6 packet quoted in an ICMPv6 error (RFC 4443 §2.4: as much
 /// of the invoking packet as fits), walking its extension headers.
-fn quote_v6(q: &[u8]) -> Result<Option<Quote>, PacketError> {
+fn quote_v6(q: &[u8]) -> Result<Option<Quote<'_>>, PacketError> {
     let h: &[u8; IPV6_HEADER_LEN] = q.first_chunk().ok_or(PacketError::Truncated)?;
     if h[0] >> 4 != 6 {
         return Err(PacketError::BadIcmpQuote);
     }
-    let src = IpAddr::V6(Ipv6Addr::from(addr16(h, 8)));
-    let dst = IpAddr::V6(Ipv6Addr::from(addr16(h, 24)));
     let (protocol, start, fragment) = walk_extensions(q, h[6], IPV6_HEADER_LEN)?;
     if let Fragment::Later { .. } = fragment {
         return Ok(None);
     }
     let l4 = q.get(start..).ok_or(PacketError::Truncated)?;
-    quoted_transport(src, dst, protocol, l4, &ICMP6, proto::ICMPV6)
+    quoted_transport(IpHeader::V6(h), protocol, l4, &ICMP6, proto::ICMPV6)
 }
 
-fn quoted_transport(
-    src: IpAddr,
-    dst: IpAddr,
+fn quoted_transport<'a>(
+    header: IpHeader<'a>,
     protocol: u8,
     l4: &[u8],
     icmp: &IcmpTypes,
     icmp_proto: u8,
-) -> Result<Option<Quote>, PacketError> {
+) -> Result<Option<Quote<'a>>, PacketError> {
     let transport = match protocol {
         proto::TCP | proto::UDP | proto::SCTP => {
             let h: &[u8; 4] = l4.first_chunk().ok_or(PacketError::Truncated)?;
@@ -298,12 +297,7 @@ fn quoted_transport(
         }
         _ => QuotedTransport::NoPorts,
     };
-    Ok(Some(Quote {
-        src,
-        dst,
-        protocol,
-        transport,
-    }))
+    Ok(Some(Quote::new(header, protocol, transport)))
 }
 
 fn byte(b: &[u8], at: usize) -> Result<u8, PacketError> {

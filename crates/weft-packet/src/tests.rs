@@ -301,7 +301,7 @@ fn sctp_ports_and_unknown_protocols_are_read_as_far_as_they_go() {
 
 // --- ICMP ---
 
-fn message(p: &[u8]) -> IcmpMessage {
+fn message(p: &[u8]) -> IcmpMessage<'_> {
     match IpPacket::new(p).unwrap().transport() {
         Transport::Icmp(i) => i.message(),
         other => panic!("{other:?}"),
@@ -330,11 +330,11 @@ fn an_icmp_error_names_the_flow_of_the_packet_it_quotes() {
         panic!("{:?}", message(&err))
     };
     assert_eq!(
-        (q.src, q.dst, q.protocol),
+        (q.src(), q.dst(), q.protocol()),
         (IpAddr::from(A4), IpAddr::from(B4), 6)
     );
     assert_eq!(
-        q.transport,
+        q.transport(),
         QuotedTransport::Ports {
             src: 40000,
             dst: 22
@@ -346,7 +346,7 @@ fn an_icmp_error_names_the_flow_of_the_packet_it_quotes() {
     let IcmpMessage::Error { quote: Some(q) } = message(&too_big) else {
         panic!()
     };
-    assert_eq!(q.transport, QuotedTransport::EchoReply { id: 77 });
+    assert_eq!(q.transport(), QuotedTransport::EchoReply { id: 77 });
     // An error about an error names no flow.
     let about_error = v4(proto::ICMP, (0, 0, false), &icmp(11, [0; 4], &err));
     assert_eq!(message(&about_error), IcmpMessage::Error { quote: None });

@@ -4,6 +4,8 @@
 
 use core::net::IpAddr;
 
+use crate::IpHeader;
+
 /// What follows the IP header(s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport<'a> {
@@ -179,11 +181,11 @@ impl<'a> Sctp<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Icmp<'a> {
     fixed: &'a [u8; 8],
-    message: IcmpMessage,
+    message: IcmpMessage<'a>,
 }
 
 impl<'a> Icmp<'a> {
-    pub(crate) const fn new(fixed: &'a [u8; 8], message: IcmpMessage) -> Self {
+    pub(crate) const fn new(fixed: &'a [u8; 8], message: IcmpMessage<'a>) -> Self {
         Self { fixed, message }
     }
 
@@ -201,7 +203,7 @@ impl<'a> Icmp<'a> {
 
     /// Returns what the message is.
     #[must_use]
-    pub const fn message(&self) -> IcmpMessage {
+    pub const fn message(&self) -> IcmpMessage<'a> {
         self.message
     }
 }
@@ -211,7 +213,7 @@ impl<'a> Icmp<'a> {
 /// exceeded (11 / 3), parameter problem (12 / 4) and, for IPv6, packet too
 /// big (2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IcmpMessage {
+pub enum IcmpMessage<'a> {
     /// An echo request ("ping").
     EchoRequest {
         /// Identifier.
@@ -231,7 +233,7 @@ pub enum IcmpMessage {
     /// fragment, or an ICMP message other than an echo.
     Error {
         /// The quoted packet's addresses and ports.
-        quote: Option<Quote>,
+        quote: Option<Quote<'a>>,
     },
     /// Any other type (timestamp, router and neighbor discovery, MLD, …).
     Other,
@@ -241,15 +243,48 @@ pub enum IcmpMessage {
 /// 8 bytes of its payload; RFC 4443 §2.4: as much as fits), seen from
 /// whoever sent it: `src` is normally the receiver of the error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quote {
-    /// Source address of the quoted packet.
-    pub src: IpAddr,
-    /// Destination address of the quoted packet.
-    pub dst: IpAddr,
-    /// Its upper-layer protocol.
-    pub protocol: u8,
-    /// What of its transport header the quote shows.
-    pub transport: QuotedTransport,
+pub struct Quote<'a> {
+    header: IpHeader<'a>,
+    protocol: u8,
+    transport: QuotedTransport,
+}
+
+impl<'a> Quote<'a> {
+    pub(crate) const fn new(
+        header: IpHeader<'a>,
+        protocol: u8,
+        transport: QuotedTransport,
+    ) -> Self {
+        Self {
+            header,
+            protocol,
+            transport,
+        }
+    }
+
+    /// Returns the quoted packet's source address.
+    #[must_use]
+    pub fn src(&self) -> IpAddr {
+        self.header.src()
+    }
+
+    /// Returns the quoted packet's destination address.
+    #[must_use]
+    pub fn dst(&self) -> IpAddr {
+        self.header.dst()
+    }
+
+    /// Returns its upper-layer protocol.
+    #[must_use]
+    pub const fn protocol(&self) -> u8 {
+        self.protocol
+    }
+
+    /// Returns what of its transport header the quote shows.
+    #[must_use]
+    pub const fn transport(&self) -> QuotedTransport {
+        self.transport
+    }
 }
 
 /// The part of a quoted packet's transport header that names its flow.
