@@ -24,7 +24,7 @@ fn seg(seq: u32, len: usize) -> Tcp {
         sport: 40000,
         seq,
         ack: 7,
-        flags: TCP_ACK,
+        flags: tcp::ACK,
         options: vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], // NOP NOP timestamps
         payload: (0..len).map(|i| (seq as usize + i) as u8).collect(),
     }
@@ -68,14 +68,14 @@ fn ipv4(proto: u8, mut l4: Vec<u8>, csum_at: Option<usize>) -> Vec<u8> {
 }
 
 fn tcp4(t: &Tcp) -> Vec<u8> {
-    ipv4(PROTO_TCP, tcp_bytes(t), Some(16))
+    ipv4(proto::TCP, tcp_bytes(t), Some(16))
 }
 
 fn tcp6(t: &Tcp) -> Vec<u8> {
     let mut l4 = tcp_bytes(t);
-    let c = l4_checksum(&A6, &B6, PROTO_TCP, &l4);
+    let c = l4_checksum(&A6, &B6, proto::TCP, &l4);
     l4[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut p = vec![0x60, 0, 0, 0, 0, 0, PROTO_TCP, 64];
+    let mut p = vec![0x60, 0, 0, 0, 0, 0, proto::TCP, 64];
     p[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
     p.extend_from_slice(&A6);
     p.extend_from_slice(&B6);
@@ -89,7 +89,7 @@ fn udp4(sport: u16, payload: &[u8]) -> Vec<u8> {
     l4[2..4].copy_from_slice(&5201u16.to_be_bytes());
     l4[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     l4.extend_from_slice(payload);
-    ipv4(PROTO_UDP, l4, Some(6))
+    ipv4(proto::UDP, l4, Some(6))
 }
 
 /// Runs GRO over `packets`; returns each written packet with its header.
@@ -103,9 +103,14 @@ fn run(packets: &[Vec<u8>], udp: bool) -> Vec<(VirtioHeader, Vec<u8>)> {
         })
         .collect();
     let lens: Vec<usize> = packets.iter().map(Vec::len).collect();
+    // What the engine reads from each packet's view as it commits it.
+    let metas: Vec<Option<Parsed>> = packets
+        .iter()
+        .map(|p| Parsed::from_packet(&IpPacket::new(p).ok()?))
+        .collect();
     let mut out = Vec::new();
     let mut gro = Gro::new(packets.len(), udp);
-    gro.coalesce(&mut slots, &lens, &mut out);
+    gro.coalesce(&mut slots, &lens, &metas, &mut out);
     out.iter()
         .map(|&i| {
             let s = &slots[i];
@@ -195,7 +200,7 @@ fn a_gap_in_the_sequence_starts_a_new_packet() {
 #[test]
 fn psh_joins_and_closes_the_packet() {
     let mut last = seg(200, 100);
-    last.flags |= TCP_PSH;
+    last.flags |= tcp::PSH;
     let out = run(
         &[
             tcp4(&seg(0, 100)),
@@ -207,7 +212,7 @@ fn psh_joins_and_closes_the_packet() {
     );
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].1.len(), 52 + 300);
-    assert_ne!(out[0].1[20 + 13] & TCP_PSH, 0, "merged packet carries PSH");
+    assert_ne!(out[0].1[20 + 13] & tcp::PSH, 0, "merged packet carries PSH");
     assert_eq!(out[1].0, plain());
 }
 
@@ -273,13 +278,13 @@ fn a_segment_with_a_bad_checksum_is_never_merged() {
 #[test]
 fn a_packet_that_cannot_join_keeps_its_place_in_the_flow() {
     let mut fin = seg(100, 0);
-    fin.flags = TCP_ACK | 0x01;
+    fin.flags = tcp::ACK | 0x01;
     let out = run(
         &[tcp4(&seg(0, 100)), tcp4(&fin), tcp4(&seg(100, 100))],
         false,
     );
     assert_eq!(out.len(), 3);
-    assert_eq!(out[1].1[20 + 13], TCP_ACK | 0x01);
+    assert_eq!(out[1].1[20 + 13], tcp::ACK | 0x01);
 }
 
 #[test]
@@ -351,123 +356,4 @@ fn checksum_helpers_match_a_known_ipv4_header() {
         0x0100,
         "odd trailing byte is the high half"
     );
-}
-
-mod agreement {
-    //! [`Parsed::from_packet`] against the byte parser it replaces, on the
-    //! packets the engine can hand to GRO: ones `weft_packet` accepts,
-    //! written as exactly the bytes the view covers.
-    use super::*;
-    use proptest::prelude::*;
-
-    fn agree(buf: &[u8], udp: bool) -> Result<(), TestCaseError> {
-        let Ok(ip) = IpPacket::new(buf) else {
-            return Ok(());
-        };
-        if ip.total_len() != buf.len() {
-            return Ok(());
-        }
-        let old = parse(buf, udp);
-        let new = Parsed::from_packet(&ip).map(|mut p| {
-            p.candidate &= p.tuple.proto == PROTO_TCP || udp;
-            p
-        });
-        let cand = |p: &Option<Parsed>| p.is_some_and(|p| p.candidate);
-        prop_assert_eq!(cand(&old), cand(&new), "bytes {:02x?}", buf);
-        if let (Some(o), Some(n)) = (old, new) {
-            // The old parser read ports at a fixed offset: behind IPv4
-            // options or in a later fragment it read other bytes.
-            let plain_header = ip.header_len() == if n.tuple.v6 { 40 } else { 20 };
-            if plain_header && !matches!(ip.fragment(), Fragment::Later { .. }) {
-                prop_assert_eq!(o.tuple, n.tuple);
-            }
-            if o.candidate {
-                prop_assert_eq!(
-                    (o.ip_len, o.l4_len, o.payload, o.seq, o.ack, o.flags),
-                    (n.ip_len, n.l4_len, n.payload, n.seq, n.ack, n.flags)
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Candidates first (see the test below), then near misses.
-    fn seeds() -> Vec<Vec<u8>> {
-        let with_flags = |flags| {
-            let mut t = seg(5, 10);
-            t.flags = flags;
-            t.options.clear();
-            tcp4(&t)
-        };
-        let mut no_udp_checksum = udp4(40000, &[7; 30]);
-        no_udp_checksum[26..28].fill(0);
-        let mut ip_options = tcp4(&seg(1000, 100));
-        ip_options[0] = 0x46;
-        ip_options.splice(20..20, [1, 1, 1, 1]);
-        let total = u16::try_from(ip_options.len()).unwrap();
-        ip_options[2..4].copy_from_slice(&total.to_be_bytes());
-        let mut fragment = tcp4(&seg(1000, 100));
-        fragment[6] = 0x20;
-        let mut v6_ext = tcp6(&seg(1000, 100));
-        v6_ext[6] = 60;
-        v6_ext.splice(40..40, [PROTO_TCP, 0, 1, 4, 0, 0, 0, 0]);
-        let payload = u16::from_be_bytes([v6_ext[4], v6_ext[5]]) + 8;
-        v6_ext[4..6].copy_from_slice(&payload.to_be_bytes());
-        vec![
-            tcp4(&seg(1000, 100)),
-            tcp6(&seg(1000, 100)),
-            udp4(40000, &[7; 30]),
-            with_flags(TCP_ACK | TCP_PSH),
-            // Not candidates.
-            with_flags(TCP_ACK | 0x02),
-            with_flags(TCP_ACK | 0x01),
-            tcp4(&seg(1000, 0)),
-            udp4(40000, &[]),
-            no_udp_checksum,
-            ip_options,
-            fragment,
-            v6_ext,
-        ]
-    }
-
-    #[test]
-    fn the_seeds_are_judged_alike_and_the_first_four_are_candidates() {
-        for (i, s) in seeds().iter().enumerate() {
-            let ip = IpPacket::new(s).unwrap();
-            let candidate = Parsed::from_packet(&ip).is_some_and(|p| p.candidate);
-            assert_eq!(candidate, i < 4, "seed {i}");
-            agree(s, true).unwrap();
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(20_000))]
-
-        #[test]
-        fn the_view_agrees_with_the_byte_parser_on_mangled_packets(
-            seed in any::<prop::sample::Index>(),
-            flips in proptest::collection::vec((0usize..80, prop_oneof![any::<u8>(), Just(0u8), Just(0x10), Just(0x18)]), 0..4),
-            cut in proptest::option::weighted(0.25, any::<usize>()),
-            udp in any::<bool>(),
-        ) {
-            let mut seeds = seeds();
-            let mut p = seeds.swap_remove(seed.index(seeds.len()));
-            for (at, byte) in flips {
-                let i = at % p.len();
-                p[i] = byte;
-            }
-            if let Some(cut) = cut {
-                p.truncate(cut % (p.len() + 1));
-            }
-            agree(&p, udp)?;
-        }
-
-        #[test]
-        fn the_view_agrees_with_the_byte_parser_on_arbitrary_bytes(
-            buf in proptest::collection::vec(any::<u8>(), 0..120),
-            udp in any::<bool>(),
-        ) {
-            agree(&buf, udp)?;
-        }
-    }
 }

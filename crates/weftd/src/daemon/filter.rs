@@ -3,10 +3,11 @@
 //! the Prometheus text of `GET /localapi/v0/metrics`).
 //!
 //! Where it sits (see [`super::tunnel`]): every decrypted packet a peer sent
-//! is judged by [`weft_filter::Filter::inbound`] before it is written to TUN,
-//! and every packet read from TUN is shown to
-//! [`weft_filter::Filter::outbound`] before it is sealed, so replies to this
-//! node's own connections come back in. The engine's timer thread calls
+//! is judged by [`weft_filter::Filter::inbound_packet`] before it is written
+//! to TUN, and every packet read from TUN is shown to
+//! [`weft_filter::Filter::outbound_packet`] before it is sealed, so replies
+//! to this node's own connections come back in. Both get the view WireGuard
+//! or the engine already built. The engine's timer thread calls
 //! [`PacketHooks::handle_timeout`] every tick; expired flows are swept every
 //! [`weft_filter::SWEEP_INTERVAL`].
 //!
@@ -34,6 +35,7 @@ use weft_filter::{
 };
 use weft_localapi::FilterStatus;
 use weft_net::EngineStats;
+use weft_packet::IpPacket;
 use weft_types::NetMap;
 
 use super::tunnel::{PacketHooks, TunnelCounters};
@@ -120,12 +122,12 @@ impl NodeFilter {
 }
 
 impl PacketHooks for NodeFilter {
-    fn inbound_allowed(&self, packet: &[u8], now: Instant) -> bool {
-        self.filter.inbound(packet, now).is_accept()
+    fn inbound_allowed(&self, packet: &IpPacket<'_>, now: Instant) -> bool {
+        self.filter.inbound_packet(packet, now).is_accept()
     }
 
-    fn note_outbound(&self, packet: &[u8], now: Instant) {
-        self.filter.outbound(packet, now);
+    fn note_outbound(&self, packet: &IpPacket<'_>, now: Instant) {
+        self.filter.outbound_packet(packet, now);
     }
 
     fn handle_timeout(&self, now: Instant) {
@@ -243,7 +245,7 @@ pub fn render_metrics(
     m.one(
         "weftd_filter_outbound_malformed_total",
         "counter",
-        "Packets from TUN the filter could not parse (sent anyway).",
+        "Packets from TUN whose headers contradict each other, which the filter does not track (sent anyway).",
         filter.outbound_malformed,
     );
     m.one(
@@ -370,6 +372,10 @@ mod tests {
         nm
     }
 
+    fn view(bytes: &[u8]) -> IpPacket<'_> {
+        IpPacket::new(bytes).unwrap()
+    }
+
     fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
         let mut p = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
         p.extend_from_slice(&src);
@@ -388,7 +394,7 @@ mod tests {
     #[test]
     fn nothing_passes_before_the_first_netmap() {
         let f = NodeFilter::new([7; 32]);
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4000, 22, SYN), t0()));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4000, 22, SYN)), t0()));
         assert_eq!(f.stats().dropped_total(), 1);
     }
 
@@ -397,11 +403,11 @@ mod tests {
         let now = t0();
         let f = NodeFilter::new([7; 32]);
         f.apply_netmap(&netmap(&[22, 80]));
-        assert!(f.inbound_allowed(&tcp(PEER, ME, 4000, 22, SYN), now));
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4001, 8080, SYN), now));
+        assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 4000, 22, SYN)), now));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4001, 8080, SYN)), now));
         // Our own connection to the peer's 8080: the SYN-ACK comes back in.
-        f.note_outbound(&tcp(ME, PEER, 5000, 8080, SYN), now);
-        assert!(f.inbound_allowed(&tcp(PEER, ME, 8080, 5000, SYN_ACK), now));
+        f.note_outbound(&view(&tcp(ME, PEER, 5000, 8080, SYN)), now);
+        assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 8080, 5000, SYN_ACK)), now));
         let s = f.stats();
         assert_eq!(s.dropped_for(DropReason::NotAllowed), 1);
         assert_eq!(s.rules, 2);
@@ -413,15 +419,15 @@ mod tests {
         let f = NodeFilter::new([7; 32]);
         f.apply_netmap(&netmap(&[22, 80]));
         for port in [22, 80] {
-            assert!(f.inbound_allowed(&tcp(PEER, ME, 4000 + port, port, SYN), now));
-            f.note_outbound(&tcp(ME, PEER, port, 4000 + port, SYN_ACK), now);
+            assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 4000 + port, port, SYN)), now));
+            f.note_outbound(&view(&tcp(ME, PEER, port, 4000 + port, SYN_ACK)), now);
         }
         assert_eq!(f.apply_netmap(&netmap(&[22])), 1, "the port-80 flow is cut");
         assert!(
-            f.inbound_allowed(&tcp(PEER, ME, 4022, 22, ACK), now),
+            f.inbound_allowed(&view(&tcp(PEER, ME, 4022, 22, ACK)), now),
             "ssh continues"
         );
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4080, 80, ACK), now));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4080, 80, ACK)), now));
         assert_eq!(f.stats().dropped_for(DropReason::NoFlow), 1);
         assert_eq!(
             f.apply_netmap(&netmap(&[22])),
@@ -435,15 +441,15 @@ mod tests {
         let now = t0();
         let f = NodeFilter::new([7; 32]);
         f.apply_netmap(&netmap(&[22]));
-        assert!(f.inbound_allowed(&tcp(PEER, ME, 4000, 22, SYN), now));
+        assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 4000, 22, SYN)), now));
         assert_eq!(f.set_shields_up(true), 1);
         assert_eq!(f.set_shields_up(true), 0);
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4001, 22, SYN), now));
-        f.note_outbound(&tcp(ME, PEER, 5000, 22, SYN), now);
-        assert!(f.inbound_allowed(&tcp(PEER, ME, 22, 5000, SYN_ACK), now));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4001, 22, SYN)), now));
+        f.note_outbound(&view(&tcp(ME, PEER, 5000, 22, SYN)), now);
+        assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 22, 5000, SYN_ACK)), now));
         assert_eq!(f.stats().dropped_for(DropReason::ShieldsUp), 1);
         f.set_shields_up(false);
-        assert!(f.inbound_allowed(&tcp(PEER, ME, 4002, 22, SYN), now));
+        assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 4002, 22, SYN)), now));
     }
 
     #[test]
@@ -455,7 +461,7 @@ mod tests {
         f.clear();
         let s = f.stats();
         assert_eq!((s.rules, s.shields_up), (0, true));
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4000, 22, SYN), now));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4000, 22, SYN)), now));
         assert_eq!(f.stats().dropped_for(DropReason::NotForUs), 1);
     }
 
@@ -465,8 +471,8 @@ mod tests {
         let secs = |n| now + Duration::from_secs(n);
         let f = NodeFilter::new([7; 32]);
         f.apply_netmap(&netmap(&[22]));
-        f.note_outbound(&tcp(ME, PEER, 5000, 22, SYN), now);
-        f.note_outbound(&tcp(ME, PEER, 5001, 22, SYN), secs(20));
+        f.note_outbound(&view(&tcp(ME, PEER, 5000, 22, SYN)), now);
+        f.note_outbound(&view(&tcp(ME, PEER, 5001, 22, SYN)), secs(20));
         // The first tick sweeps: the first flow is past the 30 s TCP opening timeout.
         f.handle_timeout(secs(31));
         assert_eq!(f.stats().flows, 1);
@@ -484,8 +490,8 @@ mod tests {
     fn status_and_metrics_report_drops_by_reason() {
         let f = NodeFilter::new([7; 32]);
         f.apply_netmap(&netmap(&[22]));
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4000, 80, SYN), t0()));
-        assert!(!f.inbound_allowed(&[0x45, 0, 0], t0()));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4000, 80, SYN)), t0()));
+        assert!(!f.filter.inbound(&[0x45, 0, 0], t0()).is_accept());
         let s = f.stats();
         let st = status(Some(&s), false, 0, 0);
         assert_eq!((st.rules, st.dropped), (1, 2));
