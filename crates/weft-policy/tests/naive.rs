@@ -473,7 +473,7 @@ proptest! {
         let compiled = compile_all(&policy, &tailnet);
         for (si, raw_src, di, v4, proto, port) in packets {
             let dst = &m.nodes[di % m.nodes.len()];
-            let dst_id = NodeId(u64::try_from(di % m.nodes.len()).unwrap() + 1);
+            let dst_id = NodeId(i64::try_from(di % m.nodes.len()).unwrap() + 1);
             let Some(dst_addr) = addr(dst, v4) else { continue };
             let src_addr = match raw_src {
                 // An address that may belong to no node (or to one, by chance).
@@ -496,9 +496,9 @@ proptest! {
         for (a, na) in m.nodes.iter().enumerate() {
             let want: Vec<NodeId> = m.nodes.iter().enumerate()
                 .filter(|(b, nb)| *b != a && naive_visible(&m, na, nb))
-                .map(|(b, _)| NodeId(u64::try_from(b).unwrap() + 1))
+                .map(|(b, _)| NodeId(i64::try_from(b).unwrap() + 1))
                 .collect();
-            let got = compiled.visible_peers(NodeId(u64::try_from(a).unwrap() + 1)).unwrap();
+            let got = compiled.visible_peers(NodeId(i64::try_from(a).unwrap() + 1)).unwrap();
             prop_assert_eq!(got, want, "visibility of n{}\n{}", a, text);
         }
     }

@@ -132,7 +132,7 @@ fn visibility_lists_peers_either_side_may_reach() {
         c.visible_peers(id(&t, n))
             .unwrap()
             .iter()
-            .map(|i| t.node(*i).unwrap().name.clone())
+            .map(|i| t.node(*i).unwrap().name.to_string())
             .collect()
     };
     assert_eq!(names("server"), ["bob-laptop", "db"]);

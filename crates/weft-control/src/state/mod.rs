@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use ipnet::IpNet;
 use weft_control_proto::Encoded;
 use weft_control_proto::encode::{EncodeError, FullMapParts, full_map_body};
-use weft_control_store::{Node as StoreNode, Role, User};
+use weft_control_store::{Node as StoreNode, User};
 use weft_policy::{CompiledTailnet, Policy, Tailnet};
 use weft_types::netmap::{DnsConfig, PacketFilter, RelayMap, SshPolicy};
 use weft_types::{DnsName, HostInfo, MapBody, Node, NodeId, UnixMillis, UserId, UserProfile};
@@ -230,7 +230,7 @@ impl PolicyState {
             .node_ids()
             .iter()
             .enumerate()
-            .filter_map(|(i, id)| Some((NodeId(i64::try_from(id.0).ok()?), i)))
+            .map(|(i, id)| (*id, i))
             .collect();
         let cache = (0..index.len()).map(|_| OnceLock::new()).collect();
         Self {
@@ -267,9 +267,8 @@ impl PolicyState {
     }
 
     fn make(&self, node: NodeId, prev: Option<&Arc<NodePolicy>>) -> Arc<NodePolicy> {
-        let pid = policy_id(node);
-        let filter = self.compiled.packet_filter(pid).unwrap_or_default();
-        let ssh = self.compiled.ssh_policy(pid).unwrap_or_default();
+        let filter = self.compiled.packet_filter(node).unwrap_or_default();
+        let ssh = self.compiled.ssh_policy(node).unwrap_or_default();
         let Ok(ssh_enc) = Encoded::new(&ssh) else {
             return empty_node_policy();
         };
@@ -316,16 +315,6 @@ fn empty_node_policy() -> Arc<NodePolicy> {
         .clone()
 }
 
-/// Converts a node id to the policy crate's id type.
-pub(crate) fn policy_id(id: NodeId) -> weft_policy::NodeId {
-    weft_policy::NodeId(u64::try_from(id.0).unwrap_or(0))
-}
-
-/// Converts the policy crate's id back.
-pub(crate) fn node_id(id: weft_policy::NodeId) -> Option<NodeId> {
-    i64::try_from(id.0).ok().map(NodeId)
-}
-
 /// Builds the policy crate's view of the tailnet.
 pub(crate) fn policy_tailnet(
     nodes: &BTreeMap<NodeId, Arc<NodeEntry>>,
@@ -334,11 +323,8 @@ pub(crate) fn policy_tailnet(
     let pusers = users
         .values()
         .map(|u| weft_policy::User {
-            login: u.user.login_name.to_string(),
-            role: match u.user.role {
-                Role::Admin => weft_policy::Role::Admin,
-                Role::Member => weft_policy::Role::Member,
-            },
+            login: u.user.login_name.clone(),
+            role: u.user.role,
         })
         .collect();
     let pnodes = nodes
@@ -348,12 +334,12 @@ pub(crate) fn policy_tailnet(
                 .rec
                 .user
                 .and_then(|u| users.get(&u))
-                .map(|u| u.user.login_name.to_string());
+                .map(|u| u.user.login_name.clone());
             weft_policy::Node {
-                id: policy_id(n.rec.id),
-                name: n.rec.given_name.to_string(),
+                id: n.rec.id,
+                name: n.rec.given_name.clone(),
                 user,
-                tags: n.rec.tags.iter().map(ToString::to_string).collect(),
+                tags: n.rec.tags.clone(),
                 ipv4: Some(n.rec.ipv4),
                 ipv6: Some(n.rec.ipv6),
             }
@@ -384,11 +370,10 @@ impl Snapshot {
         if !self.nodes.contains_key(&node) || self.unauthorized.contains(&node) {
             return Vec::new();
         }
-        let Some(ids) = self.policy.compiled.visible_peers(policy_id(node)) else {
+        let Some(ids) = self.policy.compiled.visible_peers(node) else {
             return Vec::new();
         };
         ids.into_iter()
-            .filter_map(node_id)
             .filter(|p| *p != node && !self.unauthorized.contains(p))
             .collect()
     }
@@ -474,7 +459,7 @@ pub(crate) mod tests {
                     id: UserId(id),
                     login_name: login.parse().unwrap(),
                     display_name: String::new(),
-                    role: Role::Member,
+                    role: weft_types::Role::Member,
                     created: UnixMillis(0),
                 };
                 (UserId(id), Arc::new(UserEntry::new(u).unwrap()))
@@ -567,7 +552,7 @@ pub(crate) mod tests {
     #[test]
     fn a_node_policy_holds_the_node_s_packet_filter_encoded() {
         let p = policy_state(true);
-        let filter = p.compiled.packet_filter(policy_id(NodeId(3))).unwrap();
+        let filter = p.compiled.packet_filter(NodeId(3)).unwrap();
         assert!(!filter.is_empty());
         let enc = &p.node_policy(NodeId(3)).filter_enc;
         assert_eq!(enc.as_str(), Encoded::new(&filter).unwrap().as_str());

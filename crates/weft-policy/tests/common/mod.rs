@@ -42,12 +42,12 @@ pub fn ip(s: &str) -> std::net::IpAddr {
     s.parse().unwrap()
 }
 
-pub fn node(id: u64, name: &str, user: Option<&str>, tags: &[&str], v4: &str, v6: &str) -> Node {
+pub fn node(id: i64, name: &str, user: Option<&str>, tags: &[&str], v4: &str, v6: &str) -> Node {
     Node {
         id: NodeId(id),
-        name: name.into(),
-        user: user.map(Into::into),
-        tags: tags.iter().map(|t| t.to_string()).collect(),
+        name: name.parse().unwrap(),
+        user: user.map(|u| u.parse().unwrap()),
+        tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
         ipv4: Some(v4.parse().unwrap()),
         ipv6: Some(v6.parse().unwrap()),
     }
@@ -55,7 +55,7 @@ pub fn node(id: u64, name: &str, user: Option<&str>, tags: &[&str], v4: &str, v6
 
 pub fn user(login: &str, admin: bool) -> User {
     User {
-        login: login.into(),
+        login: login.parse().unwrap(),
         role: if admin { Role::Admin } else { Role::Member },
     }
 }
