@@ -125,7 +125,7 @@ pub(crate) fn unparsable(e: PacketError) -> ParseError {
 /// FIN or RST, TCP or SCTP port 0, UDP destination port 0, and an IPv4 TCP
 /// fragment at offset 8 (RFC 1858 §4: it can only serve to overwrite the
 /// flags of the first fragment's TCP header).
-#[inline]
+#[inline(always)]
 pub(crate) fn classify(ip: &IpPacket<'_>) -> Result<Packet, ParseError> {
     let proto = ip.protocol();
     let frag = match ip.fragment() {

@@ -34,7 +34,7 @@ const ICMP6: IcmpTypes = IcmpTypes {
     errors: &[1, 2, 3, 4],
 };
 
-#[inline]
+#[inline(always)]
 pub(crate) fn packet(buf: &[u8]) -> Result<IpPacket<'_>, PacketError> {
     let Some(&first) = buf.first() else {
         return Err(PacketError::Truncated);
