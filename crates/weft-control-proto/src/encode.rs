@@ -20,7 +20,6 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use weft_types::control::ServerMessage;
-use weft_types::filter::FilterRule;
 use weft_types::netmap::{DnsConfig, PacketFilter, RelayMap, SshPolicy};
 use weft_types::{Delta, DnsName, MapBody, Node, UserProfile};
 
@@ -185,26 +184,6 @@ pub fn delta_body(deltas: &[Delta]) -> Result<Encoded<MapBody>, EncodeError> {
     }
     Ok(Encoded::from_raw(serde_json::value::to_raw_value(
         &DeltaBodyRef::Delta(deltas),
-    )?))
-}
-
-/// Encodes a packet filter straight from its rules, without building the
-/// lookup index a [`PacketFilter`] carries (the server only sends filters,
-/// it never matches packets against them). Same bytes as encoding
-/// `PacketFilter::new(rules.to_vec())`.
-///
-/// # Errors
-/// As [`Encoded::new`].
-pub fn packet_filter_from_rules(
-    rules: &[FilterRule],
-) -> Result<Encoded<PacketFilter>, EncodeError> {
-    // Mirrors `PacketFilter`'s wire form: `{"rules": [...]}`.
-    #[derive(Serialize)]
-    struct PacketFilterRef<'a> {
-        rules: &'a [FilterRule],
-    }
-    Ok(Encoded::from_raw(serde_json::value::to_raw_value(
-        &PacketFilterRef { rules },
     )?))
 }
 

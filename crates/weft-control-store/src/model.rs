@@ -1,14 +1,14 @@
 //! The records the store hands out, and the small validated values they use.
 //!
-//! Ids, keys, names, tags, endpoints and times are the `weft-types`
+//! Ids, keys, names, tags, roles, endpoints and times are the `weft-types`
 //! vocabulary, so records map onto the netmap's types without conversion
 //! tables. Times are [`UnixMillis`]; `None` for an expiry means "never".
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
 use std::time::Duration;
 
+pub use weft_types::Role;
 use weft_types::{
     DiscoPublic, DnsLabel, Endpoint, LoginName, MachinePublic, NodeId, NodeOwner, NodePublic,
     StableNodeId, Tag, UnixMillis, UserId,
@@ -28,40 +28,6 @@ weft_types::make_id!(
     /// A policy version: versions count up from 1; the highest is current.
     PolicyVersionId
 );
-
-/// A user's role in the tailnet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// May register nodes and see what the policy allows.
-    Member,
-    /// May also administer the tailnet (users, keys, policy, approvals).
-    Admin,
-}
-
-impl Role {
-    /// Returns the text stored in the `role` column.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Role::Member => "member",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl FromStr for Role {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self, StoreError> {
-        match s {
-            "member" => Ok(Role::Member),
-            "admin" => Ok(Role::Admin),
-            other => Err(StoreError::Corrupt {
-                what: "users.role",
-                detail: other.to_owned(),
-            }),
-        }
-    }
-}
 
 /// How long a node key lives after (re-)registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -124,7 +124,13 @@ pub(crate) fn user(row: &AnyRow) -> Result<User, StoreError> {
         id: UserId(row.try_get("id")?),
         login_name: parse("users.login_name", &text(row, "login_name")?)?,
         display_name: text(row, "display_name")?,
-        role: text(row, "role")?.parse::<Role>()?,
+        role: {
+            let role = text(row, "role")?;
+            role.parse::<Role>().map_err(|_| StoreError::Corrupt {
+                what: "users.role",
+                detail: role,
+            })?
+        },
         created: time(row, "created_ms")?,
     })
 }

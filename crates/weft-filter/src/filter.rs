@@ -6,10 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use weft_types::filter::{PacketFilter, proto};
+use weft_types::filter::proto;
 
+use crate::CompiledFilter;
 use crate::flow::{Dir, ECHO_IN, ECHO_OUT, Flow, FlowKey, FragEntry, FragKey, KeyHasher, Pair};
-use crate::parse::{self, Frag, Icmp, Inner, L4, Packet, ParseError, tcp};
+use weft_packet::{IpPacket, tcp};
+
+use crate::classify::{self, Frag, Icmp, Inner, L4, Packet, ParseError};
 use crate::stats::{Counters, FilterStats};
 use crate::table::Lru;
 use crate::{Accept, Config, DropReason, Outbound, Policy, Timeouts, Verdict};
@@ -89,10 +92,23 @@ impl Filter {
         }
     }
 
-    /// Judges one decrypted inbound packet (peer → this node). Write it to
-    /// TUN only on [`Verdict::Accept`]. Never panics; allocation-free.
+    /// Judges one decrypted inbound packet (peer → this node) given as
+    /// bytes: checks it with [`IpPacket::new`], then judges it like
+    /// [`Filter::inbound_packet`]. A buffer that is no packet is dropped as
+    /// [`DropReason::Malformed`] or [`DropReason::Unsupported`]. Never
+    /// panics; allocation-free.
     pub fn inbound(&self, packet: &[u8], now: Instant) -> Verdict {
-        let p = match parse::parse(packet) {
+        match IpPacket::new(packet) {
+            Ok(ip) => self.inbound_packet(&ip, now),
+            Err(e) => self.unparsed(classify::unparsable(e)),
+        }
+    }
+
+    /// Judges one decrypted inbound packet (peer → this node), already
+    /// validated (by WireGuard's decapsulation in the data path). Write it
+    /// to TUN only on [`Verdict::Accept`]. Never panics; allocation-free.
+    pub fn inbound_packet(&self, packet: &IpPacket<'_>, now: Instant) -> Verdict {
+        let p = match classify::classify(packet) {
             Ok(p) => p,
             Err(e) => return self.unparsed(e),
         };
@@ -100,7 +116,7 @@ impl Filter {
             L4::Icmp(Icmp::Error { inner }) => self.inbound_icmp_error(&p, inner, now),
             L4::Absent => self.inbound_later_fragment(&p, now),
             L4::Tcp { .. } | L4::Ports { .. } | L4::Other | L4::Icmp(_) => {
-                self.inbound_packet(&p, now)
+                self.inbound_flow(&p, now)
             }
         };
         if let Verdict::Drop(reason) = verdict {
@@ -109,11 +125,25 @@ impl Filter {
         verdict
     }
 
-    /// Tells the filter about one packet read from TUN (this node → peer),
-    /// opening or refreshing its flow. The packet is sent regardless of the
-    /// result. Never panics; allocation-free.
+    /// Tells the filter about one packet read from TUN (this node → peer)
+    /// given as bytes: checks it with [`IpPacket::new`], then tracks it like
+    /// [`Filter::outbound_packet`]. A buffer that is no packet is counted in
+    /// [`FilterStats::outbound_malformed`]. Never panics; allocation-free.
     pub fn outbound(&self, packet: &[u8], now: Instant) -> Outbound {
-        let Ok(p) = parse::parse(packet) else {
+        match IpPacket::new(packet) {
+            Ok(ip) => self.outbound_packet(&ip, now),
+            Err(_) => {
+                self.outbound_malformed.fetch_add(1, Ordering::Relaxed);
+                Outbound::Untracked
+            }
+        }
+    }
+
+    /// Tells the filter about one validated packet read from TUN (this
+    /// node → peer), opening or refreshing its flow. The packet is sent
+    /// regardless of the result. Never panics; allocation-free.
+    pub fn outbound_packet(&self, packet: &IpPacket<'_>, now: Instant) -> Outbound {
+        let Ok(p) = classify::classify(packet) else {
             self.outbound_malformed.fetch_add(1, Ordering::Relaxed);
             return Outbound::Untracked;
         };
@@ -174,7 +204,7 @@ impl Filter {
     }
 
     /// Replaces only the packet filter; see [`Filter::set_policy`].
-    pub fn set_filter(&self, filter: PacketFilter) -> usize {
+    pub fn set_filter(&self, filter: CompiledFilter) -> usize {
         self.update(|p| p.filter = filter)
     }
 
@@ -273,7 +303,7 @@ impl Filter {
         Verdict::Drop(reason)
     }
 
-    fn inbound_packet(&self, p: &Packet, now: Instant) -> Verdict {
+    fn inbound_flow(&self, p: &Packet, now: Instant) -> Verdict {
         let pair = self.hasher.pair(p.dst, p.src, p.proto);
         let mut guard = self.lock(&pair);
         let shard = &mut *guard;
@@ -337,7 +367,7 @@ impl Filter {
         // The quoted packet was sent by this node: its source is our side.
         let pair = self.hasher.pair(inner.src, inner.dst, inner.proto);
         let key = if proto::is_icmp(inner.proto) {
-            let side = if inner.dport == parse::ECHO_REQUEST {
+            let side = if inner.dport == classify::ECHO_REQUEST {
                 ECHO_OUT
             } else {
                 ECHO_IN

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use weft_types::filter::proto;
 
 use crate::Timeouts;
-use crate::parse::tcp;
 use crate::table::Keyed;
+use weft_packet::tcp;
 
 /// Which side opened a flow, or which way a packet travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

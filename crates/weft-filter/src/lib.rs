@@ -2,11 +2,15 @@
 //!
 //! `weft-control` compiles the tailnet policy into a [`PacketFilter`] for
 //! each destination node; the node enforces it on what it *receives* (see
-//! `weft_types::filter`). This crate is that enforcement: a [`Filter`] that
+//! `weft_types::filter`). This crate is that enforcement: a
+//! [`CompiledFilter`] built from the rules once per netmap, and a [`Filter`] that
 //! the data plane asks about every decrypted inbound packet
-//! ([`Filter::inbound`], before the packet is written to TUN) and tells
-//! about every outbound packet ([`Filter::outbound`], as it is read from
-//! TUN) so that replies to this node's own flows come back in. It does no
+//! ([`Filter::inbound_packet`], before the packet is written to TUN) and
+//! tells about every outbound packet ([`Filter::outbound_packet`], as it is
+//! read from TUN) so that replies to this node's own flows come back in.
+//! Packets arrive as `weft_packet` views, checked once upstream (WireGuard's
+//! decapsulation, the engine's TUN reader); [`Filter::inbound`] and
+//! [`Filter::outbound`] take bytes and check them the same way. It does no
 //! I/O, reads no clock (every call takes `now`) and draws no randomness (the
 //! hash keys come from a seed).
 //!
@@ -18,9 +22,9 @@
 //! 1. Build one [`Filter`] per data plane with [`Filter::new`] and share it
 //!    (`Arc<Filter>`) between the TUN-reading and the decrypting threads;
 //!    every method takes `&self`.
-//! 2. Call [`Filter::outbound`] for each packet read from TUN and
-//!    [`Filter::inbound`] for each decrypted packet; write the packet to TUN
-//!    only on [`Verdict::Accept`].
+//! 2. Call [`Filter::outbound_packet`] for each packet read from TUN and
+//!    [`Filter::inbound_packet`] for each decrypted packet; write the packet
+//!    to TUN only on [`Verdict::Accept`].
 //! 3. Install the policy with [`Filter::set_policy`] (or the
 //!    [`Filter::set_filter`], [`Filter::set_local_addrs`],
 //!    [`Filter::set_shields_up`] shortcuts) whenever the netmap or the
@@ -29,9 +33,10 @@
 //!    status and metrics.
 //!
 //! # Semantics
-//! Every inbound packet is parsed first; one that fails to parse is
-//! dropped as [`DropReason::Malformed`] (or [`DropReason::Unsupported`],
-//! see below). A packet whose destination is not one of the node's own
+//! A buffer `weft_packet` refuses, or a packet whose fields contradict each
+//! other (TCP SYN with FIN or RST, port 0, an RFC 1858 overlapping
+//! fragment), is dropped as [`DropReason::Malformed`] (or
+//! [`DropReason::Unsupported`], see below). A packet whose destination is not one of the node's own
 //! addresses ([`Filter::set_local_addrs`]) is dropped as
 //! [`DropReason::NotForUs`]. Then:
 //!
@@ -42,7 +47,7 @@
 //!   inbound flow).
 //! - **New inbound flows are judged.** A TCP SYN without ACK, the first
 //!   datagram of a UDP, SCTP or other-protocol flow, and an ICMP echo
-//!   request are matched with [`PacketFilter::allows`] (source, destination,
+//!   request are matched with [`CompiledFilter::allows`] (source, destination,
 //!   protocol, destination port; 0 for protocols without ports). Admitted:
 //!   the flow is tracked and the packet passes; refused:
 //!   [`DropReason::NotAllowed`]. With shields up, every new inbound flow is
@@ -112,18 +117,20 @@
 //! the `no_alloc` test).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod classify;
+mod compiled;
 mod filter;
 mod flow;
-mod parse;
 mod stats;
 mod table;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
+pub use compiled::{CompiledFilter, RuleRef};
 pub use filter::Filter;
-pub use parse::MAX_EXTENSION_HEADERS;
 pub use stats::FilterStats;
+pub use weft_packet::MAX_EXTENSION_HEADERS;
 pub use weft_types::filter::{PacketFilter, RuleOrigin};
 
 /// How often the driver should call [`Filter::handle_timeout`]. Being late
@@ -243,8 +250,8 @@ pub enum Outbound {
 /// The access policy the filter enforces.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
-    /// The compiled packet filter for this node (from the netmap).
-    pub filter: PacketFilter,
+    /// This node's packet filter (from the netmap), compiled.
+    pub filter: CompiledFilter,
     /// This node's addresses; inbound packets to anything else are dropped.
     pub local_addrs: Vec<IpAddr>,
     /// Refuse every new inbound flow.

@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use common::*;
-use weft_filter::{Config, PacketFilter};
+use weft_filter::{CompiledFilter, Config};
 
 /// Counts allocations made by the current thread.
 struct Counting;
@@ -54,13 +54,13 @@ fn judging_packets_makes_no_allocation_once_the_filter_is_built() {
         max_fragments: 8,
         ..Config::default()
     };
-    let rules = alice_ssh_and_web()
+    let rules: Vec<_> = alice_ssh_and_web()
         .rules()
         .iter()
         .chain(udp_service().rules())
         .cloned()
         .collect();
-    let f = node_with(config, PacketFilter::new(rules));
+    let f = node_with(config, CompiledFilter::new(&rules));
     let mut now = t0();
 
     // Every packet is built before counting starts.

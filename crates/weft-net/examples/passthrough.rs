@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use weft_net::{Engine, EngineConfig, Offload, Tun, TunConfig, Tunnel};
-use weft_wg::{Decapsulated, Encapsulated};
+use weft_packet::IpPacket;
+use weft_wg::{Decapsulated, DropReason, Encapsulated};
 
 struct PassThrough {
     peer: SocketAddr,
@@ -23,11 +24,12 @@ struct PassThrough {
 impl Tunnel for PassThrough {
     fn encapsulate<'o>(
         &self,
-        packet: &[u8],
+        packet: IpPacket<'_>,
         out: &'o mut [u8],
         _now: Instant,
         _send: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Encapsulated<'o> {
+        let packet = packet.as_bytes();
         let d = &mut out[..packet.len()];
         d.copy_from_slice(packet);
         Encapsulated::Send {
@@ -46,7 +48,10 @@ impl Tunnel for PassThrough {
     ) -> Decapsulated<'o> {
         let p = &mut out[..datagram.len()];
         p.copy_from_slice(datagram);
-        Decapsulated::ToTunnel(p)
+        match IpPacket::new(p) {
+            Ok(ip) => Decapsulated::ToTunnel(ip),
+            Err(_) => Decapsulated::Dropped(DropReason::BadInnerPacket),
+        }
     }
 
     fn handle_timeout(&self, _now: Instant, _send: &mut dyn FnMut(SocketAddr, &[u8])) {}

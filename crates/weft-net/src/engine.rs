@@ -30,10 +30,12 @@ use std::time::{Duration, Instant};
 
 use nix::poll::PollFlags;
 use quinn_udp::RecvMeta;
+use weft_packet::IpPacket;
 use weft_wg::{Decapsulated, Encapsulated};
 
 use crate::batch::{Span, TxBatch};
 use crate::error::NetError;
+use crate::gro;
 use crate::notify::{self, Notify};
 use crate::tun::{Tun, TunReader, TunWriter};
 use crate::udp::{self, BoundSocket};
@@ -56,11 +58,17 @@ const RX_BUFFER_BYTES: usize = 1 << 16;
 /// The sans-IO side the engine drives: [`weft_wg::Device`], or a stand-in in
 /// tests. `send` receives datagrams produced on the side (handshakes,
 /// cookies, keepalives) that must go out right away.
+///
+/// Packets cross this boundary as `weft_packet` views, checked once: the
+/// engine builds the view of each packet read from TUN (bytes that are no
+/// packet are counted in [`EngineStats::tun_read_errors`] and dropped), and
+/// the tunnel hands back the view of each packet for TUN, whose fields GRO
+/// reads.
 pub trait Tunnel: Send + Sync + 'static {
     /// Seals one IP packet from TUN into `out`.
     fn encapsulate<'o>(
         &self,
-        packet: &[u8],
+        packet: IpPacket<'_>,
         out: &'o mut [u8],
         now: Instant,
         send: &mut dyn FnMut(SocketAddr, &[u8]),
@@ -83,7 +91,7 @@ pub trait Tunnel: Send + Sync + 'static {
 impl Tunnel for weft_wg::Device {
     fn encapsulate<'o>(
         &self,
-        packet: &[u8],
+        packet: IpPacket<'_>,
         out: &'o mut [u8],
         now: Instant,
         send: &mut dyn FnMut(SocketAddr, &[u8]),
@@ -123,7 +131,8 @@ pub struct EngineStats {
     pub tun_read_batches: u64,
     /// Packets read from TUN (after splitting super-packets).
     pub tun_read_packets: u64,
-    /// Reads from TUN that were malformed and skipped.
+    /// Reads from TUN that were malformed and skipped: super-packets that
+    /// could not be split, and packets `weft_packet` refused.
     pub tun_read_errors: u64,
     /// Batch writes to TUN that failed.
     pub tun_write_errors: u64,
@@ -449,7 +458,12 @@ fn tx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
         let sock = &*view.sock;
         let mut send_now = |to: SocketAddr, d: &[u8]| sock.send_one(to, d);
         for packet in reader.packets() {
-            let need = (packet.len() + SEAL_OVERHEAD).max(MIN_OUT);
+            let Ok(packet) = IpPacket::new(packet) else {
+                add(&c.tun_read_errors, 1);
+                tracing::trace!("Dropped a packet from TUN that is not a valid IP packet");
+                continue;
+            };
+            let need = (packet.total_len() + SEAL_OVERHEAD).max(MIN_OUT);
             if batch.tail(need).is_none() {
                 flush_tx(shared, &mut batch, sock);
             }
@@ -495,6 +509,7 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
     let mut storage: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0; RX_BUFFER_BYTES]).collect();
     let mut meta = [RecvMeta::default(); RX_BUFFERS];
     let mut writer = TunWriter::new(shared.tun.offload(), shared.tun.udp_offload());
+    let coalesce = writer.coalesces();
     let mut view = shared.socket.view();
     let c = &shared.counters;
     loop {
@@ -556,10 +571,14 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
                         .tunnel
                         .decapsulate(from, datagram, out, now, &mut send_now)
                 {
-                    match span.offset_of(packet) {
+                    // GRO reads the tunnel's view now, while it borrows the slot.
+                    let meta = coalesce
+                        .then(|| gro::Parsed::from_packet(&packet))
+                        .flatten();
+                    match span.offset_of(packet.as_bytes()) {
                         Some(offset) => {
-                            let len = packet.len();
-                            writer.commit(offset, len);
+                            let len = packet.total_len();
+                            writer.commit(offset, len, meta);
                         }
                         None => tracing::debug!("core returned a packet outside the buffer"),
                     }

@@ -28,6 +28,10 @@
 //!   a flow that cannot join ends that flow's head, so packets of a flow
 //!   are never reordered.
 
+use std::net::IpAddr;
+
+use weft_packet::{Fragment, IpPacket, IpVersion, Transport, proto, tcp};
+
 use crate::checksum::{fold, sum16};
 
 /// Room for the virtio header in front of every packet.
@@ -37,12 +41,6 @@ pub(crate) const HEADER_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN;
 pub(crate) const MAX_SEGMENTS: u16 = 64;
 
 const MAX_IP_LEN: usize = 65535;
-
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-
-const TCP_PSH: u8 = 0x08;
-const TCP_ACK: u8 = 0x10;
 
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
@@ -60,9 +58,10 @@ struct FiveTuple {
     dport: u16,
 }
 
-/// One parsed packet.
+/// What GRO reads from a packet's view ([`Parsed::from_packet`]), kept per
+/// slot until the batch is written.
 #[derive(Debug, Clone, Copy)]
-struct Parsed {
+pub(crate) struct Parsed {
     tuple: FiveTuple,
     /// IP header length (IPv4 without options: 20; IPv6: 40).
     ip_len: usize,
@@ -140,15 +139,18 @@ impl Gro {
     }
 
     /// Coalesces `slots[..lens.len()]`: slot `i` holds [`HEADER_LEN`] bytes
-    /// of headroom, then a packet of `lens[i]` bytes. Writes the virtio
-    /// header of every packet to be written and fixes the IP/transport
-    /// headers of those that others joined, and puts the indices of the
-    /// slots to write, in order, into `out`. Write slot `i` as its first
-    /// `HEADER_LEN + lens[i]` bytes followed by [`Self::joined`]`(i)`.
+    /// of headroom, then a packet of `lens[i]` bytes whose view gave
+    /// `metas[i]` ([`Parsed::from_packet`]; `None` for a packet that is not
+    /// TCP or UDP). Writes the virtio header of every packet to be written
+    /// and fixes the IP/transport headers of those that others joined, and
+    /// puts the indices of the slots to write, in order, into `out`. Write
+    /// slot `i` as its first `HEADER_LEN + lens[i]` bytes followed by
+    /// [`Self::joined`]`(i)`.
     pub(crate) fn coalesce<S: AsMut<[u8]>>(
         &mut self,
         slots: &mut [S],
         lens: &[usize],
+        metas: &[Option<Parsed>],
         out: &mut Vec<usize>,
     ) {
         self.heads.clear();
@@ -161,7 +163,10 @@ impl Gro {
             let Some(packet) = slot.get(HEADER_LEN..HEADER_LEN + len) else {
                 continue;
             };
-            let parsed = parse(packet, self.udp);
+            let parsed = metas.get(i).copied().flatten().map(|mut p| {
+                p.candidate &= p.tuple.proto == proto::TCP || self.udp;
+                p
+            });
             let valid = parsed.is_some_and(|p| p.candidate && checksum_ok(packet, &p));
             write_header(slot, &VirtioHeader::default());
             out.push(i);
@@ -189,8 +194,8 @@ impl Gro {
                 segment: p.payload,
                 segments: 1,
                 next_seq: p.seq.wrapping_add(p.payload as u32),
-                psh: p.flags & TCP_PSH != 0,
-                closed: !valid || p.flags & TCP_PSH != 0,
+                psh: p.flags & tcp::PSH != 0,
+                closed: !valid || p.flags & tcp::PSH != 0,
             };
             match found {
                 Some(h) => {
@@ -230,7 +235,7 @@ impl Gro {
             || head.total + p.payload > MAX_IP_LEN
             || p.l4_len != hp.l4_len
             || p.ip_len != hp.ip_len
-            || (p.tuple.proto == PROTO_TCP && (p.seq != head.next_seq || p.ack != hp.ack))
+            || (p.tuple.proto == proto::TCP && (p.seq != head.next_seq || p.ack != hp.ack))
         {
             return false;
         }
@@ -261,7 +266,7 @@ impl Gro {
         head.total += p.payload;
         head.segments += 1;
         head.next_seq = head.next_seq.wrapping_add(p.payload as u32);
-        if p.flags & TCP_PSH != 0 {
+        if p.flags & tcp::PSH != 0 {
             head.psh = true;
             head.closed = true;
         }
@@ -281,96 +286,82 @@ fn retire<S: AsMut<[u8]>>(slots: &mut [S], lens: &[usize], h: &Head) {
     }
 }
 
-/// Parses the IP and transport headers. `None` for anything that is not
-/// a well-formed TCP or UDP packet; `candidate` says whether it may be
-/// coalesced.
-fn parse(packet: &[u8], udp: bool) -> Option<Parsed> {
-    let version = packet.first()? >> 4;
-    let (ip_len, proto, mut tuple, ip_ok) = match version {
-        4 => {
-            let h = packet.get(..20)?;
-            let ihl = usize::from(h[0] & 0x0f) * 4;
-            let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
-            let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
-            let mut src = [0; 16];
-            let mut dst = [0; 16];
-            src[..4].copy_from_slice(&h[12..16]);
-            dst[..4].copy_from_slice(&h[16..20]);
-            let tuple = FiveTuple {
-                src,
-                dst,
-                v6: false,
-                proto: h[9],
-                sport: 0,
-                dport: 0,
-            };
-            // Options are rare; leaving them out keeps "headers match" simple.
-            let ok = ihl == 20 && total == packet.len() && !fragment && fold(sum16(h, 0)) == 0xffff;
-            (20, h[9], tuple, ok)
-        }
-        6 => {
-            let h = packet.get(..40)?;
-            let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
-            let mut src = [0; 16];
-            let mut dst = [0; 16];
-            src.copy_from_slice(&h[8..24]);
-            dst.copy_from_slice(&h[24..40]);
-            let tuple = FiveTuple {
-                src,
-                dst,
-                v6: true,
-                proto: h[6],
-                sport: 0,
-                dport: 0,
-            };
-            (40, h[6], tuple, payload + 40 == packet.len())
-        }
-        _ => return None,
-    };
-    let l4 = packet.get(ip_len..)?;
-    let ports = l4.get(..4)?;
-    tuple.sport = u16::from_be_bytes([ports[0], ports[1]]);
-    tuple.dport = u16::from_be_bytes([ports[2], ports[3]]);
-    match proto {
-        PROTO_TCP => {
-            let t = l4.get(..20)?;
-            let l4_len = usize::from(t[12] >> 4) * 4;
-            if !(20..=60).contains(&l4_len) || l4.len() < l4_len {
-                return None;
+impl Parsed {
+    /// Reads what GRO needs from a packet's validated view. `None` for
+    /// anything but TCP and UDP; `candidate` says whether it may join or
+    /// start a coalesced packet at all (before the device's UDP support is
+    /// taken into account).
+    pub(crate) fn from_packet(ip: &IpPacket<'_>) -> Option<Parsed> {
+        let mut tuple = FiveTuple {
+            src: [0; 16],
+            dst: [0; 16],
+            v6: ip.version() == IpVersion::V6,
+            proto: ip.protocol(),
+            sport: 0,
+            dport: 0,
+        };
+        for (out, addr) in [(&mut tuple.src, ip.src()), (&mut tuple.dst, ip.dst())] {
+            match addr {
+                IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+                IpAddr::V6(a) => *out = a.octets(),
             }
-            let flags = t[13];
-            let payload = l4.len() - l4_len;
-            // Only plain data segments: ACK, or ACK+PSH. ECE/CWR/URG and
-            // SYN/FIN/RST go up on their own.
-            let plain = flags == TCP_ACK || flags == TCP_ACK | TCP_PSH;
-            Some(Parsed {
-                tuple,
-                ip_len,
-                l4_len,
-                payload,
-                seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
-                ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
-                flags,
-                candidate: ip_ok && plain && payload > 0,
-            })
         }
-        PROTO_UDP => {
-            let u = l4.get(..8)?;
-            let udp_len = usize::from(u16::from_be_bytes([u[4], u[5]]));
-            let has_checksum = u[6] != 0 || u[7] != 0;
-            let payload = l4.len() - 8;
-            Some(Parsed {
-                tuple,
-                ip_len,
-                l4_len: 8,
-                payload,
-                seq: 0,
-                ack: 0,
-                flags: 0,
-                candidate: udp && ip_ok && udp_len == l4.len() && has_checksum && payload > 0,
-            })
+        let ip_len = ip.header_len();
+        // Options and extension headers are rare; leaving them out keeps
+        // "headers match" simple. The IPv4 header checksum is verified
+        // because the merged packet's is computed afresh.
+        let ip_ok = ip.fragment() == Fragment::Whole
+            && match ip.version() {
+                IpVersion::V4 => {
+                    ip_len == 20
+                        && ip
+                            .as_bytes()
+                            .get(..20)
+                            .is_some_and(|h| fold(sum16(h, 0)) == 0xffff)
+                }
+                IpVersion::V6 => ip_len == 40,
+            };
+        match ip.transport() {
+            Transport::Tcp(t) => {
+                tuple.sport = t.src_port();
+                tuple.dport = t.dst_port();
+                let flags = t.flags();
+                let payload = t.payload().len();
+                // Only plain data segments: ACK, or ACK+PSH. ECE/CWR/URG and
+                // SYN/FIN/RST go up on their own.
+                let plain = flags == tcp::ACK || flags == tcp::ACK | tcp::PSH;
+                Some(Parsed {
+                    tuple,
+                    ip_len,
+                    l4_len: t.header_len(),
+                    payload,
+                    seq: t.seq(),
+                    ack: t.ack(),
+                    flags,
+                    candidate: ip_ok && plain && payload > 0,
+                })
+            }
+            Transport::Udp(u) => {
+                tuple.sport = u.src_port();
+                tuple.dport = u.dst_port();
+                let datagram = u.datagram().len();
+                let payload = datagram - 8;
+                Some(Parsed {
+                    tuple,
+                    ip_len,
+                    l4_len: 8,
+                    payload,
+                    seq: 0,
+                    ack: 0,
+                    flags: 0,
+                    candidate: ip_ok && u.length() == datagram && u.checksum() != 0 && payload > 0,
+                })
+            }
+            Transport::Sctp(_)
+            | Transport::Icmp(_)
+            | Transport::Other(_)
+            | Transport::Fragment(_) => None,
         }
-        _ => None,
     }
 }
 
@@ -389,7 +380,7 @@ fn headers_match(head: &[u8], packet: &[u8], p: &Parsed) -> bool {
     if !ip_same {
         return false;
     }
-    if p.tuple.proto == PROTO_TCP {
+    if p.tuple.proto == proto::TCP {
         // Window may differ (the kernel keeps the first one, as NIC GRO
         // does); options must be identical.
         let opts = p.ip_len + 20..p.ip_len + p.l4_len;
@@ -435,9 +426,9 @@ fn finish(slot: &mut [u8], own: usize, h: &Head) {
     // CHECKSUM_PARTIAL: the field holds the pseudo-header sum; the kernel
     // adds the rest (per segment, if it ever segments again).
     let partial = fold(pseudo_sum(p, l4_total));
-    let (gso_type, csum_offset) = if p.tuple.proto == PROTO_TCP {
+    let (gso_type, csum_offset) = if p.tuple.proto == proto::TCP {
         if h.psh {
-            packet[p.ip_len + 13] |= TCP_PSH;
+            packet[p.ip_len + 13] |= tcp::PSH;
         }
         let t = if p.tuple.v6 {
             VIRTIO_NET_HDR_GSO_TCPV6

@@ -277,6 +277,9 @@ pub(crate) struct TunWriter {
     /// Each slot: virtio header room, then room for the largest packet.
     slots: Vec<Box<[u8]>>,
     lens: Vec<usize>,
+    /// Per committed packet: what GRO read from its view (`None`: not TCP
+    /// or UDP, or no GRO).
+    metas: Vec<Option<gro::Parsed>>,
     gro: Option<Gro>,
     to_write: Vec<usize>,
 }
@@ -293,9 +296,16 @@ impl TunWriter {
                 .map(|_| vec![0; HEADROOM + MAX_PACKET].into_boxed_slice())
                 .collect(),
             lens: Vec::with_capacity(WRITE_SLOTS),
+            metas: Vec::with_capacity(WRITE_SLOTS),
             gro: offload.then(|| Gro::new(WRITE_SLOTS, udp_offload)),
             to_write: Vec::with_capacity(WRITE_SLOTS),
         }
+    }
+
+    /// Returns whether packets are coalesced (the device has offloads): only
+    /// then does [`Self::commit`] need GRO's fields of each packet.
+    pub(crate) fn coalesces(&self) -> bool {
+        self.gro.is_some()
     }
 
     /// Returns whether the batch is full (flush before the next packet).
@@ -317,8 +327,9 @@ impl TunWriter {
     }
 
     /// Commits the packet written into the slot from [`Self::next_slot`]:
-    /// `len` bytes starting `offset` bytes into it.
-    pub(crate) fn commit(&mut self, offset: usize, len: usize) {
+    /// `len` bytes starting `offset` bytes into it, with what GRO read from
+    /// its view (`gro::Parsed::from_packet`).
+    pub(crate) fn commit(&mut self, offset: usize, len: usize, meta: Option<gro::Parsed>) {
         let Some(slot) = self.slots.get_mut(self.lens.len()) else {
             return;
         };
@@ -329,6 +340,7 @@ impl TunWriter {
             slot.copy_within(HEADROOM + offset..HEADROOM + offset + len, HEADROOM);
         }
         self.lens.push(len);
+        self.metas.push(meta);
     }
 
     /// Writes the batch (coalesced where possible) and empties it. Returns
@@ -352,7 +364,7 @@ impl TunWriter {
         };
         let result = match &mut self.gro {
             Some(gro) => {
-                gro.coalesce(&mut self.slots, &self.lens, &mut self.to_write);
+                gro.coalesce(&mut self.slots, &self.lens, &self.metas, &mut self.to_write);
                 let (slots, lens, gro) = (&self.slots, &self.lens, &*gro);
                 self.to_write.iter().try_for_each(|&i| {
                     let own = lens.get(i).and_then(|&l| slots.get(i)?.get(..HEADROOM + l));
@@ -386,6 +398,7 @@ impl TunWriter {
                 }),
         };
         self.lens.clear();
+        self.metas.clear();
         result.map(|()| failed)
     }
 }
@@ -422,7 +435,7 @@ mod tests {
         let slot = w.next_slot().unwrap();
         assert!(slot.len() >= MAX_PACKET);
         slot[10..14].copy_from_slice(&[0x45, 1, 2, 3]);
-        w.commit(10, 4);
+        w.commit(10, 4, None);
         assert_eq!(w.len(), 1);
         assert_eq!(&w.slots[0][HEADROOM..HEADROOM + 4], &[0x45, 1, 2, 3]);
     }
@@ -431,7 +444,7 @@ mod tests {
     fn the_writer_ignores_an_empty_packet() {
         let mut w = TunWriter::new(false, false);
         w.next_slot().unwrap();
-        w.commit(0, 0);
+        w.commit(0, 0, None);
         assert_eq!(w.len(), 0);
     }
 
@@ -441,7 +454,7 @@ mod tests {
         for _ in 0..WRITE_SLOTS {
             assert!(!w.is_full());
             w.next_slot().unwrap();
-            w.commit(0, 20);
+            w.commit(0, 20, None);
         }
         assert!(w.is_full());
         assert!(w.next_slot().is_none());

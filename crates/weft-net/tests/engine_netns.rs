@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use weft_net::{Engine, EngineConfig, Offload, Tun, TunConfig, Tunnel};
-use weft_wg::{Decapsulated, Encapsulated};
+use weft_packet::IpPacket;
+use weft_wg::{Decapsulated, DropReason, Encapsulated};
 
 const TUN_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 7, 1);
 const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 7, 2);
@@ -31,11 +32,12 @@ struct PassThrough {
 impl Tunnel for PassThrough {
     fn encapsulate<'o>(
         &self,
-        packet: &[u8],
+        packet: IpPacket<'_>,
         out: &'o mut [u8],
         _now: Instant,
         _send: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Encapsulated<'o> {
+        let packet = packet.as_bytes();
         let d = &mut out[..packet.len()];
         d.copy_from_slice(packet);
         Encapsulated::Send {
@@ -57,7 +59,10 @@ impl Tunnel for PassThrough {
         }
         let p = &mut out[..datagram.len()];
         p.copy_from_slice(datagram);
-        Decapsulated::ToTunnel(p)
+        match IpPacket::new(p) {
+            Ok(ip) => Decapsulated::ToTunnel(ip),
+            Err(_) => Decapsulated::Dropped(DropReason::BadInnerPacket),
+        }
     }
 
     fn handle_timeout(&self, _now: Instant, _send: &mut dyn FnMut(SocketAddr, &[u8])) {

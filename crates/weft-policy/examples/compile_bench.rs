@@ -11,6 +11,7 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,7 +65,7 @@ fn tailnet(n: usize, rng: &mut Rng) -> (Tailnet, usize) {
     let n_users = (n / 4).max(1);
     let users: Vec<User> = (0..n_users)
         .map(|u| User {
-            login: format!("user{u}@example.com"),
+            login: format!("user{u}@example.com").parse().unwrap(),
             role: if u % 50 == 0 {
                 Role::Admin
             } else {
@@ -76,20 +77,24 @@ fn tailnet(n: usize, rng: &mut Rng) -> (Tailnet, usize) {
         .map(|i| {
             let tagged = rng.below(10) < 4;
             let tags = if tagged {
-                let mut t = vec![format!("tag:t{}", rng.below(TAGS))];
+                let mut t = BTreeSet::from([format!("tag:t{}", rng.below(TAGS)).parse().unwrap()]);
                 if rng.below(4) == 0 {
-                    t.push(format!("tag:t{}", rng.below(TAGS)));
+                    t.insert(format!("tag:t{}", rng.below(TAGS)).parse().unwrap());
                 }
                 t
             } else {
-                Vec::new()
+                BTreeSet::new()
             };
             // Scatter addresses over 100.64.0.0/10 as a real allocator would.
             let host = u32::try_from((i as u64 * 2_654_435_761) % (1 << 22)).unwrap();
             Node {
-                id: NodeId(i as u64 + 1),
-                name: format!("node{i}"),
-                user: Some(format!("user{}@example.com", rng.below(n_users))),
+                id: NodeId(i64::try_from(i).unwrap() + 1),
+                name: format!("node{i}").parse().unwrap(),
+                user: Some(
+                    format!("user{}@example.com", rng.below(n_users))
+                        .parse()
+                        .unwrap(),
+                ),
                 tags,
                 ipv4: Some(Ipv4Addr::from(0x6440_0000 | host)),
                 ipv6: Some(Ipv6Addr::from(
@@ -245,8 +250,8 @@ fn main() {
     });
     let (_, t_index, mem_index) = timed(|| {
         for id in compiled.node_ids() {
-            drop(weft_types::filter::PacketFilter::new(
-                compiled.filter_rules(*id).unwrap(),
+            drop(weft_filter::CompiledFilter::new(
+                &compiled.filter_rules(*id).unwrap(),
             ));
         }
     });
@@ -290,7 +295,7 @@ fn main() {
     );
     println!(
         "{:<44} {} {}",
-        "every node's PacketFilter::new (node side)",
+        "every node's CompiledFilter::new (node side)",
         ms(t_index),
         mib(mem_index)
     );

@@ -1,8 +1,9 @@
-//! Fixed-size bitsets and interval-to-CIDR conversion for the compiler.
+//! Fixed-size bitsets and interval-to-CIDR conversion (on `ipnet`'s
+//! subnet iterators) for the compiler.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Subnets, Ipv6Subnets};
 
 /// A fixed-size set of small integers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,54 +97,51 @@ impl Bits {
     }
 }
 
-fn mask(bits: u32) -> u128 {
-    if bits >= 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
+/// An address family's integer form, for merging intervals.
+pub(crate) trait Addr: Copy + Ord {
+    /// The next address, or this one if it is the last.
+    fn saturating_succ(self) -> Self;
+}
+
+impl Addr for u32 {
+    fn saturating_succ(self) -> Self {
+        self.saturating_add(1)
     }
 }
 
-/// Appends the fewest CIDRs covering the union of sorted inclusive
-/// intervals of a `width`-bit address family (32 or 128).
-pub(crate) fn cidrs(
-    intervals: impl Iterator<Item = (u128, u128)>,
-    width: u32,
-    out: &mut Vec<IpNet>,
-) {
-    let mut merged: Vec<(u128, u128)> = Vec::new();
+impl Addr for u128 {
+    fn saturating_succ(self) -> Self {
+        self.saturating_add(1)
+    }
+}
+
+/// Merges sorted inclusive intervals that overlap or touch.
+fn merged<A: Addr>(intervals: impl Iterator<Item = (A, A)>) -> Vec<(A, A)> {
+    let mut merged: Vec<(A, A)> = Vec::new();
     for (lo, hi) in intervals {
         match merged.last_mut() {
-            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            Some(last) if lo <= last.1.saturating_succ() => last.1 = last.1.max(hi),
             _ => merged.push((lo, hi)),
         }
     }
-    for (lo, hi) in merged {
-        let mut cur = lo;
-        loop {
-            let mut bits = if cur == 0 {
-                width
-            } else {
-                cur.trailing_zeros().min(width)
-            };
-            while bits > 0 && (cur | mask(bits)) > hi {
-                bits -= 1;
-            }
-            let len = u8::try_from(width - bits).unwrap_or(0);
-            let addr = if width == 32 {
-                IpAddr::V4(Ipv4Addr::from(u32::try_from(cur).unwrap_or(0)))
-            } else {
-                IpAddr::V6(Ipv6Addr::from(cur))
-            };
-            if let Ok(net) = IpNet::new(addr, len) {
-                out.push(net);
-            }
-            let last = cur | mask(bits);
-            if last >= hi {
-                break;
-            }
-            cur = last + 1;
-        }
+    merged
+}
+
+/// Appends the fewest CIDRs covering the union of sorted inclusive IPv4
+/// intervals.
+pub(crate) fn cidrs_v4(intervals: impl Iterator<Item = (u32, u32)>, out: &mut Vec<IpNet>) {
+    for (lo, hi) in merged(intervals) {
+        let subnets = Ipv4Subnets::new(Ipv4Addr::from(lo), Ipv4Addr::from(hi), 0);
+        out.extend(subnets.map(IpNet::V4));
+    }
+}
+
+/// Appends the fewest CIDRs covering the union of sorted inclusive IPv6
+/// intervals.
+pub(crate) fn cidrs_v6(intervals: impl Iterator<Item = (u128, u128)>, out: &mut Vec<IpNet>) {
+    for (lo, hi) in merged(intervals) {
+        let subnets = Ipv6Subnets::new(Ipv6Addr::from(lo), Ipv6Addr::from(hi), 0);
+        out.extend(subnets.map(IpNet::V6));
     }
 }
 
@@ -152,9 +150,9 @@ mod tests {
     use super::*;
 
     fn v4(lo: &str, hi: &str) -> Vec<String> {
-        let p = |s: &str| u128::from(u32::from(s.parse::<Ipv4Addr>().unwrap()));
+        let p = |s: &str| u32::from(s.parse::<Ipv4Addr>().unwrap());
         let mut out = Vec::new();
-        cidrs([(p(lo), p(hi))].into_iter(), 32, &mut out);
+        cidrs_v4([(p(lo), p(hi))].into_iter(), &mut out);
         out.iter().map(ToString::to_string).collect()
     }
 
@@ -176,14 +174,15 @@ mod tests {
             ["255.255.255.255/32"]
         );
         let mut out = Vec::new();
-        cidrs([(0, u128::MAX)].into_iter(), 128, &mut out);
+        cidrs_v6([(0, u128::MAX)].into_iter(), &mut out);
         assert_eq!(out[0].to_string(), "::/0");
+        assert_eq!(out.len(), 1);
     }
 
     #[test]
     fn overlapping_and_adjacent_intervals_merge() {
         let mut out = Vec::new();
-        cidrs([(0, 3), (2, 5), (6, 7)].into_iter(), 32, &mut out);
+        cidrs_v4([(0, 3), (2, 5), (6, 7)].into_iter(), &mut out);
         assert_eq!(
             out.iter().map(ToString::to_string).collect::<Vec<_>>(),
             ["0.0.0.0/29"]

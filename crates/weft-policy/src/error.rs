@@ -241,40 +241,32 @@ pub enum TailnetError {
     Json(PolicyError),
     /// Two nodes share an id.
     #[error("duplicate node id {0}")]
-    DuplicateId(u64),
+    DuplicateId(weft_types::NodeId),
     /// Two nodes share a name.
     #[error("duplicate node name \"{0}\"")]
-    DuplicateName(String),
+    DuplicateName(weft_types::DnsLabel),
     /// Two nodes share an address.
     #[error("address {addr} is used by both \"{first}\" and \"{second}\"")]
     DuplicateAddress {
         /// The address.
         addr: std::net::IpAddr,
         /// First node.
-        first: String,
+        first: weft_types::DnsLabel,
         /// Second node.
-        second: String,
+        second: weft_types::DnsLabel,
     },
     /// Two users share a login.
     #[error("duplicate user \"{0}\"")]
-    DuplicateUser(String),
+    DuplicateUser(weft_types::LoginName),
     /// A node names a user that is not in the user list.
     #[error("node \"{node}\" belongs to unknown user \"{user}\"")]
     UnknownUser {
         /// The node.
-        node: String,
+        node: weft_types::DnsLabel,
         /// The user it names.
-        user: String,
+        user: weft_types::LoginName,
     },
     /// A node with neither a user nor tags.
     #[error("node \"{0}\" has neither a user nor tags")]
-    NoOwner(String),
-    /// A malformed tag on a node.
-    #[error("node \"{node}\" has invalid tag \"{tag}\": tags look like tag:name")]
-    BadTag {
-        /// The node.
-        node: String,
-        /// The tag.
-        tag: String,
-    },
+    NoOwner(weft_types::DnsLabel),
 }

@@ -27,10 +27,10 @@ impl Probe {
     pub(crate) fn node(tailnet: &Tailnet, index: usize, addr: Option<IpAddr>) -> Option<Probe> {
         let n = tailnet.nodes().get(index)?;
         Some(Probe {
-            user: n.owner().map(str::to_string),
-            tags: n.tags.clone(),
+            user: n.owner_name().map(str::to_string),
+            tags: n.tag_names(),
             addr,
-            label: n.name.clone(),
+            label: n.name.to_string(),
         })
     }
 
@@ -55,10 +55,10 @@ impl Probe {
     pub(crate) fn address(tailnet: &Tailnet, addr: IpAddr) -> Probe {
         match tailnet.node_by_addr(addr) {
             Some(n) => Probe {
-                user: n.owner().map(str::to_string),
-                tags: n.tags.clone(),
+                user: n.owner_name().map(str::to_string),
+                tags: n.tag_names(),
                 addr: Some(addr),
-                label: n.name.clone(),
+                label: n.name.to_string(),
             },
             None => Probe {
                 user: None,
@@ -123,8 +123,8 @@ pub(crate) fn probe_pair(
                 };
                 Probe::node(tailnet, index, addr).ok_or_else(|| format!("no node with id {id}"))?
             }
-            Endpoint::User(u) => Probe::user(u),
-            Endpoint::Tag(t) => Probe::tag(t),
+            Endpoint::User(u) => Probe::user(u.as_str()),
+            Endpoint::Tag(t) => Probe::tag(t.as_str()),
             Endpoint::Address(a) => Probe::address(tailnet, *a),
         })
     };

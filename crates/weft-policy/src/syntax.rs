@@ -174,9 +174,30 @@ pub(crate) fn group_name(s: &str) -> Result<(), ErrorKind> {
     prefixed_name(s, "group:", "group name")
 }
 
-/// Checks `tag:name`.
+/// Checks `tag:name`: valid exactly when it is a `weft_types::Tag`, a tag a
+/// node can carry; the error says which rule it breaks.
 pub(crate) fn tag_name(s: &str) -> Result<(), ErrorKind> {
-    prefixed_name(s, "tag:", "tag")
+    if s.parse::<weft_types::Tag>().is_ok() {
+        return Ok(());
+    }
+    let bad = |reason| {
+        Err(ErrorKind::BadName {
+            what: "tag",
+            text: s.to_string(),
+            reason,
+        })
+    };
+    let Some(name) = s.strip_prefix(weft_types::names::TAG_PREFIX) else {
+        return bad("tags start with \"tag:\"");
+    };
+    match name.chars().next() {
+        None => bad("the name after the prefix is empty"),
+        Some(c) if !c.is_ascii_alphabetic() => bad("the name must start with a letter"),
+        _ if name.len() > weft_types::names::TAG_NAME_MAX_LEN => {
+            bad("at most 63 characters after \"tag:\"")
+        }
+        _ => bad("use letters, digits and `-` only"),
+    }
 }
 
 fn prefixed_name(s: &str, prefix: &str, what: &'static str) -> Result<(), ErrorKind> {
@@ -188,11 +209,7 @@ fn prefixed_name(s: &str, prefix: &str, what: &'static str) -> Result<(), ErrorK
         })
     };
     let Some(name) = s.strip_prefix(prefix) else {
-        return bad(if prefix == "tag:" {
-            "tags start with \"tag:\""
-        } else {
-            "group names start with \"group:\""
-        });
+        return bad("group names start with \"group:\"");
     };
     let mut chars = name.chars();
     match chars.next() {
@@ -318,10 +335,9 @@ fn port_number(p: &str, whole: &str) -> Result<u16, ErrorKind> {
     if !p.bytes().all(|b| b.is_ascii_digit()) {
         return bad(format!("\"{p}\" is not a port number"));
     }
-    match p.parse::<u32>() {
-        Ok(n) if n <= 65535 => Ok(u16::try_from(n).unwrap_or(u16::MAX)),
-        _ => bad(format!("{p} is larger than 65535")),
-    }
+    // All digits: the only way left to fail is being too large.
+    p.parse::<u16>()
+        .or_else(|_| bad(format!("{p} is larger than 65535")))
 }
 
 /// Parses an ACL `proto`: a name or an IANA number. `icmp` means both ICMPv4

@@ -1,4 +1,6 @@
-//! The tailnet a policy is evaluated against: users and nodes.
+//! The tailnet a policy is evaluated against: users and nodes, in the
+//! `weft-types` vocabulary (node ids, DNS-label node names, login names,
+//! tags, roles), so control hands its records over without conversion.
 //!
 //! A node belongs to a user or carries tags. **A tagged node has no user
 //! identity**: it never matches a user, a group, `autogroup:member` or
@@ -6,41 +8,21 @@
 //! record.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+pub use weft_types::{DnsLabel, LoginName, NodeId, Role, Tag};
 
 use crate::error::{ErrorKind, PolicyError, TailnetError};
 use crate::hujson::{self, Kind, Value};
 use crate::parse::{Fail, Lines, R, as_array, as_object, as_str, fail, fields};
 use crate::syntax;
 
-/// A node's stable identifier in the control server.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct NodeId(pub u64);
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// A user's role; admins are `autogroup:admin`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub enum Role {
-    /// An ordinary member.
-    #[default]
-    Member,
-    /// A tailnet administrator.
-    Admin,
-}
-
 /// A user of the tailnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     /// The login, e.g. `alice@example.com`.
-    pub login: String,
+    pub login: LoginName,
     /// Member or admin.
     pub role: Role,
 }
@@ -48,14 +30,14 @@ pub struct User {
 /// A node (device) of the tailnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
-    /// Stable id.
+    /// The control server's id.
     pub id: NodeId,
-    /// Machine name, unique in the tailnet.
-    pub name: String,
+    /// Machine name (its MagicDNS label), unique in the tailnet.
+    pub name: DnsLabel,
     /// The user who owns it; ignored for matching when `tags` is non-empty.
-    pub user: Option<String>,
-    /// Tags (`tag:x`), sorted and unique.
-    pub tags: Vec<String>,
+    pub user: Option<LoginName>,
+    /// Tags; a node with any has no user identity.
+    pub tags: BTreeSet<Tag>,
     /// Tailnet IPv4 address.
     pub ipv4: Option<Ipv4Addr>,
     /// Tailnet IPv6 address.
@@ -66,12 +48,22 @@ impl Node {
     /// Returns the user identity of the node: its user if untagged, `None`
     /// if tagged.
     #[must_use]
-    pub fn owner(&self) -> Option<&str> {
+    pub fn owner(&self) -> Option<&LoginName> {
         if self.tags.is_empty() {
-            self.user.as_deref()
+            self.user.as_ref()
         } else {
             None
         }
+    }
+
+    /// Returns [`Node::owner`] as text, the form policy selectors compare.
+    pub(crate) fn owner_name(&self) -> Option<&str> {
+        self.owner().map(LoginName::as_str)
+    }
+
+    /// Returns the tags as text, the form policy selectors compare.
+    pub(crate) fn tag_names(&self) -> Vec<String> {
+        self.tags.iter().map(ToString::to_string).collect()
     }
 
     /// Returns the node's addresses, IPv4 first.
@@ -97,7 +89,10 @@ impl Node {
     pub fn identity_label(&self) -> String {
         match self.owner() {
             Some(u) => u.to_string(),
-            None if !self.tags.is_empty() => self.tags.join(", "),
+            None if !self.tags.is_empty() => {
+                let tags: Vec<&str> = self.tags.iter().map(Tag::as_str).collect();
+                tags.join(", ")
+            }
             None => "no identity".to_string(),
         }
     }
@@ -106,13 +101,13 @@ impl Node {
 /// Users and nodes, indexed for policy evaluation.
 #[derive(Debug, Clone, Default)]
 pub struct Tailnet {
-    users: BTreeMap<String, User>,
+    users: BTreeMap<LoginName, User>,
     nodes: Vec<Node>,
     by_id: BTreeMap<NodeId, usize>,
-    by_name: BTreeMap<String, usize>,
+    by_name: BTreeMap<DnsLabel, usize>,
     by_addr: BTreeMap<IpAddr, usize>,
-    by_user: BTreeMap<String, Vec<usize>>,
-    by_tag: BTreeMap<String, Vec<usize>>,
+    by_user: BTreeMap<LoginName, Vec<usize>>,
+    by_tag: BTreeMap<Tag, Vec<usize>>,
 }
 
 impl Tailnet {
@@ -120,7 +115,7 @@ impl Tailnet {
     ///
     /// # Errors
     /// Duplicate ids, names, addresses or logins; a node of an unknown user;
-    /// a node with neither user nor tags; a malformed tag.
+    /// a node with neither user nor tags.
     pub fn new(users: Vec<User>, mut nodes: Vec<Node>) -> Result<Tailnet, TailnetError> {
         let mut t = Tailnet::default();
         for u in users {
@@ -130,35 +125,22 @@ impl Tailnet {
             t.users.insert(u.login.clone(), u);
         }
         nodes.sort_by_key(|n| n.id);
-        for (i, mut n) in nodes.into_iter().enumerate() {
-            n.tags.sort();
-            n.tags.dedup();
+        for (i, n) in nodes.into_iter().enumerate() {
             if t.by_id.insert(n.id, i).is_some() {
-                return Err(TailnetError::DuplicateId(n.id.0));
+                return Err(TailnetError::DuplicateId(n.id));
             }
             if t.by_name.insert(n.name.clone(), i).is_some() {
                 return Err(TailnetError::DuplicateName(n.name));
             }
             for a in n.addresses() {
-                if let Some(&other) = t.by_addr.get(&a) {
-                    let first = t
-                        .nodes
-                        .get(other)
-                        .map(|o| o.name.clone())
-                        .unwrap_or_default();
+                if let Some(first) = t.by_addr.get(&a).and_then(|&other| t.nodes.get(other)) {
                     return Err(TailnetError::DuplicateAddress {
                         addr: a,
-                        first,
+                        first: first.name.clone(),
                         second: n.name.clone(),
                     });
                 }
                 t.by_addr.insert(a, i);
-            }
-            if let Some(tag) = n.tags.iter().find(|tag| syntax::tag_name(tag).is_err()) {
-                return Err(TailnetError::BadTag {
-                    node: n.name.clone(),
-                    tag: tag.clone(),
-                });
             }
             if let Some(u) = &n.user {
                 if !t.users.contains_key(u) {
@@ -171,7 +153,7 @@ impl Tailnet {
                 return Err(TailnetError::NoOwner(n.name));
             }
             if let Some(u) = n.owner() {
-                t.by_user.entry(u.to_string()).or_default().push(i);
+                t.by_user.entry(u.clone()).or_default().push(i);
             }
             for tag in &n.tags {
                 t.by_tag.entry(tag.clone()).or_default().push(i);
@@ -210,7 +192,7 @@ impl Tailnet {
 
     /// Returns the users by login.
     #[must_use]
-    pub fn users(&self) -> &BTreeMap<String, User> {
+    pub fn users(&self) -> &BTreeMap<LoginName, User> {
         &self.users
     }
 
@@ -294,19 +276,21 @@ impl Tailnet {
             });
         }
         if s.contains('@') {
-            if self.users.contains_key(s) {
-                return Ok(Endpoint::User(s.to_string()));
+            if let Some(u) = self.users.get(s) {
+                return Ok(Endpoint::User(u.login.clone()));
             }
-            let known: Vec<&str> = self.users.keys().map(String::as_str).collect();
+            let known: Vec<&str> = self.users.keys().map(LoginName::as_str).collect();
             return Err(format!(
                 "no user \"{s}\" in the tailnet (users: {})",
                 list_or_none(&known)
             ));
         }
         if s.starts_with("tag:") {
-            return Ok(Endpoint::Tag(s.to_string()));
+            return Tag::from_str(s)
+                .map(Endpoint::Tag)
+                .map_err(|e| e.to_string());
         }
-        let names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        let names: Vec<&str> = self.by_name.keys().map(DnsLabel::as_str).collect();
         Err(format!(
             "\"{s}\" is not a node name, user login or IP address (nodes: {})",
             list_or_none(&names)
@@ -392,9 +376,9 @@ pub enum Endpoint {
         addr: Option<IpAddr>,
     },
     /// A user, as an identity (any of their untagged devices, or a new one).
-    User(String),
+    User(LoginName),
     /// A tag, as an identity (a device carrying it).
-    Tag(String),
+    Tag(Tag),
     /// An address that belongs to no node.
     Address(IpAddr),
 }
@@ -404,8 +388,8 @@ fn nodes_json(root: &Value) -> R<(Vec<User>, Vec<Node>)> {
     let top = fields(obj, "", &["users", "nodes"], &[])?;
     let mut users = Vec::new();
     let mut nodes = Vec::new();
-    let mut seen_users = BTreeSet::new();
-    let mut seen_names = BTreeMap::new();
+    let mut seen_users: BTreeSet<LoginName> = BTreeSet::new();
+    let mut seen_names = BTreeSet::new();
     let mut seen_addrs = BTreeMap::new();
     for (k, v) in &top {
         for (i, item) in as_array(v, k)?.iter().enumerate() {
@@ -433,7 +417,7 @@ fn nodes_json(root: &Value) -> R<(Vec<User>, Vec<Node>)> {
                         .iter()
                         .find(|(k, _)| k.name == "user")
                         .map_or(item.span, |(_, v)| v.span);
-                    let known: Vec<&str> = seen_users.iter().map(String::as_str).collect();
+                    let known: Vec<&str> = seen_users.iter().map(LoginName::as_str).collect();
                     return Err(fail(
                         span,
                         &format!("nodes[{i}].user"),
@@ -453,7 +437,7 @@ fn user_json(
     item: &Value,
     m: &[(hujson::Key, Value)],
     path: &str,
-    seen: &mut BTreeSet<String>,
+    seen: &mut BTreeSet<LoginName>,
 ) -> R<User> {
     let mut login = None;
     let mut role = Role::Member;
@@ -462,28 +446,19 @@ fn user_json(
         let s = as_str(v, &p)?;
         if k == "login" {
             syntax::user_login(s).map_err(|e| fail(v.span, &p, e))?;
-            if !seen.insert(s.to_string()) {
+            let name = LoginName::from_str(s)
+                .map_err(|e| fail(v.span, &p, ErrorKind::Invalid(e.to_string())))?;
+            if !seen.insert(name.clone()) {
                 return Err(fail(
                     v.span,
                     &p,
                     ErrorKind::Invalid(format!("duplicate user \"{s}\"")),
                 ));
             }
-            login = Some(s.to_string());
+            login = Some(name);
         } else {
-            role = match s {
-                "admin" => Role::Admin,
-                "member" => Role::Member,
-                _ => {
-                    return Err(fail(
-                        v.span,
-                        &p,
-                        ErrorKind::Invalid(format!(
-                            "unknown role \"{s}\": expected \"admin\" or \"member\""
-                        )),
-                    ));
-                }
-            };
+            role = Role::from_str(s)
+                .map_err(|e| fail(v.span, &p, ErrorKind::Invalid(e.to_string())))?;
         }
     }
     let login = login.ok_or_else(|| fail(item.span, path, ErrorKind::MissingField("login")))?;
@@ -495,18 +470,16 @@ fn node_json(
     m: &[(hujson::Key, Value)],
     path: &str,
     index: usize,
-    seen_names: &mut BTreeMap<String, ()>,
+    seen_names: &mut BTreeSet<DnsLabel>,
     seen_addrs: &mut BTreeMap<IpAddr, String>,
 ) -> R<Node> {
-    let mut n = Node {
-        id: NodeId(index as u64 + 1),
-        name: String::new(),
-        user: None,
-        tags: Vec::new(),
-        ipv4: None,
-        ipv6: None,
-    };
-    let mut has_name = false;
+    let default_id = i64::try_from(index + 1)
+        .map_err(|_| fail(item.span, path, ErrorKind::Invalid("too many nodes".into())))?;
+    let mut id = NodeId(default_id);
+    let mut name = None;
+    let mut user = None;
+    let mut tags = BTreeSet::new();
+    let (mut ipv4, mut ipv6) = (None, None);
     for (k, v) in fields(
         m,
         path,
@@ -515,40 +488,39 @@ fn node_json(
     )? {
         let p = format!("{path}.{k}");
         match k {
-            "id" => match &v.kind {
-                Kind::Number(s) if s.parse::<u64>().is_ok() => {
-                    n.id = NodeId(s.parse::<u64>().unwrap_or(0))
-                }
-                _ => {
+            "id" => {
+                let parsed = match &v.kind {
+                    Kind::Number(s) => s.parse::<i64>().ok().filter(|n| *n >= 0),
+                    _ => None,
+                };
+                let Some(n) = parsed else {
                     return Err(fail(
                         v.span,
                         &p,
                         ErrorKind::Invalid("expected a non-negative integer id".into()),
                     ));
-                }
-            },
+                };
+                id = NodeId(n);
+            }
             "name" => {
                 let s = as_str(v, &p)?;
-                if s.is_empty() || s.contains(char::is_whitespace) {
-                    return Err(fail(
-                        v.span,
-                        &p,
-                        ErrorKind::Invalid("node names are non-empty, without spaces".into()),
-                    ));
-                }
-                if seen_names.insert(s.to_string(), ()).is_some() {
+                let label = DnsLabel::from_str(s)
+                    .map_err(|e| fail(v.span, &p, ErrorKind::Invalid(e.to_string())))?;
+                if !seen_names.insert(label.clone()) {
                     return Err(fail(
                         v.span,
                         &p,
                         ErrorKind::Invalid(format!("duplicate node name \"{s}\"")),
                     ));
                 }
-                n.name = s.to_string();
-                has_name = true;
+                name = Some(label);
             }
             "user" => {
                 if v.kind != Kind::Null {
-                    n.user = Some(as_str(v, &p)?.to_string());
+                    let s = as_str(v, &p)?;
+                    let login = LoginName::from_str(s)
+                        .map_err(|e| fail(v.span, &p, ErrorKind::Invalid(e.to_string())))?;
+                    user = Some(login);
                 }
             }
             "tags" => {
@@ -556,18 +528,20 @@ fn node_json(
                     let tp = format!("{p}[{j}]");
                     let t = as_str(tv, &tp)?;
                     syntax::tag_name(t).map_err(|e| fail(tv.span, &tp, e))?;
-                    n.tags.push(t.to_string());
+                    let tag = Tag::from_str(t)
+                        .map_err(|e| fail(tv.span, &tp, ErrorKind::Invalid(e.to_string())))?;
+                    tags.insert(tag);
                 }
             }
             _ => {
                 let s = as_str(v, &p)?;
                 let addr = match (k, s.parse::<IpAddr>()) {
                     ("ipv4", Ok(a @ IpAddr::V4(v4))) => {
-                        n.ipv4 = Some(v4);
+                        ipv4 = Some(v4);
                         a
                     }
                     ("ipv6", Ok(a @ IpAddr::V6(v6))) => {
-                        n.ipv6 = Some(v6);
+                        ipv6 = Some(v6);
                         a
                     }
                     _ => {
@@ -593,28 +567,111 @@ fn node_json(
             }
         }
     }
-    if !has_name {
+    let Some(name) = name else {
         return Err(fail(item.span, path, ErrorKind::MissingField("name")));
-    }
-    if n.user.is_none() && n.tags.is_empty() {
+    };
+    if user.is_none() && tags.is_empty() {
         return Err(fail(
             item.span,
             path,
             ErrorKind::Invalid("a node needs a \"user\" or \"tags\"".into()),
         ));
     }
-    if n.ipv4.is_none() && n.ipv6.is_none() {
+    if ipv4.is_none() && ipv6.is_none() {
         return Err(fail(
             item.span,
             path,
             ErrorKind::Invalid("a node needs an \"ipv4\" and/or an \"ipv6\" address".into()),
         ));
     }
-    Ok(n)
+    Ok(Node {
+        id,
+        name,
+        user,
+        tags,
+        ipv4,
+        ipv6,
+    })
 }
 
 impl From<PolicyError> for TailnetError {
     fn from(e: PolicyError) -> Self {
         TailnetError::Json(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes_error(nodes: &str) -> String {
+        let text = format!(
+            "{{\"users\": [{{\"login\": \"alice@example.com\", \"role\": \"admin\"}}],\n\"nodes\": [\n{nodes}\n]}}"
+        );
+        Tailnet::from_nodes_json(&text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn nodes_json_reads_into_the_weft_types_vocabulary() {
+        let t = Tailnet::from_nodes_json(
+            r#"{"users": [{"login": "alice@example.com", "role": "admin"}, {"login": "bob@example.com"}],
+                "nodes": [
+                  {"name": "laptop", "user": "alice@example.com", "ipv4": "100.64.0.1"},
+                  {"id": 40, "name": "db", "user": null, "tags": ["tag:db", "tag:db", "tag:x-1"], "ipv6": "fd7a:115c:a1e0::4"}
+                ]}"#,
+        )
+        .unwrap();
+        let laptop = t.node_by_name("laptop").unwrap();
+        assert_eq!(laptop.id, NodeId(1), "the default id is the position + 1");
+        assert_eq!(
+            laptop.owner().map(LoginName::as_str),
+            Some("alice@example.com")
+        );
+        let db = t.node(NodeId(40)).unwrap();
+        assert_eq!(db.name.as_str(), "db");
+        assert_eq!(db.identity_label(), "tag:db, tag:x-1");
+        assert_eq!(db.owner(), None);
+        assert!(t.is_admin("alice@example.com"));
+        assert!(!t.is_admin("bob@example.com"));
+        assert_eq!(t.users()["bob@example.com"].role, Role::Member);
+    }
+
+    #[test]
+    fn bad_nodes_json_values_are_refused_with_their_position() {
+        let cases = [
+            (
+                r#"{"name": "Alice_Laptop", "user": "alice@example.com", "ipv4": "100.64.0.1"}"#,
+                "nodes.json:3:10: nodes[0].name: \"Alice_Laptop\" is not a DNS label",
+            ),
+            (
+                r#"{"id": -1, "name": "a", "user": "alice@example.com", "ipv4": "100.64.0.1"}"#,
+                "nodes.json:3:8: nodes[0].id: expected a non-negative integer id",
+            ),
+            (
+                r#"{"id": 9223372036854775808, "name": "a", "user": "alice@example.com", "ipv4": "100.64.0.1"}"#,
+                "nodes.json:3:8: nodes[0].id: expected a non-negative integer id",
+            ),
+            (
+                r#"{"name": "a", "tags": ["tag:a_b"], "ipv4": "100.64.0.1"}"#,
+                "nodes.json:3:24: nodes[0].tags[0]: invalid tag \"tag:a_b\": use letters, digits and `-` only",
+            ),
+            (
+                r#"{"name": "a", "user": "alice @example.com", "ipv4": "100.64.0.1"}"#,
+                "nodes.json:3:23: nodes[0].user: \"alice @example.com\" is not a login name",
+            ),
+        ];
+        for (node, want) in cases {
+            let got = nodes_error(node);
+            assert!(got.starts_with(want), "{node}\n got: {got}\nwant: {want}…");
+        }
+        let role = Tailnet::from_nodes_json(
+            r#"{"users": [{"login": "alice@example.com", "role": "owner"}], "nodes": []}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            role,
+            "nodes.json:1:51: users[0].role: unknown role \"owner\": expected \"admin\" or \"member\""
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The node's hot path: `PacketFilter::allows` must not allocate.
+//! The node's hot path on a policy-compiled filter:
+//! `weft_filter::CompiledFilter::allows` must not allocate.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -37,7 +38,7 @@ fn matching_a_packet_allocates_nothing() {
     let t = common::tailnet();
     let p = common::policy(include_str!("corpus/valid/full_example.hujson"));
     let compiled = compile_all(&p, &t);
-    let filter = compiled.packet_filter(common::id(&t, "server")).unwrap();
+    let filter = common::matcher(&compiled, common::id(&t, "server"));
     assert!(!filter.is_empty());
     let packets: Vec<_> = ["100.64.0.1", "100.64.0.3", "100.64.0.11", "10.9.9.9"]
         .iter()

@@ -1,5 +1,5 @@
 //! Weft's shared vocabulary, in the role Tailscale's `tailcfg` plays: keys,
-//! identifiers, validated names, nodes, netmaps and every message that passes
+//! identifiers, validated names, roles, nodes, netmaps and every message that passes
 //! between weft-control, weftd and the CLI.
 //!
 //! This crate holds types only: no I/O, no async runtime, no CLI or database
@@ -25,6 +25,8 @@ pub use key::{
 };
 pub use names::{DnsLabel, DnsName, Hostname, LoginName, NameError, Tag};
 pub use netmap::{Delta, MapBody, MapResponse, NetMap, PeerDelta};
-pub use node::{Endpoint, EndpointKind, HostInfo, HostInfoError, Node, NodeOwner, UserProfile};
+pub use node::{
+    Endpoint, EndpointKind, HostInfo, HostInfoError, Node, NodeOwner, Role, RoleError, UserProfile,
+};
 pub use time::UnixMillis;
 pub use version::CapabilityVersion;

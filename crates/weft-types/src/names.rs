@@ -77,6 +77,14 @@ macro_rules! validated_string {
             }
         }
 
+        // Ordering, equality and hashing are the text's, so maps keyed by
+        // names can be searched with a `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

@@ -339,6 +339,62 @@ impl Node {
     }
 }
 
+/// A user's role in the tailnet. Admins are `autogroup:admin` in the policy
+/// and may administer the tailnet. Serializes as `"member"` / `"admin"`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May register nodes and reach what the policy allows.
+    #[default]
+    Member,
+    /// May also administer the tailnet (users, keys, policy, approvals).
+    Admin,
+}
+
+impl Role {
+    /// Returns the role's text form, as stored and serialized.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Why a [`Role`] did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: expected \"admin\" or \"member\"")]
+pub struct RoleError(pub String);
+
+impl FromStr for Role {
+    type Err = RoleError;
+    fn from_str(s: &str) -> Result<Self, RoleError> {
+        match s {
+            "member" => Ok(Role::Member),
+            "admin" => Ok(Role::Admin),
+            other => Err(RoleError(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A user as peers see them, referenced from [`NodeOwner::User`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserProfile {
@@ -350,4 +406,29 @@ pub struct UserProfile {
     pub display_name: String,
     /// A URL of a profile picture. `None`: none known.
     pub profile_pic_url: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_have_one_text_form_for_json_storage_and_parsing() {
+        for (role, text) in [(Role::Member, "member"), (Role::Admin, "admin")] {
+            assert_eq!(serde_json::to_string(&role).unwrap(), format!("\"{text}\""));
+            assert_eq!(
+                serde_json::from_str::<Role>(&format!("\"{text}\"")).unwrap(),
+                role
+            );
+            assert_eq!(text.parse::<Role>().unwrap(), role);
+            assert_eq!(role.as_str(), text);
+        }
+        assert_eq!(Role::default(), Role::Member);
+        let err = "owner".parse::<Role>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown role \"owner\": expected \"admin\" or \"member\""
+        );
+        assert!(serde_json::from_str::<Role>("\"Admin\"").is_err());
+    }
 }

@@ -26,9 +26,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
+use weft_packet::IpPacket;
 use weft_types::{NodePrivate, NodePublic};
 
-use crate::ip::IpPacket;
 use crate::session::{
     self, Clock, GateDecision, HandshakeGate, SessionError, SessionOutput, WgSession,
 };
@@ -60,7 +60,8 @@ pub enum DropReason {
     Replayed,
     /// A decrypted packet whose source address is outside the sender's AllowedIPs.
     SpoofedSource,
-    /// A decrypted payload that is not a well-formed IPv4/IPv6 packet.
+    /// A decrypted payload that is not a well-formed IPv4/IPv6 packet down
+    /// to its transport header (`weft_packet::IpPacket::new` refused it).
     BadInnerPacket,
     /// A packet from TUN whose destination matches no peer's AllowedIPs.
     NoRoute,
@@ -74,13 +75,11 @@ pub enum DropReason {
     Expired,
     /// The caller's output buffer was too small.
     BufferTooSmall,
-    /// A packet from TUN that is not a well-formed IPv4/IPv6 packet.
-    InvalidTunPacket,
 }
 
 impl DropReason {
     /// Every reason, in order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 12] = [
         Self::Malformed,
         Self::UnknownPeer,
         Self::Unauthenticated,
@@ -93,7 +92,6 @@ impl DropReason {
         Self::RateLimited,
         Self::Expired,
         Self::BufferTooSmall,
-        Self::InvalidTunPacket,
     ];
 }
 
@@ -245,8 +243,9 @@ pub enum Encapsulated<'o> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decapsulated<'o> {
     /// Write this IP packet to TUN. Its source was checked against the
-    /// sending peer's AllowedIPs.
-    ToTunnel(&'o [u8]),
+    /// sending peer's AllowedIPs; the view is the one the filter and GRO
+    /// read (no second parse).
+    ToTunnel(IpPacket<'o>),
     /// Nothing for TUN (a handshake message, cookie or keepalive); any
     /// replies were already handed to the `send` callback.
     Done,
@@ -321,22 +320,21 @@ impl Device {
     }
 
     /// Encrypts one IP packet from TUN for the peer that owns its destination.
-    /// `out` must be at least `packet.len() + 32` bytes and at least 148.
+    /// `out` must be at least `packet.total_len() + 32` bytes and at least
+    /// 148. The driver built the view when it read the packet; bytes that
+    /// are no packet never reach the device.
     ///
     /// Without a session the packet is queued, a handshake initiation goes
     /// to `send`, and the packet follows once the handshake completes (from
     /// inside a later [`Device::decapsulate`] or [`Device::handle_timeout`]).
     pub fn encapsulate<'o>(
         &self,
-        packet: &[u8],
+        ip: IpPacket<'_>,
         out: &'o mut [u8],
         now: Instant,
         send: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Encapsulated<'o> {
         self.counters.tx_packets.0.fetch_add(1, Ordering::Relaxed);
-        let Ok(ip) = IpPacket::new(packet) else {
-            return Encapsulated::Dropped(self.count(DropReason::InvalidTunPacket));
-        };
         let state = self.read();
         if state.identity.is_none() {
             return Encapsulated::Dropped(self.count(DropReason::NoPrivateKey));
@@ -441,20 +439,22 @@ impl Device {
             }
             SessionOutput::Tunnel(packet) => {
                 self.transport_received(&mut p, from, datagram.len(), since);
-                let verdict = match IpPacket::new(packet) {
-                    Ok(ip) => match state.routes.lookup(ip.src()) {
-                        Some(owner) if Arc::ptr_eq(owner, peer) => Ok(()),
-                        _ => Err(DropReason::SpoofedSource),
-                    },
-                    Err(_) => Err(DropReason::BadInnerPacket),
-                };
-                // Locate the packet in `out` and flush into the space after it.
+                // Locate the packet in `out`, flush into the space after it,
+                // and check it (once) where it stays.
                 let start = packet.as_ptr().addr().saturating_sub(out_addr);
                 let end = start + packet.len();
                 let (head, tail) = out.split_at_mut(end.min(out.len()));
                 self.flush_queued(&mut p, tail, now, send);
+                let head: &'o [u8] = head;
+                let verdict = match IpPacket::new(head.get(start..).unwrap_or_default()) {
+                    Ok(ip) => match state.routes.lookup(ip.src()) {
+                        Some(owner) if Arc::ptr_eq(owner, peer) => Ok(ip),
+                        _ => Err(DropReason::SpoofedSource),
+                    },
+                    Err(_) => Err(DropReason::BadInnerPacket),
+                };
                 match verdict {
-                    Ok(()) => Decapsulated::ToTunnel(head.get(start..).unwrap_or_default()),
+                    Ok(ip) => Decapsulated::ToTunnel(ip),
                     Err(reason) => Decapsulated::Dropped(self.count(reason)),
                 }
             }

@@ -17,8 +17,11 @@
 //!   crate — ours and boringtun's — runs on injected time.
 //! * [`uapi`]: the cross-platform UAPI text protocol (`get=1` / `set=1`)
 //!   spoken by `wg(8)`, parsed into typed [`DeviceUpdate`]s.
-//! * [`ip`]: the validated IPv4/IPv6 header view used for routing and the
-//!   ingress source check; [`wire`]: WireGuard message types and sizes.
+//! * [`wire`]: WireGuard message types and sizes. IP packets travel as
+//!   `weft_packet::IpPacket` views: [`Device::encapsulate`] takes one (the
+//!   driver checked the bytes read from TUN), [`Device::decapsulate`] builds
+//!   one from the decrypted bytes (for the AllowedIPs source check) and hands
+//!   it back, so the packet filter and GRO read the same view.
 //!
 //! Driving loop (driver side):
 //! 1. Packets from TUN → [`Device::encapsulate`]; datagrams from UDP →
@@ -39,7 +42,6 @@
 
 pub mod allowed_ips;
 mod device;
-pub mod ip;
 pub mod session;
 pub mod uapi;
 pub mod wire;

@@ -557,12 +557,26 @@ mod tests {
         }
     }
 
+    /// An IPv4/UDP packet 100.64.0.1 → 100.64.0.2 with `payload_len` zero bytes.
+    fn ipv4_udp(payload_len: usize) -> Vec<u8> {
+        let total = 28 + payload_len;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&u16::try_from(total).unwrap().to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[100, 64, 0, 1]);
+        p[16..20].copy_from_slice(&[100, 64, 0, 2]);
+        p[24..26].copy_from_slice(&u16::try_from(8 + payload_len).unwrap().to_be_bytes());
+        p
+    }
+
     #[test]
     fn two_sessions_handshake_and_exchange_a_packet_on_virtual_time() {
         let t0 = base();
         let (mut a, mut b) = pair(t0);
         let mut buf = [0u8; 256];
-        let packet = crate::ip::tests::ipv4([100, 64, 0, 1], [100, 64, 0, 2], 8);
+        let packet = ipv4_udp(8);
 
         let init = network(a.encapsulate(&packet, &mut buf, t0));
         assert_eq!(a.queued_len(), Some(packet.len()));
@@ -595,7 +609,7 @@ mod tests {
         let t0 = base() + Duration::from_secs(100);
         let (mut a, _b) = pair(t0);
         let mut buf = [0u8; 256];
-        let packet = crate::ip::tests::ipv4([100, 64, 0, 1], [100, 64, 0, 2], 8);
+        let packet = ipv4_udp(8);
         network(a.encapsulate(&packet, &mut buf, t0 + Duration::from_secs(10)));
         // Another thread's older `now`: before the handshake was sent, even
         // before the device epoch.
@@ -611,7 +625,7 @@ mod tests {
     fn buffers_too_small_are_refused_not_panicked_on() {
         let t0 = base();
         let (mut a, _b) = pair(t0);
-        let packet = crate::ip::tests::ipv4([100, 64, 0, 1], [100, 64, 0, 2], 400);
+        let packet = ipv4_udp(400);
         let mut small = [0u8; 147];
         assert_eq!(
             a.encapsulate(&packet, &mut small, t0),

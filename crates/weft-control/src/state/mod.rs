@@ -28,12 +28,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use ipnet::IpNet;
 use weft_control_proto::Encoded;
-use weft_control_proto::encode::{
-    EncodeError, FullMapParts, full_map_body, packet_filter_from_rules,
-};
-use weft_control_store::{Node as StoreNode, Role, User};
+use weft_control_proto::encode::{EncodeError, FullMapParts, full_map_body};
+use weft_control_store::{Node as StoreNode, User};
 use weft_policy::{CompiledTailnet, Policy, Tailnet};
-use weft_types::filter::FilterRule;
 use weft_types::netmap::{DnsConfig, PacketFilter, RelayMap, SshPolicy};
 use weft_types::{DnsName, HostInfo, MapBody, Node, NodeId, UnixMillis, UserId, UserProfile};
 
@@ -172,14 +169,14 @@ pub(crate) struct NodePolicy {
 
 impl NodePolicy {
     fn new(
-        rules: &[FilterRule],
+        filter: &PacketFilter,
         filter_key: ContentKey,
         ssh_enc: Encoded<SshPolicy>,
     ) -> Result<Self, EncodeError> {
         Ok(Self {
             filter_key,
             ssh_key: content_key(ssh_enc.as_bytes()),
-            filter_enc: packet_filter_from_rules(rules)?,
+            filter_enc: Encoded::new(filter)?,
             ssh_enc,
         })
     }
@@ -235,7 +232,7 @@ impl PolicyState {
             .node_ids()
             .iter()
             .enumerate()
-            .filter_map(|(i, id)| Some((NodeId(i64::try_from(id.0).ok()?), i)))
+            .map(|(i, id)| (*id, i))
             .collect();
         let cache = (0..index.len()).map(|_| OnceLock::new()).collect();
         Self {
@@ -272,20 +269,19 @@ impl PolicyState {
     }
 
     fn make(&self, node: NodeId, prev: Option<&Arc<NodePolicy>>) -> Arc<NodePolicy> {
-        let pid = policy_id(node);
-        let rules = self.compiled.filter_rules(pid).unwrap_or_default();
-        let ssh = self.compiled.ssh_policy(pid).unwrap_or_default();
+        let filter = self.compiled.packet_filter(node).unwrap_or_default();
+        let ssh = self.compiled.ssh_policy(node).unwrap_or_default();
         let Ok(ssh_enc) = Encoded::new(&ssh) else {
             return empty_node_policy();
         };
-        let key = (content_key(&rules), content_key(ssh_enc.as_bytes()));
+        let key = (content_key(&filter.rules), content_key(ssh_enc.as_bytes()));
         let distinct = || self.distinct.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(np) = distinct().get(&key) {
             return np.clone();
         }
         let np = match prev {
             Some(p) if p.key() == key => p.clone(),
-            _ => match NodePolicy::new(&rules, key.0, ssh_enc) {
+            _ => match NodePolicy::new(&filter, key.0, ssh_enc) {
                 Ok(np) => Arc::new(np),
                 Err(_) => return empty_node_policy(),
             },
@@ -309,25 +305,16 @@ fn empty_node_policy() -> Arc<NodePolicy> {
     static EMPTY: OnceLock<Arc<NodePolicy>> = OnceLock::new();
     EMPTY
         .get_or_init(|| {
-            match Encoded::new(&SshPolicy::default())
-                .and_then(|ssh| NodePolicy::new(&[], content_key(&[] as &[FilterRule]), ssh))
-            {
+            match Encoded::new(&SshPolicy::default()).and_then(|ssh| {
+                let empty = PacketFilter::default();
+                NodePolicy::new(&empty, content_key(&empty.rules), ssh)
+            }) {
                 Ok(np) => Arc::new(np),
                 // Encoding empty lists cannot fail.
                 Err(_) => std::process::abort(),
             }
         })
         .clone()
-}
-
-/// Converts a node id to the policy crate's id type.
-pub(crate) fn policy_id(id: NodeId) -> weft_policy::NodeId {
-    weft_policy::NodeId(u64::try_from(id.0).unwrap_or(0))
-}
-
-/// Converts the policy crate's id back.
-pub(crate) fn node_id(id: weft_policy::NodeId) -> Option<NodeId> {
-    i64::try_from(id.0).ok().map(NodeId)
 }
 
 /// Builds the policy crate's view of the tailnet.
@@ -338,11 +325,8 @@ pub(crate) fn policy_tailnet(
     let pusers = users
         .values()
         .map(|u| weft_policy::User {
-            login: u.user.login_name.to_string(),
-            role: match u.user.role {
-                Role::Admin => weft_policy::Role::Admin,
-                Role::Member => weft_policy::Role::Member,
-            },
+            login: u.user.login_name.clone(),
+            role: u.user.role,
         })
         .collect();
     let pnodes = nodes
@@ -352,12 +336,12 @@ pub(crate) fn policy_tailnet(
                 .rec
                 .user
                 .and_then(|u| users.get(&u))
-                .map(|u| u.user.login_name.to_string());
+                .map(|u| u.user.login_name.clone());
             weft_policy::Node {
-                id: policy_id(n.rec.id),
-                name: n.rec.given_name.to_string(),
+                id: n.rec.id,
+                name: n.rec.given_name.clone(),
                 user,
-                tags: n.rec.tags.iter().map(ToString::to_string).collect(),
+                tags: n.rec.tags.clone(),
                 ipv4: Some(n.rec.ipv4),
                 ipv6: Some(n.rec.ipv6),
             }
@@ -388,11 +372,10 @@ impl Snapshot {
         if !self.nodes.contains_key(&node) || self.unauthorized.contains(&node) {
             return Vec::new();
         }
-        let Some(ids) = self.policy.compiled.visible_peers(policy_id(node)) else {
+        let Some(ids) = self.policy.compiled.visible_peers(node) else {
             return Vec::new();
         };
         ids.into_iter()
-            .filter_map(node_id)
             .filter(|p| *p != node && !self.unauthorized.contains(p))
             .collect()
     }
@@ -478,7 +461,7 @@ pub(crate) mod tests {
                     id: UserId(id),
                     login_name: login.parse().unwrap(),
                     display_name: String::new(),
-                    role: Role::Member,
+                    role: weft_types::Role::Member,
                     created: UnixMillis(0),
                 };
                 (UserId(id), Arc::new(UserEntry::new(u).unwrap()))
@@ -569,15 +552,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_filter_encoded_from_its_rules_is_byte_for_byte_the_typed_encoding() {
+    fn a_node_policy_holds_the_node_s_packet_filter_encoded() {
         let p = policy_state(true);
-        let rules = p.compiled.filter_rules(policy_id(NodeId(3))).unwrap();
-        assert!(!rules.is_empty());
-        let typed = Encoded::new(&PacketFilter::new(rules.clone())).unwrap();
-        assert_eq!(
-            packet_filter_from_rules(&rules).unwrap().as_str(),
-            typed.as_str()
-        );
-        assert_eq!(p.node_policy(NodeId(3)).filter_enc.as_str(), typed.as_str());
+        let filter = p.compiled.packet_filter(NodeId(3)).unwrap();
+        assert!(!filter.is_empty());
+        let enc = &p.node_policy(NodeId(3)).filter_enc;
+        assert_eq!(enc.as_str(), Encoded::new(&filter).unwrap().as_str());
+        let back: PacketFilter = serde_json::from_str(enc.as_str()).unwrap();
+        assert_eq!(back, filter);
     }
 }

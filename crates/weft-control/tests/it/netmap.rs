@@ -32,7 +32,7 @@ async fn three_nodes_get_full_maps_and_deltas_as_peers_join_change_go_offline_an
         assert_eq!(m.domain.to_string(), "weft.internal");
         assert!(m.self_node.name.to_string().ends_with(".weft.internal"));
         assert_eq!(m.user_profiles.len(), 1);
-        assert_eq!(m.packet_filter.rules().len(), 1, "allow-all: one rule");
+        assert_eq!(m.packet_filter.rules.len(), 1, "allow-all: one rule");
     }
     // C's full map came after A and B joined: both are in it at once.
     let first_c_map = c

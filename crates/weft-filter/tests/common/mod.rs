@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use weft_filter::{Config, Filter, PacketFilter, Policy};
+use weft_filter::{CompiledFilter, Config, Filter, Policy};
 use weft_types::filter::{DstPorts, FilterRule, PortRange, RuleOrigin};
 
 pub const FIN: u8 = 0x01;
@@ -264,8 +264,8 @@ pub fn rule(src: &[&str], ports: &[(u16, u16)], protos: &[u8], line: u32) -> Fil
 
 /// The e2e policy: alice may reach this node on TCP 22 and 80 (and ping
 /// it); bob nothing.
-pub fn alice_ssh_and_web() -> PacketFilter {
-    PacketFilter::new(vec![
+pub fn alice_ssh_and_web() -> CompiledFilter {
+    CompiledFilter::new(&[
         rule(
             &["100.64.0.2/32", "fd7a:115c:a1e0::2/128"],
             &[(22, 22), (80, 80)],
@@ -282,8 +282,8 @@ pub fn alice_ssh_and_web() -> PacketFilter {
 }
 
 /// Alice may reach TCP 22 only.
-pub fn alice_ssh_only() -> PacketFilter {
-    PacketFilter::new(vec![rule(
+pub fn alice_ssh_only() -> CompiledFilter {
+    CompiledFilter::new(&[rule(
         &["100.64.0.2/32", "fd7a:115c:a1e0::2/128"],
         &[(22, 22)],
         &[TCP],
@@ -292,16 +292,11 @@ pub fn alice_ssh_only() -> PacketFilter {
 }
 
 /// Everyone may reach UDP 5000-5010.
-pub fn udp_service() -> PacketFilter {
-    PacketFilter::new(vec![rule(
-        &["0.0.0.0/0", "::/0"],
-        &[(5000, 5010)],
-        &[UDP],
-        3,
-    )])
+pub fn udp_service() -> CompiledFilter {
+    CompiledFilter::new(&[rule(&["0.0.0.0/0", "::/0"], &[(5000, 5010)], &[UDP], 3)])
 }
 
-pub fn policy(filter: PacketFilter) -> Policy {
+pub fn policy(filter: CompiledFilter) -> Policy {
     Policy {
         filter,
         local_addrs: vec![ip(ME4), ip(ME6)],
@@ -310,11 +305,11 @@ pub fn policy(filter: PacketFilter) -> Policy {
 }
 
 /// A filter for this node with `filter` installed.
-pub fn node(filter: PacketFilter) -> Filter {
+pub fn node(filter: CompiledFilter) -> Filter {
     node_with(Config::default(), filter)
 }
 
-pub fn node_with(config: Config, filter: PacketFilter) -> Filter {
+pub fn node_with(config: Config, filter: CompiledFilter) -> Filter {
     let f = Filter::new(config, [42; 32]);
     f.set_policy(policy(filter));
     f

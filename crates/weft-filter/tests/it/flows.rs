@@ -6,7 +6,7 @@
 use crate::common;
 
 use common::*;
-use weft_filter::{Accept, DropReason, Outbound, PacketFilter, RuleOrigin, Verdict};
+use weft_filter::{Accept, CompiledFilter, DropReason, Outbound, RuleOrigin, Verdict};
 
 const NOT_ALLOWED: Verdict = Verdict::Drop(DropReason::NotAllowed);
 const NO_FLOW: Verdict = Verdict::Drop(DropReason::NoFlow);
@@ -23,7 +23,7 @@ fn the_filter_can_be_shared_between_threads() {
 
 #[test]
 fn replies_to_our_outbound_tcp_connection_pass_in_both_families() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     for (me, alice) in [(ME4, ALICE4), (ME6, ALICE6)] {
         assert_eq!(
@@ -42,7 +42,7 @@ fn replies_to_our_outbound_tcp_connection_pass_in_both_families() {
 
 #[test]
 fn a_reply_from_another_port_or_host_is_not_a_reply() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     f.outbound(&tcp(ME4, ALICE4, 40000, 443, SYN), now);
     assert_eq!(
@@ -61,7 +61,7 @@ fn a_reply_from_another_port_or_host_is_not_a_reply() {
 
 #[test]
 fn replies_to_our_outbound_udp_pass_and_only_from_that_peer_and_port() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     for (me, alice, bob) in [(ME4, ALICE4, BOB4), (ME6, ALICE6, BOB6)] {
         assert_eq!(
@@ -77,7 +77,7 @@ fn replies_to_our_outbound_udp_pass_and_only_from_that_peer_and_port() {
 
 #[test]
 fn echo_replies_pass_only_for_our_echo_requests() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     for (me, alice) in [(ME4, ALICE4), (ME6, ALICE6)] {
         assert_eq!(
@@ -240,7 +240,7 @@ fn other_icmp_types_are_judged_one_by_one_and_never_tracked() {
 fn other_protocols_need_a_rule_for_every_port_and_our_own_flows_let_replies_in() {
     const GRE: u8 = 47;
     let now = t0();
-    let some_ports = node(PacketFilter::new(vec![rule(
+    let some_ports = node(CompiledFilter::new(&[rule(
         &["0.0.0.0/0"],
         &[(1, 100)],
         &[GRE],
@@ -250,7 +250,7 @@ fn other_protocols_need_a_rule_for_every_port_and_our_own_flows_let_replies_in()
         some_ports.inbound(&ip_packet(ip(ALICE4), ip(ME4), GRE, &[0; 8]), now),
         NOT_ALLOWED
     );
-    let all_ports = node(PacketFilter::new(vec![rule(
+    let all_ports = node(CompiledFilter::new(&[rule(
         &["0.0.0.0/0"],
         &[(0, 65535)],
         &[GRE],
@@ -262,7 +262,7 @@ fn other_protocols_need_a_rule_for_every_port_and_our_own_flows_let_replies_in()
             .is_accept()
     );
 
-    let none = node(PacketFilter::default());
+    let none = node(CompiledFilter::default());
     assert_eq!(
         none.outbound(&ip_packet(ip(ME4), ip(BOB4), GRE, &[0; 8]), now),
         Outbound::NewFlow
@@ -275,7 +275,7 @@ fn other_protocols_need_a_rule_for_every_port_and_our_own_flows_let_replies_in()
 
 #[test]
 fn packets_for_an_address_that_is_not_ours_are_dropped() {
-    let allow_all = PacketFilter::new(vec![weft_types::filter::FilterRule {
+    let allow_all = CompiledFilter::new(&[weft_types::filter::FilterRule {
         src: vec![net("0.0.0.0/0")],
         dst: vec![weft_types::filter::DstPorts {
             net: net("0.0.0.0/0"),
@@ -304,7 +304,7 @@ fn packets_for_an_address_that_is_not_ours_are_dropped() {
 
 #[test]
 fn outbound_packets_from_an_address_that_is_not_ours_open_no_flow() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     assert_eq!(
         f.outbound(&udp(OTHER4, ALICE4, 1000, 53), now),
@@ -347,7 +347,7 @@ fn an_empty_filter_and_a_fresh_filter_admit_nothing() {
         Verdict::Drop(DropReason::NotForUs),
         "no local addresses yet"
     );
-    let empty = node(PacketFilter::default());
+    let empty = node(CompiledFilter::default());
     assert_eq!(
         empty.inbound(&tcp(ALICE4, ME4, 5, 22, SYN), now),
         NOT_ALLOWED

@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::*;
-use weft_filter::{Accept, Config, DropReason, Outbound, PacketFilter, Timeouts, Verdict};
+use weft_filter::{Accept, CompiledFilter, Config, DropReason, Outbound, Timeouts, Verdict};
 
 const FLOW: Verdict = Verdict::Accept(Accept::Flow);
 const NO_FLOW: Verdict = Verdict::Drop(DropReason::NoFlow);
@@ -14,7 +14,7 @@ const NOT_ALLOWED: Verdict = Verdict::Drop(DropReason::NotAllowed);
 
 #[test]
 fn an_idle_udp_flow_expires_after_60_seconds_and_traffic_keeps_it_alive() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     f.outbound(&udp(ME4, ALICE4, 40000, 53), now);
     assert_eq!(
@@ -34,7 +34,7 @@ fn an_idle_udp_flow_expires_after_60_seconds_and_traffic_keeps_it_alive() {
 
 #[test]
 fn an_unanswered_syn_expires_after_30_seconds() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     f.outbound(&tcp(ME4, ALICE4, 40000, 22, SYN), now);
     assert_eq!(
@@ -45,7 +45,7 @@ fn an_unanswered_syn_expires_after_30_seconds() {
 
 #[test]
 fn an_established_connection_survives_hours_of_silence() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     f.outbound(&tcp(ME4, ALICE4, 40000, 22, SYN), now);
     f.inbound(&tcp(ALICE4, ME4, 22, 40000, SYN | ACK), now);
@@ -63,7 +63,7 @@ fn an_established_connection_survives_hours_of_silence() {
 
 #[test]
 fn a_closed_connection_lingers_30_seconds_for_the_last_segments() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     f.outbound(&tcp(ME4, ALICE4, 40000, 22, SYN), now);
     f.inbound(&tcp(ALICE4, ME4, 22, 40000, SYN | ACK), now);
@@ -81,7 +81,7 @@ fn a_closed_connection_lingers_30_seconds_for_the_last_segments() {
 
 #[test]
 fn a_reset_leaves_the_flow_closing() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     f.outbound(&tcp(ME4, ALICE4, 40000, 22, SYN), now);
     f.inbound(&tcp(ALICE4, ME4, 22, 40000, SYN | ACK), now);
@@ -93,7 +93,7 @@ fn a_reset_leaves_the_flow_closing() {
 
 #[test]
 fn a_half_closed_connection_stays_established() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     f.outbound(&tcp(ME4, ALICE4, 40000, 22, SYN), now);
     f.inbound(&tcp(ALICE4, ME4, 22, 40000, SYN | ACK), now);
@@ -115,7 +115,7 @@ fn a_half_closed_connection_stays_established() {
 
 #[test]
 fn echo_flows_expire_after_30_seconds() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     f.outbound(&echo_request(ME6, ALICE6, 1), now);
     assert_eq!(f.inbound(&echo_reply(ALICE6, ME6, 1), now + secs(29)), FLOW);
@@ -127,7 +127,7 @@ fn echo_flows_expire_after_30_seconds() {
 
 #[test]
 fn handle_timeout_frees_expired_flows_and_keeps_live_ones() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     for port in 0..100 {
         f.outbound(&udp(ME4, ALICE4, 40000 + port, 53), now);
@@ -155,7 +155,7 @@ fn timeouts_are_configurable() {
         },
         ..Config::default()
     };
-    let f = node_with(config, PacketFilter::default());
+    let f = node_with(config, CompiledFilter::default());
     let now = t0();
     f.outbound(&udp(ME4, ALICE4, 40000, 53), now);
     assert_eq!(
@@ -176,7 +176,7 @@ fn small(max_flows: usize) -> Config {
 
 #[test]
 fn a_full_table_evicts_the_least_recently_used_flow() {
-    let f = node_with(small(4), PacketFilter::default());
+    let f = node_with(small(4), CompiledFilter::default());
     let now = t0();
     for (i, port) in (40000..40004).enumerate() {
         f.outbound(&tcp(ME4, ALICE4, port, 22, SYN), now + secs(i as u64));
@@ -203,7 +203,7 @@ fn a_full_table_evicts_the_least_recently_used_flow() {
 
 #[test]
 fn eviction_spares_two_way_flows_for_ones_never_answered() {
-    let f = node_with(small(4), PacketFilter::default());
+    let f = node_with(small(4), CompiledFilter::default());
     let now = t0();
     f.outbound(&udp(ME4, ALICE4, 40000, 53), now);
     f.inbound(&udp(ALICE4, ME4, 53, 40000), now);
@@ -224,7 +224,7 @@ fn eviction_spares_two_way_flows_for_ones_never_answered() {
 
 #[test]
 fn eviction_takes_an_expired_flow_first() {
-    let f = node_with(small(2), PacketFilter::default());
+    let f = node_with(small(2), CompiledFilter::default());
     let now = t0();
     f.outbound(&tcp(ME4, ALICE4, 40000, 22, SYN), now);
     f.inbound(&tcp(ALICE4, ME4, 22, 40000, SYN | ACK), now);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use proptest::prelude::*;
-use weft_filter::{Accept, DropReason, Outbound, PacketFilter, Timeouts, Verdict};
+use weft_filter::{Accept, CompiledFilter, DropReason, Outbound, Timeouts, Verdict};
 
 // ----- what is generated -----
 
@@ -45,12 +45,12 @@ enum Op {
     Sweep,
 }
 
-fn filters() -> [PacketFilter; 4] {
+fn filters() -> [CompiledFilter; 4] {
     [
         alice_ssh_and_web(),
         alice_ssh_only(),
         udp_service(),
-        PacketFilter::default(),
+        CompiledFilter::default(),
     ]
 }
 
@@ -162,7 +162,7 @@ struct MFlow {
 }
 
 struct Model {
-    filter: PacketFilter,
+    filter: CompiledFilter,
     shields: bool,
     flows: Vec<MFlow>,
     t: Timeouts,

@@ -5,7 +5,7 @@ use crate::common;
 
 use common::*;
 use proptest::prelude::*;
-use weft_filter::{Accept, DropReason, PacketFilter, Verdict};
+use weft_filter::{Accept, CompiledFilter, DropReason, Verdict};
 
 const FLOW: Verdict = Verdict::Accept(Accept::Flow);
 const RELATED: Verdict = Verdict::Accept(Accept::Related);
@@ -17,7 +17,7 @@ const UNSUPPORTED: Verdict = Verdict::Drop(DropReason::Unsupported);
 
 #[test]
 fn an_icmp_error_about_a_known_flow_passes_and_about_an_unknown_one_is_dropped() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     for (me, alice, router) in [(ME4, ALICE4, OTHER4), (ME6, ALICE6, BOB6)] {
         let syn = tcp(me, alice, 40000, 22, SYN);
@@ -69,7 +69,7 @@ fn an_icmp_error_about_a_flow_a_peer_opened_passes() {
 
 #[test]
 fn an_icmp_error_quoting_a_truncated_header_is_malformed() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     let syn = tcp(ME4, ALICE4, 40000, 22, SYN);
     f.outbound(&syn, now);
@@ -91,7 +91,7 @@ fn an_icmp_error_quoting_a_truncated_header_is_malformed() {
 
 #[test]
 fn an_icmp_error_about_an_icmp_error_is_dropped() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     let inner = unreachable(ME4, ALICE4, &udp(ALICE4, ME4, 1, 2));
     assert_eq!(f.inbound(&unreachable(ALICE4, ME4, &inner), now), NO_FLOW);
@@ -155,7 +155,7 @@ fn later_fragments_stop_when_their_flow_is_cut() {
     );
     let rest = ipv4_frag(ip(ALICE4), ip(ME4), UDP, (9, 2, false), &[0; 16]);
     assert!(f.inbound(&first, now).is_accept());
-    f.set_filter(PacketFilter::default());
+    f.set_filter(CompiledFilter::default());
     assert_eq!(f.inbound(&rest, now), NO_FLOW);
 }
 
@@ -183,7 +183,7 @@ fn a_tcp_fragment_at_offset_8_is_the_overlap_attack_and_malformed() {
 
 #[test]
 fn replies_to_our_flows_may_come_fragmented() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     let now = t0();
     f.outbound(&udp(ME4, ALICE4, 40000, 53), now);
     let first = ipv4_frag(
@@ -311,7 +311,7 @@ fn bytes_after_the_ip_length_are_ignored() {
 
 #[test]
 fn malformed_outbound_packets_are_counted_and_untracked() {
-    let f = node(PacketFilter::default());
+    let f = node(CompiledFilter::default());
     assert_eq!(
         f.outbound(&[0x60; 7], t0()),
         weft_filter::Outbound::Untracked

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::*;
-use weft_filter::{Accept, DropReason, Outbound, PacketFilter, Policy, Verdict};
+use weft_filter::{Accept, CompiledFilter, DropReason, Outbound, Policy, Verdict};
 
 const FLOW: Verdict = Verdict::Accept(Accept::Flow);
 const NO_FLOW: Verdict = Verdict::Drop(DropReason::NoFlow);
@@ -117,7 +117,7 @@ fn flows_this_node_opened_survive_any_policy() {
     f.outbound(&tcp(ME4, BOB4, 40000, 443, SYN), now);
     f.outbound(&udp(ME6, BOB6, 40000, 53), now);
     f.outbound(&echo_request(ME4, BOB4, 5), now);
-    assert_eq!(f.set_filter(PacketFilter::default()), 0);
+    assert_eq!(f.set_filter(CompiledFilter::default()), 0);
     f.set_shields_up(true);
     assert_eq!(f.inbound(&tcp(BOB4, ME4, 443, 40000, SYN | ACK), now), FLOW);
     assert_eq!(f.inbound(&udp(BOB6, ME6, 53, 40000), now), FLOW);
@@ -142,7 +142,7 @@ fn a_cut_udp_flow_comes_back_only_if_this_node_sends_first() {
     let f = node(udp_service());
     let now = t0();
     assert!(f.inbound(&udp(BOB4, ME4, 40000, 5000), now).is_accept());
-    f.set_filter(PacketFilter::default());
+    f.set_filter(CompiledFilter::default());
     assert_eq!(
         f.inbound(&udp(BOB4, ME4, 40000, 5000), now),
         Verdict::Drop(DropReason::NotAllowed)

@@ -24,7 +24,7 @@ fn seg(seq: u32, len: usize) -> Tcp {
         sport: 40000,
         seq,
         ack: 7,
-        flags: TCP_ACK,
+        flags: tcp::ACK,
         options: vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], // NOP NOP timestamps
         payload: (0..len).map(|i| (seq as usize + i) as u8).collect(),
     }
@@ -68,14 +68,14 @@ fn ipv4(proto: u8, mut l4: Vec<u8>, csum_at: Option<usize>) -> Vec<u8> {
 }
 
 fn tcp4(t: &Tcp) -> Vec<u8> {
-    ipv4(PROTO_TCP, tcp_bytes(t), Some(16))
+    ipv4(proto::TCP, tcp_bytes(t), Some(16))
 }
 
 fn tcp6(t: &Tcp) -> Vec<u8> {
     let mut l4 = tcp_bytes(t);
-    let c = l4_checksum(&A6, &B6, PROTO_TCP, &l4);
+    let c = l4_checksum(&A6, &B6, proto::TCP, &l4);
     l4[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut p = vec![0x60, 0, 0, 0, 0, 0, PROTO_TCP, 64];
+    let mut p = vec![0x60, 0, 0, 0, 0, 0, proto::TCP, 64];
     p[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
     p.extend_from_slice(&A6);
     p.extend_from_slice(&B6);
@@ -89,7 +89,7 @@ fn udp4(sport: u16, payload: &[u8]) -> Vec<u8> {
     l4[2..4].copy_from_slice(&5201u16.to_be_bytes());
     l4[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     l4.extend_from_slice(payload);
-    ipv4(PROTO_UDP, l4, Some(6))
+    ipv4(proto::UDP, l4, Some(6))
 }
 
 /// Runs GRO over `packets`; returns each written packet with its header.
@@ -103,9 +103,14 @@ fn run(packets: &[Vec<u8>], udp: bool) -> Vec<(VirtioHeader, Vec<u8>)> {
         })
         .collect();
     let lens: Vec<usize> = packets.iter().map(Vec::len).collect();
+    // What the engine reads from each packet's view as it commits it.
+    let metas: Vec<Option<Parsed>> = packets
+        .iter()
+        .map(|p| Parsed::from_packet(&IpPacket::new(p).ok()?))
+        .collect();
     let mut out = Vec::new();
     let mut gro = Gro::new(packets.len(), udp);
-    gro.coalesce(&mut slots, &lens, &mut out);
+    gro.coalesce(&mut slots, &lens, &metas, &mut out);
     out.iter()
         .map(|&i| {
             let s = &slots[i];
@@ -195,7 +200,7 @@ fn a_gap_in_the_sequence_starts_a_new_packet() {
 #[test]
 fn psh_joins_and_closes_the_packet() {
     let mut last = seg(200, 100);
-    last.flags |= TCP_PSH;
+    last.flags |= tcp::PSH;
     let out = run(
         &[
             tcp4(&seg(0, 100)),
@@ -207,7 +212,7 @@ fn psh_joins_and_closes_the_packet() {
     );
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].1.len(), 52 + 300);
-    assert_ne!(out[0].1[20 + 13] & TCP_PSH, 0, "merged packet carries PSH");
+    assert_ne!(out[0].1[20 + 13] & tcp::PSH, 0, "merged packet carries PSH");
     assert_eq!(out[1].0, plain());
 }
 
@@ -273,13 +278,13 @@ fn a_segment_with_a_bad_checksum_is_never_merged() {
 #[test]
 fn a_packet_that_cannot_join_keeps_its_place_in_the_flow() {
     let mut fin = seg(100, 0);
-    fin.flags = TCP_ACK | 0x01;
+    fin.flags = tcp::ACK | 0x01;
     let out = run(
         &[tcp4(&seg(0, 100)), tcp4(&fin), tcp4(&seg(100, 100))],
         false,
     );
     assert_eq!(out.len(), 3);
-    assert_eq!(out[1].1[20 + 13], TCP_ACK | 0x01);
+    assert_eq!(out[1].1[20 + 13], tcp::ACK | 0x01);
 }
 
 #[test]

@@ -97,10 +97,11 @@ impl CompiledTailnet {
         )
     }
 
-    /// Returns the packet filter (rules plus matcher index) for `node`.
+    /// Returns the packet filter for `node`: its rules as the netmap
+    /// carries them (the node compiles them into its matcher).
     #[must_use]
     pub fn packet_filter(&self, node: NodeId) -> Option<PacketFilter> {
-        self.filter_rules(node).map(PacketFilter::new)
+        self.filter_rules(node).map(|rules| PacketFilter { rules })
     }
 
     /// Returns the SSH policy for `node`.
@@ -212,7 +213,7 @@ impl<'a> Compiler<'a> {
             sorted_v6: Vec::new(),
         };
         for (i, node) in tailnet.nodes().iter().enumerate() {
-            match node.owner() {
+            match node.owner_name() {
                 Some(u) => {
                     c.members.set(i);
                     if tailnet.is_admin(u) {
@@ -319,14 +320,14 @@ impl<'a> Compiler<'a> {
         };
         let hit = match sel {
             Selector::Any => true,
-            Selector::User(u) => node.owner() == Some(u.as_str()),
-            Selector::Group(g) => node.owner().is_some_and(|o| {
+            Selector::User(u) => node.owner_name() == Some(u.as_str()),
+            Selector::Group(g) => node.owner_name().is_some_and(|o| {
                 self.policy
                     .groups
                     .get(g)
                     .is_some_and(|m| m.iter().any(|x| x == o))
             }),
-            Selector::Tag(t) => node.tags.contains(t),
+            Selector::Tag(t) => node.tags.contains(t.as_str()),
             Selector::Autogroup(Autogroup::Member) => self.members.get(b),
             Selector::Autogroup(Autogroup::Tagged) => self.tagged.get(b),
             Selector::Autogroup(Autogroup::Admin) => self.admins.get(b),
@@ -349,14 +350,11 @@ impl<'a> Compiler<'a> {
 
     /// Returns the sorted, aggregated prefixes of `slots` plus `raw`.
     fn prefixes(&self, slots: &Bits, raw: &[IpNet]) -> Vec<IpNet> {
-        let mut v4: Vec<(u128, u128)> = Vec::new();
+        let mut v4: Vec<(u32, u32)> = Vec::new();
         let mut v6: Vec<(u128, u128)> = Vec::new();
         for net in raw {
             match net {
-                IpNet::V4(n) => v4.push((
-                    u128::from(u32::from(n.network())),
-                    u128::from(u32::from(n.broadcast())),
-                )),
+                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()))),
                 IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
             }
         }
@@ -372,31 +370,29 @@ impl<'a> Compiler<'a> {
                     continue;
                 };
                 match (s % 2 == 0, node.ipv4, node.ipv6) {
-                    (true, Some(a), _) => {
-                        a4.push((u128::from(u32::from(a)), u128::from(u32::from(a))))
-                    }
+                    (true, Some(a), _) => a4.push((u32::from(a), u32::from(a))),
                     (false, _, Some(a)) => a6.push((u128::from(a), u128::from(a))),
                     _ => {}
                 }
             }
             a4.sort_unstable();
             a6.sort_unstable();
-            crate::bits::cidrs(merge_sorted(v4, a4.into_iter()), 32, &mut out);
-            crate::bits::cidrs(merge_sorted(v6, a6.into_iter()), 128, &mut out);
+            crate::bits::cidrs_v4(merge_sorted(v4, a4.into_iter()), &mut out);
+            crate::bits::cidrs_v6(merge_sorted(v6, a6.into_iter()), &mut out);
         } else {
             // Dense: walk every address in order, no sorting.
             let v4_slots = self
                 .sorted_v4
                 .iter()
                 .filter(|(_, s)| slots.get(*s))
-                .map(|(a, _)| (u128::from(*a), u128::from(*a)));
+                .map(|(a, _)| (*a, *a));
             let v6_slots = self
                 .sorted_v6
                 .iter()
                 .filter(|(_, s)| slots.get(*s))
                 .map(|(a, _)| (*a, *a));
-            crate::bits::cidrs(merge_sorted(v4, v4_slots), 32, &mut out);
-            crate::bits::cidrs(merge_sorted(v6, v6_slots), 128, &mut out);
+            crate::bits::cidrs_v4(merge_sorted(v4, v4_slots), &mut out);
+            crate::bits::cidrs_v6(merge_sorted(v6, v6_slots), &mut out);
         }
         out
     }
@@ -522,7 +518,11 @@ impl<'a> Compiler<'a> {
                         dst: normal,
                     });
                 }
-                let owner = self.tailnet.nodes().get(b).and_then(|node| node.owner());
+                let owner = self
+                    .tailnet
+                    .nodes()
+                    .get(b)
+                    .and_then(|node| node.owner_name());
                 if let (false, Some(owner)) = (selfs.is_empty(), owner) {
                     let entry = self_lists.entry(owner).or_insert_with(|| {
                         let us = user_slot_cache
@@ -599,10 +599,10 @@ fn push_list<T>(lists: &mut Vec<Arc<Vec<T>>>, list: Vec<T>) -> u32 {
 }
 
 /// Merges sorted intervals with a sorted stream of single addresses.
-fn merge_sorted(
-    a: Vec<(u128, u128)>,
-    b: impl Iterator<Item = (u128, u128)>,
-) -> impl Iterator<Item = (u128, u128)> {
+fn merge_sorted<A: Ord>(
+    a: Vec<(A, A)>,
+    b: impl Iterator<Item = (A, A)>,
+) -> impl Iterator<Item = (A, A)> {
     let mut a = a.into_iter().peekable();
     let mut b = b.peekable();
     std::iter::from_fn(move || match (a.peek(), b.peek()) {

@@ -69,8 +69,11 @@ impl<'a> Compiler<'a> {
             let mut localpart_lists: BTreeMap<(&'a str, Option<&'a str>), Option<u32>> =
                 BTreeMap::new();
             for (b, normally) in reach {
-                let owner: Option<&'a str> =
-                    self.tailnet.nodes().get(b).and_then(|node| node.owner());
+                let owner: Option<&'a str> = self
+                    .tailnet
+                    .nodes()
+                    .get(b)
+                    .and_then(|node| node.owner_name());
                 // Principals: all sources, or (self) only the owner's own devices.
                 let restrict = if normally { None } else { owner };
                 if !users.is_empty() {
@@ -159,7 +162,7 @@ impl<'a> Compiler<'a> {
             .users()
             .keys()
             .filter_map(|login| {
-                let (local, d) = login.split_once('@')?;
+                let (local, d) = login.as_str().split_once('@')?;
                 (d.eq_ignore_ascii_case(domain)
                     && local != "root"
                     && crate::syntax::local_user_name(local).is_ok())

@@ -1,7 +1,8 @@
 //! Shared fixtures for the integration tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use weft_policy::{Node, NodeId, Policy, Role, Tailnet, User};
+use weft_filter::CompiledFilter;
+use weft_policy::{CompiledTailnet, Node, NodeId, Policy, Role, Tailnet, User};
 
 /// A small tailnet: alice (admin) and bob are users; carol has no devices.
 /// `server` is tagged by alice and so has no user identity.
@@ -32,16 +33,21 @@ pub fn id(t: &Tailnet, name: &str) -> NodeId {
     t.node_by_name(name).unwrap().id
 }
 
+/// Returns the node's packet filter compiled into the matcher the node runs.
+pub fn matcher(c: &CompiledTailnet, node: NodeId) -> CompiledFilter {
+    CompiledFilter::new(&c.packet_filter(node).unwrap().rules)
+}
+
 pub fn ip(s: &str) -> std::net::IpAddr {
     s.parse().unwrap()
 }
 
-pub fn node(id: u64, name: &str, user: Option<&str>, tags: &[&str], v4: &str, v6: &str) -> Node {
+pub fn node(id: i64, name: &str, user: Option<&str>, tags: &[&str], v4: &str, v6: &str) -> Node {
     Node {
         id: NodeId(id),
-        name: name.into(),
-        user: user.map(Into::into),
-        tags: tags.iter().map(|t| t.to_string()).collect(),
+        name: name.parse().unwrap(),
+        user: user.map(|u| u.parse().unwrap()),
+        tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
         ipv4: Some(v4.parse().unwrap()),
         ipv6: Some(v6.parse().unwrap()),
     }
@@ -49,7 +55,7 @@ pub fn node(id: u64, name: &str, user: Option<&str>, tags: &[&str], v4: &str, v6
 
 pub fn user(login: &str, admin: bool) -> User {
     User {
-        login: login.into(),
+        login: login.parse().unwrap(),
         role: if admin { Role::Admin } else { Role::Member },
     }
 }

@@ -473,7 +473,7 @@ proptest! {
         let compiled = compile_all(&policy, &tailnet);
         for (si, raw_src, di, v4, proto, port) in packets {
             let dst = &m.nodes[di % m.nodes.len()];
-            let dst_id = NodeId(u64::try_from(di % m.nodes.len()).unwrap() + 1);
+            let dst_id = NodeId(i64::try_from(di % m.nodes.len()).unwrap() + 1);
             let Some(dst_addr) = addr(dst, v4) else { continue };
             let src_addr = match raw_src {
                 // An address that may belong to no node (or to one, by chance).
@@ -483,7 +483,7 @@ proptest! {
             };
             let proto = if proto == 1 && !v4 { 58 } else { proto };
             let want = naive_allows(&m, src_addr, dst, dst_addr, proto, port);
-            let filter = compiled.packet_filter(dst_id).unwrap();
+            let filter = weft_filter::CompiledFilter::new(&compiled.packet_filter(dst_id).unwrap().rules);
             let got = filter.allows(src_addr, dst_addr, proto, port).is_some();
             prop_assert_eq!(got, want, "filter: {} -> {} proto {} port {}\npolicy:\n{}\nfilter: {:?}", src_addr, dst_addr, proto, port, text, filter.rules());
             let src_ep = match tailnet.node_by_addr(src_addr) {
@@ -496,9 +496,9 @@ proptest! {
         for (a, na) in m.nodes.iter().enumerate() {
             let want: Vec<NodeId> = m.nodes.iter().enumerate()
                 .filter(|(b, nb)| *b != a && naive_visible(&m, na, nb))
-                .map(|(b, _)| NodeId(u64::try_from(b).unwrap() + 1))
+                .map(|(b, _)| NodeId(i64::try_from(b).unwrap() + 1))
                 .collect();
-            let got = compiled.visible_peers(NodeId(u64::try_from(a).unwrap() + 1)).unwrap();
+            let got = compiled.visible_peers(NodeId(i64::try_from(a).unwrap() + 1)).unwrap();
             prop_assert_eq!(got, want, "visibility of n{}\n{}", a, text);
         }
     }

@@ -4,6 +4,7 @@
 use crate::common;
 use common::*;
 
+use weft_filter::CompiledFilter;
 use weft_policy::{compile, compile_all};
 use weft_types::filter::{CheckPeriod, LocalUser, SshMode, SshPrincipal, proto};
 
@@ -16,7 +17,7 @@ fn autogroup_self_lets_users_reach_only_their_own_untagged_devices() {
         r#"{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}"#,
     );
     let c = compile_all(&p, &t);
-    let phone = c.packet_filter(id(&t, "alice-phone")).unwrap();
+    let phone = matcher(&c, id(&t, "alice-phone"));
     assert!(
         phone
             .allows(ip("100.64.0.1"), ip("100.64.0.2"), TCP, 22)
@@ -40,7 +41,7 @@ fn autogroup_self_lets_users_reach_only_their_own_untagged_devices() {
             .is_none(),
         "alice's tagged server is not alice"
     );
-    let server = c.packet_filter(id(&t, "server")).unwrap();
+    let server = matcher(&c, id(&t, "server"));
     assert!(
         server.is_empty(),
         "a tagged device is nobody's self: {:?}",
@@ -69,7 +70,7 @@ fn tagged_nodes_lose_the_identity_of_the_user_who_tagged_them() {
         "hosts": {"bob-laptop-ip": "100.64.0.3"},
     }"#,
     );
-    let f = compile(&p, &t, id(&t, "bob-laptop")).unwrap().0;
+    let f = CompiledFilter::new(&compile(&p, &t, id(&t, "bob-laptop")).unwrap().0.rules);
     let (laptop, server, bob) = (ip("100.64.0.1"), ip("100.64.0.10"), ip("100.64.0.3"));
     for port in [22, 80, 443] {
         assert!(
@@ -100,7 +101,7 @@ fn autogroup_admin_and_tagged_follow_roles_and_tags() {
     ]}"#,
     );
     let c = compile_all(&p, &t);
-    let db = c.packet_filter(id(&t, "db")).unwrap();
+    let db = matcher(&c, id(&t, "db"));
     assert!(
         db.allows(ip("100.64.0.2"), ip("100.64.0.11"), TCP, 22)
             .is_some(),
@@ -131,7 +132,7 @@ fn visibility_lists_peers_either_side_may_reach() {
         c.visible_peers(id(&t, n))
             .unwrap()
             .iter()
-            .map(|i| t.node(*i).unwrap().name.clone())
+            .map(|i| t.node(*i).unwrap().name.to_string())
             .collect()
     };
     assert_eq!(names("server"), ["bob-laptop", "db"]);
@@ -150,7 +151,7 @@ fn compiling_one_node_gives_what_compiling_all_gives() {
     for n in t.nodes() {
         let (f, s) = compile(&p, &t, n.id).unwrap();
         assert_eq!(
-            f.rules(),
+            f.rules.as_slice(),
             all.filter_rules(n.id).unwrap().as_slice(),
             "filter of {}",
             n.name

@@ -43,7 +43,7 @@ fn route(dev: &Device, now: std::time::Instant, dst: &str) -> Result<SocketAddr,
     };
     let mut out = vec![0u8; 2048];
     let mut to = None;
-    match dev.encapsulate(&p, &mut out, now, &mut |addr, _| to = Some(addr)) {
+    match dev.encapsulate(view(&p), &mut out, now, &mut |addr, _| to = Some(addr)) {
         Encapsulated::Dropped(r) => Err(r),
         Encapsulated::Send { to, .. } => Ok(to),
         Encapsulated::Queued => Ok(to.unwrap()),

@@ -514,7 +514,7 @@ fn two_threads_can_drive_one_device_with_skewed_clocks() {
             for i in 0..2000u32 {
                 let now = base + Duration::from_micros(u64::from(i) * 50);
                 let p = ipv4_packet(overlay_v4(0), overlay_v4(1), i, 200);
-                let r = a.encapsulate(&p, &mut out, now, &mut |_, _| {});
+                let r = a.encapsulate(view(&p), &mut out, now, &mut |_, _| {});
                 assert!(matches!(r, weft_wg::Encapsulated::Send { .. }));
             }
         });

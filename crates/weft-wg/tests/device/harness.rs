@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
+use weft_packet::IpPacket;
 use weft_types::{NodePrivate, NodePublic};
 use weft_wg::{Decapsulated, Device, DeviceUpdate, DropReason, Encapsulated, PeerUpdate};
 
@@ -66,6 +67,12 @@ pub fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, tag: u32) -> Vec<u8> {
     p[44..46].copy_from_slice(&12u16.to_be_bytes());
     p[48..52].copy_from_slice(&tag.to_be_bytes());
     p
+}
+
+/// The validated view of a test packet (the harness builds valid ones), as
+/// the driver hands it to [`Device::encapsulate`].
+pub fn view(packet: &[u8]) -> IpPacket<'_> {
+    IpPacket::new(packet).expect("test packets are valid IP packets")
 }
 
 /// The message type of a WireGuard datagram.
@@ -188,7 +195,7 @@ impl Net {
         let from = self.nodes[i].addr;
         let r = self.nodes[i]
             .dev
-            .encapsulate(packet, &mut out, self.now, &mut |to, d| {
+            .encapsulate(view(packet), &mut out, self.now, &mut |to, d| {
                 extra.push((to, d.to_vec()))
             });
         let outcome = match r {
@@ -227,7 +234,7 @@ impl Net {
                 });
         let outcome = match r {
             Decapsulated::ToTunnel(p) => {
-                self.delivered[i].push(p.to_vec());
+                self.delivered[i].push(p.as_bytes().to_vec());
                 Outcome::Delivered
             }
             Decapsulated::Done => Outcome::Done,

@@ -3,19 +3,20 @@
 //! the Prometheus text of `GET /localapi/v0/metrics`).
 //!
 //! Where it sits (see [`super::tunnel`]): every decrypted packet a peer sent
-//! is judged by [`weft_filter::Filter::inbound`] before it is written to TUN,
-//! and every packet read from TUN is shown to
-//! [`weft_filter::Filter::outbound`] before it is sealed, so replies to this
-//! node's own connections come back in. The engine's timer thread calls
+//! is judged by [`weft_filter::Filter::inbound_packet`] before it is written
+//! to TUN, and every packet read from TUN is shown to
+//! [`weft_filter::Filter::outbound_packet`] before it is sealed, so replies
+//! to this node's own connections come back in. Both get the view WireGuard
+//! or the engine already built. The engine's timer thread calls
 //! [`PacketHooks::handle_timeout`] every tick; expired flows are swept every
 //! [`weft_filter::SWEEP_INTERVAL`].
 //!
 //! What feeds it:
 //! * every netmap (full or after a delta): the node's own tailnet addresses
-//!   and the packet filter control compiled for it
-//!   ([`NodeFilter::apply_netmap`]). A change re-judges the flows peers
-//!   opened: those the new policy still allows continue, the others are cut
-//!   at once. An unchanged netmap (a peer's endpoint moved) touches nothing;
+//!   and the packet filter control compiled for it, turned into the
+//!   filter's matcher once per change ([`NodeFilter::apply_netmap`]). A
+//!   change re-judges the flows peers opened: those the new policy still
+//!   allows continue, the others are cut at once. An unchanged netmap (a peer's endpoint moved) touches nothing;
 //! * the `shields_up` preference ([`NodeFilter::set_shields_up`]): no new
 //!   inbound flow at all, and the ones peers opened are cut; this node's own
 //!   connections keep working;
@@ -29,9 +30,12 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use weft_filter::{Config, DropReason, Filter, FilterStats, PacketFilter, Policy, SWEEP_INTERVAL};
+use weft_filter::{
+    CompiledFilter, Config, DropReason, Filter, FilterStats, Policy, SWEEP_INTERVAL,
+};
 use weft_localapi::FilterStatus;
 use weft_net::EngineStats;
+use weft_packet::IpPacket;
 use weft_types::NetMap;
 
 use super::tunnel::{PacketHooks, TunnelCounters};
@@ -68,17 +72,17 @@ impl NodeFilter {
         addrs.sort_unstable();
         addrs.dedup();
         let current = self.filter.policy();
-        if current.local_addrs == addrs && current.filter == nm.packet_filter {
+        if current.local_addrs == addrs && current.filter.rules() == nm.packet_filter.rules {
             return 0;
         }
         let policy = Policy {
-            filter: nm.packet_filter.clone(),
+            filter: CompiledFilter::new(&nm.packet_filter.rules),
             local_addrs: addrs,
             shields_up: current.shields_up,
         };
         let cut = self.filter.set_policy(policy);
         tracing::info!(
-            rules = nm.packet_filter.rules().len(),
+            rules = nm.packet_filter.rules.len(),
             cut,
             "Packet filter installed"
         );
@@ -104,7 +108,7 @@ impl NodeFilter {
             return;
         }
         self.filter.set_policy(Policy {
-            filter: PacketFilter::default(),
+            filter: CompiledFilter::default(),
             local_addrs: Vec::new(),
             shields_up: current.shields_up,
         });
@@ -118,12 +122,12 @@ impl NodeFilter {
 }
 
 impl PacketHooks for NodeFilter {
-    fn inbound_allowed(&self, packet: &[u8], now: Instant) -> bool {
-        self.filter.inbound(packet, now).is_accept()
+    fn inbound_allowed(&self, packet: &IpPacket<'_>, now: Instant) -> bool {
+        self.filter.inbound_packet(packet, now).is_accept()
     }
 
-    fn note_outbound(&self, packet: &[u8], now: Instant) {
-        self.filter.outbound(packet, now);
+    fn note_outbound(&self, packet: &IpPacket<'_>, now: Instant) {
+        self.filter.outbound_packet(packet, now);
     }
 
     fn handle_timeout(&self, now: Instant) {
@@ -241,7 +245,7 @@ pub fn render_metrics(
     m.one(
         "weftd_filter_outbound_malformed_total",
         "counter",
-        "Packets from TUN the filter could not parse (sent anyway).",
+        "Packets from TUN whose headers contradict each other, which the filter does not track (sent anyway).",
         filter.outbound_malformed,
     );
     m.one(
@@ -364,8 +368,12 @@ mod tests {
                 origin: None,
             })
             .collect();
-        nm.packet_filter = PacketFilter::new(rules);
+        nm.packet_filter = weft_types::filter::PacketFilter { rules };
         nm
+    }
+
+    fn view(bytes: &[u8]) -> IpPacket<'_> {
+        IpPacket::new(bytes).unwrap()
     }
 
     fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
@@ -386,7 +394,7 @@ mod tests {
     #[test]
     fn nothing_passes_before_the_first_netmap() {
         let f = NodeFilter::new([7; 32]);
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4000, 22, SYN), t0()));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4000, 22, SYN)), t0()));
         assert_eq!(f.stats().dropped_total(), 1);
     }
 
@@ -395,11 +403,11 @@ mod tests {
         let now = t0();
         let f = NodeFilter::new([7; 32]);
         f.apply_netmap(&netmap(&[22, 80]));
-        assert!(f.inbound_allowed(&tcp(PEER, ME, 4000, 22, SYN), now));
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4001, 8080, SYN), now));
+        assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 4000, 22, SYN)), now));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4001, 8080, SYN)), now));
         // Our own connection to the peer's 8080: the SYN-ACK comes back in.
-        f.note_outbound(&tcp(ME, PEER, 5000, 8080, SYN), now);
-        assert!(f.inbound_allowed(&tcp(PEER, ME, 8080, 5000, SYN_ACK), now));
+        f.note_outbound(&view(&tcp(ME, PEER, 5000, 8080, SYN)), now);
+        assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 8080, 5000, SYN_ACK)), now));
         let s = f.stats();
         assert_eq!(s.dropped_for(DropReason::NotAllowed), 1);
         assert_eq!(s.rules, 2);
@@ -411,15 +419,15 @@ mod tests {
         let f = NodeFilter::new([7; 32]);
         f.apply_netmap(&netmap(&[22, 80]));
         for port in [22, 80] {
-            assert!(f.inbound_allowed(&tcp(PEER, ME, 4000 + port, port, SYN), now));
-            f.note_outbound(&tcp(ME, PEER, port, 4000 + port, SYN_ACK), now);
+            assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 4000 + port, port, SYN)), now));
+            f.note_outbound(&view(&tcp(ME, PEER, port, 4000 + port, SYN_ACK)), now);
         }
         assert_eq!(f.apply_netmap(&netmap(&[22])), 1, "the port-80 flow is cut");
         assert!(
-            f.inbound_allowed(&tcp(PEER, ME, 4022, 22, ACK), now),
+            f.inbound_allowed(&view(&tcp(PEER, ME, 4022, 22, ACK)), now),
             "ssh continues"
         );
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4080, 80, ACK), now));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4080, 80, ACK)), now));
         assert_eq!(f.stats().dropped_for(DropReason::NoFlow), 1);
         assert_eq!(
             f.apply_netmap(&netmap(&[22])),
@@ -433,15 +441,15 @@ mod tests {
         let now = t0();
         let f = NodeFilter::new([7; 32]);
         f.apply_netmap(&netmap(&[22]));
-        assert!(f.inbound_allowed(&tcp(PEER, ME, 4000, 22, SYN), now));
+        assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 4000, 22, SYN)), now));
         assert_eq!(f.set_shields_up(true), 1);
         assert_eq!(f.set_shields_up(true), 0);
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4001, 22, SYN), now));
-        f.note_outbound(&tcp(ME, PEER, 5000, 22, SYN), now);
-        assert!(f.inbound_allowed(&tcp(PEER, ME, 22, 5000, SYN_ACK), now));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4001, 22, SYN)), now));
+        f.note_outbound(&view(&tcp(ME, PEER, 5000, 22, SYN)), now);
+        assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 22, 5000, SYN_ACK)), now));
         assert_eq!(f.stats().dropped_for(DropReason::ShieldsUp), 1);
         f.set_shields_up(false);
-        assert!(f.inbound_allowed(&tcp(PEER, ME, 4002, 22, SYN), now));
+        assert!(f.inbound_allowed(&view(&tcp(PEER, ME, 4002, 22, SYN)), now));
     }
 
     #[test]
@@ -453,7 +461,7 @@ mod tests {
         f.clear();
         let s = f.stats();
         assert_eq!((s.rules, s.shields_up), (0, true));
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4000, 22, SYN), now));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4000, 22, SYN)), now));
         assert_eq!(f.stats().dropped_for(DropReason::NotForUs), 1);
     }
 
@@ -463,8 +471,8 @@ mod tests {
         let secs = |n| now + Duration::from_secs(n);
         let f = NodeFilter::new([7; 32]);
         f.apply_netmap(&netmap(&[22]));
-        f.note_outbound(&tcp(ME, PEER, 5000, 22, SYN), now);
-        f.note_outbound(&tcp(ME, PEER, 5001, 22, SYN), secs(20));
+        f.note_outbound(&view(&tcp(ME, PEER, 5000, 22, SYN)), now);
+        f.note_outbound(&view(&tcp(ME, PEER, 5001, 22, SYN)), secs(20));
         // The first tick sweeps: the first flow is past the 30 s TCP opening timeout.
         f.handle_timeout(secs(31));
         assert_eq!(f.stats().flows, 1);
@@ -482,8 +490,8 @@ mod tests {
     fn status_and_metrics_report_drops_by_reason() {
         let f = NodeFilter::new([7; 32]);
         f.apply_netmap(&netmap(&[22]));
-        assert!(!f.inbound_allowed(&tcp(PEER, ME, 4000, 80, SYN), t0()));
-        assert!(!f.inbound_allowed(&[0x45, 0, 0], t0()));
+        assert!(!f.inbound_allowed(&view(&tcp(PEER, ME, 4000, 80, SYN)), t0()));
+        assert!(!f.filter.inbound(&[0x45, 0, 0], t0()).is_accept());
         let s = f.stats();
         let st = status(Some(&s), false, 0, 0);
         assert_eq!((st.rules, st.dropped), (1, 2));

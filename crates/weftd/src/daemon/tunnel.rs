@@ -33,17 +33,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use weft_disco::{Destination, Disco, Event, Path, PingId, PingOutcome, Transmit};
 use weft_net::Tunnel;
+use weft_packet::IpPacket;
 use weft_types::{DiscoPublic, NodePublic};
 use weft_wg::{Decapsulated, Device, DeviceUpdate, DropReason, Encapsulated, PeerUpdate};
 
 /// Where the packet filter plugs in ([`super::filter::NodeFilter`]). A tunnel
-/// without hooks lets everything through.
+/// without hooks lets everything through. Packets come as the views
+/// WireGuard's decapsulation and the engine's TUN reader built: nothing here
+/// parses them again.
 pub trait PacketHooks: Send + Sync + 'static {
     /// Returns whether a decrypted packet from a peer may reach TUN.
-    fn inbound_allowed(&self, packet: &[u8], now: Instant) -> bool;
+    fn inbound_allowed(&self, packet: &IpPacket<'_>, now: Instant) -> bool;
     /// Sees each packet from TUN before it is sealed (to track flows, so
     /// replies to our own connections pass `inbound_allowed`).
-    fn note_outbound(&self, packet: &[u8], now: Instant);
+    fn note_outbound(&self, packet: &IpPacket<'_>, now: Instant);
     /// Runs on the engine's timer thread every tick.
     fn handle_timeout(&self, _now: Instant) {}
 }
@@ -294,15 +297,15 @@ impl TailnetTunnel {
 impl Tunnel for TailnetTunnel {
     fn encapsulate<'o>(
         &self,
-        packet: &[u8],
+        packet: IpPacket<'_>,
         out: &'o mut [u8],
         now: Instant,
         send: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Encapsulated<'o> {
         if let Some(hooks) = self.hooks.get() {
-            hooks.note_outbound(packet, now);
+            hooks.note_outbound(&packet, now);
         }
-        self.tx.add(packet.len());
+        self.tx.add(packet.total_len());
         self.device.encapsulate(packet, out, now, send)
     }
 
@@ -321,8 +324,8 @@ impl Tunnel for TailnetTunnel {
         }
         match self.device.decapsulate(from, datagram, out, now, send) {
             Decapsulated::ToTunnel(p) => {
-                if self.hooks.get().is_none_or(|h| h.inbound_allowed(p, now)) {
-                    self.rx.add(p.len());
+                if self.hooks.get().is_none_or(|h| h.inbound_allowed(&p, now)) {
+                    self.rx.add(p.total_len());
                     Decapsulated::ToTunnel(p)
                 } else {
                     self.rx.filtered.fetch_add(1, Ordering::Relaxed);
@@ -384,10 +387,10 @@ mod tests {
 
     struct DenyAll;
     impl PacketHooks for DenyAll {
-        fn inbound_allowed(&self, _: &[u8], _: Instant) -> bool {
+        fn inbound_allowed(&self, _: &IpPacket<'_>, _: Instant) -> bool {
             false
         }
-        fn note_outbound(&self, _: &[u8], _: Instant) {}
+        fn note_outbound(&self, _: &IpPacket<'_>, _: Instant) {}
     }
 
     fn side(n: u8, now: Instant) -> (TailnetTunnel, NodePrivate, SocketAddr) {
@@ -488,7 +491,8 @@ mod tests {
         let packet = ipv4_udp([100, 64, 0, 1], [100, 64, 0, 2]);
         let mut out = vec![0u8; 2048];
         let mut queue = Vec::new();
-        let r = a.encapsulate(&packet, &mut out, now, &mut |to, d| {
+        let view = IpPacket::new(&packet).unwrap();
+        let r = a.encapsulate(view, &mut out, now, &mut |to, d| {
             queue.push((aa, to, d.to_vec()))
         });
         assert!(matches!(r, Encapsulated::Queued));
@@ -500,7 +504,7 @@ mod tests {
         assert!(!b.set_hooks(Arc::new(DenyAll)), "hooks are installed once");
         let mut queue = Vec::new();
         if let Encapsulated::Send { to, datagram } =
-            a.encapsulate(&packet, &mut out, now, &mut |to, d| {
+            a.encapsulate(view, &mut out, now, &mut |to, d| {
                 queue.push((aa, to, d.to_vec()))
             })
         {

@@ -31,7 +31,6 @@ pub fn reason_name(reason: DropReason) -> &'static str {
         DropReason::RateLimited => "rate_limited",
         DropReason::Expired => "expired",
         DropReason::BufferTooSmall => "buffer_too_small",
-        DropReason::InvalidTunPacket => "invalid_tun_packet",
     }
 }
 

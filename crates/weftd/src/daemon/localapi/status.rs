@@ -29,7 +29,7 @@ pub fn build(b: &Backend, now: SystemTime) -> Status {
         })
         .unwrap_or_default();
     peers.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-    let rules = nm.map_or(0, |nm| nm.packet_filter.rules().len());
+    let rules = nm.map_or(0, |nm| nm.packet_filter.rules.len());
     let filtered = b.data_plane().filtered();
     let filter_stats = b.data_plane().filter_stats();
     Status {
