@@ -124,6 +124,54 @@ fn three_nodes_join_with_a_pre_auth_key_and_reach_each_other_every_way() -> anyh
     )
 }
 
+/// A new node's first packet to a peer used to wait 5 s: its handshake initiation reached the
+/// peer before the peer's netmap named the new key, was dropped, and WireGuard retries only after
+/// REKEY_TIMEOUT. The peer now answers a remembered initiation as soon as the key is configured.
+#[test]
+fn a_new_nodes_first_ping_is_answered_at_once_not_after_a_handshake_retry() -> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let first = net.join(&control, &["n1"])?;
+    let n1 = &first[0];
+    let key = control.create_key(
+        "alice",
+        &KeyOptions {
+            reusable: true,
+            ..KeyOptions::default()
+        },
+    )?;
+    let n2 = net.node("n2")?;
+    with_diagnostics(
+        || {
+            let ip1 = n1.ip4()?;
+            n2.up_with_key(&control, &key)?;
+            let started = std::time::Instant::now();
+            // One echo every 0.2 s until the first reply, for at most 4 s (the old retry came at 5 s).
+            let out = n2
+                .netns()
+                .command("ping")
+                .args(["-n", "-i", "0.2", "-c", "1", "-w", "4", &ip1.to_string()])
+                .timeout(SECS(10))
+                .run_unchecked()?;
+            let took = started.elapsed();
+            ensure!(
+                out.stdout.contains("1 received"),
+                "no reply within 4 s of `weft up`: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            ensure!(
+                took < Duration::from_millis(1500),
+                "the first reply took {took:?}"
+            );
+            eprintln!("first ping answered {took:?} after `weft up` returned");
+            Ok(())
+        },
+        || report(&control, &[n1, &n2]),
+    )
+}
+
 #[test]
 fn a_node_deleted_at_control_vanishes_from_its_peers_and_its_traffic_stops() -> anyhow::Result<()> {
     let lab = lab!();
