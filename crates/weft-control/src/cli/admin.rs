@@ -5,8 +5,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use weft_control::admin::types::{NewApiKey, NewPreauthKey, NewUser, NodeView};
+use weft_types::time::parse_duration;
 
-use super::fmt::{parse_duration, relative, table};
+use super::fmt::{relative, table};
 use super::out::{errln, out, outln};
 use super::{Conn, now_ms, print_json};
 

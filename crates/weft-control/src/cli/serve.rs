@@ -11,8 +11,7 @@ use weft_control::config::{
     DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE, DEFAULT_MAX_UNREGISTERED_PER_SOURCE, DEFAULT_STATE_DIR,
 };
 use weft_control::{Server, ServerConfig};
-
-use super::fmt::parse_duration;
+use weft_types::time::parse_duration;
 
 /// Options of `serve`.
 #[derive(Debug, Args)]
