@@ -14,7 +14,7 @@
 //!   `max_wait` and [`MAX_CHECK_WAIT`]; one whose connection closes is
 //!   forgotten.
 //!
-//! Pending checks and approvals are kept in [`crate::waiting::Checks`].
+//! Pending checks and approvals are kept in `waiting::Checks`.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -334,7 +334,7 @@ impl Admin {
     /// Approves an interactive login: registers its node for `user`. If
     /// `auth_id` is a pending SSH check ([`crate::check`]), approves that
     /// instead (only as the user it is for) and returns its source node.
-    /// The same decision an authenticator makes ([`crate::login`]).
+    /// The same decision an authenticator makes (`login.rs`).
     ///
     /// # Errors
     /// `not_found` (login or user), `expired`, `conflict` if already decided,
