@@ -31,9 +31,12 @@ mod control;
 mod ctx;
 mod http;
 pub mod keyfile;
+mod login;
 mod metrics;
+pub mod pages;
 mod registration;
 mod state;
+mod waiting;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,7 +52,7 @@ use weft_types::MachinePublic;
 pub use admin::Admin;
 pub use config::ServerConfig;
 
-use crate::ctx::{Ctx, Logins};
+use crate::ctx::Ctx;
 use crate::state::coordinator::{CoordConfig, Coordinator};
 use crate::state::persist::Persister;
 
@@ -210,9 +213,9 @@ impl Server {
             store: store.clone(),
             server_key,
             coord,
-            logins: Logins::default(),
+            logins: waiting::Logins::default(),
             admission: admission::Admission::new(limits),
-            checks: crate::check::Checks::default(),
+            checks: waiting::Checks::default(),
             clock: clock.clone(),
             stop: stop.clone(),
             tasks: TaskTracker::new(),

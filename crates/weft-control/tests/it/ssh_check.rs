@@ -41,7 +41,7 @@ fn ids(n: &TestNode) -> (NodeId, UserId) {
 }
 
 /// A check from `dst` about a login from `src`.
-fn request(
+pub(crate) fn request(
     dst: &TestNode,
     src: &TestNode,
     seed: u8,
@@ -62,13 +62,13 @@ fn request(
     }
 }
 
-async fn send(dst: &TestNode, req: SshCheckRequest) -> SshCheckWait {
+pub(crate) async fn send(dst: &TestNode, req: SshCheckRequest) -> SshCheckWait {
     weft_client::ssh_check(&dst.target, req, &ConnectOptions::default())
         .await
         .unwrap()
 }
 
-async fn next(w: &mut SshCheckWait) -> CheckProgress {
+pub(crate) async fn next(w: &mut SshCheckWait) -> CheckProgress {
     tokio::time::timeout(WAIT, w.next())
         .await
         .expect("a check answer in time")
@@ -77,7 +77,14 @@ async fn next(w: &mut SshCheckWait) -> CheckProgress {
 
 /// A server with alice's laptop (the SSH client) and server, and bob's laptop.
 async fn tailnet() -> (TestServer, TestNode, TestNode, TestNode) {
-    let t = TestServer::start().await;
+    tailnet_with(|_| {}).await
+}
+
+/// [`tailnet`] on a server with settings changed by `tweak`.
+pub(crate) async fn tailnet_with(
+    tweak: impl FnOnce(&mut weft_control::ServerConfig),
+) -> (TestServer, TestNode, TestNode, TestNode) {
+    let t = TestServer::start_with(tweak).await;
     t.user("alice").await;
     t.user("bob").await;
     let (ka, kb) = (t.reusable_key("alice").await, t.reusable_key("bob").await);

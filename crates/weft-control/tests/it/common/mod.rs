@@ -536,12 +536,20 @@ impl ServerProcess {
         self.child.wait().unwrap()
     }
 
-    /// Runs the CLI against this server; returns (status, stdout, stderr).
+    /// Runs the CLI against this server (`--state-dir` last); returns
+    /// (status, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let dir = self.state_dir.to_str().unwrap();
+        Self::cli_exact(&[args, &["--state-dir", dir]].concat())
+    }
+
+    /// Runs the CLI with exactly `args`; returns (status, stdout, stderr).
+    pub fn cli_exact(args: &[&str]) -> (i32, String, String) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
             .args(args)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
+            .env_remove("WEFT_CONTROL_STATE_DIR")
+            .env_remove("WEFT_CONTROL_SERVER")
+            .env_remove("WEFT_CONTROL_API_KEY")
             .output()
             .unwrap();
         (
