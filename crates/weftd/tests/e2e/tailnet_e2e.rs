@@ -146,6 +146,7 @@ fn a_new_nodes_first_ping_is_answered_at_once_not_after_a_handshake_retry() -> a
         || {
             let ip1 = n1.ip4()?;
             n2.up_with_key(&control, &key)?;
+            #[allow(clippy::disallowed_methods)] // the test measures elapsed wall time
             let started = std::time::Instant::now();
             // One echo every 0.2 s until the first reply, for at most 4 s (the old retry came at 5 s).
             let out = n2
