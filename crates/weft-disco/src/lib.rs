@@ -12,6 +12,10 @@
 //! * [`prober`]: [`PathProber`], one peer's path state on injected time:
 //!   ping every candidate endpoint, record round-trip times, pick the best,
 //!   keep it trusted with heartbeats, fall back to probing when it goes quiet.
+//! * [`stun`]: the STUN Binding codec (RFC 8489): build a request with a
+//!   transaction id into a caller buffer, parse the response into
+//!   `(TxId, reflexive address)`; the server side's answer. Shared by
+//!   weftd's STUN client and the STUN server in `weft-relay`.
 //! * [`Disco`]: every peer's prober plus the sealing and pending-ping
 //!   bookkeeping, driven like every Weft core:
 //!   1. feed datagrams with [`Disco::handle_udp`] and configuration with
@@ -22,7 +26,7 @@
 //!      [`Disco::poll_event`] (best path changes, ping results).
 //!
 //! What it is not: no sockets, no clock, no OS randomness (the caller passes
-//! `now` and a seed), no STUN, no relay. NAT traversal (`CallMeMaybe` sent
+//! `now` and a seed), no STUN I/O, no relay. NAT traversal (`CallMeMaybe` sent
 //! via a relay so both sides punch at once) is left for the relay issue; the
 //! message already exists.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -30,6 +34,7 @@
 mod disco;
 pub mod message;
 pub mod prober;
+pub mod stun;
 
 pub use disco::{Disco, Event, PingId, PingOutcome, Transmit};
 pub use message::{
