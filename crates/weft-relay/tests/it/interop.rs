@@ -1,0 +1,1 @@
+//! Interop with Tailscale's own programs (added next).
