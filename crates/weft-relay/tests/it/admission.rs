@@ -17,13 +17,13 @@ use weft_relay::{
 
 use super::*;
 
-const API_KEY: &str = "wk_test_0123456789";
+pub(crate) const API_KEY: &str = "wk_test_0123456789";
 
 #[derive(Clone, Default)]
-struct Stub {
-    allowed: Arc<Mutex<BTreeSet<NodePublic>>>,
-    requests: Arc<Mutex<Vec<VerifyRequest>>>,
-    down: Arc<std::sync::atomic::AtomicBool>,
+pub(crate) struct Stub {
+    pub allowed: Arc<Mutex<BTreeSet<NodePublic>>>,
+    pub requests: Arc<Mutex<Vec<VerifyRequest>>>,
+    pub down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn verify(State(stub): State<Stub>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
@@ -60,7 +60,7 @@ async fn verify(State(stub): State<Stub>, headers: HeaderMap, body: Bytes) -> im
 }
 
 /// Serves the stub under a path prefix, like a control server behind a proxy.
-async fn start_stub() -> (Stub, String) {
+pub(crate) async fn start_stub() -> (Stub, String) {
     let stub = Stub::default();
     let app = axum::Router::new()
         .route("/weft/api/v1/relay/verify", post(verify))

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod admission;
+mod binary;
 mod interop;
 mod server;
 mod slow_client;
