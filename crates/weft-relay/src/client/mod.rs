@@ -248,6 +248,9 @@ struct Shared {
     // --- atomics
     /// Wakes the writer: data in `out`, or control frames in the core.
     wake: Notify,
+    /// Wakes senders waiting in [`RelayClient::writable`]: the writer took
+    /// the buffer.
+    drained: Notify,
     connected: AtomicBool,
     preferred: AtomicBool,
     counters: Counters,
@@ -311,6 +314,7 @@ impl RelayClient {
             pings: Mutex::new(BTreeMap::new()),
             server_key: Mutex::new(None),
             wake: Notify::new(),
+            drained: Notify::new(),
             connected: AtomicBool::new(false),
             preferred: AtomicBool::new(config.options.preferred),
             counters: Counters::default(),
@@ -361,6 +365,21 @@ impl RelayClient {
             .fetch_add(packet.len() as u64, Ordering::Relaxed);
         self.shared.wake.notify_one();
         Ok(())
+    }
+
+    /// Waits until the send buffer is less than half full: for senders that
+    /// would rather wait than drop (bulk transfers, benchmarks). WireGuard
+    /// traffic should just [`RelayClient::send`] and let drops happen.
+    pub async fn writable(&self) {
+        loop {
+            let drained = self.shared.drained.notified();
+            if lock(&self.shared.out).buf.len() < self.shared.send_limit / 2
+                || self.shared.stop.is_cancelled()
+            {
+                return;
+            }
+            drained.await;
+        }
     }
 
     /// Sets whether this relay is our home relay (sent at once if
@@ -794,6 +813,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             std::mem::swap(&mut out.buf, &mut spare);
             packets = out.packets;
             out.packets = 0;
+            drop(out);
+            shared.drained.notify_waiters();
         }
         if !control.is_empty() || !spare.is_empty() {
             let r = async {
