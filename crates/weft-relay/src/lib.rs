@@ -10,10 +10,12 @@
 //!   client connection core, the server's routing table and send queue. No
 //!   sockets, no clock, no randomness of its own; tested on virtual time.
 //! * [`RelayServer`]: the server driver (tokio). A task per connection
-//!   reading (packets go straight into the destination's bounded queue, as
-//!   `Bytes` slices of the read buffer) and one writing (batches, one write
-//!   call each); a sharded map of active connections, so no lock is shared
-//!   by all packets. Admission at login ([`Admission`]); revocation closes
+//!   reading (a packet is copied once, straight into the destination's
+//!   queue, already encoded as the `RecvPacket` it will read; the queue is
+//!   bounded in bytes and owns its storage, so a slow client pins only its
+//!   own bytes) and one writing (takes its whole queue by swapping buffers,
+//!   one write call); a sharded map of active connections, so no lock is
+//!   shared by all packets. Admission at login ([`Admission`]); revocation closes
 //!   every connection of a key at once.
 //! * [`RelayClient`]: the client driver weftd uses: connect (TCP or TLS),
 //!   log in with the node key, send/receive by node key, ping, reconnect

@@ -56,9 +56,9 @@ struct Args {
     /// derpprobe only: the relay is then open to anyone.
     #[arg(long, conflicts_with = "control")]
     admit_any_key_insecure: bool,
-    /// Packets queued per client before the oldest is dropped.
-    #[arg(long, default_value_t = 256)]
-    queue_depth: usize,
+    /// Bytes queued per client before its packets are dropped.
+    #[arg(long, default_value_t = 256 << 10)]
+    queue_bytes: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let key = load_or_create_key(&args.key_file)?;
     let mut config = RelayConfig::new(key, admission);
-    config.queue_depth = args.queue_depth.max(1);
+    config.queue_bytes = args.queue_bytes;
     if !args.admit_any_key_insecure {
         config.reverify_every = Some(reverify);
     }

@@ -28,7 +28,7 @@ pub enum DropReason {
     UnknownDest,
     /// The destination key has several connections and none is active.
     DuplicateClient,
-    /// The destination's send queue was full; its oldest packet was dropped.
+    /// The destination's send queue was full; the packet was dropped.
     QueueFull,
     /// The destination disconnected before the packet was written.
     Gone,

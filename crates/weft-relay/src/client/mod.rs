@@ -8,7 +8,8 @@
 //! * sends with [`RelayClient::send`] — synchronous, never blocks: the frame
 //!   is encoded straight into a bounded outgoing buffer (no allocation per
 //!   packet) that a writer task flushes in batches; when the buffer is full
-//!   the packet is dropped and counted. Packets sent while (re)connecting
+//!   the packet is dropped and counted (the same [`crate::proto::FrameBuffer`]
+//!   as a client's queue on the server). Packets sent while (re)connecting
 //!   wait in that buffer and go out right after the login;
 //! * receives [`Event`]s from the channel `start` returns: packets (the
 //!   source node key and a `Bytes` slice of the read buffer, no copy),
@@ -35,7 +36,8 @@ use weft_types::{NodePrivate, NodePublic};
 use crate::clock::now;
 use crate::net::{self, Stream, Target};
 use crate::proto::client::{ClientCore, ClientEvent, ClientOptions, Received};
-use crate::proto::frame::{self, Frame, PeerGoneReason, encode_send_packet, packet_frame_len};
+use crate::proto::frame::{self, Frame, PeerGoneReason, packet_frame_len};
+use crate::proto::queue::{FrameBuffer, Push};
 use crate::proto::{DERP_PATH, FRAME_HEADER_LEN, MAX_FRAME_FROM_SERVER, MAX_PACKET_SIZE};
 
 /// A relay server to connect to (one node of a relay region).
@@ -239,7 +241,7 @@ struct Shared {
     stop: CancellationToken,
     // --- behind their own locks, each held briefly
     /// Encoded `SendPacket` frames waiting for the writer.
-    out: Mutex<OutBuf>,
+    out: Mutex<FrameBuffer>,
     /// The current connection's core (`None` between connections).
     core: Mutex<Option<ClientCore>>,
     /// Pings waiting for their pong.
@@ -254,12 +256,6 @@ struct Shared {
     connected: AtomicBool,
     preferred: AtomicBool,
     counters: Counters,
-}
-
-struct OutBuf {
-    buf: BytesMut,
-    /// Packets in `buf`, counted as lost if the connection breaks.
-    packets: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -302,14 +298,12 @@ impl RelayClient {
             addrs: config.relay.addrs.clone(),
             tls,
         };
+        let send_limit = config.send_buffer.max(packet_frame_len(MAX_PACKET_SIZE));
         let shared = Arc::new(Shared {
             key: config.node_key.public(),
-            send_limit: config.send_buffer.max(packet_frame_len(MAX_PACKET_SIZE)),
+            send_limit,
             stop: CancellationToken::new(),
-            out: Mutex::new(OutBuf {
-                buf: BytesMut::with_capacity(config.send_buffer.min(1 << 20)),
-                packets: 0,
-            }),
+            out: Mutex::new(FrameBuffer::new(send_limit)),
             core: Mutex::new(None),
             pings: Mutex::new(BTreeMap::new()),
             server_key: Mutex::new(None),
@@ -349,16 +343,10 @@ impl RelayClient {
             return Err(SendError::TooLarge);
         }
         let c = &self.shared.counters;
-        {
-            let mut out = lock(&self.shared.out);
-            if out.buf.len() + packet_frame_len(packet.len()) > self.shared.send_limit {
-                drop(out);
-                c.dropped_buffer_full.fetch_add(1, Ordering::Relaxed);
-                return Err(SendError::BufferFull);
-            }
-            // Checked above.
-            let _ = encode_send_packet(&mut out.buf, dst, packet);
-            out.packets += 1;
+        let pushed = lock(&self.shared.out).push_packet(&Frame::SendPacket { dst: *dst, packet });
+        if let Push::Dropped { .. } = pushed {
+            c.dropped_buffer_full.fetch_add(1, Ordering::Relaxed);
+            return Err(SendError::BufferFull);
         }
         c.packets_sent.fetch_add(1, Ordering::Relaxed);
         c.bytes_sent
@@ -373,7 +361,7 @@ impl RelayClient {
     pub async fn writable(&self) {
         loop {
             let drained = self.shared.drained.notified();
-            if lock(&self.shared.out).buf.len() < self.shared.send_limit / 2
+            if lock(&self.shared.out).len() < self.shared.send_limit / 2
                 || self.shared.stop.is_cancelled()
             {
                 return;
@@ -572,11 +560,7 @@ async fn connect_and_serve(
     };
     // Frames still buffered were encoded for the old connection; the next
     // one starts from what callers send next.
-    let mut out = lock(&shared.out);
-    let lost = out.packets;
-    out.buf.clear();
-    out.packets = 0;
-    drop(out);
+    let lost = lock(&shared.out).clear();
     shared
         .counters
         .dropped_disconnected
@@ -809,11 +793,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         };
         let mut packets = 0;
         if connected {
-            let mut out = lock(&shared.out);
-            std::mem::swap(&mut out.buf, &mut spare);
-            packets = out.packets;
-            out.packets = 0;
-            drop(out);
+            packets = lock(&shared.out).take_into(&mut spare).packets;
             shared.drained.notify_waiters();
         }
         if !control.is_empty() || !spare.is_empty() {

@@ -13,8 +13,8 @@
 //! * [`server`]: what a server does with one client's frames once it is in.
 //! * [`routes`]: the server's routing state ([`Routes`]): node key →
 //!   connection, duplicate keys, who gets `PeerGone` when a peer leaves.
-//! * [`queue`]: [`BoundedQueue`], a client's send queue that drops its
-//!   oldest packet when full and counts it.
+//! * [`queue`]: [`FrameBuffer`], the encoded frames waiting for one
+//!   connection, bounded in bytes, drops counted.
 //!
 //! Login, as the server sees it:
 //! ```text
@@ -39,7 +39,7 @@ pub mod server;
 pub use client::{ClientCore, ClientError, ClientEvent, ClientOptions, Received};
 pub use frame::{Frame, FrameError, FrameType, PeerGoneReason};
 pub use login::{ClientInfo, LoginError, ServerInfo};
-pub use queue::{BoundedQueue, Push};
+pub use queue::{FrameBuffer, Push, Taken};
 pub use routes::{ConnId, Lookup, RouteChanges, Routes};
 
 use std::time::Duration;

@@ -1,100 +1,140 @@
-//! A client's send queue on the server: bounded, and when full it drops the
-//! oldest packet to make room for the newest (derp's "queue head" drop),
-//! because a fresh packet is worth more to WireGuard and to real-time
-//! traffic than a stale one. Every drop is counted, and so is every
-//! *overflow*: a run of drops between two moments the queue had room.
+//! [`FrameBuffer`]: the frames waiting to be written to one connection,
+//! already encoded, bounded in bytes. Used for a client's send queue on the
+//! server and for the outgoing packets of the relay client.
 //!
-//! Storage is allocated once, at the capacity; pushing and draining never
-//! allocate.
+//! Packets are copied in (one `memcpy`, into storage the buffer owns and
+//! reuses), so what a connection holds is exactly its own bytes: a slow
+//! receiver pins at most `limit` bytes, never the read buffers of the
+//! clients that sent to it. When the next packet does not fit, it is
+//! dropped and counted (tail drop: the queue is short, the drop rate is what
+//! matters), and so is each *overflow*, a run of drops between two moments
+//! the buffer had room. Control frames (`Pong`, `PeerGone`, ...) may use a
+//! small reserve above the limit, so a full queue of packets does not
+//! silence them.
+//!
+//! The writer takes everything at once with [`FrameBuffer::take_into`],
+//! which swaps the storage with the writer's (empty) one: no copy, and once
+//! both have grown to their working size, no allocation.
 
-use std::collections::VecDeque;
+use bytes::BytesMut;
 
-/// The outcome of [`BoundedQueue::push`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum Push<T> {
-    /// Queued; nothing was dropped.
+use super::frame::Frame;
+
+/// Bytes above the limit that control frames may use.
+pub const CONTROL_RESERVE: usize = 8 << 10;
+
+/// The outcome of [`FrameBuffer::push_packet`].
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Push {
+    /// Queued.
     Queued,
-    /// The queue was full: the oldest item was dropped (returned, for
-    /// accounting) and the new one queued.
-    DroppedOldest(T),
+    /// Dropped: the buffer was full. `new_overflow` if this drop started an
+    /// overflow.
+    Dropped {
+        /// This drop started a new overflow.
+        new_overflow: bool,
+    },
 }
 
-/// A bounded FIFO that drops its oldest item when full.
+/// What [`FrameBuffer::take_into`] handed over.
+#[derive(Debug, PartialEq, Eq, Clone, Copy, Default)]
+pub struct Taken {
+    /// Packet frames.
+    pub packets: u64,
+    /// Their packet bytes (payload, without framing).
+    pub packet_bytes: u64,
+}
+
+/// Encoded frames for one connection, at most `limit` bytes of packets.
 #[derive(Debug)]
-pub struct BoundedQueue<T> {
-    items: VecDeque<T>,
-    capacity: usize,
+pub struct FrameBuffer {
+    buf: BytesMut,
+    limit: usize,
+    taken: Taken,
     dropped: u64,
     overflows: u64,
-    /// Whether the last push dropped; a new overflow starts at the next drop
-    /// after the queue had room again.
     overflowing: bool,
 }
 
-impl<T> BoundedQueue<T> {
-    /// Creates a queue holding at most `capacity` items (at least 1).
-    pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
-        BoundedQueue {
-            items: VecDeque::with_capacity(capacity),
-            capacity,
+impl FrameBuffer {
+    /// Creates an empty buffer for at most `limit` bytes of frames (at least
+    /// one frame always fits, however large).
+    pub fn new(limit: usize) -> Self {
+        FrameBuffer {
+            buf: BytesMut::new(),
+            limit,
+            taken: Taken::default(),
             dropped: 0,
             overflows: 0,
             overflowing: false,
         }
     }
 
-    /// Appends `item`, dropping the oldest item if the queue is full.
-    pub fn push(&mut self, item: T) -> Push<T> {
-        if self.items.len() < self.capacity {
-            self.items.push_back(item);
+    /// Appends a packet frame (`SendPacket` or `RecvPacket`) unless it would
+    /// take the buffer past its limit.
+    pub fn push_packet(&mut self, frame: &Frame<'_>) -> Push {
+        let len = frame.encoded_len();
+        if !self.buf.is_empty() && self.buf.len() + len > self.limit {
+            self.dropped += 1;
+            let new_overflow = !self.overflowing;
+            if new_overflow {
+                self.overflowing = true;
+                self.overflows += 1;
+            }
+            return Push::Dropped { new_overflow };
+        }
+        frame.encode(&mut self.buf);
+        self.overflowing = false;
+        self.taken.packets += 1;
+        self.taken.packet_bytes += (len - super::FRAME_HEADER_LEN - super::KEY_LEN) as u64;
+        Push::Queued
+    }
+
+    /// Appends a control frame, which may use [`CONTROL_RESERVE`] above the
+    /// limit. Returns `false` (dropped) if even that is full.
+    pub fn push_control(&mut self, frame: &Frame<'_>) -> bool {
+        let len = frame.encoded_len();
+        if !self.buf.is_empty() && self.buf.len() + len > self.limit + CONTROL_RESERVE {
+            return false;
+        }
+        frame.encode(&mut self.buf);
+        true
+    }
+
+    /// Hands every queued frame to the writer: swaps the storage with `out`
+    /// (which the writer has emptied; its capacity is reused here).
+    pub fn take_into(&mut self, out: &mut BytesMut) -> Taken {
+        debug_assert!(out.is_empty(), "the writer hands back an empty buffer");
+        out.clear();
+        std::mem::swap(&mut self.buf, out);
+        if !out.is_empty() {
             self.overflowing = false;
-            return Push::Queued;
         }
-        self.dropped += 1;
-        if !self.overflowing {
-            self.overflowing = true;
-            self.overflows += 1;
-        }
-        let oldest = self.items.pop_front();
-        self.items.push_back(item);
-        match oldest {
-            Some(old) => Push::DroppedOldest(old),
-            // capacity >= 1 and the queue was full, so it held an item.
-            None => Push::Queued,
-        }
+        std::mem::take(&mut self.taken)
     }
 
-    /// Moves up to `max` items, oldest first, to the end of `out`.
-    pub fn drain_into(&mut self, out: &mut Vec<T>, max: usize) {
-        let n = max.min(self.items.len());
-        out.extend(self.items.drain(..n));
-        if n > 0 {
-            self.overflowing = false;
-        }
+    /// Discards everything queued; returns how many packets that was.
+    pub fn clear(&mut self) -> u64 {
+        self.buf.clear();
+        std::mem::take(&mut self.taken).packets
     }
 
-    /// Removes and returns every queued item (at close, to count them).
-    pub fn take_all(&mut self) -> impl Iterator<Item = T> + '_ {
-        self.items.drain(..)
-    }
-
-    /// Returns the number of queued items.
+    /// Returns the queued bytes.
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.buf.len()
     }
 
     /// Returns whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.buf.is_empty()
     }
 
-    /// Returns the capacity.
-    pub fn capacity(&self) -> usize {
-        self.capacity
+    /// Returns the limit.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
-    /// Returns how many items were dropped because the queue was full.
+    /// Returns how many packets were dropped because the buffer was full.
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
@@ -108,56 +148,114 @@ impl<T> BoundedQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::frame::{Frame, packet_frame_len};
+    use weft_types::NodePublic;
+
+    fn packet(b: u8, len: usize) -> (NodePublic, Vec<u8>) {
+        (NodePublic::from_bytes([b; 32]), vec![b; len])
+    }
+
+    fn recv<'a>(p: &'a (NodePublic, Vec<u8>)) -> Frame<'a> {
+        Frame::RecvPacket {
+            src: p.0,
+            packet: &p.1,
+        }
+    }
 
     #[test]
-    fn a_full_queue_drops_its_oldest_item_and_counts_it() {
-        let mut q = BoundedQueue::new(3);
-        for i in 0..3 {
-            assert_eq!(q.push(i), Push::Queued);
+    fn packets_beyond_the_limit_are_dropped_and_counted() {
+        let frame = packet_frame_len(100);
+        let mut q = FrameBuffer::new(3 * frame);
+        let p = packet(1, 100);
+        for _ in 0..3 {
+            assert_eq!(q.push_packet(&recv(&p)), Push::Queued);
         }
-        assert_eq!(q.push(3), Push::DroppedOldest(0));
-        assert_eq!(q.push(4), Push::DroppedOldest(1));
-        assert_eq!((q.dropped(), q.overflows()), (2, 1));
-        let mut out = Vec::new();
-        q.drain_into(&mut out, 10);
-        assert_eq!(out, vec![2, 3, 4], "the newest packets survive, in order");
+        assert_eq!(
+            q.push_packet(&recv(&p)),
+            Push::Dropped { new_overflow: true }
+        );
+        assert_eq!(
+            q.push_packet(&recv(&p)),
+            Push::Dropped {
+                new_overflow: false
+            }
+        );
+        assert_eq!((q.dropped(), q.overflows(), q.len()), (2, 1, 3 * frame));
+    }
+
+    #[test]
+    fn the_writer_takes_everything_in_order_and_the_storage_is_reused() {
+        let mut q = FrameBuffer::new(1 << 20);
+        let (a, b) = (packet(1, 10), packet(2, 20));
+        q.push_packet(&recv(&a));
+        q.push_control(&Frame::Pong { data: [9; 8] });
+        q.push_packet(&recv(&b));
+        let mut out = BytesMut::with_capacity(4096);
+        let cap = out.capacity();
+        let taken = q.take_into(&mut out);
+        assert_eq!(
+            taken,
+            Taken {
+                packets: 2,
+                packet_bytes: 30
+            }
+        );
+        assert!(q.is_empty());
+        let (f1, n1) = Frame::decode(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(f1, recv(&a));
+        let (f2, n2) = Frame::decode(&out[n1..], 1 << 20).unwrap().unwrap();
+        assert_eq!(f2, Frame::Pong { data: [9; 8] });
+        let (f3, _) = Frame::decode(&out[n1 + n2..], 1 << 20).unwrap().unwrap();
+        assert_eq!(f3, recv(&b));
+        // The writer's old storage is now the queue's: no allocation for the
+        // next frames up to its capacity.
+        let before = q.buf.capacity();
+        assert_eq!(before, cap);
+        q.push_packet(&recv(&a));
+        assert_eq!(q.buf.capacity(), before);
     }
 
     #[test]
     fn overflows_count_runs_of_drops_not_drops() {
-        let mut q = BoundedQueue::new(2);
-        let mut out = Vec::new();
-        for round in 0..3 {
-            for i in 0..5 {
-                q.push(round * 10 + i);
+        let frame = packet_frame_len(100);
+        let mut q = FrameBuffer::new(2 * frame);
+        let p = packet(1, 100);
+        let mut out = BytesMut::new();
+        for _ in 0..3 {
+            for _ in 0..5 {
+                q.push_packet(&recv(&p));
             }
-            q.drain_into(&mut out, 1);
+            out.clear();
+            q.take_into(&mut out);
         }
-        // Each round: 3 drops (the first round fills 2, the later ones find
-        // 1 slot free after draining one).
-        assert_eq!(q.overflows(), 3);
-        assert_eq!(q.dropped(), 3 + 4 + 4);
+        assert_eq!((q.overflows(), q.dropped()), (3, 9));
     }
 
     #[test]
-    fn draining_is_bounded_and_ordered() {
-        let mut q = BoundedQueue::new(8);
-        for i in 0..8 {
-            q.push(i);
+    fn control_frames_use_a_reserve_above_a_full_queue() {
+        let frame = packet_frame_len(100);
+        let mut q = FrameBuffer::new(frame);
+        let p = packet(1, 100);
+        assert_eq!(q.push_packet(&recv(&p)), Push::Queued);
+        assert!(matches!(q.push_packet(&recv(&p)), Push::Dropped { .. }));
+        let gone = Frame::PeerGone {
+            peer: p.0,
+            reason: crate::proto::frame::PeerGoneReason::Disconnected,
+        };
+        let fits = CONTROL_RESERVE / gone.encoded_len();
+        for _ in 0..fits {
+            assert!(q.push_control(&gone));
         }
-        let mut out = Vec::new();
-        q.drain_into(&mut out, 3);
-        assert_eq!(out, vec![0, 1, 2]);
-        assert_eq!(q.len(), 5);
-        assert_eq!(q.take_all().collect::<Vec<_>>(), vec![3, 4, 5, 6, 7]);
+        assert!(!q.push_control(&gone), "the reserve is bounded too");
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_limit_still_goes_through_an_empty_buffer() {
+        let mut q = FrameBuffer::new(100);
+        let big = packet(3, 1000);
+        assert_eq!(q.push_packet(&recv(&big)), Push::Queued);
+        assert!(matches!(q.push_packet(&recv(&big)), Push::Dropped { .. }));
+        assert_eq!(q.clear(), 1);
         assert!(q.is_empty());
-    }
-
-    #[test]
-    fn a_zero_capacity_is_one() {
-        let mut q = BoundedQueue::new(0);
-        assert_eq!(q.capacity(), 1);
-        assert_eq!(q.push('a'), Push::Queued);
-        assert_eq!(q.push('b'), Push::DroppedOldest('a'));
     }
 }

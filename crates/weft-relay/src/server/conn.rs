@@ -1,21 +1,21 @@
 //! One client connection on the server: the login, then two tasks — the
-//! reader (this connection's frames: packets routed straight into their
-//! destination's queue) and the writer (this connection's queue, written in
-//! batches).
+//! reader (this connection's frames: a packet is copied straight into its
+//! destination's [`FrameBuffer`], already encoded as the `RecvPacket` the
+//! destination will read) and the writer (takes its buffer whole and writes
+//! it with one call).
 //!
-//! Buffers: the reader reads into one `BytesMut`; a packet is a `Bytes`
-//! slice of it (no copy, no allocation per packet; a new chunk is allocated
-//! only when all slices of the old one are still queued somewhere). The
-//! writer encodes a batch into one reused buffer and writes it with one
-//! call.
+//! Buffers: the reader's buffer is reused in place (nothing keeps a
+//! reference into it), each connection's queue is bounded in bytes and owns
+//! its storage, and the writer swaps its storage with the queue's. In steady
+//! state nothing is allocated per packet.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -25,9 +25,9 @@ use weft_types::NodePublic;
 use super::Inner;
 use crate::clock::now;
 use crate::metrics::{DropReason, RefuseReason};
-use crate::proto::frame::{self, Frame, FrameType, PeerGoneReason};
+use crate::proto::frame::{self, Frame, PeerGoneReason};
 use crate::proto::login::ClientInfo;
-use crate::proto::queue::{BoundedQueue, Push};
+use crate::proto::queue::{FrameBuffer, Push, Taken};
 use crate::proto::routes::ConnId;
 use crate::proto::server::{Action, ServerLogin, classify};
 use crate::proto::{FRAME_HEADER_LEN, KEY_LEN, MAX_FRAME_FROM_CLIENT, MAX_PACKET_SIZE};
@@ -35,47 +35,23 @@ use crate::proto::{FRAME_HEADER_LEN, KEY_LEN, MAX_FRAME_FROM_CLIENT, MAX_PACKET_
 /// The largest frame an admitted client may send: a `SendPacket` of the
 /// largest packet.
 const MAX_FRAME_AFTER_LOGIN: usize = KEY_LEN + MAX_PACKET_SIZE;
-/// Bytes the reader asks the socket for at least per read.
-const READ_CHUNK: usize = 256 << 10;
-/// The writer flushes its buffer once it holds this much.
-const WRITE_CHUNK: usize = 256 << 10;
-/// At most this many control frames wait per connection; more are dropped.
-const MAX_CONTROL: usize = 64;
+/// The reader keeps at least this much room for the next read.
+const READ_ROOM: usize = 64 << 10;
 /// How long a closing connection may take to write its last control frames.
 const CLOSE_GRACE: Duration = Duration::from_millis(250);
 /// `PeerGone(NotHere)` answers per connection: a burst of 3, then 1/s.
 const NOT_HERE_BURST: f64 = 3.0;
 
-/// A frame the writer sends that is not a packet.
-#[derive(Debug)]
-pub(crate) enum Control {
-    Pong([u8; 8]),
-    PeerGone(NodePublic, PeerGoneReason),
-    Health(String),
-    Restarting {
-        reconnect_in: Duration,
-        try_for: Duration,
-    },
-}
-
-/// A packet queued for this connection.
-pub(crate) struct Packet {
-    src: NodePublic,
-    data: Bytes,
-}
-
-struct Queues {
-    packets: BoundedQueue<Packet>,
-    control: VecDeque<Control>,
+struct Pending {
+    frames: FrameBuffer,
     closed: bool,
 }
 
 /// What happened to a packet handed to [`Conn::enqueue`].
 pub(crate) enum Enqueued {
     Queued,
-    /// Queued, but the oldest packet was dropped; `true` if this started an
-    /// overflow.
-    DroppedOldest(bool),
+    /// Dropped: the queue was full; `true` if this started an overflow.
+    Dropped(bool),
     /// The connection is closing.
     Closed,
 }
@@ -88,7 +64,7 @@ pub(crate) struct Conn {
     pub key: NodePublic,
     pub remote: Option<SocketAddr>,
     // --- shared, behind their own synchronisation
-    queues: Mutex<Queues>,
+    pending: Mutex<Pending>,
     wake: Notify,
     closed: CancellationToken,
     /// One of several connections of its key (then every frame it sends
@@ -98,14 +74,13 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn new(id: ConnId, key: NodePublic, remote: Option<SocketAddr>, depth: usize) -> Self {
+    fn new(id: ConnId, key: NodePublic, remote: Option<SocketAddr>, queue_bytes: usize) -> Self {
         Conn {
             id,
             key,
             remote,
-            queues: Mutex::new(Queues {
-                packets: BoundedQueue::new(depth),
-                control: VecDeque::new(),
+            pending: Mutex::new(Pending {
+                frames: FrameBuffer::new(queue_bytes),
                 closed: false,
             }),
             wake: Notify::new(),
@@ -115,42 +90,46 @@ impl Conn {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
-        self.queues
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a packet from `src`.
-    pub fn enqueue(&self, src: NodePublic, data: Bytes) -> Enqueued {
-        let mut q = self.lock();
-        if q.closed {
+    /// Queues `packet` from `src`, encoded as the `RecvPacket` to write.
+    pub fn enqueue(&self, src: &NodePublic, packet: &[u8]) -> Enqueued {
+        let mut p = self.lock();
+        if p.closed {
             return Enqueued::Closed;
         }
-        let before = q.packets.overflows();
-        let r = q.packets.push(Packet { src, data });
-        let started = q.packets.overflows() != before;
-        drop(q);
-        self.wake.notify_one();
+        let r = p
+            .frames
+            .push_packet(&Frame::RecvPacket { src: *src, packet });
+        drop(p);
         match r {
-            Push::Queued => Enqueued::Queued,
-            Push::DroppedOldest(_) => Enqueued::DroppedOldest(started),
+            Push::Queued => {
+                self.wake.notify_one();
+                Enqueued::Queued
+            }
+            Push::Dropped { new_overflow } => Enqueued::Dropped(new_overflow),
         }
     }
 
-    /// Queues a control frame (dropped if too many wait).
-    pub fn control(&self, c: Control) {
-        let mut q = self.lock();
-        if q.closed || q.control.len() >= MAX_CONTROL {
-            return;
+    /// Queues a control frame; returns `false` if it was dropped (the
+    /// queue's control reserve is full, or the connection is closing).
+    pub fn control(&self, frame: &Frame<'_>) -> bool {
+        let mut p = self.lock();
+        if p.closed {
+            return false;
         }
-        q.control.push_back(c);
-        drop(q);
+        let ok = p.frames.push_control(frame);
+        drop(p);
         self.wake.notify_one();
+        ok
     }
 
-    /// Closes the connection: both tasks stop; control frames already queued
-    /// (a `Health` telling why, `Restarting`) get a short grace to go out.
+    /// Closes the connection: both tasks stop; what is already queued (a
+    /// `Health` telling why, `Restarting`) gets a short grace to go out.
     pub fn close(&self) {
         self.closed.cancel();
         self.wake.notify_one();
@@ -291,7 +270,7 @@ async fn run<R, W>(
 {
     let epoch = inner.revocation_epoch();
     let id = inner.next_conn_id();
-    let conn = Arc::new(Conn::new(id, key, remote, inner.config.queue_depth));
+    let conn = Arc::new(Conn::new(id, key, remote, inner.config.queue_bytes));
     inner.register(&conn);
     // A revocation between the admission check and the registration must not
     // be missed: check again if one happened.
@@ -311,7 +290,7 @@ async fn run<R, W>(
     inner.unregister(&conn);
     let _ = writer.await;
     // Whatever is still queued will never be written.
-    let left = conn.lock().packets.take_all().count() as u64;
+    let left = conn.lock().frames.clear();
     inner.stats.dropped(DropReason::Gone, left);
     tracing::debug!(conn = id, remote = ?conn.remote, "relay client disconnected");
 }
@@ -359,6 +338,8 @@ where
 /// Counters a reader keeps locally and adds to the server's per read.
 #[derive(Default)]
 struct ReadBatch {
+    /// Destinations this connection has sent to (kept across batches).
+    noted: HashSet<ConnId>,
     packets: u64,
     bytes: u64,
     unknown_dest: u64,
@@ -401,22 +382,25 @@ where
         tokens: NOT_HERE_BURST,
         last: now(),
     };
+    let mut batch = ReadBatch::default();
     loop {
-        let mut batch = ReadBatch::default();
         let r = handle_frames(inner, conn, &mut buf, &mut batch, &mut not_here);
-        inner.stats.packets_in(batch.packets, batch.bytes);
-        inner
-            .stats
-            .dropped(DropReason::UnknownDest, batch.unknown_dest);
-        inner
-            .stats
-            .dropped(DropReason::DuplicateClient, batch.duplicate);
-        inner.stats.dropped(DropReason::QueueFull, batch.queue_full);
-        inner.stats.dropped(DropReason::Gone, batch.gone);
-        inner.stats.overflowed(batch.overflows);
+        let s = &inner.stats;
+        s.packets_in(batch.packets, batch.bytes);
+        s.dropped(DropReason::UnknownDest, batch.unknown_dest);
+        s.dropped(DropReason::DuplicateClient, batch.duplicate);
+        s.dropped(DropReason::QueueFull, batch.queue_full);
+        s.dropped(DropReason::Gone, batch.gone);
+        s.overflowed(batch.overflows);
+        batch = ReadBatch {
+            noted: std::mem::take(&mut batch.noted),
+            ..ReadBatch::default()
+        };
         r?;
-        if buf.capacity() - buf.len() < MAX_FRAME_AFTER_LOGIN + FRAME_HEADER_LEN {
-            buf.reserve(READ_CHUNK);
+        // Room for the next read; the space of frames already handled is
+        // reclaimed in place (nothing refers to it any more).
+        if buf.capacity() - buf.len() < READ_ROOM {
+            buf.reserve(READ_ROOM);
         }
         tokio::select! {
             n = rd.read_buf(&mut buf) => {
@@ -442,37 +426,16 @@ fn handle_frames(
             inner.note_activity(conn);
         }
         let total = h.total_len();
-        if h.frame_type == FrameType::SendPacket as u8 && h.len >= KEY_LEN {
-            // The hot path: the packet leaves as a slice of the read buffer.
-            let frame = buf.split_to(total).freeze();
-            let mut dst = [0u8; KEY_LEN];
-            dst.copy_from_slice(&frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + KEY_LEN]);
-            let data = frame.slice(FRAME_HEADER_LEN + KEY_LEN..);
-            route(
-                inner,
-                conn,
-                NodePublic::from_bytes(dst),
-                data,
-                batch,
-                not_here,
-            );
-            continue;
-        }
-        let action = {
-            let f = Frame::parse(h.frame_type, &buf[FRAME_HEADER_LEN..total])?;
-            match classify(f, h.len)? {
-                Action::Forward { .. } | Action::Ignore => None,
-                Action::Pong(data) => Some(Control::Pong(data)),
-                Action::Preferred(p) => {
-                    conn.preferred.store(p, Ordering::Relaxed);
-                    None
-                }
+        let f = Frame::parse(h.frame_type, &buf[FRAME_HEADER_LEN..total])?;
+        match classify(f, h.len)? {
+            Action::Forward { dst, packet } => route(inner, conn, dst, packet, batch, not_here),
+            Action::Pong(data) => {
+                conn.control(&Frame::Pong { data });
             }
-        };
-        buf.advance(total);
-        if let Some(c) = action {
-            conn.control(c);
+            Action::Preferred(p) => conn.preferred.store(p, Ordering::Relaxed),
+            Action::Ignore => {}
         }
+        buf.advance(total);
     }
     Ok(())
 }
@@ -481,25 +444,30 @@ fn route(
     inner: &Inner,
     conn: &Conn,
     dst: NodePublic,
-    data: Bytes,
+    packet: &[u8],
     batch: &mut ReadBatch,
     not_here: &mut NotHereLimit,
 ) {
-    let len = data.len() as u64;
-    // Kept for the slow path; a cheap reference count.
-    let disco = weft_disco::is_disco(&data);
-    match inner.active.with(&dst, |d| d.enqueue(conn.key, data)) {
-        Some(Enqueued::Queued) => {
+    let len = packet.len() as u64;
+    match inner
+        .active
+        .with(&dst, |d| (d.id, d.enqueue(&conn.key, packet)))
+    {
+        Some((dst_id, Enqueued::Queued)) => {
             batch.packets += 1;
             batch.bytes += len;
+            // The destination hears PeerGone when we leave. Noted once per
+            // destination, outside the shard lock (the routes lock is
+            // taken before shard locks, never inside one).
+            if batch.noted.insert(dst_id) {
+                inner.note_heard_from(dst_id, conn.key);
+            }
         }
-        Some(Enqueued::DroppedOldest(started)) => {
-            batch.packets += 1;
-            batch.bytes += len;
+        Some((_, Enqueued::Dropped(new_overflow))) => {
             batch.queue_full += 1;
-            batch.overflows += u64::from(started);
+            batch.overflows += u64::from(new_overflow);
         }
-        Some(Enqueued::Closed) => batch.gone += 1,
+        Some((_, Enqueued::Closed)) => batch.gone += 1,
         None => {
             if inner.is_duplicated(&dst) {
                 batch.duplicate += 1;
@@ -507,8 +475,14 @@ fn route(
                 batch.unknown_dest += 1;
                 // derp tells a sender that its peer is not here, but only in
                 // answer to disco (path discovery) and rate-limited.
-                if disco && not_here.allow(now()) {
-                    conn.control(Control::PeerGone(dst, PeerGoneReason::NotHere));
+                if weft_disco::is_disco(packet) && not_here.allow(now()) {
+                    let gone = Frame::PeerGone {
+                        peer: dst,
+                        reason: PeerGoneReason::NotHere,
+                    };
+                    if conn.control(&gone) {
+                        inner.stats.peer_gone_sent(true);
+                    }
                 }
             }
         }
@@ -519,13 +493,9 @@ async fn write_loop<W>(inner: Arc<Inner>, conn: Arc<Conn>, mut wr: W, server_inf
 where
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::with_capacity(WRITE_CHUNK + MAX_FRAME_AFTER_LOGIN);
+    let mut out = BytesMut::with_capacity(server_info.len());
     out.extend_from_slice(&server_info);
-    let depth = inner.config.queue_depth;
-    let mut packets: Vec<Packet> = Vec::with_capacity(depth);
-    let mut controls: Vec<Control> = Vec::new();
-    let mut heard: HashSet<NodePublic> = HashSet::new();
-    let mut last_src: Option<NodePublic> = None;
+    let mut taken = Taken::default();
     let mut keepalive = {
         let jitter = Duration::from_millis(rand::random::<u64>() % 5000);
         let period = inner.config.keepalive;
@@ -533,49 +503,8 @@ where
     };
     let write_timeout = inner.config.write_timeout;
     loop {
-        let closing = conn.closed.is_cancelled();
-        {
-            let mut q = conn.lock();
-            if !closing {
-                q.packets.drain_into(&mut packets, depth);
-            }
-            controls.extend(q.control.drain(..));
-            if closing {
-                q.closed = true;
-            }
-        }
-        for c in controls.drain(..) {
-            encode_control(&inner, &c, &mut out);
-        }
-        let (mut n, mut bytes) = (0u64, 0u64);
-        for p in &packets {
-            if last_src != Some(p.src) {
-                last_src = Some(p.src);
-                if heard.insert(p.src) {
-                    inner.note_heard_from(&conn, p.src);
-                }
-            }
-            Frame::RecvPacket {
-                src: p.src,
-                packet: &p.data,
-            }
-            .encode(&mut out);
-            n += 1;
-            bytes += p.data.len() as u64;
-            if out.len() >= WRITE_CHUNK {
-                // Flush mid-batch so a batch of large packets does not grow
-                // the buffer without bound.
-                if write(&mut wr, &mut out, write_timeout).await.is_err() {
-                    inner
-                        .stats
-                        .dropped(DropReason::WriteError, packets.len() as u64);
-                    conn.close();
-                    return;
-                }
-            }
-        }
-        packets.clear();
         if !out.is_empty() {
+            let closing = conn.closed.is_cancelled();
             let limit = if closing { CLOSE_GRACE } else { write_timeout };
             let ok = tokio::select! {
                 r = write(&mut wr, &mut out, limit) => r.is_ok(),
@@ -584,56 +513,35 @@ where
             if !ok {
                 if !conn.closed.is_cancelled() {
                     tracing::debug!(conn = conn.id, "relay write failed or timed out; closing");
-                    inner.stats.dropped(DropReason::WriteError, n);
+                    inner.stats.dropped(DropReason::WriteError, taken.packets);
                     conn.close();
                 }
                 return;
             }
-            inner.stats.packets_out(n, bytes);
+            inner.stats.packets_out(taken.packets, taken.packet_bytes);
+        }
+        let closing = conn.closed.is_cancelled();
+        taken = {
+            let mut p = conn.lock();
+            if closing {
+                p.closed = true;
+            }
+            p.frames.take_into(&mut out)
+        };
+        if !out.is_empty() {
+            continue;
         }
         if closing {
             let _ = tokio::time::timeout(CLOSE_GRACE, wr.shutdown()).await;
             return;
         }
-        let empty = {
-            let q = conn.lock();
-            q.packets.is_empty() && q.control.is_empty()
-        };
-        if empty {
-            tokio::select! {
-                () = conn.wake.notified() => {}
-                _ = keepalive.tick() => Frame::KeepAlive.encode(&mut out),
-                () = conn.closed.cancelled() => {}
+        tokio::select! {
+            () = conn.wake.notified() => {}
+            _ = keepalive.tick() => {
+                conn.control(&Frame::KeepAlive);
             }
+            () = conn.closed.cancelled() => {}
         }
-    }
-}
-
-fn encode_control(inner: &Inner, c: &Control, out: &mut BytesMut) {
-    match c {
-        Control::Pong(data) => Frame::Pong { data: *data }.encode(out),
-        Control::PeerGone(peer, reason) => {
-            inner
-                .stats
-                .peer_gone_sent(*reason == PeerGoneReason::NotHere);
-            Frame::PeerGone {
-                peer: *peer,
-                reason: *reason,
-            }
-            .encode(out);
-        }
-        Control::Health(text) => Frame::Health {
-            problem: text.as_bytes(),
-        }
-        .encode(out),
-        Control::Restarting {
-            reconnect_in,
-            try_for,
-        } => Frame::Restarting {
-            reconnect_in: *reconnect_in,
-            try_for: *try_for,
-        }
-        .encode(out),
     }
 }
 

@@ -30,11 +30,11 @@ use weft_types::{NodePrivate, NodePublic};
 
 use crate::admission::{Admission, AdmissionError};
 use crate::metrics::{Stats, StatsSnapshot};
-use crate::proto::frame::PeerGoneReason;
+use crate::proto::frame::{Frame, PeerGoneReason};
 use crate::proto::routes::{ConnId, Lookup, RouteChanges, Routes};
 
 use self::active::ActiveMap;
-use self::conn::{Conn, Control};
+use self::conn::Conn;
 
 /// How a [`RelayServer`] runs.
 pub struct RelayConfig {
@@ -46,8 +46,9 @@ pub struct RelayConfig {
     /// connections of refused keys (`None`: only at login; an owner that
     /// calls [`RelayServer::revoke`] on changes needs no polling).
     pub reverify_every: Option<Duration>,
-    /// Packets queued per client before the oldest is dropped.
-    pub queue_depth: usize,
+    /// Bytes of frames queued per client before its packets are dropped
+    /// (the queue owns its bytes: a slow client holds at most this much).
+    pub queue_bytes: usize,
     /// Time from the upgrade to a `ClientInfo`.
     pub login_timeout: Duration,
     /// Time an admission check may take.
@@ -60,15 +61,16 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
-    /// Returns the defaults around a key and an admission: queue of 256
-    /// packets, 10 s login, 5 s admission, 2 s write timeout, 60 s
-    /// keep-alive, no periodic re-verification.
+    /// Returns the defaults around a key and an admission: 256 KiB queue per
+    /// client (about 200 packets of 1,280 bytes), 10 s login, 5 s
+    /// admission, 2 s write timeout, 60 s keep-alive, no periodic
+    /// re-verification.
     pub fn new(private_key: NodePrivate, admission: Arc<dyn Admission>) -> Self {
         RelayConfig {
             private_key,
             admission,
             reverify_every: None,
-            queue_depth: 256,
+            queue_bytes: 256 << 10,
             login_timeout: Duration::from_secs(10),
             admission_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(2),
@@ -82,7 +84,7 @@ impl std::fmt::Debug for RelayConfig {
         f.debug_struct("RelayConfig")
             .field("public_key", &self.private_key.public())
             .field("reverify_every", &self.reverify_every)
-            .field("queue_depth", &self.queue_depth)
+            .field("queue_bytes", &self.queue_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -247,7 +249,7 @@ impl RelayServer {
         let conns = self.inner.lock_routes().all_connections();
         for c in conns {
             if let Some(r) = restarting {
-                c.control(Control::Restarting {
+                c.control(&Frame::Restarting {
                     reconnect_in: r.reconnect_in,
                     try_for: r.try_for,
                 });
@@ -305,7 +307,13 @@ impl Inner {
             conn.is_duplicate.store(dup, Ordering::Relaxed);
         }
         for (conn, peer) in changes.peer_gone {
-            conn.control(Control::PeerGone(peer, PeerGoneReason::Disconnected));
+            let gone = Frame::PeerGone {
+                peer,
+                reason: PeerGoneReason::Disconnected,
+            };
+            if conn.control(&gone) {
+                self.stats.peer_gone_sent(false);
+            }
         }
     }
 
@@ -331,8 +339,9 @@ impl Inner {
         self.apply(ch);
     }
 
-    pub fn note_heard_from(&self, conn: &Conn, src: NodePublic) {
-        self.lock_routes().note_heard_from(conn.id, src);
+    /// Notes that connection `receiver` got a packet from `src`.
+    pub fn note_heard_from(&self, receiver: ConnId, src: NodePublic) {
+        self.lock_routes().note_heard_from(receiver, src);
     }
 
     /// Returns whether `key` is connected but has no active connection.
@@ -351,9 +360,9 @@ impl Inner {
             conns
         };
         for c in &conns {
-            c.control(Control::Health(
-                "this node key is no longer admitted to this relay".into(),
-            ));
+            c.control(&Frame::Health {
+                problem: b"this node key is no longer admitted to this relay",
+            });
             c.close();
         }
         if !conns.is_empty() {

@@ -39,7 +39,7 @@ async fn echo_run(a: &RelayClient, ea: &mut mpsc::Receiver<Event>, b_key: NodePu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_costs_only_itself() {
     let mut config = RelayConfig::new(NodePrivate::generate(), Arc::new(AdmitAnyKeyInsecure));
-    config.queue_depth = 64;
+    config.queue_bytes = 64 * 1024;
     // Keep the stalled client connected for the whole test (by default a
     // client that takes no write for 2 s is disconnected).
     config.write_timeout = Duration::from_secs(60);
