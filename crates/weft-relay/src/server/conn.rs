@@ -169,13 +169,16 @@ pub(crate) async fn serve<R, W>(
         }
     };
     let span = tracing::debug_span!("relay_client", node = %key.short(), prober = info.is_prober);
+    // Read before admission asks: a revocation of `key` while it answers (or
+    // before the connection is registered) must not be missed.
+    let epoch = inner.revocation_epoch();
     let Some(server_info) = admit(&inner, &login, key, &mut wr)
         .instrument(span.clone())
         .await
     else {
         return;
     };
-    run(inner, key, remote, rd, wr, buf, server_info)
+    run(inner, epoch, key, remote, rd, wr, buf, server_info)
         .instrument(span)
         .await;
 }
@@ -256,8 +259,10 @@ async fn admit<W: AsyncWrite + Unpin>(
 }
 
 /// Serves an admitted connection until it ends.
+#[allow(clippy::too_many_arguments)]
 async fn run<R, W>(
     inner: Arc<Inner>,
+    epoch: u64,
     key: NodePublic,
     remote: Option<SocketAddr>,
     mut rd: R,
@@ -268,12 +273,11 @@ async fn run<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let epoch = inner.revocation_epoch();
     let id = inner.next_conn_id();
     let conn = Arc::new(Conn::new(id, key, remote, inner.config.queue_bytes));
     inner.register(&conn);
-    // A revocation between the admission check and the registration must not
-    // be missed: check again if one happened.
+    // A revocation since admission was asked must not be missed: ask again
+    // if one happened.
     if inner.revocation_epoch() != epoch && !matches!(inner.admit(key).await, Ok(true)) {
         inner.stats.revoked(1);
         conn.close();

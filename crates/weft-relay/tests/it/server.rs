@@ -219,6 +219,63 @@ async fn revoking_a_key_closes_all_its_connections_at_once() {
     assert!(b.is_connected());
 }
 
+/// Answers its first check with what the set held when asked, but only once
+/// the test lets it go (a slow control); later checks answer at once.
+struct SlowFirstAnswer {
+    allowed: AllowedKeys,
+    asked: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    first: std::sync::atomic::AtomicBool,
+}
+
+impl weft_relay::Admission for SlowFirstAnswer {
+    fn verify<'a>(&'a self, keys: &'a [NodePublic]) -> weft_relay::admission::VerifyFuture<'a> {
+        let answer: std::collections::BTreeSet<NodePublic> = keys
+            .iter()
+            .filter(|k| self.allowed.contains(k))
+            .copied()
+            .collect();
+        let first = self.first.swap(false, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if first {
+                self.asked.notify_one();
+                self.release.notified().await;
+            }
+            Ok(answer)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_key_revoked_while_admission_answers_does_not_get_in() {
+    let allowed = AllowedKeys::new();
+    let ka = node_key();
+    allowed.allow(ka.public());
+    let admission = Arc::new(SlowFirstAnswer {
+        allowed: allowed.clone(),
+        asked: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+        first: std::sync::atomic::AtomicBool::new(true),
+    });
+    let relay = start_relay(
+        RelayConfig::new(NodePrivate::generate(), admission.clone()),
+        None,
+    )
+    .await;
+    let mut raw = RawClient::login(relay.addr, &ka).await;
+    tokio::time::timeout(WAIT, admission.asked.notified())
+        .await
+        .expect("admission asked");
+    // The node is removed while admission is still answering "allowed".
+    allowed.disallow(&ka.public());
+    assert_eq!(relay.server.revoke(&ka.public()), 0, "not registered yet");
+    admission.release.notify_one();
+    // The stale "allowed" must not let it stay.
+    raw.frames_until_closed().await;
+    assert!(!relay.server.is_connected(&ka.public()));
+    assert_eq!(relay.server.stats().revocations, 1);
+}
+
 #[tokio::test]
 async fn a_second_connection_of_a_key_takes_over_its_packets() {
     let relay = start_relay(open_config(), None).await;
