@@ -104,6 +104,18 @@ mod attr {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct TxId(pub [u8; 12]);
 
+impl From<[u8; 12]> for TxId {
+    fn from(b: [u8; 12]) -> Self {
+        TxId(b)
+    }
+}
+
+impl From<TxId> for [u8; 12] {
+    fn from(t: TxId) -> Self {
+        t.0
+    }
+}
+
 /// The class of a message (RFC 8489 §5).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Class {
