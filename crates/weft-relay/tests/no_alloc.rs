@@ -6,6 +6,10 @@
 //! remains is the client's read chunk: its packets are handed out as `Bytes`
 //! slices of it, so a new 256 KiB chunk is allocated each time one is used
 //! up (about one per 200 packets of 1,280 bytes).
+//!
+//! A test binary of its own, not a module of `tests/it`: the counting
+//! allocator is process-wide, and the other tests running in parallel in
+//! that binary would allocate into its count.
 #![allow(clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
