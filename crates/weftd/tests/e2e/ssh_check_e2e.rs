@@ -78,7 +78,7 @@ fn up(node: &Node, control: &Control, key: &str, extra: &[&str]) -> anyhow::Resu
         "30s",
     ];
     args.extend(extra);
-    node.weft_ok(args)?;
+    node.weft(args).run()?;
     Ok(())
 }
 
@@ -224,7 +224,8 @@ fn check_holds_the_login_until_its_user_approves_and_a_second_login_within_the_p
             // Bob cannot approve alice's login; ssh keeps waiting.
             let bob = net
                 .control
-                .admin_unchecked(["nodes", "approve", &id, "--user", BOB])?;
+                .admin(["nodes", "approve", &id, "--user", BOB])
+                .run_unchecked()?;
             ensure!(
                 !bob.status.success(),
                 "bob's approval was accepted: {bob:?}"
@@ -241,7 +242,8 @@ fn check_holds_the_login_until_its_user_approves_and_a_second_login_within_the_p
             );
 
             net.control
-                .admin(["nodes", "approve", &id, "--user", ALICE])?;
+                .admin(["nodes", "approve", &id, "--user", ALICE])
+                .run()?;
             let status = held.wait_exit(SECS(30))?;
             let log = held.log();
             ensure!(
@@ -298,7 +300,8 @@ fn a_check_nobody_approves_is_refused_after_the_bound() -> anyhow::Result<()> {
             // Too late to approve now.
             let late = net
                 .control
-                .admin_unchecked(["nodes", "approve", &id, "--user", ALICE])?;
+                .admin(["nodes", "approve", &id, "--user", ALICE])
+                .run_unchecked()?;
             ensure!(
                 !late.status.success(),
                 "a late approval was accepted: {late:?}"

@@ -112,7 +112,7 @@ fn up(node: &Node, control: &Control, key: &str, extra: &[&str]) -> anyhow::Resu
         "30s",
     ];
     args.extend(extra);
-    node.weft_ok(args)?;
+    node.weft(args).run()?;
     Ok(())
 }
 
@@ -389,7 +389,7 @@ fn weft_ssh_logs_in_with_no_keys_and_strict_host_keys_from_the_netmap() -> anyho
             ensure!(!client.path(".ssh").exists(), "the client has a ~/.ssh");
 
             // Over IPv6 too (b listens on both of its tailnet addresses, and on nothing else).
-            let b6 = net.b.weft_ok(["ip", "-6"])?.stdout.trim().to_owned();
+            let b6 = net.b.weft(["ip", "-6"]).run()?.stdout.trim().to_owned();
             let out = weft_ssh(&net, &client, &[&format!("{}@{b6}", target.name), "id -un"])?;
             ok(&out, "weft ssh over IPv6")?;
             ensure!(out.stdout.trim() == target.name, "{out:?}");
@@ -880,13 +880,13 @@ fn garbage_long_names_and_channel_floods_hit_limits_and_ssh_off_closes_the_port(
             ensure!(net.b.backend_state()? == "running", "b is not running");
 
             // --ssh off closes the port (and unpublishes the keys); on again serves again.
-            net.b.weft_ok(["set", "--ssh=false"])?;
+            net.b.weft(["set", "--ssh=false"]).run()?;
             wait_until(SECS(20), "port 22 to close", || {
                 Ok(net.a.netns().tcp_connect(port22, SECS(2)).is_err())
             })?;
             net.a
                 .wait_status(SECS(30), "b's host keys to go", |v| host_keys(v, "b") == 0)?;
-            net.b.weft_ok(["set", "--ssh"])?;
+            net.b.weft(["set", "--ssh"]).run()?;
             wait_ssh_ready(&net)?;
             ok(
                 &ssh(&net, &client, t, &[], &["true"])?,
@@ -894,7 +894,7 @@ fn garbage_long_names_and_channel_floods_hit_limits_and_ssh_off_closes_the_port(
             )?;
 
             // `weft down` stops the server too (the listeners go, not just the tunnel).
-            net.b.weft_ok(["down"])?;
+            net.b.weft(["down"]).run()?;
             wait_until(SECS(20), "b's SSH listeners to go after down", || {
                 Ok(ssh_listeners(&net.b)?.is_empty())
             })?;
@@ -969,7 +969,7 @@ fn a_local_user_cannot_become_root_or_another_user_through_the_nodes_own_address
     with_diagnostics(
         || {
             let a4: std::net::IpAddr = a.ip4()?.into();
-            let a6: std::net::IpAddr = a.weft_ok(["ip", "-6"])?.stdout.trim().parse()?;
+            let a6: std::net::IpAddr = a.weft(["ip", "-6"]).run()?.stdout.trim().parse()?;
             let kh = local.write("self_known_hosts", b"")?;
             let as_local = |login: &str| -> anyhow::Result<Output> {
                 let mut args = self_ssh_opts(&kh);
