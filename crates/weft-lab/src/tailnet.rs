@@ -51,7 +51,7 @@ pub const CONTROL_PORT: u16 = 8080;
 pub const NODE_PORT: u16 = 41641;
 /// How long a daemon gets to answer after it was started.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// The `--timeout` given to `weft up` by [`Node::up_with_key`].
+/// The `--timeout` given to `weft up` by [`Node::up`].
 pub const UP_TIMEOUT: &str = "30s";
 
 /// The three programs of a tailnet.
@@ -860,12 +860,9 @@ impl Node {
         Ok(v["backend_state"].as_str().unwrap_or_default().to_owned())
     }
 
-    /// `weft up --login-server <control> --authkey <key> --hostname <name> --timeout 30s`,
-    /// failing unless it exits 0.
-    ///
-    /// # Errors
-    /// On failure (the error holds the CLI's output).
-    pub fn up_with_key(&self, control: &Control, key: &str) -> Result<Output> {
+    /// Returns the command `weft up --login-server <control> --authkey <key> --hostname <name>
+    /// --timeout 30s`; further flags (`--ssh`, …) go on with [`Cmd::arg`].
+    pub fn up(&self, control: &Control, key: &str) -> Cmd {
         self.weft([
             "up",
             "--login-server",
@@ -877,7 +874,14 @@ impl Node {
             "--timeout",
             UP_TIMEOUT,
         ])
-        .run()
+    }
+
+    /// Runs [`Node::up`], failing unless it exits 0.
+    ///
+    /// # Errors
+    /// On failure (the error holds the CLI's output).
+    pub fn up_with_key(&self, control: &Control, key: &str) -> Result<Output> {
+        self.up(control, key).run()
     }
 
     /// Returns this node's tailnet IPv4 address (`weft ip -4`).
