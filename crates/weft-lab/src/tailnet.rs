@@ -160,6 +160,17 @@ pub struct KeyOptions {
     pub expiration: Option<String>,
 }
 
+impl KeyOptions {
+    /// Returns the options of a reusable key with no tags and the default expiry.
+    #[must_use]
+    pub fn reusable() -> Self {
+        KeyOptions {
+            reusable: true,
+            ..KeyOptions::default()
+        }
+    }
+}
+
 impl<'lab> Tailnet<'lab> {
     /// Creates the underlay (namespace `hub` with bridge `br0`), with binaries from
     /// [`Binaries::discover`].
@@ -311,13 +322,7 @@ impl<'lab> Tailnet<'lab> {
     /// When a step fails; the message holds the CLI output.
     pub fn join(&self, control: &Control, names: &[&str]) -> Result<Vec<Node>> {
         control.ensure_user("alice")?;
-        let key = control.create_key(
-            "alice",
-            &KeyOptions {
-                reusable: true,
-                ..KeyOptions::default()
-            },
-        )?;
+        let key = control.create_key("alice", &KeyOptions::reusable())?;
         let mut nodes = Vec::new();
         for name in names {
             let node = self.node(name)?;
@@ -415,25 +420,12 @@ impl Control {
     /// # Errors
     /// When it cannot be signalled.
     pub fn stop(&self) -> Result<()> {
-        let process = self
-            .process
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(p) = process {
-            p.stop()?;
-        }
-        Ok(())
+        stop_current(&self.process)
     }
 
     /// Returns the server's log so far.
     pub fn log(&self) -> String {
-        self.process
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(Process::report)
-            .unwrap_or_else(|| format!("{}: not running", self.name))
+        current_log(&self.process, &self.name)
     }
 
     /// Returns the admin command `weft-control <args…> --state-dir <dir>` (every admin
@@ -616,6 +608,25 @@ impl Drop for Control {
     }
 }
 
+/// Stops the process in `slot` (SIGTERM, then SIGKILL after [`crate::STOP_GRACE`]), if any,
+/// and empties the slot.
+fn stop_current(slot: &Mutex<Option<Process>>) -> Result<()> {
+    let process = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(p) = process {
+        p.stop()?;
+    }
+    Ok(())
+}
+
+/// Returns the report of the process in `slot`, or that `name` is not running.
+fn current_log(slot: &Mutex<Option<Process>>, name: &str) -> String {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(Process::report)
+        .unwrap_or_else(|| format!("{name}: not running"))
+}
+
 fn json_id(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
@@ -730,15 +741,7 @@ impl Node {
     /// # Errors
     /// When it cannot be signalled.
     pub fn stop(&self) -> Result<()> {
-        let process = self
-            .process
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(p) = process {
-            p.stop()?;
-        }
-        Ok(())
+        stop_current(&self.process)
     }
 
     /// Kills weftd with SIGKILL and waits for it to be gone (its TUN goes with it).
@@ -769,12 +772,7 @@ impl Node {
 
     /// Returns weftd's log so far (all of its starts are separate logs; this is the current one).
     pub fn log(&self) -> String {
-        self.process
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(Process::report)
-            .unwrap_or_else(|| format!("weftd {}: not running", self.name))
+        current_log(&self.process, &format!("weftd {}", self.name))
     }
 
     /// Returns the command `weft --socket <socket> <args…>` in the node's namespace, run as

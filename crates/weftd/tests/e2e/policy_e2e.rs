@@ -558,27 +558,9 @@ fn with_shields_up_a_node_reaches_its_peers_but_no_peer_opens_a_connection_to_it
     let nodes = net.join(&control, &["a", "b"])?;
     let (a, b) = (&nodes[0], &nodes[1]);
     // c comes up with shields already up.
-    let key = control.create_key(
-        "alice",
-        &KeyOptions {
-            reusable: true,
-            ..KeyOptions::default()
-        },
-    )?;
+    let key = control.create_key("alice", &KeyOptions::reusable())?;
     let c = &net.node("c")?;
-    c.weft([
-        "up",
-        "--login-server",
-        &control.url(),
-        "--authkey",
-        &key,
-        "--hostname",
-        "c",
-        "--shields-up",
-        "--timeout",
-        "30s",
-    ])
-    .run()?;
+    c.up(&control, &key).arg("--shields-up").run()?;
     for (n, others) in [(a, ["b", "c"]), (b, ["a", "c"]), (c, ["a", "b"])] {
         n.wait_peers(&others, PROPAGATION)?;
     }

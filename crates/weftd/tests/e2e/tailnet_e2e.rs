@@ -164,13 +164,7 @@ fn a_node_deleted_at_control_vanishes_from_its_peers_and_its_traffic_stops() -> 
 /// The reusable key of user `alice` on `control`.
 fn alice_key(control: &Control) -> anyhow::Result<String> {
     control.ensure_user("alice")?;
-    Ok(control.create_key(
-        "alice",
-        &KeyOptions {
-            reusable: true,
-            ..KeyOptions::default()
-        },
-    )?)
+    Ok(control.create_key("alice", &KeyOptions::reusable())?)
 }
 
 #[test]
@@ -434,13 +428,7 @@ fn two_tailnets_are_two_profiles_switched_by_nickname_without_a_new_login() -> a
         || {
             let p1 = &nodes[0];
             work.ensure_user("bob")?;
-            let work_key = work.create_key(
-                "bob",
-                &KeyOptions {
-                    reusable: true,
-                    ..KeyOptions::default()
-                },
-            )?;
+            let work_key = work.create_key("bob", &KeyOptions::reusable())?;
             q2.up_with_key(&work, &work_key)?;
             p1.weft([
                 "login",
@@ -920,13 +908,7 @@ fn a_non_root_localapi_flood_neither_slows_root_nor_cuts_the_control_connection(
     let net = tailnet(&lab)?;
     let control = net.control("ctl")?;
     control.ensure_user("alice")?;
-    let key = control.create_key(
-        "alice",
-        &KeyOptions {
-            reusable: true,
-            ..KeyOptions::default()
-        },
-    )?;
+    let key = control.create_key("alice", &KeyOptions::reusable())?;
     // f1 starts the way distributions start daemons: 1,024 descriptors, 4,096 allowed.
     let f1 = net.node_with(
         "f1",
