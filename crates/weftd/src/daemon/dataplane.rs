@@ -55,8 +55,11 @@ pub trait DataPlane: Send + 'static {
     fn udp_drops(&self) -> UdpDrops {
         UdpDrops::default()
     }
-    /// Appends the data plane's metrics in Prometheus' text format.
-    fn metrics(&self, _out: &mut String) {}
+    /// Returns the data plane's counters for `GET metrics` (all zero for a
+    /// data plane that counts nothing).
+    fn metrics(&self) -> super::metrics::Snapshot {
+        super::metrics::Snapshot::default()
+    }
     /// Returns why the data plane stopped, if it did.
     fn failure(&self) -> Option<String>;
 }
@@ -213,14 +216,13 @@ impl DataPlane for EngineDataPlane {
         self.tunnel.udp_drops()
     }
 
-    fn metrics(&self, out: &mut String) {
-        super::filter::render_metrics(
-            out,
-            &self.filter.stats(),
-            &self.tunnel.counters(),
-            &self.engine.stats(),
-        );
-        super::tunnel::render_udp_drop_metrics(out, &self.tunnel.udp_drops());
+    fn metrics(&self) -> super::metrics::Snapshot {
+        super::metrics::Snapshot {
+            filter: self.filter.stats(),
+            tunnel: self.tunnel.counters(),
+            engine: self.engine.stats(),
+            udp_drops: self.tunnel.udp_drops(),
+        }
     }
 
     fn failure(&self) -> Option<String> {

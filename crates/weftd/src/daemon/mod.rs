@@ -26,6 +26,7 @@ pub mod dataplane;
 pub mod endpoints;
 pub mod filter;
 pub mod localapi;
+pub mod metrics;
 pub mod netlink;
 pub mod profiles;
 pub mod session;

@@ -82,6 +82,31 @@ impl TestServer {
         .await
         .secret
     }
+
+    /// Starts a server with the member `login`; returns it and a reusable key of `login`'s.
+    pub async fn with_user(login: &str) -> (Self, String) {
+        let t = Self::start().await;
+        t.user(login).await;
+        let key = t.reusable_key(login).await;
+        (t, key)
+    }
+
+    /// GETs `path` from the server (plain HTTP/1.1, connection: close) and returns the whole
+    /// response, head and body.
+    pub async fn http_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(self.server.local_addr())
+            .await
+            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
 }
 
 /// A simulated node: its keys and the session it is in.
@@ -115,6 +140,13 @@ pub fn endpoint(s: &str) -> Endpoint {
 impl TestNode {
     pub fn new(server: &TestServer, name: &str) -> Self {
         Self::for_server(server.url(), server.server.public_key(), name)
+    }
+
+    /// Returns a node called `name` that has joined `server` with `key`.
+    pub async fn joined(server: &TestServer, name: &str, key: &str) -> Self {
+        let mut n = Self::new(server, name);
+        n.join(key).await;
+        n
     }
 
     /// A node of the server at `url` with the static key `server_key`.

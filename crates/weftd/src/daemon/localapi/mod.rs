@@ -378,18 +378,15 @@ async fn whois_h(
     Ok(Json(w).into_response())
 }
 
-/// `GET metrics`: Prometheus text (filter drops, tunnel packets and bytes).
+/// `GET metrics`: Prometheus text (filter drops, tunnel packets and bytes,
+/// see [`crate::daemon::metrics`]), rendered outside the backend's lock.
 async fn metrics_h(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let text = st.handle.call(|b| {
-        let mut out = String::new();
-        b.data_plane().metrics(&mut out);
-        out
-    });
+    let snapshot = st.handle.call(|b| b.data_plane().metrics()).await?;
     let headers = [(
         axum::http::header::CONTENT_TYPE,
-        crate::daemon::filter::METRICS_CONTENT_TYPE,
+        crate::daemon::metrics::CONTENT_TYPE,
     )];
-    Ok((headers, text.await?).into_response())
+    Ok((headers, crate::daemon::metrics::render(&snapshot)).into_response())
 }
 
 async fn debug_prefs_h(State(st): State<AppState>) -> Result<Response, ApiError> {
