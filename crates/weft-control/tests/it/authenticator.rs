@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common;
-use crate::registration::http_get;
 use crate::ssh_check::{next, request, send, tailnet_with};
 
 use std::sync::Arc;
@@ -132,21 +131,23 @@ async fn a_device_login_is_completed_by_the_authenticators_own_route() {
     let id = login_id(&mut n).await;
 
     // The page at /a/<id> is the authenticator's; it leads to its route.
-    let page = http_get(&t, &format!("/a/{id}")).await;
+    let page = t.http_get(&format!("/a/{id}")).await;
     assert!(
         page.contains(&format!("/login/sso/callback?id={id}")) && page.contains("carols-laptop"),
         "{page}"
     );
 
     // An unknown user is refused unless the authenticator provisions it.
-    let r = http_get(&t, &format!("/login/sso/callback?id={id}&user=carol")).await;
+    let r = t
+        .http_get(&format!("/login/sso/callback?id={id}&user=carol"))
+        .await;
     assert_eq!(status(&r), 404, "{r}");
     assert!(r.contains("unknown user &quot;carol&quot;"), "{r}");
-    let r = http_get(
-        &t,
-        &format!("/login/sso/callback?id={id}&user=carol&provision=true"),
-    )
-    .await;
+    let r = t
+        .http_get(&format!(
+            "/login/sso/callback?id={id}&user=carol&provision=true"
+        ))
+        .await;
     assert_eq!(status(&r), 200, "{r}");
     assert!(
         r.contains("Device approved") && r.contains("carol") && r.contains("carols-laptop"),
@@ -175,7 +176,9 @@ async fn a_device_login_is_completed_by_the_authenticators_own_route() {
         .await;
 
     // Decided once: nothing waits any more, and a second approval is refused.
-    let r = http_get(&t, &format!("/login/sso/callback?id={id}&user=carol")).await;
+    let r = t
+        .http_get(&format!("/login/sso/callback?id={id}&user=carol"))
+        .await;
     assert_eq!(status(&r), 404, "{r}");
     let err = t
         .server
@@ -192,14 +195,14 @@ async fn a_device_login_declined_by_the_authenticator_is_refused() {
     let t = with_sso().await;
     let mut n = TestNode::new(&t, "x");
     let id = login_id(&mut n).await;
-    let r = http_get(&t, &format!("/login/sso/decline?id={id}")).await;
+    let r = t.http_get(&format!("/login/sso/decline?id={id}")).await;
     assert_eq!(status(&r), 403, "{r}");
     assert!(r.contains("Login declined"), "{r}");
     match n.next().await {
         SessionEvent::Refused(r) => assert_eq!(r.reason, RefusalReason::AccessDenied),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    let r = http_get(&t, &format!("/login/sso/decline?id={id}")).await;
+    let r = t.http_get(&format!("/login/sso/decline?id={id}")).await;
     assert_eq!(status(&r), 409, "declined once: {r}");
     t.server.shutdown().await;
 }
@@ -217,7 +220,9 @@ async fn an_ssh_check_is_approved_through_the_authenticator_only_as_its_user() {
     let id = check_id_from([7; 16]);
 
     // Bob is who the identity provider vouches for: not alice's login.
-    let r = http_get(&t, &format!("/login/sso/callback?id={id}&user=bob")).await;
+    let r = t
+        .http_get(&format!("/login/sso/callback?id={id}&user=bob"))
+        .await;
     assert_eq!(status(&r), 403, "{r}");
     assert!(r.contains("only alice may approve it"), "{r}");
     assert!(
@@ -227,7 +232,9 @@ async fn an_ssh_check_is_approved_through_the_authenticator_only_as_its_user() {
         "still pending"
     );
 
-    let r = http_get(&t, &format!("/login/sso/callback?id={id}&user=alice")).await;
+    let r = t
+        .http_get(&format!("/login/sso/callback?id={id}&user=alice"))
+        .await;
     assert_eq!(status(&r), 200, "{r}");
     assert!(
         r.contains("SSH login approved")
