@@ -91,7 +91,7 @@ impl EngineDataPlane {
         engine: Engine<TailnetTunnel>,
         os: mpsc::UnboundedSender<AddrChange>,
     ) -> Self {
-        let filter = Arc::new(NodeFilter::new(rand::random()));
+        let filter = Arc::new(NodeFilter::new(weft_types::entropy::seed()));
         if !tunnel.set_hooks(Arc::clone(&filter) as Arc<dyn super::tunnel::PacketHooks>) {
             tracing::warn!(
                 "The tunnel already had packet hooks; the filter is not in the data path"

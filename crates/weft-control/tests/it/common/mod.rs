@@ -334,10 +334,7 @@ pub async fn raw_channel_from(
 }
 
 fn rand_seed() -> [u8; 32] {
-    use ring::rand::SecureRandom as _;
-    let mut seed = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut seed).unwrap();
-    seed
+    weft_types::entropy::seed()
 }
 
 /// Sends `msg` on a raw channel and returns the server's next message that
