@@ -6,7 +6,7 @@
 //! | owner | holds |
 //! |---|---|
 //! | [`ProfileStore`] | the state file: machine key, profiles, prefs |
-//! | [`session`](super::session) task | the control connection, map stream, reconnects |
+//! | [`control`](super::control) task | the control connection, map stream, reconnects |
 //! | [`DataPlane`] | WireGuard, disco, TUN addresses (incremental) |
 //! | [`Bus`] | the `watch` event stream |
 //! | `Backend` (here) | the runtime facts of the current profile and the state derived from them |
@@ -21,17 +21,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use weft_client::{ClientParams, ConnectOptions, ControlUrl, Target};
 use weft_localapi::{
     BackendState, DebugPrefs, Notify, Prefs, PrefsPatch, ProfileSummary, StartRequest, UserInfo,
 };
-use weft_types::control::{AuthKey, Registered};
+use weft_types::control::{AuthKey, ExpiryRequest, RegisterAuth, Registered};
 use weft_types::{Endpoint, HostInfo, NetMap, NodePrivate, Tag};
 
 use super::bus::Bus;
-use super::control::{ControlClient, ControlTarget};
+use super::control::{self, ControlCmd, ControlEvent, ControlHandle, ControlSpec};
 use super::dataplane::DataPlane;
 use super::profiles::{ProfileError, ProfileStore};
-use super::session::{self, LoginMode, SessionCmd, SessionEvent, SessionHandle, SessionSpec};
 
 /// An error for the LocalAPI: an HTTP status and a message for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,7 +142,7 @@ impl Handle {
 /// Work to finish a logout outside the coordinator.
 pub struct LogoutJob {
     pub profile_id: String,
-    pub client: Arc<dyn ControlClient>,
+    pub control: ConnectOptions,
     pub url: String,
     pub machine_key: weft_types::MachinePrivate,
     pub pinned: Option<weft_types::MachinePublic>,
@@ -158,19 +158,20 @@ impl LogoutJob {
     pub async fn run(self) -> Result<(), String> {
         let server_key = match self.pinned {
             Some(k) => k,
-            None => session::fetch_key(&*self.client, &self.url)
+            None => control::fetch_key(&self.control, &self.url)
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        let target = ControlTarget {
-            url: self.url.clone(),
+        let url: ControlUrl = self.url.parse().map_err(|e| format!("{e}"))?;
+        let target = Target {
+            url,
             machine_key: self.machine_key.clone(),
             server_key,
         };
-        session::logout(
-            &*self.client,
+        control::logout(
+            &self.control,
             &target,
-            &self.node_key,
+            self.node_key.public(),
             self.host_info.clone(),
         )
         .await
@@ -180,12 +181,13 @@ impl LogoutJob {
 /// The coordinator. See the module docs.
 pub struct Backend {
     store: ProfileStore,
-    control: Arc<dyn ControlClient>,
+    /// How control is reached (the real dialer, or a test's).
+    control: ConnectOptions,
     dp: Box<dyn DataPlane>,
     bus: Bus,
     info: DaemonInfo,
-    events_tx: session::EventTx,
-    session: Option<SessionHandle>,
+    events_tx: control::EventTx,
+    session: Option<ControlHandle>,
     generation: u64,
     rt: Runtime,
     last_state: BackendState,
@@ -199,11 +201,11 @@ impl Backend {
     /// profile's key. Call [`Backend::run`] to start it.
     pub fn new(
         store: ProfileStore,
-        control: Arc<dyn ControlClient>,
+        control: ConnectOptions,
         dp: Box<dyn DataPlane>,
         bus: Bus,
         info: DaemonInfo,
-        events_tx: session::EventTx,
+        events_tx: control::EventTx,
     ) -> Self {
         let mut b = Self {
             store,
@@ -228,7 +230,7 @@ impl Backend {
     pub async fn run(
         mut self,
         mut jobs: mpsc::UnboundedReceiver<Job>,
-        mut events: mpsc::UnboundedReceiver<(u64, SessionEvent)>,
+        mut events: mpsc::UnboundedReceiver<(u64, ControlEvent)>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         self.dp
@@ -417,7 +419,7 @@ impl Backend {
         } else if host_info_changed(before, after)
             && let Some(s) = &self.session
         {
-            s.send(SessionCmd::HostInfo(self.host_info()));
+            s.send(ControlCmd::HostInfo(self.host_info()));
         }
     }
 
@@ -465,13 +467,13 @@ impl Backend {
         match auth_key {
             Some(k) if needs_login || req.force_reauth => {
                 self.rt.login = Login::AuthKey;
-                self.respawn(LoginMode::AuthKey(AuthKey(k)));
+                self.respawn(RegisterAuth::AuthKey(AuthKey(k)));
             }
-            _ if req.force_reauth || server_changed => self.respawn(LoginMode::Existing),
+            _ if req.force_reauth || server_changed => self.respawn(RegisterAuth::None),
             _ if self.session.is_none() || !registered => self.ensure_session(true),
             _ => {
                 if let Some(s) = &self.session {
-                    s.send(SessionCmd::HostInfo(self.host_info()));
+                    s.send(ControlCmd::HostInfo(self.host_info()));
                 }
             }
         }
@@ -489,8 +491,8 @@ impl Backend {
             self.bus.send(Notify::BrowseToUrl { url });
         }
         match &self.session {
-            Some(s) => s.send(SessionCmd::Interactive),
-            None => self.respawn(LoginMode::Existing),
+            Some(s) => s.send(ControlCmd::Interactive),
+            None => self.respawn(RegisterAuth::None),
         }
     }
 
@@ -508,7 +510,7 @@ impl Backend {
         self.session = None;
         Ok(Some(LogoutJob {
             profile_id: p.id.clone(),
-            client: Arc::clone(&self.control),
+            control: self.control.clone(),
             url: p.prefs.control_url.clone(),
             machine_key: self.store.machine_key().clone(),
             pinned: p.control_key,
@@ -638,7 +640,7 @@ impl Backend {
         tracing::debug!(count = endpoints.len(), "Local endpoints changed");
         self.endpoints.clone_from(&endpoints);
         if let Some(s) = &self.session {
-            s.send(SessionCmd::Endpoints(endpoints));
+            s.send(ControlCmd::Endpoints(endpoints));
         }
     }
 
@@ -652,7 +654,7 @@ impl Backend {
         if self.store.current().prefs.run_ssh
             && let Some(s) = &self.session
         {
-            s.send(SessionCmd::HostInfo(self.host_info()));
+            s.send(ControlCmd::HostInfo(self.host_info()));
         }
     }
 
@@ -685,11 +687,11 @@ impl Backend {
         let runnable =
             p.prefs.want_running && (p.is_registered() || login_ok) && !self.rt.key_expired;
         if runnable {
-            self.respawn(LoginMode::Existing);
+            self.respawn(RegisterAuth::None);
         }
     }
 
-    fn respawn(&mut self, login: LoginMode) {
+    fn respawn(&mut self, auth: RegisterAuth) {
         self.session = None;
         self.generation += 1;
         let p = self.store.current();
@@ -706,24 +708,28 @@ impl Backend {
             (Some(_), Some(old)) if p.is_registered() => Some(old.public()),
             _ => None,
         };
-        let spec = SessionSpec {
+        let spec = ControlSpec {
             generation: self.generation,
             url: p.prefs.control_url.clone(),
             machine_key: self.store.machine_key().clone(),
             pinned: p.control_key,
-            node_key,
-            old_node_key,
-            login,
-            interactive: self.rt.browse_requested,
-            want_map: p.prefs.want_running,
-            host_info: self.host_info(),
-            endpoints: self.endpoints.clone(),
-            disco_key: self.dp.disco_key(),
-            seed: rand::random(),
+            params: ClientParams {
+                node_key: node_key.public(),
+                old_node_key,
+                auth,
+                expiry: ExpiryRequest::Default,
+                ephemeral: false,
+                host_info: self.host_info(),
+                disco_key: self.dp.disco_key(),
+                endpoints: self.endpoints.clone(),
+                map: p.prefs.want_running,
+                interactive: self.rt.browse_requested,
+            },
+            seed: weft_types::entropy::u64(),
         };
-        tracing::debug!(generation = self.generation, url = %spec.url, "Control session starting");
-        self.session = Some(session::spawn(
-            Arc::clone(&self.control),
+        tracing::debug!(generation = self.generation, url = %spec.url, "Control task starting");
+        self.session = Some(control::spawn(
+            self.control.clone(),
             spec,
             self.events_tx.clone(),
         ));
@@ -753,18 +759,18 @@ impl Backend {
         }
     }
 
-    fn on_session(&mut self, generation: u64, event: SessionEvent) {
+    fn on_session(&mut self, generation: u64, event: ControlEvent) {
         if generation != self.generation || self.session.is_none() {
             return;
         }
         match event {
-            SessionEvent::ServerKey(k) => {
+            ControlEvent::ServerKey(k) => {
                 tracing::info!(url = %self.store.current().prefs.control_url, key = %k, "Pinned the control server key");
                 if let Err(e) = self.store.update_current(|p| p.control_key = Some(k)) {
                     tracing::error!(error = %e, "Cannot save the pinned key");
                 }
             }
-            SessionEvent::Unreachable(msg) => {
+            ControlEvent::Unreachable(msg) => {
                 tracing::warn!(error = %msg, "Control unreachable; retrying");
                 self.rt.control_error = Some(msg.clone());
                 if self.state() != BackendState::Running && !self.rt.error_reported {
@@ -772,12 +778,12 @@ impl Backend {
                     self.bus.send(Notify::Error { message: msg });
                 }
             }
-            SessionEvent::Reachable => {
+            ControlEvent::Reachable => {
                 if self.rt.control_error.take().is_some() {
                     tracing::info!("Control reachable again");
                 }
             }
-            SessionEvent::AuthUrl { url, browse } => {
+            ControlEvent::AuthUrl { url, browse } => {
                 self.rt.auth_url = Some(url.clone());
                 self.rt.needs_auth = true;
                 if self.rt.login == Login::AuthKey {
@@ -787,21 +793,21 @@ impl Backend {
                     self.bus.send(Notify::BrowseToUrl { url });
                 }
             }
-            SessionEvent::Refused(message) => {
+            ControlEvent::Refused(message) => {
                 tracing::warn!(%message, "Registration refused");
                 self.rt.login = Login::None;
                 self.rt.error_reported = true;
                 self.bus.send(Notify::Error { message });
             }
-            SessionEvent::KeyExpired => {
+            ControlEvent::KeyExpired => {
                 tracing::warn!("Node key expired at control");
                 self.rt.key_expired = true;
                 self.rt.login = Login::None;
                 self.rt.netmap = None;
                 self.dp.clear();
             }
-            SessionEvent::Registered(r) => self.on_registered(r),
-            SessionEvent::NetMap(nm) => self.on_netmap(nm),
+            ControlEvent::Registered(r) => self.on_registered(r),
+            ControlEvent::NetMap(nm) => self.on_netmap(nm),
         }
     }
 
@@ -846,7 +852,7 @@ impl Backend {
 
     fn on_netmap(&mut self, nm: Arc<NetMap>) {
         if nm.self_node.expired {
-            self.on_session(self.generation, SessionEvent::KeyExpired);
+            self.on_session(self.generation, ControlEvent::KeyExpired);
             return;
         }
         self.rt.control_error = None;

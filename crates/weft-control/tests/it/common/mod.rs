@@ -145,6 +145,7 @@ impl TestNode {
             disco_key: self.disco.public(),
             endpoints: vec![endpoint("198.18.0.1:41641")],
             map: true,
+            interactive: true,
         }
     }
 
