@@ -32,46 +32,46 @@ use super::bus::Bus;
 use super::control::{self, ControlCmd, ControlEvent, ControlHandle, ControlSpec};
 use super::dataplane::DataPlane;
 use super::profiles::{ProfileError, ProfileStore};
+use super::state_file::StateError;
+use super::validate::InvalidPrefs;
 
-/// An error for the LocalAPI: an HTTP status and a message for the user.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub status: u16,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: u16, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-    pub fn bad_request(m: impl Into<String>) -> Self {
-        Self::new(400, m)
-    }
-    pub fn not_found(m: impl Into<String>) -> Self {
-        Self::new(404, m)
-    }
-    pub fn internal(m: impl Into<String>) -> Self {
-        Self::new(500, m)
-    }
-}
-
-impl From<ProfileError> for ApiError {
-    fn from(e: ProfileError) -> Self {
-        match e {
-            ProfileError::Unknown(_) => ApiError::not_found(e.to_string()),
-            ProfileError::State(_) => ApiError::internal(e.to_string()),
-        }
-    }
-}
-
-impl From<super::state_file::StateError> for ApiError {
-    fn from(e: super::state_file::StateError) -> Self {
-        ApiError::internal(e.to_string())
-    }
+/// Why the coordinator refused or could not finish a request. The
+/// LocalAPI turns each into an HTTP status (`localapi::ApiError`); the
+/// message is for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The coordinator has stopped.
+    #[error("weftd is shutting down")]
+    ShuttingDown,
+    /// A logged-in profile cannot move to another control server.
+    #[error(
+        "changing the control server needs a new login: use weft login --login-server=URL (a new profile)"
+    )]
+    ServerChangeNeedsLogin,
+    /// The prefs break a limit; nothing was stored.
+    #[error(transparent)]
+    InvalidPrefs(#[from] InvalidPrefs),
+    /// An unknown profile, or the state could not be written.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The state could not be written; nothing changed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The current profile changed while a logout was at control.
+    #[error("the profile changed while logging out; nothing was removed")]
+    ProfileChanged,
+    /// Control did not log the node out.
+    #[error("logout failed, the node is still logged in: {0}")]
+    LogoutFailed(String),
+    /// No peer has this tailnet address.
+    #[error("no peer has the address {0}")]
+    NoPeer(IpAddr),
+    /// The peer cannot be reached (expired or not authorized).
+    #[error("{name} ({ip}) is expired or not authorized")]
+    PeerUnusable { name: String, ip: IpAddr },
+    /// The peer has no disco key yet.
+    #[error("{name} ({ip}) has no disco key yet (it has not connected to control)")]
+    PeerNotConnected { name: String, ip: IpAddr },
 }
 
 /// A login the user started and is waiting for.
@@ -123,19 +123,18 @@ impl Handle {
     /// Runs `f` on the coordinator and returns its result.
     ///
     /// # Errors
-    /// 503 if the coordinator has stopped.
+    /// [`BackendError::ShuttingDown`] if the coordinator has stopped.
     pub async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Backend) -> R + Send + 'static,
-    ) -> Result<R, ApiError> {
+    ) -> Result<R, BackendError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Box::new(move |b| {
                 let _ = tx.send(f(b));
             }))
-            .map_err(|_| ApiError::new(503, "weftd is shutting down"))?;
-        rx.await
-            .map_err(|_| ApiError::new(503, "weftd is shutting down"))
+            .map_err(|_| BackendError::ShuttingDown)?;
+        rx.await.map_err(|_| BackendError::ShuttingDown)
     }
 }
 
@@ -378,16 +377,15 @@ impl Backend {
     /// `PATCH prefs`.
     ///
     /// # Errors
-    /// 400 for a change that needs a new login; 500 if the state cannot be written.
-    pub fn edit_prefs(&mut self, patch: &PrefsPatch) -> Result<Prefs, ApiError> {
+    /// [`BackendError::ServerChangeNeedsLogin`], [`BackendError::InvalidPrefs`];
+    /// [`BackendError::State`] if the state cannot be written.
+    pub fn edit_prefs(&mut self, patch: &PrefsPatch) -> Result<Prefs, BackendError> {
         let cur = self.store.current();
         if let Some(url) = &patch.control_url
             && *url != cur.prefs.control_url
             && cur.is_registered()
         {
-            return Err(ApiError::bad_request(
-                "changing the control server needs a new login: use weft login --login-server=URL (a new profile)",
-            ));
+            return Err(BackendError::ServerChangeNeedsLogin);
         }
         let before = cur.prefs.clone();
         let after = patch.apply_to(&before);
@@ -427,7 +425,7 @@ impl Backend {
     ///
     /// # Errors
     /// As [`Backend::edit_prefs`].
-    pub fn start(&mut self, req: StartRequest) -> Result<(), ApiError> {
+    pub fn start(&mut self, req: StartRequest) -> Result<(), BackendError> {
         let cur = self.store.current().clone();
         let mut prefs = req.prefs.clone().unwrap_or_else(|| cur.prefs.clone());
         prefs.want_running = true;
@@ -500,8 +498,8 @@ impl Backend {
     /// be done at control (`None`: nothing registered, done locally).
     ///
     /// # Errors
-    /// 500 if the state cannot be written.
-    pub fn begin_logout(&mut self) -> Result<Option<LogoutJob>, ApiError> {
+    /// [`BackendError::State`] if the state cannot be written.
+    pub fn begin_logout(&mut self) -> Result<Option<LogoutJob>, BackendError> {
         let p = self.store.current().clone();
         let Some(node_key) = p.node_key.clone().filter(|_| p.is_registered()) else {
             self.finish_logout(&p.id, Ok(()))?;
@@ -523,24 +521,19 @@ impl Backend {
     /// resumes as before.
     ///
     /// # Errors
-    /// 502 with the control error; 500 if the state cannot be written.
+    /// [`BackendError::ProfileChanged`], [`BackendError::LogoutFailed`] with the
+    /// control error; [`BackendError::State`] if the state cannot be written.
     pub fn finish_logout(
         &mut self,
         profile_id: &str,
         result: Result<(), String>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), BackendError> {
         if self.store.current().id != profile_id {
-            return Err(ApiError::new(
-                409,
-                "the profile changed while logging out; nothing was removed",
-            ));
+            return Err(BackendError::ProfileChanged);
         }
         if let Err(e) = result {
             self.ensure_session(false);
-            return Err(ApiError::new(
-                502,
-                format!("logout failed, the node is still logged in: {e}"),
-            ));
+            return Err(BackendError::LogoutFailed(e));
         }
         self.store
             .delete(profile_id, super::dataplane::unix_now().0)?;
@@ -556,8 +549,8 @@ impl Backend {
     /// `PUT profiles`: a new empty profile, now current.
     ///
     /// # Errors
-    /// 500 if the state cannot be written.
-    pub fn new_profile(&mut self) -> Result<ProfileSummary, ApiError> {
+    /// [`BackendError::State`] if the state cannot be written.
+    pub fn new_profile(&mut self) -> Result<ProfileSummary, BackendError> {
         self.store
             .create(Prefs::default(), super::dataplane::unix_now().0)?;
         self.load_profile();
@@ -570,8 +563,8 @@ impl Backend {
     /// `POST profiles/{id}`.
     ///
     /// # Errors
-    /// 404 for an unknown id; 500 if the state cannot be written.
-    pub fn switch_profile(&mut self, id: &str) -> Result<ProfileSummary, ApiError> {
+    /// [`BackendError::Profile`]: an unknown id, or the state cannot be written.
+    pub fn switch_profile(&mut self, id: &str) -> Result<ProfileSummary, BackendError> {
         if self.store.current().id != id {
             self.store.switch(id)?;
             self.load_profile();
@@ -585,8 +578,8 @@ impl Backend {
     /// `DELETE profiles/{id}` (no logout at control).
     ///
     /// # Errors
-    /// 404 for an unknown id; 500 if the state cannot be written.
-    pub fn delete_profile(&mut self, id: &str) -> Result<(), ApiError> {
+    /// [`BackendError::Profile`]: an unknown id, or the state cannot be written.
+    pub fn delete_profile(&mut self, id: &str) -> Result<(), BackendError> {
         if self.store.delete(id, super::dataplane::unix_now().0)? {
             self.load_profile();
             self.bus.send(Notify::Prefs {
@@ -607,28 +600,23 @@ impl Backend {
     /// Starts a disco ping to the peer at `ip`.
     ///
     /// # Errors
-    /// 404 if no peer has the address, 502 if it cannot be pinged.
+    /// [`BackendError::NoPeer`], [`BackendError::PeerUnusable`],
+    /// [`BackendError::PeerNotConnected`].
     pub fn start_ping(
         &self,
         ip: IpAddr,
         timeout: Duration,
-    ) -> Result<(String, oneshot::Receiver<weft_disco::PingOutcome>), ApiError> {
+    ) -> Result<(String, oneshot::Receiver<weft_disco::PingOutcome>), BackendError> {
         let Some(peer) = self.peer_by_ip(ip) else {
-            return Err(ApiError::not_found(format!("no peer has the address {ip}")));
+            return Err(BackendError::NoPeer(ip));
         };
         let name = peer.name.first_label().to_string();
         if !peer.is_usable_at(super::dataplane::unix_now()) {
-            return Err(ApiError::new(
-                502,
-                format!("{name} ({ip}) is expired or not authorized"),
-            ));
+            return Err(BackendError::PeerUnusable { name, ip });
         }
-        let rx = self.dp.ping(&peer.node_key, timeout).ok_or_else(|| {
-            ApiError::new(
-                502,
-                format!("{name} ({ip}) has no disco key yet (it has not connected to control)"),
-            )
-        })?;
+        let Some(rx) = self.dp.ping(&peer.node_key, timeout) else {
+            return Err(BackendError::PeerNotConnected { name, ip });
+        };
         Ok((name, rx))
     }
 

@@ -10,6 +10,7 @@ use weft_types::control::RegisterAuth;
 use super::fake::{FakeControl, FakeDataPlane, Push, URL, URL2};
 use crate::daemon::backend::{Backend, DaemonInfo, Handle};
 use crate::daemon::bus::Bus;
+use crate::daemon::localapi::ApiError;
 use crate::daemon::profiles::ProfileStore;
 use crate::daemon::state_file::StateFile;
 
@@ -453,6 +454,7 @@ async fn logout_with_control_down_fails_and_keeps_the_profile() {
         .await
         .unwrap()
         .unwrap_err();
+    let err = ApiError::from(err);
     assert_eq!(err.status, 502);
     assert!(err.message.contains(URL), "{}", err.message);
     assert!(
@@ -529,7 +531,7 @@ async fn two_tailnets_side_by_side_switch_without_a_new_login() {
     );
     let e = h.handle.call(|b| b.switch_profile("ffff")).await.unwrap();
     if first != "ffff" && second != "ffff" {
-        assert_eq!(e.unwrap_err().status, 404);
+        assert_eq!(ApiError::from(e.unwrap_err()).status, 404);
     }
     h.stop().await;
 }
