@@ -74,27 +74,79 @@ pub enum BackendError {
     PeerNotConnected { name: String, ip: IpAddr },
 }
 
-/// A login the user started and is waiting for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Login {
-    #[default]
-    None,
+/// How the user is logging in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoginVia {
+    /// `up --auth-key`.
     AuthKey,
+    /// `login-interactive`: the user is at hand to visit the auth URL.
     Interactive,
+}
+
+/// The current profile's standing with control at run time (reset on a
+/// profile switch; never persisted): one variant per situation, carrying
+/// what it needs. [`Backend::state`] reads it together with the profile
+/// (prefs, registration), the key being registered and the netmap in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Standing {
+    /// Nothing in the way: the profile's registration (if any) stands.
+    /// `machine_authorized`: control's last word on approval (`None`: not
+    /// heard this run).
+    Settled { machine_authorized: Option<bool> },
+    /// The user started a login that control has not finished.
+    /// `auth_url`: where control sent the user; `key_expired`: the login
+    /// replaces a node key that expired.
+    LoggingIn {
+        via: LoginVia,
+        auth_url: Option<String>,
+        key_expired: bool,
+    },
+    /// Control wants a login the user has not started: it does not know
+    /// the node key (`auth_url` to visit), or the key expired.
+    NeedsLogin {
+        auth_url: Option<String>,
+        key_expired: bool,
+    },
+}
+
+impl Default for Standing {
+    fn default() -> Self {
+        Standing::Settled {
+            machine_authorized: None,
+        }
+    }
+}
+
+impl Standing {
+    /// The auth URL control gave for the login under way or needed.
+    fn auth_url(&self) -> Option<&str> {
+        match self {
+            Standing::Settled { .. } => None,
+            Standing::LoggingIn { auth_url, .. } | Standing::NeedsLogin { auth_url, .. } => {
+                auth_url.as_deref()
+            }
+        }
+    }
+
+    /// Control said the node key expired (and no new key is accepted yet).
+    fn key_expired(&self) -> bool {
+        match self {
+            Standing::Settled { .. } => false,
+            Standing::LoggingIn { key_expired, .. } | Standing::NeedsLogin { key_expired, .. } => {
+                *key_expired
+            }
+        }
+    }
 }
 
 /// What the coordinator knows about the current profile at run time
 /// (reset on a profile switch; never persisted).
 #[derive(Debug, Default)]
 struct Runtime {
+    standing: Standing,
+    /// The last netmap; it stays in force while control is away.
     netmap: Option<Arc<NetMap>>,
-    auth_url: Option<String>,
-    login: Login,
-    browse_requested: bool,
-    key_expired: bool,
-    /// Control does not know our node key (deleted, or never registered).
-    needs_auth: bool,
-    machine_authorized: Option<bool>,
+    /// Why control cannot be reached right now (for `health`).
     control_error: Option<String>,
     /// An error was already sent as `Notify::Error` since the last start.
     error_reported: bool,
@@ -263,20 +315,31 @@ impl Backend {
     pub fn state(&self) -> BackendState {
         let p = self.store.current();
         let want = p.prefs.want_running;
-        if self.rt.login == Login::AuthKey && want {
-            return BackendState::Starting;
-        }
-        if self.rt.key_expired
-            || self.rt.needs_auth
-            || !p.is_registered()
-            || self.rt.pending_key.is_some() && self.rt.login != Login::None
-        {
+        let needs_login = match &self.rt.standing {
+            Standing::Settled { .. } => false,
+            Standing::LoggingIn {
+                via: LoginVia::AuthKey,
+                ..
+            } if want => return BackendState::Starting,
+            // Not done until control accepts the new key or the user
+            // visits the URL.
+            Standing::LoggingIn {
+                auth_url,
+                key_expired,
+                ..
+            } => auth_url.is_some() || *key_expired || self.rt.pending_key.is_some(),
+            Standing::NeedsLogin { .. } => true,
+        };
+        if needs_login || !p.is_registered() {
             return BackendState::NeedsLogin;
         }
         if !want {
             return BackendState::Stopped;
         }
-        if self.rt.machine_authorized == Some(false) {
+        if let Standing::Settled {
+            machine_authorized: Some(false),
+        } = self.rt.standing
+        {
             return BackendState::NeedsMachineAuth;
         }
         if self.rt.netmap.is_none() {
@@ -308,7 +371,7 @@ impl Backend {
         self.rt.netmap.as_ref()
     }
     pub fn auth_url(&self) -> Option<&str> {
-        self.rt.auth_url.as_deref()
+        self.rt.standing.auth_url()
     }
     pub fn info(&self) -> &DaemonInfo {
         &self.info
@@ -325,12 +388,15 @@ impl Backend {
             };
             h.push(format!("{e}{kept}"));
         }
-        if self.rt.key_expired {
+        if self.rt.standing.key_expired() {
             h.push("node key expired: log in again with weft up --force-reauth".into());
-        } else if self.rt.needs_auth && self.store.current().is_registered() {
+        } else if self.rt.standing.auth_url().is_some() && self.store.current().is_registered() {
             h.push("control does not know this node any more: log in again with weft up".into());
         }
-        if self.rt.machine_authorized == Some(false) {
+        if let Standing::Settled {
+            machine_authorized: Some(false),
+        } = self.rt.standing
+        {
             h.push("waiting for an administrator to approve this machine".into());
         }
         h
@@ -353,7 +419,7 @@ impl Backend {
     pub fn watch(&self) -> (Notify, tokio::sync::broadcast::Receiver<Notify>) {
         let snapshot = Notify::Snapshot {
             state: self.state(),
-            auth_url: self.rt.auth_url.clone(),
+            auth_url: self.rt.standing.auth_url().map(str::to_owned),
             prefs: self.prefs(),
         };
         (snapshot, self.bus.subscribe())
@@ -457,14 +523,19 @@ impl Backend {
             });
         }
         let registered = self.store.current().is_registered();
-        let needs_login = !registered || self.rt.key_expired || self.rt.needs_auth;
+        let needs_login =
+            !registered || self.rt.standing.key_expired() || self.rt.standing.auth_url().is_some();
         if req.force_reauth {
             self.rt.pending_key = Some(NodePrivate::generate());
         }
         let auth_key = req.auth_key.filter(|k| !k.is_empty());
         match auth_key {
             Some(k) if needs_login || req.force_reauth => {
-                self.rt.login = Login::AuthKey;
+                self.rt.standing = Standing::LoggingIn {
+                    via: LoginVia::AuthKey,
+                    auth_url: self.rt.standing.auth_url().map(str::to_owned),
+                    key_expired: self.rt.standing.key_expired(),
+                };
                 self.respawn(RegisterAuth::AuthKey(AuthKey(k)));
             }
             _ if req.force_reauth || server_changed => self.respawn(RegisterAuth::None),
@@ -482,10 +553,14 @@ impl Backend {
 
     /// `POST login-interactive`.
     pub fn login_interactive(&mut self) {
-        self.rt.login = Login::Interactive;
-        self.rt.browse_requested = true;
+        let auth_url = self.rt.standing.auth_url().map(str::to_owned);
+        self.rt.standing = Standing::LoggingIn {
+            via: LoginVia::Interactive,
+            auth_url: auth_url.clone(),
+            key_expired: self.rt.standing.key_expired(),
+        };
         self.rt.error_reported = false;
-        if let Some(url) = self.rt.auth_url.clone() {
+        if let Some(url) = auth_url {
             self.bus.send(Notify::BrowseToUrl { url });
         }
         match &self.session {
@@ -672,8 +747,9 @@ impl Backend {
             return;
         }
         let p = self.store.current();
-        let runnable =
-            p.prefs.want_running && (p.is_registered() || login_ok) && !self.rt.key_expired;
+        let runnable = p.prefs.want_running
+            && (p.is_registered() || login_ok)
+            && !self.rt.standing.key_expired();
         if runnable {
             self.respawn(RegisterAuth::None);
         }
@@ -711,7 +787,13 @@ impl Backend {
                 disco_key: self.dp.disco_key(),
                 endpoints: self.endpoints.clone(),
                 map: p.prefs.want_running,
-                interactive: self.rt.browse_requested,
+                interactive: matches!(
+                    self.rt.standing,
+                    Standing::LoggingIn {
+                        via: LoginVia::Interactive,
+                        ..
+                    }
+                ),
             },
             seed: weft_types::entropy::u64(),
         };
@@ -772,25 +854,50 @@ impl Backend {
                 }
             }
             ControlEvent::AuthUrl { url, browse } => {
-                self.rt.auth_url = Some(url.clone());
-                self.rt.needs_auth = true;
-                if self.rt.login == Login::AuthKey {
-                    self.rt.login = Login::None;
-                }
+                self.rt.standing = match std::mem::take(&mut self.rt.standing) {
+                    Standing::LoggingIn {
+                        via: LoginVia::Interactive,
+                        key_expired,
+                        ..
+                    } => Standing::LoggingIn {
+                        via: LoginVia::Interactive,
+                        auth_url: Some(url.clone()),
+                        key_expired,
+                    },
+                    // An auth key login that control answers with a URL
+                    // needs the user after all.
+                    other => Standing::NeedsLogin {
+                        auth_url: Some(url.clone()),
+                        key_expired: other.key_expired(),
+                    },
+                };
                 if browse {
                     self.bus.send(Notify::BrowseToUrl { url });
                 }
             }
             ControlEvent::Refused(message) => {
                 tracing::warn!(%message, "Registration refused");
-                self.rt.login = Login::None;
+                self.rt.standing = match std::mem::take(&mut self.rt.standing) {
+                    Standing::LoggingIn {
+                        auth_url,
+                        key_expired,
+                        ..
+                    } if auth_url.is_some() || key_expired => Standing::NeedsLogin {
+                        auth_url,
+                        key_expired,
+                    },
+                    Standing::LoggingIn { .. } => Standing::default(),
+                    other => other,
+                };
                 self.rt.error_reported = true;
                 self.bus.send(Notify::Error { message });
             }
             ControlEvent::KeyExpired => {
                 tracing::warn!("Node key expired at control");
-                self.rt.key_expired = true;
-                self.rt.login = Login::None;
+                self.rt.standing = Standing::NeedsLogin {
+                    auth_url: self.rt.standing.auth_url().map(str::to_owned),
+                    key_expired: true,
+                };
                 self.rt.netmap = None;
                 self.dp.clear();
             }
@@ -802,7 +909,7 @@ impl Backend {
     fn on_registered(&mut self, r: Registered) {
         self.rt.control_error = None;
         let new_key = self.rt.pending_key.take();
-        let was_login = self.rt.login != Login::None || new_key.is_some();
+        let was_login = matches!(self.rt.standing, Standing::LoggingIn { .. }) || new_key.is_some();
         let user = r.user.as_ref().map(|u| UserInfo {
             id: u.id,
             login_name: u.login_name.to_string(),
@@ -826,12 +933,9 @@ impl Backend {
             self.rt.netmap = None;
             self.dp.set_node_key(key.as_ref());
         }
-        self.rt.auth_url = None;
-        self.rt.needs_auth = false;
-        self.rt.key_expired = false;
-        self.rt.login = Login::None;
-        self.rt.browse_requested = false;
-        self.rt.machine_authorized = Some(r.machine_authorized);
+        self.rt.standing = Standing::Settled {
+            machine_authorized: Some(r.machine_authorized),
+        };
         tracing::info!(node = %r.node_id, authorized = r.machine_authorized, "Registered");
         if was_login {
             self.bus.send(Notify::LoginFinished);
@@ -847,8 +951,25 @@ impl Backend {
         // A map that says we are fine wins over an earlier "expired": right
         // after a re-authentication, control may still stream one map made
         // before it saw the new key.
-        self.rt.key_expired = false;
-        self.rt.machine_authorized = Some(nm.self_node.machine_authorized);
+        let authorized = nm.self_node.machine_authorized;
+        self.rt.standing = match std::mem::take(&mut self.rt.standing) {
+            Standing::Settled { .. } | Standing::NeedsLogin { auth_url: None, .. } => {
+                Standing::Settled {
+                    machine_authorized: Some(authorized),
+                }
+            }
+            Standing::NeedsLogin {
+                auth_url: Some(u), ..
+            } => Standing::NeedsLogin {
+                auth_url: Some(u),
+                key_expired: false,
+            },
+            Standing::LoggingIn { via, auth_url, .. } => Standing::LoggingIn {
+                via,
+                auth_url,
+                key_expired: false,
+            },
+        };
         if nm.self_node.machine_authorized {
             self.dp.apply_netmap(&nm);
         } else {
