@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use weft_control_proto::encode::delta_body;
 use weft_control_proto::{
-    ChannelConfig, ClientEvent, ClientParams, Connection, ControlClient, ControlClientError,
-    Encoded, Event, MapSession, MapStream, PeerDiff, ServerConnection,
+    ChannelConfig, ClientConnection, ClientEvent, ClientParams, Connection, ControlClient,
+    ControlClientError, Encoded, Event, MapSession, MapStream, PeerDiff, ServerConnection,
 };
 use weft_types::control::*;
 use weft_types::netmap::{Delta, MapBody, MapResponse, PeerDelta};
@@ -42,12 +42,9 @@ fn registered(authorized: bool) -> ServerMessage {
     }))
 }
 
-/// A client and the server end of its connection, handshake done.
-fn connect(
-    auth: RegisterAuth,
-    session: MapSession,
-    now: Instant,
-) -> (ControlClient, ServerConnection) {
+/// The client end of a connection (the handshake under way) and the
+/// server end that accepted it.
+fn channel(now: Instant) -> (ClientConnection, ServerConnection) {
     let (conn, req) = Connection::client(
         &machine_key(),
         &server_key().public(),
@@ -58,6 +55,16 @@ fn connect(
     )
     .unwrap();
     let server = accept(&req, ChannelConfig::default(), now).connection;
+    (conn, server)
+}
+
+/// A client and the server end of its connection, handshake done.
+fn connect(
+    auth: RegisterAuth,
+    session: MapSession,
+    now: Instant,
+) -> (ControlClient, ServerConnection) {
+    let (conn, server) = channel(now);
     let client = ControlClient::new(conn, params(auth), session, now).unwrap();
     (client, server)
 }
@@ -427,16 +434,7 @@ fn an_ssh_check_on_the_map_connection_comes_back_as_events_for_its_call() {
 #[test]
 fn without_the_user_at_hand_an_auth_url_is_reported_and_nothing_follows() {
     let now = t0();
-    let (conn, req) = Connection::client(
-        &machine_key(),
-        &server_key().public(),
-        CapabilityVersion::CURRENT,
-        ChannelConfig::default(),
-        counting(CLIENT_SEED),
-        now,
-    )
-    .unwrap();
-    let mut server = accept(&req, ChannelConfig::default(), now).connection;
+    let (conn, mut server) = channel(now);
     let params = ClientParams {
         interactive: false,
         ..params(RegisterAuth::None)
@@ -519,16 +517,7 @@ fn an_expired_auth_url_is_replaced_while_the_user_waits() {
 #[test]
 fn a_resumed_connection_opens_the_map_stream_without_registering() {
     let now = t0();
-    let (conn, req) = Connection::client(
-        &machine_key(),
-        &server_key().public(),
-        CapabilityVersion::CURRENT,
-        ChannelConfig::default(),
-        counting(CLIENT_SEED),
-        now,
-    )
-    .unwrap();
-    let mut server = accept(&req, ChannelConfig::default(), now).connection;
+    let (conn, mut server) = channel(now);
     let mut client = ControlClient::resume(
         conn,
         params(RegisterAuth::AuthKey(AuthKey("unused".into()))),
@@ -575,16 +564,7 @@ fn a_connection_for_checks_sends_nothing_but_its_checks() {
     use weft_control_proto::check_id_from;
     use weft_types::{UnixMillis, UserId};
     let now = t0();
-    let (conn, req) = Connection::client(
-        &machine_key(),
-        &server_key().public(),
-        CapabilityVersion::CURRENT,
-        ChannelConfig::default(),
-        counting(CLIENT_SEED),
-        now,
-    )
-    .unwrap();
-    let mut server = accept(&req, ChannelConfig::default(), now).connection;
+    let (conn, mut server) = channel(now);
     let mut client = ControlClient::for_checks(conn, now);
     client
         .update_endpoints(vec![endpoint(1, 5000)], now)
