@@ -20,6 +20,16 @@ pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// Returns wall time in Unix milliseconds (an SSH check's `accept until`);
+/// the only place the client reads wall time.
+#[allow(clippy::disallowed_methods)] // the driver is where time enters
+pub(crate) fn unix_now() -> weft_types::UnixMillis {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    weft_types::UnixMillis(ms)
+}
+
 /// Returns the 32-byte seed of a Noise ephemeral key.
 pub(crate) fn seed() -> [u8; 32] {
     weft_types::entropy::seed()

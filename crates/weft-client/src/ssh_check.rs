@@ -11,13 +11,10 @@
 //! dropping the [`SshCheckWait`] closes the connection and control forgets
 //! the check.
 
-use std::time::SystemTime;
-
 use weft_control_proto::{CheckProgress, CheckResult, SshCheckCall};
-use weft_types::UnixMillis;
 use weft_types::control::SshCheckRequest;
 
-use crate::driver::now;
+use crate::driver::{now, unix_now};
 use crate::{ClientError, ConnectOptions, Session, SessionEvent, Target};
 
 /// A check in flight: its connection and its conversation.
@@ -41,14 +38,6 @@ pub async fn ssh_check(
     let call = SshCheckCall::new(req.clone(), now());
     session.send_ssh_check(req);
     Ok(SshCheckWait { session, call })
-}
-
-#[allow(clippy::disallowed_methods)] // the driver is where time enters
-fn unix_now() -> UnixMillis {
-    let ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    UnixMillis(ms)
 }
 
 impl SshCheckWait {

@@ -80,9 +80,8 @@ pub struct DaemonArgs {
     pub verbose: bool,
 }
 
-#[allow(clippy::disallowed_methods)] // the daemon is where time enters
 fn clocks() -> (Instant, SystemTime) {
-    (Instant::now(), SystemTime::now())
+    (crate::clock::now(), crate::clock::wall())
 }
 
 /// Runs the daemon until SIGINT/SIGTERM or a data-plane failure.
