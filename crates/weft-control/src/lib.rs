@@ -62,14 +62,10 @@ pub(crate) fn now() -> Instant {
     Instant::now()
 }
 
-/// Draws a 32-byte seed from the OS CSPRNG (a Noise ephemeral key).
+/// Draws a 32-byte seed from the OS CSPRNG (a Noise ephemeral key); a
+/// failed RNG aborts the server ([`weft_types::entropy`]).
 pub(crate) fn seed() -> [u8; 32] {
-    use ring::rand::SecureRandom as _;
-    let mut s = [0u8; 32];
-    if ring::rand::SystemRandom::new().fill(&mut s).is_err() {
-        tracing::error!("the OS random number generator failed");
-    }
-    s
+    weft_types::entropy::seed()
 }
 
 /// Why the server could not start.

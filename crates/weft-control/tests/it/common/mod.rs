@@ -177,6 +177,7 @@ impl TestNode {
             disco_key: self.disco.public(),
             endpoints: vec![endpoint("198.18.0.1:41641")],
             map: true,
+            interactive: true,
         }
     }
 
@@ -366,10 +367,7 @@ pub async fn raw_channel_from(
 }
 
 fn rand_seed() -> [u8; 32] {
-    use ring::rand::SecureRandom as _;
-    let mut seed = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut seed).unwrap();
-    seed
+    weft_types::entropy::seed()
 }
 
 /// Sends `msg` on a raw channel and returns the server's next message that
