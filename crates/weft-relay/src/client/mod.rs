@@ -458,8 +458,11 @@ async fn run(
     target: Target,
     events: mpsc::Sender<Event>,
 ) {
-    let mut backoff =
-        weft_client::Backoff::with_bounds(rand::random(), config.backoff.0, config.backoff.1);
+    let mut backoff = weft_client::Backoff::with_bounds(
+        weft_types::entropy::u64(),
+        config.backoff.0,
+        config.backoff.1,
+    );
     // After a `Restarting` notice: reconnect quickly until this instant.
     let mut fast_until: Option<tokio::time::Instant> = None;
     let mut first_delay: Option<Duration> = None;
@@ -540,7 +543,7 @@ async fn connect_and_serve(
     *lock(&shared.core) = Some(ClientCore::new(
         config.node_key.clone(),
         opts,
-        rand::random(),
+        weft_types::entropy::seed(),
         now(),
     ));
     let session = Session {

@@ -149,7 +149,7 @@ pub(crate) async fn serve<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     inner.stats.accepted();
-    let login = ServerLogin::new(&inner.key, inner.public, rand::random());
+    let login = ServerLogin::new(&inner.key, inner.public, weft_types::entropy::bytes());
     let greeted = tokio::time::timeout(
         inner.config.login_timeout,
         greet(&login, &mut rd, &mut wr, &mut buf),
@@ -501,7 +501,7 @@ where
     out.extend_from_slice(&server_info);
     let mut taken = Taken::default();
     let mut keepalive = {
-        let jitter = Duration::from_millis(rand::random::<u64>() % 5000);
+        let jitter = Duration::from_millis(weft_types::entropy::u64() % 5000);
         let period = inner.config.keepalive;
         tokio::time::interval_at(tokio::time::Instant::now() + period + jitter, period)
     };

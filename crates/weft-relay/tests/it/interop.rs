@@ -379,7 +379,7 @@ fn our_stun_request_is_answered_by_tailscales_stund_with_the_nat_address() -> an
             use weft_disco::stun::{
                 BINDING_REQUEST_LEN, TxId, parse_binding_response, write_binding_request,
             };
-            let tx = TxId(rand::random());
+            let tx = TxId(weft_types::entropy::bytes());
             let mut req = [0u8; BINDING_REQUEST_LEN];
             let len = write_binding_request(tx, &mut req)?;
             let mut buf = [0u8; 1500];

@@ -163,8 +163,13 @@ impl RawClient {
             },
             (t, _) => panic!("first frame of type {t}"),
         };
-        let info =
-            login::seal_client_info(key, &server, rand::random(), &ClientInfo::weft()).unwrap();
+        let info = login::seal_client_info(
+            key,
+            &server,
+            weft_types::entropy::bytes(),
+            &ClientInfo::weft(),
+        )
+        .unwrap();
         raw.stream.write_all(&info).await.unwrap();
         raw
     }
