@@ -1,0 +1,210 @@
+//! The embedded relay: the real `weft_relay::RelayClient` against the
+//! server in process. Only nodes of the tailnet get in; deleting or
+//! expiring a node closes its relay connection at once.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc::Receiver;
+use weft_relay::{ClientConfig, Event, RelayClient, RelayNode};
+use weft_types::NodePrivate;
+
+use crate::common::{self, TestNode, TestServer, WAIT};
+
+/// Starts a relay client of `key` against the server's embedded relay.
+fn client(t: &TestServer, key: &NodePrivate) -> (RelayClient, Receiver<Event>) {
+    let relay = RelayNode::from_url(t.server.url()).unwrap();
+    RelayClient::start(ClientConfig::new(key.clone(), relay)).unwrap()
+}
+
+/// Returns the next event that is not a health report.
+async fn next(events: &mut Receiver<Event>) -> Event {
+    loop {
+        let ev = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("a relay event in time")
+            .expect("the client is running");
+        if !matches!(ev, Event::Health { .. }) {
+            return ev;
+        }
+    }
+}
+
+async fn connected(events: &mut Receiver<Event>) {
+    match next(events).await {
+        Event::Connected { .. } => {}
+        other => panic!("expected Connected, got {other:?}"),
+    }
+}
+
+async fn refused(events: &mut Receiver<Event>) -> String {
+    match next(events).await {
+        Event::Disconnected { error, .. } => error,
+        other => panic!("expected a refused login, got {other:?}"),
+    }
+}
+
+/// Two registered nodes, connected to the relay.
+async fn two_nodes(t: &TestServer) -> (TestNode, TestNode) {
+    t.user("alice").await;
+    let key = t.reusable_key("alice").await;
+    let mut a = TestNode::new(t, "a");
+    let mut b = TestNode::new(t, "b");
+    a.join(&key).await;
+    b.join(&key).await;
+    (a, b)
+}
+
+async fn node_id(t: &TestServer, hostname: &str) -> i64 {
+    t.server
+        .admin()
+        .list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.hostname == hostname)
+        .unwrap()
+        .id
+}
+
+#[tokio::test]
+async fn tailnet_nodes_relay_a_packet_and_strangers_are_refused() {
+    let t = TestServer::start().await;
+    let (a, b) = two_nodes(&t).await;
+    let (ca, mut ea) = client(&t, &a.node_key);
+    let (_cb, mut eb) = client(&t, &b.node_key);
+    connected(&mut ea).await;
+    connected(&mut eb).await;
+    ca.send(&b.node_key.public(), b"a wireguard datagram")
+        .unwrap();
+    match next(&mut eb).await {
+        Event::Packet { src, data } => {
+            assert_eq!(src, a.node_key.public());
+            assert_eq!(&data[..], b"a wireguard datagram");
+        }
+        other => panic!("expected the packet, got {other:?}"),
+    }
+
+    let stranger = NodePrivate::generate();
+    let (_cs, mut es) = client(&t, &stranger);
+    let why = refused(&mut es).await;
+    assert!(!why.is_empty());
+    let stats = t.server.relay_stats().unwrap();
+    assert!(stats.refused_not_admitted >= 1, "{stats:?}");
+    let m = common::metric(
+        t.server.local_addr(),
+        "weft_relay_logins_refused_total{reason=\"not_admitted\"}",
+    )
+    .await;
+    assert!(
+        m.is_some_and(|v| v >= 1.0),
+        "relay metrics on /metrics: {m:?}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_node_disconnects_its_relay_connection_at_once() {
+    let t = TestServer::start().await;
+    let (a, _b) = two_nodes(&t).await;
+    let (ca, mut ea) = client(&t, &a.node_key);
+    connected(&mut ea).await;
+    let id = node_id(&t, "a").await;
+
+    #[allow(clippy::disallowed_methods)] // measuring only
+    let started = std::time::Instant::now();
+    t.server.admin().delete_node(id).await.unwrap();
+    let why = refused(&mut ea).await;
+    let took = started.elapsed();
+    eprintln!("relay connection closed {took:?} after the delete call started ({why})");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(!ca.is_connected());
+    // It cannot log in again.
+    let (_again, mut e2) = client(&t, &a.node_key);
+    refused(&mut e2).await;
+}
+
+#[tokio::test]
+async fn an_expired_node_is_disconnected_and_refused() {
+    let t = TestServer::start().await;
+    let (_a, b) = two_nodes(&t).await;
+    let (_cb, mut eb) = client(&t, &b.node_key);
+    connected(&mut eb).await;
+    let id = node_id(&t, "b").await;
+    t.server.admin().expire_node(id).await.unwrap();
+    refused(&mut eb).await;
+    let (_again, mut e2) = client(&t, &b.node_key);
+    refused(&mut e2).await;
+}
+
+#[tokio::test]
+async fn a_rotated_key_loses_the_relay_and_the_new_key_gets_in() {
+    let t = TestServer::start().await;
+    let (_a, mut b) = two_nodes(&t).await;
+    let old = b.node_key.clone();
+    let (_co, mut eo) = client(&t, &old);
+    connected(&mut eo).await;
+    b.node_key = NodePrivate::generate();
+    let mut params = b.params(weft_types::control::RegisterAuth::None);
+    params.old_node_key = Some(old.public());
+    b.start(params).await;
+    assert!(matches!(
+        b.next().await,
+        weft_client::SessionEvent::Registered(_)
+    ));
+    let new = b.node_key.public();
+    b.wait_map(|m| m.self_node.node_key == new).await;
+    refused(&mut eo).await;
+    let (_cn, mut en) = client(&t, &b.node_key);
+    connected(&mut en).await;
+}
+
+#[tokio::test]
+async fn no_relay_turns_the_relay_off() {
+    let t = TestServer::start_with(|c| c.relay = false).await;
+    assert!(t.server.relay_public_key().is_none());
+    let (a, _b) = two_nodes(&t).await;
+    let (_ca, mut ea) = client(&t, &a.node_key);
+    refused(&mut ea).await;
+}
+
+/// `POST /api/v1/relay/verify` with `weft_relay::RestAdmission`, the client
+/// of the standalone `weft-relay --control`.
+#[tokio::test]
+async fn the_verify_endpoint_answers_a_standalone_relay() {
+    use weft_relay::{Admission as _, RestAdmission};
+    let t = TestServer::start().await;
+    let (a, b) = two_nodes(&t).await;
+    let stranger = NodePrivate::generate().public();
+    let api = t
+        .server
+        .admin()
+        .create_api_key(weft_control::admin::types::NewApiKey::default())
+        .await
+        .unwrap();
+    let rest =
+        RestAdmission::new(t.server.url(), zeroize::Zeroizing::new(api.secret), None).unwrap();
+    let asked = [a.node_key.public(), b.node_key.public(), stranger];
+    let allowed = rest.verify(&asked).await.unwrap();
+    assert_eq!(
+        allowed,
+        [a.node_key.public(), b.node_key.public()]
+            .into_iter()
+            .collect()
+    );
+    t.server
+        .admin()
+        .delete_node(node_id(&t, "a").await)
+        .await
+        .unwrap();
+    let allowed = rest.verify(&asked).await.unwrap();
+    assert_eq!(allowed, [b.node_key.public()].into_iter().collect());
+
+    // Strangers get nothing: no key, a wrong key.
+    let wrong = RestAdmission::new(
+        t.server.url(),
+        zeroize::Zeroizing::new("weftapi_not-a-key".into()),
+        None,
+    )
+    .unwrap();
+    let e = wrong.verify(&asked).await.unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+}
