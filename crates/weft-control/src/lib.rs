@@ -205,6 +205,17 @@ impl Server {
             None
         };
 
+        let stop = CancellationToken::new();
+        let background = TaskTracker::new();
+        let mut stun_addrs = Vec::new();
+        for addr in config.stun_addrs() {
+            let bound = relay::start_stun(addr, &stop, &background)
+                .map_err(|source| StartError::Stun { addr, source })?;
+            stun_addrs.push(bound);
+        }
+        let relay_map =
+            relay::default_map(&server_url, config.relay, &stun_addrs).unwrap_or_default();
+
         let persist = Arc::new(Persister::default());
         let (coordinator, coord) = Coordinator::load(
             store.clone(),
@@ -214,18 +225,11 @@ impl Server {
                 domain: config.domain.clone(),
                 batch_delay: config.batch_delay,
                 ephemeral_grace: config.ephemeral_grace,
+                relay_map,
             },
         )
         .await
         .map_err(|e| StartError::Load(e.to_string()))?;
-        let stop = CancellationToken::new();
-        let background = TaskTracker::new();
-        let mut stun_addrs = Vec::new();
-        for addr in config.stun_addrs() {
-            let bound = relay::start_stun(addr, &stop, &background)
-                .map_err(|source| StartError::Stun { addr, source })?;
-            stun_addrs.push(bound);
-        }
         let relay_keys = Arc::new(relay::LiveKeys::new(&coord.snapshot(), clock.clone()));
         let relay = match relay_key {
             Some(key) => Some(weft_relay::RelayServer::new(weft_relay::RelayConfig::new(

@@ -135,3 +135,48 @@ pub(crate) fn start_stun(
     tasks.spawn(weft_relay::stun::serve(sock, stats, stop.clone()));
     Ok(bound)
 }
+
+/// The region id of the default relay map's one region.
+pub const DEFAULT_REGION_ID: u16 = 900;
+
+/// The default relay map: one region (id 900, code `weft`, named after the
+/// control host) whose one relay is this server, at the host and port of
+/// the control URL (plain HTTP if the URL is `http://`), with the first
+/// STUN port (0 without STUN). `None` when the relay is off.
+pub(crate) fn default_map(
+    server_url: &str,
+    relay: bool,
+    stun: &[SocketAddr],
+) -> Option<weft_types::netmap::RelayMap> {
+    use weft_types::netmap::{RelayMap, RelayNode, RelayRegion};
+    if !relay {
+        return None;
+    }
+    let url: weft_client::ControlUrl = server_url.parse().ok()?;
+    let host = url.host().trim_start_matches('[').trim_end_matches(']');
+    let ip: Option<std::net::IpAddr> = host.parse().ok();
+    let node = RelayNode {
+        name: format!("{DEFAULT_REGION_ID}a"),
+        host: host.to_owned(),
+        relay_port: url.port(),
+        stun_port: stun.first().map_or(0, SocketAddr::port),
+        ipv4: ip.and_then(|ip| match ip {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        }),
+        ipv6: ip.and_then(|ip| match ip {
+            std::net::IpAddr::V6(a) => Some(a),
+            std::net::IpAddr::V4(_) => None,
+        }),
+        insecure_for_tests: !url.is_tls(),
+    };
+    let region = RelayRegion {
+        id: DEFAULT_REGION_ID,
+        code: "weft".into(),
+        name: host.to_owned(),
+        nodes: vec![node],
+    };
+    Some(RelayMap {
+        regions: [(DEFAULT_REGION_ID, region)].into_iter().collect(),
+    })
+}

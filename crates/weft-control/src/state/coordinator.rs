@@ -144,6 +144,8 @@ pub(crate) struct CoordConfig {
     pub domain: DnsName,
     pub batch_delay: Duration,
     pub ephemeral_grace: Duration,
+    /// The relay map every node is given.
+    pub relay_map: RelayMap,
 }
 
 #[derive(Debug)]
@@ -369,7 +371,7 @@ impl CoordState {
             users: users.clone(),
             policy: pstate,
             dns: Encoded::new(&dns_config(&config.domain))?,
-            relay_map: Encoded::new(&RelayMap::default())?,
+            relay_map: Encoded::new(&config.relay_map)?,
             domain: config.domain.clone(),
         };
         let published = Arc::new(Published::new(Arc::new(snapshot)));

@@ -208,3 +208,44 @@ async fn the_verify_endpoint_answers_a_standalone_relay() {
     let e = wrong.verify(&asked).await.unwrap_err();
     assert!(e.to_string().contains("401"), "{e}");
 }
+
+#[tokio::test]
+async fn nodes_get_the_default_relay_map_and_stun_answers() {
+    let t = TestServer::start().await;
+    let (mut a, _b) = two_nodes(&t).await;
+    let stun = t.server.stun_addrs()[0];
+    let map = a.wait_map(|m| !m.relay_map.regions.is_empty()).await;
+    let region = &map.relay_map.regions[&900];
+    assert_eq!((region.id, region.code.as_str()), (900, "weft"));
+    let node = &region.nodes[0];
+    assert_eq!(node.host, "127.0.0.1");
+    assert_eq!(node.relay_port, t.server.local_addr().port());
+    assert_eq!(node.stun_port, stun.port());
+    assert!(node.insecure_for_tests, "the control URL is http://");
+    // The map's relay is the one that admits a (it connects at host:port).
+    let url = format!("http://{}:{}", node.host, node.relay_port);
+    let (_c, mut e) = RelayClient::start(ClientConfig::new(
+        a.node_key.clone(),
+        RelayNode::from_url(&url).unwrap(),
+    ))
+    .unwrap();
+    connected(&mut e).await;
+
+    // STUN: a Binding request gets our own address back.
+    use weft_disco::stun::{TxId, parse_binding_response, write_binding_request};
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 128];
+    let n = write_binding_request(TxId([7; 12]), &mut buf).unwrap();
+    sock.send_to(&buf[..n], stun).await.unwrap();
+    let mut resp = [0u8; 1500];
+    let (n, from) = tokio::time::timeout(WAIT, sock.recv_from(&mut resp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from, stun);
+    let (tx, mapped) = parse_binding_response(&resp[..n]).unwrap();
+    assert_eq!(tx, TxId([7; 12]));
+    assert_eq!(mapped, sock.local_addr().unwrap());
+    let answered = common::metric(t.server.local_addr(), "weft_relay_stun_requests_total").await;
+    assert!(answered.is_some_and(|v| v >= 1.0), "{answered:?}");
+}
