@@ -213,8 +213,13 @@ impl Server {
                 .map_err(|source| StartError::Stun { addr, source })?;
             stun_addrs.push(bound);
         }
-        let relay_map =
-            relay::default_map(&server_url, config.relay, &stun_addrs).unwrap_or_default();
+        let relay_map = match relay::load_map(&config.state_dir.join(relay::RELAY_MAP_FILE)) {
+            Ok(Some(map)) => map,
+            Ok(None) => {
+                relay::default_map(&server_url, config.relay, &stun_addrs).unwrap_or_default()
+            }
+            Err(e) => return Err(StartError::Load(e)),
+        };
 
         let persist = Arc::new(Persister::default());
         let (coordinator, coord) = Coordinator::load(

@@ -180,3 +180,76 @@ pub(crate) fn default_map(
         regions: [(DEFAULT_REGION_ID, region)].into_iter().collect(),
     })
 }
+
+/// The administrator's relay map inside the state directory (replaces the
+/// default map while it exists).
+pub const RELAY_MAP_FILE: &str = "relay-map.json";
+
+/// Checks a relay map given as a list of regions and returns it keyed by
+/// id: region ids unique and non-zero, codes and names non-empty, at least
+/// one relay per region, relay names unique in the map, hosts non-empty,
+/// relay ports non-zero (a STUN port of 0 means no STUN).
+pub(crate) fn validate_map(
+    regions: Vec<weft_types::netmap::RelayRegion>,
+) -> Result<weft_types::netmap::RelayMap, String> {
+    let mut map = weft_types::netmap::RelayMap::default();
+    let mut names = BTreeSet::new();
+    for r in regions {
+        let at = format!("region {} ({:?})", r.id, r.code);
+        if r.id == 0 {
+            return Err(format!("{at}: region ids start at 1"));
+        }
+        if r.code.trim().is_empty() || r.name.trim().is_empty() {
+            return Err(format!("{at}: give the region a code and a name"));
+        }
+        if r.nodes.is_empty() {
+            return Err(format!("{at}: a region needs at least one relay in nodes"));
+        }
+        for n in &r.nodes {
+            if n.name.trim().is_empty() || n.host.trim().is_empty() {
+                return Err(format!("{at}: every relay needs a name and a host"));
+            }
+            if n.relay_port == 0 {
+                return Err(format!("{at}: relay {:?} has relay_port 0", n.name));
+            }
+            if !names.insert(n.name.clone()) {
+                return Err(format!("{at}: relay name {:?} is used twice", n.name));
+            }
+        }
+        if map.regions.contains_key(&r.id) {
+            return Err(format!("{at}: region id {} is used twice", r.id));
+        }
+        map.regions.insert(r.id, r);
+    }
+    Ok(map)
+}
+
+/// Reads the administrator's relay map from `path`, if the file exists.
+pub(crate) fn load_map(
+    path: &std::path::Path,
+) -> Result<Option<weft_types::netmap::RelayMap>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let cfg: crate::admin::types::RelayMapConfig = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a relay map: {e}", path.display()))?;
+    validate_map(cfg.regions)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes the administrator's relay map to `path` (whole or not at all).
+pub(crate) fn store_map(
+    path: &std::path::Path,
+    map: &weft_types::netmap::RelayMap,
+) -> std::io::Result<()> {
+    let cfg = crate::admin::types::RelayMapConfig {
+        regions: map.regions.values().cloned().collect(),
+    };
+    let text = serde_json::to_vec_pretty(&cfg).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}

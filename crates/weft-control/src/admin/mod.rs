@@ -402,6 +402,41 @@ impl Admin {
         })
     }
 
+    /// Returns the relay map nodes are given.
+    ///
+    /// # Errors
+    /// `internal` if the published map cannot be read back (a bug).
+    pub fn relay_map(&self) -> Result<RelayMapConfig, AdminError> {
+        let snap = self.ctx.coord.snapshot();
+        let map: weft_types::netmap::RelayMap = serde_json::from_slice(snap.relay_map.as_bytes())
+            .map_err(|e| {
+            AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        Ok(RelayMapConfig {
+            regions: map.regions.into_values().collect(),
+        })
+    }
+
+    /// Replaces the relay map (stored in the state directory, replacing the
+    /// default one) and sends it to every streamed node.
+    ///
+    /// # Errors
+    /// `invalid` with what is wrong; `internal` if it cannot be stored.
+    pub async fn set_relay_map(&self, m: RelayMapConfig) -> Result<RelayMapConfig, AdminError> {
+        let map = crate::relay::validate_map(m.regions).map_err(AdminError::invalid)?;
+        let path = self.ctx.config.state_dir.join(crate::relay::RELAY_MAP_FILE);
+        crate::relay::store_map(&path, &map).map_err(|e| {
+            AdminError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("cannot store the relay map in {}: {e}", path.display()),
+            )
+        })?;
+        self.ctx.coord.send(Msg::RelayMap(Box::new(map)));
+        let _ = self.ctx.coord.flush().await;
+        self.relay_map()
+    }
+
     /// Renames a node (its DNS label).
     ///
     /// # Errors

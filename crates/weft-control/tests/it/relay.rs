@@ -249,3 +249,71 @@ async fn nodes_get_the_default_relay_map_and_stun_answers() {
     let answered = common::metric(t.server.local_addr(), "weft_relay_stun_requests_total").await;
     assert!(answered.is_some_and(|v| v >= 1.0), "{answered:?}");
 }
+
+#[tokio::test]
+async fn an_admin_relay_map_is_validated_stored_and_reaches_streamed_nodes() {
+    use weft_control::admin::types::RelayMapConfig;
+    use weft_types::netmap::{RelayNode as MapNode, RelayRegion};
+    let t = TestServer::start().await;
+    let (mut a, _b) = two_nodes(&t).await;
+    a.wait_map(|m| m.relay_map.regions.contains_key(&900)).await;
+    let relay = |name: &str, port: u16| MapNode {
+        name: name.into(),
+        host: "relay-fra.example.com".into(),
+        relay_port: port,
+        stun_port: 3478,
+        ipv4: None,
+        ipv6: None,
+        insecure_for_tests: false,
+    };
+    let region = |id: u16, nodes: Vec<MapNode>| RelayRegion {
+        id,
+        code: "fra".into(),
+        name: "Frankfurt".into(),
+        nodes,
+    };
+    let admin = t.server.admin();
+    for (bad, why) in [
+        (
+            vec![
+                region(1, vec![relay("1a", 443)]),
+                region(1, vec![relay("1b", 443)]),
+            ],
+            "used twice",
+        ),
+        (vec![region(1, vec![relay("1a", 0)])], "relay_port 0"),
+        (vec![region(1, vec![])], "at least one relay"),
+        (
+            vec![region(1, vec![relay("1a", 443), relay("1a", 443)])],
+            "used twice",
+        ),
+    ] {
+        let e = admin
+            .set_relay_map(RelayMapConfig { regions: bad })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "invalid");
+        assert!(e.message.contains(why), "{}", e.message);
+    }
+    // Nothing changed.
+    assert_eq!(admin.relay_map().unwrap().regions[0].id, 900);
+
+    let good = RelayMapConfig {
+        regions: vec![region(1, vec![relay("1a", 443)])],
+    };
+    assert_eq!(admin.set_relay_map(good.clone()).await.unwrap(), good);
+    let m = a.wait_map(|m| m.relay_map.regions.contains_key(&1)).await;
+    assert_eq!(m.relay_map.regions.len(), 1);
+    assert_eq!(
+        m.relay_map.regions[&1].nodes[0].host,
+        "relay-fra.example.com"
+    );
+    // It came on the open stream, marked as a relay map change.
+    assert!(a.events.iter().any(|e| matches!(
+        e,
+        weft_client::SessionEvent::NetMap { diff, netmap }
+            if diff.relay_map && netmap.relay_map.regions.contains_key(&1)
+    )));
+    assert!(t.dir.path().join("relay-map.json").exists());
+    assert_eq!(admin.relay_map().unwrap(), good);
+}
