@@ -317,3 +317,103 @@ async fn an_admin_relay_map_is_validated_stored_and_reaches_streamed_nodes() {
     assert!(t.dir.path().join("relay-map.json").exists());
     assert_eq!(admin.relay_map().unwrap(), good);
 }
+
+/// The `weft-relay` binary next to this test's directory (`cargo test
+/// --workspace` builds it), or `$WEFT_RELAY_BIN`.
+fn relay_binary() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("WEFT_RELAY_BIN") {
+        return Some(p.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.parent()?.join("weft-relay");
+    p.exists().then_some(p)
+}
+
+/// A standalone `weft-relay --control <this server>` admits the tailnet's
+/// nodes through `POST /api/v1/relay/verify`, refuses strangers, and drops
+/// a deleted node at its next re-verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_weft_relay_admits_through_control() {
+    let Some(bin) = relay_binary() else {
+        let why =
+            "the weft-relay binary is not built (cargo build -p weft-relay, or set WEFT_RELAY_BIN)";
+        assert!(std::env::var("WEFT_E2E").as_deref() != Ok("1"), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    };
+    let t = TestServer::start().await;
+    let (a, b) = two_nodes(&t).await;
+    let api = t
+        .server
+        .admin()
+        .create_api_key(weft_control::admin::types::NewApiKey::default())
+        .await
+        .unwrap();
+    let key_file = t.dir.path().join("relay-api-key");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&key_file)
+            .unwrap();
+        f.write_all(api.secret.as_bytes()).unwrap();
+    }
+    let port = common::free_port();
+    let log = std::fs::File::create(t.dir.path().join("weft-relay.log")).unwrap();
+    let child = std::process::Command::new(&bin)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--no-stun"])
+        .args(["--reverify-every", "0.2", "--control", t.server.url()])
+        .arg("--api-key-file")
+        .arg(&key_file)
+        .arg("--key-file")
+        .arg(t.dir.path().join("standalone-relay.key"))
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let start = |k: &NodePrivate| {
+        RelayClient::start(ClientConfig::new(
+            k.clone(),
+            RelayNode::from_url(&url).unwrap(),
+        ))
+        .unwrap()
+    };
+    // The client retries with backoff until the relay listens.
+    let (_ca, mut ea) = start(&a.node_key);
+    let (_cb, mut eb) = start(&b.node_key);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for e in [&mut ea, &mut eb] {
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no login to weft-relay"
+            );
+            match next(e).await {
+                Event::Connected { .. } => break,
+                Event::Disconnected { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let (_cs, mut es) = start(&NodePrivate::generate());
+    refused(&mut es).await;
+    t.server
+        .admin()
+        .delete_node(node_id(&t, "b").await)
+        .await
+        .unwrap();
+    refused(&mut eb).await;
+    let log = std::fs::read_to_string(t.dir.path().join("weft-relay.log")).unwrap();
+    assert!(!log.contains("admission check failed"), "{log}");
+}
