@@ -40,6 +40,10 @@ pub const DEFAULT_MAX_PENDING_LOGINS: usize = 1000;
 pub const DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE: usize = 10;
 /// The server key file inside the state directory.
 pub const SERVER_KEY_FILE: &str = "server.key";
+/// The default STUN port (UDP).
+pub const DEFAULT_STUN_PORT: u16 = weft_relay::stun::DEFAULT_PORT;
+/// The relay's key file inside the state directory.
+pub const RELAY_KEY_FILE: &str = "relay.key";
 /// The admin socket inside the state directory.
 pub const ADMIN_SOCKET_FILE: &str = "admin.sock";
 
@@ -99,6 +103,13 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock>,
     /// Completes interactive logins (`/a/<id>`).
     pub authenticator: Arc<dyn Authenticator>,
+    /// Serve the embedded relay (DERP) at `/derp` on the HTTP listener.
+    pub relay: bool,
+    /// Serve STUN.
+    pub stun: bool,
+    /// Where STUN listens (UDP); empty: the listen address's IP, port
+    /// [`DEFAULT_STUN_PORT`].
+    pub stun_listen: Vec<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -129,6 +140,9 @@ impl ServerConfig {
             store_seed: None,
             clock: Arc::new(SystemClock),
             authenticator: Arc::new(AdminApproval),
+            relay: true,
+            stun: true,
+            stun_listen: Vec::new(),
         }
     }
 
@@ -141,6 +155,7 @@ impl ServerConfig {
         c.channel.handshake_timeout = Duration::from_millis(500);
         c.http_header_timeout = Duration::from_secs(2);
         c.store_seed = Some(1);
+        c.stun_listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
         c
     }
 
@@ -154,6 +169,17 @@ impl ServerConfig {
             .map_or(1024, |(soft, _)| soft);
         let n = soft.saturating_sub(RESERVED_DESCRIPTORS).clamp(64, 1 << 24);
         usize::try_from(n).unwrap_or(1 << 24)
+    }
+
+    /// Returns the STUN addresses in force (see [`ServerConfig::stun_listen`]).
+    pub fn stun_addrs(&self) -> Vec<SocketAddr> {
+        if !self.stun {
+            return Vec::new();
+        }
+        if self.stun_listen.is_empty() {
+            return vec![SocketAddr::new(self.listen.ip(), DEFAULT_STUN_PORT)];
+        }
+        self.stun_listen.clone()
     }
 
     /// Returns the admin socket path.

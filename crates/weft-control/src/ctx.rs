@@ -38,4 +38,9 @@ pub(crate) struct Ctx {
     pub stop: CancellationToken,
     /// Connection tasks, awaited at shutdown.
     pub tasks: TaskTracker,
+    /// The embedded relay, unless turned off.
+    pub relay: Option<weft_relay::RelayServer>,
+    /// Who may use a relay (the embedded one, and standalone ones through
+    /// `POST /api/v1/relay/verify`).
+    pub relay_keys: Arc<crate::relay::LiveKeys>,
 }

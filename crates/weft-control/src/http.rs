@@ -10,6 +10,7 @@
 //! | `/api/v1/…` | the admin API with an API key ([`crate::admin`]) |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /health` | `ok` |
+//! | `/derp`, `/derp/probe`, `/derp/latency-check`, `/generate_204` | the embedded relay ([`crate::relay`]), unless `--no-relay` |
 //!
 //! Every response but the `101` of an upgrade carries the headers of
 //! [`crate::pages::set_security_headers`]: a Content-Security-Policy that
@@ -55,6 +56,10 @@ pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
         .with_state(ctx.clone())
         .nest("/api/v1", rest);
     let completer = Arc::new(Completer::new(ctx.clone()));
+    if let Some(relay) = &ctx.relay {
+        // `/derp` (upgrade), `/derp/probe`, `/derp/latency-check`, `/generate_204`.
+        r = r.merge(relay.router());
+    }
     if let Some(extra) = ctx.config.authenticator.routes(completer) {
         r = r.nest(
             &format!("/login/{}", ctx.config.authenticator.name()),
@@ -198,6 +203,9 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, ctx: Arc<Ctx>) 
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     svc_ticket.set_if(Standing::Waiting, Standing::Busy);
                     req.extensions_mut().insert(RemoteAddr(peer));
+                    // The relay's routes read the client address from here.
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
                     req.extensions_mut().insert(svc_ticket.clone());
                     let router = router.clone();
                     let ticket = svc_ticket.clone();

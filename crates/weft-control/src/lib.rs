@@ -35,6 +35,7 @@ mod login;
 mod metrics;
 pub mod pages;
 mod registration;
+mod relay;
 mod state;
 mod waiting;
 
@@ -96,6 +97,22 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The relay key could not be loaded or made.
+    #[error("the relay key: {0}")]
+    RelayKey(#[from] weft_relay::KeyFileError),
+    /// The relay could not start.
+    #[error("cannot start the relay: {0}")]
+    Relay(#[from] weft_relay::RelayError),
+    /// A STUN address could not be bound.
+    #[error(
+        "cannot serve STUN on {addr} (UDP): {source}; choose another with --stun-listen or turn STUN off with --no-stun"
+    )]
+    Stun {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The admin socket could not be bound.
     #[error("cannot create the admin socket {path}: {source}")]
     AdminSocket {
@@ -112,6 +129,7 @@ pub struct Server {
     ctx: Arc<Ctx>,
     local_addr: SocketAddr,
     admin_socket: Option<PathBuf>,
+    stun_addrs: Vec<SocketAddr>,
     background: TaskTracker,
 }
 
@@ -128,6 +146,13 @@ impl Server {
             source,
         })?;
         let server_key = keyfile::load_or_create(&config.state_dir.join(config::SERVER_KEY_FILE))?;
+        let relay_key = if config.relay {
+            Some(weft_relay::load_or_create_key(
+                &config.state_dir.join(config::RELAY_KEY_FILE),
+            )?)
+        } else {
+            None
+        };
         let store_config = StoreConfig {
             node_key_expiry: config.node_key_expiry,
             seed: config.store_seed,
@@ -176,6 +201,22 @@ impl Server {
             None
         };
 
+        let stop = CancellationToken::new();
+        let background = TaskTracker::new();
+        let mut stun_addrs = Vec::new();
+        for addr in config.stun_addrs() {
+            let bound = relay::start_stun(addr, &stop, &background)
+                .map_err(|source| StartError::Stun { addr, source })?;
+            stun_addrs.push(bound);
+        }
+        let relay_map = match relay::load_map(&config.state_dir.join(relay::RELAY_MAP_FILE)) {
+            Ok(Some(map)) => map,
+            Ok(None) => {
+                relay::default_map(&server_url, config.relay, &stun_addrs).unwrap_or_default()
+            }
+            Err(e) => return Err(StartError::Load(e)),
+        };
+
         let persist = Arc::new(Persister::default());
         let (coordinator, coord) = Coordinator::load(
             store.clone(),
@@ -185,11 +226,19 @@ impl Server {
                 domain: config.domain.clone(),
                 batch_delay: config.batch_delay,
                 ephemeral_grace: config.ephemeral_grace,
+                relay_map,
             },
         )
         .await
         .map_err(|e| StartError::Load(e.to_string()))?;
-        let stop = CancellationToken::new();
+        let relay_keys = Arc::new(relay::LiveKeys::new(&coord.snapshot(), clock.clone()));
+        let relay = match relay_key {
+            Some(key) => Some(weft_relay::RelayServer::new(weft_relay::RelayConfig::new(
+                key,
+                relay_keys.clone(),
+            ))?),
+            None => None,
+        };
         let limits = admission::Limits {
             max_connections: config.connection_limit(),
             max_unregistered_per_source: config.max_unregistered_per_source,
@@ -215,12 +264,20 @@ impl Server {
             clock: clock.clone(),
             stop: stop.clone(),
             tasks: TaskTracker::new(),
+            relay,
+            relay_keys,
         });
-        let background = TaskTracker::new();
         let admin = Admin::new(ctx.clone());
         background.spawn(coordinator.run(stop.clone()));
         background.spawn(persist.run(store.clone(), clock.clone(), stop.clone()));
         background.spawn(maintenance(ctx.clone()));
+        background.spawn(relay::follow(
+            ctx.relay.clone(),
+            ctx.relay_keys.clone(),
+            ctx.coord.published.clone(),
+            clock.clone(),
+            stop.clone(),
+        ));
         let admin_socket = admin_listener.map(|(l, path)| {
             background.spawn(admin::socket::serve(
                 l,
@@ -238,12 +295,15 @@ impl Server {
             key = %ctx.server_key.public(),
             backend = ?store.backend(),
             authenticator = ctx.config.authenticator.name(),
+            relay = ctx.relay.as_ref().map(|r| r.public_key().to_string()),
+            stun = ?stun_addrs,
             "weft-control serving"
         );
         Ok(Server {
             ctx,
             local_addr,
             admin_socket,
+            stun_addrs,
             background,
         })
     }
@@ -268,6 +328,24 @@ impl Server {
         Admin::new(self.ctx.clone())
     }
 
+    /// Returns the embedded relay's public key, if the relay is served.
+    pub fn relay_public_key(&self) -> Option<weft_types::NodePublic> {
+        self.ctx
+            .relay
+            .as_ref()
+            .map(weft_relay::RelayServer::public_key)
+    }
+
+    /// Returns the embedded relay's counters, if the relay is served.
+    pub fn relay_stats(&self) -> Option<weft_relay::StatsSnapshot> {
+        self.ctx.relay.as_ref().map(weft_relay::RelayServer::stats)
+    }
+
+    /// Returns the bound STUN addresses (UDP; empty without STUN).
+    pub fn stun_addrs(&self) -> &[SocketAddr] {
+        &self.stun_addrs
+    }
+
     /// Returns the admin socket path, if it is served.
     pub fn admin_socket(&self) -> Option<&std::path::Path> {
         self.admin_socket.as_deref()
@@ -276,6 +354,16 @@ impl Server {
     /// Stops accepting, ends every connection (`shutting_down`), writes the
     /// pending runtime state and closes the database.
     pub async fn shutdown(self) {
+        if let Some(relay) = &self.ctx.relay {
+            // Relay clients come back quickly to the next instance.
+            let restarting = weft_relay::Restarting {
+                reconnect_in: Duration::from_millis(500),
+                try_for: Duration::from_secs(10),
+            };
+            relay
+                .shutdown(Some(restarting), Duration::from_secs(3))
+                .await;
+        }
         self.ctx.stop.cancel();
         self.ctx.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.ctx.tasks.wait()).await;

@@ -19,6 +19,7 @@
 //! | `weft_control_upgrades_refused_total` | counter | refused upgrades |
 //! | `weft_ephemeral_nodes_deleted_total` | counter | ephemeral nodes collected |
 //! | `weft_persist_backlog_nodes` | gauge | nodes with runtime state not yet written |
+//! | `weft_relay_*` | | the embedded relay and STUN server (docs/RELAY.md § Metrics) |
 
 use std::sync::OnceLock;
 

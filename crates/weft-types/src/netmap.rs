@@ -91,8 +91,18 @@ pub struct RelayNode {
     pub host: String,
     /// TCP port of the relay protocol.
     pub relay_port: u16,
-    /// UDP port of its STUN server (3478 by default).
+    /// UDP port of its STUN server (3478 by default; 0: none).
     pub stun_port: u16,
+    /// An IPv4 address to use instead of resolving `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    /// An IPv6 address to use instead of resolving `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    /// Speak plain HTTP instead of TLS (a relay behind plain-HTTP control,
+    /// and tests; Tailscale's `InsecureForTests`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_for_tests: bool,
 }
 
 /// One message of a map stream.

@@ -553,3 +553,17 @@ fn host_info_within_the_limits_validates_and_each_limit_is_enforced() {
         .collect();
     assert!(matches!(h.validate(), Err(HostInfoError::TooLarge { .. })));
 }
+
+#[test]
+fn relay_nodes_decode_without_the_optional_fields_and_omit_them_when_unset() {
+    use weft_types::netmap::RelayNode;
+    let old = r#"{"name":"900a","host":"c.example","relay_port":443,"stun_port":3478}"#;
+    let n: RelayNode = serde_json::from_str(old).unwrap();
+    assert_eq!((n.ipv4, n.ipv6, n.insecure_for_tests), (None, None, false));
+    assert_eq!(serde_json::to_string(&n).unwrap(), old);
+    let new = r#"{"name":"900a","host":"c.example","relay_port":8080,"stun_port":0,"ipv4":"198.18.0.1","insecure_for_tests":true}"#;
+    let n: RelayNode = serde_json::from_str(new).unwrap();
+    assert_eq!(n.ipv4, Some("198.18.0.1".parse().unwrap()));
+    assert!(n.insecure_for_tests);
+    assert_eq!(serde_json::to_string(&n).unwrap(), new);
+}

@@ -79,6 +79,8 @@ admin_routes! {
     "/policy" => get(get_policy), put(set_policy);
     "/policy/check" => post(check_policy);
     "/policy/explain" => post(explain);
+    "/relay/verify" => post(relay_verify);
+    "/relay-map" => get(get_relay_map), put(set_relay_map);
 }
 
 /// Returns the admin routes (without authentication; see [`require_api_key`]).
@@ -179,6 +181,23 @@ async fn node(State(a): State<Admin>, Path(id): Path<String>) -> R<NodeView> {
 
 async fn delete_node(State(a): State<Admin>, Path(id): Path<String>) -> R<NodeView> {
     a.delete_node(parse_id("node", &id)?).await.map(Json)
+}
+
+/// `POST /relay/verify`: which node keys may use a relay (the contract of
+/// `weft_relay::RestAdmission`, docs/RELAY.md).
+async fn relay_verify(
+    State(a): State<Admin>,
+    Json(r): Json<weft_relay::VerifyRequest>,
+) -> R<weft_relay::VerifyResponse> {
+    a.relay_verify(&r.node_keys).map(Json)
+}
+
+async fn get_relay_map(State(a): State<Admin>) -> R<RelayMapConfig> {
+    a.relay_map().map(Json)
+}
+
+async fn set_relay_map(State(a): State<Admin>, Json(m): Json<RelayMapConfig>) -> R<RelayMapConfig> {
+    a.set_relay_map(m).await.map(Json)
 }
 
 async fn expire_node(State(a): State<Admin>, Path(id): Path<String>) -> R<NodeView> {

@@ -373,6 +373,22 @@ impl AdminClient {
             .await
     }
 
+    // --- relay map ---
+
+    /// `GET /relay-map`.
+    pub async fn relay_map(&self) -> Result<RelayMapConfig, AdminClientError> {
+        self.request::<(), _>(http::Method::GET, "/relay-map", None)
+            .await
+    }
+    /// `PUT /relay-map`.
+    pub async fn set_relay_map(
+        &self,
+        map: &RelayMapConfig,
+    ) -> Result<RelayMapConfig, AdminClientError> {
+        self.request(http::Method::PUT, "/relay-map", Some(map))
+            .await
+    }
+
     // --- policy ---
 
     /// `GET /policy`.

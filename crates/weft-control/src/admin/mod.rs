@@ -36,6 +36,10 @@ use types::*;
 /// The default lifetime of a pre-auth key.
 pub const DEFAULT_PREAUTH_KEY_EXPIRATION: Duration = Duration::from_secs(60 * 60);
 
+/// Node keys per `POST /api/v1/relay/verify`, at most (what
+/// `weft_relay::RestAdmission` sends per request).
+pub const MAX_RELAY_VERIFY_KEYS: usize = 1000;
+
 /// An admin operation that failed: an HTTP status, a code for programs and
 /// a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -371,7 +375,66 @@ impl Admin {
     pub async fn delete_node(&self, id: i64) -> Result<NodeView, AdminError> {
         let n = self.ctx.store.delete_node(NodeId(id)).await?;
         self.ctx.coord.send(Msg::NodeDeleted(n.id));
+        // Published at once: peers and relays drop the node without waiting
+        // for the batch delay.
+        let _ = self.ctx.coord.flush().await;
         self.view_one_offline(&n).await
+    }
+
+    /// Returns the subset of `keys` that may use a relay now: current node
+    /// keys of authorized nodes that are not expired (what the embedded
+    /// relay admits too).
+    ///
+    /// # Errors
+    /// `invalid` for more than [`MAX_RELAY_VERIFY_KEYS`] keys.
+    pub fn relay_verify(
+        &self,
+        keys: &[weft_types::NodePublic],
+    ) -> Result<weft_relay::VerifyResponse, AdminError> {
+        if keys.len() > MAX_RELAY_VERIFY_KEYS {
+            return Err(AdminError::invalid(format!(
+                "{} node keys asked at once; at most {MAX_RELAY_VERIFY_KEYS} per request",
+                keys.len()
+            )));
+        }
+        Ok(weft_relay::VerifyResponse {
+            allowed: self.ctx.relay_keys.allowed(keys).into_iter().collect(),
+        })
+    }
+
+    /// Returns the relay map nodes are given.
+    ///
+    /// # Errors
+    /// `internal` if the published map cannot be read back (a bug).
+    pub fn relay_map(&self) -> Result<RelayMapConfig, AdminError> {
+        let snap = self.ctx.coord.snapshot();
+        let map: weft_types::netmap::RelayMap = serde_json::from_slice(snap.relay_map.as_bytes())
+            .map_err(|e| {
+            AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        Ok(RelayMapConfig {
+            regions: map.regions.into_values().collect(),
+        })
+    }
+
+    /// Replaces the relay map (stored in the state directory, replacing the
+    /// default one) and sends it to every streamed node.
+    ///
+    /// # Errors
+    /// `invalid` with what is wrong; `internal` if it cannot be stored.
+    pub async fn set_relay_map(&self, m: RelayMapConfig) -> Result<RelayMapConfig, AdminError> {
+        let map = crate::relay::validate_map(m.regions).map_err(AdminError::invalid)?;
+        let path = self.ctx.config.state_dir.join(crate::relay::RELAY_MAP_FILE);
+        crate::relay::store_map(&path, &map).map_err(|e| {
+            AdminError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("cannot store the relay map in {}: {e}", path.display()),
+            )
+        })?;
+        self.ctx.coord.send(Msg::RelayMap(Box::new(map)));
+        let _ = self.ctx.coord.flush().await;
+        self.relay_map()
     }
 
     /// Renames a node (its DNS label).

@@ -221,3 +221,10 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
+
+/// `GET`/`PUT /relay-map`: the relay map as a list of regions (ids must be
+/// unique, which a JSON object keyed by id could not show).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayMapConfig {
+    pub regions: Vec<weft_types::netmap::RelayRegion>,
+}

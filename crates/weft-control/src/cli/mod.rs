@@ -6,6 +6,7 @@ mod admin;
 mod fmt;
 mod out;
 mod policy;
+mod relay_map;
 mod serve;
 
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ enum Command {
     /// Check, set, show and explain the access policy.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Set and show the relay map nodes are given.
+    #[command(subcommand)]
+    RelayMap(relay_map::RelayMapCmd),
 }
 
 /// Where the server keeps its state and how admin commands reach it.
@@ -143,6 +147,7 @@ pub fn main() -> ExitCode {
             Command::Nodes(c) => admin::nodes(c, conn).await.map(|()| ExitCode::SUCCESS),
             Command::Apikeys(c) => admin::apikeys(c, conn).await.map(|()| ExitCode::SUCCESS),
             Command::Policy(c) => policy::run(c, conn).await,
+            Command::RelayMap(c) => relay_map::run(c, conn).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

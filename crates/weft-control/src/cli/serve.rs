@@ -62,6 +62,15 @@ pub struct ServeArgs {
     /// New nodes wait for an administrator (weft-control nodes authorize ID).
     #[arg(long)]
     require_device_approval: bool,
+    /// Do not serve the embedded relay (DERP) at /derp.
+    #[arg(long)]
+    no_relay: bool,
+    /// Where STUN listens (UDP), repeatable (default: the --listen IP, port 3478).
+    #[arg(long, env = "WEFT_CONTROL_STUN_LISTEN", value_delimiter = ',')]
+    stun_listen: Vec<SocketAddr>,
+    /// Do not serve STUN.
+    #[arg(long, conflicts_with = "stun_listen")]
+    no_stun: bool,
     /// Do not serve the admin socket.
     #[arg(long)]
     no_admin_socket: bool,
@@ -107,6 +116,9 @@ pub async fn run(a: ServeArgs, conn: &Conn, client_flag: Option<&str>) -> anyhow
     config.max_connections = a.max_connections;
     config.max_unregistered_per_source = a.max_unregistered_per_source;
     config.admin_socket = !a.no_admin_socket;
+    config.relay = !a.no_relay;
+    config.stun = !a.no_stun;
+    config.stun_listen = a.stun_listen;
     let server = Server::start(config)
         .await
         .with_context(|| format!("cannot start with --state-dir {}", state_dir.display()))?;

@@ -110,6 +110,8 @@ pub(crate) enum Msg {
     },
     /// End the current batch now; answers with the published version.
     Flush(oneshot::Sender<u64>),
+    /// A new relay map is in force (every streamed node gets it as a delta).
+    RelayMap(Box<RelayMap>),
 }
 
 /// How to reach the coordinator and read what it published.
@@ -144,6 +146,8 @@ pub(crate) struct CoordConfig {
     pub domain: DnsName,
     pub batch_delay: Duration,
     pub ephemeral_grace: Duration,
+    /// The relay map every node is given.
+    pub relay_map: RelayMap,
 }
 
 #[derive(Debug)]
@@ -185,6 +189,7 @@ pub(crate) struct CoordState {
     by_key: HashMap<NodePublic, NodeId>,
     users: BTreeMap<UserId, Arc<UserEntry>>,
     policy: (Arc<Policy>, Option<PolicyVersionId>),
+    relay_map: Encoded<RelayMap>,
     expiries: BTreeSet<(UnixMillis, NodeId)>,
     streams: BTreeMap<NodeId, StreamRec>,
     parked: Vec<Subscribe>,
@@ -362,6 +367,7 @@ impl CoordState {
             nodes.insert(e.rec.id, Arc::new(e));
         }
         let pstate = Arc::new(PolicyState::build(policy.0.clone(), &nodes, &users));
+        let relay_map = Encoded::new(&config.relay_map)?;
         let snapshot = Snapshot {
             version: 0,
             unauthorized: unauthorized(&nodes),
@@ -369,7 +375,7 @@ impl CoordState {
             users: users.clone(),
             policy: pstate,
             dns: Encoded::new(&dns_config(&config.domain))?,
-            relay_map: Encoded::new(&RelayMap::default())?,
+            relay_map: relay_map.clone(),
             domain: config.domain.clone(),
         };
         let published = Arc::new(Published::new(Arc::new(snapshot)));
@@ -382,6 +388,7 @@ impl CoordState {
             by_key,
             users,
             policy,
+            relay_map,
             expiries,
             streams: BTreeMap::new(),
             parked: Vec::new(),
@@ -449,6 +456,13 @@ impl CoordState {
                 self.policy = (policy, version);
                 self.recompute_all();
             }
+            Msg::RelayMap(map) => match Encoded::new(&*map) {
+                Ok(enc) => {
+                    self.relay_map = enc;
+                    self.pending.dirty = true;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode the relay map"),
+            },
             Msg::Subscribe(s) => self.subscribe(*s, now),
             Msg::Unsubscribe { node, stream } => self.unsubscribe(node, stream, now),
             Msg::Endpoints {
@@ -906,7 +920,7 @@ impl CoordState {
             policy,
             domain: old.domain.clone(),
             dns: old.dns.clone(),
-            relay_map: old.relay_map.clone(),
+            relay_map: self.relay_map.clone(),
         });
 
         let mut recipients: Vec<Recipient> = self

@@ -24,6 +24,7 @@ fn config() -> CoordConfig {
         domain: domain(),
         batch_delay: Duration::from_millis(50),
         ephemeral_grace: GRACE,
+        relay_map: weft_types::netmap::RelayMap::default(),
     }
 }
 

@@ -206,6 +206,11 @@ pub(crate) fn compute(batch: &Batch<'_>, recipients: &mut [Recipient]) -> Vec<Ou
     let mut policy_bodies: HashMap<PolicyBodyKey, Encoded<MapBody>> = HashMap::new();
     let mut outputs = Vec::with_capacity(recipients.len());
     let policy_changed = !Arc::ptr_eq(&old.policy, &new.policy);
+    // A new relay map goes to everyone in one body, encoded once.
+    let relay_body = (old.relay_map.as_bytes() != new.relay_map.as_bytes())
+        .then(|| serde_json::from_slice(new.relay_map.as_bytes()).ok())
+        .flatten()
+        .and_then(|map| delta_body(&[Delta::RelayMap(map)]).ok());
     for (s, r) in recipients.iter_mut().enumerate() {
         let own = changes.get(&r.node).copied().unwrap_or(0);
         let shared = ops.get(s).map(Vec::as_slice).unwrap_or_default();
@@ -239,6 +244,7 @@ pub(crate) fn compute(batch: &Batch<'_>, recipients: &mut [Recipient]) -> Vec<Ou
         }
 
         let mut bodies = Vec::new();
+        bodies.extend(relay_body.clone());
         for chunk in shared.chunk_by(|a, b| a.0 as usize / CHUNK == b.0 as usize / CHUNK) {
             let Some(first) = chunk.first() else { continue };
             let key = (first.0 as usize / CHUNK, chunk);

@@ -423,11 +423,17 @@ impl Snapshot {
 /// The published snapshot: read by every connection, replaced by the
 /// coordinator. The lock is held only to clone or swap the `Arc`.
 #[derive(Debug)]
-pub(crate) struct Published(RwLock<Arc<Snapshot>>);
+pub(crate) struct Published(RwLock<Arc<Snapshot>>, tokio::sync::watch::Sender<u64>);
 
 impl Published {
     pub fn new(s: Arc<Snapshot>) -> Self {
-        Self(RwLock::new(s))
+        let version = s.version;
+        Self(RwLock::new(s), tokio::sync::watch::Sender::new(version))
+    }
+
+    /// Returns a receiver that wakes on every publication (with its version).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.1.subscribe()
     }
 
     pub fn load(&self) -> Arc<Snapshot> {
@@ -438,7 +444,9 @@ impl Published {
     }
 
     pub fn store(&self, s: Arc<Snapshot>) {
+        let version = s.version;
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = s;
+        self.1.send_replace(version);
     }
 }
 

@@ -396,3 +396,43 @@ async fn every_command_exits_0_quietly_when_the_reader_of_its_output_is_gone() {
     assert!(stderr.is_empty(), "{stderr}");
     assert!(s.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_map_show_and_set_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut s = ServerProcess::start(dir.path(), port).await;
+    let (code, out, err) = s.cli(&["relay-map", "show"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("region 900 weft") && out.contains(&format!("http://127.0.0.1:{port}")),
+        "{out}"
+    );
+    let file = dir.path().join("map.json");
+    std::fs::write(
+        &file,
+        r#"{"regions":[{"id":1,"code":"fra","name":"Frankfurt","nodes":[
+            {"name":"1a","host":"relay-fra.example.com","relay_port":443,"stun_port":3478}]}]}"#,
+    )
+    .unwrap();
+    let (code, out, err) = s.cli(&["relay-map", "set", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("https://relay-fra.example.com:443  STUN 3478"),
+        "{out}"
+    );
+    let (code, out, _) = s.cli(&["relay-map", "show", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["regions"][0]["code"], "fra");
+    std::fs::write(
+        &file,
+        r#"{"regions":[{"id":1,"code":"fra","name":"Frankfurt","nodes":[
+            {"name":"1a","host":"","relay_port":443,"stun_port":3478}]}]}"#,
+    )
+    .unwrap();
+    let (code, _, err) = s.cli(&["relay-map", "set", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("needs a name and a host"), "{err}");
+    s.stop();
+}

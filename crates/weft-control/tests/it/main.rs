@@ -10,5 +10,6 @@ mod netmap;
 mod openapi;
 mod policy;
 mod registration;
+mod relay;
 mod security;
 mod ssh_check;

@@ -790,6 +790,8 @@ async fn start_server(args: &Args) -> anyhow::Result<ServerProc> {
         // Every simulated node connects from 127.0.0.1, hundreds at once.
         "--max-unregistered-per-source",
         "1000000",
+        // Not measured here; and UDP 3478 may be taken.
+        "--no-stun",
         "--state-dir",
     ])
     .arg(dir.path());

@@ -492,6 +492,9 @@ impl ServerProcess {
             &addr.to_string(),
             "--batch-delay",
             "20ms",
+            // Tests run side by side: not the shared default port 3478.
+            "--stun-listen",
+            "127.0.0.1:0",
             "--state-dir",
         ])
         .arg(state_dir)
