@@ -136,7 +136,11 @@ impl EngineDataPlane {
         }
         for p in plan.disco_upsert {
             self.tunnel
-                .disco_upsert(p.node_key, p.disco_key, p.endpoints, now);
+                // TODO(noderelay): the peer's home relay region once the
+                // netmap carries it (`weft_types::Node::home_relay`, reported
+                // by each node with its endpoints); until then peers have no
+                // relay path and reach each other directly or not at all.
+                .disco_upsert(p.node_key, p.disco_key, p.endpoints, None, now);
         }
         if !plan.add_addresses.is_empty() || !plan.remove_addresses.is_empty() {
             let _ = self.os.send(AddrChange {
@@ -152,6 +156,9 @@ impl DataPlane for EngineDataPlane {
         if let Some(k) = key {
             self.tunnel.set_node_key(k.public());
         }
+        if let Some(relays) = self.tunnel.relays() {
+            relays.set_node_key(key.cloned(), now());
+        }
         self.tunnel.device().apply(
             DeviceUpdate {
                 private_key: Some(key.cloned()),
@@ -165,12 +172,15 @@ impl DataPlane for EngineDataPlane {
         self.filter.apply_netmap(nm);
         let plan = self.config.plan(nm, unix_now());
         self.apply(plan);
+        self.tunnel.set_relay_map(&nm.relay_map, now());
     }
 
     fn clear(&mut self) {
         self.filter.clear();
         let plan = self.config.clear();
         self.apply(plan);
+        self.tunnel
+            .set_relay_map(&weft_types::netmap::RelayMap::default(), now());
     }
 
     fn peers(&self) -> BTreeMap<NodePublic, PeerLive> {

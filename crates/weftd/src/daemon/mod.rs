@@ -7,9 +7,9 @@
 //!   implementation over `weft-client`, and the session task (register, map
 //!   stream, reconnect with backoff);
 //! * [`backend`]: the coordinator and the backend state machine;
-//! * [`config`], [`dataplane`], [`tunnel`], [`netlink`], [`endpoints`]: the
-//!   data plane (incremental peer programming, disco, TUN addresses, our
-//!   endpoints);
+//! * [`config`], [`dataplane`], [`tunnel`], [`relay`], [`netlink`],
+//!   [`endpoints`]: the data plane (incremental peer programming, disco,
+//!   relay connections, TUN addresses, our endpoints);
 //! * [`bus`], [`localapi`], [`validate`]: the LocalAPI server, its event
 //!   stream and the bounds on what callers may set;
 //! * [`ssh`]: Weft SSH on the tailnet addresses while `--ssh` is on.
@@ -29,6 +29,7 @@ pub mod localapi;
 pub mod metrics;
 pub mod netlink;
 pub mod profiles;
+pub mod relay;
 pub mod session;
 pub mod ssh;
 pub mod ssh_check;
@@ -55,6 +56,9 @@ use tunnel::TailnetTunnel;
 
 /// The TUN MTU in tailnet mode (Tailscale's safe default).
 pub const TUN_MTU: u16 = 1280;
+/// Set to `1`, relays are reached over plain HTTP whatever their port
+/// (tests: relays without certificates).
+pub const RELAY_PLAIN_HTTP_ENV: &str = "WEFT_TEST_RELAY_PLAIN_HTTP";
 /// How often our local endpoints are re-read.
 pub const ENDPOINT_POLL: Duration = Duration::from_secs(5);
 
@@ -174,6 +178,12 @@ async fn run_async(
         rand::random(),
     );
     let tunnel = Arc::new(TailnetTunnel::new(Arc::clone(&device), disco));
+    let relay_options = relay::RelayOptions {
+        plain_http: std::env::var_os(RELAY_PLAIN_HTTP_ENV).is_some_and(|v| v == "1"),
+    };
+    let (relays, relay_inputs) =
+        relay::Relays::new(tokio::runtime::Handle::current(), relay_options);
+    tunnel.set_relays(Arc::clone(&relays));
     let engine = Engine::start(
         Arc::clone(&tunnel),
         tun,
@@ -206,6 +216,12 @@ async fn run_async(
         events_tx,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let relay_pump = tokio::spawn(relay::run(
+        Arc::clone(&tunnel),
+        relays,
+        relay_inputs,
+        stop_rx.clone(),
+    ));
     let coordinator = tokio::spawn(backend.run(jobs, events_rx, stop_rx.clone()));
     // Weft SSH; `check` rules ask control through the check hook.
     let check_hook = ssh_check::ControlCheckHook::spawn(
@@ -267,6 +283,7 @@ async fn run_async(
     drop(handle);
     let _ = tokio::time::timeout(localapi::SHUTDOWN_GRACE * 2, ssh_service).await;
     let _ = coordinator.await;
+    let _ = relay_pump.await;
     if outcome.is_ok() {
         tracing::info!("stopped");
     }

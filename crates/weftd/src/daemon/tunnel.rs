@@ -17,6 +17,15 @@
 //!   threads yet; see `/work/notes/engine-requests.md`).
 //! * Disco's best-path changes become WireGuard endpoint updates of that
 //!   peer only.
+//! * Relays ([`super::relay::Relays`], once set): disco datagrams for
+//!   `Destination::Relay` go through the region's relay client; disco's home
+//!   relay is followed; relayed disco datagrams, relay connection changes
+//!   and relay latencies come in through [`TailnetTunnel::handle_relay_input`]
+//!   (the relay pump task, outside the engine's threads), and the UDP
+//!   datagrams disco answers with there wait for the next timer tick, the
+//!   only place outside the engine's packet path that can send on the socket.
+//!   Relayed WireGuard datagrams are dropped and counted until the relay
+//!   send/receive path for WireGuard exists (`docs/notes/noderelay-status.md`).
 //!
 //! Locks: `disco` is taken on its own, never while the device runs a
 //! callback; `pings` only after `disco` is released. The per-packet path
@@ -31,11 +40,16 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use weft_disco::{Destination, Disco, Event, Path, PingId, PingOutcome, Transmit};
+use weft_disco::{
+    Destination, Disco, Event, Path, PingId, PingOutcome, RegionId, RelayRegionInfo, Transmit,
+};
 use weft_net::Tunnel;
 use weft_packet::IpPacket;
+use weft_types::netmap::RelayMap;
 use weft_types::{DiscoPublic, NodePublic};
 use weft_wg::{Decapsulated, Device, DeviceUpdate, DropReason, Encapsulated, PeerUpdate};
+
+use super::relay::{Input, Relays};
 
 /// Where the packet filter plugs in ([`super::filter::NodeFilter`]). A tunnel
 /// without hooks lets everything through. Packets come as the views
@@ -106,6 +120,14 @@ pub struct TailnetTunnel {
     pings: Mutex<BTreeMap<PingId, oneshot::Sender<PingOutcome>>>,
     /// Unset: everything passes.
     hooks: OnceLock<Arc<dyn PacketHooks>>,
+    /// Unset: no relay (disco gets no relay map).
+    relays: OnceLock<Arc<Relays>>,
+    /// UDP datagrams disco produced outside the engine's threads (answers
+    /// to relayed disco), sent at the next timer tick.
+    pending_udp: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
+    /// Relayed datagrams that were not disco (WireGuard over the relay is
+    /// not wired yet).
+    relay_dropped: AtomicU64,
     tx: Traffic,
     rx: Traffic,
 }
@@ -118,6 +140,9 @@ impl TailnetTunnel {
             disco: Mutex::new(disco),
             pings: Mutex::new(BTreeMap::new()),
             hooks: OnceLock::new(),
+            relays: OnceLock::new(),
+            pending_udp: Mutex::new(Vec::new()),
+            relay_dropped: AtomicU64::new(0),
             tx: Traffic::default(),
             rx: Traffic::default(),
         }
@@ -134,6 +159,81 @@ impl TailnetTunnel {
     /// the filter itself, never by swapping it.
     pub fn set_hooks(&self, hooks: Arc<dyn PacketHooks>) -> bool {
         self.hooks.set(hooks).is_ok()
+    }
+
+    /// Installs the relay clients, once (`false` if already set).
+    pub fn set_relays(&self, relays: Arc<Relays>) -> bool {
+        self.relays.set(relays).is_ok()
+    }
+
+    /// Returns the relay clients, if installed.
+    pub fn relays(&self) -> Option<&Arc<Relays>> {
+        self.relays.get()
+    }
+
+    /// Takes the netmap's relay map: the relay clients connect to the
+    /// regions' relays, and disco learns the regions (home relay choice,
+    /// peers' relay paths). No STUN servers reach disco until the STUN
+    /// client runs on the socket (without answers it would think UDP is
+    /// blocked); the home relay is then chosen by relay latency.
+    /// Without relay clients nothing changes.
+    pub fn set_relay_map(&self, map: &RelayMap, now: Instant) {
+        let Some(relays) = self.relays.get() else {
+            return;
+        };
+        relays.set_relay_map(map, now);
+        let regions = map.regions.values().map(|r| RelayRegionInfo {
+            id: RegionId(r.id),
+            stun: Vec::new(),
+        });
+        self.disco().set_relay_map(regions, now);
+        self.drain(now, &mut |to, d| self.queue_udp(to, d));
+    }
+
+    /// Returns how many relayed datagrams were dropped because they were
+    /// not disco (until relayed WireGuard is wired, then in the metrics).
+    #[cfg(test)]
+    pub fn relay_dropped(&self) -> u64 {
+        self.relay_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Handles what the relays report (see [`super::relay::run`]).
+    pub fn handle_relay_input(&self, input: Input, now: Instant) {
+        match input {
+            Input::Relay(region, weft_relay::Event::Packet { src, data }) => {
+                if weft_disco::is_disco(&data) {
+                    self.disco().handle_relay(region, src, &data, now);
+                } else {
+                    self.relay_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::trace!(%region, len = data.len(), "Relayed non-disco datagram dropped");
+                    return;
+                }
+            }
+            Input::Relay(region, weft_relay::Event::Connected { .. }) => {
+                tracing::debug!(%region, "Relay connected");
+                self.disco().handle_relay_connection(region, true, now);
+            }
+            Input::Relay(region, weft_relay::Event::Disconnected { error, retry_in }) => {
+                tracing::debug!(%region, %error, ?retry_in, "Relay disconnected");
+                self.disco().handle_relay_connection(region, false, now);
+            }
+            Input::Relay(region, other) => {
+                tracing::trace!(%region, ?other, "Relay event");
+                return;
+            }
+            Input::Latency(region, rtt) => {
+                tracing::trace!(%region, ?rtt, "Relay latency");
+                self.disco().handle_relay_latency(region, rtt, now);
+            }
+        }
+        self.drain(now, &mut |to, d| self.queue_udp(to, d));
+    }
+
+    fn queue_udp(&self, to: SocketAddr, datagram: &[u8]) {
+        self.pending_udp
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((to, datagram.to_vec()));
     }
 
     /// Returns how many inbound packets the hooks refused.
@@ -173,17 +273,18 @@ impl TailnetTunnel {
         self.disco().set_node_key(key);
     }
 
-    /// Adds or updates a disco peer.
+    /// Adds or updates a disco peer, with its home relay region (its
+    /// traffic goes through that relay until a direct path answers).
     pub fn disco_upsert(
         &self,
         peer: NodePublic,
         disco_key: DiscoPublic,
         endpoints: Vec<SocketAddr>,
+        home_relay: Option<RegionId>,
         now: Instant,
     ) {
-        // No relay map reaches disco yet: paths are direct or none.
         self.disco()
-            .upsert_peer(peer, disco_key, endpoints, None, now);
+            .upsert_peer(peer, disco_key, endpoints, home_relay, now);
     }
 
     /// Forgets a disco peer.
@@ -232,8 +333,18 @@ impl TailnetTunnel {
                     to: Destination::Udp(to),
                     payload,
                 } => send(to, &payload),
-                // Without a relay map disco asks for neither.
-                other => tracing::trace!(?other, "No relay or STUN client yet; dropped"),
+                Transmit::Disco {
+                    to: Destination::Relay { region, node },
+                    payload,
+                } => {
+                    if let Some(relays) = self.relays.get() {
+                        relays.send(region, &node, &payload, now);
+                    }
+                }
+                // Disco gets no STUN servers yet, so it asks for none.
+                Transmit::Stun { server, .. } => {
+                    tracing::trace!(%server, "No STUN client yet; request dropped")
+                }
             }
         }
         for e in events {
@@ -261,8 +372,14 @@ impl TailnetTunnel {
                     now,
                 );
             }
-            Event::PathChanged { peer, .. } => {
-                tracing::debug!(peer = %peer.short(), "Direct path lost");
+            Event::PathChanged { peer, path } => {
+                tracing::debug!(peer = %peer.short(), ?path, "Direct path lost");
+            }
+            Event::HomeRelayChanged { region } => {
+                tracing::info!(?region, "Home relay");
+                if let Some(relays) = self.relays.get() {
+                    relays.set_home(region, now);
+                }
             }
             Event::Ping { id, outcome, .. } => {
                 if let Some(tx) = self
@@ -274,10 +391,7 @@ impl TailnetTunnel {
                     let _ = tx.send(outcome);
                 }
             }
-            Event::Latency { .. }
-            | Event::HomeRelayChanged { .. }
-            | Event::EndpointsChanged { .. }
-            | Event::Netcheck(_) => {}
+            Event::Latency { .. } | Event::EndpointsChanged { .. } | Event::Netcheck(_) => {}
         }
     }
 
@@ -348,6 +462,15 @@ impl Tunnel for TailnetTunnel {
 
     fn handle_timeout(&self, now: Instant, send: &mut dyn FnMut(SocketAddr, &[u8])) {
         self.device.handle_timeout(now, send);
+        let pending = std::mem::take(
+            &mut *self
+                .pending_udp
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (to, d) in pending {
+            send(to, &d);
+        }
         self.disco().handle_timeout(now);
         self.drain(now, send);
         if let Some(hooks) = self.hooks.get() {
@@ -453,8 +576,8 @@ mod tests {
             },
             now,
         );
-        a.disco_upsert(bk.public(), b.disco_key(), vec![ba], now);
-        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], now);
+        a.disco_upsert(bk.public(), b.disco_key(), vec![ba], None, now);
+        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], None, now);
 
         let mut queue = Vec::new();
         a.handle_timeout(now, &mut |to, d| queue.push((aa, to, d.to_vec())));
@@ -511,8 +634,8 @@ mod tests {
         let now = t0();
         let (a, ak, aa) = side(1, now);
         let (b, bk, ba) = side(2, now);
-        a.disco_upsert(bk.public(), b.disco_key(), vec![ba], now);
-        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], now);
+        a.disco_upsert(bk.public(), b.disco_key(), vec![ba], None, now);
+        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], None, now);
         let mut rx = a.ping(&bk.public(), Duration::from_secs(5), now).unwrap();
         let mut queue = Vec::new();
         a.handle_timeout(now, &mut |to, d| queue.push((aa, to, d.to_vec())));
@@ -543,7 +666,7 @@ mod tests {
         let mut data = vec![4u8, 0, 0, 0];
         data.extend_from_slice(&[0u8; 28]);
         let mut stranger_ping = Vec::new();
-        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], now);
+        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], None, now);
         b.handle_timeout(now, &mut |_, d| stranger_ping.push(d.to_vec()));
         for datagram in [&b"GET / HTTP/1.1\r\n\r\n"[..], &data, &stranger_ping[0]] {
             let r = a.decapsulate(aa, datagram, &mut out, now, &mut send);
@@ -568,6 +691,121 @@ mod tests {
         assert!(text.contains(
             "weftd_udp_dropped_datagrams_total{proto=\"disco\",reason=\"wrong_node_key\"} 0\n"
         ));
+    }
+
+    /// Two tunnels whose only way to each other is a real relay server on
+    /// loopback: disco learns the region from the relay map, both connect
+    /// to it as their home, and an asked-for ping goes through the relay
+    /// and comes back as a pong `via relay(1)`. A relayed datagram that is
+    /// not disco is dropped and counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn disco_pings_a_peer_through_the_relay() {
+        use crate::daemon::relay::{self, RelayOptions, Relays};
+        use weft_types::netmap::{RelayNode, RelayRegion};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = weft_relay::RelayServer::new(weft_relay::RelayConfig::new(
+            NodePrivate::from_bytes([77; 32]),
+            Arc::new(weft_relay::AdmitAnyKeyInsecure),
+        ))
+        .unwrap();
+        let stop_server = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(weft_relay::listen::serve(
+            listener,
+            server.router(),
+            None,
+            weft_relay::listen::ListenLimits::default(),
+            stop_server.clone(),
+        ));
+        let map = RelayMap {
+            regions: [(
+                1,
+                RelayRegion {
+                    id: 1,
+                    code: "lo".into(),
+                    name: "Loopback".into(),
+                    nodes: vec![RelayNode {
+                        name: "1a".into(),
+                        host: "127.0.0.1".into(),
+                        relay_port: addr.port(),
+                        stun_port: 0,
+                    }],
+                },
+            )]
+            .into(),
+        };
+
+        let now = t0();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut sides = Vec::new();
+        for n in [1, 2] {
+            let (t, key, _) = side(n, now);
+            let t = Arc::new(t);
+            let (relays, inputs) = Relays::new(
+                tokio::runtime::Handle::current(),
+                RelayOptions { plain_http: true },
+            );
+            assert!(t.set_relays(Arc::clone(&relays)));
+            relays.set_node_key(Some(key.clone()), now);
+            tokio::spawn(relay::run(
+                Arc::clone(&t),
+                Arc::clone(&relays),
+                inputs,
+                stop_rx.clone(),
+            ));
+            t.set_relay_map(&map, now);
+            sides.push((t, key, relays));
+        }
+        let (a, ak, ar) = &sides[0];
+        let (b, bk, br) = &sides[1];
+        let region = RegionId(1);
+        assert_eq!(ar.home(), Some(region), "the only region is home");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while ar.connected() != [region] || br.connected() != [region] {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("both connect to their home relay");
+
+        a.disco_upsert(bk.public(), b.disco_key(), vec![], Some(region), now);
+        b.disco_upsert(ak.public(), a.disco_key(), vec![], Some(region), now);
+        let rx = a.ping(&bk.public(), Duration::from_secs(5), t0()).unwrap();
+        let mut udp = Vec::new();
+        a.handle_timeout(t0(), &mut |to, _| udp.push(to));
+        let outcome = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("a pong within the ping's timeout")
+            .unwrap();
+        assert!(
+            matches!(outcome, PingOutcome::Pong { path: Path::Relay(r), .. } if r == region),
+            "{outcome:?}"
+        );
+        assert!(udp.is_empty(), "no UDP candidates, no UDP: {udp:?}");
+
+        // Not disco: dropped and counted by the receiver.
+        let (raw, _) = weft_relay::RelayClient::start(weft_relay::ClientConfig::new(
+            NodePrivate::from_bytes([9; 32]),
+            weft_relay::RelayNode {
+                host_name: "127.0.0.1".into(),
+                port: addr.port(),
+                tls: false,
+                addrs: vec![addr],
+            },
+        ))
+        .unwrap();
+        raw.send(&bk.public(), b"not disco").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while b.relay_dropped() == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the garbage arrives and is counted");
+        assert_eq!(b.relay_dropped(), 1);
+        let _ = stop_tx.send(true);
+        stop_server.cancel();
     }
 
     fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
