@@ -255,22 +255,38 @@ async fn run_async(
     ));
     tracing::info!(socket = %args.socket.display(), tun = %args.tun, port, "weftd ready");
 
+    // Our interface endpoints go to disco, which adds what STUN finds;
+    // disco's list goes to control.
     let monitor = {
-        let handle = handle.clone();
+        let tunnel = Arc::clone(&tunnel);
         let tun = args.tun.clone();
         tokio::spawn(async move {
             loop {
                 let eps = endpoints::local(&tun, port);
-                if handle.call(move |b| b.set_endpoints(eps)).await.is_err() {
+                tunnel.set_local_endpoints(port, eps, clocks().0);
+                tokio::time::sleep(ENDPOINT_POLL).await;
+            }
+        })
+    };
+    let reporter = {
+        let handle = handle.clone();
+        let mut eps = tunnel.endpoints();
+        tokio::spawn(async move {
+            while eps.changed().await.is_ok() {
+                let list = eps.borrow_and_update().clone();
+                // TODO(noderelay): report our home relay region alongside
+                // (a wire field next to the endpoints; see
+                // docs/notes/noderelay-status.md).
+                if handle.call(move |b| b.set_endpoints(list)).await.is_err() {
                     return;
                 }
-                tokio::time::sleep(ENDPOINT_POLL).await;
             }
         })
     };
 
     let outcome = wait_for_exit(&handle).await;
     monitor.abort();
+    reporter.abort();
     let _ = stop_tx.send(true);
     let mut server = server;
     if tokio::time::timeout(localapi::SHUTDOWN_GRACE, &mut server)

@@ -26,6 +26,13 @@
 //!   only place outside the engine's packet path that can send on the socket.
 //!   Relayed WireGuard datagrams are dropped and counted until the relay
 //!   send/receive path for WireGuard exists (`docs/notes/noderelay-status.md`).
+//! * STUN (netcheck) on the WireGuard socket, so the reflexive address is
+//!   this socket's own mapping: disco's `Transmit::Stun` is encoded and sent
+//!   from it; a received datagram that is not a WireGuard data message
+//!   (first byte 4, checked first so the data path pays one compare) and
+//!   looks like STUN is parsed and given to disco. Disco's endpoints (ours
+//!   plus what STUN found) are published on a watch channel
+//!   ([`TailnetTunnel::endpoints`]) for control.
 //!
 //! Locks: `disco` is taken on its own, never while the device runs a
 //! callback; `pings` only after `disco` is released. The per-packet path
@@ -46,7 +53,7 @@ use weft_disco::{
 use weft_net::Tunnel;
 use weft_packet::IpPacket;
 use weft_types::netmap::RelayMap;
-use weft_types::{DiscoPublic, NodePublic};
+use weft_types::{DiscoPublic, Endpoint, NodePublic};
 use weft_wg::{Decapsulated, Device, DeviceUpdate, DropReason, Encapsulated, PeerUpdate};
 
 use super::relay::{Input, Relays};
@@ -128,6 +135,10 @@ pub struct TailnetTunnel {
     /// Relayed datagrams that were not disco (WireGuard over the relay is
     /// not wired yet).
     relay_dropped: AtomicU64,
+    /// STUN-looking datagrams that did not parse as a Binding response.
+    stun_malformed: AtomicU64,
+    /// Disco's latest endpoints (local + STUN), for control.
+    endpoints: tokio::sync::watch::Sender<Vec<Endpoint>>,
     tx: Traffic,
     rx: Traffic,
 }
@@ -143,6 +154,8 @@ impl TailnetTunnel {
             relays: OnceLock::new(),
             pending_udp: Mutex::new(Vec::new()),
             relay_dropped: AtomicU64::new(0),
+            stun_malformed: AtomicU64::new(0),
+            endpoints: tokio::sync::watch::Sender::new(Vec::new()),
             tx: Traffic::default(),
             rx: Traffic::default(),
         }
@@ -171,23 +184,45 @@ impl TailnetTunnel {
         self.relays.get()
     }
 
-    /// Takes the netmap's relay map: the relay clients connect to the
-    /// regions' relays, and disco learns the regions (home relay choice,
-    /// peers' relay paths). No STUN servers reach disco until the STUN
-    /// client runs on the socket (without answers it would think UDP is
-    /// blocked); the home relay is then chosen by relay latency.
-    /// Without relay clients nothing changes.
+    /// Takes the netmap's relay map: the relay clients (if installed)
+    /// connect to the regions' relays, and disco learns the regions (home
+    /// relay choice, peers' relay paths) and their STUN servers (netcheck).
+    /// A STUN server is a node's IP literal with its `stun_port`; host
+    /// names are not resolved yet (TODO(noderelay): resolve off the
+    /// coordinator, or take the IP fields the relay map may gain), and a
+    /// region without any is measured over its relay connection only.
     pub fn set_relay_map(&self, map: &RelayMap, now: Instant) {
-        let Some(relays) = self.relays.get() else {
-            return;
-        };
-        relays.set_relay_map(map, now);
+        if let Some(relays) = self.relays.get() {
+            relays.set_relay_map(map, now);
+        }
         let regions = map.regions.values().map(|r| RelayRegionInfo {
             id: RegionId(r.id),
-            stun: Vec::new(),
+            stun: r
+                .nodes
+                .iter()
+                .filter(|n| n.stun_port != 0)
+                .filter_map(|n| {
+                    let ip: std::net::IpAddr = n.host.trim_matches(['[', ']']).parse().ok()?;
+                    Some(SocketAddr::new(ip, n.stun_port))
+                })
+                .collect(),
         });
         self.disco().set_relay_map(regions, now);
         self.drain(now, &mut |to, d| self.queue_udp(to, d));
+    }
+
+    /// Gives disco our local endpoints (interface addresses with the
+    /// socket's `port`); a change re-probes every peer and runs netcheck.
+    pub fn set_local_endpoints(&self, port: u16, endpoints: Vec<Endpoint>, now: Instant) {
+        self.disco()
+            .handle_local_endpoints_changed(port, endpoints, now);
+        self.drain(now, &mut |to, d| self.queue_udp(to, d));
+    }
+
+    /// Returns a receiver of disco's endpoints (local + STUN-learned),
+    /// updated on every change: what control must be told.
+    pub fn endpoints(&self) -> tokio::sync::watch::Receiver<Vec<Endpoint>> {
+        self.endpoints.subscribe()
     }
 
     /// Returns how many relayed datagrams were dropped because they were
@@ -259,7 +294,12 @@ impl TailnetTunnel {
             .zip(&self.rx.dropped)
             .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
             .collect();
-        let disco = self.disco().stats().by_reason().into_iter().collect();
+        let mut disco: BTreeMap<&'static str, u64> =
+            self.disco().stats().by_reason().into_iter().collect();
+        disco.insert(
+            "stun_malformed",
+            self.stun_malformed.load(Ordering::Relaxed),
+        );
         UdpDrops { wireguard, disco }
     }
 
@@ -341,9 +381,15 @@ impl TailnetTunnel {
                         relays.send(region, &node, &payload, now);
                     }
                 }
-                // Disco gets no STUN servers yet, so it asks for none.
-                Transmit::Stun { server, .. } => {
-                    tracing::trace!(%server, "No STUN client yet; request dropped")
+                Transmit::Stun { server, tx_id } => {
+                    let mut buf = [0u8; weft_disco::stun::BINDING_REQUEST_LEN];
+                    match weft_disco::stun::write_binding_request(
+                        weft_disco::stun::TxId(tx_id),
+                        &mut buf,
+                    ) {
+                        Ok(n) => send(server, &buf[..n]),
+                        Err(e) => tracing::warn!(error = %e, "Cannot encode a STUN request"),
+                    }
                 }
             }
         }
@@ -391,7 +437,11 @@ impl TailnetTunnel {
                     let _ = tx.send(outcome);
                 }
             }
-            Event::Latency { .. } | Event::EndpointsChanged { .. } | Event::Netcheck(_) => {}
+            Event::EndpointsChanged { endpoints } => {
+                tracing::debug!(count = endpoints.len(), "Our endpoints changed");
+                self.endpoints.send_replace(endpoints);
+            }
+            Event::Latency { .. } | Event::Netcheck(_) => {}
         }
     }
 
@@ -434,6 +484,20 @@ impl Tunnel for TailnetTunnel {
         if weft_disco::is_disco(datagram) {
             self.disco().handle_udp(from, datagram, now);
             self.drain(now, send);
+            return Decapsulated::Done;
+        }
+        if datagram.first() != Some(&4) && weft_disco::stun::is_stun(datagram) {
+            match weft_disco::stun::parse_binding_response(datagram) {
+                Ok((tx_id, mapped)) => {
+                    self.disco()
+                        .handle_stun_response(tx_id.0, mapped, from, now);
+                    self.drain(now, send);
+                }
+                Err(e) => {
+                    self.stun_malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::trace!(error = %e, "STUN datagram dropped");
+                }
+            }
             return Decapsulated::Done;
         }
         match self.device.decapsulate(from, datagram, out, now, send) {
@@ -806,6 +870,91 @@ mod tests {
         assert_eq!(b.relay_dropped(), 1);
         let _ = stop_tx.send(true);
         stop_server.cancel();
+    }
+
+    /// netcheck runs on the tunnel's socket: disco's STUN request leaves
+    /// through the socket's `send`, the server's answer comes in through
+    /// `decapsulate` (not to WireGuard), and the reflexive address joins our
+    /// endpoints on the channel control is fed from. An answer from another
+    /// address is ignored; a broken one is counted.
+    #[test]
+    fn stun_on_the_wireguard_socket_finds_our_public_address() {
+        use weft_types::EndpointKind;
+        use weft_types::netmap::{RelayNode, RelayRegion};
+
+        let now = t0();
+        let (a, _, aa) = side(1, now);
+        let local = Endpoint {
+            addr: aa,
+            kind: EndpointKind::Local,
+        };
+        let mut eps = a.endpoints();
+        a.set_local_endpoints(aa.port(), vec![local], now);
+        assert_eq!(*eps.borrow_and_update(), [local]);
+
+        let server: SocketAddr = "198.18.0.200:3478".parse().unwrap();
+        let map = RelayMap {
+            regions: [(
+                1,
+                RelayRegion {
+                    id: 1,
+                    code: "x".into(),
+                    name: "X".into(),
+                    nodes: vec![RelayNode {
+                        name: "1a".into(),
+                        host: "198.18.0.200".into(),
+                        relay_port: 443,
+                        stun_port: server.port(),
+                    }],
+                },
+            )]
+            .into(),
+        };
+        a.set_relay_map(&map, now);
+        let mut sent = Vec::new();
+        a.handle_timeout(now, &mut |to, d| sent.push((to, d.to_vec())));
+        let (to, request) = sent
+            .iter()
+            .find(|(_, d)| weft_disco::stun::is_stun(d))
+            .expect("a STUN request leaves through the socket");
+        assert_eq!(*to, server);
+        assert!(
+            weft_disco::stun::parse(request)
+                .unwrap()
+                .is_binding_request()
+        );
+
+        let public: SocketAddr = "198.18.9.9:60000".parse().unwrap();
+        let mut answer = [0u8; 128];
+        let n = weft_disco::stun::answer_binding_request(request, public, &mut answer).unwrap();
+        let mut out = vec![0u8; 2048];
+        let mut nothing = |_: SocketAddr, _: &[u8]| panic!("a STUN answer is not answered");
+        let elsewhere: SocketAddr = "198.18.0.201:3478".parse().unwrap();
+        let r = a.decapsulate(elsewhere, &answer[..n], &mut out, now, &mut nothing);
+        assert!(matches!(r, Decapsulated::Done));
+        let r = a.decapsulate(server, &answer[..n - 4], &mut out, now, &mut nothing);
+        assert!(matches!(r, Decapsulated::Done));
+        assert!(!eps.has_changed().unwrap(), "neither counts as an answer");
+        let r = a.decapsulate(server, &answer[..n], &mut out, now, &mut nothing);
+        assert!(matches!(r, Decapsulated::Done));
+        // The run ends when every server answered or at its deadline.
+        a.handle_timeout(now + Duration::from_secs(4), &mut |_, _| {});
+        let got = eps.borrow_and_update().clone();
+        assert!(
+            got.contains(&Endpoint {
+                addr: public,
+                kind: EndpointKind::Stun
+            }) && got.contains(&local),
+            "{got:?}"
+        );
+        let d = a.udp_drops();
+        assert_eq!(d.disco["stun_malformed"], 1);
+        assert_eq!(d.disco["stun_unexpected"], 1);
+        assert_eq!(
+            d.wireguard.values().sum::<u64>(),
+            0,
+            "nothing reached WireGuard"
+        );
     }
 
     fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
