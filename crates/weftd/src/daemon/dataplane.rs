@@ -23,6 +23,9 @@ use super::tunnel::{TailnetTunnel, UdpDrops};
 pub struct PeerLive {
     /// The trusted direct path (disco), else WireGuard's endpoint.
     pub cur_addr: Option<SocketAddr>,
+    /// The relay region disco sends this peer's traffic through, when it
+    /// has no direct path.
+    pub relay: Option<u16>,
     pub last_handshake: Option<SystemTime>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -190,9 +193,15 @@ impl DataPlane for EngineDataPlane {
             .peers(now)
             .into_iter()
             .map(|p| {
-                let cur = self.tunnel.best_addr(&p.public_key, now).or(p.endpoint);
+                let direct = self.tunnel.best_addr(&p.public_key, now);
+                let relay = match self.tunnel.path(&p.public_key) {
+                    Some(weft_disco::Path::Relay(r)) if direct.is_none() => Some(r.0),
+                    _ => None,
+                };
+                let cur = direct.or(if relay.is_some() { None } else { p.endpoint });
                 let live = PeerLive {
                     cur_addr: cur,
+                    relay,
                     last_handshake: p.last_handshake,
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,

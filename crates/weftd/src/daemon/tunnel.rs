@@ -338,6 +338,11 @@ impl TailnetTunnel {
         self.disco().best_addr(peer, now)
     }
 
+    /// Returns the path disco sends `peer`'s traffic over.
+    pub fn path(&self, peer: &NodePublic) -> Option<Path> {
+        self.disco().path(peer)
+    }
+
     /// Asks for one disco ping to `peer`; the receiver gets the outcome.
     /// `None` if disco does not know the peer (no disco key yet).
     pub fn ping(
