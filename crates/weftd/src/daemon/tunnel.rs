@@ -139,6 +139,8 @@ pub struct TailnetTunnel {
     stun_malformed: AtomicU64,
     /// Disco's latest endpoints (local + STUN), for control.
     endpoints: tokio::sync::watch::Sender<Vec<Endpoint>>,
+    /// The last netcheck report (`weft netcheck`); `None` until a run ends.
+    netcheck: tokio::sync::watch::Sender<Option<weft_disco::Report>>,
     tx: Traffic,
     rx: Traffic,
 }
@@ -156,6 +158,7 @@ impl TailnetTunnel {
             relay_dropped: AtomicU64::new(0),
             stun_malformed: AtomicU64::new(0),
             endpoints: tokio::sync::watch::Sender::new(Vec::new()),
+            netcheck: tokio::sync::watch::Sender::new(None),
             tx: Traffic::default(),
             rx: Traffic::default(),
         }
@@ -223,6 +226,21 @@ impl TailnetTunnel {
     /// updated on every change: what control must be told.
     pub fn endpoints(&self) -> tokio::sync::watch::Receiver<Vec<Endpoint>> {
         self.endpoints.subscribe()
+    }
+
+    /// Returns a receiver of netcheck reports: the last one, and each new
+    /// one as a run ends (`weft netcheck` starts a run with
+    /// [`TailnetTunnel::netcheck_now`] and waits for the next). The
+    /// requests of a run leave at the engine's next timer tick.
+    #[cfg_attr(not(test), allow(dead_code))] // for the `weft netcheck` route (next step)
+    pub fn netcheck_reports(&self) -> tokio::sync::watch::Receiver<Option<weft_disco::Report>> {
+        self.netcheck.subscribe()
+    }
+
+    /// Starts a netcheck run; `false` when there are no STUN servers.
+    #[cfg_attr(not(test), allow(dead_code))] // for the `weft netcheck` route (next step)
+    pub fn netcheck_now(&self, now: Instant) -> bool {
+        self.disco().netcheck_now(now)
     }
 
     /// Returns how many relayed datagrams were dropped because they were
@@ -446,7 +464,11 @@ impl TailnetTunnel {
                 tracing::debug!(count = endpoints.len(), "Our endpoints changed");
                 self.endpoints.send_replace(endpoints);
             }
-            Event::Latency { .. } | Event::Netcheck(_) => {}
+            Event::Netcheck(report) => {
+                tracing::debug!(udp = report.udp, "netcheck report");
+                self.netcheck.send_replace(Some(report));
+            }
+            Event::Latency { .. } => {}
         }
     }
 
@@ -944,6 +966,28 @@ mod tests {
         assert!(matches!(r, Decapsulated::Done));
         // The run ends when every server answered or at its deadline.
         a.handle_timeout(now + Duration::from_secs(4), &mut |_, _| {});
+        let report = a
+            .netcheck_reports()
+            .borrow()
+            .clone()
+            .expect("the run ended");
+        assert!(report.udp);
+        assert_eq!(report.global_v4, Some(public));
+        assert_eq!(
+            report.mapping_varies_by_dest_ip, None,
+            "one server cannot tell"
+        );
+        assert!(a.netcheck_now(now + Duration::from_secs(4)));
+        let mut again = Vec::new();
+        a.handle_timeout(now + Duration::from_secs(4), &mut |to, d| {
+            again.push((to, d.to_vec()))
+        });
+        assert!(
+            again
+                .iter()
+                .any(|(to, d)| *to == server && weft_disco::stun::is_stun(d)),
+            "netcheck_now asks the server again"
+        );
         let got = eps.borrow_and_update().clone();
         assert!(
             got.contains(&Endpoint {
