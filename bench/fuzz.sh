@@ -11,7 +11,7 @@
 #                                            corpus, then SECS (default 5) of fuzzing per target;
 #                                            fails on any crash, leak, timeout or OOM
 #   bash bench/fuzz.sh cmin TARGET           minimise fuzz/corpus/TARGET (plus fuzz/work/TARGET)
-#                                            into fuzz/corpus/TARGET (libFuzzer -merge=1)
+#                                            into fuzz/corpus/TARGET (libFuzzer -set_cover_merge=1)
 #   bash bench/fuzz.sh repro TARGET FILE     run one input (a crash file) and show the panic
 #
 # The build needs no cargo-fuzz and no nightly: it passes cargo-fuzz's
@@ -89,7 +89,7 @@ ci)
         rc=0
         "$BIN/$t" "${LIMITS[@]}" -max_total_time="$secs" -print_final_stats=1 \
             -artifact_prefix="$tmp/" "$tmp" "$FUZZ/corpus/$t" >"$tmp.log" 2>&1 || rc=$?
-        grep -E '^(INFO: seed corpus|#[0-9]+ +(INITED|DONE)|stat::number_of_executed_units)' "$tmp.log" >&2 || true
+        grep -E '^(INFO: seed corpus|#[0-9]+[[:space:]]+(INITED|DONE)|stat::number_of_executed_units)' "$tmp.log" >&2 || true
         if [ "$rc" -ne 0 ]; then
             tail -n 60 "$tmp.log" >&2
             echo "fuzz target $t failed (exit $rc); reproduce with: bash bench/fuzz.sh repro $t FILE" >&2
@@ -105,7 +105,7 @@ cmin)
     t=${2:?target}
     have "$t"
     new=$(mktemp -d)
-    "$BIN/$t" "${LIMITS[@]}" -merge=1 "$new" "$FUZZ/corpus/$t" "$FUZZ/work/$t" 2>&1 | tail -3
+    "$BIN/$t" "${LIMITS[@]}" -set_cover_merge=1 "$new" "$FUZZ/corpus/$t" "$FUZZ/work/$t" 2>&1 | tail -3
     rm -rf "$FUZZ/corpus/$t"
     mv "$new" "$FUZZ/corpus/$t"
     echo "fuzz/corpus/$t: $(ls "$FUZZ/corpus/$t" | wc -l) inputs, $(du -sh "$FUZZ/corpus/$t" | cut -f1)" >&2
