@@ -21,11 +21,12 @@ fuzz_target!(|data: &[u8]| {
         let again: ServerMessage = serde_json::from_slice(&text).expect("and decodes back");
         assert_eq!(again, msg);
         match msg {
-            ServerMessage::Map(resp) => {
-                if session.handle_response(resp, now).is_err() {
-                    session.restart(now);
+            ServerMessage::Map(resp) => match session.handle_response(resp, now) {
+                Ok(diff) => {
+                    std::hint::black_box(diff.is_empty());
                 }
-            }
+                Err(_) => session.restart(now),
+            },
             ServerMessage::KeepAlive(_) => session.handle_keep_alive(now),
             _ => {}
         }

@@ -96,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = f.inbound(data, now);
     let _ = f.outbound(data, now);
     let _ = f.inbound(data, now);
-    if step % 64 == 0 {
+    if step.is_multiple_of(64) {
         f.handle_timeout(now);
     }
 });
