@@ -1,8 +1,10 @@
 //! A [`Channel`]: one authenticated control connection that carries typed
-//! messages both ways. It is the lowest level the crate offers: the caller
-//! decides what to send and what the answers mean. [`crate::register`] and
-//! [`crate::map`] are built on it; [`crate::Session`] uses the protocol's
-//! own conversation logic instead.
+//! messages both ways, with no conversation of its own: the caller decides
+//! what to send and what the answers mean. It is for tests and tools that
+//! speak the protocol by hand (a malformed request, a message out of
+//! turn); a node talks to control through [`crate::Session`], which runs
+//! the protocol's conversation. Also here: [`Target`] and
+//! [`ConnectOptions`], shared by both.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use weft_control_proto::{ChannelConfig, ClientConnection, Connection, Event};
 use weft_types::control::{ClientMessage, ServerMessage};
 use weft_types::{CapabilityVersion, MachinePrivate, MachinePublic};
 
+use crate::dial::SharedDialer;
 use crate::driver::{self, AbortOnDrop, Core};
 use crate::http::{self, io_cause};
 use crate::{ClientError, ControlUrl};
@@ -37,6 +40,8 @@ pub struct ConnectOptions {
     pub channel: ChannelConfig,
     /// The capability version to speak.
     pub version: CapabilityVersion,
+    /// How the server is reached ([`crate::TcpDialer`] by default).
+    pub dialer: SharedDialer,
 }
 
 impl Default for ConnectOptions {
@@ -45,6 +50,7 @@ impl Default for ConnectOptions {
             connect_timeout: http::DEFAULT_CONNECT_TIMEOUT,
             channel: ChannelConfig::default(),
             version: CapabilityVersion::CURRENT,
+            dialer: SharedDialer::default(),
         }
     }
 }
@@ -80,10 +86,14 @@ impl Channel {
         )
         .map_err(|e| ClientError::channel(&url, e))?;
         let deadline = tokio::time::Instant::now() + opts.connect_timeout;
-        let (mut tcp, leftover) =
-            http::upgrade(&target.url, &request, opts.connect_timeout).await?;
+        let upgraded = opts
+            .dialer
+            .0
+            .upgrade(&target.url, &request, opts.connect_timeout)
+            .await?;
+        let mut tcp = upgraded.io;
         let established = async {
-            let mut input = leftover.to_vec();
+            let mut input = upgraded.leftover.to_vec();
             let mut buf = vec![0u8; 4096];
             loop {
                 if !input.is_empty() {
@@ -102,7 +112,10 @@ impl Channel {
                             .unwrap_or(weft_control_proto::ChannelError::ClosedDuringHandshake);
                         return Err(ClientError::channel(&url, e));
                     }
-                    Ok(n) => input.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                    Ok(n) => input.extend_from_slice(
+                        buf.get(..n)
+                            .expect("read returned more bytes than the buffer holds"),
+                    ),
                     Err(e) => return Err(ClientError::unreachable(&url, io_cause(&e))),
                 }
             }
@@ -126,7 +139,7 @@ impl Channel {
             url,
             cmds: cmd_tx,
             msgs: msg_rx,
-            _task: AbortOnDrop(task),
+            _task: AbortOnDrop::new(task),
         })
     }
 

@@ -1,34 +1,38 @@
-//! The I/O loop shared by [`crate::Channel`] and [`crate::Session`]: one
-//! task per connection that moves bytes between the TCP stream and a
-//! sans-IO core, sleeps until the core's next timer, and hands the core's
-//! outputs to the owner over a bounded channel (so a slow owner slows down
-//! reading instead of growing a queue).
+//! The one I/O loop of the crate: a task per connection that moves bytes
+//! between the upgraded stream and a sans-IO core (the conversation of
+//! [`crate::Session`], or the bare channel of [`crate::Channel`]), sleeps
+//! until the core's next timer, and hands the core's outputs to the owner
+//! over a bounded channel (so a slow owner slows down reading instead of
+//! growing a queue).
 
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::ClientError;
+use crate::dial::Io;
 use crate::http::io_cause;
 
-/// Reads the clock; the only place the client does.
-#[allow(clippy::disallowed_methods)] // the driver is where time enters
+/// Reads the clock; the only place the client does. It is tokio's clock,
+/// so a test on paused time moves the cores' timers too.
 pub(crate) fn now() -> Instant {
-    Instant::now()
+    tokio::time::Instant::now().into_std()
 }
 
-/// Draws a 32-byte seed (a Noise ephemeral key) from the OS CSPRNG.
+/// Returns wall time in Unix milliseconds (an SSH check's `accept until`);
+/// the only place the client reads wall time.
+#[allow(clippy::disallowed_methods)] // the driver is where time enters
+pub(crate) fn unix_now() -> weft_types::UnixMillis {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    weft_types::UnixMillis(ms)
+}
+
+/// Returns the 32-byte seed of a Noise ephemeral key.
 pub(crate) fn seed() -> [u8; 32] {
-    use ring::rand::SecureRandom as _;
-    let mut s = [0u8; 32];
-    if ring::rand::SystemRandom::new().fill(&mut s).is_err() {
-        // The OS CSPRNG does not fail on Linux once booted; a zero seed would
-        // still give a working (if predictable) ephemeral key, so log loudly.
-        tracing::error!("the OS random number generator failed; the ephemeral key is weak");
-    }
-    s
+    weft_types::entropy::seed()
 }
 
 /// A sans-IO core the loop drives.
@@ -54,7 +58,7 @@ pub(crate) trait Core: Send + 'static {
 /// Returns the core, so the owner can take state out of it.
 pub(crate) async fn drive<C: Core>(
     mut core: C,
-    mut tcp: TcpStream,
+    mut tcp: Box<dyn Io>,
     mut cmds: mpsc::UnboundedReceiver<C::Cmd>,
     out: mpsc::Sender<Result<C::Out, ClientError>>,
 ) -> C {
@@ -86,7 +90,7 @@ pub(crate) async fn drive<C: Core>(
                     Ok(()) => Err(ClientError::Closed { url: core.url().to_owned() }),
                     Err(e) => Err(e),
                 },
-                Ok(n) => core.handle_input(buf.get(..n).unwrap_or_default(), now()),
+                Ok(n) => core.handle_input(buf.get(..n).expect(READ_WITHIN_BUFFER), now()),
                 Err(e) => Err(ClientError::unreachable(core.url(), io_cause(&e))),
             },
             cmd = cmds.recv() => match cmd {
@@ -119,6 +123,9 @@ pub(crate) async fn drive<C: Core>(
     core
 }
 
+/// `read` returns at most the buffer's length.
+const READ_WITHIN_BUFFER: &str = "read returned more bytes than the buffer holds";
+
 fn break_with_io<C: Core>(core: &C, e: &std::io::Error) {
     tracing::debug!(url = core.url(), error = %e, "write to the control server failed");
 }
@@ -132,10 +139,24 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 /// Aborts a task when dropped (the owner of a connection going away ends it).
 #[derive(Debug)]
-pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> AbortOnDrop<T> {
+    pub(crate) fn new(task: tokio::task::JoinHandle<T>) -> Self {
+        Self(Some(task))
+    }
+
+    /// Waits for the task to end on its own.
+    pub(crate) async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        let task = self.0.take().expect("the handle is taken only here");
+        task.await
+    }
+}
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
     }
 }

@@ -1,18 +1,22 @@
-//! The control client's I/O: TCP, the two HTTP exchanges (`GET /key`, the
-//! `POST /control` upgrade) and a task per connection that drives the
-//! sans-IO protocol of `weft-control-proto` over the socket.
+//! The control client's I/O: the two HTTP exchanges (`GET /key`, the
+//! `POST /control` upgrade) behind a [`Dialer`], and one task per
+//! connection that drives the sans-IO protocol of `weft-control-proto`
+//! over the byte stream.
 //!
-//! Three levels, pick the one that fits:
+//! Pick the level that fits:
 //! - [`fetch_key`]: the server's static key, to pin (`GET /key`).
-//! - [`Session`]: the node's whole conversation on one connection
-//!   (register with a key or interactively, then the map stream as netmaps
-//!   and diffs, endpoint and host-info updates). Tests and simple nodes use
-//!   it; [`Backoff`] paces reconnects, and [`Session::close`] hands the last
+//! - [`Session`]: the node's conversation on one connection, run by the
+//!   protocol crate's `ControlClient` (its only implementation): register
+//!   with a key or interactively, then the map stream as netmaps and diffs,
+//!   endpoint and host-info updates, keep-alives, SSH checks. `weftd`, the
+//!   tests and the load generator all talk to control through it;
+//!   [`Backoff`] paces reconnects, and [`Session::close`] hands the last
 //!   good netmap to the next connection.
-//! - [`register`] / [`map`]: one `register` exchange, or a map stream of raw
-//!   responses, for a daemon that keeps its own state machine (weftd).
-//! - [`ssh_check`]: one SSH check (`check` rules) on its own connection.
-//! - [`Channel`]: a bare authenticated connection carrying typed messages.
+//! - [`register`]: one `register` exchange (a session that stops at the
+//!   answer).
+//! - [`ssh_check`]: one SSH check (`check` rules) on a session of its own.
+//! - [`Channel`]: a bare authenticated connection carrying typed messages,
+//!   for tests and tools that speak the protocol by hand.
 //!
 //! What it is not: no key storage, no retry policy of its own, no netmap
 //! consumer. Plain `http://` is fine: the Noise channel authenticates the
@@ -24,20 +28,22 @@
 //! `cannot reach control server http://198.18.0.1:8080: connection refused`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod backoff;
 mod channel;
+mod dial;
 mod driver;
 mod error;
 pub mod http;
-mod ops;
 mod session;
 pub mod ssh_check;
 mod url;
 
+pub use backoff::Backoff;
 pub use channel::{Channel, ConnectOptions, Target};
+pub use dial::{Dialer, Io, SharedDialer, TcpDialer, Upgraded};
 pub use error::ClientError;
 pub use http::fetch_key;
-pub use ops::{Backoff, MapEvent, MapEvents, MapUpdate, map, register};
-pub use session::{Session, SessionEvent};
+pub use session::{Session, SessionEvent, register};
 pub use ssh_check::{SshCheckWait, ssh_check};
 pub use url::ControlUrl;
 /// The protocol pieces a caller of this crate needs, re-exported.

@@ -1,31 +1,43 @@
-//! A [`Session`]: the node's whole conversation on one connection, driven
-//! by the protocol crate's sans-IO [`ControlClient`]: register (with a key,
-//! or interactively: the auth URL is reported and the follow-up long-poll
-//! sent at once), then the map stream, whose full map and deltas become a
-//! [`NetMap`] and a [`NetMapDiff`] per response.
+//! A [`Session`]: the node's conversation on one connection, driven by the
+//! protocol crate's sans-IO [`ControlClient`] (the only implementation of
+//! the conversation) over the crate's one I/O loop.
+//!
+//! Three ways to start, as the protocol crate's client has:
+//! [`Session::start`] registers (with a key, or interactively: the auth URL
+//! is reported and, when the user is at hand, the follow-up sent at once),
+//! then follows the map stream, whose full map and deltas become a
+//! [`NetMap`] and a [`NetMapDiff`] per response; [`Session::resume`] opens
+//! the map stream at once for a key control already accepted;
+//! [`Session::for_checks`] only carries SSH checks ([`crate::ssh_check`]).
+//! [`register`] is one `register` exchange on a session of its own.
 //!
 //! A session ends with its connection. To reconnect without losing the
 //! netmap, [`Session::close`] returns the [`MapSession`]; hand it to the next
-//! [`Session::start`] and the new stream's full map is diffed against the
-//! last good netmap. [`crate::Backoff`] paces the attempts.
+//! session and the new stream's full map is diffed against the last good
+//! netmap. [`crate::Backoff`] paces the attempts.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use weft_control_proto::{ClientError as ProtoError, NetMapDiff};
-use weft_control_proto::{ClientEvent, ClientParams, Connection, ControlClient, MapSession};
-use weft_types::control::{Refusal, Registered};
-use weft_types::{Endpoint, HostInfo, NetMap};
+use weft_control_proto::{
+    ClientEvent, ClientParams, Connection, ControlClient, ControlClientError, MapSession,
+    NetMapDiff,
+};
+use weft_types::control::{
+    Refusal, RegisterRequest, RegisterResponse, Registered, SshCheckDecision, SshCheckRequest,
+};
+use weft_types::{DiscoPublic, Endpoint, HostInfo, NetMap};
 
+use crate::ClientError;
 use crate::channel::{ConnectOptions, Target};
-use crate::driver::{self, Core};
-use crate::{ClientError, http};
+use crate::driver::{self, AbortOnDrop, Core};
 
 /// What happened in a session.
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
-    /// The user must visit this URL; the follow-up is already waiting.
+    /// The user must visit this URL (with [`ClientParams::interactive`] the
+    /// follow-up is already waiting).
     NeedsAuth {
         /// The URL to show.
         auth_url: String,
@@ -40,13 +52,15 @@ pub enum SessionEvent {
     LoggedOut,
     /// Registration was refused; the message is for the user.
     Refused(Refusal),
-    /// The netmap changed.
+    /// The netmap changed (or, with an empty diff, a response confirmed it).
     NetMap {
         /// What changed.
         diff: NetMapDiff,
         /// The netmap after the change.
         netmap: Arc<NetMap>,
     },
+    /// An answer to a check sent with [`Session::send_ssh_check`].
+    SshCheck(SshCheckDecision),
 }
 
 /// What the owner tells a running session.
@@ -54,6 +68,14 @@ pub enum SessionEvent {
 enum Cmd {
     Endpoints(Vec<Endpoint>),
     HostInfo(HostInfo),
+    SshCheck(SshCheckRequest),
+}
+
+/// How a session's conversation begins (see the module docs).
+enum Opening {
+    Register(ClientParams),
+    Resume(ClientParams),
+    Checks,
 }
 
 /// One connection's conversation. Dropping it closes the connection.
@@ -62,7 +84,7 @@ pub struct Session {
     url: String,
     cmds: mpsc::UnboundedSender<Cmd>,
     events: mpsc::Receiver<Result<SessionEvent, ClientError>>,
-    task: Option<tokio::task::JoinHandle<SessionCore>>,
+    task: Option<AbortOnDrop<SessionCore>>,
 }
 
 impl Session {
@@ -79,6 +101,42 @@ impl Session {
         map_session: Option<MapSession>,
         opts: &ConnectOptions,
     ) -> Result<Session, ClientError> {
+        Self::open(target, Opening::Register(params), map_session, opts).await
+    }
+
+    /// Connects and opens the map stream at once, for a node key control
+    /// accepted on an earlier connection (no `register`; `params.auth` is
+    /// not used). A key control no longer knows ends the session with a
+    /// [`ClientError::Server`] of code `not_registered`.
+    ///
+    /// # Errors
+    /// As [`Session::start`].
+    pub async fn resume(
+        target: &Target,
+        params: ClientParams,
+        map_session: Option<MapSession>,
+        opts: &ConnectOptions,
+    ) -> Result<Session, ClientError> {
+        Self::open(target, Opening::Resume(params), map_session, opts).await
+    }
+
+    /// Connects for SSH checks only ([`Session::send_ssh_check`]).
+    ///
+    /// # Errors
+    /// As [`Session::start`].
+    pub async fn for_checks(
+        target: &Target,
+        opts: &ConnectOptions,
+    ) -> Result<Session, ClientError> {
+        Self::open(target, Opening::Checks, None, opts).await
+    }
+
+    async fn open(
+        target: &Target,
+        opening: Opening,
+        map_session: Option<MapSession>,
+        opts: &ConnectOptions,
+    ) -> Result<Session, ClientError> {
         let url = target.url.to_string();
         let now = driver::now();
         let (conn, request) = Connection::client(
@@ -90,15 +148,24 @@ impl Session {
             now,
         )
         .map_err(|e| ClientError::channel(&url, e))?;
-        let (tcp, leftover) = http::upgrade(&target.url, &request, opts.connect_timeout).await?;
+        let upgraded = opts
+            .dialer
+            .0
+            .upgrade(&target.url, &request, opts.connect_timeout)
+            .await?;
+        let now = driver::now();
         let session = map_session.unwrap_or_else(|| {
             MapSession::new(weft_control_proto::map_session::DEFAULT_STALL_TIMEOUT, now)
         });
-        let mut client =
-            ControlClient::new(conn, params, session, now).map_err(|e| proto_error(&url, e))?;
-        if !leftover.is_empty() {
+        let started = match opening {
+            Opening::Register(params) => ControlClient::new(conn, params, session, now),
+            Opening::Resume(params) => ControlClient::resume(conn, params, session, now),
+            Opening::Checks => Ok(ControlClient::for_checks(conn, now)),
+        };
+        let mut client = started.map_err(|e| proto_error(&url, e))?;
+        if !upgraded.leftover.is_empty() {
             client
-                .handle_input(&leftover, now)
+                .handle_input(&upgraded.leftover, now)
                 .map_err(|e| proto_error(&url, e))?;
         }
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -107,12 +174,12 @@ impl Session {
             url: url.clone(),
             client,
         };
-        let task = tokio::spawn(driver::drive(core, tcp, cmd_rx, ev_tx));
+        let task = tokio::spawn(driver::drive(core, upgraded.io, cmd_rx, ev_tx));
         Ok(Session {
             url,
             cmds: cmd_tx,
             events: ev_rx,
-            task: Some(task),
+            task: Some(AbortOnDrop::new(task)),
         })
     }
 
@@ -146,6 +213,11 @@ impl Session {
         let _ = self.cmds.send(Cmd::HostInfo(host_info));
     }
 
+    /// Sends an SSH check; its decisions come as [`SessionEvent::SshCheck`].
+    pub fn send_ssh_check(&self, req: SshCheckRequest) {
+        let _ = self.cmds.send(Cmd::SshCheck(req));
+    }
+
     /// Closes the connection and returns the map session (the last good
     /// netmap) for the next connection.
     pub async fn close(mut self) -> Option<MapSession> {
@@ -153,27 +225,61 @@ impl Session {
         // Dropping the command sender ends the driver loop.
         self.cmds = dead_tx;
         let task = self.task.take()?;
-        task.await.ok().map(|core| core.client.into_map_session())
+        task.join()
+            .await
+            .ok()
+            .map(|core| core.client.into_map_session())
     }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        if let Some(t) = &self.task {
-            t.abort();
-        }
+/// Sends one `register` on a connection of its own and returns the answer:
+/// a follow-up (`auth: followup`) waits until the user finished at the auth
+/// URL or it expired; a new auth URL is returned, not followed.
+///
+/// # Errors
+/// Connection errors, [`ClientError::Server`] if the server answered with
+/// an error.
+pub async fn register(
+    target: &Target,
+    req: RegisterRequest,
+    opts: &ConnectOptions,
+) -> Result<RegisterResponse, ClientError> {
+    let params = ClientParams {
+        node_key: req.node_key,
+        old_node_key: req.old_node_key,
+        auth: req.auth,
+        expiry: req.expiry,
+        ephemeral: req.ephemeral,
+        host_info: req.host_info,
+        // Only map requests carry these; no map follows here.
+        disco_key: DiscoPublic::from_bytes([0; 32]),
+        endpoints: Vec::new(),
+        map: false,
+        interactive: false,
+    };
+    let mut session = Session::start(target, params, None, opts).await?;
+    loop {
+        let answer = match session.next_event().await? {
+            SessionEvent::NeedsAuth { auth_url } => RegisterResponse::NeedsAuth { auth_url },
+            SessionEvent::Registered(r) => RegisterResponse::Registered(r),
+            SessionEvent::NodeKeyExpired => RegisterResponse::NodeKeyExpired,
+            SessionEvent::LoggedOut => RegisterResponse::LoggedOut,
+            SessionEvent::Refused(r) => RegisterResponse::Refused(r),
+            SessionEvent::NetMap { .. } | SessionEvent::SshCheck(_) => continue,
+        };
+        return Ok(answer);
     }
 }
 
-fn proto_error(url: &str, e: ProtoError) -> ClientError {
+fn proto_error(url: &str, e: ControlClientError) -> ClientError {
     match e {
-        ProtoError::Channel(c) => ClientError::channel(url, c),
-        ProtoError::Map(m) => ClientError::Map {
+        ControlClientError::Channel(c) => ClientError::channel(url, c),
+        ControlClientError::Map(m) => ClientError::Map {
             url: url.to_owned(),
             source: m,
         },
-        ProtoError::Server(p) => ClientError::server(url, p),
-        ProtoError::Unexpected(what) => ClientError::Unexpected {
+        ControlClientError::Server(p) => ClientError::server(url, p),
+        ControlClientError::Unexpected(what) => ClientError::Unexpected {
             url: url.to_owned(),
             what,
         },
@@ -210,6 +316,7 @@ impl Core for SessionCore {
         let r = match cmd {
             Cmd::Endpoints(e) => self.client.update_endpoints(e, now),
             Cmd::HostInfo(h) => self.client.update_host_info(h, now),
+            Cmd::SshCheck(req) => self.client.send_ssh_check(req, now),
         };
         r.map_err(|e| proto_error(&self.url, e))
     }
@@ -225,15 +332,13 @@ impl Core for SessionCore {
             ClientEvent::NodeKeyExpired => SessionEvent::NodeKeyExpired,
             ClientEvent::LoggedOut => SessionEvent::LoggedOut,
             ClientEvent::Refused(r) => SessionEvent::Refused(r),
-            ClientEvent::NetMap(diff) => match self.client.netmap() {
-                Some(map) => SessionEvent::NetMap {
-                    diff,
-                    netmap: Arc::new(map.clone()),
-                },
-                None => return None,
-            },
-            // A session sends no checks (see [`crate::ssh_check`]); skip.
-            ClientEvent::SshCheck(_) => return self.poll_output(),
+            ClientEvent::NetMap(diff) => {
+                // A netmap event follows an accepted map response: the
+                // netmap is there.
+                let netmap = Arc::new(self.client.netmap()?.clone());
+                SessionEvent::NetMap { diff, netmap }
+            }
+            ClientEvent::SshCheck(d) => SessionEvent::SshCheck(d),
         })
     }
 

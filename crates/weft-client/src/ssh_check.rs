@@ -1,29 +1,26 @@
 //! SSH check mode on the node's side: one check on a connection of its own
 //! (docs/PROTOCOL.md §"SSH check").
 //!
-//! Why a connection per check rather than the map stream's: weftd drives its
-//! map stream as a raw stream of responses ([`crate::map`]) that reconnects
-//! on its own schedule, while a check may wait minutes for a person. A
-//! one-shot connection keeps the two independent (a map reconnect does not
-//! lose a pending approval, a slow approval does not hold up the map) and
-//! ends the check when its SSH login goes away: dropping the
-//! [`SshCheckWait`] closes the connection and control forgets the check.
-//! The same conversation also runs on a [`crate::Session`]'s connection
-//! through the protocol's `ControlClient::send_ssh_check`.
-
-use std::time::SystemTime;
+//! The check runs on a [`Session::for_checks`]: the same conversation and
+//! driver as the map stream's, on a connection of its own. Why not the map
+//! stream's connection: the map reconnects on its own schedule, while a
+//! check may wait minutes for a person, and control holds one waiting check
+//! per connection. A connection per check keeps the two independent (a map
+//! reconnect does not lose a pending approval, a slow approval does not
+//! hold up the map) and ends the check when its SSH login goes away:
+//! dropping the [`SshCheckWait`] closes the connection and control forgets
+//! the check.
 
 use weft_control_proto::{CheckProgress, CheckResult, SshCheckCall};
-use weft_types::UnixMillis;
-use weft_types::control::{ServerMessage, SshCheckRequest};
+use weft_types::control::SshCheckRequest;
 
-use crate::driver::now;
-use crate::{Channel, ClientError, ConnectOptions, Target};
+use crate::driver::{now, unix_now};
+use crate::{ClientError, ConnectOptions, Session, SessionEvent, Target};
 
 /// A check in flight: its connection and its conversation.
 #[derive(Debug)]
 pub struct SshCheckWait {
-    ch: Channel,
+    session: Session,
     call: SshCheckCall,
 }
 
@@ -37,18 +34,10 @@ pub async fn ssh_check(
     req: SshCheckRequest,
     opts: &ConnectOptions,
 ) -> Result<SshCheckWait, ClientError> {
-    let ch = Channel::connect(target, opts).await?;
-    let call = SshCheckCall::new(req, now());
-    ch.send(call.message())?;
-    Ok(SshCheckWait { ch, call })
-}
-
-#[allow(clippy::disallowed_methods)] // the driver is where time enters
-fn unix_now() -> UnixMillis {
-    let ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    UnixMillis(ms)
+    let session = Session::for_checks(target, opts).await?;
+    let call = SshCheckCall::new(req.clone(), now());
+    session.send_ssh_check(req);
+    Ok(SshCheckWait { session, call })
 }
 
 impl SshCheckWait {
@@ -63,12 +52,12 @@ impl SshCheckWait {
         loop {
             let Some(deadline) = self.call.poll_timeout() else {
                 return Err(ClientError::Unexpected {
-                    url: self.ch.url().to_owned(),
+                    url: self.session.url().to_owned(),
                     what: "a check that is already decided",
                 });
             };
-            let msg = tokio::select! {
-                m = self.ch.recv() => m?,
+            let event = tokio::select! {
+                e = self.session.next_event() => e?,
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     if let Some(r) = self.call.handle_timeout(now()) {
                         return Ok(CheckProgress::Done(r));
@@ -76,24 +65,19 @@ impl SshCheckWait {
                     continue;
                 }
             };
-            match msg {
-                ServerMessage::KeepAlive(_) => {}
-                ServerMessage::SshCheck(d) => {
-                    return self
-                        .call
-                        .handle_decision(d, now(), unix_now())
-                        .map_err(|_| ClientError::Unexpected {
-                            url: self.ch.url().to_owned(),
-                            what: "an ssh check decision that does not fit the request",
-                        });
-                }
-                _ => {
-                    return Err(ClientError::Unexpected {
-                        url: self.ch.url().to_owned(),
-                        what: "a message other than an ssh check decision",
-                    });
-                }
-            }
+            let SessionEvent::SshCheck(d) = event else {
+                return Err(ClientError::Unexpected {
+                    url: self.session.url().to_owned(),
+                    what: "a message other than an ssh check decision",
+                });
+            };
+            return self
+                .call
+                .handle_decision(d, now(), unix_now())
+                .map_err(|_| ClientError::Unexpected {
+                    url: self.session.url().to_owned(),
+                    what: "an ssh check decision that does not fit the request",
+                });
         }
     }
 

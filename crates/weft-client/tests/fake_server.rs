@@ -7,19 +7,22 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use weft_client::{
-    Channel, ClientError, ConnectOptions, ControlUrl, MapEvent, Target, fetch_key, map, register,
+    Channel, ClientError, ClientParams, ConnectOptions, ControlUrl, Session, SessionEvent, Target,
+    fetch_key, register,
 };
 use weft_control_proto::{ChannelConfig, Connection, Event, UpgradeHeaders};
 use weft_types::control::{
-    ClientMessage, ExpiryRequest, KeyResponse, MapRequest, RegisterAuth, RegisterRequest,
-    RegisterResponse, Registered, ServerMessage,
+    ClientMessage, ExpiryRequest, KeyResponse, RegisterAuth, RegisterRequest, RegisterResponse,
+    Registered, ServerMessage,
 };
 use weft_types::netmap::{Delta, MapBody, MapResponse};
-use weft_types::{CapabilityVersion, DiscoPrivate, HostInfo, MachinePrivate, NodeId, NodePrivate};
+use weft_types::{
+    CapabilityVersion, DiscoPrivate, HostInfo, MachinePrivate, NetMap, Node, NodeId, NodeOwner,
+    NodePrivate, UnixMillis, UserId,
+};
 
 #[allow(clippy::disallowed_methods)]
 fn now() -> Instant {
@@ -128,20 +131,21 @@ async fn serve_one(mut s: TcpStream, server_key: MachinePrivate) {
                     conn.send(&ServerMessage::Register(resp), now()).unwrap();
                 }
                 ClientMessage::Map(_) => {
-                    let delta = MapResponse {
+                    let full = MapResponse {
                         seq: 1,
+                        body: MapBody::Full(Box::new(netmap(&[2, 3]))),
+                    };
+                    conn.send(&ServerMessage::Map(full), now()).unwrap();
+                }
+                ClientMessage::Endpoints(_) => {
+                    // Answered with something the client reports: a delta.
+                    let delta = MapResponse {
+                        seq: 2,
                         body: MapBody::Delta(vec![Delta::Peer(weft_types::PeerDelta::Removed(
                             NodeId(3),
                         ))]),
                     };
                     conn.send(&ServerMessage::Map(delta), now()).unwrap();
-                }
-                ClientMessage::Endpoints(_) => {
-                    conn.send(
-                        &ServerMessage::KeepAlive(weft_types::control::KeepAlive {}),
-                        now(),
-                    )
-                    .unwrap();
                 }
                 _ => {}
             }
@@ -149,6 +153,48 @@ async fn serve_one(mut s: TcpStream, server_key: MachinePrivate) {
         if let Some(bytes) = conn.poll_transmit() {
             s.write_all(&bytes).await.unwrap();
         }
+    }
+}
+
+/// A node for the fake's maps.
+fn node(id: i64) -> Node {
+    let v4 = format!("100.64.0.{id}/32").parse().unwrap();
+    Node {
+        id: NodeId(id),
+        stable_id: format!("n{id:020x}").parse().unwrap(),
+        name: format!("host-{id}.example.weft").parse().unwrap(),
+        owner: NodeOwner::User(UserId(1)),
+        node_key: NodePrivate::from_bytes([id as u8; 32]).public(),
+        machine_key: MachinePrivate::from_bytes([id as u8 ^ 0x80; 32]).public(),
+        disco_key: None,
+        addresses: vec![v4],
+        allowed_ips: vec![v4],
+        endpoints: vec![],
+        host_info: HostInfo::default(),
+        created: UnixMillis(0),
+        last_seen: None,
+        online: true,
+        key_expiry: None,
+        expired: false,
+        machine_authorized: true,
+    }
+}
+
+/// The netmap of node 1 with `peers`.
+fn netmap(peers: &[i64]) -> NetMap {
+    NetMap {
+        self_node: node(1),
+        peers: peers.iter().map(|i| (NodeId(*i), node(*i))).collect(),
+        user_profiles: Default::default(),
+        domain: "example.weft".parse().unwrap(),
+        dns: weft_types::netmap::DnsConfig {
+            magic_dns: true,
+            nameservers: vec![],
+            search_domains: vec![],
+        },
+        relay_map: Default::default(),
+        packet_filter: Default::default(),
+        ssh_policy: Default::default(),
     }
 }
 
@@ -208,26 +254,31 @@ async fn a_map_stream_yields_responses_and_carries_updates() {
         machine_key: MachinePrivate::from_bytes([2; 32]),
         server_key: server_key.public(),
     };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let req = MapRequest {
-        version: CapabilityVersion::CURRENT,
+    let params = ClientParams {
         node_key: NodePrivate::from_bytes([1; 32]).public(),
+        old_node_key: None,
+        auth: RegisterAuth::None,
+        expiry: ExpiryRequest::Default,
+        ephemeral: false,
+        host_info: HostInfo::default(),
         disco_key: DiscoPrivate::from_bytes([3; 32]).public(),
         endpoints: vec![],
-        host_info: HostInfo::default(),
-        stream: true,
+        map: true,
+        interactive: false,
     };
-    let mut events = map(&target, req, rx, &ConnectOptions::default())
+    let mut session = Session::resume(&target, params, None, &ConnectOptions::default())
         .await
         .unwrap();
-    let first = events.next().await.unwrap().unwrap();
-    assert!(matches!(first, MapEvent::Response(r) if r.seq == 1));
-    tx.send(weft_client::MapUpdate::Endpoints(vec![])).unwrap();
-    let second = events.next().await.unwrap().unwrap();
-    assert_eq!(
-        second,
-        MapEvent::KeepAlive,
-        "the fake answers an update with a keep-alive"
+    let first = session.next_event().await.unwrap();
+    assert!(
+        matches!(&first, SessionEvent::NetMap { netmap, .. } if netmap.peers.len() == 2),
+        "{first:?}"
+    );
+    session.update_endpoints(vec![]);
+    let second = session.next_event().await.unwrap();
+    assert!(
+        matches!(&second, SessionEvent::NetMap { netmap, .. } if netmap.peers.len() == 1),
+        "the fake answers an update with a delta: {second:?}"
     );
 }
 

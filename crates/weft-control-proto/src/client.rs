@@ -1,7 +1,18 @@
 //! The node's side of one control connection, sans-IO: register, follow an
 //! auth URL, open the map stream, keep it, report endpoint and host info
-//! changes. It joins a [`ClientConnection`] and a [`MapSession`] so the
-//! daemon's driver only moves bytes and time and acts on [`ClientEvent`]s.
+//! changes, carry SSH checks. It joins a [`ClientConnection`] and a
+//! [`MapSession`] so a driver only moves bytes and time and acts on
+//! [`ClientEvent`]s. It is the node's only implementation of the
+//! conversation: `weft-client`'s tokio driver runs it for `weftd`, the
+//! tests and the load generator.
+//!
+//! A connection starts one of three ways:
+//! - [`ControlClient::new`]: `register` first (with the proof of consent in
+//!   [`ClientParams::auth`]), then the map stream if asked and authorized;
+//! - [`ControlClient::resume`]: the map stream at once, for a node key
+//!   control accepted on an earlier connection (a reconnect);
+//! - [`ControlClient::for_checks`]: neither; the connection carries SSH
+//!   checks ([`ControlClient::send_ssh_check`]) only.
 //!
 //! Driving loop (the same three steps as every core):
 //!
@@ -16,27 +27,35 @@
 //!
 //! Any error ends the connection. To reconnect, take the map session out
 //! with [`ControlClient::into_map_session`] and hand it to the next
-//! [`ControlClient::new`]: the last good netmap stays in force and the next
+//! connection's client: the last good netmap stays in force and the next
 //! full map is diffed against it.
 //!
 //! What it does not decide: key handling (making a new node key after
-//! [`ClientEvent::NodeKeyExpired`], persisting keys), retries and backoff,
-//! and what to show the user. Those are the daemon's.
+//! [`ClientEvent::NodeKeyExpired`], persisting keys), when to ask the user
+//! to log in ([`ClientParams::interactive`]), retries and backoff, and what
+//! to show the user. Those are the daemon's.
+//!
+//! Everything the node tells control is built here and only here: the
+//! `register` request from [`ClientParams`] ([`ControlClient::new`]), the
+//! `map` request ([`ControlClient::resume`] and after registering), and the
+//! endpoint and host-info updates. A field the node reports one day (a
+//! home relay, a STUN-learned endpoint) is a field of [`ClientParams`] and
+//! a line in the request built from it.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use weft_types::control::{
-    ClientMessage, EndpointUpdate, ExpiryRequest, MapRequest, ProtocolError, Refusal, RegisterAuth,
-    RegisterRequest, RegisterResponse, Registered, ServerMessage, SshCheckDecision,
-    SshCheckRequest,
+    ClientMessage, EndpointUpdate, ExpiryRequest, MapRequest, ProtocolError, Refusal,
+    RefusalReason, RegisterAuth, RegisterRequest, RegisterResponse, Registered, ServerMessage,
+    SshCheckDecision, SshCheckRequest,
 };
 use weft_types::{CapabilityVersion, DiscoPublic, Endpoint, HostInfo, NetMap, NodePublic};
 
 use crate::connection::{ChannelError, ClientConnection, Event};
-use crate::map_session::{MapError, MapSession, NetMapDiff};
+use crate::map_session::{DEFAULT_STALL_TIMEOUT, MapError, MapSession, NetMapDiff};
 
-/// What the node wants from this connection.
+/// What the node wants from a connection and tells control about itself.
 #[derive(Debug, Clone)]
 pub struct ClientParams {
     /// The node key to register and map.
@@ -58,13 +77,21 @@ pub struct ClientParams {
     /// Open a streaming map once registered and authorized. `false`: stop
     /// after the registration answer (e.g. `weft login` without `up`).
     pub map: bool,
+    /// The user is at hand (asked for an interactive login): when control
+    /// answers with an auth URL, a follow-up `register` waits on this
+    /// connection until the login finishes, and an expired URL is replaced
+    /// by a fresh one. `false`: the URL is reported
+    /// ([`ClientEvent::NeedsAuth`]) and the connection has nothing more to
+    /// do; register again with [`RegisterAuth::Followup`] once the user
+    /// asks.
+    pub interactive: bool,
 }
 
 /// What happened on the connection that the daemon acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
-    /// The user must visit this URL; the client is already waiting for it
-    /// (a follow-up `register` is out).
+    /// The user must visit this URL. With [`ClientParams::interactive`] the
+    /// client is already waiting for it (a follow-up `register` is out).
     NeedsAuth {
         /// The URL to show.
         auth_url: String,
@@ -77,7 +104,9 @@ pub enum ClientEvent {
     NodeKeyExpired,
     /// The logout went through.
     LoggedOut,
-    /// Registration was refused; show `message` to the user.
+    /// Registration was refused; show `message` to the user. After an
+    /// expired auth URL on an interactive connection the client has already
+    /// asked for a new one.
     Refused(Refusal),
     /// The netmap changed; read it from [`ControlClient::netmap`].
     NetMap(NetMapDiff),
@@ -88,7 +117,7 @@ pub enum ClientEvent {
 
 /// Why the connection ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClientError {
+pub enum ControlClientError {
     /// The channel failed.
     #[error(transparent)]
     Channel(#[from] ChannelError),
@@ -105,12 +134,13 @@ pub enum ClientError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// A `register` is out.
-    Registering,
+    /// A `register` is out; `followup`: it waits for an interactive login.
+    Registering { followup: bool },
     /// The map stream is open.
     Mapping,
     /// Nothing more to do on this connection (registered without a map,
-    /// refused, logged out, key expired).
+    /// waiting for the user, refused, logged out, key expired, or a
+    /// connection for SSH checks).
     Idle,
 }
 
@@ -119,39 +149,72 @@ enum Phase {
 pub struct ControlClient {
     conn: ClientConnection,
     session: MapSession,
-    params: ClientParams,
+    /// `None` on a connection for SSH checks only.
+    params: Option<ClientParams>,
     version: CapabilityVersion,
     phase: Phase,
     events: VecDeque<ClientEvent>,
 }
 
 impl ControlClient {
-    /// Starts the conversation on a fresh connection: the `register` is
+    /// Starts the conversation on a fresh connection with a `register`,
     /// queued at once (it goes out when the handshake completes).
     /// `session` carries the netmap from an earlier connection, or is
     /// `MapSession::new` on the first.
     ///
     /// # Errors
-    /// [`ClientError::Channel`] if the connection is already dead.
+    /// [`ControlClientError::Channel`] if the connection is already dead.
     pub fn new(
         conn: ClientConnection,
         params: ClientParams,
+        session: MapSession,
+        now: Instant,
+    ) -> Result<Self, ControlClientError> {
+        let auth = params.auth.clone();
+        let mut client = Self::start(conn, Some(params), session, now);
+        client.send_register(auth, now)?;
+        Ok(client)
+    }
+
+    /// Starts the conversation on a fresh connection with the map stream,
+    /// for a node key control accepted before (the `auth` in `params` is not
+    /// used). A key control no longer knows ends the connection with a
+    /// `not_registered` server error: register again then.
+    ///
+    /// # Errors
+    /// [`ControlClientError::Channel`] if the connection is already dead.
+    pub fn resume(
+        conn: ClientConnection,
+        params: ClientParams,
+        session: MapSession,
+        now: Instant,
+    ) -> Result<Self, ControlClientError> {
+        let mut client = Self::start(conn, Some(params), session, now);
+        client.open_map(now)?;
+        Ok(client)
+    }
+
+    /// Starts a connection that carries SSH checks only: nothing is sent
+    /// until [`ControlClient::send_ssh_check`].
+    pub fn for_checks(conn: ClientConnection, now: Instant) -> Self {
+        Self::start(conn, None, MapSession::new(DEFAULT_STALL_TIMEOUT, now), now)
+    }
+
+    fn start(
+        conn: ClientConnection,
+        params: Option<ClientParams>,
         mut session: MapSession,
         now: Instant,
-    ) -> Result<Self, ClientError> {
+    ) -> Self {
         session.restart(now);
-        let version = conn.version();
-        let mut client = Self {
+        Self {
+            version: conn.version(),
             conn,
             session,
             params,
-            version,
-            phase: Phase::Registering,
+            phase: Phase::Idle,
             events: VecDeque::new(),
-        };
-        let auth = client.params.auth.clone();
-        client.send_register(auth, now)?;
-        Ok(client)
+        }
     }
 
     /// Returns the current netmap (kept from an earlier connection until a
@@ -168,8 +231,8 @@ impl ControlClient {
     /// Feeds bytes read from the socket.
     ///
     /// # Errors
-    /// A [`ClientError`]; the connection is over.
-    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) -> Result<(), ClientError> {
+    /// A [`ControlClientError`]; the connection is over.
+    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) -> Result<(), ControlClientError> {
         self.conn.handle_input(bytes, now)?;
         while let Some(event) = self.conn.poll_event() {
             match event {
@@ -183,8 +246,8 @@ impl ControlClient {
     /// Reports the end of the stream.
     ///
     /// # Errors
-    /// [`ClientError::Channel`] for a truncated stream.
-    pub fn handle_eof(&mut self) -> Result<(), ClientError> {
+    /// [`ControlClientError::Channel`] for a truncated stream.
+    pub fn handle_eof(&mut self) -> Result<(), ControlClientError> {
         Ok(self.conn.handle_eof()?)
     }
 
@@ -192,13 +255,15 @@ impl ControlClient {
     /// otherwise they go in the next `MapRequest`).
     ///
     /// # Errors
-    /// [`ClientError::Channel`] on a dead connection.
+    /// [`ControlClientError::Channel`] on a dead connection.
     pub fn update_endpoints(
         &mut self,
         endpoints: Vec<Endpoint>,
         now: Instant,
-    ) -> Result<(), ClientError> {
-        self.params.endpoints.clone_from(&endpoints);
+    ) -> Result<(), ControlClientError> {
+        if let Some(p) = &mut self.params {
+            p.endpoints.clone_from(&endpoints);
+        }
         if self.phase == Phase::Mapping {
             self.conn
                 .send(&ClientMessage::Endpoints(EndpointUpdate { endpoints }), now)?;
@@ -206,16 +271,19 @@ impl ControlClient {
         Ok(())
     }
 
-    /// Sends the node's new host info (only while the map stream is open).
+    /// Sends the node's new host info (only while the map stream is open;
+    /// otherwise it goes in the next request).
     ///
     /// # Errors
-    /// [`ClientError::Channel`] on a dead connection.
+    /// [`ControlClientError::Channel`] on a dead connection.
     pub fn update_host_info(
         &mut self,
         host_info: HostInfo,
         now: Instant,
-    ) -> Result<(), ClientError> {
-        self.params.host_info = host_info.clone();
+    ) -> Result<(), ControlClientError> {
+        if let Some(p) = &mut self.params {
+            p.host_info = host_info.clone();
+        }
         if self.phase == Phase::Mapping {
             self.conn.send(&ClientMessage::HostInfo(host_info), now)?;
         }
@@ -226,12 +294,12 @@ impl ControlClient {
     /// phase; its decisions come back as [`ClientEvent::SshCheck`].
     ///
     /// # Errors
-    /// [`ClientError::Channel`] on a dead connection.
+    /// [`ControlClientError::Channel`] on a dead connection.
     pub fn send_ssh_check(
         &mut self,
         req: SshCheckRequest,
         now: Instant,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), ControlClientError> {
         self.conn.send(&ClientMessage::SshCheck(req), now)?;
         Ok(())
     }
@@ -263,8 +331,8 @@ impl ControlClient {
     /// Advances timers (handshake and idle timeouts, keep-alives, map stall).
     ///
     /// # Errors
-    /// A [`ClientError`] for a timeout; the connection is over.
-    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ClientError> {
+    /// A [`ControlClientError`] for a timeout; the connection is over.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ControlClientError> {
         self.conn.handle_timeout(now)?;
         if self.phase == Phase::Mapping {
             self.session.handle_timeout(now)?;
@@ -272,8 +340,17 @@ impl ControlClient {
         Ok(())
     }
 
-    fn send_register(&mut self, auth: RegisterAuth, now: Instant) -> Result<(), ClientError> {
-        let p = &self.params;
+    /// Sends a `register` built from the params with `auth`. Only a client
+    /// made by [`ControlClient::new`] registers.
+    fn send_register(
+        &mut self,
+        auth: RegisterAuth,
+        now: Instant,
+    ) -> Result<(), ControlClientError> {
+        let Some(p) = &self.params else {
+            return Ok(());
+        };
+        let followup = matches!(auth, RegisterAuth::Followup { .. });
         let req = RegisterRequest {
             version: self.version,
             node_key: p.node_key,
@@ -284,77 +361,105 @@ impl ControlClient {
             host_info: p.host_info.clone(),
         };
         self.conn.send(&ClientMessage::Register(req), now)?;
+        self.phase = Phase::Registering { followup };
         Ok(())
     }
 
-    fn handle_message(&mut self, msg: ServerMessage, now: Instant) -> Result<(), ClientError> {
+    /// Sends the streaming `map` request built from the params.
+    fn open_map(&mut self, now: Instant) -> Result<(), ControlClientError> {
+        let Some(p) = &self.params else {
+            return Ok(());
+        };
+        let req = MapRequest {
+            version: self.version,
+            node_key: p.node_key,
+            disco_key: p.disco_key,
+            endpoints: p.endpoints.clone(),
+            host_info: p.host_info.clone(),
+            stream: true,
+        };
+        self.conn.send(&ClientMessage::Map(req), now)?;
+        self.session.restart(now);
+        self.phase = Phase::Mapping;
+        Ok(())
+    }
+
+    fn handle_message(
+        &mut self,
+        msg: ServerMessage,
+        now: Instant,
+    ) -> Result<(), ControlClientError> {
         match (msg, self.phase) {
             (ServerMessage::KeepAlive(_), _) => {
                 if self.phase == Phase::Mapping {
                     self.session.handle_keep_alive(now);
                 }
             }
-            (ServerMessage::Error(e), _) => return Err(ClientError::Server(e)),
-            (ServerMessage::Register(resp), Phase::Registering) => {
-                self.handle_register(resp, now)?
+            (ServerMessage::Error(e), _) => return Err(ControlClientError::Server(e)),
+            (ServerMessage::Register(resp), Phase::Registering { followup }) => {
+                self.handle_register(resp, followup, now)?
             }
             (ServerMessage::Register(_), _) => {
-                return Err(ClientError::Unexpected("register answer without a request"));
+                return Err(ControlClientError::Unexpected(
+                    "register answer without a request",
+                ));
             }
             (ServerMessage::Map(resp), Phase::Mapping) => {
                 let diff = self.session.handle_response(resp, now)?;
                 self.events.push_back(ClientEvent::NetMap(diff));
             }
             (ServerMessage::Map(_), _) => {
-                return Err(ClientError::Unexpected("map response without a stream"));
+                return Err(ControlClientError::Unexpected(
+                    "map response without a stream",
+                ));
             }
             (ServerMessage::SshCheck(d), _) => self.events.push_back(ClientEvent::SshCheck(d)),
         }
         Ok(())
     }
 
-    fn handle_register(&mut self, resp: RegisterResponse, now: Instant) -> Result<(), ClientError> {
+    fn handle_register(
+        &mut self,
+        resp: RegisterResponse,
+        followup: bool,
+        now: Instant,
+    ) -> Result<(), ControlClientError> {
+        self.phase = Phase::Idle;
+        let (interactive, map, logout) = self.params.as_ref().map_or((false, false, false), |p| {
+            (p.interactive, p.map, p.expiry == ExpiryRequest::Now)
+        });
         match resp {
             RegisterResponse::NeedsAuth { auth_url } => {
-                self.send_register(
-                    RegisterAuth::Followup {
-                        auth_url: auth_url.clone(),
-                    },
-                    now,
-                )?;
+                if interactive {
+                    self.send_register(
+                        RegisterAuth::Followup {
+                            auth_url: auth_url.clone(),
+                        },
+                        now,
+                    )?;
+                }
                 self.events.push_back(ClientEvent::NeedsAuth { auth_url });
             }
             RegisterResponse::Registered(r) => {
                 let authorized = r.machine_authorized;
                 self.events.push_back(ClientEvent::Registered(r));
-                if authorized && self.params.map && self.params.expiry != ExpiryRequest::Now {
-                    let p = &self.params;
-                    let req = MapRequest {
-                        version: self.version,
-                        node_key: p.node_key,
-                        disco_key: p.disco_key,
-                        endpoints: p.endpoints.clone(),
-                        host_info: p.host_info.clone(),
-                        stream: true,
-                    };
-                    self.conn.send(&ClientMessage::Map(req), now)?;
-                    self.session.restart(now);
-                    self.phase = Phase::Mapping;
-                } else {
-                    self.phase = Phase::Idle;
+                if authorized && map && !logout {
+                    self.open_map(now)?;
                 }
             }
             RegisterResponse::NodeKeyExpired => {
                 self.events.push_back(ClientEvent::NodeKeyExpired);
-                self.phase = Phase::Idle;
             }
             RegisterResponse::LoggedOut => {
                 self.events.push_back(ClientEvent::LoggedOut);
-                self.phase = Phase::Idle;
             }
             RegisterResponse::Refused(r) => {
+                let expired_url = followup && r.reason == RefusalReason::AuthUrlExpired;
                 self.events.push_back(ClientEvent::Refused(r));
-                self.phase = Phase::Idle;
+                if expired_url && interactive {
+                    // Start over: the next answer carries a fresh URL.
+                    self.send_register(RegisterAuth::None, now)?;
+                }
             }
         }
         Ok(())

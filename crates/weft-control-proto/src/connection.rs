@@ -51,6 +51,9 @@ pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(60);
 /// The default receive silence after which the connection is dead.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(150);
 
+/// `snow` reports at most the length of the buffer it wrote into.
+const WRITTEN_WITHIN_BUFFER: &str = "snow wrote more bytes than the buffer holds";
+
 /// Limits and timers of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelConfig {
@@ -309,7 +312,7 @@ impl Connection<ClientRole> {
             .write_message(&[], &mut msg)
             .map_err(|_| ChannelError::Encrypt)?;
         let request = UpgradeRequest {
-            handshake: upgrade::encode_initiation(msg.get(..n).unwrap_or_default()),
+            handshake: upgrade::encode_initiation(msg.get(..n).expect(WRITTEN_WITHIN_BUFFER)),
             capability: version,
         };
         let deadline = now + config.handshake_timeout;
@@ -374,7 +377,7 @@ impl Connection<ServerRole> {
             deadline,
         };
         let mut connection = Self::new(config, client_key, checked.version, state, now);
-        let body = response.get(..n).unwrap_or_default();
+        let body = response.get(..n).expect(WRITTEN_WITHIN_BUFFER);
         push_header(&mut connection.outbuf, FRAME_HANDSHAKE, RESPONSE_LEN as u16);
         connection.outbuf.extend_from_slice(body);
         Ok(Accepted {
@@ -671,7 +674,7 @@ impl<R: Role> Connection<R> {
             self.state = State::Open { transport };
             self.events.push_back(Event::Established);
         }
-        let plain = self.scratch.get(..n).unwrap_or_default();
+        let plain = self.scratch.get(..n).expect(WRITTEN_WITHIN_BUFFER);
         let [flags, fragment @ ..] = plain else {
             return Err(ChannelError::MalformedFrame("record without flags"));
         };
@@ -702,11 +705,12 @@ impl<R: Role> Connection<R> {
 
     /// Splits `msg` into fragments and appends one record frame per fragment.
     fn seal(&mut self, msg: &[u8], now: Instant) -> Result<(), ChannelError> {
-        let count = msg.len().div_ceil(MAX_FRAGMENT).max(1);
-        for i in 0..count {
-            let end = ((i + 1) * MAX_FRAGMENT).min(msg.len());
-            let chunk = msg.get(i * MAX_FRAGMENT..end).unwrap_or_default();
-            let flags = if i + 1 == count { FLAG_FIN } else { 0 };
+        if msg.is_empty() {
+            self.seal_record(FLAG_FIN, &[])?;
+        }
+        let mut chunks = msg.chunks(MAX_FRAGMENT).peekable();
+        while let Some(chunk) = chunks.next() {
+            let flags = if chunks.peek().is_none() { FLAG_FIN } else { 0 };
             self.seal_record(flags, chunk)?;
         }
         self.last_send = now;

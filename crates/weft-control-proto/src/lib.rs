@@ -17,7 +17,8 @@
 //!   stream numbering on the server.
 //! - [`MapSession`]: full map + deltas → [`weft_types::NetMap`] + [`NetMapDiff`].
 //! - [`ControlClient`]: the node's conversation on one connection
-//!   (register, auth URL follow-up, map stream, updates) for `weftd`.
+//!   (register, auth URL follow-up, map stream, updates, SSH checks): the
+//!   one implementation, driven for `weftd` by `weft-client`.
 //! - [`SshCheckCall`]: one SSH check (`check` rules) as the node sees it.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -30,7 +31,7 @@ pub mod noise;
 pub mod ssh_check;
 pub mod upgrade;
 
-pub use client::{ClientError, ClientEvent, ClientParams, ControlClient};
+pub use client::{ClientEvent, ClientParams, ControlClient, ControlClientError};
 pub use connection::{
     Accepted, ChannelConfig, ChannelError, ClientConnection, ClientRole, Connection, Event, Role,
     ServerConnection, ServerRole,

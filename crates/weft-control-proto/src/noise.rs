@@ -113,18 +113,16 @@ impl SeedRng {
 
     fn fill(&mut self, dest: &mut [u8]) {
         for chunk in dest.chunks_mut(32) {
-            let block = match <Blake2sMac256 as KeyInit>::new_from_slice(&self.seed) {
-                Ok(mut mac) => {
-                    mac.update(SEED_RNG_LABEL);
-                    mac.update(&self.counter.to_le_bytes());
-                    mac.finalize().into_bytes()
-                }
-                // A 32-byte key is always accepted by BLAKE2s (keys up to 32
-                // bytes); this arm is unreachable.
-                Err(_) => Default::default(),
-            };
+            let mut mac = <Blake2sMac256 as KeyInit>::new_from_slice(&self.seed)
+                .expect("BLAKE2s takes keys of up to 32 bytes; the seed is 32");
+            mac.update(SEED_RNG_LABEL);
+            mac.update(&self.counter.to_le_bytes());
+            let block = mac.finalize().into_bytes();
             self.counter += 1;
-            chunk.copy_from_slice(block.get(..chunk.len()).unwrap_or_default());
+            // `chunks_mut(32)` of a 32-byte block: the zip covers the chunk.
+            for (d, s) in chunk.iter_mut().zip(block.iter()) {
+                *d = *s;
+            }
         }
     }
 }

@@ -13,7 +13,6 @@
 
 use std::fmt;
 
-use ring::rand::SecureRandom as _;
 use subtle::ConstantTimeEq as _;
 
 use crate::StoreError;
@@ -108,15 +107,11 @@ pub(crate) fn hashes_match(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Returns `n` random bytes from the OS CSPRNG as lowercase hex.
+/// Returns `n` random bytes from the OS CSPRNG as lowercase hex (a failed
+/// RNG aborts the process: [`weft_types::entropy`]).
 pub(crate) fn random_hex(n: usize) -> Result<String, StoreError> {
     let mut buf = vec![0u8; n];
-    ring::rand::SystemRandom::new()
-        .fill(&mut buf)
-        .map_err(|_| StoreError::Io {
-            path: "/dev/urandom".into(),
-            source: std::io::Error::other("the OS random number generator failed"),
-        })?;
+    weft_types::entropy::fill(&mut buf);
     Ok(hex::encode(buf))
 }
 

@@ -1,67 +1,235 @@
-//! The login step of interactive registration, behind a trait so another
-//! way of logging in (OIDC) can replace it.
+//! Interactive logins: how a way of logging in plugs into the server.
 //!
-//! A node without a key gets the URL `<server-url>/a/<auth-id>`; the user
-//! opens it. The [`Authenticator`] renders that page and, in the end, the
-//! login is completed by calling [`crate::admin::Admin::approve_login`]
-//! with the user who logged in (or declined with
-//! [`crate::admin::Admin::reject_login`]). Whoever completes it, the node's
-//! waiting follow-up request returns at once.
+//! A node without a key gets the URL `<server-url>/a/<auth-id>` and waits;
+//! an SSH check gets `<server-url>/a/<check-id>` the same way. The server
+//! asks the configured [`Authenticator`] (`ServerConfig::authenticator`)
+//! for the page at that URL, and mounts the authenticator's own routes
+//! under `/login/<name>/`. Whoever decides a login — an administrator with
+//! `weft-control nodes approve|reject`, or the authenticator's routes —
+//! decides it through one narrow interface, [`CompleteLogin`]: look up what
+//! waits under an id, approve it as a user, or decline it. The node's
+//! waiting request (or the SSH check) is answered at once.
 //!
-//! [`AdminApproval`], the default, has no login of its own: the page tells
+//! [`AdminApproval`], the default, has no login of its own: its page tells
 //! the user which command to ask an administrator to run.
+//!
+//! # Plugging in an authenticator (OIDC, for example)
+//!
+//! An authenticator needs this module and [`crate::pages`], nothing else of
+//! the server:
+//!
+//! 1. Implement [`Authenticator`]. `name` is `"oidc"`; `login_page` renders
+//!    `/a/<auth-id>` from its [`LoginContext`] — for a pending login, a page
+//!    with a "Log in with …" link to one of its own routes,
+//!    `/login/oidc/start/<auth-id>` (the pages' Content-Security-Policy
+//!    admits links but no scripts); for the other states,
+//!    [`pages::device_login`] says it well. `check_page` does the same for
+//!    SSH checks (the default shows the approval command).
+//! 2. `routes` receives the server's [`CompleteLogin`] and returns the
+//!    router mounted at `/login/oidc/`. The start route checks the id with
+//!    [`CompleteLogin::pending`], binds it to the `state`, nonce and PKCE
+//!    verifier of an authorization request, and redirects to the identity
+//!    provider. The callback route exchanges the code, verifies the ID
+//!    token, maps its claims to a login name, optionally creates the user
+//!    with [`CompleteLogin::ensure_user`], and calls
+//!    [`CompleteLogin::approve`] with the id and the login name. It shows
+//!    [`Completed::page`] or [`CompleteError::page`].
+//! 3. Set `ServerConfig::authenticator` (and a `serve` flag to choose it).
+//!
+//! The rules stay on the server's side of the interface: only the user an
+//! SSH check is for may approve it, a device's requested tags must be
+//! permitted to that user by the policy's `tagOwners`, a login is decided
+//! once and not after it expires.
 
-use weft_control_store::{AuthRequest, AuthRequestState};
-use weft_types::UnixMillis;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// What the login page is rendered from.
-#[derive(Debug, Clone, Copy)]
-pub struct LoginContext<'a> {
-    /// The login id from the URL.
-    pub auth_id: &'a str,
-    /// The login, if the id is known.
-    pub request: Option<&'a AuthRequest>,
-    /// The current time.
-    pub now: UnixMillis,
-    /// The server URL (for commands the page shows).
-    pub server_url: &'a str,
-}
+use futures::future::BoxFuture;
+use weft_control_store::StoreError;
+use weft_types::{NodeId, UnixMillis};
 
-/// A rendered page.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoginPage {
-    /// HTTP status.
-    pub status: u16,
-    /// The HTML document.
-    pub html: String,
-}
+pub use crate::pages::{CheckInfo, LoginContext, LoginPage};
 
-/// A way of completing interactive logins.
+use crate::pages;
+
+/// A way of completing interactive logins. See the module docs for how one
+/// plugs in.
 pub trait Authenticator: Send + Sync + std::fmt::Debug + 'static {
-    /// A short name for logs (`admin-approval`, `oidc`).
+    /// A short name for logs and for the path of its routes (`admin-approval`, `oidc`).
     fn name(&self) -> &'static str;
 
-    /// Renders the page at `/a/<auth-id>`.
+    /// Renders the page at `/a/<auth-id>` of a device login.
     fn login_page(&self, login: &LoginContext<'_>) -> LoginPage;
 
     /// Renders the page at `/a/<check-id>` for a pending SSH check (who must
-    /// approve what). The default shows the approval command; an
-    /// authenticator with its own login completes the check through
-    /// [`crate::admin::Admin::approve_login`] as the user who logged in.
-    fn check_page(
-        &self,
-        check_id: &str,
-        check: &crate::check::CheckInfo,
-        now: UnixMillis,
-    ) -> LoginPage {
-        crate::check::default_page(check_id, check, now)
+    /// approve what). The default shows the approval command.
+    fn check_page(&self, check_id: &str, check: &CheckInfo, now: UnixMillis) -> LoginPage {
+        pages::ssh_check(check_id, check, now)
     }
 
-    /// Routes of the authenticator's own (e.g. an OIDC callback), mounted
-    /// under `/login/<name>/`; they complete logins through the admin
-    /// service they are given.
-    fn routes(&self, _admin: crate::admin::Admin) -> Option<axum::Router> {
+    /// Returns the authenticator's own routes (e.g. an OIDC callback),
+    /// mounted under `/login/<name>/`; they decide logins through `logins`.
+    fn routes(&self, _logins: Arc<dyn CompleteLogin>) -> Option<axum::Router> {
         None
+    }
+}
+
+/// What an authenticator (and the admin service) may do with what waits
+/// at `/a/<id>`: the one way logins are decided.
+pub trait CompleteLogin: Send + Sync + std::fmt::Debug + 'static {
+    /// Returns what waits under `id`, or `None` if nothing does (unknown,
+    /// already decided, or expired).
+    fn pending<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PendingLogin>, CompleteError>>;
+
+    /// Approves `id` as the user `login`: a device login registers the
+    /// device for that user (with the tags and key lifetime it asked for);
+    /// an SSH check lets the login go ahead if it is that user's.
+    ///
+    /// # Errors
+    /// [`CompleteError`]: unknown login or user, expired, already decided,
+    /// another user's check, tags the user may not apply, the database.
+    fn approve<'a>(
+        &'a self,
+        id: &'a str,
+        login: &'a str,
+    ) -> BoxFuture<'a, Result<Completed, CompleteError>>;
+
+    /// Declines `id`: the device is refused, or the SSH login.
+    ///
+    /// # Errors
+    /// [`CompleteError`]: unknown login, expired, already decided, the database.
+    fn deny<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), CompleteError>>;
+
+    /// Creates the user `login` (a member, named `display_name`) unless it
+    /// exists; for authenticators that provision users at their first
+    /// login. An existing user is left as it is.
+    ///
+    /// # Errors
+    /// [`CompleteError::InvalidLogin`], the database.
+    fn ensure_user<'a>(
+        &'a self,
+        login: &'a str,
+        display_name: &'a str,
+    ) -> BoxFuture<'a, Result<(), CompleteError>>;
+}
+
+/// What waits for a decision under an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingLogin {
+    /// A device that asks to join the tailnet.
+    Device {
+        /// The hostname the device reported.
+        hostname: String,
+        /// When the login link expires.
+        expires: UnixMillis,
+    },
+    /// An SSH login under a `check` rule.
+    SshCheck(CheckInfo),
+}
+
+/// A login that was approved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completed {
+    /// The device joined the tailnet.
+    Device {
+        /// The new node.
+        node: NodeId,
+        /// Its name in the tailnet (DNS label).
+        name: String,
+        /// The user who owns it.
+        user: String,
+    },
+    /// The SSH login goes ahead.
+    SshCheck {
+        /// The node the login comes from.
+        src_node: NodeId,
+        /// What was approved.
+        info: CheckInfo,
+        /// How long logins from the same node need no new approval.
+        period: Duration,
+    },
+}
+
+impl Completed {
+    /// Renders the page that tells the user their login went through.
+    pub fn page(&self) -> LoginPage {
+        match self {
+            Completed::Device { name, user, .. } => pages::device_approved(name, user),
+            Completed::SshCheck { info, period, .. } => pages::check_approved(info, *period),
+        }
+    }
+}
+
+/// Why a login could not be decided.
+#[derive(Debug, thiserror::Error)]
+pub enum CompleteError {
+    /// Nothing waits under this id (or it was cleaned up after expiring).
+    #[error("unknown auth request {0:?}")]
+    UnknownLogin(String),
+    /// No user has this login name.
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    /// The text is not a login name.
+    #[error(
+        "invalid login name {0:?}: use 1-254 characters without spaces, e.g. alice or alice@example.com"
+    )]
+    InvalidLogin(String),
+    /// The device login's time ran out.
+    #[error("auth request {0:?} has expired")]
+    LoginExpired(String),
+    /// The SSH check's time ran out (the SSH login was refused).
+    #[error("this SSH check has expired; the login was refused")]
+    CheckExpired,
+    /// The login was approved or declined before.
+    #[error("auth request {0:?} was already {1}")]
+    AlreadyDecided(String, &'static str),
+    /// An SSH check may be approved only by the user it is for.
+    #[error(
+        "this SSH check is for {owner}'s login from {src}; only {owner} may approve it, not {approver}"
+    )]
+    WrongUser {
+        /// The user the check is for.
+        owner: String,
+        /// The source node's name.
+        src: String,
+        /// Who tried to approve it.
+        approver: String,
+    },
+    /// The device asked for tags the policy's `tagOwners` do not let this
+    /// user apply.
+    #[error("the policy's tagOwners do not let {login} apply {tags} (requested by the device)")]
+    TagsNotPermitted {
+        /// The approving user.
+        login: String,
+        /// The tags denied, comma-separated.
+        tags: String,
+    },
+    /// The database failed (try again).
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl CompleteError {
+    /// Returns the HTTP status that fits: 404 unknown, 400 invalid, 410
+    /// expired, 409 already decided, 403 not this user's, 503 the database.
+    pub fn status(&self) -> u16 {
+        match self {
+            CompleteError::UnknownLogin(_) | CompleteError::UnknownUser(_) => 404,
+            CompleteError::InvalidLogin(_) => 400,
+            CompleteError::LoginExpired(_) | CompleteError::CheckExpired => 410,
+            CompleteError::AlreadyDecided(..) => 409,
+            CompleteError::WrongUser { .. } | CompleteError::TagsNotPermitted { .. } => 403,
+            CompleteError::Store(_) => 503,
+        }
+    }
+
+    /// Renders the page that tells the user why their login did not go
+    /// through.
+    pub fn page(&self) -> LoginPage {
+        pages::failed(self.status(), &self.to_string())
     }
 }
 
@@ -76,123 +244,6 @@ impl Authenticator for AdminApproval {
     }
 
     fn login_page(&self, login: &LoginContext<'_>) -> LoginPage {
-        let id = escape(login.auth_id);
-        let Some(req) = login.request else {
-            return page(
-                404,
-                "Unknown login link",
-                "<p>This login link is not known to this server. It may have expired and been cleaned up, or been copied incompletely.</p>\
-                 <p>On the device, run <code>weft up</code> again to get a new link.</p>",
-            );
-        };
-        let device = escape(&req.hostname);
-        match req.state {
-            AuthRequestState::Approved => page(
-                200,
-                "Device approved",
-                &format!(
-                    "<p>The device <b>{device}</b> is now part of the tailnet. It connects by itself; you can close this page.</p>"
-                ),
-            ),
-            AuthRequestState::Rejected => page(
-                403,
-                "Login declined",
-                &format!(
-                    "<p>An administrator declined the login of <b>{device}</b>. Ask them why, then run <code>weft up</code> again.</p>"
-                ),
-            ),
-            AuthRequestState::Pending if login.now >= req.expires => page(
-                410,
-                "Login link expired",
-                "<p>This login link has expired. On the device, run <code>weft up</code> again to get a new one.</p>",
-            ),
-            AuthRequestState::Pending => {
-                let minutes = req.expires.saturating_since(login.now).as_secs() / 60;
-                page(
-                    200,
-                    "Waiting for approval",
-                    &format!(
-                        "<p>The device <b>{device}</b> asks to join the tailnet of <code>{server}</code>.</p>\
-                         <p>An administrator of this tailnet must approve it. Send them this command, with your login name in place of <code>YOUR-LOGIN</code>:</p>\
-                         <pre>weft-control nodes approve {id} --user YOUR-LOGIN</pre>\
-                         <p>As soon as it is approved, the device connects by itself: leave <code>weft up</code> running. \
-                         This link stays valid for about {minutes} more minute(s); after that, run <code>weft up</code> again.</p>\
-                         <p>If you did not start this login, ignore this page: nothing happens without an administrator.</p>",
-                        server = escape(login.server_url),
-                    ),
-                )
-            }
-        }
-    }
-}
-
-/// The style sheet of the server's pages, inline: the Content-Security-Policy
-/// admits exactly this text by its hash ([`content_security_policy`]).
-pub(crate) const PAGE_STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em;line-height:1.5}\
-     pre,code{background:#f3f3f3;padding:.1em .3em}pre{padding:.8em;overflow-x:auto}";
-
-/// Returns the Content-Security-Policy of every response of the server:
-/// nothing may load or run (no scripts, images, fonts, frames, plugins),
-/// except the inline [`PAGE_STYLE`] by its SHA-256; forms may only post back
-/// to this server; no other site may frame the pages (clickjacking).
-pub fn content_security_policy() -> &'static str {
-    static CSP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        use base64::Engine as _;
-        let digest = ring::digest::digest(&ring::digest::SHA256, PAGE_STYLE.as_bytes());
-        let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
-        format!(
-            "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-        )
-    });
-    &CSP
-}
-
-fn page(status: u16, title: &str, body: &str) -> LoginPage {
-    LoginPage {
-        status,
-        html: format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · Weft</title>\
-             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <style>{PAGE_STYLE}</style></head>\
-             <body><h1>{title}</h1>{body}</body></html>"
-        ),
-    }
-}
-
-/// Escapes text for HTML.
-pub(crate) fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hostnames_are_escaped_on_the_login_page() {
-        assert_eq!(escape("<b>&'\""), "&lt;b&gt;&amp;&#39;&quot;");
-    }
-
-    #[test]
-    fn an_unknown_login_says_to_start_again() {
-        let p = AdminApproval.login_page(&LoginContext {
-            auth_id: "x",
-            request: None,
-            now: UnixMillis(0),
-            server_url: "http://h",
-        });
-        assert_eq!(p.status, 404);
-        assert!(p.html.contains("weft up"));
+        pages::device_login(login)
     }
 }

@@ -5,16 +5,17 @@
 //! |---|---|
 //! | `GET /key` | the server's Noise key (docs/PROTOCOL.md §3) |
 //! | `POST /control` | the control channel upgrade (§4) |
-//! | `GET /a/{auth_id}` | the login page ([`crate::auth`]), or an SSH check's ([`crate::check`]) |
-//! | `/login/{authenticator}/…` | the authenticator's own routes, if any |
+//! | `GET /a/{auth_id}` | the authenticator's page of a device login, or of an SSH check ([`crate::auth`]) |
+//! | `/login/{authenticator}/…` | the authenticator's own routes, if any, deciding logins through [`crate::auth::CompleteLogin`] |
 //! | `/api/v1/…` | the admin API with an API key ([`crate::admin`]) |
 //! | `GET /metrics` | Prometheus metrics |
 //! | `GET /health` | `ok` |
 //!
-//! Every response but the `101` of an upgrade carries [`security_headers`]:
-//! a Content-Security-Policy that lets nothing load or run but the pages'
-//! own inline style, no framing, no MIME sniffing, no `Referer` (login URLs
-//! carry the login id), and `Cache-Control: no-store` on HTML.
+//! Every response but the `101` of an upgrade carries the headers of
+//! [`crate::pages::set_security_headers`]: a Content-Security-Policy that
+//! lets nothing load or run but the pages' own inline style, no framing, no
+//! MIME sniffing, no `Referer` (login URLs carry the login id), and
+//! `Cache-Control: no-store` on HTML.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,8 +32,9 @@ use weft_control_store::StoreError;
 
 use crate::admin::{Admin, api};
 use crate::admission::{LOG_EVERY, LogEvery, Refused, Standing};
-use crate::auth::LoginContext;
 use crate::ctx::Ctx;
+use crate::login::Completer;
+use crate::pages::{self, LoginContext, LoginPage};
 
 /// The remote address of an HTTP connection (a request extension).
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +54,8 @@ pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
         .route("/health", get(|| async { "ok" }))
         .with_state(ctx.clone())
         .nest("/api/v1", rest);
-    if let Some(extra) = ctx.config.authenticator.routes(admin) {
+    let completer = Arc::new(Completer::new(ctx.clone()));
+    if let Some(extra) = ctx.config.authenticator.routes(completer) {
         r = r.nest(
             &format!("/login/{}", ctx.config.authenticator.name()),
             extra,
@@ -64,29 +67,16 @@ pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
 
 /// Adds the security headers described in the module docs.
 async fn security_headers(req: Request, next: Next) -> Response {
-    use http::header::{
-        CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, REFERRER_POLICY,
-        X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
-    };
     let mut resp = next.run(req).await;
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         return resp;
     }
     let html = resp
         .headers()
-        .get(CONTENT_TYPE)
+        .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("text/html"));
-    let h = resp.headers_mut();
-    if let Ok(csp) = HeaderValue::from_str(crate::auth::content_security_policy()) {
-        h.insert(CONTENT_SECURITY_POLICY, csp);
-    }
-    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    if html {
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
+    pages::set_security_headers(resp.headers_mut(), html);
     resp
 }
 
@@ -142,15 +132,17 @@ async fn login_page(State(ctx): State<Arc<Ctx>>, Path(auth_id): Path<String>) ->
             .config
             .authenticator
             .check_page(&auth_id, &check, ctx.clock.now());
-        let status = http::StatusCode::from_u16(page.status).unwrap_or(http::StatusCode::OK);
-        return (status, Html(page.html)).into_response();
+        return html(page);
     }
-    let page = ctx.config.authenticator.login_page(&LoginContext {
+    html(ctx.config.authenticator.login_page(&LoginContext {
         auth_id: &auth_id,
         request: request.as_ref(),
         now: ctx.clock.now(),
         server_url: &ctx.server_url,
-    });
+    }))
+}
+
+fn html(page: LoginPage) -> Response {
     let status = http::StatusCode::from_u16(page.status).unwrap_or(http::StatusCode::OK);
     (status, Html(page.html)).into_response()
 }

@@ -31,9 +31,12 @@ mod control;
 mod ctx;
 mod http;
 pub mod keyfile;
+mod login;
 mod metrics;
+pub mod pages;
 mod registration;
 mod state;
+mod waiting;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,7 +52,7 @@ use weft_types::MachinePublic;
 pub use admin::Admin;
 pub use config::ServerConfig;
 
-use crate::ctx::{Ctx, Logins};
+use crate::ctx::Ctx;
 use crate::state::coordinator::{CoordConfig, Coordinator};
 use crate::state::persist::Persister;
 
@@ -59,14 +62,10 @@ pub(crate) fn now() -> Instant {
     Instant::now()
 }
 
-/// Draws a 32-byte seed from the OS CSPRNG (a Noise ephemeral key).
+/// Draws a 32-byte seed from the OS CSPRNG (a Noise ephemeral key); a
+/// failed RNG aborts the server ([`weft_types::entropy`]).
 pub(crate) fn seed() -> [u8; 32] {
-    use ring::rand::SecureRandom as _;
-    let mut s = [0u8; 32];
-    if ring::rand::SystemRandom::new().fill(&mut s).is_err() {
-        tracing::error!("the OS random number generator failed");
-    }
-    s
+    weft_types::entropy::seed()
 }
 
 /// Why the server could not start.
@@ -210,9 +209,9 @@ impl Server {
             store: store.clone(),
             server_key,
             coord,
-            logins: Logins::default(),
+            logins: waiting::Logins::default(),
             admission: admission::Admission::new(limits),
-            checks: crate::check::Checks::default(),
+            checks: waiting::Checks::default(),
             clock: clock.clone(),
             stop: stop.clone(),
             tasks: TaskTracker::new(),

@@ -32,11 +32,10 @@ use weft_types::{MachinePublic, Tag, UnixMillis};
 
 use crate::admission::{LOG_EVERY, LogEvery, Source};
 use crate::clock;
-use crate::ctx::{Ctx, LoginWish};
+use crate::ctx::Ctx;
+use crate::pages::{LOGIN_PATH, login_url};
 use crate::state::coordinator::Msg;
-
-/// The path prefix of login URLs.
-pub(crate) const LOGIN_PATH: &str = "/a/";
+use crate::waiting::LoginWish;
 
 /// The longest pre-auth key accepted (the server's are under 100 bytes).
 pub(crate) const MAX_AUTH_KEY_LEN: usize = 256;
@@ -257,28 +256,27 @@ async fn apply_expiry_wish(
     }
 }
 
-/// Checks requested tags against the policy's `tagOwners` for `login`.
-fn tags_permitted(ctx: &Ctx, tags: &BTreeSet<Tag>, login: Option<&str>) -> Result<(), String> {
+/// Returns the tags of `tags` that the policy's `tagOwners` do not let
+/// `login` apply (`None`: a pre-auth key without a user, which only tags'
+/// own owners may use).
+pub(crate) fn denied_tags<'a>(
+    ctx: &Ctx,
+    tags: &'a BTreeSet<Tag>,
+    login: Option<&str>,
+) -> Vec<&'a str> {
+    if tags.is_empty() {
+        return Vec::new();
+    }
     let snap = ctx.coord.snapshot();
     let policy = &snap.policy;
-    let denied: Vec<&str> = tags
-        .iter()
+    tags.iter()
         .filter(|t| {
             !policy
                 .policy
                 .may_apply_tag(&policy.tailnet, t.as_str(), login, &[])
         })
         .map(Tag::as_str)
-        .collect();
-    if denied.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the policy's tagOwners do not let {} apply {}",
-            login.unwrap_or("this key"),
-            denied.join(", ")
-        ))
-    }
+        .collect()
 }
 
 fn register_node(mk: MachinePublic, req: &RegisterRequest) -> RegisterNode {
@@ -308,7 +306,13 @@ async fn with_auth_key(
             },
             Err(e) => return key_refusal(e),
         };
-        if let Err(message) = tags_permitted(ctx, requested, login.as_deref()) {
+        let denied = denied_tags(ctx, requested, login.as_deref());
+        if !denied.is_empty() {
+            let message = format!(
+                "the policy's tagOwners do not let {} apply {}",
+                login.as_deref().unwrap_or("this key"),
+                denied.join(", ")
+            );
             return Ok((
                 refused(RefusalReason::TagsNotPermitted, message),
                 "refused_tags",
@@ -424,7 +428,7 @@ async fn needs_auth(
         },
         source.map(|s| (s, ar.expires)),
     );
-    let auth_url = format!("{}{LOGIN_PATH}{}", ctx.server_url, ar.auth_id);
+    let auth_url = login_url(&ctx.server_url, &ar.auth_id);
     Ok((RegisterResponse::NeedsAuth { auth_url }, "needs_auth"))
 }
 

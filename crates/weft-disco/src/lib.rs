@@ -20,6 +20,10 @@
 //!   latency, with hysteresis.
 //! * [`netcheck`]: [`Netcheck`], the STUN probe planner and its [`Report`]
 //!   (UDP yes/no, public addresses, hard NAT, per-region latency).
+//! * [`stun`]: the STUN Binding codec (RFC 8489): build a request with a
+//!   transaction id into a caller buffer, parse the response into
+//!   `(TxId, reflexive address)`; the server side's answer. Used by weftd
+//!   for netcheck's probes and by the STUN server in `weft-relay`.
 //! * [`Disco`]: all of the above behind one object, the one the driver
 //!   (weftd) uses. States, timers and constants: `docs/PATHS.md`.
 //!
@@ -62,7 +66,8 @@
 //!      [`Event::Ping`], [`Event::Latency`], [`Event::Netcheck`].
 //!
 //! What it is not: no sockets, no clock, no OS randomness (the caller passes
-//! `now` and a seed, so a run replays exactly), no STUN or DERP encoding, no
+//! `now` and a seed, so a run replays exactly), no DERP encoding, no STUN I/O
+//! ([`stun`] is a pure codec), no
 //! DNS (the driver resolves relay host names).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -72,6 +77,7 @@ pub mod message;
 pub mod netcheck;
 pub mod path;
 pub mod prober;
+pub mod stun;
 
 pub use disco::{
     Destination, Disco, Event, PeerStatus, PingId, PingOutcome, RELAY_MAGIC_IP, RelayRegionInfo,

@@ -54,7 +54,11 @@ pub const BETTER_RATIO: f64 = 0.8;
 pub const MAX_CANDIDATES: usize = 32;
 /// The shortest time between two pings to one address that an incoming
 /// datagram asked for ([`PathProber::ping_now`]); bounds what a chatty
-/// peer can make us send.
+/// peer can make us send. Scheduled pings (discovery, bursts, heartbeats)
+/// do not count against it: a peer that pings us a moment after our own
+/// ping reached it before it knew us is answered with a ping at once, so
+/// both sides confirm the path within one round trip of the later of them
+/// learning of the other (not at the next discovery round, seconds later).
 pub const REPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The best path changed.
@@ -74,6 +78,8 @@ struct Candidate {
     /// Listed in the peer's last CallMeMaybe (replaced by the next one).
     called: bool,
     last_ping: Option<Instant>,
+    /// The last ping an incoming datagram asked for ([`PathProber::ping_now`]).
+    last_asked_ping: Option<Instant>,
     last_pong: Option<Instant>,
     rtt: Option<Duration>,
     /// Pings sent since the last pong.
@@ -87,6 +93,7 @@ impl Candidate {
             reported: false,
             called: false,
             last_ping: None,
+            last_asked_ping: None,
             last_pong: None,
             rtt: None,
             unanswered: 0,
@@ -211,9 +218,10 @@ impl PathProber {
         let Some(c) = self.admit(addr, now) else {
             return false;
         };
-        if c.last_ping.is_some_and(|t| now < t + REPING_INTERVAL) {
+        if c.last_asked_ping.is_some_and(|t| now < t + REPING_INTERVAL) {
             return false;
         }
+        c.last_asked_ping = Some(now);
         c.note_ping(now);
         true
     }
@@ -661,6 +669,19 @@ mod tests {
         assert!(!p.ping_now(x, now + Duration::from_millis(500)));
         assert!(p.ping_now(x, now + REPING_INTERVAL));
         assert_eq!(p.candidates().collect::<Vec<_>>(), vec![x]);
+    }
+
+    #[test]
+    fn a_scheduled_ping_does_not_stop_an_incoming_one_from_asking_for_another() {
+        // Our discovery ping reached the peer before it knew us and was
+        // dropped; its own ping a moment later must be answered with ours.
+        let now = t0();
+        let mut p = PathProber::new();
+        let e = a("198.18.0.2:41641");
+        p.set_endpoints([e], now);
+        assert_eq!(p.due_pings(now), vec![e]);
+        assert!(p.ping_now(e, now + Duration::from_millis(250)));
+        assert!(!p.ping_now(e, now + Duration::from_millis(500)));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use serde::de::DeserializeOwned;
 
 use crate::error::{CommandError, LabError, Result, shell_quote, tail};
 use crate::lab::RunShared;
@@ -155,6 +156,24 @@ impl Cmd {
         } else {
             Err(self.failed(out))
         }
+    }
+
+    /// Runs the command like [`Cmd::run`] and parses its stdout as JSON into `T` (use
+    /// `serde_json::Value` for ad-hoc access). The command must print JSON by itself: add the
+    /// program's `--json` flag to the arguments.
+    ///
+    /// # Errors
+    /// As for [`Cmd::run`]; [`LabError::Invalid`] with the command line and stdout when stdout
+    /// does not parse as `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        let out = self.run()?;
+        serde_json::from_str(&out.stdout).map_err(|e| {
+            LabError::Invalid(format!(
+                "`{}`: stdout is not the expected JSON ({e}): {}",
+                self.cmdline(),
+                tail(&out.stdout, 4096)
+            ))
+        })
     }
 
     /// Turns the output of a run into a [`CommandError`], for callers that inspect the output of

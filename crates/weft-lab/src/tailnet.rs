@@ -18,7 +18,7 @@
 //! nodes[0].wait_peers(&["n2"], Duration::from_secs(20))?;
 //! let ip = nodes[1].ip4()?;
 //! nodes[0].netns().wait_ping(ip.into(), Duration::from_secs(10))?;
-//! let pong = nodes[0].weft_ok(["ping", "-c", "1", "n2"])?;
+//! let pong = nodes[0].weft(["ping", "-c", "1", "n2"]).run()?;
 //! assert!(pong.stdout.contains("pong from n2"));
 //! # Ok(()) }
 //! ```
@@ -51,7 +51,7 @@ pub const CONTROL_PORT: u16 = 8080;
 pub const NODE_PORT: u16 = 41641;
 /// How long a daemon gets to answer after it was started.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// The `--timeout` given to `weft up` by [`Node::up_with_key`].
+/// The `--timeout` given to `weft up` by [`Node::up`].
 pub const UP_TIMEOUT: &str = "30s";
 
 /// The three programs of a tailnet.
@@ -158,6 +158,17 @@ pub struct KeyOptions {
     pub tags: Vec<String>,
     /// `--expiration` (e.g. `"1h"`).
     pub expiration: Option<String>,
+}
+
+impl KeyOptions {
+    /// Returns the options of a reusable key with no tags and the default expiry.
+    #[must_use]
+    pub fn reusable() -> Self {
+        KeyOptions {
+            reusable: true,
+            ..KeyOptions::default()
+        }
+    }
 }
 
 impl<'lab> Tailnet<'lab> {
@@ -311,13 +322,7 @@ impl<'lab> Tailnet<'lab> {
     /// When a step fails; the message holds the CLI output.
     pub fn join(&self, control: &Control, names: &[&str]) -> Result<Vec<Node>> {
         control.ensure_user("alice")?;
-        let key = control.create_key(
-            "alice",
-            &KeyOptions {
-                reusable: true,
-                ..KeyOptions::default()
-            },
-        )?;
+        let key = control.create_key("alice", &KeyOptions::reusable())?;
         let mut nodes = Vec::new();
         for name in names {
             let node = self.node(name)?;
@@ -396,7 +401,11 @@ impl Control {
         let ready = wait_until(START_TIMEOUT, &format!("{} to serve", self.name), || {
             process.ensure_running()?;
             Ok(self.state_dir.join("admin.sock").exists()
-                && self.admin_unchecked(["users", "list"])?.status.success())
+                && self
+                    .admin(["users", "list"])
+                    .run_unchecked()?
+                    .status
+                    .success())
         });
         if let Err(e) = ready {
             return Err(LabError::Invalid(format!("{e}\n{}", process.report())));
@@ -411,30 +420,19 @@ impl Control {
     /// # Errors
     /// When it cannot be signalled.
     pub fn stop(&self) -> Result<()> {
-        let process = self
-            .process
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(p) = process {
-            p.stop()?;
-        }
-        Ok(())
+        stop_current(&self.process)
     }
 
     /// Returns the server's log so far.
     pub fn log(&self) -> String {
-        self.process
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(Process::report)
-            .unwrap_or_else(|| format!("{}: not running", self.name))
+        current_log(&self.process, &self.name)
     }
 
-    /// Returns a `weft-control` command with `args`, then `--state-dir <dir>` appended (every
-    /// admin subcommand takes it).
-    pub fn admin_cmd<I, S>(&self, args: I) -> Cmd
+    /// Returns the admin command `weft-control <args…> --state-dir <dir>` (every admin
+    /// subcommand takes the state dir) with a 30 s limit. Run it with [`Cmd::run`] (fails on a
+    /// non-zero exit), [`Cmd::run_unchecked`] (for commands expected to fail) or
+    /// [`Cmd::json`] (with `--json` among `args`).
+    pub fn admin<I, S>(&self, args: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -447,56 +445,12 @@ impl Control {
             .timeout(Duration::from_secs(30))
     }
 
-    /// Runs an admin command; fails on a non-zero exit (the error holds the output).
-    ///
-    /// # Errors
-    /// On failure.
-    pub fn admin<I, S>(&self, args: I) -> Result<Output>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        self.admin_cmd(args).run()
-    }
-
-    /// Runs an admin command and returns its output whatever the exit status.
-    ///
-    /// # Errors
-    /// When it cannot run or times out.
-    pub fn admin_unchecked<I, S>(&self, args: I) -> Result<Output>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        self.admin_cmd(args).run_unchecked()
-    }
-
-    /// Runs an admin command with `--json` and parses its stdout.
-    ///
-    /// # Errors
-    /// On failure or unparsable output.
-    pub fn admin_json<I, S>(&self, args: I) -> Result<serde_json::Value>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let cmd = self.admin_cmd(args).arg("--json");
-        let out = cmd.run()?;
-        serde_json::from_str(&out.stdout).map_err(|e| {
-            LabError::Invalid(format!(
-                "`{}`: stdout is not JSON ({e}): {}",
-                cmd.cmdline(),
-                out.stdout
-            ))
-        })
-    }
-
     /// Creates user `login`.
     ///
     /// # Errors
     /// On failure (also when it exists; see [`Control::ensure_user`]).
     pub fn create_user(&self, login: &str) -> Result<()> {
-        self.admin(["users", "create", login]).map(drop)
+        self.admin(["users", "create", login]).run().map(drop)
     }
 
     /// Creates user `login` unless it exists.
@@ -504,7 +458,7 @@ impl Control {
     /// # Errors
     /// On failure.
     pub fn ensure_user(&self, login: &str) -> Result<()> {
-        let users = self.admin_json(["users", "list"])?;
+        let users: serde_json::Value = self.admin(["users", "list", "--json"]).json()?;
         let exists = users.as_array().is_some_and(|a| {
             a.iter().any(|u| {
                 u["login_name"].as_str() == Some(login) || u["login"].as_str() == Some(login)
@@ -542,7 +496,8 @@ impl Control {
             args.push("--expiration".into());
             args.push(e.clone());
         }
-        let v = self.admin_json(&args)?;
+        args.push("--json".into());
+        let v: serde_json::Value = self.admin(&args).json()?;
         v["secret"]
             .as_str()
             .map(str::to_owned)
@@ -554,7 +509,7 @@ impl Control {
     /// # Errors
     /// On failure.
     pub fn nodes(&self) -> Result<Vec<serde_json::Value>> {
-        let v = self.admin_json(["nodes", "list"])?;
+        let v = self.admin(["nodes", "list", "--json"]).json()?;
         match v {
             serde_json::Value::Array(a) => Ok(a),
             other => other
@@ -591,7 +546,7 @@ impl Control {
     /// # Errors
     /// On failure.
     pub fn delete_node(&self, id: &str) -> Result<()> {
-        self.admin(["nodes", "delete", id]).map(drop)
+        self.admin(["nodes", "delete", id]).run().map(drop)
     }
 
     /// `nodes expire <id>`.
@@ -599,7 +554,7 @@ impl Control {
     /// # Errors
     /// On failure.
     pub fn expire_node(&self, id: &str) -> Result<()> {
-        self.admin(["nodes", "expire", id]).map(drop)
+        self.admin(["nodes", "expire", id]).run().map(drop)
     }
 
     /// `nodes approve --user <user> <auth_id>` (the id is the last path segment of the login
@@ -614,6 +569,7 @@ impl Control {
             .next()
             .unwrap_or(auth_url_or_id);
         self.admin(["nodes", "approve", "--user", user, id])
+            .run()
             .map(drop)
     }
 
@@ -630,6 +586,7 @@ impl Control {
         std::fs::write(&path, hujson)
             .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
         self.admin(["policy", "set", &path.display().to_string()])
+            .run()
     }
 
     /// `policy explain --src <src> --dst <dst> [--proto <proto>]`.
@@ -641,7 +598,7 @@ impl Control {
         if let Some(p) = proto {
             args.extend(["--proto", p]);
         }
-        self.admin(args)
+        self.admin(args).run()
     }
 }
 
@@ -649,6 +606,25 @@ impl Drop for Control {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Stops the process in `slot` (SIGTERM, then SIGKILL after [`crate::STOP_GRACE`]), if any,
+/// and empties the slot.
+fn stop_current(slot: &Mutex<Option<Process>>) -> Result<()> {
+    let process = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(p) = process {
+        p.stop()?;
+    }
+    Ok(())
+}
+
+/// Returns the report of the process in `slot`, or that `name` is not running.
+fn current_log(slot: &Mutex<Option<Process>>, name: &str) -> String {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(Process::report)
+        .unwrap_or_else(|| format!("{name}: not running"))
 }
 
 fn json_id(v: &serde_json::Value) -> String {
@@ -749,7 +725,7 @@ impl Node {
             &format!("weftd {} to answer", self.name),
             || {
                 process.ensure_running()?;
-                let out = self.weft(["status", "--json"])?;
+                let out = self.weft(["status", "--json"]).run_unchecked()?;
                 Ok(serde_json::from_str::<serde_json::Value>(&out.stdout).is_ok())
             },
         );
@@ -765,15 +741,7 @@ impl Node {
     /// # Errors
     /// When it cannot be signalled.
     pub fn stop(&self) -> Result<()> {
-        let process = self
-            .process
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(p) = process {
-            p.stop()?;
-        }
-        Ok(())
+        stop_current(&self.process)
     }
 
     /// Kills weftd with SIGKILL and waits for it to be gone (its TUN goes with it).
@@ -804,16 +772,14 @@ impl Node {
 
     /// Returns weftd's log so far (all of its starts are separate logs; this is the current one).
     pub fn log(&self) -> String {
-        self.process
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(Process::report)
-            .unwrap_or_else(|| format!("weftd {}: not running", self.name))
+        current_log(&self.process, &format!("weftd {}", self.name))
     }
 
-    /// Returns a `weft --socket <socket> <args…>` command in the node's namespace.
-    pub fn weft_cmd<I, S>(&self, args: I) -> Cmd
+    /// Returns the command `weft --socket <socket> <args…>` in the node's namespace, run as
+    /// root, with a 90 s limit. Run it with [`Cmd::run`] (fails on a non-zero exit),
+    /// [`Cmd::run_unchecked`] (for commands expected to fail) or [`Cmd::json`] (with `--json`
+    /// among `args`).
+    pub fn weft<I, S>(&self, args: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -826,49 +792,20 @@ impl Node {
             .timeout(Duration::from_secs(90))
     }
 
-    /// Runs `weft <args…>` as root and returns its output whatever the exit status.
-    ///
-    /// # Errors
-    /// When it cannot run or times out.
-    pub fn weft<I, S>(&self, args: I) -> Result<Output>
+    /// Returns the command `weft --socket <socket> <args…>` run as the (non-root) user `user`
+    /// through `runuser`, with a 60 s limit; run it as [`Node::weft`]'s.
+    pub fn weft_as<I, S>(&self, user: &str, args: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.weft_cmd(args).run_unchecked()
-    }
-
-    /// Runs `weft <args…>` and fails unless it exits 0 (the error holds the output).
-    ///
-    /// # Errors
-    /// On failure.
-    pub fn weft_ok<I, S>(&self, args: I) -> Result<Output>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        self.weft_cmd(args).run()
-    }
-
-    /// Runs `weft <args…>` as the (non-root) user `user` through `runuser`, whatever the exit
-    /// status.
-    ///
-    /// # Errors
-    /// When it cannot run or times out.
-    pub fn weft_as<I, S>(&self, user: &str, args: I) -> Result<Output>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        self.ns
-            .command("runuser")
-            .args(["-u", user, "--"])
-            .arg(self.bins.weft.display().to_string())
-            .arg("--socket")
-            .arg(self.socket.display().to_string())
-            .args(args)
-            .timeout(Duration::from_secs(60))
-            .run_unchecked()
+        let socket = self.socket.display().to_string();
+        self.exec_as(
+            user,
+            &self.bins.weft.display().to_string(),
+            ["--socket", &socket],
+        )
+        .args(args)
     }
 
     /// Runs `program args…` in the node's namespace (fails on non-zero exit).
@@ -883,12 +820,9 @@ impl Node {
         self.ns.exec(program, args)
     }
 
-    /// Runs `program args…` in the node's namespace as user `user` (`runuser -u`), whatever
-    /// the exit status.
-    ///
-    /// # Errors
-    /// When it cannot run or times out.
-    pub fn exec_as<I, S>(&self, user: &str, program: &str, args: I) -> Result<Output>
+    /// Returns the command `program args…` in the node's namespace run as user `user`
+    /// (`runuser -u`), with a 60 s limit.
+    pub fn exec_as<I, S>(&self, user: &str, program: &str, args: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -897,7 +831,7 @@ impl Node {
             .command("runuser")
             .args(["-u", user, "--", program])
             .args(args)
-            .run_unchecked()
+            .timeout(Duration::from_secs(60))
     }
 
     /// Returns `weft status --json` parsed (also when the command exits 1 because the node is
@@ -906,7 +840,7 @@ impl Node {
     /// # Errors
     /// When the output is not JSON.
     pub fn status_json(&self) -> Result<serde_json::Value> {
-        let out = self.weft(["status", "--json"])?;
+        let out = self.weft(["status", "--json"]).run_unchecked()?;
         serde_json::from_str(&out.stdout).map_err(|e| {
             LabError::Invalid(format!(
                 "weft status --json on {}: not JSON ({e}); stdout: {} stderr: {}",
@@ -924,13 +858,10 @@ impl Node {
         Ok(v["backend_state"].as_str().unwrap_or_default().to_owned())
     }
 
-    /// `weft up --login-server <control> --authkey <key> --hostname <name> --timeout 30s`,
-    /// failing unless it exits 0.
-    ///
-    /// # Errors
-    /// On failure (the error holds the CLI's output).
-    pub fn up_with_key(&self, control: &Control, key: &str) -> Result<Output> {
-        self.weft_ok([
+    /// Returns the command `weft up --login-server <control> --authkey <key> --hostname <name>
+    /// --timeout 30s`; further flags (`--ssh`, …) go on with [`Cmd::arg`].
+    pub fn up(&self, control: &Control, key: &str) -> Cmd {
+        self.weft([
             "up",
             "--login-server",
             &control.url(),
@@ -943,12 +874,20 @@ impl Node {
         ])
     }
 
+    /// Runs [`Node::up`], failing unless it exits 0.
+    ///
+    /// # Errors
+    /// On failure (the error holds the CLI's output).
+    pub fn up_with_key(&self, control: &Control, key: &str) -> Result<Output> {
+        self.up(control, key).run()
+    }
+
     /// Returns this node's tailnet IPv4 address (`weft ip -4`).
     ///
     /// # Errors
     /// When the command fails or prints no address.
     pub fn ip4(&self) -> Result<Ipv4Addr> {
-        let out = self.weft_ok(["ip", "-4"])?;
+        let out = self.weft(["ip", "-4"]).run()?;
         out.stdout.trim().parse().map_err(|e| {
             LabError::Invalid(format!(
                 "weft ip -4 on {}: {e}: {:?}",
@@ -1027,6 +966,7 @@ impl Node {
     pub fn report(&self) -> String {
         let status = self
             .weft(["status"])
+            .run_unchecked()
             .map(|o| format!("{}{}", o.stdout, o.stderr))
             .unwrap_or_else(|e| e.to_string());
         format!("=== node {} ===\n{status}\n{}", self.name, self.log())

@@ -121,6 +121,18 @@ pub enum ErrorKind {
         /// Why, and what to use instead.
         reason: &'static str,
     },
+    /// A source that cannot be paired with an `autogroup:self` destination
+    /// (Tailscale's rule: "autogroup:self can only be used with users,
+    /// groups, or supported autogroups").
+    #[error("{} cannot be a source of a rule whose dst has autogroup:self: autogroup:self can only be used with users, groups, or supported autogroups ({why}); use {allowed}, or give autogroup:self a rule of its own", quoted(.name))]
+    SelfNeedsUserSource {
+        /// The source as written.
+        name: String,
+        /// Why this source does not fit.
+        why: &'static str,
+        /// The sources allowed in this kind of rule.
+        allowed: &'static str,
+    },
     /// A group listing another group.
     #[error("groups cannot contain other groups: list the members of {} here instead", quoted(.0))]
     NestedGroup(String),

@@ -12,8 +12,8 @@ use weft_types::filter::{CheckPeriod, PortRange, proto};
 use crate::error::{ErrorKind, PolicyError};
 use crate::hujson::{self, Key, Kind, Span, Value};
 use crate::policy::{
-    AclRule, AclTest, DstEntry, Item, Loc, Policy, Selector, SshRuleAction, SshRuleSpec, SshTest,
-    TagOwner, TestDst,
+    AclRule, AclTest, Autogroup, DstEntry, Item, Loc, Policy, Selector, SshRuleAction, SshRuleSpec,
+    SshTest, TagOwner, TestDst,
 };
 use crate::syntax::{self, Names, Place};
 
@@ -520,7 +520,7 @@ fn parse_acl(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<A
         &[],
     )?;
     let (mut act, mut src, mut dst, mut protos) = (None, None, None, Vec::new());
-    let mut proto_value = None;
+    let (mut proto_value, mut src_key) = (None, "src");
     for (k, fv) in members {
         let p = join(path, k);
         match k {
@@ -536,6 +536,7 @@ fn parse_acl(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<A
                     ));
                 }
                 src = Some(selectors(fv, &p, "src", Place::AclSrc, names, lines)?);
+                src_key = k;
             }
             "dst" | "ports" => {
                 if dst.is_some() {
@@ -559,6 +560,12 @@ fn parse_acl(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<A
     require(act, v.span, path, "action")?;
     let src = require(src, v.span, path, "src")?;
     let dst = require(dst, v.span, path, "dst")?;
+    if dst
+        .iter()
+        .any(|d| d.value.target == Selector::Autogroup(Autogroup::SelfDevices))
+    {
+        self_sources(&src, &join(path, src_key), Place::AclSrc)?;
+    }
     if let Some(name) =
         proto_value.filter(|_| !protos.is_empty() && !protos.iter().any(|p| proto::has_ports(*p)))
     {
@@ -669,13 +676,35 @@ fn parse_ssh(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<S
         }
         _ => SshRuleAction::Accept,
     };
+    let src = require(src, v.span, path, "src")?;
+    let dst = require(dst, v.span, path, "dst")?;
+    let users = require(users, v.span, path, "users")?;
+    if dst
+        .iter()
+        .any(|d| d.value == Selector::Autogroup(Autogroup::SelfDevices))
+    {
+        self_sources(&src, &join(path, "src"), Place::SshSrc)?;
+    }
     Ok(SshRuleSpec {
         loc: lines.loc(v.span),
         action,
-        src: require(src, v.span, path, "src")?,
-        dst: require(dst, v.span, path, "dst")?,
-        users: require(users, v.span, path, "users")?,
+        src,
+        dst,
+        users,
     })
+}
+
+/// Refuses the first source that cannot go with an `autogroup:self`
+/// destination (see [`syntax::self_source`]), at that source's position.
+fn self_sources(src: &[Item<Selector>], path: &str, place: Place) -> R<()> {
+    for (i, s) in src.iter().enumerate() {
+        syntax::self_source(&s.value, &s.text, place).map_err(|kind| Fail {
+            offset: s.loc.start,
+            path: format!("{path}[{i}]"),
+            kind,
+        })?;
+    }
+    Ok(())
 }
 
 fn endpoint(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<Item<Selector>> {

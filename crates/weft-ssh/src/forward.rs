@@ -149,7 +149,7 @@ pub(crate) fn create_agent_socket(
     parent: &Path,
     user: &LocalUser,
 ) -> io::Result<(AgentDir, UnixListener)> {
-    let name = format!("weft-ssh-{:016x}", rand::random::<u64>());
+    let name = format!("weft-ssh-{:016x}", weft_types::entropy::u64());
     let dir = parent.join(name);
     fs::DirBuilder::new().mode(0o700).create(&dir)?;
     let socket = dir.join("agent.sock");

@@ -186,7 +186,10 @@ fn read_key(path: &Path) -> Result<PrivateKey, String> {
 }
 
 fn generate(kind: KeyKind) -> Result<PrivateKey, HostKeyError> {
-    PrivateKey::random(&mut rand::rng(), kind.algorithm())
+    use rand::SeedableRng as _;
+    // A CSPRNG seeded from the OS RNG's one door (`weft_types::entropy`).
+    let mut rng = rand::rngs::StdRng::from_seed(weft_types::entropy::seed());
+    PrivateKey::random(&mut rng, kind.algorithm())
         .map_err(|e| HostKeyError::Generate(e.to_string()))
 }
 

@@ -158,10 +158,12 @@ macro_rules! private_key {
         pub struct $name(Zeroizing<[u8; 32]>);
 
         impl $name {
-            /// Generates a new key from the operating system's CSPRNG.
+            /// Generates a new key from the operating system's CSPRNG
+            /// ([`crate::entropy`]; X25519 clamps any 32 bytes into a key).
             pub fn generate() -> Self {
-                let secret = x25519_dalek::StaticSecret::random();
-                Self(Zeroizing::new(secret.to_bytes()))
+                let mut key = Zeroizing::new([0u8; 32]);
+                crate::entropy::fill(&mut key[..]);
+                Self(key)
             }
 
             /// Wraps raw key bytes (clamping happens when the key is used).

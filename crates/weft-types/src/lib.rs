@@ -3,12 +3,14 @@
 //! between weft-control, weftd and the CLI.
 //!
 //! This crate holds types only: no I/O, no async runtime, no CLI or database
-//! dependencies. Validated values deserialize through their `FromStr`, so JSON
+//! dependencies. The one exception is [`entropy`], the workspace's single
+//! door to the OS random number generator (key generation needs it). Validated values deserialize through their `FromStr`, so JSON
 //! cannot bypass validation. Times are [`UnixMillis`]. The doc of every
 //! `Option` field says what `None` means.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod control;
+pub mod entropy;
 pub mod filter;
 pub mod ids;
 pub mod key;

@@ -9,15 +9,17 @@
 //! * each peer's `Mutex<PeerInner>`: its session, endpoint and counters,
 //!   taken by whichever thread handles that peer's packet;
 //! * `gate: Mutex<…>`: the device-wide handshake rate limiter;
+//! * `unclaimed: Mutex<…>`: recent initiations from keys that were no peer;
 //! * `counters`: atomics.
 //!
-//! Lock order: `state` → `gate`, and `state` → one peer. No thread holds two
+//! Lock order: `state` → `gate`, `state` → `unclaimed`, and `state` → one peer. No thread holds two
 //! peer locks or a peer lock and `gate` at once. The `send` callbacks run
 //! with `state` (read) and a peer lock held: they must not call back into
 //! the same device.
 
 mod config;
 mod peer;
+mod unclaimed;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +36,7 @@ use crate::session::{
 };
 use crate::wire::{self, INITIATION_LEN, MessageKind, TRANSPORT_OVERHEAD};
 use peer::{Peer, PeerInner, State};
+use unclaimed::Unclaimed;
 
 /// How often drivers should call [`Device::handle_timeout`].
 pub const TIMER_TICK: Duration = Duration::from_millis(100);
@@ -274,6 +277,8 @@ pub struct Device {
     state: RwLock<State>,
     // --- the device-wide handshake rate limiter; `None` without a private key ---
     gate: Mutex<Option<HandshakeGate>>,
+    // --- recent initiations from keys that were not (yet) peers ---
+    unclaimed: Mutex<Unclaimed>,
     // --- lock-free ---
     counters: Counters,
 }
@@ -300,6 +305,7 @@ impl Device {
             clock: Clock::new(now, unix_now),
             state: RwLock::new(State::default()),
             gate: Mutex::new(None),
+            unclaimed: Mutex::new(Unclaimed::default()),
             counters: Counters::default(),
         }
     }
@@ -464,10 +470,17 @@ impl Device {
 
     /// Runs every peer's timers (handshake retries, rekey, keepalives, expiry)
     /// and sends packets still queued for a session that is now current.
+    ///
+    /// An initiation dropped because its sender was not a peer yet is
+    /// answered here once a configuration change has added that peer (within
+    /// [`session::REKEY_TIMEOUT`] of its arrival), instead of leaving the
+    /// initiator to retry 5 s later: a new node's first packet to a peer that
+    /// learns of it a moment after it learns of the peer gets through at once.
     pub fn handle_timeout(&self, now: Instant, send: &mut dyn FnMut(SocketAddr, &[u8])) {
         if let Some(gate) = self.gate().as_mut() {
             gate.tick(now);
         }
+        self.answer_claimed_initiations(now, send);
         let state = self.read();
         if state.identity.is_none() {
             return;
@@ -561,7 +574,13 @@ impl Device {
         match (decision, receiver) {
             (GateDecision::Initiation(init), None) => {
                 let key = session::identify_initiator(&identity.statics, &init)?;
-                state.peers.get(&key).ok_or(DropReason::UnknownPeer)
+                state.peers.get(&key).ok_or_else(|| {
+                    // Authenticated (MAC1 and the sender's static key decrypt
+                    // under ours) but from no peer yet: kept briefly, in case
+                    // the configuration naming that key is on its way.
+                    self.unclaimed().remember(key, from, datagram, now);
+                    DropReason::UnknownPeer
+                })
             }
             (GateDecision::Response, Some(receiver)) => by_index(receiver),
             (GateDecision::Cookie(len), _) => {
@@ -699,6 +718,30 @@ impl Device {
             p.last_traversal = Some(since);
         }
         self.flush_queued(p, buf, now, send);
+    }
+
+    /// Replays the remembered initiations whose sender is a peer now.
+    fn answer_claimed_initiations(&self, now: Instant, send: &mut dyn FnMut(SocketAddr, &[u8])) {
+        let claimed = {
+            let state = self.read();
+            let mut unclaimed = self.unclaimed();
+            if unclaimed.is_empty() {
+                return;
+            }
+            unclaimed.take_claimed(now, |key| state.peers.contains_key(key))
+        };
+        let mut out = [0u8; 2 * MIN_OUT];
+        for init in claimed {
+            tracing::debug!(peer = %init.key.short(), "Answering an initiation that arrived before its peer was configured");
+            // It passes the rate limiter and the replay check again, as any initiation does.
+            let _ = self.decapsulate(init.from, &init.datagram, &mut out, now, send);
+        }
+    }
+
+    fn unclaimed(&self) -> MutexGuard<'_, Unclaimed> {
+        self.unclaimed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn count(&self, reason: DropReason) -> DropReason {

@@ -96,56 +96,6 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Parses a duration like Go's flags write them: a sequence of
-/// number-and-unit pairs (`ms`, `s`, `m`, `h`), e.g. `30s`, `1m30s`,
-/// `500ms`; a bare `0` means zero.
-///
-/// # Errors
-/// A message naming the bad text and the expected shape (clap shows it as a
-/// usage error).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?}: expected e.g. 500ms, 30s, 2m, 1h30m or 0");
-    let t = text.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if t.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest
-            .get(..digits)
-            .and_then(|d| d.parse().ok())
-            .ok_or_else(bad)?;
-        rest = rest.get(digits..).unwrap_or("");
-        let (unit_ms, len) = if rest.starts_with("ms") {
-            (1, 2)
-        } else if rest.starts_with('s') {
-            (1_000, 1)
-        } else if rest.starts_with('m') {
-            (60_000, 1)
-        } else if rest.starts_with('h') {
-            (3_600_000, 1)
-        } else {
-            return Err(bad());
-        };
-        rest = rest.get(len..).unwrap_or("");
-        let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
-        total = total
-            .checked_add(Duration::from_millis(ms))
-            .ok_or_else(bad)?;
-    }
-    Ok(total)
-}
-
 /// Joins arguments into one shell-safe line for a suggested command. A
 /// literal auth key (`--authkey VALUE` or `--authkey=VALUE`, not `file:…`)
 /// is shown as `<KEY>` so it does not land in terminal scrollback or logs.
@@ -233,18 +183,6 @@ mod tests {
         assert_eq!(format_age(Duration::from_secs(5 * 60 + 59)), "5m");
         assert_eq!(format_age(Duration::from_secs(3 * 3600 + 1)), "3h");
         assert_eq!(format_age(Duration::from_secs(2 * 86400 + 7200)), "2d");
-    }
-
-    #[test]
-    fn durations_parse_like_go_flags() {
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        for bad in ["", "10", "ten", "5x", "s", "1m3", "-5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
-        }
     }
 
     #[test]

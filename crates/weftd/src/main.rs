@@ -8,6 +8,7 @@
 //! * `weftd wg-stats <iface>` ([`wg::stats`]): print that device's counters.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod clock;
 mod daemon;
 mod logging;
 mod wg;

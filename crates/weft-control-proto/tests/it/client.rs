@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use weft_control_proto::encode::delta_body;
 use weft_control_proto::{
-    ChannelConfig, ClientError, ClientEvent, ClientParams, Connection, ControlClient, Encoded,
-    Event, MapSession, MapStream, PeerDiff, ServerConnection,
+    ChannelConfig, ClientConnection, ClientEvent, ClientParams, Connection, ControlClient,
+    ControlClientError, Encoded, Event, MapSession, MapStream, PeerDiff, ServerConnection,
 };
 use weft_types::control::*;
 use weft_types::netmap::{Delta, MapBody, MapResponse, PeerDelta};
@@ -28,6 +28,7 @@ fn params(auth: RegisterAuth) -> ClientParams {
         disco_key: DiscoPrivate::from_bytes([6; 32]).public(),
         endpoints: vec![endpoint(1, 41641)],
         map: true,
+        interactive: true,
     }
 }
 
@@ -41,12 +42,9 @@ fn registered(authorized: bool) -> ServerMessage {
     }))
 }
 
-/// A client and the server end of its connection, handshake done.
-fn connect(
-    auth: RegisterAuth,
-    session: MapSession,
-    now: Instant,
-) -> (ControlClient, ServerConnection) {
+/// The client end of a connection (the handshake under way) and the
+/// server end that accepted it.
+fn channel(now: Instant) -> (ClientConnection, ServerConnection) {
     let (conn, req) = Connection::client(
         &machine_key(),
         &server_key().public(),
@@ -57,6 +55,16 @@ fn connect(
     )
     .unwrap();
     let server = accept(&req, ChannelConfig::default(), now).connection;
+    (conn, server)
+}
+
+/// A client and the server end of its connection, handshake done.
+fn connect(
+    auth: RegisterAuth,
+    session: MapSession,
+    now: Instant,
+) -> (ControlClient, ServerConnection) {
+    let (conn, server) = channel(now);
     let client = ControlClient::new(conn, params(auth), session, now).unwrap();
     (client, server)
 }
@@ -268,7 +276,7 @@ fn a_server_error_or_a_stalled_stream_ends_the_connection() {
     let bytes = server.poll_transmit().unwrap();
     assert_eq!(
         client.handle_input(&bytes, now),
-        Err(ClientError::Server(err))
+        Err(ControlClientError::Server(err))
     );
 
     let (mut client, mut server) = connect(
@@ -421,4 +429,175 @@ fn an_ssh_check_on_the_map_connection_comes_back_as_events_for_its_call() {
         ]
     );
     assert!(call.is_done());
+}
+
+#[test]
+fn without_the_user_at_hand_an_auth_url_is_reported_and_nothing_follows() {
+    let now = t0();
+    let (conn, mut server) = channel(now);
+    let params = ClientParams {
+        interactive: false,
+        ..params(RegisterAuth::None)
+    };
+    let mut client = ControlClient::new(
+        conn,
+        params,
+        MapSession::new(Duration::from_secs(150), now),
+        now,
+    )
+    .unwrap();
+    exchange(&mut client, &mut server, now);
+    let url = "https://control.example/a/k3x9".to_owned();
+    server
+        .send(
+            &ServerMessage::Register(RegisterResponse::NeedsAuth {
+                auth_url: url.clone(),
+            }),
+            now,
+        )
+        .unwrap();
+    assert!(
+        exchange(&mut client, &mut server, now).is_empty(),
+        "no follow-up until the user asks"
+    );
+    assert_eq!(
+        client_events(&mut client),
+        vec![ClientEvent::NeedsAuth { auth_url: url }]
+    );
+    // Idle now: only the channel's keep-alive timer is left.
+    let (_, why) = client.poll_timeout().unwrap();
+    assert_ne!(why, "map stream stall");
+}
+
+#[test]
+fn an_expired_auth_url_is_replaced_while_the_user_waits() {
+    let now = t0();
+    let (mut client, mut server) = connect(
+        RegisterAuth::None,
+        MapSession::new(Duration::from_secs(150), now),
+        now,
+    );
+    exchange(&mut client, &mut server, now);
+    let url = "https://control.example/a/old".to_owned();
+    server
+        .send(
+            &ServerMessage::Register(RegisterResponse::NeedsAuth {
+                auth_url: url.clone(),
+            }),
+            now,
+        )
+        .unwrap();
+    exchange(&mut client, &mut server, now);
+    client_events(&mut client);
+    let expired = Refusal {
+        reason: RefusalReason::AuthUrlExpired,
+        message: "the login expired".into(),
+    };
+    server
+        .send(
+            &ServerMessage::Register(RegisterResponse::Refused(expired.clone())),
+            now,
+        )
+        .unwrap();
+    let got = exchange(&mut client, &mut server, now);
+    let [ClientMessage::Register(again)] = got.as_slice() else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        again.auth,
+        RegisterAuth::None,
+        "a fresh login, not the old URL"
+    );
+    assert_eq!(
+        client_events(&mut client),
+        vec![ClientEvent::Refused(expired)]
+    );
+}
+
+#[test]
+fn a_resumed_connection_opens_the_map_stream_without_registering() {
+    let now = t0();
+    let (conn, mut server) = channel(now);
+    let mut client = ControlClient::resume(
+        conn,
+        params(RegisterAuth::AuthKey(AuthKey("unused".into()))),
+        MapSession::with_netmap(netmap(1, [2]), Duration::from_secs(150), now),
+        now,
+    )
+    .unwrap();
+    let got = exchange(&mut client, &mut server, now);
+    let [ClientMessage::Map(map)] = got.as_slice() else {
+        panic!("{got:?}")
+    };
+    assert!(map.stream);
+    assert_eq!(map.node_key, NodePrivate::from_bytes([5; 32]).public());
+    server
+        .send(
+            &ServerMessage::Map(MapResponse {
+                seq: 1,
+                body: MapBody::Full(Box::new(netmap(1, [2, 3]))),
+            }),
+            now,
+        )
+        .unwrap();
+    exchange(&mut client, &mut server, now);
+    let events = client_events(&mut client);
+    let [ClientEvent::NetMap(diff)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        diff.peers.keys().copied().collect::<Vec<_>>(),
+        vec![NodeId(3)],
+        "diffed against the netmap kept from before"
+    );
+    // A register answer on a map-only connection does not fit.
+    server.send(&registered(true), now).unwrap();
+    let bytes = server.poll_transmit().unwrap();
+    assert!(matches!(
+        client.handle_input(&bytes, now),
+        Err(ControlClientError::Unexpected(_))
+    ));
+}
+
+#[test]
+fn a_connection_for_checks_sends_nothing_but_its_checks() {
+    use weft_control_proto::check_id_from;
+    use weft_types::{UnixMillis, UserId};
+    let now = t0();
+    let (conn, mut server) = channel(now);
+    let mut client = ControlClient::for_checks(conn, now);
+    client
+        .update_endpoints(vec![endpoint(1, 5000)], now)
+        .unwrap();
+    assert!(exchange(&mut client, &mut server, now).is_empty());
+    let req = SshCheckRequest {
+        request_id: 3,
+        node_key: NodePrivate::from_bytes([5; 32]).public(),
+        check_id: check_id_from([1; 16]),
+        src_node: NodeId(2),
+        src_user: UserId(1),
+        ssh_user: "alice".into(),
+        local_user: "alice".into(),
+        check_period_ms: 0,
+        max_wait_ms: 60_000,
+    };
+    client.send_ssh_check(req.clone(), now).unwrap();
+    assert_eq!(
+        exchange(&mut client, &mut server, now),
+        vec![ClientMessage::SshCheck(req)]
+    );
+    let decision = SshCheckDecision {
+        request_id: 3,
+        verdict: SshCheckVerdict::Accept {
+            until: UnixMillis(1),
+        },
+    };
+    server
+        .send(&ServerMessage::SshCheck(decision.clone()), now)
+        .unwrap();
+    exchange(&mut client, &mut server, now);
+    assert_eq!(
+        client_events(&mut client),
+        vec![ClientEvent::SshCheck(decision)]
+    );
 }

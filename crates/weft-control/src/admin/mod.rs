@@ -22,13 +22,14 @@ use std::time::Duration;
 use http::StatusCode;
 use weft_control_store::{
     ApiKey, KeyLifetime, LoginName, NewPreauthKey as StoreNewKey, NewUser as StoreNewUser,
-    Node as StoreNode, PreauthKey, RegisterAuth, Role, StoreError, User,
+    Node as StoreNode, PreauthKey, Role, StoreError, User,
 };
 use weft_policy::Policy;
 use weft_types::{DnsLabel, DnsName, NodeId, Tag, UnixMillis, UserId};
 
+use crate::auth::CompleteError;
 use crate::ctx::Ctx;
-use crate::registration::lifetime_of;
+use crate::login::{self, Approval};
 use crate::state::coordinator::Msg;
 use types::*;
 
@@ -101,6 +102,28 @@ impl From<StoreError> for AdminError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
             }
             _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
+        }
+    }
+}
+
+impl From<CompleteError> for AdminError {
+    fn from(e: CompleteError) -> Self {
+        let e = match e {
+            CompleteError::Store(store) => return store.into(),
+            other => other,
+        };
+        let code = match &e {
+            CompleteError::UnknownLogin(_) | CompleteError::UnknownUser(_) => "not_found",
+            CompleteError::InvalidLogin(_) => "invalid",
+            CompleteError::LoginExpired(_) | CompleteError::CheckExpired => "expired",
+            CompleteError::AlreadyDecided(..) => "conflict",
+            CompleteError::WrongUser { .. } | CompleteError::TagsNotPermitted { .. } => "forbidden",
+            CompleteError::Store(_) => "internal",
+        };
+        Self {
+            status: e.status(),
+            code,
+            message: e.to_string(),
         }
     }
 }
@@ -311,91 +334,25 @@ impl Admin {
     /// Approves an interactive login: registers its node for `user`. If
     /// `auth_id` is a pending SSH check ([`crate::check`]), approves that
     /// instead (only as the user it is for) and returns its source node.
+    /// The same decision an authenticator makes (`login.rs`).
     ///
     /// # Errors
     /// `not_found` (login or user), `expired`, `conflict` if already decided,
-    /// `forbidden` for an SSH check of another user.
+    /// `forbidden` for an SSH check of another user or tags the user may not
+    /// apply.
     pub async fn approve_login(&self, auth_id: &str, user: &str) -> Result<NodeView, AdminError> {
-        let user = self.ctx.store.user_by_login(user).await?;
-        let now = self.now();
-        if let Some(r) = self
-            .ctx
-            .checks
-            .approve(auth_id, user.id, user.login_name.as_ref(), now)
-        {
-            return match r {
-                Ok(src) => self.node(src.0).await,
-                Err(e @ crate::check::ApproveError::WrongUser { .. }) => Err(AdminError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    e.to_string(),
-                )),
-                Err(e @ crate::check::ApproveError::Expired) => {
-                    Err(AdminError::new(StatusCode::GONE, "expired", e.to_string()))
-                }
-            };
+        match login::approve(&self.ctx, auth_id, user).await? {
+            Approval::Device { node, .. } => self.view_one(&node).await,
+            Approval::Check(c) => self.node(c.src_node.0).await,
         }
-        let wish = self.ctx.logins.wish(auth_id);
-        let requested: BTreeSet<Tag> = wish.requested_tags.clone();
-        if !requested.is_empty() {
-            let snap = self.ctx.coord.snapshot();
-            let p = &snap.policy;
-            let login = user.login_name.to_string();
-            let denied: Vec<&str> = requested
-                .iter()
-                .filter(|t| {
-                    !p.policy
-                        .may_apply_tag(&p.tailnet, t.as_str(), Some(&login), &[])
-                })
-                .map(Tag::as_str)
-                .collect();
-            if !denied.is_empty() {
-                return Err(AdminError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    format!(
-                        "the policy's tagOwners do not let {login} apply {} (requested by the device)",
-                        denied.join(", ")
-                    ),
-                ));
-            }
-        }
-        let (_, reg) = self
-            .ctx
-            .store
-            .complete_auth_request(
-                auth_id,
-                RegisterAuth::User {
-                    user: user.id,
-                    tags: &requested,
-                    ephemeral: wish.ephemeral,
-                    key_lifetime: lifetime_of(wish.expiry, now),
-                },
-                now,
-            )
-            .await?;
-        tracing::info!(node = %reg.node.id, user = %user.login_name, "interactive login approved");
-        self.ctx
-            .coord
-            .send(Msg::NodeUpsert(Box::new(reg.node.clone())));
-        self.ctx.logins.decided(auth_id);
-        self.view_one(&reg.node).await
     }
 
-    /// Declines an interactive login.
+    /// Declines an interactive login or an SSH check.
     ///
     /// # Errors
     /// `not_found`, `expired`, `conflict` if already decided.
     pub async fn reject_login(&self, auth_id: &str) -> Result<(), AdminError> {
-        if self.ctx.checks.reject(auth_id) {
-            return Ok(());
-        }
-        self.ctx
-            .store
-            .reject_auth_request(auth_id, self.now())
-            .await?;
-        self.ctx.logins.decided(auth_id);
-        Ok(())
+        Ok(login::deny(&self.ctx, auth_id).await?)
     }
 
     /// Expires a node's key now: peers see it expired, its stream ends.

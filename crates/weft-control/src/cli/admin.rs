@@ -5,8 +5,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use weft_control::admin::types::{NewApiKey, NewPreauthKey, NewUser, NodeView};
+use weft_types::time::parse_duration;
 
-use super::fmt::{parse_duration, relative, table};
+use super::fmt::{relative, table};
 use super::out::{errln, out, outln};
 use super::{Conn, now_ms, print_json};
 
@@ -22,20 +23,13 @@ pub enum UsersCmd {
         /// Make the user an admin (autogroup:admin).
         #[arg(long)]
         admin: bool,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// List users.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// Delete a user that owns no nodes.
     Delete {
         /// Login name.
         login: String,
-        #[command(flatten)]
-        conn: Conn,
     },
 }
 
@@ -61,33 +55,24 @@ pub enum KeysCmd {
         /// Node-key lifetime of registered nodes (default: the server's; 0 = never).
         #[arg(long, value_parser = parse_duration)]
         node_key_expiry: Option<Duration>,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// List pre-auth keys.
     List {
         /// Only this user's keys.
         #[arg(long)]
         user: Option<String>,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Expire (revoke) a pre-auth key now.
     Expire {
         /// Key id (from keys list).
         id: i64,
-        #[command(flatten)]
-        conn: Conn,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum NodesCmd {
     /// List nodes.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// Approve an interactive login (the id at the end of the login URL).
     Approve {
         /// The login id (from the URL <server>/a/<auth-id>).
@@ -95,29 +80,21 @@ pub enum NodesCmd {
         /// The user the node will belong to.
         #[arg(long)]
         user: String,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Decline an interactive login.
     Reject {
         /// The login id.
         auth_id: String,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Expire a node's key now (it must log in again).
     Expire {
         /// Node id.
         id: i64,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Delete a node.
     Delete {
         /// Node id.
         id: i64,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Rename a node (its DNS name).
     Rename {
@@ -125,8 +102,6 @@ pub enum NodesCmd {
         id: i64,
         /// New name: lowercase letters, digits and '-'.
         name: String,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Replace a node's tags (tag:x,tag:y; "" gives it back to its user).
     Tags {
@@ -135,8 +110,6 @@ pub enum NodesCmd {
         /// Comma-separated tags.
         #[arg(value_delimiter = ',')]
         tags: Vec<String>,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Authorize a node waiting for device approval (or --revoke it).
     Authorize {
@@ -145,8 +118,6 @@ pub enum NodesCmd {
         /// Withdraw the authorization.
         #[arg(long)]
         revoke: bool,
-        #[command(flatten)]
-        conn: Conn,
     },
 }
 
@@ -160,20 +131,13 @@ pub enum ApiKeysCmd {
         /// How long it is accepted (default: until expired by hand).
         #[arg(long, value_parser = parse_duration)]
         expiration: Option<Duration>,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// List API keys.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    List,
     /// Expire an API key now.
     Expire {
         /// Key id (from apikeys list).
         id: i64,
-        #[command(flatten)]
-        conn: Conn,
     },
 }
 
@@ -181,13 +145,12 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-pub async fn users(cmd: UsersCmd) -> anyhow::Result<()> {
+pub async fn users(cmd: UsersCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         UsersCmd::Create {
             login,
             display_name,
             admin,
-            conn,
         } => {
             let u = conn
                 .client()?
@@ -202,7 +165,7 @@ pub async fn users(cmd: UsersCmd) -> anyhow::Result<()> {
             }
             outln!("created user {} (id {}, {})", u.login_name, u.id, u.role)?;
         }
-        UsersCmd::List { conn } => {
+        UsersCmd::List => {
             let users = conn.client()?.list_users().await?;
             if conn.json {
                 return print_json(&users);
@@ -225,7 +188,7 @@ pub async fn users(cmd: UsersCmd) -> anyhow::Result<()> {
                 table(&["ID", "LOGIN", "NAME", "ROLE", "CREATED"], &rows)
             )?;
         }
-        UsersCmd::Delete { login, conn } => {
+        UsersCmd::Delete { login } => {
             let u = conn.client()?.delete_user(&login).await?;
             if conn.json {
                 return print_json(&u);
@@ -236,7 +199,7 @@ pub async fn users(cmd: UsersCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
+pub async fn keys(cmd: KeysCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         KeysCmd::Create {
             user,
@@ -245,7 +208,6 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
             tags,
             expiration,
             node_key_expiry,
-            conn,
         } => {
             if user.is_none() && tags.is_empty() {
                 anyhow::bail!(
@@ -280,7 +242,7 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
                 k.secret
             );
         }
-        KeysCmd::List { user, conn } => {
+        KeysCmd::List { user } => {
             let keys = conn.client()?.list_preauth_keys(user.as_deref()).await?;
             if conn.json {
                 return print_json(&keys);
@@ -341,7 +303,7 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<()> {
                 )
             )?;
         }
-        KeysCmd::Expire { id, conn } => {
+        KeysCmd::Expire { id } => {
             let k = conn.client()?.expire_preauth_key(id).await?;
             if conn.json {
                 return print_json(&k);
@@ -407,9 +369,9 @@ fn print_node(action: &str, n: &NodeView, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn nodes(cmd: NodesCmd) -> anyhow::Result<()> {
+pub async fn nodes(cmd: NodesCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
-        NodesCmd::List { conn } => {
+        NodesCmd::List => {
             let nodes = conn.client()?.list_nodes().await?;
             if conn.json {
                 return print_json(&nodes);
@@ -430,11 +392,7 @@ pub async fn nodes(cmd: NodesCmd) -> anyhow::Result<()> {
                 )
             )?;
         }
-        NodesCmd::Approve {
-            auth_id,
-            user,
-            conn,
-        } => {
+        NodesCmd::Approve { auth_id, user } => {
             let n = conn
                 .client()?
                 .approve_login(&auth_id, &user)
@@ -442,7 +400,7 @@ pub async fn nodes(cmd: NodesCmd) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot approve login {auth_id}"))?;
             print_node(&format!("approved; {user} owns"), &n, conn.json)?;
         }
-        NodesCmd::Reject { auth_id, conn } => {
+        NodesCmd::Reject { auth_id } => {
             conn.client()?
                 .reject_login(&auth_id)
                 .await
@@ -451,23 +409,23 @@ pub async fn nodes(cmd: NodesCmd) -> anyhow::Result<()> {
                 outln!("declined login {auth_id}")?;
             }
         }
-        NodesCmd::Expire { id, conn } => {
+        NodesCmd::Expire { id } => {
             let n = conn.client()?.expire_node(id).await?;
             print_node("expired the key of", &n, conn.json)?;
         }
-        NodesCmd::Delete { id, conn } => {
+        NodesCmd::Delete { id } => {
             let n = conn.client()?.delete_node(id).await?;
             print_node("deleted", &n, conn.json)?;
         }
-        NodesCmd::Rename { id, name, conn } => {
+        NodesCmd::Rename { id, name } => {
             let n = conn.client()?.rename_node(id, &name).await?;
             print_node("renamed", &n, conn.json)?;
         }
-        NodesCmd::Tags { id, tags, conn } => {
+        NodesCmd::Tags { id, tags } => {
             let n = conn.client()?.set_node_tags(id, &tags).await?;
             print_node("tagged", &n, conn.json)?;
         }
-        NodesCmd::Authorize { id, revoke, conn } => {
+        NodesCmd::Authorize { id, revoke } => {
             let n = conn.client()?.authorize_node(id, !revoke).await?;
             print_node(
                 if revoke {
@@ -483,12 +441,11 @@ pub async fn nodes(cmd: NodesCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn apikeys(cmd: ApiKeysCmd) -> anyhow::Result<()> {
+pub async fn apikeys(cmd: ApiKeysCmd, conn: &Conn) -> anyhow::Result<()> {
     match cmd {
         ApiKeysCmd::Create {
             description,
             expiration,
-            conn,
         } => {
             let k = conn
                 .client()?
@@ -506,7 +463,7 @@ pub async fn apikeys(cmd: ApiKeysCmd) -> anyhow::Result<()> {
                 k.key.id
             );
         }
-        ApiKeysCmd::List { conn } => {
+        ApiKeysCmd::List => {
             let keys = conn.client()?.list_api_keys().await?;
             if conn.json {
                 return print_json(&keys);
@@ -539,7 +496,7 @@ pub async fn apikeys(cmd: ApiKeysCmd) -> anyhow::Result<()> {
                 )
             )?;
         }
-        ApiKeysCmd::Expire { id, conn } => {
+        ApiKeysCmd::Expire { id } => {
             let k = conn.client()?.expire_api_key(id).await?;
             if conn.json {
                 return print_json(&k);

@@ -11,7 +11,8 @@ mod serve;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use weft_control::admin::client::{AdminClient, AdminTarget};
 use weft_control::config::{ADMIN_SOCKET_FILE, DEFAULT_STATE_DIR};
 
@@ -21,6 +22,8 @@ use out::{errln, outln};
 #[derive(Debug, Parser)]
 #[command(name = "weft-control", version, about = "weft-control: the Weft coordination server and its administration", long_about = None)]
 pub struct Cli {
+    #[command(flatten)]
+    conn: Conn,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,23 +49,30 @@ enum Command {
     Policy(policy::PolicyCmd),
 }
 
-/// How admin commands reach the server.
+/// Where the server keeps its state and how admin commands reach it.
+/// Global: accepted before or after the subcommand
+/// (`weft-control --json nodes list` and `weft-control nodes list --json`).
 #[derive(Debug, Clone, Args)]
 pub struct Conn {
-    /// The server's state directory (its admin socket is <state-dir>/admin.sock).
-    #[arg(long, default_value = DEFAULT_STATE_DIR, env = "WEFT_CONTROL_STATE_DIR")]
+    /// The server's state directory: database (SQLite), server key, admin socket (<state-dir>/admin.sock).
+    #[arg(long, global = true, default_value = DEFAULT_STATE_DIR, env = "WEFT_CONTROL_STATE_DIR")]
     state_dir: PathBuf,
     /// The admin socket (default: <state-dir>/admin.sock).
-    #[arg(long)]
+    #[arg(long, global = true)]
     socket: Option<PathBuf>,
     /// A remote server's URL (uses the REST API; needs --api-key).
-    #[arg(long, env = "WEFT_CONTROL_SERVER")]
+    #[arg(long, global = true, env = "WEFT_CONTROL_SERVER")]
     server: Option<String>,
     /// API key for --server.
-    #[arg(long, env = "WEFT_CONTROL_API_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_CONTROL_API_KEY",
+        hide_env_values = true
+    )]
     api_key: Option<String>,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -90,9 +100,28 @@ impl Conn {
     }
 }
 
+/// The admin-client flags: what `serve` refuses when given on its command
+/// line (`serve --server URL` is a slip for `--server-url`). The same
+/// settings in the environment are for admin commands and do not stop
+/// `serve`.
+const CLIENT_FLAGS: [(&str, &str); 4] = [
+    ("socket", "--socket"),
+    ("server", "--server"),
+    ("api_key", "--api-key"),
+    ("json", "--json"),
+];
+
 /// Parses the command line, runs the command, and maps errors to exit codes.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let client_flag = CLIENT_FLAGS
+        .into_iter()
+        .find(|(id, _)| matches.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|(_, flag)| flag);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -104,13 +133,16 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        let conn = &cli.conn;
         match cli.command {
-            Command::Serve(a) => serve::run(a).await.map(|()| ExitCode::SUCCESS),
-            Command::Users(c) => admin::users(c).await.map(|()| ExitCode::SUCCESS),
-            Command::Keys(c) => admin::keys(c).await.map(|()| ExitCode::SUCCESS),
-            Command::Nodes(c) => admin::nodes(c).await.map(|()| ExitCode::SUCCESS),
-            Command::Apikeys(c) => admin::apikeys(c).await.map(|()| ExitCode::SUCCESS),
-            Command::Policy(c) => policy::run(c).await,
+            Command::Serve(a) => serve::run(a, conn, client_flag)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Users(c) => admin::users(c, conn).await.map(|()| ExitCode::SUCCESS),
+            Command::Keys(c) => admin::keys(c, conn).await.map(|()| ExitCode::SUCCESS),
+            Command::Nodes(c) => admin::nodes(c, conn).await.map(|()| ExitCode::SUCCESS),
+            Command::Apikeys(c) => admin::apikeys(c, conn).await.map(|()| ExitCode::SUCCESS),
+            Command::Policy(c) => policy::run(c, conn).await,
         }
     });
     match result {

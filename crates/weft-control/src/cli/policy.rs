@@ -26,21 +26,14 @@ pub enum PolicyCmd {
         /// Check offline against this tailnet description.
         #[arg(long)]
         nodes: Option<PathBuf>,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Replace the policy; refused (the old one stays) if invalid or a test fails.
     Set {
         /// The policy file (HuJSON).
         file: PathBuf,
-        #[command(flatten)]
-        conn: Conn,
     },
     /// Print the policy in force.
-    Get {
-        #[command(flatten)]
-        conn: Conn,
-    },
+    Get,
     /// Explain whether a flow is allowed and which rule decides.
     Explain {
         /// Source: a node name, user login, tag or address.
@@ -58,8 +51,6 @@ pub enum PolicyCmd {
         /// The tailnet description for offline use.
         #[arg(long)]
         nodes: Option<PathBuf>,
-        #[command(flatten)]
-        conn: Conn,
     },
 }
 
@@ -78,9 +69,9 @@ fn exit(outcome: Outcome) -> ExitCode {
     ExitCode::from(u8::try_from(outcome.exit_code()).unwrap_or(2))
 }
 
-pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
+pub async fn run(cmd: PolicyCmd, conn: &Conn) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCmd::Check { file, nodes, conn } => {
+        PolicyCmd::Check { file, nodes } => {
             let text = read(&file)?;
             if let Some(nodes) = nodes {
                 let nodes_text = read(&nodes)?;
@@ -130,7 +121,7 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 (false, false) => Outcome::Failed,
             }))
         }
-        PolicyCmd::Set { file, conn } => {
+        PolicyCmd::Set { file } => {
             let text = read(&file)?;
             let v = conn
                 .client()?
@@ -150,7 +141,7 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCmd::Get { conn } => {
+        PolicyCmd::Get => {
             let v = conn.client()?.policy().await?;
             if conn.json {
                 print_json(&v)?;
@@ -168,7 +159,6 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             proto,
             policy,
             nodes,
-            conn,
         } => {
             match (policy, nodes) {
                 (Some(p), Some(n)) => {

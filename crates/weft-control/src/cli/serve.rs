@@ -1,18 +1,18 @@
 //! `weft-control serve`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use weft_control::config::{
     DEFAULT_DOMAIN, DEFAULT_LISTEN, DEFAULT_MAX_PENDING_LOGINS,
-    DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE, DEFAULT_MAX_UNREGISTERED_PER_SOURCE, DEFAULT_STATE_DIR,
+    DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE, DEFAULT_MAX_UNREGISTERED_PER_SOURCE,
 };
 use weft_control::{Server, ServerConfig};
+use weft_types::time::parse_duration;
 
-use super::fmt::parse_duration;
+use super::Conn;
 
 /// Options of `serve`.
 #[derive(Debug, Args)]
@@ -23,9 +23,6 @@ pub struct ServeArgs {
     /// The URL nodes use and login links show (default: http://<listen>).
     #[arg(long, env = "WEFT_CONTROL_SERVER_URL")]
     server_url: Option<String>,
-    /// State directory: database (SQLite), server key, admin socket.
-    #[arg(long, default_value = DEFAULT_STATE_DIR, env = "WEFT_CONTROL_STATE_DIR")]
-    state_dir: PathBuf,
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: <state-dir>/weft.db).
     #[arg(long, env = "WEFT_CONTROL_DB_URL", hide_env_values = true)]
     db_url: Option<String>,
@@ -73,11 +70,23 @@ pub struct ServeArgs {
     log_format: String,
 }
 
-/// Runs the server until SIGINT or SIGTERM.
-pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
+/// Runs the server until SIGINT or SIGTERM, with its state in
+/// `--state-dir` (a global flag). `client_flag` is an admin-client flag
+/// given on the command line, which `serve` refuses.
+///
+/// # Errors
+/// An admin-client flag, bad settings, or a server that cannot start.
+pub async fn run(a: ServeArgs, conn: &Conn, client_flag: Option<&str>) -> anyhow::Result<()> {
+    if let Some(flag) = client_flag {
+        anyhow::bail!(
+            "{flag} is for the admin commands (users, keys, nodes, apikeys, policy), not serve; \
+             serve takes --state-dir, and --server-url for the URL nodes use"
+        );
+    }
+    let state_dir = &conn.state_dir;
     init_logging(&a.log_format);
     raise_fd_limit();
-    let mut config = ServerConfig::new(&a.state_dir);
+    let mut config = ServerConfig::new(state_dir);
     config.listen = a.listen;
     config.server_url = a.server_url;
     config.db_url = a.db_url;
@@ -100,7 +109,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     config.admin_socket = !a.no_admin_socket;
     let server = Server::start(config)
         .await
-        .with_context(|| format!("cannot start with --state-dir {}", a.state_dir.display()))?;
+        .with_context(|| format!("cannot start with --state-dir {}", state_dir.display()))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
     tokio::select! {

@@ -207,7 +207,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                             Ok(()) => return Stop::Done,
                             Err(e) => Err(e),
                         },
-                        Ok(n) => self.conn.handle_input(buf.get(..n).unwrap_or_default(), crate::now()),
+                        Ok(n) => self.conn.handle_input(buf.get(..n).expect("read returns at most the buffer's length"), crate::now()),
                         Err(e) => return Stop::Failed(format!("read failed: {e}"), "io"),
                     };
                     if let Err(e) = step {

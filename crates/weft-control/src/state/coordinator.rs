@@ -5,7 +5,7 @@
 //! closing, endpoint and host-info reports. The coordinator applies each to
 //! its working state at once (so a registration is known before the node's
 //! first map request is), and marks the node dirty. The first change of a
-//! batch starts the batch timer; when it fires, [`Coordinator::flush`]
+//! batch starts the batch timer; when it fires, [`CoordState::flush`]
 //! re-encodes the dirty nodes, recompiles the policy if identities or the
 //! policy changed, computes and queues the deltas, and publishes the new
 //! snapshot. A map stream is registered between batches and gets a full
@@ -16,6 +16,23 @@
 //! stream ends), the ephemeral-node collector, and the release of host
 //! info held back by a node's [`budget`](super::budget), all on the
 //! injectable [`Clock`].
+//!
+//! # Core and driver
+//!
+//! [`CoordState`] is all of the above as a pure state machine: it is given
+//! each message with the wall time ([`CoordState::handle`]), says whether a
+//! batch is waiting ([`CoordState::batch`]), ends it on request
+//! ([`CoordState::flush`]), names its next deadline
+//! ([`CoordState::next_timer`]) and acts on it ([`CoordState::on_timer`]).
+//! It does no I/O: it writes only to in-memory sinks (the snapshot, the
+//! streams' queues, the [`Persister`]'s queue), and what must reach the
+//! database is asked for ([`CoordState::poll_deletion`]: ephemeral nodes to
+//! delete). It is tested on virtual time below.
+//!
+//! [`Coordinator`] is the thin tokio driver: it loads the state from the
+//! store, receives messages, sleeps until the batch delay (monotonic) or
+//! the next deadline (on the [`Clock`]), and deletes the ephemeral nodes the
+//! state hands it, telling the state when they are gone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -147,14 +164,21 @@ struct Pending {
     waiters: Vec<oneshot::Sender<u64>>,
 }
 
-/// The coordinator's state. See the module docs.
-pub(crate) struct Coordinator {
-    rx: mpsc::UnboundedReceiver<Msg>,
-    tx: mpsc::UnboundedSender<Msg>,
+/// Whether the working state is ahead of the published snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchState {
+    /// Nothing to publish.
+    Clean,
+    /// Changes wait for the batch delay.
+    Dirty,
+    /// Someone waits for the batch: end it now.
+    Due,
+}
+
+/// The coordinator's state, without I/O. See the module docs.
+pub(crate) struct CoordState {
     published: Arc<Published>,
-    store: Store,
     persist: Arc<Persister>,
-    clock: Arc<dyn Clock>,
     config: CoordConfig,
     // --- working state (ahead of the published snapshot by one batch) ---
     nodes: BTreeMap<NodeId, Arc<NodeEntry>>,
@@ -167,7 +191,10 @@ pub(crate) struct Coordinator {
     pending: Pending,
     next_stream: u64,
     next_gc: UnixMillis,
+    /// Ephemeral nodes handed out for deletion and not yet deleted.
     gc_in_flight: BTreeSet<NodeId>,
+    /// Ephemeral nodes to delete, not yet handed out.
+    doomed: Vec<NodeId>,
     // --- host-info rate limit ---
     /// Nodes that changed host info lately, and what they have left.
     host_budgets: BTreeMap<NodeId, Budget>,
@@ -186,6 +213,15 @@ pub(crate) enum LoadError {
     Encode(#[from] weft_control_proto::EncodeError),
 }
 
+/// The tokio driver of a [`CoordState`]. See the module docs.
+pub(crate) struct Coordinator {
+    rx: mpsc::UnboundedReceiver<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    state: CoordState,
+}
+
 impl Coordinator {
     /// Loads users, nodes and the policy from the store and publishes the
     /// first snapshot.
@@ -195,22 +231,8 @@ impl Coordinator {
         clock: Arc<dyn Clock>,
         config: CoordConfig,
     ) -> Result<(Coordinator, CoordHandle), LoadError> {
-        let now = clock.now();
-        let mut users = BTreeMap::new();
-        for u in store.list_users().await? {
-            users.insert(u.id, Arc::new(UserEntry::new(u)?));
-        }
-        let mut nodes = BTreeMap::new();
-        let mut by_key = HashMap::new();
-        let mut expiries = BTreeSet::new();
-        for n in store.list_nodes().await? {
-            if let Some(t) = n.key_expiry.filter(|t| *t > now) {
-                expiries.insert((t, n.id));
-            }
-            by_key.insert(n.node_key, n.id);
-            let e = NodeEntry::new(n, &config.domain, now)?;
-            nodes.insert(e.rec.id, Arc::new(e));
-        }
+        let users = store.list_users().await?;
+        let nodes = store.list_nodes().await?;
         let (policy, version) = match store.current_policy().await? {
             None => (Policy::default_allow_all(), None),
             Some(pv) => match Policy::parse(&pv.text) {
@@ -226,8 +248,120 @@ impl Coordinator {
                 }
             },
         };
-        let policy = Arc::new(policy);
-        let pstate = Arc::new(PolicyState::build(policy.clone(), &nodes, &users));
+        let state = CoordState::new(
+            users,
+            nodes,
+            (Arc::new(policy), version),
+            persist,
+            config,
+            clock.now(),
+        )?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = CoordHandle {
+            tx: tx.clone(),
+            published: state.published().clone(),
+        };
+        let c = Coordinator {
+            rx,
+            tx,
+            store,
+            clock,
+            state,
+        };
+        Ok((c, handle))
+    }
+
+    /// Runs until `stop` is cancelled; then ends every stream with
+    /// `shutting_down`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut batch_at: Option<tokio::time::Instant> = None;
+        loop {
+            let timer = self.state.next_timer();
+            let clock = self.clock.clone();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                () = sleep_opt(batch_at) => {
+                    batch_at = None;
+                    self.state.flush(self.clock.now());
+                }
+                m = self.rx.recv() => {
+                    let Some(m) = m else { break };
+                    self.state.handle(m, self.clock.now());
+                    // Take whatever else is waiting before looking at timers.
+                    for _ in 0..4096 {
+                        match self.rx.try_recv() {
+                            Ok(m) => self.state.handle(m, self.clock.now()),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = clock::sleep_until(&*clock, timer) => self.state.on_timer(self.clock.now()),
+            }
+            while let Some(id) = self.state.poll_deletion() {
+                self.delete_ephemeral(id);
+            }
+            match self.state.batch() {
+                BatchState::Due => {
+                    batch_at = None;
+                    self.state.flush(self.clock.now());
+                }
+                BatchState::Dirty if batch_at.is_none() => {
+                    batch_at = Some(tokio::time::Instant::now() + self.state.config.batch_delay);
+                }
+                BatchState::Dirty | BatchState::Clean => {}
+            }
+        }
+        self.state.shut_down();
+    }
+
+    /// Deletes an ephemeral node from the store in the background; the
+    /// state hears of it as of any deletion ([`Msg::NodeDeleted`]).
+    fn delete_ephemeral(&self, id: NodeId) {
+        let store = self.store.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            match store.delete_node(id).await {
+                Ok(_) | Err(weft_control_store::StoreError::UnknownNode(_)) => {
+                    tracing::info!(node = %id, "deleted an ephemeral node after its grace period offline");
+                    metrics::counter!("weft_ephemeral_nodes_deleted_total").increment(1);
+                    let _ = tx.send(Msg::NodeDeleted(id));
+                }
+                Err(e) => {
+                    tracing::warn!(node = %id, error = %e, "could not delete an ephemeral node")
+                }
+            }
+        });
+    }
+}
+
+impl CoordState {
+    /// Builds the working state from what the store holds and publishes the
+    /// first snapshot (version 0), as of wall time `now`.
+    pub fn new(
+        users_in: Vec<User>,
+        nodes_in: Vec<StoreNode>,
+        policy: (Arc<Policy>, Option<PolicyVersionId>),
+        persist: Arc<Persister>,
+        config: CoordConfig,
+        now: UnixMillis,
+    ) -> Result<CoordState, LoadError> {
+        let mut users = BTreeMap::new();
+        for u in users_in {
+            users.insert(u.id, Arc::new(UserEntry::new(u)?));
+        }
+        let mut nodes = BTreeMap::new();
+        let mut by_key = HashMap::new();
+        let mut expiries = BTreeSet::new();
+        for n in nodes_in {
+            if let Some(t) = n.key_expiry.filter(|t| *t > now) {
+                expiries.insert((t, n.id));
+            }
+            by_key.insert(n.node_key, n.id);
+            let e = NodeEntry::new(n, &config.domain, now)?;
+            nodes.insert(e.rec.id, Arc::new(e));
+        }
+        let pstate = Arc::new(PolicyState::build(policy.0.clone(), &nodes, &users));
         let snapshot = Snapshot {
             version: 0,
             unauthorized: unauthorized(&nodes),
@@ -239,72 +373,54 @@ impl Coordinator {
             domain: config.domain.clone(),
         };
         let published = Arc::new(Published::new(Arc::new(snapshot)));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handle = CoordHandle {
-            tx: tx.clone(),
-            published: published.clone(),
-        };
-        let c = Coordinator {
-            rx,
-            tx,
+        let c = CoordState {
             published,
-            store,
             persist,
-            clock,
             next_gc: now,
             config,
             nodes,
             by_key,
             users,
-            policy: (policy, version),
+            policy,
             expiries,
             streams: BTreeMap::new(),
             parked: Vec::new(),
             pending: Pending::default(),
             next_stream: 1,
             gc_in_flight: BTreeSet::new(),
+            doomed: Vec::new(),
             host_budgets: BTreeMap::new(),
             held_host_info: BTreeMap::new(),
             host_info_due: BTreeSet::new(),
         };
         c.update_gauges();
-        Ok((c, handle))
+        Ok(c)
     }
 
-    /// Runs until `stop` is cancelled; then ends every stream with
-    /// `shutting_down`.
-    pub async fn run(mut self, stop: CancellationToken) {
-        let mut batch_at: Option<tokio::time::Instant> = None;
-        loop {
-            let timer = self.next_timer();
-            let clock = self.clock.clone();
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                () = sleep_opt(batch_at) => {
-                    batch_at = None;
-                    self.flush();
-                }
-                m = self.rx.recv() => {
-                    let Some(m) = m else { break };
-                    self.apply(m);
-                    // Take whatever else is waiting before looking at timers.
-                    for _ in 0..4096 {
-                        match self.rx.try_recv() {
-                            Ok(m) => self.apply(m),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                () = clock::sleep_until(&*clock, timer) => self.on_timer(),
-            }
-            if self.pending.now {
-                batch_at = None;
-                self.flush();
-            } else if self.pending.dirty && batch_at.is_none() {
-                batch_at = Some(tokio::time::Instant::now() + self.config.batch_delay);
-            }
+    /// Returns where the snapshots are published.
+    pub fn published(&self) -> &Arc<Published> {
+        &self.published
+    }
+
+    /// Whether a batch waits, and whether it is due at once.
+    pub fn batch(&self) -> BatchState {
+        if self.pending.now {
+            BatchState::Due
+        } else if self.pending.dirty {
+            BatchState::Dirty
+        } else {
+            BatchState::Clean
         }
+    }
+
+    /// Returns the next ephemeral node to delete from the store, once; the
+    /// deletion is confirmed by [`Msg::NodeDeleted`].
+    pub fn poll_deletion(&mut self) -> Option<NodeId> {
+        self.doomed.pop()
+    }
+
+    /// Ends every stream with `shutting_down`.
+    pub fn shut_down(&mut self) {
         for s in self.streams.values() {
             s.queue.close(ProtocolError {
                 code: ErrorCode::ShuttingDown,
@@ -313,9 +429,10 @@ impl Coordinator {
         }
     }
 
-    fn apply(&mut self, m: Msg) {
+    /// Applies one message to the working state at wall time `now`.
+    pub fn handle(&mut self, m: Msg, now: UnixMillis) {
         match m {
-            Msg::NodeUpsert(rec) => self.upsert_node(*rec),
+            Msg::NodeUpsert(rec) => self.upsert_node(*rec, now),
             Msg::NodeDeleted(id) => self.remove_node(id),
             Msg::UserUpsert(u) => match UserEntry::new(*u) {
                 Ok(e) => {
@@ -332,8 +449,8 @@ impl Coordinator {
                 self.policy = (policy, version);
                 self.recompute_all();
             }
-            Msg::Subscribe(s) => self.subscribe(*s),
-            Msg::Unsubscribe { node, stream } => self.unsubscribe(node, stream),
+            Msg::Subscribe(s) => self.subscribe(*s, now),
+            Msg::Unsubscribe { node, stream } => self.unsubscribe(node, stream, now),
             Msg::Endpoints {
                 node,
                 stream,
@@ -375,7 +492,6 @@ impl Coordinator {
                     self.held_host_info.remove(&node);
                     return;
                 }
-                let now = self.clock.now();
                 if self.spend_host_budget(node, now) {
                     self.held_host_info.remove(&node);
                     self.apply_host_info(node, *host_info);
@@ -475,8 +591,7 @@ impl Coordinator {
         }
     }
 
-    fn upsert_node(&mut self, mut rec: StoreNode) {
-        let now = self.clock.now();
+    fn upsert_node(&mut self, mut rec: StoreNode, now: UnixMillis) {
         let id = rec.id;
         let has_stream = self.streams.get(&id).is_some_and(|s| !s.closing);
         let old = self.nodes.get(&id).cloned();
@@ -562,8 +677,7 @@ impl Coordinator {
         self.mark(id, kind::REMOVED | kind::IDENTITY);
     }
 
-    fn subscribe(&mut self, s: Subscribe) {
-        let now = self.clock.now();
+    fn subscribe(&mut self, s: Subscribe, now: UnixMillis) {
         let refuse = |code, message: String| Err(ProtocolError { code, message });
         let check = match self
             .by_key
@@ -672,12 +786,11 @@ impl Coordinator {
         let _ = s.reply.send(Ok(Subscribed { node: id, stream }));
     }
 
-    fn unsubscribe(&mut self, node: NodeId, stream: u64) {
+    fn unsubscribe(&mut self, node: NodeId, stream: u64, now: UnixMillis) {
         if self.streams.get(&node).is_none_or(|s| s.id != stream) {
             return;
         }
         self.streams.remove(&node);
-        let now = self.clock.now();
         let Some(e) = self.nodes.get_mut(&node) else {
             return;
         };
@@ -690,7 +803,7 @@ impl Coordinator {
 
     /// Returns the next wall-clock deadline: a key expiry, a GC check, or
     /// held host info to release.
-    fn next_timer(&self) -> UnixMillis {
+    pub fn next_timer(&self) -> UnixMillis {
         let mut next = self.next_gc;
         if let Some((t, _)) = self.expiries.first() {
             next = next.min(*t);
@@ -701,8 +814,8 @@ impl Coordinator {
         next
     }
 
-    fn on_timer(&mut self) {
-        let now = self.clock.now();
+    /// Acts on every deadline up to wall time `now`.
+    pub fn on_timer(&mut self, now: UnixMillis) {
         tracing::trace!(now = now.0, next_gc = self.next_gc.0, "coordinator timer");
         while let Some(&(t, id)) = self.expiries.first() {
             if t > now {
@@ -749,28 +862,15 @@ impl Coordinator {
         for id in doomed {
             tracing::debug!(node = %id, "collecting an ephemeral node");
             self.gc_in_flight.insert(id);
-            let store = self.store.clone();
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                match store.delete_node(id).await {
-                    Ok(_) | Err(weft_control_store::StoreError::UnknownNode(_)) => {
-                        tracing::info!(node = %id, "deleted an ephemeral node after its grace period offline");
-                        metrics::counter!("weft_ephemeral_nodes_deleted_total").increment(1);
-                        let _ = tx.send(Msg::NodeDeleted(id));
-                    }
-                    Err(e) => {
-                        tracing::warn!(node = %id, error = %e, "could not delete an ephemeral node")
-                    }
-                }
-            });
+            self.doomed.push(id);
         }
     }
 
-    /// Ends the batch: re-encode, recompile, compute and queue deltas, publish.
-    fn flush(&mut self) {
+    /// Ends the batch at wall time `now`: re-encode, recompile, compute and
+    /// queue deltas, publish, and take the map requests parked for it.
+    pub fn flush(&mut self, now: UnixMillis) {
         #[allow(clippy::disallowed_methods)] // measuring only
         let started = std::time::Instant::now();
-        let now = self.clock.now();
         let old = self.published.load();
         let changes = std::mem::take(&mut self.pending.changes);
         let recompute_all = std::mem::take(&mut self.pending.recompute_all);
@@ -857,7 +957,7 @@ impl Coordinator {
         self.pending.dirty = false;
         self.pending.now = false;
         for s in std::mem::take(&mut self.parked) {
-            self.subscribe(s);
+            self.subscribe(s, now);
         }
         self.persist
             .set_connected(self.streams.keys().copied().collect());
@@ -898,3 +998,7 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod tests;

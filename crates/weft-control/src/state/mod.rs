@@ -52,7 +52,17 @@ pub(crate) struct NodeEntry {
 impl NodeEntry {
     /// Builds the entry (encoding the wire form) as of wall time `now`.
     pub fn new(rec: StoreNode, domain: &DnsName, now: UnixMillis) -> Result<Self, EncodeError> {
-        let host: HostInfo = serde_json::from_value(rec.host_info.clone()).unwrap_or_default();
+        let host: HostInfo = match serde_json::from_value(rec.host_info.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                // The row stays as stored (an admin can inspect it); the node
+                // is served with empty host info until it reports new.
+                metrics::counter!("weft_control_corrupt_rows_total", "column" => "host_info")
+                    .increment(1);
+                tracing::warn!(node = %rec.id, error = %e, "Stored host info does not parse; serving the node without it");
+                HostInfo::default()
+            }
+        };
         let wire = wire_node(&rec, &host, domain, now);
         let enc = Encoded::new(&wire)?;
         Ok(NodeEntry {

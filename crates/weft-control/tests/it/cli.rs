@@ -77,6 +77,31 @@ async fn admin_commands_work_over_the_socket_and_the_rest_api() {
     let users: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(users[0]["role"], "admin");
 
+    // The connection flags and --json are global: before the subcommand
+    // as well as after it (`tailscale --socket=… status`).
+    let dir_arg = s.state_dir.to_str().unwrap().to_owned();
+    let socket = s.state_dir.join("admin.sock");
+    let socket_arg = socket.to_str().unwrap();
+    for args in [
+        vec!["--json", "users", "list"],
+        vec!["--state-dir", &dir_arg, "--json", "users", "list"],
+        vec!["--state-dir", &dir_arg, "users", "--json", "list"],
+        vec!["--socket", socket_arg, "--json", "users", "list"],
+        vec!["users", "list", "--socket", socket_arg, "--json"],
+    ] {
+        let (code, out, err) = if args.contains(&"--state-dir") || args.contains(&"--socket") {
+            ServerProcess::cli_exact(&args)
+        } else {
+            s.cli(&args)
+        };
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let users: Vec<serde_json::Value> = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"));
+        assert_eq!(users[0]["login_name"], "alice@example.com", "{args:?}");
+    }
+    let (code, _, err) = ServerProcess::cli_exact(&["--state-dir", &dir_arg, "nodes", "list"]);
+    assert_eq!(code, 0, "{err}");
+
     // The REST API with an API key gives the same answers.
     let (code, api_key, err) = s.cli(&["apikeys", "create", "--description", "ci"]);
     assert_eq!(code, 0, "{err}");
@@ -93,6 +118,20 @@ async fn admin_commands_work_over_the_socket_and_the_rest_api() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("alice@example.com"));
+    let (code, out, err) = ServerProcess::cli_exact(&[
+        "--server",
+        &url,
+        "--api-key",
+        &api_key,
+        "--json",
+        "users",
+        "list",
+    ]);
+    assert_eq!(code, 0, "flags before the subcommand: {err}");
+    assert!(out.contains("alice@example.com"), "{out}");
+    let (code, _, err) = ServerProcess::cli_exact(&["--server", &url, "users", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("needs --api-key"), "{err}");
     let (code, _, err) = s.cli(&[
         "users",
         "list",
@@ -208,6 +247,30 @@ async fn admin_commands_work_over_the_socket_and_the_rest_api() {
     assert!(
         !dir.path().join("admin.sock").exists(),
         "the socket is removed at shutdown"
+    );
+}
+
+#[test]
+fn serve_takes_the_global_state_dir_and_refuses_the_admin_client_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for (args, flag) in [
+        (vec!["serve", "--server", "http://127.0.0.1:1"], "--server"),
+        (vec!["--json", "serve"], "--json"),
+        (vec!["serve", "--api-key", "k"], "--api-key"),
+    ] {
+        let args = [&args[..], &["--state-dir", d, "--listen", "127.0.0.1:0"]].concat();
+        let (code, _, err) = ServerProcess::cli_exact(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{flag} is for the admin commands"))
+                && err.contains("--server-url"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "refused before anything was created"
     );
 }
 

@@ -1,6 +1,7 @@
 //! weft-control's integration tests, one binary: the server in process and the real binary.
 #![allow(clippy::unwrap_used)]
 
+mod authenticator;
 mod cli;
 mod common;
 mod durability;

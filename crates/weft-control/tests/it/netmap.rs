@@ -14,16 +14,11 @@ use weft_types::control::{ErrorCode, ExpiryRequest, RegisterAuth};
 
 #[tokio::test]
 async fn three_nodes_get_full_maps_and_deltas_as_peers_join_change_go_offline_and_leave() {
-    let t = TestServer::start().await;
-    t.user("alice@example.com").await;
-    let key = t.reusable_key("alice@example.com").await;
+    let (t, key) = TestServer::with_user("alice@example.com").await;
 
-    let mut a = TestNode::new(&t, "alpha");
-    let mut b = TestNode::new(&t, "bravo");
-    let mut c = TestNode::new(&t, "charlie");
-    a.join(&key).await;
-    b.join(&key).await;
-    c.join(&key).await;
+    let mut a = TestNode::joined(&t, "alpha", &key).await;
+    let mut b = TestNode::joined(&t, "bravo", &key).await;
+    let mut c = TestNode::joined(&t, "charlie", &key).await;
     for n in [&mut a, &mut b, &mut c] {
         let m = n
             .wait_map(|m| m.peers.len() == 2 && m.peers.values().all(|p| p.online))
@@ -46,8 +41,7 @@ async fn three_nodes_get_full_maps_and_deltas_as_peers_join_change_go_offline_an
     assert_eq!(first_c_map.peers.len(), 2);
 
     // A fourth node joins: everyone gets it as a delta.
-    let mut d = TestNode::new(&t, "delta");
-    d.join(&key).await;
+    let mut d = TestNode::joined(&t, "delta", &key).await;
     for n in [&mut a, &mut b, &mut c] {
         n.wait_map(|m| TestNode::peer(m, "delta").is_some()).await;
         let added = n.events.iter().rev().any(|e| matches!(e,
@@ -136,13 +130,9 @@ async fn an_expired_node_key_shows_as_expired_everywhere_and_ends_its_stream() {
 
 #[tokio::test]
 async fn logout_expires_the_key_and_peers_see_it() {
-    let t = TestServer::start().await;
-    t.user("alice").await;
-    let key = t.reusable_key("alice").await;
-    let mut a = TestNode::new(&t, "a");
-    let mut b = TestNode::new(&t, "b");
-    a.join(&key).await;
-    b.join(&key).await;
+    let (t, key) = TestServer::with_user("alice").await;
+    let mut a = TestNode::joined(&t, "a", &key).await;
+    let mut b = TestNode::joined(&t, "b", &key).await;
     a.wait_map(|m| TestNode::peer(m, "b").is_some()).await;
 
     let mut params = b.params(RegisterAuth::None);
@@ -161,9 +151,7 @@ async fn logout_expires_the_key_and_peers_see_it() {
 
 #[tokio::test]
 async fn an_ephemeral_node_is_deleted_after_the_grace_period_offline() {
-    let t = TestServer::start().await;
-    t.user("ci").await;
-    let key = t.reusable_key("ci").await;
+    let (t, key) = TestServer::with_user("ci").await;
     let eph = t
         .key(NewPreauthKey {
             user: Some("ci".into()),
@@ -172,10 +160,8 @@ async fn an_ephemeral_node_is_deleted_after_the_grace_period_offline() {
         })
         .await
         .secret;
-    let mut a = TestNode::new(&t, "a");
-    let mut e = TestNode::new(&t, "runner");
-    a.join(&key).await;
-    e.join(&eph).await;
+    let mut a = TestNode::joined(&t, "a", &key).await;
+    let mut e = TestNode::joined(&t, "runner", &eph).await;
     a.wait_map(|m| TestNode::peer(m, "runner").is_some_and(|p| p.online))
         .await;
     e.close().await;

@@ -48,8 +48,7 @@ async fn a_one_off_key_registers_one_node_and_a_reusable_key_many() {
     );
 
     for name in ["c", "d", "e"] {
-        let mut n = TestNode::new(&t, name);
-        n.join(&many).await;
+        TestNode::joined(&t, name, &many).await;
     }
     // The one-off key's node restarting with its own key needs no key at all.
     a.start(a.params(RegisterAuth::None)).await;
@@ -138,7 +137,7 @@ async fn an_interactive_login_completes_when_an_administrator_approves_it() {
     let auth_id = url.rsplit('/').next().unwrap().to_owned();
 
     // The login page says what to do, and who to ask.
-    let page = http_get(&t, &format!("/a/{auth_id}")).await;
+    let page = t.http_get(&format!("/a/{auth_id}")).await;
     assert!(page.contains("weft-control nodes approve"), "{page}");
     assert!(page.contains(&auth_id));
     assert!(page.contains("bobs-laptop"));
@@ -166,7 +165,7 @@ async fn an_interactive_login_completes_when_an_administrator_approves_it() {
     }
     let m = n.wait_map(|_| true).await;
     assert_eq!(m.self_node.name.to_string(), "bobs-laptop.weft.internal");
-    let page = http_get(&t, &format!("/a/{auth_id}")).await;
+    let page = t.http_get(&format!("/a/{auth_id}")).await;
     assert!(page.contains("Device approved"), "{page}");
 
     // Approving twice names the problem.
@@ -206,13 +205,9 @@ async fn a_declined_login_is_refused_and_an_unknown_user_is_named() {
 
 #[tokio::test]
 async fn a_node_key_is_rotated_with_the_old_key_and_peers_see_the_new_one() {
-    let t = TestServer::start().await;
-    t.user("alice").await;
-    let key = t.reusable_key("alice").await;
-    let mut a = TestNode::new(&t, "a");
-    let mut b = TestNode::new(&t, "b");
-    a.join(&key).await;
-    b.join(&key).await;
+    let (t, key) = TestServer::with_user("alice").await;
+    let mut a = TestNode::joined(&t, "a", &key).await;
+    let mut b = TestNode::joined(&t, "b", &key).await;
     let old = b.node_key.public();
     let m = a.wait_map(|m| TestNode::peer(m, "b").is_some()).await;
     let id = TestNode::peer(&m, "b").unwrap().id;
@@ -244,13 +239,10 @@ async fn a_node_key_is_rotated_with_the_old_key_and_peers_see_the_new_one() {
 
 #[tokio::test]
 async fn hostnames_become_unique_dns_labels() {
-    let t = TestServer::start().await;
-    t.user("alice").await;
-    let key = t.reusable_key("alice").await;
+    let (t, key) = TestServer::with_user("alice").await;
     let mut names = Vec::new();
     for host in ["Alice's Laptop", "alice's laptop.local", "___", "web"] {
-        let mut n = TestNode::new(&t, host);
-        n.join(&key).await;
+        let n = TestNode::joined(&t, host, &key).await;
         names.push(n.netmap.as_ref().unwrap().self_node.name.to_string());
     }
     assert_eq!(
@@ -263,18 +255,4 @@ async fn hostnames_become_unique_dns_labels() {
         ]
     );
     t.server.shutdown().await;
-}
-
-/// GETs a path from the test server (plain HTTP/1.1, connection: close).
-pub async fn http_get(t: &TestServer, path: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(t.server.local_addr())
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }

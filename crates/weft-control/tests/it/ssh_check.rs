@@ -16,19 +16,6 @@ use weft_control::clock::Clock as _;
 use weft_types::control::SshCheckRequest;
 use weft_types::{NodeId, UserId};
 
-async fn http_get(t: &TestServer, path: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(t.server.local_addr())
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// The node id and user id a joined node registered with.
 fn ids(n: &TestNode) -> (NodeId, UserId) {
     n.events
@@ -41,7 +28,7 @@ fn ids(n: &TestNode) -> (NodeId, UserId) {
 }
 
 /// A check from `dst` about a login from `src`.
-fn request(
+pub(crate) fn request(
     dst: &TestNode,
     src: &TestNode,
     seed: u8,
@@ -62,13 +49,13 @@ fn request(
     }
 }
 
-async fn send(dst: &TestNode, req: SshCheckRequest) -> SshCheckWait {
+pub(crate) async fn send(dst: &TestNode, req: SshCheckRequest) -> SshCheckWait {
     weft_client::ssh_check(&dst.target, req, &ConnectOptions::default())
         .await
         .unwrap()
 }
 
-async fn next(w: &mut SshCheckWait) -> CheckProgress {
+pub(crate) async fn next(w: &mut SshCheckWait) -> CheckProgress {
     tokio::time::timeout(WAIT, w.next())
         .await
         .expect("a check answer in time")
@@ -77,16 +64,20 @@ async fn next(w: &mut SshCheckWait) -> CheckProgress {
 
 /// A server with alice's laptop (the SSH client) and server, and bob's laptop.
 async fn tailnet() -> (TestServer, TestNode, TestNode, TestNode) {
-    let t = TestServer::start().await;
+    tailnet_with(|_| {}).await
+}
+
+/// [`tailnet`] on a server with settings changed by `tweak`.
+pub(crate) async fn tailnet_with(
+    tweak: impl FnOnce(&mut weft_control::ServerConfig),
+) -> (TestServer, TestNode, TestNode, TestNode) {
+    let t = TestServer::start_with(tweak).await;
     t.user("alice").await;
     t.user("bob").await;
     let (ka, kb) = (t.reusable_key("alice").await, t.reusable_key("bob").await);
-    let mut laptop = TestNode::new(&t, "alice-laptop");
-    laptop.join(&ka).await;
-    let mut server = TestNode::new(&t, "server");
-    server.join(&ka).await;
-    let mut bob = TestNode::new(&t, "bob-laptop");
-    bob.join(&kb).await;
+    let laptop = TestNode::joined(&t, "alice-laptop", &ka).await;
+    let server = TestNode::joined(&t, "server", &ka).await;
+    let bob = TestNode::joined(&t, "bob-laptop", &kb).await;
     (t, laptop, server, bob)
 }
 
@@ -107,7 +98,7 @@ async fn a_check_waits_for_its_user_and_a_second_login_within_the_period_is_acce
     assert_eq!(auth_url, format!("{}/a/{id}", t.server.url()));
 
     // The page says who must approve and how.
-    let page = http_get(&t, &format!("/a/{id}")).await;
+    let page = t.http_get(&format!("/a/{id}")).await;
     assert!(
         page.contains(&format!("weft-control nodes approve {id} --user alice")),
         "{page}"
@@ -314,7 +305,8 @@ async fn a_declined_check_is_refused_and_a_closed_one_is_forgotten() {
     drop(w);
     let id = check_id_from([2; 16]);
     let gone = async {
-        while !http_get(&t, &format!("/a/{id}"))
+        while !t
+            .http_get(&format!("/a/{id}"))
             .await
             .starts_with("HTTP/1.1 404")
         {

@@ -207,6 +207,25 @@ fn with_no_relay_map_peers_are_probed_directly_as_before() {
 }
 
 #[test]
+fn a_peer_that_learns_of_us_a_moment_later_confirms_the_path_within_a_round_trip() {
+    // A new node learns of its peer before the peer learns of it: its first
+    // pings arrive while it is a stranger and are dropped. The peer's own
+    // ping a moment later must get a ping back at once, not at the next
+    // discovery round seconds later (that cost a new node's first packet 3 s).
+    let mut sim = two(Nat::None, Nat::None, false);
+    sim.introduce(0, 1);
+    sim.run_for(Duration::from_millis(250));
+    assert_eq!(sim.path(0, 1), None, "b dropped a's pings");
+    sim.link(0, 1);
+    let took = sim
+        .run_until_cond(secs(5), |s| {
+            s.path(0, 1).is_some() && s.path(1, 0).is_some()
+        })
+        .unwrap();
+    assert!(took < Duration::from_millis(100), "took {took:?}");
+}
+
+#[test]
 fn a_peer_without_a_home_relay_is_probed_directly() {
     let mut sim = two(Nat::None, Nat::None, true);
     // Control does not know b's home relay (an old client, say).

@@ -228,6 +228,12 @@ impl Sim {
         self.tell(b, a);
     }
 
+    /// Lets `to` see `about` in its netmap, but not the other way round yet
+    /// (control reaches nodes one after the other); [`Sim::link`] completes it.
+    pub fn introduce(&mut self, to: usize, about: usize) {
+        self.tell(to, about);
+    }
+
     /// Removes `b` from `a`'s netmap and back.
     pub fn unlink(&mut self, a: usize, b: usize) {
         self.links.remove(&(a.min(b), a.max(b)));

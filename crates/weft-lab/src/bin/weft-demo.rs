@@ -90,7 +90,7 @@ fn run(lab: &Lab, bins: Binaries, once: bool) -> anyhow::Result<()> {
     );
 
     for node in &nodes {
-        let out = node.weft_ok(["status"])?;
+        let out = node.weft(["status"]).run()?;
         println!(
             "$ weft status   # on {} (underlay {})",
             node.name(),
@@ -103,7 +103,7 @@ fn run(lab: &Lab, bins: Binaries, once: bool) -> anyhow::Result<()> {
     for (a, b) in pairs {
         let (a, b): (&Node, &Node) = (&nodes[a], &nodes[b]);
         println!("$ weft ping -c 3 {}   # on {}", b.name(), a.name());
-        let out = a.weft_ok(["ping", "-c", "3", b.name()])?;
+        let out = a.weft(["ping", "-c", "3", b.name()]).run()?;
         print!("{}", out.stdout);
     }
     let target = nodes[1].ip4()?;

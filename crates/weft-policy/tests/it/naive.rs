@@ -413,7 +413,7 @@ fn arb_model() -> impl Strategy<Value = Model> {
                 .collect();
             let rules = rules
                 .into_iter()
-                .map(|(src, dst, proto)| {
+                .map(|(mut src, dst, proto)| {
                     // ICMP and other port-less protocols take only ":*".
                     let dst = dst
                         .into_iter()
@@ -424,7 +424,21 @@ fn arb_model() -> impl Strategy<Value = Model> {
                                 (s, ports)
                             }
                         })
-                        .collect();
+                        .collect::<Vec<_>>();
+                    // A rule with autogroup:self in dst takes only user
+                    // sources or "*" (as in Tailscale); the parser refuses
+                    // the rest, so keep those and fall back to "*".
+                    if dst.iter().any(|(d, _)| matches!(d, Sel::SelfDev)) {
+                        src.retain(|s| {
+                            matches!(
+                                s,
+                                Sel::Any | Sel::User(_) | Sel::Group(_) | Sel::Member | Sel::Admin
+                            )
+                        });
+                        if src.is_empty() {
+                            src.push(Sel::Any);
+                        }
+                    }
                     Rule { src, dst, proto }
                 })
                 .collect();

@@ -290,6 +290,55 @@ fn an_initiation_from_an_unknown_key_gets_no_answer() {
 }
 
 #[test]
+fn an_initiation_that_arrives_before_its_sender_is_a_peer_is_answered_once_it_is() {
+    // A new node learns of its peer before the peer learns of it.
+    let mut net = Net::new(2);
+    net.peer(0, 1);
+    let first = ipv4_packet(overlay_v4(0), overlay_v4(1), 7, 8);
+    assert_eq!(net.send_ip(0, &first), Outcome::Queued);
+    net.pump();
+    assert_eq!(net.rx_drops[1], vec![DropReason::UnknownPeer]);
+    // Timers run on with no answer while the key is unknown.
+    net.run_for(TIMER_TICK * 5, TIMER_TICK);
+    assert!(net.delivered[1].is_empty());
+
+    let t0 = net.now;
+    net.peer(1, 0);
+    net.run_for(TIMER_TICK, TIMER_TICK);
+
+    assert_eq!(
+        net.delivered[1],
+        vec![first],
+        "the queued packet arrives at the next tick, not after a {REKEY_TIMEOUT:?} retry"
+    );
+    assert!(net.now - t0 <= TIMER_TICK);
+    // One answer: the replay is not kept for another round.
+    net.run_for(TIMER_TICK * 3, TIMER_TICK);
+    assert_eq!(net.delivered[1].len(), 1);
+}
+
+#[test]
+fn a_remembered_initiation_expires_after_rekey_timeout() {
+    let mut net = Net::new(2);
+    net.peer(0, 1);
+    net.send_ip(0, &ipv4_packet(overlay_v4(0), overlay_v4(1), 7, 8));
+    let init = net.wire.pop_front().unwrap();
+    assert_eq!(net.deliver(init), Outcome::Dropped(DropReason::UnknownPeer));
+    // Time passes without node 0's timers (its retry is not what is tested).
+    net.now += REKEY_TIMEOUT;
+    let mut replies = Vec::new();
+    net.nodes[1]
+        .dev
+        .handle_timeout(net.now, &mut |_, d| replies.push(d.to_vec()));
+    net.peer(1, 0);
+    net.now += TIMER_TICK;
+    net.nodes[1]
+        .dev
+        .handle_timeout(net.now, &mut |_, d| replies.push(d.to_vec()));
+    assert!(replies.is_empty(), "a stale initiation is not answered");
+}
+
+#[test]
 fn a_peer_roams_to_the_address_of_its_last_authenticated_packet() {
     let mut net = Net::pair();
     net.handshake();

@@ -14,10 +14,10 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::ArgAction;
 use weft_localapi::{LocalApiError, PingPath, PingRequest, PingResult};
+use weft_types::time::parse_duration;
 
 use crate::ctx::Ctx;
 use crate::out::{self, errln, escape, outln};
-use crate::render::parse_duration;
 use crate::resolve::find_node;
 
 /// The pause between pings.

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use weft_localapi::{BackendState, StartRequest};
+use weft_types::time::parse_duration;
 
 use crate::ctx::Ctx;
 use crate::prefs::{self, PlanError, PrefFlags};
-use crate::render::{display_args, format_duration, parse_duration};
+use crate::render::{display_args, format_duration};
 use crate::watch::{self, Login};
 
 #[derive(Debug, clap::Args)]

@@ -6,7 +6,7 @@
 //! | owner | holds |
 //! |---|---|
 //! | [`ProfileStore`] | the state file: machine key, profiles, prefs |
-//! | [`session`](super::session) task | the control connection, map stream, reconnects |
+//! | [`control`](super::control) task | the control connection, map stream, reconnects |
 //! | [`DataPlane`] | WireGuard, disco, TUN addresses (incremental) |
 //! | [`Bus`] | the `watch` event stream |
 //! | `Backend` (here) | the runtime facts of the current profile and the state derived from them |
@@ -21,80 +21,132 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use weft_client::{ClientParams, ConnectOptions, ControlUrl, Target};
 use weft_localapi::{
     BackendState, DebugPrefs, Notify, Prefs, PrefsPatch, ProfileSummary, StartRequest, UserInfo,
 };
-use weft_types::control::{AuthKey, Registered};
+use weft_types::control::{AuthKey, ExpiryRequest, RegisterAuth, Registered};
 use weft_types::{Endpoint, HostInfo, NetMap, NodePrivate, Tag};
 
 use super::bus::Bus;
-use super::control::{ControlClient, ControlTarget};
+use super::control::{self, ControlCmd, ControlEvent, ControlHandle, ControlSpec};
 use super::dataplane::DataPlane;
 use super::profiles::{ProfileError, ProfileStore};
-use super::session::{self, LoginMode, SessionCmd, SessionEvent, SessionHandle, SessionSpec};
+use super::state_file::StateError;
+use super::validate::InvalidPrefs;
 
-/// An error for the LocalAPI: an HTTP status and a message for the user.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub status: u16,
-    pub message: String,
+/// Why the coordinator refused or could not finish a request. The
+/// LocalAPI turns each into an HTTP status (`localapi::ApiError`); the
+/// message is for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The coordinator has stopped.
+    #[error("weftd is shutting down")]
+    ShuttingDown,
+    /// A logged-in profile cannot move to another control server.
+    #[error(
+        "changing the control server needs a new login: use weft login --login-server=URL (a new profile)"
+    )]
+    ServerChangeNeedsLogin,
+    /// The prefs break a limit; nothing was stored.
+    #[error(transparent)]
+    InvalidPrefs(#[from] InvalidPrefs),
+    /// An unknown profile, or the state could not be written.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The state could not be written; nothing changed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The current profile changed while a logout was at control.
+    #[error("the profile changed while logging out; nothing was removed")]
+    ProfileChanged,
+    /// Control did not log the node out.
+    #[error("logout failed, the node is still logged in: {0}")]
+    LogoutFailed(String),
+    /// No peer has this tailnet address.
+    #[error("no peer has the address {0}")]
+    NoPeer(IpAddr),
+    /// The peer cannot be reached (expired or not authorized).
+    #[error("{name} ({ip}) is expired or not authorized")]
+    PeerUnusable { name: String, ip: IpAddr },
+    /// The peer has no disco key yet.
+    #[error("{name} ({ip}) has no disco key yet (it has not connected to control)")]
+    PeerNotConnected { name: String, ip: IpAddr },
 }
 
-impl ApiError {
-    pub fn new(status: u16, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-    pub fn bad_request(m: impl Into<String>) -> Self {
-        Self::new(400, m)
-    }
-    pub fn not_found(m: impl Into<String>) -> Self {
-        Self::new(404, m)
-    }
-    pub fn internal(m: impl Into<String>) -> Self {
-        Self::new(500, m)
-    }
-}
-
-impl From<ProfileError> for ApiError {
-    fn from(e: ProfileError) -> Self {
-        match e {
-            ProfileError::Unknown(_) => ApiError::not_found(e.to_string()),
-            ProfileError::State(_) => ApiError::internal(e.to_string()),
-        }
-    }
-}
-
-impl From<super::state_file::StateError> for ApiError {
-    fn from(e: super::state_file::StateError) -> Self {
-        ApiError::internal(e.to_string())
-    }
-}
-
-/// A login the user started and is waiting for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Login {
-    #[default]
-    None,
+/// How the user is logging in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoginVia {
+    /// `up --auth-key`.
     AuthKey,
+    /// `login-interactive`: the user is at hand to visit the auth URL.
     Interactive,
+}
+
+/// The current profile's standing with control at run time (reset on a
+/// profile switch; never persisted): one variant per situation, carrying
+/// what it needs. [`Backend::state`] reads it together with the profile
+/// (prefs, registration), the key being registered and the netmap in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Standing {
+    /// Nothing in the way: the profile's registration (if any) stands.
+    /// `machine_authorized`: control's last word on approval (`None`: not
+    /// heard this run).
+    Settled { machine_authorized: Option<bool> },
+    /// The user started a login that control has not finished.
+    /// `auth_url`: where control sent the user; `key_expired`: the login
+    /// replaces a node key that expired.
+    LoggingIn {
+        via: LoginVia,
+        auth_url: Option<String>,
+        key_expired: bool,
+    },
+    /// Control wants a login the user has not started: it does not know
+    /// the node key (`auth_url` to visit), or the key expired.
+    NeedsLogin {
+        auth_url: Option<String>,
+        key_expired: bool,
+    },
+}
+
+impl Default for Standing {
+    fn default() -> Self {
+        Standing::Settled {
+            machine_authorized: None,
+        }
+    }
+}
+
+impl Standing {
+    /// The auth URL control gave for the login under way or needed.
+    fn auth_url(&self) -> Option<&str> {
+        match self {
+            Standing::Settled { .. } => None,
+            Standing::LoggingIn { auth_url, .. } | Standing::NeedsLogin { auth_url, .. } => {
+                auth_url.as_deref()
+            }
+        }
+    }
+
+    /// Control said the node key expired (and no new key is accepted yet).
+    fn key_expired(&self) -> bool {
+        match self {
+            Standing::Settled { .. } => false,
+            Standing::LoggingIn { key_expired, .. } | Standing::NeedsLogin { key_expired, .. } => {
+                *key_expired
+            }
+        }
+    }
 }
 
 /// What the coordinator knows about the current profile at run time
 /// (reset on a profile switch; never persisted).
 #[derive(Debug, Default)]
 struct Runtime {
+    standing: Standing,
+    /// The last netmap; it stays in force while control is away.
     netmap: Option<Arc<NetMap>>,
-    auth_url: Option<String>,
-    login: Login,
-    browse_requested: bool,
-    key_expired: bool,
-    /// Control does not know our node key (deleted, or never registered).
-    needs_auth: bool,
-    machine_authorized: Option<bool>,
+    /// Why control cannot be reached right now (for `health`).
     control_error: Option<String>,
     /// An error was already sent as `Notify::Error` since the last start.
     error_reported: bool,
@@ -123,26 +175,25 @@ impl Handle {
     /// Runs `f` on the coordinator and returns its result.
     ///
     /// # Errors
-    /// 503 if the coordinator has stopped.
+    /// [`BackendError::ShuttingDown`] if the coordinator has stopped.
     pub async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Backend) -> R + Send + 'static,
-    ) -> Result<R, ApiError> {
+    ) -> Result<R, BackendError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Box::new(move |b| {
                 let _ = tx.send(f(b));
             }))
-            .map_err(|_| ApiError::new(503, "weftd is shutting down"))?;
-        rx.await
-            .map_err(|_| ApiError::new(503, "weftd is shutting down"))
+            .map_err(|_| BackendError::ShuttingDown)?;
+        rx.await.map_err(|_| BackendError::ShuttingDown)
     }
 }
 
 /// Work to finish a logout outside the coordinator.
 pub struct LogoutJob {
     pub profile_id: String,
-    pub client: Arc<dyn ControlClient>,
+    pub control: ConnectOptions,
     pub url: String,
     pub machine_key: weft_types::MachinePrivate,
     pub pinned: Option<weft_types::MachinePublic>,
@@ -158,19 +209,20 @@ impl LogoutJob {
     pub async fn run(self) -> Result<(), String> {
         let server_key = match self.pinned {
             Some(k) => k,
-            None => session::fetch_key(&*self.client, &self.url)
+            None => control::fetch_key(&self.control, &self.url)
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        let target = ControlTarget {
-            url: self.url.clone(),
+        let url: ControlUrl = self.url.parse().map_err(|e| format!("{e}"))?;
+        let target = Target {
+            url,
             machine_key: self.machine_key.clone(),
             server_key,
         };
-        session::logout(
-            &*self.client,
+        control::logout(
+            &self.control,
             &target,
-            &self.node_key,
+            self.node_key.public(),
             self.host_info.clone(),
         )
         .await
@@ -180,12 +232,13 @@ impl LogoutJob {
 /// The coordinator. See the module docs.
 pub struct Backend {
     store: ProfileStore,
-    control: Arc<dyn ControlClient>,
+    /// How control is reached (the real dialer, or a test's).
+    control: ConnectOptions,
     dp: Box<dyn DataPlane>,
     bus: Bus,
     info: DaemonInfo,
-    events_tx: session::EventTx,
-    session: Option<SessionHandle>,
+    events_tx: control::EventTx,
+    session: Option<ControlHandle>,
     generation: u64,
     rt: Runtime,
     last_state: BackendState,
@@ -199,11 +252,11 @@ impl Backend {
     /// profile's key. Call [`Backend::run`] to start it.
     pub fn new(
         store: ProfileStore,
-        control: Arc<dyn ControlClient>,
+        control: ConnectOptions,
         dp: Box<dyn DataPlane>,
         bus: Bus,
         info: DaemonInfo,
-        events_tx: session::EventTx,
+        events_tx: control::EventTx,
     ) -> Self {
         let mut b = Self {
             store,
@@ -228,7 +281,7 @@ impl Backend {
     pub async fn run(
         mut self,
         mut jobs: mpsc::UnboundedReceiver<Job>,
-        mut events: mpsc::UnboundedReceiver<(u64, SessionEvent)>,
+        mut events: mpsc::UnboundedReceiver<(u64, ControlEvent)>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         self.dp
@@ -262,20 +315,31 @@ impl Backend {
     pub fn state(&self) -> BackendState {
         let p = self.store.current();
         let want = p.prefs.want_running;
-        if self.rt.login == Login::AuthKey && want {
-            return BackendState::Starting;
-        }
-        if self.rt.key_expired
-            || self.rt.needs_auth
-            || !p.is_registered()
-            || self.rt.pending_key.is_some() && self.rt.login != Login::None
-        {
+        let needs_login = match &self.rt.standing {
+            Standing::Settled { .. } => false,
+            Standing::LoggingIn {
+                via: LoginVia::AuthKey,
+                ..
+            } if want => return BackendState::Starting,
+            // Not done until control accepts the new key or the user
+            // visits the URL.
+            Standing::LoggingIn {
+                auth_url,
+                key_expired,
+                ..
+            } => auth_url.is_some() || *key_expired || self.rt.pending_key.is_some(),
+            Standing::NeedsLogin { .. } => true,
+        };
+        if needs_login || !p.is_registered() {
             return BackendState::NeedsLogin;
         }
         if !want {
             return BackendState::Stopped;
         }
-        if self.rt.machine_authorized == Some(false) {
+        if let Standing::Settled {
+            machine_authorized: Some(false),
+        } = self.rt.standing
+        {
             return BackendState::NeedsMachineAuth;
         }
         if self.rt.netmap.is_none() {
@@ -307,7 +371,7 @@ impl Backend {
         self.rt.netmap.as_ref()
     }
     pub fn auth_url(&self) -> Option<&str> {
-        self.rt.auth_url.as_deref()
+        self.rt.standing.auth_url()
     }
     pub fn info(&self) -> &DaemonInfo {
         &self.info
@@ -324,12 +388,15 @@ impl Backend {
             };
             h.push(format!("{e}{kept}"));
         }
-        if self.rt.key_expired {
+        if self.rt.standing.key_expired() {
             h.push("node key expired: log in again with weft up --force-reauth".into());
-        } else if self.rt.needs_auth && self.store.current().is_registered() {
+        } else if self.rt.standing.auth_url().is_some() && self.store.current().is_registered() {
             h.push("control does not know this node any more: log in again with weft up".into());
         }
-        if self.rt.machine_authorized == Some(false) {
+        if let Standing::Settled {
+            machine_authorized: Some(false),
+        } = self.rt.standing
+        {
             h.push("waiting for an administrator to approve this machine".into());
         }
         h
@@ -352,7 +419,7 @@ impl Backend {
     pub fn watch(&self) -> (Notify, tokio::sync::broadcast::Receiver<Notify>) {
         let snapshot = Notify::Snapshot {
             state: self.state(),
-            auth_url: self.rt.auth_url.clone(),
+            auth_url: self.rt.standing.auth_url().map(str::to_owned),
             prefs: self.prefs(),
         };
         (snapshot, self.bus.subscribe())
@@ -376,16 +443,15 @@ impl Backend {
     /// `PATCH prefs`.
     ///
     /// # Errors
-    /// 400 for a change that needs a new login; 500 if the state cannot be written.
-    pub fn edit_prefs(&mut self, patch: &PrefsPatch) -> Result<Prefs, ApiError> {
+    /// [`BackendError::ServerChangeNeedsLogin`], [`BackendError::InvalidPrefs`];
+    /// [`BackendError::State`] if the state cannot be written.
+    pub fn edit_prefs(&mut self, patch: &PrefsPatch) -> Result<Prefs, BackendError> {
         let cur = self.store.current();
         if let Some(url) = &patch.control_url
             && *url != cur.prefs.control_url
             && cur.is_registered()
         {
-            return Err(ApiError::bad_request(
-                "changing the control server needs a new login: use weft login --login-server=URL (a new profile)",
-            ));
+            return Err(BackendError::ServerChangeNeedsLogin);
         }
         let before = cur.prefs.clone();
         let after = patch.apply_to(&before);
@@ -417,7 +483,7 @@ impl Backend {
         } else if host_info_changed(before, after)
             && let Some(s) = &self.session
         {
-            s.send(SessionCmd::HostInfo(self.host_info()));
+            s.send(ControlCmd::HostInfo(self.host_info()));
         }
     }
 
@@ -425,7 +491,7 @@ impl Backend {
     ///
     /// # Errors
     /// As [`Backend::edit_prefs`].
-    pub fn start(&mut self, req: StartRequest) -> Result<(), ApiError> {
+    pub fn start(&mut self, req: StartRequest) -> Result<(), BackendError> {
         let cur = self.store.current().clone();
         let mut prefs = req.prefs.clone().unwrap_or_else(|| cur.prefs.clone());
         prefs.want_running = true;
@@ -457,21 +523,26 @@ impl Backend {
             });
         }
         let registered = self.store.current().is_registered();
-        let needs_login = !registered || self.rt.key_expired || self.rt.needs_auth;
+        let needs_login =
+            !registered || self.rt.standing.key_expired() || self.rt.standing.auth_url().is_some();
         if req.force_reauth {
             self.rt.pending_key = Some(NodePrivate::generate());
         }
         let auth_key = req.auth_key.filter(|k| !k.is_empty());
         match auth_key {
             Some(k) if needs_login || req.force_reauth => {
-                self.rt.login = Login::AuthKey;
-                self.respawn(LoginMode::AuthKey(AuthKey(k)));
+                self.rt.standing = Standing::LoggingIn {
+                    via: LoginVia::AuthKey,
+                    auth_url: self.rt.standing.auth_url().map(str::to_owned),
+                    key_expired: self.rt.standing.key_expired(),
+                };
+                self.respawn(RegisterAuth::AuthKey(AuthKey(k)));
             }
-            _ if req.force_reauth || server_changed => self.respawn(LoginMode::Existing),
+            _ if req.force_reauth || server_changed => self.respawn(RegisterAuth::None),
             _ if self.session.is_none() || !registered => self.ensure_session(true),
             _ => {
                 if let Some(s) = &self.session {
-                    s.send(SessionCmd::HostInfo(self.host_info()));
+                    s.send(ControlCmd::HostInfo(self.host_info()));
                 }
             }
         }
@@ -482,15 +553,19 @@ impl Backend {
 
     /// `POST login-interactive`.
     pub fn login_interactive(&mut self) {
-        self.rt.login = Login::Interactive;
-        self.rt.browse_requested = true;
+        let auth_url = self.rt.standing.auth_url().map(str::to_owned);
+        self.rt.standing = Standing::LoggingIn {
+            via: LoginVia::Interactive,
+            auth_url: auth_url.clone(),
+            key_expired: self.rt.standing.key_expired(),
+        };
         self.rt.error_reported = false;
-        if let Some(url) = self.rt.auth_url.clone() {
+        if let Some(url) = auth_url {
             self.bus.send(Notify::BrowseToUrl { url });
         }
         match &self.session {
-            Some(s) => s.send(SessionCmd::Interactive),
-            None => self.respawn(LoginMode::Existing),
+            Some(s) => s.send(ControlCmd::Interactive),
+            None => self.respawn(RegisterAuth::None),
         }
     }
 
@@ -498,8 +573,8 @@ impl Backend {
     /// be done at control (`None`: nothing registered, done locally).
     ///
     /// # Errors
-    /// 500 if the state cannot be written.
-    pub fn begin_logout(&mut self) -> Result<Option<LogoutJob>, ApiError> {
+    /// [`BackendError::State`] if the state cannot be written.
+    pub fn begin_logout(&mut self) -> Result<Option<LogoutJob>, BackendError> {
         let p = self.store.current().clone();
         let Some(node_key) = p.node_key.clone().filter(|_| p.is_registered()) else {
             self.finish_logout(&p.id, Ok(()))?;
@@ -508,7 +583,7 @@ impl Backend {
         self.session = None;
         Ok(Some(LogoutJob {
             profile_id: p.id.clone(),
-            client: Arc::clone(&self.control),
+            control: self.control.clone(),
             url: p.prefs.control_url.clone(),
             machine_key: self.store.machine_key().clone(),
             pinned: p.control_key,
@@ -521,24 +596,19 @@ impl Backend {
     /// resumes as before.
     ///
     /// # Errors
-    /// 502 with the control error; 500 if the state cannot be written.
+    /// [`BackendError::ProfileChanged`], [`BackendError::LogoutFailed`] with the
+    /// control error; [`BackendError::State`] if the state cannot be written.
     pub fn finish_logout(
         &mut self,
         profile_id: &str,
         result: Result<(), String>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), BackendError> {
         if self.store.current().id != profile_id {
-            return Err(ApiError::new(
-                409,
-                "the profile changed while logging out; nothing was removed",
-            ));
+            return Err(BackendError::ProfileChanged);
         }
         if let Err(e) = result {
             self.ensure_session(false);
-            return Err(ApiError::new(
-                502,
-                format!("logout failed, the node is still logged in: {e}"),
-            ));
+            return Err(BackendError::LogoutFailed(e));
         }
         self.store
             .delete(profile_id, super::dataplane::unix_now().0)?;
@@ -554,8 +624,8 @@ impl Backend {
     /// `PUT profiles`: a new empty profile, now current.
     ///
     /// # Errors
-    /// 500 if the state cannot be written.
-    pub fn new_profile(&mut self) -> Result<ProfileSummary, ApiError> {
+    /// [`BackendError::State`] if the state cannot be written.
+    pub fn new_profile(&mut self) -> Result<ProfileSummary, BackendError> {
         self.store
             .create(Prefs::default(), super::dataplane::unix_now().0)?;
         self.load_profile();
@@ -568,8 +638,8 @@ impl Backend {
     /// `POST profiles/{id}`.
     ///
     /// # Errors
-    /// 404 for an unknown id; 500 if the state cannot be written.
-    pub fn switch_profile(&mut self, id: &str) -> Result<ProfileSummary, ApiError> {
+    /// [`BackendError::Profile`]: an unknown id, or the state cannot be written.
+    pub fn switch_profile(&mut self, id: &str) -> Result<ProfileSummary, BackendError> {
         if self.store.current().id != id {
             self.store.switch(id)?;
             self.load_profile();
@@ -583,8 +653,8 @@ impl Backend {
     /// `DELETE profiles/{id}` (no logout at control).
     ///
     /// # Errors
-    /// 404 for an unknown id; 500 if the state cannot be written.
-    pub fn delete_profile(&mut self, id: &str) -> Result<(), ApiError> {
+    /// [`BackendError::Profile`]: an unknown id, or the state cannot be written.
+    pub fn delete_profile(&mut self, id: &str) -> Result<(), BackendError> {
         if self.store.delete(id, super::dataplane::unix_now().0)? {
             self.load_profile();
             self.bus.send(Notify::Prefs {
@@ -605,28 +675,23 @@ impl Backend {
     /// Starts a disco ping to the peer at `ip`.
     ///
     /// # Errors
-    /// 404 if no peer has the address, 502 if it cannot be pinged.
+    /// [`BackendError::NoPeer`], [`BackendError::PeerUnusable`],
+    /// [`BackendError::PeerNotConnected`].
     pub fn start_ping(
         &self,
         ip: IpAddr,
         timeout: Duration,
-    ) -> Result<(String, oneshot::Receiver<weft_disco::PingOutcome>), ApiError> {
+    ) -> Result<(String, oneshot::Receiver<weft_disco::PingOutcome>), BackendError> {
         let Some(peer) = self.peer_by_ip(ip) else {
-            return Err(ApiError::not_found(format!("no peer has the address {ip}")));
+            return Err(BackendError::NoPeer(ip));
         };
         let name = peer.name.first_label().to_string();
         if !peer.is_usable_at(super::dataplane::unix_now()) {
-            return Err(ApiError::new(
-                502,
-                format!("{name} ({ip}) is expired or not authorized"),
-            ));
+            return Err(BackendError::PeerUnusable { name, ip });
         }
-        let rx = self.dp.ping(&peer.node_key, timeout).ok_or_else(|| {
-            ApiError::new(
-                502,
-                format!("{name} ({ip}) has no disco key yet (it has not connected to control)"),
-            )
-        })?;
+        let Some(rx) = self.dp.ping(&peer.node_key, timeout) else {
+            return Err(BackendError::PeerNotConnected { name, ip });
+        };
         Ok((name, rx))
     }
 
@@ -638,7 +703,7 @@ impl Backend {
         tracing::debug!(count = endpoints.len(), "Local endpoints changed");
         self.endpoints.clone_from(&endpoints);
         if let Some(s) = &self.session {
-            s.send(SessionCmd::Endpoints(endpoints));
+            s.send(ControlCmd::Endpoints(endpoints));
         }
     }
 
@@ -652,7 +717,7 @@ impl Backend {
         if self.store.current().prefs.run_ssh
             && let Some(s) = &self.session
         {
-            s.send(SessionCmd::HostInfo(self.host_info()));
+            s.send(ControlCmd::HostInfo(self.host_info()));
         }
     }
 
@@ -682,14 +747,15 @@ impl Backend {
             return;
         }
         let p = self.store.current();
-        let runnable =
-            p.prefs.want_running && (p.is_registered() || login_ok) && !self.rt.key_expired;
+        let runnable = p.prefs.want_running
+            && (p.is_registered() || login_ok)
+            && !self.rt.standing.key_expired();
         if runnable {
-            self.respawn(LoginMode::Existing);
+            self.respawn(RegisterAuth::None);
         }
     }
 
-    fn respawn(&mut self, login: LoginMode) {
+    fn respawn(&mut self, auth: RegisterAuth) {
         self.session = None;
         self.generation += 1;
         let p = self.store.current();
@@ -706,24 +772,34 @@ impl Backend {
             (Some(_), Some(old)) if p.is_registered() => Some(old.public()),
             _ => None,
         };
-        let spec = SessionSpec {
+        let spec = ControlSpec {
             generation: self.generation,
             url: p.prefs.control_url.clone(),
             machine_key: self.store.machine_key().clone(),
             pinned: p.control_key,
-            node_key,
-            old_node_key,
-            login,
-            interactive: self.rt.browse_requested,
-            want_map: p.prefs.want_running,
-            host_info: self.host_info(),
-            endpoints: self.endpoints.clone(),
-            disco_key: self.dp.disco_key(),
-            seed: rand::random(),
+            params: ClientParams {
+                node_key: node_key.public(),
+                old_node_key,
+                auth,
+                expiry: ExpiryRequest::Default,
+                ephemeral: false,
+                host_info: self.host_info(),
+                disco_key: self.dp.disco_key(),
+                endpoints: self.endpoints.clone(),
+                map: p.prefs.want_running,
+                interactive: matches!(
+                    self.rt.standing,
+                    Standing::LoggingIn {
+                        via: LoginVia::Interactive,
+                        ..
+                    }
+                ),
+            },
+            seed: weft_types::entropy::u64(),
         };
-        tracing::debug!(generation = self.generation, url = %spec.url, "Control session starting");
-        self.session = Some(session::spawn(
-            Arc::clone(&self.control),
+        tracing::debug!(generation = self.generation, url = %spec.url, "Control task starting");
+        self.session = Some(control::spawn(
+            self.control.clone(),
             spec,
             self.events_tx.clone(),
         ));
@@ -753,18 +829,18 @@ impl Backend {
         }
     }
 
-    fn on_session(&mut self, generation: u64, event: SessionEvent) {
+    fn on_session(&mut self, generation: u64, event: ControlEvent) {
         if generation != self.generation || self.session.is_none() {
             return;
         }
         match event {
-            SessionEvent::ServerKey(k) => {
+            ControlEvent::ServerKey(k) => {
                 tracing::info!(url = %self.store.current().prefs.control_url, key = %k, "Pinned the control server key");
                 if let Err(e) = self.store.update_current(|p| p.control_key = Some(k)) {
                     tracing::error!(error = %e, "Cannot save the pinned key");
                 }
             }
-            SessionEvent::Unreachable(msg) => {
+            ControlEvent::Unreachable(msg) => {
                 tracing::warn!(error = %msg, "Control unreachable; retrying");
                 self.rt.control_error = Some(msg.clone());
                 if self.state() != BackendState::Running && !self.rt.error_reported {
@@ -772,43 +848,68 @@ impl Backend {
                     self.bus.send(Notify::Error { message: msg });
                 }
             }
-            SessionEvent::Reachable => {
+            ControlEvent::Reachable => {
                 if self.rt.control_error.take().is_some() {
                     tracing::info!("Control reachable again");
                 }
             }
-            SessionEvent::AuthUrl { url, browse } => {
-                self.rt.auth_url = Some(url.clone());
-                self.rt.needs_auth = true;
-                if self.rt.login == Login::AuthKey {
-                    self.rt.login = Login::None;
-                }
+            ControlEvent::AuthUrl { url, browse } => {
+                self.rt.standing = match std::mem::take(&mut self.rt.standing) {
+                    Standing::LoggingIn {
+                        via: LoginVia::Interactive,
+                        key_expired,
+                        ..
+                    } => Standing::LoggingIn {
+                        via: LoginVia::Interactive,
+                        auth_url: Some(url.clone()),
+                        key_expired,
+                    },
+                    // An auth key login that control answers with a URL
+                    // needs the user after all.
+                    other => Standing::NeedsLogin {
+                        auth_url: Some(url.clone()),
+                        key_expired: other.key_expired(),
+                    },
+                };
                 if browse {
                     self.bus.send(Notify::BrowseToUrl { url });
                 }
             }
-            SessionEvent::Refused(message) => {
+            ControlEvent::Refused(message) => {
                 tracing::warn!(%message, "Registration refused");
-                self.rt.login = Login::None;
+                self.rt.standing = match std::mem::take(&mut self.rt.standing) {
+                    Standing::LoggingIn {
+                        auth_url,
+                        key_expired,
+                        ..
+                    } if auth_url.is_some() || key_expired => Standing::NeedsLogin {
+                        auth_url,
+                        key_expired,
+                    },
+                    Standing::LoggingIn { .. } => Standing::default(),
+                    other => other,
+                };
                 self.rt.error_reported = true;
                 self.bus.send(Notify::Error { message });
             }
-            SessionEvent::KeyExpired => {
+            ControlEvent::KeyExpired => {
                 tracing::warn!("Node key expired at control");
-                self.rt.key_expired = true;
-                self.rt.login = Login::None;
+                self.rt.standing = Standing::NeedsLogin {
+                    auth_url: self.rt.standing.auth_url().map(str::to_owned),
+                    key_expired: true,
+                };
                 self.rt.netmap = None;
                 self.dp.clear();
             }
-            SessionEvent::Registered(r) => self.on_registered(r),
-            SessionEvent::NetMap(nm) => self.on_netmap(nm),
+            ControlEvent::Registered(r) => self.on_registered(r),
+            ControlEvent::NetMap(nm) => self.on_netmap(nm),
         }
     }
 
     fn on_registered(&mut self, r: Registered) {
         self.rt.control_error = None;
         let new_key = self.rt.pending_key.take();
-        let was_login = self.rt.login != Login::None || new_key.is_some();
+        let was_login = matches!(self.rt.standing, Standing::LoggingIn { .. }) || new_key.is_some();
         let user = r.user.as_ref().map(|u| UserInfo {
             id: u.id,
             login_name: u.login_name.to_string(),
@@ -832,12 +933,9 @@ impl Backend {
             self.rt.netmap = None;
             self.dp.set_node_key(key.as_ref());
         }
-        self.rt.auth_url = None;
-        self.rt.needs_auth = false;
-        self.rt.key_expired = false;
-        self.rt.login = Login::None;
-        self.rt.browse_requested = false;
-        self.rt.machine_authorized = Some(r.machine_authorized);
+        self.rt.standing = Standing::Settled {
+            machine_authorized: Some(r.machine_authorized),
+        };
         tracing::info!(node = %r.node_id, authorized = r.machine_authorized, "Registered");
         if was_login {
             self.bus.send(Notify::LoginFinished);
@@ -846,15 +944,32 @@ impl Backend {
 
     fn on_netmap(&mut self, nm: Arc<NetMap>) {
         if nm.self_node.expired {
-            self.on_session(self.generation, SessionEvent::KeyExpired);
+            self.on_session(self.generation, ControlEvent::KeyExpired);
             return;
         }
         self.rt.control_error = None;
         // A map that says we are fine wins over an earlier "expired": right
         // after a re-authentication, control may still stream one map made
         // before it saw the new key.
-        self.rt.key_expired = false;
-        self.rt.machine_authorized = Some(nm.self_node.machine_authorized);
+        let authorized = nm.self_node.machine_authorized;
+        self.rt.standing = match std::mem::take(&mut self.rt.standing) {
+            Standing::Settled { .. } | Standing::NeedsLogin { auth_url: None, .. } => {
+                Standing::Settled {
+                    machine_authorized: Some(authorized),
+                }
+            }
+            Standing::NeedsLogin {
+                auth_url: Some(u), ..
+            } => Standing::NeedsLogin {
+                auth_url: Some(u),
+                key_expired: false,
+            },
+            Standing::LoggingIn { via, auth_url, .. } => Standing::LoggingIn {
+                via,
+                auth_url,
+                key_expired: false,
+            },
+        };
         if nm.self_node.machine_authorized {
             self.dp.apply_netmap(&nm);
         } else {

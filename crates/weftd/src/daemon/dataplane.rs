@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use weft_disco::PingOutcome;
 use weft_net::Engine;
-use weft_types::{DiscoPublic, NetMap, NodePrivate, NodePublic, UnixMillis};
+use weft_types::{DiscoPublic, NetMap, NodePrivate, NodePublic};
 use weft_wg::DeviceUpdate;
 
 use super::config::{Configurator, Plan};
@@ -55,24 +55,16 @@ pub trait DataPlane: Send + 'static {
     fn udp_drops(&self) -> UdpDrops {
         UdpDrops::default()
     }
-    /// Appends the data plane's metrics in Prometheus' text format.
-    fn metrics(&self, _out: &mut String) {}
+    /// Returns the data plane's counters for `GET metrics` (all zero for a
+    /// data plane that counts nothing).
+    fn metrics(&self) -> super::metrics::Snapshot {
+        super::metrics::Snapshot::default()
+    }
     /// Returns why the data plane stopped, if it did.
     fn failure(&self) -> Option<String>;
 }
 
-#[allow(clippy::disallowed_methods)] // the daemon is where time enters
-fn now() -> Instant {
-    Instant::now()
-}
-
-#[allow(clippy::disallowed_methods)] // the daemon is where time enters
-pub fn unix_now() -> UnixMillis {
-    let ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    UnixMillis(i64::try_from(ms).unwrap_or(i64::MAX))
-}
+pub use crate::clock::{now, unix_now};
 
 /// The real data plane.
 pub struct EngineDataPlane {
@@ -91,7 +83,7 @@ impl EngineDataPlane {
         engine: Engine<TailnetTunnel>,
         os: mpsc::UnboundedSender<AddrChange>,
     ) -> Self {
-        let filter = Arc::new(NodeFilter::new(rand::random()));
+        let filter = Arc::new(NodeFilter::new(weft_types::entropy::seed()));
         if !tunnel.set_hooks(Arc::clone(&filter) as Arc<dyn super::tunnel::PacketHooks>) {
             tracing::warn!(
                 "The tunnel already had packet hooks; the filter is not in the data path"
@@ -213,14 +205,13 @@ impl DataPlane for EngineDataPlane {
         self.tunnel.udp_drops()
     }
 
-    fn metrics(&self, out: &mut String) {
-        super::filter::render_metrics(
-            out,
-            &self.filter.stats(),
-            &self.tunnel.counters(),
-            &self.engine.stats(),
-        );
-        super::tunnel::render_udp_drop_metrics(out, &self.tunnel.udp_drops());
+    fn metrics(&self) -> super::metrics::Snapshot {
+        super::metrics::Snapshot {
+            filter: self.filter.stats(),
+            tunnel: self.tunnel.counters(),
+            engine: self.engine.stats(),
+            udp_drops: self.tunnel.udp_drops(),
+        }
     }
 
     fn failure(&self) -> Option<String> {

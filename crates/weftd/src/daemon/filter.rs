@@ -1,6 +1,6 @@
 //! [`NodeFilter`]: the stateful inbound filter of `weft-filter` in weftd's
 //! data path, and what reports on it (`weft status --json`'s `filter` field,
-//! the Prometheus text of `GET /localapi/v0/metrics`).
+//! the series of `GET /localapi/v0/metrics` in [`FILTER_SERIES`]).
 //!
 //! Where it sits (see [`super::tunnel`]): every decrypted packet a peer sent
 //! is judged by [`weft_filter::Filter::inbound_packet`] before it is written
@@ -25,20 +25,17 @@
 //! The per-packet path allocates nothing: the filter is allocation-free and
 //! the hooks are reached through a `OnceLock` (one atomic load).
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use weft_filter::{
-    CompiledFilter, Config, DropReason, Filter, FilterStats, Policy, SWEEP_INTERVAL,
-};
+use weft_filter::{CompiledFilter, Config, Filter, FilterStats, Policy, SWEEP_INTERVAL};
 use weft_localapi::FilterStatus;
-use weft_net::EngineStats;
 use weft_packet::IpPacket;
 use weft_types::NetMap;
 
-use super::tunnel::{PacketHooks, TunnelCounters};
+use super::metrics::{Kind, Series};
+use super::tunnel::PacketHooks;
 
 /// The node's inbound filter, as the tunnel's [`PacketHooks`].
 #[derive(Debug)]
@@ -181,170 +178,72 @@ pub fn status(
     }
 }
 
-/// The content type of Prometheus' text exposition format.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Appends the weftd metrics in Prometheus' text format: the filter's
-/// counters, the tunnel's packets and bytes, the engine's I/O counters.
-pub fn render_metrics(
-    out: &mut String,
-    filter: &FilterStats,
-    tunnel: &TunnelCounters,
-    engine: &EngineStats,
-) {
-    let mut m = Metrics(out);
-    m.head(
-        "weftd_filter_dropped_packets_total",
-        "counter",
-        "Inbound packets the filter dropped, by reason.",
-    );
-    for reason in DropReason::ALL {
-        m.labeled(
-            "weftd_filter_dropped_packets_total",
-            "reason",
-            reason.as_str(),
-            filter.dropped_for(reason),
-        );
-    }
-    m.one(
-        "weftd_filter_accepted_new_flows_total",
-        "counter",
-        "Inbound packets that opened a flow the policy allows.",
-        filter.accepted_new_flows,
-    );
-    m.one(
-        "weftd_filter_accepted_stateless_total",
-        "counter",
-        "Inbound one-off ICMP messages the policy allows.",
-        filter.accepted_stateless,
-    );
-    m.one(
-        "weftd_filter_flows",
-        "gauge",
-        "Flows tracked now.",
-        filter.flows,
-    );
-    m.one(
-        "weftd_filter_flows_revoked_total",
-        "counter",
-        "Inbound-opened flows cut by a policy change or shields-up.",
-        filter.flows_revoked,
-    );
-    m.one(
-        "weftd_filter_flows_evicted_total",
-        "counter",
-        "Flows evicted from a full table.",
-        filter.flows_evicted,
-    );
-    m.one(
-        "weftd_filter_flows_expired_total",
-        "counter",
-        "Flows removed after their idle timeout.",
-        filter.flows_expired,
-    );
-    m.one(
-        "weftd_filter_outbound_malformed_total",
-        "counter",
-        "Packets from TUN whose headers contradict each other, which the filter does not track (sent anyway).",
-        filter.outbound_malformed,
-    );
-    m.one(
-        "weftd_filter_rules",
-        "gauge",
-        "Rules in the installed packet filter.",
-        filter.rules as u64,
-    );
-    m.one(
-        "weftd_filter_shields_up",
-        "gauge",
-        "1 while shields are up.",
-        u64::from(filter.shields_up),
-    );
-    m.head(
-        "weftd_tunnel_packets_total",
-        "counter",
-        "IP packets through the tunnel: tx read from TUN, rx written to TUN.",
-    );
-    m.labeled(
-        "weftd_tunnel_packets_total",
-        "direction",
-        "tx",
-        tunnel.tx_packets,
-    );
-    m.labeled(
-        "weftd_tunnel_packets_total",
-        "direction",
-        "rx",
-        tunnel.rx_packets,
-    );
-    m.head(
-        "weftd_tunnel_bytes_total",
-        "counter",
-        "IP bytes through the tunnel (before encryption, after decryption).",
-    );
-    m.labeled(
-        "weftd_tunnel_bytes_total",
-        "direction",
-        "tx",
-        tunnel.tx_bytes,
-    );
-    m.labeled(
-        "weftd_tunnel_bytes_total",
-        "direction",
-        "rx",
-        tunnel.rx_bytes,
-    );
-    m.one(
-        "weftd_udp_received_datagrams_total",
-        "counter",
-        "UDP datagrams received (WireGuard and disco).",
-        engine.udp_recv_datagrams,
-    );
-    m.one(
-        "weftd_udp_sent_datagrams_total",
-        "counter",
-        "UDP datagrams sent in batches.",
-        engine.udp_send_datagrams,
-    );
-    m.one(
-        "weftd_udp_send_errors_total",
-        "counter",
-        "Batches that failed to send.",
-        engine.udp_send_errors,
-    );
-    m.one(
-        "weftd_tun_read_errors_total",
-        "counter",
-        "Malformed reads from TUN.",
-        engine.tun_read_errors,
-    );
-    m.one(
-        "weftd_tun_write_errors_total",
-        "counter",
-        "Batch writes to TUN that failed.",
-        engine.tun_write_errors,
-    );
-}
-
-struct Metrics<'a>(&'a mut String);
-
-impl Metrics<'_> {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
-        self.head(name, kind, help);
-        let _ = writeln!(self.0, "{name} {value}");
-    }
-    fn labeled(&mut self, name: &str, label: &str, value_of_label: &str, value: u64) {
-        let _ = writeln!(self.0, "{name}{{{label}=\"{value_of_label}\"}} {value}");
-    }
-}
+/// The filter's unlabelled series in weftd's metrics (the drops by reason
+/// are labelled; [`super::metrics`] renders them from
+/// [`FilterStats::dropped`], as [`status`] does).
+pub const FILTER_SERIES: &[Series<FilterStats>] = &[
+    Series {
+        name: "weftd_filter_accepted_new_flows_total",
+        kind: Kind::Counter,
+        help: "Inbound packets that opened a flow the policy allows.",
+        value: |f| f.accepted_new_flows,
+    },
+    Series {
+        name: "weftd_filter_accepted_stateless_total",
+        kind: Kind::Counter,
+        help: "Inbound one-off ICMP messages the policy allows.",
+        value: |f| f.accepted_stateless,
+    },
+    Series {
+        name: "weftd_filter_flows",
+        kind: Kind::Gauge,
+        help: "Flows tracked now.",
+        value: |f| f.flows,
+    },
+    Series {
+        name: "weftd_filter_flows_revoked_total",
+        kind: Kind::Counter,
+        help: "Inbound-opened flows cut by a policy change or shields-up.",
+        value: |f| f.flows_revoked,
+    },
+    Series {
+        name: "weftd_filter_flows_evicted_total",
+        kind: Kind::Counter,
+        help: "Flows evicted from a full table.",
+        value: |f| f.flows_evicted,
+    },
+    Series {
+        name: "weftd_filter_flows_expired_total",
+        kind: Kind::Counter,
+        help: "Flows removed after their idle timeout.",
+        value: |f| f.flows_expired,
+    },
+    Series {
+        name: "weftd_filter_outbound_malformed_total",
+        kind: Kind::Counter,
+        help: "Packets from TUN whose headers contradict each other, which the filter does not \
+               track (sent anyway).",
+        value: |f| f.outbound_malformed,
+    },
+    Series {
+        name: "weftd_filter_rules",
+        kind: Kind::Gauge,
+        help: "Rules in the installed packet filter.",
+        value: |f| f.rules as u64,
+    },
+    Series {
+        name: "weftd_filter_shields_up",
+        kind: Kind::Gauge,
+        help: "1 while shields are up.",
+        value: |f| u64::from(f.shields_up),
+    },
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+    use weft_filter::DropReason;
     use weft_types::filter::{DstPorts, FilterRule, PortRange};
 
     fn t0() -> Instant {
@@ -498,14 +397,16 @@ mod tests {
         assert_eq!(st.dropped_by_reason["not_allowed"], 1);
         assert_eq!(st.dropped_by_reason["malformed"], 1);
 
-        let mut text = String::new();
-        let tunnel = TunnelCounters {
-            tx_packets: 3,
-            tx_bytes: 300,
-            rx_packets: 2,
-            rx_bytes: 200,
-        };
-        render_metrics(&mut text, &s, &tunnel, &EngineStats::default());
+        let text = crate::daemon::metrics::render(&crate::daemon::metrics::Snapshot {
+            filter: s,
+            tunnel: crate::daemon::tunnel::TunnelCounters {
+                tx_packets: 3,
+                tx_bytes: 300,
+                rx_packets: 2,
+                rx_bytes: 200,
+            },
+            ..Default::default()
+        });
         assert!(
             text.contains("weftd_filter_dropped_packets_total{reason=\"not_allowed\"} 1\n"),
             "{text}"
@@ -514,7 +415,10 @@ mod tests {
         assert!(text.contains("weftd_tunnel_bytes_total{direction=\"rx\"} 200\n"));
         assert!(text.contains("# TYPE weftd_filter_flows gauge\n"));
         // Every sample line is `name{labels} value` or `name value`.
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("weftd_"), "{line}");
             value.parse::<u64>().unwrap();

@@ -3,9 +3,8 @@
 //!
 //! Modules, by owner (see [`backend`] for how they meet):
 //! * [`state_file`], [`profiles`]: the state file and the profiles in it;
-//! * [`control`], [`client`], [`session`]: the control client seam, its
-//!   implementation over `weft-client`, and the session task (register, map
-//!   stream, reconnect with backoff);
+//! * [`control`]: the control task over `weft-client`'s session (register,
+//!   map stream, reconnect with backoff, the wait for an interactive login);
 //! * [`backend`]: the coordinator and the backend state machine;
 //! * [`config`], [`dataplane`], [`tunnel`], [`netlink`], [`endpoints`]: the
 //!   data plane (incremental peer programming, disco, TUN addresses, our
@@ -19,16 +18,15 @@
 
 pub mod backend;
 pub mod bus;
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod endpoints;
 pub mod filter;
 pub mod localapi;
+pub mod metrics;
 pub mod netlink;
 pub mod profiles;
-pub mod session;
 pub mod ssh;
 pub mod ssh_check;
 pub mod state_file;
@@ -83,9 +81,8 @@ pub struct DaemonArgs {
     pub verbose: bool,
 }
 
-#[allow(clippy::disallowed_methods)] // the daemon is where time enters
 fn clocks() -> (Instant, SystemTime) {
-    (Instant::now(), SystemTime::now())
+    (crate::clock::now(), crate::clock::wall())
 }
 
 /// Runs the daemon until SIGINT/SIGTERM or a data-plane failure.
@@ -170,7 +167,7 @@ async fn run_async(
     let disco = Disco::new(
         disco_key,
         weft_types::NodePublic::from_bytes(placeholder.to_bytes()),
-        rand::random(),
+        weft_types::entropy::bytes(),
     );
     let tunnel = Arc::new(TailnetTunnel::new(Arc::clone(&device), disco));
     let engine = Engine::start(
@@ -195,10 +192,9 @@ async fn run_async(
     };
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let (handle, jobs) = Backend::mailbox();
-    let control: Arc<dyn control::ControlClient> = Arc::new(client::WeftClient::new());
     let backend = Backend::new(
         store,
-        control,
+        weft_client::ConnectOptions::default(),
         Box::new(dp),
         bus::Bus::new(),
         info,

@@ -175,7 +175,7 @@ impl ProfileStore {
 /// Returns a random 4-hex-digit id not in `taken`.
 fn new_id(taken: &[&str]) -> String {
     loop {
-        let id = format!("{:04x}", rand::random::<u16>());
+        let id = format!("{:04x}", weft_types::entropy::u16());
         if !taken.contains(&id.as_str()) {
             return id;
         }

@@ -7,8 +7,9 @@
 //!    once; the server shows it to the client in the keyboard-interactive
 //!    instruction text, which OpenSSH prints (a `BatchMode` client never
 //!    asks for keyboard-interactive, so it sees only "Permission denied");
-//! 2. opens a connection of its own to control ([`weft_client::ssh_check`])
-//!    and sends the check: the source node and its user from the netmap,
+//! 2. opens a connection of its own to control ([`weft_client::ssh_check`],
+//!    the same conversation and driver as the map stream's) and sends the
+//!    check: the source node and its user from the netmap,
 //!    the login, the rule's `checkPeriod` and how long we wait;
 //! 3. resolves the outcome when control answers: `accept` (approved by that
 //!    user, now or within the period) lets the login in, `reject`
@@ -185,10 +186,10 @@ impl CheckHook for ControlCheckHook {
             Ok(u) => u,
             Err(e) => return refused(format!("the control server URL is not usable: {e}")),
         };
-        let check_id = weft_client::check_id_from(rand::random());
+        let check_id = weft_client::check_id_from(weft_types::entropy::bytes());
         let auth_url = format!("{}/a/{check_id}", snap.url.trim_end_matches('/'));
         let request = SshCheckRequest {
-            request_id: rand::random(),
+            request_id: weft_types::entropy::u64(),
             node_key: snap.node_key,
             check_id,
             src_node: src.id,

@@ -286,8 +286,7 @@ impl TailnetTunnel {
             let mut d = self.disco();
             std::iter::from_fn(|| d.poll_event()).collect()
         };
-        #[allow(clippy::disallowed_methods)] // only ping results are drained here; no timing
-        let now = Instant::now();
+        let now = crate::clock::now();
         for e in events {
             self.handle_event(e, now);
         }
@@ -353,25 +352,6 @@ impl Tunnel for TailnetTunnel {
         if let Some(hooks) = self.hooks.get() {
             hooks.handle_timeout(now);
         }
-    }
-}
-
-/// Appends the UDP drop counters in Prometheus' text format:
-/// `weftd_udp_dropped_datagrams_total{proto="wireguard"|"disco",reason="…"}`.
-pub fn render_udp_drop_metrics(out: &mut String, drops: &UdpDrops) {
-    use std::fmt::Write as _;
-    const NAME: &str = "weftd_udp_dropped_datagrams_total";
-    let _ = writeln!(
-        out,
-        "# HELP {NAME} UDP datagrams dropped on receive, by protocol and reason \
-         (anything that is not disco counts as WireGuard).\n# TYPE {NAME} counter"
-    );
-    for (reason, n) in &drops.wireguard {
-        let reason = crate::wg::stats::reason_name(*reason);
-        let _ = writeln!(out, "{NAME}{{proto=\"wireguard\",reason=\"{reason}\"}} {n}");
-    }
-    for (reason, n) in &drops.disco {
-        let _ = writeln!(out, "{NAME}{{proto=\"disco\",reason=\"{reason}\"}} {n}");
     }
 }
 
@@ -574,8 +554,10 @@ mod tests {
         assert_eq!(d.wireguard[&DropReason::UnknownPeer], 1);
         assert_eq!(d.disco["unknown_sender"], 1);
         assert_eq!(d.total(), 3);
-        let mut text = String::new();
-        render_udp_drop_metrics(&mut text, &d);
+        let text = crate::daemon::metrics::render(&crate::daemon::metrics::Snapshot {
+            udp_drops: d,
+            ..Default::default()
+        });
         assert!(text.contains(
             "weftd_udp_dropped_datagrams_total{proto=\"wireguard\",reason=\"malformed\"} 1\n"
         ));

@@ -10,7 +10,11 @@ use weft_types::names::NameError;
 use weft_types::node::{HostInfoError, host_info_limits};
 use weft_types::{HostInfo, Tag};
 
-use super::backend::ApiError;
+/// A pref that breaks a limit; the message names the field, its flag and
+/// the limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidPrefs(pub String);
 
 /// The longest profile nickname, in bytes.
 pub const NICKNAME_MAX_LEN: usize = 64;
@@ -20,8 +24,8 @@ pub const CONTROL_URL_MAX_LEN: usize = 2048;
 /// Checks `prefs` before they are stored.
 ///
 /// # Errors
-/// A 400 naming the first field that breaks a limit.
-pub fn prefs(prefs: &Prefs) -> Result<(), ApiError> {
+/// [`InvalidPrefs`] naming the first field that breaks a limit.
+pub fn prefs(prefs: &Prefs) -> Result<(), InvalidPrefs> {
     text(
         "control_url (--login-server)",
         &prefs.control_url,
@@ -33,7 +37,7 @@ pub fn prefs(prefs: &Prefs) -> Result<(), ApiError> {
     // Counted before parsing: the HostInfo set would fold duplicates.
     let tags = &prefs.advertise_tags;
     if tags.len() > host_info_limits::REQUESTED_TAGS_MAX {
-        return Err(ApiError::bad_request(format!(
+        return Err(InvalidPrefs(format!(
             "advertise_tags (--advertise-tags) has {} entries; at most {} are allowed",
             tags.len(),
             host_info_limits::REQUESTED_TAGS_MAX
@@ -51,7 +55,7 @@ pub fn prefs(prefs: &Prefs) -> Result<(), ApiError> {
                     NameError::BadTag(v) => NameError::BadTag(truncated(&v)),
                     other => other,
                 };
-                return Err(ApiError::bad_request(format!(
+                return Err(InvalidPrefs(format!(
                     "advertise_tags (--advertise-tags): {e}"
                 )));
             }
@@ -67,15 +71,15 @@ pub fn prefs(prefs: &Prefs) -> Result<(), ApiError> {
 }
 
 /// Refuses `value` longer than `max` bytes or holding control characters.
-fn text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+fn text(field: &str, value: &str, max: usize) -> Result<(), InvalidPrefs> {
     if value.len() > max {
-        return Err(ApiError::bad_request(format!(
+        return Err(InvalidPrefs(format!(
             "{field} is {} bytes long; at most {max} are allowed",
             value.len()
         )));
     }
     if value.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!(
+        return Err(InvalidPrefs(format!(
             "{field} contains control characters (terminal escapes, newlines); use printable text"
         )));
     }
@@ -91,8 +95,8 @@ fn pref_name(field: &str) -> &str {
     }
 }
 
-fn host_info_error(e: &HostInfoError) -> ApiError {
-    ApiError::bad_request(match e {
+fn host_info_error(e: &HostInfoError) -> InvalidPrefs {
+    InvalidPrefs(match e {
         HostInfoError::TooLong { field, len, max } => format!(
             "{} is {len} bytes long; at most {max} are allowed",
             pref_name(field)
@@ -121,9 +125,11 @@ fn truncated(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::backend::BackendError;
+    use crate::daemon::localapi::ApiError;
 
     fn refused(p: &Prefs) -> String {
-        let e = prefs(p).unwrap_err();
+        let e = ApiError::from(BackendError::from(prefs(p).unwrap_err()));
         assert_eq!(e.status, 400);
         e.message
     }

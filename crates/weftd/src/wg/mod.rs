@@ -12,7 +12,6 @@ pub mod uapi;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -43,10 +42,7 @@ pub struct WgArgs {
     pub foreground: bool,
 }
 
-#[allow(clippy::disallowed_methods)] // the daemon is where time enters
-fn now() -> Instant {
-    Instant::now()
-}
+use crate::clock::now;
 
 /// Runs the device until SIGINT/SIGTERM (Ok) or a data-plane failure (Err).
 ///
@@ -76,8 +72,7 @@ pub fn run(args: &WgArgs) -> anyhow::Result<()> {
         },
         ..TunConfig::new(&args.iface)
     })?;
-    #[allow(clippy::disallowed_methods)] // wall clock for "latest handshake"
-    let device = Arc::new(Device::new(now(), SystemTime::now()));
+    let device = Arc::new(Device::new(now(), crate::clock::wall()));
     let engine = Engine::start(Arc::clone(&device), tun, EngineConfig::default())?;
     let control = Arc::new(Control::new(device, engine));
 

@@ -30,8 +30,7 @@ fn in_netns(f: impl FnOnce() + Send + 'static) {
 
 fn control(name: &str) -> Control {
     let tun = Tun::create(&TunConfig::new(name)).unwrap();
-    #[allow(clippy::disallowed_methods)] // wall clock, as in `run`
-    let device = Arc::new(Device::new(now(), SystemTime::now()));
+    let device = Arc::new(Device::new(now(), crate::clock::wall()));
     let engine = Engine::start(Arc::clone(&device), tun, EngineConfig::default()).unwrap();
     Control::new(device, engine)
 }

@@ -5,6 +5,7 @@
 mod daemon_process;
 mod policy_e2e;
 mod ssh_check_e2e;
+mod ssh_common;
 mod ssh_e2e;
 mod tailnet_e2e;
 mod wg_interop;

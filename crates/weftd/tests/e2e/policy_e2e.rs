@@ -278,6 +278,7 @@ impl Scenario<'_> {
         let policy = self
             .control
             .admin(["policy", "get"])
+            .run()
             .map(|o| o.stdout)
             .unwrap_or_else(|e| e.to_string());
         format!(
@@ -301,7 +302,8 @@ impl Scenario<'_> {
     fn explain(&self, src: &str, dst: &str) -> anyhow::Result<(bool, String)> {
         let out = self
             .control
-            .admin_unchecked(["policy", "explain", "--src", src, "--dst", dst])?;
+            .admin(["policy", "explain", "--src", src, "--dst", dst])
+            .run_unchecked()?;
         let text = format!("{}{}", out.stdout, out.stderr);
         match out.status.code() {
             Some(0) => Ok((true, text)),
@@ -321,7 +323,10 @@ fn scenario(lab: &Lab) -> anyhow::Result<Scenario<'_>> {
     control.set_policy(POLICY)?;
     let user_key = |u: &str| control.create_key(u, &KeyOptions::default());
     let (alice_key, bob_key) = (user_key("alice@example.com")?, user_key("bob@example.com")?);
-    let server_key = control.admin_json(["keys", "create", "--tags", "tag:server"])?["secret"]
+    let server_key: serde_json::Value = control
+        .admin(["keys", "create", "--tags", "tag:server", "--json"])
+        .json()?;
+    let server_key = server_key["secret"]
         .as_str()
         .context("keys create: no secret")?
         .to_owned();
@@ -513,7 +518,8 @@ fn a_policy_whose_tests_fail_is_refused_and_the_old_one_keeps_working() -> anyho
             std::fs::write(&path, POLICY_FAILING_TESTS)?;
             let out = s
                 .control
-                .admin_unchecked(["policy", "set", &path.display().to_string()])?;
+                .admin(["policy", "set", &path.display().to_string()])
+                .run_unchecked()?;
             let text = format!("{}{}", out.stdout, out.stderr);
             ensure!(
                 !out.status.success(),
@@ -525,7 +531,7 @@ fn a_policy_whose_tests_fail_is_refused_and_the_old_one_keeps_working() -> anyho
             );
             ensure!(text.contains("old policy stays in force"), "{text}");
 
-            let current = s.control.admin(["policy", "get"])?.stdout;
+            let current = s.control.admin(["policy", "get"]).run()?.stdout;
             ensure!(
                 current.contains("tag:server:22,80\""),
                 "policy get after the refusal: {current}"
@@ -552,26 +558,9 @@ fn with_shields_up_a_node_reaches_its_peers_but_no_peer_opens_a_connection_to_it
     let nodes = net.join(&control, &["a", "b"])?;
     let (a, b) = (&nodes[0], &nodes[1]);
     // c comes up with shields already up.
-    let key = control.create_key(
-        "alice",
-        &KeyOptions {
-            reusable: true,
-            ..KeyOptions::default()
-        },
-    )?;
+    let key = control.create_key("alice", &KeyOptions::reusable())?;
     let c = &net.node("c")?;
-    c.weft_ok([
-        "up",
-        "--login-server",
-        &control.url(),
-        "--authkey",
-        &key,
-        "--hostname",
-        "c",
-        "--shields-up",
-        "--timeout",
-        "30s",
-    ])?;
+    c.up(&control, &key).arg("--shields-up").run()?;
     for (n, others) in [(a, ["b", "c"]), (b, ["a", "c"]), (c, ["a", "b"])] {
         n.wait_peers(&others, PROPAGATION)?;
     }
@@ -595,7 +584,7 @@ fn with_shields_up_a_node_reaches_its_peers_but_no_peer_opens_a_connection_to_it
 
             // a raises shields with `set`, and lowers them again.
             wait_reach(b, a_at, true)?;
-            a.weft_ok(["set", "--shields-up"])?;
+            a.weft(["set", "--shields-up"]).run()?;
             let raised = now();
             wait_reach(b, a_at, false)?;
             eprintln!("shields up on a: b refused after {:?}", raised.elapsed());
@@ -605,7 +594,7 @@ fn with_shields_up_a_node_reaches_its_peers_but_no_peer_opens_a_connection_to_it
                 dropped(a, "shields_up")? >= 1,
                 "a counted no shields_up drop"
             );
-            a.weft_ok(["set", "--shields-up=false"])?;
+            a.weft(["set", "--shields-up=false"]).run()?;
             wait_reach(b, a_at, true)?;
             Ok(())
         },

@@ -17,12 +17,11 @@
 use std::time::Duration;
 
 use anyhow::ensure;
-use weft_lab::tailnet::{Binaries, Control, KeyOptions, Node, NodeOptions, Tailnet, peer};
-use weft_lab::{Lab, Output, Process, e2e_lab, wait_for, with_diagnostics};
+use weft_lab::tailnet::{Control, Node, NodeOptions, Tailnet};
+use weft_lab::{Lab, Process, e2e_lab, wait_for, with_diagnostics};
 
-const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
-const SECS: fn(u64) -> Duration = Duration::from_secs;
-const ALICE: &str = "alice@example.com";
+use crate::ssh_common::{self, ALICE, SECS, alice_key, ok, tailnet_and_control, wait_ssh_ready};
+
 const BOB: &str = "bob@example.com";
 
 macro_rules! lab {
@@ -64,43 +63,12 @@ impl Net<'_> {
     }
 }
 
-fn up(node: &Node, control: &Control, key: &str, extra: &[&str]) -> anyhow::Result<()> {
-    let url = control.url();
-    let mut args = vec![
-        "up",
-        "--login-server",
-        &url,
-        "--authkey",
-        key,
-        "--hostname",
-        node.name(),
-        "--timeout",
-        "30s",
-    ];
-    args.extend(extra);
-    node.weft_ok(args)?;
-    Ok(())
-}
-
 /// Control with the check policy, `a` (alice's) and `b` (`tag:server`, `--ssh`, waiting at most
 /// `check_timeout` for an approval); returns once `a` has `b`'s host keys and `b` listens on 22.
 fn tailnet(lab: &Lab, check_timeout: Duration) -> anyhow::Result<Net<'_>> {
-    let tailnet = Tailnet::with_binaries(lab, Binaries::discover()?.with_weftd(WEFTD))?;
-    let control = tailnet.control("ctl")?;
-    control.create_user(ALICE)?;
-    control.create_user(BOB)?;
-    control.set_policy(POLICY)?;
-    let key = |tags: &[&str]| {
-        control.create_key(
-            ALICE,
-            &KeyOptions {
-                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-                ..KeyOptions::default()
-            },
-        )
-    };
+    let (tailnet, control) = tailnet_and_control(lab, &[ALICE, BOB], POLICY)?;
     let a = tailnet.node("a")?;
-    up(&a, &control, &key(&[])?, &[])?;
+    a.up(&control, &alice_key(&control, &[])?).run()?;
     let env = vec![(
         "WEFTD_SSH_CHECK_TIMEOUT".to_owned(),
         check_timeout.as_secs().to_string(),
@@ -112,27 +80,16 @@ fn tailnet(lab: &Lab, check_timeout: Duration) -> anyhow::Result<Net<'_>> {
             ..NodeOptions::default()
         },
     )?;
-    up(&b, &control, &key(&["tag:server"])?, &["--ssh"])?;
+    b.up(&control, &alice_key(&control, &["tag:server"])?)
+        .arg("--ssh")
+        .run()?;
     let net = Net {
         tailnet,
         control,
         a,
         b,
     };
-    with_diagnostics(
-        || {
-            let keys = |v: &serde_json::Value| {
-                peer(v, "b")
-                    .and_then(|p| p["ssh_host_keys"].as_array())
-                    .map_or(0, Vec::len)
-            };
-            net.a
-                .wait_status(SECS(30), "b's SSH host keys", |v| keys(v) >= 2)?;
-            net.b.netns().wait_tcp_listen(22, SECS(20))?;
-            Ok(())
-        },
-        || net.report(),
-    )?;
+    with_diagnostics(|| wait_ssh_ready(&net.a, &net.b), || net.report())?;
     Ok(net)
 }
 
@@ -142,30 +99,12 @@ fn tailnet(lab: &Lab, check_timeout: Duration) -> anyhow::Result<Net<'_>> {
 /// file `weft ssh` writes; no `BatchMode`, which would skip the keyboard-interactive round
 /// where the URL is shown).
 fn weft_ssh(net: &Net<'_>, client: &LocalAccount, target: &str, remote: &str) -> weft_lab::Cmd {
-    let home = client.home.display().to_string();
-    let weft = net.tailnet.binaries().weft.display().to_string();
-    net.a
-        .netns()
-        .command("setpriv")
-        .args([
-            "--reuid",
-            &client.name,
-            "--regid",
-            &client.name,
-            "--init-groups",
-            "--",
-        ])
-        .arg(&weft)
-        .args(["--socket", &net.a.socket().display().to_string(), "ssh"])
-        .arg(format!("{target}@b"))
-        .arg(remote)
-        .env("HOME", &home)
-        .env("USER", &client.name)
-        .env("LOGNAME", &client.name)
-        .env("XDG_CONFIG_HOME", format!("{home}/.config"))
-        .env("SSH_AUTH_SOCK", "")
-        .env("WEFT_SSH", "/usr/bin/ssh")
-        .timeout(SECS(60))
+    ssh_common::weft_ssh(
+        &net.tailnet,
+        &net.a,
+        client,
+        &[&format!("{target}@b"), remote],
+    )
 }
 
 /// Returns the check id in the first `/a/<32 hex>` URL of `text`.
@@ -188,17 +127,6 @@ fn wait_url(p: &Process) -> anyhow::Result<String> {
         );
         Ok(check_id(&p.log()))
     })?)
-}
-
-fn ok(out: &Output, what: &str) -> anyhow::Result<()> {
-    ensure!(
-        out.status.success(),
-        "{what}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    Ok(())
 }
 
 // ---- the scenarios -------------------------------------------------------------------------
@@ -224,7 +152,8 @@ fn check_holds_the_login_until_its_user_approves_and_a_second_login_within_the_p
             // Bob cannot approve alice's login; ssh keeps waiting.
             let bob = net
                 .control
-                .admin_unchecked(["nodes", "approve", &id, "--user", BOB])?;
+                .admin(["nodes", "approve", &id, "--user", BOB])
+                .run_unchecked()?;
             ensure!(
                 !bob.status.success(),
                 "bob's approval was accepted: {bob:?}"
@@ -241,7 +170,8 @@ fn check_holds_the_login_until_its_user_approves_and_a_second_login_within_the_p
             );
 
             net.control
-                .admin(["nodes", "approve", &id, "--user", ALICE])?;
+                .admin(["nodes", "approve", &id, "--user", ALICE])
+                .run()?;
             let status = held.wait_exit(SECS(30))?;
             let log = held.log();
             ensure!(
@@ -298,7 +228,8 @@ fn a_check_nobody_approves_is_refused_after_the_bound() -> anyhow::Result<()> {
             // Too late to approve now.
             let late = net
                 .control
-                .admin_unchecked(["nodes", "approve", &id, "--user", ALICE])?;
+                .admin(["nodes", "approve", &id, "--user", ALICE])
+                .run_unchecked()?;
             ensure!(
                 !late.status.success(),
                 "a late approval was accepted: {late:?}"

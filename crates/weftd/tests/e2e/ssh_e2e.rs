@@ -18,15 +18,14 @@
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use weft_lab::tailnet::{Binaries, Control, KeyOptions, Node, Tailnet, peer};
+use weft_lab::tailnet::{Control, Node, Tailnet};
 use weft_lab::{Lab, Output, Process, e2e_lab, wait_for, wait_until, with_diagnostics};
 
-const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
-const SECS: fn(u64) -> Duration = Duration::from_secs;
-const ALICE: &str = "alice@example.com";
+use crate::ssh_common::{
+    self, ALICE, SECS, alice_key, as_user, host_keys, ok, tailnet_and_control, wait_ssh_ready,
+};
 
 macro_rules! lab {
     () => {
@@ -98,47 +97,18 @@ impl Net<'_> {
     }
 }
 
-fn up(node: &Node, control: &Control, key: &str, extra: &[&str]) -> anyhow::Result<()> {
-    let url = control.url();
-    let mut args = vec![
-        "up",
-        "--login-server",
-        &url,
-        "--authkey",
-        key,
-        "--hostname",
-        node.name(),
-        "--timeout",
-        "30s",
-    ];
-    args.extend(extra);
-    node.weft_ok(args)?;
-    Ok(())
-}
-
 /// Control with `policy`, `a` (alice's), `b` (`tag:server`, `--ssh`) and, if asked, `c`
 /// (`tag:ci`); returns once `a` has `b`'s host keys and `b` listens on 22.
 fn tailnet<'l>(lab: &'l Lab, policy: &str, with_c: bool) -> anyhow::Result<Net<'l>> {
-    let tailnet = Tailnet::with_binaries(lab, Binaries::discover()?.with_weftd(WEFTD))?;
-    let control = tailnet.control("ctl")?;
-    control.create_user(ALICE)?;
-    control.set_policy(policy)?;
-    let key = |tags: &[&str]| {
-        control.create_key(
-            ALICE,
-            &KeyOptions {
-                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-                ..KeyOptions::default()
-            },
-        )
-    };
+    let (tailnet, control) = tailnet_and_control(lab, &[ALICE], policy)?;
+    let key = |tags: &[&str]| alice_key(&control, tags);
     let a = tailnet.node("a")?;
-    up(&a, &control, &key(&[])?, &[])?;
+    a.up(&control, &key(&[])?).run()?;
     let b = tailnet.node("b")?;
-    up(&b, &control, &key(&["tag:server"])?, &["--ssh"])?;
+    b.up(&control, &key(&["tag:server"])?).arg("--ssh").run()?;
     let c = if with_c {
         let c = tailnet.node("c")?;
-        up(&c, &control, &key(&["tag:ci"])?, &[])?;
+        c.up(&control, &key(&["tag:ci"])?).run()?;
         Some(c)
     } else {
         None
@@ -152,14 +122,8 @@ fn tailnet<'l>(lab: &'l Lab, policy: &str, with_c: bool) -> anyhow::Result<Net<'
         c,
         b_ip,
     };
-    with_diagnostics(|| wait_ssh_ready(&net), || net.report())?;
+    with_diagnostics(|| wait_ssh_ready(&net.a, &net.b), || net.report())?;
     Ok(net)
-}
-
-fn host_keys(status: &serde_json::Value, name: &str) -> usize {
-    peer(status, name)
-        .and_then(|p| p["ssh_host_keys"].as_array())
-        .map_or(0, Vec::len)
 }
 
 /// The local addresses of TCP listeners on port 22 in `node`'s namespace, sorted.
@@ -172,15 +136,6 @@ fn ssh_listeners(node: &Node) -> anyhow::Result<Vec<String>> {
         .collect();
     v.sort();
     Ok(v)
-}
-
-fn wait_ssh_ready(net: &Net<'_>) -> anyhow::Result<()> {
-    net.a
-        .wait_status(SECS(30), "b's SSH host keys (ed25519 + ecdsa)", |v| {
-            host_keys(v, "b") >= 2
-        })?;
-    net.b.netns().wait_tcp_listen(22, SECS(20))?;
-    Ok(())
 }
 
 // ---- running the client ----------------------------------------------------------------------
@@ -203,31 +158,6 @@ fn ssh_opts(client: &LocalAccount) -> Vec<String> {
     .into_iter()
     .flat_map(|o| ["-o".to_owned(), o])
     .collect()
-}
-
-/// `program args…` on `node` as `client` (exec'd by setpriv, so the PID is the program's), with
-/// the account's HOME and no agent unless the caller sets `SSH_AUTH_SOCK` again.
-fn as_user(node: &Node, client: &LocalAccount, program: &str, args: &[String]) -> weft_lab::Cmd {
-    let home = client.home.display().to_string();
-    node.netns()
-        .command("setpriv")
-        .args([
-            "--reuid",
-            &client.name,
-            "--regid",
-            &client.name,
-            "--init-groups",
-            "--",
-        ])
-        .arg(program)
-        .args(args)
-        .env("HOME", &home)
-        .env("USER", &client.name)
-        .env("LOGNAME", &client.name)
-        .env("XDG_CONFIG_HOME", format!("{home}/.config"))
-        .env("SSH_AUTH_SOCK", "")
-        .env("TERM", "xterm")
-        .timeout(SECS(60))
 }
 
 /// `ssh <opts> <extra> user@b <remote…>` from `a` as `client`.
@@ -269,27 +199,7 @@ fn ssh(
 
 /// `weft ssh` on `a` as `client` (so that known_hosts lands in the client's home).
 fn weft_ssh(net: &Net<'_>, client: &LocalAccount, args: &[&str]) -> anyhow::Result<Output> {
-    let weft = net._tailnet.binaries().weft.display().to_string();
-    let mut argv = vec![
-        "--socket".to_owned(),
-        net.a.socket().display().to_string(),
-        "ssh".into(),
-    ];
-    argv.extend(args.iter().map(|s| (*s).to_owned()));
-    Ok(as_user(&net.a, client, &weft, &argv)
-        .env("WEFT_SSH", "/usr/bin/ssh")
-        .run_unchecked()?)
-}
-
-fn ok(out: &Output, what: &str) -> anyhow::Result<()> {
-    ensure!(
-        out.status.success(),
-        "{what}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    Ok(())
+    Ok(ssh_common::weft_ssh(&net._tailnet, &net.a, client, args).run_unchecked()?)
 }
 
 fn sha256(path: &Path) -> anyhow::Result<String> {
@@ -389,7 +299,7 @@ fn weft_ssh_logs_in_with_no_keys_and_strict_host_keys_from_the_netmap() -> anyho
             ensure!(!client.path(".ssh").exists(), "the client has a ~/.ssh");
 
             // Over IPv6 too (b listens on both of its tailnet addresses, and on nothing else).
-            let b6 = net.b.weft_ok(["ip", "-6"])?.stdout.trim().to_owned();
+            let b6 = net.b.weft(["ip", "-6"]).run()?.stdout.trim().to_owned();
             let out = weft_ssh(&net, &client, &[&format!("{}@{b6}", target.name), "id -un"])?;
             ok(&out, "weft ssh over IPv6")?;
             ensure!(out.stdout.trim() == target.name, "{out:?}");
@@ -880,21 +790,21 @@ fn garbage_long_names_and_channel_floods_hit_limits_and_ssh_off_closes_the_port(
             ensure!(net.b.backend_state()? == "running", "b is not running");
 
             // --ssh off closes the port (and unpublishes the keys); on again serves again.
-            net.b.weft_ok(["set", "--ssh=false"])?;
+            net.b.weft(["set", "--ssh=false"]).run()?;
             wait_until(SECS(20), "port 22 to close", || {
                 Ok(net.a.netns().tcp_connect(port22, SECS(2)).is_err())
             })?;
             net.a
                 .wait_status(SECS(30), "b's host keys to go", |v| host_keys(v, "b") == 0)?;
-            net.b.weft_ok(["set", "--ssh"])?;
-            wait_ssh_ready(&net)?;
+            net.b.weft(["set", "--ssh"]).run()?;
+            wait_ssh_ready(&net.a, &net.b)?;
             ok(
                 &ssh(&net, &client, t, &[], &["true"])?,
                 "ssh after --ssh on again",
             )?;
 
             // `weft down` stops the server too (the listeners go, not just the tunnel).
-            net.b.weft_ok(["down"])?;
+            net.b.weft(["down"]).run()?;
             wait_until(SECS(20), "b's SSH listeners to go after down", || {
                 Ok(ssh_listeners(&net.b)?.is_empty())
             })?;
@@ -917,15 +827,13 @@ fn own_nodes_policy() -> String {
 
 /// Control with [`own_nodes_policy`], alice's `a` running `--ssh` and alice's `b` (a peer).
 fn own_nodes_tailnet(lab: &Lab) -> anyhow::Result<(Tailnet<'_>, Control, Node, Node)> {
-    let tailnet = Tailnet::with_binaries(lab, Binaries::discover()?.with_weftd(WEFTD))?;
-    let control = tailnet.control("ctl")?;
-    control.create_user(ALICE)?;
-    control.set_policy(&own_nodes_policy())?;
-    let key = || control.create_key(ALICE, &KeyOptions::default());
+    let (tailnet, control) = tailnet_and_control(lab, &[ALICE], &own_nodes_policy())?;
     let a = tailnet.node("a")?;
-    up(&a, &control, &key()?, &["--ssh"])?;
+    a.up(&control, &alice_key(&control, &[])?)
+        .arg("--ssh")
+        .run()?;
     let b = tailnet.node("b")?;
-    up(&b, &control, &key()?, &[])?;
+    b.up(&control, &alice_key(&control, &[])?).run()?;
     a.netns().wait_tcp_listen(22, SECS(20))?;
     Ok((tailnet, control, a, b))
 }
@@ -969,7 +877,7 @@ fn a_local_user_cannot_become_root_or_another_user_through_the_nodes_own_address
     with_diagnostics(
         || {
             let a4: std::net::IpAddr = a.ip4()?.into();
-            let a6: std::net::IpAddr = a.weft_ok(["ip", "-6"])?.stdout.trim().parse()?;
+            let a6: std::net::IpAddr = a.weft(["ip", "-6"]).run()?.stdout.trim().parse()?;
             let kh = local.write("self_known_hosts", b"")?;
             let as_local = |login: &str| -> anyhow::Result<Output> {
                 let mut args = self_ssh_opts(&kh);

@@ -104,7 +104,7 @@ fn three_nodes_join_with_a_pre_auth_key_and_reach_each_other_every_way() -> anyh
                 (&nodes[1], &nodes[2]),
                 (&nodes[2], &nodes[0]),
             ] {
-                let out = a.weft_ok(["ping", "-c", "2", b.name()])?;
+                let out = a.weft(["ping", "-c", "2", b.name()]).run()?;
                 let want = format!("via {}:", b.underlay_addr());
                 ensure!(
                     out.stdout.contains(&format!("pong from {}", b.name()))
@@ -121,6 +121,55 @@ fn three_nodes_join_with_a_pre_auth_key_and_reach_each_other_every_way() -> anyh
             Ok(())
         },
         || report(&control, &refs),
+    )
+}
+
+/// A new node's first packet to a peer used to wait 5 s: its handshake initiation reached the
+/// peer before the peer's netmap named the new key, was dropped, and WireGuard retries only after
+/// REKEY_TIMEOUT. The peer now answers a remembered initiation as soon as the key is configured.
+#[test]
+fn a_new_nodes_first_ping_is_answered_at_once_not_after_a_handshake_retry() -> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    let first = net.join(&control, &["n1"])?;
+    let n1 = &first[0];
+    let key = control.create_key(
+        "alice",
+        &KeyOptions {
+            reusable: true,
+            ..KeyOptions::default()
+        },
+    )?;
+    let n2 = net.node("n2")?;
+    with_diagnostics(
+        || {
+            let ip1 = n1.ip4()?;
+            n2.up_with_key(&control, &key)?;
+            #[allow(clippy::disallowed_methods)] // the test measures elapsed wall time
+            let started = std::time::Instant::now();
+            // One echo every 0.2 s until the first reply, for at most 4 s (the old retry came at 5 s).
+            let out = n2
+                .netns()
+                .command("ping")
+                .args(["-n", "-i", "0.2", "-c", "1", "-w", "4", &ip1.to_string()])
+                .timeout(SECS(10))
+                .run_unchecked()?;
+            let took = started.elapsed();
+            ensure!(
+                out.stdout.contains("1 received"),
+                "no reply within 4 s of `weft up`: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            ensure!(
+                took < Duration::from_millis(1500),
+                "the first reply took {took:?}"
+            );
+            eprintln!("first ping answered {took:?} after `weft up` returned");
+            Ok(())
+        },
+        || report(&control, &[n1, &n2]),
     )
 }
 
@@ -164,13 +213,7 @@ fn a_node_deleted_at_control_vanishes_from_its_peers_and_its_traffic_stops() -> 
 /// The reusable key of user `alice` on `control`.
 fn alice_key(control: &Control) -> anyhow::Result<String> {
     control.ensure_user("alice")?;
-    Ok(control.create_key(
-        "alice",
-        &KeyOptions {
-            reusable: true,
-            ..KeyOptions::default()
-        },
-    )?)
+    Ok(control.create_key("alice", &KeyOptions::reusable())?)
 }
 
 #[test]
@@ -184,7 +227,7 @@ fn an_interactive_login_prints_a_url_and_succeeds_once_an_admin_approves_it() ->
     with_diagnostics(
         || {
             let up = node
-                .weft_cmd([
+                .weft([
                     "up",
                     "--login-server",
                     &control.url(),
@@ -241,7 +284,7 @@ fn a_node_whose_key_expired_loses_traffic_says_so_and_force_reauth_brings_it_bac
                 Ok(!pings(e1, ip2.into()))
             })?;
             e2.wait_state("needs_login", SECS(10))?;
-            let text = e2.weft(["status"])?;
+            let text = e2.weft(["status"]).run_unchecked()?;
             ensure!(
                 !text.status.success() && text.stdout.contains("log in again"),
                 "weft status on an expired node: {} {}{}",
@@ -250,7 +293,7 @@ fn a_node_whose_key_expired_loses_traffic_says_so_and_force_reauth_brings_it_bac
                 text.stderr
             );
             let key = alice_key(&control)?;
-            e2.weft_ok([
+            e2.weft([
                 "up",
                 "--force-reauth",
                 "--login-server",
@@ -261,7 +304,8 @@ fn a_node_whose_key_expired_loses_traffic_says_so_and_force_reauth_brings_it_bac
                 "e2",
                 "--timeout",
                 "30s",
-            ])?;
+            ])
+            .run()?;
             e2.wait_state("running", SECS(10))?;
             let ip2 = e2.ip4()?;
             e1.wait_peers_online(&["e2"], SECS(20))?;
@@ -348,12 +392,12 @@ fn weftd_keeps_ips_keys_profiles_and_down_across_kill_9_and_a_deleted_state_is_a
             let ip1 = k1.ip4()?;
             let prefs = |n: &Node| -> anyhow::Result<serde_json::Value> {
                 Ok(serde_json::from_str(
-                    &n.weft_ok(["debug", "prefs"])?.stdout,
+                    &n.weft(["debug", "prefs"]).run()?.stdout,
                 )?)
             };
             let profiles = |n: &Node| -> anyhow::Result<serde_json::Value> {
                 Ok(serde_json::from_str(
-                    &n.weft_ok(["switch", "--list", "--json"])?.stdout,
+                    &n.weft(["switch", "--list", "--json"]).run()?.stdout,
                 )?)
             };
             let (prefs_before, profiles_before) = (prefs(k1)?, profiles(k1)?);
@@ -374,7 +418,7 @@ fn weftd_keeps_ips_keys_profiles_and_down_across_kill_9_and_a_deleted_state_is_a
             k2.netns().wait_ping(ip1.into(), SECS(15))?;
 
             // `down` is sticky.
-            k1.weft_ok(["down"])?;
+            k1.weft(["down"]).run()?;
             k1.wait_state("stopped", SECS(10))?;
             k1.restart()?;
             ensure!(
@@ -383,7 +427,9 @@ fn weftd_keeps_ips_keys_profiles_and_down_across_kill_9_and_a_deleted_state_is_a
             );
             ensure!(!pings(k2, ip1.into()), "k1 answers while down");
             // A disco ping to a peer that is down times out (504 from the LocalAPI).
-            let out = k2.weft(["ping", "-c", "1", "--timeout", "2s", &ip1.to_string()])?;
+            let out = k2
+                .weft(["ping", "-c", "1", "--timeout", "2s", &ip1.to_string()])
+                .run_unchecked()?;
             ensure!(
                 format!("{}{}", out.stdout, out.stderr).contains("timed out"),
                 "weft ping to a node that is down: {out:?}"
@@ -392,7 +438,7 @@ fn weftd_keeps_ips_keys_profiles_and_down_across_kill_9_and_a_deleted_state_is_a
                 k1.backend_state()? == "stopped",
                 "down did not survive a restart"
             );
-            k1.weft_ok(["up"])?;
+            k1.weft(["up"]).run()?;
             k1.wait_state("running", SECS(20))?;
             ensure!(k1.ip4()? == ip1, "IP changed across down/up");
             k2.netns().wait_ping(ip1.into(), SECS(15))?;
@@ -431,15 +477,9 @@ fn two_tailnets_are_two_profiles_switched_by_nickname_without_a_new_login() -> a
         || {
             let p1 = &nodes[0];
             work.ensure_user("bob")?;
-            let work_key = work.create_key(
-                "bob",
-                &KeyOptions {
-                    reusable: true,
-                    ..KeyOptions::default()
-                },
-            )?;
+            let work_key = work.create_key("bob", &KeyOptions::reusable())?;
             q2.up_with_key(&work, &work_key)?;
-            p1.weft_ok([
+            p1.weft([
                 "login",
                 "--login-server",
                 &work.url(),
@@ -449,20 +489,21 @@ fn two_tailnets_are_two_profiles_switched_by_nickname_without_a_new_login() -> a
                 "p1",
                 "--timeout",
                 "30s",
-            ])?;
+            ])
+            .run()?;
             p1.wait_peers_online(&["q2"], SECS(20))?;
             p1.netns().wait_ping(q2.ip4()?.into(), SECS(15))?;
 
-            let list = p1.weft_ok(["switch", "--list"])?.stdout;
+            let list = p1.weft(["switch", "--list"]).run()?.stdout;
             ensure!(
                 list.contains("weft.internal")
                     && list.contains("work.internal")
                     && list.contains('*'),
                 "switch --list: {list}"
             );
-            p1.weft_ok(["set", "--nickname", "work"])?;
+            p1.weft(["set", "--nickname", "work"]).run()?;
             let profiles: serde_json::Value =
-                serde_json::from_str(&p1.weft_ok(["switch", "--list", "--json"])?.stdout)?;
+                serde_json::from_str(&p1.weft(["switch", "--list", "--json"]).run()?.stdout)?;
             let profiles = profiles.as_array().context("profiles")?.clone();
             ensure!(profiles.len() == 2, "{profiles:?}");
             let current = profiles
@@ -478,7 +519,7 @@ fn two_tailnets_are_two_profiles_switched_by_nickname_without_a_new_login() -> a
                 .to_owned();
 
             for round in 0..2 {
-                let out = p1.weft_ok(["switch", &home_id])?;
+                let out = p1.weft(["switch", &home_id]).run()?;
                 ensure!(
                     !out.stderr.contains("To authenticate"),
                     "re-auth asked: {}",
@@ -486,7 +527,7 @@ fn two_tailnets_are_two_profiles_switched_by_nickname_without_a_new_login() -> a
                 );
                 p1.wait_peers_online(&["p2"], SECS(20))?;
                 p1.netns().wait_ping(nodes[1].ip4()?.into(), SECS(15))?;
-                let out = p1.weft_ok(["switch", "work"])?;
+                let out = p1.weft(["switch", "work"]).run()?;
                 ensure!(
                     !out.stderr.contains("To authenticate"),
                     "re-auth asked: {}",
@@ -536,13 +577,13 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
         || {
             let b1 = &nodes[0];
             // A non-root user reads, but may not change anything.
-            let st = b1.weft_as("nobody", ["status"])?;
+            let st = b1.weft_as("nobody", ["status"]).run_unchecked()?;
             ensure!(
                 st.status.success() && st.stdout.contains("b1"),
                 "status as nobody: {st:?}"
             );
             for args in [&["up"][..], &["down"], &["set", "--shields-up"]] {
-                let out = b1.weft_as("nobody", args)?;
+                let out = b1.weft_as("nobody", args).run_unchecked()?;
                 ensure!(
                     !out.status.success() && out.stderr.contains("root"),
                     "weft {args:?} as nobody: {out:?}"
@@ -551,7 +592,7 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
             ensure!(b1.backend_state()? == "running");
 
             // whois of an address nobody has: 404 naming it.
-            let out = b1.weft(["whois", "100.64.0.99"])?;
+            let out = b1.weft(["whois", "100.64.0.99"]).run_unchecked()?;
             ensure!(
                 !out.status.success() && out.stderr.contains("100.64.0.99"),
                 "whois of an unknown address: {out:?}"
@@ -563,20 +604,22 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
                 &["ping", "-c", "many", "b1"],
                 &["up", "--ssh=maybe"],
             ] {
-                let out = b1.weft(args)?;
+                let out = b1.weft(args).run_unchecked()?;
                 ensure!(out.status.code() == Some(2), "weft {args:?}: {out:?}");
             }
 
             // A bad auth key: the server's reason.
-            let out = fresh.weft([
-                "up",
-                "--login-server",
-                &control.url(),
-                "--authkey",
-                "weftkey-auth-000000000000-0000000000000000000000000000000000000000000000000",
-                "--timeout",
-                "20s",
-            ])?;
+            let out = fresh
+                .weft([
+                    "up",
+                    "--login-server",
+                    &control.url(),
+                    "--authkey",
+                    "weftkey-auth-000000000000-0000000000000000000000000000000000000000000000000",
+                    "--timeout",
+                    "20s",
+                ])
+                .run_unchecked()?;
             ensure!(
                 !out.status.success()
                     && out.stderr.contains("auth key is not valid on this server"),
@@ -586,15 +629,17 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
             // An unreachable login server: URL and cause, in bounded time.
             let bad_url = format!("http://{}:9", control.addr());
             let start = weft_lab::now();
-            let out = fresh.weft([
-                "up",
-                "--login-server",
-                &bad_url,
-                "--authkey",
-                "weftkey-auth-000000000000-0000000000000000000000000000000000000000000000000",
-                "--timeout",
-                "60s",
-            ])?;
+            let out = fresh
+                .weft([
+                    "up",
+                    "--login-server",
+                    &bad_url,
+                    "--authkey",
+                    "weftkey-auth-000000000000-0000000000000000000000000000000000000000000000000",
+                    "--timeout",
+                    "60s",
+                ])
+                .run_unchecked()?;
             let took = start.elapsed();
             ensure!(
                 !out.status.success()
@@ -632,7 +677,7 @@ fn bad_input_gets_clear_errors_and_read_only_users_can_look_but_not_touch() -> a
                 b1.backend_state()? == "running",
                 "daemon harmed by bad JSON"
             );
-            ensure!(b1.weft_ok(["status"])?.stdout.contains("b1"));
+            ensure!(b1.weft(["status"]).run()?.stdout.contains("b1"));
             Ok(())
         },
         || report(&control, &refs),
@@ -662,7 +707,7 @@ fn oversized_and_control_character_prefs_are_refused_and_control_never_sees_them
     with_diagnostics(
         || {
             let (c1, c2) = (&nodes[0], &nodes[1]);
-            let before = c1.weft_ok(["debug", "prefs"])?.stdout;
+            let before = c1.weft(["debug", "prefs"]).run()?.stdout;
             let huge_host = serde_json::json!({ "hostname": "h".repeat(1 << 20) }).to_string();
             let tags: Vec<String> = (0..50_000).map(|i| format!("tag:t{i}")).collect();
             let many_tags = serde_json::json!({ "advertise_tags": tags }).to_string();
@@ -699,7 +744,9 @@ fn oversized_and_control_character_prefs_are_refused_and_control_never_sees_them
                 );
             }
             // The CLI shows the daemon's reason.
-            let out = c1.weft(["set", "--nickname", &"x".repeat(65)])?;
+            let out = c1
+                .weft(["set", "--nickname", &"x".repeat(65)])
+                .run_unchecked()?;
             ensure!(
                 out.status.code() == Some(1)
                     && out
@@ -709,7 +756,7 @@ fn oversized_and_control_character_prefs_are_refused_and_control_never_sees_them
             );
             // Nothing changed, and the control connection never noticed.
             ensure!(
-                c1.weft_ok(["debug", "prefs"])?.stdout == before,
+                c1.weft(["debug", "prefs"]).run()?.stdout == before,
                 "prefs changed"
             );
             let st = c1.status_json()?;
@@ -719,7 +766,7 @@ fn oversized_and_control_character_prefs_are_refused_and_control_never_sees_them
                 "{st}"
             );
             // The map stream still carries a (valid) change to the peer.
-            c1.weft_ok(["set", "--hostname", "c1-renamed"])?;
+            c1.weft(["set", "--hostname", "c1-renamed"]).run()?;
             c2.wait_status(SECS(20), "c1's new hostname", |v| {
                 peer(v, "c1-renamed").is_some()
             })?;
@@ -910,13 +957,7 @@ fn a_non_root_localapi_flood_neither_slows_root_nor_cuts_the_control_connection(
     let net = tailnet(&lab)?;
     let control = net.control("ctl")?;
     control.ensure_user("alice")?;
-    let key = control.create_key(
-        "alice",
-        &KeyOptions {
-            reusable: true,
-            ..KeyOptions::default()
-        },
-    )?;
+    let key = control.create_key("alice", &KeyOptions::reusable())?;
     // f1 starts the way distributions start daemons: 1,024 descriptors, 4,096 allowed.
     let f1 = net.node_with(
         "f1",
@@ -944,7 +985,7 @@ fn a_non_root_localapi_flood_neither_slows_root_nor_cuts_the_control_connection(
             let mut worst = Duration::ZERO;
             for _ in 0..10 {
                 let t = weft_lab::now();
-                let out = f1.weft(["status"])?;
+                let out = f1.weft(["status"]).run_unchecked()?;
                 let took = t.elapsed();
                 ensure!(out.status.success() && out.stdout.contains("f2"), "{out:?}");
                 worst = worst.max(took);
@@ -961,7 +1002,7 @@ fn a_non_root_localapi_flood_neither_slows_root_nor_cuts_the_control_connection(
                     && st["health"].as_array().is_some_and(Vec::is_empty),
                 "{st}"
             );
-            f2.weft_ok(["set", "--hostname", "f2-renamed"])?;
+            f2.weft(["set", "--hostname", "f2-renamed"]).run()?;
             f1.wait_status(SECS(20), "f2's new name over the map stream", |v| {
                 peer(v, "f2-renamed").is_some()
             })?;

@@ -82,6 +82,31 @@ impl TestServer {
         .await
         .secret
     }
+
+    /// Starts a server with the member `login`; returns it and a reusable key of `login`'s.
+    pub async fn with_user(login: &str) -> (Self, String) {
+        let t = Self::start().await;
+        t.user(login).await;
+        let key = t.reusable_key(login).await;
+        (t, key)
+    }
+
+    /// GETs `path` from the server (plain HTTP/1.1, connection: close) and returns the whole
+    /// response, head and body.
+    pub async fn http_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(self.server.local_addr())
+            .await
+            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
 }
 
 /// A simulated node: its keys and the session it is in.
@@ -117,6 +142,13 @@ impl TestNode {
         Self::for_server(server.url(), server.server.public_key(), name)
     }
 
+    /// Returns a node called `name` that has joined `server` with `key`.
+    pub async fn joined(server: &TestServer, name: &str, key: &str) -> Self {
+        let mut n = Self::new(server, name);
+        n.join(key).await;
+        n
+    }
+
     /// A node of the server at `url` with the static key `server_key`.
     pub fn for_server(url: ControlUrl, server_key: MachinePublic, name: &str) -> Self {
         TestNode {
@@ -145,6 +177,7 @@ impl TestNode {
             disco_key: self.disco.public(),
             endpoints: vec![endpoint("198.18.0.1:41641")],
             map: true,
+            interactive: true,
         }
     }
 
@@ -334,10 +367,7 @@ pub async fn raw_channel_from(
 }
 
 fn rand_seed() -> [u8; 32] {
-    use ring::rand::SecureRandom as _;
-    let mut seed = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut seed).unwrap();
-    seed
+    weft_types::entropy::seed()
 }
 
 /// Sends `msg` on a raw channel and returns the server's next message that
@@ -536,12 +566,20 @@ impl ServerProcess {
         self.child.wait().unwrap()
     }
 
-    /// Runs the CLI against this server; returns (status, stdout, stderr).
+    /// Runs the CLI against this server (`--state-dir` last); returns
+    /// (status, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let dir = self.state_dir.to_str().unwrap();
+        Self::cli_exact(&[args, &["--state-dir", dir]].concat())
+    }
+
+    /// Runs the CLI with exactly `args`; returns (status, stdout, stderr).
+    pub fn cli_exact(args: &[&str]) -> (i32, String, String) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
             .args(args)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
+            .env_remove("WEFT_CONTROL_STATE_DIR")
+            .env_remove("WEFT_CONTROL_SERVER")
+            .env_remove("WEFT_CONTROL_API_KEY")
             .output()
             .unwrap();
         (

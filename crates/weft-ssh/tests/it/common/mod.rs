@@ -326,7 +326,7 @@ fn sh(cmd: &str, args: &[&str]) -> bool {
 impl TestUser {
     pub fn create(tag: &str) -> TestUser {
         let _g = USERADD.lock().unwrap_or_else(|e| e.into_inner());
-        let unique = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let unique = format!("{:06x}", weft_types::entropy::u64() & 0xff_ffff);
         let name = format!("wft{unique}{tag}");
         let group = format!("{name}g");
         assert!(sh("/usr/sbin/groupadd", &[&group]), "groupadd {group}");

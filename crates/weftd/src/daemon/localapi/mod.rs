@@ -5,14 +5,17 @@
 //! (SO_PEERCRED): `GET` is open to everyone who can open the socket (it is
 //! 0666); any other method needs the [`Authorizer`]'s yes (root, or the
 //! `--operator` user), else 403 with a message naming what was refused.
-//! Every error is a JSON [`ErrorBody`]; a body that is not valid JSON for
-//! the route is a 400 and changes nothing.
+//! Every error is an [`ApiError`], sent as a JSON
+//! [`weft_localapi::ErrorBody`]; the coordinator's domain errors get their
+//! status there. A body that is not valid JSON for the route is a 400 and
+//! changes nothing.
 //!
 //! Connections are held to limits ([`conn`]): at most a few per non-root
 //! uid, request heads and bodies within a deadline, and a graceful answer
 //! when the daemon runs short of file descriptors.
 
 pub mod conn;
+mod error;
 pub mod status;
 
 use std::convert::Infallible;
@@ -31,11 +34,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use tokio::net::UnixListener;
-use weft_localapi::{
-    ErrorBody, Notify, PREFIX, PingPath, PingRequest, PingResult, PrefsPatch, StartRequest,
-};
+use weft_localapi::{Notify, PREFIX, PingPath, PingRequest, PingResult, PrefsPatch, StartRequest};
 
-use super::backend::{ApiError, Handle};
+pub use error::ApiError;
+
+use super::backend::Handle;
 
 /// Decides whether a caller (by uid; `None` if unknown) may change things.
 pub type Authorizer = Arc<dyn Fn(Option<u32>) -> bool + Send + Sync>;
@@ -71,19 +74,6 @@ struct AppState {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub uid: Option<u32>,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response()
-    }
 }
 
 /// Binds the socket: creates its directory (0755), removes a stale socket,
@@ -253,9 +243,9 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-#[allow(clippy::disallowed_methods)] // wall time for handshake ages in status
+/// Wall time, for handshake ages in status.
 fn wall_now() -> SystemTime {
-    SystemTime::now()
+    crate::clock::wall()
 }
 
 async fn status_h(State(st): State<AppState>) -> Result<Response, ApiError> {
@@ -378,18 +368,15 @@ async fn whois_h(
     Ok(Json(w).into_response())
 }
 
-/// `GET metrics`: Prometheus text (filter drops, tunnel packets and bytes).
+/// `GET metrics`: Prometheus text (filter drops, tunnel packets and bytes,
+/// see [`crate::daemon::metrics`]), rendered outside the backend's lock.
 async fn metrics_h(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let text = st.handle.call(|b| {
-        let mut out = String::new();
-        b.data_plane().metrics(&mut out);
-        out
-    });
+    let snapshot = st.handle.call(|b| b.data_plane().metrics()).await?;
     let headers = [(
         axum::http::header::CONTENT_TYPE,
-        crate::daemon::filter::METRICS_CONTENT_TYPE,
+        crate::daemon::metrics::CONTENT_TYPE,
     )];
-    Ok((headers, text.await?).into_response())
+    Ok((headers, crate::daemon::metrics::render(&snapshot)).into_response())
 }
 
 async fn debug_prefs_h(State(st): State<AppState>) -> Result<Response, ApiError> {

@@ -1,17 +1,16 @@
 //! The coordinator's life cycle against the fake control server.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 use weft_localapi::{BackendState, Notify, Prefs, PrefsPatch, StartRequest};
 use weft_types::control::RegisterAuth;
 
-use super::fake::{FakeControl, FakeDataPlane, URL, URL2};
+use super::fake::{FakeControl, FakeDataPlane, Push, URL, URL2};
 use crate::daemon::backend::{Backend, DaemonInfo, Handle};
 use crate::daemon::bus::Bus;
-use crate::daemon::control::{ControlError, MapEvent};
+use crate::daemon::localapi::ApiError;
 use crate::daemon::profiles::ProfileStore;
 use crate::daemon::state_file::StateFile;
 
@@ -33,7 +32,7 @@ impl Harness {
         };
         let b = Backend::new(
             store,
-            Arc::new(control.clone()),
+            control.options(),
             Box::new(dp.clone()),
             Bus::new(),
             info,
@@ -319,10 +318,7 @@ async fn the_last_netmap_stays_while_control_is_away() {
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
     let h = logged_in(&dir, &control, &dp).await;
     let clears = dp.log.lock().unwrap().clears;
-    control.push(Err(ControlError::Unreachable {
-        url: URL.into(),
-        cause: "connection reset".into(),
-    }));
+    control.push(Push::Reset);
     control.set_up(URL, false);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(h.state().await, BackendState::Running);
@@ -360,11 +356,10 @@ async fn an_expired_key_needs_a_new_login_and_force_reauth_rotates_it() {
         .node_key
         .unwrap();
     control.s().expired.insert(old);
-    control.push(Err(ControlError::Server {
-        url: URL.into(),
-        code: weft_types::control::ErrorCode::NodeKeyExpired,
-        message: "expired".into(),
-    }));
+    control.push(Push::Error(
+        weft_types::control::ErrorCode::NodeKeyExpired,
+        "expired".into(),
+    ));
     h.wait_state(BackendState::NeedsLogin).await;
     assert!(!dp.log.lock().unwrap().programmed, "traffic stops");
     let health = h.handle.call(|b| b.health()).await.unwrap();
@@ -459,6 +454,7 @@ async fn logout_with_control_down_fails_and_keeps_the_profile() {
         .await
         .unwrap()
         .unwrap_err();
+    let err = ApiError::from(err);
     assert_eq!(err.status, 502);
     assert!(err.message.contains(URL), "{}", err.message);
     assert!(
@@ -535,7 +531,7 @@ async fn two_tailnets_side_by_side_switch_without_a_new_login() {
     );
     let e = h.handle.call(|b| b.switch_profile("ffff")).await.unwrap();
     if first != "ffff" && second != "ffff" {
-        assert_eq!(e.unwrap_err().status, 404);
+        assert_eq!(ApiError::from(e.unwrap_err()).status, 404);
     }
     h.stop().await;
 }
@@ -554,8 +550,13 @@ async fn endpoint_changes_reach_the_open_map_stream() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let got = control.s().updates.last_mut().unwrap().try_recv().unwrap();
-    assert_eq!(got, crate::daemon::control::MapUpdate::Endpoints(vec![ep]));
+    let got = control.s().updates.last().cloned().unwrap();
+    assert_eq!(
+        got,
+        weft_types::control::ClientMessage::Endpoints(weft_types::control::EndpointUpdate {
+            endpoints: vec![ep]
+        })
+    );
     h.stop().await;
 }
 
@@ -573,6 +574,5 @@ async fn a_start_always_announces_the_state() {
     })
     .await;
     h.wait_state(BackendState::Running).await;
-    let _ = MapEvent::KeepAlive;
     h.stop().await;
 }

@@ -1,27 +1,49 @@
 //! A scripted control server and a recording data plane.
+//!
+//! The control server is in memory but speaks the real protocol: the fake
+//! is the [`Dialer`] of the daemon's `ConnectOptions`, answers `GET /key`
+//! itself, and serves each upgraded connection over a `tokio::io::duplex`
+//! pipe with the protocol crate's `ServerConnection` (Noise, frames,
+//! keep-alives). So the daemon's control task, `weft-client`'s session and
+//! driver and the sans-IO `ControlClient` all run as in production; only
+//! what control decides is scripted here.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::{Notify as TokioNotify, mpsc, oneshot};
+use weft_client::{ClientError, ConnectOptions, ControlUrl, Dialer, SharedDialer, Upgraded};
+use weft_control_proto::{
+    ChannelConfig, Connection, Event, ServerConnection, UpgradeHeaders, UpgradeRefused,
+    UpgradeRequest,
+};
 use weft_disco::PingOutcome;
 use weft_types::control::{
-    ErrorCode, ExpiryRequest, MapRequest, Refusal, RefusalReason, RegisterAuth, RegisterRequest,
-    RegisterResponse, Registered,
+    ClientMessage, ErrorCode, ExpiryRequest, KeyResponse, ProtocolError, Refusal, RefusalReason,
+    RegisterAuth, RegisterRequest, RegisterResponse, Registered, ServerMessage,
 };
 use weft_types::netmap::{MapBody, MapResponse};
 use weft_types::{
-    DiscoPrivate, DiscoPublic, MachinePrivate, MachinePublic, NetMap, NodeId, NodePrivate,
-    NodePublic, UserId, UserProfile,
+    CapabilityVersion, DiscoPrivate, DiscoPublic, MachinePrivate, MachinePublic, NetMap, NodeId,
+    NodePrivate, NodePublic, UserId, UserProfile,
 };
 
 use crate::daemon::config::tests::netmap;
-use crate::daemon::control::{
-    ControlClient, ControlError, ControlTarget, MapEvent, MapStream, MapUpdate,
-};
 use crate::daemon::dataplane::{DataPlane, PeerLive};
+
+/// Something a test makes control do on the newest map stream.
+#[derive(Debug)]
+pub enum Push {
+    /// The connection breaks (as a reset would).
+    Reset,
+    /// Control sends this error and closes the connection.
+    Error(ErrorCode, String),
+}
 
 /// What the fake control server knows and does.
 #[derive(Default)]
@@ -37,9 +59,10 @@ pub struct FakeState {
     pub register_calls: Vec<RegisterRequest>,
     pub map_calls: usize,
     pub key_calls: usize,
-    /// The open map streams' senders (the last one is current).
-    pub streams: Vec<mpsc::UnboundedSender<Result<MapEvent, ControlError>>>,
-    pub updates: Vec<mpsc::UnboundedReceiver<MapUpdate>>,
+    /// The open map streams (the last one is current).
+    pub streams: Vec<mpsc::UnboundedSender<Push>>,
+    /// What nodes sent on open map streams (endpoints, host info).
+    pub updates: Vec<ClientMessage>,
     pub next_node: i64,
     /// Machine keys that connected.
     pub machines: BTreeSet<MachinePublic>,
@@ -54,8 +77,17 @@ pub struct FakeControl {
 pub const URL: &str = "http://198.18.0.1:8080";
 pub const URL2: &str = "http://198.18.0.2:8080";
 
+fn server_private() -> MachinePrivate {
+    MachinePrivate::from_bytes([77; 32])
+}
+
 pub fn server_key() -> MachinePublic {
-    MachinePrivate::from_bytes([77; 32]).public()
+    server_private().public()
+}
+
+/// The clock the client's driver reads (tokio's, so paused time moves it).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl FakeControl {
@@ -71,6 +103,14 @@ impl FakeControl {
         f
     }
 
+    /// The daemon's connection options with this fake behind them.
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            dialer: SharedDialer(Arc::new(self.clone())),
+            ..ConnectOptions::default()
+        }
+    }
+
     pub fn s(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.state.lock().unwrap()
     }
@@ -82,10 +122,10 @@ impl FakeControl {
         self.approved.notify_waiters();
     }
 
-    /// Sends a map event on the newest stream.
-    pub fn push(&self, e: Result<MapEvent, ControlError>) {
+    /// Makes control do `p` on the newest map stream.
+    pub fn push(&self, p: Push) {
         if let Some(tx) = self.s().streams.last() {
-            let _ = tx.send(e);
+            let _ = tx.send(p);
         }
     }
 
@@ -100,21 +140,8 @@ impl FakeControl {
         }
     }
 
-    /// What a real client sees when the pinned key is not the server's:
-    /// the Noise handshake fails.
-    fn check_target(&self, target: &ControlTarget) -> Result<(), ControlError> {
-        if target.server_key != server_key() {
-            return Err(ControlError::Unreachable {
-                url: target.url.clone(),
-                cause: "handshake failed: wrong server key".into(),
-            });
-        }
-        self.s().machines.insert(target.machine_key.public());
-        Ok(())
-    }
-
-    fn unreachable(url: &str) -> ControlError {
-        ControlError::Unreachable {
+    fn unreachable(url: &str) -> ClientError {
+        ClientError::Unreachable {
             url: url.into(),
             cause: "connection refused".into(),
         }
@@ -138,6 +165,69 @@ impl FakeControl {
             key_expiry: None,
         }
     }
+
+    /// Control's answer to `register` on a connection to `url`; a follow-up
+    /// waits for the approval. `None`: control went away meanwhile.
+    async fn answer_register(self, url: String, req: RegisterRequest) -> Option<RegisterResponse> {
+        loop {
+            let approved = self.approved.notified();
+            {
+                let mut s = self.s();
+                if !s.up.contains(&url) {
+                    return None;
+                }
+                s.register_calls.push(req.clone());
+                if req.expiry == ExpiryRequest::Now {
+                    s.nodes.remove(&req.node_key);
+                    return Some(RegisterResponse::LoggedOut);
+                }
+                if s.expired.contains(&req.node_key) {
+                    return Some(RegisterResponse::NodeKeyExpired);
+                }
+                match &req.auth {
+                    RegisterAuth::AuthKey(k) => {
+                        if s.auth_keys.contains(&k.0) {
+                            return Some(RegisterResponse::Registered(Self::register_node(
+                                &mut s,
+                                req.node_key,
+                                req.old_node_key,
+                            )));
+                        }
+                        return Some(RegisterResponse::Refused(Refusal {
+                            reason: RefusalReason::InvalidAuthKey,
+                            message: "invalid auth key: unknown".into(),
+                        }));
+                    }
+                    RegisterAuth::None => {
+                        if req.old_node_key.is_none() && s.nodes.contains_key(&req.node_key) {
+                            let id = s.nodes[&req.node_key];
+                            return Some(RegisterResponse::Registered(Registered {
+                                node_id: id,
+                                user: Some(user()),
+                                tags: BTreeSet::new(),
+                                machine_authorized: true,
+                                key_expiry: None,
+                            }));
+                        }
+                        let url = format!("{url}/a/{}", s.auth_urls.len() + 1);
+                        s.auth_urls.insert(url.clone(), false);
+                        return Some(RegisterResponse::NeedsAuth { auth_url: url });
+                    }
+                    RegisterAuth::Followup { auth_url } => {
+                        if s.auth_urls.get(auth_url) == Some(&true) {
+                            return Some(RegisterResponse::Registered(Self::register_node(
+                                &mut s,
+                                req.node_key,
+                                req.old_node_key,
+                            )));
+                        }
+                        s.register_calls.pop(); // count a long-poll once
+                    }
+                }
+            }
+            approved.await;
+        }
+    }
 }
 
 pub fn user() -> UserProfile {
@@ -158,132 +248,205 @@ pub fn map_for(key: NodePublic, id: NodeId) -> NetMap {
     nm
 }
 
-impl ControlClient for FakeControl {
-    fn server_key(&self, url: &str) -> BoxFuture<'_, Result<MachinePublic, ControlError>> {
+impl Dialer for FakeControl {
+    fn fetch_key<'a>(
+        &'a self,
+        url: &'a ControlUrl,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<KeyResponse, ClientError>> {
         let mut s = self.s();
         s.key_calls += 1;
-        let r = if s.up.contains(url) {
-            Ok(server_key())
+        let r = if s.up.contains(url.as_str()) {
+            Ok(KeyResponse {
+                public_key: server_key(),
+                capability_version: CapabilityVersion::CURRENT,
+                min_capability_version: CapabilityVersion::MIN_SUPPORTED,
+            })
         } else {
-            Err(Self::unreachable(url))
+            Err(Self::unreachable(url.as_str()))
         };
         Box::pin(async move { r })
     }
 
-    fn register(
-        &self,
-        target: &ControlTarget,
-        req: RegisterRequest,
-    ) -> BoxFuture<'_, Result<RegisterResponse, ControlError>> {
-        let url = target.url.clone();
-        let checked = self.check_target(target);
-        Box::pin(async move {
-            checked?;
-            loop {
-                let approved = self.approved.notified();
-                {
-                    let mut s = self.s();
-                    if !s.up.contains(&url) {
-                        return Err(Self::unreachable(&url));
-                    }
-                    s.register_calls.push(req.clone());
-                    if req.expiry == ExpiryRequest::Now {
-                        s.nodes.remove(&req.node_key);
-                        return Ok(RegisterResponse::LoggedOut);
-                    }
-                    if s.expired.contains(&req.node_key) {
-                        return Ok(RegisterResponse::NodeKeyExpired);
-                    }
-                    match &req.auth {
-                        RegisterAuth::AuthKey(k) => {
-                            if s.auth_keys.contains(&k.0) {
-                                return Ok(RegisterResponse::Registered(Self::register_node(
-                                    &mut s,
-                                    req.node_key,
-                                    req.old_node_key,
-                                )));
-                            }
-                            return Ok(RegisterResponse::Refused(Refusal {
-                                reason: RefusalReason::InvalidAuthKey,
-                                message: "invalid auth key: unknown".into(),
-                            }));
-                        }
-                        RegisterAuth::None => {
-                            if req.old_node_key.is_none() && s.nodes.contains_key(&req.node_key) {
-                                let id = s.nodes[&req.node_key];
-                                return Ok(RegisterResponse::Registered(Registered {
-                                    node_id: id,
-                                    user: Some(user()),
-                                    tags: BTreeSet::new(),
-                                    machine_authorized: true,
-                                    key_expiry: None,
-                                }));
-                            }
-                            let url = format!("{url}/a/{}", s.auth_urls.len() + 1);
-                            s.auth_urls.insert(url.clone(), false);
-                            return Ok(RegisterResponse::NeedsAuth { auth_url: url });
-                        }
-                        RegisterAuth::Followup { auth_url } => {
-                            if s.auth_urls.get(auth_url) == Some(&true) {
-                                return Ok(RegisterResponse::Registered(Self::register_node(
-                                    &mut s,
-                                    req.node_key,
-                                    req.old_node_key,
-                                )));
-                            }
-                            s.register_calls.pop(); // count a long-poll once
-                        }
-                    }
-                }
-                approved.await;
-            }
-        })
-    }
-
-    fn map(
-        &self,
-        target: &ControlTarget,
-        req: MapRequest,
-        updates: mpsc::UnboundedReceiver<MapUpdate>,
-    ) -> BoxFuture<'_, Result<MapStream, ControlError>> {
-        let checked = self.check_target(target);
-        let mut s = self.s();
-        s.map_calls += 1;
-        let r = if let Err(e) = checked {
-            Err(e)
-        } else if !s.up.contains(&target.url) {
-            Err(Self::unreachable(&target.url))
-        } else if s.expired.contains(&req.node_key) {
-            Err(ControlError::Server {
-                url: target.url.clone(),
-                code: ErrorCode::NodeKeyExpired,
-                message: "node key expired".into(),
-            })
-        } else if let Some(id) = s.nodes.get(&req.node_key).copied() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let _ = tx.send(Ok(MapEvent::Response(MapResponse {
-                seq: 1,
-                body: MapBody::Full(Box::new(map_for(req.node_key, id))),
-            })));
-            s.streams.push(tx);
-            s.updates.push(updates);
-            let stream: MapStream = Box::pin(tokio_stream(rx));
-            Ok(stream)
-        } else {
-            Err(ControlError::Server {
-                url: target.url.clone(),
-                code: ErrorCode::NotRegistered,
-                message: "not registered".into(),
-            })
-        };
+    fn upgrade<'a>(
+        &'a self,
+        url: &'a ControlUrl,
+        request: &'a UpgradeRequest,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<Upgraded, ClientError>> {
+        let r = self.accept(url, request);
         Box::pin(async move { r })
     }
 }
 
-fn tokio_stream<T: Send + 'static>(
-    rx: mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+impl FakeControl {
+    /// Answers an upgrade: refused when `url` is down, a failed handshake
+    /// when the client pinned another key (as a real server answers).
+    fn accept(&self, url: &ControlUrl, request: &UpgradeRequest) -> Result<Upgraded, ClientError> {
+        if !self.s().up.contains(url.as_str()) {
+            return Err(Self::unreachable(url.as_str()));
+        }
+        let capability = request.capability.to_string();
+        let headers = UpgradeHeaders {
+            upgrade: Some("weft-control"),
+            capability: Some(&capability),
+            handshake: Some(&request.handshake),
+        };
+        let accepted = Connection::accept(
+            &server_private(),
+            &headers,
+            ChannelConfig::for_server(),
+            [9; 32],
+            now(),
+        )
+        .map_err(|e| ClientError::Upgrade {
+            url: url.to_string(),
+            source: UpgradeRefused::Status {
+                status: e.status(),
+                message: e.to_string(),
+            },
+        })?;
+        self.s().machines.insert(accepted.machine_key);
+        let (client, server) = tokio::io::duplex(64 << 10);
+        tokio::spawn(
+            self.clone()
+                .serve(url.to_string(), accepted.connection, server),
+        );
+        Ok(Upgraded {
+            io: Box::new(client),
+            leftover: Default::default(),
+        })
+    }
+
+    /// Serves one connection until either side ends it.
+    async fn serve(self, url: String, mut conn: ServerConnection, io: DuplexStream) {
+        type Pending = Pin<Box<dyn Future<Output = Option<RegisterResponse>> + Send>>;
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+        // Handed to the state once a map stream opens; until then it keeps
+        // `push_rx` open.
+        let mut push_tx = Some(push_tx);
+        let mut register: Option<Pending> = None;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            while let Some(bytes) = conn.poll_transmit() {
+                if wr.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            let deadline = conn
+                .poll_timeout()
+                .map(|(t, _)| tokio::time::Instant::from_std(t));
+            let mut close = false;
+            tokio::select! {
+                r = rd.read(&mut buf) => {
+                    let n = match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if conn.handle_input(&buf[..n], now()).is_err() {
+                        return;
+                    }
+                    while let Some(ev) = conn.poll_event() {
+                        let Event::Message(msg) = ev else { continue };
+                        match msg {
+                            ClientMessage::Register(req) => {
+                                register = Some(Box::pin(
+                                    self.clone().answer_register(url.clone(), req),
+                                ));
+                            }
+                            ClientMessage::Map(req) => {
+                                let opened = self.open_map(req.node_key, &mut conn);
+                                match opened {
+                                    Some(()) => {
+                                        if let Some(tx) = push_tx.take() {
+                                            self.s().streams.push(tx);
+                                        }
+                                    }
+                                    None => close = true,
+                                }
+                            }
+                            m @ (ClientMessage::Endpoints(_) | ClientMessage::HostInfo(_)) => {
+                                self.s().updates.push(m);
+                            }
+                            ClientMessage::KeepAlive(_) | ClientMessage::SshCheck(_) => {}
+                        }
+                    }
+                }
+                resp = wait(&mut register) => {
+                    register = None;
+                    let Some(resp) = resp else { return };
+                    let _ = conn.send(&ServerMessage::Register(resp), now());
+                }
+                p = push_rx.recv() => match p {
+                    Some(Push::Error(code, message)) => {
+                        let _ = conn.send(&ServerMessage::Error(ProtocolError { code, message }), now());
+                        close = true;
+                    }
+                    Some(Push::Reset) | None => return,
+                },
+                () = sleep_until(deadline) => {
+                    if conn.handle_timeout(now()).is_err() {
+                        return;
+                    }
+                }
+            }
+            if close {
+                while let Some(bytes) = conn.poll_transmit() {
+                    let _ = wr.write_all(&bytes).await;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Opens a map stream for `key`: the full map, or a final error
+    /// (`None`: close the connection after it).
+    fn open_map(&self, key: NodePublic, conn: &mut ServerConnection) -> Option<()> {
+        let mut s = self.s();
+        s.map_calls += 1;
+        let reply = if s.expired.contains(&key) {
+            Err((ErrorCode::NodeKeyExpired, "node key expired"))
+        } else if let Some(id) = s.nodes.get(&key).copied() {
+            Ok(MapResponse {
+                seq: 1,
+                body: MapBody::Full(Box::new(map_for(key, id))),
+            })
+        } else {
+            Err((ErrorCode::NotRegistered, "not registered"))
+        };
+        drop(s);
+        match reply {
+            Ok(full) => {
+                let _ = conn.send(&ServerMessage::Map(full), now());
+                Some(())
+            }
+            Err((code, message)) => {
+                let err = ProtocolError {
+                    code,
+                    message: message.into(),
+                };
+                let _ = conn.send(&ServerMessage::Error(err), now());
+                None
+            }
+        }
+    }
+}
+
+async fn wait(
+    r: &mut Option<Pin<Box<dyn Future<Output = Option<RegisterResponse>> + Send>>>,
+) -> Option<RegisterResponse> {
+    match r {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the recording data plane saw.
