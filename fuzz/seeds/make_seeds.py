@@ -122,3 +122,24 @@ put("state_file", "fresh", json.dumps(state))
 
 for name in ["root", "alice", "ubuntu", "alice@example.com", "", "a" * 40, "root\u0000", "user name"]:
     put("ssh_login", "user_" + base64.urlsafe_b64encode(name.encode()).decode().rstrip("=") or "empty", name)
+
+# STUN (RFC 8489): a Binding request, and a success response with an
+# XOR-MAPPED-ADDRESS (198.18.0.1:41641).
+COOKIE = bytes([0x21, 0x12, 0xA4, 0x42])
+TX = bytes(range(1, 13))
+put("stun", "binding_request", struct.pack("!HH", 0x0001, 0) + COOKIE + TX)
+xport = 41641 ^ 0x2112
+xaddr = bytes(a ^ c for a, c in zip([198, 18, 0, 1], COOKIE))
+attr = struct.pack("!HHBBH", 0x0020, 8, 0, 1, xport) + xaddr
+put("stun", "binding_response", struct.pack("!HH", 0x0101, len(attr)) + COOKIE + TX + attr)
+
+# DERP frames: type, u32 BE length, payload.
+def derp(ty, payload):
+    return struct.pack("!BI", ty, len(payload)) + payload
+KEY = bytes([9] * 32)
+put("relay_frames", "server_key", derp(0x01, b"DERP\xf0\x9f\x94\x91" + KEY))
+put("relay_frames", "client_info", derp(0x02, KEY + bytes(24) + bytes(40)))
+put("relay_frames", "send_recv", derp(0x04, KEY + b"hello") + derp(0x05, KEY + b"hello"))
+put("relay_frames", "small", derp(0x06, b"") + derp(0x07, b"\x01") + derp(0x08, KEY + b"\x00")
+    + derp(0x09, KEY) + derp(0x12, bytes(8)) + derp(0x13, bytes(8)) + derp(0x14, b"ok")
+    + derp(0x15, bytes(8)) + derp(0x10, b"") + derp(0x11, KEY) + derp(0x0a, KEY + KEY + b"x"))
