@@ -172,33 +172,43 @@ impl StateFile {
         tighten_mode(&file, path).map_err(read_err)?;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut file, &mut bytes).map_err(read_err)?;
-        let corrupt = |problem: String| StateError::Corrupt {
-            path: path.to_owned(),
-            problem,
-        };
+        Self::parse(&bytes)
+            .map(Some)
+            .map_err(|problem| StateError::Corrupt {
+                path: path.to_owned(),
+                problem,
+            })
+    }
+
+    /// Parses and checks the bytes of a state file (the pure half of
+    /// [`StateFile::load`], and the fuzz target's entry point).
+    ///
+    /// # Errors
+    /// What is wrong with the bytes, in words for [`StateError::Corrupt`].
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(corrupt("it is empty".into()));
+            return Err("it is empty".into());
         }
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let mut de = serde_json::Deserializer::from_slice(bytes);
         let state: StateFile = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let at = e.path().to_string();
             let inner = e.into_inner();
             if at == "." {
-                corrupt(inner.to_string())
+                inner.to_string()
             } else {
-                corrupt(format!("at {at}: {inner}"))
+                format!("at {at}: {inner}")
             }
         })?;
         // One document and nothing after it (whitespace aside): anything
         // else is not a file this daemon wrote.
         de.end().map_err(|e| {
-            corrupt(format!(
+            format!(
                 "there is more after the JSON document ({e}); the file was changed by something \
                  other than weftd"
-            ))
+            )
         })?;
-        state.validate().map_err(corrupt)?;
-        Ok(Some(state))
+        state.validate()?;
+        Ok(state)
     }
 
     fn validate(&self) -> Result<(), String> {
