@@ -80,7 +80,8 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The server key could not be loaded or made.
+    /// The server key or the relay key could not be loaded or made (the
+    /// message names which).
     #[error(transparent)]
     Key(#[from] keyfile::KeyFileError),
     /// The database could not be opened.
@@ -97,9 +98,6 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The relay key could not be loaded or made.
-    #[error("the relay key: {0}")]
-    RelayKey(#[from] weft_relay::KeyFileError),
     /// The relay could not start.
     #[error("cannot start the relay: {0}")]
     Relay(#[from] weft_relay::RelayError),

@@ -14,6 +14,7 @@ pub mod entropy;
 pub mod filter;
 pub mod ids;
 pub mod key;
+pub mod keyfile;
 pub mod names;
 pub mod netmap;
 pub mod node;
