@@ -2,5 +2,5 @@
 //! and a recording data plane, on virtual time.
 
 mod backend;
-pub(super) mod fake;
+mod fake;
 mod localapi;
