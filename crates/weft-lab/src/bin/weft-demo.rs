@@ -118,7 +118,7 @@ fn run(lab: &Lab, bins: Binaries, once: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "\nThe tailnet keeps running. Try for example:\n  sudo ip netns exec {} {} --socket {} status\n\
+        "\nThe tailnet keeps running. Try for example:\n  ip netns exec {} {} --socket {} status\n\
          Press Ctrl-C to tear it down.",
         nodes[0].netns().name(),
         net.binaries().weft.display(),
