@@ -23,6 +23,9 @@ use super::tunnel::{TailnetTunnel, UdpDrops};
 pub struct PeerLive {
     /// The trusted direct path (disco), else WireGuard's endpoint.
     pub cur_addr: Option<SocketAddr>,
+    /// The relay region disco sends this peer's traffic through, when it
+    /// has no direct path.
+    pub relay: Option<u16>,
     pub last_handshake: Option<SystemTime>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -125,7 +128,11 @@ impl EngineDataPlane {
         }
         for p in plan.disco_upsert {
             self.tunnel
-                .disco_upsert(p.node_key, p.disco_key, p.endpoints, now);
+                // TODO(noderelay): the peer's home relay region once the
+                // netmap carries it (`weft_types::Node::home_relay`, reported
+                // by each node with its endpoints); until then peers have no
+                // relay path and reach each other directly or not at all.
+                .disco_upsert(p.node_key, p.disco_key, p.endpoints, None, now);
         }
         if !plan.add_addresses.is_empty() || !plan.remove_addresses.is_empty() {
             let _ = self.os.send(AddrChange {
@@ -141,6 +148,9 @@ impl DataPlane for EngineDataPlane {
         if let Some(k) = key {
             self.tunnel.set_node_key(k.public());
         }
+        if let Some(relays) = self.tunnel.relays() {
+            relays.set_node_key(key.cloned(), now());
+        }
         self.tunnel.device().apply(
             DeviceUpdate {
                 private_key: Some(key.cloned()),
@@ -154,12 +164,15 @@ impl DataPlane for EngineDataPlane {
         self.filter.apply_netmap(nm);
         let plan = self.config.plan(nm, unix_now());
         self.apply(plan);
+        self.tunnel.set_relay_map(&nm.relay_map, now());
     }
 
     fn clear(&mut self) {
         self.filter.clear();
         let plan = self.config.clear();
         self.apply(plan);
+        self.tunnel
+            .set_relay_map(&weft_types::netmap::RelayMap::default(), now());
     }
 
     fn peers(&self) -> BTreeMap<NodePublic, PeerLive> {
@@ -169,9 +182,15 @@ impl DataPlane for EngineDataPlane {
             .peers(now)
             .into_iter()
             .map(|p| {
-                let cur = self.tunnel.best_addr(&p.public_key, now).or(p.endpoint);
+                let direct = self.tunnel.best_addr(&p.public_key, now);
+                let relay = match self.tunnel.path(&p.public_key) {
+                    Some(weft_disco::Path::Relay(r)) if direct.is_none() => Some(r.0),
+                    _ => None,
+                };
+                let cur = direct.or(if relay.is_some() { None } else { p.endpoint });
                 let live = PeerLive {
                     cur_addr: cur,
+                    relay,
                     last_handshake: p.last_handshake,
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,

@@ -6,9 +6,9 @@
 //! * [`control`]: the control task over `weft-client`'s session (register,
 //!   map stream, reconnect with backoff, the wait for an interactive login);
 //! * [`backend`]: the coordinator and the backend state machine;
-//! * [`config`], [`dataplane`], [`tunnel`], [`netlink`], [`endpoints`]: the
-//!   data plane (incremental peer programming, disco, TUN addresses, our
-//!   endpoints);
+//! * [`config`], [`dataplane`], [`tunnel`], [`relay`], [`netlink`],
+//!   [`endpoints`]: the data plane (incremental peer programming, disco,
+//!   relay connections, TUN addresses, our endpoints);
 //! * [`bus`], [`localapi`], [`validate`]: the LocalAPI server, its event
 //!   stream and the bounds on what callers may set;
 //! * [`ssh`]: Weft SSH on the tailnet addresses while `--ssh` is on.
@@ -27,6 +27,7 @@ pub mod localapi;
 pub mod metrics;
 pub mod netlink;
 pub mod profiles;
+pub mod relay;
 pub mod ssh;
 pub mod ssh_check;
 pub mod state_file;
@@ -170,6 +171,10 @@ async fn run_async(
         weft_types::entropy::bytes(),
     );
     let tunnel = Arc::new(TailnetTunnel::new(Arc::clone(&device), disco));
+    let relay_options = relay::RelayOptions::default();
+    let (relays, relay_inputs) =
+        relay::Relays::new(tokio::runtime::Handle::current(), relay_options);
+    tunnel.set_relays(Arc::clone(&relays));
     let engine = Engine::start(
         Arc::clone(&tunnel),
         tun,
@@ -201,6 +206,12 @@ async fn run_async(
         events_tx,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let relay_pump = tokio::spawn(relay::run(
+        Arc::clone(&tunnel),
+        relays,
+        relay_inputs,
+        stop_rx.clone(),
+    ));
     let coordinator = tokio::spawn(backend.run(jobs, events_rx, stop_rx.clone()));
     // Weft SSH; `check` rules ask control through the check hook.
     let check_hook = ssh_check::ControlCheckHook::spawn(
@@ -234,22 +245,38 @@ async fn run_async(
     ));
     tracing::info!(socket = %args.socket.display(), tun = %args.tun, port, "weftd ready");
 
+    // Our interface endpoints go to disco, which adds what STUN finds;
+    // disco's list goes to control.
     let monitor = {
-        let handle = handle.clone();
+        let tunnel = Arc::clone(&tunnel);
         let tun = args.tun.clone();
         tokio::spawn(async move {
             loop {
                 let eps = endpoints::local(&tun, port);
-                if handle.call(move |b| b.set_endpoints(eps)).await.is_err() {
+                tunnel.set_local_endpoints(port, eps, clocks().0);
+                tokio::time::sleep(ENDPOINT_POLL).await;
+            }
+        })
+    };
+    let reporter = {
+        let handle = handle.clone();
+        let mut eps = tunnel.endpoints();
+        tokio::spawn(async move {
+            while eps.changed().await.is_ok() {
+                let list = eps.borrow_and_update().clone();
+                // TODO(noderelay): report our home relay region alongside
+                // (a wire field next to the endpoints; see
+                // docs/notes/noderelay-status.md).
+                if handle.call(move |b| b.set_endpoints(list)).await.is_err() {
                     return;
                 }
-                tokio::time::sleep(ENDPOINT_POLL).await;
             }
         })
     };
 
     let outcome = wait_for_exit(&handle).await;
     monitor.abort();
+    reporter.abort();
     let _ = stop_tx.send(true);
     let mut server = server;
     if tokio::time::timeout(localapi::SHUTDOWN_GRACE, &mut server)
@@ -262,6 +289,7 @@ async fn run_async(
     drop(handle);
     let _ = tokio::time::timeout(localapi::SHUTDOWN_GRACE * 2, ssh_service).await;
     let _ = coordinator.await;
+    let _ = relay_pump.await;
     if outcome.is_ok() {
         tracing::info!("stopped");
     }
