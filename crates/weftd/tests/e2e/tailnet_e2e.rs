@@ -1103,7 +1103,7 @@ fn peers_without_udp_between_them_talk_through_the_relay_from_the_first_ping() -
             eprintln!("first ping through the relay answered after {took:?}");
             let out = r1.weft(["ping", "-c", "3", "r2"]).run_unchecked()?;
             ensure!(
-                out.stdout.contains("pong from r2") && out.stdout.contains("via relay("),
+                out.stdout.contains("pong from r2") && out.stdout.contains("via relay(weft)"),
                 "weft ping r2: {}{}",
                 out.stdout,
                 out.stderr
@@ -1114,7 +1114,23 @@ fn peers_without_udp_between_them_talk_through_the_relay_from_the_first_ping() -
                 .and_then(|ps| ps.iter().find(|p| p["hostname"] == "r2"))
                 .cloned()
                 .unwrap_or_default();
-            ensure!(peer["relay"].is_string(), "r2 in r1's status: {peer}");
+            ensure!(peer["relay"] == "weft", "r2 in r1's status: {peer}");
+            // netcheck from the node's own socket: UDP to control's STUN works, the public
+            // address is the underlay one (no NAT here), and the relay region has a latency.
+            let nc: serde_json::Value = r1.weft(["netcheck", "--json"]).json()?;
+            ensure!(
+                nc["udp"] == true
+                    && nc["global_v4"] == format!("{}:41641", r1.underlay_addr())
+                    && nc["preferred_region"] == 900
+                    && nc["regions"][0]["code"] == "weft"
+                    && nc["regions"][0]["latency_ms"].is_f64(),
+                "weft netcheck --json: {nc}"
+            );
+            let text = r1.weft(["netcheck"]).run()?.stdout;
+            ensure!(
+                text.contains("UDP: true") && text.contains("Nearest relay:"),
+                "{text}"
+            );
             let dest = SocketAddr::new(ip2.into(), 5201);
             tcp_transfer(r1.netns(), r2.netns(), dest, 4 << 20, SECS(30))?.verify()?;
             Ok(())
