@@ -707,14 +707,21 @@ impl Backend {
     }
 
     /// Starts a netcheck run; returns a receiver whose next change is its
-    /// report, and the relay map's regions (id → code, name).
-    pub fn netcheck(&self) -> Result<(NetcheckRx, Vec<(u16, String, String)>), BackendError> {
+    /// report, and the relay map's regions (latencies not filled in).
+    pub fn netcheck(
+        &self,
+    ) -> Result<(NetcheckRx, Vec<weft_localapi::NetcheckRegion>), BackendError> {
         let nm = self.netmap().ok_or(BackendError::NoRelayMap)?;
         let regions = nm
             .relay_map
             .regions
             .values()
-            .map(|r| (r.id, r.code.clone(), r.name.clone()))
+            .map(|r| weft_localapi::NetcheckRegion {
+                id: r.id,
+                code: r.code.clone(),
+                name: r.name.clone(),
+                latency_ms: None,
+            })
             .collect();
         let rx = self.dp.netcheck().ok_or(BackendError::NoRelayMap)?;
         Ok((rx, regions))

@@ -389,11 +389,9 @@ async fn netcheck_h(State(st): State<AppState>) -> Result<Response, ApiError> {
         port_mapping: None,
         regions: regions
             .into_iter()
-            .map(|(id, code, name)| NetcheckRegion {
-                id,
-                code,
-                name,
-                latency_ms: latency(id),
+            .map(|g| NetcheckRegion {
+                latency_ms: latency(g.id),
+                ..g
             })
             .collect(),
         preferred_region: report.preferred_region.map(|r| r.0),
