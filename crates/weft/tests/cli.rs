@@ -533,8 +533,8 @@ async fn ping_prints_each_pong_and_stops_at_the_first_direct_one() {
     assert_eq!(
         out.stdout,
         "ping \"100.64.0.3\" timed out\n\
-         pong from web (100.64.0.3) via relay \"lab\" in 3ms\n\
-         pong from web (100.64.0.3) via 198.18.0.2:41641 in 3ms\n"
+         pong from web (100.64.0.3) via relay(lab) in 3.2ms\n\
+         pong from web (100.64.0.3) via 198.18.0.2:41641 in 3.2ms\n"
     );
     let pings = bodies(&fake, Method::POST, "ping");
     assert_eq!(pings.len(), 3);

@@ -107,14 +107,27 @@ impl PingLoop {
 pub fn pong_line(pong: &PingResult) -> String {
     let via = match &pong.via {
         PingPath::Direct(addr) => addr.to_string(),
-        PingPath::Relay(name) => format!("relay {name:?}"),
+        PingPath::Relay(name) => format!("relay({})", escape(name)),
     };
     format!(
-        "pong from {} ({}) via {via} in {:.0}ms",
+        "pong from {} ({}) via {via} in {}",
         escape(&pong.node_name),
         pong.node_ip,
-        pong.latency_ms
+        latency(pong.latency_ms)
     )
+}
+
+/// Formats a round trip in milliseconds with the precision it deserves:
+/// whole milliseconds from 10 ms, tenths below, hundredths under 0.1 ms
+/// (never `0ms`: a LAN answers in fractions of one).
+pub fn latency(ms: f64) -> String {
+    if ms >= 10.0 {
+        format!("{ms:.0}ms")
+    } else if ms >= 0.1 {
+        format!("{ms:.1}ms")
+    } else {
+        format!("{:.2}ms", ms.max(0.01))
+    }
 }
 
 /// Runs `weft ping`.
@@ -252,7 +265,23 @@ mod tests {
         };
         assert_eq!(
             pong_line(&p),
-            "pong from web (100.64.0.2) via relay \"lab\" in 12ms"
+            "pong from web (100.64.0.2) via relay(lab) in 12ms"
         );
+    }
+
+    #[test]
+    fn latencies_below_a_millisecond_keep_their_digits() {
+        for (ms, want) in [
+            (123.4, "123ms"),
+            (12.0, "12ms"),
+            (9.96, "10.0ms"),
+            (1.26, "1.3ms"),
+            (0.42, "0.4ms"),
+            (0.1, "0.1ms"),
+            (0.047, "0.05ms"),
+            (0.0, "0.01ms"),
+        ] {
+            assert_eq!(latency(ms), want, "{ms}");
+        }
     }
 }

@@ -72,7 +72,15 @@ pub enum BackendError {
     /// The peer has no disco key yet.
     #[error("{name} ({ip}) has no disco key yet (it has not connected to control)")]
     PeerNotConnected { name: String, ip: IpAddr },
+    /// netcheck needs the relay map, which comes with the netmap.
+    #[error(
+        "netcheck needs the relay map from control, and this node has no netmap yet: run weft up (or wait until weft status shows it running)"
+    )]
+    NoRelayMap,
 }
+
+/// Where a netcheck run's report arrives ([`Backend::netcheck`]).
+pub type NetcheckRx = tokio::sync::watch::Receiver<Option<weft_disco::Report>>;
 
 /// How the user is logging in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +251,8 @@ pub struct Backend {
     rt: Runtime,
     last_state: BackendState,
     endpoints: Vec<Endpoint>,
+    /// Our home relay region as disco last chose it.
+    home_relay: Option<u16>,
     /// Our SSH host keys (set by the SSH service), published while `--ssh` is on.
     ssh_host_keys: Vec<weft_types::node::SshHostKey>,
 }
@@ -270,6 +280,7 @@ impl Backend {
             rt: Runtime::default(),
             last_state: BackendState::NoState,
             endpoints: Vec::new(),
+            home_relay: None,
             ssh_host_keys: Vec::new(),
         };
         b.load_profile();
@@ -695,6 +706,36 @@ impl Backend {
         Ok((name, rx))
     }
 
+    /// Starts a netcheck run; returns a receiver whose next change is its
+    /// report, and the relay map's regions (latencies not filled in).
+    pub fn netcheck(
+        &self,
+    ) -> Result<(NetcheckRx, Vec<weft_localapi::NetcheckRegion>), BackendError> {
+        let nm = self.netmap().ok_or(BackendError::NoRelayMap)?;
+        let regions = nm
+            .relay_map
+            .regions
+            .values()
+            .map(|r| weft_localapi::NetcheckRegion {
+                id: r.id,
+                code: r.code.clone(),
+                name: r.name.clone(),
+                latency_ms: None,
+            })
+            .collect();
+        let rx = self.dp.netcheck().ok_or(BackendError::NoRelayMap)?;
+        Ok((rx, regions))
+    }
+
+    /// Returns the code of relay region `region` in the current netmap's
+    /// relay map (what `weft ping` and `weft status` show), or its id when
+    /// the map does not name it.
+    pub fn relay_region_name(&self, region: u16) -> String {
+        self.netmap()
+            .and_then(|nm| nm.relay_map.regions.get(&region))
+            .map_or_else(|| region.to_string(), |r| r.code.clone())
+    }
+
     /// Our endpoints changed (from the endpoint monitor).
     pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) {
         if endpoints == self.endpoints {
@@ -704,6 +745,19 @@ impl Backend {
         self.endpoints.clone_from(&endpoints);
         if let Some(s) = &self.session {
             s.send(ControlCmd::Endpoints(endpoints));
+        }
+    }
+
+    /// Our home relay region (from disco): peers reach us through it until
+    /// a direct path works. Sent to control with the endpoints.
+    pub fn set_home_relay(&mut self, home_relay: Option<u16>) {
+        if home_relay == self.home_relay {
+            return;
+        }
+        tracing::debug!(?home_relay, "Home relay changed");
+        self.home_relay = home_relay;
+        if let Some(s) = &self.session {
+            s.send(ControlCmd::HomeRelay(home_relay));
         }
     }
 
@@ -798,11 +852,11 @@ impl Backend {
             seed: weft_types::entropy::u64(),
         };
         tracing::debug!(generation = self.generation, url = %spec.url, "Control task starting");
-        self.session = Some(control::spawn(
-            self.control.clone(),
-            spec,
-            self.events_tx.clone(),
-        ));
+        let session = control::spawn(self.control.clone(), spec, self.events_tx.clone());
+        if self.home_relay.is_some() {
+            session.send(ControlCmd::HomeRelay(self.home_relay));
+        }
+        self.session = Some(session);
     }
 
     fn host_info(&self) -> HostInfo {

@@ -23,6 +23,9 @@ use super::tunnel::{TailnetTunnel, UdpDrops};
 pub struct PeerLive {
     /// The trusted direct path (disco), else WireGuard's endpoint.
     pub cur_addr: Option<SocketAddr>,
+    /// The relay region disco sends this peer's traffic through, when it
+    /// has no direct path.
+    pub relay: Option<u16>,
     pub last_handshake: Option<SystemTime>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -40,6 +43,11 @@ pub trait DataPlane: Send + 'static {
     fn peers(&self) -> BTreeMap<NodePublic, PeerLive>;
     /// Asks for one disco ping; `None` if disco does not know the peer.
     fn ping(&self, peer: &NodePublic, timeout: Duration) -> Option<oneshot::Receiver<PingOutcome>>;
+    /// Starts a netcheck run; the receiver's next change is its report.
+    /// `None`: this data plane has no disco (tests).
+    fn netcheck(&self) -> Option<super::backend::NetcheckRx> {
+        None
+    }
     /// Returns this run's disco key.
     fn disco_key(&self) -> DiscoPublic;
     /// Returns how many inbound packets the filter dropped.
@@ -124,8 +132,9 @@ impl EngineDataPlane {
             );
         }
         for p in plan.disco_upsert {
+            let home = p.home_relay.map(weft_disco::RegionId);
             self.tunnel
-                .disco_upsert(p.node_key, p.disco_key, p.endpoints, now);
+                .disco_upsert(p.node_key, p.disco_key, p.endpoints, home, now);
         }
         if !plan.add_addresses.is_empty() || !plan.remove_addresses.is_empty() {
             let _ = self.os.send(AddrChange {
@@ -141,6 +150,9 @@ impl DataPlane for EngineDataPlane {
         if let Some(k) = key {
             self.tunnel.set_node_key(k.public());
         }
+        if let Some(relays) = self.tunnel.relays() {
+            relays.set_node_key(key.cloned(), now());
+        }
         self.tunnel.device().apply(
             DeviceUpdate {
                 private_key: Some(key.cloned()),
@@ -154,12 +166,15 @@ impl DataPlane for EngineDataPlane {
         self.filter.apply_netmap(nm);
         let plan = self.config.plan(nm, unix_now());
         self.apply(plan);
+        self.tunnel.set_relay_map(&nm.relay_map, now());
     }
 
     fn clear(&mut self) {
         self.filter.clear();
         let plan = self.config.clear();
         self.apply(plan);
+        self.tunnel
+            .set_relay_map(&weft_types::netmap::RelayMap::default(), now());
     }
 
     fn peers(&self) -> BTreeMap<NodePublic, PeerLive> {
@@ -169,9 +184,15 @@ impl DataPlane for EngineDataPlane {
             .peers(now)
             .into_iter()
             .map(|p| {
-                let cur = self.tunnel.best_addr(&p.public_key, now).or(p.endpoint);
+                let direct = self.tunnel.best_addr(&p.public_key, now);
+                let relay = match self.tunnel.path(&p.public_key) {
+                    Some(weft_disco::Path::Relay(r)) if direct.is_none() => Some(r.0),
+                    _ => None,
+                };
+                let cur = direct.or(if relay.is_some() { None } else { p.endpoint });
                 let live = PeerLive {
                     cur_addr: cur,
+                    relay,
                     last_handshake: p.last_handshake,
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,
@@ -183,6 +204,13 @@ impl DataPlane for EngineDataPlane {
 
     fn ping(&self, peer: &NodePublic, timeout: Duration) -> Option<oneshot::Receiver<PingOutcome>> {
         self.tunnel.ping(peer, timeout, now())
+    }
+
+    fn netcheck(&self) -> Option<super::backend::NetcheckRx> {
+        let mut rx = self.tunnel.netcheck_reports();
+        rx.borrow_and_update();
+        self.tunnel.netcheck_now(now());
+        Some(rx)
     }
 
     fn disco_key(&self) -> DiscoPublic {

@@ -6,9 +6,9 @@
 //! * [`control`]: the control task over `weft-client`'s session (register,
 //!   map stream, reconnect with backoff, the wait for an interactive login);
 //! * [`backend`]: the coordinator and the backend state machine;
-//! * [`config`], [`dataplane`], [`tunnel`], [`netlink`], [`endpoints`]: the
-//!   data plane (incremental peer programming, disco, TUN addresses, our
-//!   endpoints);
+//! * [`config`], [`dataplane`], [`tunnel`], [`relay`], [`netlink`],
+//!   [`endpoints`]: the data plane (incremental peer programming, disco,
+//!   relay connections, TUN addresses, our endpoints);
 //! * [`bus`], [`localapi`], [`validate`]: the LocalAPI server, its event
 //!   stream and the bounds on what callers may set;
 //! * [`ssh`]: Weft SSH on the tailnet addresses while `--ssh` is on.
@@ -27,6 +27,8 @@ pub mod localapi;
 pub mod metrics;
 pub mod netlink;
 pub mod profiles;
+pub mod relay;
+pub mod relay_addr;
 pub mod ssh;
 pub mod ssh_check;
 pub mod state_file;
@@ -170,6 +172,10 @@ async fn run_async(
         weft_types::entropy::bytes(),
     );
     let tunnel = Arc::new(TailnetTunnel::new(Arc::clone(&device), disco));
+    let relay_options = relay::RelayOptions::default();
+    let (relays, relay_inputs) =
+        relay::Relays::new(tokio::runtime::Handle::current(), relay_options);
+    tunnel.set_relays(Arc::clone(&relays));
     let engine = Engine::start(
         Arc::clone(&tunnel),
         tun,
@@ -179,6 +185,7 @@ async fn run_async(
         },
     )?;
     device.set_bound_port(engine.listen_port());
+    tunnel.set_injector(engine.injector());
     let port = engine.listen_port();
     let os = netlink::spawn(args.tun.clone()).context("cannot open a netlink socket")?;
     let dp = EngineDataPlane::new(Arc::clone(&tunnel), engine, os);
@@ -201,6 +208,12 @@ async fn run_async(
         events_tx,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let relay_pump = tokio::spawn(relay::run(
+        Arc::clone(&tunnel),
+        relays,
+        relay_inputs,
+        stop_rx.clone(),
+    ));
     let coordinator = tokio::spawn(backend.run(jobs, events_rx, stop_rx.clone()));
     // Weft SSH; `check` rules ask control through the check hook.
     let check_hook = ssh_check::ControlCheckHook::spawn(
@@ -234,22 +247,53 @@ async fn run_async(
     ));
     tracing::info!(socket = %args.socket.display(), tun = %args.tun, port, "weftd ready");
 
-    let monitor = {
+    // Subscribed before the monitor starts feeding disco, and the current
+    // value is reported first: a list published between a later subscribe
+    // and the first `changed()` would otherwise never reach control (seen
+    // under load: peers waited forever for our endpoints).
+    let reporter = {
         let handle = handle.clone();
+        let mut eps = tunnel.endpoints();
+        let mut home = tunnel.home_relay();
+        tokio::spawn(async move {
+            loop {
+                let list = eps.borrow_and_update().clone();
+                let region = *home.borrow_and_update();
+                let sent = handle
+                    .call(move |b| {
+                        b.set_endpoints(list);
+                        b.set_home_relay(region);
+                    })
+                    .await;
+                if sent.is_err() {
+                    return;
+                }
+                let changed = tokio::select! {
+                    r = eps.changed() => r,
+                    r = home.changed() => r,
+                };
+                if changed.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    // Our interface endpoints go to disco, which adds what STUN finds;
+    // disco's list goes to control.
+    let monitor = {
+        let tunnel = Arc::clone(&tunnel);
         let tun = args.tun.clone();
         tokio::spawn(async move {
             loop {
                 let eps = endpoints::local(&tun, port);
-                if handle.call(move |b| b.set_endpoints(eps)).await.is_err() {
-                    return;
-                }
+                tunnel.set_local_endpoints(port, eps, clocks().0);
                 tokio::time::sleep(ENDPOINT_POLL).await;
             }
         })
     };
-
     let outcome = wait_for_exit(&handle).await;
     monitor.abort();
+    reporter.abort();
     let _ = stop_tx.send(true);
     let mut server = server;
     if tokio::time::timeout(localapi::SHUTDOWN_GRACE, &mut server)
@@ -262,6 +306,7 @@ async fn run_async(
     drop(handle);
     let _ = tokio::time::timeout(localapi::SHUTDOWN_GRACE * 2, ssh_service).await;
     let _ = coordinator.await;
+    let _ = relay_pump.await;
     if outcome.is_ok() {
         tracing::info!("stopped");
     }

@@ -17,6 +17,27 @@
 //!   threads yet; see `/work/notes/engine-requests.md`).
 //! * Disco's best-path changes become WireGuard endpoint updates of that
 //!   peer only.
+//! * Relays ([`super::relay::Relays`], once set): disco datagrams for
+//!   `Destination::Relay` go through the region's relay client; disco's home
+//!   relay is followed; relayed disco datagrams, relay connection changes
+//!   and relay latencies come in through [`TailnetTunnel::handle_relay_input`]
+//!   (the relay pump task, outside the engine's threads), and the UDP
+//!   datagrams disco answers with there wait for the next timer tick, the
+//!   only place outside the engine's packet path that can send on the socket.
+//! * WireGuard over the relay: while disco's path for a peer is
+//!   `Relay(region)`, the peer's WireGuard endpoint is its relay endpoint
+//!   ([`super::relay_addr`]); the engine hands datagrams to those addresses
+//!   to [`Tunnel::send_diverted`] (one prefix compare per send run) and they
+//!   go out through the region's relay client. Relayed WireGuard datagrams
+//!   are handed to the engine's [`weft_net::Injector`], opened on the rx
+//!   thread with the sender's relay endpoint as source.
+//! * STUN (netcheck) on the WireGuard socket, so the reflexive address is
+//!   this socket's own mapping: disco's `Transmit::Stun` is encoded and sent
+//!   from it; a received datagram that is not a WireGuard data message
+//!   (first byte 4, checked first so the data path pays one compare) and
+//!   looks like STUN is parsed and given to disco. Disco's endpoints (ours
+//!   plus what STUN found) are published on a watch channel
+//!   ([`TailnetTunnel::endpoints`]) for control.
 //!
 //! Locks: `disco` is taken on its own, never while the device runs a
 //! callback; `pings` only after `disco` is released. The per-packet path
@@ -27,15 +48,25 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use weft_disco::{Destination, Disco, Event, Path, PingId, PingOutcome, Transmit};
+use weft_disco::{
+    Destination, Disco, Event, Path, PingId, PingOutcome, RegionId, RelayRegionInfo, Transmit,
+};
 use weft_net::Tunnel;
 use weft_packet::IpPacket;
-use weft_types::{DiscoPublic, NodePublic};
+use weft_types::netmap::RelayMap;
+use weft_types::{DiscoPublic, Endpoint, NodePublic};
 use weft_wg::{Decapsulated, Device, DeviceUpdate, DropReason, Encapsulated, PeerUpdate};
+
+use super::relay::{Input, Relays};
+use super::relay_addr::{self, RelayAddrs};
+
+/// How often relayed traffic to one peer is reported to disco (which then
+/// probes a settled peer for a direct path again).
+const RELAYED_TRAFFIC_NOTE: Duration = Duration::from_secs(1);
 
 /// Where the packet filter plugs in ([`super::filter::NodeFilter`]). A tunnel
 /// without hooks lets everything through. Packets come as the views
@@ -71,12 +102,21 @@ pub struct UdpDrops {
     pub wireguard: BTreeMap<DropReason, u64>,
     /// Disco's drops, by the names of [`weft_disco::Stats::by_reason`].
     pub disco: BTreeMap<&'static str, u64>,
+    /// WireGuard datagrams over the relay that were dropped before the
+    /// relay or WireGuard took them: `rx_not_opened` (received, the
+    /// engine's queue full or not running), `tx_not_sent` (no relay
+    /// connection for the region, or its send buffer full).
+    pub relay: BTreeMap<&'static str, u64>,
 }
 
 impl UdpDrops {
     /// Returns every drop counted.
     pub fn total(&self) -> u64 {
-        self.wireguard.values().chain(self.disco.values()).sum()
+        self.wireguard
+            .values()
+            .chain(self.disco.values())
+            .chain(self.relay.values())
+            .sum()
     }
 }
 
@@ -90,6 +130,9 @@ struct Traffic {
     filtered: AtomicU64,
     /// WireGuard drops by [`DropReason::ALL`] index (rx only).
     dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Datagrams for a relay endpoint that could not be sent (tx only: no
+    /// relay for the region, its queue full, an unknown endpoint).
+    dropped_relay: AtomicU64,
 }
 
 impl Traffic {
@@ -106,6 +149,29 @@ pub struct TailnetTunnel {
     pings: Mutex<BTreeMap<PingId, oneshot::Sender<PingOutcome>>>,
     /// Unset: everything passes.
     hooks: OnceLock<Arc<dyn PacketHooks>>,
+    /// Unset: no relay (disco gets no relay map).
+    relays: OnceLock<Arc<Relays>>,
+    /// UDP datagrams disco produced outside the engine's threads (answers
+    /// to relayed disco), sent at the next timer tick.
+    pending_udp: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
+    /// Relayed WireGuard datagrams dropped: no engine to open them yet, its
+    /// queue full, or the relay endpoint table full.
+    relay_dropped: AtomicU64,
+    /// Relay endpoints of peers (see [`super::relay_addr`]).
+    relay_addrs: RwLock<RelayAddrs>,
+    /// When relayed traffic to each peer was last reported to disco.
+    relay_noted: Mutex<BTreeMap<NodePublic, Instant>>,
+    /// Where relayed WireGuard datagrams go to be opened (the engine's rx
+    /// thread); set once the engine runs.
+    injector: OnceLock<weft_net::Injector>,
+    /// STUN-looking datagrams that did not parse as a Binding response.
+    stun_malformed: AtomicU64,
+    /// Disco's latest endpoints (local + STUN), for control.
+    endpoints: tokio::sync::watch::Sender<Vec<Endpoint>>,
+    /// Disco's home relay region, for control (peers reach us there).
+    home_relay: tokio::sync::watch::Sender<Option<u16>>,
+    /// The last netcheck report (`weft netcheck`); `None` until a run ends.
+    netcheck: tokio::sync::watch::Sender<Option<weft_disco::Report>>,
     tx: Traffic,
     rx: Traffic,
 }
@@ -118,6 +184,16 @@ impl TailnetTunnel {
             disco: Mutex::new(disco),
             pings: Mutex::new(BTreeMap::new()),
             hooks: OnceLock::new(),
+            relays: OnceLock::new(),
+            pending_udp: Mutex::new(Vec::new()),
+            relay_dropped: AtomicU64::new(0),
+            relay_addrs: RwLock::new(RelayAddrs::default()),
+            relay_noted: Mutex::new(BTreeMap::new()),
+            injector: OnceLock::new(),
+            stun_malformed: AtomicU64::new(0),
+            endpoints: tokio::sync::watch::Sender::new(Vec::new()),
+            home_relay: tokio::sync::watch::Sender::new(None),
+            netcheck: tokio::sync::watch::Sender::new(None),
             tx: Traffic::default(),
             rx: Traffic::default(),
         }
@@ -134,6 +210,154 @@ impl TailnetTunnel {
     /// the filter itself, never by swapping it.
     pub fn set_hooks(&self, hooks: Arc<dyn PacketHooks>) -> bool {
         self.hooks.set(hooks).is_ok()
+    }
+
+    /// Installs the relay clients, once (`false` if already set).
+    pub fn set_relays(&self, relays: Arc<Relays>) -> bool {
+        self.relays.set(relays).is_ok()
+    }
+
+    /// Installs the engine's injector, once (`false` if already set): relayed
+    /// WireGuard datagrams are opened through it.
+    pub fn set_injector(&self, injector: weft_net::Injector) -> bool {
+        self.injector.set(injector).is_ok()
+    }
+
+    /// Returns the relay clients, if installed.
+    pub fn relays(&self) -> Option<&Arc<Relays>> {
+        self.relays.get()
+    }
+
+    /// Takes the netmap's relay map: the relay clients (if installed)
+    /// connect to the regions' relays, and disco learns the regions (home
+    /// relay choice, peers' relay paths) and their STUN servers (netcheck).
+    /// A STUN server is a node's IP literal with its `stun_port`; host
+    /// names are not resolved yet (TODO(noderelay): resolve off the
+    /// coordinator, or take the IP fields the relay map may gain), and a
+    /// region without any is measured over its relay connection only.
+    pub fn set_relay_map(&self, map: &RelayMap, now: Instant) {
+        if let Some(relays) = self.relays.get() {
+            relays.set_relay_map(map, now);
+        }
+        let regions = map.regions.values().map(|r| RelayRegionInfo {
+            id: RegionId(r.id),
+            stun: r
+                .nodes
+                .iter()
+                .filter(|n| n.stun_port != 0)
+                .filter_map(|n| {
+                    let ip: std::net::IpAddr = n.host.trim_matches(['[', ']']).parse().ok()?;
+                    Some(SocketAddr::new(ip, n.stun_port))
+                })
+                .collect(),
+        });
+        self.disco().set_relay_map(regions, now);
+        self.drain(now, &mut |to, d| self.queue_udp(to, d));
+    }
+
+    /// Gives disco our local endpoints (interface addresses with the
+    /// socket's `port`); a change re-probes every peer and runs netcheck.
+    pub fn set_local_endpoints(&self, port: u16, endpoints: Vec<Endpoint>, now: Instant) {
+        self.disco()
+            .handle_local_endpoints_changed(port, endpoints, now);
+        self.drain(now, &mut |to, d| self.queue_udp(to, d));
+    }
+
+    /// Returns a receiver of disco's endpoints (local + STUN-learned),
+    /// updated on every change: what control must be told.
+    pub fn endpoints(&self) -> tokio::sync::watch::Receiver<Vec<Endpoint>> {
+        self.endpoints.subscribe()
+    }
+
+    /// Returns a receiver of disco's home relay region, updated on every
+    /// change: what control must be told next to the endpoints.
+    pub fn home_relay(&self) -> tokio::sync::watch::Receiver<Option<u16>> {
+        self.home_relay.subscribe()
+    }
+
+    /// Returns a receiver of netcheck reports: the last one, and each new
+    /// one as a run ends (`weft netcheck` starts a run with
+    /// [`TailnetTunnel::netcheck_now`] and waits for the next). The
+    /// requests of a run leave at the engine's next timer tick.
+    #[cfg_attr(not(test), allow(dead_code))] // for the `weft netcheck` route (next step)
+    pub fn netcheck_reports(&self) -> tokio::sync::watch::Receiver<Option<weft_disco::Report>> {
+        self.netcheck.subscribe()
+    }
+
+    /// Starts a netcheck run; `false` when there are no STUN servers.
+    #[cfg_attr(not(test), allow(dead_code))] // for the `weft netcheck` route (next step)
+    pub fn netcheck_now(&self, now: Instant) -> bool {
+        self.disco().netcheck_now(now)
+    }
+
+    /// Returns how many relayed WireGuard datagrams were dropped before
+    /// WireGuard saw them.
+    #[cfg(test)]
+    pub fn relay_dropped(&self) -> u64 {
+        self.relay_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Handles what the relays report (see [`super::relay::run`]).
+    pub fn handle_relay_input(&self, input: Input, now: Instant) {
+        match input {
+            Input::Relay(region, weft_relay::Event::Packet { src, data }) => {
+                if weft_disco::is_disco(&data) {
+                    self.disco().handle_relay(region, src, &data, now);
+                } else {
+                    self.open_relayed(region, &src, &data);
+                    return;
+                }
+            }
+            Input::Relay(region, weft_relay::Event::Connected { .. }) => {
+                tracing::debug!(%region, "Relay connected");
+                self.disco().handle_relay_connection(region, true, now);
+            }
+            Input::Relay(region, weft_relay::Event::Disconnected { error, retry_in }) => {
+                tracing::debug!(%region, %error, ?retry_in, "Relay disconnected");
+                self.disco().handle_relay_connection(region, false, now);
+            }
+            Input::Relay(region, other) => {
+                tracing::trace!(%region, ?other, "Relay event");
+                return;
+            }
+            Input::Latency(region, rtt) => {
+                tracing::trace!(%region, ?rtt, "Relay latency");
+                self.disco().handle_relay_latency(region, rtt, now);
+            }
+        }
+        self.drain(now, &mut |to, d| self.queue_udp(to, d));
+    }
+
+    /// Hands a relayed WireGuard datagram to the engine, from the sender's
+    /// relay endpoint.
+    fn open_relayed(&self, region: RegionId, src: &NodePublic, data: &[u8]) {
+        let from = self.relay_addr(region, src);
+        let queued = match (from, self.injector.get()) {
+            (Some(from), Some(inj)) => inj.inject(from, data.to_vec()),
+            _ => false,
+        };
+        if queued {
+            tracing::trace!(%region, len = data.len(), "Relayed datagram queued for WireGuard");
+        } else {
+            self.relay_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(%region, len = data.len(), "Relayed datagram dropped");
+        }
+    }
+
+    /// Returns `peer`'s relay endpoint through `region`.
+    fn relay_addr(&self, region: RegionId, peer: &NodePublic) -> Option<SocketAddr> {
+        let mut t = self
+            .relay_addrs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        t.addr(region, peer)
+    }
+
+    fn queue_udp(&self, to: SocketAddr, datagram: &[u8]) {
+        self.pending_udp
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((to, datagram.to_vec()));
     }
 
     /// Returns how many inbound packets the hooks refused.
@@ -159,8 +383,21 @@ impl TailnetTunnel {
             .zip(&self.rx.dropped)
             .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
             .collect();
-        let disco = self.disco().stats().by_reason().into_iter().collect();
-        UdpDrops { wireguard, disco }
+        let mut disco: BTreeMap<&'static str, u64> =
+            self.disco().stats().by_reason().into_iter().collect();
+        disco.insert(
+            "stun_malformed",
+            self.stun_malformed.load(Ordering::Relaxed),
+        );
+        let relay = BTreeMap::from([
+            ("rx_not_opened", self.relay_dropped.load(Ordering::Relaxed)),
+            ("tx_not_sent", self.tx.dropped_relay.load(Ordering::Relaxed)),
+        ]);
+        UdpDrops {
+            wireguard,
+            disco,
+            relay,
+        }
     }
 
     /// Returns our disco public key.
@@ -173,17 +410,18 @@ impl TailnetTunnel {
         self.disco().set_node_key(key);
     }
 
-    /// Adds or updates a disco peer.
+    /// Adds or updates a disco peer, with its home relay region (its
+    /// traffic goes through that relay until a direct path answers).
     pub fn disco_upsert(
         &self,
         peer: NodePublic,
         disco_key: DiscoPublic,
         endpoints: Vec<SocketAddr>,
+        home_relay: Option<RegionId>,
         now: Instant,
     ) {
-        // No relay map reaches disco yet: paths are direct or none.
         self.disco()
-            .upsert_peer(peer, disco_key, endpoints, None, now);
+            .upsert_peer(peer, disco_key, endpoints, home_relay, now);
     }
 
     /// Forgets a disco peer.
@@ -195,6 +433,11 @@ impl TailnetTunnel {
     /// Returns the peer's trusted direct path.
     pub fn best_addr(&self, peer: &NodePublic, now: Instant) -> Option<SocketAddr> {
         self.disco().best_addr(peer, now)
+    }
+
+    /// Returns the path disco sends `peer`'s traffic over.
+    pub fn path(&self, peer: &NodePublic) -> Option<Path> {
+        self.disco().path(peer)
     }
 
     /// Asks for one disco ping to `peer`; the receiver gets the outcome.
@@ -232,8 +475,24 @@ impl TailnetTunnel {
                     to: Destination::Udp(to),
                     payload,
                 } => send(to, &payload),
-                // Without a relay map disco asks for neither.
-                other => tracing::trace!(?other, "No relay or STUN client yet; dropped"),
+                Transmit::Disco {
+                    to: Destination::Relay { region, node },
+                    payload,
+                } => {
+                    if let Some(relays) = self.relays.get() {
+                        relays.send(region, &node, &payload, now);
+                    }
+                }
+                Transmit::Stun { server, tx_id } => {
+                    let mut buf = [0u8; weft_disco::stun::BINDING_REQUEST_LEN];
+                    match weft_disco::stun::write_binding_request(
+                        weft_disco::stun::TxId(tx_id),
+                        &mut buf,
+                    ) {
+                        Ok(n) => send(server, &buf[..n]),
+                        Err(e) => tracing::warn!(error = %e, "Cannot encode a STUN request"),
+                    }
+                }
             }
         }
         for e in events {
@@ -261,8 +520,37 @@ impl TailnetTunnel {
                     now,
                 );
             }
-            Event::PathChanged { peer, .. } => {
-                tracing::debug!(peer = %peer.short(), "Direct path lost");
+            Event::PathChanged {
+                peer,
+                path: Some(Path::Relay(region)),
+            } => {
+                let Some(addr) = self.relay_addr(region, &peer) else {
+                    tracing::warn!(peer = %peer.short(), %region, "No relay endpoint left for a peer");
+                    return;
+                };
+                tracing::debug!(peer = %peer.short(), %region, "Relay path");
+                let update = PeerUpdate {
+                    update_only: true,
+                    endpoint: Some(addr),
+                    ..PeerUpdate::new(peer)
+                };
+                self.device.apply(
+                    DeviceUpdate {
+                        peers: vec![update],
+                        ..DeviceUpdate::default()
+                    },
+                    now,
+                );
+            }
+            Event::PathChanged { peer, path: None } => {
+                tracing::debug!(peer = %peer.short(), "No path");
+            }
+            Event::HomeRelayChanged { region } => {
+                tracing::info!(?region, "Home relay");
+                self.home_relay.send_replace(region.map(|r| r.0));
+                if let Some(relays) = self.relays.get() {
+                    relays.set_home(region, now);
+                }
             }
             Event::Ping { id, outcome, .. } => {
                 if let Some(tx) = self
@@ -274,10 +562,15 @@ impl TailnetTunnel {
                     let _ = tx.send(outcome);
                 }
             }
-            Event::Latency { .. }
-            | Event::HomeRelayChanged { .. }
-            | Event::EndpointsChanged { .. }
-            | Event::Netcheck(_) => {}
+            Event::EndpointsChanged { endpoints } => {
+                tracing::debug!(count = endpoints.len(), "Our endpoints changed");
+                self.endpoints.send_replace(endpoints);
+            }
+            Event::Netcheck(report) => {
+                tracing::debug!(udp = report.udp, "netcheck report");
+                self.netcheck.send_replace(Some(report));
+            }
+            Event::Latency { .. } => {}
         }
     }
 
@@ -321,6 +614,20 @@ impl Tunnel for TailnetTunnel {
             self.drain(now, send);
             return Decapsulated::Done;
         }
+        if datagram.first() != Some(&4) && weft_disco::stun::is_stun(datagram) {
+            match weft_disco::stun::parse_binding_response(datagram) {
+                Ok((tx_id, mapped)) => {
+                    self.disco()
+                        .handle_stun_response(tx_id.0, mapped, from, now);
+                    self.drain(now, send);
+                }
+                Err(e) => {
+                    self.stun_malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::trace!(error = %e, "STUN datagram dropped");
+                }
+            }
+            return Decapsulated::Done;
+        }
         match self.device.decapsulate(from, datagram, out, now, send) {
             Decapsulated::ToTunnel(p) => {
                 if self.hooks.get().is_none_or(|h| h.inbound_allowed(&p, now)) {
@@ -345,8 +652,58 @@ impl Tunnel for TailnetTunnel {
         }
     }
 
+    fn diverts(&self, to: SocketAddr) -> bool {
+        relay_addr::is_relay_addr(&to)
+    }
+
+    fn send_diverted(&self, to: SocketAddr, datagram: &[u8]) {
+        let Some((region, peer)) = self
+            .relay_addrs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lookup(&to)
+        else {
+            self.tx.dropped_relay.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(relays) = self.relays.get() else {
+            self.tx.dropped_relay.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let now = crate::clock::now();
+        if !relays.send(region, &peer, datagram, now) {
+            self.tx.dropped_relay.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::trace!(%region, peer = %peer.short(), len = datagram.len(), "Sent through the relay");
+        let note = {
+            let mut noted = self
+                .relay_noted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match noted.get(&peer) {
+                Some(t) if now.saturating_duration_since(*t) < RELAYED_TRAFFIC_NOTE => false,
+                _ => {
+                    noted.insert(peer, now);
+                    true
+                }
+            }
+        };
+        if note {
+            self.disco().handle_relayed_traffic(&peer, now);
+        }
+    }
+
     fn handle_timeout(&self, now: Instant, send: &mut dyn FnMut(SocketAddr, &[u8])) {
         self.device.handle_timeout(now, send);
+        let pending = std::mem::take(
+            &mut *self
+                .pending_udp
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (to, d) in pending {
+            send(to, &d);
+        }
         self.disco().handle_timeout(now);
         self.drain(now, send);
         if let Some(hooks) = self.hooks.get() {
@@ -452,8 +809,8 @@ mod tests {
             },
             now,
         );
-        a.disco_upsert(bk.public(), b.disco_key(), vec![ba], now);
-        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], now);
+        a.disco_upsert(bk.public(), b.disco_key(), vec![ba], None, now);
+        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], None, now);
 
         let mut queue = Vec::new();
         a.handle_timeout(now, &mut |to, d| queue.push((aa, to, d.to_vec())));
@@ -510,8 +867,8 @@ mod tests {
         let now = t0();
         let (a, ak, aa) = side(1, now);
         let (b, bk, ba) = side(2, now);
-        a.disco_upsert(bk.public(), b.disco_key(), vec![ba], now);
-        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], now);
+        a.disco_upsert(bk.public(), b.disco_key(), vec![ba], None, now);
+        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], None, now);
         let mut rx = a.ping(&bk.public(), Duration::from_secs(5), now).unwrap();
         let mut queue = Vec::new();
         a.handle_timeout(now, &mut |to, d| queue.push((aa, to, d.to_vec())));
@@ -542,7 +899,7 @@ mod tests {
         let mut data = vec![4u8, 0, 0, 0];
         data.extend_from_slice(&[0u8; 28]);
         let mut stranger_ping = Vec::new();
-        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], now);
+        b.disco_upsert(ak.public(), a.disco_key(), vec![aa], None, now);
         b.handle_timeout(now, &mut |_, d| stranger_ping.push(d.to_vec()));
         for datagram in [&b"GET / HTTP/1.1\r\n\r\n"[..], &data, &stranger_ping[0]] {
             let r = a.decapsulate(aa, datagram, &mut out, now, &mut send);
@@ -567,6 +924,234 @@ mod tests {
         assert!(text.contains(
             "weftd_udp_dropped_datagrams_total{proto=\"disco\",reason=\"wrong_node_key\"} 0\n"
         ));
+    }
+
+    /// Two tunnels whose only way to each other is a real relay server on
+    /// loopback: disco learns the region from the relay map, both connect
+    /// to it as their home, and an asked-for ping goes through the relay
+    /// and comes back as a pong `via relay(1)`. A relayed datagram that is
+    /// not disco is dropped and counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn disco_pings_a_peer_through_the_relay() {
+        use crate::daemon::relay::{self, RelayOptions, Relays};
+        use weft_types::netmap::{RelayNode, RelayRegion};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = weft_relay::RelayServer::new(weft_relay::RelayConfig::new(
+            NodePrivate::from_bytes([77; 32]),
+            Arc::new(weft_relay::AdmitAnyKeyInsecure),
+        ))
+        .unwrap();
+        let stop_server = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(weft_relay::listen::serve(
+            listener,
+            server.router(),
+            None,
+            weft_relay::listen::ListenLimits::default(),
+            stop_server.clone(),
+        ));
+        let map = RelayMap {
+            regions: [(
+                1,
+                RelayRegion {
+                    id: 1,
+                    code: "lo".into(),
+                    name: "Loopback".into(),
+                    nodes: vec![RelayNode {
+                        name: "1a".into(),
+                        host: "127.0.0.1".into(),
+                        relay_port: addr.port(),
+                        stun_port: 0,
+                        ipv4: None,
+                        ipv6: None,
+                        insecure_for_tests: true,
+                    }],
+                },
+            )]
+            .into(),
+        };
+
+        let now = t0();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut sides = Vec::new();
+        for n in [1, 2] {
+            let (t, key, _) = side(n, now);
+            let t = Arc::new(t);
+            let (relays, inputs) = Relays::new(
+                tokio::runtime::Handle::current(),
+                RelayOptions { plain_http: true },
+            );
+            assert!(t.set_relays(Arc::clone(&relays)));
+            relays.set_node_key(Some(key.clone()), now);
+            tokio::spawn(relay::run(
+                Arc::clone(&t),
+                Arc::clone(&relays),
+                inputs,
+                stop_rx.clone(),
+            ));
+            t.set_relay_map(&map, now);
+            sides.push((t, key, relays));
+        }
+        let (a, ak, ar) = &sides[0];
+        let (b, bk, br) = &sides[1];
+        let region = RegionId(1);
+        assert_eq!(ar.home(), Some(region), "the only region is home");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while ar.connected() != [region] || br.connected() != [region] {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("both connect to their home relay");
+
+        a.disco_upsert(bk.public(), b.disco_key(), vec![], Some(region), now);
+        b.disco_upsert(ak.public(), a.disco_key(), vec![], Some(region), now);
+        let rx = a.ping(&bk.public(), Duration::from_secs(5), t0()).unwrap();
+        let mut udp = Vec::new();
+        a.handle_timeout(t0(), &mut |to, _| udp.push(to));
+        let outcome = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("a pong within the ping's timeout")
+            .unwrap();
+        assert!(
+            matches!(outcome, PingOutcome::Pong { path: Path::Relay(r), .. } if r == region),
+            "{outcome:?}"
+        );
+        assert!(udp.is_empty(), "no UDP candidates, no UDP: {udp:?}");
+
+        // Not disco: dropped and counted by the receiver.
+        let (raw, _) = weft_relay::RelayClient::start(weft_relay::ClientConfig::new(
+            NodePrivate::from_bytes([9; 32]),
+            weft_relay::RelayNode {
+                host_name: "127.0.0.1".into(),
+                port: addr.port(),
+                tls: false,
+                addrs: vec![addr],
+            },
+        ))
+        .unwrap();
+        raw.send(&bk.public(), b"not disco").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while b.relay_dropped() == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the garbage arrives and is counted");
+        assert_eq!(b.relay_dropped(), 1);
+        let _ = stop_tx.send(true);
+        stop_server.cancel();
+    }
+
+    /// netcheck runs on the tunnel's socket: disco's STUN request leaves
+    /// through the socket's `send`, the server's answer comes in through
+    /// `decapsulate` (not to WireGuard), and the reflexive address joins our
+    /// endpoints on the channel control is fed from. An answer from another
+    /// address is ignored; a broken one is counted.
+    #[test]
+    fn stun_on_the_wireguard_socket_finds_our_public_address() {
+        use weft_types::EndpointKind;
+        use weft_types::netmap::{RelayNode, RelayRegion};
+
+        let now = t0();
+        let (a, _, aa) = side(1, now);
+        let local = Endpoint {
+            addr: aa,
+            kind: EndpointKind::Local,
+        };
+        let mut eps = a.endpoints();
+        a.set_local_endpoints(aa.port(), vec![local], now);
+        assert_eq!(*eps.borrow_and_update(), [local]);
+
+        let server: SocketAddr = "198.18.0.200:3478".parse().unwrap();
+        let map = RelayMap {
+            regions: [(
+                1,
+                RelayRegion {
+                    id: 1,
+                    code: "x".into(),
+                    name: "X".into(),
+                    nodes: vec![RelayNode {
+                        name: "1a".into(),
+                        host: "198.18.0.200".into(),
+                        relay_port: 443,
+                        stun_port: server.port(),
+                        ipv4: None,
+                        ipv6: None,
+                        insecure_for_tests: true,
+                    }],
+                },
+            )]
+            .into(),
+        };
+        a.set_relay_map(&map, now);
+        let mut sent = Vec::new();
+        a.handle_timeout(now, &mut |to, d| sent.push((to, d.to_vec())));
+        let (to, request) = sent
+            .iter()
+            .find(|(_, d)| weft_disco::stun::is_stun(d))
+            .expect("a STUN request leaves through the socket");
+        assert_eq!(*to, server);
+        assert!(
+            weft_disco::stun::parse(request)
+                .unwrap()
+                .is_binding_request()
+        );
+
+        let public: SocketAddr = "198.18.9.9:60000".parse().unwrap();
+        let mut answer = [0u8; 128];
+        let n = weft_disco::stun::answer_binding_request(request, public, &mut answer).unwrap();
+        let mut out = vec![0u8; 2048];
+        let mut nothing = |_: SocketAddr, _: &[u8]| panic!("a STUN answer is not answered");
+        let elsewhere: SocketAddr = "198.18.0.201:3478".parse().unwrap();
+        let r = a.decapsulate(elsewhere, &answer[..n], &mut out, now, &mut nothing);
+        assert!(matches!(r, Decapsulated::Done));
+        let r = a.decapsulate(server, &answer[..n - 4], &mut out, now, &mut nothing);
+        assert!(matches!(r, Decapsulated::Done));
+        assert!(!eps.has_changed().unwrap(), "neither counts as an answer");
+        let r = a.decapsulate(server, &answer[..n], &mut out, now, &mut nothing);
+        assert!(matches!(r, Decapsulated::Done));
+        // The run ends when every server answered or at its deadline.
+        a.handle_timeout(now + Duration::from_secs(4), &mut |_, _| {});
+        let report = a
+            .netcheck_reports()
+            .borrow()
+            .clone()
+            .expect("the run ended");
+        assert!(report.udp);
+        assert_eq!(report.global_v4, Some(public));
+        assert_eq!(
+            report.mapping_varies_by_dest_ip, None,
+            "one server cannot tell"
+        );
+        assert!(a.netcheck_now(now + Duration::from_secs(4)));
+        let mut again = Vec::new();
+        a.handle_timeout(now + Duration::from_secs(4), &mut |to, d| {
+            again.push((to, d.to_vec()))
+        });
+        assert!(
+            again
+                .iter()
+                .any(|(to, d)| *to == server && weft_disco::stun::is_stun(d)),
+            "netcheck_now asks the server again"
+        );
+        let got = eps.borrow_and_update().clone();
+        assert!(
+            got.contains(&Endpoint {
+                addr: public,
+                kind: EndpointKind::Stun
+            }) && got.contains(&local),
+            "{got:?}"
+        );
+        let d = a.udp_drops();
+        assert_eq!(d.disco["stun_malformed"], 1);
+        assert_eq!(d.disco["stun_unexpected"], 1);
+        assert_eq!(
+            d.wireguard.values().sum::<u64>(),
+            0,
+            "nothing reached WireGuard"
+        );
     }
 
     fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {

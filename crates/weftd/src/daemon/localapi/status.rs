@@ -101,7 +101,10 @@ pub fn peer_status(nm: &NetMap, n: &Node, live: Option<&PeerLive>, now: SystemTi
         public_key: n.node_key,
         endpoints: n.endpoints.iter().map(|e| e.addr).collect(),
         cur_addr: live.cur_addr,
-        relay: None,
+        relay: live
+            .relay
+            .and_then(|r| nm.relay_map.regions.get(&r))
+            .map(|r| r.code.clone()),
         online: n.online,
         last_seen_ms: n.last_seen.map(|t| t.0),
         last_handshake_ms: live.last_handshake.and_then(unix_ms),
@@ -138,4 +141,57 @@ pub fn whois(b: &Backend, ip: IpAddr, now: SystemTime) -> Option<WhoIs> {
         node: peer_status(nm, node, live.get(&node.node_key), now),
         user,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_types::netmap::{RelayNode, RelayRegion};
+
+    /// A relayed peer shows its relay region's code (`weft status` prints
+    /// `relay "lab"`), a direct one its address and no relay.
+    #[test]
+    fn a_relayed_peer_shows_its_region_code() {
+        let mut nm = crate::daemon::tests::fake::map_for(
+            weft_types::NodePrivate::from_bytes([1; 32]).public(),
+            weft_types::NodeId(1),
+        );
+        nm.relay_map.regions.insert(
+            900,
+            RelayRegion {
+                id: 900,
+                code: "lab".into(),
+                name: "Lab".into(),
+                nodes: vec![RelayNode {
+                    name: "900a".into(),
+                    host: "198.18.0.1".into(),
+                    relay_port: 443,
+                    stun_port: 3478,
+                    ipv4: None,
+                    ipv6: None,
+                    insecure_for_tests: false,
+                }],
+            },
+        );
+        let peer = nm.peers.values().next().unwrap().clone();
+        #[allow(clippy::disallowed_methods)] // a wall-clock stamp for the status
+        let now = SystemTime::now();
+        let relayed = PeerLive {
+            relay: Some(900),
+            ..PeerLive::default()
+        };
+        let s = peer_status(&nm, &peer, Some(&relayed), now);
+        assert_eq!((s.relay.as_deref(), s.cur_addr), (Some("lab"), None));
+        let direct = PeerLive {
+            cur_addr: Some("198.18.0.2:41641".parse().unwrap()),
+            ..PeerLive::default()
+        };
+        let s = peer_status(&nm, &peer, Some(&direct), now);
+        assert_eq!(s.relay, None);
+        let unknown = PeerLive {
+            relay: Some(7),
+            ..PeerLive::default()
+        };
+        assert_eq!(peer_status(&nm, &peer, Some(&unknown), now).relay, None);
+    }
 }

@@ -2,5 +2,5 @@
 //! and a recording data plane, on virtual time.
 
 mod backend;
-mod fake;
+pub(super) mod fake;
 mod localapi;
