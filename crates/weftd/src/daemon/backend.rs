@@ -407,7 +407,7 @@ impl Backend {
     }
 
     pub fn profiles(&self) -> Vec<ProfileSummary> {
-        self.store.summaries()
+        self.store.listed()
     }
 
     pub fn current_summary(&self) -> ProfileSummary {

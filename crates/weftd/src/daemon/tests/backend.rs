@@ -425,10 +425,14 @@ async fn logout_expires_the_key_at_control_and_removes_the_profile() {
         control.s().nodes.is_empty(),
         "the key was expired at control"
     );
+    // The logged-out profile is gone; the empty slot left in its place
+    // keeps the server (so `weft up` goes back there) and is not listed.
     let profiles = h.handle.call(|b| b.profiles()).await.unwrap();
-    assert_eq!(profiles.len(), 1);
-    assert_ne!(profiles[0].id, old_id);
-    assert_eq!(profiles[0].control_url, URL);
+    assert!(profiles.is_empty(), "{profiles:?}");
+    let slot = h.handle.call(|b| b.current_summary()).await.unwrap();
+    assert_ne!(slot.id, old_id);
+    assert_eq!(slot.control_url, URL);
+    assert!(!slot.registered);
     assert!(!dp.log.lock().unwrap().programmed);
     h.stop().await;
 }
