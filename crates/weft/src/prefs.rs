@@ -17,7 +17,8 @@ use crate::render::shell_quote;
 /// The `up`/`login` flags that set a pref. `None` means "not mentioned".
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct PrefFlags {
-    /// The control server's URL
+    /// The control server's URL, remembered by the profile [default: $WEFT_LOGIN_SERVER,
+    /// else WEFT_LOGIN_SERVER= in /etc/default/weft, else http://127.0.0.1:8080]
     #[arg(long, value_name = "URL", value_parser = parse_login_server)]
     pub login_server: Option<String>,
     /// The name to use instead of the OS hostname (empty: the OS hostname)
@@ -35,7 +36,8 @@ pub struct PrefFlags {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub accept_dns: Option<bool>,
-    /// Tags to request for this node, comma-separated (`tag:` is added when missing)
+    /// Tags to request for this node, comma-separated (`tag:` is added when missing); on a
+    /// registered node a change needs --force-reauth (control checks tagOwners at login)
     #[arg(long, value_name = "TAGS", value_parser = parse_tags)]
     pub advertise_tags: Option<TagList>,
 }
