@@ -175,6 +175,12 @@ fn a_self_hosted_node_joins_changes_its_flags_and_tags_the_everyday_way() -> any
                 .args(["--force-reauth", "--authkey", &key, "--timeout", "30s"])
                 .run_unchecked()?;
             refused(&out, &["tagOwners", "tag:db"])?;
+            let p = prefs(&f1)?;
+            ensure!(
+                p["prefs"]["advertise_tags"] == serde_json::json!(["tag:web"]),
+                "the refused login left its tags in the prefs: {p}"
+            );
+            f1.wait_state("running", SECS(20))?;
             let node = control
                 .nodes()?
                 .into_iter()
