@@ -291,19 +291,20 @@ pub fn plan(
     Ok(Some(desired))
 }
 
-/// Returns the error text for [`PlanError::Sticky`]: the rule, then the
-/// command to run — `prog up`, the user's own flags, then the missing ones.
+/// Returns the one-line error for [`PlanError::Sticky`]: what leaving the
+/// flags out would revert, then the command that keeps them — `prog up`,
+/// the user's own flags, then the missing ones — or `--reset`.
 pub fn sticky_message(prog: &str, explicit: &[String], missing: &[String]) -> String {
     let mut cmd = format!("{prog} up");
     for arg in explicit.iter().chain(missing) {
         cmd.push(' ');
         cmd.push_str(arg);
     }
+    let it = if missing.len() == 1 { "it" } else { "them" };
     format!(
-        "changing settings via 'weft up' requires mentioning all\n\
-         non-default flags. To proceed, either re-run your command with --reset or\n\
-         use the command below to explicitly mention the current value of\n\
-         all non-default settings:\n\n\t{cmd}"
+        "'weft up' takes the complete settings, and leaving out {} would reset {it} to the \
+         default; to keep {it} run: {cmd} (or add --reset to reset {it}, or use 'weft set')",
+        missing.join(" ")
     )
 }
 

@@ -307,12 +307,9 @@ fn the_sticky_message_lists_your_flags_then_the_missing_ones() {
     let msg = sticky_message("weft --socket=/tmp/a.sock", &explicit, &missing);
     assert_eq!(
         msg,
-        "changing settings via 'weft up' requires mentioning all\n\
-         non-default flags. To proceed, either re-run your command with --reset or\n\
-         use the command below to explicitly mention the current value of\n\
-         all non-default settings:\n\
-         \n\
-         \tweft --socket=/tmp/a.sock up --shields-up --timeout=30s --hostname=foo --ssh"
+        "'weft up' takes the complete settings, and leaving out --hostname=foo --ssh would \
+         reset them to the default; to keep them run: weft --socket=/tmp/a.sock up --shields-up \
+         --timeout=30s --hostname=foo --ssh (or add --reset to reset them, or use 'weft set')"
     );
 }
 

@@ -279,11 +279,9 @@ async fn up_refuses_to_revert_unmentioned_settings_and_suggests_the_full_command
     assert_eq!(
         out.stderr,
         format!(
-            "error: changing settings via 'weft up' requires mentioning all\n\
-             non-default flags. To proceed, either re-run your command with --reset or\n\
-             use the command below to explicitly mention the current value of\n\
-             all non-default settings:\n\n\
-             \tweft --socket={sock} up --shields-up --hostname=foo --ssh\n"
+            "error: 'weft up' takes the complete settings, and leaving out --hostname=foo --ssh \
+             would reset them to the default; to keep them run: weft --socket={sock} up --shields-up \
+             --hostname=foo --ssh (or add --reset to reset them, or use 'weft set')\n"
         )
     );
     assert!(
