@@ -91,9 +91,10 @@ impl PlanError {
                  to log in again asking for {to}"
             )),
             PlanError::TagsRemoved { dropped } => Some(format!(
-                "can't remove {dropped} with --advertise-tags: a login only adds tags; \
-                 an administrator removes them with 'weft-control nodes tags NODE-ID TAGS' \
-                 (the node ID is in 'weft status --json', .self.id)"
+                "can't remove {dropped} from this node with 'weft up' (a login only adds tags): \
+                 keep them in --advertise-tags, or have an administrator remove them with \
+                 'weft-control nodes tags NODE-ID TAGS' (the node ID is .self.id in \
+                 'weft status --json')"
             )),
         }
     }

@@ -259,7 +259,7 @@ fn changing_tags_of_a_registered_node_needs_force_reauth_and_removing_them_is_re
     );
     let got = plan(&f, reset, true, reg(&current)).unwrap().unwrap();
     assert_eq!(got.advertise_tags, ["tag:db", "tag:web"]);
-    // Dropping a tag: refused even with --force-reauth.
+    // Dropping a tag: refused even with --force-reauth, and by --reset too.
     let (f, reset) = flags(&["--advertise-tags=db"]);
     for force in [false, true] {
         let err = plan(&f, reset, force, reg(&current)).unwrap_err();
@@ -269,7 +269,18 @@ fn changing_tags_of_a_registered_node_needs_force_reauth_and_removing_them_is_re
                 dropped: "tag:web".into()
             }
         );
+        let msg = err.identity_message("weft").unwrap();
+        assert!(
+            msg.starts_with("can't remove tag:web from this node with 'weft up'")
+                && msg.contains("weft-control nodes tags"),
+            "{msg}"
+        );
     }
+    let (f, reset) = flags(&["--reset"]);
+    assert!(matches!(
+        plan(&f, reset, false, reg(&current)),
+        Err(PlanError::TagsRemoved { .. })
+    ));
     // Before registration, tags are only a wish: no refusal.
     let ctx = Context {
         registered: false,
