@@ -100,9 +100,9 @@ impl PlanError {
     }
 }
 
-/// The login server a profile gets when nobody chose one: `$WEFT_LOGIN_SERVER`,
-/// else `WEFT_LOGIN_SERVER=` in [`DEFAULTS_FILE`], else none (weftd's
-/// built-in default).
+/// The variable (in the environment, or in [`DEFAULTS_FILE`]) that names the
+/// login server a profile gets when nobody chose one; without it, weftd's
+/// built-in default applies ([`default_login_server`]).
 pub const LOGIN_SERVER_ENV: &str = "WEFT_LOGIN_SERVER";
 
 /// The system-wide defaults file (shell-style `KEY=value` lines, as
