@@ -187,7 +187,11 @@ pub struct Status {
     pub tun: String,
     /// The current tailnet, once logged in.
     pub tailnet: Option<TailnetInfo>,
-    /// This node, once it has a netmap.
+    /// This node: from the netmap once one arrived; before that (right
+    /// after `switch`, `down` or a restart) from the profile's stored
+    /// identity, with no addresses and `online: false`, while
+    /// `backend_state` says what the node waits for. `None` only when the
+    /// current profile never registered (a fresh install, after `logout`).
     #[serde(rename = "self")]
     pub self_node: Option<PeerStatus>,
     /// The logged-in user (none for tagged nodes).
@@ -309,6 +313,11 @@ pub struct ProfileSummary {
     pub control_url: String,
     /// Whether this is the current profile.
     pub selected: bool,
+    /// Whether control accepted a registration of this profile (it has a
+    /// node key and a node id there). A profile that never registered may
+    /// change its login server freely.
+    #[serde(default)]
+    pub registered: bool,
 }
 
 impl ProfileSummary {

@@ -84,6 +84,7 @@ fn profile(id: &str, nickname: Option<&str>, account: &str, selected: bool) -> P
         account: Some(account.into()),
         control_url: DEFAULT_CONTROL_URL.into(),
         selected,
+        registered: true,
     }
 }
 
@@ -113,7 +114,7 @@ fn running() -> State {
             peers: vec![db, web],
             health: vec![],
             filter: FilterStatus::default(),
-            profile: None,
+            profile: Some(profile("a1b2", None, "alice@example.com", true)),
             udp: UdpStatus::default(),
         },
         prefs: Prefs {
@@ -136,6 +137,7 @@ fn logged_out() -> State {
     let mut st = running();
     st.status.backend_state = BackendState::NeedsLogin;
     st.status.self_node = None;
+    st.status.profile = None;
     st.status.peers.clear();
     st.prefs = Prefs::default();
     st
@@ -277,11 +279,9 @@ async fn up_refuses_to_revert_unmentioned_settings_and_suggests_the_full_command
     assert_eq!(
         out.stderr,
         format!(
-            "error: changing settings via 'weft up' requires mentioning all\n\
-             non-default flags. To proceed, either re-run your command with --reset or\n\
-             use the command below to explicitly mention the current value of\n\
-             all non-default settings:\n\n\
-             \tweft --socket={sock} up --shields-up --hostname=foo --ssh\n"
+            "error: 'weft up' takes the complete settings, and leaving out --hostname=foo --ssh \
+             would reset them to the default; to keep them run: weft --socket={sock} up --shields-up \
+             --hostname=foo --ssh (or add --reset to reset them, or use 'weft set')\n"
         )
     );
     assert!(
@@ -295,6 +295,119 @@ async fn up_refuses_to_revert_unmentioned_settings_and_suggests_the_full_command
     let start = bodies(&fake, Method::POST, "start");
     assert_eq!(start[0]["prefs"]["shields_up"], json!(true));
     assert_eq!(start[0]["prefs"]["run_ssh"], json!(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_ssh_after_joining_a_login_server_keeps_it_without_repeating_it() {
+    let mut st = running();
+    st.prefs.control_url = "http://198.18.0.1:8080".into();
+    let fake = Fake::start(st);
+    for flags in [
+        &["up", "--ssh"][..],
+        &["up", "--ssh", "--shields-up"],
+        &["up", "--ssh", "--shields-up", "--accept-dns=false"],
+    ] {
+        let out = weft(&fake, flags).await;
+        assert_eq!(out.code, 0, "{flags:?}: {}", out.stderr);
+    }
+    let start = bodies(&fake, Method::POST, "start");
+    assert_eq!(start.len(), 3);
+    let last = &start[2]["prefs"];
+    assert_eq!(last["control_url"], json!("http://198.18.0.1:8080"));
+    assert_eq!(
+        (&last["run_ssh"], &last["shields_up"], &last["accept_dns"]),
+        (&json!(true), &json!(true), &json!(false))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_changes_on_a_registered_node_are_refused_in_one_line_naming_the_flag() {
+    let fake = Fake::start(running());
+    for (flags, want) in [
+        (
+            &["up", "--login-server=http://198.18.0.9:8080"][..],
+            "error: can't change --login-server from http://127.0.0.1:8080 to http://198.18.0.9:8080: ",
+        ),
+        (
+            &["up", "--advertise-tags=tag:web"],
+            "error: can't change --advertise-tags from (none) to tag:web on a registered node: ",
+        ),
+    ] {
+        let out = weft(&fake, flags).await;
+        assert_eq!(out.code, 1, "{flags:?}");
+        assert!(out.stderr.starts_with(want), "{flags:?}: {}", out.stderr);
+        assert!(out.stderr.contains("--force-reauth"), "{}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    }
+    assert!(
+        fake.changes().is_empty(),
+        "nothing may change: {:?}",
+        fake.changes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_server_that_never_registered_the_node_is_replaced_without_force_reauth() {
+    let mut st = logged_out();
+    // `up --login-server=<typo>` left the typo behind and the backend waiting.
+    st.prefs.control_url = "http://typo.invalid:8080".into();
+    st.prefs.want_running = true;
+    st.status.backend_state = BackendState::Starting;
+    st.script.insert(
+        "start",
+        vec![Notify::State {
+            state: BackendState::Running,
+        }],
+    );
+    let fake = Fake::start(st);
+    let out = weft(
+        &fake,
+        &["up", "--login-server=http://198.18.0.1:8080", "--authkey=k"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let start = bodies(&fake, Method::POST, "start");
+    assert_eq!(
+        start[0]["prefs"]["control_url"],
+        json!("http://198.18.0.1:8080")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_up_on_a_fresh_node_joins_the_system_default_login_server() {
+    let mut st = logged_out();
+    st.script.insert(
+        "start",
+        vec![Notify::State {
+            state: BackendState::Running,
+        }],
+    );
+    let fake = Fake::start(st);
+    let out = weft_env(
+        &fake,
+        &["up", "--authkey=k"],
+        &[("WEFT_LOGIN_SERVER", Path::new("http://198.18.0.1:8080"))],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let start = bodies(&fake, Method::POST, "start");
+    assert_eq!(
+        start[0]["prefs"]["control_url"],
+        json!("http://198.18.0.1:8080")
+    );
+    let out = weft_env(
+        &fake,
+        &["up", "--authkey=k"],
+        &[("WEFT_LOGIN_SERVER", Path::new("control:8080"))],
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.starts_with("error: $WEFT_LOGIN_SERVER: "),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(bodies(&fake, Method::POST, "start").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,6 +526,19 @@ async fn ip_and_whois_find_nodes_by_name_and_address() {
         "{}",
         out.stdout
     );
+    let by_ip = out.stdout;
+    for name in ["web", "web.t.weft.internal.", "WEB"] {
+        let out = weft(&fake, &["whois", name]).await;
+        assert_eq!((out.code, &out.stdout), (0, &by_ip), "whois {name}");
+    }
+    let out = weft(&fake, &["whois", "nope"]).await;
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (
+            1,
+            "error: no node named \"nope\" in the tailnet (see 'weft status')\n"
+        )
+    );
     let out = weft(&fake, &["whois", "100.64.0.99"]).await;
     assert_eq!(
         (out.code, out.stderr.as_str()),
@@ -428,9 +554,9 @@ async fn switch_lists_profiles_and_switches_by_nickname() {
     let out = weft(&fake, &["switch", "--list"]).await;
     assert_eq!(
         out.stdout,
-        "ID    Tailnet          Account\n\
-         a1b2  t.weft.internal  alice@example.com*\n\
-         c3d4  t.weft.internal  work\n"
+        "ID     Server                 Tailnet          Account             Nickname\n\
+         a1b2*  http://127.0.0.1:8080  t.weft.internal  alice@example.com   -\n\
+         c3d4   http://127.0.0.1:8080  t.weft.internal  alice@corp.example  work\n"
     );
     let out = weft(&fake, &["switch", "--list", "--json"]).await;
     let got: Vec<ProfileSummary> = serde_json::from_str(&out.stdout).unwrap();
@@ -638,7 +764,6 @@ async fn unknown_flags_and_bad_values_are_usage_errors() {
         &["up", "--timeout=soon"],
         &["up", "--advertise-tags=9x"],
         &["ping", "web", "-c", "many"],
-        &["whois", "not-an-ip"],
         &["status", "--peers=perhaps"],
     ] {
         let out = weft(&fake, args).await;

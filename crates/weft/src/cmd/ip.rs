@@ -28,12 +28,17 @@ pub async fn run(args: IpArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let status = ctx.api(ctx.client.status().await)?;
     let node = match &args.peer {
         Some(query) => find_node(&status, query)?.node,
-        None => status.self_node.as_ref().ok_or_else(|| {
-            anyhow!(
-                "no current Weft IPs; state: {}",
-                state_word(status.backend_state)
-            )
-        })?,
+        // Before its netmap, self has its identity but no addresses yet.
+        None => status
+            .self_node
+            .as_ref()
+            .filter(|me| !me.addresses.is_empty())
+            .ok_or_else(|| {
+                anyhow!(
+                    "no current Weft IPs; state: {}",
+                    state_word(status.backend_state)
+                )
+            })?,
     };
     let addrs: Vec<_> = node
         .addresses

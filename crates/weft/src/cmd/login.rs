@@ -26,13 +26,21 @@ pub struct LoginArgs {
 /// Runs `weft login`.
 pub async fn run(args: LoginArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let auth_key = args.auth.read_key()?;
+    // Read before the profile is made, so a bad default changes nothing.
+    let default_server = prefs::system_login_server()?;
     let profile = ctx.api(spin("Creating a profile", ctx.client.new_profile()).await)?;
     errln!("Created profile {}.", profile.id);
     let mut watch = ctx.api(ctx.client.watch().await)?;
     let (state, current) = watch::snapshot(ctx, &mut watch).await?;
     // A new profile starts from defaults, so the flags are the whole story:
     // plan as with --reset (which cannot hit the sticky rule).
-    let mut desired = match prefs::plan(&args.prefs, true, false, false, &current) {
+    let plan_ctx = prefs::Context {
+        current: &current,
+        registered: false,
+        default_server: default_server.as_deref(),
+        applied_tags: None,
+    };
+    let mut desired = match prefs::plan(&args.prefs, true, false, plan_ctx) {
         Ok(Some(desired)) => desired,
         Ok(None) => current.clone(),
         Err(e) => anyhow::bail!("cannot plan the new profile's settings: {e:?}"),

@@ -13,7 +13,7 @@ use crate::spinner::spin;
 
 #[derive(Debug, clap::Args)]
 pub struct SwitchArgs {
-    /// List the profiles (`*` marks the current one)
+    /// List the profiles: ID (`*` marks the current one), server, tailnet, account, nickname
     #[arg(long, conflicts_with = "target")]
     pub list: bool,
     /// With --list: print the profiles as JSON
@@ -52,17 +52,21 @@ pub async fn run(args: SwitchArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Returns the `--list` table: ID, tailnet, account (`*` on the current).
+/// Returns the `--list` table: ID (`*` on the current), the login server,
+/// the tailnet name from that server, the account and the nickname, each in
+/// its own column (`-` when unknown).
 pub fn render_list(profiles: &[ProfileSummary]) -> String {
     let mut table = Table::default();
-    table.row(["ID", "Tailnet", "Account"]);
+    table.row(["ID", "Server", "Tailnet", "Account", "Nickname"]);
+    let or_dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
     for p in profiles {
         let mark = if p.selected { "*" } else { "" };
-        let tailnet = p.tailnet.as_deref().unwrap_or("-");
         table.row([
-            p.id.clone(),
-            tailnet.to_owned(),
-            format!("{}{mark}", p.display_account()),
+            format!("{}{mark}", p.id),
+            p.control_url.clone(),
+            or_dash(p.tailnet.as_deref()),
+            or_dash(p.account.as_deref()),
+            or_dash(p.nickname.as_deref()),
         ]);
     }
     table.render()
@@ -116,6 +120,7 @@ mod tests {
             account: account.map(Into::into),
             control_url: "http://127.0.0.1:8080".into(),
             selected,
+            registered: account.is_some(),
         }
     }
 
@@ -128,13 +133,15 @@ mod tests {
     }
 
     #[test]
-    fn the_list_marks_the_current_profile_and_prefers_nicknames() {
+    fn the_list_shows_server_tailnet_account_and_nickname_in_their_own_columns() {
+        let mut ps = sample();
+        ps[1].control_url = "https://ctl.corp.example".into();
         assert_eq!(
-            render_list(&sample()),
-            "ID    Tailnet                Account\n\
-             a1b2  example.weft.internal  alice@example.com*\n\
-             c3d4  example.weft.internal  work\n\
-             e5f6  -                      -\n"
+            render_list(&ps),
+            "ID     Server                    Tailnet                Account             Nickname\n\
+             a1b2*  http://127.0.0.1:8080     example.weft.internal  alice@example.com   -\n\
+             c3d4   https://ctl.corp.example  example.weft.internal  alice@corp.example  work\n\
+             e5f6   http://127.0.0.1:8080     -                      -                   -\n"
         );
     }
 

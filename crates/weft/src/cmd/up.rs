@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use weft_localapi::{BackendState, StartRequest};
+use weft_localapi::StartRequest;
 use weft_types::time::parse_duration;
 
 use crate::ctx::Ctx;
@@ -51,14 +51,22 @@ pub async fn run(args: UpArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let auth_key = args.auth.read_key()?;
     let mut watch = ctx.api(ctx.client.watch().await)?;
     let (state, current) = watch::snapshot(ctx, &mut watch).await?;
-    let logged_in = !matches!(state, BackendState::NeedsLogin | BackendState::NoState);
-    let desired = match prefs::plan(
-        &args.prefs,
-        args.reset,
-        args.force_reauth,
-        logged_in,
-        &current,
-    ) {
+    let status = ctx.api(ctx.client.status().await)?;
+    let registered = status.profile.as_ref().is_some_and(|p| p.registered);
+    // Self from a netmap (it has addresses) carries the tags control applied.
+    let applied_tags = status
+        .self_node
+        .as_ref()
+        .filter(|me| !me.addresses.is_empty())
+        .map(|me| me.tags.as_slice());
+    let default_server = prefs::system_login_server()?;
+    let plan_ctx = prefs::Context {
+        current: &current,
+        registered,
+        default_server: default_server.as_deref(),
+        applied_tags,
+    };
+    let desired = match prefs::plan(&args.prefs, args.reset, args.force_reauth, plan_ctx) {
         Ok(desired) => desired,
         Err(PlanError::Sticky { missing }) => {
             bail!(
@@ -66,9 +74,7 @@ pub async fn run(args: UpArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 prefs::sticky_message(&ctx.prog(), &args.explicit_flags(), &missing)
             )
         }
-        Err(PlanError::LoginServerChange { from, to }) => bail!(
-            "can't change --login-server from {from} to {to} while logged in without --force-reauth"
-        ),
+        Err(e) => bail!("{}", e.identity_message(&ctx.prog()).unwrap_or_default()),
     };
     let control_url = desired.as_ref().unwrap_or(&current).control_url.clone();
     let start = StartRequest {

@@ -1,4 +1,6 @@
-//! `weft whois [--json] <ip>`: which node and user own a tailnet address.
+//! `weft whois [--json] <ip|name>`: which node and user own a tailnet
+//! address. A name is looked up in `status` the way `weft ping` and `weft ip`
+//! do (short name, full DNS name or reported hostname).
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -8,20 +10,34 @@ use weft_localapi::WhoIs;
 
 use crate::ctx::Ctx;
 use crate::out::{self, escape, out};
+use crate::resolve::find_node;
 
 #[derive(Debug, clap::Args)]
 pub struct WhoisArgs {
     /// Print the LocalAPI's WhoIs as JSON
     #[arg(long)]
     pub json: bool,
-    /// A tailnet address (IP or IP:PORT)
-    #[arg(value_name = "IP", value_parser = parse_addr)]
-    pub addr: IpAddr,
+    /// A tailnet address (IP or IP:PORT) or a node's name
+    #[arg(value_name = "IP|NAME")]
+    pub target: String,
 }
 
 /// Runs `weft whois`.
 pub async fn run(args: WhoisArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let who = ctx.api(ctx.client.whois(args.addr).await)?;
+    let addr = match parse_addr(&args.target) {
+        Ok(ip) => ip,
+        Err(_) => {
+            let status = ctx.api(ctx.client.status().await)?;
+            let found = find_node(&status, &args.target)?;
+            *found.node.addresses.first().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{:?} has no tailnet address yet (see 'weft status')",
+                    args.target
+                )
+            })?
+        }
+    };
+    let who = ctx.api(ctx.client.whois(addr).await)?;
     if args.json {
         out::json(&who)?;
     } else {

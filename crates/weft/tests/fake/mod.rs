@@ -200,6 +200,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
                 account: None,
                 control_url: DEFAULT_CONTROL_URL.into(),
                 selected: true,
+                registered: false,
             };
             st.profiles.push(new.clone());
             st.prefs = Prefs::default();

@@ -161,6 +161,10 @@ struct Runtime {
     /// A node key being registered (first login or re-authentication);
     /// committed to the profile once control accepts it.
     pending_key: Option<NodePrivate>,
+    /// The prefs from before a re-authentication of a registered profile
+    /// (`up --force-reauth`, e.g. with new `--advertise-tags`): restored if
+    /// control refuses it, so a refused login leaves nothing behind.
+    reauth_undo: Option<Prefs>,
 }
 
 /// Fixed facts about this daemon.
@@ -418,7 +422,7 @@ impl Backend {
     }
 
     pub fn profiles(&self) -> Vec<ProfileSummary> {
-        self.store.summaries()
+        self.store.listed()
     }
 
     pub fn current_summary(&self) -> ProfileSummary {
@@ -539,6 +543,7 @@ impl Backend {
         if req.force_reauth {
             self.rt.pending_key = Some(NodePrivate::generate());
         }
+        self.rt.reauth_undo = (req.force_reauth && registered).then(|| before.clone());
         let auth_key = req.auth_key.filter(|k| !k.is_empty());
         match auth_key {
             Some(k) if needs_login || req.force_reauth => {
@@ -931,6 +936,12 @@ impl Backend {
             }
             ControlEvent::Refused(message) => {
                 tracing::warn!(%message, "Registration refused");
+                // A refused key login; an interactive one (auth URL) or
+                // one replacing an expired key keeps waiting for the user.
+                let standing = &self.rt.standing;
+                if standing.auth_url().is_none() && !standing.key_expired() {
+                    self.undo_reauth();
+                }
                 self.rt.standing = match std::mem::take(&mut self.rt.standing) {
                     Standing::LoggingIn {
                         auth_url,
@@ -960,8 +971,26 @@ impl Backend {
         }
     }
 
+    /// Control refused a re-authentication of a registered profile: puts
+    /// the prefs back, forgets the new key and resumes the registration
+    /// that still stands (its map session parked on the refusal).
+    fn undo_reauth(&mut self) {
+        let Some(before) = self.rt.reauth_undo.take() else {
+            return;
+        };
+        self.rt.pending_key = None;
+        if let Err(e) = self.store.update_current(|p| p.prefs = before.clone()) {
+            tracing::error!(error = %e, "Cannot restore the prefs after a refused login");
+        }
+        self.bus.send(Notify::Prefs { prefs: before });
+        self.rt.standing = Standing::default();
+        self.session = None;
+        self.ensure_session(false);
+    }
+
     fn on_registered(&mut self, r: Registered) {
         self.rt.control_error = None;
+        self.rt.reauth_undo = None;
         let new_key = self.rt.pending_key.take();
         let was_login = matches!(self.rt.standing, Standing::LoggingIn { .. }) || new_key.is_some();
         let user = r.user.as_ref().map(|u| UserInfo {

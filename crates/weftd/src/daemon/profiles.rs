@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use weft_localapi::{Prefs, ProfileSummary};
+use weft_localapi::{PeerStatus, Prefs, ProfileSummary};
 use weft_types::MachinePrivate;
 
 use super::state_file::{Profile, StateError, StateFile, valid_profile_id};
@@ -142,11 +142,30 @@ impl ProfileStore {
         Ok(was_current)
     }
 
-    /// Returns every profile as `switch --list` shows it, sorted by id.
+    /// Returns every profile's summary, empty ones included, sorted by id.
+    #[cfg(test)]
     pub fn summaries(&self) -> Vec<ProfileSummary> {
         self.state
             .profiles
             .values()
+            .map(|p| self.summary(p))
+            .collect()
+    }
+
+    /// Returns the profiles `switch --list` shows: [`Self::summaries`]
+    /// without empty ones (never registered, no tailnet, account or
+    /// nickname), such as the slot `logout` leaves behind or a fresh
+    /// install's first profile.
+    pub fn listed(&self) -> Vec<ProfileSummary> {
+        self.state
+            .profiles
+            .values()
+            .filter(|p| {
+                p.is_registered()
+                    || p.tailnet.is_some()
+                    || p.user.is_some()
+                    || p.prefs.nickname.is_some()
+            })
             .map(|p| self.summary(p))
             .collect()
     }
@@ -160,6 +179,7 @@ impl ProfileStore {
             account: p.user.as_ref().map(|u| u.login_name.clone()),
             control_url: p.prefs.control_url.clone(),
             selected: p.id == self.state.current_profile,
+            registered: p.is_registered(),
         }
     }
 
@@ -170,6 +190,46 @@ impl ProfileStore {
         }
         Ok(())
     }
+}
+
+/// Returns what `status` shows as this node while a registered profile has
+/// no netmap yet (right after `switch`, a restart or `up`): its identity
+/// from the state file, no addresses yet, offline. The backend state
+/// (`Starting`, `NeedsMachineAuth`, …) says what it waits for. `None` for a
+/// profile that never registered: there is no node to show.
+pub fn self_before_netmap(p: &Profile, os_hostname: &str) -> Option<PeerStatus> {
+    let (Some(key), Some(id)) = (&p.node_key, p.node_id) else {
+        return None;
+    };
+    Some(PeerStatus {
+        id,
+        stable_id: String::new(),
+        name: String::new(),
+        dns_name: String::new(),
+        hostname: p
+            .prefs
+            .hostname
+            .clone()
+            .unwrap_or_else(|| os_hostname.to_owned()),
+        os: "linux".into(),
+        user: p.user.as_ref().map(|u| u.login_name.clone()),
+        tags: Vec::new(),
+        addresses: Vec::new(),
+        allowed_ips: Vec::new(),
+        public_key: key.public(),
+        endpoints: Vec::new(),
+        cur_addr: None,
+        relay: None,
+        online: false,
+        last_seen_ms: None,
+        last_handshake_ms: None,
+        active: false,
+        rx_bytes: 0,
+        tx_bytes: 0,
+        expired: false,
+        key_expiry_ms: None,
+        ssh_host_keys: Vec::new(),
+    })
 }
 
 /// Returns a random 4-hex-digit id not in `taken`.
@@ -243,6 +303,51 @@ mod tests {
         assert_ne!(s.current().id, old);
         assert_eq!(s.current().prefs.control_url, "http://198.18.0.9:8080");
         assert!(!s.current().prefs.want_running);
+    }
+
+    #[test]
+    fn the_list_leaves_out_empty_profiles_such_as_the_slot_a_logout_leaves() {
+        let (_dir, mut s) = store();
+        assert!(s.listed().is_empty(), "a fresh install lists nothing");
+        s.update_current(|p| {
+            p.tailnet = Some("t.weft.internal".into());
+            p.node_id = Some(weft_types::ids::NodeId(3));
+            p.node_key = Some(weft_types::NodePrivate::generate());
+        })
+        .unwrap();
+        let home = s.current().id.clone();
+        assert_eq!(s.listed().len(), 1);
+        assert!(s.listed()[0].registered && s.listed()[0].selected);
+        s.create(Prefs::default(), 3).unwrap();
+        let listed = s.listed();
+        assert_eq!(listed.len(), 1, "the new empty profile is not listed");
+        assert!(!listed[0].selected);
+        s.switch(&home).unwrap();
+        assert!(
+            s.delete(&home, 4).unwrap(),
+            "logout deletes the current one"
+        );
+        assert!(s.listed().is_empty(), "{:?}", s.listed());
+        assert_eq!(s.summaries().len(), 2, "two empty slots remain internally");
+    }
+
+    #[test]
+    fn a_registered_profile_has_a_self_before_its_netmap_and_an_empty_one_has_none() {
+        let (_dir, mut s) = store();
+        assert!(self_before_netmap(s.current(), "box").is_none());
+        let key = weft_types::NodePrivate::generate();
+        let public = key.public();
+        s.update_current(|p| {
+            p.node_id = Some(weft_types::ids::NodeId(3));
+            p.node_key = Some(key);
+        })
+        .unwrap();
+        let me = self_before_netmap(s.current(), "box").unwrap();
+        assert_eq!(
+            (me.id, me.public_key, me.hostname.as_str(), me.online),
+            (weft_types::ids::NodeId(3), public, "box", false)
+        );
+        assert!(me.addresses.is_empty());
     }
 
     #[test]

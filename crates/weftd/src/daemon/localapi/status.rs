@@ -41,7 +41,11 @@ pub fn build(b: &Backend, now: SystemTime) -> Status {
             domain: domain.clone(),
             control_url: profile.prefs.control_url.clone(),
         }),
-        self_node: nm.map(|nm| peer_status(nm, &nm.self_node, None, now)),
+        self_node: nm
+            .map(|nm| peer_status(nm, &nm.self_node, None, now))
+            .or_else(|| {
+                crate::daemon::profiles::self_before_netmap(profile, &b.info().os_hostname)
+            }),
         user: profile.user.clone(),
         peers,
         health: b.health(),

@@ -397,6 +397,45 @@ async fn an_expired_key_needs_a_new_login_and_force_reauth_rotates_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refused_reauth_puts_the_prefs_back_and_resumes_the_old_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
+    let mut h = logged_in(&dir, &control, &dp).await;
+    let before = h.handle.call(|b| b.debug_prefs()).await.unwrap();
+    let maps_before = control.s().map_calls;
+    let mut wish = prefs(URL);
+    wish.advertise_tags = vec!["tag:db".into()];
+    h.start_with(StartRequest {
+        prefs: Some(wish),
+        auth_key: Some("tskey-bad".into()),
+        force_reauth: true,
+    })
+    .await;
+    let e = h.wait("error", |n| matches!(n, Notify::Error { .. })).await;
+    assert_eq!(
+        e,
+        Notify::Error {
+            message: "invalid auth key: unknown".into()
+        }
+    );
+    let after = h.handle.call(|b| b.debug_prefs()).await.unwrap();
+    assert_eq!(after, before, "the refused login left nothing behind");
+    // The old registration's map stream is opened again.
+    for _ in 0..200 {
+        if control.s().map_calls > maps_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        control.s().map_calls > maps_before,
+        "no map session resumed"
+    );
+    h.wait_state(BackendState::Running).await;
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn logout_expires_the_key_at_control_and_removes_the_profile() {
     let dir = tempfile::tempdir().unwrap();
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
@@ -425,10 +464,14 @@ async fn logout_expires_the_key_at_control_and_removes_the_profile() {
         control.s().nodes.is_empty(),
         "the key was expired at control"
     );
+    // The logged-out profile is gone; the empty slot left in its place
+    // keeps the server (so `weft up` goes back there) and is not listed.
     let profiles = h.handle.call(|b| b.profiles()).await.unwrap();
-    assert_eq!(profiles.len(), 1);
-    assert_ne!(profiles[0].id, old_id);
-    assert_eq!(profiles[0].control_url, URL);
+    assert!(profiles.is_empty(), "{profiles:?}");
+    let slot = h.handle.call(|b| b.current_summary()).await.unwrap();
+    assert_ne!(slot.id, old_id);
+    assert_eq!(slot.control_url, URL);
+    assert!(!slot.registered);
     assert!(!dp.log.lock().unwrap().programmed);
     h.stop().await;
 }

@@ -273,6 +273,13 @@ async fn ping_reports_the_pong_or_a_504_on_timeout() {
 #[tokio::test]
 async fn profiles_over_the_socket() {
     let a = api(everyone()).await;
+    // An empty profile is not listed; a nickname makes the first one show.
+    assert!(a.client.profiles().await.unwrap().is_empty());
+    let nick = PrefsPatch {
+        nickname: Some(Some("home".into())),
+        ..PrefsPatch::default()
+    };
+    a.client.edit_prefs(&nick).await.unwrap();
     let first = a.client.profiles().await.unwrap()[0].id.clone();
     let new = a.client.new_profile().await.unwrap();
     assert!(new.selected && new.id != first);
