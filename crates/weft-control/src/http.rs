@@ -8,9 +8,12 @@
 //! | `GET /a/{auth_id}` | the authenticator's page of a device login, or of an SSH check ([`crate::auth`]) |
 //! | `/login/{authenticator}/…` | the authenticator's own routes, if any, deciding logins through [`crate::auth::CompleteLogin`] |
 //! | `/api/v1/…` | the admin API with an API key ([`crate::admin`]) |
-//! | `GET /metrics` | Prometheus metrics |
 //! | `GET /health` | `ok` |
 //! | `/derp`, `/derp/probe`, `/derp/latency-check`, `/generate_204` | the embedded relay ([`crate::relay`]), unless `--no-relay` |
+//!
+//! Prometheus metrics (`GET /metrics`) are not on this listener: they have
+//! their own ([`serve_metrics`], `--metrics-listen`, loopback by default),
+//! so the public address tells nobody the tailnet's size or load.
 //!
 //! Every response but the `101` of an upgrade carries the headers of
 //! [`crate::pages::set_security_headers`]: a Content-Security-Policy that
@@ -51,7 +54,6 @@ pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
         .route("/key", get(crate::control::key))
         .route("/control", post(crate::control::upgrade))
         .route("/a/{auth_id}", get(login_page))
-        .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok" }))
         .with_state(ctx.clone())
         .nest("/api/v1", rest);
@@ -102,6 +104,22 @@ async fn track(req: Request, next: Next) -> Response {
     metrics::histogram!("weft_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// Serves `GET /metrics` (and `GET /health`) on `listener` until `stop`.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok" }));
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "the metrics listener stopped");
+    }
 }
 
 async fn metrics() -> Response {

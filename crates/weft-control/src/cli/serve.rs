@@ -8,6 +8,7 @@ use clap::Args;
 use weft_control::config::{
     DEFAULT_DOMAIN, DEFAULT_LISTEN, DEFAULT_MAX_PENDING_LOGINS,
     DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE, DEFAULT_MAX_UNREGISTERED_PER_SOURCE,
+    DEFAULT_METRICS_LISTEN,
 };
 use weft_control::{Server, ServerConfig};
 use weft_types::time::parse_duration;
@@ -17,9 +18,15 @@ use super::Conn;
 /// Options of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on for HTTP (control protocol, login pages, REST API, metrics).
+    /// Address to listen on for HTTP (control protocol, login pages, REST API, relay).
     #[arg(long, default_value = DEFAULT_LISTEN, env = "WEFT_CONTROL_LISTEN")]
     listen: SocketAddr,
+    /// Address to serve Prometheus metrics on (GET /metrics), apart from --listen.
+    #[arg(long, default_value = DEFAULT_METRICS_LISTEN, env = "WEFT_CONTROL_METRICS_LISTEN")]
+    metrics_listen: SocketAddr,
+    /// Do not serve metrics.
+    #[arg(long)]
+    no_metrics: bool,
     /// The URL nodes use and login links show (default: http://<listen>).
     #[arg(long, env = "WEFT_CONTROL_SERVER_URL")]
     server_url: Option<String>,
@@ -97,6 +104,7 @@ pub async fn run(a: ServeArgs, conn: &Conn, client_flag: Option<&str>) -> anyhow
     raise_fd_limit();
     let mut config = ServerConfig::new(state_dir);
     config.listen = a.listen;
+    config.metrics_listen = (!a.no_metrics).then_some(a.metrics_listen);
     config.server_url = a.server_url;
     config.db_url = a.db_url;
     config.domain = a.domain.parse().with_context(|| {

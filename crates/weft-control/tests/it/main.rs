@@ -12,4 +12,5 @@ mod policy;
 mod registration;
 mod relay;
 mod security;
+mod serve;
 mod ssh_check;

@@ -283,7 +283,9 @@ async fn another_machine_cannot_map_or_take_a_registered_node_key() {
 }
 
 async fn metrics(t: &TestServer) -> String {
-    let mut s = TcpStream::connect(t.server.local_addr()).await.unwrap();
+    let mut s = TcpStream::connect(t.server.metrics_addr().unwrap())
+        .await
+        .unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -421,7 +423,7 @@ async fn a_capability_version_far_beyond_the_servers_is_clamped_and_served() {
             "{answer:?}"
         );
         let clamped = common::metric(
-            t.server.local_addr(),
+            t.server.metrics_addr().unwrap(),
             &format!("weft_control_capability_versions_clamped_total{{kind=\"{kind}\"}}"),
         )
         .await;
