@@ -50,16 +50,29 @@ pub const RELAY_KEY_FILE: &str = "relay.key";
 /// The admin socket inside the state directory.
 pub const ADMIN_SOCKET_FILE: &str = "admin.sock";
 
+/// The PEM files of the listener's TLS certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Where to listen for HTTP (control protocol, login pages, REST API, relay).
     pub listen: SocketAddr,
+    /// Serve TLS on the listener with this certificate chain and key (PEM
+    /// files); `None`: plain HTTP (e.g. behind a TLS reverse proxy).
+    pub tls: Option<TlsFiles>,
     /// Where to serve Prometheus metrics (`GET /metrics`), apart from the
     /// public listener; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
     /// The URL nodes use and login links show. `None`: `http://<listen>`
-    /// (with `127.0.0.1` for an unspecified address).
+    /// (`https://` with [`ServerConfig::tls`]; `127.0.0.1` for an
+    /// unspecified address).
     pub server_url: Option<String>,
     /// The state directory: database (unless `db_url`), server key, admin socket.
     pub state_dir: PathBuf,
@@ -124,6 +137,7 @@ impl ServerConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            tls: None,
             server_url: None,
             state_dir: state_dir.into(),
             db_url: None,

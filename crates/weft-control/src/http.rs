@@ -176,9 +176,15 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Accepts connections until `ctx.stop`, admits each ([`crate::admission`];
-/// a refused one gets `503` and is closed) and serves it with hyper
-/// (HTTP/1.1 with upgrades, a deadline for the request headers).
-pub(crate) async fn serve(listener: TcpListener, router: Router, ctx: Arc<Ctx>) {
+/// a refused one gets `503` and is closed), completes TLS when `tls` is
+/// given, and serves it with hyper (HTTP/1.1 with upgrades, a deadline for
+/// the TLS handshake and the request headers).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    ctx: Arc<Ctx>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let header_timeout = ctx.config.http_header_timeout;
     let mut accept_failures = LogEvery::new(LOG_EVERY);
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -212,47 +218,85 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, ctx: Arc<Ctx>) 
             }
         };
         let _ = tcp.set_nodelay(true);
-        let router = router.clone();
-        let stop = ctx.stop.clone();
+        let conn = ConnCtx {
+            router: router.clone(),
+            stop: ctx.stop.clone(),
+            ticket,
+            peer,
+            header_timeout,
+        };
+        let acceptor = tls.clone();
         ctx.tasks.spawn(async move {
-            let evicted = ticket.evicted().clone();
-            let svc_ticket = ticket.clone();
-            let svc =
-                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    svc_ticket.set_if(Standing::Waiting, Standing::Busy);
-                    req.extensions_mut().insert(RemoteAddr(peer));
-                    // The relay's routes read the client address from here.
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req.extensions_mut().insert(svc_ticket.clone());
-                    let router = router.clone();
-                    let ticket = svc_ticket.clone();
-                    async move {
-                        let resp = tower::ServiceExt::oneshot(router, req).await;
-                        ticket.set_if(Standing::Busy, Standing::Waiting);
-                        resp
-                    }
-                });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Some(header_timeout))
-                .serve_connection(TokioIo::new(tcp), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-                    }
-                }
-                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-                () = evicted.cancelled() => {
-                    tracing::debug!(%peer, "HTTP connection evicted to make room");
-                }
+            let Some(acceptor) = acceptor else {
+                return serve_conn(tcp, conn).await;
+            };
+            // The TLS handshake shares the deadline of the request headers.
+            match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => serve_conn(tls, conn).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
-            drop(ticket);
         });
     }
+}
+
+/// What serving one accepted connection needs.
+struct ConnCtx {
+    router: Router,
+    stop: tokio_util::sync::CancellationToken,
+    ticket: Arc<crate::admission::Ticket>,
+    peer: SocketAddr,
+    header_timeout: Duration,
+}
+
+/// Serves one connection (plain TCP, or TLS) with hyper until it ends, the
+/// server stops or admission evicts it.
+async fn serve_conn<IO>(io: IO, c: ConnCtx)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ConnCtx {
+        router,
+        stop,
+        ticket,
+        peer,
+        header_timeout,
+    } = c;
+    let evicted = ticket.evicted().clone();
+    let svc_ticket = ticket.clone();
+    let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        svc_ticket.set_if(Standing::Waiting, Standing::Busy);
+        req.extensions_mut().insert(RemoteAddr(peer));
+        // The relay's routes read the client address from here.
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        req.extensions_mut().insert(svc_ticket.clone());
+        let router = router.clone();
+        let ticket = svc_ticket.clone();
+        async move {
+            let resp = tower::ServiceExt::oneshot(router, req).await;
+            ticket.set_if(Standing::Busy, Standing::Waiting);
+            resp
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(header_timeout))
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+        () = evicted.cancelled() => {
+            tracing::debug!(%peer, "HTTP connection evicted to make room");
+        }
+    }
+    drop(ticket);
 }
 
 /// Answers a refused connection with `503` and the reason, then closes it.

@@ -117,6 +117,9 @@ pub enum StartError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// The TLS certificate or key could not be loaded.
+    #[error("cannot serve TLS: {0}")]
+    Tls(weft_relay::tls::TlsError),
     /// The relay could not start.
     #[error("cannot start the relay: {0}")]
     Relay(weft_relay::RelayError),
@@ -188,6 +191,12 @@ impl Server {
         } else {
             None
         };
+        let tls = match &config.tls {
+            Some(files) => Some(tokio_rustls::TlsAcceptor::from(
+                weft_relay::tls::server_config(&files.cert, &files.key).map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|error| StartError::Listen {
@@ -231,7 +240,8 @@ impl Server {
                 if a.ip().is_unspecified() {
                     a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
-                format!("http://{a}")
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{a}")
             }
         };
         let admin_listener = if config.admin_socket {
@@ -339,7 +349,7 @@ impl Server {
             path
         });
         let router = http::router(ctx.clone(), admin);
-        background.spawn(http::serve(listener, router, ctx.clone()));
+        background.spawn(http::serve(listener, router, ctx.clone(), tls));
         if let Some(l) = metrics_listener {
             background.spawn(http::serve_metrics(l, stop.clone()));
         }

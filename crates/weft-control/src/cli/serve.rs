@@ -27,7 +27,14 @@ pub struct ServeArgs {
     /// Do not serve metrics.
     #[arg(long)]
     no_metrics: bool,
-    /// The URL nodes use and login links show (default: http://<listen>).
+    /// Serve HTTPS on --listen with this certificate chain (PEM, leaf first; needs --tls-key).
+    /// The relay at /derp is served over it too.
+    #[arg(long, requires = "tls_key", env = "WEFT_CONTROL_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", env = "WEFT_CONTROL_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The URL nodes use and login links show (default: http://<listen>, https:// with --tls-cert).
     #[arg(long, env = "WEFT_CONTROL_SERVER_URL")]
     server_url: Option<String>,
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: <state-dir>/weft.db).
@@ -105,6 +112,10 @@ pub async fn run(a: ServeArgs, conn: &Conn, client_flag: Option<&str>) -> anyhow
     let mut config = ServerConfig::new(state_dir);
     config.listen = a.listen;
     config.metrics_listen = (!a.no_metrics).then_some(a.metrics_listen);
+    config.tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(weft_control::config::TlsFiles { cert, key }),
+        _ => None,
+    };
     config.server_url = a.server_url;
     config.db_url = a.db_url;
     config.domain = a.domain.parse().with_context(|| {

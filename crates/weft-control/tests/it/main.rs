@@ -14,3 +14,4 @@ mod relay;
 mod security;
 mod serve;
 mod ssh_check;
+mod tls;

@@ -21,7 +21,7 @@ fn now() -> Instant {
 
 /// Upgrades and completes the handshake by hand; returns the socket and
 /// the client half, ready for records.
-async fn raw_channel(t: &TestServer) -> (TcpStream, ClientConnection) {
+async fn raw_channel(t: &TestServer) -> (Box<dyn weft_client::Io>, ClientConnection) {
     let (mut conn, req) = Connection::client(
         &MachinePrivate::generate(),
         &t.server.public_key(),
@@ -49,7 +49,7 @@ async fn raw_channel(t: &TestServer) -> (TcpStream, ClientConnection) {
 }
 
 /// Reads until the server closes the connection; returns how long it took.
-async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> Duration {
+async fn closed_within(tcp: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> Duration {
     let start = now();
     let mut buf = vec![0u8; 65536];
     loop {
