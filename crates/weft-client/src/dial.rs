@@ -58,7 +58,7 @@ pub trait Dialer: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Upgraded, ClientError>>;
 }
 
-/// HTTP/1.1 over TCP (`http://` URLs).
+/// HTTP/1.1 over TCP (`http://` URLs) or TLS (`https://`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TcpDialer;
 
@@ -78,11 +78,8 @@ impl Dialer for TcpDialer {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Upgraded, ClientError>> {
         Box::pin(async move {
-            let (tcp, leftover) = http::upgrade(url, request, timeout).await?;
-            Ok(Upgraded {
-                io: Box::new(tcp),
-                leftover,
-            })
+            let (io, leftover) = http::upgrade(url, request, timeout).await?;
+            Ok(Upgraded { io, leftover })
         })
     }
 }

@@ -27,13 +27,15 @@ pub enum ClientError {
         /// The OS or HTTP error.
         cause: String,
     },
-    /// `https://` URLs need TLS, which this build of the client lacks.
-    #[error(
-        "control server {url}: https is not supported by this client yet; use http:// (the Noise channel authenticates and encrypts either way)"
-    )]
-    TlsUnsupported {
+    /// TLS to an `https://` server failed: the CA file could not be read,
+    /// or the handshake failed (most often a certificate that the system
+    /// roots and the `--login-server-ca` file do not vouch for).
+    #[error("control server {url}: {detail}")]
+    Tls {
         /// The control server URL.
         url: String,
+        /// What failed, and what to do about it.
+        detail: String,
     },
     /// An HTTP answer that is not what the protocol says (`GET /key` not
     /// 200, a body that is not the key document).
@@ -123,7 +125,7 @@ impl ClientError {
                 ErrorCode::ShuttingDown | ErrorCode::Internal | ErrorCode::Replaced
             ),
             ClientError::BadUrl { .. }
-            | ClientError::TlsUnsupported { .. }
+            | ClientError::Tls { .. }
             | ClientError::BadHttp { .. }
             | ClientError::Upgrade { .. } => false,
         }

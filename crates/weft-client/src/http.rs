@@ -1,7 +1,8 @@
 //! The two HTTP exchanges of the protocol: `GET /key` and the
-//! `POST /control` upgrade (docs/PROTOCOL.md §3–4). After the upgrade the
-//! connection is a plain byte stream, handed back as the `TcpStream` plus
-//! whatever bytes the HTTP layer already read past the `101` answer.
+//! `POST /control` upgrade (docs/PROTOCOL.md §3–4), over TCP for `http://`
+//! and over TLS ([`crate::tls`]) for `https://`. After the upgrade the
+//! connection is a plain byte stream, handed back with whatever bytes the
+//! HTTP layer already read past the `101` answer.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use weft_control_proto::upgrade::{self, CONTROL_PATH, KEY_PATH, KEY_VERSION_PARA
 use weft_types::CapabilityVersion;
 use weft_types::control::KeyResponse;
 
-use crate::{ClientError, ControlUrl};
+use crate::{ClientError, ControlUrl, Io};
 
 /// The default time allowed for the TCP connection and each HTTP exchange.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,8 +30,8 @@ const MAX_BODY: usize = 64 << 10;
 ///
 /// # Errors
 /// [`ClientError::Unreachable`], [`ClientError::BadHttp`] for another
-/// status or a body that is not the key document,
-/// [`ClientError::TlsUnsupported`] for `https://`.
+/// status or a body that is not the key document, [`ClientError::Tls`]
+/// when TLS fails.
 pub async fn fetch_key(url: &ControlUrl, timeout: Duration) -> Result<KeyResponse, ClientError> {
     let target = format!(
         "{}?{KEY_VERSION_PARAM}={}",
@@ -84,7 +85,7 @@ pub async fn upgrade(
     url: &ControlUrl,
     request: &UpgradeRequest,
     timeout: Duration,
-) -> Result<(TcpStream, Bytes), ClientError> {
+) -> Result<(Box<dyn Io>, Bytes), ClientError> {
     let mut builder = http::Request::post(url.path(CONTROL_PATH))
         .header(http::header::HOST, url.host_header())
         .header(http::header::CONTENT_LENGTH, "0");
@@ -124,7 +125,7 @@ pub async fn upgrade(
             .await
             .map_err(|e| ClientError::unreachable(url.as_str(), e))?;
         let parts = upgraded
-            .downcast::<TokioIo<TcpStream>>()
+            .downcast::<TokioIo<Box<dyn Io>>>()
             .map_err(|_| ClientError::unreachable(url.as_str(), "upgrade lost the TCP stream"))?;
         Ok((parts.io.into_inner(), parts.read_buf))
     };
@@ -143,13 +144,43 @@ fn refusal(url: &ControlUrl, r: Result<(), weft_control_proto::UpgradeRefused>) 
     }
 }
 
-/// Opens the TCP connection (no TLS yet).
-pub async fn connect_tcp(url: &ControlUrl) -> Result<TcpStream, ClientError> {
-    if url.is_tls() {
-        return Err(ClientError::TlsUnsupported {
-            url: url.to_string(),
-        });
+/// Opens the TCP connection (and TLS for `https://`, trusting the system
+/// roots and the URL's CA file).
+///
+/// # Errors
+/// [`ClientError::Unreachable`] for TCP, [`ClientError::Tls`] for TLS.
+pub async fn connect(url: &ControlUrl) -> Result<Box<dyn Io>, ClientError> {
+    let tcp = connect_tcp(url).await?;
+    if !url.is_tls() {
+        return Ok(Box::new(tcp));
     }
+    let tls_error = |detail: String| ClientError::Tls {
+        url: url.to_string(),
+        detail,
+    };
+    let config = crate::tls::client_config(url.ca_file()).map_err(|e| tls_error(e.to_string()))?;
+    let name = rustls_pki_types::ServerName::try_from(url.host().to_owned())
+        .map_err(|e| tls_error(format!("{:?} is not a TLS server name: {e}", url.host())))?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            let hint = match url.ca_file() {
+                Some(ca) => format!(
+                    "; the server's certificate must be for {} and issued by a system CA or the one in {}",
+                    url.host(),
+                    ca.display()
+                ),
+                None => " (for a server with a private CA, pass the CA with --login-server-ca FILE)"
+                    .to_owned(),
+            };
+            tls_error(format!("TLS handshake failed: {e}{hint}"))
+        })?;
+    Ok(Box::new(stream))
+}
+
+/// Opens the TCP connection.
+async fn connect_tcp(url: &ControlUrl) -> Result<TcpStream, ClientError> {
     let tcp = TcpStream::connect((url.host(), url.port()))
         .await
         .map_err(|e| ClientError::unreachable(url.as_str(), io_cause(&e)))?;
@@ -159,11 +190,11 @@ pub async fn connect_tcp(url: &ControlUrl) -> Result<TcpStream, ClientError> {
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-type Conn = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
+type Conn = hyper::client::conn::http1::Connection<TokioIo<Box<dyn Io>>, Empty<Bytes>>;
 
 async fn handshake_parts(url: &ControlUrl) -> Result<(Sender, Conn), ClientError> {
-    let tcp = connect_tcp(url).await?;
-    hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let io = connect(url).await?;
+    hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| ClientError::unreachable(url.as_str(), e))
 }

@@ -21,8 +21,10 @@
 //! What it is not: no key storage, no retry policy of its own, no netmap
 //! consumer. Plain `http://` is fine: the Noise channel authenticates the
 //! server (by the pinned key) and encrypts everything after the upgrade.
-//! `https://` (for fetching the key the first time over TLS) is not
-//! implemented yet and fails with [`ClientError::TlsUnsupported`].
+//! `https://` runs both HTTP exchanges (and so the byte stream after the
+//! upgrade) over TLS ([`tls`]: rustls, the system's roots, plus a private
+//! CA from [`ControlUrl::with_ca_file`]); the pinned server key is still
+//! checked by the Noise handshake on top.
 //!
 //! Errors name the server URL and the cause, e.g.
 //! `cannot reach control server http://198.18.0.1:8080: connection refused`.
@@ -36,6 +38,7 @@ mod error;
 pub mod http;
 mod session;
 pub mod ssh_check;
+pub mod tls;
 mod url;
 
 pub use backoff::Backoff;

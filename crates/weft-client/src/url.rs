@@ -1,8 +1,11 @@
 //! The control server's URL: `http://HOST[:PORT][/PATH]` (or `https://`).
 //! A path prefix is kept, so a server behind a reverse proxy at
 //! `https://example.com/weft` works: the key lives at `/weft/key`.
+//! An `https://` URL may carry a CA file to trust besides the system's
+//! roots ([`ControlUrl::with_ca_file`], `--login-server-ca`).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::ClientError;
@@ -16,12 +19,28 @@ pub struct ControlUrl {
     port: u16,
     /// Path prefix without a trailing `/` (empty for the root).
     base_path: String,
+    /// A PEM CA file trusted besides the system roots (`https://` only).
+    ca_file: Option<PathBuf>,
 }
 
 impl ControlUrl {
     /// Returns whether the URL is `https://`.
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    /// Returns the URL trusting the certificates in `ca_file` (PEM) besides
+    /// the system roots when it is `https://`; `None` trusts the system
+    /// roots alone. An `http://` URL ignores it.
+    #[must_use]
+    pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Self {
+        self.ca_file = ca_file;
+        self
+    }
+
+    /// Returns the extra CA file, if any.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// Returns the host (a name or an IP literal, IPv6 without brackets).
@@ -99,6 +118,7 @@ impl FromStr for ControlUrl {
             host: host.to_owned(),
             port,
             base_path: uri.path().trim_end_matches('/').to_owned(),
+            ca_file: None,
         })
     }
 }

@@ -321,8 +321,16 @@ async fn an_unreachable_server_is_named_with_the_cause() {
 }
 
 #[tokio::test]
-async fn https_urls_say_tls_is_not_supported_yet() {
-    let url: ControlUrl = "https://127.0.0.1:1".parse().unwrap();
+async fn an_unreadable_ca_file_is_named_before_any_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url: ControlUrl = format!("https://127.0.0.1:{port}").parse().unwrap();
+    let url = url.with_ca_file(Some("/nonexistent/ca.pem".into()));
     let err = fetch_key(&url, Duration::from_secs(5)).await.unwrap_err();
-    assert!(matches!(err, ClientError::TlsUnsupported { .. }), "{err}");
+    assert!(matches!(err, ClientError::Tls { .. }), "{err}");
+    assert!(
+        err.to_string().contains("CA file /nonexistent/ca.pem"),
+        "{err}"
+    );
+    assert!(!err.is_transient());
 }

@@ -15,6 +15,9 @@ use crate::clock::{Clock, SystemClock};
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft-control";
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// The default metrics address (loopback only, like Headscale's
+/// `metrics_listen_addr`).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
 /// The default tailnet DNS domain (`.internal` is reserved for private use).
 pub const DEFAULT_DOMAIN: &str = "weft.internal";
 /// The default node-key lifetime.
@@ -47,13 +50,29 @@ pub const RELAY_KEY_FILE: &str = "relay.key";
 /// The admin socket inside the state directory.
 pub const ADMIN_SOCKET_FILE: &str = "admin.sock";
 
+/// The PEM files of the listener's TLS certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Where to listen for HTTP (control protocol, login pages, REST API, metrics).
+    /// Where to listen for HTTP (control protocol, login pages, REST API, relay).
     pub listen: SocketAddr,
+    /// Serve TLS on the listener with this certificate chain and key (PEM
+    /// files); `None`: plain HTTP (e.g. behind a TLS reverse proxy).
+    pub tls: Option<TlsFiles>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), apart from the
+    /// public listener; `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// The URL nodes use and login links show. `None`: `http://<listen>`
-    /// (with `127.0.0.1` for an unspecified address).
+    /// (`https://` with [`ServerConfig::tls`]; `127.0.0.1` for an
+    /// unspecified address).
     pub server_url: Option<String>,
     /// The state directory: database (unless `db_url`), server key, admin socket.
     pub state_dir: PathBuf,
@@ -117,6 +136,8 @@ impl ServerConfig {
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            tls: None,
             server_url: None,
             state_dir: state_dir.into(),
             db_url: None,
@@ -151,6 +172,7 @@ impl ServerConfig {
     pub fn for_tests(state_dir: impl Into<PathBuf>) -> Self {
         let mut c = Self::new(state_dir);
         c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         c.batch_delay = Duration::from_millis(20);
         c.channel.handshake_timeout = Duration::from_millis(500);
         c.http_header_timeout = Duration::from_secs(2);
@@ -196,6 +218,15 @@ pub fn default_domain() -> DnsName {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_default_metrics_address_is_loopback_9090() {
+        let c = super::ServerConfig::new("/x");
+        assert_eq!(
+            c.metrics_listen,
+            Some(super::DEFAULT_METRICS_LISTEN.parse().unwrap())
+        );
+    }
+
     #[test]
     fn the_default_domain_is_valid() {
         assert_eq!(super::default_domain().to_string(), super::DEFAULT_DOMAIN);

@@ -8,9 +8,12 @@
 //! | `GET /a/{auth_id}` | the authenticator's page of a device login, or of an SSH check ([`crate::auth`]) |
 //! | `/login/{authenticator}/…` | the authenticator's own routes, if any, deciding logins through [`crate::auth::CompleteLogin`] |
 //! | `/api/v1/…` | the admin API with an API key ([`crate::admin`]) |
-//! | `GET /metrics` | Prometheus metrics |
 //! | `GET /health` | `ok` |
 //! | `/derp`, `/derp/probe`, `/derp/latency-check`, `/generate_204` | the embedded relay ([`crate::relay`]), unless `--no-relay` |
+//!
+//! Prometheus metrics (`GET /metrics`) are not on this listener: they have
+//! their own ([`serve_metrics`], `--metrics-listen`, loopback by default),
+//! so the public address tells nobody the tailnet's size or load.
 //!
 //! Every response but the `101` of an upgrade carries the headers of
 //! [`crate::pages::set_security_headers`]: a Content-Security-Policy that
@@ -51,7 +54,6 @@ pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
         .route("/key", get(crate::control::key))
         .route("/control", post(crate::control::upgrade))
         .route("/a/{auth_id}", get(login_page))
-        .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok" }))
         .with_state(ctx.clone())
         .nest("/api/v1", rest);
@@ -102,6 +104,22 @@ async fn track(req: Request, next: Next) -> Response {
     metrics::histogram!("weft_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// Serves `GET /metrics` (and `GET /health`) on `listener` until `stop`.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok" }));
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "the metrics listener stopped");
+    }
 }
 
 async fn metrics() -> Response {
@@ -158,9 +176,15 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Accepts connections until `ctx.stop`, admits each ([`crate::admission`];
-/// a refused one gets `503` and is closed) and serves it with hyper
-/// (HTTP/1.1 with upgrades, a deadline for the request headers).
-pub(crate) async fn serve(listener: TcpListener, router: Router, ctx: Arc<Ctx>) {
+/// a refused one gets `503` and is closed), completes TLS when `tls` is
+/// given, and serves it with hyper (HTTP/1.1 with upgrades, a deadline for
+/// the TLS handshake and the request headers).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    ctx: Arc<Ctx>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let header_timeout = ctx.config.http_header_timeout;
     let mut accept_failures = LogEvery::new(LOG_EVERY);
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -194,47 +218,85 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, ctx: Arc<Ctx>) 
             }
         };
         let _ = tcp.set_nodelay(true);
-        let router = router.clone();
-        let stop = ctx.stop.clone();
+        let conn = ConnCtx {
+            router: router.clone(),
+            stop: ctx.stop.clone(),
+            ticket,
+            peer,
+            header_timeout,
+        };
+        let acceptor = tls.clone();
         ctx.tasks.spawn(async move {
-            let evicted = ticket.evicted().clone();
-            let svc_ticket = ticket.clone();
-            let svc =
-                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    svc_ticket.set_if(Standing::Waiting, Standing::Busy);
-                    req.extensions_mut().insert(RemoteAddr(peer));
-                    // The relay's routes read the client address from here.
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req.extensions_mut().insert(svc_ticket.clone());
-                    let router = router.clone();
-                    let ticket = svc_ticket.clone();
-                    async move {
-                        let resp = tower::ServiceExt::oneshot(router, req).await;
-                        ticket.set_if(Standing::Busy, Standing::Waiting);
-                        resp
-                    }
-                });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Some(header_timeout))
-                .serve_connection(TokioIo::new(tcp), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-                    }
-                }
-                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-                () = evicted.cancelled() => {
-                    tracing::debug!(%peer, "HTTP connection evicted to make room");
-                }
+            let Some(acceptor) = acceptor else {
+                return serve_conn(tcp, conn).await;
+            };
+            // The TLS handshake shares the deadline of the request headers.
+            match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => serve_conn(tls, conn).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
-            drop(ticket);
         });
     }
+}
+
+/// What serving one accepted connection needs.
+struct ConnCtx {
+    router: Router,
+    stop: tokio_util::sync::CancellationToken,
+    ticket: Arc<crate::admission::Ticket>,
+    peer: SocketAddr,
+    header_timeout: Duration,
+}
+
+/// Serves one connection (plain TCP, or TLS) with hyper until it ends, the
+/// server stops or admission evicts it.
+async fn serve_conn<IO>(io: IO, c: ConnCtx)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ConnCtx {
+        router,
+        stop,
+        ticket,
+        peer,
+        header_timeout,
+    } = c;
+    let evicted = ticket.evicted().clone();
+    let svc_ticket = ticket.clone();
+    let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        svc_ticket.set_if(Standing::Waiting, Standing::Busy);
+        req.extensions_mut().insert(RemoteAddr(peer));
+        // The relay's routes read the client address from here.
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        req.extensions_mut().insert(svc_ticket.clone());
+        let router = router.clone();
+        let ticket = svc_ticket.clone();
+        async move {
+            let resp = tower::ServiceExt::oneshot(router, req).await;
+            ticket.set_if(Standing::Busy, Standing::Waiting);
+            resp
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(header_timeout))
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+        () = evicted.cancelled() => {
+            tracing::debug!(%peer, "HTTP connection evicted to make room");
+        }
+    }
+    drop(ticket);
 }
 
 /// Answers a refused connection with `503` and the reason, then closes it.

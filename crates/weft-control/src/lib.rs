@@ -31,6 +31,7 @@ mod control;
 mod ctx;
 mod http;
 pub mod keyfile;
+mod lock;
 mod login;
 mod metrics;
 pub mod pages;
@@ -70,55 +71,88 @@ pub(crate) fn seed() -> [u8; 32] {
 }
 
 /// Why the server could not start.
+///
+/// Each message names the cause itself and exposes no separate
+/// [`std::error::Error::source`], so a caller printing the whole chain
+/// (`{:#}`) shows each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The state directory could not be created.
-    #[error("cannot create the state directory {path}: {source}")]
+    #[error("cannot create the state directory {path}: {error}")]
     StateDir {
         /// The directory.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// Another server holds the state directory, or its lock file cannot
+    /// be taken (the message says which).
+    #[error(transparent)]
+    Locked(#[from] lock::LockError),
     /// The server key or the relay key could not be loaded or made (the
     /// message names which).
     #[error(transparent)]
     Key(#[from] keyfile::KeyFileError),
     /// The database could not be opened.
     #[error("cannot open the database: {0}")]
-    Store(#[from] weft_control_store::StoreError),
+    Store(weft_control_store::StoreError),
     /// The initial state could not be loaded.
     #[error("cannot load the tailnet state: {0}")]
     Load(String),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         /// The address.
         addr: SocketAddr,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// The metrics address could not be bound.
+    #[error(
+        "cannot serve metrics on {addr}: {error}; choose another with --metrics-listen or turn metrics off with --no-metrics"
+    )]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The TLS certificate or key could not be loaded.
+    #[error("cannot serve TLS: {0}")]
+    Tls(weft_relay::tls::TlsError),
     /// The relay could not start.
     #[error("cannot start the relay: {0}")]
-    Relay(#[from] weft_relay::RelayError),
+    Relay(weft_relay::RelayError),
     /// A STUN address could not be bound.
     #[error(
-        "cannot serve STUN on {addr} (UDP): {source}; choose another with --stun-listen or turn STUN off with --no-stun"
+        "cannot serve STUN on {addr} (UDP): {error}; choose another with --stun-listen or turn STUN off with --no-stun"
     )]
     Stun {
         /// The address.
         addr: SocketAddr,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The admin socket could not be bound.
-    #[error("cannot create the admin socket {path}: {source}")]
+    #[error("cannot create the admin socket {path}: {error}")]
     AdminSocket {
         /// The socket path.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+impl From<weft_control_store::StoreError> for StartError {
+    fn from(e: weft_control_store::StoreError) -> Self {
+        StartError::Store(e)
+    }
+}
+
+impl From<weft_relay::RelayError> for StartError {
+    fn from(e: weft_relay::RelayError) -> Self {
+        StartError::Relay(e)
+    }
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -126,23 +160,29 @@ pub enum StartError {
 pub struct Server {
     ctx: Arc<Ctx>,
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     admin_socket: Option<PathBuf>,
     stun_addrs: Vec<SocketAddr>,
     background: TaskTracker,
+    /// Held until the server is shut down (or dropped).
+    _lock: lock::StateLock,
 }
 
 impl Server {
-    /// Opens the store, loads the tailnet, binds the listener (and the
-    /// admin socket) and starts serving.
+    /// Locks the state directory, opens the store, loads the tailnet, binds
+    /// the listeners (and the admin socket) and starts serving. Nothing is
+    /// written to the database until the lock is held, and every address
+    /// is bound before the database is touched.
     ///
     /// # Errors
     /// [`StartError`] with what failed and where.
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         metrics::install();
-        std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
+        std::fs::create_dir_all(&config.state_dir).map_err(|error| StartError::StateDir {
             path: config.state_dir.clone(),
-            source,
+            error,
         })?;
+        let state_lock = lock::StateLock::acquire(&config.state_dir)?;
         let server_key = keyfile::load_or_create(&config.state_dir.join(config::SERVER_KEY_FILE))?;
         let relay_key = if config.relay {
             Some(weft_relay::load_or_create_key(
@@ -150,6 +190,37 @@ impl Server {
             )?)
         } else {
             None
+        };
+        let tls = match &config.tls {
+            Some(files) => Some(tokio_rustls::TlsAcceptor::from(
+                weft_relay::tls::server_config(&files.cert, &files.key).map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| StartError::Listen {
+                addr: config.listen,
+                error,
+            })?;
+        let local_addr = listener.local_addr().map_err(|error| StartError::Listen {
+            addr: config.listen,
+            error,
+        })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|error| StartError::Metrics { addr, error })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().map_err(|error| StartError::Metrics {
+                addr: config.metrics_listen.unwrap_or(local_addr),
+                error,
+            })?),
+            None => None,
         };
         let store_config = StoreConfig {
             node_key_expiry: config.node_key_expiry,
@@ -162,20 +233,6 @@ impl Server {
             None => Store::open_state_dir(&config.state_dir, store_config).await?,
         };
         let clock = config.clock.clone();
-        let marked = store.mark_all_offline(clock.now()).await?;
-        if marked > 0 {
-            tracing::info!(nodes = marked, "marked nodes offline after a restart");
-        }
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
         let server_url = match &config.server_url {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => {
@@ -183,15 +240,16 @@ impl Server {
                 if a.ip().is_unspecified() {
                     a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
-                format!("http://{a}")
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{a}")
             }
         };
         let admin_listener = if config.admin_socket {
             let path = config.admin_socket_path();
             Some((
-                admin::socket::bind(&path).map_err(|source| StartError::AdminSocket {
+                admin::socket::bind(&path).map_err(|error| StartError::AdminSocket {
                     path: path.clone(),
-                    source,
+                    error,
                 })?,
                 path,
             ))
@@ -204,7 +262,7 @@ impl Server {
         let mut stun_addrs = Vec::new();
         for addr in config.stun_addrs() {
             let bound = relay::start_stun(addr, &stop, &background)
-                .map_err(|source| StartError::Stun { addr, source })?;
+                .map_err(|error| StartError::Stun { addr, error })?;
             stun_addrs.push(bound);
         }
         let relay_map = match relay::load_map(&config.state_dir.join(relay::RELAY_MAP_FILE)) {
@@ -215,6 +273,11 @@ impl Server {
             Err(e) => return Err(StartError::Load(e)),
         };
 
+        // Every address is bound: from here on this server is the one.
+        let marked = store.mark_all_offline(clock.now()).await?;
+        if marked > 0 {
+            tracing::info!(nodes = marked, "marked nodes offline after a restart");
+        }
         let persist = Arc::new(Persister::default());
         let (coordinator, coord) = Coordinator::load(
             store.clone(),
@@ -286,7 +349,10 @@ impl Server {
             path
         });
         let router = http::router(ctx.clone(), admin);
-        background.spawn(http::serve(listener, router, ctx.clone()));
+        background.spawn(http::serve(listener, router, ctx.clone(), tls));
+        if let Some(l) = metrics_listener {
+            background.spawn(http::serve_metrics(l, stop.clone()));
+        }
         tracing::info!(
             listen = %local_addr,
             url = %ctx.server_url,
@@ -295,20 +361,29 @@ impl Server {
             authenticator = ctx.config.authenticator.name(),
             relay = ctx.relay.as_ref().map(|r| r.public_key().to_string()),
             stun = ?stun_addrs,
+            metrics = ?metrics_addr,
             "weft-control serving"
         );
         Ok(Server {
             ctx,
             local_addr,
+            metrics_addr,
             admin_socket,
             stun_addrs,
             background,
+            _lock: state_lock,
         })
     }
 
     /// Returns the bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Returns the bound address of the metrics listener (`GET /metrics`),
+    /// if metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Returns the URL nodes use.

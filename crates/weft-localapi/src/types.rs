@@ -46,6 +46,10 @@ impl BackendState {
 pub struct Prefs {
     /// The control server's URL (`--login-server`).
     pub control_url: String,
+    /// A PEM CA file trusted for an `https://` control server besides the
+    /// system's roots (`--login-server-ca`, an absolute path weftd reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_ca_file: Option<String>,
     /// Whether the user wants the node connected (`up` sets, `down` clears).
     pub want_running: bool,
     /// Whether the profile was explicitly logged out.
@@ -71,6 +75,7 @@ impl Default for Prefs {
     fn default() -> Self {
         Prefs {
             control_url: DEFAULT_CONTROL_URL.to_owned(),
+            control_ca_file: None,
             want_running: false,
             logged_out: false,
             hostname: None,

@@ -1,11 +1,10 @@
 //! TLS for the relay (rustls on ring): the server's certificate from PEM
-//! files, and the client's trust (the Mozilla roots, plus a CA file for
-//! private certificates).
+//! files, and the client's trust (the control client's: system roots, else
+//! the Mozilla roots, plus a CA file for private certificates).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -71,27 +70,20 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Returns a client configuration trusting the Mozilla roots and, if given,
-/// the certificates in `ca_file` (PEM) — for relays with private
-/// certificates.
+/// Returns a client configuration trusting the system roots (else the
+/// Mozilla roots) and, if given, the certificates in `ca_file` (PEM) — for
+/// relays with private certificates. The same trust as the control client
+/// ([`weft_client::tls`]).
 ///
 /// # Errors
 /// [`TlsError`] naming the CA file.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        for cert in read_certs("CA file", path)? {
-            roots.add(cert).map_err(|e| TlsError::File {
-                what: "CA file",
-                path: path.to_owned(),
-                detail: e.to_string(),
-            })?;
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    weft_client::tls::client_config(ca_file).map_err(|e| match e {
+        weft_client::tls::TlsError::CaFile { path, detail } => TlsError::File {
+            what: "CA file",
+            path,
+            detail,
+        },
+        weft_client::tls::TlsError::Rustls(e) => TlsError::Rustls(e),
+    })
 }

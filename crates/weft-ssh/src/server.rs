@@ -511,6 +511,7 @@ impl SshServer {
                 "ssh connection from a program on this node"
             );
         }
+        let session_handle = Arc::new(std::sync::OnceLock::new());
         let handler = ConnHandler::new(
             shared.clone(),
             id,
@@ -518,6 +519,7 @@ impl SshServer {
             identity,
             phase_tx,
             closed.clone(),
+            session_handle.clone(),
         );
         let stream = Killable::new(stream, closed.clone());
         let start = russh::server::run_stream(shared.russh_config.clone(), stream, handler);
@@ -532,6 +534,8 @@ impl SshServer {
             }
             Ok(Ok(s)) => s,
         };
+        // Authentication starts only after the key exchange, long after this.
+        let _ = session_handle.set(session.handle());
         let mut finished = false;
         let outcome = tokio::select! {
             r = &mut session => {

@@ -21,6 +21,10 @@ pub struct PrefFlags {
     /// else WEFT_LOGIN_SERVER= in /etc/default/weft, else http://127.0.0.1:8080]
     #[arg(long, value_name = "URL", value_parser = parse_login_server)]
     pub login_server: Option<String>,
+    /// A PEM CA file to trust for an https:// login server besides the system's roots
+    /// (a private CA); kept with the profile
+    #[arg(long, value_name = "FILE", value_parser = parse_ca_file)]
+    pub login_server_ca: Option<String>,
     /// The name to use instead of the OS hostname (empty: the OS hostname)
     #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
     pub hostname: Option<String>,
@@ -328,6 +332,9 @@ impl PrefFlags {
         if let Some(url) = &self.login_server {
             prefs.control_url.clone_from(url);
         }
+        if let Some(ca) = &self.login_server_ca {
+            prefs.control_ca_file = Some(ca.clone());
+        }
         if let Some(h) = &self.hostname {
             prefs.hostname = (!h.is_empty()).then(|| h.clone());
         }
@@ -442,6 +449,17 @@ fn parse_login_server(s: &str) -> Result<String, String> {
         ));
     }
     Ok(normalize_url(s).to_owned())
+}
+
+/// Parses `--login-server-ca`: a readable file, made absolute (weftd reads
+/// it from its own working directory).
+fn parse_ca_file(s: &str) -> Result<String, String> {
+    let path = std::path::absolute(s).map_err(|e| format!("{s:?}: {e}"))?;
+    std::fs::metadata(&path)
+        .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{}: the path is not UTF-8", path.display()))
 }
 
 /// Parses `--hostname`: empty (the OS hostname) or up to 63 printable

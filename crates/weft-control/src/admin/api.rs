@@ -238,8 +238,8 @@ async fn approve_login(
     State(a): State<Admin>,
     Path(auth_id): Path<String>,
     Json(r): Json<Approve>,
-) -> R<NodeView> {
-    a.approve_login(&auth_id, &r.user).await.map(Json)
+) -> R<ApprovalView> {
+    a.approve(&auth_id, &r.user).await.map(Json)
 }
 
 async fn reject_login(

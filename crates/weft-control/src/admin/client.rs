@@ -281,7 +281,7 @@ impl AdminClient {
         &self,
         auth_id: &str,
         user: &str,
-    ) -> Result<NodeView, AdminClientError> {
+    ) -> Result<ApprovalView, AdminClientError> {
         let body = Approve {
             user: user.to_owned(),
         };

@@ -345,9 +345,31 @@ impl Admin {
     /// `forbidden` for an SSH check of another user or tags the user may not
     /// apply.
     pub async fn approve_login(&self, auth_id: &str, user: &str) -> Result<NodeView, AdminError> {
+        self.approve(auth_id, user).await.map(|a| a.node)
+    }
+
+    /// Approves like [`Admin::approve_login`] and also says what an SSH
+    /// check let through.
+    ///
+    /// # Errors
+    /// As [`Admin::approve_login`].
+    pub async fn approve(&self, auth_id: &str, user: &str) -> Result<ApprovalView, AdminError> {
         match login::approve(&self.ctx, auth_id, user).await? {
-            Approval::Device { node, .. } => self.view_one(&node).await,
-            Approval::Check(c) => self.node(c.src_node.0).await,
+            Approval::Device { node, .. } => Ok(ApprovalView {
+                node: self.view_one(&node).await?,
+                ssh_check: None,
+            }),
+            Approval::Check(c) => Ok(ApprovalView {
+                node: self.node(c.src_node.0).await?,
+                ssh_check: Some(SshCheckApproved {
+                    login: c.info.login,
+                    src_name: c.info.src_name,
+                    dst_name: c.info.dst_name,
+                    ssh_user: c.info.ssh_user,
+                    local_user: c.info.local_user,
+                    period_ms: u64::try_from(c.period.as_millis()).unwrap_or(u64::MAX),
+                }),
+            }),
         }
     }
 

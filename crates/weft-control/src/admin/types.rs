@@ -101,6 +101,35 @@ pub struct NodeView {
     pub os: String,
 }
 
+/// The answer to `POST /logins/{auth_id}/approve`: the node (the one
+/// registered, or for an SSH check the node the login comes from), and what
+/// an SSH check let through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    #[serde(flatten)]
+    pub node: NodeView,
+    /// Set when the id was an SSH check rather than a device login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_check: Option<SshCheckApproved>,
+}
+
+/// An approved SSH check: who may now log in where, as whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshCheckApproved {
+    /// The tailnet user who approved (and owns the source node).
+    pub login: String,
+    /// The node the SSH connection comes from.
+    pub src_name: String,
+    /// The node being logged in to.
+    pub dst_name: String,
+    /// The login name asked for.
+    pub ssh_user: String,
+    /// The local account.
+    pub local_user: String,
+    /// How long the approval covers further logins, in milliseconds.
+    pub period_ms: u64,
+}
+
 /// `POST /logins/{auth_id}/approve`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Approve {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use weft_control::admin::types::{NewApiKey, NewPreauthKey, NewUser, NodeView};
+use weft_control::admin::types::{NewApiKey, NewPreauthKey, NewUser, NodeView, SshCheckApproved};
 use weft_types::time::parse_duration;
 
 use super::fmt::{relative, table};
@@ -361,6 +361,24 @@ fn node_rows(nodes: &[NodeView]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Says what an approved SSH check let through (not registration wording).
+fn ssh_check_approved(c: &SshCheckApproved) -> String {
+    let period = std::time::Duration::from_millis(c.period_ms);
+    let further = if period.is_zero() {
+        "the next login asks again".to_owned()
+    } else {
+        format!(
+            "further logins from {} are approved for {}",
+            c.src_name,
+            weft_control::clock::short_duration(period)
+        )
+    };
+    format!(
+        "approved SSH check: {} from {} may log in to {} as {} (local user {}); {further}",
+        c.login, c.src_name, c.dst_name, c.ssh_user, c.local_user
+    )
+}
+
 fn print_node(action: &str, n: &NodeView, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(n);
@@ -398,7 +416,13 @@ pub async fn nodes(cmd: NodesCmd, conn: &Conn) -> anyhow::Result<()> {
                 .approve_login(&auth_id, &user)
                 .await
                 .with_context(|| format!("cannot approve login {auth_id}"))?;
-            print_node(&format!("approved; {user} owns"), &n, conn.json)?;
+            if conn.json {
+                print_json(&n)?;
+            } else if let Some(c) = &n.ssh_check {
+                outln!("{}", ssh_check_approved(c))?;
+            } else {
+                print_node(&format!("approved; {user} owns"), &n.node, false)?;
+            }
         }
         NodesCmd::Reject { auth_id } => {
             conn.client()?
@@ -505,4 +529,32 @@ pub async fn apikeys(cmd: ApiKeysCmd, conn: &Conn) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_approved_ssh_check_says_who_may_log_in_where_as_whom() {
+        let mut c = SshCheckApproved {
+            login: "alice".into(),
+            src_name: "laptop".into(),
+            dst_name: "server".into(),
+            ssh_user: "bob".into(),
+            local_user: "bob".into(),
+            period_ms: 3_600_000,
+        };
+        let line = ssh_check_approved(&c);
+        assert!(
+            line.starts_with(
+                "approved SSH check: alice from laptop may log in to server as bob (local user bob); \
+                 further logins from laptop are approved for 1h"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("owns"), "no registration wording: {line}");
+        c.period_ms = 0;
+        assert!(ssh_check_approved(&c).ends_with("the next login asks again"));
+    }
 }

@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage users.
     #[command(subcommand)]
     Users(admin::UsersCmd),
@@ -139,7 +139,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let conn = &cli.conn;
         match cli.command {
-            Command::Serve(a) => serve::run(a, conn, client_flag)
+            Command::Serve(a) => serve::run(*a, conn, client_flag)
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Users(c) => admin::users(c, conn).await.map(|()| ExitCode::SUCCESS),

@@ -123,6 +123,11 @@ pub async fn run(cmd: PolicyCmd, conn: &Conn) -> anyhow::Result<ExitCode> {
         }
         PolicyCmd::Set { file } => {
             let text = read(&file)?;
+            // The server parses it again; parsing here first names this file in the errors
+            // (the server knows no file name) and sends nothing that cannot apply.
+            if let Err(e) = weft_policy::Policy::parse_named(&name(&file), &text) {
+                anyhow::bail!("policy refused, the old policy stays in force: {e}");
+            }
             let v = conn
                 .client()?
                 .set_policy(&text)

@@ -8,6 +8,7 @@ use clap::Args;
 use weft_control::config::{
     DEFAULT_DOMAIN, DEFAULT_LISTEN, DEFAULT_MAX_PENDING_LOGINS,
     DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE, DEFAULT_MAX_UNREGISTERED_PER_SOURCE,
+    DEFAULT_METRICS_LISTEN,
 };
 use weft_control::{Server, ServerConfig};
 use weft_types::time::parse_duration;
@@ -17,10 +18,23 @@ use super::Conn;
 /// Options of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on for HTTP (control protocol, login pages, REST API, metrics).
+    /// Address to listen on for HTTP (control protocol, login pages, REST API, relay).
     #[arg(long, default_value = DEFAULT_LISTEN, env = "WEFT_CONTROL_LISTEN")]
     listen: SocketAddr,
-    /// The URL nodes use and login links show (default: http://<listen>).
+    /// Address to serve Prometheus metrics on (GET /metrics), apart from --listen.
+    #[arg(long, default_value = DEFAULT_METRICS_LISTEN, env = "WEFT_CONTROL_METRICS_LISTEN")]
+    metrics_listen: SocketAddr,
+    /// Do not serve metrics.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Serve HTTPS on --listen with this certificate chain (PEM, leaf first; needs --tls-key).
+    /// The relay at /derp is served over it too.
+    #[arg(long, requires = "tls_key", env = "WEFT_CONTROL_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", env = "WEFT_CONTROL_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The URL nodes use and login links show (default: http://<listen>, https:// with --tls-cert).
     #[arg(long, env = "WEFT_CONTROL_SERVER_URL")]
     server_url: Option<String>,
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: <state-dir>/weft.db).
@@ -97,6 +111,11 @@ pub async fn run(a: ServeArgs, conn: &Conn, client_flag: Option<&str>) -> anyhow
     raise_fd_limit();
     let mut config = ServerConfig::new(state_dir);
     config.listen = a.listen;
+    config.metrics_listen = (!a.no_metrics).then_some(a.metrics_listen);
+    config.tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(weft_control::config::TlsFiles { cert, key }),
+        _ => None,
+    };
     config.server_url = a.server_url;
     config.db_url = a.db_url;
     config.domain = a.domain.parse().with_context(|| {

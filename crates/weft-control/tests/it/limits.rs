@@ -321,7 +321,7 @@ async fn an_unregistered_connection_must_register_in_time_but_a_login_may_wait()
     n.wait_map(|_| true).await;
     assert!(
         metric(
-            t.server.local_addr(),
+            t.server.metrics_addr().unwrap(),
             "weft_control_connection_errors_total{reason=\"register_timeout\"}"
         )
         .await
@@ -549,7 +549,7 @@ async fn a_node_registers_within_2s_while_1100_unregistered_connections_are_held
         (1100, 0),
         "55 from each of 20 sources fit the limit"
     );
-    let on_server = metric(p.addr, "weft_control_connections").await.unwrap();
+    let on_server = metric(p.metrics, "weft_control_connections").await.unwrap();
     assert!(on_server >= 1100.0, "the server holds {on_server}");
 
     let took = normal_node_joins(&p).await;
@@ -590,7 +590,7 @@ async fn with_1024_descriptors_a_flood_of_1100_sheds_and_a_node_still_registers_
     let flood_took = started.elapsed();
     let on_server = tokio::time::timeout(
         Duration::from_secs(5),
-        metric(p.addr, "weft_control_connections"),
+        metric(p.metrics, "weft_control_connections"),
     )
     .await
     .ok()
@@ -612,7 +612,7 @@ async fn with_1024_descriptors_a_flood_of_1100_sheds_and_a_node_still_registers_
         took.is_some_and(|t| t < Duration::from_secs(2)),
         "took {took:?}"
     );
-    let evicted = metric(p.addr, "weft_control_connections_evicted_total")
+    let evicted = metric(p.metrics, "weft_control_connections_evicted_total")
         .await
         .unwrap_or(0.0);
     eprintln!("evicted to make room: {evicted}");
@@ -683,9 +683,12 @@ async fn host_info_changes_beyond_the_budget_are_held_and_only_the_latest_is_sen
         seen.iter().all(|v| allowed.contains(v)),
         "peers saw only the budget and the latest: {seen:?}"
     );
-    let held = metric(t.server.local_addr(), "weft_host_info_updates_held_total")
-        .await
-        .unwrap();
+    let held = metric(
+        t.server.metrics_addr().unwrap(),
+        "weft_host_info_updates_held_total",
+    )
+    .await
+    .unwrap();
     assert!(held >= 44.0, "held {held}");
     a.close().await;
     b.close().await;

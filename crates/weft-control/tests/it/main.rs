@@ -12,4 +12,6 @@ mod policy;
 mod registration;
 mod relay;
 mod security;
+mod serve;
 mod ssh_check;
+mod tls;

@@ -91,7 +91,7 @@ async fn tailnet_nodes_relay_a_packet_and_strangers_are_refused() {
     let stats = t.server.relay_stats().unwrap();
     assert!(stats.refused_not_admitted >= 1, "{stats:?}");
     let m = common::metric(
-        t.server.local_addr(),
+        t.server.metrics_addr().unwrap(),
         "weft_relay_logins_refused_total{reason=\"not_admitted\"}",
     )
     .await;
@@ -246,7 +246,11 @@ async fn nodes_get_the_default_relay_map_and_stun_answers() {
     let (tx, mapped) = parse_binding_response(&resp[..n]).unwrap();
     assert_eq!(tx, TxId([7; 12]));
     assert_eq!(mapped, sock.local_addr().unwrap());
-    let answered = common::metric(t.server.local_addr(), "weft_relay_stun_requests_total").await;
+    let answered = common::metric(
+        t.server.metrics_addr().unwrap(),
+        "weft_relay_stun_requests_total",
+    )
+    .await;
     assert!(answered.is_some_and(|v| v >= 1.0), "{answered:?}");
 }
 

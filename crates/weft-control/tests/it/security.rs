@@ -21,7 +21,7 @@ fn now() -> Instant {
 
 /// Upgrades and completes the handshake by hand; returns the socket and
 /// the client half, ready for records.
-async fn raw_channel(t: &TestServer) -> (TcpStream, ClientConnection) {
+async fn raw_channel(t: &TestServer) -> (Box<dyn weft_client::Io>, ClientConnection) {
     let (mut conn, req) = Connection::client(
         &MachinePrivate::generate(),
         &t.server.public_key(),
@@ -49,7 +49,7 @@ async fn raw_channel(t: &TestServer) -> (TcpStream, ClientConnection) {
 }
 
 /// Reads until the server closes the connection; returns how long it took.
-async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> Duration {
+async fn closed_within(tcp: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> Duration {
     let start = now();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -287,7 +287,9 @@ async fn another_machine_cannot_map_or_take_a_registered_node_key() {
 }
 
 async fn metrics(t: &TestServer) -> String {
-    let mut s = TcpStream::connect(t.server.local_addr()).await.unwrap();
+    let mut s = TcpStream::connect(t.server.metrics_addr().unwrap())
+        .await
+        .unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -425,7 +427,7 @@ async fn a_capability_version_far_beyond_the_servers_is_clamped_and_served() {
             "{answer:?}"
         );
         let clamped = common::metric(
-            t.server.local_addr(),
+            t.server.metrics_addr().unwrap(),
             &format!("weft_control_capability_versions_clamped_total{{kind=\"{kind}\"}}"),
         )
         .await;

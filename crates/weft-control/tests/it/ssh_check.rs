@@ -125,8 +125,22 @@ async fn a_check_waits_for_its_user_and_a_second_login_within_the_period_is_acce
     );
 
     let before = t.clock.now();
-    let node = t.server.admin().approve_login(&id, "alice").await.unwrap();
+    let approval = t.server.admin().approve(&id, "alice").await.unwrap();
     let after = t.clock.now();
+    let node = approval.node;
+    let check = approval
+        .ssh_check
+        .expect("the answer says it was an SSH check");
+    assert_eq!(
+        (
+            check.login.as_str(),
+            check.src_name.as_str(),
+            check.dst_name.as_str()
+        ),
+        ("alice", "alice-laptop", "server"),
+        "{check:?}"
+    );
+    assert_eq!(check.period_ms, 3_600_000, "{check:?}");
     assert_eq!(
         node.id,
         ids(&laptop).0.0,

@@ -89,6 +89,32 @@ impl ConnHandler {
         );
     }
 
+    /// Queues a disconnect carrying `message` (once per connection); the
+    /// session sends it right after the answer to the current request.
+    /// Returns whether it was queued (false before the session handle is
+    /// set, or if the session is gone).
+    pub(super) async fn disconnect_refused(&mut self, message: &str) -> bool {
+        if self.disconnecting {
+            return true;
+        }
+        let Some(handle) = self.session_handle.get() else {
+            return false;
+        };
+        // The session's queue has room (nothing else is sent before
+        // authentication); the bound only guards against a stuck session.
+        let queued = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            handle.disconnect(
+                russh::Disconnect::NoMoreAuthMethodsAvailable,
+                refusal_line(message),
+                String::new(),
+            ),
+        )
+        .await;
+        self.disconnecting = matches!(queued, Ok(Ok(())));
+        self.disconnecting
+    }
+
     /// Shows the refusal reason once (keyboard-interactive instruction).
     pub(super) fn refuse(&mut self, message: &str) -> Auth {
         if self.refusals > 0 {
@@ -104,10 +130,20 @@ impl ConnHandler {
         self.kbd = Kbd::Refusing;
         Auth::Partial {
             name: Cow::Borrowed(""),
-            instructions: Cow::Owned(format!("weft: {message}\n")),
+            instructions: Cow::Owned(format!("{}\n", refusal_line(message))),
             prompts: Cow::Borrowed(&[]),
         }
     }
+}
+
+/// Returns the one line a refused client sees: `weft: <reason>`, with any
+/// line breaks or control characters of the reason flattened.
+pub(super) fn refusal_line(message: &str) -> String {
+    let flat: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!("weft: {}", flat.trim())
 }
 
 /// Evaluates a login attempt: identity, policy, local account, approvals.

@@ -4,12 +4,21 @@
 //! Authentication flow. The identity was fixed at accept time from the
 //! source address (and, for a connection from the node itself, the local
 //! account that opened it). `none` succeeds when the policy accepts the login (or a
-//! `check` approval is still fresh). Otherwise the client is steered to
-//! `keyboard-interactive` with zero prompts, whose instruction text is the
-//! only place mid-authentication where OpenSSH shows server text: a refusal
-//! shows its reason there and then fails; a `check` shows the
-//! re-authentication URL there and then holds the login until the
-//! [`CheckHook`](crate::CheckHook) answers.
+//! `check` approval is still fresh).
+//!
+//! A refused login is ended at once: the server answers the `none` request
+//! and then sends `SSH_MSG_DISCONNECT` (reason 14, no more auth methods)
+//! whose text is the one-line reason; OpenSSH prints it as `Received
+//! disconnect from <addr> port 22:14: weft: …` and exits 255. No method a
+//! client could prompt for is ever offered (the failure lists only
+//! `keyboard-interactive`, so the client sends one more request, which the
+//! disconnect overtakes, instead of giving up before reading it).
+//!
+//! A `check` steers the client to `keyboard-interactive` with zero prompts,
+//! whose instruction text is the only place mid-authentication where
+//! OpenSSH shows server text: it shows the re-authentication URL there and
+//! holds the login until the [`CheckHook`](crate::CheckHook) answers; a
+//! check that is denied shows its reason there and fails.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +26,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Response, Session};
 use russh::{Channel, ChannelWriteHalf};
@@ -75,6 +84,11 @@ pub(crate) struct ConnHandler {
     refusals: u32,
     /// A refusal was logged (once per connection, whichever method saw it).
     refusal_logged: bool,
+    /// A disconnect with the refusal reason is queued.
+    disconnecting: bool,
+    /// The session's handle, set by the server once the session runs (for
+    /// disconnecting a refused login with its reason).
+    session_handle: Arc<OnceLock<russh::server::Handle>>,
     sessions: BTreeMap<ChannelId, SessionChan>,
     /// Open session channel ids, shared with the registry for messages.
     session_ids: Arc<Mutex<BTreeSet<ChannelId>>>,
@@ -93,6 +107,7 @@ impl ConnHandler {
         identity: Result<PeerIdentity, Unidentified>,
         phase: watch::Sender<Phase>,
         closed: CancellationToken,
+        session_handle: Arc<OnceLock<russh::server::Handle>>,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(shared.config.max_channels_per_conn));
         ConnHandler {
@@ -108,6 +123,8 @@ impl ConnHandler {
             ssh_user: String::new(),
             refusals: 0,
             refusal_logged: false,
+            disconnecting: false,
+            session_handle,
             sessions: BTreeMap::new(),
             session_ids: Arc::default(),
             channel_slots: slots,
@@ -167,6 +184,9 @@ impl Handler for ConnHandler {
             // shown (a BatchMode client stops here: log the refusal now).
             Verdict::Refuse(why) => {
                 self.log_refusal(&why);
+                // Ended with the reason (module docs); without a session
+                // handle yet, the keyboard-interactive round shows it.
+                self.disconnect_refused(&why).await;
                 Ok(Auth::Reject {
                     proceed_with_methods: Some(MethodSet::from(
                         &[MethodKind::KeyboardInteractive][..],
@@ -191,7 +211,19 @@ impl Handler for ConnHandler {
             // A fresh round: evaluate from scratch.
             return Ok(match self.decide(user).await {
                 Verdict::Allow { user: local, grant } => self.accept_login(user, local, grant),
-                Verdict::Refuse(msg) => self.refuse(&msg),
+                Verdict::Refuse(msg) => {
+                    if self.disconnect_refused(&msg).await {
+                        self.log_refusal(&msg);
+                        Auth::Reject {
+                            proceed_with_methods: Some(MethodSet::from(
+                                &[MethodKind::KeyboardInteractive][..],
+                            )),
+                            partial_success: false,
+                        }
+                    } else {
+                        self.refuse(&msg)
+                    }
+                }
                 Verdict::Hold {
                     user: local,
                     grant,

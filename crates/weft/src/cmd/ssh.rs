@@ -8,12 +8,20 @@
 //! `/usr/bin/ssh`, else `ssh` on PATH) with that file and strict host key
 //! checking, connecting to the peer's tailnet address. Plain `ssh` works
 //! too; the first run (and `--print-config`) explains how.
+//!
+//! Before handing over to ssh it opens (and closes) one TCP connection to
+//! the peer's port 22, so a peer the tailnet ACL does not let this node
+//! reach (its packets are dropped: nothing would answer) fails within
+//! [`PROBE_TIMEOUT`] with the `weft-control policy explain` command to run,
+//! and a peer whose SSH server is off fails at once saying so, instead of
+//! ssh hanging.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use weft_localapi::Status;
@@ -73,6 +81,10 @@ pub async fn run(args: SshArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             found.node.name
         );
     }
+    if !found.is_self {
+        let me = status.self_node.as_ref().map(|n| n.name.as_str());
+        probe(ip, &found.node.name, me).await?;
+    }
     let target = match user {
         Some(user) => format!("{user}@{ip}"),
         None => ip.to_string(),
@@ -82,6 +94,35 @@ pub async fn run(args: SshArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         .args(ssh_argv(&path, &target, &args.args))
         .exec();
     Err(err).with_context(|| format!("running {}", program.display()))
+}
+
+/// How long `weft ssh` waits for the peer's port 22 to answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to `ip` port 22 (and closes again); fails with what to do when
+/// nothing answers within [`PROBE_TIMEOUT`] or the port is closed.
+async fn probe(ip: IpAddr, name: &str, me: Option<&str>) -> anyhow::Result<()> {
+    let connect = tokio::net::TcpStream::connect((ip, 22));
+    match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
+            "{name} ({ip}) refuses connections on port 22: its SSH server is off; \
+             turn it on there with 'weft set --ssh'"
+        ),
+        Ok(Err(e)) => bail!("cannot connect to {name} ({ip}) port 22: {e}"),
+        Err(_) => bail!("{}", unanswered(ip, name, me)),
+    }
+}
+
+/// Returns the refusal for a port 22 that does not answer.
+pub fn unanswered(ip: IpAddr, name: &str, me: Option<&str>) -> String {
+    let src = me.unwrap_or("<this node>");
+    format!(
+        "{name} ({ip}) did not answer on port 22 within {}s: the tailnet policy may not allow \
+         SSH from this node to it; an admin can check with: \
+         weft-control policy explain --src {src} --dst {name}:22",
+        PROBE_TIMEOUT.as_secs()
+    )
 }
 
 /// Returns ssh's arguments: the pinning options, the target, the rest.
@@ -169,6 +210,17 @@ mod tests {
         );
         let argv = ssh_argv(Path::new("/my home/kh"), "x", &[]);
         assert_eq!(argv[1], "UserKnownHostsFile=\"/my home/kh\"");
+    }
+
+    #[test]
+    fn an_unanswered_port_names_the_policy_explain_command() {
+        let line = unanswered("100.64.0.2".parse().unwrap(), "server", Some("laptop"));
+        assert_eq!(
+            line,
+            "server (100.64.0.2) did not answer on port 22 within 5s: the tailnet policy may not \
+             allow SSH from this node to it; an admin can check with: \
+             weft-control policy explain --src laptop --dst server:22"
+        );
     }
 
     #[test]

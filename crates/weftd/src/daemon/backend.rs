@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use weft_client::{ClientParams, ConnectOptions, ControlUrl, Target};
+use weft_client::{ClientParams, ConnectOptions, Target};
 use weft_localapi::{
     BackendState, DebugPrefs, Notify, Prefs, PrefsPatch, ProfileSummary, StartRequest, UserInfo,
 };
@@ -207,6 +207,7 @@ pub struct LogoutJob {
     pub profile_id: String,
     pub control: ConnectOptions,
     pub url: String,
+    pub ca_file: Option<String>,
     pub machine_key: weft_types::MachinePrivate,
     pub pinned: Option<weft_types::MachinePublic>,
     pub node_key: NodePrivate,
@@ -221,11 +222,12 @@ impl LogoutJob {
     pub async fn run(self) -> Result<(), String> {
         let server_key = match self.pinned {
             Some(k) => k,
-            None => control::fetch_key(&self.control, &self.url)
+            None => control::fetch_key(&self.control, &self.url, self.ca_file.as_deref())
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        let url: ControlUrl = self.url.parse().map_err(|e| format!("{e}"))?;
+        let url =
+            control::control_url(&self.url, self.ca_file.as_deref()).map_err(|e| format!("{e}"))?;
         let target = Target {
             url,
             machine_key: self.machine_key.clone(),
@@ -601,6 +603,7 @@ impl Backend {
             profile_id: p.id.clone(),
             control: self.control.clone(),
             url: p.prefs.control_url.clone(),
+            ca_file: p.prefs.control_ca_file.clone(),
             machine_key: self.store.machine_key().clone(),
             pinned: p.control_key,
             node_key,
@@ -834,6 +837,7 @@ impl Backend {
         let spec = ControlSpec {
             generation: self.generation,
             url: p.prefs.control_url.clone(),
+            ca_file: p.prefs.control_ca_file.clone(),
             machine_key: self.store.machine_key().clone(),
             pinned: p.control_key,
             params: ClientParams {

@@ -49,6 +49,8 @@ pub const CONTACT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ControlSpec {
     pub generation: u64,
     pub url: String,
+    /// The profile's extra CA file for an `https://` server (`--login-server-ca`).
+    pub ca_file: Option<String>,
     pub machine_key: MachinePrivate,
     /// The pinned server key; `None` at first contact.
     pub pinned: Option<MachinePublic>,
@@ -186,7 +188,7 @@ impl Task {
         let Some(server_key) = self.pin_server_key().await else {
             return;
         };
-        let url: ControlUrl = match self.spec.url.parse() {
+        let url = match control_url(&self.spec.url, self.spec.ca_file.as_deref()) {
             Ok(u) => u,
             Err(e) => {
                 self.emit(ControlEvent::Unreachable(e.to_string()));
@@ -276,7 +278,7 @@ impl Task {
             return Some(k);
         }
         loop {
-            match fetch_key(&self.opts, &self.spec.url).await {
+            match fetch_key(&self.opts, &self.spec.url, self.spec.ca_file.as_deref()).await {
                 Ok(k) => {
                     self.emit(ControlEvent::ServerKey(k));
                     return Some(k);
@@ -472,13 +474,27 @@ async fn bounded<T>(
     })
 }
 
+/// Parses a profile's control server URL with its extra CA file
+/// (`--login-server-ca`), if any.
+///
+/// # Errors
+/// The URL does not parse.
+pub fn control_url(url: &str, ca_file: Option<&str>) -> Result<ControlUrl, ClientError> {
+    let parsed: ControlUrl = url.parse()?;
+    Ok(parsed.with_ca_file(ca_file.map(std::path::PathBuf::from)))
+}
+
 /// Fetches the server key (`GET /key`), bounded by [`CONTACT_TIMEOUT`].
 ///
 /// # Errors
 /// The URL does not parse, or the server cannot be reached; the message
 /// names the server and the cause.
-pub async fn fetch_key(opts: &ConnectOptions, url: &str) -> Result<MachinePublic, ClientError> {
-    let parsed: ControlUrl = url.parse()?;
+pub async fn fetch_key(
+    opts: &ConnectOptions,
+    url: &str,
+    ca_file: Option<&str>,
+) -> Result<MachinePublic, ClientError> {
+    let parsed = control_url(url, ca_file)?;
     let key = bounded(url, opts.dialer.0.fetch_key(&parsed, CONTACT_TIMEOUT)).await?;
     Ok(key.public_key)
 }
@@ -531,7 +547,7 @@ mod tests {
         let port = sock.local_addr().unwrap().port();
         drop(sock);
         let url = format!("http://127.0.0.1:{port}");
-        let err = fetch_key(&ConnectOptions::default(), &url)
+        let err = fetch_key(&ConnectOptions::default(), &url, None)
             .await
             .unwrap_err()
             .to_string();
@@ -541,7 +557,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_url_is_refused_with_a_message() {
-        let err = fetch_key(&ConnectOptions::default(), "ftp://x")
+        let err = fetch_key(&ConnectOptions::default(), "ftp://x", None)
             .await
             .unwrap_err()
             .to_string();

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot, watch};
-use weft_client::{CheckProgress, CheckResult, ConnectOptions, ControlUrl, Target};
+use weft_client::{CheckProgress, CheckResult, ConnectOptions, Target};
 use weft_ssh::{CheckHook, CheckOutcome, CheckRequest, PendingCheck};
 use weft_types::control::SshCheckRequest;
 use weft_types::{MachinePrivate, MachinePublic, NetMap, NodeOwner, NodePublic};
@@ -48,6 +48,7 @@ pub const MAX_WAIT_ENV: &str = "WEFTD_SSH_CHECK_TIMEOUT";
 #[derive(Clone)]
 struct Snapshot {
     url: String,
+    ca_file: Option<String>,
     machine_key: MachinePrivate,
     server_key: MachinePublic,
     node_key: NodePublic,
@@ -61,6 +62,7 @@ impl Snapshot {
         let p = b.store().current();
         Some(Snapshot {
             url: p.prefs.control_url.clone(),
+            ca_file: p.prefs.control_ca_file.clone(),
             machine_key: b.store().machine_key().clone(),
             server_key: p.control_key?,
             node_key: p.node_key.as_ref().filter(|_| p.is_registered())?.public(),
@@ -182,7 +184,7 @@ impl CheckHook for ControlCheckHook {
                     .into(),
             );
         };
-        let url: ControlUrl = match snap.url.parse() {
+        let url = match super::control::control_url(&snap.url, snap.ca_file.as_deref()) {
             Ok(u) => u,
             Err(e) => return refused(format!("the control server URL is not usable: {e}")),
         };
@@ -270,6 +272,7 @@ mod tests {
             }
             Snapshot {
                 url: url.to_owned(),
+                ca_file: None,
                 machine_key: MachinePrivate::from_bytes([1; 32]),
                 server_key: MachinePrivate::from_bytes([2; 32]).public(),
                 node_key: NodePrivate::from_bytes([3; 32]).public(),

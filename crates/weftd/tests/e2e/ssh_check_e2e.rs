@@ -169,9 +169,20 @@ fn check_holds_the_login_until_its_user_approves_and_a_second_login_within_the_p
                 held.log()
             );
 
-            net.control
+            let approved = net
+                .control
                 .admin(["nodes", "approve", &id, "--user", ALICE])
                 .run()?;
+            // What was approved, not registration wording.
+            ensure!(
+                approved
+                    .stdout
+                    .starts_with(&format!("approved SSH check: {ALICE} from "))
+                    && approved.stdout.contains(&format!(" as {}", target.name))
+                    && !approved.stdout.contains("owns"),
+                "{}",
+                approved.stdout
+            );
             let status = held.wait_exit(SECS(30))?;
             let log = held.log();
             ensure!(

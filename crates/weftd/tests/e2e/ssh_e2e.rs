@@ -245,6 +245,31 @@ fn spawn(cmd: weft_lab::Cmd, name: &str) -> anyhow::Result<Process> {
     Ok(cmd.spawn(name)?)
 }
 
+/// Checks that ssh was refused by the policy in one line carrying the reason (who, as whom,
+/// `as_whom`, and `why`), through the disconnect, without any password or keyboard-interactive
+/// round.
+fn refused_in_one_line(out: &Output, as_whom: &str, why: &str) -> anyhow::Result<()> {
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains("weft:")).collect();
+    ensure!(lines.len() == 1, "one line with the reason: {}", out.stderr);
+    let line = lines[0];
+    ensure!(
+        line.contains("Received disconnect from")
+            && line.contains("weft: tailnet policy does not permit ")
+            && line.contains(" (node a.")
+            && line.contains(") to SSH to this node ")
+            && line.contains(as_whom)
+            && line.contains(why),
+        "{line}"
+    );
+    let lower = out.stderr.to_lowercase();
+    ensure!(
+        !lower.contains("password") && !lower.contains("keyboard-interactive"),
+        "a prompt or method was offered: {}",
+        out.stderr
+    );
+    Ok(())
+}
+
 // ---- the scenarios -------------------------------------------------------------------------
 
 #[test]
@@ -638,14 +663,14 @@ fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_
             // autogroup:nonroot: a non-root login works, root is refused with the reason.
             let out = ssh(&net, &client, t, &[], &["id -un"])?;
             ok(&out, "ssh as the target")?;
-            let out = ssh(&net, &client, "root", &[], &["id -un"])?;
+            // Refused at once, the reason in OpenSSH's disconnect line, nothing to type
+            // (`-tt` would let a prompt reach us; there is none to answer, so one would hang).
+            let started = weft_lab::now();
+            let out = ssh(&net, &client, "root", &["-tt"], &["id -un"])?;
+            let took = started.elapsed();
             ensure!(out.status.code() == Some(255), "{out:?}");
-            ensure!(
-                out.stderr
-                    .contains("does not permit you to SSH to this node as root"),
-                "{}",
-                out.stderr
-            );
+            refused_in_one_line(&out, "as root: ", "only non-root users (autogroup:nonroot)")?;
+            ensure!(took < SECS(5), "the refusal took {took:?}");
             ensure!(out.stdout.is_empty(), "{out:?}");
 
             // c (tag:ci) is allowed by the SSH rules but the ACL gives it only tcp/8080.
@@ -666,6 +691,24 @@ fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_
                 "{}",
                 out.stderr
             );
+            // `weft ssh` does not hang there: it says why within a few seconds.
+            let started = weft_lab::now();
+            let out = ssh_common::weft_ssh(&net._tailnet, c, &client, &[&format!("{t}@b"), "true"])
+                .run_unchecked()?;
+            let took = started.elapsed();
+            ensure!(!out.status.success(), "{out:?}");
+            ensure!(
+                out.stderr.contains("did not answer on port 22")
+                    && out
+                        .stderr
+                        .contains("the tailnet policy may not allow SSH from this node")
+                    && out
+                        .stderr
+                        .contains("weft-control policy explain --src c --dst b:22"),
+                "{}",
+                out.stderr
+            );
+            ensure!(took < SECS(8), "weft ssh took {took:?}");
 
             // A session that the next policy no longer allows is closed when it arrives.
             let long = spawn(
@@ -687,14 +730,9 @@ fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_
             ensure!(long.log().contains("policy"), "{}", long.log());
 
             // Now the target is not in `users`; the listed user is.
-            let out = ssh(&net, &client, t, &[], &["true"])?;
+            let out = ssh(&net, &client, t, &["-tt"], &["true"])?;
             ensure!(out.status.code() == Some(255), "{out:?}");
-            ensure!(
-                out.stderr
-                    .contains(&format!("does not permit you to SSH to this node as {t}")),
-                "{}",
-                out.stderr
-            );
+            refused_in_one_line(&out, &format!("as {t}: "), "lists")?;
             let out = ssh(&net, &client, &other.name, &[], &["id -un"])?;
             ok(&out, "ssh as the listed user")?;
             ensure!(out.stdout.trim() == other.name, "{out:?}");

@@ -21,7 +21,12 @@ use base64::Engine as _;
 use snow::StatelessTransportState;
 use snow::resolvers::{DefaultResolver, FallbackResolver, RingResolver};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
+
+/// The upgraded control connection's read half.
+type OwnedReadHalf = ReadHalf<Box<dyn weft_client::Io>>;
+/// The upgraded control connection's write half.
+type OwnedWriteHalf = WriteHalf<Box<dyn weft_client::Io>>;
 use tokio::sync::{Mutex, mpsc};
 use weft_client::ControlUrl;
 use weft_control_proto::UpgradeRequest;
@@ -187,7 +192,7 @@ pub async fn open_stream(
     };
     let (tcp, leftover) =
         weft_client::http::upgrade(url, &request, Duration::from_secs(60)).await?;
-    let (read, write) = tcp.into_split();
+    let (read, write) = tokio::io::split(tcp);
     let mut frames = Frames {
         half: read,
         pending: leftover.to_vec(),

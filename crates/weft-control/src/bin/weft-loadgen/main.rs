@@ -109,6 +109,8 @@ struct ServerProc {
     child: std::process::Child,
     pid: String,
     url: String,
+    /// Where its metrics are served (`--metrics-listen`, `host:port`).
+    metrics: String,
     dir: tempfile::TempDir,
 }
 
@@ -604,7 +606,7 @@ async fn policy_phase(
     policy: &str,
     label: &str,
 ) -> anyhow::Result<()> {
-    let compile_before = metric_sum(&server.url, "weft_policy_compile_seconds").await;
+    let compile_before = metric_sum(&server.metrics, "weft_policy_compile_seconds").await;
     let before = usage_pair(server);
     let t0 = now();
     set_policy_slowly(
@@ -634,7 +636,7 @@ async fn policy_phase(
         }
     }
     quiesce(watch, ev_rx, Duration::from_secs(600)).await?;
-    let compile = metric_sum(&server.url, "weft_policy_compile_seconds").await - compile_before;
+    let compile = metric_sum(&server.metrics, "weft_policy_compile_seconds").await - compile_before;
     let mut lat: Vec<Duration> = got.values().copied().collect();
     lat.sort();
     report.phase(server, label, t0, before);
@@ -689,12 +691,9 @@ async fn set_policy_slowly(
     Ok(())
 }
 
-/// Returns `<name>_sum` from the server's /metrics.
-async fn metric_sum(url: &str, name: &str) -> f64 {
+/// Returns `<name>_sum` from the server's /metrics at `addr` (`host:port`).
+async fn metric_sum(addr: &str, name: &str) -> f64 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Some(addr) = url.strip_prefix("http://") else {
-        return 0.0;
-    };
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return 0.0;
     };
@@ -781,12 +780,18 @@ async fn start_server(args: &Args) -> anyhow::Result<ServerProc> {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
+    let metrics = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.to_string()
+    };
     let log = std::fs::File::create(dir.path().join("server.log"))?;
     let mut cmd = std::process::Command::new(&bin);
     cmd.args([
         "serve",
         "--listen",
         &format!("127.0.0.1:{port}"),
+        "--metrics-listen",
+        &metrics,
         "--batch-delay",
         &args.batch_delay,
         // Every simulated node connects from 127.0.0.1, hundreds at once.
@@ -810,6 +815,7 @@ async fn start_server(args: &Args) -> anyhow::Result<ServerProc> {
         pid: child.id().to_string(),
         child,
         url: format!("http://127.0.0.1:{port}"),
+        metrics,
         dir,
     };
     let url: ControlUrl = server.url.parse()?;

@@ -454,6 +454,8 @@ pub async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
+    /// Where its metrics are served (`--metrics-listen`).
+    pub metrics: std::net::SocketAddr,
     pub state_dir: std::path::PathBuf,
 }
 
@@ -485,11 +487,15 @@ impl ServerProcess {
             .open(state_dir.join("server.log"))
             .unwrap();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        // Tests run side by side: not the shared default metrics port 9090.
+        let metrics: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"));
         cmd.args([
             "serve",
             "--listen",
             &addr.to_string(),
+            "--metrics-listen",
+            &metrics.to_string(),
             "--batch-delay",
             "20ms",
             // Tests run side by side: not the shared default port 3478.
@@ -520,6 +526,7 @@ impl ServerProcess {
         let p = ServerProcess {
             child,
             addr,
+            metrics,
             state_dir: state_dir.to_owned(),
         };
         let url: ControlUrl = p.url().parse().unwrap();

@@ -162,7 +162,7 @@ impl Authorizer for NetmapAuthorizer {
                     CheckPeriod::Millis(ms) => Duration::from_millis(ms),
                 },
             },
-            SshDecision::Reject(reason) => reject(&reason, ssh_user),
+            SshDecision::Reject(reason) => reject(&reason, peer, ssh_user),
         }
     }
 }
@@ -178,20 +178,30 @@ fn grant(local_user: String, a: SshAction) -> Grant {
     }
 }
 
-fn reject(reason: &RejectReason, ssh_user: &str) -> Decision {
-    match reason {
-        RejectReason::SourceNotAllowed | RejectReason::LoginNotAllowed => {
-            Decision::no_matching_rule(ssh_user)
-        }
-        RejectReason::RootRefused => Decision::Reject {
-            message: format!(
-                "tailnet policy does not permit you to SSH to this node as {ssh_user}: only non-root users may log in here"
-            ),
-        },
-        RejectReason::NoSuchLocalUser(_) => Decision::Reject {
-            message: reason.to_string(),
-        },
-    }
+/// Returns the refusal a client sees, in one line: who was refused, as
+/// whom, which part of the policy (no rule, no listed user, non-root only,
+/// a missing account) and what to do instead.
+fn reject(reason: &RejectReason, peer: &PeerIdentity, ssh_user: &str) -> Decision {
+    let who = match peer.origin {
+        Origin::LocalProcess { .. } => peer.principal(),
+        Origin::Peer => format!("{} (node {})", peer.principal(), peer.node_name),
+    };
+    let denied = format!("tailnet policy does not permit {who} to SSH to this node as {ssh_user}");
+    let message = match reason {
+        RejectReason::SourceNotAllowed => format!(
+            "{denied}: no SSH rule has that node as a source; ask a tailnet admin to add one (the policy's \"ssh\" section)"
+        ),
+        RejectReason::LoginNotAllowed => format!(
+            "{denied}: no SSH rule for that node lists {ssh_user} in \"users\"; log in as a listed user or ask a tailnet admin"
+        ),
+        RejectReason::RootRefused => format!(
+            "{denied}: the SSH rules for that node allow only non-root users (autogroup:nonroot); log in as a non-root user"
+        ),
+        RejectReason::NoSuchLocalUser(local) => format!(
+            "local user \"{local}\" does not exist on this node (the SSH rule for {who} maps {ssh_user} to it); ask this node's admin to create it"
+        ),
+    };
+    Decision::Reject { message }
 }
 
 #[cfg(test)]
@@ -444,10 +454,16 @@ mod tests {
         let Decision::Reject { message } = a.authorize(&ci, "alice", 0, &uid_of) else {
             panic!()
         };
-        assert_eq!(
-            message,
-            "tailnet policy does not permit you to SSH to this node as alice"
+        assert!(
+            message.starts_with(&format!(
+                "tailnet policy does not permit {} (node {}) to SSH to this node as alice: \
+                 no SSH rule for that node lists alice in \"users\"",
+                ci.principal(),
+                ci.node_name
+            )),
+            "{message}"
         );
+        assert!(!message.contains('\n'), "one line: {message}");
         let Decision::Reject { message } = a.authorize(&alice, "ghost", 0, &uid_of) else {
             panic!()
         };
@@ -465,7 +481,9 @@ mod tests {
             panic!()
         };
         assert!(
-            message.starts_with("tailnet policy does not permit you to SSH to this node as root"),
+            message.starts_with("tailnet policy does not permit ")
+                && message.contains(" to SSH to this node as root: ")
+                && message.contains("only non-root users (autogroup:nonroot)"),
             "{message}"
         );
     }
