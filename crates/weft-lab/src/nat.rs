@@ -6,6 +6,11 @@
 //! of 198.18.0.0/16, a bridge in the router) where the site's hosts live. The router's nftables
 //! ruleset makes the kind:
 //!
+//! Every router also drops unsolicited packets from the internet to itself (`iifname "ul0" ct
+//! state new drop` in input, as a home router's firewall does), so a hole-punching packet that
+//! arrives before the LAN host's own outbound packet is dropped without leaving a conntrack entry
+//! behind (such an entry would push the host's mapping to another port).
+//!
 //! | kind | nftables | behaviour |
 //! |---|---|---|
 //! | [`NatKind::Easy`] | `oifname "ul0" masquerade` | endpoint-independent mapping, port kept when free (home router) |
@@ -83,9 +88,14 @@ impl NatKind {
         } else {
             ""
         };
+        // The input chain is a home router's stateful firewall (OpenWrt's wan zone): unsolicited
+        // packets to the router itself are dropped before conntrack confirms an entry for them.
+        // Without it, a peer's early hole-punching packet would leave an entry that collides with
+        // the LAN host's later outbound mapping and push it to another port.
         Some(format!(
             "table ip weft-nat {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
-             oifname \"{WAN_IF}\" {masquerade}\n  }}\n{filter}}}\n"
+             oifname \"{WAN_IF}\" {masquerade}\n  }}\n  chain input {{\n    type filter hook input priority filter; policy accept;\n    \
+             iifname \"{WAN_IF}\" ct state new counter drop\n  }}\n{filter}}}\n"
         ))
     }
 }
@@ -304,7 +314,11 @@ mod tests {
         assert_eq!(NatKind::NoNat.ruleset(), None);
         let easy = NatKind::Easy.ruleset().unwrap();
         assert!(easy.contains("oifname \"ul0\" masquerade\n"), "{easy}");
-        assert!(!easy.contains("drop"), "{easy}");
+        assert!(
+            easy.contains("iifname \"ul0\" ct state new counter drop"),
+            "{easy}"
+        );
+        assert!(!easy.contains("l4proto udp"), "{easy}");
         let hard = NatKind::Hard.ruleset().unwrap();
         assert!(hard.contains("masquerade fully-random"), "{hard}");
         let blocked = NatKind::UdpBlocked.ruleset().unwrap();

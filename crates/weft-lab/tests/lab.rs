@@ -327,6 +327,31 @@ fn nat_sites_map_udp_as_their_kind_claims() -> anyhow::Result<()> {
             NatKind::Easy => {
                 let mapped = SocketAddr::new(public.unwrap(), LOCAL_PORT);
                 assert_eq!((s1, s2), (Some(mapped), Some(mapped)), "{kind:?}");
+                // Hole punching: a peer's packet that arrives before ours is dropped and does
+                // not disturb the mapping our packet to that peer makes afterwards.
+                let peer = e1.udp_socket(SocketAddr::new(a1.into(), 3479))?;
+                peer.set_read_timeout(Some(Duration::from_secs(1)))?;
+                peer.send_to(b"early", (public.unwrap(), LOCAL_PORT + 1))?;
+                let sock2 = host.udp_socket(SocketAddr::new(
+                    Ipv4Addr::UNSPECIFIED.into(),
+                    LOCAL_PORT + 1,
+                ))?;
+                sock2.set_read_timeout(Some(Duration::from_millis(300)))?;
+                let mut buf = [0u8; 16];
+                assert!(
+                    sock2.recv_from(&mut buf).is_err(),
+                    "an unsolicited packet got in"
+                );
+                sock2.send_to(b"punch", peer.local_addr()?)?;
+                let (_, seen) = peer.recv_from(&mut buf)?;
+                assert_eq!(
+                    seen,
+                    SocketAddr::new(public.unwrap(), LOCAL_PORT + 1),
+                    "{kind:?}"
+                );
+                peer.send_to(b"back", seen)?;
+                let (n, _) = sock2.recv_from(&mut buf)?;
+                assert_eq!(&buf[..n], b"back");
             }
             NatKind::Hard => {
                 let (s1, s2) = (s1.unwrap(), s2.unwrap());
