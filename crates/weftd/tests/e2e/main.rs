@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod daemon_process;
+mod nat_e2e;
 mod policy_e2e;
 mod ssh_check_e2e;
 mod ssh_common;
