@@ -245,6 +245,28 @@ async fn run_async(
     ));
     tracing::info!(socket = %args.socket.display(), tun = %args.tun, port, "weftd ready");
 
+    // Subscribed before the monitor starts feeding disco, and the current
+    // value is reported first: a list published between a later subscribe
+    // and the first `changed()` would otherwise never reach control (seen
+    // under load: peers waited forever for our endpoints).
+    let reporter = {
+        let handle = handle.clone();
+        let mut eps = tunnel.endpoints();
+        tokio::spawn(async move {
+            loop {
+                let list = eps.borrow_and_update().clone();
+                // TODO(noderelay): report our home relay region alongside
+                // (a wire field next to the endpoints; see
+                // docs/notes/noderelay-status.md).
+                if handle.call(move |b| b.set_endpoints(list)).await.is_err() {
+                    return;
+                }
+                if eps.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     // Our interface endpoints go to disco, which adds what STUN finds;
     // disco's list goes to control.
     let monitor = {
@@ -258,22 +280,6 @@ async fn run_async(
             }
         })
     };
-    let reporter = {
-        let handle = handle.clone();
-        let mut eps = tunnel.endpoints();
-        tokio::spawn(async move {
-            while eps.changed().await.is_ok() {
-                let list = eps.borrow_and_update().clone();
-                // TODO(noderelay): report our home relay region alongside
-                // (a wire field next to the endpoints; see
-                // docs/notes/noderelay-status.md).
-                if handle.call(move |b| b.set_endpoints(list)).await.is_err() {
-                    return;
-                }
-            }
-        })
-    };
-
     let outcome = wait_for_exit(&handle).await;
     monitor.abort();
     reporter.abort();
