@@ -67,6 +67,7 @@ pub enum SessionEvent {
 #[derive(Debug)]
 enum Cmd {
     Endpoints(Vec<Endpoint>),
+    HomeRelay(Option<u16>),
     HostInfo(HostInfo),
     SshCheck(SshCheckRequest),
 }
@@ -208,6 +209,11 @@ impl Session {
         let _ = self.cmds.send(Cmd::Endpoints(endpoints));
     }
 
+    /// Reports the node's home relay region (sent with the endpoints).
+    pub fn update_home_relay(&self, home_relay: Option<u16>) {
+        let _ = self.cmds.send(Cmd::HomeRelay(home_relay));
+    }
+
     /// Reports new host info.
     pub fn update_host_info(&self, host_info: HostInfo) {
         let _ = self.cmds.send(Cmd::HostInfo(host_info));
@@ -315,6 +321,7 @@ impl Core for SessionCore {
     fn handle_cmd(&mut self, cmd: Cmd, now: Instant) -> Result<(), ClientError> {
         let r = match cmd {
             Cmd::Endpoints(e) => self.client.update_endpoints(e, now),
+            Cmd::HomeRelay(r) => self.client.update_home_relay(r, now),
             Cmd::HostInfo(h) => self.client.update_host_info(h, now),
             Cmd::SshCheck(req) => self.client.send_ssh_check(req, now),
         };

@@ -170,6 +170,7 @@ fn node(id: i64) -> Node {
         addresses: vec![v4],
         allowed_ips: vec![v4],
         endpoints: vec![],
+        home_relay: None,
         host_info: HostInfo::default(),
         created: UnixMillis(0),
         last_seen: None,

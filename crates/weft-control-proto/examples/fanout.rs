@@ -48,6 +48,7 @@ fn node(i: i64) -> Node {
             Endpoint { addr: format!("198.18.{}.{}:41641", (i >> 8) & 255, i & 255).parse().unwrap(), kind: EndpointKind::Local },
             Endpoint { addr: format!("198.19.{}.{}:41641", (i >> 8) & 255, i & 255).parse().unwrap(), kind: EndpointKind::Stun },
         ],
+        home_relay: None,
         host_info: HostInfo {
             hostname: format!("host-{i}"),
             os: "linux".into(),
@@ -223,6 +224,7 @@ fn main() {
         Delta::Peer(PeerDelta::Endpoints {
             id: NodeId(42),
             endpoints: changed.endpoints.clone(),
+            home_relay: None,
         }),
         Delta::Peer(PeerDelta::Online {
             id: NodeId(43),

@@ -151,6 +151,8 @@ pub struct ControlClient {
     session: MapSession,
     /// `None` on a connection for SSH checks only.
     params: Option<ClientParams>,
+    /// The home relay region last set ([`ControlClient::update_home_relay`]).
+    home_relay: Option<u16>,
     version: CapabilityVersion,
     phase: Phase,
     events: VecDeque<ClientEvent>,
@@ -212,6 +214,7 @@ impl ControlClient {
             conn,
             session,
             params,
+            home_relay: None,
             phase: Phase::Idle,
             events: VecDeque::new(),
         }
@@ -265,8 +268,43 @@ impl ControlClient {
             p.endpoints.clone_from(&endpoints);
         }
         if self.phase == Phase::Mapping {
-            self.conn
-                .send(&ClientMessage::Endpoints(EndpointUpdate { endpoints }), now)?;
+            let home_relay = self.home_relay;
+            self.conn.send(
+                &ClientMessage::Endpoints(EndpointUpdate {
+                    endpoints,
+                    home_relay,
+                }),
+                now,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Sets the node's home relay region, sent with the endpoints (at once
+    /// while the map stream is open, otherwise in the next `MapRequest`).
+    ///
+    /// # Errors
+    /// [`ControlClientError::Channel`] on a dead connection.
+    pub fn update_home_relay(
+        &mut self,
+        home_relay: Option<u16>,
+        now: Instant,
+    ) -> Result<(), ControlClientError> {
+        if self.home_relay == home_relay {
+            return Ok(());
+        }
+        self.home_relay = home_relay;
+        if self.phase == Phase::Mapping
+            && let Some(p) = &self.params
+        {
+            let endpoints = p.endpoints.clone();
+            self.conn.send(
+                &ClientMessage::Endpoints(EndpointUpdate {
+                    endpoints,
+                    home_relay,
+                }),
+                now,
+            )?;
         }
         Ok(())
     }
@@ -375,6 +413,7 @@ impl ControlClient {
             node_key: p.node_key,
             disco_key: p.disco_key,
             endpoints: p.endpoints.clone(),
+            home_relay: self.home_relay,
             host_info: p.host_info.clone(),
             stream: true,
         };

@@ -95,7 +95,7 @@ pub enum PeerDiff {
 pub struct ChangedFields {
     /// The node key (the peer was re-keyed: replace the WireGuard peer).
     pub node_key: bool,
-    /// The endpoints.
+    /// The endpoints or the home relay (where the peer can be reached).
     pub endpoints: bool,
     /// `online` or `last_seen`.
     pub presence: bool,
@@ -173,11 +173,12 @@ fn peer_diff(before: Option<&Node>, after: Option<&Node>) -> Option<PeerDiff> {
             let mut rest_b = b.clone();
             rest_b.node_key = a.node_key;
             rest_b.endpoints.clone_from(&a.endpoints);
+            rest_b.home_relay = a.home_relay;
             rest_b.online = a.online;
             rest_b.last_seen = a.last_seen;
             let fields = ChangedFields {
                 node_key: a.node_key != b.node_key,
-                endpoints: a.endpoints != b.endpoints,
+                endpoints: a.endpoints != b.endpoints || a.home_relay != b.home_relay,
                 presence: a.online != b.online || a.last_seen != b.last_seen,
                 other: rest_b != *a,
             };
@@ -512,9 +513,14 @@ fn apply_peer(map: &mut NetMap, pd: PeerDelta) {
         PeerDelta::Removed(id) => {
             map.peers.remove(&id);
         }
-        PeerDelta::Endpoints { id, endpoints } => {
+        PeerDelta::Endpoints {
+            id,
+            endpoints,
+            home_relay,
+        } => {
             if let Some(p) = map.peers.get_mut(&id) {
                 p.endpoints = endpoints;
+                p.home_relay = home_relay;
             }
         }
         PeerDelta::Online {

@@ -214,6 +214,10 @@ pub struct MapRequest {
     pub disco_key: DiscoPublic,
     /// Where the node can be reached.
     pub endpoints: Vec<Endpoint>,
+    /// The node's home relay region, if it has one yet
+    /// ([`EndpointUpdate::home_relay`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_relay: Option<u16>,
     /// What the node reports about its host.
     pub host_info: HostInfo,
     /// Keep the stream open and send deltas.
@@ -225,6 +229,11 @@ pub struct MapRequest {
 pub struct EndpointUpdate {
     /// The complete new list.
     pub endpoints: Vec<Endpoint>,
+    /// The relay region the node is connected to and can be reached
+    /// through (its home relay, chosen by latency); `None` while it has
+    /// none. Peers send to it there until a direct path works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_relay: Option<u16>,
 }
 
 /// SSH check mode: the destination node of an SSH login that a `check`

@@ -167,6 +167,9 @@ pub enum PeerDelta {
         id: NodeId,
         /// The complete new list.
         endpoints: Vec<Endpoint>,
+        /// The peer's home relay region ([`Node::home_relay`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        home_relay: Option<u16>,
     },
     /// A peer connected to or disconnected from control.
     Online {

@@ -302,6 +302,11 @@ pub struct Node {
     /// Where the node last said it can be reached (empty: nowhere known yet;
     /// peers then use the relay).
     pub endpoints: Vec<Endpoint>,
+    /// The relay region the node last said it is reachable through (its
+    /// home relay); `None`: unknown (it has not reported one since control
+    /// started, or it has no relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_relay: Option<u16>,
     /// What the node reported about its host.
     pub host_info: HostInfo,
     /// When the node registered.

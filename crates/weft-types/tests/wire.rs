@@ -59,6 +59,7 @@ fn sample_node() -> Node {
             addr: "198.18.0.7:41641".parse().unwrap(),
             kind: EndpointKind::Local,
         }],
+        home_relay: Some(900),
         host_info: host_info(),
         created: UnixMillis(1_790_000_000_000),
         last_seen: Some(UnixMillis(1_790_000_500_000)),
@@ -190,6 +191,7 @@ fn the_map_request_example_matches() {
                 kind: EndpointKind::Stun,
             },
         ],
+        home_relay: Some(900),
         host_info: HostInfo {
             ssh_host_keys: vec![],
             ..host_info()
@@ -215,6 +217,7 @@ fn the_delta_example_matches() {
                     addr: "198.18.0.9:41641".parse().unwrap(),
                     kind: EndpointKind::Local,
                 }],
+                home_relay: Some(901),
             }),
             Delta::Peer(PeerDelta::Online {
                 id: NodeId(12),
@@ -294,7 +297,10 @@ fn keep_alives_errors_and_the_key_response_have_the_documented_shapes() {
         &format!(r#"{{"public_key":"{MKEY}","capability_version":1,"min_capability_version":1}}"#),
     );
     round_trip(
-        &ClientMessage::Endpoints(EndpointUpdate { endpoints: vec![] }),
+        &ClientMessage::Endpoints(EndpointUpdate {
+            endpoints: vec![],
+            home_relay: None,
+        }),
         r#"{"endpoints":{"endpoints":[]}}"#,
     );
     assert_eq!(
@@ -379,6 +385,7 @@ const EXAMPLE_MAP_REQUEST: &str = r#"{
         "kind": "stun"
       }
     ],
+    "home_relay": 900,
     "host_info": {
       "hostname": "Alice's Laptop",
       "os": "linux",
@@ -415,6 +422,7 @@ const EXAMPLE_NODE: &str = r#"{
       "kind": "local"
     }
   ],
+  "home_relay": 900,
   "host_info": {
     "hostname": "Alice's Laptop",
     "os": "linux",
@@ -447,7 +455,8 @@ const EXAMPLE_DELTA: &str = r#"{
                   "addr": "198.18.0.9:41641",
                   "kind": "local"
                 }
-              ]
+              ],
+              "home_relay": 901
             }
           }
         },

@@ -23,6 +23,7 @@ fn keep_alive() -> ClientMessage {
 fn big_update(n: usize) -> ClientMessage {
     ClientMessage::Endpoints(EndpointUpdate {
         endpoints: (0..n).map(|i| endpoint(i as i64, 1000)).collect(),
+        home_relay: None,
     })
 }
 

@@ -231,6 +231,7 @@ fn endpoint_and_host_info_changes_go_out_while_mapping() {
     client
         .update_endpoints(vec![endpoint(1, 5000)], now)
         .unwrap();
+    client.update_home_relay(Some(900), now).unwrap();
     exchange(&mut client, &mut server, now);
     server.send(&registered(true), now).unwrap();
     let got = exchange(&mut client, &mut server, now);
@@ -238,6 +239,7 @@ fn endpoint_and_host_info_changes_go_out_while_mapping() {
         panic!("{got:?}")
     };
     assert_eq!(map.endpoints, vec![endpoint(1, 5000)]);
+    assert_eq!(map.home_relay, Some(900));
 
     client
         .update_endpoints(vec![endpoint(1, 6000)], now)
@@ -245,14 +247,23 @@ fn endpoint_and_host_info_changes_go_out_while_mapping() {
     let mut hi = node(1).host_info;
     hi.shields_up = true;
     client.update_host_info(hi.clone(), now).unwrap();
+    // A new home relay alone goes out with the current endpoints; the same
+    // one again sends nothing.
+    client.update_home_relay(Some(901), now).unwrap();
+    client.update_home_relay(Some(901), now).unwrap();
     let got = exchange(&mut client, &mut server, now);
     assert_eq!(
         got,
         vec![
             ClientMessage::Endpoints(EndpointUpdate {
-                endpoints: vec![endpoint(1, 6000)]
+                endpoints: vec![endpoint(1, 6000)],
+                home_relay: Some(900),
             }),
-            ClientMessage::HostInfo(hi)
+            ClientMessage::HostInfo(hi),
+            ClientMessage::Endpoints(EndpointUpdate {
+                endpoints: vec![endpoint(1, 6000)],
+                home_relay: Some(901),
+            }),
         ]
     );
 }

@@ -100,6 +100,7 @@ fn endpoint_and_presence_deltas_change_only_those_fields() {
                     Delta::Peer(PeerDelta::Endpoints {
                         id: NodeId(2),
                         endpoints: vec![endpoint(9, 9)],
+                        home_relay: Some(900),
                     }),
                     Delta::Peer(PeerDelta::Online {
                         id: NodeId(2),
@@ -125,6 +126,33 @@ fn endpoint_and_presence_deltas_change_only_those_fields() {
     let peer = &s.netmap().unwrap().peers[&NodeId(2)];
     assert_eq!((peer.online, peer.last_seen), (false, Some(UnixMillis(5))));
     assert_eq!(peer.endpoints, vec![endpoint(9, 9)]);
+    assert_eq!(peer.home_relay, Some(900));
+
+    // A new home relay alone is a change of where the peer is reached.
+    let diff = s
+        .handle_response(
+            delta(
+                3,
+                vec![Delta::Peer(PeerDelta::Endpoints {
+                    id: NodeId(2),
+                    endpoints: vec![endpoint(9, 9)],
+                    home_relay: Some(901),
+                })],
+            ),
+            now,
+        )
+        .unwrap();
+    let Some(PeerDiff::Changed { fields, .. }) = diff.peers.get(&NodeId(2)) else {
+        panic!("{diff:?}")
+    };
+    assert_eq!(
+        *fields,
+        ChangedFields {
+            endpoints: true,
+            ..Default::default()
+        }
+    );
+    assert_eq!(s.netmap().unwrap().peers[&NodeId(2)].home_relay, Some(901));
 }
 
 #[test]
@@ -239,6 +267,7 @@ fn inconsistent_deltas_are_refused_as_a_whole() {
                 Delta::Peer(PeerDelta::Endpoints {
                     id: NodeId(2),
                     endpoints: vec![],
+                    home_relay: None,
                 }),
             ],
             MapError::UnknownPeer(NodeId(2)),
@@ -379,8 +408,15 @@ fn resolve(model: &mut NetMap, op: &Op) -> Option<Delta> {
         Op::Endpoints(k, port) => {
             let id = pick(model, k)?;
             let eps = vec![endpoint(id.0, port)];
-            model.peers.get_mut(&id)?.endpoints = eps.clone();
-            Some(Delta::Peer(PeerDelta::Endpoints { id, endpoints: eps }))
+            let home_relay = (port % 3 != 0).then_some(900 + port % 2);
+            let p = model.peers.get_mut(&id)?;
+            p.endpoints = eps.clone();
+            p.home_relay = home_relay;
+            Some(Delta::Peer(PeerDelta::Endpoints {
+                id,
+                endpoints: eps,
+                home_relay,
+            }))
         }
         Op::Online(k, online) => {
             let id = pick(model, k)?;

@@ -345,6 +345,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                     node: s.node,
                     stream: s.id,
                     endpoints: u.endpoints,
+                    home_relay: u.home_relay,
                 });
             }
             ClientMessage::HostInfo(h) => {
@@ -438,6 +439,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
             machine_key: self.machine_key,
             disco_key: req.disco_key,
             endpoints: req.endpoints,
+            home_relay: req.home_relay,
             host_info: req.host_info,
             stream: req.stream,
             queue: queue.clone(),

@@ -63,6 +63,7 @@ pub(crate) struct Subscribe {
     pub machine_key: MachinePublic,
     pub disco_key: DiscoPublic,
     pub endpoints: Vec<Endpoint>,
+    pub home_relay: Option<u16>,
     pub host_info: HostInfo,
     pub stream: bool,
     pub queue: Arc<StreamQueue>,
@@ -96,11 +97,12 @@ pub(crate) enum Msg {
     Subscribe(Box<Subscribe>),
     /// A map stream ended.
     Unsubscribe { node: NodeId, stream: u64 },
-    /// A node reported new endpoints on its stream.
+    /// A node reported new endpoints (and home relay) on its stream.
     Endpoints {
         node: NodeId,
         stream: u64,
         endpoints: Vec<Endpoint>,
+        home_relay: Option<u16>,
     },
     /// A node reported new host info on its stream.
     HostInfo {
@@ -363,7 +365,7 @@ impl CoordState {
                 expiries.insert((t, n.id));
             }
             by_key.insert(n.node_key, n.id);
-            let e = NodeEntry::new(n, &config.domain, now)?;
+            let e = NodeEntry::new(n, None, &config.domain, now)?;
             nodes.insert(e.rec.id, Arc::new(e));
         }
         let pstate = Arc::new(PolicyState::build(policy.0.clone(), &nodes, &users));
@@ -469,6 +471,7 @@ impl CoordState {
                 node,
                 stream,
                 endpoints,
+                home_relay,
             } => {
                 if !self.is_current(node, stream) {
                     return;
@@ -476,10 +479,11 @@ impl CoordState {
                 let Some(e) = self.nodes.get_mut(&node) else {
                     return;
                 };
-                if e.rec.endpoints == endpoints {
+                if e.rec.endpoints == endpoints && e.home_relay == home_relay {
                     return;
                 }
                 let e = Arc::make_mut(e);
+                e.home_relay = home_relay;
                 e.rec.endpoints.clone_from(&endpoints);
                 self.persist.status(
                     node,
@@ -639,7 +643,8 @@ impl CoordState {
             self.expiries.insert((t, id));
         }
         self.by_key.insert(rec.node_key, id);
-        match NodeEntry::new(rec, &self.config.domain, now) {
+        let home_relay = old.as_ref().and_then(|o| o.home_relay);
+        match NodeEntry::new(rec, home_relay, &self.config.domain, now) {
             Ok(e) => {
                 self.nodes.insert(id, Arc::new(e));
             }
@@ -754,9 +759,10 @@ impl CoordState {
         if e.rec.disco_key != Some(s.disco_key) || apply_host {
             bits |= kind::FULL;
         }
-        if e.rec.endpoints != s.endpoints {
+        if e.rec.endpoints != s.endpoints || e.home_relay != s.home_relay {
             bits |= kind::ENDPOINTS;
         }
+        e.home_relay = s.home_relay;
         e.rec.disco_key = Some(s.disco_key);
         e.rec.endpoints.clone_from(&s.endpoints);
         if apply_host {

@@ -85,6 +85,7 @@ fn subscribe(c: &mut CoordState, rec: &StoreNode, now: UnixMillis) -> Stream {
             machine_key: rec.machine_key,
             disco_key: DiscoPublic::from_bytes([rec.id.0 as u8 + 50; 32]),
             endpoints: Vec::new(),
+            home_relay: None,
             host_info: HostInfo::default(),
             stream: true,
             queue: queue.clone(),
@@ -152,6 +153,7 @@ fn a_change_waits_for_the_batch_and_reaches_peers_as_one_delta() {
                 node: NodeId(3),
                 stream: stream3,
                 endpoints: vec![endpoint(port)],
+                home_relay: None,
             },
             T0,
         );
@@ -182,6 +184,41 @@ fn a_change_waits_for_the_batch_and_reaches_peers_as_one_delta() {
             node: NodeId(3),
             stream: stream3 - 1,
             endpoints: vec![endpoint(9)],
+            home_relay: None,
+        },
+        T0,
+    );
+    assert_eq!(c.batch(), BatchState::Clean);
+}
+
+#[test]
+fn a_new_home_relay_reaches_peers_with_the_endpoints_and_in_full_maps() {
+    let (mut c, s1, mut s3) = streaming();
+    let stream3 = s3.id();
+    let eps = c.published().load().nodes[&NodeId(3)].rec.endpoints.clone();
+    c.handle(
+        Msg::Endpoints {
+            node: NodeId(3),
+            stream: stream3,
+            endpoints: eps,
+            home_relay: Some(901),
+        },
+        T0,
+    );
+    c.flush(T0);
+    let snap = c.published().load();
+    assert_eq!(snap.nodes[&NodeId(3)].home_relay, Some(901));
+    assert_eq!(snap.nodes[&NodeId(3)].wire.home_relay, Some(901));
+    let got = deltas(&s1.drain());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].1.contains(r#""home_relay":901"#), "{}", got[0].1);
+    // The same again changes nothing.
+    c.handle(
+        Msg::Endpoints {
+            node: NodeId(3),
+            stream: stream3,
+            endpoints: snap.nodes[&NodeId(3)].rec.endpoints.clone(),
+            home_relay: Some(901),
         },
         T0,
     );

@@ -332,6 +332,7 @@ fn peer_deltas(snap: &Snapshot, ops: &[(NodeId, u8)], out: &mut Vec<Delta>) {
                 out.push(Delta::Peer(PeerDelta::Endpoints {
                     id: p,
                     endpoints: n.rec.endpoints.clone(),
+                    home_relay: n.home_relay,
                 }));
             }
             if o & op::ONLINE != 0 {

@@ -43,6 +43,9 @@ pub(crate) struct NodeEntry {
     pub rec: StoreNode,
     /// Host info, parsed.
     pub host: HostInfo,
+    /// The home relay region the node reported on its current (or last)
+    /// stream; runtime only, not stored.
+    pub home_relay: Option<u16>,
     /// What peers (and the node itself) see.
     pub wire: Node,
     /// `wire` as JSON.
@@ -51,7 +54,12 @@ pub(crate) struct NodeEntry {
 
 impl NodeEntry {
     /// Builds the entry (encoding the wire form) as of wall time `now`.
-    pub fn new(rec: StoreNode, domain: &DnsName, now: UnixMillis) -> Result<Self, EncodeError> {
+    pub fn new(
+        rec: StoreNode,
+        home_relay: Option<u16>,
+        domain: &DnsName,
+        now: UnixMillis,
+    ) -> Result<Self, EncodeError> {
         let host: HostInfo = match serde_json::from_value(rec.host_info.clone()) {
             Ok(h) => h,
             Err(e) => {
@@ -63,11 +71,12 @@ impl NodeEntry {
                 HostInfo::default()
             }
         };
-        let wire = wire_node(&rec, &host, domain, now);
+        let wire = wire_node(&rec, &host, home_relay, domain, now);
         let enc = Encoded::new(&wire)?;
         Ok(NodeEntry {
             rec,
             host,
+            home_relay,
             wire,
             enc,
         })
@@ -75,7 +84,7 @@ impl NodeEntry {
 
     /// Rebuilds the wire form and its encoding from `rec` and `host`.
     pub fn reencode(&mut self, domain: &DnsName, now: UnixMillis) -> Result<(), EncodeError> {
-        self.wire = wire_node(&self.rec, &self.host, domain, now);
+        self.wire = wire_node(&self.rec, &self.host, self.home_relay, domain, now);
         self.enc = Encoded::new(&self.wire)?;
         Ok(())
     }
@@ -85,6 +94,7 @@ impl NodeEntry {
 pub(crate) fn wire_node(
     rec: &StoreNode,
     host: &HostInfo,
+    home_relay: Option<u16>,
     domain: &DnsName,
     now: UnixMillis,
 ) -> Node {
@@ -100,6 +110,7 @@ pub(crate) fn wire_node(
         allowed_ips: addresses.clone(),
         addresses,
         endpoints: rec.endpoints.clone(),
+        home_relay,
         host_info: host.clone(),
         created: rec.created,
         last_seen: rec.last_seen,
@@ -517,7 +528,7 @@ pub(crate) mod tests {
                 };
                 (
                     NodeId(i64::from(id)),
-                    Arc::new(NodeEntry::new(rec, &domain(), UnixMillis(0)).unwrap()),
+                    Arc::new(NodeEntry::new(rec, None, &domain(), UnixMillis(0)).unwrap()),
                 )
             })
             .collect()

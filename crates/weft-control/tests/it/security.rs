@@ -148,7 +148,10 @@ async fn malformed_and_oversized_frames_close_the_connection() {
         .await
         .unwrap();
     ch.send(ClientMessage::Endpoints(
-        weft_types::control::EndpointUpdate { endpoints: vec![] },
+        weft_types::control::EndpointUpdate {
+            endpoints: vec![],
+            home_relay: None,
+        },
     ))
     .unwrap();
     let err = ch.recv().await.unwrap_err();
@@ -249,6 +252,7 @@ async fn another_machine_cannot_map_or_take_a_registered_node_key() {
         node_key: a.node_key.public(),
         disco_key: DiscoPrivate::generate().public(),
         endpoints: vec![],
+        home_relay: None,
         host_info: HostInfo::default(),
         stream: true,
     }))
@@ -465,6 +469,7 @@ async fn host_info_beyond_its_limits_is_refused_in_map_and_updates() {
         node_key: a.node_key.public(),
         disco_key: DiscoPrivate::generate().public(),
         endpoints: vec![],
+        home_relay: None,
         host_info: HostInfo {
             os: "linux\u{1b}[2J".into(),
             ..common::host_info("a")

@@ -243,6 +243,8 @@ pub struct Backend {
     rt: Runtime,
     last_state: BackendState,
     endpoints: Vec<Endpoint>,
+    /// Our home relay region as disco last chose it.
+    home_relay: Option<u16>,
     /// Our SSH host keys (set by the SSH service), published while `--ssh` is on.
     ssh_host_keys: Vec<weft_types::node::SshHostKey>,
 }
@@ -270,6 +272,7 @@ impl Backend {
             rt: Runtime::default(),
             last_state: BackendState::NoState,
             endpoints: Vec::new(),
+            home_relay: None,
             ssh_host_keys: Vec::new(),
         };
         b.load_profile();
@@ -707,6 +710,19 @@ impl Backend {
         }
     }
 
+    /// Our home relay region (from disco): peers reach us through it until
+    /// a direct path works. Sent to control with the endpoints.
+    pub fn set_home_relay(&mut self, home_relay: Option<u16>) {
+        if home_relay == self.home_relay {
+            return;
+        }
+        tracing::debug!(?home_relay, "Home relay changed");
+        self.home_relay = home_relay;
+        if let Some(s) = &self.session {
+            s.send(ControlCmd::HomeRelay(home_relay));
+        }
+    }
+
     /// Our SSH host keys (from the SSH service); sent to control in HostInfo
     /// while `--ssh` is on.
     pub fn set_ssh_host_keys(&mut self, keys: Vec<weft_types::node::SshHostKey>) {
@@ -798,11 +814,11 @@ impl Backend {
             seed: weft_types::entropy::u64(),
         };
         tracing::debug!(generation = self.generation, url = %spec.url, "Control task starting");
-        self.session = Some(control::spawn(
-            self.control.clone(),
-            spec,
-            self.events_tx.clone(),
-        ));
+        let session = control::spawn(self.control.clone(), spec, self.events_tx.clone());
+        if self.home_relay.is_some() {
+            session.send(ControlCmd::HomeRelay(self.home_relay));
+        }
+        self.session = Some(session);
     }
 
     fn host_info(&self) -> HostInfo {

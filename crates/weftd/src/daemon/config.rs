@@ -18,6 +18,7 @@ struct Programmed {
     allowed_ips: Vec<IpNet>,
     disco_key: Option<DiscoPublic>,
     endpoints: Vec<SocketAddr>,
+    home_relay: Option<u16>,
 }
 
 /// A disco peer to add or update.
@@ -26,6 +27,8 @@ pub struct DiscoPeer {
     pub node_key: NodePublic,
     pub disco_key: DiscoPublic,
     pub endpoints: Vec<SocketAddr>,
+    /// The peer's home relay region (from the netmap).
+    pub home_relay: Option<u16>,
 }
 
 /// The changes one netmap needs.
@@ -92,13 +95,17 @@ impl Configurator {
                     ..PeerUpdate::new(*key)
                 });
             }
-            let disco_changed =
-                old.is_none_or(|o| o.disco_key != new.disco_key || o.endpoints != new.endpoints);
+            let disco_changed = old.is_none_or(|o| {
+                o.disco_key != new.disco_key
+                    || o.endpoints != new.endpoints
+                    || o.home_relay != new.home_relay
+            });
             match (new.disco_key, disco_changed) {
                 (Some(disco_key), true) => plan.disco_upsert.push(DiscoPeer {
                     node_key: *key,
                     disco_key,
                     endpoints: new.endpoints.clone(),
+                    home_relay: new.home_relay,
                 }),
                 (None, true) if old.is_some_and(|o| o.disco_key.is_some()) => {
                     plan.disco_remove.push(*key)
@@ -150,6 +157,7 @@ fn programmed(n: &Node) -> Programmed {
         allowed_ips,
         disco_key: n.disco_key,
         endpoints,
+        home_relay: n.home_relay,
     }
 }
 
@@ -177,6 +185,7 @@ pub(crate) mod tests {
                 format!("100.64.0.{n}/32").parse().unwrap(),
                 format!("fd7a:115c:a1e0::{n}/128").parse().unwrap(),
             ],
+            home_relay: None,
             endpoints: vec![Endpoint {
                 addr: format!("198.18.0.{n}:41641").parse().unwrap(),
                 kind: EndpointKind::Local,

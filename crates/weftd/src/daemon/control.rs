@@ -69,6 +69,8 @@ pub enum ControlCmd {
     Interactive,
     /// Our endpoints changed.
     Endpoints(Vec<Endpoint>),
+    /// Our home relay region changed.
+    HomeRelay(Option<u16>),
     /// Our host info changed.
     HostInfo(HostInfo),
 }
@@ -141,6 +143,8 @@ struct Task {
     registered: bool,
     /// The auth URL of the login under way: the follow-up goes there.
     auth_url: Option<String>,
+    /// Our home relay region, given to each session.
+    home_relay: Option<u16>,
 }
 
 /// What comes after a session.
@@ -170,6 +174,7 @@ impl Task {
             map: None,
             registered: false,
             auth_url: None,
+            home_relay: None,
         }
     }
 
@@ -221,6 +226,12 @@ impl Task {
                 self.spec.params.endpoints.clone_from(&e);
                 if let Some(s) = session {
                     s.update_endpoints(e);
+                }
+            }
+            ControlCmd::HomeRelay(r) => {
+                self.home_relay = r;
+                if let Some(s) = session {
+                    s.update_home_relay(r);
                 }
             }
             ControlCmd::HostInfo(h) => {
@@ -305,6 +316,9 @@ impl Task {
                 return Next::Retry;
             }
         };
+        if self.home_relay.is_some() {
+            session.update_home_relay(self.home_relay);
+        }
         let mut answer_by =
             (!resume && !waits_for_user).then(|| TokioInstant::now() + CONTACT_TIMEOUT);
         let mut first_map = true;

@@ -127,12 +127,9 @@ impl EngineDataPlane {
             );
         }
         for p in plan.disco_upsert {
+            let home = p.home_relay.map(weft_disco::RegionId);
             self.tunnel
-                // TODO(noderelay): the peer's home relay region once the
-                // netmap carries it (`weft_types::Node::home_relay`, reported
-                // by each node with its endpoints); until then peers have no
-                // relay path and reach each other directly or not at all.
-                .disco_upsert(p.node_key, p.disco_key, p.endpoints, None, now);
+                .disco_upsert(p.node_key, p.disco_key, p.endpoints, home, now);
         }
         if !plan.add_addresses.is_empty() || !plan.remove_addresses.is_empty() {
             let _ = self.os.send(AddrChange {

@@ -252,16 +252,25 @@ async fn run_async(
     let reporter = {
         let handle = handle.clone();
         let mut eps = tunnel.endpoints();
+        let mut home = tunnel.home_relay();
         tokio::spawn(async move {
             loop {
                 let list = eps.borrow_and_update().clone();
-                // TODO(noderelay): report our home relay region alongside
-                // (a wire field next to the endpoints; see
-                // docs/notes/noderelay-status.md).
-                if handle.call(move |b| b.set_endpoints(list)).await.is_err() {
+                let region = *home.borrow_and_update();
+                let sent = handle
+                    .call(move |b| {
+                        b.set_endpoints(list);
+                        b.set_home_relay(region);
+                    })
+                    .await;
+                if sent.is_err() {
                     return;
                 }
-                if eps.changed().await.is_err() {
+                let changed = tokio::select! {
+                    r = eps.changed() => r,
+                    r = home.changed() => r,
+                };
+                if changed.is_err() {
                     return;
                 }
             }

@@ -139,6 +139,8 @@ pub struct TailnetTunnel {
     stun_malformed: AtomicU64,
     /// Disco's latest endpoints (local + STUN), for control.
     endpoints: tokio::sync::watch::Sender<Vec<Endpoint>>,
+    /// Disco's home relay region, for control (peers reach us there).
+    home_relay: tokio::sync::watch::Sender<Option<u16>>,
     /// The last netcheck report (`weft netcheck`); `None` until a run ends.
     netcheck: tokio::sync::watch::Sender<Option<weft_disco::Report>>,
     tx: Traffic,
@@ -158,6 +160,7 @@ impl TailnetTunnel {
             relay_dropped: AtomicU64::new(0),
             stun_malformed: AtomicU64::new(0),
             endpoints: tokio::sync::watch::Sender::new(Vec::new()),
+            home_relay: tokio::sync::watch::Sender::new(None),
             netcheck: tokio::sync::watch::Sender::new(None),
             tx: Traffic::default(),
             rx: Traffic::default(),
@@ -226,6 +229,12 @@ impl TailnetTunnel {
     /// updated on every change: what control must be told.
     pub fn endpoints(&self) -> tokio::sync::watch::Receiver<Vec<Endpoint>> {
         self.endpoints.subscribe()
+    }
+
+    /// Returns a receiver of disco's home relay region, updated on every
+    /// change: what control must be told next to the endpoints.
+    pub fn home_relay(&self) -> tokio::sync::watch::Receiver<Option<u16>> {
+        self.home_relay.subscribe()
     }
 
     /// Returns a receiver of netcheck reports: the last one, and each new
@@ -446,6 +455,7 @@ impl TailnetTunnel {
             }
             Event::HomeRelayChanged { region } => {
                 tracing::info!(?region, "Home relay");
+                self.home_relay.send_replace(region.map(|r| r.0));
                 if let Some(relays) = self.relays.get() {
                     relays.set_home(region, now);
                 }

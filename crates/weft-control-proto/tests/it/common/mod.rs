@@ -127,6 +127,7 @@ pub fn node(id: i64) -> Node {
             format!("fd7a:115c:a1e0::{:x}/128", id + 1).parse().unwrap(),
         ],
         endpoints: vec![endpoint(id, 41641)],
+        home_relay: None,
         host_info: HostInfo {
             hostname: format!("host-{id}"),
             os: "linux".into(),

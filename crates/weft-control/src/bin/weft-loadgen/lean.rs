@@ -338,7 +338,7 @@ fn finish(
     let has_port = |eps: &[Endpoint]| eps.iter().any(|e| e.addr.port() == port);
     for d in &deltas {
         match d {
-            Delta::Peer(PeerDelta::Endpoints { id, endpoints })
+            Delta::Peer(PeerDelta::Endpoints { id, endpoints, .. })
                 if *id == changer && has_port(endpoints) =>
             {
                 let _ = events.send(Ev::Endpoint { idx, round, at });

@@ -305,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
             node_key: node_keys[i].public(),
             disco_key: discos[i].public(),
             endpoints: vec![endpoint(i, 41641)],
+            home_relay: None,
             host_info: lean::host_info(i),
             stream: true,
         };
@@ -539,6 +540,7 @@ async fn rounds(
             .await
             .send(&ClientMessage::Endpoints(EndpointUpdate {
                 endpoints: vec![endpoint(changer, port)],
+                home_relay: None,
             }))
             .await?;
         let mut got: BTreeMap<usize, Duration> = BTreeMap::new();

@@ -554,7 +554,8 @@ async fn endpoint_changes_reach_the_open_map_stream() {
     assert_eq!(
         got,
         weft_types::control::ClientMessage::Endpoints(weft_types::control::EndpointUpdate {
-            endpoints: vec![ep]
+            endpoints: vec![ep],
+            home_relay: None,
         })
     );
     h.stop().await;
