@@ -195,7 +195,7 @@ impl<'n, 'lab> Site<'n, 'lab> {
         let rt_if = if rt_if.len() <= crate::names::IFNAME_MAX {
             rt_if
         } else {
-            format!("h{}", self.next_host.load(Ordering::Relaxed))
+            format!("h{}", addr.octets()[3])
         };
         host_command("ip")
             .args(["link", "add", LAN_IF, "netns", ns.name(), "type", "veth"])
