@@ -14,8 +14,8 @@ use tokio::net::UnixStream;
 
 use crate::PREFIX;
 use crate::types::{
-    DebugPrefs, ErrorBody, Notify, PingRequest, PingResult, Prefs, PrefsPatch, ProfileSummary,
-    StartRequest, Status, WhoIs,
+    DebugPrefs, ErrorBody, NetcheckReport, Notify, PingRequest, PingResult, Prefs, PrefsPatch,
+    ProfileSummary, StartRequest, Status, WhoIs,
 };
 
 /// The longest single `watch` line accepted (a defensive bound).
@@ -163,6 +163,15 @@ impl LocalClient {
     /// As [`LocalClient::status`]; a timeout is a daemon error with status 504.
     pub async fn ping(&self, req: &PingRequest) -> Result<PingResult, LocalApiError> {
         self.call(Method::POST, "ping", Some(req)).await
+    }
+
+    /// `GET netcheck`: runs netcheck and returns its report.
+    ///
+    /// # Errors
+    /// As [`LocalClient::status`]; 409 while the node has no netmap (no
+    /// relay map to measure), 504 when the run does not finish in time.
+    pub async fn netcheck(&self) -> Result<NetcheckReport, LocalApiError> {
+        self.call(Method::GET, "netcheck", None::<&()>).await
     }
 
     /// `GET whois?addr=IP`.

@@ -25,6 +25,7 @@
 //! | POST | `profiles/{id}` | → [`ProfileSummary`] (switch) |
 //! | DELETE | `profiles/{id}` | → `{}` |
 //! | POST | `ping` | [`PingRequest`] → [`PingResult`] |
+//! | GET | `netcheck` | → [`NetcheckReport`] (after a fresh run, up to 5 s) |
 //! | GET | `whois?addr=IP` | → [`WhoIs`] |
 //! | GET | `watch` | → newline-delimited [`Notify`] stream, first a snapshot |
 //! | GET | `debug/prefs` | → [`DebugPrefs`] (private keys redacted) |

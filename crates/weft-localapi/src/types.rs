@@ -354,6 +354,42 @@ pub enum PingPath {
     Relay(String),
 }
 
+/// `GET netcheck`: what one netcheck run found about this node's network
+/// (`weft netcheck`; Tailscale's `tailscale netcheck`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetcheckReport {
+    /// A STUN round trip over UDP completed.
+    pub udp: bool,
+    /// Our public IPv4 address and port as STUN saw them.
+    pub global_v4: Option<SocketAddr>,
+    /// Our public IPv6 address and port.
+    pub global_v6: Option<SocketAddr>,
+    /// STUN servers at different addresses saw us at different ports or
+    /// addresses (a hard NAT: endpoint-dependent mapping). `None`: fewer
+    /// than two servers answered over IPv4, so unknown.
+    pub mapping_varies_by_dest_ip: Option<bool>,
+    /// A NAT-PMP/PCP/UPnP port mapping is available. `None`: not probed
+    /// (weftd does not map ports yet).
+    pub port_mapping: Option<bool>,
+    /// Every relay region of the relay map with its measured latency.
+    pub regions: Vec<NetcheckRegion>,
+    /// Our home relay region after this run.
+    pub preferred_region: Option<u16>,
+    /// When UDP is blocked: milliseconds until UDP is tried again.
+    pub udp_retry_in_ms: Option<u64>,
+}
+
+/// One relay region in a [`NetcheckReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetcheckRegion {
+    pub id: u16,
+    pub code: String,
+    pub name: String,
+    /// Round trip in milliseconds (STUN, or over the relay connection when
+    /// UDP gets no answer); `None`: not reached.
+    pub latency_ms: Option<f64>,
+}
+
 /// `GET whois?addr=IP`: who owns a tailnet address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WhoIs {

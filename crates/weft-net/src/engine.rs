@@ -19,7 +19,16 @@
 //!
 //! Time enters here: each batch reads `Instant::now()` once and passes it to
 //! the sans-IO core.
+//!
+//! Datagrams that do not travel over UDP (a relay carries them) take two side
+//! doors, both off the direct path's per-packet work: on the way out, a run
+//! (or a single datagram) whose address the tunnel claims
+//! ([`Tunnel::diverts`], asked once per run) goes to
+//! [`Tunnel::send_diverted`] instead of the socket; on the way in, datagrams
+//! handed to an [`Injector`] (from any thread) are opened by the rx thread
+//! like received ones, so TUN keeps a single writer.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -54,6 +63,9 @@ const TX_RUNS: usize = 512;
 const RX_BUFFERS: usize = 16;
 /// Size of one receive buffer: a full GRO train of 64 KiB.
 const RX_BUFFER_BYTES: usize = 1 << 16;
+/// Datagrams an [`Injector`] holds before it drops (about 6 MB of full-size
+/// WireGuard datagrams: a relay's burst, not a standing queue).
+pub const INJECT_QUEUE: usize = 4096;
 
 /// The sans-IO side the engine drives: [`weft_wg::Device`], or a stand-in in
 /// tests. `send` receives datagrams produced on the side (handshakes,
@@ -86,6 +98,18 @@ pub trait Tunnel: Send + Sync + 'static {
 
     /// Runs timers.
     fn handle_timeout(&self, now: Instant, send: &mut dyn FnMut(SocketAddr, &[u8]));
+
+    /// Returns whether datagrams to `to` leave through the tunnel itself
+    /// (e.g. a relay) instead of the UDP socket. Asked once per send run and
+    /// for each single datagram, so it must be cheap; the default claims
+    /// nothing.
+    fn diverts(&self, _to: SocketAddr) -> bool {
+        false
+    }
+
+    /// Sends one datagram to an address [`Tunnel::diverts`] claimed. Must
+    /// not block (drop instead).
+    fn send_diverted(&self, _to: SocketAddr, _datagram: &[u8]) {}
 }
 
 impl Tunnel for weft_wg::Device {
@@ -148,6 +172,12 @@ pub struct EngineStats {
     pub udp_send_datagrams: u64,
     /// Runs that failed to send.
     pub udp_send_errors: u64,
+    /// Datagrams sent through [`Tunnel::send_diverted`].
+    pub diverted_datagrams: u64,
+    /// Datagrams opened from the [`Injector`].
+    pub injected_datagrams: u64,
+    /// Datagrams the [`Injector`] dropped because its queue was full.
+    pub inject_dropped: u64,
 }
 
 #[derive(Default)]
@@ -162,6 +192,8 @@ struct Counters {
     udp_send_calls: AtomicU64,
     udp_send_datagrams: AtomicU64,
     udp_send_errors: AtomicU64,
+    diverted_datagrams: AtomicU64,
+    injected_datagrams: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -218,6 +250,50 @@ impl SocketSlot {
     }
 }
 
+/// Datagrams waiting for the rx thread (see [`Injector`]).
+struct InjectQueue {
+    queue: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    ready: Notify,
+    dropped: AtomicU64,
+}
+
+/// Hands datagrams that arrived some other way than the UDP socket (a relay)
+/// to the engine's rx thread, which opens them exactly like received ones
+/// (`from` is what [`Tunnel::decapsulate`] sees). Cheap to clone; bounded
+/// ([`INJECT_QUEUE`]): when full, datagrams are dropped and counted.
+#[derive(Clone)]
+pub struct Injector {
+    inner: Arc<InjectQueue>,
+}
+
+impl Injector {
+    /// Queues one datagram; returns `false` if the queue was full and it
+    /// was dropped.
+    pub fn inject(&self, from: SocketAddr, datagram: Vec<u8>) -> bool {
+        {
+            let mut q = self
+                .inner
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if q.len() >= INJECT_QUEUE {
+                drop(q);
+                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            q.push_back((from, datagram));
+        }
+        self.inner.ready.notify();
+        true
+    }
+}
+
+impl std::fmt::Debug for Injector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injector").finish_non_exhaustive()
+    }
+}
+
 // -- shared between the handle and the threads ------------------------------
 struct Shared<T> {
     tunnel: Arc<T>,
@@ -229,6 +305,20 @@ struct Shared<T> {
     failed: Notify,
     failure: Mutex<Option<String>>,
     counters: Counters,
+    inject: Arc<InjectQueue>,
+}
+
+impl<T: Tunnel> Shared<T> {
+    /// Sends one datagram: through the tunnel if it claims the address,
+    /// else on the socket.
+    fn send_one(&self, sock: &BoundSocket, to: SocketAddr, datagram: &[u8]) {
+        if self.tunnel.diverts(to) {
+            add(&self.counters.diverted_datagrams, 1);
+            self.tunnel.send_diverted(to, datagram);
+        } else {
+            sock.send_one(to, datagram);
+        }
+    }
 }
 
 impl<T> Shared<T> {
@@ -273,6 +363,11 @@ impl<T: Tunnel> Engine<T> {
             failed: notifier("creating an eventfd")?,
             failure: Mutex::new(None),
             counters: Counters::default(),
+            inject: Arc::new(InjectQueue {
+                queue: Mutex::new(VecDeque::new()),
+                ready: notifier("creating an eventfd")?,
+                dropped: AtomicU64::new(0),
+            }),
         });
         tracing::info!(
             interface = %shared.tun.name(),
@@ -314,6 +409,14 @@ impl<T: Tunnel> Engine<T> {
     /// Returns the bound UDP port.
     pub fn listen_port(&self) -> u16 {
         self.shared.socket.get().port()
+    }
+
+    /// Returns a handle that feeds datagrams to the rx thread as if they had
+    /// been received (see [`Injector`]).
+    pub fn injector(&self) -> Injector {
+        Injector {
+            inner: Arc::clone(&self.shared.inject),
+        }
     }
 
     /// Returns the TUN device.
@@ -398,6 +501,9 @@ impl<T: Tunnel> Engine<T> {
             udp_send_calls: l(&c.udp_send_calls),
             udp_send_datagrams: l(&c.udp_send_datagrams),
             udp_send_errors: l(&c.udp_send_errors),
+            diverted_datagrams: l(&c.diverted_datagrams),
+            injected_datagrams: l(&c.injected_datagrams),
+            inject_dropped: l(&self.shared.inject.dropped),
         }
     }
 
@@ -456,7 +562,7 @@ fn tx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
         }
         let now = now();
         let sock = &*view.sock;
-        let mut send_now = |to: SocketAddr, d: &[u8]| sock.send_one(to, d);
+        let mut send_now = |to: SocketAddr, d: &[u8]| shared.send_one(sock, to, d);
         for packet in reader.packets() {
             let Ok(packet) = IpPacket::new(packet) else {
                 add(&c.tun_read_errors, 1);
@@ -475,7 +581,7 @@ fn tx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
             {
                 Encapsulated::Send { to, datagram } => {
                     let Some(offset) = span.offset_of(datagram) else {
-                        sock.send_one(to, datagram);
+                        shared.send_one(sock, to, datagram);
                         continue;
                     };
                     (to, offset, datagram.len())
@@ -488,9 +594,16 @@ fn tx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
     }
 }
 
-fn flush_tx<T>(shared: &Shared<T>, batch: &mut TxBatch, sock: &BoundSocket) {
+fn flush_tx<T: Tunnel>(shared: &Shared<T>, batch: &mut TxBatch, sock: &BoundSocket) {
     let c = &shared.counters;
     for (run, bytes) in batch.runs() {
+        if shared.tunnel.diverts(run.to) {
+            for d in bytes.chunks(run.segment.max(1)) {
+                shared.tunnel.send_diverted(run.to, d);
+            }
+            add(&c.diverted_datagrams, run.count as u64);
+            continue;
+        }
         add(&c.udp_send_calls, 1);
         match sock.send_run(run.to, bytes, run.segment, &shared.stop) {
             Ok(()) => add(&c.udp_send_datagrams, run.count as u64),
@@ -521,6 +634,9 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
         }
         shared.socket.refresh(&mut view);
         let sock = &*view.sock;
+        if shared.inject.ready.is_set() {
+            open_injected(shared, sock, &mut writer, coalesce)?;
+        }
         let n = {
             let mut bufs = storage.iter_mut();
             let mut iovs: [IoSliceMut<'_>; RX_BUFFERS] = std::array::from_fn(|_| {
@@ -532,7 +648,7 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
                     notify::wait(
                         sock.as_fd(),
                         PollFlags::POLLIN,
-                        &[&shared.stop, &shared.socket.rebound],
+                        &[&shared.stop, &shared.socket.rebound, &shared.inject.ready],
                         None,
                     )?;
                     continue;
@@ -547,7 +663,7 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
         };
         add(&c.udp_recv_batches, 1);
         let now = now();
-        let mut send_now = |to: SocketAddr, d: &[u8]| sock.send_one(to, d);
+        let mut send_now = |to: SocketAddr, d: &[u8]| shared.send_one(sock, to, d);
         let mut datagrams = 0u64;
         for (m, buf) in meta.iter().zip(&storage).take(n) {
             let from = udp::normalize(m.addr);
@@ -559,35 +675,92 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
             let empty: &[&[u8]] = if filled.is_empty() { &[&[]] } else { &[] };
             for datagram in filled.chunks(m.stride.max(1)).chain(empty.iter().copied()) {
                 datagrams += 1;
-                if writer.is_full() {
-                    flush_rx(shared, &mut writer)?;
-                }
-                let Some(out) = writer.next_slot() else {
-                    continue;
-                };
-                let span = Span::of(out);
-                if let Decapsulated::ToTunnel(packet) =
-                    shared
-                        .tunnel
-                        .decapsulate(from, datagram, out, now, &mut send_now)
-                {
-                    // GRO reads the tunnel's view now, while it borrows the slot.
-                    let meta = coalesce
-                        .then(|| gro::Parsed::from_packet(&packet))
-                        .flatten();
-                    match span.offset_of(packet.as_bytes()) {
-                        Some(offset) => {
-                            let len = packet.total_len();
-                            writer.commit(offset, len, meta);
-                        }
-                        None => tracing::debug!("core returned a packet outside the buffer"),
-                    }
-                }
+                open_one(
+                    shared,
+                    &mut writer,
+                    coalesce,
+                    from,
+                    datagram,
+                    now,
+                    &mut send_now,
+                )?;
             }
         }
         add(&c.udp_recv_datagrams, datagrams);
         flush_rx(shared, &mut writer)?;
     }
+}
+
+/// Opens one datagram into the next TUN write slot (flushing first when the
+/// writer is full).
+fn open_one<T: Tunnel>(
+    shared: &Shared<T>,
+    writer: &mut TunWriter,
+    coalesce: bool,
+    from: SocketAddr,
+    datagram: &[u8],
+    now: Instant,
+    send_now: &mut dyn FnMut(SocketAddr, &[u8]),
+) -> io::Result<()> {
+    if writer.is_full() {
+        flush_rx(shared, writer)?;
+    }
+    let Some(out) = writer.next_slot() else {
+        return Ok(());
+    };
+    let span = Span::of(out);
+    if let Decapsulated::ToTunnel(packet) = shared
+        .tunnel
+        .decapsulate(from, datagram, out, now, send_now)
+    {
+        // GRO reads the tunnel's view now, while it borrows the slot.
+        let meta = coalesce
+            .then(|| gro::Parsed::from_packet(&packet))
+            .flatten();
+        match span.offset_of(packet.as_bytes()) {
+            Some(offset) => {
+                let len = packet.total_len();
+                writer.commit(offset, len, meta);
+            }
+            None => tracing::debug!("core returned a packet outside the buffer"),
+        }
+    }
+    Ok(())
+}
+
+/// Opens everything the [`Injector`] queued, then flushes to TUN.
+fn open_injected<T: Tunnel>(
+    shared: &Shared<T>,
+    sock: &BoundSocket,
+    writer: &mut TunWriter,
+    coalesce: bool,
+) -> io::Result<()> {
+    shared.inject.ready.clear();
+    let queued = std::mem::take(
+        &mut *shared
+            .inject
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    if queued.is_empty() {
+        return Ok(());
+    }
+    let now = now();
+    let mut send_now = |to: SocketAddr, d: &[u8]| shared.send_one(sock, to, d);
+    add(&shared.counters.injected_datagrams, queued.len() as u64);
+    for (from, datagram) in &queued {
+        open_one(
+            shared,
+            writer,
+            coalesce,
+            *from,
+            datagram,
+            now,
+            &mut send_now,
+        )?;
+    }
+    flush_rx(shared, writer)
 }
 
 fn flush_rx<T>(shared: &Shared<T>, writer: &mut TunWriter) -> io::Result<()> {
@@ -609,6 +782,6 @@ fn timer_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
         let sock = &*view.sock;
         shared
             .tunnel
-            .handle_timeout(now(), &mut |to, d| sock.send_one(to, d));
+            .handle_timeout(now(), &mut |to, d| shared.send_one(sock, to, d));
     }
 }

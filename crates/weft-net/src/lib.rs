@@ -22,7 +22,7 @@ mod notify;
 pub mod tun;
 pub mod udp;
 
-pub use engine::{Engine, EngineConfig, EngineStats, Tunnel};
+pub use engine::{Engine, EngineConfig, EngineStats, INJECT_QUEUE, Injector, Tunnel};
 pub use error::{NetError, TunError};
 pub use notify::Notify;
 pub use tun::{Offload, Tun, TunConfig};

@@ -71,8 +71,12 @@ pub(crate) struct Ready {
     /// error/hangup pending, which the next I/O call will report).
     pub io: bool,
     /// Which of the notifiers are readable, by position.
-    pub notified: [bool; 2],
+    pub notified: [bool; MAX_NOTIFIERS],
 }
+
+/// The most notifiers one [`wait`] watches (more are a programming error
+/// and panic in debug builds; release builds ignore the extra ones).
+pub(crate) const MAX_NOTIFIERS: usize = 3;
 
 /// Sleeps until `fd` is ready for `events`, one of `notifiers` is set, or
 /// `timeout` passes (`None` = no limit). `EINTR` counts as a spurious wake-up.
@@ -82,12 +86,10 @@ pub(crate) fn wait(
     notifiers: &[&Notify],
     timeout: Option<Duration>,
 ) -> io::Result<Ready> {
-    let mut fds: [PollFd<'_>; 3] = [
-        PollFd::new(fd, events),
-        PollFd::new(fd, PollFlags::empty()),
-        PollFd::new(fd, PollFlags::empty()),
-    ];
-    let count = 1 + notifiers.len().min(2);
+    debug_assert!(notifiers.len() <= MAX_NOTIFIERS, "too many notifiers");
+    let mut fds: [PollFd<'_>; 1 + MAX_NOTIFIERS] =
+        std::array::from_fn(|i| PollFd::new(fd, if i == 0 { events } else { PollFlags::empty() }));
+    let count = 1 + notifiers.len().min(MAX_NOTIFIERS);
     for (slot, n) in fds[1..].iter_mut().zip(notifiers) {
         *slot = PollFd::new(n.as_fd(), PollFlags::POLLIN);
     }
@@ -97,7 +99,7 @@ pub(crate) fn wait(
     };
     let mut ready = Ready {
         io: false,
-        notified: [false; 2],
+        notified: [false; MAX_NOTIFIERS],
     };
     match nix::poll::poll(&mut fds[..count], timeout) {
         Ok(_) => {}
@@ -122,7 +124,7 @@ mod tests {
         let (a, _b) = UnixDatagram::pair().unwrap();
         let stop = Notify::new().unwrap();
         let r = wait(a.as_fd(), PollFlags::POLLIN, &[&stop], Some(Duration::ZERO)).unwrap();
-        assert_eq!(r.notified, [false, false]);
+        assert_eq!(r.notified, [false; MAX_NOTIFIERS]);
         stop.notify();
         stop.notify();
         assert!(stop.is_set());
@@ -142,10 +144,18 @@ mod tests {
         let (a, b) = UnixDatagram::pair().unwrap();
         let stop = Notify::new().unwrap();
         let wake = Notify::new().unwrap();
+        let third = Notify::new().unwrap();
         b.send(b"x").unwrap();
         wake.notify();
-        let r = wait(a.as_fd(), PollFlags::POLLIN, &[&stop, &wake], None).unwrap();
+        let r = wait(a.as_fd(), PollFlags::POLLIN, &[&stop, &wake, &third], None).unwrap();
         assert!(r.io);
-        assert_eq!(r.notified, [false, true]);
+        assert_eq!(r.notified, [false, true, false]);
+        // The third notifier alone wakes a waiter too.
+        let _ = a.recv(&mut [0u8; 8]).unwrap();
+        wake.clear();
+        third.notify();
+        let r = wait(a.as_fd(), PollFlags::POLLIN, &[&stop, &wake, &third], None).unwrap();
+        assert!(!r.io);
+        assert_eq!(r.notified, [false, false, true]);
     }
 }

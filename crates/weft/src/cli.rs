@@ -6,7 +6,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use weft_localapi::{DEFAULT_SOCKET, SOCKET_ENV};
 
-use crate::cmd::{debug, ip, login, ping, set, ssh, status, switch, up, version, whois};
+use crate::cmd::{debug, ip, login, netcheck, ping, set, ssh, status, switch, up, version, whois};
 use crate::ctx::Ctx;
 
 /// Weft: join a tailnet, see its peers, reach them.
@@ -46,6 +46,8 @@ pub enum Command {
     Whois(whois::WhoisArgs),
     /// Ping a peer over the data plane's UDP path (not ICMP)
     Ping(ping::PingArgs),
+    /// Report what the network allows: UDP, public addresses, NAT kind, relay latencies
+    Netcheck(netcheck::NetcheckArgs),
     /// Run the system ssh to a peer, pinning the tailnet's SSH host keys
     Ssh(ssh::SshArgs),
     /// Print the CLI's and the daemon's versions

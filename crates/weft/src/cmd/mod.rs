@@ -7,6 +7,7 @@ pub mod down;
 pub mod ip;
 pub mod login;
 pub mod logout;
+pub mod netcheck;
 pub mod ping;
 pub mod set;
 pub mod ssh;
@@ -37,6 +38,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         Command::Ip(args) => ip::run(args, ctx).await,
         Command::Whois(args) => whois::run(args, ctx).await,
         Command::Ping(args) => ping::run(args, ctx).await,
+        Command::Netcheck(args) => netcheck::run(args, ctx).await,
         Command::Ssh(args) => ssh::run(args, ctx).await,
         Command::Version(args) => version::run(args, ctx).await,
         Command::Debug(args) => debug::run(args, ctx).await,

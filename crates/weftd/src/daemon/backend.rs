@@ -72,7 +72,15 @@ pub enum BackendError {
     /// The peer has no disco key yet.
     #[error("{name} ({ip}) has no disco key yet (it has not connected to control)")]
     PeerNotConnected { name: String, ip: IpAddr },
+    /// netcheck needs the relay map, which comes with the netmap.
+    #[error(
+        "netcheck needs the relay map from control, and this node has no netmap yet: run weft up (or wait until weft status shows it running)"
+    )]
+    NoRelayMap,
 }
+
+/// Where a netcheck run's report arrives ([`Backend::netcheck`]).
+pub type NetcheckRx = tokio::sync::watch::Receiver<Option<weft_disco::Report>>;
 
 /// How the user is logging in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -696,6 +704,36 @@ impl Backend {
             return Err(BackendError::PeerNotConnected { name, ip });
         };
         Ok((name, rx))
+    }
+
+    /// Starts a netcheck run; returns a receiver whose next change is its
+    /// report, and the relay map's regions (latencies not filled in).
+    pub fn netcheck(
+        &self,
+    ) -> Result<(NetcheckRx, Vec<weft_localapi::NetcheckRegion>), BackendError> {
+        let nm = self.netmap().ok_or(BackendError::NoRelayMap)?;
+        let regions = nm
+            .relay_map
+            .regions
+            .values()
+            .map(|r| weft_localapi::NetcheckRegion {
+                id: r.id,
+                code: r.code.clone(),
+                name: r.name.clone(),
+                latency_ms: None,
+            })
+            .collect();
+        let rx = self.dp.netcheck().ok_or(BackendError::NoRelayMap)?;
+        Ok((rx, regions))
+    }
+
+    /// Returns the code of relay region `region` in the current netmap's
+    /// relay map (what `weft ping` and `weft status` show), or its id when
+    /// the map does not name it.
+    pub fn relay_region_name(&self, region: u16) -> String {
+        self.netmap()
+            .and_then(|nm| nm.relay_map.regions.get(&region))
+            .map_or_else(|| region.to_string(), |r| r.code.clone())
     }
 
     /// Our endpoints changed (from the endpoint monitor).

@@ -43,6 +43,11 @@ pub trait DataPlane: Send + 'static {
     fn peers(&self) -> BTreeMap<NodePublic, PeerLive>;
     /// Asks for one disco ping; `None` if disco does not know the peer.
     fn ping(&self, peer: &NodePublic, timeout: Duration) -> Option<oneshot::Receiver<PingOutcome>>;
+    /// Starts a netcheck run; the receiver's next change is its report.
+    /// `None`: this data plane has no disco (tests).
+    fn netcheck(&self) -> Option<super::backend::NetcheckRx> {
+        None
+    }
     /// Returns this run's disco key.
     fn disco_key(&self) -> DiscoPublic;
     /// Returns how many inbound packets the filter dropped.
@@ -199,6 +204,13 @@ impl DataPlane for EngineDataPlane {
 
     fn ping(&self, peer: &NodePublic, timeout: Duration) -> Option<oneshot::Receiver<PingOutcome>> {
         self.tunnel.ping(peer, timeout, now())
+    }
+
+    fn netcheck(&self) -> Option<super::backend::NetcheckRx> {
+        let mut rx = self.tunnel.netcheck_reports();
+        rx.borrow_and_update();
+        self.tunnel.netcheck_now(now());
+        Some(rx)
     }
 
     fn disco_key(&self) -> DiscoPublic {

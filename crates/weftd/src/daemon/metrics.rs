@@ -138,7 +138,9 @@ fn record(s: &Snapshot) {
     describe_counter!(
         UDP_DROPPED,
         "UDP datagrams dropped on receive, by protocol and reason \
-         (anything that is not disco counts as WireGuard)."
+         (anything that is not disco counts as WireGuard); proto=relay: \
+         WireGuard datagrams over a relay dropped before the relay or \
+         WireGuard took them."
     );
     let wireguard = s
         .udp_drops
@@ -150,7 +152,12 @@ fn record(s: &Snapshot) {
         .disco
         .iter()
         .map(|(reason, n)| ("disco", *reason, *n));
-    for (proto, reason, n) in wireguard.chain(disco) {
+    let relay = s
+        .udp_drops
+        .relay
+        .iter()
+        .map(|(reason, n)| ("relay", *reason, *n));
+    for (proto, reason, n) in wireguard.chain(disco).chain(relay) {
         let labels = [Label::new("proto", proto), Label::new("reason", reason)];
         counter!(UDP_DROPPED, labels.iter()).absolute(n);
     }

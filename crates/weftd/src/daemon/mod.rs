@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod profiles;
 pub mod relay;
+pub mod relay_addr;
 pub mod ssh;
 pub mod ssh_check;
 pub mod state_file;
@@ -184,6 +185,7 @@ async fn run_async(
         },
     )?;
     device.set_bound_port(engine.listen_port());
+    tunnel.set_injector(engine.injector());
     let port = engine.listen_port();
     let os = netlink::spawn(args.tun.clone()).context("cannot open a netlink socket")?;
     let dp = EngineDataPlane::new(Arc::clone(&tunnel), engine, os);

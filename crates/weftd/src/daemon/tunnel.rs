@@ -24,8 +24,13 @@
 //!   (the relay pump task, outside the engine's threads), and the UDP
 //!   datagrams disco answers with there wait for the next timer tick, the
 //!   only place outside the engine's packet path that can send on the socket.
-//!   Relayed WireGuard datagrams are dropped and counted until the relay
-//!   send/receive path for WireGuard exists (`docs/notes/noderelay-status.md`).
+//! * WireGuard over the relay: while disco's path for a peer is
+//!   `Relay(region)`, the peer's WireGuard endpoint is its relay endpoint
+//!   ([`super::relay_addr`]); the engine hands datagrams to those addresses
+//!   to [`Tunnel::send_diverted`] (one prefix compare per send run) and they
+//!   go out through the region's relay client. Relayed WireGuard datagrams
+//!   are handed to the engine's [`weft_net::Injector`], opened on the rx
+//!   thread with the sender's relay endpoint as source.
 //! * STUN (netcheck) on the WireGuard socket, so the reflexive address is
 //!   this socket's own mapping: disco's `Transmit::Stun` is encoded and sent
 //!   from it; a received datagram that is not a WireGuard data message
@@ -43,7 +48,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -57,6 +62,11 @@ use weft_types::{DiscoPublic, Endpoint, NodePublic};
 use weft_wg::{Decapsulated, Device, DeviceUpdate, DropReason, Encapsulated, PeerUpdate};
 
 use super::relay::{Input, Relays};
+use super::relay_addr::{self, RelayAddrs};
+
+/// How often relayed traffic to one peer is reported to disco (which then
+/// probes a settled peer for a direct path again).
+const RELAYED_TRAFFIC_NOTE: Duration = Duration::from_secs(1);
 
 /// Where the packet filter plugs in ([`super::filter::NodeFilter`]). A tunnel
 /// without hooks lets everything through. Packets come as the views
@@ -92,12 +102,21 @@ pub struct UdpDrops {
     pub wireguard: BTreeMap<DropReason, u64>,
     /// Disco's drops, by the names of [`weft_disco::Stats::by_reason`].
     pub disco: BTreeMap<&'static str, u64>,
+    /// WireGuard datagrams over the relay that were dropped before the
+    /// relay or WireGuard took them: `rx_not_opened` (received, the
+    /// engine's queue full or not running), `tx_not_sent` (no relay
+    /// connection for the region, or its send buffer full).
+    pub relay: BTreeMap<&'static str, u64>,
 }
 
 impl UdpDrops {
     /// Returns every drop counted.
     pub fn total(&self) -> u64 {
-        self.wireguard.values().chain(self.disco.values()).sum()
+        self.wireguard
+            .values()
+            .chain(self.disco.values())
+            .chain(self.relay.values())
+            .sum()
     }
 }
 
@@ -111,6 +130,9 @@ struct Traffic {
     filtered: AtomicU64,
     /// WireGuard drops by [`DropReason::ALL`] index (rx only).
     dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Datagrams for a relay endpoint that could not be sent (tx only: no
+    /// relay for the region, its queue full, an unknown endpoint).
+    dropped_relay: AtomicU64,
 }
 
 impl Traffic {
@@ -132,9 +154,16 @@ pub struct TailnetTunnel {
     /// UDP datagrams disco produced outside the engine's threads (answers
     /// to relayed disco), sent at the next timer tick.
     pending_udp: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
-    /// Relayed datagrams that were not disco (WireGuard over the relay is
-    /// not wired yet).
+    /// Relayed WireGuard datagrams dropped: no engine to open them yet, its
+    /// queue full, or the relay endpoint table full.
     relay_dropped: AtomicU64,
+    /// Relay endpoints of peers (see [`super::relay_addr`]).
+    relay_addrs: RwLock<RelayAddrs>,
+    /// When relayed traffic to each peer was last reported to disco.
+    relay_noted: Mutex<BTreeMap<NodePublic, Instant>>,
+    /// Where relayed WireGuard datagrams go to be opened (the engine's rx
+    /// thread); set once the engine runs.
+    injector: OnceLock<weft_net::Injector>,
     /// STUN-looking datagrams that did not parse as a Binding response.
     stun_malformed: AtomicU64,
     /// Disco's latest endpoints (local + STUN), for control.
@@ -158,6 +187,9 @@ impl TailnetTunnel {
             relays: OnceLock::new(),
             pending_udp: Mutex::new(Vec::new()),
             relay_dropped: AtomicU64::new(0),
+            relay_addrs: RwLock::new(RelayAddrs::default()),
+            relay_noted: Mutex::new(BTreeMap::new()),
+            injector: OnceLock::new(),
             stun_malformed: AtomicU64::new(0),
             endpoints: tokio::sync::watch::Sender::new(Vec::new()),
             home_relay: tokio::sync::watch::Sender::new(None),
@@ -183,6 +215,12 @@ impl TailnetTunnel {
     /// Installs the relay clients, once (`false` if already set).
     pub fn set_relays(&self, relays: Arc<Relays>) -> bool {
         self.relays.set(relays).is_ok()
+    }
+
+    /// Installs the engine's injector, once (`false` if already set): relayed
+    /// WireGuard datagrams are opened through it.
+    pub fn set_injector(&self, injector: weft_net::Injector) -> bool {
+        self.injector.set(injector).is_ok()
     }
 
     /// Returns the relay clients, if installed.
@@ -252,8 +290,8 @@ impl TailnetTunnel {
         self.disco().netcheck_now(now)
     }
 
-    /// Returns how many relayed datagrams were dropped because they were
-    /// not disco (until relayed WireGuard is wired, then in the metrics).
+    /// Returns how many relayed WireGuard datagrams were dropped before
+    /// WireGuard saw them.
     #[cfg(test)]
     pub fn relay_dropped(&self) -> u64 {
         self.relay_dropped.load(Ordering::Relaxed)
@@ -266,8 +304,7 @@ impl TailnetTunnel {
                 if weft_disco::is_disco(&data) {
                     self.disco().handle_relay(region, src, &data, now);
                 } else {
-                    self.relay_dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::trace!(%region, len = data.len(), "Relayed non-disco datagram dropped");
+                    self.open_relayed(region, &src, &data);
                     return;
                 }
             }
@@ -289,6 +326,31 @@ impl TailnetTunnel {
             }
         }
         self.drain(now, &mut |to, d| self.queue_udp(to, d));
+    }
+
+    /// Hands a relayed WireGuard datagram to the engine, from the sender's
+    /// relay endpoint.
+    fn open_relayed(&self, region: RegionId, src: &NodePublic, data: &[u8]) {
+        let from = self.relay_addr(region, src);
+        let queued = match (from, self.injector.get()) {
+            (Some(from), Some(inj)) => inj.inject(from, data.to_vec()),
+            _ => false,
+        };
+        if queued {
+            tracing::trace!(%region, len = data.len(), "Relayed datagram queued for WireGuard");
+        } else {
+            self.relay_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(%region, len = data.len(), "Relayed datagram dropped");
+        }
+    }
+
+    /// Returns `peer`'s relay endpoint through `region`.
+    fn relay_addr(&self, region: RegionId, peer: &NodePublic) -> Option<SocketAddr> {
+        let mut t = self
+            .relay_addrs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        t.addr(region, peer)
     }
 
     fn queue_udp(&self, to: SocketAddr, datagram: &[u8]) {
@@ -327,7 +389,15 @@ impl TailnetTunnel {
             "stun_malformed",
             self.stun_malformed.load(Ordering::Relaxed),
         );
-        UdpDrops { wireguard, disco }
+        let relay = BTreeMap::from([
+            ("rx_not_opened", self.relay_dropped.load(Ordering::Relaxed)),
+            ("tx_not_sent", self.tx.dropped_relay.load(Ordering::Relaxed)),
+        ]);
+        UdpDrops {
+            wireguard,
+            disco,
+            relay,
+        }
     }
 
     /// Returns our disco public key.
@@ -450,8 +520,30 @@ impl TailnetTunnel {
                     now,
                 );
             }
-            Event::PathChanged { peer, path } => {
-                tracing::debug!(peer = %peer.short(), ?path, "Direct path lost");
+            Event::PathChanged {
+                peer,
+                path: Some(Path::Relay(region)),
+            } => {
+                let Some(addr) = self.relay_addr(region, &peer) else {
+                    tracing::warn!(peer = %peer.short(), %region, "No relay endpoint left for a peer");
+                    return;
+                };
+                tracing::debug!(peer = %peer.short(), %region, "Relay path");
+                let update = PeerUpdate {
+                    update_only: true,
+                    endpoint: Some(addr),
+                    ..PeerUpdate::new(peer)
+                };
+                self.device.apply(
+                    DeviceUpdate {
+                        peers: vec![update],
+                        ..DeviceUpdate::default()
+                    },
+                    now,
+                );
+            }
+            Event::PathChanged { peer, path: None } => {
+                tracing::debug!(peer = %peer.short(), "No path");
             }
             Event::HomeRelayChanged { region } => {
                 tracing::info!(?region, "Home relay");
@@ -557,6 +649,47 @@ impl Tunnel for TailnetTunnel {
                 Decapsulated::Dropped(reason)
             }
             other => other,
+        }
+    }
+
+    fn diverts(&self, to: SocketAddr) -> bool {
+        relay_addr::is_relay_addr(&to)
+    }
+
+    fn send_diverted(&self, to: SocketAddr, datagram: &[u8]) {
+        let Some((region, peer)) = self
+            .relay_addrs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lookup(&to)
+        else {
+            self.tx.dropped_relay.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(relays) = self.relays.get() else {
+            self.tx.dropped_relay.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let now = crate::clock::now();
+        if !relays.send(region, &peer, datagram, now) {
+            self.tx.dropped_relay.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::trace!(%region, peer = %peer.short(), len = datagram.len(), "Sent through the relay");
+        let note = {
+            let mut noted = self
+                .relay_noted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match noted.get(&peer) {
+                Some(t) if now.saturating_duration_since(*t) < RELAYED_TRAFFIC_NOTE => false,
+                _ => {
+                    noted.insert(peer, now);
+                    true
+                }
+            }
+        };
+        if note {
+            self.disco().handle_relayed_traffic(&peer, now);
         }
     }
 

@@ -1052,3 +1052,89 @@ fn peer_hostnames_helper_reads_status() {
     assert_eq!(peer_hostnames(&st), vec!["a", "b"]);
     assert!(peer(&st, "b").is_some());
 }
+
+/// Two nodes whose UDP to each other is dropped (a firewall between them; control and its relay
+/// stay reachable) talk through control's relay from the first packet: ICMP, `weft ping` says
+/// `via relay(...)`, `weft status --json` names the region, and a checksummed TCP transfer
+/// arrives whole.
+#[test]
+fn peers_without_udp_between_them_talk_through_the_relay_from_the_first_ping() -> anyhow::Result<()>
+{
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let control = net.control("ctl")?;
+    control.ensure_user("alice")?;
+    let key = control.create_key(
+        "alice",
+        &KeyOptions {
+            reusable: true,
+            ..KeyOptions::default()
+        },
+    )?;
+    let (r1, r2) = (net.node("r1")?, net.node("r2")?);
+    // r1 drops all UDP to and from r2, both ways; everything else (control, relay, STUN) passes.
+    let other = r2.underlay_addr();
+    r1.netns().nft(&format!(
+        "table inet nodirect {{
+           chain out {{ type filter hook output priority 0; ip daddr {other} meta l4proto udp drop; }}
+           chain in {{ type filter hook input priority 0; ip saddr {other} meta l4proto udp drop; }}
+         }}"
+    ))?;
+    with_diagnostics(
+        || {
+            r2.up_with_key(&control, &key)?;
+            r1.up_with_key(&control, &key)?;
+            let ip2 = r2.ip4()?;
+            #[allow(clippy::disallowed_methods)] // the test measures elapsed wall time
+            let started = std::time::Instant::now();
+            let out = r1
+                .netns()
+                .command("ping")
+                .args(["-n", "-i", "0.2", "-c", "1", "-w", "10", &ip2.to_string()])
+                .timeout(SECS(15))
+                .run_unchecked()?;
+            let took = started.elapsed();
+            ensure!(
+                out.stdout.contains("1 received"),
+                "no reply through the relay within 10 s: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            eprintln!("first ping through the relay answered after {took:?}");
+            let out = r1.weft(["ping", "-c", "3", "r2"]).run_unchecked()?;
+            ensure!(
+                out.stdout.contains("pong from r2") && out.stdout.contains("via relay(weft)"),
+                "weft ping r2: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            let st = r1.status_json()?;
+            let peer = st["peers"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["hostname"] == "r2"))
+                .cloned()
+                .unwrap_or_default();
+            ensure!(peer["relay"] == "weft", "r2 in r1's status: {peer}");
+            // netcheck from the node's own socket: UDP to control's STUN works, the public
+            // address is the underlay one (no NAT here), and the relay region has a latency.
+            let nc: serde_json::Value = r1.weft(["netcheck", "--json"]).json()?;
+            ensure!(
+                nc["udp"] == true
+                    && nc["global_v4"] == format!("{}:41641", r1.underlay_addr())
+                    && nc["preferred_region"] == 900
+                    && nc["regions"][0]["code"] == "weft"
+                    && nc["regions"][0]["latency_ms"].is_f64(),
+                "weft netcheck --json: {nc}"
+            );
+            let text = r1.weft(["netcheck"]).run()?.stdout;
+            ensure!(
+                text.contains("UDP: true") && text.contains("Nearest relay:"),
+                "{text}"
+            );
+            let dest = SocketAddr::new(ip2.into(), 5201);
+            tcp_transfer(r1.netns(), r2.netns(), dest, 4 << 20, SECS(30))?.verify()?;
+            Ok(())
+        },
+        || report(&control, &[&r1, &r2]),
+    )
+}

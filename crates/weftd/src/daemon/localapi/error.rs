@@ -38,7 +38,7 @@ impl From<BackendError> for ApiError {
         let status = match &e {
             BackendError::ServerChangeNeedsLogin | BackendError::InvalidPrefs(_) => 400,
             BackendError::Profile(ProfileError::Unknown(_)) | BackendError::NoPeer(_) => 404,
-            BackendError::ProfileChanged => 409,
+            BackendError::ProfileChanged | BackendError::NoRelayMap => 409,
             BackendError::Profile(ProfileError::State(_)) | BackendError::State(_) => 500,
             BackendError::LogoutFailed(_)
             | BackendError::PeerUnusable { .. }

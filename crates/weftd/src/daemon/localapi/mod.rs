@@ -34,7 +34,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use tokio::net::UnixListener;
-use weft_localapi::{Notify, PREFIX, PingPath, PingRequest, PingResult, PrefsPatch, StartRequest};
+use weft_localapi::{
+    NetcheckRegion, NetcheckReport, Notify, PREFIX, PingPath, PingRequest, PingResult, PrefsPatch,
+    StartRequest,
+};
 
 pub use error::ApiError;
 
@@ -134,6 +137,7 @@ pub fn router(
             post(profile_switch).delete(profile_delete),
         )
         .route("/ping", post(ping_h))
+        .route("/netcheck", get(netcheck_h))
         .route("/whois", get(whois_h))
         .route("/watch", get(watch_h))
         .route("/debug/prefs", get(debug_prefs_h))
@@ -329,18 +333,73 @@ async fn ping_h(State(st): State<AppState>, body: Bytes) -> Result<Response, Api
     // The core times the ping out itself; the extra second only guards
     // against a core that never answers.
     match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
-        Ok(Ok(weft_disco::PingOutcome::Pong { path, rtt })) => Ok(Json(PingResult {
-            node_name: name,
-            node_ip: ip,
-            via: match path {
+        Ok(Ok(weft_disco::PingOutcome::Pong { path, rtt })) => {
+            let via = match path {
                 weft_disco::Path::Direct(addr) => PingPath::Direct(addr),
-                weft_disco::Path::Relay(region) => PingPath::Relay(region.to_string()),
-            },
-            latency_ms: rtt.as_secs_f64() * 1000.0,
-        })
-        .into_response()),
+                weft_disco::Path::Relay(region) => PingPath::Relay(
+                    st.handle
+                        .call(move |b| b.relay_region_name(region.0))
+                        .await?,
+                ),
+            };
+            Ok(Json(PingResult {
+                node_name: name,
+                node_ip: ip,
+                via,
+                latency_ms: rtt.as_secs_f64() * 1000.0,
+            })
+            .into_response())
+        }
         _ => Err(timed_out()),
     }
+}
+
+/// How long `GET netcheck` waits for the run it starts.
+const NETCHECK_WAIT: Duration = Duration::from_secs(5);
+
+async fn netcheck_h(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let (mut rx, regions) = st.handle.call(|b| b.netcheck()).await??;
+    if tokio::time::timeout(NETCHECK_WAIT, rx.changed())
+        .await
+        .is_err()
+    {
+        return Err(ApiError::new(
+            504,
+            format!(
+                "netcheck did not finish within {} s",
+                NETCHECK_WAIT.as_secs()
+            ),
+        ));
+    }
+    let report = rx
+        .borrow()
+        .clone()
+        .ok_or_else(|| ApiError::new(503, "netcheck ended without a report; weftd is stopping"))?;
+    let latency = |id: u16| {
+        report
+            .region_latency
+            .get(&weft_disco::RegionId(id))
+            .map(|d| d.as_secs_f64() * 1000.0)
+    };
+    Ok(Json(NetcheckReport {
+        udp: report.udp,
+        global_v4: report.global_v4,
+        global_v6: report.global_v6,
+        mapping_varies_by_dest_ip: report.mapping_varies_by_dest_ip,
+        port_mapping: None,
+        regions: regions
+            .into_iter()
+            .map(|g| NetcheckRegion {
+                latency_ms: latency(g.id),
+                ..g
+            })
+            .collect(),
+        preferred_region: report.preferred_region.map(|r| r.0),
+        udp_retry_in_ms: report
+            .udp_retry_in
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    })
+    .into_response())
 }
 
 #[derive(serde::Deserialize)]
