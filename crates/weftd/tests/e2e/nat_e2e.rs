@@ -244,8 +244,13 @@ fn icmp_now(from: &Node, to: &Node, n: u32) -> anyhow::Result<()> {
 
 /// Hard NAT on both sides: no direct path is possible, traffic goes through the relay from the
 /// first packet and stays up (ICMP and a checksummed 32 MiB TCP transfer both ways).
+///
+/// Fails today (4 runs of 4): the first transfer often completes (32 MiB in 0.31-0.34 s, ~0.8
+/// Gbit/s), then a transfer stalls after 2-12 MiB and never resumes: the relay connections stay
+/// up (no disconnect logged), yet nothing more crosses and both WireGuard sessions log
+/// `HANDSHAKE(KEEPALIVE + REKEY_TIMEOUT)` ~17 s later.
 #[test]
-#[ignore = "needs WireGuard over the relay (issue 12 item 3)"]
+#[ignore = "relayed TCP stalls for good after a few MiB (WireGuard over the relay, issue 12 item 3)"]
 fn hard_nat_to_hard_nat_is_relayed_from_the_first_ping_and_carries_32_mib() -> anyhow::Result<()> {
     let lab = lab!();
     let net = tailnet(&lab)?;
@@ -279,27 +284,39 @@ fn hard_nat_to_hard_nat_is_relayed_from_the_first_ping_and_carries_32_mib() -> a
 /// One site drops all UDP: disco reaches the peer through the relay (over TCP), and the peer
 /// shows as relayed.
 ///
-/// Fails today one way: `a` reaches `b` through `b`'s home relay, but weftd behind the
-/// UDP-blocked router never picks a home relay of its own (its log has no `Home relay` line; its
-/// netcheck gets no STUN answer), so `b` has no relay to reach `a` through.
+/// `weft netcheck` there says UDP: false.
 #[test]
-#[ignore = "weftd picks no home relay when UDP is blocked (issue 12 item 3: relay-only over TCP)"]
 fn udp_blocked_site_reaches_its_peer_through_the_relay_over_tcp() -> anyhow::Result<()> {
     let lab = lab!();
     let net = tailnet(&lab)?;
     let p = Pair::start(&net, NatKind::UdpBlocked, NatKind::NoNat)?;
     with_diagnostics(
         || {
+            // b reaches a only through a's home relay, which a picks once its STUN probes have
+            // gone unanswered: allow it 10 s, and say how long it took.
+            let started = now();
             relayed_pong(&p.a, &p.b)?;
-            relayed_pong(&p.b, &p.a)?;
+            wait_until(SECS(10), "b to get a relayed pong from a", || {
+                Ok(relayed_pong(&p.b, &p.a).is_ok())
+            })?;
+            eprintln!(
+                "both ways relayed {:?} after both were up",
+                started.elapsed()
+            );
             let st = p.a.status_json()?;
             let pb = peer(&st, "b").context("b in a's status")?;
             ensure!(
                 pb["relay"].is_string() && pb["cur_addr"].is_null(),
                 "a should show b as relayed: {pb}"
             );
-            // TODO(issue 12 item 4): `weft netcheck --json` must say UDP: no here; the command
-            // does not exist yet. Disco's view (relayed, no direct address) is checked above.
+            // netcheck on a's own socket: no UDP, no public address.
+            let nc: serde_json::Value = p.a.weft(["netcheck", "--json"]).json()?;
+            ensure!(
+                nc["udp"] == false && nc["global_v4"].is_null(),
+                "weft netcheck --json behind the UDP-blocked router: {nc}"
+            );
+            let text = p.a.weft(["netcheck"]).run()?.stdout;
+            ensure!(text.contains("UDP: false"), "weft netcheck: {text}");
             Ok(())
         },
         || p.report(),
@@ -308,7 +325,6 @@ fn udp_blocked_site_reaches_its_peer_through_the_relay_over_tcp() -> anyhow::Res
 
 /// The same site's tailnet traffic (ICMP and TCP) through the relay.
 #[test]
-#[ignore = "needs WireGuard over the relay (issue 12 item 3)"]
 fn udp_blocked_site_carries_tailnet_traffic_through_the_relay() -> anyhow::Result<()> {
     let lab = lab!();
     let net = tailnet(&lab)?;
@@ -342,9 +358,8 @@ fn time_to_ping(from: &Node, to: Ipv4Addr, limit: Duration) -> anyhow::Result<Du
 }
 
 /// The relay (embedded in control) restarts: relayed traffic between two hard-NAT nodes is back
-/// within 5 s of it serving again.
+/// within 5 s of it serving again (seen: 0.44-1.03 s).
 #[test]
-#[ignore = "needs WireGuard over the relay (issue 12 item 3)"]
 fn relayed_traffic_resumes_within_5s_after_the_relay_restarts() -> anyhow::Result<()> {
     let lab = lab!();
     let net = tailnet(&lab)?;
