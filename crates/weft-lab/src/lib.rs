@@ -81,8 +81,10 @@
 //!   one; dead: leftovers) are deleted.
 //! * Every command and wait has a time limit.
 //!
-//! Later additions are expected to live here too: topologies (NAT routers with nftables, a
-//! control server namespace), SSH clients, PostgreSQL helpers.
+//! * **Tailnets** — [`tailnet`]: control and weftd nodes on a switched underlay; [`nat`]: sites
+//!   behind real nftables NAT routers (easy, hard, UDP blocked) on that underlay.
+//!
+//! Later additions are expected to live here too: SSH clients, PostgreSQL helpers.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -90,6 +92,7 @@ pub mod account;
 mod error;
 mod lab;
 pub mod names;
+pub mod nat;
 mod netns;
 mod prereq;
 mod process;

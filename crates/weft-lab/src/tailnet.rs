@@ -4,8 +4,9 @@
 //! What it is: the shared fixture of every tailnet e2e test and of `weft-demo`. One
 //! [`Tailnet`] per test owns a hub namespace with a bridge on a fresh /24 of 198.19.0.0/16
 //! (inside the project's 198.18.0.0/15); every [`Control`] and [`Node`] gets its own namespace
-//! with one veth into that bridge, so everybody reaches everybody directly on the underlay. What
-//! it is not: a NAT lab (build routers with [`Lab::router`] for that) or an in-process fake.
+//! with one veth into that bridge (the underlay: everybody there reaches everybody directly).
+//! Sites behind NAT routers on the same underlay ("the internet"): [`crate::nat`]. What it is not: an
+//! in-process fake.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -222,11 +223,8 @@ impl<'lab> Tailnet<'lab> {
     /// # Errors
     /// When `ip` fails or the /24 is full.
     pub fn attach(&self, short: &str) -> Result<(Netns, Ipv4Addr)> {
-        let host = self.next_host.fetch_add(1, Ordering::Relaxed);
-        if host > 250 {
-            return Err(LabError::Invalid("the underlay /24 is full".into()));
-        }
-        let addr = Ipv4Addr::from(u32::from(self.subnet) + host);
+        let addr = self.new_underlay_addr()?;
+        let host = u32::from(addr) - u32::from(self.subnet);
         let ns = self.lab.netns(short)?;
         let hub_if = format!("p{host}");
         crate::process::host_command("ip")
@@ -248,6 +246,20 @@ impl<'lab> Tailnet<'lab> {
             },
         )?;
         Ok((ns, addr))
+    }
+
+    /// Hands out the next free underlay address (`.1`, `.2`, …), for [`Tailnet::attach`] and for
+    /// a namespace that moves to a new address on the underlay (roaming, see
+    /// [`crate::nat::Site::roam`]).
+    ///
+    /// # Errors
+    /// When the /24 is full.
+    pub fn new_underlay_addr(&self) -> Result<Ipv4Addr> {
+        let host = self.next_host.fetch_add(1, Ordering::Relaxed);
+        if host > 250 {
+            return Err(LabError::Invalid("the underlay /24 is full".into()));
+        }
+        Ok(Ipv4Addr::from(u32::from(self.subnet) + host))
     }
 
     /// Starts `weft-control serve` in a new namespace `short` (listening on its underlay
@@ -294,6 +306,18 @@ impl<'lab> Tailnet<'lab> {
     /// When it does not start.
     pub fn node_with(&self, short: &str, opts: NodeOptions) -> Result<Node> {
         let (ns, addr) = self.attach(short)?;
+        self.node_in(ns, addr, opts)
+    }
+
+    /// Starts `weftd` (as [`Tailnet::node_with`]) in an existing namespace `ns` whose address
+    /// is `addr` — e.g. a host behind a NAT router ([`crate::nat::Site::node`]). The node is
+    /// named after the namespace's short name.
+    ///
+    /// # Errors
+    /// When it does not start.
+    pub fn node_in(&self, ns: Netns, addr: Ipv4Addr, opts: NodeOptions) -> Result<Node> {
+        let short = ns.short().to_owned();
+        let short = short.as_str();
         let dir = self.lab.dir().join(short);
         std::fs::create_dir_all(&dir)
             .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
@@ -413,6 +437,15 @@ impl Control {
         self.ns.wait_tcp_listen(CONTROL_PORT, START_TIMEOUT)?;
         *guard = Some(process);
         Ok(())
+    }
+
+    /// Returns the server's PID, if running (its relay runs in the same process).
+    pub fn pid(&self) -> Option<u32> {
+        self.process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Process::pid)
     }
 
     /// Stops the server (SIGTERM, then SIGKILL), keeping its state.

@@ -292,5 +292,192 @@ fn the_readme_demo_runs_as_root_on_a_machine_without_sudo() -> anyhow::Result<()
         out.stdout
     );
     assert!(!format!("{}{}", out.stdout, out.stderr).contains("sudo"));
+
+/// A UDP reflector in `ns` on `addr`: answers each datagram with the source address it saw
+/// (`ip:port` as text). Serves at most 16 datagrams and stops after 10 s without one.
+fn udp_reflector(ns: &weft_lab::Netns, addr: SocketAddr) -> anyhow::Result<()> {
+    let sock = ns.udp_socket(addr)?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        for _ in 0..16 {
+            let Ok((_, from)) = sock.recv_from(&mut buf) else {
+                return;
+            };
+            let _ = sock.send_to(from.to_string().as_bytes(), from);
+        }
+    });
+    Ok(())
+}
+
+/// Sends one datagram from `sock` to `to` and returns the source address the far end saw, or
+/// `None` when no answer comes within 1 s.
+fn seen_from(sock: &std::net::UdpSocket, to: SocketAddr) -> anyhow::Result<Option<SocketAddr>> {
+    sock.send_to(b"who am i", to)?;
+    let mut buf = [0u8; 64];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => {
+            anyhow::ensure!(from == to, "answer from {from}, asked {to}");
+            Ok(Some(std::str::from_utf8(&buf[..n])?.parse()?))
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Each NAT kind of `weft_lab::nat` does what it claims, seen from two UDP reflectors on the
+/// internet: one socket, two destinations. No NAT: our own address. Easy: the router's address,
+/// the same port to both, our own port kept. Hard: the router's address, a different port per
+/// destination. UDP blocked: no answer at all, while TCP through the same router works.
+#[test]
+fn nat_sites_map_udp_as_their_kind_claims() -> anyhow::Result<()> {
+    use weft_lab::nat::{NatKind, Site};
+    use weft_lab::tailnet::{Binaries, Tailnet};
+    let lab = e2e_lab!("nft");
+    // The tailnet's underlay is the internet; no weft binary runs in this test.
+    let none = std::path::PathBuf::from("/nonexistent");
+    let net = Tailnet::with_binaries(
+        &lab,
+        Binaries {
+            control: none.clone(),
+            weftd: none.clone(),
+            weft: none,
+        },
+    )?;
+    let (e1, a1) = net.attach("echo1")?;
+    let (e2, a2) = net.attach("echo2")?;
+    let (d1, d2) = (
+        SocketAddr::new(a1.into(), 3478),
+        SocketAddr::new(a2.into(), 3478),
+    );
+    const LOCAL_PORT: u16 = 40000;
+    udp_reflector(&e1, d1)?;
+    udp_reflector(&e2, d2)?;
+    for (i, kind) in [
+        NatKind::NoNat,
+        NatKind::Easy,
+        NatKind::Hard,
+        NatKind::UdpBlocked,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let site = Site::new(&net, &format!("s{i}"), kind)?;
+        let (host, own) = site.host(&format!("h{i}"))?;
+        let sock = host.udp_socket(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), LOCAL_PORT))?;
+        sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let (s1, s2) = (seen_from(&sock, d1)?, seen_from(&sock, d2)?);
+        let public = site.public_addr().map(IpAddr::from);
+        match kind {
+            NatKind::NoNat => {
+                let own = SocketAddr::new(own.into(), LOCAL_PORT);
+                assert_eq!((s1, s2), (Some(own), Some(own)), "{kind:?}");
+                assert_eq!(public, None);
+            }
+            NatKind::Easy => {
+                let mapped = SocketAddr::new(public.unwrap(), LOCAL_PORT);
+                assert_eq!((s1, s2), (Some(mapped), Some(mapped)), "{kind:?}");
+                // Hole punching: a peer's packet that arrives before ours is dropped and does
+                // not disturb the mapping our packet to that peer makes afterwards.
+                let peer = e1.udp_socket(SocketAddr::new(a1.into(), 3479))?;
+                peer.set_read_timeout(Some(Duration::from_secs(1)))?;
+                peer.send_to(b"early", (public.unwrap(), LOCAL_PORT + 1))?;
+                let sock2 = host.udp_socket(SocketAddr::new(
+                    Ipv4Addr::UNSPECIFIED.into(),
+                    LOCAL_PORT + 1,
+                ))?;
+                sock2.set_read_timeout(Some(Duration::from_millis(300)))?;
+                let mut buf = [0u8; 16];
+                assert!(
+                    sock2.recv_from(&mut buf).is_err(),
+                    "an unsolicited packet got in"
+                );
+                sock2.send_to(b"punch", peer.local_addr()?)?;
+                let (_, seen) = peer.recv_from(&mut buf)?;
+                assert_eq!(
+                    seen,
+                    SocketAddr::new(public.unwrap(), LOCAL_PORT + 1),
+                    "{kind:?}"
+                );
+                peer.send_to(b"back", seen)?;
+                let (n, _) = sock2.recv_from(&mut buf)?;
+                assert_eq!(&buf[..n], b"back");
+            }
+            NatKind::Hard => {
+                let (s1, s2) = (s1.unwrap(), s2.unwrap());
+                assert_eq!((s1.ip(), s2.ip()), (public.unwrap(), public.unwrap()));
+                assert_ne!(
+                    s1.port(),
+                    s2.port(),
+                    "{kind:?}: one mapping for two destinations"
+                );
+            }
+            NatKind::UdpBlocked => {
+                assert_eq!((s1, s2), (None, None), "{kind:?}");
+                let r = tcp_transfer(
+                    &host,
+                    &e1,
+                    SocketAddr::new(a1.into(), 5001),
+                    64 * 1024,
+                    Duration::from_secs(10),
+                )?;
+                r.verify()?;
+            }
+        }
+        // The internet has no route to the LAN: only the router's address is reachable.
+        if let Some(gw) = site.gateway() {
+            assert!(
+                e1.ping(own.into(), 1).is_err(),
+                "{kind:?}: LAN reachable from outside"
+            );
+            host.ping(IpAddr::from(gw), 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Roaming gives the host a new address behind the same router; the router maps it afresh.
+#[test]
+fn a_roaming_host_gets_a_new_lan_address_and_keeps_its_route_out() -> anyhow::Result<()> {
+    use weft_lab::nat::{NatKind, Site};
+    use weft_lab::tailnet::{Binaries, Tailnet};
+    let lab = e2e_lab!("nft", "ping");
+    let none = std::path::PathBuf::from("/nonexistent");
+    let net = Tailnet::with_binaries(
+        &lab,
+        Binaries {
+            control: none.clone(),
+            weftd: none.clone(),
+            weft: none,
+        },
+    )?;
+    let (e1, a1) = net.attach("echo1")?;
+    let site = Site::new(&net, "home", NatKind::Easy)?;
+    let (host, old) = site.host("laptop")?;
+    let new = site.roam(&host)?;
+    assert_ne!(old, new);
+    let addrs = host
+        .ip(["-o", "-4", "addr", "show", "dev", weft_lab::nat::LAN_IF])?
+        .stdout;
+    assert!(
+        addrs.contains(&format!("{new}/24")) && !addrs.contains(&format!("{old}/24")),
+        "{addrs}"
+    );
+    host.ping(IpAddr::from(a1), 1)?;
+    let d1 = SocketAddr::new(a1.into(), 3478);
+    udp_reflector(&e1, d1)?;
+    let sock = host.udp_socket(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 40001))?;
+    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    assert_eq!(
+        seen_from(&sock, d1)?,
+        Some(SocketAddr::new(site.public_addr().unwrap().into(), 40001))
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@
 mod daemon_process;
 mod first_hour_e2e;
 mod https_e2e;
+mod nat_e2e;
 mod policy_e2e;
 mod ssh_check_e2e;
 mod ssh_common;
