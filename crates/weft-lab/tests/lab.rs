@@ -236,63 +236,6 @@ fn two_wireguard_go_devices_configured_with_wg_reach_each_other() -> anyhow::Res
     Ok(())
 }
 
-/// The README's first command on a fresh root machine without `sudo`: the command as the README
-/// writes it has no `sudo`, and `target/debug/weft-demo --once` (the same binary, the short mode
-/// so that it ends by itself) runs with a `PATH` from which `sudo` is removed, builds its tailnet,
-/// prints every node's status and its pings, and tears everything down.
-#[test]
-fn the_readme_demo_runs_as_root_on_a_machine_without_sudo() -> anyhow::Result<()> {
-    let lab = e2e_lab!("ping", "/dev/net/tun");
-    let readme = include_str!("../../../README.md");
-    let first = "cargo build --workspace --bins && ./target/debug/weft-demo";
-    assert!(
-        readme.contains(&format!("```sh\n{first}\n```")),
-        "README's first command changed; update this test with it"
-    );
-    assert!(
-        readme.contains("cargo test --workspace --locked"),
-        "README's second command changed"
-    );
-    // Every directory of PATH, mirrored without `sudo`: a machine where it is not installed.
-    let bin = lab.dir().join("path-without-sudo");
-    std::fs::create_dir_all(&bin)?;
-    let path = std::env::var("PATH").unwrap_or_default();
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let link = bin.join(&name);
-            if name == "sudo" || link.exists() {
-                continue;
-            }
-            std::os::unix::fs::symlink(e.path(), &link)?;
-        }
-    }
-    assert!(!bin.join("sudo").exists());
-    let demo = env!("CARGO_BIN_EXE_weft-demo");
-    let out = host_command(demo)
-        .arg("--once")
-        .env("PATH", bin.display().to_string())
-        .timeout(Duration::from_secs(180))
-        .run_unchecked()?;
-    assert!(
-        out.status.success(),
-        "weft-demo --once failed without sudo: {}\n{}",
-        out.stdout,
-        out.stderr
-    );
-    for node in ["alpha", "beta", "gamma"] {
-        assert!(out.stdout.contains(node), "{node} missing: {}", out.stdout);
-    }
-    assert!(
-        out.stdout.contains("pong from"),
-        "no weft ping answered: {}",
-        out.stdout
-    );
-    assert!(!format!("{}{}", out.stdout, out.stderr).contains("sudo"));
-
 /// A UDP reflector in `ns` on `addr`: answers each datagram with the source address it saw
 /// (`ip:port` as text). Serves at most 16 datagrams and stops after 10 s without one.
 fn udp_reflector(ns: &weft_lab::Netns, addr: SocketAddr) -> anyhow::Result<()> {
@@ -479,5 +422,64 @@ fn a_roaming_host_gets_a_new_lan_address_and_keeps_its_route_out() -> anyhow::Re
         seen_from(&sock, d1)?,
         Some(SocketAddr::new(site.public_addr().unwrap().into(), 40001))
     );
+    Ok(())
+}
+
+/// The README's first command on a fresh root machine without `sudo`: the command as the README
+/// writes it has no `sudo`, and `target/debug/weft-demo --once` (the same binary, the short mode
+/// so that it ends by itself) runs with a `PATH` from which `sudo` is removed, builds its tailnet,
+/// prints every node's status and its pings, and tears everything down.
+#[test]
+fn the_readme_demo_runs_as_root_on_a_machine_without_sudo() -> anyhow::Result<()> {
+    let lab = e2e_lab!("ping", "/dev/net/tun");
+    let readme = include_str!("../../../README.md");
+    let first = "cargo build --workspace --bins && ./target/debug/weft-demo";
+    assert!(
+        readme.contains(&format!("```sh\n{first}\n```")),
+        "README's first command changed; update this test with it"
+    );
+    assert!(
+        readme.contains("cargo test --workspace --locked"),
+        "README's second command changed"
+    );
+    // Every directory of PATH, mirrored without `sudo`: a machine where it is not installed.
+    let bin = lab.dir().join("path-without-sudo");
+    std::fs::create_dir_all(&bin)?;
+    let path = std::env::var("PATH").unwrap_or_default();
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let link = bin.join(&name);
+            if name == "sudo" || link.exists() {
+                continue;
+            }
+            std::os::unix::fs::symlink(e.path(), &link)?;
+        }
+    }
+    assert!(!bin.join("sudo").exists());
+    let demo = env!("CARGO_BIN_EXE_weft-demo");
+    let out = host_command(demo)
+        .arg("--once")
+        .env("PATH", bin.display().to_string())
+        .timeout(Duration::from_secs(180))
+        .run_unchecked()?;
+    assert!(
+        out.status.success(),
+        "weft-demo --once failed without sudo: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    for node in ["alpha", "beta", "gamma"] {
+        assert!(out.stdout.contains(node), "{node} missing: {}", out.stdout);
+    }
+    assert!(
+        out.stdout.contains("pong from"),
+        "no weft ping answered: {}",
+        out.stdout
+    );
+    assert!(!format!("{}{}", out.stdout, out.stderr).contains("sudo"));
     Ok(())
 }
