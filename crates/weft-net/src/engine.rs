@@ -625,6 +625,9 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
     let coalesce = writer.coalesces();
     let mut view = shared.socket.view();
     let c = &shared.counters;
+    // The injector's descriptor woke the last wait: drain it even if its
+    // flag reads clear (see `Notify::clear`).
+    let mut inject_woke = false;
     loop {
         if shared.stop.is_set() {
             return Ok(());
@@ -634,7 +637,7 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
         }
         shared.socket.refresh(&mut view);
         let sock = &*view.sock;
-        if shared.inject.ready.is_set() {
+        if std::mem::take(&mut inject_woke) || shared.inject.ready.is_set() {
             open_injected(shared, sock, &mut writer, coalesce)?;
         }
         let n = {
@@ -645,12 +648,13 @@ fn rx_thread<T: Tunnel>(shared: &Shared<T>) -> io::Result<()> {
             match sock.recv(&mut iovs, &mut meta) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    notify::wait(
+                    let ready = notify::wait(
                         sock.as_fd(),
                         PollFlags::POLLIN,
                         &[&shared.stop, &shared.socket.rebound, &shared.inject.ready],
                         None,
                     )?;
+                    inject_woke = ready.notified[2];
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

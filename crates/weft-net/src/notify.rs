@@ -49,12 +49,24 @@ impl Notify {
         self.set.load(Ordering::Acquire)
     }
 
-    /// Clears the flag and drains the descriptor.
+    /// Drains the descriptor, then clears the flag.
+    ///
+    /// In this order, so that a [`Notify::notify`] racing with it is never
+    /// lost: one that found the flag still set (and so wrote nothing)
+    /// happened before the flag was cleared, so whatever it announced is
+    /// visible to the caller after `clear` returns; one that comes later
+    /// sets the flag and writes, and wakes the next `poll`. (Clearing the
+    /// flag first let a racing `notify` write between the two steps, the
+    /// read then swallowed that write, and the flag stayed set with the
+    /// descriptor empty: every later `notify` saw the flag set and wrote
+    /// nothing, and a thread polling the descriptor slept for good.)
+    /// A racing `notify` may leave the descriptor readable with the flag
+    /// clear; a waiter then wakes once for nothing and must call `clear`
+    /// on any wake-up it sees from this notifier.
     pub fn clear(&self) {
-        if self.set.swap(false, Ordering::AcqRel) {
-            // EAGAIN when already drained is fine.
-            let _ = self.fd.read();
-        }
+        // EAGAIN when already drained is fine.
+        let _ = self.fd.read();
+        self.set.store(false, Ordering::Release);
     }
 }
 
@@ -137,6 +149,58 @@ mod tests {
         assert!(!stop.is_set());
         let r = wait(a.as_fd(), PollFlags::POLLIN, &[&stop], Some(Duration::ZERO)).unwrap();
         assert!(!r.notified[0]);
+    }
+
+    /// A producer publishes a counter and notifies; a consumer waits,
+    /// clears, then reads the counter. Every notify must either wake a
+    /// later wait or be visible after the `clear` before it: the consumer
+    /// reaches the final value without a wait that times out. (With the
+    /// flag cleared before draining, a notify racing with `clear` was
+    /// swallowed and the consumer slept for good: the relay's receive path
+    /// stalled under load.)
+    #[test]
+    fn a_notify_racing_with_clear_is_never_lost() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicU64;
+        const N: u64 = 200_000;
+        let (idle, _peer) = UnixDatagram::pair().unwrap();
+        let n = Arc::new(Notify::new().unwrap());
+        let count = Arc::new(AtomicU64::new(0));
+        let producer = {
+            let (n, count) = (Arc::clone(&n), Arc::clone(&count));
+            std::thread::spawn(move || {
+                for i in 1..=N {
+                    count.store(i, Ordering::Release);
+                    n.notify();
+                }
+            })
+        };
+        let mut woke = false;
+        loop {
+            if woke || n.is_set() {
+                n.clear();
+            }
+            if count.load(Ordering::Acquire) == N {
+                break;
+            }
+            let r = wait(
+                idle.as_fd(),
+                PollFlags::POLLIN,
+                &[&*n],
+                Some(Duration::from_secs(2)),
+            )
+            .unwrap();
+            woke = r.notified[0];
+            // We only wait while the producer has more to publish, and each
+            // of its notifies comes after we read the count: a wait that
+            // timed out missed one.
+            assert!(
+                woke,
+                "a notify was lost: slept 2 s at {} of {N}",
+                count.load(Ordering::Acquire)
+            );
+        }
+        producer.join().unwrap();
     }
 
     #[test]

@@ -53,6 +53,24 @@ pub struct Series<T> {
 /// The engine's I/O counters.
 pub const ENGINE_SERIES: &[Series<EngineStats>] = &[
     Series {
+        name: "weftd_relay_sent_datagrams_total",
+        kind: Kind::Counter,
+        help: "WireGuard datagrams handed to a relay instead of the UDP socket.",
+        value: |e| e.diverted_datagrams,
+    },
+    Series {
+        name: "weftd_relay_received_datagrams_total",
+        kind: Kind::Counter,
+        help: "WireGuard datagrams received through a relay and opened.",
+        value: |e| e.injected_datagrams,
+    },
+    Series {
+        name: "weftd_relay_receive_queue_dropped_total",
+        kind: Kind::Counter,
+        help: "WireGuard datagrams received through a relay and dropped: the engine's queue was full.",
+        value: |e| e.inject_dropped,
+    },
+    Series {
         name: "weftd_udp_received_datagrams_total",
         kind: Kind::Counter,
         help: "UDP datagrams received (WireGuard and disco).",

@@ -1055,7 +1055,7 @@ fn peer_hostnames_helper_reads_status() {
 
 /// Two nodes whose UDP to each other is dropped (a firewall between them; control and its relay
 /// stay reachable) talk through control's relay from the first packet: ICMP, `weft ping` says
-/// `via relay(...)`, `weft status --json` names the region, and a checksummed TCP transfer
+/// `via relay(...)`, `weft status --json` names the region, and a checksummed 32 MiB TCP transfer
 /// arrives whole.
 #[test]
 fn peers_without_udp_between_them_talk_through_the_relay_from_the_first_ping() -> anyhow::Result<()>
@@ -1132,7 +1132,7 @@ fn peers_without_udp_between_them_talk_through_the_relay_from_the_first_ping() -
                 "{text}"
             );
             let dest = SocketAddr::new(ip2.into(), 5201);
-            tcp_transfer(r1.netns(), r2.netns(), dest, 4 << 20, SECS(30))?.verify()?;
+            tcp_transfer(r1.netns(), r2.netns(), dest, 32 << 20, SECS(60))?.verify()?;
             Ok(())
         },
         || report(&control, &[&r1, &r2]),
