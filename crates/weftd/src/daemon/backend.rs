@@ -834,6 +834,8 @@ impl Backend {
             (Some(_), Some(old)) if p.is_registered() => Some(old.public()),
             _ => None,
         };
+        self.dp
+            .set_relay_ca_file(p.prefs.control_ca_file.as_deref());
         let spec = ControlSpec {
             generation: self.generation,
             url: p.prefs.control_url.clone(),

@@ -35,6 +35,9 @@ pub struct PeerLive {
 pub trait DataPlane: Send + 'static {
     /// Sets (or, with `None`, removes) the WireGuard private key.
     fn set_node_key(&mut self, key: Option<&NodePrivate>);
+    /// Sets the CA file relay connections trust besides the system's roots
+    /// (the profile's `--login-server-ca`).
+    fn set_relay_ca_file(&mut self, _ca_file: Option<&str>) {}
     /// Programs the data plane for `nm`, touching only what changed.
     fn apply_netmap(&mut self, nm: &NetMap);
     /// Removes every peer and address.
@@ -146,6 +149,12 @@ impl EngineDataPlane {
 }
 
 impl DataPlane for EngineDataPlane {
+    fn set_relay_ca_file(&mut self, ca_file: Option<&str>) {
+        if let Some(relays) = self.tunnel.relays() {
+            relays.set_ca_file(ca_file.map(std::path::PathBuf::from), now());
+        }
+    }
+
     fn set_node_key(&mut self, key: Option<&NodePrivate>) {
         if let Some(k) = key {
             self.tunnel.set_node_key(k.public());

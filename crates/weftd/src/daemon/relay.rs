@@ -68,6 +68,10 @@ struct Client {
 #[derive(Default)]
 struct State {
     key: Option<NodePrivate>,
+    /// The profile's private CA for its control server (`--login-server-ca`),
+    /// trusted for the relays too (control's embedded relay shares its
+    /// certificate).
+    ca_file: Option<std::path::PathBuf>,
     nodes: BTreeMap<RegionId, RelayNode>,
     clients: BTreeMap<RegionId, Client>,
     home: Option<RegionId>,
@@ -121,6 +125,20 @@ impl Relays {
             return;
         }
         s.key = key;
+        s.clients.clear();
+        if let Some(home) = s.home {
+            self.client(&mut s, home, now);
+        }
+    }
+
+    /// Sets the CA file relay TLS connections trust besides the system's
+    /// roots (the profile's `--login-server-ca`); a change reconnects.
+    pub fn set_ca_file(&self, ca_file: Option<std::path::PathBuf>, now: Instant) {
+        let mut s = self.state();
+        if s.ca_file == ca_file {
+            return;
+        }
+        s.ca_file = ca_file;
         s.clients.clear();
         if let Some(home) = s.home {
             self.client(&mut s, home, now);
@@ -242,6 +260,7 @@ impl Relays {
         let key = s.key.clone()?;
         let node = s.nodes.get(&region)?.clone();
         let mut config = ClientConfig::new(key, node);
+        config.ca_file.clone_from(&s.ca_file);
         config.options.preferred = s.home == Some(region);
         let started = {
             let _rt = self.rt.enter();

@@ -77,6 +77,15 @@ fn nodes_join_an_https_login_server_with_a_private_ca_and_without_it_are_told_th
     let a = tailnet.node("a")?;
     let b = tailnet.node("b")?;
     let c = tailnet.node("c")?;
+    // No UDP between a and b: their traffic must take control's relay, over TLS with the
+    // profile's private CA.
+    let other = b.underlay_addr();
+    a.netns().nft(&format!(
+        "table inet nodirect {{
+           chain out {{ type filter hook output priority 0; ip daddr {other} meta l4proto udp drop; }}
+           chain in {{ type filter hook input priority 0; ip saddr {other} meta l4proto udp drop; }}
+         }}"
+    ))?;
     with_diagnostics(
         || {
             let ca = ca.display().to_string();
@@ -94,6 +103,13 @@ fn nodes_join_an_https_login_server_with_a_private_ca_and_without_it_are_told_th
             }
             a.wait_peers_online(&["b"], Duration::from_secs(30))?;
             b.wait_peers_online(&["a"], Duration::from_secs(30))?;
+            let relayed = a.weft(["ping", "-c", "5", "b"]).run_unchecked()?;
+            ensure!(
+                relayed.stdout.contains("pong from b") && relayed.stdout.contains("via relay("),
+                "a -> b through the TLS relay with the private CA: {}{}",
+                relayed.stdout,
+                relayed.stderr
+            );
 
             // Without the CA: refused, saying which flag to pass.
             let out = c
