@@ -153,6 +153,18 @@ impl Netns {
             .map(drop)
     }
 
+    /// Drops all UDP between this namespace and `other`, both ways (a firewall between two
+    /// hosts; everything else passes): peers then have no direct path and use the relay.
+    ///
+    /// # Errors
+    /// See [`Netns::nft`].
+    pub fn drop_udp_with(&self, other: IpAddr) -> Result<()> {
+        let family = if other.is_ipv4() { "ip" } else { "ip6" };
+        self.nft(&format!(
+            "table inet weft-nodirect {{\n  chain out {{ type filter hook output priority 0; {family} daddr {other} meta l4proto udp drop; }}\n  chain in {{ type filter hook input priority 0; {family} saddr {other} meta l4proto udp drop; }}\n}}\n"
+        ))
+    }
+
     /// Makes this namespace a NAT router: traffic leaving through `out_ifname` is masqueraded
     /// (source address rewritten to that interface's, ports kept where possible: the common
     /// "endpoint-independent mapping" home router). Needs forwarding ([`Lab::router`](crate::Lab::router)).

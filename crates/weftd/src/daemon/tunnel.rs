@@ -500,6 +500,23 @@ impl TailnetTunnel {
         }
     }
 
+    /// Points `peer`'s WireGuard endpoint at `addr` (a direct address or a
+    /// relay endpoint), changing nothing else of the peer.
+    fn set_wg_endpoint(&self, peer: NodePublic, addr: SocketAddr, now: Instant) {
+        let update = PeerUpdate {
+            update_only: true,
+            endpoint: Some(addr),
+            ..PeerUpdate::new(peer)
+        };
+        self.device.apply(
+            DeviceUpdate {
+                peers: vec![update],
+                ..DeviceUpdate::default()
+            },
+            now,
+        );
+    }
+
     fn handle_event(&self, e: Event, now: Instant) {
         match e {
             Event::PathChanged {
@@ -507,18 +524,7 @@ impl TailnetTunnel {
                 path: Some(Path::Direct(addr)),
             } => {
                 tracing::debug!(peer = %peer.short(), %addr, "Direct path");
-                let update = PeerUpdate {
-                    update_only: true,
-                    endpoint: Some(addr),
-                    ..PeerUpdate::new(peer)
-                };
-                self.device.apply(
-                    DeviceUpdate {
-                        peers: vec![update],
-                        ..DeviceUpdate::default()
-                    },
-                    now,
-                );
+                self.set_wg_endpoint(peer, addr, now);
             }
             Event::PathChanged {
                 peer,
@@ -529,18 +535,7 @@ impl TailnetTunnel {
                     return;
                 };
                 tracing::debug!(peer = %peer.short(), %region, "Relay path");
-                let update = PeerUpdate {
-                    update_only: true,
-                    endpoint: Some(addr),
-                    ..PeerUpdate::new(peer)
-                };
-                self.device.apply(
-                    DeviceUpdate {
-                        peers: vec![update],
-                        ..DeviceUpdate::default()
-                    },
-                    now,
-                );
+                self.set_wg_endpoint(peer, addr, now);
             }
             Event::PathChanged { peer, path: None } => {
                 tracing::debug!(peer = %peer.short(), "No path");

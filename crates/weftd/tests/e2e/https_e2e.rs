@@ -79,13 +79,7 @@ fn nodes_join_an_https_login_server_with_a_private_ca_and_without_it_are_told_th
     let c = tailnet.node("c")?;
     // No UDP between a and b: their traffic must take control's relay, over TLS with the
     // profile's private CA.
-    let other = b.underlay_addr();
-    a.netns().nft(&format!(
-        "table inet nodirect {{
-           chain out {{ type filter hook output priority 0; ip daddr {other} meta l4proto udp drop; }}
-           chain in {{ type filter hook input priority 0; ip saddr {other} meta l4proto udp drop; }}
-         }}"
-    ))?;
+    a.netns().drop_udp_with(b.underlay_addr().into())?;
     with_diagnostics(
         || {
             let ca = ca.display().to_string();

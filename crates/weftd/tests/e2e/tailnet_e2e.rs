@@ -1073,13 +1073,7 @@ fn peers_without_udp_between_them_talk_through_the_relay_from_the_first_ping() -
     )?;
     let (r1, r2) = (net.node("r1")?, net.node("r2")?);
     // r1 drops all UDP to and from r2, both ways; everything else (control, relay, STUN) passes.
-    let other = r2.underlay_addr();
-    r1.netns().nft(&format!(
-        "table inet nodirect {{
-           chain out {{ type filter hook output priority 0; ip daddr {other} meta l4proto udp drop; }}
-           chain in {{ type filter hook input priority 0; ip saddr {other} meta l4proto udp drop; }}
-         }}"
-    ))?;
+    r1.netns().drop_udp_with(r2.underlay_addr().into())?;
     with_diagnostics(
         || {
             r2.up_with_key(&control, &key)?;
