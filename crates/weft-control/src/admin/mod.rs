@@ -387,7 +387,7 @@ impl Admin {
     /// `not_found`.
     pub async fn expire_node(&self, id: i64) -> Result<NodeView, AdminError> {
         let n = self.ctx.store.expire_node(NodeId(id), self.now()).await?;
-        self.changed(n).await
+        self.revoking(n).await
     }
 
     /// Deletes a node.
@@ -494,11 +494,24 @@ impl Admin {
             .store
             .set_node_authorized(NodeId(id), authorized)
             .await?;
-        self.changed(n).await
+        if authorized {
+            self.changed(n).await
+        } else {
+            self.revoking(n).await
+        }
     }
 
     async fn changed(&self, n: StoreNode) -> Result<NodeView, AdminError> {
         self.ctx.coord.send(Msg::NodeUpsert(Box::new(n.clone())));
+        self.view_one(&n).await
+    }
+
+    /// A change that takes access away (expiry, withdrawn approval):
+    /// published at once, like a delete, so the relay refuses the key and
+    /// peers drop the node before the call returns, not at the next batch.
+    async fn revoking(&self, n: StoreNode) -> Result<NodeView, AdminError> {
+        self.ctx.coord.send(Msg::NodeUpsert(Box::new(n.clone())));
+        let _ = self.ctx.coord.flush().await;
         self.view_one(&n).await
     }
 
