@@ -267,6 +267,15 @@ impl ControlClient {
         if let Some(p) = &mut self.params {
             p.endpoints.clone_from(&endpoints);
         }
+        self.send_endpoints(endpoints, now)
+    }
+
+    /// Sends `endpoints` with our home relay while the map stream is open.
+    fn send_endpoints(
+        &mut self,
+        endpoints: Vec<Endpoint>,
+        now: Instant,
+    ) -> Result<(), ControlClientError> {
         if self.phase == Phase::Mapping {
             let home_relay = self.home_relay;
             self.conn.send(
@@ -294,19 +303,10 @@ impl ControlClient {
             return Ok(());
         }
         self.home_relay = home_relay;
-        if self.phase == Phase::Mapping
-            && let Some(p) = &self.params
-        {
-            let endpoints = p.endpoints.clone();
-            self.conn.send(
-                &ClientMessage::Endpoints(EndpointUpdate {
-                    endpoints,
-                    home_relay,
-                }),
-                now,
-            )?;
+        match self.params.as_ref().map(|p| p.endpoints.clone()) {
+            Some(endpoints) => self.send_endpoints(endpoints, now),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Sends the node's new host info (only while the map stream is open;

@@ -59,6 +59,12 @@ impl RelayAddrs {
         Some(endpoint(idx, region))
     }
 
+    /// Returns the relay endpoint `peer` already has through `region`
+    /// (`None`: not given one yet; [`RelayAddrs::addr`] gives one).
+    pub fn existing(&self, region: RegionId, peer: &NodePublic) -> Option<SocketAddr> {
+        self.index.get(peer).map(|i| endpoint(*i, region))
+    }
+
     /// Returns the region and node key a relay endpoint stands for.
     pub fn lookup(&self, addr: &SocketAddr) -> Option<(RegionId, NodePublic)> {
         let SocketAddr::V6(a) = addr else {
@@ -95,6 +101,11 @@ mod tests {
         let a900 = t.addr(RegionId(900), &a).unwrap();
         let b900 = t.addr(RegionId(900), &b).unwrap();
         let a901 = t.addr(RegionId(901), &a).unwrap();
+        assert_eq!(t.existing(RegionId(901), &a), Some(a901));
+        assert_eq!(
+            t.existing(RegionId(900), &NodePrivate::from_bytes([3; 32]).public()),
+            None
+        );
         assert_ne!(a900, b900);
         assert_eq!(a900.ip(), a901.ip());
         assert_eq!(a901.port(), 901);

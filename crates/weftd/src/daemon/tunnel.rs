@@ -344,13 +344,21 @@ impl TailnetTunnel {
         }
     }
 
-    /// Returns `peer`'s relay endpoint through `region`.
+    /// Returns `peer`'s relay endpoint through `region`: a read lock for a
+    /// peer that has one (every relayed datagram after its first), the
+    /// write lock only to give one out.
     fn relay_addr(&self, region: RegionId, peer: &NodePublic) -> Option<SocketAddr> {
-        let mut t = self
+        let known = self
             .relay_addrs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        t.addr(region, peer)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .existing(region, peer);
+        known.or_else(|| {
+            self.relay_addrs
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .addr(region, peer)
+        })
     }
 
     fn queue_udp(&self, to: SocketAddr, datagram: &[u8]) {
