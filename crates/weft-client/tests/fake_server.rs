@@ -192,6 +192,7 @@ fn netmap(peers: &[i64]) -> NetMap {
             magic_dns: true,
             nameservers: vec![],
             search_domains: vec![],
+            ..Default::default()
         },
         relay_map: Default::default(),
         packet_filter: Default::default(),

@@ -51,15 +51,43 @@ impl NetMap {
     }
 }
 
-/// DNS settings for a node (the first cut; grows with MagicDNS).
+/// DNS settings for a node: what its MagicDNS resolver (weftd, at the
+/// service addresses) answers itself, where it forwards the rest, and what
+/// the node puts in the OS's DNS configuration when `--accept-dns` is on.
+///
+/// Fields added after the first cut default when absent, so a map from an
+/// older server still parses.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DnsConfig {
-    /// Answer `<name>.<domain>` for tailnet nodes at 100.100.100.100.
+    /// Answer `<label>.<domain>` (and `<label>` through the search domain)
+    /// for tailnet nodes, and PTR for their addresses, at the resolver.
     pub magic_dns: bool,
-    /// Upstream resolvers for other names. Empty: keep the OS's resolvers.
+    /// Global upstream resolvers (port 53) for names nothing else claims.
+    /// Empty: the resolvers the host had before Weft changed its DNS.
     pub nameservers: Vec<IpAddr>,
-    /// Search domains to add, in order.
+    /// Extra search domains, in order, after the tailnet domain (which is
+    /// implicit while `magic_dns` is on).
     pub search_domains: Vec<DnsName>,
+    /// Split DNS: names equal to or under a key are forwarded to its
+    /// resolvers (port 53) instead of the global ones; the longest matching
+    /// suffix wins. An empty list means "answered by the resolver itself
+    /// only" (names it does not know are NXDOMAIN, never forwarded).
+    #[serde(default)]
+    pub routes: BTreeMap<DnsName, Vec<IpAddr>>,
+    /// Extra records the admin configured: fixed A/AAAA answers, answered
+    /// like node names (a name may have several).
+    #[serde(default)]
+    pub extra_records: Vec<DnsRecord>,
+}
+
+/// One admin-configured DNS record (`name` → `addr`): an A record for an
+/// IPv4 address, AAAA for IPv6.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct DnsRecord {
+    /// The fully qualified name (no trailing dot).
+    pub name: DnsName,
+    /// The address it resolves to.
+    pub addr: IpAddr,
 }
 
 /// Relay servers by region (the first cut; grows with `weft-relay`).

@@ -250,6 +250,7 @@ fn the_full_map_example_matches() {
             magic_dns: true,
             nameservers: vec![],
             search_domains: vec!["example.weft".parse().unwrap()],
+            ..Default::default()
         },
         relay_map: RelayMap::default(),
         packet_filter: PacketFilter::default(),
@@ -499,7 +500,9 @@ const EXAMPLE_FULL: &str = r#"{
           "nameservers": [],
           "search_domains": [
             "example.weft"
-          ]
+          ],
+          "routes": {},
+          "extra_records": []
         },
         "relay_map": {
           "regions": {}

@@ -467,6 +467,7 @@ pub(crate) fn dns_config(domain: &DnsName) -> DnsConfig {
         magic_dns: true,
         nameservers: Vec::new(),
         search_domains: vec![domain.clone()],
+        ..Default::default()
     }
 }
 

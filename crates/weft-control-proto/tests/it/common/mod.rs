@@ -183,6 +183,7 @@ pub fn netmap(self_id: i64, peers: impl IntoIterator<Item = i64>) -> NetMap {
             magic_dns: true,
             nameservers: vec![],
             search_domains: vec![],
+            ..Default::default()
         },
         relay_map: RelayMap::default(),
         packet_filter: Default::default(),
