@@ -376,11 +376,26 @@ fn delete_netns(name: &str, grace: Duration) -> Result<()> {
         .args(["netns", "del", name])
         .timeout(Duration::from_secs(10))
         .run()?;
-    Ok(())
+    remove_etc_dir(name)
+}
+
+/// Where `ip netns exec <name>` finds the files it bind-mounts over `/etc` (`hosts`,
+/// `resolv.conf`, …; see ip-netns(8)).
+pub const ETC_NETNS_DIR: &str = "/etc/netns";
+
+/// Removes `/etc/netns/<name>` (a namespace's own `/etc` files), if there is one.
+fn remove_etc_dir(name: &str) -> Result<()> {
+    let dir = Path::new(ETC_NETNS_DIR).join(name);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LabError::io(format!("removing {}", dir.display()), e)),
+    }
 }
 
 /// Removes what dead runs left: their namespaces (and processes in them), UAPI sockets and
-/// root-namespace interfaces with `wf<pid>-` names, and temp dirs. Returns the problems met.
+/// root-namespace interfaces with `wf<pid>-` names, `/etc/netns/<their namespaces>`, and temp
+/// dirs. Returns the problems met.
 pub fn cleanup_stale() -> Vec<String> {
     let mut problems = Vec::new();
     let alive = names::pid_alive;
@@ -432,6 +447,17 @@ pub fn cleanup_stale() -> Vec<String> {
             if let Err(e) = host_command("ip").args(["link", "del", link]).run() {
                 problems.push(format!("link {link}: {e}"));
             }
+        }
+    }
+
+    for name in names::stale_run_names(
+        dir_names(Path::new(ETC_NETNS_DIR))
+            .iter()
+            .map(String::as_str),
+        alive,
+    ) {
+        if let Err(e) = remove_etc_dir(name) {
+            problems.push(e.to_string());
         }
     }
 

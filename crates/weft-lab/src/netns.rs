@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,22 @@ impl Netns {
     /// Returns the short name given at creation.
     pub fn short(&self) -> &str {
         &self.short
+    }
+
+    /// Writes this namespace's own `/etc/<file>` (e.g. `hosts` or `resolv.conf`): programs the
+    /// lab starts in it (`ip netns exec`) see it over the host's, which stays untouched. The
+    /// directory goes with the namespace.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write_etc(&self, file: &str, contents: &str) -> Result<PathBuf> {
+        let dir = Path::new(crate::lab::ETC_NETNS_DIR).join(&self.name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+        let path = dir.join(file);
+        std::fs::write(&path, contents)
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+        Ok(path)
     }
 
     /// Returns a [`Cmd`] that runs `program` in this namespace.

@@ -133,6 +133,28 @@ pub struct RelayNode {
     pub insecure_for_tests: bool,
 }
 
+impl RelayNode {
+    /// Returns the addresses the map gives for this relay without a DNS
+    /// lookup: its `ipv4`/`ipv6` if either is set, else `host` if it is an
+    /// IP literal (`[..]` allowed), else none (resolve `host`).
+    pub fn known_addrs(&self) -> Vec<IpAddr> {
+        match (self.ipv4, self.ipv6) {
+            (None, None) => self
+                .host
+                .trim_matches(['[', ']'])
+                .parse::<IpAddr>()
+                .ok()
+                .into_iter()
+                .collect(),
+            (v4, v6) => v4
+                .map(IpAddr::from)
+                .into_iter()
+                .chain(v6.map(IpAddr::from))
+                .collect(),
+        }
+    }
+}
+
 /// One message of a map stream.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MapResponse {

@@ -32,6 +32,7 @@ pub mod relay_addr;
 pub mod ssh;
 pub mod ssh_check;
 pub mod state_file;
+pub mod stun_hosts;
 #[cfg(test)]
 mod tests;
 pub mod tunnel;

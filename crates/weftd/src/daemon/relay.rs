@@ -40,6 +40,8 @@ pub const IDLE_CLOSE: Duration = Duration::from_secs(60);
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a relay ping waits for its pong.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a relay host name's lookup may take.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Inputs waiting for the tunnel before the relay readers wait.
 pub const INPUT_QUEUE: usize = 4096;
 
@@ -50,6 +52,12 @@ pub enum Input {
     Relay(RegionId, Event),
     /// A DERP ping's round trip over the region's connection.
     Latency(RegionId, Duration),
+    /// A relay host name's addresses (for its STUN server), or why the
+    /// lookup failed.
+    Resolved {
+        host: String,
+        addrs: Result<Vec<std::net::IpAddr>, String>,
+    },
 }
 
 /// How relays are reached.
@@ -166,20 +174,9 @@ impl Relays {
     }
 
     fn relay_node(&self, n: &weft_types::netmap::RelayNode) -> RelayNode {
-        let literal = n
-            .host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .ok();
-        // The map's own addresses first; else the host if it is an IP literal.
-        let ips: Vec<std::net::IpAddr> = match (n.ipv4, n.ipv6) {
-            (None, None) => literal.into_iter().collect(),
-            (v4, v6) => v4
-                .map(Into::into)
-                .into_iter()
-                .chain(v6.map(Into::into))
-                .collect(),
-        };
+        // The map's own addresses first; else the relay client resolves the
+        // host name when it connects.
+        let ips = n.known_addrs();
         RelayNode {
             host_name: n.host.clone(),
             port: n.relay_port,
@@ -191,6 +188,21 @@ impl Relays {
                 .map(|ip| (ip, n.relay_port).into())
                 .collect(),
         }
+    }
+
+    /// Looks `host` up (off the caller's thread, with the system resolver)
+    /// and reports its addresses as [`Input::Resolved`].
+    pub fn resolve(&self, host: String) {
+        let input = self.input.clone();
+        self.rt.spawn(async move {
+            let lookup = tokio::net::lookup_host((host.as_str(), 0));
+            let addrs = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                Ok(Ok(found)) => Ok(found.map(|a| a.ip()).collect()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
+            };
+            let _ = input.send(Input::Resolved { host, addrs }).await;
+        });
     }
 
     /// Follows disco's home relay: connects to it and marks it preferred
@@ -336,6 +348,7 @@ pub async fn run(
                 tunnel.handle_relay_input(input, now());
             }
             _ = tick.tick() => {
+                tunnel.resolve_relay_hosts(now());
                 for (region, client) in relays.sweep(now()) {
                     let input = relays.input.clone();
                     tokio::spawn(async move {

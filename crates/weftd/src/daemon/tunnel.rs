@@ -52,9 +52,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use weft_disco::{
-    Destination, Disco, Event, Path, PingId, PingOutcome, RegionId, RelayRegionInfo, Transmit,
-};
+use weft_disco::{Destination, Disco, Event, Path, PingId, PingOutcome, RegionId, Transmit};
 use weft_net::Tunnel;
 use weft_packet::IpPacket;
 use weft_types::netmap::RelayMap;
@@ -63,6 +61,7 @@ use weft_wg::{Decapsulated, Device, DeviceUpdate, DropReason, Encapsulated, Peer
 
 use super::relay::{Input, Relays};
 use super::relay_addr::{self, RelayAddrs};
+use super::stun_hosts::StunHosts;
 
 /// How often relayed traffic to one peer is reported to disco (which then
 /// probes a settled peer for a direct path again).
@@ -157,6 +156,8 @@ pub struct TailnetTunnel {
     /// Relayed WireGuard datagrams dropped: no engine to open them yet, its
     /// queue full, or the relay endpoint table full.
     relay_dropped: AtomicU64,
+    /// The relay map's STUN servers, host names looked up.
+    stun_hosts: Mutex<StunHosts>,
     /// Relay endpoints of peers (see [`super::relay_addr`]).
     relay_addrs: RwLock<RelayAddrs>,
     /// When relayed traffic to each peer was last reported to disco.
@@ -187,6 +188,7 @@ impl TailnetTunnel {
             relays: OnceLock::new(),
             pending_udp: Mutex::new(Vec::new()),
             relay_dropped: AtomicU64::new(0),
+            stun_hosts: Mutex::new(StunHosts::default()),
             relay_addrs: RwLock::new(RelayAddrs::default()),
             relay_noted: Mutex::new(BTreeMap::new()),
             injector: OnceLock::new(),
@@ -231,28 +233,44 @@ impl TailnetTunnel {
     /// Takes the netmap's relay map: the relay clients (if installed)
     /// connect to the regions' relays, and disco learns the regions (home
     /// relay choice, peers' relay paths) and their STUN servers (netcheck).
-    /// A STUN server is a node's IP literal with its `stun_port`; host
-    /// names are not resolved yet (TODO(noderelay): resolve off the
-    /// coordinator, or take the IP fields the relay map may gain), and a
-    /// region without any is measured over its relay connection only.
+    /// A relay's STUN address is its map `ipv4`/`ipv6` or IP-literal host
+    /// with its `stun_port`; a host name is looked up through the relay
+    /// side ([`super::stun_hosts`]) and its STUN servers join when the
+    /// answer comes. A region without any is measured over its relay
+    /// connection only.
     pub fn set_relay_map(&self, map: &RelayMap, now: Instant) {
         if let Some(relays) = self.relays.get() {
             relays.set_relay_map(map, now);
         }
-        let regions = map.regions.values().map(|r| RelayRegionInfo {
-            id: RegionId(r.id),
-            stun: r
-                .nodes
-                .iter()
-                .filter(|n| n.stun_port != 0)
-                .filter_map(|n| {
-                    let ip: std::net::IpAddr = n.host.trim_matches(['[', ']']).parse().ok()?;
-                    Some(SocketAddr::new(ip, n.stun_port))
-                })
-                .collect(),
-        });
+        // Disco takes the regions on every netmap, changed or not: it also
+        // (re)sets each peer's relay path from the peers' home relays.
+        let (changed, regions) = {
+            let mut hosts = self.stun_hosts();
+            (hosts.set_map(map, now), hosts.regions())
+        };
         self.disco().set_relay_map(regions, now);
         self.drain(now, &mut |to, d| self.queue_udp(to, d));
+        if changed {
+            self.resolve_relay_hosts(now);
+        }
+    }
+
+    /// Starts the lookups of relay host names that are due (new in the
+    /// map, or their last answer is old); the relay pump calls it on its
+    /// tick.
+    pub fn resolve_relay_hosts(&self, now: Instant) {
+        let Some(relays) = self.relays.get() else {
+            return;
+        };
+        for host in self.stun_hosts().due(now) {
+            relays.resolve(host);
+        }
+    }
+
+    fn stun_hosts(&self) -> MutexGuard<'_, StunHosts> {
+        self.stun_hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Gives disco our local endpoints (interface addresses with the
@@ -323,6 +341,17 @@ impl TailnetTunnel {
             Input::Latency(region, rtt) => {
                 tracing::trace!(%region, ?rtt, "Relay latency");
                 self.disco().handle_relay_latency(region, rtt, now);
+            }
+            Input::Resolved { host, addrs } => {
+                let regions = {
+                    let mut hosts = self.stun_hosts();
+                    if !hosts.resolved(&host, addrs, now) {
+                        return;
+                    }
+                    hosts.regions()
+                };
+                tracing::debug!("A relay host name resolved; its STUN servers join netcheck");
+                self.disco().set_relay_map(regions, now);
             }
         }
         self.drain(now, &mut |to, d| self.queue_udp(to, d));

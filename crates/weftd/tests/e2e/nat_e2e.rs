@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use weft_lab::nat::{NatKind, Site};
-use weft_lab::tailnet::{Binaries, Control, KeyOptions, Node, Tailnet, peer};
+use weft_lab::tailnet::{
+    Binaries, CONTROL_PORT, Control, ControlOptions, KeyOptions, Node, NodeOptions, Tailnet, peer,
+};
 use weft_lab::{Lab, e2e_lab, now, tcp_transfer, wait_until, with_diagnostics};
 
 const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
@@ -50,11 +52,37 @@ impl Pair<'_, '_> {
         ka: NatKind,
         kb: NatKind,
     ) -> anyhow::Result<Pair<'n, 'lab>> {
-        let control = net.control("ctl")?;
+        Self::start_with(net, ka, kb, None)
+    }
+
+    /// [`Pair::start`]; with `control_name`, control's URL in its relay map (`--server-url`)
+    /// uses that host name, which the nodes' namespaces resolve through their own
+    /// `/etc/hosts` (nodes still log in by address).
+    fn start_with<'n, 'lab>(
+        net: &'n Tailnet<'lab>,
+        ka: NatKind,
+        kb: NatKind,
+        control_name: Option<&str>,
+    ) -> anyhow::Result<Pair<'n, 'lab>> {
+        let control = match control_name {
+            None => net.control("ctl")?,
+            Some(name) => {
+                let url = format!("http://{name}:{CONTROL_PORT}");
+                let serve_args = vec!["--server-url".to_owned(), url];
+                net.control_with("ctl", ControlOptions { serve_args })?
+            }
+        };
         let sa = Site::new(net, "sa", ka)?;
         let sb = Site::new(net, "sb", kb)?;
-        let a = sa.node("a")?;
-        let b = sb.node("b")?;
+        let node = |site: &Site<'n, 'lab>, short: &str| -> anyhow::Result<Node> {
+            let (ns, addr) = site.host(short)?;
+            if let Some(name) = control_name {
+                ns.write_etc("hosts", &format!("{} {name}\n", control.addr()))?;
+            }
+            Ok(net.node_in(ns, addr, NodeOptions::default())?)
+        };
+        let a = node(&sa, "a")?;
+        let b = node(&sb, "b")?;
         control.ensure_user("alice")?;
         let key = control.create_key("alice", &KeyOptions::reusable())?;
         let pair = Pair {
@@ -197,6 +225,22 @@ fn no_nat_to_no_nat_goes_direct_within_5s() -> anyhow::Result<()> {
 #[test]
 fn easy_nat_to_easy_nat_goes_direct_within_5s_to_the_routers_address() -> anyhow::Result<()> {
     direct_scenario(NatKind::Easy, NatKind::Easy)
+}
+
+/// A control server whose URL names a host (as every real deployment's does): its relay map
+/// entry has no address, so the nodes look the name up to reach its STUN server; without that
+/// they learn no public address and two easy NATs never go direct.
+#[test]
+fn easy_nats_go_direct_when_the_stun_server_is_known_by_host_name() -> anyhow::Result<()> {
+    let lab = lab!();
+    let net = tailnet(&lab)?;
+    let p = Pair::start_with(
+        &net,
+        NatKind::Easy,
+        NatKind::Easy,
+        Some("control.weft.test"),
+    )?;
+    with_diagnostics(|| direct_both_ways(&p), || p.report())
 }
 
 /// The hard side's mapping toward `a` is new, so `a` learns it from `b`'s ping, which `b` sends
