@@ -483,3 +483,54 @@ fn the_readme_demo_runs_as_root_on_a_machine_without_sudo() -> anyhow::Result<()
     assert!(!format!("{}{}", out.stdout, out.stderr).contains("sudo"));
     Ok(())
 }
+
+/// `/etc/sudoers.d/<name>` letting one test account run anything as root without a password,
+/// removed on drop (the account itself goes with its [`LocalAccount`]).
+struct SudoRule(std::path::PathBuf);
+
+impl SudoRule {
+    fn grant(user: &str) -> anyhow::Result<Self> {
+        // sudo ignores files in sudoers.d whose names contain a dot or end in `~`.
+        let path = std::path::Path::new("/etc/sudoers.d").join(format!("weft-lab-{user}"));
+        std::fs::write(&path, format!("{user} ALL=(root) NOPASSWD: ALL\n"))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o440))?;
+        Ok(SudoRule(path))
+    }
+}
+
+impl Drop for SudoRule {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The README's first command typed by a sudo user instead of root: `./target/debug/weft-demo`
+/// runs itself again through the real `sudo` (the account may use it without a password here;
+/// a person would be asked for theirs) and the tailnet comes up as for root.
+#[test]
+fn the_readme_demo_runs_for_a_sudo_user_through_sudo() -> anyhow::Result<()> {
+    let _lab = e2e_lab!("ping", "sudo", "runuser", "/dev/net/tun");
+    let user = weft_lab::account::LocalAccount::create("wd", "s")?;
+    let _rule = SudoRule::grant(&user.name)?;
+    let demo = env!("CARGO_BIN_EXE_weft-demo");
+    let out = host_command("runuser")
+        .args(["-u", &user.name, "--", demo, "--once"])
+        .timeout(Duration::from_secs(180))
+        .run_unchecked()?;
+    assert!(
+        out.status.success(),
+        "weft-demo --once failed for a sudo user: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("running it again with sudo"),
+        "{}",
+        out.stderr
+    );
+    for node in ["alpha", "beta", "gamma"] {
+        assert!(out.stdout.contains(node), "{node} missing: {}", out.stdout);
+    }
+    assert!(out.stdout.contains("pong from"), "{}", out.stdout);
+    Ok(())
+}

@@ -7,7 +7,8 @@
 //! torn down on exit, Ctrl-C, SIGTERM or a panic.
 //!
 //! It builds nothing: it runs the `weft-control`, `weftd` and `weft` found next to itself (the
-//! same target dir), e.g. `cargo build --release --bins && sudo target/release/weft-demo`.
+//! same target dir), e.g. `cargo build --workspace --bins && ./target/debug/weft-demo`. Started
+//! by a user other than root, it runs itself again through `sudo` when `sudo` is installed.
 
 #![allow(clippy::print_stdout)] // printing the tailnet is this program's job
 
@@ -28,7 +29,7 @@ fn main() -> anyhow::Result<()> {
             "--once" => once = true,
             "-h" | "--help" => {
                 println!(
-                    "Usage: sudo weft-demo [--once]\n\n\
+                    "Usage: weft-demo [--once]   (as root; a sudo user's run goes through sudo)\n\n\
                      Runs a local tailnet (control server + {} nodes, each in a network namespace),\n\
                      shows `weft status` and `weft ping`, and keeps it up until Ctrl-C.\n\
                      --once  tear down right after the output instead of waiting for Ctrl-C",
@@ -40,7 +41,24 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if let Err(why) = weft_lab::require_root() {
-        bail!("weft-demo needs root: {why}; try: sudo {}", exe_display());
+        // The README's command, typed by a sudo user: run again through sudo (which asks for
+        // the password if it must) instead of failing, so one command works for root and for
+        // sudo users alike.
+        if weft_lab::require_cmd("sudo").is_ok() {
+            use std::os::unix::process::CommandExt as _;
+            eprintln!("weft-demo needs root ({why}); running it again with sudo");
+            let exe = std::env::current_exe().context("finding weft-demo's own path")?;
+            let err = std::process::Command::new("sudo")
+                .arg("--")
+                .arg(exe)
+                .args(std::env::args_os().skip(1))
+                .exec();
+            bail!("running sudo: {err}; run weft-demo as root instead");
+        }
+        bail!(
+            "weft-demo needs root: {why}; run it as root ({} — sudo is not installed)",
+            exe_display()
+        );
     }
     for tool in ["ip", "ping"] {
         if let Err(why) = weft_lab::require_cmd(tool) {
