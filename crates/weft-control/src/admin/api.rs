@@ -278,11 +278,13 @@ async fn set_policy(
     Json(p): Json<PolicyText>,
 ) -> R<PolicyView> {
     let author = actor.map_or_else(|| "admin".to_owned(), |Extension(a)| a.0);
-    a.set_policy(&p.policy, &author).await.map(Json)
+    a.set_policy(&p.policy, p.name.as_deref(), &author)
+        .await
+        .map(Json)
 }
 
 async fn check_policy(State(a): State<Admin>, Json(p): Json<PolicyText>) -> Json<PolicyCheck> {
-    Json(a.check_policy(&p.policy))
+    Json(a.check_policy(&p.policy, p.name.as_deref()))
 }
 
 async fn explain(State(a): State<Admin>, Json(q): Json<ExplainQuery>) -> R<ExplainAnswer> {

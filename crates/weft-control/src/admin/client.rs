@@ -397,17 +397,27 @@ impl AdminClient {
             .await
     }
     /// `PUT /policy`.
-    pub async fn set_policy(&self, text: &str) -> Result<PolicyView, AdminClientError> {
+    pub async fn set_policy(
+        &self,
+        text: &str,
+        name: Option<&str>,
+    ) -> Result<PolicyView, AdminClientError> {
         let body = PolicyText {
             policy: text.to_owned(),
+            name: name.map(str::to_owned),
         };
         self.request(http::Method::PUT, "/policy", Some(&body))
             .await
     }
     /// `POST /policy/check`.
-    pub async fn check_policy(&self, text: &str) -> Result<PolicyCheck, AdminClientError> {
+    pub async fn check_policy(
+        &self,
+        text: &str,
+        name: Option<&str>,
+    ) -> Result<PolicyCheck, AdminClientError> {
         let body = PolicyText {
             policy: text.to_owned(),
+            name: name.map(str::to_owned),
         };
         self.request(http::Method::POST, "/policy/check", Some(&body))
             .await

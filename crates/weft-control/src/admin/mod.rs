@@ -39,6 +39,9 @@ pub const DEFAULT_PREAUTH_KEY_EXPIRATION: Duration = Duration::from_secs(60 * 60
 /// Node keys per `POST /api/v1/relay/verify`, at most (what
 /// `weft_relay::RestAdmission` sends per request).
 pub const MAX_RELAY_VERIFY_KEYS: usize = 1000;
+/// What policy errors name as their source when the caller gave no file
+/// name (a REST client sending the text itself): not a file that exists.
+pub const UNNAMED_POLICY: &str = "policy";
 
 /// An admin operation that failed: an HTTP status, a code for programs and
 /// a message for people.
@@ -608,8 +611,10 @@ impl Admin {
     }
 
     /// Validates a policy and runs its tests against the live tailnet.
-    pub fn check_policy(&self, text: &str) -> PolicyCheck {
-        let policy = match Policy::parse(text) {
+    /// Errors are located as `<name>:line:column`, `name` being the file
+    /// the caller read it from ([`UNNAMED_POLICY`] when it says none).
+    pub fn check_policy(&self, text: &str, name: Option<&str>) -> PolicyCheck {
+        let policy = match Policy::parse_named(name.unwrap_or(UNNAMED_POLICY), text) {
             Ok(p) => p,
             Err(e) => {
                 return PolicyCheck {
@@ -635,8 +640,13 @@ impl Admin {
     ///
     /// # Errors
     /// `invalid` with the parse error or the failed tests.
-    pub async fn set_policy(&self, text: &str, author: &str) -> Result<PolicyView, AdminError> {
-        let check = self.check_policy(text);
+    pub async fn set_policy(
+        &self,
+        text: &str,
+        name: Option<&str>,
+        author: &str,
+    ) -> Result<PolicyView, AdminError> {
+        let check = self.check_policy(text, name);
         if !check.ok {
             let detail = check.error.or(check.report).unwrap_or_default();
             return Err(AdminError::invalid(format!(

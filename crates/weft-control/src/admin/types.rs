@@ -200,6 +200,10 @@ pub struct PolicyView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyText {
     pub policy: String,
+    /// The file the text was read from, named in error locations
+    /// (`acl.hujson:12:26: …`); absent: [`super::UNNAMED_POLICY`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The result of checking a policy against the live tailnet.

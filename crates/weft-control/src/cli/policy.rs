@@ -101,13 +101,17 @@ pub async fn run(cmd: PolicyCmd, conn: &Conn) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(exit(Outcome::Invalid));
             }
-            let check = conn.client()?.check_policy(&text).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "{e}\nThe file is valid. To run its tests without a server: \
+            let check = conn
+                .client()?
+                .check_policy(&text, Some(&name(&file)))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e}\nThe file is valid. To run its tests without a server: \
                      weft-control policy check {} --nodes NODES.json (see docs/POLICY.md)",
-                    file.display()
-                )
-            })?;
+                        file.display()
+                    )
+                })?;
             if conn.json {
                 print_json(&check)?;
             } else if let Some(e) = &check.error {
@@ -130,7 +134,7 @@ pub async fn run(cmd: PolicyCmd, conn: &Conn) -> anyhow::Result<ExitCode> {
             }
             let v = conn
                 .client()?
-                .set_policy(&text)
+                .set_policy(&text, Some(&name(&file)))
                 .await
                 .map_err(|e| match e {
                     AdminClientError::Api { message, .. } => anyhow::anyhow!("{message}"),

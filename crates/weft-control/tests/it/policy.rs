@@ -62,7 +62,7 @@ async fn a_policy_limits_visibility_and_changes_go_to_the_affected_nodes_only() 
     }
 
     let admin = t.server.admin();
-    let v = admin.set_policy(POLICY, "test").await.unwrap();
+    let v = admin.set_policy(POLICY, None, "test").await.unwrap();
     assert_eq!(v.version, Some(1));
     // Alice's laptop and the server see each other; Bob sees nobody.
     let ma = a.wait_map(|m| m.peers.len() == 1).await;
@@ -99,6 +99,7 @@ async fn a_policy_limits_visibility_and_changes_go_to_the_affected_nodes_only() 
                 "\"dst\": [\"tag:server:22\"]",
                 "\"dst\": [\"tag:server:22,443\"]",
             ),
+            None,
             "test",
         )
         .await
@@ -171,7 +172,11 @@ async fn an_invalid_policy_or_a_failing_test_is_refused_and_the_old_policy_stays
     assert!(before.policy.contains("\"*:*\""));
 
     let err = admin
-        .set_policy("{\"acls\": [{\"action\": \"accept\", \"srcs\": []}]}", "t")
+        .set_policy(
+            "{\"acls\": [{\"action\": \"accept\", \"srcs\": []}]}",
+            None,
+            "t",
+        )
         .await
         .unwrap_err();
     assert!(
@@ -179,18 +184,33 @@ async fn an_invalid_policy_or_a_failing_test_is_refused_and_the_old_policy_stays
             .contains("policy refused, the old policy stays in force"),
         "{err}"
     );
-    assert!(err.message.contains("1:"), "names a position: {err}");
+    assert!(err.message.contains("policy:1:"), "names a position: {err}");
+    assert!(
+        !err.message.contains("policy.hujson"),
+        "names no file the caller never sent: {err}"
+    );
+    let named = admin.check_policy(
+        "{\"acls\": [{\"action\": \"accept\", \"srcs\": []}]}",
+        Some("acl.hujson"),
+    );
+    assert!(
+        named
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("acl.hujson:1:")),
+        "{named:?}"
+    );
 
     let failing = POLICY.replace(
         "\"bob@example.com\", \"deny\"",
         "\"bob@example.com\", \"accept\"",
     );
-    let err = admin.set_policy(&failing, "t").await.unwrap_err();
+    let err = admin.set_policy(&failing, None, "t").await.unwrap_err();
     assert!(err.message.contains("tests[1]"), "{err}");
     assert!(err.message.contains("expected allowed"), "{err}");
     assert_eq!(admin.policy().await.unwrap().version, None);
 
-    let check = admin.check_policy(&failing);
+    let check = admin.check_policy(&failing, None);
     assert!(!check.ok && check.error.is_none());
     assert!(check.report.unwrap().contains("1 of 2 test entries failed"));
     t.server.shutdown().await;
@@ -201,7 +221,11 @@ async fn requested_tags_need_the_tag_owners_permission() {
     let t = TestServer::start().await;
     t.user("alice@example.com").await;
     t.user("bob@example.com").await;
-    t.server.admin().set_policy(POLICY, "t").await.unwrap();
+    t.server
+        .admin()
+        .set_policy(POLICY, None, "t")
+        .await
+        .unwrap();
     let kb = t.reusable_key("bob@example.com").await;
     let ka = t.reusable_key("alice@example.com").await;
 

@@ -666,6 +666,7 @@ async fn set_policy_slowly(
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let body = serde_json::to_vec(&weft_control::admin::types::PolicyText {
         policy: policy.to_owned(),
+        name: None,
     })?;
     let work = async {
         let mut s = tokio::net::UnixStream::connect(sock).await?;
