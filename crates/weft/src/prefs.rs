@@ -22,7 +22,7 @@ pub struct PrefFlags {
     #[arg(long, value_name = "URL", value_parser = parse_login_server)]
     pub login_server: Option<String>,
     /// A PEM CA file to trust for an https:// login server besides the system's roots
-    /// (a private CA); kept with the profile
+    /// (a private CA); kept with the profile (empty: trust the system's roots only)
     #[arg(long, value_name = "FILE", value_parser = parse_ca_file)]
     pub login_server_ca: Option<String>,
     /// The name to use instead of the OS hostname (empty: the OS hostname)
@@ -333,7 +333,7 @@ impl PrefFlags {
             prefs.control_url.clone_from(url);
         }
         if let Some(ca) = &self.login_server_ca {
-            prefs.control_ca_file = Some(ca.clone());
+            prefs.control_ca_file = (!ca.is_empty()).then(|| ca.clone());
         }
         if let Some(h) = &self.hostname {
             prefs.hostname = (!h.is_empty()).then(|| h.clone());
@@ -454,9 +454,18 @@ fn parse_login_server(s: &str) -> Result<String, String> {
 /// Parses `--login-server-ca`: a readable file, made absolute (weftd reads
 /// it from its own working directory).
 fn parse_ca_file(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Ok(String::new()); // forget the profile's CA file
+    }
     let path = std::path::absolute(s).map_err(|e| format!("{s:?}: {e}"))?;
-    std::fs::metadata(&path)
+    let meta = std::fs::metadata(&path)
         .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "the CA file {} is not a file; give a PEM file",
+            path.display()
+        ));
+    }
     path.to_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("{}: the path is not UTF-8", path.display()))

@@ -352,6 +352,8 @@ fn bad_flag_values_are_rejected_at_parse_time() {
         vec!["--advertise-tags=a b"],
         vec!["--hostname=has space"],
         vec!["--ssh", "yes"],
+        vec!["--login-server-ca=/nonexistent-ca.pem"],
+        vec!["--login-server-ca=/"],
     ] {
         let argv = std::iter::once("up").chain(bad.iter().copied());
         assert!(
@@ -368,4 +370,16 @@ fn boolean_flags_take_go_style_values() {
         (f.ssh, f.shields_up, f.accept_dns),
         (Some(false), Some(true), Some(false))
     );
+}
+
+#[test]
+fn an_empty_login_server_ca_forgets_the_profiles_ca_file() {
+    let mut p = prefs_with(|p| p.control_ca_file = Some("/etc/weft/ca.pem".into()));
+    let (f, _) = flags(&["--login-server-ca="]);
+    f.apply_to(&mut p);
+    assert_eq!(p.control_ca_file, None);
+    let (f, _) = flags(&[]);
+    let mut kept = prefs_with(|p| p.control_ca_file = Some("/etc/weft/ca.pem".into()));
+    f.apply_to(&mut kept);
+    assert_eq!(kept.control_ca_file.as_deref(), Some("/etc/weft/ca.pem"));
 }

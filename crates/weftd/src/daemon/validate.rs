@@ -20,6 +20,9 @@ pub struct InvalidPrefs(pub String);
 pub const NICKNAME_MAX_LEN: usize = 64;
 /// The longest control server URL, in bytes.
 pub const CONTROL_URL_MAX_LEN: usize = 2048;
+/// The longest CA file path (`--login-server-ca`), in bytes (Linux's
+/// `PATH_MAX`).
+pub const CA_FILE_MAX_LEN: usize = 4096;
 
 /// Checks `prefs` before they are stored.
 ///
@@ -33,6 +36,16 @@ pub fn prefs(prefs: &Prefs) -> Result<(), InvalidPrefs> {
     )?;
     if let Some(nick) = &prefs.nickname {
         text("nickname (--nickname)", nick, NICKNAME_MAX_LEN)?;
+    }
+    if let Some(ca) = &prefs.control_ca_file {
+        text("control_ca_file (--login-server-ca)", ca, CA_FILE_MAX_LEN)?;
+        if !ca.starts_with('/') {
+            return Err(InvalidPrefs(format!(
+                "control_ca_file (--login-server-ca) {:?} is not an absolute path; \
+                 give the CA file's full path",
+                truncated(ca)
+            )));
+        }
     }
     // Counted before parsing: the HostInfo set would fold duplicates.
     let tags = &prefs.advertise_tags;
@@ -183,6 +196,16 @@ mod tests {
             ..Prefs::default()
         };
         assert!(refused(&url).starts_with("control_url (--login-server) is 5007 bytes long"));
+        let ca = Prefs {
+            control_ca_file: Some(format!("/{}", "c".repeat(5000))),
+            ..Prefs::default()
+        };
+        assert!(refused(&ca).starts_with("control_ca_file (--login-server-ca) is 5001 bytes long"));
+        let relative = Prefs {
+            control_ca_file: Some("ca.pem".into()),
+            ..Prefs::default()
+        };
+        assert!(refused(&relative).contains("not an absolute path"));
     }
 
     #[test]
