@@ -942,10 +942,11 @@ impl Backend {
             }
             ControlEvent::Refused(message) => {
                 tracing::warn!(%message, "Registration refused");
-                // A refused key login; an interactive one (auth URL) or
-                // one replacing an expired key keeps waiting for the user.
-                let standing = &self.rt.standing;
-                if standing.auth_url().is_none() && !standing.key_expired() {
+                // A refused re-authentication (auth key refused, or its
+                // login URL declined) leaves the registration that still
+                // stands as it was; one replacing an expired key has none
+                // and keeps waiting for the user, as a new node does.
+                if !self.rt.standing.key_expired() {
                     self.undo_reauth();
                 }
                 self.rt.standing = match std::mem::take(&mut self.rt.standing) {

@@ -435,6 +435,40 @@ async fn a_refused_reauth_puts_the_prefs_back_and_resumes_the_old_registration()
     h.stop().await;
 }
 
+/// An interactive re-authentication (no auth key: a login URL) that the
+/// administrator declines leaves the prefs as they were and the old
+/// registration running, as a refused auth key does.
+#[tokio::test(start_paused = true)]
+async fn a_declined_interactive_reauth_puts_the_prefs_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
+    let mut h = logged_in(&dir, &control, &dp).await;
+    let before = h.handle.call(|b| b.debug_prefs()).await.unwrap();
+    let mut wish = prefs(URL);
+    wish.advertise_tags = vec!["tag:db".into()];
+    h.start_with(StartRequest {
+        prefs: Some(wish),
+        auth_key: None,
+        force_reauth: true,
+    })
+    .await;
+    h.handle.call(|b| b.login_interactive()).await.unwrap();
+    h.wait("the login URL", |n| matches!(n, Notify::BrowseToUrl { .. }))
+        .await;
+    control.decline_all();
+    let e = h.wait("error", |n| matches!(n, Notify::Error { .. })).await;
+    assert_eq!(
+        e,
+        Notify::Error {
+            message: "the login was declined".into()
+        }
+    );
+    let after = h.handle.call(|b| b.debug_prefs()).await.unwrap();
+    assert_eq!(after, before, "the declined login left nothing behind");
+    h.wait_state(BackendState::Running).await;
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn logout_expires_the_key_at_control_and_removes_the_profile() {
     let dir = tempfile::tempdir().unwrap();

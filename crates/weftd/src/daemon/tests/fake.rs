@@ -56,6 +56,8 @@ pub struct FakeState {
     pub expired: BTreeSet<NodePublic>,
     /// Auth URLs handed out → approved.
     pub auth_urls: BTreeMap<String, bool>,
+    /// Auth URLs an administrator declined.
+    pub declined: BTreeSet<String>,
     pub register_calls: Vec<RegisterRequest>,
     pub map_calls: usize,
     pub key_calls: usize,
@@ -118,6 +120,16 @@ impl FakeControl {
     pub fn approve_all(&self) {
         for v in self.s().auth_urls.values_mut() {
             *v = true;
+        }
+        self.approved.notify_waiters();
+    }
+
+    /// Declines every login waiting at an auth URL (the admin's "no").
+    pub fn decline_all(&self) {
+        {
+            let mut s = self.s();
+            let waiting: Vec<String> = s.auth_urls.keys().cloned().collect();
+            s.declined.extend(waiting);
         }
         self.approved.notify_waiters();
     }
@@ -214,6 +226,12 @@ impl FakeControl {
                         return Some(RegisterResponse::NeedsAuth { auth_url: url });
                     }
                     RegisterAuth::Followup { auth_url } => {
+                        if s.declined.contains(auth_url) {
+                            return Some(RegisterResponse::Refused(Refusal {
+                                reason: RefusalReason::AccessDenied,
+                                message: "the login was declined".into(),
+                            }));
+                        }
                         if s.auth_urls.get(auth_url) == Some(&true) {
                             return Some(RegisterResponse::Registered(Self::register_node(
                                 &mut s,
