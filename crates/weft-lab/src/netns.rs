@@ -38,6 +38,14 @@ impl Netns {
         &self.name
     }
 
+    /// Returns the file `ip netns exec` bind-mounts over `/etc/resolv.conf` for programs in
+    /// this namespace (`/etc/netns/<name>/resolv.conf`, created with the namespace).
+    pub fn resolv_conf(&self) -> std::path::PathBuf {
+        std::path::Path::new(crate::lab::ETC_NETNS_DIR)
+            .join(&self.name)
+            .join("resolv.conf")
+    }
+
     /// Returns the short name given at creation.
     pub fn short(&self) -> &str {
         &self.short
