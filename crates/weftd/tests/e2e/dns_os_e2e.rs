@@ -108,6 +108,13 @@ fn resolv_conf_is_ours_while_up_and_the_original_comes_back_every_way() -> anyho
             ensure!(dns_status(&n)?["managing"] == false);
             n.weft(["set", "--accept-dns=true"]).run()?;
             wait_ours(&n, &domain)?;
+            // The same through `up`.
+            n.weft(["up", "--login-server", &control.url(), "--hostname", "dns1"])
+                .arg("--accept-dns=false")
+                .run()?;
+            wait_restored(&n, ORIGINAL, "the original after up --accept-dns=false")?;
+            n.weft(["set", "--accept-dns=true"]).run()?;
+            wait_ours(&n, &domain)?;
 
             // kill -9 leaves ours and the backup; the next start (control away: no netmap)
             // puts the original back by itself.
