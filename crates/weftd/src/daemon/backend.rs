@@ -327,11 +327,12 @@ impl Backend {
         self.session = None;
         // Stopping: the host gets its own DNS back.
         if let Some(os) = &mut self.os_dns {
-            os.set(None);
+            tokio::task::block_in_place(|| os.set(None));
         }
     }
 
-    /// Hands the OS's DNS to the coordinator (before [`Backend::run`]).
+    /// Hands the OS's DNS to the coordinator (before [`Backend::run`], which
+    /// must then run on a multi-threaded runtime).
     pub fn set_os_dns(&mut self, os: OsDns) {
         self.os_dns = Some(os);
     }
@@ -344,7 +345,9 @@ impl Backend {
         let accept = self.store.current().prefs.accept_dns;
         let want = dns_os::desired(accept, running, self.rt.netmap.as_deref());
         if let Some(os) = &mut self.os_dns {
-            os.set(want);
+            // File writes and busctl calls (bounded by their timeout): other
+            // tasks move off this worker meanwhile.
+            tokio::task::block_in_place(|| os.set(want));
         }
     }
 
