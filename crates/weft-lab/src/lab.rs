@@ -16,6 +16,8 @@ use crate::wait::wait_until;
 pub const NETNS_DIR: &str = "/var/run/netns";
 /// Where WireGuard UAPI sockets live, shared by all namespaces.
 pub const WG_SOCKET_DIR: &str = "/var/run/wireguard";
+/// Per-namespace files `ip netns exec` bind-mounts over `/etc` (iproute2).
+pub const ETC_NETNS_DIR: &str = "/etc/netns";
 
 /// The underlay pool, RFC 2544's benchmark range 198.18.0.0/15, cut into 512 /24s.
 const UNDERLAY_BASE: u32 = u32::from_be_bytes([198, 18, 0, 0]);
@@ -167,7 +169,21 @@ impl Lab {
             )));
         }
         let name = format!("{}-{short}", self.prefix());
-        host_command("ip").args(["netns", "add", &name]).run()?;
+        // Each namespace gets its own resolv.conf before anything runs there: a weftd with
+        // MagicDNS rewrites /etc/resolv.conf, and without this file that would be the host's.
+        let etc = Path::new(ETC_NETNS_DIR).join(&name);
+        std::fs::create_dir_all(&etc)
+            .and_then(|()| {
+                std::fs::write(
+                    etc.join("resolv.conf"),
+                    format!("# weft-lab: {name}'s own resolv.conf\nnameserver 127.0.0.1\n"),
+                )
+            })
+            .map_err(|e| LabError::io(format!("creating {}/resolv.conf", etc.display()), e))?;
+        if let Err(e) = host_command("ip").args(["netns", "add", &name]).run() {
+            let _ = std::fs::remove_dir_all(&etc);
+            return Err(e);
+        }
         self.namespaces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -376,26 +392,17 @@ fn delete_netns(name: &str, grace: Duration) -> Result<()> {
         .args(["netns", "del", name])
         .timeout(Duration::from_secs(10))
         .run()?;
-    remove_etc_dir(name)
-}
-
-/// Where `ip netns exec <name>` finds the files it bind-mounts over `/etc` (`hosts`,
-/// `resolv.conf`, …; see ip-netns(8)).
-pub const ETC_NETNS_DIR: &str = "/etc/netns";
-
-/// Removes `/etc/netns/<name>` (a namespace's own `/etc` files), if there is one.
-fn remove_etc_dir(name: &str) -> Result<()> {
-    let dir = Path::new(ETC_NETNS_DIR).join(name);
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(LabError::io(format!("removing {}", dir.display()), e)),
+    let etc = Path::new(ETC_NETNS_DIR).join(name);
+    match std::fs::remove_dir_all(&etc) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(LabError::io(format!("removing {}", etc.display()), e))
+        }
+        _ => Ok(()),
     }
 }
 
 /// Removes what dead runs left: their namespaces (and processes in them), UAPI sockets and
-/// root-namespace interfaces with `wf<pid>-` names, `/etc/netns/<their namespaces>`, and temp
-/// dirs. Returns the problems met.
+/// root-namespace interfaces with `wf<pid>-` names, and temp dirs. Returns the problems met.
 pub fn cleanup_stale() -> Vec<String> {
     let mut problems = Vec::new();
     let alive = names::pid_alive;
@@ -450,14 +457,10 @@ pub fn cleanup_stale() -> Vec<String> {
         }
     }
 
-    for name in names::stale_run_names(
-        dir_names(Path::new(ETC_NETNS_DIR))
-            .iter()
-            .map(String::as_str),
-        alive,
-    ) {
-        if let Err(e) = remove_etc_dir(name) {
-            problems.push(e.to_string());
+    let etc = Path::new(ETC_NETNS_DIR);
+    for name in names::stale_run_names(dir_names(etc).iter().map(String::as_str), alive) {
+        if let Err(e) = std::fs::remove_dir_all(etc.join(name)) {
+            problems.push(format!("{}: {e}", etc.join(name).display()));
         }
     }
 

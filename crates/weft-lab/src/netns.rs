@@ -39,6 +39,17 @@ impl Netns {
         &self.name
     }
 
+    /// Returns the file `ip netns exec` bind-mounts over `/etc/resolv.conf` for programs in
+    /// this namespace (`/etc/netns/<name>/resolv.conf`, created with the namespace).
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.etc_dir().join("resolv.conf")
+    }
+
+    /// Returns `/etc/netns/<name>`: the files `ip netns exec` bind-mounts over `/etc`.
+    fn etc_dir(&self) -> PathBuf {
+        Path::new(crate::lab::ETC_NETNS_DIR).join(&self.name)
+    }
+
     /// Returns the short name given at creation.
     pub fn short(&self) -> &str {
         &self.short
@@ -51,7 +62,7 @@ impl Netns {
     /// # Errors
     /// When the file cannot be written.
     pub fn write_etc(&self, file: &str, contents: &str) -> Result<PathBuf> {
-        let dir = Path::new(crate::lab::ETC_NETNS_DIR).join(&self.name);
+        let dir = self.etc_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
         let path = dir.join(file);

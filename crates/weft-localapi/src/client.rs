@@ -14,8 +14,8 @@ use tokio::net::UnixStream;
 
 use crate::PREFIX;
 use crate::types::{
-    DebugPrefs, ErrorBody, NetcheckReport, Notify, PingRequest, PingResult, Prefs, PrefsPatch,
-    ProfileSummary, StartRequest, Status, WhoIs,
+    DebugPrefs, DnsStatus, ErrorBody, NetcheckReport, Notify, PingRequest, PingResult, Prefs,
+    PrefsPatch, ProfileSummary, StartRequest, Status, WhoIs,
 };
 
 /// The longest single `watch` line accepted (a defensive bound).
@@ -181,6 +181,14 @@ impl LocalClient {
     pub async fn whois(&self, addr: IpAddr) -> Result<WhoIs, LocalApiError> {
         self.call(Method::GET, &format!("whois?addr={addr}"), None::<&()>)
             .await
+    }
+
+    /// `GET dns/status`: MagicDNS and the OS's DNS configuration.
+    ///
+    /// # Errors
+    /// As [`LocalClient::status`].
+    pub async fn dns_status(&self) -> Result<DnsStatus, LocalApiError> {
+        self.call(Method::GET, "dns/status", None::<&()>).await
     }
 
     /// `GET debug/prefs`.

@@ -457,3 +457,49 @@ pub enum Notify {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// `GET dns/status`: MagicDNS as the node sees it and what the OS uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// How weftd configures the OS: `direct` (/etc/resolv.conf),
+    /// `resolved` (systemd-resolved, per link) or `unsupported`.
+    pub mode: String,
+    /// Why the mode is `unsupported`.
+    pub mode_reason: Option<String>,
+    /// `--accept-dns`.
+    pub accept_dns: bool,
+    /// Weft's configuration is in the OS now.
+    pub managing: bool,
+    /// The tailnet answers node names (from the netmap; `false` without one).
+    pub magic_dns: bool,
+    /// The tailnet's DNS domain, once there is a netmap.
+    pub domain: Option<String>,
+    /// The resolvers Weft put in the OS (its own), while `managing`.
+    pub resolvers: Vec<IpAddr>,
+    /// The search domains Weft put in the OS, while `managing`.
+    pub search_domains: Vec<String>,
+    /// Domains routed to Weft's resolver (resolved mode), while `managing`.
+    pub match_domains: Vec<String>,
+    /// Every name goes to Weft's resolver (the tailnet pushes global
+    /// nameservers).
+    pub default_route: bool,
+    /// The tailnet's global nameservers (empty: the host's own).
+    pub global_nameservers: Vec<IpAddr>,
+    /// Split DNS: domain → resolvers.
+    pub split_routes: BTreeMap<String, Vec<IpAddr>>,
+    /// What the OS uses now (resolv.conf, or resolved's upstream list),
+    /// parsed; `None` if it cannot be read or parsed.
+    pub os: Option<OsResolvers>,
+    /// The host's own resolvers, where Weft's resolver forwards other names.
+    pub host_nameservers: Vec<IpAddr>,
+    /// Why the OS could not be configured.
+    pub health: Option<String>,
+}
+
+/// The DNS configuration the OS uses now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsResolvers {
+    pub nameservers: Vec<IpAddr>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
+}

@@ -6,7 +6,9 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use weft_localapi::{DEFAULT_SOCKET, SOCKET_ENV};
 
-use crate::cmd::{debug, ip, login, netcheck, ping, set, ssh, status, switch, up, version, whois};
+use crate::cmd::{
+    debug, dns, ip, login, netcheck, ping, set, ssh, status, switch, up, version, whois,
+};
 use crate::ctx::Ctx;
 
 /// Weft: join a tailnet, see its peers, reach them.
@@ -54,6 +56,8 @@ pub enum Command {
     Version(version::VersionArgs),
     /// Debugging aids
     Debug(debug::DebugArgs),
+    /// MagicDNS: how this machine's DNS is configured
+    Dns(dns::DnsArgs),
 }
 
 /// Parses the process arguments (exiting with status 2 on a usage error) and

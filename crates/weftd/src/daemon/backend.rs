@@ -31,6 +31,7 @@ use weft_types::{Endpoint, HostInfo, NetMap, NodePrivate, Tag};
 use super::bus::Bus;
 use super::control::{self, ControlCmd, ControlEvent, ControlHandle, ControlSpec};
 use super::dataplane::DataPlane;
+use super::dns_os::{self, OsDns};
 use super::profiles::{ProfileError, ProfileStore};
 use super::state_file::StateError;
 use super::validate::InvalidPrefs;
@@ -261,6 +262,9 @@ pub struct Backend {
     home_relay: Option<u16>,
     /// Our SSH host keys (set by the SSH service), published while `--ssh` is on.
     ssh_host_keys: Vec<weft_types::node::SshHostKey>,
+    /// The OS's DNS configuration (MagicDNS), kept in step with prefs and
+    /// netmap after every job; `None` (tests): the OS is never touched.
+    os_dns: Option<OsDns>,
 }
 
 impl Backend {
@@ -288,6 +292,7 @@ impl Backend {
             endpoints: Vec::new(),
             home_relay: None,
             ssh_host_keys: Vec::new(),
+            os_dns: None,
         };
         b.load_profile();
         b
@@ -303,6 +308,7 @@ impl Backend {
     ) {
         self.dp
             .set_shields_up(self.store.current().prefs.shields_up);
+        self.sync_os_dns();
         self.publish_state(false);
         loop {
             tokio::select! {
@@ -315,9 +321,34 @@ impl Backend {
             }
             self.dp
                 .set_shields_up(self.store.current().prefs.shields_up);
+            self.sync_os_dns();
             self.publish_state(false);
         }
         self.session = None;
+        // Stopping: the host gets its own DNS back.
+        if let Some(os) = &mut self.os_dns {
+            tokio::task::block_in_place(|| os.set(None));
+        }
+    }
+
+    /// Hands the OS's DNS to the coordinator (before [`Backend::run`], which
+    /// must then run on a multi-threaded runtime).
+    pub fn set_os_dns(&mut self, os: OsDns) {
+        self.os_dns = Some(os);
+    }
+
+    /// Brings the OS's DNS in line with prefs, state and netmap: Weft's
+    /// resolver while running with `--accept-dns` and a netmap that wants
+    /// it, the host's own otherwise.
+    fn sync_os_dns(&mut self) {
+        let running = self.state() == BackendState::Running;
+        let accept = self.store.current().prefs.accept_dns;
+        let want = dns_os::desired(accept, running, self.rt.netmap.as_deref());
+        if let Some(os) = &mut self.os_dns {
+            // File writes and busctl calls (bounded by their timeout): other
+            // tasks move off this worker meanwhile.
+            tokio::task::block_in_place(|| os.set(want));
+        }
     }
 
     /// Returns a mailbox and the receiver [`Backend::run`] takes.
@@ -416,7 +447,18 @@ impl Backend {
         {
             h.push("waiting for an administrator to approve this machine".into());
         }
+        if let Some(line) = self.os_dns.as_ref().and_then(OsDns::health) {
+            h.push(line);
+        }
         h
+    }
+
+    /// Returns `GET dns/status`: what Weft pushes, what the OS uses now.
+    pub fn dns_status(&self) -> weft_localapi::DnsStatus {
+        let prefs = &self.store.current().prefs;
+        let nm = self.rt.netmap.as_deref();
+        let report = self.os_dns.as_ref().map(OsDns::report);
+        dns_os::status(prefs.accept_dns, nm, report)
     }
 
     pub fn prefs(&self) -> Prefs {

@@ -11,7 +11,9 @@
 //!   relay connections, TUN addresses, our endpoints);
 //! * [`bus`], [`localapi`], [`validate`]: the LocalAPI server, its event
 //!   stream and the bounds on what callers may set;
-//! * [`ssh`]: Weft SSH on the tailnet addresses while `--ssh` is on.
+//! * [`ssh`]: Weft SSH on the tailnet addresses while `--ssh` is on;
+//! * [`dns_os`]: the OS's DNS pointed at MagicDNS while `--accept-dns` is on
+//!   (resolv.conf or systemd-resolved), and given back.
 //!
 //! Every path comes from a flag (`--state`, `--socket`, `--tun`, `--port`),
 //! so several daemons run side by side in network namespaces.
@@ -21,6 +23,7 @@ pub mod bus;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod dns_os;
 pub mod endpoints;
 pub mod filter;
 pub mod localapi;
@@ -78,6 +81,9 @@ pub struct DaemonArgs {
     /// The UDP port for WireGuard and disco (0 = any free port).
     #[arg(long, default_value_t = 41641)]
     pub port: u16,
+    /// The resolv.conf MagicDNS manages (for tests and unusual layouts).
+    #[arg(long, default_value = "/etc/resolv.conf", hide = true)]
+    pub resolv_conf: PathBuf,
     /// A user who may change settings through the LocalAPI besides root.
     #[arg(long)]
     pub operator: Option<String>,
@@ -202,7 +208,7 @@ async fn run_async(
     };
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let (handle, jobs) = Backend::mailbox();
-    let backend = Backend::new(
+    let mut backend = Backend::new(
         store,
         weft_client::ConnectOptions::default(),
         Box::new(dp),
@@ -210,6 +216,12 @@ async fn run_async(
         info,
         events_tx,
     );
+    // MagicDNS in the OS; restores what a crashed earlier run left.
+    let dns_paths = dns_os::Paths {
+        resolv_conf: args.resolv_conf.clone(),
+        ..dns_os::Paths::system(&args.statedir)
+    };
+    backend.set_os_dns(dns_os::OsDns::start(dns_paths, &args.tun));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let relay_pump = tokio::spawn(relay::run(
         Arc::clone(&tunnel),

@@ -139,6 +139,7 @@ pub fn router(
         .route("/ping", post(ping_h))
         .route("/netcheck", get(netcheck_h))
         .route("/whois", get(whois_h))
+        .route("/dns/status", get(dns_status_h))
         .route("/watch", get(watch_h))
         .route("/debug/prefs", get(debug_prefs_h))
         .route("/metrics", get(metrics_h))
@@ -425,6 +426,12 @@ async fn whois_h(
         ApiError::not_found(format!("no node in the tailnet has the address {ip}"))
     })?;
     Ok(Json(w).into_response())
+}
+
+/// `GET dns/status`: MagicDNS and the OS's DNS configuration.
+async fn dns_status_h(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let s = st.handle.call(|b| b.dns_status()).await?;
+    Ok(Json(s).into_response())
 }
 
 /// `GET metrics`: Prometheus text (filter drops, tunnel packets and bytes,
