@@ -29,6 +29,7 @@ pub mod clock;
 pub mod config;
 mod control;
 mod ctx;
+pub(crate) mod dns;
 mod http;
 pub mod keyfile;
 mod lock;
@@ -273,6 +274,16 @@ impl Server {
             Err(e) => return Err(StartError::Load(e)),
         };
 
+        let dns = match store.dns_settings().await {
+            Ok(Some(s)) => s.config,
+            Ok(None) => dns::default_config(),
+            Err(e) => {
+                return Err(StartError::Load(format!(
+                    "{e}; fix or delete the dns_settings row (deleting it restores the defaults)"
+                )));
+            }
+        };
+
         // Every address is bound: from here on this server is the one.
         let marked = store.mark_all_offline(clock.now()).await?;
         if marked > 0 {
@@ -288,6 +299,7 @@ impl Server {
                 batch_delay: config.batch_delay,
                 ephemeral_grace: config.ephemeral_grace,
                 relay_map,
+                dns,
             },
         )
         .await
@@ -327,6 +339,7 @@ impl Server {
             tasks: TaskTracker::new(),
             relay,
             relay_keys,
+            dns_edit: tokio::sync::Mutex::new(()),
         });
         let admin = Admin::new(ctx.clone());
         background.spawn(coordinator.run(stop.clone()));

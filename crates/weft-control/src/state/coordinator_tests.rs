@@ -22,6 +22,7 @@ const GRACE: Duration = Duration::from_secs(60);
 fn config() -> CoordConfig {
     CoordConfig {
         domain: domain(),
+        dns: crate::dns::default_config(),
         batch_delay: Duration::from_millis(50),
         ephemeral_grace: GRACE,
         relay_map: weft_types::netmap::RelayMap::default(),

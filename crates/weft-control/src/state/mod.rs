@@ -461,16 +461,6 @@ impl Published {
     }
 }
 
-/// DNS settings for a tailnet domain.
-pub(crate) fn dns_config(domain: &DnsName) -> DnsConfig {
-    DnsConfig {
-        magic_dns: true,
-        nameservers: Vec::new(),
-        search_domains: vec![domain.clone()],
-        ..Default::default()
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::net::Ipv4Addr;
