@@ -29,7 +29,6 @@ pub mod clock;
 pub mod config;
 mod control;
 mod ctx;
-pub(crate) mod dns;
 mod http;
 pub mod keyfile;
 mod lock;
@@ -276,7 +275,7 @@ impl Server {
 
         let dns = match store.dns_settings().await {
             Ok(Some(s)) => s.config,
-            Ok(None) => dns::default_config(),
+            Ok(None) => state::default_dns_config(),
             Err(e) => {
                 return Err(StartError::Load(format!(
                     "{e}; fix or delete the dns_settings row (deleting it restores the defaults)"

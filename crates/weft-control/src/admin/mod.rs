@@ -9,6 +9,7 @@
 
 pub(crate) mod api;
 pub mod client;
+pub(crate) mod dns;
 pub(crate) mod socket;
 pub mod types;
 
@@ -468,8 +469,8 @@ impl Admin {
     pub async fn dns(&self) -> Result<DnsView, AdminError> {
         let domain = &self.ctx.config.domain;
         Ok(match self.ctx.store.dns_settings().await? {
-            Some(s) => crate::dns::view(&s.config, domain, Some(s.updated.0), Some(s.author)),
-            None => crate::dns::view(&crate::dns::default_config(), domain, None, None),
+            Some(s) => dns::view(&s.config, domain, Some(s.updated.0), Some(s.author)),
+            None => dns::view(&dns::default_config(), domain, None, None),
         })
     }
 
@@ -479,7 +480,7 @@ impl Admin {
     /// `invalid` with a one-line reason; nothing changes then.
     pub async fn put_dns(&self, b: &DnsSettingsBody, author: &str) -> Result<DnsView, AdminError> {
         let _edit = self.ctx.dns_edit.lock().await;
-        let config = crate::dns::from_body(b, &self.dns_tailnet()).map_err(AdminError::invalid)?;
+        let config = dns::from_body(b, &self.dns_tailnet()).map_err(AdminError::invalid)?;
         self.publish_dns(&config, author).await
     }
 
@@ -491,16 +492,16 @@ impl Admin {
         let _edit = self.ctx.dns_edit.lock().await;
         let current = match self.ctx.store.dns_settings().await? {
             Some(s) => s.config,
-            None => crate::dns::default_config(),
+            None => dns::default_config(),
         };
-        let config = crate::dns::apply_patch(&current, p, &self.dns_tailnet())
-            .map_err(AdminError::invalid)?;
+        let config =
+            dns::apply_patch(&current, p, &self.dns_tailnet()).map_err(AdminError::invalid)?;
         self.publish_dns(&config, author).await
     }
 
-    fn dns_tailnet(&self) -> crate::dns::Tailnet {
+    fn dns_tailnet(&self) -> dns::Tailnet {
         let pool = &self.ctx.store.config().pool;
-        crate::dns::Tailnet {
+        dns::Tailnet {
             domain: self.ctx.config.domain.clone(),
             pool_v4: pool.v4(),
             pool_v6: pool.v6(),
@@ -522,7 +523,7 @@ impl Admin {
         tracing::info!(%author, magic_dns = config.magic_dns, "DNS settings replaced");
         self.ctx.coord.send(Msg::Dns(Box::new(s.config.clone())));
         let _ = self.ctx.coord.flush().await;
-        Ok(crate::dns::view(
+        Ok(dns::view(
             &s.config,
             &self.ctx.config.domain,
             Some(s.updated.0),

@@ -22,7 +22,7 @@ const GRACE: Duration = Duration::from_secs(60);
 fn config() -> CoordConfig {
     CoordConfig {
         domain: domain(),
-        dns: crate::dns::default_config(),
+        dns: crate::state::default_dns_config(),
         batch_delay: Duration::from_millis(50),
         ephemeral_grace: GRACE,
         relay_map: weft_types::netmap::RelayMap::default(),
@@ -430,7 +430,7 @@ fn shutting_down_ends_every_stream() {
 #[test]
 fn new_dns_settings_reach_every_stream_as_one_dns_delta_and_full_maps() {
     let (mut c, s1, s3) = streaming();
-    let mut dns = crate::dns::default_config();
+    let mut dns = crate::state::default_dns_config();
     dns.nameservers = vec!["192.0.2.53".parse().unwrap()];
     c.handle(Msg::Dns(Box::new(dns.clone())), T0);
     assert_eq!(c.batch(), BatchState::Dirty);

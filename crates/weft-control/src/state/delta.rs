@@ -368,7 +368,7 @@ mod tests {
             policy: Arc::new(policy),
             unauthorized: BTreeSet::new(),
             domain: domain(),
-            dns: Encoded::new(&crate::dns::default_config()).unwrap(),
+            dns: Encoded::new(&crate::state::default_dns_config()).unwrap(),
             relay_map: Encoded::new(&RelayMap::default()).unwrap(),
         }
     }

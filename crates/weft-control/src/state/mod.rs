@@ -461,6 +461,15 @@ impl Published {
     }
 }
 
+/// The DNS settings a server starts with before an administrator changes
+/// them: MagicDNS on, every other name resolved as the host did before.
+pub(crate) fn default_dns_config() -> DnsConfig {
+    DnsConfig {
+        magic_dns: true,
+        ..DnsConfig::default()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::net::Ipv4Addr;

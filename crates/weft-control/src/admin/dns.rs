@@ -26,7 +26,7 @@ use weft_control_store::alloc::{MAGICDNS_V4, TAILNET_V6};
 use weft_types::DnsName;
 use weft_types::netmap::{DnsConfig, DnsRecord};
 
-use crate::admin::types::{DnsPatch, DnsRecordView, DnsSettingsBody, DnsView};
+use super::types::{DnsPatch, DnsRecordView, DnsSettingsBody, DnsView};
 
 /// Global nameservers, at most.
 pub const MAX_NAMESERVERS: usize = 8;
@@ -49,14 +49,7 @@ pub(crate) struct Tailnet {
     pub pool_v6: Ipv6Net,
 }
 
-/// The settings a server starts with before an admin changes them:
-/// MagicDNS on, every other name resolved as the host did before.
-pub(crate) fn default_config() -> DnsConfig {
-    DnsConfig {
-        magic_dns: true,
-        ..DnsConfig::default()
-    }
-}
+pub(crate) use crate::state::default_dns_config as default_config;
 
 /// Builds settings from a `PUT /dns` body.
 ///
