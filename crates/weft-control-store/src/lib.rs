@@ -46,6 +46,7 @@ mod rows;
 mod secret;
 
 mod auth;
+mod dns;
 mod keys;
 mod nodes;
 mod policy;
@@ -61,9 +62,9 @@ pub use alloc::AddressPool;
 pub use db::Backend;
 pub use error::StoreError;
 pub use model::{
-    ApiKey, ApiKeyId, AuthRequest, AuthRequestState, KeyLifetime, NewAuthRequest, NewPreauthKey,
-    NewUser, Node, NodeStatusUpdate, PolicyVersion, PolicyVersionId, PreauthKey, PreauthKeyId,
-    RegisterAuth, RegisterNode, Registered, Role, User, UserPatch,
+    ApiKey, ApiKeyId, AuthRequest, AuthRequestState, DnsSettings, KeyLifetime, NewAuthRequest,
+    NewPreauthKey, NewUser, Node, NodeStatusUpdate, PolicyVersion, PolicyVersionId, PreauthKey,
+    PreauthKeyId, RegisterAuth, RegisterNode, Registered, Role, User, UserPatch,
 };
 pub use secret::KeySecret;
 /// The `weft-types` vocabulary the API uses, re-exported for convenience.

@@ -406,3 +406,14 @@ pub struct PolicyVersion {
     /// Who stored it (login name, `api key <prefix>`, `file`, …).
     pub author: String,
 }
+
+/// The tailnet's DNS settings as stored, with who changed them last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// The settings every node is given.
+    pub config: weft_types::netmap::DnsConfig,
+    /// When they were stored.
+    pub updated: UnixMillis,
+    /// Who stored them (login name, `api key <prefix>`, …).
+    pub author: String,
+}

@@ -11,7 +11,7 @@ use sqlx::any::AnyRow;
 use weft_types::{Endpoint, NodeId, Tag, UnixMillis, UserId};
 
 use crate::model::{
-    ApiKey, ApiKeyId, AuthRequest, AuthRequestState, KeyLifetime, Node, PolicyVersion,
+    ApiKey, ApiKeyId, AuthRequest, AuthRequestState, DnsSettings, KeyLifetime, Node, PolicyVersion,
     PolicyVersionId, PreauthKey, PreauthKeyId, User,
 };
 use crate::{Role, StoreError};
@@ -61,6 +61,13 @@ macro_rules! policy_columns {
     };
 }
 pub(crate) use policy_columns;
+
+macro_rules! dns_columns {
+    () => {
+        "config, updated_ms, author"
+    };
+}
+pub(crate) use dns_columns;
 
 fn parse<T: FromStr>(what: &'static str, s: &str) -> Result<T, StoreError>
 where
@@ -219,6 +226,14 @@ pub(crate) fn policy(row: &AnyRow) -> Result<PolicyVersion, StoreError> {
         id: PolicyVersionId(row.try_get("id")?),
         text: text(row, "text")?,
         created: time(row, "created_ms")?,
+        author: text(row, "author")?,
+    })
+}
+
+pub(crate) fn dns_settings(row: &AnyRow) -> Result<DnsSettings, StoreError> {
+    Ok(DnsSettings {
+        config: json("dns_settings.config", &text(row, "config")?)?,
+        updated: time(row, "updated_ms")?,
         author: text(row, "author")?,
     })
 }

@@ -43,4 +43,7 @@ pub(crate) struct Ctx {
     /// Who may use a relay (the embedded one, and standalone ones through
     /// `POST /api/v1/relay/verify`).
     pub relay_keys: Arc<crate::relay::LiveKeys>,
+    /// Held across a DNS settings change (read, apply, store, publish), so
+    /// two concurrent partial changes cannot lose one another.
+    pub dns_edit: tokio::sync::Mutex<()>,
 }

@@ -273,6 +273,16 @@ impl Server {
             Err(e) => return Err(StartError::Load(e)),
         };
 
+        let dns = match store.dns_settings().await {
+            Ok(Some(s)) => s.config,
+            Ok(None) => state::default_dns_config(),
+            Err(e) => {
+                return Err(StartError::Load(format!(
+                    "{e}; fix or delete the dns_settings row (deleting it restores the defaults)"
+                )));
+            }
+        };
+
         // Every address is bound: from here on this server is the one.
         let marked = store.mark_all_offline(clock.now()).await?;
         if marked > 0 {
@@ -288,6 +298,7 @@ impl Server {
                 batch_delay: config.batch_delay,
                 ephemeral_grace: config.ephemeral_grace,
                 relay_map,
+                dns,
             },
         )
         .await
@@ -327,6 +338,7 @@ impl Server {
             tasks: TaskTracker::new(),
             relay,
             relay_keys,
+            dns_edit: tokio::sync::Mutex::new(()),
         });
         let admin = Admin::new(ctx.clone());
         background.spawn(coordinator.run(stop.clone()));

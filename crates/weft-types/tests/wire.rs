@@ -249,7 +249,7 @@ fn the_full_map_example_matches() {
         dns: DnsConfig {
             magic_dns: true,
             nameservers: vec![],
-            search_domains: vec!["example.weft".parse().unwrap()],
+            search_domains: vec![],
             ..Default::default()
         },
         relay_map: RelayMap::default(),
@@ -498,9 +498,7 @@ const EXAMPLE_FULL: &str = r#"{
         "dns": {
           "magic_dns": true,
           "nameservers": [],
-          "search_domains": [
-            "example.weft"
-          ],
+          "search_domains": [],
           "routes": {},
           "extra_records": []
         },

@@ -11,6 +11,7 @@ mod common;
 
 mod auth_policy;
 mod concurrency;
+mod dns;
 mod keys;
 mod nodes;
 mod registration;
@@ -67,6 +68,8 @@ suite!(
     auth_policy::logins_can_be_rejected_expire_and_are_cleaned_up,
     auth_policy::pending_logins_are_counted_and_only_pending_ones_deleted,
     auth_policy::policies_are_versioned,
+    dns::dns_settings_start_empty_are_replaced_whole_and_survive_reopening,
+    dns::stored_dns_settings_that_do_not_parse_are_reported_as_corrupt,
     concurrency::concurrent_registrations_never_share_an_address_or_name,
     concurrency::a_one_off_key_wins_only_one_race,
     concurrency::two_servers_with_the_same_seed_still_allocate_uniquely,

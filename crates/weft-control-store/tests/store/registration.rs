@@ -286,6 +286,11 @@ pub async fn a_known_machine_reregisters_in_place(db: &TestDb) {
     let alice = user(&store, "alice").await;
     let bob = user(&store, "bob").await;
     let first = register_as(&store, &alice, 1, "laptop", T0).await.node;
+    // An admin's rename is what the node keeps from now on.
+    store
+        .rename_node(first.id, &"build-box".parse().unwrap())
+        .await
+        .unwrap();
     store.expire_node(first.id, at(DAY)).await.unwrap();
 
     // Same machine, new node key, approved by bob this time.
@@ -307,8 +312,8 @@ pub async fn a_known_machine_reregisters_in_place(db: &TestDb) {
     );
     assert_eq!(
         node.given_name.as_str(),
-        "laptop",
-        "the DNS name does not follow the reported hostname"
+        "build-box",
+        "the DNS name (the admin's rename) does not follow the reported hostname"
     );
     assert_eq!(node.hostname, "laptop-renamed-by-os");
     assert_eq!(node.node_key, node_key(1, 1));

@@ -58,6 +58,7 @@ async fn both_migration_sets_define_the_same_schema() {
         [
             "api_keys",
             "auth_requests",
+            "dns_settings",
             "nodes",
             "policies",
             "preauth_keys",

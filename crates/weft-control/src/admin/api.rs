@@ -59,6 +59,9 @@ macro_rules! method_name {
     (delete) => {
         "DELETE"
     };
+    (patch) => {
+        "PATCH"
+    };
 }
 
 admin_routes! {
@@ -81,6 +84,7 @@ admin_routes! {
     "/policy/explain" => post(explain);
     "/relay/verify" => post(relay_verify);
     "/relay-map" => get(get_relay_map), put(set_relay_map);
+    "/dns" => get(get_dns), put(put_dns), patch(patch_dns);
 }
 
 /// Returns the admin routes (without authentication; see [`require_api_key`]).
@@ -198,6 +202,28 @@ async fn get_relay_map(State(a): State<Admin>) -> R<RelayMapConfig> {
 
 async fn set_relay_map(State(a): State<Admin>, Json(m): Json<RelayMapConfig>) -> R<RelayMapConfig> {
     a.set_relay_map(m).await.map(Json)
+}
+
+async fn get_dns(State(a): State<Admin>) -> R<DnsView> {
+    a.dns().await.map(Json)
+}
+
+async fn put_dns(
+    State(a): State<Admin>,
+    actor: Option<Extension<Actor>>,
+    Json(b): Json<DnsSettingsBody>,
+) -> R<DnsView> {
+    let author = actor.map_or_else(|| "admin".to_owned(), |Extension(a)| a.0);
+    a.put_dns(&b, &author).await.map(Json)
+}
+
+async fn patch_dns(
+    State(a): State<Admin>,
+    actor: Option<Extension<Actor>>,
+    Json(p): Json<DnsPatch>,
+) -> R<DnsView> {
+    let author = actor.map_or_else(|| "admin".to_owned(), |Extension(a)| a.0);
+    a.patch_dns(&p, &author).await.map(Json)
 }
 
 async fn expire_node(State(a): State<Admin>, Path(id): Path<String>) -> R<NodeView> {

@@ -389,6 +389,21 @@ impl AdminClient {
             .await
     }
 
+    // --- DNS ---
+
+    /// `GET /dns`.
+    pub async fn dns(&self) -> Result<DnsView, AdminClientError> {
+        self.request::<(), _>(http::Method::GET, "/dns", None).await
+    }
+    /// `PUT /dns`: replaces the settings whole.
+    pub async fn put_dns(&self, b: &DnsSettingsBody) -> Result<DnsView, AdminClientError> {
+        self.request(http::Method::PUT, "/dns", Some(b)).await
+    }
+    /// `PATCH /dns`: changes only what `p` names.
+    pub async fn patch_dns(&self, p: &DnsPatch) -> Result<DnsView, AdminClientError> {
+        self.request(http::Method::PATCH, "/dns", Some(p)).await
+    }
+
     // --- policy ---
 
     /// `GET /policy`.

@@ -9,6 +9,7 @@
 
 pub(crate) mod api;
 pub mod client;
+pub(crate) mod dns;
 pub(crate) mod socket;
 pub mod types;
 
@@ -460,6 +461,77 @@ impl Admin {
         self.ctx.coord.send(Msg::RelayMap(Box::new(map)));
         let _ = self.ctx.coord.flush().await;
         self.relay_map()
+    }
+
+    // --- DNS -----------------------------------------------------------------------------
+
+    /// Returns the DNS settings nodes are given.
+    ///
+    /// # Errors
+    /// Database errors (a stored value that does not parse among them).
+    pub async fn dns(&self) -> Result<DnsView, AdminError> {
+        let domain = &self.ctx.config.domain;
+        Ok(match self.ctx.store.dns_settings().await? {
+            Some(s) => dns::view(&s.config, domain, Some(s.updated.0), Some(s.author)),
+            None => dns::view(&dns::default_config(), domain, None, None),
+        })
+    }
+
+    /// Replaces the DNS settings whole (`PUT /dns`).
+    ///
+    /// # Errors
+    /// `invalid` with a one-line reason; nothing changes then.
+    pub async fn put_dns(&self, b: &DnsSettingsBody, author: &str) -> Result<DnsView, AdminError> {
+        let _edit = self.ctx.dns_edit.lock().await;
+        let config = dns::from_body(b, &self.dns_tailnet()).map_err(AdminError::invalid)?;
+        self.publish_dns(&config, author).await
+    }
+
+    /// Changes the parts of the DNS settings `p` names (`PATCH /dns`).
+    ///
+    /// # Errors
+    /// `invalid` with a one-line reason; nothing changes then.
+    pub async fn patch_dns(&self, p: &DnsPatch, author: &str) -> Result<DnsView, AdminError> {
+        let _edit = self.ctx.dns_edit.lock().await;
+        let current = match self.ctx.store.dns_settings().await? {
+            Some(s) => s.config,
+            None => dns::default_config(),
+        };
+        let config =
+            dns::apply_patch(&current, p, &self.dns_tailnet()).map_err(AdminError::invalid)?;
+        self.publish_dns(&config, author).await
+    }
+
+    fn dns_tailnet(&self) -> dns::Tailnet {
+        let pool = &self.ctx.store.config().pool;
+        dns::Tailnet {
+            domain: self.ctx.config.domain.clone(),
+            pool_v4: pool.v4(),
+            pool_v6: pool.v6(),
+        }
+    }
+
+    /// Stores `config` and publishes it before returning: every streamed
+    /// node has its `Delta::Dns` queued when the caller hears back.
+    async fn publish_dns(
+        &self,
+        config: &weft_types::netmap::DnsConfig,
+        author: &str,
+    ) -> Result<DnsView, AdminError> {
+        let s = self
+            .ctx
+            .store
+            .put_dns_settings(config, author, self.now())
+            .await?;
+        tracing::info!(%author, magic_dns = config.magic_dns, "DNS settings replaced");
+        self.ctx.coord.send(Msg::Dns(Box::new(s.config.clone())));
+        let _ = self.ctx.coord.flush().await;
+        Ok(dns::view(
+            &s.config,
+            &self.ctx.config.domain,
+            Some(s.updated.0),
+            Some(s.author),
+        ))
     }
 
     /// Renames a node (its DNS label).

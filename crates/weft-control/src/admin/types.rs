@@ -261,3 +261,94 @@ pub struct ErrorDetail {
 pub struct RelayMapConfig {
     pub regions: Vec<weft_types::netmap::RelayRegion>,
 }
+
+/// `GET /dns` and the answer of `PUT`/`PATCH /dns`: the DNS settings every
+/// node is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsView {
+    /// The tailnet domain (node names are `<name>.<domain>`); set on
+    /// `serve --domain`, read-only here. Implicitly the first search domain
+    /// while `magic_dns` is on.
+    pub domain: String,
+    /// Nodes answer tailnet names at their resolver (100.100.100.100).
+    pub magic_dns: bool,
+    /// Global upstream resolvers; empty: each node's own (the host's).
+    pub nameservers: Vec<std::net::IpAddr>,
+    /// Search domains after the tailnet domain.
+    pub search_domains: Vec<String>,
+    /// Split DNS: domain -> resolvers (empty: answered by MagicDNS only).
+    pub routes: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// Fixed A/AAAA records.
+    pub extra_records: Vec<DnsRecordView>,
+    /// When the settings were last changed (unix ms); `None`: the defaults.
+    pub updated: Option<i64>,
+    /// Who changed them last (`api key <prefix>`, `admin socket (uid N)`).
+    pub author: Option<String>,
+}
+
+/// One extra record: `name` -> `addr`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DnsRecordView {
+    pub name: String,
+    pub addr: String,
+}
+
+/// `PUT /dns`: the whole settings (what is left out is emptied; `magic_dns`
+/// defaults to on).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsSettingsBody {
+    #[serde(default = "default_true")]
+    pub magic_dns: bool,
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    #[serde(default)]
+    pub search_domains: Vec<String>,
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub extra_records: Vec<DnsRecordView>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `PATCH /dns`: changes only what is given. Applied in this order: the
+/// `clear_*` flags, then the removals, then the additions, then `magic_dns`;
+/// the result is validated whole, and refused whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsPatch {
+    /// Turn MagicDNS on or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub magic_dns: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clear_nameservers: bool,
+    /// Appended unless present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clear_search_domains: bool,
+    /// Appended unless present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_search_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_search_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clear_routes: bool,
+    /// Domain -> resolvers, replacing that domain's route (an empty list:
+    /// answered by MagicDNS only).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub set_routes: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_routes: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clear_records: bool,
+    /// Added unless present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_records: Vec<DnsRecordView>,
+    /// `name` (all its records) or `name=addr` (that one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_records: Vec<String>,
+}

@@ -3,6 +3,7 @@
 //! both through [`out`] (a closed pipe ends a command quietly).
 
 mod admin;
+mod dns;
 mod fmt;
 mod out;
 mod policy;
@@ -51,6 +52,10 @@ enum Command {
     /// Set and show the relay map nodes are given.
     #[command(subcommand)]
     RelayMap(relay_map::RelayMapCmd),
+    /// Get and set the DNS settings nodes are given (MagicDNS, nameservers,
+    /// search domains, split DNS, extra records).
+    #[command(subcommand)]
+    Dns(dns::DnsCmd),
 }
 
 /// Where the server keeps its state and how admin commands reach it.
@@ -148,6 +153,7 @@ pub fn main() -> ExitCode {
             Command::Apikeys(c) => admin::apikeys(c, conn).await.map(|()| ExitCode::SUCCESS),
             Command::Policy(c) => policy::run(c, conn).await,
             Command::RelayMap(c) => relay_map::run(c, conn).await.map(|()| ExitCode::SUCCESS),
+            Command::Dns(c) => dns::run(c, conn).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

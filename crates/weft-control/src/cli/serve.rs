@@ -40,8 +40,9 @@ pub struct ServeArgs {
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: <state-dir>/weft.db).
     #[arg(long, env = "WEFT_CONTROL_DB_URL", hide_env_values = true)]
     db_url: Option<String>,
-    /// The tailnet's DNS domain (node names are <name>.<domain>).
-    #[arg(long, default_value = DEFAULT_DOMAIN)]
+    /// The tailnet's DNS domain: node names are <name>.<domain>. Give each
+    /// server its own when one machine may join several (e.g. office.weft.internal).
+    #[arg(long, default_value = DEFAULT_DOMAIN, env = "WEFT_CONTROL_DOMAIN")]
     domain: String,
     /// Node-key lifetime (e.g. 180d; 0 = keys never expire).
     #[arg(long, default_value = "180d", value_parser = parse_duration)]
@@ -118,7 +119,12 @@ pub async fn run(a: ServeArgs, conn: &Conn, client_flag: Option<&str>) -> anyhow
     };
     config.server_url = a.server_url;
     config.db_url = a.db_url;
-    config.domain = a.domain.parse().with_context(|| {
+    let domain = a.domain.trim();
+    let domain = domain
+        .strip_suffix('.')
+        .unwrap_or(domain)
+        .to_ascii_lowercase();
+    config.domain = domain.parse().with_context(|| {
         format!(
             "--domain {:?} is not a DNS name (lowercase labels of a-z, 0-9 and '-', joined by '.')",
             a.domain

@@ -44,7 +44,7 @@ use weft_control_proto::Encoded;
 use weft_control_store::{Node as StoreNode, NodeStatusUpdate, PolicyVersionId, Store, User};
 use weft_policy::Policy;
 use weft_types::control::{ErrorCode, ProtocolError};
-use weft_types::netmap::RelayMap;
+use weft_types::netmap::{DnsConfig, RelayMap};
 use weft_types::{
     DiscoPublic, DnsName, Endpoint, HostInfo, MachinePublic, NodeId, NodePublic, UnixMillis, UserId,
 };
@@ -53,7 +53,7 @@ use super::budget::Budget;
 use super::delta::{self, Batch, Output, Recipient, kind};
 use super::persist::Persister;
 use super::queue::StreamQueue;
-use super::{NodeEntry, NodePolicy, PolicyState, Published, Snapshot, UserEntry, dns_config};
+use super::{NodeEntry, NodePolicy, PolicyState, Published, Snapshot, UserEntry};
 use crate::clock::{self, Clock};
 
 /// A request to open (or, with `stream: false`, just validate) a map stream.
@@ -114,6 +114,9 @@ pub(crate) enum Msg {
     Flush(oneshot::Sender<u64>),
     /// A new relay map is in force (every streamed node gets it as a delta).
     RelayMap(Box<RelayMap>),
+    /// New DNS settings are in force (every streamed node gets them as a
+    /// `Delta::Dns`).
+    Dns(Box<DnsConfig>),
 }
 
 /// How to reach the coordinator and read what it published.
@@ -150,6 +153,8 @@ pub(crate) struct CoordConfig {
     pub ephemeral_grace: Duration,
     /// The relay map every node is given.
     pub relay_map: RelayMap,
+    /// The DNS settings at start (stored ones, or the defaults).
+    pub dns: DnsConfig,
 }
 
 #[derive(Debug)]
@@ -192,6 +197,7 @@ pub(crate) struct CoordState {
     users: BTreeMap<UserId, Arc<UserEntry>>,
     policy: (Arc<Policy>, Option<PolicyVersionId>),
     relay_map: Encoded<RelayMap>,
+    dns: Encoded<DnsConfig>,
     expiries: BTreeSet<(UnixMillis, NodeId)>,
     streams: BTreeMap<NodeId, StreamRec>,
     parked: Vec<Subscribe>,
@@ -370,13 +376,14 @@ impl CoordState {
         }
         let pstate = Arc::new(PolicyState::build(policy.0.clone(), &nodes, &users));
         let relay_map = Encoded::new(&config.relay_map)?;
+        let dns = Encoded::new(&config.dns)?;
         let snapshot = Snapshot {
             version: 0,
             unauthorized: unauthorized(&nodes),
             nodes: nodes.clone(),
             users: users.clone(),
             policy: pstate,
-            dns: Encoded::new(&dns_config(&config.domain))?,
+            dns: dns.clone(),
             relay_map: relay_map.clone(),
             domain: config.domain.clone(),
         };
@@ -391,6 +398,7 @@ impl CoordState {
             users,
             policy,
             relay_map,
+            dns,
             expiries,
             streams: BTreeMap::new(),
             parked: Vec::new(),
@@ -464,6 +472,13 @@ impl CoordState {
                     self.pending.dirty = true;
                 }
                 Err(e) => tracing::error!(error = %e, "cannot encode the relay map"),
+            },
+            Msg::Dns(dns) => match Encoded::new(&*dns) {
+                Ok(enc) => {
+                    self.dns = enc;
+                    self.pending.dirty = true;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode the DNS settings"),
             },
             Msg::Subscribe(s) => self.subscribe(*s, now),
             Msg::Unsubscribe { node, stream } => self.unsubscribe(node, stream, now),
@@ -925,7 +940,7 @@ impl CoordState {
             users: self.users.clone(),
             policy,
             domain: old.domain.clone(),
-            dns: old.dns.clone(),
+            dns: self.dns.clone(),
             relay_map: self.relay_map.clone(),
         });
 

@@ -22,6 +22,7 @@ const GRACE: Duration = Duration::from_secs(60);
 fn config() -> CoordConfig {
     CoordConfig {
         domain: domain(),
+        dns: crate::state::default_dns_config(),
         batch_delay: Duration::from_millis(50),
         ephemeral_grace: GRACE,
         relay_map: weft_types::netmap::RelayMap::default(),
@@ -424,4 +425,36 @@ fn shutting_down_ends_every_stream() {
     c.shut_down();
     assert_eq!(closed_with(&s1.drain()), Some(ErrorCode::ShuttingDown));
     assert_eq!(closed_with(&s3.drain()), Some(ErrorCode::ShuttingDown));
+}
+
+#[test]
+fn new_dns_settings_reach_every_stream_as_one_dns_delta_and_full_maps() {
+    let (mut c, s1, s3) = streaming();
+    let mut dns = crate::state::default_dns_config();
+    dns.nameservers = vec!["192.0.2.53".parse().unwrap()];
+    c.handle(Msg::Dns(Box::new(dns.clone())), T0);
+    assert_eq!(c.batch(), BatchState::Dirty);
+    c.flush(T0);
+    for s in [&s1, &s3] {
+        let got = deltas(&s.drain());
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].1.contains(r#"{"dns":{"magic_dns":true"#),
+            "{}",
+            got[0].1
+        );
+        assert!(got[0].1.contains("192.0.2.53"), "{}", got[0].1);
+        assert!(!got[0].1.contains("\"peer\""), "only DNS: {}", got[0].1);
+    }
+    let full = c.published().load().full_map(NodeId(1)).unwrap().unwrap();
+    let text = String::from_utf8_lossy(full.as_bytes()).into_owned();
+    assert!(text.contains("192.0.2.53"), "{text}");
+    assert!(
+        !text.contains(r#""search_domains":["weft"#),
+        "the tailnet domain is implicit: {text}"
+    );
+    // The same settings again send nothing.
+    c.handle(Msg::Dns(Box::new(dns)), T0);
+    c.flush(T0);
+    assert!(deltas(&s1.drain()).is_empty());
 }

@@ -211,6 +211,11 @@ pub(crate) fn compute(batch: &Batch<'_>, recipients: &mut [Recipient]) -> Vec<Ou
         .then(|| serde_json::from_slice(new.relay_map.as_bytes()).ok())
         .flatten()
         .and_then(|map| delta_body(&[Delta::RelayMap(map)]).ok());
+    // New DNS settings likewise.
+    let dns_body = (old.dns.as_bytes() != new.dns.as_bytes())
+        .then(|| serde_json::from_slice(new.dns.as_bytes()).ok())
+        .flatten()
+        .and_then(|dns| delta_body(&[Delta::Dns(dns)]).ok());
     for (s, r) in recipients.iter_mut().enumerate() {
         let own = changes.get(&r.node).copied().unwrap_or(0);
         let shared = ops.get(s).map(Vec::as_slice).unwrap_or_default();
@@ -245,6 +250,7 @@ pub(crate) fn compute(batch: &Batch<'_>, recipients: &mut [Recipient]) -> Vec<Ou
 
         let mut bodies = Vec::new();
         bodies.extend(relay_body.clone());
+        bodies.extend(dns_body.clone());
         for chunk in shared.chunk_by(|a, b| a.0 as usize / CHUNK == b.0 as usize / CHUNK) {
             let Some(first) = chunk.first() else { continue };
             let key = (first.0 as usize / CHUNK, chunk);
@@ -350,8 +356,8 @@ fn peer_deltas(snap: &Snapshot, ops: &[(NodeId, u8)], out: &mut Vec<Delta>) {
 mod tests {
     use super::*;
 
+    use crate::state::PolicyState;
     use crate::state::tests::{domain, nodes, policy_state, users};
-    use crate::state::{PolicyState, dns_config};
     use weft_types::netmap::{PacketFilter, RelayMap, SshPolicy};
 
     fn snapshot(version: u64, policy: PolicyState) -> Snapshot {
@@ -362,7 +368,7 @@ mod tests {
             policy: Arc::new(policy),
             unauthorized: BTreeSet::new(),
             domain: domain(),
-            dns: Encoded::new(&dns_config(&domain())).unwrap(),
+            dns: Encoded::new(&crate::state::default_dns_config()).unwrap(),
             relay_map: Encoded::new(&RelayMap::default()).unwrap(),
         }
     }

@@ -461,13 +461,12 @@ impl Published {
     }
 }
 
-/// DNS settings for a tailnet domain.
-pub(crate) fn dns_config(domain: &DnsName) -> DnsConfig {
+/// The DNS settings a server starts with before an administrator changes
+/// them: MagicDNS on, every other name resolved as the host did before.
+pub(crate) fn default_dns_config() -> DnsConfig {
     DnsConfig {
         magic_dns: true,
-        nameservers: Vec::new(),
-        search_domains: vec![domain.clone()],
-        ..Default::default()
+        ..DnsConfig::default()
     }
 }
 

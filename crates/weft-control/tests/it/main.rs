@@ -4,6 +4,7 @@
 mod authenticator;
 mod cli;
 mod common;
+mod dns;
 mod durability;
 mod limits;
 mod netmap;
