@@ -21,6 +21,7 @@ pub mod bus;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod dns;
 pub mod endpoints;
 pub mod filter;
 pub mod localapi;
@@ -190,7 +191,10 @@ async fn run_async(
     tunnel.set_injector(engine.injector());
     let port = engine.listen_port();
     let os = netlink::spawn(args.tun.clone()).context("cannot open a netlink socket")?;
-    let dp = EngineDataPlane::new(Arc::clone(&tunnel), engine, os);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (dns, dns_hook) = dns::spawn(engine.injector(), stop_rx.clone());
+    tunnel.set_local_service(dns_hook);
+    let dp = EngineDataPlane::new(Arc::clone(&tunnel), engine, os).with_dns(dns);
 
     let os_hostname = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -209,7 +213,6 @@ async fn run_async(
         info,
         events_tx,
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let relay_pump = tokio::spawn(relay::run(
         Arc::clone(&tunnel),
         relays,

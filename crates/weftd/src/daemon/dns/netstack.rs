@@ -1,0 +1,310 @@
+//! The resolver's side of the packet path: a smoltcp interface that owns
+//! the service addresses, with a UDP socket and TCP listeners on port 53.
+//! Packets from TUN go in ([`NetStack::push`]); the packets smoltcp builds
+//! (with their checksums) come out of [`NetStack::take_outgoing`] for TUN.
+//!
+//! smoltcp has no accept queue: [`TCP_LISTENERS`] sockets are kept
+//! listening, and a new one is added each time one is taken by a client,
+//! up to [`TCP_MAX`] connections (clients past that get a reset).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use weft_dns::{DNS_PORT, SERVICE_V4, SERVICE_V6};
+
+/// TCP sockets kept in `Listen`.
+pub const TCP_LISTENERS: usize = 4;
+/// TCP connections at most (listeners included).
+pub const TCP_MAX: usize = 64;
+/// A TCP connection with nothing to do is closed after this.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// The largest DNS message plus its length prefix.
+const TCP_BUF: usize = 64 * 1024 + 2;
+/// UDP datagrams buffered each way.
+const UDP_PACKETS: usize = 256;
+/// IP packets from TUN waiting for smoltcp.
+const RX_QUEUE: usize = 1024;
+/// The interface MTU (the TUN's is smaller; replies are much smaller).
+const MTU: usize = 65535;
+
+/// An in-memory smoltcp device: packets in from TUN, packets out for TUN.
+#[derive(Default)]
+struct Stub {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+}
+
+struct RxToken(Vec<u8>);
+struct TxToken<'a>(&'a mut Vec<Vec<u8>>);
+
+impl smoltcp::phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl smoltcp::phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0; len];
+        let r = f(&mut buf);
+        self.0.push(buf);
+        r
+    }
+}
+
+impl Device for Stub {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(
+        &mut self,
+        _now: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let p = self.rx.pop_front()?;
+        Some((RxToken(p), TxToken(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _now: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        Some(TxToken(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = MTU;
+        // Checksums are computed and verified by smoltcp (the default, set
+        // explicitly): the host's stack checks what we write to TUN.
+        caps.checksum = smoltcp::phy::ChecksumCapabilities::default();
+        caps
+    }
+}
+
+/// Where a UDP query came from (and where its reply goes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpPeer {
+    pub client: IpEndpoint,
+    pub local: IpAddress,
+}
+
+/// One TCP connection's framing state.
+struct TcpConn {
+    handle: SocketHandle,
+    /// Bytes received and not yet a whole message.
+    buf: Vec<u8>,
+    last_active: Instant,
+}
+
+/// The interface, its sockets, and the TCP framing.
+pub struct NetStack {
+    iface: Interface,
+    device: Stub,
+    sockets: SocketSet<'static>,
+    udp: SocketHandle,
+    tcp: Vec<TcpConn>,
+    base: Instant,
+    /// Packets that were not for us or did not fit.
+    pub rx_dropped: u64,
+}
+
+impl NetStack {
+    /// Creates the interface at `now`.
+    pub fn new(now: Instant) -> Self {
+        let mut device = Stub::default();
+        let mut iface = Interface::new(
+            Config::new(HardwareAddress::Ip),
+            &mut device,
+            smoltcp::time::Instant::ZERO,
+        );
+        iface.update_ip_addrs(|a| {
+            // Prefix 0: every client is "on link" (no routes needed; with
+            // the IP medium there is no neighbor discovery).
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(SERVICE_V4), 0));
+            let _ = a.push(IpCidr::new(IpAddress::Ipv6(SERVICE_V6), 0));
+        });
+        let mut sockets = SocketSet::new(Vec::new());
+        let mut u = udp::Socket::new(
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
+                vec![0; UDP_PACKETS * 1500],
+            ),
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
+                vec![0; UDP_PACKETS * 1500],
+            ),
+        );
+        // Bound to the port on every address of the interface.
+        let _ = u.bind(DNS_PORT);
+        let udp = sockets.add(u);
+        let mut s = Self {
+            iface,
+            device,
+            sockets,
+            udp,
+            tcp: Vec::new(),
+            base: now,
+            rx_dropped: 0,
+        };
+        s.rearm_listeners(now);
+        s
+    }
+
+    fn smol(&self, now: Instant) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(
+            i64::try_from(now.saturating_duration_since(self.base).as_micros()).unwrap_or(i64::MAX),
+        )
+    }
+
+    /// Queues one packet from TUN; returns `false` (and counts) when the
+    /// queue is full.
+    pub fn push(&mut self, packet: Vec<u8>) -> bool {
+        if self.device.rx.len() >= RX_QUEUE {
+            self.rx_dropped += 1;
+            return false;
+        }
+        self.device.rx.push_back(packet);
+        true
+    }
+
+    /// Runs smoltcp at `now`: queued packets in, due retransmissions and
+    /// replies out.
+    pub fn poll(&mut self, now: Instant) {
+        let t = self.smol(now);
+        self.iface.poll(t, &mut self.device, &mut self.sockets);
+    }
+
+    /// Returns when [`NetStack::poll`] must run next (TCP timers).
+    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        let t = self.smol(now);
+        self.iface
+            .poll_delay(t, &self.sockets)
+            .map(|d| now + Duration::from_micros(d.total_micros()))
+    }
+
+    /// Returns the packets smoltcp built since the last call (for TUN).
+    pub fn take_outgoing(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.device.tx)
+    }
+
+    /// Returns the next UDP query.
+    pub fn recv_udp(&mut self) -> Option<(Vec<u8>, UdpPeer)> {
+        let s = self.sockets.get_mut::<udp::Socket>(self.udp);
+        let (data, meta) = s.recv().ok()?;
+        let local = meta.local_address?;
+        Some((
+            data.to_vec(),
+            UdpPeer {
+                client: meta.endpoint,
+                local,
+            },
+        ))
+    }
+
+    /// Queues a UDP reply (from the address the query went to).
+    pub fn send_udp(&mut self, peer: UdpPeer, bytes: &[u8]) -> bool {
+        let s = self.sockets.get_mut::<udp::Socket>(self.udp);
+        let meta = udp::UdpMetadata {
+            endpoint: peer.client,
+            local_address: Some(peer.local),
+            meta: Default::default(),
+        };
+        s.send_slice(bytes, meta).is_ok()
+    }
+
+    /// Returns the whole DNS messages received on TCP connections, with the
+    /// connection's handle; closes connections that are done or idle and
+    /// keeps listeners armed.
+    pub fn recv_tcp(&mut self, now: Instant) -> Vec<(SocketHandle, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut scratch = vec![0u8; 16 * 1024];
+        for c in &mut self.tcp {
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            if s.is_listening() {
+                c.last_active = now;
+                continue;
+            }
+            while s.can_recv() {
+                match s.recv_slice(&mut scratch) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        c.last_active = now;
+                        c.buf
+                            .extend_from_slice(scratch.get(..n).unwrap_or_default());
+                    }
+                }
+            }
+            while c.buf.len() >= 2 {
+                let len = usize::from(u16::from_be_bytes([c.buf[0], c.buf[1]]));
+                if c.buf.len() < 2 + len {
+                    break;
+                }
+                let msg: Vec<u8> = c.buf.drain(..2 + len).skip(2).collect();
+                out.push((c.handle, msg));
+            }
+            let idle = now.saturating_duration_since(c.last_active) > TCP_IDLE;
+            // The client closed its side and has everything: close ours.
+            let done = s.state() == tcp::State::CloseWait && s.send_queue() == 0;
+            if s.is_active() && (done || idle) {
+                s.close();
+            }
+        }
+        self.rearm_listeners(now);
+        out
+    }
+
+    /// Queues a reply on a TCP connection (with its length prefix).
+    pub fn send_tcp(&mut self, handle: SocketHandle, bytes: &[u8], now: Instant) -> bool {
+        let Some(c) = self.tcp.iter_mut().find(|c| c.handle == handle) else {
+            return false;
+        };
+        c.last_active = now;
+        let s = self.sockets.get_mut::<tcp::Socket>(handle);
+        let Ok(len) = u16::try_from(bytes.len()) else {
+            return false;
+        };
+        let mut framed = Vec::with_capacity(bytes.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(bytes);
+        s.send_slice(&framed).is_ok_and(|n| n == framed.len())
+    }
+
+    /// Removes closed connections and adds listeners up to
+    /// [`TCP_LISTENERS`] (within [`TCP_MAX`]).
+    fn rearm_listeners(&mut self, now: Instant) {
+        let sockets = &mut self.sockets;
+        self.tcp.retain(|c| {
+            let closed = sockets.get_mut::<tcp::Socket>(c.handle).state() == tcp::State::Closed;
+            if closed {
+                sockets.remove(c.handle);
+            }
+            !closed
+        });
+        let listening = self
+            .tcp
+            .iter()
+            .filter(|c| sockets.get_mut::<tcp::Socket>(c.handle).is_listening())
+            .count();
+        for _ in listening..TCP_LISTENERS {
+            if self.tcp.len() >= TCP_MAX {
+                break;
+            }
+            let mut s = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+                tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+            );
+            s.set_timeout(Some(smoltcp::time::Duration::from_secs(TCP_IDLE.as_secs())));
+            if s.listen(DNS_PORT).is_err() {
+                break;
+            }
+            let handle = sockets.add(s);
+            self.tcp.push(TcpConn {
+                handle,
+                buf: Vec::new(),
+                last_active: now,
+            });
+        }
+    }
+}
