@@ -6,7 +6,9 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use weft_localapi::{DEFAULT_SOCKET, SOCKET_ENV};
 
-use crate::cmd::{debug, ip, login, netcheck, ping, set, ssh, status, switch, up, version, whois};
+use crate::cmd::{
+    debug, dns, ip, login, netcheck, ping, set, ssh, status, switch, up, version, whois,
+};
 use crate::ctx::Ctx;
 
 /// Weft: join a tailnet, see its peers, reach them.
@@ -52,6 +54,8 @@ pub enum Command {
     Ssh(ssh::SshArgs),
     /// Print the CLI's and the daemon's versions
     Version(version::VersionArgs),
+    /// MagicDNS: ask the daemon's resolver
+    Dns(dns::DnsArgs),
     /// Debugging aids
     Debug(debug::DebugArgs),
 }

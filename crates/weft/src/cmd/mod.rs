@@ -3,6 +3,7 @@
 //! of a stopped node exits 1 after printing why).
 
 pub mod debug;
+pub mod dns;
 pub mod down;
 pub mod ip;
 pub mod login;
@@ -41,6 +42,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         Command::Netcheck(args) => netcheck::run(args, ctx).await,
         Command::Ssh(args) => ssh::run(args, ctx).await,
         Command::Version(args) => version::run(args, ctx).await,
+        Command::Dns(args) => dns::run(args, ctx).await,
         Command::Debug(args) => debug::run(args, ctx).await,
     }
 }
