@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod daemon_process;
+mod dns_e2e;
 mod first_hour_e2e;
 mod https_e2e;
 mod nat_e2e;
