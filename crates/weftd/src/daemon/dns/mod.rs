@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
-use smoltcp::iface::SocketHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 use weft_dns::{Origin, Resolver, Route, Transmit, Transport};
 use weft_localapi::{DnsAnswerRecord, DnsAnswerSource, DnsQueryResult};
@@ -35,7 +34,7 @@ use weft_packet::IpPacket;
 use weft_types::NetMap;
 
 use super::tunnel::LocalService;
-use netstack::{NetStack, UdpPeer};
+use netstack::{NetStack, TcpConnId, UdpPeer};
 use upstream::UpstreamEvent;
 
 /// Packets from TUN that may wait for the resolver task.
@@ -47,7 +46,7 @@ const QUERY_WAIT: Duration = Duration::from_secs(6);
 #[derive(Debug)]
 enum Client {
     Udp(UdpPeer),
-    Tcp(SocketHandle),
+    Tcp(TcpConnId),
     Local(oneshot::Sender<weft_dns::Answer<()>>),
 }
 

@@ -90,9 +90,18 @@ pub struct UdpPeer {
     pub local: IpAddress,
 }
 
+/// One TCP connection: its socket and a serial number, since smoltcp
+/// reuses the handles of removed sockets (a late forwarded answer must not
+/// reach a later connection on the same handle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpConnId {
+    handle: SocketHandle,
+    serial: u64,
+}
+
 /// One TCP connection's framing state.
 struct TcpConn {
-    handle: SocketHandle,
+    id: TcpConnId,
     /// Bytes received and not yet a whole message.
     buf: Vec<u8>,
     last_active: Instant,
@@ -105,6 +114,7 @@ pub struct NetStack {
     sockets: SocketSet<'static>,
     udp: SocketHandle,
     tcp: Vec<TcpConn>,
+    next_serial: u64,
     base: Instant,
     /// Packets that were not for us or did not fit.
     pub rx_dropped: u64,
@@ -145,6 +155,7 @@ impl NetStack {
             sockets,
             udp,
             tcp: Vec::new(),
+            next_serial: 0,
             base: now,
             rx_dropped: 0,
         };
@@ -217,11 +228,11 @@ impl NetStack {
     /// Returns the whole DNS messages received on TCP connections, with the
     /// connection's handle; closes connections that are done or idle and
     /// keeps listeners armed.
-    pub fn recv_tcp(&mut self, now: Instant) -> Vec<(SocketHandle, Vec<u8>)> {
+    pub fn recv_tcp(&mut self, now: Instant) -> Vec<(TcpConnId, Vec<u8>)> {
         let mut out = Vec::new();
         let mut scratch = vec![0u8; 16 * 1024];
         for c in &mut self.tcp {
-            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            let s = self.sockets.get_mut::<tcp::Socket>(c.id.handle);
             if s.is_listening() {
                 c.last_active = now;
                 continue;
@@ -242,7 +253,7 @@ impl NetStack {
                     break;
                 }
                 let msg: Vec<u8> = c.buf.drain(..2 + len).skip(2).collect();
-                out.push((c.handle, msg));
+                out.push((c.id, msg));
             }
             let idle = now.saturating_duration_since(c.last_active) > TCP_IDLE;
             // The client closed its side and has everything: close ours.
@@ -256,12 +267,12 @@ impl NetStack {
     }
 
     /// Queues a reply on a TCP connection (with its length prefix).
-    pub fn send_tcp(&mut self, handle: SocketHandle, bytes: &[u8], now: Instant) -> bool {
-        let Some(c) = self.tcp.iter_mut().find(|c| c.handle == handle) else {
+    pub fn send_tcp(&mut self, id: TcpConnId, bytes: &[u8], now: Instant) -> bool {
+        let Some(c) = self.tcp.iter_mut().find(|c| c.id == id) else {
             return false;
         };
         c.last_active = now;
-        let s = self.sockets.get_mut::<tcp::Socket>(handle);
+        let s = self.sockets.get_mut::<tcp::Socket>(id.handle);
         let Ok(len) = u16::try_from(bytes.len()) else {
             return false;
         };
@@ -276,16 +287,16 @@ impl NetStack {
     fn rearm_listeners(&mut self, now: Instant) {
         let sockets = &mut self.sockets;
         self.tcp.retain(|c| {
-            let closed = sockets.get_mut::<tcp::Socket>(c.handle).state() == tcp::State::Closed;
+            let closed = sockets.get_mut::<tcp::Socket>(c.id.handle).state() == tcp::State::Closed;
             if closed {
-                sockets.remove(c.handle);
+                sockets.remove(c.id.handle);
             }
             !closed
         });
         let listening = self
             .tcp
             .iter()
-            .filter(|c| sockets.get_mut::<tcp::Socket>(c.handle).is_listening())
+            .filter(|c| sockets.get_mut::<tcp::Socket>(c.id.handle).is_listening())
             .count();
         for _ in listening..TCP_LISTENERS {
             if self.tcp.len() >= TCP_MAX {
@@ -300,8 +311,12 @@ impl NetStack {
                 break;
             }
             let handle = sockets.add(s);
+            self.next_serial += 1;
             self.tcp.push(TcpConn {
-                handle,
+                id: TcpConnId {
+                    handle,
+                    serial: self.next_serial,
+                },
                 buf: Vec::new(),
                 last_active: now,
             });
