@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use weft_lab::tailnet::{Binaries, Control, KeyOptions, Node, NodeOptions, Tailnet, peer};
-use weft_lab::{Process, e2e_lab, with_diagnostics};
+use weft_lab::{Process, e2e_lab, wait_until, with_diagnostics};
 
 const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
 const PROPAGATION: Duration = Duration::from_secs(30);
@@ -235,6 +235,31 @@ fn dig_gets_tailnet_names_ptr_nxdomain_nodata_tcp_and_forwarded_names() -> anyho
                 "{q}"
             );
 
+            // A rename shows in DNS within 2 s; the old name is gone.
+            let n3_id = control.node_id("n3")?;
+            let id = control.node_id("n2")?;
+            ensure!(n3_id != id, "node ids");
+            let start = weft_lab::now();
+            control
+                .admin(["nodes", "rename", &id, "renamed-n2"])
+                .run()?;
+            let new_name = format!("renamed-n2.{domain}");
+            wait_until(
+                Duration::from_secs(2),
+                "the new name to resolve on n1",
+                || {
+                    Ok(dig(&n1, &["@100.100.100.100", &new_name, "A"])?.answers
+                        == vec![n2_v4.clone()])
+                },
+            )?;
+            eprintln!("rename visible in DNS after {:?}", start.elapsed());
+            let d = dig(&n1, &["@100.100.100.100", &n2_name, "A"])?;
+            ensure!(
+                d.rcode == "NXDOMAIN",
+                "the old name still answers:\n{}",
+                d.text
+            );
+
             // n2's upstream never answers: SERVFAIL inside dig's 5 s, and local names answer
             // meanwhile.
             let n1_name = dns_name(&n2, "n1")?;
@@ -262,5 +287,172 @@ fn dig_gets_tailnet_names_ptr_nxdomain_nodata_tcp_and_forwarded_names() -> anyho
             Ok(())
         },
         || report(&control, &[&n1, &n2, &n3], &[&upstream]),
+    )
+}
+
+/// One dnsperf run's results.
+#[derive(Debug)]
+struct Perf {
+    qps: f64,
+    p99_ms: f64,
+    lost: String,
+}
+
+/// Runs dnsperf in `ns` against `server` with `queries` (one `name type` per line): `max_qps`
+/// `None` = as fast as it goes (throughput), else paced (latency).
+fn dnsperf(
+    ns: &weft_lab::Netns,
+    server: &str,
+    queries: &std::path::Path,
+    secs: u32,
+    max_qps: Option<u32>,
+) -> anyhow::Result<Perf> {
+    let mut cmd = ns.command("dnsperf").args([
+        "-s",
+        server,
+        "-d",
+        &queries.display().to_string(),
+        "-l",
+        &secs.to_string(),
+        "-c",
+        "4",
+        "-t",
+        "2",
+        "-v",
+    ]);
+    if let Some(q) = max_qps {
+        cmd = cmd.args(["-Q", &q.to_string()]);
+    }
+    let out = cmd
+        .timeout(Duration::from_secs(u64::from(secs) + 30))
+        .run()?;
+    let qps = out
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Queries per second:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("dnsperf output without a rate:\n{}", out.stdout))?;
+    let lost = out
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Queries lost:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let mut lat: Vec<f64> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("> "))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let p99_ms = lat
+        .get((lat.len() * 99 / 100).min(lat.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+        * 1000.0;
+    Ok(Perf { qps, p99_ms, lost })
+}
+
+/// Not a test: the benchmark behind `bench/dns.sh` (docs/BENCHMARKS.md). Two nodes; on n1,
+/// dnsperf against MagicDNS (tailnet names; forwarded names) and, in the same run, against
+/// dnsmasq answering the same tailnet names from a hosts file in n1's namespace, and against the
+/// upstream dnsmasq directly (what forwarding adds). Prints `key=value` lines.
+#[test]
+#[ignore = "benchmark: bench/dns.sh"]
+fn dns_bench() -> anyhow::Result<()> {
+    let lab = lab!();
+    let secs: u32 = std::env::var("DNS_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let pace: u32 = std::env::var("DNS_BENCH_QPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let net = Tailnet::with_binaries(&lab, Binaries::discover()?.with_weftd(WEFTD))?;
+    let control = net.control("ctl")?;
+    let (upstream, upstream_ip) = dnsmasq(&net, "dns1")?;
+    let conf = lab.dir().join("resolv.conf");
+    std::fs::write(&conf, format!("nameserver {upstream_ip}\n"))?;
+    control.ensure_user("alice")?;
+    let key = control.create_key("alice", &KeyOptions::reusable())?;
+    let opts = || NodeOptions {
+        env: vec![("WEFTD_HOST_RESOLV_CONF".into(), conf.display().to_string())],
+        ..NodeOptions::default()
+    };
+    let n1 = net.node_with("n1", opts())?;
+    n1.up_with_key(&control, &key)?;
+    let n2 = net.node_with("n2", opts())?;
+    n2.up_with_key(&control, &key)?;
+    n1.wait_peers(&["n2"], PROPAGATION)?;
+    let st = n1.status_json()?;
+    let p = peer(&st, "n2").context("n2")?;
+    let n2_name = p["dns_name"]
+        .as_str()
+        .context("dns_name")?
+        .trim_end_matches('.')
+        .to_owned();
+    let n2_v4 = p["addresses"][0].as_str().context("address")?.to_owned();
+    let n1_name = st["self"]["dns_name"]
+        .as_str()
+        .context("self")?
+        .trim_end_matches('.')
+        .to_owned();
+    let n1_v4 = n1.ip4()?.to_string();
+
+    // dnsmasq with the same names from a hosts file, in n1's namespace on loopback.
+    let hosts = lab.dir().join("tailnet.hosts");
+    std::fs::write(&hosts, format!("{n2_v4} {n2_name}\n{n1_v4} {n1_name}\n"))?;
+    n1.netns().exec("ip", ["link", "set", "lo", "up"])?;
+    let reference = n1.netns().spawn(
+        "n1-dnsmasq-hosts",
+        "dnsmasq",
+        [
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            "--listen-address=127.0.0.53",
+            "--port=53",
+            "--cache-size=0",
+            &format!("--addn-hosts={}", hosts.display()),
+            "--pid-file=",
+            "--log-facility=-",
+        ],
+    )?;
+    n1.netns().wait_tcp_listen(53, Duration::from_secs(10))?;
+
+    let tailnet_q = lab.dir().join("tailnet.queries");
+    std::fs::write(&tailnet_q, format!("{n2_name} A\n{n1_name} A\n"))?;
+    let fwd_q = lab.dir().join("fwd.queries");
+    std::fs::write(
+        &fwd_q,
+        (0..50)
+            .map(|i| format!("h{i}.{FWD_ZONE} A\n"))
+            .collect::<String>(),
+    )?;
+    let up = upstream_ip.to_string();
+    let ns = n1.netns();
+    with_diagnostics(
+        || {
+            let rows = [
+                ("tailnet_magicdns", "100.100.100.100", &tailnet_q),
+                ("tailnet_dnsmasq_hosts", "127.0.0.53", &tailnet_q),
+                ("forwarded_magicdns", "100.100.100.100", &fwd_q),
+                ("forwarded_upstream_direct", up.as_str(), &fwd_q),
+            ];
+            for (name, server, q) in rows {
+                let max = dnsperf(ns, server, q, secs, None)?;
+                let paced = dnsperf(ns, server, q, secs, Some(pace))?;
+                eprintln!(
+                    "DNSBENCH {name}: qps_max={:.0} p99_ms_at_max={:.3} lost_at_max={} p99_ms_at_{pace}qps={:.3} lost_paced={}",
+                    max.qps, max.p99_ms, max.lost, paced.p99_ms, paced.lost
+                );
+            }
+            Ok(())
+        },
+        || report(&control, &[&n1, &n2], &[&upstream, &reference]),
     )
 }
