@@ -22,7 +22,7 @@ command -v dnsperf >/dev/null || { echo "dnsperf missing (apt-get install dnsper
 command -v dnsmasq >/dev/null || { echo "dnsmasq missing (apt-get install dnsmasq)" >&2; exit 1; }
 profile=()
 [ "${CARGO_PROFILE:-dev}" = release ] && profile=(--release)
-cargo build "${profile[@]}" -p weft -p weft-control -p weftd >&2
+cargo build "${profile[@]}" -p weft -p weft-control >&2
 echo "date=$(date -u +%FT%TZ) load=$(cut -d' ' -f1-3 /proc/loadavg) cores=$(nproc)"
 WEFT_E2E=1 cargo test "${profile[@]}" -p weftd --test e2e -- --ignored --exact \
     dns_e2e::dns_bench --nocapture 2>&1 | sed -n 's/^DNSBENCH //p'
