@@ -60,6 +60,24 @@ fn dnsmasq(net: &Tailnet<'_>, short: &str) -> anyhow::Result<(Process, IpAddr)> 
     Ok((p, IpAddr::V4(addr)))
 }
 
+/// /etc/netns/<ns>/resolv.conf for one namespace, removed on drop.
+struct NetnsResolvConf(std::path::PathBuf);
+
+impl NetnsResolvConf {
+    fn write(ns: &str, text: &str) -> anyhow::Result<Self> {
+        let dir = std::path::Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("resolv.conf"), text)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// One `dig` run: its status line's rcode, the answer section, and how long it took.
 struct Dig {
     rcode: String,
@@ -185,6 +203,21 @@ fn dig_gets_tailnet_names_ptr_nxdomain_nodata_tcp_and_forwarded_names() -> anyho
             // The short name (a single label).
             let d = dig(&n1, &["@100.100.100.100", "n2", "A"])?;
             ensure!(d.answers == vec![n2_v4.clone()], "{}", d.text);
+            // The short name through the search domain, as the OS resolver does it: `ip netns
+            // exec` (which runs everything here) bind-mounts /etc/netns/<ns>/resolv.conf over
+            // /etc/resolv.conf, so dig +search and getent (glibc) read ours.
+            let _conf = NetnsResolvConf::write(
+                n1.netns().name(),
+                &format!("search {domain}\nnameserver 100.100.100.100\n"),
+            )?;
+            let d = dig(&n1, &["+search", "n2", "A"])?;
+            ensure!(d.answers == vec![n2_v4.clone()], "{}", d.text);
+            let out = n1.netns().exec("getent", ["ahostsv4", "n2"])?;
+            ensure!(
+                out.stdout.starts_with(n2_v4.as_str()),
+                "getent: {}",
+                out.stdout
+            );
             // PTR, v4 and v6.
             let d = dig(&n1, &["@100.100.100.100", "-x", n2_v4])?;
             ensure!(d.answers == vec![format!("{n2_name}.")], "{}", d.text);
