@@ -143,3 +143,27 @@ put("relay_frames", "send_recv", derp(0x04, KEY + b"hello") + derp(0x05, KEY + b
 put("relay_frames", "small", derp(0x06, b"") + derp(0x07, b"\x01") + derp(0x08, KEY + b"\x00")
     + derp(0x09, KEY) + derp(0x12, bytes(8)) + derp(0x13, bytes(8)) + derp(0x14, b"ok")
     + derp(0x15, bytes(8)) + derp(0x10, b"") + derp(0x11, KEY) + derp(0x0a, KEY + KEY + b"x"))
+
+# DNS (RFC 1035): queries the MagicDNS resolver answers itself, forwards, or
+# refuses; with EDNS (RFC 6891) and a compression pointer loop.
+def dns_name(n):
+    out = b""
+    for label in n.split("."):
+        out += bytes([len(label)]) + label.encode()
+    return out + b"\x00"
+def dns_query(qid, name, qtype, edns=None):
+    q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 1 if edns else 0)
+    q += dns_name(name) + struct.pack("!HH", qtype, 1)
+    if edns:
+        q += b"\x00" + struct.pack("!HHIH", 41, edns, 0, 0)
+    return q
+put("dns", "a_node", dns_query(0x1234, "beta.tail.weft.internal", 1))
+put("dns", "aaaa_short", dns_query(0x2345, "beta", 28, edns=4096))
+put("dns", "ptr_v4", dns_query(0x3456, "3.0.64.100.in-addr.arpa", 12))
+put("dns", "extra", dns_query(0x4567, "grafana.ops.example", 1, edns=1232))
+put("dns", "split", dns_query(0x5678, "db.corp.example", 1))
+put("dns", "nxdomain", dns_query(0x6789, "nope.tail.weft.internal", 1))
+put("dns", "pointer_loop", struct.pack("!HHHHHH", 0xabcd, 0x0100, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01")
+ans = struct.pack("!HHHHHH", 0x1234, 0x8180, 1, 1, 0, 0) + dns_name("www.example.org") + struct.pack("!HH", 1, 1)
+ans += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 300, 4) + bytes([198, 18, 9, 9])
+put("dns", "upstream_answer", ans)

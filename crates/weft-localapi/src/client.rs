@@ -14,8 +14,8 @@ use tokio::net::UnixStream;
 
 use crate::PREFIX;
 use crate::types::{
-    DebugPrefs, DnsStatus, ErrorBody, NetcheckReport, Notify, PingRequest, PingResult, Prefs,
-    PrefsPatch, ProfileSummary, StartRequest, Status, WhoIs,
+    DebugPrefs, DnsQueryResult, DnsStatus, ErrorBody, NetcheckReport, Notify, PingRequest,
+    PingResult, Prefs, PrefsPatch, ProfileSummary, StartRequest, Status, WhoIs,
 };
 
 /// The longest single `watch` line accepted (a defensive bound).
@@ -191,6 +191,25 @@ impl LocalClient {
         self.call(Method::GET, "dns/status", None::<&()>).await
     }
 
+    /// `GET dns/query?name=NAME&type=TYPE`: asks the daemon's MagicDNS
+    /// resolver.
+    ///
+    /// # Errors
+    /// As [`LocalClient::status`]; 400 for a name or type that does not
+    /// parse, 503 when the resolver is not running.
+    pub async fn dns_query(
+        &self,
+        name: &str,
+        qtype: &str,
+    ) -> Result<DnsQueryResult, LocalApiError> {
+        let path = format!(
+            "dns/query?name={}&type={}",
+            form_escape(name),
+            form_escape(qtype)
+        );
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
     /// `GET debug/prefs`.
     ///
     /// # Errors
@@ -350,6 +369,20 @@ impl WatchStream {
             }
         }
     }
+}
+
+/// Escapes a query-string value (unreserved characters pass; everything
+/// else is percent-encoded).
+fn form_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

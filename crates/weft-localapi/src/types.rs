@@ -452,6 +452,58 @@ pub enum Notify {
     Error { message: String },
 }
 
+/// `GET dns/query?name=NAME&type=TYPE`: what the daemon's MagicDNS
+/// resolver answers for one question, and where the answer came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsQueryResult {
+    /// The name asked (as given).
+    pub name: String,
+    /// The record type asked (`A`, `AAAA`, `PTR`, …).
+    pub qtype: String,
+    /// The response code (`NoError`, `NXDomain`, `ServFail`, …).
+    pub rcode: String,
+    /// The answer section.
+    pub records: Vec<DnsAnswerRecord>,
+    /// Where the answer came from.
+    pub source: DnsAnswerSource,
+}
+
+/// One record of a [`DnsQueryResult`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsAnswerRecord {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub rtype: String,
+    pub ttl: u32,
+    /// The record data in presentation format (an address, a name…).
+    pub data: String,
+}
+
+/// Where a MagicDNS answer came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DnsAnswerSource {
+    /// A tailnet node's name or address (or NXDOMAIN under the tailnet domain).
+    MagicDns,
+    /// An admin-configured extra record.
+    ExtraRecord,
+    /// A split-DNS route without resolvers: answered by the resolver only.
+    SplitLocal { domain: String },
+    /// An upstream's reply.
+    Forwarded {
+        /// `IP:port` of the upstream that answered.
+        upstream: String,
+        /// `split`, `global` or `host`.
+        route: String,
+        /// The split-DNS domain, for `route = split`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+    },
+    /// Built by the resolver itself (SERVFAIL: no upstream, timeouts…;
+    /// FORMERR).
+    Resolver,
+}
+
 /// The body of every non-2xx response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

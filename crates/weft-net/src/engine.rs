@@ -27,6 +27,10 @@
 //! [`Tunnel::send_diverted`] instead of the socket; on the way in, datagrams
 //! handed to an [`Injector`] (from any thread) are opened by the rx thread
 //! like received ones, so TUN keeps a single writer.
+//!
+//! Packets made on the node itself for the host (the MagicDNS resolver's
+//! replies) take the same door: [`Injector::write_tun`] queues a whole IP
+//! packet, which the rx thread writes to TUN as it is.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
@@ -178,6 +182,11 @@ pub struct EngineStats {
     pub injected_datagrams: u64,
     /// Datagrams the [`Injector`] dropped because its queue was full.
     pub inject_dropped: u64,
+    /// Local IP packets written to TUN through [`Injector::write_tun`].
+    pub tun_injected_packets: u64,
+    /// Local IP packets [`Injector::write_tun`] dropped (queue full, or not
+    /// an IP packet).
+    pub tun_inject_dropped: u64,
 }
 
 #[derive(Default)]
@@ -194,6 +203,7 @@ struct Counters {
     udp_send_errors: AtomicU64,
     diverted_datagrams: AtomicU64,
     injected_datagrams: AtomicU64,
+    tun_injected_packets: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -253,8 +263,11 @@ impl SocketSlot {
 /// Datagrams waiting for the rx thread (see [`Injector`]).
 struct InjectQueue {
     queue: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
+    /// Whole IP packets for TUN ([`Injector::write_tun`]).
+    packets: Mutex<VecDeque<Vec<u8>>>,
     ready: Notify,
     dropped: AtomicU64,
+    packets_dropped: AtomicU64,
 }
 
 /// Hands datagrams that arrived some other way than the UDP socket (a relay)
@@ -282,6 +295,28 @@ impl Injector {
                 return false;
             }
             q.push_back((from, datagram));
+        }
+        self.inner.ready.notify();
+        true
+    }
+
+    /// Queues one IP packet made on this node to be written to TUN as it
+    /// is (the host receives it like one from a peer, but it passes no
+    /// WireGuard and no packet filter). Returns `false` if the queue was
+    /// full and it was dropped.
+    pub fn write_tun(&self, packet: Vec<u8>) -> bool {
+        {
+            let mut q = self
+                .inner
+                .packets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if q.len() >= INJECT_QUEUE {
+                drop(q);
+                self.inner.packets_dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            q.push_back(packet);
         }
         self.inner.ready.notify();
         true
@@ -365,8 +400,10 @@ impl<T: Tunnel> Engine<T> {
             counters: Counters::default(),
             inject: Arc::new(InjectQueue {
                 queue: Mutex::new(VecDeque::new()),
+                packets: Mutex::new(VecDeque::new()),
                 ready: notifier("creating an eventfd")?,
                 dropped: AtomicU64::new(0),
+                packets_dropped: AtomicU64::new(0),
             }),
         });
         tracing::info!(
@@ -504,6 +541,8 @@ impl<T: Tunnel> Engine<T> {
             diverted_datagrams: l(&c.diverted_datagrams),
             injected_datagrams: l(&c.injected_datagrams),
             inject_dropped: l(&self.shared.inject.dropped),
+            tun_injected_packets: l(&c.tun_injected_packets),
+            tun_inject_dropped: l(&self.shared.inject.packets_dropped),
         }
     }
 
@@ -747,8 +786,37 @@ fn open_injected<T: Tunnel>(
             .lock()
             .unwrap_or_else(PoisonError::into_inner),
     );
+    let packets = std::mem::take(
+        &mut *shared
+            .inject
+            .packets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    for packet in &packets {
+        if writer.is_full() {
+            flush_rx(shared, writer)?;
+        }
+        let Some(slot) = writer.next_slot() else {
+            continue;
+        };
+        let valid = IpPacket::new(packet).is_ok_and(|p| p.total_len() == packet.len());
+        match slot.get_mut(..packet.len()) {
+            Some(dst) if valid => {
+                dst.copy_from_slice(packet);
+                writer.commit(0, packet.len(), None);
+                add(&shared.counters.tun_injected_packets, 1);
+            }
+            _ => {
+                shared
+                    .inject
+                    .packets_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
     if queued.is_empty() {
-        return Ok(());
+        return flush_rx(shared, writer);
     }
     let now = now();
     let mut send_now = |to: SocketAddr, d: &[u8]| shared.send_one(sock, to, d);

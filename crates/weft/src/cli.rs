@@ -54,10 +54,10 @@ pub enum Command {
     Ssh(ssh::SshArgs),
     /// Print the CLI's and the daemon's versions
     Version(version::VersionArgs),
+    /// MagicDNS: how this machine's DNS is configured; ask the daemon's resolver
+    Dns(dns::DnsArgs),
     /// Debugging aids
     Debug(debug::DebugArgs),
-    /// MagicDNS: how this machine's DNS is configured
-    Dns(dns::DnsArgs),
 }
 
 /// Parses the process arguments (exiting with status 2 on a usage error) and

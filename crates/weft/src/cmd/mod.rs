@@ -43,7 +43,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         Command::Netcheck(args) => netcheck::run(args, ctx).await,
         Command::Ssh(args) => ssh::run(args, ctx).await,
         Command::Version(args) => version::run(args, ctx).await,
-        Command::Debug(args) => debug::run(args, ctx).await,
         Command::Dns(args) => dns::run(args, ctx).await,
+        Command::Debug(args) => debug::run(args, ctx).await,
     }
 }

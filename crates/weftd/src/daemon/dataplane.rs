@@ -73,6 +73,10 @@ pub trait DataPlane: Send + 'static {
     }
     /// Returns why the data plane stopped, if it did.
     fn failure(&self) -> Option<String>;
+    /// Returns the MagicDNS resolver, if this data plane runs one.
+    fn dns(&self) -> Option<super::dns::DnsHandle> {
+        None
+    }
 }
 
 pub use crate::clock::{now, unix_now};
@@ -84,6 +88,8 @@ pub struct EngineDataPlane {
     engine: Engine<TailnetTunnel>,
     config: Configurator,
     os: mpsc::UnboundedSender<AddrChange>,
+    /// The MagicDNS resolver; `None` until [`EngineDataPlane::with_dns`].
+    dns: Option<super::dns::DnsHandle>,
 }
 
 impl EngineDataPlane {
@@ -106,7 +112,15 @@ impl EngineDataPlane {
             engine,
             config: Configurator::new(),
             os,
+            dns: None,
         }
+    }
+
+    /// Feeds netmaps to the MagicDNS resolver (whose hook the caller put
+    /// into the tunnel).
+    pub fn with_dns(mut self, dns: super::dns::DnsHandle) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     fn apply(&mut self, plan: Plan) {
@@ -173,6 +187,9 @@ impl DataPlane for EngineDataPlane {
 
     fn apply_netmap(&mut self, nm: &NetMap) {
         self.filter.apply_netmap(nm);
+        if let Some(dns) = &self.dns {
+            dns.set_netmap(nm);
+        }
         let plan = self.config.plan(nm, unix_now());
         self.apply(plan);
         self.tunnel.set_relay_map(&nm.relay_map, now());
@@ -180,6 +197,9 @@ impl DataPlane for EngineDataPlane {
 
     fn clear(&mut self) {
         self.filter.clear();
+        if let Some(dns) = &self.dns {
+            dns.clear();
+        }
         let plan = self.config.clear();
         self.apply(plan);
         self.tunnel
@@ -248,7 +268,12 @@ impl DataPlane for EngineDataPlane {
             tunnel: self.tunnel.counters(),
             engine: self.engine.stats(),
             udp_drops: self.tunnel.udp_drops(),
+            dns: self.dns.as_ref().map(|d| d.metrics()).unwrap_or_default(),
         }
+    }
+
+    fn dns(&self) -> Option<super::dns::DnsHandle> {
+        self.dns.clone()
     }
 
     fn failure(&self) -> Option<String> {

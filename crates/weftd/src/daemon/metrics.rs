@@ -15,12 +15,15 @@
 //! | `weftd_tunnel_packets_total{direction=tx\|rx}`, `weftd_tunnel_bytes_total{direction}` | counter | IP packets and bytes through the tunnel |
 //! | `weftd_udp_*`, `weftd_tun_*` (see [`ENGINE_SERIES`]) | counter | the engine's socket and TUN I/O |
 //! | `weftd_udp_dropped_datagrams_total{proto=wireguard\|disco,reason}` | counter | datagrams dropped on receive |
+//! | `weftd_dns_queries_total{transport=udp\|tcp}` | counter | queries to the MagicDNS resolver |
+//! | `weftd_dns_*` (see [`DNS_SERIES`]) | counter | MagicDNS answers, forwards, errors and drops |
 
 use metrics::{Label, counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use weft_filter::FilterStats;
 use weft_net::EngineStats;
 
+use super::dns::DnsMetrics;
 use super::filter::FILTER_SERIES;
 use super::tunnel::{TunnelCounters, UdpDrops};
 
@@ -102,6 +105,64 @@ pub const ENGINE_SERIES: &[Series<EngineStats>] = &[
     },
 ];
 
+/// The MagicDNS resolver's counters.
+pub const DNS_SERIES: &[Series<DnsMetrics>] = &[
+    Series {
+        name: "weftd_dns_answered_local_total",
+        kind: Kind::Counter,
+        help: "DNS queries answered from tailnet names, extra records and PTR (NXDOMAIN under the tailnet domain included).",
+        value: |d| d.core.answered_local,
+    },
+    Series {
+        name: "weftd_dns_forwarded_total",
+        kind: Kind::Counter,
+        help: "DNS queries forwarded to an upstream resolver.",
+        value: |d| d.core.forwarded,
+    },
+    Series {
+        name: "weftd_dns_nxdomain_total",
+        kind: Kind::Counter,
+        help: "DNS answers with NXDOMAIN (local or forwarded).",
+        value: |d| d.core.nxdomain,
+    },
+    Series {
+        name: "weftd_dns_servfail_total",
+        kind: Kind::Counter,
+        help: "DNS answers with SERVFAIL (no upstream, upstream timeouts or garbage, or forwarded).",
+        value: |d| d.core.servfail,
+    },
+    Series {
+        name: "weftd_dns_malformed_total",
+        kind: Kind::Counter,
+        help: "DNS queries that did not parse (answered FORMERR when the header was readable, else dropped).",
+        value: |d| d.core.malformed,
+    },
+    Series {
+        name: "weftd_dns_upstream_timeouts_total",
+        kind: Kind::Counter,
+        help: "Forwarding attempts an upstream did not answer in time.",
+        value: |d| d.core.upstream_timeouts,
+    },
+    Series {
+        name: "weftd_dns_upstream_bad_replies_total",
+        kind: Kind::Counter,
+        help: "Upstream replies that were garbage or answered another question.",
+        value: |d| d.core.upstream_bad,
+    },
+    Series {
+        name: "weftd_dns_queue_dropped_total",
+        kind: Kind::Counter,
+        help: "Packets to the service addresses dropped because the resolver's queue was full.",
+        value: |d| d.queue_dropped,
+    },
+    Series {
+        name: "weftd_dns_reply_dropped_total",
+        kind: Kind::Counter,
+        help: "DNS replies that could not be queued on their socket.",
+        value: |d| d.reply_dropped,
+    },
+];
+
 /// What one scrape reports: the data plane's counters at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -113,6 +174,8 @@ pub struct Snapshot {
     pub engine: EngineStats,
     /// Datagrams dropped on receive.
     pub udp_drops: UdpDrops,
+    /// The MagicDNS resolver's counters.
+    pub dns: DnsMetrics,
 }
 
 /// Renders `snapshot` in Prometheus' text format.
@@ -179,6 +242,15 @@ fn record(s: &Snapshot) {
         let labels = [Label::new("proto", proto), Label::new("reason", reason)];
         counter!(UDP_DROPPED, labels.iter()).absolute(n);
     }
+
+    const DNS_QUERIES: &str = "weftd_dns_queries_total";
+    describe_counter!(
+        DNS_QUERIES,
+        "Queries to the MagicDNS resolver, by transport."
+    );
+    counter!(DNS_QUERIES, "transport" => "udp").absolute(s.dns.core.queries_udp);
+    counter!(DNS_QUERIES, "transport" => "tcp").absolute(s.dns.core.queries_tcp);
+    record_series(DNS_SERIES, &s.dns);
 }
 
 fn record_series<T>(table: &[Series<T>], stats: &T) {
@@ -230,6 +302,15 @@ mod tests {
                 ..EngineStats::default()
             },
             udp_drops,
+            dns: DnsMetrics {
+                core: weft_dns::Stats {
+                    queries_udp: 7,
+                    forwarded: 2,
+                    ..weft_dns::Stats::default()
+                },
+                queue_dropped: 1,
+                ..DnsMetrics::default()
+            },
         }
     }
 
@@ -252,6 +333,10 @@ mod tests {
             "# TYPE weftd_filter_flows gauge\n",
             "# TYPE weftd_filter_flows_revoked_total counter\n",
             "# HELP weftd_tunnel_packets_total IP packets through the tunnel",
+            "weftd_dns_queries_total{transport=\"udp\"} 7\n",
+            "weftd_dns_queries_total{transport=\"tcp\"} 0\n",
+            "weftd_dns_forwarded_total 2\n",
+            "weftd_dns_queue_dropped_total 1\n",
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }

@@ -23,6 +23,7 @@ pub mod bus;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod dns;
 pub mod dns_os;
 pub mod endpoints;
 pub mod filter;
@@ -197,7 +198,11 @@ async fn run_async(
     tunnel.set_injector(engine.injector());
     let port = engine.listen_port();
     let os = netlink::spawn(args.tun.clone()).context("cannot open a netlink socket")?;
-    let dp = EngineDataPlane::new(Arc::clone(&tunnel), engine, os);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (dns, dns_hook) = dns::spawn(engine.injector(), stop_rx.clone());
+    tunnel.set_local_service(dns_hook);
+    let resolver = dns.clone();
+    let dp = EngineDataPlane::new(Arc::clone(&tunnel), engine, os).with_dns(dns);
 
     let os_hostname = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -216,13 +221,28 @@ async fn run_async(
         info,
         events_tx,
     );
-    // MagicDNS in the OS; restores what a crashed earlier run left.
+    // MagicDNS in the OS; restores what a crashed earlier run left. The
+    // resolver forwards to the nameservers the host had before Weft.
     let dns_paths = dns_os::Paths {
         resolv_conf: args.resolv_conf.clone(),
         ..dns_os::Paths::system(&args.statedir)
     };
-    backend.set_os_dns(dns_os::OsDns::start(dns_paths, &args.tun));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let os_dns = dns_os::OsDns::start(dns_paths, &args.tun);
+    let mut host_ns = os_dns.subscribe_host_nameservers();
+    backend.set_os_dns(os_dns);
+    let host_ns_pump = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let ips = host_ns.borrow_and_update().clone();
+                resolver.set_host_nameservers(ips);
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    changed = host_ns.changed() => if changed.is_err() { return },
+                }
+            }
+        })
+    };
     let relay_pump = tokio::spawn(relay::run(
         Arc::clone(&tunnel),
         relays,
@@ -322,6 +342,7 @@ async fn run_async(
     let _ = tokio::time::timeout(localapi::SHUTDOWN_GRACE * 2, ssh_service).await;
     let _ = coordinator.await;
     let _ = relay_pump.await;
+    let _ = host_ns_pump.await;
     if outcome.is_ok() {
         tracing::info!("stopped");
     }

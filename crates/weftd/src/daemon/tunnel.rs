@@ -7,6 +7,12 @@
 //!   WireGuard hands to TUN pass [`PacketHooks::inbound_allowed`] first.
 //!   Datagrams either of them drops are counted by reason ([`UdpDrops`]:
 //!   garbage that is neither is WireGuard's `malformed`).
+//! * Local services: a packet from TUN addressed to a service address
+//!   (`weft_dns::SERVICE_V4`/`SERVICE_V6`, the MagicDNS resolver) is handed
+//!   to the [`LocalService`] instead of being sealed: one address compare
+//!   per packet, then a non-blocking hand-off (the service drops and
+//!   counts when its queue is full). Its replies reach TUN through the
+//!   engine's injector, past WireGuard and the inbound filter.
 //! * Send: every packet read from TUN is shown to
 //!   [`PacketHooks::note_outbound`] (the stateful filter tracks flows there)
 //!   before it is sealed.
@@ -81,6 +87,13 @@ pub trait PacketHooks: Send + Sync + 'static {
     fn handle_timeout(&self, _now: Instant) {}
 }
 
+/// Takes the packets from TUN addressed to the node's own service addresses
+/// (the MagicDNS resolver). Called on the engine's tx thread: must not block.
+pub trait LocalService: Send + Sync + 'static {
+    /// Takes one packet (the service copies what it keeps).
+    fn take(&self, packet: &IpPacket<'_>);
+}
+
 /// IP packets and bytes through the tunnel, as [`TailnetTunnel::counters`]
 /// reads them: tx = read from TUN (before sealing), rx = written to TUN
 /// (after decryption and the filter).
@@ -150,6 +163,8 @@ pub struct TailnetTunnel {
     hooks: OnceLock<Arc<dyn PacketHooks>>,
     /// Unset: no relay (disco gets no relay map).
     relays: OnceLock<Arc<Relays>>,
+    /// Unset: packets to the service addresses go to WireGuard (no route).
+    local: OnceLock<Arc<dyn LocalService>>,
     /// UDP datagrams disco produced outside the engine's threads (answers
     /// to relayed disco), sent at the next timer tick.
     pending_udp: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
@@ -186,6 +201,7 @@ impl TailnetTunnel {
             pings: Mutex::new(BTreeMap::new()),
             hooks: OnceLock::new(),
             relays: OnceLock::new(),
+            local: OnceLock::new(),
             pending_udp: Mutex::new(Vec::new()),
             relay_dropped: AtomicU64::new(0),
             stun_hosts: Mutex::new(StunHosts::default()),
@@ -212,6 +228,12 @@ impl TailnetTunnel {
     /// the filter itself, never by swapping it.
     pub fn set_hooks(&self, hooks: Arc<dyn PacketHooks>) -> bool {
         self.hooks.set(hooks).is_ok()
+    }
+
+    /// Installs the service behind the service addresses, once (`false` if
+    /// already set).
+    pub fn set_local_service(&self, service: Arc<dyn LocalService>) -> bool {
+        self.local.set(service).is_ok()
     }
 
     /// Installs the relay clients, once (`false` if already set).
@@ -626,6 +648,13 @@ impl Tunnel for TailnetTunnel {
         now: Instant,
         send: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> Encapsulated<'o> {
+        if weft_dns::is_service_addr(packet.dst())
+            && let Some(service) = self.local.get()
+        {
+            // Handed over: nothing to seal or send.
+            service.take(&packet);
+            return Encapsulated::Queued;
+        }
         if let Some(hooks) = self.hooks.get() {
             hooks.note_outbound(&packet, now);
         }

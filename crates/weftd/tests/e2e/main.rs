@@ -4,6 +4,7 @@
 
 mod daemon_process;
 mod dns_control_e2e;
+mod dns_e2e;
 mod dns_os_e2e;
 mod first_hour_e2e;
 mod https_e2e;

@@ -156,7 +156,6 @@ impl OsDns {
 
     /// Returns a receiver of [`OsDns::host_nameservers`] that sees every
     /// change (for the resolver's `set_host_nameservers`).
-    #[cfg_attr(not(test), allow(dead_code))] // the resolver subscribes once it is wired in
     pub fn subscribe_host_nameservers(&self) -> watch::Receiver<Vec<IpAddr>> {
         self.host_ns.subscribe()
     }

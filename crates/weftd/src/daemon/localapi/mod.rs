@@ -140,6 +140,7 @@ pub fn router(
         .route("/netcheck", get(netcheck_h))
         .route("/whois", get(whois_h))
         .route("/dns/status", get(dns_status_h))
+        .route("/dns/query", get(dns_query_h))
         .route("/watch", get(watch_h))
         .route("/debug/prefs", get(debug_prefs_h))
         .route("/metrics", get(metrics_h))
@@ -432,6 +433,46 @@ async fn whois_h(
 async fn dns_status_h(State(st): State<AppState>) -> Result<Response, ApiError> {
     let s = st.handle.call(|b| b.dns_status()).await?;
     Ok(Json(s).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct DnsQueryParams {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    qtype: Option<String>,
+}
+
+/// `GET dns/query?name=NAME&type=TYPE` (type defaults to A): asks the
+/// MagicDNS resolver as a client would, and says where the answer came from.
+async fn dns_query_h(
+    State(st): State<AppState>,
+    Query(q): Query<DnsQueryParams>,
+) -> Result<Response, ApiError> {
+    let name = q
+        .name
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("dns/query needs ?name=NAME"))?;
+    let qtype = q.qtype.unwrap_or_else(|| "A".to_owned());
+    let dns = st
+        .handle
+        .call(|b| b.data_plane().dns())
+        .await?
+        .ok_or_else(|| ApiError::new(503, "the MagicDNS resolver is not running"))?;
+    if qtype.parse::<hickory_proto::rr::RecordType>().is_err()
+        && qtype
+            .to_ascii_uppercase()
+            .parse::<hickory_proto::rr::RecordType>()
+            .is_err()
+    {
+        return Err(ApiError::bad_request(format!(
+            "{qtype:?} is not a DNS record type"
+        )));
+    }
+    let r = dns
+        .query(&name, &qtype)
+        .await
+        .map_err(|e| ApiError::new(502, format!("{e:#}")))?;
+    Ok(Json(r).into_response())
 }
 
 /// `GET metrics`: Prometheus text (filter drops, tunnel packets and bytes,
