@@ -4,19 +4,18 @@
 //! limit; every decoded frame encodes to bytes that decode to the same frame.
 //!
 //! weft-relay is a binary-heavy crate (axum, rustls, tokio); the fuzz
-//! workspace compiles only its frame module, from its source file, with the
-//! protocol constants of `crates/weft-relay/src/proto/mod.rs` beside it.
+//! workspace compiles only its frame module and the protocol constants beside
+//! it, from their source files (`frame.rs` reads the constants as `super::…`,
+//! here the crate root).
 #![no_main]
 
-// Copied from crates/weft-relay/src/proto/mod.rs (frame.rs reads them as
-// `super::…`, here the crate root); keep in step with it.
-const MAGIC: [u8; 8] = *b"DERP\xf0\x9f\x94\x91";
-const KEY_LEN: usize = 32;
-const NONCE_LEN: usize = 24;
-const FRAME_HEADER_LEN: usize = 5;
-const MAX_PACKET_SIZE: usize = 64 << 10;
-const MAX_FRAME_FROM_SERVER: usize = 1 << 20;
-const MAX_FRAME_FROM_CLIENT: usize = 256 << 10;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../crates/weft-relay/src/proto/constants.rs"]
+mod constants;
+use constants::{
+    FRAME_HEADER_LEN, KEY_LEN, MAGIC, MAX_FRAME_FROM_CLIENT, MAX_FRAME_FROM_SERVER,
+    MAX_PACKET_SIZE, NONCE_LEN,
+};
 
 #[allow(dead_code, unreachable_pub, clippy::all)]
 // rustfmt would look for frame.rs's test module beside this file.
