@@ -84,7 +84,7 @@ pub async fn run(cmd: SshCmd, conn: &Conn) -> anyhow::Result<()> {
             }
             for a in &gone {
                 outln!(
-                    "revoked: {} from {} (node {}); the next login asks again",
+                    "revoked: {} from {} (node {}); control asks again at the next check",
                     a.user,
                     a.node,
                     a.node_id
