@@ -98,6 +98,28 @@ pub enum StoreError {
         /// How many nodes it owns.
         count: i64,
     },
+    /// An SSH approval names a source node that the user does not own
+    /// (anymore).
+    #[error(
+        "node id {node} is not owned by user id {user}; only its owner can approve logins from it"
+    )]
+    NotNodeOwner {
+        /// The source node.
+        node: NodeId,
+        /// The user who approved.
+        user: UserId,
+    },
+    /// An SSH approval that would expire the moment it is given (a
+    /// `checkPeriod` of zero approves only the login at hand).
+    #[error(
+        "an SSH approval must end after it was given (approved at {approved}, expires at {expires})"
+    )]
+    EmptySshApproval {
+        /// When it was given.
+        approved: weft_types::UnixMillis,
+        /// When it would end.
+        expires: weft_types::UnixMillis,
+    },
     /// Every address of the pool is in use.
     #[error("address pool {0} is exhausted")]
     AddressPoolExhausted(ipnet::Ipv4Net),

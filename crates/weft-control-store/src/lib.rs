@@ -1,6 +1,7 @@
 //! weft-control's storage layer: users, nodes, pre-auth and API keys,
-//! interactive logins and policy versions, on SQLite (the default, one file in
-//! the state directory) or PostgreSQL, chosen by the URL scheme at run time.
+//! interactive logins, policy versions, DNS settings and SSH check
+//! approvals, on SQLite (the default, one file in the state directory) or
+//! PostgreSQL, chosen by the URL scheme at run time.
 //!
 //! The store is the server's source of truth. The server keeps its hot path
 //! (netmaps) in memory and writes through this API; every method that changes
@@ -51,6 +52,7 @@ mod keys;
 mod nodes;
 mod policy;
 mod register;
+mod ssh;
 mod users;
 
 use std::path::Path;
@@ -64,7 +66,8 @@ pub use error::StoreError;
 pub use model::{
     ApiKey, ApiKeyId, AuthRequest, AuthRequestState, DnsSettings, KeyLifetime, NewAuthRequest,
     NewPreauthKey, NewUser, Node, NodeStatusUpdate, PolicyVersion, PolicyVersionId, PreauthKey,
-    PreauthKeyId, RegisterAuth, RegisterNode, Registered, Role, User, UserPatch,
+    PreauthKeyId, RegisterAuth, RegisterNode, Registered, Role, SshApproval, SshApprovalFilter,
+    User, UserPatch,
 };
 pub use secret::KeySecret;
 /// The `weft-types` vocabulary the API uses, re-exported for convenience.

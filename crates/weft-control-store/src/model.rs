@@ -417,3 +417,37 @@ pub struct DnsSettings {
     /// Who stored them (login name, `api key <prefix>`, …).
     pub author: String,
 }
+
+/// An SSH check approval: `user` re-authenticated at control for logins
+/// from the source node `node` (docs/PROTOCOL.md §9.5). One per
+/// (user, node); a newer one replaces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshApproval {
+    /// The tailnet user who approved.
+    pub user: UserId,
+    /// The source node the approval vouches for.
+    pub node: NodeId,
+    /// When the user approved.
+    pub approved: UnixMillis,
+    /// When it stops vouching: `approved` + the approving rule's
+    /// `checkPeriod`. Always after `approved`.
+    pub expires: UnixMillis,
+    /// Who approved (login name), for the audit trail.
+    pub approved_by: String,
+    /// The check that was approved.
+    pub check_id: String,
+    /// The node the login went to (`None` once it is deleted).
+    pub dst_node: Option<NodeId>,
+    /// The local account the login asked for.
+    pub local_user: String,
+}
+
+/// Which SSH check approvals an operation selects: all of them, one user's,
+/// one source node's, or one (user, node) pair.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SshApprovalFilter {
+    /// Only this user's (`None`: any user).
+    pub user: Option<UserId>,
+    /// Only those for this source node (`None`: any node).
+    pub node: Option<NodeId>,
+}

@@ -14,6 +14,7 @@ use crate::db::write_tx;
 use crate::error::is_unique_violation;
 use crate::label;
 use crate::rows::{self, endpoints_json, int_flag, node_columns, tags_json};
+use crate::ssh::drop_approvals_of_others;
 use crate::{DnsLabel, Node, NodeId, NodeStatusUpdate, Store, StoreError, Tag, UserId};
 
 impl Store {
@@ -229,12 +230,27 @@ impl Store {
         })
     }
 
-    /// Expires a node's key now (it must re-authenticate).
+    /// Expires a node's key now (it must re-authenticate) and deletes the
+    /// SSH check approvals for logins from it: an admin logging a device
+    /// out withdraws what its user approved on it.
     ///
     /// # Errors
     /// [`StoreError::UnknownNode`].
     pub async fn expire_node(&self, id: NodeId, now: UnixMillis) -> Result<Node, StoreError> {
-        self.set_node_expiry(id, Some(now)).await
+        write_tx!(&self.inner, |conn, _attempt| {
+            let sql = concat!(
+                "UPDATE nodes SET expiry_ms = $1 WHERE id = $2 RETURNING ",
+                node_columns!()
+            );
+            let row = sqlx::query(sql)
+                .bind(now.0)
+                .bind(id.0)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let node = rows::node(&row.ok_or(StoreError::UnknownNode(id))?)?;
+            drop_approvals_of_others(conn, id, None).await?;
+            Ok(node)
+        })
     }
 
     /// Sets when a node's key expires (`None`: never).
@@ -360,6 +376,7 @@ impl Store {
                 .bind(id.0)
                 .fetch_one(&mut *conn)
                 .await?;
+            drop_approvals_of_others(conn, id, owner).await?;
             rows::node(&row)
         })
     }

@@ -27,6 +27,7 @@ use crate::error::{is_unique_violation, violation_detail};
 use crate::nodes::{By, node_where_text, taken_names};
 use crate::rows::{self, endpoints_json, int_flag, node_columns, preauth_columns, tags_json};
 use crate::secret::{self, KeyKind};
+use crate::ssh::drop_approvals_of_others;
 use crate::{DnsLabel, UnixMillis};
 use crate::{
     KeyLifetime, PreauthKeyId, RegisterAuth, RegisterNode, Registered, Store, StoreError, Tag,
@@ -155,6 +156,9 @@ impl Store {
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(contention)?;
+            // Registered again by another user (or as tagged): what the
+            // previous owner approved on it does not carry over.
+            drop_approvals_of_others(conn, node.id, grant.owner).await?;
             return Ok(Registered {
                 node: rows::node(&row)?,
                 created: false,

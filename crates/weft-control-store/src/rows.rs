@@ -12,7 +12,7 @@ use weft_types::{Endpoint, NodeId, Tag, UnixMillis, UserId};
 
 use crate::model::{
     ApiKey, ApiKeyId, AuthRequest, AuthRequestState, DnsSettings, KeyLifetime, Node, PolicyVersion,
-    PolicyVersionId, PreauthKey, PreauthKeyId, User,
+    PolicyVersionId, PreauthKey, PreauthKeyId, SshApproval, User,
 };
 use crate::{Role, StoreError};
 
@@ -68,6 +68,13 @@ macro_rules! dns_columns {
     };
 }
 pub(crate) use dns_columns;
+
+macro_rules! ssh_approval_columns {
+    () => {
+        "user_id, node_id, approved_ms, expires_ms, approved_by, check_id, dst_node_id, local_user"
+    };
+}
+pub(crate) use ssh_approval_columns;
 
 fn parse<T: FromStr>(what: &'static str, s: &str) -> Result<T, StoreError>
 where
@@ -235,5 +242,18 @@ pub(crate) fn dns_settings(row: &AnyRow) -> Result<DnsSettings, StoreError> {
         config: json("dns_settings.config", &text(row, "config")?)?,
         updated: time(row, "updated_ms")?,
         author: text(row, "author")?,
+    })
+}
+
+pub(crate) fn ssh_approval(row: &AnyRow) -> Result<SshApproval, StoreError> {
+    Ok(SshApproval {
+        user: UserId(row.try_get("user_id")?),
+        node: NodeId(row.try_get("node_id")?),
+        approved: time(row, "approved_ms")?,
+        expires: time(row, "expires_ms")?,
+        approved_by: text(row, "approved_by")?,
+        check_id: text(row, "check_id")?,
+        dst_node: opt_id(row, "dst_node_id")?.map(NodeId),
+        local_user: text(row, "local_user")?,
     })
 }

@@ -8,13 +8,23 @@
 //! Rules:
 //! - Only the tailnet user who owns the source node may approve; another
 //!   user's approval is refused (the check stays pending).
-//! - An approval is remembered per (user, source node) for the rule's
-//!   `checkPeriod`: an approval on one device does not vouch for another.
+//! - An approval is remembered per (user, source node) for the approving
+//!   rule's `checkPeriod`: an approval on one device does not vouch for
+//!   another. A later check is accepted at once while its own rule's
+//!   period, counted from the approval, and the approval's have both not
+//!   run out: a rule with a longer period does not stretch an approval
+//!   given under a shorter one. A `checkPeriod` of zero (`always`) approves
+//!   only the login at hand and is not remembered.
+//! - Approvals are in the database (`Store::put_ssh_approval`), written
+//!   before the node hears the verdict, so they survive a restart of
+//!   control; they end on time, when an admin revokes them
+//!   (`weft-control ssh approvals revoke`) or expires the source node, and
+//!   with the user or node.
 //! - A check that nobody approves is rejected at the earlier of the node's
 //!   `max_wait` and [`MAX_CHECK_WAIT`]; one whose connection closes is
 //!   forgotten.
 //!
-//! Pending checks and approvals are kept in `waiting::Checks`.
+//! Pending checks are kept in memory, in `waiting::Checks`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,14 +32,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use weft_control_store::StoreError;
-use weft_types::MachinePublic;
+use weft_control_store::{SshApproval, StoreError};
 use weft_types::control::{SshCheckRequest, SshCheckVerdict, is_auth_id};
+use weft_types::{MachinePublic, NodeId, UnixMillis, UserId};
 
 use crate::clock;
 use crate::ctx::Ctx;
 use crate::pages::{CheckInfo, login_url};
-use crate::waiting::PendingCheck;
+use crate::waiting::{ApproveError, ApprovedCheck, PendingCheck};
 
 /// The longest control holds a check open, whatever the node asks.
 pub const MAX_CHECK_WAIT: Duration = Duration::from_secs(10 * 60);
@@ -120,7 +130,7 @@ async fn decide(
     }
     let login = ctx.store.user(user).await?.login_name.to_string();
     let period = Duration::from_millis(req.check_period_ms);
-    if let Some(until) = ctx.checks.fresh(user, src.id, period, now) {
+    if let Some(until) = fresh(ctx, user, src.id, period, now).await? {
         tracing::info!(user = %login, src = %src.given_name, dst = %dst.given_name, "ssh check accepted: approved within the check period");
         return Ok(Start::Now(SshCheckVerdict::Accept { until }));
     }
@@ -135,6 +145,7 @@ async fn decide(
     let check = PendingCheck {
         user,
         src_node: src.id,
+        dst_node: dst.id,
         period,
         info: CheckInfo {
             login: login.clone(),
@@ -174,4 +185,77 @@ async fn decide(
         SshCheckVerdict::Pending { auth_url, expires },
         Box::pin(fut),
     ))
+}
+
+/// Returns until when an approval backs a check from `(user, src)` under a
+/// rule with `period` at `now` (see the module docs), if one does.
+async fn fresh(
+    ctx: &Ctx,
+    user: UserId,
+    src: NodeId,
+    period: Duration,
+    now: UnixMillis,
+) -> Result<Option<UnixMillis>, StoreError> {
+    if period.is_zero() {
+        return Ok(None);
+    }
+    let Some(a) = ctx.store.ssh_approval(user, src, now).await? else {
+        return Ok(None);
+    };
+    let until = a.approved.saturating_add(period).min(a.expires);
+    Ok((now < until).then_some(until))
+}
+
+/// Approves pending check `id` as `user` (`login`): records the approval,
+/// then lets the login through. Returns `None` if `id` is not a pending
+/// check.
+///
+/// The approval is committed before the node hears the verdict, so what a
+/// user was told is approved survives a restart. If it cannot be stored,
+/// the check stays pending and the error is returned (the approver may try
+/// again).
+pub(crate) async fn approve(
+    ctx: &Ctx,
+    id: &str,
+    user: UserId,
+    login: &str,
+    now: UnixMillis,
+) -> Option<Result<ApprovedCheck, ApproveFailed>> {
+    let c = match ctx.checks.approvable(id, user, login, now)? {
+        Ok(c) => c,
+        Err(e) => return Some(Err(ApproveFailed::Refused(e))),
+    };
+    let until = now.saturating_add(c.period);
+    if !c.period.is_zero() {
+        let record = SshApproval {
+            user: c.user,
+            node: c.src_node,
+            approved: now,
+            expires: until,
+            approved_by: login.to_owned(),
+            check_id: id.to_owned(),
+            dst_node: Some(c.dst_node),
+            local_user: c.info.local_user.clone(),
+        };
+        if let Err(e) = ctx.store.put_ssh_approval(&record).await {
+            return Some(Err(ApproveFailed::Store(e)));
+        }
+    }
+    // Given up meanwhile (timed out, or the SSH client left): the approval
+    // stands for the next login.
+    ctx.checks.accept(id, SshCheckVerdict::Accept { until });
+    Some(Ok(ApprovedCheck {
+        src_node: c.src_node,
+        info: c.info,
+        period: c.period,
+    }))
+}
+
+/// Why [`approve`] did not approve.
+#[derive(Debug)]
+pub(crate) enum ApproveFailed {
+    /// Not this user's to approve, or too late.
+    Refused(ApproveError),
+    /// The approval could not be recorded.
+    Store(StoreError),
 }

@@ -464,10 +464,11 @@ impl Server {
     }
 }
 
-/// How often expired interactive logins are deleted.
+/// How often expired interactive logins and SSH check approvals are deleted.
 const LOGIN_CLEANUP_EVERY: Duration = Duration::from_secs(60);
 
-/// Periodic housekeeping: expired interactive logins.
+/// Periodic housekeeping: expired interactive logins and SSH check
+/// approvals.
 async fn maintenance(ctx: Arc<Ctx>) {
     let mut every = tokio::time::interval(LOGIN_CLEANUP_EVERY);
     loop {
@@ -480,6 +481,11 @@ async fn maintenance(ctx: Arc<Ctx>) {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired logins removed"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot remove expired logins"),
+        }
+        match ctx.store.delete_expired_ssh_approvals(now).await {
+            Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired SSH check approvals removed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot remove expired SSH check approvals"),
         }
         let mut gone = std::collections::BTreeSet::new();
         for id in ctx.logins.ids() {

@@ -3,7 +3,8 @@
 //! authenticator's routes ([`crate::auth`]).
 //!
 //! Approving an id decides whichever waits under it: a pending SSH check
-//! ([`crate::waiting::Checks`]; only its user may approve it) or else an
+//! ([`crate::check::approve`]; only its user may approve it, and the
+//! approval is stored before the node hears it) or else an
 //! interactive device login (the store registers the node for the user,
 //! with the tags and key lifetime the device asked for, if the policy lets
 //! that user apply those tags). Either way the node's waiting request is
@@ -21,6 +22,7 @@ use weft_control_store::{
 use weft_types::control::is_auth_id;
 
 use crate::auth::{CompleteError, CompleteLogin, Completed, PendingLogin};
+use crate::check::{self, ApproveFailed};
 use crate::ctx::Ctx;
 use crate::registration::{denied_tags, lifetime_of};
 use crate::state::coordinator::Msg;
@@ -60,19 +62,20 @@ pub(crate) async fn approve(ctx: &Ctx, id: &str, login: &str) -> Result<Approval
     let user = ctx.store.user_by_login(login).await.map_err(refused)?;
     let login = user.login_name.to_string();
     let now = ctx.clock.now();
-    if let Some(r) = ctx.checks.approve(id, user.id, &login, now) {
+    if let Some(r) = check::approve(ctx, id, user.id, &login, now).await {
         return match r {
             Ok(c) => Ok(Approval::Check(c)),
-            Err(ApproveError::WrongUser {
+            Err(ApproveFailed::Refused(ApproveError::WrongUser {
                 owner,
                 src,
                 approver,
-            }) => Err(CompleteError::WrongUser {
+            })) => Err(CompleteError::WrongUser {
                 owner,
                 src,
                 approver,
             }),
-            Err(ApproveError::Expired) => Err(CompleteError::CheckExpired),
+            Err(ApproveFailed::Refused(ApproveError::Expired)) => Err(CompleteError::CheckExpired),
+            Err(ApproveFailed::Store(e)) => Err(CompleteError::Store(e)),
         };
     }
     let wish = ctx.logins.wish(id);

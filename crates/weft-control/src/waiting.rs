@@ -1,17 +1,16 @@
 //! What waits for a decision, in memory: interactive device logins (what
 //! each asked for, where it came from, a wake-up for its follow-up request)
-//! and SSH checks (who must approve, and the channel of the verdict), plus
-//! the recent SSH check approvals.
+//! and SSH checks (who must approve, and the channel of the verdict).
 //!
 //! Both registries sit in [`crate::ctx::Ctx`]; registration and the SSH
 //! check handler fill them, completing a login ([`crate::login`]) decides
 //! them. They use nothing else of this crate but the page types and
 //! admission's `Source`.
 //!
-//! SSH check approvals live in memory, not in the database: they are
-//! short-lived (minutes to hours), losing them at a restart costs the user
-//! one more approval (it fails safe), and they need no schema. Several
-//! server processes behind one database would each keep their own.
+//! Only what waits is here: a pending check lives as long as the node's
+//! connection that asked, so a restart ends it anyway. Granted SSH check
+//! approvals are in the database (`ssh_approvals`, [`crate::check`]), so a
+//! restart does not ask everyone again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -125,9 +124,6 @@ impl Logins {
 
 // --- SSH checks --------------------------------------------------------------------------
 
-/// Approvals remembered at most (the oldest are dropped beyond it).
-const MAX_APPROVALS: usize = 65_536;
-
 /// A check waiting for its user.
 #[derive(Debug)]
 pub(crate) struct PendingCheck {
@@ -135,12 +131,24 @@ pub(crate) struct PendingCheck {
     pub user: UserId,
     /// The source node the approval vouches for.
     pub src_node: NodeId,
+    /// The node being logged in to (for the approval's audit fields).
+    pub dst_node: NodeId,
     /// How long an approval is remembered for `(user, src_node)`.
     pub period: Duration,
     /// What the page shows (and when the check gives up).
     pub info: CheckInfo,
     /// Where the verdict goes.
     pub tx: oneshot::Sender<SshCheckVerdict>,
+}
+
+/// A check that its user may approve now: what the approval records.
+#[derive(Debug, Clone)]
+pub(crate) struct ApprovableCheck {
+    pub user: UserId,
+    pub src_node: NodeId,
+    pub dst_node: NodeId,
+    pub info: CheckInfo,
+    pub period: Duration,
 }
 
 /// An approved check.
@@ -164,51 +172,45 @@ pub(crate) enum ApproveError {
     Expired,
 }
 
-#[derive(Debug, Default)]
-struct ChecksInner {
-    pending: BTreeMap<String, PendingCheck>,
-    /// (user, source node) → when approved and for how long.
-    approved: BTreeMap<(UserId, NodeId), (UnixMillis, Duration)>,
-}
-
-/// The SSH checks in progress and the recent approvals.
+/// The SSH checks in progress.
 #[derive(Debug, Default)]
 pub(crate) struct Checks {
-    inner: Mutex<ChecksInner>,
+    pending: Mutex<BTreeMap<String, PendingCheck>>,
 }
 
 impl Checks {
-    fn lock(&self) -> MutexGuard<'_, ChecksInner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, PendingCheck>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds check `id` unless one with that id is pending; returns whether
     /// it was added.
     pub fn add(&self, id: &str, check: PendingCheck) -> bool {
-        let mut inner = self.lock();
-        if inner.pending.contains_key(id) {
+        let mut pending = self.lock();
+        if pending.contains_key(id) {
             return false;
         }
-        inner.pending.insert(id.to_owned(), check);
+        pending.insert(id.to_owned(), check);
         true
     }
 
     /// Returns what the page of a pending check shows, if `id` is one.
     pub fn info(&self, id: &str) -> Option<CheckInfo> {
-        self.lock().pending.get(id).map(|p| p.info.clone())
+        self.lock().get(id).map(|p| p.info.clone())
     }
 
-    /// Approves check `id` as `approver` (`user`) and sends the node its
-    /// verdict. Returns `None` if `id` is not a pending check.
-    pub fn approve(
+    /// Returns whether `user` (`approver`) may approve check `id` at `now`,
+    /// and if so what the approval records; the check stays pending until
+    /// [`Checks::accept`]. Returns `None` if `id` is not a pending check.
+    pub fn approvable(
         &self,
         id: &str,
         user: UserId,
         approver: &str,
         now: UnixMillis,
-    ) -> Option<Result<ApprovedCheck, ApproveError>> {
-        let mut inner = self.lock();
-        let p = inner.pending.get(id)?;
+    ) -> Option<Result<ApprovableCheck, ApproveError>> {
+        let pending = self.lock();
+        let p = pending.get(id)?;
         if now >= p.info.expires {
             return Some(Err(ApproveError::Expired));
         }
@@ -219,32 +221,31 @@ impl Checks {
                 approver: approver.to_owned(),
             }));
         }
-        let p = inner.pending.remove(id)?;
-        if inner.approved.len() >= MAX_APPROVALS {
-            inner
-                .approved
-                .retain(|_, (at, period)| at.saturating_add(*period) > now);
-            if inner.approved.len() >= MAX_APPROVALS {
-                inner.approved.clear();
-            }
-        }
-        inner.approved.insert((p.user, p.src_node), (now, p.period));
-        drop(inner);
-        let i = &p.info;
-        tracing::info!(check = id, user = %i.login, src = %i.src_name, dst = %i.dst_name, ssh_user = %i.ssh_user, "ssh check approved");
-        let _ = p.tx.send(SshCheckVerdict::Accept {
-            until: now.saturating_add(p.period),
-        });
-        Some(Ok(ApprovedCheck {
+        Some(Ok(ApprovableCheck {
+            user: p.user,
             src_node: p.src_node,
-            info: p.info,
+            dst_node: p.dst_node,
+            info: p.info.clone(),
             period: p.period,
         }))
     }
 
+    /// Ends check `id` with `verdict` (an approval that was recorded).
+    /// Returns whether it was still pending (it may have been given up
+    /// meanwhile).
+    pub fn accept(&self, id: &str, verdict: SshCheckVerdict) -> bool {
+        let Some(p) = self.lock().remove(id) else {
+            return false;
+        };
+        let i = &p.info;
+        tracing::info!(check = id, user = %i.login, src = %i.src_name, dst = %i.dst_name, ssh_user = %i.ssh_user, "ssh check approved");
+        let _ = p.tx.send(verdict);
+        true
+    }
+
     /// Declines check `id`. Returns whether it was one.
     pub fn reject(&self, id: &str) -> bool {
-        let Some(p) = self.lock().pending.remove(id) else {
+        let Some(p) = self.lock().remove(id) else {
             return false;
         };
         tracing::info!(check = id, user = %p.info.login, src = %p.info.src_name, "ssh check declined");
@@ -254,21 +255,8 @@ impl Checks {
         true
     }
 
-    /// Returns until when a fresh approval backs `(user, src)` for `period`.
-    pub fn fresh(
-        &self,
-        user: UserId,
-        src: NodeId,
-        period: Duration,
-        now: UnixMillis,
-    ) -> Option<UnixMillis> {
-        let (at, _) = *self.lock().approved.get(&(user, src))?;
-        let until = at.saturating_add(period);
-        (!period.is_zero() && now < until).then_some(until)
-    }
-
     /// Forgets pending check `id` (its connection went away).
     pub fn forget(&self, id: &str) {
-        self.lock().pending.remove(id);
+        self.lock().remove(id);
     }
 }

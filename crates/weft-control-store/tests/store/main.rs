@@ -16,6 +16,7 @@ mod keys;
 mod nodes;
 mod registration;
 mod schema;
+mod ssh;
 mod users;
 
 macro_rules! suite {
@@ -70,6 +71,11 @@ suite!(
     auth_policy::policies_are_versioned,
     dns::dns_settings_start_empty_are_replaced_whole_and_survive_reopening,
     dns::stored_dns_settings_that_do_not_parse_are_reported_as_corrupt,
+    ssh::ssh_approvals_are_found_within_their_period_replaced_and_swept,
+    ssh::ssh_approvals_that_do_not_add_up_are_refused,
+    ssh::ssh_approvals_are_revoked_by_user_node_or_all,
+    ssh::ssh_approvals_go_with_their_user_and_node,
+    ssh::ssh_approvals_end_when_the_node_is_expired_or_changes_owner,
     concurrency::concurrent_registrations_never_share_an_address_or_name,
     concurrency::a_one_off_key_wins_only_one_race,
     concurrency::two_servers_with_the_same_seed_still_allocate_uniquely,

@@ -62,6 +62,7 @@ async fn both_migration_sets_define_the_same_schema() {
             "nodes",
             "policies",
             "preauth_keys",
+            "ssh_approvals",
             "users"
         ]
     );

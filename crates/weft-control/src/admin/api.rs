@@ -85,6 +85,8 @@ admin_routes! {
     "/relay/verify" => post(relay_verify);
     "/relay-map" => get(get_relay_map), put(set_relay_map);
     "/dns" => get(get_dns), put(put_dns), patch(patch_dns);
+    "/ssh/approvals" => get(list_ssh_approvals);
+    "/ssh/approvals/revoke" => post(revoke_ssh_approvals);
 }
 
 /// Returns the admin routes (without authentication; see [`require_api_key`]).
@@ -149,6 +151,28 @@ async fn create_user(
 
 async fn delete_user(State(a): State<Admin>, Path(login): Path<String>) -> R<UserView> {
     a.delete_user(&login).await.map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+struct ApprovalFilter {
+    user: Option<String>,
+    node: Option<i64>,
+}
+
+async fn list_ssh_approvals(
+    State(a): State<Admin>,
+    Query(f): Query<ApprovalFilter>,
+) -> R<Vec<SshApprovalView>> {
+    a.list_ssh_approvals(f.user.as_deref(), f.node)
+        .await
+        .map(Json)
+}
+
+async fn revoke_ssh_approvals(
+    State(a): State<Admin>,
+    Json(r): Json<RevokeSshApprovals>,
+) -> R<Vec<SshApprovalView>> {
+    a.revoke_ssh_approvals(&r).await.map(Json)
 }
 
 #[derive(Debug, Deserialize)]

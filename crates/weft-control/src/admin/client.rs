@@ -404,6 +404,37 @@ impl AdminClient {
         self.request(http::Method::PATCH, "/dns", Some(p)).await
     }
 
+    // --- SSH check approvals ---
+
+    /// `GET /ssh/approvals`: all, one user's, or those for one source node.
+    pub async fn list_ssh_approvals(
+        &self,
+        user: Option<&str>,
+        node: Option<i64>,
+    ) -> Result<Vec<SshApprovalView>, AdminClientError> {
+        let mut query = Vec::new();
+        if let Some(u) = user {
+            query.push(format!("user={}", encode(u)));
+        }
+        if let Some(n) = node {
+            query.push(format!("node={n}"));
+        }
+        let path = if query.is_empty() {
+            "/ssh/approvals".to_owned()
+        } else {
+            format!("/ssh/approvals?{}", query.join("&"))
+        };
+        self.request::<(), _>(http::Method::GET, &path, None).await
+    }
+    /// `POST /ssh/approvals/revoke`.
+    pub async fn revoke_ssh_approvals(
+        &self,
+        r: &RevokeSshApprovals,
+    ) -> Result<Vec<SshApprovalView>, AdminClientError> {
+        self.request(http::Method::POST, "/ssh/approvals/revoke", Some(r))
+            .await
+    }
+
     // --- policy ---
 
     /// `GET /policy`.

@@ -11,6 +11,7 @@ pub(crate) mod api;
 pub mod client;
 pub(crate) mod dns;
 pub(crate) mod socket;
+mod ssh;
 pub mod types;
 
 /// Every admin route as `(METHOD, path)` under `/api/v1` (docs/openapi.yaml documents them).
@@ -95,11 +96,13 @@ impl From<StoreError> for AdminError {
             | E::NameTaken(_)
             | E::DuplicateNodeKey(_)
             | E::UserHasNodes { .. }
+            | E::NotNodeOwner { .. }
             | E::AuthRequestCompleted(..) => Self::new(StatusCode::CONFLICT, "conflict", msg),
             E::AuthRequestExpired(_) => Self::new(StatusCode::GONE, "expired", msg),
             E::MalformedKey { .. }
             | E::KeyWithoutOwner
             | E::NodeWithoutOwner(_)
+            | E::EmptySshApproval { .. }
             | E::UnknownPreauthKey(_)
             | E::UnknownApiKey(_)
             | E::PreauthKeyExpired(_)

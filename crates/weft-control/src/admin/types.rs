@@ -352,3 +352,47 @@ pub struct DnsPatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_records: Vec<String>,
 }
+
+/// An SSH check approval: `user` re-authenticated for logins from `node`;
+/// checks from that node are accepted without asking until `expires`
+/// (docs/PROTOCOL.md §9.5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshApprovalView {
+    /// The tailnet user's login name.
+    pub user: String,
+    /// The source node's id.
+    pub node_id: i64,
+    /// The source node's name.
+    pub node: String,
+    /// When the user approved.
+    pub approved: i64,
+    /// When it stops vouching: `approved` + `period_ms`.
+    pub expires: i64,
+    /// The `checkPeriod` of the rule it was approved under.
+    pub period_ms: u64,
+    /// Who approved (login name).
+    pub approved_by: String,
+    /// The check that was approved.
+    pub check_id: String,
+    /// The node that login went to (`None` once deleted).
+    pub dst_node_id: Option<i64>,
+    /// Its name (`None` once deleted).
+    pub dst_node: Option<String>,
+    /// The local account that login asked for.
+    pub local_user: String,
+}
+
+/// `POST /ssh/approvals/revoke`: which approvals to revoke. At least one of
+/// `user` and `node`, or `all`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RevokeSshApprovals {
+    /// Only this user's (login name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only those for logins from this node (id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<i64>,
+    /// Every approval (neither `user` nor `node` may be given then).
+    #[serde(default)]
+    pub all: bool,
+}

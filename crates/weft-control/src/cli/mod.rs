@@ -9,6 +9,7 @@ mod out;
 mod policy;
 mod relay_map;
 mod serve;
+mod ssh;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ enum Command {
     /// search domains, split DNS, extra records).
     #[command(subcommand)]
     Dns(dns::DnsCmd),
+    /// Weft SSH: list and revoke SSH check approvals.
+    #[command(subcommand)]
+    Ssh(ssh::SshCmd),
 }
 
 /// Where the server keeps its state and how admin commands reach it.
@@ -154,6 +158,7 @@ pub fn main() -> ExitCode {
             Command::Policy(c) => policy::run(c, conn).await,
             Command::RelayMap(c) => relay_map::run(c, conn).await.map(|()| ExitCode::SUCCESS),
             Command::Dns(c) => dns::run(c, conn).await.map(|()| ExitCode::SUCCESS),
+            Command::Ssh(c) => ssh::run(c, conn).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

@@ -14,5 +14,6 @@ mod registration;
 mod relay;
 mod security;
 mod serve;
+mod ssh_approvals;
 mod ssh_check;
 mod tls;

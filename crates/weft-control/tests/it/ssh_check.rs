@@ -180,19 +180,10 @@ async fn a_check_waits_for_its_user_and_a_second_login_within_the_period_is_acce
 }
 
 #[tokio::test]
-async fn an_approval_vouches_only_for_its_source_node_and_a_zero_period_always_asks() {
+async fn an_approval_vouches_only_for_its_source_node_and_its_own_period() {
     let (t, laptop, server, _bob) = tailnet().await;
-    let mut w = send(
-        &server,
-        request(
-            &server,
-            &laptop,
-            1,
-            Duration::ZERO,
-            Duration::from_secs(600),
-        ),
-    )
-    .await;
+    let wait = Duration::from_secs(600);
+    let mut w = send(&server, request(&server, &laptop, 1, Duration::ZERO, wait)).await;
     assert!(matches!(next(&mut w).await, CheckProgress::Pending { .. }));
     t.server
         .admin()
@@ -203,38 +194,63 @@ async fn an_approval_vouches_only_for_its_source_node_and_a_zero_period_always_a
         next(&mut w).await,
         CheckProgress::Done(CheckResult::Accepted { .. })
     ));
-    let mut w = send(
-        &server,
-        request(
-            &server,
-            &laptop,
-            2,
-            Duration::ZERO,
-            Duration::from_secs(600),
-        ),
-    )
-    .await;
+    // Period 0 approves only the login at hand: nothing is remembered.
+    for (seed, period) in [(2, Duration::ZERO), (3, HOUR)] {
+        let mut w = send(&server, request(&server, &laptop, seed, period, wait)).await;
+        assert!(
+            matches!(next(&mut w).await, CheckProgress::Pending { .. }),
+            "period {period:?} asks after a period-0 approval"
+        );
+    }
     assert!(
-        matches!(next(&mut w).await, CheckProgress::Pending { .. }),
-        "period 0 asks every time"
+        t.server
+            .admin()
+            .list_ssh_approvals(None, None)
+            .await
+            .unwrap()
+            .is_empty()
     );
 
-    // The approval (a moment ago) satisfies a rule with a longer period for
-    // the same source node, but not a login from alice's other node.
-    let mut w = send(
-        &server,
-        request(&server, &laptop, 3, HOUR, Duration::from_secs(600)),
-    )
-    .await;
+    // An approval under a 1-hour rule...
+    let approved = t.clock.now();
+    let mut w = send(&server, request(&server, &laptop, 4, HOUR, wait)).await;
+    assert!(matches!(next(&mut w).await, CheckProgress::Pending { .. }));
+    t.server
+        .admin()
+        .approve_login(&check_id_from([4; 16]), "alice")
+        .await
+        .unwrap();
     assert!(matches!(
         next(&mut w).await,
         CheckProgress::Done(CheckResult::Accepted { .. })
     ));
-    let mut other = send(
-        &laptop,
-        request(&laptop, &server, 4, HOUR, Duration::from_secs(600)),
-    )
-    .await;
+    let until_of = |p: CheckProgress| match p {
+        CheckProgress::Done(CheckResult::Accepted { until }) => until,
+        other => panic!("expected an accept, got {other:?}"),
+    };
+    // ...backs a rule with a longer period only for its own hour,
+    let twelve = 12 * HOUR;
+    let mut w = send(&server, request(&server, &laptop, 5, twelve, wait)).await;
+    let until = until_of(next(&mut w).await);
+    assert!(
+        until >= approved.saturating_add(HOUR) && until <= t.clock.now().saturating_add(HOUR),
+        "{until:?}"
+    );
+    // a rule with a shorter one for that shorter time,
+    let minute = Duration::from_secs(60);
+    let mut w = send(&server, request(&server, &laptop, 6, minute, wait)).await;
+    let until = until_of(next(&mut w).await);
+    assert!(until <= t.clock.now().saturating_add(minute), "{until:?}");
+    t.clock.advance(minute + Duration::from_secs(1));
+    let mut w = send(&server, request(&server, &laptop, 7, minute, wait)).await;
+    assert!(matches!(next(&mut w).await, CheckProgress::Pending { .. }));
+    let mut w = send(&server, request(&server, &laptop, 8, HOUR, wait)).await;
+    assert!(matches!(
+        next(&mut w).await,
+        CheckProgress::Done(CheckResult::Accepted { .. })
+    ));
+    // and not a login from alice's other node.
+    let mut other = send(&laptop, request(&laptop, &server, 9, HOUR, wait)).await;
     assert!(matches!(
         next(&mut other).await,
         CheckProgress::Pending { .. }
