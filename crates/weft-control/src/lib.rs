@@ -27,6 +27,7 @@ pub mod auth;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod config_file;
 mod control;
 mod ctx;
 mod http;
