@@ -242,6 +242,11 @@ pub async fn run(
     let server = Server::start(config)
         .await
         .with_context(|| format!("cannot start with --state-dir {}", state_dir.display()))?;
+    // systemd `Type=notify`: the listeners are bound and the store is open.
+    // Without NOTIFY_SOCKET this does nothing.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell systemd that weft-control is ready");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
     tokio::select! {
