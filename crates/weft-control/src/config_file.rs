@@ -94,6 +94,8 @@ pub struct ServeFile {
     pub no_stun: Option<bool>,
     /// `--no-admin-socket`.
     pub no_admin_socket: Option<bool>,
+    /// `--packages-dir`.
+    pub packages_dir: Option<PathBuf>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
 }
@@ -225,6 +227,7 @@ stun-listen = ["198.18.0.1:3478", "[fd7a::1]:3478"]
 no-stun = false
 no-admin-socket = true
 log-format = "json"
+packages-dir = "/usr/share/weft-control/packages"
 "#,
         )
         .expect("valid");

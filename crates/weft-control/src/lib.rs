@@ -31,6 +31,7 @@ pub mod config_file;
 mod control;
 mod ctx;
 mod http;
+pub mod install;
 pub mod keyfile;
 mod lock;
 mod login;

@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// Do not serve the admin socket.
     #[arg(long)]
     no_admin_socket: bool,
+    /// Serve the .deb files of this directory at /packages/ (with their SHA256SUMS) for
+    /// /install.sh: `curl -fsSL <server-url>/install.sh | sh` installs a node from them.
+    #[arg(long, env = "WEFT_CONTROL_PACKAGES_DIR")]
+    packages_dir: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -167,6 +171,7 @@ fn apply_config_file(
     set!(stun_listen);
     set!(no_stun);
     set!(no_admin_socket);
+    set!(opt packages_dir);
     if let Some(v) = file.log_format
         && !given("log_format")
     {
@@ -239,6 +244,7 @@ pub async fn run(
     config.relay = !a.no_relay;
     config.stun = !a.no_stun;
     config.stun_listen = a.stun_listen;
+    config.packages_dir = a.packages_dir;
     let server = Server::start(config)
         .await
         .with_context(|| format!("cannot start with --state-dir {}", state_dir.display()))?;

@@ -5,6 +5,7 @@ mod authenticator;
 mod cli;
 mod common;
 mod durability;
+mod install_sh;
 mod limits;
 mod netmap;
 mod openapi;
