@@ -126,11 +126,15 @@ if command -v systemd-analyze >/dev/null 2>&1; then
         || die "systemd-analyze verify failed on the units in $here"
 fi
 
-finish weft "$w" "$(glibc_depends "$w/usr")" "Recommends: openssh-client" \
+weft_deb=$(finish weft "$w" "$(glibc_depends "$w/usr")" "Recommends: openssh-client" \
     "node of the Weft mesh VPN: weftd daemon and weft CLI
  Weft is a self-hosted mesh VPN in the spirit of Tailscale. This package has
  weftd (userspace WireGuard on TUN, packet filter, SSH server, LocalAPI) as the
- systemd service weftd.service, and the weft command line."
+ systemd service weftd.service, and the weft command line.")
+echo "$weft_deb"
+# The client package of the same version, served at /packages/ for /install.sh
+# (packages-dir in the shipped config.toml).
+install -D -m 0644 "$weft_deb" "$c/usr/share/weft-control/packages/$(basename "$weft_deb")"
 finish weft-control "$c" "$(glibc_depends "$c/usr")" "" \
     "coordination server of the Weft mesh VPN
  weft-control coordinates a Weft mesh VPN: node registration, network maps,
