@@ -140,7 +140,9 @@ else
     chmod 0755 "$TMP"
     chmod 0644 "$TMP/$DEB"
     say "Installing $DEB (sha256 verified)."
-    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$TMP/$DEB" \
+    # No Recommends (openssh-client, for `weft ssh`): the package needs only libc6, so a node
+    # installs from its control server even when it cannot reach a Debian mirror.
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$TMP/$DEB" \
         || fail "apt-get could not install $DEB (see its messages above)."
 fi
 

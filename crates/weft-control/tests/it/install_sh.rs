@@ -188,7 +188,8 @@ fn installs_the_verified_package_sets_the_login_server_and_runs_again_harmlessly
     );
     let changes = e.changes();
     assert!(
-        changes.contains("apt-get install -y -q /tmp/") && changes.contains(&deb),
+        changes.contains("apt-get install -y -q --no-install-recommends /tmp/")
+            && changes.contains(&deb),
         "{changes}"
     );
     assert!(changes.contains("install -m 0644 "), "{changes}");

@@ -53,7 +53,7 @@ fn install_sh_fetched_from_weft_control_verifies_its_package_and_dry_runs() -> a
     for want in [
         format!("Installing Weft from {url} on "),
         format!("Installing {deb} (sha256 verified)."),
-        "would run: env DEBIAN_FRONTEND=noninteractive apt-get install -y -q /".to_owned(),
+        "would run: env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends /".to_owned(),
         format!(
             "Making {url} the default login server ({})",
             defaults.display()
