@@ -103,8 +103,26 @@ pub(crate) fn remove_cgroup_tree(dir: &Path) -> Result<()> {
     }
 }
 
-/// Removes the cgroups of dead runs (named `weft-<pid>-<tag>-…`); returns the problems met. Their
-/// processes were in the dead run's namespaces, which the stale sweep has emptied before.
+/// Returns the PIDs in the cgroup `dir` and below.
+fn cgroup_pids(dir: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for entry in rd.filter_map(std::result::Result::ok) {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pids.extend(cgroup_pids(&entry.path()));
+            }
+        }
+    }
+    pids
+}
+
+/// Removes the cgroups of dead runs (named `weft-<pid>-<tag>-…`); returns the problems met. What
+/// still runs in them is that run's nspawn and its guest (the guest's processes were also in the
+/// run's namespaces, which the sweep emptied before): killed, by PID, then the cgroups go.
 pub(crate) fn cleanup_stale_cgroups(alive: impl Fn(u32) -> bool + Copy) -> Vec<String> {
     let mut problems = Vec::new();
     for root in cgroup_roots() {
@@ -117,7 +135,18 @@ pub(crate) fn cleanup_stale_cgroups(alive: impl Fn(u32) -> bool + Copy) -> Vec<S
             })
             .unwrap_or_default();
         for name in names::stale_run_names(dirs.iter().map(String::as_str), alive) {
-            if let Err(e) = remove_cgroup_tree(&root.join(name)) {
+            let dir = root.join(name);
+            for pid in cgroup_pids(&dir).into_iter().filter(|&p| p > 0) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let removed = wait_until(
+                Duration::from_secs(5),
+                &format!("stale cgroup {} to empty", dir.display()),
+                || Ok(remove_cgroup_tree(&dir).is_ok()),
+            );
+            if removed.is_err()
+                && let Err(e) = remove_cgroup_tree(&dir)
+            {
                 problems.push(e.to_string());
             }
         }
