@@ -129,6 +129,9 @@ pub struct ServerConfig {
     /// Where STUN listens (UDP); empty: the listen address's IP, port
     /// [`DEFAULT_STUN_PORT`].
     pub stun_listen: Vec<SocketAddr>,
+    /// The package directory served at `/packages/` for `/install.sh`
+    /// (the `.deb` files and their `SHA256SUMS`); `None`: none.
+    pub packages_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -164,6 +167,7 @@ impl ServerConfig {
             relay: true,
             stun: true,
             stun_listen: Vec::new(),
+            packages_dir: None,
         }
     }
 

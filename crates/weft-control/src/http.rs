@@ -9,6 +9,7 @@
 //! | `/login/{authenticator}/…` | the authenticator's own routes, if any, deciding logins through [`crate::auth::CompleteLogin`] |
 //! | `/api/v1/…` | the admin API with an API key ([`crate::admin`]) |
 //! | `GET /health` | `ok` |
+//! | `GET /install.sh`, `GET /packages/{file}` | the node installer and its packages ([`crate::install`]) |
 //! | `/derp`, `/derp/probe`, `/derp/latency-check`, `/generate_204` | the embedded relay ([`crate::relay`]), unless `--no-relay` |
 //!
 //! Prometheus metrics (`GET /metrics`) are not on this listener: they have
@@ -56,7 +57,11 @@ pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
         .route("/a/{auth_id}", get(login_page))
         .route("/health", get(|| async { "ok" }))
         .with_state(ctx.clone())
-        .nest("/api/v1", rest);
+        .nest("/api/v1", rest)
+        .merge(crate::install::routes(
+            &ctx.server_url,
+            ctx.config.packages_dir.clone(),
+        ));
     let completer = Arc::new(Completer::new(ctx.clone()));
     if let Some(relay) = &ctx.relay {
         // `/derp` (upgrade), `/derp/probe`, `/derp/latency-check`, `/generate_204`.

@@ -402,7 +402,8 @@ fn delete_netns(name: &str, grace: Duration) -> Result<()> {
 }
 
 /// Removes what dead runs left: their namespaces (and processes in them), UAPI sockets and
-/// root-namespace interfaces with `wf<pid>-` names, and temp dirs. Returns the problems met.
+/// root-namespace interfaces with `wf<pid>-` names, the cgroups of their machines
+/// ([`crate::machine`]), and temp dirs. Returns the problems met.
 pub fn cleanup_stale() -> Vec<String> {
     let mut problems = Vec::new();
     let alive = names::pid_alive;
@@ -463,6 +464,9 @@ pub fn cleanup_stale() -> Vec<String> {
             problems.push(format!("{}: {e}", etc.join(name).display()));
         }
     }
+
+    // Containers of dead runs (crate::machine): their processes were in the namespaces above.
+    problems.extend(crate::machine::cleanup_stale_cgroups(alive));
 
     let root = runs_root();
     for name in names::stale_run_names(dir_names(&root).iter().map(String::as_str), alive) {

@@ -81,6 +81,9 @@
 //!   one; dead: leftovers) are deleted.
 //! * Every command and wait has a time limit.
 //!
+//! * **Machines** — [`machine::Machine`]: a Debian 12 tree booted with `systemd-nspawn --boot`
+//!   into one of the run's namespaces (its own systemd as PID 1, a fresh in-memory layer per boot),
+//!   for install/uninstall tests; halted and its cgroups removed on drop and by the stale sweep.
 //! * **Tailnets** — [`tailnet`]: control and weftd nodes on a switched underlay; [`nat`]: sites
 //!   behind real nftables NAT routers (easy, hard, UDP blocked) on that underlay.
 //!
@@ -91,6 +94,7 @@
 pub mod account;
 mod error;
 mod lab;
+pub mod machine;
 pub mod names;
 pub mod nat;
 mod netns;

@@ -148,9 +148,14 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let conn = &cli.conn;
         match cli.command {
-            Command::Serve(a) => serve::run(*a, conn, client_flag)
-                .await
-                .map(|()| ExitCode::SUCCESS),
+            Command::Serve(a) => serve::run(
+                *a,
+                conn,
+                client_flag,
+                matches.subcommand_matches("serve").unwrap_or(&matches),
+            )
+            .await
+            .map(|()| ExitCode::SUCCESS),
             Command::Users(c) => admin::users(c, conn).await.map(|()| ExitCode::SUCCESS),
             Command::Keys(c) => admin::keys(c, conn).await.map(|()| ExitCode::SUCCESS),
             Command::Nodes(c) => admin::nodes(c, conn).await.map(|()| ExitCode::SUCCESS),

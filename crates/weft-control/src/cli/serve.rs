@@ -1,15 +1,18 @@
 //! `weft-control serve`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
 use weft_control::config::{
     DEFAULT_DOMAIN, DEFAULT_LISTEN, DEFAULT_MAX_PENDING_LOGINS,
     DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE, DEFAULT_MAX_UNREGISTERED_PER_SOURCE,
     DEFAULT_METRICS_LISTEN,
 };
+use weft_control::config_file::{self, DEFAULT_CONFIG_FILE};
 use weft_control::{Server, ServerConfig};
 use weft_types::time::parse_duration;
 
@@ -18,6 +21,10 @@ use super::Conn;
 /// Options of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file (keys: the long flags below, e.g. `listen = "0.0.0.0:8080"`;
+    /// flags override it). Default: /etc/weft-control/config.toml when it exists.
+    #[arg(long, env = "WEFT_CONTROL_CONFIG")]
+    config: Option<PathBuf>,
     /// Address to listen on for HTTP (control protocol, login pages, REST API, relay).
     #[arg(long, default_value = DEFAULT_LISTEN, env = "WEFT_CONTROL_LISTEN")]
     listen: SocketAddr,
@@ -89,9 +96,101 @@ pub struct ServeArgs {
     /// Do not serve the admin socket.
     #[arg(long)]
     no_admin_socket: bool,
+    /// Serve the .deb files of this directory at /packages/ (with their SHA256SUMS) for
+    /// /install.sh: `curl -fsSL <server-url>/install.sh | sh` installs a node from them.
+    #[arg(long, env = "WEFT_CONTROL_PACKAGES_DIR")]
+    packages_dir: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// Applies the configuration file (`--config`, or the default file when it
+/// exists) under the flags: a setting given on the command line or in its
+/// environment variable wins over the file, the file over the default.
+fn apply_config_file(
+    a: &mut ServeArgs,
+    state_dir: &mut PathBuf,
+    matches: &ArgMatches,
+) -> anyhow::Result<()> {
+    let path = match &a.config {
+        Some(p) => p.clone(),
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG_FILE);
+            if !p.exists() {
+                return Ok(());
+            }
+            p
+        }
+    };
+    let file = config_file::load(&path)?;
+    let given = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    // `set!(field)`: a plain flag; `set!(opt field)`: an optional one.
+    macro_rules! set {
+        ($f:ident) => {
+            if let Some(v) = file.$f
+                && !given(stringify!($f))
+            {
+                a.$f = v;
+            }
+        };
+        (opt $f:ident) => {
+            if file.$f.is_some() && !given(stringify!($f)) {
+                a.$f = file.$f;
+            }
+        };
+    }
+    if let Some(v) = file.state_dir
+        && !given("state_dir")
+    {
+        *state_dir = v;
+    }
+    set!(listen);
+    set!(metrics_listen);
+    set!(no_metrics);
+    set!(opt tls_cert);
+    set!(opt tls_key);
+    set!(opt server_url);
+    set!(opt db_url);
+    set!(domain);
+    set!(node_key_expiry);
+    set!(ephemeral_grace);
+    set!(batch_delay);
+    set!(login_expiry);
+    set!(max_pending_logins);
+    set!(max_pending_logins_per_source);
+    set!(register_timeout);
+    set!(opt max_connections);
+    set!(max_unregistered_per_source);
+    set!(require_device_approval);
+    set!(no_relay);
+    set!(stun_listen);
+    set!(no_stun);
+    set!(no_admin_socket);
+    set!(opt packages_dir);
+    if let Some(v) = file.log_format
+        && !given("log_format")
+    {
+        a.log_format = v.as_str().to_owned();
+    }
+    if a.tls_cert.is_some() != a.tls_key.is_some() {
+        anyhow::bail!(
+            "{}: tls-cert and tls-key go together (set both, in the file or as flags)",
+            path.display()
+        );
+    }
+    if a.no_stun && !a.stun_listen.is_empty() {
+        anyhow::bail!(
+            "{}: no-stun and stun-listen exclude each other (one from the file, one from a flag?)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Runs the server until SIGINT or SIGTERM, with its state in
@@ -100,14 +199,21 @@ pub struct ServeArgs {
 ///
 /// # Errors
 /// An admin-client flag, bad settings, or a server that cannot start.
-pub async fn run(a: ServeArgs, conn: &Conn, client_flag: Option<&str>) -> anyhow::Result<()> {
+pub async fn run(
+    mut a: ServeArgs,
+    conn: &Conn,
+    client_flag: Option<&str>,
+    matches: &ArgMatches,
+) -> anyhow::Result<()> {
     if let Some(flag) = client_flag {
         anyhow::bail!(
             "{flag} is for the admin commands (users, keys, nodes, apikeys, policy), not serve; \
              serve takes --state-dir, and --server-url for the URL nodes use"
         );
     }
-    let state_dir = &conn.state_dir;
+    let mut state_dir = conn.state_dir.clone();
+    apply_config_file(&mut a, &mut state_dir, matches)?;
+    let state_dir = &state_dir;
     init_logging(&a.log_format);
     raise_fd_limit();
     let mut config = ServerConfig::new(state_dir);
@@ -144,9 +250,15 @@ pub async fn run(a: ServeArgs, conn: &Conn, client_flag: Option<&str>) -> anyhow
     config.relay = !a.no_relay;
     config.stun = !a.no_stun;
     config.stun_listen = a.stun_listen;
+    config.packages_dir = a.packages_dir;
     let server = Server::start(config)
         .await
         .with_context(|| format!("cannot start with --state-dir {}", state_dir.display()))?;
+    // systemd `Type=notify`: the listeners are bound and the store is open.
+    // Without NOTIFY_SOCKET this does nothing.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell systemd that weft-control is ready");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
     tokio::select! {

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod dns;
 mod durability;
+mod install_sh;
 mod limits;
 mod netmap;
 mod openapi;

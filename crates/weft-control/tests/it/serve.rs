@@ -190,3 +190,103 @@ async fn policy_set_errors_name_the_file_given_and_change_nothing() {
     assert_eq!(s.cli(&["policy", "get"]), before);
     assert!(s.stop().success());
 }
+
+/// `--config`: the file sets serve's settings and a flag overrides it;
+/// systemd readiness (`Type=notify`): READY=1 arrives on NOTIFY_SOCKET once
+/// the listener answers (fails on a server that never notifies: no datagram).
+#[test]
+fn config_file_settings_apply_flags_override_them_and_ready_is_sent_once_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (file_port, flag_port) = (free_port(), free_port());
+    let state = dir.path().join("state");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "# set by the file, overridden by --listen\nlisten = \"127.0.0.1:{file_port}\"\n\
+             state-dir = \"{}\"\nno-metrics = true\nno-stun = true\ndomain = \"corp.internal\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-control"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{flag_port}"))
+        .env_remove("WEFT_CONTROL_STATE_DIR")
+        .env_remove("WEFT_CONTROL_LISTEN")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let got = notify.recv(&mut buf);
+    // The port answers at the moment READY=1 is read.
+    let flag_listener = std::net::TcpStream::connect(("127.0.0.1", flag_port));
+    let file_listener = std::net::TcpStream::connect(("127.0.0.1", file_port));
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.expect("READY=1 on NOTIFY_SOCKET within 30 s");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "READY=1");
+    assert!(
+        flag_listener.is_ok(),
+        "--listen from the flag: {flag_listener:?}"
+    );
+    assert!(
+        file_listener.is_err(),
+        "the flag overrides the file's listen"
+    );
+    assert!(
+        state.join("server.key").exists(),
+        "state-dir from the file is used"
+    );
+}
+
+/// A configuration file with an unknown key or a bad value: serve refuses
+/// to start, names the file, the line and the key, and touches no state.
+#[test]
+fn a_bad_config_file_refuses_to_start_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("config.toml");
+    for (text, want) in [
+        (
+            "listen = \"127.0.0.1:1\"\nmax-conections = 10\n",
+            ":2: key `max-conections`: unknown field",
+        ),
+        (
+            "\nnode-key-expiry = \"forever\"\n",
+            ":2: key `node-key-expiry`: ",
+        ),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let (code, err, _) = serve_expecting_exit(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        assert_ne!(code, 0, "{text}");
+        assert!(
+            err.contains(&format!("{}{want}", config.display())),
+            "{text}: {err}"
+        );
+        assert!(!state.exists(), "nothing created before the file is read");
+    }
+    let (code, err, _) = serve_expecting_exit(&[
+        "--config",
+        dir.path().join("missing.toml").to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("missing.toml"), "{err}");
+}

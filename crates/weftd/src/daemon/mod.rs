@@ -281,6 +281,14 @@ async fn run_async(
         limits,
     ));
     tracing::info!(socket = %args.socket.display(), tun = %args.tun, port, "weftd ready");
+    // systemd `Type=notify`: ready once the LocalAPI serves (the socket is
+    // bound and its server runs), not once the tailnet is up: `weft up`,
+    // `weft status` and a logged-out daemon all need only the LocalAPI, and
+    // waiting for control would hold boot on a server that may be down.
+    // Without NOTIFY_SOCKET this does nothing.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell systemd that weftd is ready");
+    }
 
     // Subscribed before the monitor starts feeding disco, and the current
     // value is reported first: a list published between a later subscribe

@@ -240,3 +240,35 @@ fn out_of_descriptors_the_localapi_sheds_connections_and_recovers() -> anyhow::R
     );
     Ok(())
 }
+
+/// systemd readiness (`Type=notify`, as weftd.service runs it): a logged-out
+/// weftd sends READY=1 to NOTIFY_SOCKET, and at that moment its LocalAPI
+/// answers (no polling: the status call is made once, right after READY=1).
+/// Fails on a daemon that never notifies (no datagram within 30 s).
+#[test]
+fn weftd_tells_systemd_it_is_ready_once_the_localapi_answers() -> anyhow::Result<()> {
+    let lab = e2e_lab!("/dev/net/tun");
+    let ns = lab.netns("n")?;
+    let state = lab.dir().join("state/weftd.state");
+    let sock = lab.dir().join("run/weftd.sock");
+    let notify_path = lab.dir().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)?;
+    notify.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let _d = ns
+        .command(WEFTD)
+        .args(args(&state, &sock))
+        .env("NOTIFY_SOCKET", notify_path.display().to_string())
+        .spawn("weftd-notify")?;
+    let mut buf = [0u8; 256];
+    let n = notify
+        .recv(&mut buf)
+        .context("READY=1 on NOTIFY_SOCKET within 30 s")?;
+    let s = status(&sock).context("the LocalAPI answers when READY=1 arrives")?;
+    ensure!(String::from_utf8_lossy(&buf[..n]).trim() == "READY=1");
+    ensure!(
+        s.backend_state == BackendState::NeedsLogin,
+        "a fresh weftd is ready logged out: {:?}",
+        s.backend_state
+    );
+    Ok(())
+}

@@ -8,6 +8,7 @@ mod dns_e2e;
 mod dns_os_e2e;
 mod first_hour_e2e;
 mod https_e2e;
+mod install_e2e;
 mod nat_e2e;
 mod policy_e2e;
 mod ssh_check_e2e;
