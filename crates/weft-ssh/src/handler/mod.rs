@@ -454,19 +454,20 @@ impl Handler for ConnHandler {
         if name != "sftp" {
             return session.channel_failure(channel);
         }
-        let Some(path) = self
-            .shared
-            .config
-            .sftp_server_paths
-            .iter()
-            .find(|p| p.is_file())
-            .cloned()
-        else {
-            let msg = "weft-ssh: SFTP is unavailable: no sftp-server binary (install openssh-sftp-server)\r\n";
-            session.extended_data(channel, 1, msg.as_bytes().to_vec())?;
-            return session.channel_failure(channel);
+        let config = &self.shared.config;
+        let program = match &config.sftp_command {
+            Some(c) => Program::Sftp(c.program.clone(), c.args.clone()),
+            None => {
+                let Some(path) = config.sftp_server_paths.iter().find(|p| p.is_file()) else {
+                    let msg = "weft-ssh: SFTP is unavailable: no SFTP server program is configured \
+                               (run weftd, which has one built in, or install openssh-sftp-server)\r\n";
+                    session.extended_data(channel, 1, msg.as_bytes().to_vec())?;
+                    return session.channel_failure(channel);
+                };
+                Program::Sftp(path.clone(), Vec::new())
+            }
         };
-        self.start(channel, Program::Sftp(path), session)
+        self.start(channel, program, session)
     }
 
     async fn window_change_request(
