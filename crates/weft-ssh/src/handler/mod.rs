@@ -13,6 +13,12 @@
 //! client could prompt for is ever offered (the failure lists only
 //! `keyboard-interactive`, so the client sends one more request, which the
 //! disconnect overtakes, instead of giving up before reading it).
+//! Known gap: with `BatchMode=yes` the client tries no keyboard-interactive,
+//! gives up at the failure and prints only `Permission denied
+//! (keyboard-interactive).` The SSH answer is a userauth banner, but russh
+//! 0.65 sends one only with the service accept (`authentication_banner`),
+//! before the login name, and so the verdict, is known; it has no way to send
+//! one later (issue #16, item 4).
 //!
 //! A `check` steers the client to `keyboard-interactive` with zero prompts,
 //! whose instruction text is the only place mid-authentication where
