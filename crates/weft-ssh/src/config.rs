@@ -1,5 +1,6 @@
 //! Server configuration: limits, timeouts and the few host paths the server uses.
 
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -54,10 +55,24 @@ pub struct SshConfig {
     pub forward_connect_timeout: Duration,
 
     // --- host paths ---
-    /// Candidates for the SFTP server binary, first existing one wins.
+    /// The program run as the user for the `sftp` subsystem: weftd sets its
+    /// own built-in server (`weftd sftp-server`, see [`crate::sftp`]). When
+    /// `None`, the first existing path of `sftp_server_paths` is run.
+    pub sftp_command: Option<SftpCommand>,
+    /// Candidates for a system SFTP server binary (OpenSSH's `sftp-server`),
+    /// used only without `sftp_command`; first existing one wins.
     pub sftp_server_paths: Vec<PathBuf>,
     /// Parent directory for per-connection agent socket directories.
     pub agent_socket_parent: PathBuf,
+}
+
+/// A program that speaks SFTP on its stdin and stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SftpCommand {
+    /// The executable (it must be executable by every login user).
+    pub program: PathBuf,
+    /// Its arguments (`argv[1..]`).
+    pub args: Vec<OsString>,
 }
 
 impl Default for SshConfig {
@@ -79,6 +94,7 @@ impl Default for SshConfig {
             inactivity_timeout: Duration::from_secs(3600),
             keepalive_interval: Duration::from_secs(60),
             forward_connect_timeout: Duration::from_secs(10),
+            sftp_command: None,
             sftp_server_paths: vec![
                 PathBuf::from("/usr/lib/openssh/sftp-server"),
                 PathBuf::from("/usr/libexec/openssh/sftp-server"),

@@ -10,8 +10,8 @@
 //! accept, check, or refuse with a message); `check` logins are held until the
 //! user re-authenticates at the control server ([`CheckHook`]). Sessions run
 //! as the local user with privileges dropped before any user code: the login
-//! shell or `shell -c`, with or without a pty, the system `sftp-server` for
-//! SFTP (and so SCP), `-L`/`-W`/`-R` forwarding and agent forwarding, each
+//! shell or `shell -c`, with or without a pty, the built-in SFTP server
+//! ([`sftp`], in a helper process per session) for SFTP and so SCP, `-L`/`-W`/`-R` forwarding and agent forwarding, each
 //! gated by the policy. [`SshServer::update_policy`] closes sessions a new
 //! policy no longer allows.
 //!
@@ -36,13 +36,14 @@ mod limits;
 mod pump;
 mod server;
 mod session;
+pub mod sftp;
 mod user;
 
 pub use authz::{
     Authorizer, CheckHook, CheckOutcome, CheckRequest, DEFAULT_ACCEPT_ENV, Decision, Grant, Origin,
     PeerIdentity, PendingCheck, Unidentified, glob_match,
 };
-pub use config::SshConfig;
+pub use config::{SftpCommand, SshConfig};
 pub use hostkeys::{HostKeyError, HostKeyOptions, HostKeys, KeySource};
 pub use limits::Refusal;
 pub use server::{ConnectionInfo, PolicyUpdate, ServeError, SshServer};

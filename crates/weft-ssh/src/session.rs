@@ -31,8 +31,8 @@ pub(crate) enum Program {
     Shell,
     /// `shell -c command` (bytes as sent; commands need not be UTF-8).
     Exec(OsString),
-    /// The SFTP server binary.
-    Sftp(PathBuf),
+    /// An SFTP server program and its arguments.
+    Sftp(PathBuf, Vec<OsString>),
 }
 
 impl Program {
@@ -41,7 +41,7 @@ impl Program {
         match self {
             Program::Shell => "shell",
             Program::Exec(_) => "exec",
-            Program::Sftp(_) => "sftp",
+            Program::Sftp(..) => "sftp",
         }
     }
 }
@@ -114,7 +114,7 @@ pub(crate) fn spawn(
             base_name(shell),
             vec![OsString::from("-c"), cmd.clone()],
         ),
-        Program::Sftp(p) => (p.as_path(), base_name(p), Vec::new()),
+        Program::Sftp(p, args) => (p.as_path(), base_name(p), args.clone()),
     };
     match pty {
         Some(req) => {

@@ -13,6 +13,12 @@
 //! client could prompt for is ever offered (the failure lists only
 //! `keyboard-interactive`, so the client sends one more request, which the
 //! disconnect overtakes, instead of giving up before reading it).
+//! Known gap: with `BatchMode=yes` the client tries no keyboard-interactive,
+//! gives up at the failure and prints only `Permission denied
+//! (keyboard-interactive).` The SSH answer is a userauth banner, but russh
+//! 0.65 sends one only with the service accept (`authentication_banner`),
+//! before the login name, and so the verdict, is known; it has no way to send
+//! one later (issue #16, item 4).
 //!
 //! A `check` steers the client to `keyboard-interactive` with zero prompts,
 //! whose instruction text is the only place mid-authentication where
@@ -454,19 +460,20 @@ impl Handler for ConnHandler {
         if name != "sftp" {
             return session.channel_failure(channel);
         }
-        let Some(path) = self
-            .shared
-            .config
-            .sftp_server_paths
-            .iter()
-            .find(|p| p.is_file())
-            .cloned()
-        else {
-            let msg = "weft-ssh: SFTP is unavailable: no sftp-server binary (install openssh-sftp-server)\r\n";
-            session.extended_data(channel, 1, msg.as_bytes().to_vec())?;
-            return session.channel_failure(channel);
+        let config = &self.shared.config;
+        let program = match &config.sftp_command {
+            Some(c) => Program::Sftp(c.program.clone(), c.args.clone()),
+            None => {
+                let Some(path) = config.sftp_server_paths.iter().find(|p| p.is_file()) else {
+                    let msg = "weft-ssh: SFTP is unavailable: no SFTP server program is configured \
+                               (run weftd, which has one built in, or install openssh-sftp-server)\r\n";
+                    session.extended_data(channel, 1, msg.as_bytes().to_vec())?;
+                    return session.channel_failure(channel);
+                };
+                Program::Sftp(path.clone(), Vec::new())
+            }
         };
-        self.start(channel, Program::Sftp(path), session)
+        self.start(channel, program, session)
     }
 
     async fn window_change_request(

@@ -63,7 +63,7 @@ impl ConnHandler {
                 env.push((k.clone(), v.clone()));
             }
         }
-        let pty = if matches!(program, Program::Sftp(_)) {
+        let pty = if matches!(program, Program::Sftp(..)) {
             None
         } else {
             chan.pty.as_ref()

@@ -261,6 +261,9 @@ async fn run_async(
         port: ssh::SSH_PORT,
         check_hook: Some(Arc::new(check_hook)),
         socket_owners: Arc::new(ssh::sock_owner::SockDiag),
+        // Resolved now, before a package upgrade could replace the file.
+        sftp_program: std::env::current_exe()
+            .context("cannot find the weftd binary (needed to serve SFTP over Weft SSH)")?,
     };
     let ssh_service = ssh::spawn(handle.clone(), ssh_opts, stop_rx.clone());
 

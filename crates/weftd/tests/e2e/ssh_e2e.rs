@@ -10,7 +10,7 @@
 //! `weft ssh`'s known_hosts file.
 //!
 //! Needs root, `runuser`, `setpriv`, `ssh`, `scp`, `sftp`, `ssh-agent`, `ssh-add`, `ssh-keygen`,
-//! `tmux`, `useradd`, `/usr/lib/openssh/sftp-server` and `/dev/net/tun`; skips without them
+//! `tmux`, `useradd` and `/dev/net/tun` (no `sftp-server`: SFTP is built into weftd); skips without them
 //! unless `WEFT_E2E=1`. Every scenario is its own test (they run in parallel); every wait is
 //! bounded; a failure carries each daemon's status and log.
 #![allow(clippy::unwrap_used)]
@@ -41,11 +41,13 @@ macro_rules! lab {
             "ssh-keygen",
             "tmux",
             "useradd",
-            "/usr/lib/openssh/sftp-server",
             "/dev/net/tun"
         )
     };
 }
+
+#[path = "ssh_sftp_e2e.rs"]
+mod sftp;
 
 // ---- local accounts ------------------------------------------------------------------------
 

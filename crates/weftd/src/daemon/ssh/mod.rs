@@ -34,8 +34,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use weft_ssh::{
-    CheckHook, CheckOutcome, CheckRequest, HostKeyOptions, HostKeys, PendingCheck, SshConfig,
-    SshServer,
+    CheckHook, CheckOutcome, CheckRequest, HostKeyOptions, HostKeys, PendingCheck, SftpCommand,
+    SshConfig, SshServer,
 };
 use weft_types::NetMap;
 use weft_types::node::SshHostKey;
@@ -66,6 +66,9 @@ pub struct SshOptions {
     /// Who owns a connection from this node's own address
     /// ([`sock_owner::SockDiag`] in the daemon).
     pub socket_owners: Arc<dyn SocketOwners>,
+    /// This weftd binary, run as `<sftp_program> sftp-server` (as the login
+    /// user) for each SFTP session.
+    pub sftp_program: PathBuf,
 }
 
 impl std::fmt::Debug for SshOptions {
@@ -74,6 +77,7 @@ impl std::fmt::Debug for SshOptions {
             .field("statedir", &self.statedir)
             .field("port", &self.port)
             .field("check_hook", &self.check_hook.is_some())
+            .field("sftp_program", &self.sftp_program)
             .finish()
     }
 }
@@ -205,6 +209,13 @@ impl Service {
             None => {
                 let config = SshConfig {
                     tailnet_addrs: addrs.clone(),
+                    // The built-in SFTP server (this binary, `weftd
+                    // sftp-server`); the system sftp-server is never used.
+                    sftp_command: Some(SftpCommand {
+                        program: self.opts.sftp_program.clone(),
+                        args: vec!["sftp-server".into()],
+                    }),
+                    sftp_server_paths: Vec::new(),
                     ..SshConfig::default()
                 };
                 let hook: Arc<dyn CheckHook> = match &self.opts.check_hook {
@@ -327,6 +338,7 @@ mod tests {
             port,
             check_hook: None,
             socket_owners: Arc::new(sock_owner::SockDiag),
+            sftp_program: PathBuf::from("/nonexistent/weftd"),
         };
         Service {
             opts,
