@@ -390,6 +390,14 @@ impl Driver {
                 }
                 () = sleep => {}
             }
+            // Upstream replies waiting too: under load the packet branch
+            // (polled first) is always ready and would starve them.
+            for _ in 0..64 {
+                match up_rx.try_recv() {
+                    Ok(ev) => self.upstream_event(ev, &mut pool),
+                    Err(_) => break,
+                }
+            }
             self.step(super::dataplane::now(), &up_tx, &mut pool);
         }
     }
