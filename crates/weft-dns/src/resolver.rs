@@ -79,6 +79,9 @@ pub enum Transmit<C> {
         upstream: Upstream,
         /// Over what.
         transport: Transport,
+        /// The query's message id (random; the reply must carry it), for
+        /// a driver that shares one socket among queries.
+        dns_id: u16,
         /// The query (the client's, with a fresh message id).
         bytes: Vec<u8>,
     },
@@ -494,6 +497,7 @@ impl<C> Resolver<C> {
             id,
             upstream: p.upstreams[p.current],
             transport: p.transport,
+            dns_id: p.upstream_id,
             bytes: p.query.clone(),
         });
         self.pending.insert(id, p);

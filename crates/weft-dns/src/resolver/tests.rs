@@ -375,8 +375,13 @@ fn forward(out: Transmit<u32>) -> (ForwardId, SocketAddr, Transport, Message) {
             id,
             upstream,
             transport,
+            dns_id,
             bytes,
-        } => (id, upstream, transport, Message::from_vec(&bytes).unwrap()),
+        } => {
+            let m = Message::from_vec(&bytes).unwrap();
+            assert_eq!(m.metadata.id, dns_id, "dns_id is the query's message id");
+            (id, upstream, transport, m)
+        }
         other => panic!("expected a forward, got {other:?}"),
     }
 }

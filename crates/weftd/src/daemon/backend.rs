@@ -450,6 +450,9 @@ impl Backend {
         if let Some(line) = self.os_dns.as_ref().and_then(OsDns::health) {
             h.push(line);
         }
+        if let Some(line) = self.dp.dns().and_then(|d| d.health()) {
+            h.push(line);
+        }
         h
     }
 

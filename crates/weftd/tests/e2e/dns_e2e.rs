@@ -4,8 +4,8 @@
 //! its own resolv.conf naming only the test's dnsmasq, which weftd backs up, replaces with its own
 //! and forwards to).
 //!
-//! Split DNS (`DnsConfig.routes`) needs the control side (`weft-control dns set`, another branch);
-//! until it is here the routing is covered by weft-dns's unit tests.
+//! Split DNS, extra records and global nameservers come from `weft-control dns set` as netmap
+//! deltas, each route to its own dnsmasq.
 //!
 //! Needs root, `dig`, `dnsmasq` and `/dev/net/tun`; skips without them unless `WEFT_E2E=1`.
 #![allow(clippy::unwrap_used)]
@@ -39,24 +39,35 @@ macro_rules! lab {
 /// Starts dnsmasq in a new underlay namespace, answering `*.fwd.example` with [`FWD_ADDR`] and
 /// refusing to recurse; returns it and its address.
 fn dnsmasq(net: &Tailnet<'_>, short: &str) -> anyhow::Result<(Process, IpAddr)> {
+    dnsmasq_zones(net, short, &[(FWD_ZONE, FWD_ADDR)])
+}
+
+/// Starts dnsmasq in a new underlay namespace, answering every name under each `(zone, address)`
+/// with that address and refusing everything else; returns it and its address.
+fn dnsmasq_zones(
+    net: &Tailnet<'_>,
+    short: &str,
+    zones: &[(&str, &str)],
+) -> anyhow::Result<(Process, IpAddr)> {
     let (ns, addr) = net.attach(short)?;
-    let p = ns.spawn(
-        &format!("{short}-dnsmasq"),
-        "dnsmasq",
-        [
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
-            "--user=root",
-            &format!("--listen-address={addr}"),
-            "--port=53",
-            &format!("--address=/{FWD_ZONE}/{FWD_ADDR}"),
-            "--pid-file=",
-            "--log-facility=-",
-        ],
-    )?;
+    let mut args: Vec<String> = [
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--bind-interfaces",
+        "--user=root",
+        "--port=53",
+        "--pid-file=",
+        "--log-facility=-",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.push(format!("--listen-address={addr}"));
+    for (zone, ip) in zones {
+        args.push(format!("--address=/{zone}/{ip}"));
+    }
+    let p = ns.spawn(&format!("{short}-dnsmasq"), "dnsmasq", &args)?;
     ns.wait_tcp_listen(53, Duration::from_secs(10))?;
     Ok((p, IpAddr::V4(addr)))
 }
@@ -312,6 +323,163 @@ fn dig_gets_tailnet_names_ptr_nxdomain_nodata_tcp_and_forwarded_names() -> anyho
             Ok(())
         },
         || report(&control, &[&n1, &n2, &n3], &[&upstream]),
+    )
+}
+
+/// The split-DNS test zone (not under the tailnet domain) and what each resolver answers for it.
+const CORP_ZONE: &str = "corp.test";
+const CORP_BY_HOST: &str = "198.18.66.6";
+const CORP_BY_SPLIT: &str = "198.18.88.8";
+/// What the global nameserver answers for the forwarded zone (the host's says [`FWD_ADDR`]).
+const FWD_BY_GLOBAL: &str = "198.18.99.9";
+
+#[test]
+fn split_dns_extra_records_and_global_nameservers_set_on_control_answer_on_the_node()
+-> anyhow::Result<()> {
+    let lab = lab!();
+    let net = Tailnet::with_binaries(&lab, Binaries::discover()?.with_weftd(WEFTD))?;
+    let control = net.control("ctl")?;
+    // The host's resolver also answers the corp zone, differently: only the split route can
+    // make the node's answer the split resolver's.
+    let (host_dns, host_ip) = dnsmasq_zones(
+        &net,
+        "dnsh",
+        &[(FWD_ZONE, FWD_ADDR), (CORP_ZONE, CORP_BY_HOST)],
+    )?;
+    let (split_dns, split_ip) = dnsmasq_zones(&net, "dnss", &[(CORP_ZONE, CORP_BY_SPLIT)])?;
+    let (global_dns, global_ip) = dnsmasq_zones(
+        &net,
+        "dnsg",
+        &[(FWD_ZONE, FWD_BY_GLOBAL), (CORP_ZONE, FWD_BY_GLOBAL)],
+    )?;
+    control.ensure_user("alice")?;
+    let key = control.create_key("alice", &KeyOptions::reusable())?;
+    let n1 = node_with_host_resolver(&net, "n1", &format!("nameserver {host_ip}\n"))?;
+    n1.up_with_key(&control, &key)?;
+    n1.wait_state("running", PROPAGATION)?;
+    let corp = format!("wiki.{CORP_ZONE}");
+    let fwd = format!("www.{FWD_ZONE}");
+    let extra = "files.extra.test";
+    let a = |name: &str| -> anyhow::Result<Dig> { dig(&n1, &["@100.100.100.100", name, "A"]) };
+    let query = |name: &str| -> anyhow::Result<serde_json::Value> {
+        Ok(n1.weft(["dns", "query", name, "A", "--json"]).json()?)
+    };
+
+    with_diagnostics(
+        || {
+            // Before: everything goes to the host's resolver; the extra name is not there.
+            let d = a(&corp)?;
+            ensure!(d.answers == vec![CORP_BY_HOST.to_owned()], "{}", d.text);
+            let d = a(extra)?;
+            ensure!(d.rcode != "NOERROR" && d.answers.is_empty(), "{}", d.text);
+
+            let start = weft_lab::now();
+            control
+                .admin([
+                    "dns",
+                    "set",
+                    "--route",
+                    &format!("{CORP_ZONE}={split_ip}"),
+                    "--record",
+                    &format!("{extra}=198.18.55.5"),
+                ])
+                .run()?;
+            wait_until(PROPAGATION, "the split route on n1", || {
+                Ok(a(&corp)?.answers == vec![CORP_BY_SPLIT.to_owned()])
+            })?;
+            eprintln!("split route answering {:?} after dns set", start.elapsed());
+            // A name under the routed domain and the domain itself go to the split resolver;
+            // other names still to the host's.
+            let d = a(&format!("a.b.{CORP_ZONE}"))?;
+            ensure!(d.answers == vec![CORP_BY_SPLIT.to_owned()], "{}", d.text);
+            let d = a(&fwd)?;
+            ensure!(d.answers == vec![FWD_ADDR.to_owned()], "{}", d.text);
+            // TCP follows the same route.
+            let d = dig(&n1, &["+tcp", "@100.100.100.100", &corp, "A"])?;
+            ensure!(d.answers == vec![CORP_BY_SPLIT.to_owned()], "{}", d.text);
+            // The extra record.
+            let d = a(extra)?;
+            ensure!(
+                d.rcode == "NOERROR" && d.answers == vec!["198.18.55.5".to_owned()],
+                "{}",
+                d.text
+            );
+            // `weft dns query` says where each came from, in JSON and in text.
+            let q = query(&corp)?;
+            ensure!(
+                q["source"]["kind"] == "forwarded"
+                    && q["source"]["route"] == "split"
+                    && q["source"]["domain"] == CORP_ZONE
+                    && q["source"]["upstream"] == format!("{split_ip}:53")
+                    && q["records"][0]["data"] == CORP_BY_SPLIT,
+                "{q}"
+            );
+            let text = n1.weft(["dns", "query", &corp]).run()?.stdout;
+            ensure!(
+                text.contains(&format!(
+                    "from {split_ip}:53 via split DNS route {CORP_ZONE}"
+                )) && text.contains(CORP_BY_SPLIT),
+                "{text}"
+            );
+            let q = query(extra)?;
+            ensure!(
+                q["source"]["kind"] == "extra_record" && q["records"][0]["data"] == "198.18.55.5",
+                "{q}"
+            );
+            let text = n1.weft(["dns", "query", extra]).run()?.stdout;
+            ensure!(text.contains("from an extra record"), "{text}");
+            let q = query(&fwd)?;
+            ensure!(
+                q["source"]["route"] == "host"
+                    && q["source"]["upstream"] == format!("{host_ip}:53"),
+                "{q}"
+            );
+
+            // Global nameservers replace the host's for everything not routed.
+            control
+                .admin(["dns", "set", "--nameserver", &global_ip.to_string()])
+                .run()?;
+            wait_until(PROPAGATION, "the global nameserver on n1", || {
+                Ok(a(&fwd)?.answers == vec![FWD_BY_GLOBAL.to_owned()])
+            })?;
+            let q = query(&fwd)?;
+            ensure!(
+                q["source"]["route"] == "global"
+                    && q["source"]["upstream"] == format!("{global_ip}:53"),
+                "{q}"
+            );
+            let d = a(&corp)?;
+            ensure!(
+                d.answers == vec![CORP_BY_SPLIT.to_owned()],
+                "a split route loses to the global nameservers:\n{}",
+                d.text
+            );
+            let st: serde_json::Value = n1.weft(["dns", "status", "--json"]).json()?;
+            ensure!(
+                st["global_nameservers"] == serde_json::json!([global_ip.to_string()])
+                    && st["host_nameservers"] == serde_json::json!([host_ip.to_string()]),
+                "{st}"
+            );
+
+            // Removed again: back to the host's resolver for both.
+            control
+                .admin([
+                    "dns",
+                    "set",
+                    "--clear-nameservers",
+                    "--clear-routes",
+                    "--clear-records",
+                ])
+                .run()?;
+            wait_until(PROPAGATION, "the host's resolver again on n1", || {
+                Ok(a(&corp)?.answers == vec![CORP_BY_HOST.to_owned()]
+                    && a(&fwd)?.answers == vec![FWD_ADDR.to_owned()])
+            })?;
+            let d = a(extra)?;
+            ensure!(d.answers.is_empty(), "{}", d.text);
+            Ok(())
+        },
+        || report(&control, &[&n1], &[&host_dns, &split_dns, &global_dns]),
     )
 }
 

@@ -330,6 +330,40 @@ fn with_systemd_resolved_the_weft_link_gets_our_dns_and_is_reverted() -> anyhow:
             );
             let s = dns_status(&n)?;
             ensure!(s["mode"] == "resolved" && s["managing"] == true, "{s}");
+            ensure!(
+                !domains.contains(&format!("{ifindex} \"corp.test\"")),
+                "{domains}"
+            );
+
+            // A split route becomes a routing domain (`~corp.test`) on our link; global
+            // nameservers add the root routing domain (`~.`): resolved then sends every name
+            // to 100.100.100.100, which forwards to them.
+            control
+                .admin(["dns", "set", "--route", "corp.test=198.18.0.54"])
+                .run()?;
+            wait_until(SECS(10), "~corp.test on weft0", || {
+                Ok(resolved_property(ns, &address, "Domains")?
+                    .contains(&format!("{ifindex} \"corp.test\" true")))
+            })?;
+            let domains = resolved_property(ns, &address, "Domains")?;
+            ensure!(
+                !domains.contains(&format!("{ifindex} \".\" true")),
+                "~. without global nameservers: {domains}"
+            );
+            control
+                .admin(["dns", "set", "--nameserver", "198.18.0.53"])
+                .run()?;
+            wait_until(SECS(10), "~. on weft0", || {
+                Ok(resolved_property(ns, &address, "Domains")?
+                    .contains(&format!("{ifindex} \".\" true")))
+            })?;
+            control
+                .admin(["dns", "set", "--clear-routes", "--clear-nameservers"])
+                .run()?;
+            wait_until(SECS(10), "the routing domains gone from weft0", || {
+                let d = resolved_property(ns, &address, "Domains")?;
+                Ok(!d.contains("\"corp.test\"") && !d.contains(&format!("{ifindex} \".\"")))
+            })?;
             ensure!(std::fs::symlink_metadata(&link)?.file_type().is_symlink());
 
             n.weft(["set", "--accept-dns=false"]).run()?;

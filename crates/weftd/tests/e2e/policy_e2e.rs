@@ -226,7 +226,7 @@ fn filters(nodes: &[&Node]) -> String {
 }
 
 /// `GET /localapi/v0/metrics` over the node's socket; returns the body.
-fn metrics(node: &Node) -> anyhow::Result<String> {
+pub fn metrics(node: &Node) -> anyhow::Result<String> {
     let mut s = UnixStream::connect(node.socket())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(
@@ -246,7 +246,7 @@ fn metrics(node: &Node) -> anyhow::Result<String> {
 
 /// Returns the value of the metrics sample line starting with `series ` (e.g.
 /// `weftd_filter_dropped_packets_total{reason="not_allowed"}`). Chunked bodies keep lines whole.
-fn sample(text: &str, series: &str) -> Option<u64> {
+pub fn sample(text: &str, series: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         l.strip_prefix(series)?
             .strip_prefix(' ')?

@@ -20,7 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, ensure};
-use weft_lab::tailnet::{Control, Node, Tailnet};
+use weft_lab::tailnet::{Control, Node, Tailnet, peer};
 use weft_lab::{Lab, Output, Process, e2e_lab, wait_for, wait_until, with_diagnostics};
 
 use crate::ssh_common::{
@@ -143,6 +143,13 @@ fn ssh_listeners(node: &Node) -> anyhow::Result<Vec<String>> {
 // ---- running the client ----------------------------------------------------------------------
 
 /// The known_hosts file `weft ssh` writes for `client`.
+/// UDP queries `node`'s MagicDNS resolver has taken so far (its metrics).
+fn magicdns_queries(node: &Node) -> anyhow::Result<u64> {
+    let text = crate::policy_e2e::metrics(node)?;
+    crate::policy_e2e::sample(&text, r#"weftd_dns_queries_total{transport="udp"}"#)
+        .with_context(|| format!("no UDP DNS query counter in the metrics:\n{text}"))
+}
+
 fn known_hosts(client: &LocalAccount) -> PathBuf {
     client.path(".config/weft/ssh_known_hosts")
 }
@@ -340,6 +347,33 @@ fn weft_ssh_logs_in_with_no_keys_and_strict_host_keys_from_the_netmap() -> anyho
             let out = ssh(&net, &client, &target.name, &[], &["id -un"])?;
             ok(&out, "plain ssh")?;
             ensure!(out.stdout.trim() == target.name, "{out:?}");
+
+            // Stock ssh by the peer's short name and full name, resolved by the OS resolver
+            // (glibc reads the resolv.conf weftd wrote into a's namespace: nameserver
+            // 100.100.100.100 and the tailnet domain to search), i.e. through MagicDNS.
+            let conf = std::fs::read_to_string(net.a.netns().resolv_conf())?;
+            ensure!(conf.contains("nameserver 100.100.100.100"), "{conf}");
+            let st = net.a.status_json()?;
+            let b_name = peer(&st, "b").context("a lists b")?["dns_name"]
+                .as_str()
+                .context("b's dns_name")?
+                .trim_end_matches('.')
+                .to_owned();
+            let found = net.a.netns().exec("getent", ["ahostsv4", "b"])?.stdout;
+            ensure!(
+                found.starts_with(&net.b_ip.to_string()),
+                "getent b: {found}"
+            );
+            let queries_before = magicdns_queries(&net.a)?;
+            for host in ["b", b_name.as_str()] {
+                let mut args = ssh_opts(&client);
+                args.extend([format!("{}@{host}", target.name), "id -un".into()]);
+                let out = as_user(&net.a, &client, "ssh", &args).run_unchecked()?;
+                ok(&out, &format!("ssh {}@{host}", target.name))?;
+                ensure!(out.stdout.trim() == target.name, "{out:?}");
+            }
+            let queries = magicdns_queries(&net.a)? - queries_before;
+            ensure!(queries >= 2, "ssh by name asked MagicDNS {queries} times");
             let empty = client.write("empty_known_hosts", b"")?;
             let out = ssh(
                 &net,

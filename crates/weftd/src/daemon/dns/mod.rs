@@ -6,15 +6,20 @@
 //!   when full) and go into a smoltcp interface ([`netstack`]) that owns
 //!   the service addresses: UDP and TCP on port 53. Its reply packets are
 //!   written to TUN through the engine's [`Injector`].
-//! * Queries go to the core; its forwards become one task each
-//!   ([`upstream`]): a fresh host socket per attempt (UDP, or TCP for TCP
-//!   clients and truncated answers), whose reply or failure comes back to
-//!   the loop. The core owns the timeouts.
+//! * Queries go to the core; its UDP forwards go out on a pool of
+//!   connected host sockets ([`upstream::UdpPool`], reused across queries,
+//!   replies matched by socket and message id), TCP ones (TCP clients,
+//!   truncated answers) on a task and a fresh socket each. Replies and
+//!   failures come back to the loop. The core owns the timeouts.
 //! * Configuration comes as commands: the netmap (names, DnsConfig), the
 //!   host's nameservers ([`DnsHandle::set_host_nameservers`], from the OS
 //!   integration [`super::dns_os`]: the resolv.conf Weft replaced, or
 //!   systemd-resolved's upstreams), and
 //!   `weft dns query` ([`DnsHandle::query`]).
+//! * Health: a supervisor watches the task. If port 53 could not be opened
+//!   in the netstack, or the task ended or panicked while weftd runs,
+//!   [`DnsHandle::health`] returns the line `weft status` shows
+//!   ([`ServiceState`]).
 
 mod netstack;
 mod upstream;
@@ -36,7 +41,7 @@ use weft_types::NetMap;
 
 use super::tunnel::LocalService;
 use netstack::{NetStack, TcpConnId, UdpPeer};
-use upstream::UpstreamEvent;
+use upstream::{UdpPool, UpstreamEvent};
 
 /// Packets from TUN that may wait for the resolver task.
 pub const PACKET_QUEUE: usize = 1024;
@@ -84,6 +89,60 @@ pub struct DnsMetrics {
     pub reply_dropped: u64,
 }
 
+/// Whether the resolver serves port 53 on the service addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceState {
+    Serving,
+    /// The netstack could not open port 53 (the reason).
+    CannotListen(String),
+    /// The resolver task ended while weftd runs (the reason).
+    Stopped(String),
+}
+
+impl ServiceState {
+    /// The one line for `weft status`'s health, or `None` when serving.
+    pub fn health(&self) -> Option<String> {
+        let (what, why) = match self {
+            Self::Serving => return None,
+            Self::CannotListen(why) => ("cannot serve port 53", why),
+            Self::Stopped(why) => ("stopped", why),
+        };
+        Some(format!(
+            "MagicDNS resolver at {} {what} ({why}): names do not resolve through it; \
+             restart weftd (systemctl restart weftd) and see its log",
+            weft_dns::SERVICE_V4
+        ))
+    }
+}
+
+/// Waits for the resolver task and records why it ended, unless weftd is
+/// stopping (`stop` true).
+async fn supervise(
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Receiver<bool>,
+    state: watch::Sender<ServiceState>,
+) {
+    let result = task.await;
+    if *stop.borrow() {
+        return;
+    }
+    let why = match result {
+        Ok(()) => "the task ended".to_owned(),
+        Err(e) if e.is_panic() => {
+            let p = e.into_panic();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            format!("the task panicked: {msg}")
+        }
+        Err(e) => format!("the task was cancelled: {e}"),
+    };
+    tracing::error!(reason = %why, "The MagicDNS resolver stopped");
+    state.send_replace(ServiceState::Stopped(why));
+}
+
 /// The hook the tunnel calls for packets to a service address.
 pub struct PacketSink {
     tx: mpsc::Sender<Vec<u8>>,
@@ -106,6 +165,7 @@ pub struct DnsHandle {
     cmds: mpsc::UnboundedSender<Command>,
     counters: Arc<DriverCounters>,
     stats: watch::Receiver<weft_dns::Stats>,
+    state: watch::Receiver<ServiceState>,
 }
 
 impl std::fmt::Debug for DnsHandle {
@@ -121,15 +181,24 @@ pub fn spawn(injector: Injector, stop: watch::Receiver<bool>) -> (DnsHandle, Arc
     let (tx, packets) = mpsc::channel(PACKET_QUEUE);
     let counters = Arc::new(DriverCounters::default());
     let (stats_tx, stats) = watch::channel(weft_dns::Stats::default());
-    let resolver = Resolver::new(weft_types::entropy::seed());
-    let driver = Driver {
-        resolver,
-        net: NetStack::new(super::dataplane::now()),
-        injector,
-        counters: Arc::clone(&counters),
-        stats: stats_tx,
-    };
-    tokio::spawn(driver.run(cmd_rx, packets, stop));
+    let (state_tx, state) = watch::channel(ServiceState::Serving);
+    match NetStack::new(super::dataplane::now()) {
+        Ok(net) => {
+            let driver = Driver {
+                resolver: Resolver::new(weft_types::entropy::seed()),
+                net,
+                injector,
+                counters: Arc::clone(&counters),
+                stats: stats_tx,
+            };
+            let task = tokio::spawn(driver.run(cmd_rx, packets, stop.clone()));
+            tokio::spawn(supervise(task, stop, state_tx));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "MagicDNS cannot open port 53 in its netstack");
+            state_tx.send_replace(ServiceState::CannotListen(e.to_string()));
+        }
+    }
     let sink = Arc::new(PacketSink {
         tx,
         counters: Arc::clone(&counters),
@@ -139,12 +208,27 @@ pub fn spawn(injector: Injector, stop: watch::Receiver<bool>) -> (DnsHandle, Arc
             cmds,
             counters,
             stats,
+            state,
         },
         sink,
     )
 }
 
 impl DnsHandle {
+    /// A handle on no resolver, in `state` (for tests of what reads it).
+    #[cfg(test)]
+    pub fn in_state(state: ServiceState) -> Self {
+        let (cmds, _) = mpsc::unbounded_channel();
+        let (_, stats) = watch::channel(weft_dns::Stats::default());
+        let (_, state) = watch::channel(state);
+        Self {
+            cmds,
+            counters: Arc::default(),
+            stats,
+            state,
+        }
+    }
+
     /// Takes names and DNS settings from the current netmap.
     pub fn set_netmap(&self, nm: &NetMap) {
         let _ = self.cmds.send(Command::SetNetmap(Arc::new(nm.clone())));
@@ -159,6 +243,12 @@ impl DnsHandle {
     /// the OS integration, [`super::dns_os`]); service addresses are skipped.
     pub fn set_host_nameservers(&self, ips: Vec<IpAddr>) {
         let _ = self.cmds.send(Command::SetHostNameservers(ips));
+    }
+
+    /// Returns the health line when the resolver cannot serve port 53 on
+    /// the service addresses, else `None`.
+    pub fn health(&self) -> Option<String> {
+        self.state.borrow().health()
     }
 
     /// Returns the counters.
@@ -262,6 +352,7 @@ impl Driver {
         mut stop: watch::Receiver<bool>,
     ) {
         let (up_tx, mut up_rx) = mpsc::unbounded_channel::<UpstreamEvent>();
+        let mut pool = UdpPool::new(up_tx.clone());
         loop {
             let now = super::dataplane::now();
             let wake = [
@@ -288,15 +379,43 @@ impl Driver {
                     }
                 }
                 Some(ev) = up_rx.recv() => {
-                    let now = super::dataplane::now();
-                    match ev {
-                        UpstreamEvent::Reply(id, bytes) => self.resolver.handle_upstream(id, &bytes, now),
-                        UpstreamEvent::Failed(id) => self.resolver.handle_upstream_failed(id, now),
+                    self.upstream_event(ev, &mut pool);
+                    // Take what else has come, up to a batch.
+                    for _ in 0..64 {
+                        match up_rx.try_recv() {
+                            Ok(ev) => self.upstream_event(ev, &mut pool),
+                            Err(_) => break,
+                        }
                     }
                 }
                 () = sleep => {}
             }
-            self.step(super::dataplane::now(), &up_tx);
+            // Upstream replies waiting too: under load the packet branch
+            // (polled first) is always ready and would starve them.
+            for _ in 0..64 {
+                match up_rx.try_recv() {
+                    Ok(ev) => self.upstream_event(ev, &mut pool),
+                    Err(_) => break,
+                }
+            }
+            self.step(super::dataplane::now(), &up_tx, &mut pool);
+        }
+    }
+
+    fn upstream_event(&mut self, ev: UpstreamEvent, pool: &mut UdpPool) {
+        let now = super::dataplane::now();
+        match ev {
+            UpstreamEvent::Reply(id, bytes) => self.resolver.handle_upstream(id, &bytes, now),
+            UpstreamEvent::Failed(id) => self.resolver.handle_upstream_failed(id, now),
+            UpstreamEvent::Datagram { serial, bytes } => match pool.take_reply(serial, &bytes) {
+                Some(id) => self.resolver.handle_upstream(id, &bytes, now),
+                None => tracing::trace!("Upstream DNS datagram matching no query; dropped"),
+            },
+            UpstreamEvent::SocketError { serial } => {
+                for id in pool.take_failed(serial) {
+                    self.resolver.handle_upstream_failed(id, now);
+                }
+            }
         }
     }
 
@@ -322,7 +441,12 @@ impl Driver {
 
     /// One round: smoltcp in, queries to the core, the core's outputs out,
     /// smoltcp out, packets to TUN.
-    fn step(&mut self, now: Instant, up_tx: &mpsc::UnboundedSender<UpstreamEvent>) {
+    fn step(
+        &mut self,
+        now: Instant,
+        up_tx: &mpsc::UnboundedSender<UpstreamEvent>,
+        pool: &mut UdpPool,
+    ) {
         self.resolver.handle_timeout(now);
         self.net.poll(now);
         while let Some((bytes, peer)) = self.net.recv_udp() {
@@ -340,8 +464,15 @@ impl Driver {
                     id,
                     upstream,
                     transport,
+                    dns_id,
                     bytes,
-                } => upstream::spawn(id, upstream, transport, bytes, up_tx.clone()),
+                } => {
+                    let pooled =
+                        transport == Transport::Udp && pool.send(id, upstream, dns_id, &bytes, now);
+                    if !pooled {
+                        upstream::spawn(id, upstream, transport, bytes, up_tx.clone());
+                    }
+                }
             }
         }
         self.net.poll(now);
@@ -374,5 +505,81 @@ impl Driver {
         if !ok {
             self.counters.reply_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn supervised(
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> (
+        watch::Sender<bool>,
+        watch::Receiver<ServiceState>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (stop_tx, stop) = watch::channel(false);
+        let (state_tx, state) = watch::channel(ServiceState::Serving);
+        let task = tokio::spawn(task);
+        let sup = tokio::spawn(supervise(task, stop, state_tx));
+        (stop_tx, state, sup)
+    }
+
+    #[tokio::test]
+    async fn a_resolver_task_that_panics_is_a_health_line_naming_the_address_and_the_fix() {
+        let (_stop, state, sup) = supervised(async { panic!("smoltcp said no") });
+        sup.await.unwrap();
+        let line = state.borrow().health().unwrap();
+        assert!(line.contains("100.100.100.100 stopped"), "{line}");
+        assert!(line.contains("panicked: smoltcp said no"), "{line}");
+        assert!(line.contains("restart weftd"), "{line}");
+        assert!(!line.contains('\n'), "one line: {line}");
+    }
+
+    #[tokio::test]
+    async fn a_resolver_task_that_returns_while_weftd_runs_is_a_health_line() {
+        let (_stop, state, sup) = supervised(async {});
+        sup.await.unwrap();
+        assert!(
+            state.borrow().health().unwrap().contains("the task ended"),
+            "{:?}",
+            *state.borrow()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resolver_that_ends_because_weftd_stops_is_no_health_line() {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let (state_tx, state) = watch::channel(ServiceState::Serving);
+        let task = tokio::spawn(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        });
+        let sup = tokio::spawn(supervise(task, stop_tx.subscribe(), state_tx));
+        stop_tx.send_replace(true);
+        sup.await.unwrap();
+        assert_eq!(*state.borrow(), ServiceState::Serving);
+        assert_eq!(state.borrow().health(), None);
+    }
+
+    #[test]
+    fn port_53_that_cannot_be_opened_is_a_health_line() {
+        let line = ServiceState::CannotListen("unaddressable".into())
+            .health()
+            .unwrap();
+        assert!(
+            line.starts_with(
+                "MagicDNS resolver at 100.100.100.100 cannot serve port 53 (unaddressable)"
+            ),
+            "{line}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handle_reports_the_state_of_the_resolver_it_belongs_to() {
+        assert_eq!(DnsHandle::in_state(ServiceState::Serving).health(), None);
+        let h = DnsHandle::in_state(ServiceState::Stopped("the task ended".into()));
+        assert!(h.health().unwrap().contains("stopped (the task ended)"));
     }
 }

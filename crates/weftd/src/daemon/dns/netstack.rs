@@ -122,7 +122,10 @@ pub struct NetStack {
 
 impl NetStack {
     /// Creates the interface at `now`.
-    pub fn new(now: Instant) -> Self {
+    ///
+    /// # Errors
+    /// The UDP socket cannot be bound to port 53 (then nothing is served).
+    pub fn new(now: Instant) -> Result<Self, udp::BindError> {
         let mut device = Stub::default();
         let mut iface = Interface::new(
             Config::new(HardwareAddress::Ip),
@@ -147,7 +150,7 @@ impl NetStack {
             ),
         );
         // Bound to the port on every address of the interface.
-        let _ = u.bind(DNS_PORT);
+        u.bind(DNS_PORT)?;
         let udp = sockets.add(u);
         let mut s = Self {
             iface,
@@ -160,7 +163,7 @@ impl NetStack {
             rx_dropped: 0,
         };
         s.rearm_listeners(now);
-        s
+        Ok(s)
     }
 
     fn smol(&self, now: Instant) -> smoltcp::time::Instant {
@@ -369,7 +372,7 @@ mod tests {
     #[test]
     fn a_udp_query_comes_out_and_the_reply_goes_back_with_valid_checksums() {
         let now = t0();
-        let mut net = NetStack::new(now);
+        let mut net = NetStack::new(now).unwrap();
         assert!(net.push(udp_packet(b"query")));
         net.poll(now);
         let (data, peer) = net.recv_udp().unwrap();
@@ -394,7 +397,7 @@ mod tests {
 
     #[test]
     fn the_queue_from_tun_is_bounded() {
-        let mut net = NetStack::new(t0());
+        let mut net = NetStack::new(t0()).unwrap();
         for _ in 0..RX_QUEUE {
             assert!(net.push(udp_packet(b"q")));
         }
@@ -407,7 +410,7 @@ mod tests {
     #[test]
     fn tcp_messages_are_framed_both_ways_and_listeners_are_rearmed() {
         let now = t0();
-        let mut net = NetStack::new(now);
+        let mut net = NetStack::new(now).unwrap();
         let mut dev = Stub::default();
         let mut iface = Interface::new(
             Config::new(HardwareAddress::Ip),

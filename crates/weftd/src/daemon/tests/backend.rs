@@ -654,3 +654,25 @@ async fn a_start_always_announces_the_state() {
     h.wait_state(BackendState::Running).await;
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_magicdns_resolver_that_stopped_is_a_health_line_until_it_serves_again() {
+    use crate::daemon::dns::{DnsHandle, ServiceState};
+    let dir = tempfile::tempdir().unwrap();
+    let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
+    dp.log.lock().unwrap().dns = Some(DnsHandle::in_state(ServiceState::Serving));
+    let h = logged_in(&dir, &control, &dp).await;
+    assert!(h.handle.call(|b| b.health()).await.unwrap().is_empty());
+
+    dp.log.lock().unwrap().dns = Some(DnsHandle::in_state(ServiceState::Stopped(
+        "the task panicked: boom".into(),
+    )));
+    let health = h.handle.call(|b| b.health()).await.unwrap();
+    assert_eq!(health.len(), 1, "{health:?}");
+    assert!(
+        health[0]
+            .starts_with("MagicDNS resolver at 100.100.100.100 stopped (the task panicked: boom)"),
+        "{health:?}"
+    );
+    h.stop().await;
+}

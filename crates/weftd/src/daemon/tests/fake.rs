@@ -477,6 +477,8 @@ pub struct DpLog {
     pub ping_answer: Option<PingOutcome>,
     /// Senders of pings that never get an answer (kept open).
     pub unanswered: Vec<oneshot::Sender<PingOutcome>>,
+    /// The MagicDNS resolver the data plane reports, if any.
+    pub dns: Option<crate::daemon::dns::DnsHandle>,
 }
 
 #[derive(Clone, Default)]
@@ -528,5 +530,8 @@ impl DataPlane for FakeDataPlane {
     }
     fn failure(&self) -> Option<String> {
         None
+    }
+    fn dns(&self) -> Option<crate::daemon::dns::DnsHandle> {
+        self.log.lock().unwrap().dns.clone()
     }
 }
