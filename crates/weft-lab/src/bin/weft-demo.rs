@@ -124,12 +124,19 @@ fn run(lab: &Lab, bins: Binaries, once: bool) -> anyhow::Result<()> {
         let out = a.weft(["ping", "-c", "3", b.name()]).run()?;
         print!("{}", out.stdout);
     }
-    let target = nodes[1].ip4()?;
+    // By name: the namespace's resolv.conf is weftd's (nameserver 100.100.100.100, the tailnet
+    // domain as search domain), so the system's own ping resolves the peer through MagicDNS.
+    let target = nodes[1].name();
     println!(
-        "\n$ ping -c 3 {target}   # ICMP through the tunnel, on {}",
+        "\n$ ping -c 3 {target}   # ICMP through the tunnel, the name from MagicDNS, on {}",
         nodes[0].name()
     );
-    let out = nodes[0].netns().ping(target.into(), 3)?;
+    let out = nodes[0]
+        .netns()
+        .command("ping")
+        .args(["-c", "3", "-i", "0.2", "-W", "1", target])
+        .timeout(Duration::from_secs(15))
+        .run()?;
     print!("{}", out.stdout);
 
     if once {
