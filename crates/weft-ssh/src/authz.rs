@@ -280,8 +280,10 @@ impl std::fmt::Debug for PendingCheck {
 /// Starts the control-side re-authentication that `check` rules require.
 pub trait CheckHook: Send + Sync + 'static {
     /// Starts a re-authentication for `req` and returns the URL to show plus a
-    /// future for the outcome. Called only when no approval for this peer and
-    /// login is fresh enough (the server remembers approvals for `period`).
+    /// future for the outcome. Called for every login under a `check` rule:
+    /// the server keeps no approvals itself; control answers at once when it
+    /// holds a fresh one, and the URL is shown only when no answer came within
+    /// a second.
     fn start(&self, req: CheckRequest) -> PendingCheck;
 }
 

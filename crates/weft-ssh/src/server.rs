@@ -124,8 +124,6 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     // --- behind locks (never held across an await) ---
     authorizer: RwLock<Arc<dyn Authorizer>>,
-    /// (node id, local client uid, login) → when a `check` was last approved.
-    approvals: Mutex<BTreeMap<ApprovalKey, Instant>>,
     admission: Mutex<Admission>,
     conns: Mutex<BTreeMap<u64, ConnEntry>>,
 }
@@ -136,39 +134,6 @@ impl Shared {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-
-    pub(crate) fn approval_fresh(
-        &self,
-        peer: &PeerIdentity,
-        ssh_user: &str,
-        period: Duration,
-        now: Instant,
-    ) -> bool {
-        if period.is_zero() {
-            return false;
-        }
-        let approvals = self
-            .approvals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        approvals
-            .get(&approval_key(peer, ssh_user))
-            .is_some_and(|at| now.saturating_duration_since(*at) < period)
-    }
-
-    pub(crate) fn record_approval(&self, peer: &PeerIdentity, ssh_user: &str, now: Instant) {
-        let mut approvals = self
-            .approvals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Bounded: forget approvals older than a week when the table grows.
-        if approvals.len() > 4096 {
-            approvals.retain(|_, at| {
-                now.saturating_duration_since(*at) < Duration::from_secs(7 * 86400)
-            });
-        }
-        approvals.insert(approval_key(peer, ssh_user), now);
     }
 
     pub(crate) fn register(&self, id: u64, entry: ConnEntry) {
@@ -184,14 +149,6 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
     }
-}
-
-/// Who approved a `check`: the node, the local account for a connection from
-/// the node itself, and the login.
-type ApprovalKey = (String, Option<u32>, String);
-
-fn approval_key(peer: &PeerIdentity, ssh_user: &str) -> ApprovalKey {
-    (peer.node_id.clone(), peer.client_uid(), ssh_user.to_owned())
 }
 
 /// The built-in SSH server. Cheap to clone (one shared state).
@@ -252,7 +209,6 @@ impl SshServer {
                 tracker: TaskTracker::new(),
                 next_id: AtomicU64::new(1),
                 authorizer: RwLock::new(authorizer),
-                approvals: Mutex::default(),
                 admission: Mutex::new(admission),
                 conns: Mutex::default(),
             }),

@@ -162,7 +162,7 @@ async fn decide(
         Ok(peer) => peer,
         Err(why) => return Verdict::Refuse(why.to_string()),
     };
-    let (instant, unix_ms) = now();
+    let (_, unix_ms) = now();
     // The evaluator may consult passwd: run it on a blocking thread.
     let (authz, who, login) = (shared.authorizer(), peer.clone(), ssh_user.to_owned());
     let evaluated = tokio::task::spawn_blocking(move || {
@@ -198,9 +198,6 @@ async fn decide(
     }
     match period {
         None => Verdict::Allow { user, grant },
-        Some(p) if shared.approval_fresh(peer, ssh_user, p, instant) => {
-            Verdict::Allow { user, grant }
-        }
         Some(period) => Verdict::Hold {
             user,
             grant,

@@ -3,8 +3,9 @@
 //!
 //! Authentication flow. The identity was fixed at accept time from the
 //! source address (and, for a connection from the node itself, the local
-//! account that opened it). `none` succeeds when the policy accepts the login (or a
-//! `check` approval is still fresh).
+//! account that opened it). `none` succeeds when the policy accepts the login, or,
+//! under a `check` rule, when control answers the check within a second (it
+//! still holds the user's approval); this node keeps no approvals itself.
 //!
 //! A refused login is ended at once: the server answers the `none` request
 //! and then sends `SSH_MSG_DISCONNECT` (reason 14, no more auth methods)
@@ -33,6 +34,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Response, Session};
 use russh::{Channel, ChannelWriteHalf};
@@ -41,7 +43,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::authz::{
-    CheckOutcome, CheckRequest, Decision, Grant, Origin, PeerIdentity, Unidentified,
+    CheckOutcome, CheckRequest, Decision, Grant, Origin, PeerIdentity, PendingCheck, Unidentified,
 };
 use crate::forward::{self, AgentDir, FwdCtx};
 use crate::pump::{InputQueue, bridge, drain};
@@ -53,6 +55,10 @@ mod auth;
 mod start;
 
 use auth::{Kbd, Verdict};
+
+/// How long a held login waits for control's first answer before it shows
+/// the check URL: an approval control still remembers comes back within it.
+const CHECK_QUICK_ANSWER: Duration = Duration::from_secs(1);
 
 /// An authenticated login.
 struct Login {
@@ -180,6 +186,53 @@ impl Drop for ConnHandler {
     }
 }
 
+/// Control's answer to a held login within [`CHECK_QUICK_ANSWER`], or the
+/// check still pending.
+enum Quick {
+    Approved,
+    Denied(String),
+    Pending(PendingCheck),
+}
+
+impl ConnHandler {
+    /// Starts a check for a held login and waits up to [`CHECK_QUICK_ANSWER`]
+    /// for control's answer: control answers at once when the user approved
+    /// within the period (it keeps approvals; this node keeps none, so a
+    /// revoke or an expiry at control holds the very next login).
+    fn ask_check(
+        &self,
+        ssh_user: &str,
+        local: &LocalUser,
+        period: Duration,
+    ) -> impl std::future::Future<Output = Quick> + Send + 'static {
+        let identity = self.identity.clone();
+        let shared = self.shared.clone();
+        let closed = self.closed.clone();
+        let (ssh_user, local_user) = (ssh_user.to_owned(), local.name.clone());
+        async move {
+            let Ok(peer) = identity else {
+                return Quick::Denied("unknown peer".to_owned());
+            };
+            let mut pending = shared.check_hook.start(CheckRequest {
+                peer,
+                ssh_user,
+                local_user,
+                period,
+            });
+            let quick = tokio::select! {
+                o = &mut pending.outcome => Some(o),
+                () = tokio::time::sleep(CHECK_QUICK_ANSWER) => None,
+                () = closed.cancelled() => None,
+            };
+            match quick {
+                Some(CheckOutcome::Approved) => Quick::Approved,
+                Some(CheckOutcome::Denied { message }) => Quick::Denied(message),
+                None => Quick::Pending(pending),
+            }
+        }
+    }
+}
+
 impl Handler for ConnHandler {
     type Error = russh::Error;
 
@@ -200,10 +253,33 @@ impl Handler for ConnHandler {
                     partial_success: false,
                 })
             }
-            Verdict::Hold { .. } => Ok(Auth::Reject {
-                proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
-                partial_success: false,
-            }),
+            // Control may still hold an approval: then the login goes through
+            // here, BatchMode clients included. Otherwise the pending check is
+            // dropped (its request to control aborted) and keyboard-interactive
+            // asks again and shows the URL.
+            Verdict::Hold {
+                user: local,
+                grant,
+                period,
+            } => match self.ask_check(user, &local, period).await {
+                Quick::Approved => Ok(self.accept_login(user, local, grant)),
+                Quick::Denied(why) => {
+                    self.log_refusal(&why);
+                    self.disconnect_refused(&why).await;
+                    Ok(Auth::Reject {
+                        proceed_with_methods: Some(MethodSet::from(
+                            &[MethodKind::KeyboardInteractive][..],
+                        )),
+                        partial_success: false,
+                    })
+                }
+                Quick::Pending(_) => Ok(Auth::Reject {
+                    proceed_with_methods: Some(MethodSet::from(
+                        &[MethodKind::KeyboardInteractive][..],
+                    )),
+                    partial_success: false,
+                }),
+            },
         }
     }
 
@@ -235,15 +311,11 @@ impl Handler for ConnHandler {
                     grant,
                     period,
                 } => {
-                    let Ok(peer) = self.identity.clone() else {
-                        return Ok(self.refuse("unknown peer"));
+                    let pending = match self.ask_check(user, &local, period).await {
+                        Quick::Approved => return Ok(self.accept_login(user, local, grant)),
+                        Quick::Denied(message) => return Ok(self.refuse(&message)),
+                        Quick::Pending(p) => p,
                     };
-                    let pending = self.shared.check_hook.start(CheckRequest {
-                        peer,
-                        ssh_user: user.to_owned(),
-                        local_user: local.name.clone(),
-                        period,
-                    });
                     let url = pending.url.clone();
                     self.kbd = Kbd::Checking {
                         pending: pending.outcome,
@@ -281,12 +353,7 @@ impl Handler for ConnHandler {
                 };
                 self.phase.send_replace(Phase::PreAuth);
                 match outcome {
-                    Some(CheckOutcome::Approved) => {
-                        if let Ok(peer) = &self.identity {
-                            self.shared.record_approval(peer, &ssh_user, now().0);
-                        }
-                        Ok(self.accept_login(&ssh_user, local, grant))
-                    }
+                    Some(CheckOutcome::Approved) => Ok(self.accept_login(&ssh_user, local, grant)),
                     Some(CheckOutcome::Denied { message }) => Ok(self.refuse(&message)),
                     None => Ok(self.refuse("re-authentication timed out")),
                 }

@@ -76,7 +76,7 @@ async fn nonroot_refuses_root_and_unlisted_users_are_refused_with_a_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_holds_the_login_until_approved_then_remembers_it_for_the_period() {
+async fn check_holds_the_login_until_approved_and_an_answer_at_once_shows_no_prompt() {
     if !e2e_ready() {
         return;
     }
@@ -92,12 +92,14 @@ async fn check_holds_the_login_until_approved_then_remembers_it_for_the_period()
         .ssh(&user.name, &[], &["echo approved-session"])
         .spawn()
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), started.wait_for(|n| *n == 1))
+    // `none` asks first and gives up after a second without an answer; the
+    // keyboard-interactive round asks again and, a second later, shows the URL.
+    tokio::time::timeout(Duration::from_secs(20), started.wait_for(|n| *n == 2))
         .await
         .unwrap()
         .unwrap();
-    // Held: the client has not finished (give it a moment to prove it waits).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Held: the client has not finished (give it time to show the URL and wait).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         child.try_wait().unwrap().is_none(),
         "login must be held until approval"
@@ -115,10 +117,22 @@ async fn check_holds_the_login_until_approved_then_remembers_it_for_the_period()
         text(&out.stderr)
     );
 
-    // Within checkPeriod: no new check.
+    // Within checkPeriod control answers the next check at once (the fake
+    // keeps its decision, as control keeps the approval): no prompt, no URL.
+    // The node itself remembers nothing, so a revoke at control holds it.
     let out = run(srv.ssh(&user.name, &[], &["echo again"])).await;
     assert_eq!(text(&out.stdout), "again\n");
-    assert_eq!(*srv.check.started.borrow(), 1);
+    assert_eq!(*srv.check.started.borrow(), 3);
+    assert!(
+        !text(&out.stderr).contains("https://control.test/ssh/check/42"),
+        "{}",
+        text(&out.stderr)
+    );
+    // BatchMode clients never try keyboard-interactive: the answer at `none`
+    // lets them in too.
+    let out = run(srv.ssh(&user.name, &["-o", "BatchMode=yes"], &["echo batch"])).await;
+    assert_eq!(text(&out.stdout), "batch\n", "{}", text(&out.stderr));
+    assert_eq!(*srv.check.started.borrow(), 4);
 
     // A denial refuses with the control server's message.
     let srv =
