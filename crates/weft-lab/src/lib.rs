@@ -87,6 +87,9 @@
 //! * **Tailnets** — [`tailnet`]: control and weftd nodes on a switched underlay; [`nat`]: sites
 //!   behind real nftables NAT routers (easy, hard, UDP blocked) on that underlay.
 //!
+//! * **Web** — [`web`]: the browser tests' real peers in `tests/web` (an OpenID Provider,
+//!   Playwright driving Debian's chromium) and the prerequisites that name them.
+//!
 //! Later additions are expected to live here too: SSH clients, PostgreSQL helpers.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -103,6 +106,7 @@ mod process;
 pub mod tailnet;
 mod traffic;
 mod wait;
+pub mod web;
 mod wg;
 
 pub use error::{CommandError, LabError, Result, shell_quote};
