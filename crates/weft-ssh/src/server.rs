@@ -110,6 +110,10 @@ pub(crate) struct ConnEntry {
     pub(crate) sessions: Arc<Mutex<BTreeSet<ChannelId>>>,
 }
 
+/// The most checks kept running after their clients left (each holds one
+/// request to control open for up to `check_timeout`).
+const MAX_DETACHED_CHECKS: usize = 64;
+
 /// State shared by the server and every connection.
 pub(crate) struct Shared {
     // --- set once in `new` ---
@@ -122,6 +126,9 @@ pub(crate) struct Shared {
     kill_all: CancellationToken,
     pub(crate) tracker: TaskTracker,
     next_id: AtomicU64,
+    /// Room for checks that keep running after their client left
+    /// ([`Shared::detach_check`]).
+    detached_checks: Arc<tokio::sync::Semaphore>,
     // --- behind locks (never held across an await) ---
     authorizer: RwLock<Arc<dyn Authorizer>>,
     admission: Mutex<Admission>,
@@ -141,6 +148,37 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, entry);
+    }
+
+    /// Keeps a check whose URL a client was shown running after the client
+    /// left, for at most `check_timeout`, so that control records the
+    /// approval the user gives there (a BatchMode client ends at the URL and
+    /// connects again). At most [`MAX_DETACHED_CHECKS`] at a time; beyond
+    /// that, or when the runtime is gone, the check is dropped (control
+    /// forgets it) and the user sees "not found" at the URL.
+    pub(crate) fn detach_check(
+        &self,
+        outcome: std::pin::Pin<Box<dyn std::future::Future<Output = crate::CheckOutcome> + Send>>,
+    ) {
+        let Ok(permit) = self.detached_checks.clone().try_acquire_owned() else {
+            tracing::debug!("too many checks waiting for approval without a client; one dropped");
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (timeout, stop) = (self.config.check_timeout, self.kill_all.clone());
+        self.tracker.spawn_on(
+            async move {
+                let _permit = permit;
+                tokio::select! {
+                    _ = outcome => {}
+                    () = tokio::time::sleep(timeout) => {}
+                    () = stop.cancelled() => {}
+                }
+            },
+            &runtime,
+        );
     }
 
     pub(crate) fn unregister(&self, id: u64) {
@@ -208,6 +246,7 @@ impl SshServer {
                 kill_all: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 next_id: AtomicU64::new(1),
+                detached_checks: Arc::new(tokio::sync::Semaphore::new(MAX_DETACHED_CHECKS)),
                 authorizer: RwLock::new(authorizer),
                 admission: Mutex::new(admission),
                 conns: Mutex::default(),
@@ -467,7 +506,6 @@ impl SshServer {
                 "ssh connection from a program on this node"
             );
         }
-        let session_handle = Arc::new(std::sync::OnceLock::new());
         let handler = ConnHandler::new(
             shared.clone(),
             id,
@@ -475,7 +513,6 @@ impl SshServer {
             identity,
             phase_tx,
             closed.clone(),
-            session_handle.clone(),
         );
         let stream = Killable::new(stream, closed.clone());
         let start = russh::server::run_stream(shared.russh_config.clone(), stream, handler);
@@ -490,8 +527,6 @@ impl SshServer {
             }
             Ok(Ok(s)) => s,
         };
-        // Authentication starts only after the key exchange, long after this.
-        let _ = session_handle.set(session.handle());
         let mut finished = false;
         let outcome = tokio::select! {
             r = &mut session => {

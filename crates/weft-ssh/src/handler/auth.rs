@@ -1,5 +1,6 @@
-//! Authentication: the policy verdict for a login and the keyboard-interactive
-//! rounds that show refusals and `check` URLs.
+//! Authentication: the policy verdict for a login, the banners that carry
+//! refusals and `check` URLs, and the keyboard-interactive round that holds a
+//! checked login.
 
 use super::*;
 
@@ -8,8 +9,6 @@ pub(super) type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Che
 /// What the next keyboard-interactive round does.
 pub(super) enum Kbd {
     Idle,
-    /// A reason was shown; the next response is refused.
-    Refusing,
     /// A `check` URL was shown; the next response waits for the outcome.
     Checking {
         pending: Pending,
@@ -89,51 +88,63 @@ impl ConnHandler {
         );
     }
 
-    /// Queues a disconnect carrying `message` (once per connection); the
-    /// session sends it right after the answer to the current request.
-    /// Returns whether it was queued (false before the session handle is
-    /// set, or if the session is gone).
-    pub(super) async fn disconnect_refused(&mut self, message: &str) -> bool {
-        if self.disconnecting {
-            return true;
-        }
-        let Some(handle) = self.session_handle.get() else {
-            return false;
-        };
-        // The session's queue has room (nothing else is sent before
-        // authentication); the bound only guards against a stuck session.
-        let queued = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            handle.disconnect(
-                russh::Disconnect::NoMoreAuthMethodsAvailable,
-                refusal_line(message),
-                String::new(),
-            ),
-        )
-        .await;
-        self.disconnecting = matches!(queued, Ok(Ok(())));
-        self.disconnecting
-    }
-
-    /// Shows the refusal reason once (keyboard-interactive instruction).
+    /// Refuses the login: the reason goes out as a userauth banner in front
+    /// of a failure whose only method is `none`, which no client offers
+    /// again, so every OpenSSH client prints the reason (BatchMode too) and
+    /// gives up at once with `Permission denied (none).` (An empty list would
+    /// not do: OpenSSH reads it as "try all your methods".) Shown and logged
+    /// once per connection.
     pub(super) fn refuse(&mut self, message: &str) -> Auth {
-        if self.refusals > 0 {
-            // The reason was shown once; clients retry keyboard-interactive
-            // (OpenSSH up to NumberOfPasswordPrompts): just fail.
-            return Auth::Reject {
-                proceed_with_methods: Some(MethodSet::empty()),
-                partial_success: false,
-            };
+        self.log_refusal(message);
+        if self.refusals == 0 {
+            self.banner = Some(format!("{}\n", refusal_line(message)));
         }
         self.refusals += 1;
-        self.log_refusal(message);
-        self.kbd = Kbd::Refusing;
-        Auth::Partial {
-            name: Cow::Borrowed(""),
-            instructions: Cow::Owned(format!("{}\n", refusal_line(message))),
-            prompts: Cow::Borrowed(&[]),
+        self.kbd = Kbd::Idle;
+        Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::None][..])),
+            partial_success: false,
         }
     }
+
+    /// Holds a login under a `check` rule whose approval control does not
+    /// have yet: the URL goes out as a userauth banner (once per connection),
+    /// and the next keyboard-interactive round waits for the outcome. A
+    /// client that stops here (BatchMode) leaves the check running for
+    /// [`SshConfig::check_timeout`](crate::SshConfig::check_timeout) (see
+    /// `Drop`), so approving at the URL lets its next connection in.
+    pub(super) fn hold(
+        &mut self,
+        ssh_user: &str,
+        local: Arc<LocalUser>,
+        grant: Grant,
+        pending: crate::authz::PendingCheck,
+    ) {
+        self.banner = Some(check_prompt(ssh_user, &pending.url));
+        self.kbd = Kbd::Checking {
+            pending: pending.outcome,
+            user: local,
+            grant,
+            ssh_user: ssh_user.to_owned(),
+        };
+    }
+}
+
+/// What a held login shows: why, where to approve, and what a client in
+/// BatchMode (which ends at this point) does next.
+pub(super) fn check_prompt(ssh_user: &str, url: &str) -> String {
+    let flat = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
+    format!(
+        "weft: tailnet policy requires you to re-authenticate before logging in as {}.\n\
+         To continue, visit: {}\n\
+         (With BatchMode=yes the login ends here: approve there, then connect again.)\n",
+        flat(ssh_user),
+        flat(url)
+    )
 }
 
 /// Returns the one line a refused client sees: `weft: <reason>`, with any

@@ -7,25 +7,20 @@
 //! under a `check` rule, when control answers the check within a second (it
 //! still holds the user's approval); this node keeps no approvals itself.
 //!
-//! A refused login is ended at once: the server answers the `none` request
-//! and then sends `SSH_MSG_DISCONNECT` (reason 14, no more auth methods)
-//! whose text is the one-line reason; OpenSSH prints it as `Received
-//! disconnect from <addr> port 22:14: weft: …` and exits 255. No method a
-//! client could prompt for is ever offered (the failure lists only
-//! `keyboard-interactive`, so the client sends one more request, which the
-//! disconnect overtakes, instead of giving up before reading it).
-//! Known gap: with `BatchMode=yes` the client tries no keyboard-interactive,
-//! gives up at the failure and prints only `Permission denied
-//! (keyboard-interactive).` The SSH answer is a userauth banner, but russh
-//! 0.65 sends one only with the service accept (`authentication_banner`),
-//! before the login name, and so the verdict, is known; it has no way to send
-//! one later (issue #16, item 4).
-//!
-//! A `check` steers the client to `keyboard-interactive` with zero prompts,
-//! whose instruction text is the only place mid-authentication where
-//! OpenSSH shows server text: it shows the re-authentication URL there and
-//! holds the login until the [`CheckHook`](crate::CheckHook) answers; a
-//! check that is denied shows its reason there and fails.
+//! Text for the user travels as SSH_MSG_USERAUTH_BANNER in front of the
+//! answer it explains (RFC 4252 §5.4; russh patched for it, see
+//! third_party/README.md), which OpenSSH prints in every mode, BatchMode
+//! included:
+//! - A refused login gets its one-line reason (`weft: …`) and a failure that
+//!   offers only `none`, which no client tries twice, so it gives up at once:
+//!   `weft: tailnet policy does not permit …` then `Permission denied
+//!   (none).`, exit 255. No method a client could prompt for is ever offered.
+//! - A login held by a `check` gets the re-authentication URL (once per
+//!   connection) and a failure that offers `keyboard-interactive`: an
+//!   interactive client continues there, with zero prompts, and is held until
+//!   the [`CheckHook`](crate::CheckHook) answers; a BatchMode client stops,
+//!   and the check keeps running after it left (see `Drop`), so that approving
+//!   at the URL lets the next connection in.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,7 +28,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Response, Session};
@@ -92,15 +87,13 @@ pub(crate) struct ConnHandler {
     login: Option<Login>,
     /// The login name of the accepted login.
     ssh_user: String,
-    /// Refusals shown so far (the reason is shown once per connection).
+    /// Refusals so far (the reason is shown once per connection).
     refusals: u32,
     /// A refusal was logged (once per connection, whichever method saw it).
     refusal_logged: bool,
-    /// A disconnect with the refusal reason is queued.
-    disconnecting: bool,
-    /// The session's handle, set by the server once the session runs (for
-    /// disconnecting a refused login with its reason).
-    session_handle: Arc<OnceLock<russh::server::Handle>>,
+    /// The banner to send in front of the answer to the current
+    /// authentication request (taken by `authentication_request_banner`).
+    banner: Option<String>,
     sessions: BTreeMap<ChannelId, SessionChan>,
     /// Open session channel ids, shared with the registry for messages.
     session_ids: Arc<Mutex<BTreeSet<ChannelId>>>,
@@ -119,7 +112,6 @@ impl ConnHandler {
         identity: Result<PeerIdentity, Unidentified>,
         phase: watch::Sender<Phase>,
         closed: CancellationToken,
-        session_handle: Arc<OnceLock<russh::server::Handle>>,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(shared.config.max_channels_per_conn));
         ConnHandler {
@@ -135,8 +127,7 @@ impl ConnHandler {
             ssh_user: String::new(),
             refusals: 0,
             refusal_logged: false,
-            disconnecting: false,
-            session_handle,
+            banner: None,
             sessions: BTreeMap::new(),
             session_ids: Arc::default(),
             channel_slots: slots,
@@ -178,6 +169,12 @@ fn unknown_peer(addr: SocketAddr) -> PeerIdentity {
 
 impl Drop for ConnHandler {
     fn drop(&mut self) {
+        // A check whose URL was shown keeps running after the client left
+        // (a BatchMode client stops at the URL): control records the
+        // approval, and the next connection gets in at `none`.
+        if let Kbd::Checking { pending, .. } = std::mem::replace(&mut self.kbd, Kbd::Idle) {
+            self.shared.detach_check(pending);
+        }
         self.closed.cancel();
         for stop in self.remote_forwards.values() {
             stop.cancel();
@@ -239,33 +236,19 @@ impl Handler for ConnHandler {
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         match self.decide(user).await {
             Verdict::Allow { user: local, grant } => Ok(self.accept_login(user, local, grant)),
-            // Steer the client to keyboard-interactive, where text can be
-            // shown (a BatchMode client stops here: log the refusal now).
-            Verdict::Refuse(why) => {
-                self.log_refusal(&why);
-                // Ended with the reason (module docs); without a session
-                // handle yet, the keyboard-interactive round shows it.
-                self.disconnect_refused(&why).await;
-                Ok(Auth::Reject {
-                    proceed_with_methods: Some(MethodSet::from(
-                        &[MethodKind::KeyboardInteractive][..],
-                    )),
-                    partial_success: false,
-                })
-            }
+            Verdict::Refuse(why) => Ok(self.refuse(&why)),
             // Control may still hold an approval: then the login goes through
-            // here, BatchMode clients included. Otherwise the pending check is
-            // dropped (its request to control aborted) and keyboard-interactive
-            // asks again and shows the URL.
+            // here, BatchMode clients included. Otherwise the URL is shown
+            // and keyboard-interactive holds the login.
             Verdict::Hold {
                 user: local,
                 grant,
                 period,
             } => match self.ask_check(user, &local, period).await {
                 Quick::Approved => Ok(self.accept_login(user, local, grant)),
-                Quick::Denied(why) => {
-                    self.log_refusal(&why);
-                    self.disconnect_refused(&why).await;
+                Quick::Denied(why) => Ok(self.refuse(&why)),
+                Quick::Pending(pending) => {
+                    self.hold(user, local, grant, pending);
                     Ok(Auth::Reject {
                         proceed_with_methods: Some(MethodSet::from(
                             &[MethodKind::KeyboardInteractive][..],
@@ -273,12 +256,6 @@ impl Handler for ConnHandler {
                         partial_success: false,
                     })
                 }
-                Quick::Pending(_) => Ok(Auth::Reject {
-                    proceed_with_methods: Some(MethodSet::from(
-                        &[MethodKind::KeyboardInteractive][..],
-                    )),
-                    partial_success: false,
-                }),
             },
         }
     }
@@ -289,54 +266,40 @@ impl Handler for ConnHandler {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        // Zero prompts: the client answers at once, and the answer waits.
+        let wait_round = || Auth::Partial {
+            name: Cow::Borrowed(""),
+            instructions: Cow::Borrowed(""),
+            prompts: Cow::Borrowed(&[]),
+        };
         if response.is_none() {
-            // A fresh round: evaluate from scratch.
+            // Held at `none` already (the URL was shown there): wait for that
+            // check, without asking control or showing the URL again.
+            if matches!(&self.kbd, Kbd::Checking { ssh_user, .. } if ssh_user == user) {
+                return Ok(wait_round());
+            }
+            // A fresh round (a client that skipped `none`, or another login
+            // name): evaluate from scratch.
             return Ok(match self.decide(user).await {
                 Verdict::Allow { user: local, grant } => self.accept_login(user, local, grant),
-                Verdict::Refuse(msg) => {
-                    if self.disconnect_refused(&msg).await {
-                        self.log_refusal(&msg);
-                        Auth::Reject {
-                            proceed_with_methods: Some(MethodSet::from(
-                                &[MethodKind::KeyboardInteractive][..],
-                            )),
-                            partial_success: false,
-                        }
-                    } else {
-                        self.refuse(&msg)
-                    }
-                }
+                Verdict::Refuse(why) => self.refuse(&why),
                 Verdict::Hold {
                     user: local,
                     grant,
                     period,
-                } => {
-                    let pending = match self.ask_check(user, &local, period).await {
-                        Quick::Approved => return Ok(self.accept_login(user, local, grant)),
-                        Quick::Denied(message) => return Ok(self.refuse(&message)),
-                        Quick::Pending(p) => p,
-                    };
-                    let url = pending.url.clone();
-                    self.kbd = Kbd::Checking {
-                        pending: pending.outcome,
-                        user: local,
-                        grant,
-                        ssh_user: user.to_owned(),
-                    };
-                    Auth::Partial {
-                        name: Cow::Borrowed(""),
-                        instructions: Cow::Owned(format!(
-                            "weft: tailnet policy requires you to re-authenticate before logging in as {user}.\n\
-                             To continue, visit: {url}\n"
-                        )),
-                        prompts: Cow::Borrowed(&[]),
+                } => match self.ask_check(user, &local, period).await {
+                    Quick::Approved => self.accept_login(user, local, grant),
+                    Quick::Denied(why) => self.refuse(&why),
+                    Quick::Pending(pending) => {
+                        self.hold(user, local, grant, pending);
+                        wait_round()
                     }
-                }
+                },
             });
         }
         match std::mem::replace(&mut self.kbd, Kbd::Idle) {
-            Kbd::Idle | Kbd::Refusing => Ok(Auth::Reject {
-                proceed_with_methods: Some(MethodSet::empty()),
+            Kbd::Idle => Ok(Auth::Reject {
+                proceed_with_methods: Some(MethodSet::from(&[MethodKind::None][..])),
                 partial_success: false,
             }),
             Kbd::Checking {
@@ -359,6 +322,10 @@ impl Handler for ConnHandler {
                 }
             }
         }
+    }
+
+    async fn authentication_request_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        Ok(self.banner.take())
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {

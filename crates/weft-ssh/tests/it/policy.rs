@@ -42,6 +42,24 @@ async fn nonroot_refuses_root_and_unlisted_users_are_refused_with_a_message() {
         1,
         "the reason is shown once"
     );
+    assert!(
+        text(&out.stderr).contains("Permission denied (none).")
+            && !text(&out.stderr).contains("try again"),
+        "the client gives up at once: {}",
+        text(&out.stderr)
+    );
+    // BatchMode clients print it too (a userauth banner), and no prompt.
+    let out = run(srv.ssh("root", &["-o", "BatchMode=yes"], &["id -un"])).await;
+    assert_eq!(out.status.code(), Some(255));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr
+            .matches("weft: tailnet policy does not permit you to SSH to this node as root")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("Permission denied (none)"), "{stderr}");
     // A local user that does not exist is a clear error.
     let out = run(srv.ssh("wft-nobody-here", &[], &["true"])).await;
     assert_eq!(out.status.code(), Some(255));
@@ -76,6 +94,50 @@ async fn nonroot_refuses_root_and_unlisted_users_are_refused_with_a_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchmode_client_sees_the_check_url_and_gets_in_after_approving_there() {
+    if !e2e_ready() {
+        return;
+    }
+    let user = TestUser::create("q");
+    let srv = start(FakeAuthz::new().with(
+        &user.name,
+        Rule::Check(user.name.clone(), Duration::from_secs(3600)),
+    ))
+    .await;
+    let batch = ["-o", "BatchMode=yes"];
+    let out = run(srv.ssh(&user.name, &batch, &["echo first"])).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr
+            .matches("To continue, visit: https://control.test/ssh/check/42")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("then connect again"), "{stderr}");
+    // The client is gone, the check is not: control records the approval
+    // given at the URL...
+    assert_eq!(*srv.check.waiting.borrow(), 1, "the check keeps running");
+    srv.check.decide(CheckOutcome::Approved);
+    let mut waiting = srv.check.waiting.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), waiting.wait_for(|n| *n == 0))
+        .await
+        .unwrap()
+        .unwrap();
+    // ...and the next connection gets in at `none`, without a URL.
+    let out = run(srv.ssh(&user.name, &batch, &["echo second"])).await;
+    assert_eq!(text(&out.stdout), "second\n", "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("visit:"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(*srv.check.started.borrow(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_holds_the_login_until_approved_and_an_answer_at_once_shows_no_prompt() {
     if !e2e_ready() {
         return;
@@ -92,9 +154,9 @@ async fn check_holds_the_login_until_approved_and_an_answer_at_once_shows_no_pro
         .ssh(&user.name, &[], &["echo approved-session"])
         .spawn()
         .unwrap();
-    // `none` asks first and gives up after a second without an answer; the
-    // keyboard-interactive round asks again and, a second later, shows the URL.
-    tokio::time::timeout(Duration::from_secs(20), started.wait_for(|n| *n == 2))
+    // `none` asks and, without an answer within a second, shows the URL; the
+    // keyboard-interactive round waits for that same check.
+    tokio::time::timeout(Duration::from_secs(20), started.wait_for(|n| *n == 1))
         .await
         .unwrap()
         .unwrap();
@@ -111,18 +173,22 @@ async fn check_holds_the_login_until_approved_and_an_answer_at_once_shows_no_pro
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "approved-session\n");
-    assert!(
-        text(&out.stderr).contains("https://control.test/ssh/check/42"),
-        "{}",
+    assert_eq!(
+        text(&out.stderr)
+            .matches("https://control.test/ssh/check/42")
+            .count(),
+        1,
+        "the URL is shown once: {}",
         text(&out.stderr)
     );
+    assert_eq!(*srv.check.started.borrow(), 1);
 
     // Within checkPeriod control answers the next check at once (the fake
     // keeps its decision, as control keeps the approval): no prompt, no URL.
     // The node itself remembers nothing, so a revoke at control holds it.
     let out = run(srv.ssh(&user.name, &[], &["echo again"])).await;
     assert_eq!(text(&out.stdout), "again\n");
-    assert_eq!(*srv.check.started.borrow(), 3);
+    assert_eq!(*srv.check.started.borrow(), 2);
     assert!(
         !text(&out.stderr).contains("https://control.test/ssh/check/42"),
         "{}",
@@ -132,7 +198,7 @@ async fn check_holds_the_login_until_approved_and_an_answer_at_once_shows_no_pro
     // lets them in too.
     let out = run(srv.ssh(&user.name, &["-o", "BatchMode=yes"], &["echo batch"])).await;
     assert_eq!(text(&out.stdout), "batch\n", "{}", text(&out.stderr));
-    assert_eq!(*srv.check.started.borrow(), 4);
+    assert_eq!(*srv.check.started.borrow(), 3);
 
     // A denial refuses with the control server's message.
     let srv =

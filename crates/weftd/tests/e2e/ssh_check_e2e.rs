@@ -100,8 +100,8 @@ fn tailnet(lab: &Lab, check_timeout: Duration) -> anyhow::Result<Net<'_>> {
 // ---- running the client ----------------------------------------------------------------------
 
 /// `weft ssh <target>@b <remote>` on `a` as `client` (host keys pinned through the known_hosts
-/// file `weft ssh` writes; no `BatchMode`, which would skip the keyboard-interactive round
-/// where the URL is shown).
+/// file `weft ssh` writes; no `BatchMode`: an interactive client is held until approval, where a
+/// BatchMode one ends after printing the URL).
 fn weft_ssh(net: &Net<'_>, client: &LocalAccount, target: &str, remote: &str) -> weft_lab::Cmd {
     ssh_common::weft_ssh(
         &net.tailnet,
@@ -260,22 +260,45 @@ fn check_holds_the_login_until_its_user_approves_and_a_second_login_within_the_p
             net.control
                 .admin(["ssh", "approvals", "revoke", "--user", ALICE])
                 .run()?;
-            let held = weft_ssh(&net, &client, &target.name, "id -un").spawn("ssh-revoked")?;
-            let id = wait_url(&held)?;
-            wait_for(SECS(10), "control to hold the check", || {
-                Ok(net
-                    .control
-                    .log()
-                    .contains("ssh check waiting for approval")
-                    .then_some(()))
-            })?;
-            std::thread::sleep(Duration::from_secs(1));
+            // A BatchMode client is shown the URL in a banner and ends there (exit 255, no
+            // session); b keeps the check running, so approving that URL afterwards lets the
+            // next BatchMode login in.
+            let batch_login = || {
+                ssh_common::weft_ssh(
+                    &net.tailnet,
+                    &net.a,
+                    &client,
+                    &[
+                        &format!("{}@b", target.name),
+                        "-o",
+                        "BatchMode=yes",
+                        "id -un",
+                    ],
+                )
+                .run_unchecked()
+            };
+            let refused = batch_login()?;
             ensure!(
-                held.is_running() && !held.log().lines().any(|l| l == target.name),
-                "a revoked approval still let the login {id} in:\n{}",
-                held.log()
+                refused.status.code() == Some(255) && refused.stdout.is_empty(),
+                "a revoked approval still let the login in: {refused:?}"
             );
-            held.stop()?;
+            let id = check_id(&refused.stderr).ok_or_else(|| {
+                anyhow::anyhow!("BatchMode showed no check URL: {}", refused.stderr)
+            })?;
+            ensure!(
+                refused.stderr.contains("then connect again"),
+                "{}",
+                refused.stderr
+            );
+            net.control
+                .admin(["nodes", "approve", &id, "--user", ALICE])
+                .run()?;
+            let after = batch_login()?;
+            ok(&after, "a BatchMode login after its URL was approved")?;
+            ensure!(
+                after.stdout == format!("{}\n", target.name) && check_id(&after.stderr).is_none(),
+                "{after:?}"
+            );
             Ok(())
         },
         || net.report(),

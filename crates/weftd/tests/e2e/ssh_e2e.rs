@@ -255,20 +255,25 @@ fn spawn(cmd: weft_lab::Cmd, name: &str) -> anyhow::Result<Process> {
 }
 
 /// Checks that ssh was refused by the policy in one line carrying the reason (who, as whom,
-/// `as_whom`, and `why`), through the disconnect, without any password or keyboard-interactive
-/// round.
+/// `as_whom`, and `why`), a userauth banner OpenSSH prints in every mode, without any password or
+/// keyboard-interactive round.
 fn refused_in_one_line(out: &Output, as_whom: &str, why: &str) -> anyhow::Result<()> {
+    ensure!(out.status.code() == Some(255), "{out:?}");
     let lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains("weft:")).collect();
     ensure!(lines.len() == 1, "one line with the reason: {}", out.stderr);
     let line = lines[0];
     ensure!(
-        line.contains("Received disconnect from")
-            && line.contains("weft: tailnet policy does not permit ")
+        line.starts_with("weft: tailnet policy does not permit ")
             && line.contains(" (node a.")
             && line.contains(") to SSH to this node ")
             && line.contains(as_whom)
             && line.contains(why),
         "{line}"
+    );
+    ensure!(
+        out.stderr.contains("Permission denied (none)."),
+        "no method may be offered: {}",
+        out.stderr
     );
     let lower = out.stderr.to_lowercase();
     ensure!(
@@ -699,7 +704,7 @@ fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_
             // autogroup:nonroot: a non-root login works, root is refused with the reason.
             let out = ssh(&net, &client, t, &[], &["id -un"])?;
             ok(&out, "ssh as the target")?;
-            // Refused at once, the reason in OpenSSH's disconnect line, nothing to type
+            // Refused at once, the reason in a userauth banner, nothing to type
             // (`-tt` would let a prompt reach us; there is none to answer, so one would hang).
             let started = weft_lab::now();
             let out = ssh(&net, &client, "root", &["-tt"], &["id -un"])?;
@@ -708,6 +713,9 @@ fn policy_refuses_root_unlisted_users_and_acl_blocked_nodes_and_a_change_closes_
             refused_in_one_line(&out, "as root: ", "only non-root users (autogroup:nonroot)")?;
             ensure!(took < SECS(5), "the refusal took {took:?}");
             ensure!(out.stdout.is_empty(), "{out:?}");
+            // The same line for a BatchMode client (it never tries keyboard-interactive).
+            let out = ssh(&net, &client, "root", &["-o", "BatchMode=yes"], &["id -un"])?;
+            refused_in_one_line(&out, "as root: ", "only non-root users (autogroup:nonroot)")?;
 
             // c (tag:ci) is allowed by the SSH rules but the ACL gives it only tcp/8080.
             echo_service(&net.b, SocketAddr::new(net.b_ip.into(), 8080))?;

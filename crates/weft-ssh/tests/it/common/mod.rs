@@ -139,6 +139,8 @@ impl Authorizer for FakeAuthz {
 #[derive(Default)]
 pub struct FakeCheck {
     pub started: watch::Sender<usize>,
+    /// Checks whose outcome is still awaited by the server (a client may be gone).
+    pub waiting: watch::Sender<usize>,
     pub decision: Mutex<Option<CheckOutcome>>,
     pub decided: Notify,
 }
@@ -159,6 +161,14 @@ impl CheckHook for CheckHandle {
         PendingCheck {
             url: "https://control.test/ssh/check/42".into(),
             outcome: Box::pin(async move {
+                struct Waiting(Arc<FakeCheck>);
+                impl Drop for Waiting {
+                    fn drop(&mut self) {
+                        self.0.waiting.send_modify(|n| *n -= 1);
+                    }
+                }
+                me.waiting.send_modify(|n| *n += 1);
+                let _waiting = Waiting(me.clone());
                 loop {
                     let wait = me.decided.notified();
                     if let Some(o) = me.decision.lock().unwrap().clone() {
