@@ -18,7 +18,8 @@
 //!
 //! What it is not. It never reads `/etc/ssh/sshd_config` or `~/.ssh`, never
 //! accepts passwords or keys, and never binds anything but what weftd hands
-//! it (plus `-R` listeners on loopback or the node's tailnet address).
+//! it (plus `-R` listeners on loopback or the node's tailnet address, X11
+//! displays on loopback, and `-R` unix sockets, which are bound as the user).
 //!
 //! Driving it:
 //! 1. Load keys with [`HostKeys::load_or_generate`] and publish
