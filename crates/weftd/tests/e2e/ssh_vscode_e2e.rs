@@ -264,6 +264,50 @@ fn unix_socket_forwarding_both_ways_as_the_login_user() -> anyhow::Result<()> {
                 Ok(!remote.exists())
             })?;
 
+            // The same forward added and cancelled through a control master
+            // (`cancel-streamlocal-forward@openssh.com`): the socket goes at once.
+            let cp = format!("ControlPath={}", client.path("cm-%C").display());
+            let master = spawn(
+                ssh_cmd(
+                    &net,
+                    &client,
+                    t,
+                    &["-o", "ControlMaster=yes", "-o", &cp, "-N"],
+                    &[],
+                ),
+                "ssh-master",
+            )?;
+            wait_until(SECS(20), "the control master", || {
+                master.ensure_running()?;
+                Ok(ssh(&net, &client, t, &["-o", &cp, "-O", "check"], &[])?
+                    .status
+                    .success())
+            })?;
+            let out = ssh(
+                &net,
+                &client,
+                t,
+                &["-o", &cp, "-O", "forward", "-R", &spec],
+                &[],
+            )?;
+            ok(&out, "ssh -O forward -R unix")?;
+            wait_until(SECS(10), "the -R socket via the master", || {
+                Ok(remote.exists())
+            })?;
+            let out = ssh(
+                &net,
+                &client,
+                t,
+                &["-o", &cp, "-O", "cancel", "-R", &spec],
+                &[],
+            )?;
+            ok(&out, "ssh -O cancel -R unix")?;
+            wait_until(SECS(10), "the cancelled socket to be removed", || {
+                Ok(!remote.exists())
+            })?;
+            ensure!(master.is_running(), "the master ended with the cancel");
+            drop(master);
+
             // -R where the user may not create files (a root-only directory), and onto an
             // existing path: both refused, nothing created.
             for (path, what) in [
