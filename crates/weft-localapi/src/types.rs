@@ -58,6 +58,10 @@ pub struct Prefs {
     pub hostname: Option<String>,
     /// Run the built-in SSH server on the tailnet addresses (`--ssh`).
     pub run_ssh: bool,
+    /// Serve X11 forwarding (`ssh -X`/`-Y`) on the SSH server (`--ssh-x11`);
+    /// off by default, as OpenSSH's `X11Forwarding`.
+    #[serde(default)]
+    pub ssh_x11: bool,
     /// Refuse all new inbound connections (`--shields-up`).
     pub shields_up: bool,
     /// Use the tailnet's DNS settings (`--accept-dns`).
@@ -80,6 +84,7 @@ impl Default for Prefs {
             logged_out: false,
             hostname: None,
             run_ssh: false,
+            ssh_x11: false,
             shields_up: false,
             accept_dns: true,
             advertise_tags: Vec::new(),
@@ -107,6 +112,8 @@ pub struct PrefsPatch {
     pub hostname: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_ssh: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_x11: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shields_up: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,6 +152,9 @@ impl PrefsPatch {
         }
         if let Some(v) = self.run_ssh {
             p.run_ssh = v;
+        }
+        if let Some(v) = self.ssh_x11 {
+            p.ssh_x11 = v;
         }
         if let Some(v) = self.shields_up {
             p.shields_up = v;

@@ -64,6 +64,17 @@ pub struct SshConfig {
     pub sftp_server_paths: Vec<PathBuf>,
     /// Parent directory for per-connection agent socket directories.
     pub agent_socket_parent: PathBuf,
+
+    // --- X11 and unix-socket forwarding ---
+    /// Whether `ssh -X`/`-Y` is served at start ([`crate::SshServer::set_x11_forwarding`]
+    /// changes it later). Off by default, as OpenSSH's `X11Forwarding`.
+    pub x11_forwarding: bool,
+    /// The `xauth` program run as the user to add the session's cookie.
+    pub xauth_program: PathBuf,
+    /// `ssh -R /path:…` removes an existing *socket* at the path before
+    /// binding (OpenSSH's `StreamLocalBindUnlink`); off: an existing path is
+    /// refused.
+    pub streamlocal_bind_unlink: bool,
 }
 
 /// A program that speaks SFTP on its stdin and stdout.
@@ -102,6 +113,9 @@ impl Default for SshConfig {
                 PathBuf::from("/usr/lib/ssh/sftp-server"),
             ],
             agent_socket_parent: PathBuf::from("/tmp"),
+            x11_forwarding: false,
+            xauth_program: PathBuf::from("/usr/bin/xauth"),
+            streamlocal_bind_unlink: false,
         }
     }
 }

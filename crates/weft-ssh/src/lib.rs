@@ -11,13 +11,15 @@
 //! user re-authenticates at the control server ([`CheckHook`]). Sessions run
 //! as the local user with privileges dropped before any user code: the login
 //! shell or `shell -c`, with or without a pty, the built-in SFTP server
-//! ([`sftp`], in a helper process per session) for SFTP and so SCP, `-L`/`-W`/`-R` forwarding and agent forwarding, each
-//! gated by the policy. [`SshServer::update_policy`] closes sessions a new
+//! ([`sftp`], in a helper process per session) for SFTP and so SCP, `-L`/`-W`/`-R` forwarding
+//! of TCP ports and of unix sockets (bound and connected as the user), and agent forwarding,
+//! each gated by the policy; X11 forwarding (`ssh -X`) when the node allows it. [`SshServer::update_policy`] closes sessions a new
 //! policy no longer allows.
 //!
 //! What it is not. It never reads `/etc/ssh/sshd_config` or `~/.ssh`, never
 //! accepts passwords or keys, and never binds anything but what weftd hands
-//! it (plus `-R` listeners on loopback or the node's tailnet address).
+//! it (plus `-R` listeners on loopback or the node's tailnet address, X11
+//! displays on loopback, and `-R` unix sockets, which are bound as the user).
 //!
 //! Driving it:
 //! 1. Load keys with [`HostKeys::load_or_generate`] and publish
@@ -37,7 +39,10 @@ mod pump;
 mod server;
 mod session;
 pub mod sftp;
+mod streamlocal;
 mod user;
+mod usersock;
+mod x11;
 
 pub use authz::{
     Authorizer, CheckHook, CheckOutcome, CheckRequest, DEFAULT_ACCEPT_ENV, Decision, Grant, Origin,
@@ -48,3 +53,4 @@ pub use hostkeys::{HostKeyError, HostKeyOptions, HostKeys, KeySource};
 pub use limits::Refusal;
 pub use server::{ConnectionInfo, PolicyUpdate, ServeError, SshServer};
 pub use user::{LocalUser, UserError};
+pub use x11::{X11Error, X11Request};

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     /// Room for checks that keep running after their client left
     /// ([`Shared::detach_check`]).
     detached_checks: Arc<tokio::sync::Semaphore>,
+    /// `ssh -X` is served (the node's `--ssh-x11` pref).
+    pub(crate) x11_forwarding: AtomicBool,
     // --- behind locks (never held across an await) ---
     authorizer: RwLock<Arc<dyn Authorizer>>,
     admission: Mutex<Admission>,
@@ -239,7 +241,6 @@ impl SshServer {
         );
         SshServer {
             shared: Arc::new(Shared {
-                config,
                 russh_config: Arc::new(russh_config),
                 check_hook,
                 stop_accepting: CancellationToken::new(),
@@ -247,9 +248,11 @@ impl SshServer {
                 tracker: TaskTracker::new(),
                 next_id: AtomicU64::new(1),
                 detached_checks: Arc::new(tokio::sync::Semaphore::new(MAX_DETACHED_CHECKS)),
+                x11_forwarding: AtomicBool::new(config.x11_forwarding),
                 authorizer: RwLock::new(authorizer),
                 admission: Mutex::new(admission),
                 conns: Mutex::default(),
+                config,
             }),
         }
     }
@@ -298,6 +301,12 @@ impl SshServer {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         self.serve_conn(stream, peer_addr, None).await
+    }
+
+    /// Turns X11 forwarding (`ssh -X`/`-Y`) on or off for new requests;
+    /// displays already given to sessions stay until those sessions end.
+    pub fn set_x11_forwarding(&self, on: bool) {
+        self.shared.x11_forwarding.store(on, Ordering::Relaxed);
     }
 
     /// Installs `authorizer` (a new netmap / policy) and re-evaluates every

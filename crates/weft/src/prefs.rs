@@ -32,6 +32,10 @@ pub struct PrefFlags {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub ssh: Option<bool>,
+    /// Let `ssh -X`/`-Y` forward X11 to this node's SSH server [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub ssh_x11: Option<bool>,
     /// Refuse all new inbound connections
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -341,6 +345,9 @@ impl PrefFlags {
         if let Some(v) = self.ssh {
             prefs.run_ssh = v;
         }
+        if let Some(v) = self.ssh_x11 {
+            prefs.ssh_x11 = v;
+        }
         if let Some(v) = self.shields_up {
             prefs.shields_up = v;
         }
@@ -362,16 +369,18 @@ enum PrefField {
     LoginServer,
     ShieldsUp,
     Ssh,
+    SshX11,
 }
 
 impl PrefField {
-    const ALL: [PrefField; 6] = [
+    const ALL: [PrefField; 7] = [
         PrefField::AcceptDns,
         PrefField::AdvertiseTags,
         PrefField::Hostname,
         PrefField::LoginServer,
         PrefField::ShieldsUp,
         PrefField::Ssh,
+        PrefField::SshX11,
     ];
 
     fn mentioned(self, f: &PrefFlags) -> bool {
@@ -382,6 +391,7 @@ impl PrefField {
             PrefField::LoginServer => f.login_server.is_some(),
             PrefField::ShieldsUp => f.shields_up.is_some(),
             PrefField::Ssh => f.ssh.is_some(),
+            PrefField::SshX11 => f.ssh_x11.is_some(),
         }
     }
 
@@ -396,6 +406,7 @@ impl PrefField {
             }
             PrefField::ShieldsUp => p.shields_up != d.shields_up,
             PrefField::Ssh => p.run_ssh != d.run_ssh,
+            PrefField::SshX11 => p.ssh_x11 != d.ssh_x11,
         }
     }
 
@@ -412,6 +423,7 @@ impl PrefField {
             PrefField::AcceptDns => boolean("accept-dns", p.accept_dns),
             PrefField::ShieldsUp => boolean("shields-up", p.shields_up),
             PrefField::Ssh => boolean("ssh", p.run_ssh),
+            PrefField::SshX11 => boolean("ssh-x11", p.ssh_x11),
             PrefField::AdvertiseTags => shell_quote(&format!(
                 "--advertise-tags={}",
                 sorted(&p.advertise_tags).join(",")

@@ -383,3 +383,25 @@ fn an_empty_login_server_ca_forgets_the_profiles_ca_file() {
     f.apply_to(&mut kept);
     assert_eq!(kept.control_ca_file.as_deref(), Some("/etc/weft/ca.pem"));
 }
+
+#[test]
+fn ssh_x11_is_a_sticky_pref_that_up_sets_and_keeps() {
+    // Turned on by `up --ssh --ssh-x11`.
+    let current = prefs_with(|p| p.run_ssh = true);
+    let (f, reset) = flags(&["--ssh", "--ssh-x11"]);
+    let got = plan(&f, reset, false, reg(&current)).unwrap().unwrap();
+    assert!(got.run_ssh && got.ssh_x11);
+
+    // Leaving it out later would turn it off: refused, naming the flag that keeps it.
+    let (f, reset) = flags(&["--ssh"]);
+    assert_eq!(
+        plan(&f, reset, false, reg(&got)),
+        Err(PlanError::Sticky {
+            missing: vec!["--ssh-x11".into()]
+        })
+    );
+    let (f, reset) = flags(&["--ssh", "--ssh-x11=false"]);
+    let off = plan(&f, reset, false, reg(&got)).unwrap().unwrap();
+    assert!(off.run_ssh && !off.ssh_x11);
+    assert_eq!(f.rendered(), vec!["--ssh", "--ssh-x11=false"]);
+}

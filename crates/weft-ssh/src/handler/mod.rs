@@ -47,6 +47,7 @@ use crate::session::{self, Audit, Program, PtyReq};
 use crate::user::LocalUser;
 
 mod auth;
+mod extras;
 mod start;
 
 use auth::{Kbd, Verdict};
@@ -99,6 +100,10 @@ pub(crate) struct ConnHandler {
     session_ids: Arc<Mutex<BTreeSet<ChannelId>>>,
     channel_slots: Arc<Semaphore>,
     remote_forwards: BTreeMap<(String, u32), CancellationToken>,
+    /// `ssh -R /path:…` forwards by path.
+    unix_forwards: BTreeMap<String, CancellationToken>,
+    /// X11 displays by session channel; dropping one closes it.
+    x11: BTreeMap<ChannelId, crate::x11::X11Display>,
     agent: Option<AgentDir>,
 }
 
@@ -132,6 +137,8 @@ impl ConnHandler {
             session_ids: Arc::default(),
             channel_slots: slots,
             remote_forwards: BTreeMap::new(),
+            unix_forwards: BTreeMap::new(),
+            x11: BTreeMap::new(),
             agent: None,
         }
     }
@@ -412,6 +419,7 @@ impl Handler for ConnHandler {
         if let Some(chan) = self.sessions.remove(&channel) {
             chan.cancel.cancel();
         }
+        self.x11.remove(&channel);
         self.session_ids
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -570,15 +578,48 @@ impl Handler for ConnHandler {
     async fn x11_request(
         &mut self,
         channel: ChannelId,
-        _single_connection: bool,
-        _x11_auth_protocol: &str,
-        _x11_auth_cookie: &str,
-        _x11_screen_number: u32,
+        single_connection: bool,
+        x11_auth_protocol: &str,
+        x11_auth_cookie: &str,
+        x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let msg = "weft-ssh: X11 forwarding is not supported on this node\r\n";
-        session.extended_data(channel, 1, msg.as_bytes().to_vec())?;
-        session.channel_failure(channel)
+        self.x11_req(
+            channel,
+            single_connection,
+            x11_auth_protocol,
+            x11_auth_cookie,
+            x11_screen_number,
+            session,
+        )
+        .await
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.unix_forward(socket_path, session).await
+    }
+
+    async fn cancel_streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.cancel_unix_forward(socket_path))
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.open_unix_direct(channel, socket_path, reply).await;
+        Ok(())
     }
 
     async fn channel_open_direct_tcpip(

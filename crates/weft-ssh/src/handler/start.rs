@@ -52,6 +52,9 @@ impl ConnHandler {
         if let Some(pty) = &chan.pty {
             env.push(("TERM".to_owned(), pty.term.clone()));
         }
+        if let Some(x11) = self.x11.get(&channel) {
+            env.push(("DISPLAY".to_owned(), x11.display_env()));
+        }
         if let Some(agent) = &self.agent {
             env.push((
                 "SSH_AUTH_SOCK".to_owned(),

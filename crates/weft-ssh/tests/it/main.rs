@@ -7,3 +7,4 @@ mod forwarding;
 mod policy;
 mod policy_adapter;
 mod sessions;
+mod x11;

@@ -19,6 +19,10 @@ pub struct SetArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, group = "change",
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub ssh: Option<bool>,
+    /// Let `ssh -X`/`-Y` forward X11 to this node's SSH server
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, group = "change",
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub ssh_x11: Option<bool>,
     /// Refuse all new inbound connections
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, group = "change",
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -39,6 +43,7 @@ impl SetArgs {
         PrefsPatch {
             nickname: clearable(&self.nickname),
             run_ssh: self.ssh,
+            ssh_x11: self.ssh_x11,
             shields_up: self.shields_up,
             accept_dns: self.accept_dns,
             hostname: clearable(&self.hostname),

@@ -48,6 +48,10 @@ macro_rules! lab {
 
 #[path = "ssh_sftp_e2e.rs"]
 mod sftp;
+#[path = "ssh_vscode_e2e.rs"]
+mod vscode;
+#[path = "ssh_x11_e2e.rs"]
+mod x11;
 
 // ---- local accounts ------------------------------------------------------------------------
 

@@ -87,6 +87,8 @@ impl std::fmt::Debug for SshOptions {
 pub struct Wanted {
     /// `--ssh` is on (host keys are needed and published).
     pub run_ssh: bool,
+    /// `--ssh-x11`: serve X11 forwarding.
+    pub x11: bool,
     /// Serve now: on, running, with a netmap and addresses.
     pub serve: Option<(Vec<IpAddr>, Arc<NetMap>)>,
 }
@@ -110,7 +112,11 @@ impl Wanted {
                 addrs.dedup();
                 (!addrs.is_empty()).then(|| (addrs, Arc::clone(nm)))
             });
-        Self { run_ssh, serve }
+        Self {
+            run_ssh,
+            x11: prefs.ssh_x11,
+            serve,
+        }
     }
 }
 
@@ -216,6 +222,7 @@ impl Service {
                         args: vec!["sftp-server".into()],
                     }),
                     sftp_server_paths: Vec::new(),
+                    x11_forwarding: want.x11,
                     ..SshConfig::default()
                 };
                 let hook: Arc<dyn CheckHook> = match &self.opts.check_hook {
@@ -237,6 +244,7 @@ impl Service {
                 })
             }
         };
+        running.server.set_x11_forwarding(want.x11);
         let mut failed = false;
         for addr in running.addrs.clone() {
             if running.listeners.contains_key(&addr) {
@@ -352,6 +360,7 @@ mod tests {
         let nm = Arc::new(crate::daemon::config::tests::netmap(1, &[2]));
         Wanted {
             run_ssh: true,
+            x11: false,
             serve: Some((addrs.iter().map(|a| a.parse().unwrap()).collect(), nm)),
         }
     }
@@ -405,6 +414,7 @@ mod tests {
         assert!(
             !svc.reconcile(Wanted {
                 run_ssh: false,
+                x11: false,
                 serve: None
             })
             .await
