@@ -237,3 +237,28 @@ fn an_ssh_check_needs_an_authentication_within_its_period() {
         Err(TokenError::AuthTime(_))
     ));
 }
+
+#[tokio::test]
+async fn a_sign_in_returns_only_to_a_path_on_this_server() {
+    let clock: std::sync::Arc<dyn crate::clock::Clock> =
+        std::sync::Arc::new(crate::clock::SystemClock);
+    let oidc = super::Oidc::new(
+        super::OidcConfig::new("http://127.0.0.1:9/idp", "weft"),
+        "http://127.0.0.1:8080",
+        clock,
+    )
+    .unwrap();
+    for bad in [
+        "https://evil.example/x",
+        "//evil.example/x",
+        "/\\evil.example",
+        "admin",
+    ] {
+        let e = oidc.start_sign_in(bad, None).await.unwrap_err();
+        assert!(
+            e.to_string().contains("not a path on this server"),
+            "{bad}: {e}"
+        );
+    }
+    assert!(oidc.redeem("no-such-ticket").is_none());
+}
