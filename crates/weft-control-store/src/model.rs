@@ -94,6 +94,11 @@ pub struct User {
     pub role: Role,
     /// When the user was created.
     pub created: UnixMillis,
+    /// The policy groups their identity provider put them in at their last
+    /// login (`group:oidc:engineering`); empty without an IdP login.
+    pub idp_groups: BTreeSet<String>,
+    /// When they last authenticated at the identity provider; `None`: never.
+    pub idp_authenticated: Option<UnixMillis>,
 }
 
 /// Input for [`crate::Store::create_user`].

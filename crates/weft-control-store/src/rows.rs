@@ -18,7 +18,7 @@ use crate::{Role, StoreError};
 
 macro_rules! user_columns {
     () => {
-        "id, login_name, display_name, role, created_ms"
+        "id, login_name, display_name, role, created_ms, idp_groups, idp_auth_ms"
     };
 }
 pub(crate) use user_columns;
@@ -146,6 +146,16 @@ pub(crate) fn user(row: &AnyRow) -> Result<User, StoreError> {
             })?
         },
         created: time(row, "created_ms")?,
+        idp_groups: {
+            let json = text(row, "idp_groups")?;
+            serde_json::from_str(&json).map_err(|_| StoreError::Corrupt {
+                what: "users.idp_groups",
+                detail: json,
+            })?
+        },
+        idp_authenticated: row
+            .try_get::<Option<i64>, _>("idp_auth_ms")?
+            .map(UnixMillis),
     })
 }
 

@@ -1,5 +1,7 @@
 //! Users: create, read, update, delete.
 
+use std::collections::BTreeSet;
+
 use sqlx::AnyConnection;
 
 use crate::UnixMillis;
@@ -103,6 +105,42 @@ impl Store {
                 Ok(row) => rows::user(&row),
                 Err(e) if is_unique_violation(&e) => Err(StoreError::DuplicateUser(login)),
                 Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// Records a login of user `id` through the identity provider: the
+    /// groups it put them in (replacing the previous ones), when they
+    /// authenticated there, and the display name it gave (unless empty).
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownUserId`].
+    pub async fn record_idp_login(
+        &self,
+        id: UserId,
+        display_name: &str,
+        groups: &BTreeSet<String>,
+        authenticated: UnixMillis,
+    ) -> Result<User, StoreError> {
+        let groups = serde_json::to_string(groups).unwrap_or_else(|_| "[]".to_owned());
+        write_tx!(&self.inner, |conn, _attempt| {
+            let sql = concat!(
+                "UPDATE users SET idp_groups = $1, idp_auth_ms = $2, ",
+                "display_name = CASE WHEN $3 = '' THEN display_name ELSE $4 END ",
+                "WHERE id = $5 RETURNING ",
+                user_columns!()
+            );
+            let row = sqlx::query(sql)
+                .bind(&groups)
+                .bind(authenticated.0)
+                .bind(display_name)
+                .bind(display_name)
+                .bind(id.0)
+                .fetch_optional(&mut *conn)
+                .await?;
+            match row {
+                Some(row) => rows::user(&row),
+                None => Err(StoreError::UnknownUserId(id)),
             }
         })
     }

@@ -114,6 +114,18 @@ pub trait CompleteLogin: Send + Sync + std::fmt::Debug + 'static {
         login: &'a str,
         display_name: &'a str,
     ) -> BoxFuture<'a, Result<(), CompleteError>>;
+
+    /// Records what the identity provider said about user `l.login` at a
+    /// login: their policy groups (replacing the previous ones), when they
+    /// authenticated, their display name. The policy is recompiled with
+    /// the new groups and the changed filters pushed before this returns.
+    ///
+    /// # Errors
+    /// [`CompleteError::UnknownUser`], the database.
+    fn record_idp_login<'a>(
+        &'a self,
+        l: crate::oidc::IdpLogin<'a>,
+    ) -> BoxFuture<'a, Result<(), CompleteError>>;
 }
 
 /// What waits for a decision under an id.

@@ -154,6 +154,7 @@ async fn decide(
             ssh_user: req.ssh_user.clone(),
             local_user: req.local_user.clone(),
             expires,
+            period,
         },
         tx,
     };

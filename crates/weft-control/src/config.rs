@@ -122,6 +122,9 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock>,
     /// Completes interactive logins (`/a/<id>`).
     pub authenticator: Arc<dyn Authenticator>,
+    /// Log in through this OIDC identity provider (docs/OIDC.md); when set,
+    /// it is the authenticator (in place of [`ServerConfig::authenticator`]).
+    pub oidc: Option<crate::oidc::OidcConfig>,
     /// Serve the embedded relay (DERP) at `/derp` on the HTTP listener.
     pub relay: bool,
     /// Serve STUN.
@@ -164,6 +167,7 @@ impl ServerConfig {
             store_seed: None,
             clock: Arc::new(SystemClock),
             authenticator: Arc::new(AdminApproval),
+            oidc: None,
             relay: true,
             stun: true,
             stun_listen: Vec::new(),

@@ -98,6 +98,9 @@ pub struct ServeFile {
     pub packages_dir: Option<PathBuf>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// The `[oidc]` table: the `--oidc-*` flags without the `oidc-`
+    /// (docs/OIDC.md).
+    pub oidc: Option<crate::oidc::config::OidcFile>,
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

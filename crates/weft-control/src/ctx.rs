@@ -46,4 +46,6 @@ pub(crate) struct Ctx {
     /// Held across a DNS settings change (read, apply, store, publish), so
     /// two concurrent partial changes cannot lose one another.
     pub dns_edit: tokio::sync::Mutex<()>,
+    /// The OIDC authenticator, when configured (also `config.authenticator`).
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
 }

@@ -67,7 +67,12 @@ pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
         // `/derp` (upgrade), `/derp/probe`, `/derp/latency-check`, `/generate_204`.
         r = r.merge(relay.router());
     }
-    if let Some(extra) = ctx.config.authenticator.routes(completer) {
+    if let Some(oidc) = &ctx.oidc {
+        r = r.nest(
+            "/login/oidc",
+            crate::oidc::routes(oidc.clone(), completer.clone()),
+        );
+    } else if let Some(extra) = ctx.config.authenticator.routes(completer) {
         r = r.nest(
             &format!("/login/{}", ctx.config.authenticator.name()),
             extra,
@@ -170,9 +175,12 @@ async fn login_page(State(ctx): State<Arc<Ctx>>, Path(auth_id): Path<String>) ->
     }))
 }
 
-fn html(page: LoginPage) -> Response {
+pub(crate) fn html(page: LoginPage) -> Response {
     let status = http::StatusCode::from_u16(page.status).unwrap_or(http::StatusCode::OK);
-    (status, Html(page.html)).into_response()
+    match page.location {
+        Some(to) => (status, [(http::header::LOCATION, to)], Html(page.html)).into_response(),
+        None => (status, Html(page.html)).into_response(),
+    }
 }
 
 /// The first pause after `accept` fails (out of descriptors and the like).

@@ -36,6 +36,7 @@ pub mod keyfile;
 mod lock;
 mod login;
 mod metrics;
+pub mod oidc;
 pub mod pages;
 mod registration;
 mod relay;
@@ -98,6 +99,9 @@ pub enum StartError {
     /// The database could not be opened.
     #[error("cannot open the database: {0}")]
     Store(weft_control_store::StoreError),
+    /// The OIDC settings are invalid.
+    #[error("OIDC: {0}")]
+    Oidc(String),
     /// The initial state could not be loaded.
     #[error("cannot load the tailnet state: {0}")]
     Load(String),
@@ -178,7 +182,7 @@ impl Server {
     ///
     /// # Errors
     /// [`StartError`] with what failed and where.
-    pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
+    pub async fn start(mut config: ServerConfig) -> Result<Server, StartError> {
         metrics::install();
         std::fs::create_dir_all(&config.state_dir).map_err(|error| StartError::StateDir {
             path: config.state_dir.clone(),
@@ -245,6 +249,16 @@ impl Server {
                 let scheme = if tls.is_some() { "https" } else { "http" };
                 format!("{scheme}://{a}")
             }
+        };
+        let oidc = match config.oidc.clone() {
+            Some(o) => {
+                let o = Arc::new(
+                    oidc::Oidc::new(o, &server_url, clock.clone()).map_err(StartError::Oidc)?,
+                );
+                config.authenticator = o.clone();
+                Some(o)
+            }
+            None => None,
         };
         let admin_listener = if config.admin_socket {
             let path = config.admin_socket_path();
@@ -341,6 +355,7 @@ impl Server {
             relay,
             relay_keys,
             dns_edit: tokio::sync::Mutex::new(()),
+            oidc,
         });
         let admin = Admin::new(ctx.clone());
         background.spawn(coordinator.run(stop.clone()));

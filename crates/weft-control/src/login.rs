@@ -186,6 +186,31 @@ pub(crate) async fn ensure_user(
     }
 }
 
+/// Records a login through the identity provider (see
+/// [`CompleteLogin::record_idp_login`]).
+///
+/// # Errors
+/// [`CompleteError::UnknownUser`], [`CompleteError::Store`].
+pub(crate) async fn record_idp_login(
+    ctx: &Ctx,
+    l: crate::oidc::IdpLogin<'_>,
+) -> Result<(), CompleteError> {
+    let user = ctx.store.user_by_login(l.login).await.map_err(refused)?;
+    let changed = user.idp_groups != *l.groups;
+    let user = ctx
+        .store
+        .record_idp_login(user.id, l.display_name, l.groups, l.authenticated)
+        .await
+        .map_err(refused)?;
+    if changed {
+        tracing::info!(user = %user.login_name, groups = ?user.idp_groups, "groups from the identity provider changed");
+    }
+    ctx.coord.send(Msg::UserUpsert(Box::new(user)));
+    // The approval that follows compiles tag permissions and filters from the published snapshot.
+    let _ = ctx.coord.flush().await;
+    Ok(())
+}
+
 /// Names the store's refusals of a decision; other errors stay store errors.
 fn refused(e: StoreError) -> CompleteError {
     match e {
@@ -235,5 +260,12 @@ impl CompleteLogin for Completer {
         display_name: &'a str,
     ) -> BoxFuture<'a, Result<(), CompleteError>> {
         ensure_user(&self.ctx, login, display_name).boxed()
+    }
+
+    fn record_idp_login<'a>(
+        &'a self,
+        l: crate::oidc::IdpLogin<'a>,
+    ) -> BoxFuture<'a, Result<(), CompleteError>> {
+        record_idp_login(&self.ctx, l).boxed()
     }
 }

@@ -38,6 +38,22 @@ pub struct LoginPage {
     pub status: u16,
     /// The HTML document.
     pub html: String,
+    /// Where to send the browser (`Location`, with a 3xx status); `None`:
+    /// the page is the answer.
+    pub location: Option<String>,
+}
+
+impl LoginPage {
+    /// Returns a redirect to `to` whose body is `page` (for a browser
+    /// that does not follow it).
+    #[must_use]
+    pub fn redirect(to: &str, page: LoginPage) -> LoginPage {
+        LoginPage {
+            status: 303,
+            location: Some(to.to_owned()),
+            html: page.html,
+        }
+    }
 }
 
 /// What the page of a device login is rendered from.
@@ -68,6 +84,9 @@ pub struct CheckInfo {
     pub local_user: String,
     /// When the check gives up.
     pub expires: UnixMillis,
+    /// The rule's checkPeriod: how recently the user must have
+    /// authenticated (an OIDC authenticator asks the IdP for this `max_age`).
+    pub period: Duration,
 }
 
 /// Renders the page of a device login for an administrator's approval:
@@ -211,6 +230,7 @@ pub fn failed(status: u16, why: &str) -> LoginPage {
 pub fn page(status: u16, title: &str, body: &str) -> LoginPage {
     LoginPage {
         status,
+        location: None,
         html: format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · Weft</title>\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -305,6 +325,7 @@ mod tests {
             ssh_user: "root".into(),
             local_user: "root".into(),
             expires: UnixMillis(600_000),
+            period: Duration::from_secs(3600),
         }
     }
 

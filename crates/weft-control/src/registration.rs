@@ -164,7 +164,9 @@ async fn handle(
             return Ok(in_use(&req));
         }
         return match &req.auth {
-            RegisterAuth::None if old_node.is_expired(now) => {
+            // With an identity provider, a rotation (`weft up --force-reauth`) is a new login
+            // there, as after expiry: the IdP decides again and refreshes the user's groups.
+            RegisterAuth::None if old_node.is_expired(now) || ctx.oidc.is_some() => {
                 needs_auth(ctx, mk, &req, source, now).await
             }
             RegisterAuth::None => {

@@ -71,6 +71,7 @@ fn tailnet(n: usize, rng: &mut Rng) -> (Tailnet, usize) {
             } else {
                 Role::Member
             },
+            groups: Default::default(),
         })
         .collect();
     let nodes: Vec<Node> = (0..n)

@@ -200,10 +200,17 @@ fn match_party(policy: &Policy, tailnet: &Tailnet, sel: &Selector, p: &Probe) ->
             let members = policy.groups.get(g).map_or(&[][..], Vec::as_slice);
             match &p.user {
                 Some(pu) if members.contains(pu) => Ok(format!("{pu} is a member of {g}")),
-                Some(pu) => Err(format!(
-                    "{pu} is not a member of {g} ({})",
-                    members_list(members)
+                Some(pu) if tailnet.in_idp_group(pu, g) => Ok(format!(
+                    "{pu} is a member of {g} (a group of the identity provider, as of their last login)"
                 )),
+                Some(pu) => {
+                    let mut all = members.to_vec();
+                    all.extend(tailnet.idp_group_members(g).iter().cloned());
+                    Err(format!(
+                        "{pu} is not a member of {g} ({})",
+                        members_list(&all)
+                    ))
+                }
                 None if !p.tags.is_empty() => {
                     Err(format!("{} is tagged, so it is in no group", identity()))
                 }

@@ -40,5 +40,5 @@ pub use explain::{ExplainError, Explanation, Verdict, explain, explain_query};
 pub use offline::{CheckReport, ExplainReport, Outcome, Source, offline_check, offline_explain};
 pub use policy::{DEFAULT_POLICY, Policy};
 pub use ssh::{LocalAccount, RejectReason, SshDecision, authorize_ssh};
-pub use syntax::proto_name;
+pub use syntax::{is_idp_group, proto_name};
 pub use tailnet::{Endpoint, Node, NodeId, Role, Tailnet, User};

@@ -347,14 +347,23 @@ impl Policy {
         }
         owners.iter().any(|o| match (o, login) {
             (TagOwner::User(u), Some(l)) => u == l,
-            (TagOwner::Group(g), Some(l)) => {
-                self.groups.get(g).is_some_and(|m| m.iter().any(|x| x == l))
-            }
+            (TagOwner::Group(g), Some(l)) => self.is_group_member(tailnet, g, l),
             (TagOwner::Admins, Some(l)) => tailnet.is_admin(l),
             (TagOwner::Members, Some(l)) => tailnet.users().contains_key(l),
             (TagOwner::Tag(t), _) => node_tags.contains(t),
             _ => false,
         })
+    }
+
+    /// Returns whether `login` is in `group`: listed in the policy's
+    /// `groups`, or put there by the identity provider
+    /// ([`crate::User::groups`]).
+    #[must_use]
+    pub fn is_group_member(&self, tailnet: &crate::Tailnet, group: &str, login: &str) -> bool {
+        self.groups
+            .get(group)
+            .is_some_and(|m| m.iter().any(|x| x == login))
+            || tailnet.in_idp_group(login, group)
     }
 
     /// Returns the source text, exactly as parsed (comments included).

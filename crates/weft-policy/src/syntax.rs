@@ -137,7 +137,7 @@ fn selector_any_place(s: &str, names: &Names<'_>) -> Result<Selector, ErrorKind>
     }
     if s.starts_with("group:") {
         group_name(s)?;
-        if !names.groups.contains_key(s) {
+        if !names.groups.contains_key(s) && !is_idp_group(s) {
             return Err(ErrorKind::UnknownGroup {
                 name: s.to_string(),
                 defined: names.groups.keys().cloned().collect(),
@@ -212,6 +212,15 @@ pub(crate) fn group_name(s: &str) -> Result<(), ErrorKind> {
     prefixed_name(s, "group:", "group name")
 }
 
+/// Returns whether `group:x` names a group of the identity provider: one
+/// with a `:` after `group:` (`group:oidc:engineering`). The policy may use
+/// such a group without defining it; its members come from the users'
+/// [`crate::User::groups`] (and the policy's `groups`, if it lists it too).
+#[must_use]
+pub fn is_idp_group(s: &str) -> bool {
+    s.strip_prefix("group:").is_some_and(|n| n.contains(':'))
+}
+
 /// Checks `tag:name`: valid exactly when it is a `weft_types::Tag`, a tag a
 /// node can carry; the error says which rule it breaks.
 pub(crate) fn tag_name(s: &str) -> Result<(), ErrorKind> {
@@ -253,8 +262,8 @@ fn prefixed_name(s: &str, prefix: &str, what: &'static str) -> Result<(), ErrorK
     match chars.next() {
         None => bad("the name after the prefix is empty"),
         Some(c) if !c.is_ascii_alphabetic() => bad("the name must start with a letter"),
-        _ if !chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') => {
-            bad("use letters, digits, `-`, `_` and `.` only")
+        _ if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')) => {
+            bad("use letters, digits, `-`, `_`, `.` and `:` only")
         }
         _ => Ok(()),
     }

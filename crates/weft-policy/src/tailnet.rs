@@ -25,6 +25,11 @@ pub struct User {
     pub login: LoginName,
     /// Member or admin.
     pub role: Role,
+    /// The groups the user's identity provider puts them in, as policy
+    /// group names (`group:oidc:engineering`), refreshed at each login.
+    /// A policy selector `group:x` matches the user if `group:x` lists the
+    /// login in the policy's `groups` or is one of these.
+    pub groups: BTreeSet<String>,
 }
 
 /// A node (device) of the tailnet.
@@ -108,6 +113,8 @@ pub struct Tailnet {
     by_addr: BTreeMap<IpAddr, usize>,
     by_user: BTreeMap<LoginName, Vec<usize>>,
     by_tag: BTreeMap<Tag, Vec<usize>>,
+    /// Identity-provider group → member logins ([`User::groups`]).
+    by_idp_group: BTreeMap<String, Vec<String>>,
 }
 
 impl Tailnet {
@@ -121,6 +128,12 @@ impl Tailnet {
         for u in users {
             if t.users.contains_key(&u.login) {
                 return Err(TailnetError::DuplicateUser(u.login));
+            }
+            for g in &u.groups {
+                t.by_idp_group
+                    .entry(g.clone())
+                    .or_default()
+                    .push(u.login.to_string());
             }
             t.users.insert(u.login.clone(), u);
         }
@@ -224,6 +237,21 @@ impl Tailnet {
     #[must_use]
     pub fn is_admin(&self, login: &str) -> bool {
         self.users.get(login).is_some_and(|u| u.role == Role::Admin)
+    }
+
+    /// Returns the logins the identity provider puts in `group`
+    /// ([`User::groups`]), by login.
+    #[must_use]
+    pub fn idp_group_members(&self, group: &str) -> &[String] {
+        self.by_idp_group.get(group).map_or(&[], Vec::as_slice)
+    }
+
+    /// Returns whether the identity provider puts `login` in `group`.
+    #[must_use]
+    pub fn in_idp_group(&self, login: &str, group: &str) -> bool {
+        self.users
+            .get(login)
+            .is_some_and(|u| u.groups.contains(group))
     }
 
     pub(crate) fn index_of(&self, id: NodeId) -> Option<usize> {
@@ -441,8 +469,18 @@ fn user_json(
 ) -> R<User> {
     let mut login = None;
     let mut role = Role::Member;
-    for (k, v) in fields(m, path, &["login", "role"], &[])? {
+    let mut groups = BTreeSet::new();
+    for (k, v) in fields(m, path, &["login", "role", "groups"], &[])? {
         let p = format!("{path}.{k}");
+        if k == "groups" {
+            for (j, g) in as_array(v, &p)?.iter().enumerate() {
+                let gp = format!("{p}[{j}]");
+                let s = as_str(g, &gp)?;
+                syntax::group_name(s).map_err(|e| fail(g.span, &gp, e))?;
+                groups.insert(s.to_string());
+            }
+            continue;
+        }
         let s = as_str(v, &p)?;
         if k == "login" {
             syntax::user_login(s).map_err(|e| fail(v.span, &p, e))?;
@@ -462,7 +500,11 @@ fn user_json(
         }
     }
     let login = login.ok_or_else(|| fail(item.span, path, ErrorKind::MissingField("login")))?;
-    Ok(User { login, role })
+    Ok(User {
+        login,
+        role,
+        groups,
+    })
 }
 
 fn node_json(

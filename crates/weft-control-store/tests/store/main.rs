@@ -50,6 +50,7 @@ suite!(
     users::migrations_run_once_and_data_survives_reopening,
     users::users_are_created_read_updated_and_deleted,
     users::bad_user_input_is_refused_with_the_offending_value,
+    users::an_idp_login_replaces_the_groups_and_records_when,
     registration::a_one_off_key_registers_exactly_one_node,
     registration::bad_pre_auth_keys_are_refused_and_not_counted,
     registration::tagged_ephemeral_keys_and_key_lifetimes_apply_to_nodes,

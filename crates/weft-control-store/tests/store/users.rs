@@ -4,13 +4,13 @@ use crate::common::{T0, TestDb, register_as, reusable_key_for, user};
 
 pub async fn migrations_run_once_and_data_survives_reopening(db: &TestDb) {
     let store = db.store().await;
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     let alice = user(&store, "alice").await;
     store.close().await;
 
     // Opening again applies nothing twice and sees the same data.
     let again = db.store().await;
-    assert_eq!(again.schema_version().await.unwrap(), 3);
+    assert_eq!(again.schema_version().await.unwrap(), 4);
     assert_eq!(again.user(alice.id).await.unwrap(), alice);
     let third = db.store().await;
     assert_eq!(third.list_users().await.unwrap(), vec![alice]);
@@ -137,4 +137,42 @@ pub async fn bad_user_input_is_refused_with_the_offending_value(db: &TestDb) {
         store.user_by_login("carol").await.unwrap_err().to_string(),
         "unknown user \"carol\""
     );
+}
+
+pub async fn an_idp_login_replaces_the_groups_and_records_when(db: &TestDb) {
+    use std::collections::BTreeSet;
+    use weft_types::UnixMillis;
+    let store = db.store().await;
+    let alice = user(&store, "alice@example.com").await;
+    assert!(alice.idp_groups.is_empty());
+    assert_eq!(alice.idp_authenticated, None);
+    let groups: BTreeSet<String> = ["group:oidc:engineering", "group:oidc:ops"]
+        .map(String::from)
+        .into();
+    let a = store
+        .record_idp_login(alice.id, "Alice A.", &groups, UnixMillis(5_000))
+        .await
+        .unwrap();
+    assert_eq!(a.idp_groups, groups);
+    assert_eq!(a.idp_authenticated, Some(UnixMillis(5_000)));
+    assert_eq!(a.display_name, "Alice A.");
+    // The next login replaces the groups; an empty display name keeps the stored one.
+    let fewer: BTreeSet<String> = ["group:oidc:ops".to_owned()].into();
+    let a = store
+        .record_idp_login(alice.id, "", &fewer, UnixMillis(9_000))
+        .await
+        .unwrap();
+    assert_eq!(a.idp_groups, fewer);
+    assert_eq!(a.display_name, "Alice A.");
+    assert_eq!(
+        store.user(alice.id).await.unwrap(),
+        a,
+        "stored, not only returned"
+    );
+    assert!(matches!(
+        store
+            .record_idp_login(UserId(9_999), "", &fewer, UnixMillis(1))
+            .await,
+        Err(StoreError::UnknownUserId(_))
+    ));
 }

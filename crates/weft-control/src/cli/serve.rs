@@ -103,6 +103,108 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    #[command(flatten)]
+    oidc: OidcArgs,
+}
+
+/// The `--oidc-*` options of `serve` (also the `[oidc]` table of the
+/// configuration file; docs/OIDC.md).
+#[derive(Debug, Args, Default)]
+pub struct OidcArgs {
+    /// Log in through this OpenID Connect issuer (https://…; discovery at
+    /// <issuer>/.well-known/openid-configuration). Unset: administrators approve logins.
+    #[arg(long, env = "WEFT_CONTROL_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
+    /// The client id registered at the identity provider (redirect URI: <server-url>/login/oidc/callback).
+    #[arg(long, env = "WEFT_CONTROL_OIDC_CLIENT_ID")]
+    oidc_client_id: Option<String>,
+    /// A file holding the client secret (mode 0600). Or set WEFT_CONTROL_OIDC_CLIENT_SECRET.
+    #[arg(long)]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// Scopes to ask for, comma-separated (default: openid,email,profile; add groups if your IdP needs it).
+    #[arg(long, value_delimiter = ',')]
+    oidc_scopes: Option<Vec<String>>,
+    /// Only users with an email in these domains may log in (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    oidc_allowed_domains: Option<Vec<String>>,
+    /// Only these login names may log in (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    oidc_allowed_users: Option<Vec<String>>,
+    /// Only members of one of these IdP groups may log in (comma-separated, as the IdP names them).
+    #[arg(long, value_delimiter = ',')]
+    oidc_allowed_groups: Option<Vec<String>>,
+    /// The claim the login name comes from: email or preferred_username (default: email).
+    #[arg(long)]
+    oidc_login_claim: Option<weft_control::oidc::config::LoginClaim>,
+    /// The claim the display name comes from (default: name).
+    #[arg(long)]
+    oidc_display_name_claim: Option<String>,
+    /// The claim holding the user's groups (default: groups).
+    #[arg(long)]
+    oidc_groups_claim: Option<String>,
+    /// Put before IdP group names in the policy (default: "oidc:", so engineering is group:oidc:engineering).
+    #[arg(long)]
+    oidc_group_prefix: Option<String>,
+    /// How far the IdP's clock may be off (default: 60s).
+    #[arg(long, value_parser = parse_duration)]
+    oidc_clock_skew: Option<Duration>,
+    /// Extra CA certificates (PEM) to trust for the IdP, next to the public roots.
+    #[arg(long)]
+    oidc_ca_file: Option<PathBuf>,
+}
+
+/// Builds the OIDC settings from the flags over the `[oidc]` table, or
+/// `None` when no issuer is set in either.
+fn oidc_config(
+    a: OidcArgs,
+    file: Option<weft_control::oidc::config::OidcFile>,
+) -> anyhow::Result<Option<weft_control::oidc::OidcConfig>> {
+    use weft_control::oidc::config::{self as oc, OidcConfig};
+    let f = file.unwrap_or_default();
+    let Some(issuer) = a.oidc_issuer.or(f.issuer) else {
+        return Ok(None);
+    };
+    let client_id = a.oidc_client_id.or(f.client_id).context(
+        "OIDC needs a client id: set oidc client-id in the configuration file or --oidc-client-id",
+    )?;
+    let mut c = OidcConfig::new(issuer, client_id);
+    c.client_secret = match a.oidc_client_secret_file.or(f.client_secret_file) {
+        Some(path) => Some(oc::read_secret_file(&path).map_err(anyhow::Error::msg)?),
+        None => std::env::var("WEFT_CONTROL_OIDC_CLIENT_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(oc::ClientSecret::new),
+    };
+    if let Some(s) = a.oidc_scopes.or(f.scopes) {
+        c.scopes = s;
+    }
+    c.allowed.domains = a
+        .oidc_allowed_domains
+        .or(f.allowed_domains)
+        .unwrap_or_default();
+    c.allowed.users = a.oidc_allowed_users.or(f.allowed_users).unwrap_or_default();
+    c.allowed.groups = a
+        .oidc_allowed_groups
+        .or(f.allowed_groups)
+        .unwrap_or_default();
+    if let Some(v) = a.oidc_login_claim.or(f.login_claim) {
+        c.claims.login = v;
+    }
+    if let Some(v) = a.oidc_display_name_claim.or(f.display_name_claim) {
+        c.claims.display_name = v;
+    }
+    if let Some(v) = a.oidc_groups_claim.or(f.groups_claim) {
+        c.claims.groups = v;
+    }
+    if let Some(v) = a.oidc_group_prefix.or(f.group_prefix) {
+        c.claims.group_prefix = v;
+    }
+    if let Some(v) = a.oidc_clock_skew.or(f.clock_skew) {
+        c.clock_skew = v;
+    }
+    c.ca_file = a.oidc_ca_file.or(f.ca_file);
+    c.validate().map_err(anyhow::Error::msg)?;
+    Ok(Some(c))
 }
 
 /// Applies the configuration file (`--config`, or the default file when it
@@ -112,13 +214,13 @@ fn apply_config_file(
     a: &mut ServeArgs,
     state_dir: &mut PathBuf,
     matches: &ArgMatches,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<weft_control::oidc::config::OidcFile>> {
     let path = match &a.config {
         Some(p) => p.clone(),
         None => {
             let p = PathBuf::from(DEFAULT_CONFIG_FILE);
             if !p.exists() {
-                return Ok(());
+                return Ok(None);
             }
             p
         }
@@ -190,7 +292,7 @@ fn apply_config_file(
             path.display()
         );
     }
-    Ok(())
+    Ok(file.oidc)
 }
 
 /// Runs the server until SIGINT or SIGTERM, with its state in
@@ -212,7 +314,8 @@ pub async fn run(
         );
     }
     let mut state_dir = conn.state_dir.clone();
-    apply_config_file(&mut a, &mut state_dir, matches)?;
+    let oidc_file = apply_config_file(&mut a, &mut state_dir, matches)?;
+    let oidc = oidc_config(std::mem::take(&mut a.oidc), oidc_file)?;
     let state_dir = &state_dir;
     init_logging(&a.log_format);
     raise_fd_limit();
@@ -251,6 +354,7 @@ pub async fn run(
     config.stun = !a.no_stun;
     config.stun_listen = a.stun_listen;
     config.packages_dir = a.packages_dir;
+    config.oidc = oidc;
     let server = Server::start(config)
         .await
         .with_context(|| format!("cannot start with --state-dir {}", state_dir.display()))?;

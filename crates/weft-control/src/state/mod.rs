@@ -348,6 +348,7 @@ pub(crate) fn policy_tailnet(
         .map(|u| weft_policy::User {
             login: u.user.login_name.clone(),
             role: u.user.role,
+            groups: u.user.idp_groups.clone(),
         })
         .collect();
     let pnodes = nodes
@@ -492,6 +493,8 @@ pub(crate) mod tests {
                     display_name: String::new(),
                     role: weft_types::Role::Member,
                     created: UnixMillis(0),
+                    idp_groups: Default::default(),
+                    idp_authenticated: None,
                 };
                 (UserId(id), Arc::new(UserEntry::new(u).unwrap()))
             })

@@ -266,7 +266,8 @@ impl<'a> Compiler<'a> {
                 .iter()
                 .for_each(|&i| self.add_node(slots, i)),
             Selector::Group(g) => {
-                for u in self.policy.groups.get(g).into_iter().flatten() {
+                let idp = self.tailnet.idp_group_members(g);
+                for u in self.policy.groups.get(g).into_iter().flatten().chain(idp) {
                     self.tailnet
                         .user_nodes(u)
                         .iter()
@@ -321,12 +322,9 @@ impl<'a> Compiler<'a> {
         let hit = match sel {
             Selector::Any => true,
             Selector::User(u) => node.owner_name() == Some(u.as_str()),
-            Selector::Group(g) => node.owner_name().is_some_and(|o| {
-                self.policy
-                    .groups
-                    .get(g)
-                    .is_some_and(|m| m.iter().any(|x| x == o))
-            }),
+            Selector::Group(g) => node
+                .owner_name()
+                .is_some_and(|o| self.policy.is_group_member(self.tailnet, g, o)),
             Selector::Tag(t) => node.tags.contains(t.as_str()),
             Selector::Autogroup(Autogroup::Member) => self.members.get(b),
             Selector::Autogroup(Autogroup::Tagged) => self.tagged.get(b),

@@ -57,5 +57,6 @@ pub fn user(login: &str, admin: bool) -> User {
     User {
         login: login.parse().unwrap(),
         role: if admin { Role::Admin } else { Role::Member },
+        groups: Default::default(),
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 mod corpus;
 mod explain;
+mod idp_groups;
 mod naive;
 mod policy_tests;
 mod semantics;

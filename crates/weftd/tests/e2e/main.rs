@@ -10,6 +10,7 @@ mod first_hour_e2e;
 mod https_e2e;
 mod install_e2e;
 mod nat_e2e;
+mod oidc_e2e;
 mod policy_e2e;
 mod ssh_check_e2e;
 mod ssh_common;
