@@ -9,7 +9,8 @@
 //! out, so the node's next `map` finds it.
 //!
 //! Before any of that, the server's capacity: at most
-//! `max_registrations_in_flight` requests are worked on at once; one more is
+//! `max_registrations_in_flight` requests (not counting interactive logins'
+//! follow-ups, which wait for a person) are worked on at once; one more is
 //! shed at once with [`RefusalReason::ServerBusy`] and a retry delay
 //! (`retry_after_ms`, spread per machine so a storm does not come back in
 //! step), which clients honour. A registration storm beyond what the
@@ -69,9 +70,17 @@ pub(crate) async fn register(
 ) -> RegisterResponse {
     #[allow(clippy::disallowed_methods)] // measuring only
     let started = std::time::Instant::now();
-    let Ok(_slot) = ctx.registrations.clone().try_acquire_owned() else {
-        metrics::counter!("weft_registrations_total", "outcome" => "shed").increment(1);
-        return shed(&ctx, &machine_key);
+    // A follow-up waits for a person (up to the login's lifetime) and
+    // writes nothing itself: it holds no slot, or logins waiting at their
+    // URLs would shed everyone else.
+    let _slot = if matches!(req.auth, RegisterAuth::Followup { .. }) {
+        None
+    } else {
+        let Ok(slot) = ctx.registrations.clone().try_acquire_owned() else {
+            metrics::counter!("weft_registrations_total", "outcome" => "shed").increment(1);
+            return shed(&ctx, &machine_key);
+        };
+        Some(slot)
     };
     let (resp, outcome) = match handle(&ctx, machine_key, source, req).await {
         Ok(r) => r,

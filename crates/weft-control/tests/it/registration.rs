@@ -357,3 +357,30 @@ async fn a_registration_storm_beyond_capacity_is_shed_with_a_retry_delay_and_the
     let addrs: BTreeSet<_> = nodes.iter().map(|n| &n.ipv4).collect();
     assert_eq!(addrs.len(), NODES, "an address was handed out twice");
 }
+
+#[tokio::test]
+async fn logins_waiting_for_a_person_do_not_take_the_registration_capacity() {
+    let t = TestServer::start_with(|c| c.max_registrations_in_flight = 1).await;
+    t.user("alice").await;
+    let key = t.reusable_key("alice").await;
+    // Two interactive logins sit at their URLs; their follow-ups long-poll.
+    let mut waiting = Vec::new();
+    for name in ["w1", "w2"] {
+        let mut n = TestNode::new(&t, name);
+        n.start(n.params(RegisterAuth::None)).await;
+        assert!(matches!(n.next().await, SessionEvent::NeedsAuth { .. }));
+        waiting.push(n);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A node with a pre-auth key still gets in (not `server_busy`).
+    let mut b = TestNode::new(&t, "b");
+    b.start(b.params(auth(&key))).await;
+    match b.next().await {
+        SessionEvent::Registered(_) => {}
+        other => panic!("expected registered, got {other:?}"),
+    }
+    for mut n in waiting {
+        n.close().await;
+    }
+    b.close().await;
+}
