@@ -121,6 +121,9 @@ pub struct Store {
     config: Arc<StoreConfig>,
     // --- behind its own lock, held only to draw numbers ---
     rng: Arc<Mutex<SplitMix64>>,
+    // --- behind its own lock, held only to pick or release an address ---
+    /// The tailnet addresses in use (lock order: `rng`, then `used`).
+    used: Arc<alloc::UsedAddresses>,
 }
 
 impl std::fmt::Debug for Store {
@@ -161,6 +164,7 @@ impl Store {
             }),
             config: Arc::new(config),
             rng: Arc::new(Mutex::new(SplitMix64::new(seed))),
+            used: Arc::new(alloc::UsedAddresses::default()),
         })
     }
 

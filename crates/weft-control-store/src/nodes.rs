@@ -304,14 +304,16 @@ impl Store {
     /// # Errors
     /// [`StoreError::UnknownNode`].
     pub async fn delete_node(&self, id: NodeId) -> Result<Node, StoreError> {
-        write_tx!(&self.inner, |conn, _attempt| {
+        let node = write_tx!(&self.inner, |conn, _attempt| {
             let node = node_by_id(conn, id).await?;
             sqlx::query("DELETE FROM nodes WHERE id = $1")
                 .bind(id.0)
                 .execute(&mut *conn)
                 .await?;
             Ok(node)
-        })
+        })?;
+        self.used.release(node.ipv4);
+        Ok(node)
     }
 
     /// Gives a node a new DNS name. Names typed by people are parsed into a
@@ -405,7 +407,7 @@ impl Store {
         grace: Duration,
         now: UnixMillis,
     ) -> Result<Vec<Node>, StoreError> {
-        write_tx!(&self.inner, |conn, _attempt| {
+        let doomed = write_tx!(&self.inner, |conn, _attempt| {
             let doomed = gc_candidates(conn, grace, now).await?;
             for node in &doomed {
                 sqlx::query("DELETE FROM nodes WHERE id = $1")
@@ -414,7 +416,11 @@ impl Store {
                     .await?;
             }
             Ok(doomed)
-        })
+        })?;
+        for node in &doomed {
+            self.used.release(node.ipv4);
+        }
+        Ok(doomed)
     }
 
     async fn node_where(&self, by: By, value: String) -> Result<Option<Node>, StoreError> {

@@ -8,8 +8,10 @@
 //!    the approving user is checked to exist;
 //! 2. refuse a node key that another machine holds;
 //! 3. a known machine key re-authenticates its node (same id, name and
-//!    addresses); otherwise pick a unique DNS label and a free address pair
-//!    and insert the node.
+//!    addresses); otherwise pick a unique DNS label (an indexed prefix query)
+//!    and a free address pair (from the in-memory used set, see
+//!    [`crate::alloc`]) and insert the node. Nothing here reads the whole
+//!    table.
 //!
 //! Losing a race (a concurrent registration took the same address, name or
 //! machine key first) aborts the transaction with a unique violation; it is
@@ -168,10 +170,14 @@ impl Store {
         let base = DnsLabel::sanitize(&req.hostname);
         let taken = taken_names(conn, &base).await?;
         let given_name = self.with_rng(|rng| label::unique_label(&base, &taken, attempt, rng))?;
-        let used = used_ipv4(conn).await?;
+        // The first registration, and every retry (a lost race may mean an
+        // address this process does not know of), reads the used set once.
+        if attempt > 0 || !self.used.is_loaded() {
+            self.used.load(used_ipv4(conn).await?);
+        }
         let pool = &self.config.pool;
         let ipv4 = self
-            .with_rng(|rng| pool.pick_v4(&used, rng))
+            .with_rng(|rng| self.used.reserve(pool, rng))
             .ok_or(StoreError::AddressPoolExhausted(pool.v4()))?;
         let ipv6 = pool.ipv6_for(ipv4);
         let stable_id = format!("n{}", secret::random_hex(10)?);

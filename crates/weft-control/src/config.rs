@@ -39,6 +39,10 @@ pub const DEFAULT_MAX_UNREGISTERED_PER_SOURCE: usize = 64;
 pub const RESERVED_DESCRIPTORS: u64 = 128;
 /// Interactive logins waiting for approval, at most, in all.
 pub const DEFAULT_MAX_PENDING_LOGINS: usize = 1000;
+/// Registrations worked on at once by default. A registration is one short
+/// write transaction (a few ms on SQLite), so this is about a second of
+/// work queued at most; more waits in the clients (issue 17).
+pub const DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT: usize = 256;
 /// Interactive logins waiting for approval, at most, per source address.
 pub const DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE: usize = 10;
 /// The server key file inside the state directory.
@@ -104,6 +108,9 @@ pub struct ServerConfig {
     pub max_pending_logins: usize,
     /// Interactive logins waiting for approval per source address, at most.
     pub max_pending_logins_per_source: usize,
+    /// Registrations worked on at once, at most; more are shed with a retry
+    /// delay.
+    pub max_registrations_in_flight: usize,
     /// Time a client has to send its HTTP request headers.
     pub http_header_timeout: Duration,
     /// Time one write of map data may take before the stream is dropped.
@@ -159,6 +166,7 @@ impl ServerConfig {
             max_unregistered_per_source: DEFAULT_MAX_UNREGISTERED_PER_SOURCE,
             max_pending_logins: DEFAULT_MAX_PENDING_LOGINS,
             max_pending_logins_per_source: DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE,
+            max_registrations_in_flight: DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
             http_header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             stream_queue_limit: 256,

@@ -77,6 +77,8 @@ pub struct ServeFile {
     pub max_pending_logins: Option<usize>,
     /// `--max-pending-logins-per-source`.
     pub max_pending_logins_per_source: Option<usize>,
+    /// `--max-registrations-in-flight`.
+    pub max_registrations_in_flight: Option<usize>,
     /// `--register-timeout`.
     #[serde(default, deserialize_with = "duration")]
     pub register_timeout: Option<Duration>,

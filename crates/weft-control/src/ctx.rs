@@ -34,6 +34,9 @@ pub(crate) struct Ctx {
     pub clock: Arc<dyn Clock>,
     /// Bounds how many full maps are built and written at once.
     pub full_maps: Semaphore,
+    /// Bounds how many registrations are worked on at once; beyond it they
+    /// are shed (see [`crate::registration`]).
+    pub registrations: Arc<Semaphore>,
     /// Cancelled when the server shuts down.
     pub stop: CancellationToken,
     /// Connection tasks, awaited at shutdown.

@@ -337,10 +337,12 @@ impl Server {
             register_timeout = ?config.register_timeout,
             max_pending_logins = config.max_pending_logins,
             max_pending_logins_per_source = config.max_pending_logins_per_source,
+            max_registrations_in_flight = config.max_registrations_in_flight,
             "connection and login limits"
         );
         let ctx = Arc::new(Ctx {
             full_maps: Semaphore::new(config.full_map_concurrency.max(1)),
+            registrations: Arc::new(Semaphore::new(config.max_registrations_in_flight.max(1))),
             config,
             server_url,
             store: store.clone(),

@@ -8,7 +8,16 @@
 //! Every committed change goes to the coordinator before the answer goes
 //! out, so the node's next `map` finds it.
 //!
-//! Before any of that, the request is bounded: host info within
+//! Before any of that, the server's capacity: at most
+//! `max_registrations_in_flight` requests (not counting interactive logins'
+//! follow-ups, which wait for a person) are worked on at once; one more is
+//! shed at once with [`RefusalReason::ServerBusy`] and a retry delay
+//! (`retry_after_ms`, spread per machine so a storm does not come back in
+//! step), which clients honour. A registration storm beyond what the
+//! database can commit therefore waits in the clients, not in the server's
+//! memory or its database queue (issue 17).
+//!
+//! Then the request is bounded: host info within
 //! `weft_types::node::host_info_limits` ([`HostInfo::validate`]), an auth
 //! key and a follow-up URL by length. A new interactive login is capped per
 //! source address and in total (docs/PROTOCOL.md §12); a machine that
@@ -42,6 +51,12 @@ pub(crate) const MAX_AUTH_KEY_LEN: usize = 256;
 /// The longest follow-up URL accepted.
 pub(crate) const MAX_AUTH_URL_LEN: usize = 2048;
 
+/// The shortest delay a shed registration is told to wait; each machine
+/// adds its own share of [`SHED_SPREAD_MS`].
+pub(crate) const SHED_RETRY_AFTER_MS: u64 = 2_000;
+/// How far the retry delays of shed registrations are spread.
+pub(crate) const SHED_SPREAD_MS: u64 = 2_000;
+
 /// Logs refusals of bad or capped requests at most once per interval.
 static REFUSALS: std::sync::Mutex<Option<LogEvery>> = std::sync::Mutex::new(None);
 
@@ -55,6 +70,18 @@ pub(crate) async fn register(
 ) -> RegisterResponse {
     #[allow(clippy::disallowed_methods)] // measuring only
     let started = std::time::Instant::now();
+    // A follow-up waits for a person (up to the login's lifetime) and
+    // writes nothing itself: it holds no slot, or logins waiting at their
+    // URLs would shed everyone else.
+    let _slot = if matches!(req.auth, RegisterAuth::Followup { .. }) {
+        None
+    } else {
+        let Ok(slot) = ctx.registrations.clone().try_acquire_owned() else {
+            metrics::counter!("weft_registrations_total", "outcome" => "shed").increment(1);
+            return shed(&ctx, &machine_key);
+        };
+        Some(slot)
+    };
     let (resp, outcome) = match handle(&ctx, machine_key, source, req).await {
         Ok(r) => r,
         Err(e) => {
@@ -86,6 +113,39 @@ pub(crate) async fn register(
     resp
 }
 
+/// The answer to a registration beyond the server's capacity.
+fn shed(ctx: &Ctx, machine_key: &MachinePublic) -> RegisterResponse {
+    let limit = ctx.config.max_registrations_in_flight;
+    // Spread by machine, not at random: the same machine is told the same
+    // delay, and a crowd is spread evenly over the window.
+    let spread = u64::from(u16::from_le_bytes([
+        machine_key.as_bytes()[0],
+        machine_key.as_bytes()[1],
+    ])) * SHED_SPREAD_MS
+        / u64::from(u16::MAX);
+    let retry_after_ms = SHED_RETRY_AFTER_MS + spread;
+    let due = REFUSALS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get_or_insert_with(|| LogEvery::new(LOG_EVERY))
+        .hit(crate::now());
+    if let Some(refused) = due {
+        tracing::warn!(
+            refused,
+            limit,
+            "registrations shed: {limit} are already being worked on (--max-registrations-in-flight)"
+        );
+    }
+    RegisterResponse::Refused(Refusal {
+        reason: RefusalReason::ServerBusy,
+        message: format!(
+            "the control server is busy registering other nodes ({limit} at once); this node will try again in {:.1} s",
+            retry_after_ms as f64 / 1000.0
+        ),
+        retry_after_ms: Some(retry_after_ms),
+    })
+}
+
 /// Checks the bounds of a request; returns what is wrong.
 fn out_of_bounds(req: &RegisterRequest) -> Option<String> {
     if let Err(e) = req.host_info.validate() {
@@ -105,7 +165,11 @@ fn out_of_bounds(req: &RegisterRequest) -> Option<String> {
 }
 
 fn refused(reason: RefusalReason, message: String) -> RegisterResponse {
-    RegisterResponse::Refused(Refusal { reason, message })
+    RegisterResponse::Refused(Refusal {
+        reason,
+        message,
+        retry_after_ms: None,
+    })
 }
 
 type Answer = (RegisterResponse, &'static str);

@@ -179,6 +179,10 @@ pub struct Refusal {
     pub reason: RefusalReason,
     /// For people: what happened and what to do.
     pub message: String,
+    /// When to try again, in milliseconds from the answer (set with
+    /// [`RefusalReason::ServerBusy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Why a registration was refused.
@@ -197,6 +201,9 @@ pub enum RefusalReason {
     AccessDenied,
     /// The requested tags are not allowed for this user or key.
     TagsNotPermitted,
+    /// The server is at its registration capacity; try again after
+    /// [`Refusal::retry_after_ms`]. Older clients decode it as `Other`.
+    ServerBusy,
     /// Something else (also what newer, unknown reasons decode as).
     #[serde(other)]
     Other,

@@ -127,9 +127,30 @@ fn register_variants_have_the_documented_shapes() {
         &RegisterResponse::Refused(Refusal {
             reason: RefusalReason::NodeKeyInUse,
             message: "this node key belongs to another machine".into(),
+            retry_after_ms: None,
         }),
         r#"{"refused":{"reason":"node_key_in_use","message":"this node key belongs to another machine"}}"#,
     );
+    round_trip(
+        &RegisterResponse::Refused(Refusal {
+            reason: RefusalReason::ServerBusy,
+            message: "the control server is busy; try again in 2 s".into(),
+            retry_after_ms: Some(2_000),
+        }),
+        r#"{"refused":{"reason":"server_busy","message":"the control server is busy; try again in 2 s","retry_after_ms":2000}}"#,
+    );
+    // A client from before `server_busy` reads it as `other` and ignores the delay.
+    let old: RegisterResponse = serde_json::from_str(
+        r#"{"refused":{"reason":"some_future_reason","message":"m","retry_after_ms":5}}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        old,
+        RegisterResponse::Refused(Refusal {
+            reason: RefusalReason::Other,
+            ..
+        })
+    ));
     round_trip(
         &ServerMessage::Register(RegisterResponse::Registered(Registered {
             node_id: NodeId(7),

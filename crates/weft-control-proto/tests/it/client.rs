@@ -195,10 +195,12 @@ fn refusals_and_expiry_end_the_conversation_with_an_event() {
             RegisterResponse::Refused(Refusal {
                 reason: RefusalReason::NodeKeyInUse,
                 message: "in use".into(),
+                retry_after_ms: None,
             }),
             ClientEvent::Refused(Refusal {
                 reason: RefusalReason::NodeKeyInUse,
                 message: "in use".into(),
+                retry_after_ms: None,
             }),
         ),
         (
@@ -503,6 +505,7 @@ fn an_expired_auth_url_is_replaced_while_the_user_waits() {
     let expired = Refusal {
         reason: RefusalReason::AuthUrlExpired,
         message: "the login expired".into(),
+        retry_after_ms: None,
     };
     server
         .send(

@@ -70,10 +70,33 @@ pub enum AdminClientError {
 }
 
 /// A client of one server's admin API.
+///
+/// How long it waits follows the operation: connecting is bounded by
+/// [`CONNECT_TIMEOUT`]; an ordinary request's answer by [`ANSWER_TIMEOUT`];
+/// an operation whose work grows with the tailnet (`policy set`, which
+/// returns once every node's new filter is computed and queued) waits as
+/// long as the server holds the connection open, so a large tailnet gets no
+/// fixed cliff, while a server that dies or restarts still ends the wait
+/// (the connection closes).
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     target: AdminTarget,
     timeout: Duration,
+}
+
+/// How long connecting to the server may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an ordinary request's answer may take.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a request waits for its answer.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// At most this long.
+    Bounded(Duration),
+    /// As long as the server holds the connection open (its work grows
+    /// with the tailnet).
+    WhileConnected,
 }
 
 impl AdminClient {
@@ -81,8 +104,16 @@ impl AdminClient {
     pub fn new(target: AdminTarget) -> Self {
         Self {
             target,
-            timeout: Duration::from_secs(60),
+            timeout: ANSWER_TIMEOUT,
         }
+    }
+
+    /// Bounds ordinary requests' answers by `limit` instead of
+    /// [`ANSWER_TIMEOUT`] (operations that grow with the tailnet stay unbounded).
+    #[must_use]
+    pub fn with_answer_timeout(mut self, limit: Duration) -> Self {
+        self.timeout = limit;
+        self
     }
 
     /// Returns where it connects.
@@ -108,6 +139,17 @@ impl AdminClient {
         method: http::Method,
         path: &str,
         body: Option<&B>,
+    ) -> Result<Bytes, AdminClientError> {
+        self.raw_waiting(method, path, body, Wait::Bounded(self.timeout))
+            .await
+    }
+
+    async fn raw_waiting<B: Serialize>(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<&B>,
+        wait: Wait,
     ) -> Result<Bytes, AdminClientError> {
         let target = self.target.to_string();
         let payload = match body {
@@ -166,21 +208,33 @@ impl AdminClient {
             cause,
             hint,
         };
+        let no_answer = |what: &str, limit: Duration| AdminClientError::Connect {
+            target: self.target.to_string(),
+            cause: format!("no {what} within {limit:?}"),
+            hint: "",
+        };
         let work = async {
             let resp = match &self.target {
                 AdminTarget::Socket(path) => {
-                    let s = tokio::net::UnixStream::connect(path).await.map_err(|e| {
-                        connect_err(
-                            e.to_string(),
-                            " (is weft-control serve running with this --state-dir, and are you root?)",
-                        )
-                    })?;
+                    let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
+                        .await
+                        .map_err(|_| no_answer("connection", CONNECT_TIMEOUT))?
+                        .map_err(|e| {
+                            connect_err(
+                                e.to_string(),
+                                " (is weft-control serve running with this --state-dir, and are you root?)",
+                            )
+                        })?;
                     send(TokioIo::new(s), req).await
                 }
                 AdminTarget::Http { .. } => {
-                    let s = tokio::net::TcpStream::connect(&authority)
-                        .await
-                        .map_err(|e| connect_err(e.to_string(), ""))?;
+                    let s = tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        tokio::net::TcpStream::connect(&authority),
+                    )
+                    .await
+                    .map_err(|_| no_answer("connection", CONNECT_TIMEOUT))?
+                    .map_err(|e| connect_err(e.to_string(), ""))?;
                     send(TokioIo::new(s), req).await
                 }
             }
@@ -208,13 +262,12 @@ impl AdminClient {
                 },
             })
         };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| AdminClientError::Connect {
-                target: self.target.to_string(),
-                cause: format!("no answer within {:?}", self.timeout),
-                hint: "",
-            })?
+        match wait {
+            Wait::Bounded(limit) => tokio::time::timeout(limit, work)
+                .await
+                .map_err(|_| no_answer("answer", limit))?,
+            Wait::WhileConnected => work.await,
+        }
     }
 
     // --- users ---
@@ -452,8 +505,18 @@ impl AdminClient {
             policy: text.to_owned(),
             name: name.map(str::to_owned),
         };
-        self.request(http::Method::PUT, "/policy", Some(&body))
-            .await
+        let bytes = self
+            .raw_waiting(
+                http::Method::PUT,
+                "/policy",
+                Some(&body),
+                Wait::WhileConnected,
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| AdminClientError::Protocol {
+            target: self.target.to_string(),
+            detail: e.to_string(),
+        })
     }
     /// `POST /policy/check`.
     pub async fn check_policy(
@@ -500,4 +563,63 @@ fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// An admin socket that answers every request after `delay`.
+    fn slow_server(path: &std::path::Path, delay: Duration) {
+        let l = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let _ = s.read(&mut buf).await;
+                    tokio::time::sleep(delay).await;
+                    let body = r#"{"policy":"{}","version":2,"author":"a","created":1}"#;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn policy_set_waits_as_long_as_the_server_works_while_other_requests_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        slow_server(&path, Duration::from_millis(1500));
+        let client = AdminClient::new(AdminTarget::Socket(path))
+            .with_answer_timeout(Duration::from_millis(300));
+        let err = client.policy().await.unwrap_err();
+        assert!(err.to_string().contains("no answer within 300ms"), "{err}");
+        // The same server, slower than the answer timeout: policy set waits.
+        let v = client.set_policy("{}", None).await.unwrap();
+        assert_eq!(v.version, Some(2));
+    }
+
+    #[tokio::test]
+    async fn policy_set_ends_when_the_server_goes_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            // Read the request, then close without answering (a crash).
+            if let Ok((mut s, _)) = l.accept().await {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let client = AdminClient::new(AdminTarget::Socket(path));
+        let r = tokio::time::timeout(Duration::from_secs(10), client.set_policy("{}", None)).await;
+        assert!(r.expect("ended with the connection").is_err());
+    }
 }

@@ -7,6 +7,7 @@ mod dns;
 mod fmt;
 mod out;
 mod policy;
+mod progress;
 mod relay_map;
 mod serve;
 mod ssh;

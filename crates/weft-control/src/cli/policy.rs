@@ -132,14 +132,18 @@ pub async fn run(cmd: PolicyCmd, conn: &Conn) -> anyhow::Result<ExitCode> {
             if let Err(e) = weft_policy::Policy::parse_named(&name(&file), &text) {
                 anyhow::bail!("policy refused, the old policy stays in force: {e}");
             }
-            let v = conn
-                .client()?
-                .set_policy(&text, Some(&name(&file)))
-                .await
-                .map_err(|e| match e {
-                    AdminClientError::Api { message, .. } => anyhow::anyhow!("{message}"),
-                    other => other.into(),
-                })?;
+            let client = conn.client()?;
+            let file_name = name(&file);
+            let set = client.set_policy(&text, Some(&file_name));
+            let v = super::progress::while_waiting(
+                set,
+                "applying the policy to every node (the server answers once it is in force)",
+            )
+            .await
+            .map_err(|e| match e {
+                AdminClientError::Api { message, .. } => anyhow::anyhow!("{message}"),
+                other => other.into(),
+            })?;
             if conn.json {
                 print_json(&v)?;
             } else {

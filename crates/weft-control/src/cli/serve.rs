@@ -9,8 +9,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use weft_control::config::{
     DEFAULT_DOMAIN, DEFAULT_LISTEN, DEFAULT_MAX_PENDING_LOGINS,
-    DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE, DEFAULT_MAX_UNREGISTERED_PER_SOURCE,
-    DEFAULT_METRICS_LISTEN,
+    DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE, DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
+    DEFAULT_MAX_UNREGISTERED_PER_SOURCE, DEFAULT_METRICS_LISTEN,
 };
 use weft_control::config_file::{self, DEFAULT_CONFIG_FILE};
 use weft_control::{Server, ServerConfig};
@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// (an IPv4 address or an IPv6 /64).
     #[arg(long, default_value_t = DEFAULT_MAX_PENDING_LOGINS_PER_SOURCE)]
     max_pending_logins_per_source: usize,
+    /// Registrations worked on at once, at most; beyond it a registration is
+    /// refused with a retry delay (`server_busy`), which nodes honour.
+    #[arg(long, default_value_t = DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT)]
+    max_registrations_in_flight: usize,
     /// Time a new control connection has to register (or start a login).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     register_timeout: Duration,
@@ -266,6 +270,7 @@ fn apply_config_file(
     set!(login_expiry);
     set!(max_pending_logins);
     set!(max_pending_logins_per_source);
+    set!(max_registrations_in_flight);
     set!(register_timeout);
     set!(opt max_connections);
     set!(max_unregistered_per_source);
@@ -346,6 +351,7 @@ pub async fn run(
     config.require_device_approval = a.require_device_approval;
     config.max_pending_logins = a.max_pending_logins;
     config.max_pending_logins_per_source = a.max_pending_logins_per_source;
+    config.max_registrations_in_flight = a.max_registrations_in_flight;
     config.register_timeout = a.register_timeout;
     config.max_connections = a.max_connections;
     config.max_unregistered_per_source = a.max_unregistered_per_source;

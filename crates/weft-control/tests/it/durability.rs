@@ -1,6 +1,8 @@
 //! `kill -9` of the real `weft-control` binary in the middle of a burst of
 //! registrations: after a restart every registration the server had
-//! acknowledged is there, and no two nodes share an address.
+//! acknowledged is there, and no two nodes share an address, also after a
+//! second burst against the restarted server (whose in-memory used-address
+//! set is rebuilt from the database).
 #![allow(clippy::unwrap_used)]
 
 use crate::common;
@@ -152,10 +154,46 @@ async fn every_acknowledged_registration_survives_a_kill_9_during_a_burst() {
         .await
         .unwrap();
     assert!(matches!(resp, RegisterResponse::Registered(r) if r.node_id.0 == a.node_id));
+    // The restarted server's in-memory address set starts from what the
+    // database holds: a second concurrent burst gets new, distinct addresses.
+    let url: weft_client::ControlUrl = server.url().parse().unwrap();
+    let again = futures::future::join_all((0..40).map(|i| {
+        let (url, key) = (url.clone(), key.clone());
+        async move {
+            let target = Target {
+                url,
+                machine_key: MachinePrivate::generate(),
+                server_key,
+            };
+            let req = RegisterRequest {
+                version: CapabilityVersion::CURRENT,
+                node_key: NodePrivate::generate().public(),
+                old_node_key: None,
+                auth: RegisterAuth::AuthKey(AuthKey(key)),
+                expiry: ExpiryRequest::Default,
+                ephemeral: false,
+                host_info: host_info(&format!("after-{i}")),
+            };
+            register(&target, req, &ConnectOptions::default()).await
+        }
+    }))
+    .await;
+    for r in again {
+        assert!(matches!(r, Ok(RegisterResponse::Registered(_))), "{r:?}");
+    }
+    let after = server.admin().list_nodes().await.unwrap();
+    assert_eq!(after.len(), nodes.len() + 40);
+    let v4: BTreeSet<&str> = after.iter().map(|n| n.ipv4.as_str()).collect();
+    assert_eq!(
+        v4.len(),
+        after.len(),
+        "an address was handed out twice after the restart"
+    );
     eprintln!(
-        "acknowledged {} registrations before kill -9; {} nodes after restart",
+        "acknowledged {} registrations before kill -9; {} nodes after restart, {} after a second burst",
         acked.len(),
-        nodes.len()
+        nodes.len(),
+        after.len()
     );
     let mut server = server;
     assert!(server.stop().success());

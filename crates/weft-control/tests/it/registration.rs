@@ -256,3 +256,131 @@ async fn hostnames_become_unique_dns_labels() {
     );
     t.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_storm_beyond_capacity_is_shed_with_a_retry_delay_and_then_served() {
+    use std::collections::BTreeSet;
+    use weft_client::{ConnectOptions, Target};
+    use weft_types::control::{ExpiryRequest, RegisterRequest, RegisterResponse};
+    use weft_types::{CapabilityVersion, MachinePrivate, NodePrivate};
+
+    const NODES: usize = 100;
+    let t = TestServer::start_with(|c| {
+        c.max_registrations_in_flight = 1;
+        c.max_unregistered_per_source = 4 * NODES;
+    })
+    .await;
+    t.user("alice").await;
+    let key = t.reusable_key("alice").await;
+    let machine = |i: usize| MachinePrivate::from_bytes([i as u8 + 1; 32]);
+    let req = |i: usize| RegisterRequest {
+        version: CapabilityVersion::CURRENT,
+        node_key: NodePrivate::from_bytes([i as u8 + 1; 32]).public(),
+        old_node_key: None,
+        auth: auth(&key),
+        expiry: ExpiryRequest::Default,
+        ephemeral: false,
+        host_info: common::host_info(&format!("storm-{i}")),
+    };
+    let target = |i: usize| Target {
+        url: t.url(),
+        machine_key: machine(i),
+        server_key: t.server.public_key(),
+    };
+    let once = |i: usize| {
+        let (target, req) = (target(i), req(i));
+        async move {
+            weft_client::register(&target, req, &ConnectOptions::default())
+                .await
+                .map_err(|e| format!("node {i}: {e}"))
+        }
+    };
+
+    // All at once: one is worked on at a time, the others that arrive
+    // meanwhile are told to come back later. Every request gets an answer.
+    let answers = futures::future::join_all((0..NODES).map(once)).await;
+    let mut shed = Vec::new();
+    for (i, a) in answers.into_iter().enumerate() {
+        match a.unwrap() {
+            RegisterResponse::Registered(_) => {}
+            RegisterResponse::Refused(r) => {
+                assert_eq!(r.reason, RefusalReason::ServerBusy, "{}", r.message);
+                let after = r.retry_after_ms.expect("a busy refusal names its delay");
+                assert!((2_000..=4_000).contains(&after), "{after} ms");
+                assert!(
+                    r.message.contains("busy") && r.message.contains("try again in"),
+                    "{}",
+                    r.message
+                );
+                shed.push((i, after));
+            }
+            other => panic!("node {i}: {other:?}"),
+        }
+    }
+    assert!(
+        !shed.is_empty(),
+        "{NODES} registrations at once with room for one: none was shed"
+    );
+    assert!(shed.len() < NODES, "every registration was shed");
+    // The admin API still answers in the storm's wake.
+    let nodes = t.server.admin().list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), NODES - shed.len());
+
+    // The shed ones come back, each after the delay it was told (as weftd
+    // does), spread out by the server, and get in.
+    let delays: BTreeSet<u64> = shed.iter().map(|(_, d)| *d).collect();
+    assert!(
+        delays.len() > 1 || shed.len() == 1,
+        "every shed node was told the same delay"
+    );
+    let comebacks = shed.iter().map(|&(i, first)| {
+        let once = &once;
+        async move {
+            let mut delay = first;
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                match once(i).await {
+                    Ok(RegisterResponse::Registered(_)) => return 1usize,
+                    Ok(RegisterResponse::Refused(r)) if r.reason == RefusalReason::ServerBusy => {
+                        delay = r.retry_after_ms.unwrap_or(2_000);
+                    }
+                    other => panic!("node {i}: {other:?}"),
+                }
+            }
+            0
+        }
+    });
+    let got_in: usize = futures::future::join_all(comebacks).await.into_iter().sum();
+    assert_eq!(got_in, shed.len(), "some shed nodes never got in");
+    let nodes = t.server.admin().list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), NODES);
+    let addrs: BTreeSet<_> = nodes.iter().map(|n| &n.ipv4).collect();
+    assert_eq!(addrs.len(), NODES, "an address was handed out twice");
+}
+
+#[tokio::test]
+async fn logins_waiting_for_a_person_do_not_take_the_registration_capacity() {
+    let t = TestServer::start_with(|c| c.max_registrations_in_flight = 1).await;
+    t.user("alice").await;
+    let key = t.reusable_key("alice").await;
+    // Two interactive logins sit at their URLs; their follow-ups long-poll.
+    let mut waiting = Vec::new();
+    for name in ["w1", "w2"] {
+        let mut n = TestNode::new(&t, name);
+        n.start(n.params(RegisterAuth::None)).await;
+        assert!(matches!(n.next().await, SessionEvent::NeedsAuth { .. }));
+        waiting.push(n);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A node with a pre-auth key still gets in (not `server_busy`).
+    let mut b = TestNode::new(&t, "b");
+    b.start(b.params(auth(&key))).await;
+    match b.next().await {
+        SessionEvent::Registered(_) => {}
+        other => panic!("expected registered, got {other:?}"),
+    }
+    for mut n in waiting {
+        n.close().await;
+    }
+    b.close().await;
+}

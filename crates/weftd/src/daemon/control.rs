@@ -17,6 +17,10 @@
 //!                  ◀── map refused: not registered ────────┘
 //! ```
 //!
+//! A `server_busy` refusal (the server sheds registrations beyond its
+//! capacity) is not a verdict: the task reports it like an unreachable
+//! server and registers again after the delay the server named.
+//!
 //! The netmap survives reconnects (the [`MapSession`] goes from one session
 //! to the next), so the coordinator only hears about real changes, and the
 //! data plane keeps the last netmap while control is away.
@@ -43,6 +47,10 @@ pub use weft_client::Backoff;
 /// How long one attempt to reach control may take (key fetch, the answer to
 /// a `register` that does not wait for the user) before it counts as failed.
 pub const CONTACT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait when a busy server names no delay.
+const BUSY_DEFAULT_MS: u64 = 5_000;
+/// The longest delay a busy server's answer makes this node wait.
+const BUSY_MAX_MS: u64 = 60_000;
 
 /// Everything a control task needs to start.
 #[derive(Debug, Clone)]
@@ -155,6 +163,8 @@ enum Next {
     Retry,
     /// Connect again at once (the user just asked to log in).
     Now,
+    /// Connect again after this delay (the server asked for it).
+    After(Duration),
     /// Nothing to do until the coordinator replaces the task.
     Park,
 }
@@ -205,7 +215,13 @@ impl Task {
             match next {
                 Next::Now => {}
                 Next::Retry => {
-                    if !self.pause().await {
+                    let delay = self.backoff.next_delay();
+                    if !self.pause(delay).await {
+                        return;
+                    }
+                }
+                Next::After(delay) => {
+                    if !self.pause(delay).await {
                         return;
                     }
                 }
@@ -245,10 +261,9 @@ impl Task {
         }
     }
 
-    /// Sleeps for the next backoff delay, still taking commands. Returns
-    /// `false` if the coordinator went away.
-    async fn pause(&mut self) -> bool {
-        let delay = self.backoff.next_delay();
+    /// Sleeps for `delay`, still taking commands. Returns `false` if the
+    /// coordinator went away.
+    async fn pause(&mut self, delay: Duration) -> bool {
         let deadline = TokioInstant::now() + delay;
         loop {
             tokio::select! {
@@ -285,7 +300,8 @@ impl Task {
                 }
                 Err(e) => {
                     self.emit(ControlEvent::Unreachable(e.to_string()));
-                    if !self.pause().await {
+                    let delay = self.backoff.next_delay();
+                    if !self.pause(delay).await {
                         return None;
                     }
                 }
@@ -399,6 +415,18 @@ impl Task {
                 SessionEvent::LoggedOut => {
                     self.emit(ControlEvent::Refused("control logged this node out".into()));
                     return Next::Park;
+                }
+                SessionEvent::Refused(r) if r.reason == RefusalReason::ServerBusy => {
+                    // Not a verdict on this node: the server is at capacity
+                    // and said when to come back (bounded, in case it asks
+                    // for more than a minute).
+                    let delay = Duration::from_millis(
+                        r.retry_after_ms.unwrap_or(BUSY_DEFAULT_MS).min(BUSY_MAX_MS),
+                    );
+                    tracing::info!(message = %r.message, ?delay, "Control is busy; registering again after its delay");
+                    self.emit(ControlEvent::Unreachable(r.message));
+                    self.map = session.close().await;
+                    return Next::After(delay);
                 }
                 SessionEvent::Refused(r) => {
                     self.emit(ControlEvent::Refused(r.message));

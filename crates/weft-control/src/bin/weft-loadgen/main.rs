@@ -38,7 +38,7 @@ use weft_client::{ConnectOptions, ControlUrl, Target};
 use weft_control::admin::client::{AdminClient, AdminTarget};
 use weft_control::admin::types::{NewPreauthKey, NewUser};
 use weft_types::control::{
-    AuthKey, ClientMessage, EndpointUpdate, ExpiryRequest, MapRequest, RegisterAuth,
+    AuthKey, ClientMessage, EndpointUpdate, ExpiryRequest, MapRequest, RefusalReason, RegisterAuth,
     RegisterRequest, RegisterResponse,
 };
 use weft_types::{
@@ -85,7 +85,20 @@ struct Args {
     /// Upper bound for each phase, seconds.
     #[arg(long, default_value_t = 1800)]
     phase_timeout: u64,
+    /// End the run after this phase (`register`, `maps`: the initial full maps).
+    #[arg(long, value_enum)]
+    stop_after: Option<StopAfter>,
 }
+
+/// The phases a run can end after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StopAfter {
+    Register,
+    Maps,
+}
+
+/// Registrations the server shed with `server_busy` (each retried).
+static SHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[allow(clippy::disallowed_methods)] // the load generator's clock
 fn now() -> Instant {
@@ -280,12 +293,17 @@ async fn main() -> anyhow::Result<()> {
     reg_lat.sort();
     report.phase(&server, "register", start, before);
     report.line(format!(
-        "register: {n} nodes in {:.2} s ({:.0}/s); per registration p50 {:.1} ms, p99 {:.1} ms",
+        "register: {n} nodes in {:.2} s ({:.0}/s); per registration p50 {:.1} ms, p99 {:.1} ms; {} shed with server_busy and retried",
         start.elapsed().as_secs_f64(),
         n as f64 / start.elapsed().as_secs_f64(),
         ms(quantile(&reg_lat, 0.5)),
-        ms(quantile(&reg_lat, 0.99))
+        ms(quantile(&reg_lat, 0.99)),
+        SHED.load(Ordering::Relaxed)
     ));
+
+    if args.stop_after == Some(StopAfter::Register) {
+        return finish(&server, &report);
+    }
 
     // --- 2. open map streams ------------------------------------------------------------------
     let watch = Arc::new(Watch::default());
@@ -374,6 +392,10 @@ async fn main() -> anyhow::Result<()> {
         watch.bytes.load(Ordering::Relaxed) as f64 / 1e9
     ));
 
+    if args.stop_after == Some(StopAfter::Maps) {
+        return finish(&server, &report);
+    }
+
     let before = usage_pair(&server);
     let start = now();
     quiesce(&watch, &mut ev_rx, timeout).await?;
@@ -432,11 +454,17 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     }
 
+    finish(&server, &report)
+}
+
+/// Prints the server's totals and the phase table.
+#[allow(clippy::unnecessary_wraps)] // the tail of `main`
+fn finish(server: &ServerProc, report: &Report) -> anyhow::Result<()> {
     let s = server.usage();
-    report.line(format!(
+    println!(
         "server: RSS {:.0} MiB now, peak {:.0} MiB; CPU {:.1} s in total",
         s.rss_mib, s.peak_mib, s.cpu_s
-    ));
+    );
     println!(
         "\n| phase | wall s | server CPU s | server RSS MiB | loadgen CPU s |\n|---|---|---|---|---|"
     );
@@ -464,13 +492,23 @@ fn endpoint(i: usize, port: u16) -> Endpoint {
     }
 }
 
+/// Registers one node; transient errors are retried up to 5 times, and a
+/// `server_busy` refusal after the delay the server names (up to 100 times).
 async fn register_with_retry(target: &Target, req: RegisterRequest) -> anyhow::Result<NodeId> {
     let mut last = None;
-    for _ in 0..5 {
+    let (mut transient, mut busy) = (0, 0);
+    while transient < 5 && busy < 100 {
         match weft_client::register(target, req.clone(), &ConnectOptions::default()).await {
             Ok(RegisterResponse::Registered(r)) => return Ok(r.node_id),
+            Ok(RegisterResponse::Refused(r)) if r.reason == RefusalReason::ServerBusy => {
+                busy += 1;
+                SHED.fetch_add(1, Ordering::Relaxed);
+                let wait = r.retry_after_ms.unwrap_or(1_000).min(60_000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
             Ok(other) => anyhow::bail!("registration answered {other:?}"),
             Err(e) if e.is_transient() => {
+                transient += 1;
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

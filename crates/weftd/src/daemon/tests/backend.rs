@@ -173,6 +173,37 @@ async fn a_refused_auth_key_reports_the_servers_reason() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_busy_server_is_reported_and_registered_with_again_after_the_delay_it_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (control, dp) = (FakeControl::new(), FakeDataPlane::default());
+    control.s().busy = 2;
+    let mut h = Harness::start(&state_path(&dir), &control, &dp).await;
+    let t0 = tokio::time::Instant::now();
+    h.start_with(with_key(URL, "tskey-good")).await;
+    let e = h.wait("error", |n| matches!(n, Notify::Error { .. })).await;
+    let Notify::Error { message } = e else {
+        unreachable!()
+    };
+    assert!(
+        message.contains("busy") && message.contains("try again in 3.0 s"),
+        "{message}"
+    );
+    h.wait("login finished", |n| *n == Notify::LoginFinished)
+        .await;
+    h.wait_state(BackendState::Running).await;
+    let waited = t0.elapsed();
+    let calls = control.s().register_calls.len();
+    assert_eq!(calls, 3, "two busy answers, then served");
+    let named = Duration::from_millis(2 * super::fake::BUSY_RETRY_MS);
+    assert!(
+        waited >= named && waited < named + Duration::from_secs(5),
+        "came back after {waited:?}, the server named 2 × {} ms",
+        super::fake::BUSY_RETRY_MS
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_unreachable_server_is_reported_with_its_url_within_ten_seconds_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     let (control, dp) = (FakeControl::new(), FakeDataPlane::default());

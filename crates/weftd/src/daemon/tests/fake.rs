@@ -58,6 +58,9 @@ pub struct FakeState {
     pub auth_urls: BTreeMap<String, bool>,
     /// Auth URLs an administrator declined.
     pub declined: BTreeSet<String>,
+    /// Answer this many registrations with `server_busy` (retry after
+    /// [`BUSY_RETRY_MS`]) before serving them.
+    pub busy: u32,
     pub register_calls: Vec<RegisterRequest>,
     pub map_calls: usize,
     pub key_calls: usize,
@@ -86,6 +89,9 @@ fn server_private() -> MachinePrivate {
 pub fn server_key() -> MachinePublic {
     server_private().public()
 }
+
+/// The delay a busy fake control names.
+pub const BUSY_RETRY_MS: u64 = 3_000;
 
 /// The clock the client's driver reads (tokio's, so paused time moves it).
 fn now() -> Instant {
@@ -189,6 +195,14 @@ impl FakeControl {
                     return None;
                 }
                 s.register_calls.push(req.clone());
+                if s.busy > 0 {
+                    s.busy -= 1;
+                    return Some(RegisterResponse::Refused(Refusal {
+                        reason: RefusalReason::ServerBusy,
+                        message: "the control server is busy registering other nodes (1 at once); this node will try again in 3.0 s".into(),
+                        retry_after_ms: Some(BUSY_RETRY_MS),
+                    }));
+                }
                 if req.expiry == ExpiryRequest::Now {
                     s.nodes.remove(&req.node_key);
                     return Some(RegisterResponse::LoggedOut);
@@ -208,6 +222,7 @@ impl FakeControl {
                         return Some(RegisterResponse::Refused(Refusal {
                             reason: RefusalReason::InvalidAuthKey,
                             message: "invalid auth key: unknown".into(),
+                            retry_after_ms: None,
                         }));
                     }
                     RegisterAuth::None => {
@@ -230,6 +245,7 @@ impl FakeControl {
                             return Some(RegisterResponse::Refused(Refusal {
                                 reason: RefusalReason::AccessDenied,
                                 message: "the login was declined".into(),
+                                retry_after_ms: None,
                             }));
                         }
                         if s.auth_urls.get(auth_url) == Some(&true) {
