@@ -4,13 +4,13 @@ use crate::common::{T0, TestDb, register_as, reusable_key_for, user};
 
 pub async fn migrations_run_once_and_data_survives_reopening(db: &TestDb) {
     let store = db.store().await;
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 5);
     let alice = user(&store, "alice").await;
     store.close().await;
 
     // Opening again applies nothing twice and sees the same data.
     let again = db.store().await;
-    assert_eq!(again.schema_version().await.unwrap(), 3);
+    assert_eq!(again.schema_version().await.unwrap(), 5);
     assert_eq!(again.user(alice.id).await.unwrap(), alice);
     let third = db.store().await;
     assert_eq!(third.list_users().await.unwrap(), vec![alice]);
