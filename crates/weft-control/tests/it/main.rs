@@ -4,6 +4,7 @@
 mod authenticator;
 mod cli;
 mod common;
+mod console;
 mod dns;
 mod durability;
 mod install_sh;
