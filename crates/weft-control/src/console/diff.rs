@@ -41,12 +41,13 @@ pub fn lines<'a>(old: &'a str, new: &'a str) -> Option<Vec<Line<'a>>> {
             out.push(Line::Same(a[i]));
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i * w + j + 1] >= lcs[(i + 1) * w + j]) {
-            out.push(Line::Added(b[j]));
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[(i + 1) * w + j] >= lcs[i * w + j + 1]) {
+            // Removals before additions, as diff(1) shows a changed line.
             out.push(Line::Removed(a[i]));
             i += 1;
+        } else {
+            out.push(Line::Added(b[j]));
+            j += 1;
         }
     }
     Some(out)
