@@ -62,6 +62,7 @@ pub const SIGN_IN_COOKIE: &str = "__Host-weft-signin";
 
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
+const ICON: &str = include_str!("assets/favicon.svg");
 
 /// A way for an admin to prove who they are. The console asks it to check a
 /// sign-in form; an OIDC sign-in instead ends in its own callback route,
@@ -160,6 +161,10 @@ pub(crate) fn routes(ctx: Arc<Ctx>, admin: Admin) -> Router {
         .route(
             "/admin/static/console.js",
             get(|| async { asset("text/javascript", JS) }),
+        )
+        .route(
+            "/admin/static/favicon.svg",
+            get(|| async { asset("image/svg+xml", ICON) }),
         )
         .merge(signed_in)
         .layer(axum::middleware::from_fn_with_state(console.clone(), guard))

@@ -28,7 +28,7 @@ fn head(title: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · Weft console</title><link rel=\"stylesheet\" href=\"/admin/static/console.css\">\
+         <title>{} · Weft console</title><link rel=\"stylesheet\" href=\"/admin/static/console.css\"><link rel=\"icon\" href=\"/admin/static/favicon.svg\">\
          <script src=\"/admin/static/console.js\" defer></script></head>",
         e(title)
     )

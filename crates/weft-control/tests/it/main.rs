@@ -5,6 +5,7 @@ mod authenticator;
 mod cli;
 mod common;
 mod console;
+mod console_browser;
 mod dns;
 mod durability;
 mod install_sh;
