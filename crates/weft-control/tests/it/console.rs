@@ -579,3 +579,67 @@ async fn policy_history_rollback_and_the_audit_log_over_the_api() {
         serde_json::json!({ "policy": v1 }).to_string()
     );
 }
+
+#[tokio::test]
+async fn the_cli_lists_history_rolls_back_and_reads_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::ServerProcess::start(dir.path(), common::free_port()).await;
+    let v1 = "{\"acls\": [{\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"]}]}\n";
+    let v2 = "{\"acls\": [{\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:443\"]}]}\n";
+    for (name, text) in [("v1.hujson", v1), ("v2.hujson", v2)] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let (code, out, err) = p.cli(&["policy", "set", file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let (code, out, err) = p.cli(&["policy", "history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let h: Vec<weft_control::admin::types::PolicyVersionView> = serde_json::from_str(&out).unwrap();
+    assert_eq!(h.len(), 2);
+    assert!(h[0].current && !h[1].current);
+    let (_, table, _) = p.cli(&["policy", "history"]);
+    assert!(
+        table.starts_with("VERSION") && table.contains("in force"),
+        "{table}"
+    );
+    let old = h[1].version.to_string();
+    let (code, out, _) = p.cli(&["policy", "get", "--version", &old]);
+    assert_eq!((code, out.as_str()), (0, v1));
+    let (code, out, err) = p.cli(&["policy", "rollback", &old]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("version {old} saved again as version 3")),
+        "{out}"
+    );
+    let (_, now, _) = p.cli(&["policy", "get"]);
+    assert_eq!(now, v1);
+    let (code, _, err) = p.cli(&["policy", "rollback", "99"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no policy version 99"), "{err}");
+
+    let (code, out, err) = p.cli(&["audit", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("OUTCOME"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("POST /policy/rollback") && lines[1].contains("error 404"),
+        "{out}"
+    );
+    assert!(lines[1].contains("admin socket (uid"), "{out}");
+    assert!(
+        lines[2].contains("POST /policy/rollback") && lines[2].contains("ok 200"),
+        "{out}"
+    );
+    let (_, out, _) = p.cli(&["audit", "list", "--json", "--limit", "2"]);
+    let page: weft_control::admin::types::AuditPage = serde_json::from_str(&out).unwrap();
+    assert_eq!(page.entries.len(), 2);
+    let before = page.next_before.unwrap().to_string();
+    let (_, out, _) = p.cli(&["audit", "list", "--json", "--before", &before]);
+    let rest: weft_control::admin::types::AuditPage = serde_json::from_str(&out).unwrap();
+    assert_eq!(rest.entries.len(), 2, "{out}");
+    assert!(rest.entries.iter().all(|e| e.action == "PUT /policy"));
+    assert_eq!(rest.next_before, None);
+}
