@@ -552,12 +552,30 @@ impl Admin {
         self.changed(n).await
     }
 
-    /// Replaces a node's tags (empty: back to its user).
+    /// Replaces a node's tags (empty: back to its user). An admin may apply
+    /// any tag the policy declares in `tagOwners`, and no other.
     ///
     /// # Errors
-    /// `invalid` tags, `not_found`.
+    /// `invalid` tags, `forbidden` for an undeclared tag, `not_found`.
     pub async fn set_node_tags(&self, id: i64, tags: &[String]) -> Result<NodeView, AdminError> {
         let tags = parse_tags(tags)?;
+        let undeclared: Vec<&str> = {
+            let snap = self.ctx.coord.snapshot();
+            tags.iter()
+                .map(Tag::as_str)
+                .filter(|t| !snap.policy.policy.declares_tag(t))
+                .collect()
+        };
+        if !undeclared.is_empty() {
+            return Err(AdminError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "{} not declared in the policy's tagOwners; declare it there first (weft-control policy set)",
+                    undeclared.join(", ")
+                ),
+            ));
+        }
         let n = self.ctx.store.set_node_tags(NodeId(id), &tags).await?;
         self.changed(n).await
     }

@@ -321,6 +321,34 @@ async fn the_console_needs_a_valid_sign_in_and_refuses_forms_without_the_csrf_to
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(t.server.admin().node(id).await.unwrap().name, "renamed");
 
+    // Tags: the API's rule, an admin applies only tags declared in tagOwners.
+    let tags = format!("/admin/machines/{id}/tags");
+    let set = form(&[("csrf", &csrf), ("tags", "tag:server")]);
+    let a = send(&t, "POST", &tags, &headers, &set).await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.body
+            .contains("tag:server not declared in the policy&#39;s tagOwners"),
+        "{}",
+        a.body
+    );
+    assert!(t.server.admin().node(id).await.unwrap().tags.is_empty());
+    t.server
+        .admin()
+        .set_policy(
+            "{\"tagOwners\": {\"tag:server\": []}, \"acls\": [{\"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"]}]}",
+            None,
+            "test",
+        )
+        .await
+        .unwrap();
+    let a = send(&t, "POST", &tags, &headers, &set).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        t.server.admin().node(id).await.unwrap().tags,
+        ["tag:server"]
+    );
+
     // Sign-out ends the session.
     let a = send(
         &t,
