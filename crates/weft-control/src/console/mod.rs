@@ -175,8 +175,7 @@ pub(crate) fn routes(ctx: Arc<Ctx>, admin: Admin) -> Router {
 /// client (the cookie could not be kept safe), and sets [`CONSOLE_CSP`].
 async fn guard(State(c): C, req: Request, next: Next) -> Response {
     let remote = req.extensions().get::<RemoteAddr>().map(|r| r.0.ip());
-    let secure = c.ctx.config.tls.is_some() || remote.is_some_and(|ip| ip.is_loopback());
-    let mut resp = if secure {
+    let mut resp = if may_serve(c.ctx.config.tls.is_some(), remote) {
         next.run(req).await
     } else {
         view::bare(
@@ -193,6 +192,14 @@ async fn guard(State(c): C, req: Request, next: Next) -> Response {
         HeaderValue::from_static(CONSOLE_CSP),
     );
     resp
+}
+
+/// Returns whether the console may be served on this connection: over TLS,
+/// or in plain http to a loopback client (a browser keeps a `Secure`
+/// cookie for `http://localhost` and `127.0.0.1`, and nothing crosses a
+/// network). `remote` is `None` for a request that came from no socket.
+fn may_serve(tls: bool, remote: Option<IpAddr>) -> bool {
+    tls || remote.is_some_and(|ip| ip.is_loopback() || ip.to_canonical().is_loopback())
 }
 
 /// Lets a request in only with a live session, which it adds as an
@@ -854,4 +861,37 @@ fn urlencode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_served_only_to_loopback_clients() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        for local in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(may_serve(false, ip(local)), "{local}");
+        }
+        for remote in ["198.18.0.7", "100.64.0.1", "fd7a:115c:a1e0::1", "0.0.0.0"] {
+            assert!(!may_serve(false, ip(remote)), "{remote}");
+            assert!(may_serve(true, ip(remote)), "{remote} over TLS");
+        }
+        assert!(!may_serve(false, None));
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-weft-console-x=2"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-weft-console=3"),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("3"));
+        assert_eq!(cookie(&h, "b"), None);
+    }
 }

@@ -671,3 +671,77 @@ async fn the_cli_lists_history_rolls_back_and_reads_the_audit_log() {
     assert!(rest.entries.iter().all(|e| e.action == "PUT /policy"));
     assert_eq!(rest.next_before, None);
 }
+
+#[tokio::test]
+async fn a_pending_login_is_approved_and_dns_settings_saved_from_the_console() {
+    let t = TestServer::start().await;
+    let key = api_key(&t).await;
+    t.user("bob").await;
+    let mut n = TestNode::new(&t, "bob-laptop");
+    n.start(n.params(weft_types::control::RegisterAuth::None))
+        .await;
+    let weft_client::SessionEvent::NeedsAuth { auth_url } = n.next().await else {
+        panic!("no login URL");
+    };
+    let auth_id = auth_url.rsplit('/').next().unwrap().to_owned();
+    let cookie = sign_in(&t, &key).await;
+    let page = send(&t, "GET", "/admin/machines", &[("Cookie", &cookie)], "").await;
+    assert!(
+        page.body.contains("Logins waiting for approval"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("bob-laptop"));
+    let csrf = page.csrf();
+    let a = send(
+        &t,
+        "POST",
+        &format!("/admin/logins/{auth_id}/approve"),
+        &[FORM, ("Cookie", &cookie)],
+        &form(&[("csrf", &csrf), ("user", "bob")]),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("login approved for bob"));
+    assert!(matches!(
+        n.next().await,
+        weft_client::SessionEvent::Registered(_)
+    ));
+    let nodes = t.server.admin().list_nodes().await.unwrap();
+    assert_eq!(nodes[0].user.as_deref(), Some("bob"));
+
+    let a = send(
+        &t,
+        "POST",
+        "/admin/dns",
+        &[FORM, ("Cookie", &cookie)],
+        &form(&[
+            ("csrf", &csrf),
+            ("nameservers", "192.0.2.53 192.0.2.54"),
+            ("search_domains", "corp.example.com"),
+        ]),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let d = t.server.admin().dns().await.unwrap();
+    assert!(!d.magic_dns, "the box was left unticked");
+    assert_eq!(d.nameservers.len(), 2);
+    assert_eq!(d.search_domains, ["corp.example.com"]);
+    assert!(d.author.unwrap().starts_with("console: api key "));
+    // Refused input: the reason shown, nothing changed.
+    let a = send(
+        &t,
+        "POST",
+        "/admin/dns",
+        &[FORM, ("Cookie", &cookie)],
+        &form(&[
+            ("csrf", &csrf),
+            ("magic_dns", "on"),
+            ("nameservers", "not-an-ip"),
+        ]),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(t.server.admin().dns().await.unwrap().nameservers.len(), 2);
+    n.close().await;
+}
