@@ -1,6 +1,6 @@
 //! weft-control's storage layer: users, nodes, pre-auth and API keys,
-//! interactive logins, policy versions, DNS settings and SSH check
-//! approvals, on SQLite (the default, one file in the state directory) or
+//! interactive logins, policy versions, DNS settings, SSH check
+//! approvals and the audit log of admin actions, on SQLite (the default, one file in the state directory) or
 //! PostgreSQL, chosen by the URL scheme at run time.
 //!
 //! The store is the server's source of truth. The server keeps its hot path
@@ -46,6 +46,7 @@ mod model;
 mod rows;
 mod secret;
 
+pub mod audit;
 mod auth;
 mod dns;
 mod keys;
@@ -61,13 +62,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 pub use alloc::AddressPool;
+pub use audit::MAX_AUDIT_PAGE;
 pub use db::Backend;
 pub use error::StoreError;
 pub use model::{
-    ApiKey, ApiKeyId, AuthRequest, AuthRequestState, DnsSettings, KeyLifetime, NewAuthRequest,
-    NewPreauthKey, NewUser, Node, NodeStatusUpdate, PolicyVersion, PolicyVersionId, PreauthKey,
-    PreauthKeyId, RegisterAuth, RegisterNode, Registered, Role, SshApproval, SshApprovalFilter,
-    User, UserPatch,
+    ApiKey, ApiKeyId, AuditEntry, AuditEntryId, AuditOutcome, AuthRequest, AuthRequestState,
+    DnsSettings, KeyLifetime, NewAuditEntry, NewAuthRequest, NewPreauthKey, NewUser, Node,
+    NodeStatusUpdate, PolicyVersion, PolicyVersionId, PreauthKey, PreauthKeyId, RegisterAuth,
+    RegisterNode, Registered, Role, SshApproval, SshApprovalFilter, User, UserPatch,
 };
 pub use secret::KeySecret;
 /// The `weft-types` vocabulary the API uses, re-exported for convenience.

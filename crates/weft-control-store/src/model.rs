@@ -28,6 +28,10 @@ weft_types::make_id!(
     /// A policy version: versions count up from 1; the highest is current.
     PolicyVersionId
 );
+weft_types::make_id!(
+    /// An audit log entry: ids count up, so a higher id is a later entry.
+    AuditEntryId
+);
 
 /// How long a node key lives after (re-)registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -410,6 +414,64 @@ pub struct PolicyVersion {
     pub created: UnixMillis,
     /// Who stored it (login name, `api key <prefix>`, `file`, …).
     pub author: String,
+}
+
+/// How an audited admin action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOutcome {
+    /// The change was made.
+    Ok,
+    /// The change was refused or failed; nothing changed.
+    Error,
+}
+
+impl AuditOutcome {
+    /// Returns the stored text: `ok` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Ok => "ok",
+            AuditOutcome::Error => "error",
+        }
+    }
+}
+
+/// An admin action to append to the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditEntry {
+    /// Who acted (`api key <prefix>`, `admin socket (uid 0)`, `console: api key <prefix>`).
+    pub actor: String,
+    /// What was done, as the route (`POST /nodes/{id}/rename`).
+    pub action: String,
+    /// What it was done to, as the concrete path (`/nodes/7/rename`).
+    pub target: String,
+    /// Whether it took effect.
+    pub outcome: AuditOutcome,
+    /// The HTTP status the caller was given.
+    pub status: u16,
+    /// A short description: the error message, or empty.
+    pub detail: String,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// The entry's id (higher = later).
+    pub id: AuditEntryId,
+    /// When it was recorded.
+    pub created: UnixMillis,
+    /// Who acted.
+    pub actor: String,
+    /// What was done.
+    pub action: String,
+    /// What it was done to.
+    pub target: String,
+    /// Whether it took effect.
+    pub outcome: AuditOutcome,
+    /// The HTTP status the caller was given.
+    pub status: u16,
+    /// The error message, or empty.
+    pub detail: String,
 }
 
 /// The tailnet's DNS settings as stored, with who changed them last.

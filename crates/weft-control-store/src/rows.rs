@@ -11,8 +11,9 @@ use sqlx::any::AnyRow;
 use weft_types::{Endpoint, NodeId, Tag, UnixMillis, UserId};
 
 use crate::model::{
-    ApiKey, ApiKeyId, AuthRequest, AuthRequestState, DnsSettings, KeyLifetime, Node, PolicyVersion,
-    PolicyVersionId, PreauthKey, PreauthKeyId, SshApproval, User,
+    ApiKey, ApiKeyId, AuditEntry, AuditEntryId, AuditOutcome, AuthRequest, AuthRequestState,
+    DnsSettings, KeyLifetime, Node, PolicyVersion, PolicyVersionId, PreauthKey, PreauthKeyId,
+    SshApproval, User,
 };
 use crate::{Role, StoreError};
 
@@ -61,6 +62,13 @@ macro_rules! policy_columns {
     };
 }
 pub(crate) use policy_columns;
+
+macro_rules! audit_columns {
+    () => {
+        "id, created_ms, actor, action, target, outcome, status, detail"
+    };
+}
+pub(crate) use audit_columns;
 
 macro_rules! dns_columns {
     () => {
@@ -244,6 +252,33 @@ pub(crate) fn policy(row: &AnyRow) -> Result<PolicyVersion, StoreError> {
         text: text(row, "text")?,
         created: time(row, "created_ms")?,
         author: text(row, "author")?,
+    })
+}
+
+pub(crate) fn audit(row: &AnyRow) -> Result<AuditEntry, StoreError> {
+    let outcome = match text(row, "outcome")?.as_str() {
+        "ok" => AuditOutcome::Ok,
+        "error" => AuditOutcome::Error,
+        other => {
+            return Err(StoreError::Corrupt {
+                what: "audit_log.outcome",
+                detail: format!("{other:?} is neither ok nor error"),
+            });
+        }
+    };
+    let status: i64 = row.try_get("status")?;
+    Ok(AuditEntry {
+        id: AuditEntryId(row.try_get("id")?),
+        created: time(row, "created_ms")?,
+        actor: text(row, "actor")?,
+        action: text(row, "action")?,
+        target: text(row, "target")?,
+        outcome,
+        status: u16::try_from(status).map_err(|_| StoreError::Corrupt {
+            what: "audit_log.status",
+            detail: format!("{status} is not an HTTP status"),
+        })?,
+        detail: text(row, "detail")?,
     })
 }
 

@@ -8,6 +8,7 @@
 //! | `GET /a/{auth_id}` | the authenticator's page of a device login, or of an SSH check ([`crate::auth`]) |
 //! | `/login/{authenticator}/…` | the authenticator's own routes, if any, deciding logins through [`crate::auth::CompleteLogin`] |
 //! | `/api/v1/…` | the admin API with an API key ([`crate::admin`]) |
+//! | `/admin…` | the web admin console ([`crate::console`]; its own, stricter CSP) |
 //! | `GET /health` | `ok` |
 //! | `GET /install.sh`, `GET /packages/{file}` | the node installer and its packages ([`crate::install`]) |
 //! | `/derp`, `/derp/probe`, `/derp/latency-check`, `/generate_204` | the embedded relay ([`crate::relay`]), unless `--no-relay` |
@@ -58,6 +59,7 @@ pub(crate) fn router(ctx: Arc<Ctx>, admin: Admin) -> Router {
         .route("/health", get(|| async { "ok" }))
         .with_state(ctx.clone())
         .nest("/api/v1", rest)
+        .merge(crate::console::routes(ctx.clone(), admin.clone()))
         .merge(crate::install::routes(
             &ctx.server_url,
             ctx.config.packages_dir.clone(),

@@ -28,6 +28,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod config_file;
+mod console;
 mod control;
 mod ctx;
 mod http;

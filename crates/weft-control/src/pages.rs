@@ -285,7 +285,10 @@ pub fn set_security_headers(h: &mut HeaderMap, html: bool) {
         CACHE_CONTROL, CONTENT_SECURITY_POLICY, HeaderValue, REFERRER_POLICY,
         X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
     };
-    if let Ok(csp) = HeaderValue::from_str(content_security_policy()) {
+    // A response that set its own policy (the console's) keeps it.
+    if !h.contains_key(CONTENT_SECURITY_POLICY)
+        && let Ok(csp) = HeaderValue::from_str(content_security_policy())
+    {
         h.insert(CONTENT_SECURITY_POLICY, csp);
     }
     h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

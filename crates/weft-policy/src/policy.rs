@@ -366,6 +366,13 @@ impl Policy {
             || tailnet.in_idp_group(login, group)
     }
 
+    /// Returns whether `tag` is declared in `tagOwners` (what an admin may
+    /// apply to any node).
+    #[must_use]
+    pub fn declares_tag(&self, tag: &str) -> bool {
+        self.tag_owners.contains_key(tag)
+    }
+
     /// Returns the source text, exactly as parsed (comments included).
     #[must_use]
     pub fn text(&self) -> &str {

@@ -9,6 +9,7 @@
 
 mod common;
 
+mod audit;
 mod auth_policy;
 mod concurrency;
 mod dns;
@@ -70,6 +71,7 @@ suite!(
     auth_policy::logins_can_be_rejected_expire_and_are_cleaned_up,
     auth_policy::pending_logins_are_counted_and_only_pending_ones_deleted,
     auth_policy::policies_are_versioned,
+    audit::audit_entries_are_appended_and_paged_newest_first,
     dns::dns_settings_start_empty_are_replaced_whole_and_survive_reopening,
     dns::stored_dns_settings_that_do_not_parse_are_reported_as_corrupt,
     ssh::ssh_approvals_are_found_within_their_period_replaced_and_swept,

@@ -57,6 +57,7 @@ async fn both_migration_sets_define_the_same_schema() {
         a.keys().collect::<Vec<_>>(),
         [
             "api_keys",
+            "audit_log",
             "auth_requests",
             "dns_settings",
             "nodes",

@@ -82,6 +82,10 @@ admin_routes! {
     "/policy" => get(get_policy), put(set_policy);
     "/policy/check" => post(check_policy);
     "/policy/explain" => post(explain);
+    "/policy/history" => get(policy_history);
+    "/policy/history/{version}" => get(policy_version);
+    "/policy/rollback" => post(rollback_policy);
+    "/audit" => get(audit_log);
     "/relay/verify" => post(relay_verify);
     "/relay-map" => get(get_relay_map), put(set_relay_map);
     "/dns" => get(get_dns), put(put_dns), patch(patch_dns);
@@ -89,9 +93,11 @@ admin_routes! {
     "/ssh/approvals/revoke" => post(revoke_ssh_approvals);
 }
 
-/// Returns the admin routes (without authentication; see [`require_api_key`]).
+/// Returns the admin routes (without authentication; see [`require_api_key`]),
+/// every state change recorded in the audit log ([`audit`]).
 pub(crate) fn routes(admin: Admin) -> Router {
     route_table()
+        .route_layer(axum::middleware::from_fn_with_state(admin.clone(), audit))
         .fallback(|| async {
             AdminError {
                 status: 404,
@@ -129,6 +135,82 @@ pub(crate) async fn require_api_key(
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// Routes that take a `POST` but change nothing (not audited).
+const READ_ONLY_POSTS: &[&str] = &["/policy/check", "/policy/explain", "/relay/verify"];
+
+/// Request bodies up to this size are recorded whole in the audit log;
+/// larger ones (a policy) by their size.
+const AUDIT_BODY_MAX: usize = 512;
+
+/// The largest request body an admin route accepts (a policy file, with room).
+const BODY_LIMIT: usize = 1 << 20;
+
+/// The one place admin actions are recorded: every request that may change
+/// state (all but `GET` and [`READ_ONLY_POSTS`]), whoever sent it (an API
+/// key over REST, the admin socket, the web console, which sends its
+/// changes through these routes too), with its outcome. Secrets are never
+/// recorded: no route takes one in its request, and answers are not kept.
+async fn audit(State(admin): State<Admin>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().trim_start_matches("/api/v1").to_owned())
+        .unwrap_or_default();
+    if req.method() == http::Method::GET || READ_ONLY_POSTS.contains(&route.as_str()) {
+        return next.run(req).await;
+    }
+    let actor = req
+        .extensions()
+        .get::<Actor>()
+        .map_or_else(|| "unknown".to_owned(), |a| a.0.clone());
+    let action = format!("{} {route}", req.method());
+    let target = req.uri().path().trim_start_matches("/api/v1").to_owned();
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return AdminError::invalid(format!(
+            "the request body is over {BODY_LIMIT} bytes or could not be read"
+        ))
+        .into_response();
+    };
+    let summary = if bytes.len() <= AUDIT_BODY_MAX {
+        String::from_utf8_lossy(&bytes).into_owned()
+    } else {
+        format!("<{} bytes>", bytes.len())
+    };
+    let resp = next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await;
+    let status = resp.status();
+    let (outcome, detail, resp) = if status.is_success() {
+        (weft_control_store::AuditOutcome::Ok, summary, resp)
+    } else {
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, BODY_LIMIT)
+            .await
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorBody>(&bytes).map_or_else(
+            |_| String::from_utf8_lossy(&bytes).into_owned(),
+            |b| b.error.message,
+        );
+        (
+            weft_control_store::AuditOutcome::Error,
+            format!("{summary} → {message}"),
+            Response::from_parts(parts, axum::body::Body::from(bytes)),
+        )
+    };
+    admin
+        .record(weft_control_store::NewAuditEntry {
+            actor,
+            action,
+            target,
+            outcome,
+            status: status.as_u16(),
+            detail,
+        })
+        .await;
+    resp
 }
 
 fn parse_id(what: &str, s: &str) -> Result<i64, AdminError> {
@@ -339,4 +421,51 @@ async fn check_policy(State(a): State<Admin>, Json(p): Json<PolicyText>) -> Json
 
 async fn explain(State(a): State<Admin>, Json(q): Json<ExplainQuery>) -> R<ExplainAnswer> {
     a.explain(&q).map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// How many versions `GET /policy/history` lists without a `limit`.
+const DEFAULT_HISTORY: usize = 20;
+
+async fn policy_history(
+    State(a): State<Admin>,
+    Query(q): Query<HistoryQuery>,
+) -> R<Vec<PolicyVersionView>> {
+    a.policy_history(q.limit.unwrap_or(DEFAULT_HISTORY))
+        .await
+        .map(Json)
+}
+
+async fn policy_version(State(a): State<Admin>, Path(v): Path<String>) -> R<PolicyView> {
+    a.policy_version(parse_id("policy version", &v)?)
+        .await
+        .map(Json)
+}
+
+async fn rollback_policy(
+    State(a): State<Admin>,
+    actor: Option<Extension<Actor>>,
+    Json(r): Json<PolicyRollback>,
+) -> R<PolicyView> {
+    let author = actor.map_or_else(|| "admin".to_owned(), |Extension(a)| a.0);
+    a.rollback_policy(r.version, &author).await.map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// How many entries `GET /audit` returns without a `limit`.
+const DEFAULT_AUDIT_PAGE: u32 = 50;
+
+async fn audit_log(State(a): State<Admin>, Query(q): Query<AuditQuery>) -> R<AuditPage> {
+    a.audit(q.before, q.limit.unwrap_or(DEFAULT_AUDIT_PAGE))
+        .await
+        .map(Json)
 }

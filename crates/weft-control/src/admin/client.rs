@@ -531,6 +531,52 @@ impl AdminClient {
         self.request(http::Method::POST, "/policy/check", Some(&body))
             .await
     }
+    /// `GET /policy/history?limit=`.
+    pub async fn policy_history(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<PolicyVersionView>, AdminClientError> {
+        self.request::<(), _>(
+            http::Method::GET,
+            &format!("/policy/history?limit={limit}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /policy/history/{version}`.
+    pub async fn policy_version(&self, version: i64) -> Result<PolicyView, AdminClientError> {
+        self.request::<(), _>(
+            http::Method::GET,
+            &format!("/policy/history/{version}"),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /policy/rollback`.
+    pub async fn rollback_policy(&self, version: i64) -> Result<PolicyView, AdminClientError> {
+        self.request(
+            http::Method::POST,
+            "/policy/rollback",
+            Some(&PolicyRollback { version }),
+        )
+        .await
+    }
+
+    /// `GET /audit?before=&limit=`.
+    pub async fn audit(
+        &self,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<AuditPage, AdminClientError> {
+        let path = match before {
+            Some(b) => format!("/audit?before={b}&limit={limit}"),
+            None => format!("/audit?limit={limit}"),
+        };
+        self.request::<(), _>(http::Method::GET, &path, None).await
+    }
+
     /// `POST /policy/explain`.
     pub async fn explain(&self, q: &ExplainQuery) -> Result<ExplainAnswer, AdminClientError> {
         self.request(http::Method::POST, "/policy/explain", Some(q))

@@ -552,12 +552,30 @@ impl Admin {
         self.changed(n).await
     }
 
-    /// Replaces a node's tags (empty: back to its user).
+    /// Replaces a node's tags (empty: back to its user). An admin may apply
+    /// any tag the policy declares in `tagOwners`, and no other.
     ///
     /// # Errors
-    /// `invalid` tags, `not_found`.
+    /// `invalid` tags, `forbidden` for an undeclared tag, `not_found`.
     pub async fn set_node_tags(&self, id: i64, tags: &[String]) -> Result<NodeView, AdminError> {
         let tags = parse_tags(tags)?;
+        let undeclared: Vec<&str> = {
+            let snap = self.ctx.coord.snapshot();
+            tags.iter()
+                .map(Tag::as_str)
+                .filter(|t| !snap.policy.policy.declares_tag(t))
+                .collect()
+        };
+        if !undeclared.is_empty() {
+            return Err(AdminError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "{} not declared in the policy's tagOwners; declare it there first (weft-control policy set)",
+                    undeclared.join(", ")
+                ),
+            ));
+        }
         let n = self.ctx.store.set_node_tags(NodeId(id), &tags).await?;
         self.changed(n).await
     }
@@ -745,6 +763,103 @@ impl Admin {
         })
     }
 
+    /// Returns the newest `limit` saved policy versions, newest first.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn policy_history(&self, limit: usize) -> Result<Vec<PolicyVersionView>, AdminError> {
+        let all = self.ctx.store.list_policies().await?;
+        let current = all.first().map(|v| v.id);
+        Ok(all
+            .iter()
+            .take(limit)
+            .map(|v| PolicyVersionView {
+                version: v.id.0,
+                author: v.author.clone(),
+                created: v.created.0,
+                current: Some(v.id) == current,
+            })
+            .collect())
+    }
+
+    /// Returns one saved policy version with its text.
+    ///
+    /// # Errors
+    /// `not_found`.
+    pub async fn policy_version(&self, version: i64) -> Result<PolicyView, AdminError> {
+        let v = self
+            .ctx
+            .store
+            .policy_version(weft_control_store::PolicyVersionId(version))
+            .await
+            .map_err(|e| match e {
+                StoreError::UnknownPolicyVersion(_) => AdminError::not_found(format!(
+                    "no policy version {version}; list them with weft-control policy history"
+                )),
+                other => other.into(),
+            })?;
+        Ok(PolicyVersionText(v).into())
+    }
+
+    /// Saves an old policy version again, as a new version by `author`:
+    /// validated and tested like [`Admin::set_policy`], so a version that
+    /// no longer passes its tests against today's tailnet is refused.
+    ///
+    /// # Errors
+    /// `not_found`, or `invalid` as [`Admin::set_policy`].
+    pub async fn rollback_policy(
+        &self,
+        version: i64,
+        author: &str,
+    ) -> Result<PolicyView, AdminError> {
+        let old = self.policy_version(version).await?;
+        self.set_policy(&old.policy, Some(&format!("version {version}")), author)
+            .await
+    }
+
+    // --- audit log ----------------------------------------------------------------------
+
+    /// Appends an admin action to the audit log. A failure is logged, not
+    /// returned: the change it describes has happened already.
+    pub(crate) async fn record(&self, entry: weft_control_store::NewAuditEntry) {
+        if let Err(e) = self.ctx.store.record_audit(&entry, self.now()).await {
+            tracing::error!(error = %e, action = %entry.action, "cannot record an admin action in the audit log");
+        }
+    }
+
+    /// Returns a page of the audit log, newest first: up to `limit`
+    /// entries older than `before`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn audit(&self, before: Option<i64>, limit: u32) -> Result<AuditPage, AdminError> {
+        let limit = limit.clamp(1, weft_control_store::MAX_AUDIT_PAGE);
+        let entries = self
+            .ctx
+            .store
+            .list_audit(before.map(weft_control_store::AuditEntryId), limit)
+            .await?;
+        let next_before = (entries.len() == limit as usize)
+            .then(|| entries.last().map(|e| e.id.0))
+            .flatten();
+        Ok(AuditPage {
+            entries: entries
+                .into_iter()
+                .map(|e| AuditEntryView {
+                    id: e.id.0,
+                    created: e.created.0,
+                    actor: e.actor,
+                    action: e.action,
+                    target: e.target,
+                    outcome: e.outcome.as_str().to_owned(),
+                    status: e.status,
+                    detail: e.detail,
+                })
+                .collect(),
+            next_before,
+        })
+    }
+
     /// Explains whether a flow is allowed by the policy in force.
     ///
     /// # Errors
@@ -817,6 +932,20 @@ impl Admin {
                 .collect();
         }
         v
+    }
+}
+
+/// A stored policy version as the API shows it.
+struct PolicyVersionText(weft_control_store::PolicyVersion);
+
+impl From<PolicyVersionText> for PolicyView {
+    fn from(PolicyVersionText(v): PolicyVersionText) -> Self {
+        PolicyView {
+            policy: v.text,
+            version: Some(v.id.0),
+            author: Some(v.author),
+            created: Some(v.created.0),
+        }
     }
 }
 

@@ -219,6 +219,52 @@ pub struct PolicyCheck {
     pub tests: Option<serde_json::Value>,
 }
 
+/// One saved policy version in `GET /policy/history` (without its text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVersionView {
+    pub version: i64,
+    /// Who saved it (`api key <prefix>`, `console: api key <prefix>`, `file`, …).
+    pub author: String,
+    pub created: i64,
+    /// It is the policy in force.
+    pub current: bool,
+}
+
+/// `POST /policy/rollback`: save an old version again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyRollback {
+    /// The version to restore (from `GET /policy/history`).
+    pub version: i64,
+}
+
+/// One audited admin action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntryView {
+    pub id: i64,
+    /// When it happened (unix ms).
+    pub created: i64,
+    /// Who acted.
+    pub actor: String,
+    /// The route: `POST /nodes/{id}/rename`.
+    pub action: String,
+    /// The concrete path: `/nodes/7/rename`.
+    pub target: String,
+    /// `ok` or `error`.
+    pub outcome: String,
+    /// The HTTP status the caller got.
+    pub status: u16,
+    /// The request in short and, for an error, its message.
+    pub detail: String,
+}
+
+/// `GET /audit`: a page of the audit log, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntryView>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next_before: Option<i64>,
+}
+
 /// `POST /policy/explain`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExplainQuery {

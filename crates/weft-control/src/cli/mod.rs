@@ -3,6 +3,7 @@
 //! both through [`out`] (a closed pipe ends a command quietly).
 
 mod admin;
+mod audit;
 mod dns;
 mod fmt;
 mod out;
@@ -58,6 +59,9 @@ enum Command {
     /// search domains, split DNS, extra records).
     #[command(subcommand)]
     Dns(dns::DnsCmd),
+    /// The audit log of admin actions (who changed what, when, with what outcome).
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Weft SSH: list and revoke SSH check approvals.
     #[command(subcommand)]
     Ssh(ssh::SshCmd),
@@ -164,6 +168,7 @@ pub fn main() -> ExitCode {
             Command::Policy(c) => policy::run(c, conn).await,
             Command::RelayMap(c) => relay_map::run(c, conn).await.map(|()| ExitCode::SUCCESS),
             Command::Dns(c) => dns::run(c, conn).await.map(|()| ExitCode::SUCCESS),
+            Command::Audit(c) => audit::run(c, conn).await.map(|()| ExitCode::SUCCESS),
             Command::Ssh(c) => ssh::run(c, conn).await.map(|()| ExitCode::SUCCESS),
         }
     });

@@ -1,4 +1,4 @@
-//! `policy check|set|get|explain`, against a server or offline.
+//! `policy check|set|get|explain|history|rollback`, against a server or offline.
 //!
 //! Exit status of `check` and `explain`: 0 ok / allowed, 1 tests failed /
 //! denied, 2 invalid input or an unanswerable question (as docs/POLICY.md
@@ -14,7 +14,7 @@ use weft_control::admin::types::ExplainQuery;
 use weft_policy::offline::{Outcome, Source};
 
 use super::out::{errln, out, outln};
-use super::{Conn, print_json};
+use super::{Conn, fmt, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
@@ -32,8 +32,23 @@ pub enum PolicyCmd {
         /// The policy file (HuJSON).
         file: PathBuf,
     },
-    /// Print the policy in force.
-    Get,
+    /// Print the policy in force, or with --version an older saved one.
+    Get {
+        /// A saved version (from `policy history`).
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// List the saved policy versions, newest first (who saved each, when).
+    History {
+        /// How many versions to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Save an old version again (validated and tested like `set`).
+    Rollback {
+        /// The version to restore (from `policy history`).
+        version: i64,
+    },
     /// Explain whether a flow is allowed and which rule decides.
     Explain {
         /// Source: a node name, user login, tag or address.
@@ -154,8 +169,56 @@ pub async fn run(cmd: PolicyCmd, conn: &Conn) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCmd::Get => {
-            let v = conn.client()?.policy().await?;
+        PolicyCmd::History { limit } => {
+            let versions = conn.client()?.policy_history(limit).await?;
+            if conn.json {
+                print_json(&versions)?;
+            } else {
+                let now = super::now_ms();
+                let rows: Vec<Vec<String>> = versions
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.version.to_string(),
+                            fmt::relative(v.created, now),
+                            v.author.clone(),
+                            if v.current {
+                                "in force".into()
+                            } else {
+                                String::new()
+                            },
+                        ]
+                    })
+                    .collect();
+                out!("{}", fmt::table(&["VERSION", "SAVED", "BY", ""], &rows))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Rollback { version } => {
+            let v = conn
+                .client()?
+                .rollback_policy(version)
+                .await
+                .map_err(|e| match e {
+                    AdminClientError::Api { message, .. } => anyhow::anyhow!("{message}"),
+                    other => other.into(),
+                })?;
+            if conn.json {
+                print_json(&v)?;
+            } else {
+                outln!(
+                    "version {version} saved again as version {}, now in force",
+                    v.version.unwrap_or_default()
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Get { version } => {
+            let client = conn.client()?;
+            let v = match version {
+                Some(n) => client.policy_version(n).await?,
+                None => client.policy().await?,
+            };
             if conn.json {
                 print_json(&v)?;
             } else {

@@ -4,6 +4,8 @@
 mod authenticator;
 mod cli;
 mod common;
+mod console;
+mod console_browser;
 mod dns;
 mod durability;
 mod install_sh;
