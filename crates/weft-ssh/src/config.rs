@@ -3,6 +3,9 @@
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::recording::RecordingSink;
 use std::time::Duration;
 
 /// Configuration of an [`SshServer`](crate::SshServer). [`SshConfig::default`]
@@ -64,6 +67,14 @@ pub struct SshConfig {
     pub sftp_server_paths: Vec<PathBuf>,
     /// Parent directory for per-connection agent socket directories.
     pub agent_socket_parent: PathBuf,
+
+    // --- recording ---
+    /// Where sessions under a rule with a `recorder` are written
+    /// (`<id>.cast`; created 0700). weftd: `<statedir>/recordings`.
+    pub recordings_dir: PathBuf,
+    /// Takes each finished recording (weftd uploads it to control); `None`:
+    /// recordings stay in `recordings_dir` only.
+    pub recording_sink: Option<Arc<dyn RecordingSink>>,
 }
 
 /// A program that speaks SFTP on its stdin and stdout.
@@ -102,6 +113,8 @@ impl Default for SshConfig {
                 PathBuf::from("/usr/lib/ssh/sftp-server"),
             ],
             agent_socket_parent: PathBuf::from("/tmp"),
+            recordings_dir: PathBuf::from("/var/lib/weft/recordings"),
+            recording_sink: None,
         }
     }
 }

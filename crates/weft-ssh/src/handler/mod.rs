@@ -75,6 +75,8 @@ struct SessionChan {
     env: Vec<(String, String)>,
     pgid: Option<i32>,
     resize: Option<OwnedFd>,
+    /// The session's recording, if its rule asks for one (for resizes).
+    recording: Option<Arc<crate::recording::Recording>>,
     /// Cancelled when the client closes the channel or the connection ends.
     cancel: CancellationToken,
 }
@@ -90,7 +92,8 @@ pub(crate) struct ConnHandler {
     closed: CancellationToken,
     kbd: Kbd,
     login: Option<Login>,
-    /// The login name of the accepted login.
+    /// The login name of the latest attempt (the accepted one once
+    /// authenticated).
     ssh_user: String,
     /// Refusals shown so far (the reason is shown once per connection).
     refusals: u32,
@@ -237,6 +240,7 @@ impl Handler for ConnHandler {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        user.clone_into(&mut self.ssh_user);
         match self.decide(user).await {
             Verdict::Allow { user: local, grant } => Ok(self.accept_login(user, local, grant)),
             // Steer the client to keyboard-interactive, where text can be
@@ -289,6 +293,7 @@ impl Handler for ConnHandler {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        user.clone_into(&mut self.ssh_user);
         if response.is_none() {
             // A fresh round: evaluate from scratch.
             return Ok(match self.decide(user).await {
@@ -369,16 +374,15 @@ impl Handler for ConnHandler {
             .identity
             .clone()
             .unwrap_or_else(|_| unknown_peer(self.peer_addr));
-        // Audit line (info on purpose; see `server` module docs).
-        tracing::info!(
-            conn = self.conn_id,
-            peer_user = %login.audit.peer_user,
-            peer_node = %login.audit.peer_node,
-            client_uid = ?peer.client_uid(),
-            ssh_user = %self.ssh_user,
-            local_user = %login.audit.local_user,
-            "ssh login accepted"
-        );
+        crate::audit::login(&crate::audit::LoginAttempt {
+            conn: self.conn_id,
+            peer: Some(&peer),
+            src_addr: self.peer_addr,
+            ssh_user: &self.ssh_user,
+            local_user: Some(&login.user.name),
+            result: crate::audit::LoginResult::Accepted,
+            reason: None,
+        });
         self.shared.register(
             self.conn_id,
             ConnEntry {
@@ -427,6 +431,7 @@ impl Handler for ConnHandler {
                 env: Vec::new(),
                 pgid: None,
                 resize: None,
+                recording: None,
                 cancel,
             },
         );
@@ -554,6 +559,13 @@ impl Handler for ConnHandler {
     ) -> Result<(), Self::Error> {
         if let Some(fd) = self.sessions.get(&channel).and_then(|c| c.resize.as_ref()) {
             session::resize(fd, col_width, row_height);
+        }
+        if let Some(rec) = self
+            .sessions
+            .get(&channel)
+            .and_then(|c| c.recording.as_ref())
+        {
+            rec.resize(col_width, row_height);
         }
         Ok(())
     }
