@@ -102,9 +102,15 @@ impl ConnHandler {
                     Err(why) if spec.enforce => {
                         let msg = crate::recording::refusal("it cannot be recorded", &why);
                         tracing::warn!(conn = self.conn_id, what, reason = %why, "ssh session refused: cannot record it");
-                        chan.write = Some(write);
-                        session.extended_data(channel, 1, format!("{msg}\r\n").into_bytes())?;
-                        return session.channel_failure(channel);
+                        // Accepted, then ended with the reason and status 1: OpenSSH
+                        // prints stderr that comes after the reply, not before a failure.
+                        tokio::spawn(async move {
+                            let _ = write.extended_data_bytes(1, format!("{msg}\r\n")).await;
+                            let _ = write.exit_status(1).await;
+                            let _ = write.eof().await;
+                            let _ = write.close().await;
+                        });
+                        return session.channel_success(channel);
                     }
                     Err(why) => {
                         tracing::warn!(conn = self.conn_id, what, reason = %why, "ssh session not recorded (the rule does not enforce recording)");

@@ -216,6 +216,8 @@ impl Service {
                         args: vec!["sftp-server".into()],
                     }),
                     sftp_server_paths: Vec::new(),
+                    // Sessions under a rule with a `recorder` (0700).
+                    recordings_dir: self.opts.statedir.join("recordings"),
                     ..SshConfig::default()
                 };
                 let hook: Arc<dyn CheckHook> = match &self.opts.check_hook {
