@@ -51,6 +51,7 @@ mod dns;
 mod keys;
 mod nodes;
 mod policy;
+mod recordings;
 mod register;
 mod ssh;
 mod users;
@@ -67,7 +68,7 @@ pub use model::{
     ApiKey, ApiKeyId, AuthRequest, AuthRequestState, DnsSettings, KeyLifetime, NewAuthRequest,
     NewPreauthKey, NewUser, Node, NodeStatusUpdate, PolicyVersion, PolicyVersionId, PreauthKey,
     PreauthKeyId, RegisterAuth, RegisterNode, Registered, Role, SshApproval, SshApprovalFilter,
-    User, UserPatch,
+    SshRecording, SshRecordingPage, User, UserPatch,
 };
 pub use secret::KeySecret;
 /// The `weft-types` vocabulary the API uses, re-exported for convenience.
