@@ -37,6 +37,7 @@ mod lock;
 mod login;
 mod metrics;
 pub mod pages;
+pub mod recordings;
 mod registration;
 mod relay;
 mod state;

@@ -9,6 +9,7 @@ mod out;
 mod policy;
 mod relay_map;
 mod serve;
+mod sessions;
 mod ssh;
 
 use std::path::PathBuf;

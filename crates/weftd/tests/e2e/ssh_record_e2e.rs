@@ -13,10 +13,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use weft_lab::account::LocalAccount;
-use weft_lab::{e2e_lab, with_diagnostics};
+use weft_lab::{e2e_lab, wait_for, with_diagnostics};
 
 use crate::ssh_common::{self, ALICE, alice_key, ok, tailnet_and_control, wait_ssh_ready};
 
@@ -118,6 +119,52 @@ fn sessions_under_a_recorder_rule_leave_asciicast_files_and_fail_closed_without_
             ok(&exec, "exec session")?;
             let (_, events) = cast_events(&dir, |h| h["command"].is_string())?;
             ensure!(stream(&events, "o").contains("exec-5"), "{events:?}");
+
+            // Both reach control over b's control connection: listed with user,
+            // nodes, local user and times, and `play --no-wait` prints the output.
+            let sessions = wait_for(Duration::from_secs(20), "2 recordings at control", || {
+                let list: serde_json::Value = control
+                    .admin(["ssh", "sessions", "list", "--json"])
+                    .json()?;
+                let s = list["sessions"].as_array().cloned().unwrap_or_default();
+                Ok((s.len() == 2).then_some(s))
+            })?;
+            for s in &sessions {
+                ensure!(
+                    s["src_user"] == ALICE
+                        && s["src_node"] == "a"
+                        && s["node"] == "b"
+                        && s["local_user"] == target.name.as_str()
+                        && s["started"].as_i64().is_some_and(|t| t > 0)
+                        && s["ended"].as_i64() >= s["started"].as_i64(),
+                    "{s}"
+                );
+            }
+            let shell = sessions
+                .iter()
+                .find(|s| s["kind"] == "shell")
+                .context("no shell session listed")?;
+            let id = shell["id"].as_str().context("no id")?;
+            let played = control
+                .admin(["ssh", "sessions", "play", id, "--no-wait"])
+                .run()?;
+            ensure!(played.stdout.contains("rec-42-ok"), "{}", played.stdout);
+            let shown: serde_json::Value = control
+                .admin(["ssh", "sessions", "show", id, "--json"])
+                .json()?;
+            ensure!(shown["id"] == id && shown["input"] == false, "{shown}");
+            let stored = control
+                .state_dir()
+                .join("recordings")
+                .join(format!("{id}.cast"));
+            ensure!(
+                mode(stored.as_path())? == 0o600,
+                "control's cast file is not 0600"
+            );
+            ensure!(
+                mode(stored.parent().context("no dir")?)? == 0o700,
+                "control's dir is not 0700"
+            );
 
             // Nowhere to write: the login is refused, and the client reads why.
             let kept = dir.with_extension("kept");
