@@ -33,8 +33,7 @@ use std::fmt;
 /// - **3** (2026-12-08): SSH session recordings. `ssh_recording` carries a
 ///   finished recording from the node that made it, in chunks of at most
 ///   16 KiB (base64), each answered by an `ssh_recording` ack; the last
-///   chunk says what the recording is of. Control sends SSH rules with a
-///   `recorder` only to nodes of version 3 or later.
+///   chunk says what the recording is of.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
