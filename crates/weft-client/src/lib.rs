@@ -38,6 +38,7 @@ mod error;
 pub mod http;
 mod session;
 pub mod ssh_check;
+pub mod ssh_recording;
 pub mod tls;
 mod url;
 
@@ -48,6 +49,7 @@ pub use error::ClientError;
 pub use http::fetch_key;
 pub use session::{Session, SessionEvent, register};
 pub use ssh_check::{SshCheckWait, ssh_check};
+pub use ssh_recording::{UploadError, UploadOutcome, upload_ssh_recording};
 pub use url::ControlUrl;
 /// The protocol pieces a caller of this crate needs, re-exported.
 pub use weft_control_proto::{

@@ -26,6 +26,7 @@ use weft_control_proto::{
 };
 use weft_types::control::{
     Refusal, RegisterRequest, RegisterResponse, Registered, SshCheckDecision, SshCheckRequest,
+    SshRecordingAck, SshRecordingChunk,
 };
 use weft_types::{DiscoPublic, Endpoint, HostInfo, NetMap};
 
@@ -61,6 +62,8 @@ pub enum SessionEvent {
     },
     /// An answer to a check sent with [`Session::send_ssh_check`].
     SshCheck(SshCheckDecision),
+    /// An answer to a chunk sent with [`Session::send_ssh_recording`].
+    SshRecording(SshRecordingAck),
 }
 
 /// What the owner tells a running session.
@@ -70,6 +73,7 @@ enum Cmd {
     HomeRelay(Option<u16>),
     HostInfo(HostInfo),
     SshCheck(SshCheckRequest),
+    SshRecording(Box<SshRecordingChunk>),
 }
 
 /// How a session's conversation begins (see the module docs).
@@ -224,6 +228,12 @@ impl Session {
         let _ = self.cmds.send(Cmd::SshCheck(req));
     }
 
+    /// Sends a piece of an SSH recording; the answer comes as
+    /// [`SessionEvent::SshRecording`].
+    pub fn send_ssh_recording(&self, chunk: SshRecordingChunk) {
+        let _ = self.cmds.send(Cmd::SshRecording(Box::new(chunk)));
+    }
+
     /// Closes the connection and returns the map session (the last good
     /// netmap) for the next connection.
     pub async fn close(mut self) -> Option<MapSession> {
@@ -271,7 +281,9 @@ pub async fn register(
             SessionEvent::NodeKeyExpired => RegisterResponse::NodeKeyExpired,
             SessionEvent::LoggedOut => RegisterResponse::LoggedOut,
             SessionEvent::Refused(r) => RegisterResponse::Refused(r),
-            SessionEvent::NetMap { .. } | SessionEvent::SshCheck(_) => continue,
+            SessionEvent::NetMap { .. }
+            | SessionEvent::SshCheck(_)
+            | SessionEvent::SshRecording(_) => continue,
         };
         return Ok(answer);
     }
@@ -324,6 +336,7 @@ impl Core for SessionCore {
             Cmd::HomeRelay(r) => self.client.update_home_relay(r, now),
             Cmd::HostInfo(h) => self.client.update_host_info(h, now),
             Cmd::SshCheck(req) => self.client.send_ssh_check(req, now),
+            Cmd::SshRecording(chunk) => self.client.send_ssh_recording(*chunk, now),
         };
         r.map_err(|e| proto_error(&self.url, e))
     }
@@ -346,6 +359,7 @@ impl Core for SessionCore {
                 SessionEvent::NetMap { diff, netmap }
             }
             ClientEvent::SshCheck(d) => SessionEvent::SshCheck(d),
+            ClientEvent::SshRecording(a) => SessionEvent::SshRecording(a),
         })
     }
 

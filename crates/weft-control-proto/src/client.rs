@@ -48,7 +48,7 @@ use std::time::Instant;
 use weft_types::control::{
     ClientMessage, EndpointUpdate, ExpiryRequest, MapRequest, ProtocolError, Refusal,
     RefusalReason, RegisterAuth, RegisterRequest, RegisterResponse, Registered, ServerMessage,
-    SshCheckDecision, SshCheckRequest,
+    SshCheckDecision, SshCheckRequest, SshRecordingAck, SshRecordingChunk,
 };
 use weft_types::{CapabilityVersion, DiscoPublic, Endpoint, HostInfo, NetMap, NodePublic};
 
@@ -113,6 +113,8 @@ pub enum ClientEvent {
     /// An answer to a check sent with [`ControlClient::send_ssh_check`];
     /// feed it to that check's [`crate::SshCheckCall`].
     SshCheck(SshCheckDecision),
+    /// An answer to a chunk sent with [`ControlClient::send_ssh_recording`].
+    SshRecording(SshRecordingAck),
 }
 
 /// Why the connection ended.
@@ -342,6 +344,21 @@ impl ControlClient {
         Ok(())
     }
 
+    /// Sends a piece of an SSH session recording (capability version 3) on
+    /// this connection, in any phase; control answers each with
+    /// [`ClientEvent::SshRecording`].
+    ///
+    /// # Errors
+    /// [`ControlClientError::Channel`] on a dead connection.
+    pub fn send_ssh_recording(
+        &mut self,
+        chunk: SshRecordingChunk,
+        now: Instant,
+    ) -> Result<(), ControlClientError> {
+        self.conn.send(&ClientMessage::SshRecording(chunk), now)?;
+        Ok(())
+    }
+
     /// Returns bytes to write to the socket.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.conn.poll_transmit()
@@ -453,6 +470,9 @@ impl ControlClient {
                 ));
             }
             (ServerMessage::SshCheck(d), _) => self.events.push_back(ClientEvent::SshCheck(d)),
+            (ServerMessage::SshRecording(a), _) => {
+                self.events.push_back(ClientEvent::SshRecording(a));
+            }
         }
         Ok(())
     }

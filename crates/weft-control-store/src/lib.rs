@@ -52,6 +52,7 @@ mod dns;
 mod keys;
 mod nodes;
 mod policy;
+mod recordings;
 mod register;
 mod ssh;
 mod users;
@@ -69,7 +70,8 @@ pub use model::{
     ApiKey, ApiKeyId, AuditEntry, AuditEntryId, AuditOutcome, AuthRequest, AuthRequestState,
     DnsSettings, KeyLifetime, NewAuditEntry, NewAuthRequest, NewPreauthKey, NewUser, Node,
     NodeStatusUpdate, PolicyVersion, PolicyVersionId, PreauthKey, PreauthKeyId, RegisterAuth,
-    RegisterNode, Registered, Role, SshApproval, SshApprovalFilter, User, UserPatch,
+    RegisterNode, Registered, Role, SshApproval, SshApprovalFilter, SshRecording, SshRecordingPage,
+    User, UserPatch,
 };
 pub use secret::KeySecret;
 /// The `weft-types` vocabulary the API uses, re-exported for convenience.

@@ -518,3 +518,52 @@ pub struct SshApprovalFilter {
     /// Only those for this source node (`None`: any node).
     pub node: Option<NodeId>,
 }
+
+/// One SSH session recording a node uploaded (migration 0006): what it is
+/// of; the asciicast file is kept by weft-control in its state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshRecording {
+    /// 32 lowercase hex digits, chosen by the recording node.
+    pub id: String,
+    /// The node that recorded the session (the destination); `None` once
+    /// it is deleted.
+    pub node: Option<NodeId>,
+    /// Its name when the recording arrived.
+    pub node_name: String,
+    /// Who logged in (a login name, tags, or `local uid N`).
+    pub src_user: String,
+    /// The source node's name.
+    pub src_node: String,
+    /// The source node's tailnet address.
+    pub src_addr: String,
+    /// The login name the client asked for.
+    pub ssh_user: String,
+    /// The local account the session ran as.
+    pub local_user: String,
+    /// `shell` or `exec`.
+    pub kind: String,
+    /// The command of an exec session.
+    pub command: Option<String>,
+    /// Whether input was recorded too.
+    pub input: bool,
+    /// When the session started.
+    pub started: UnixMillis,
+    /// When it ended.
+    pub ended: Option<UnixMillis>,
+    /// The size of the asciicast file.
+    pub size_bytes: i64,
+    /// Why the recording stopped before the session did, if it did.
+    pub failure: Option<String>,
+    /// When control received the whole file.
+    pub received: UnixMillis,
+}
+
+/// One page of [`Store::list_ssh_recordings`](crate::Store::list_ssh_recordings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshRecordingPage {
+    /// At most this many rows.
+    pub limit: u32,
+    /// Only rows after this one in the listing order (newest first):
+    /// the `(started, id)` of the last row of the previous page.
+    pub before: Option<(UnixMillis, String)>,
+}

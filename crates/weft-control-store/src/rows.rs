@@ -13,7 +13,7 @@ use weft_types::{Endpoint, NodeId, Tag, UnixMillis, UserId};
 use crate::model::{
     ApiKey, ApiKeyId, AuditEntry, AuditEntryId, AuditOutcome, AuthRequest, AuthRequestState,
     DnsSettings, KeyLifetime, Node, PolicyVersion, PolicyVersionId, PreauthKey, PreauthKeyId,
-    SshApproval, User,
+    SshApproval, SshRecording, User,
 };
 use crate::{Role, StoreError};
 
@@ -83,6 +83,14 @@ macro_rules! ssh_approval_columns {
     };
 }
 pub(crate) use ssh_approval_columns;
+
+macro_rules! ssh_recording_columns {
+    () => {
+        "id, node_id, node_name, src_user, src_node, src_addr, ssh_user, local_user, kind, \
+     command, input, started_ms, ended_ms, size_bytes, failure, received_ms"
+    };
+}
+pub(crate) use ssh_recording_columns;
 
 fn parse<T: FromStr>(what: &'static str, s: &str) -> Result<T, StoreError>
 where
@@ -300,5 +308,26 @@ pub(crate) fn ssh_approval(row: &AnyRow) -> Result<SshApproval, StoreError> {
         check_id: text(row, "check_id")?,
         dst_node: opt_id(row, "dst_node_id")?.map(NodeId),
         local_user: text(row, "local_user")?,
+    })
+}
+
+pub(crate) fn ssh_recording(row: &AnyRow) -> Result<SshRecording, StoreError> {
+    Ok(SshRecording {
+        id: text(row, "id")?,
+        node: opt_id(row, "node_id")?.map(NodeId),
+        node_name: text(row, "node_name")?,
+        src_user: text(row, "src_user")?,
+        src_node: text(row, "src_node")?,
+        src_addr: text(row, "src_addr")?,
+        ssh_user: text(row, "ssh_user")?,
+        local_user: text(row, "local_user")?,
+        kind: text(row, "kind")?,
+        command: row.try_get::<Option<String>, _>("command")?,
+        input: flag(row, "input")?,
+        started: time(row, "started_ms")?,
+        ended: opt_time(row, "ended_ms")?,
+        size_bytes: row.try_get("size_bytes")?,
+        failure: row.try_get::<Option<String>, _>("failure")?,
+        received: time(row, "received_ms")?,
     })
 }

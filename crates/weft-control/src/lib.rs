@@ -39,6 +39,7 @@ mod login;
 mod metrics;
 pub mod oidc;
 pub mod pages;
+pub mod recordings;
 mod registration;
 mod relay;
 mod state;

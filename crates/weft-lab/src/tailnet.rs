@@ -703,6 +703,11 @@ impl Node {
         &self.state
     }
 
+    /// Returns the state directory (`--statedir`: host keys, recordings).
+    pub fn statedir(&self) -> &Path {
+        &self.statedir
+    }
+
     /// Returns the LocalAPI socket path.
     pub fn socket(&self) -> &Path {
         &self.socket

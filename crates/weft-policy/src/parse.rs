@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
-use weft_types::filter::{CheckPeriod, PortRange, proto};
+use weft_types::filter::{CheckPeriod, PortRange, SshRecorder, proto};
 
 use crate::error::{ErrorKind, PolicyError};
 use crate::hujson::{self, Key, Kind, Span, Value};
@@ -622,13 +622,20 @@ fn parse_ssh(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<S
     let members = fields(
         obj,
         path,
-        &["action", "src", "dst", "users", "checkPeriod"],
-        &[(
-            "acceptEnv",
-            "sessions get a fixed environment; remove acceptEnv",
-        )],
+        &["action", "src", "dst", "users", "checkPeriod", "recorder"],
+        &[
+            (
+                "acceptEnv",
+                "sessions get a fixed environment; remove acceptEnv",
+            ),
+            (
+                "enforceRecorder",
+                "write \"recorder\": {\"enforce\": true} instead",
+            ),
+        ],
     )?;
     let (mut act, mut src, mut dst, mut users, mut period) = (None, None, None, None, None);
+    let mut recorder = None;
     for (k, fv) in members {
         let p = join(path, k);
         match k {
@@ -649,6 +656,7 @@ fn parse_ssh(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<S
                     .collect::<R<Vec<_>>>()?;
                 users = Some(list);
             }
+            "recorder" => recorder = Some(parse_recorder(fv, &p)?),
             "checkPeriod" => {
                 let s = as_str(fv, &p)?;
                 period = Some((
@@ -691,7 +699,48 @@ fn parse_ssh(v: &Value, path: &str, names: &Names<'_>, lines: &Lines<'_>) -> R<S
         src,
         dst,
         users,
+        recorder,
     })
+}
+
+/// Parses an `ssh` rule's `recorder`: `{"input": bool, "enforce": bool}`,
+/// both optional (input off, enforce on). Tailscale's list of recorder
+/// nodes is refused with a hint: Weft records on the destination itself.
+fn parse_recorder(v: &Value, path: &str) -> R<SshRecorder> {
+    if matches!(v.kind, Kind::Array(_)) {
+        return Err(fail(
+            v.span,
+            path,
+            ErrorKind::Invalid(
+                "recorder is an object such as {\"input\": false, \"enforce\": true}: the \
+                 destination node records its sessions itself, there are no recorder nodes"
+                    .into(),
+            ),
+        ));
+    }
+    let obj = as_object(v, path)?;
+    let mut rec = SshRecorder {
+        input: false,
+        enforce: true,
+    };
+    for (k, fv) in fields(obj, path, &["input", "enforce"], &[])? {
+        let p = join(path, k);
+        let Kind::Bool(b) = fv.kind else {
+            return Err(fail(
+                fv.span,
+                &p,
+                ErrorKind::WrongType {
+                    expected: "a boolean",
+                    found: fv.kind.describe(),
+                },
+            ));
+        };
+        match k {
+            "input" => rec.input = b,
+            _ => rec.enforce = b,
+        }
+    }
+    Ok(rec)
 }
 
 /// Refuses the first source that cannot go with an `autogroup:self`

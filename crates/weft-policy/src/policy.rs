@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use ipnet::IpNet;
-use weft_types::filter::{CheckPeriod, PortRange};
+use weft_types::filter::{CheckPeriod, PortRange, SshRecorder};
 
 use crate::error::PolicyError;
 
@@ -203,6 +203,8 @@ pub struct SshRuleSpec {
     pub dst: Vec<Item<Selector>>,
     /// As which local users.
     pub users: Vec<Item<SshUser>>,
+    /// `recorder`: record the sessions this rule admits; `None`: do not.
+    pub recorder: Option<SshRecorder>,
 }
 
 /// One destination of an ACL test: a target and one port.

@@ -134,6 +134,9 @@ pub struct Grant {
     /// Glob patterns (`*`, `?`) of environment variable names the client may
     /// set with `SendEnv`/`SetEnv`. Empty means [`DEFAULT_ACCEPT_ENV`].
     pub accept_env: Vec<String>,
+    /// Record shell and exec sessions (the rule's `recorder`); `None`: no
+    /// recording. See [`crate::recording`].
+    pub recorder: Option<weft_types::filter::SshRecorder>,
 }
 
 impl Grant {
@@ -147,6 +150,7 @@ impl Grant {
             allow_local_port_forwarding: true,
             allow_remote_port_forwarding: true,
             accept_env: Vec::new(),
+            recorder: None,
         }
     }
 

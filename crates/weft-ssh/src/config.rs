@@ -3,6 +3,9 @@
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::recording::RecordingSink;
 use std::time::Duration;
 
 /// Configuration of an [`SshServer`](crate::SshServer). [`SshConfig::default`]
@@ -75,6 +78,13 @@ pub struct SshConfig {
     /// binding (OpenSSH's `StreamLocalBindUnlink`); off: an existing path is
     /// refused.
     pub streamlocal_bind_unlink: bool,
+    // --- recording ---
+    /// Where sessions under a rule with a `recorder` are written
+    /// (`<id>.cast`; created 0700). weftd: `<statedir>/recordings`.
+    pub recordings_dir: PathBuf,
+    /// Takes each finished recording (weftd uploads it to control); `None`:
+    /// recordings stay in `recordings_dir` only.
+    pub recording_sink: Option<Arc<dyn RecordingSink>>,
 }
 
 /// A program that speaks SFTP on its stdin and stdout.
@@ -116,6 +126,8 @@ impl Default for SshConfig {
             x11_forwarding: false,
             xauth_program: PathBuf::from("/usr/bin/xauth"),
             streamlocal_bind_unlink: false,
+            recordings_dir: PathBuf::from("/var/lib/weft/recordings"),
+            recording_sink: None,
         }
     }
 }

@@ -29,6 +29,7 @@
 //! 3. On every netmap: `update_policy(new_authorizer)`; on exit: `shutdown`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod audit;
 mod authz;
 mod config;
 mod forward;
@@ -36,6 +37,7 @@ mod handler;
 mod hostkeys;
 mod limits;
 mod pump;
+pub mod recording;
 mod server;
 mod session;
 pub mod sftp;
@@ -51,6 +53,7 @@ pub use authz::{
 pub use config::{SftpCommand, SshConfig};
 pub use hostkeys::{HostKeyError, HostKeyOptions, HostKeys, KeySource};
 pub use limits::Refusal;
+pub use recording::{FinishedRecording, RecordingMeta, RecordingSink};
 pub use server::{ConnectionInfo, PolicyUpdate, ServeError, SshServer};
 pub use user::{LocalUser, UserError};
 pub use x11::{X11Error, X11Request};

@@ -16,6 +16,7 @@ use russh::{ChannelId, Sig};
 use tokio_util::sync::CancellationToken;
 
 use crate::pump::{InputQueue, OnEof, feed, pump_out};
+use crate::recording::{self, Recording, TapRead, TapWrite};
 use crate::user::{LocalUser, PrivDrop};
 
 /// How long output may keep flowing after the process exited (background
@@ -307,7 +308,9 @@ async fn wait_child(
 /// reports the exit status (or signal) and closes the channel.
 ///
 /// `cancel` ends the job (hang-up, then kill) when the channel or the
-/// connection goes away.
+/// connection goes away. With a `recording`, output (and input, if asked)
+/// passes through it, and a recording that breaks under an enforcing rule
+/// ends the job too, with a message to the client.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     spawned: Spawned,
@@ -318,20 +321,38 @@ pub(crate) async fn run(
     cancel: CancellationToken,
     what: &'static str,
     audit: Audit,
+    recording: Option<Arc<Recording>>,
 ) {
     let Spawned {
         mut child,
         pgid,
         io,
     } = spawned;
-    let out_cancel = cancel.child_token();
-    let feed_cancel = cancel.child_token();
+    // The job ends with the channel, or when its recording breaks.
+    let job = cancel.child_token();
+    let watcher = recording.as_ref().map(|rec| {
+        let (broken, job) = (rec.broken().clone(), job.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = broken.cancelled() => job.cancel(),
+                () = job.cancelled() => {}
+            }
+        })
+    });
+    let out_cancel = job.child_token();
+    let feed_cancel = job.child_token();
+    let is_pty = matches!(io, SpawnedIo::Pty(_));
     let (outputs, feeder) = match io {
         SpawnedIo::Pipes {
             stdin,
             stdout,
             stderr,
         } => {
+            let stdin = TapWrite::new(stdin, recording.clone());
+            let (stdout, stderr) = (
+                TapRead::new(stdout, recording.clone()),
+                TapRead::new(stderr, recording.clone()),
+            );
             let feeder = tokio::spawn(feed(input, stdin, OnEof::Shutdown, feed_cancel.clone()));
             let w = &write;
             let oc = &out_cancel;
@@ -347,6 +368,10 @@ pub(crate) async fn run(
         }
         SpawnedIo::Pty(master) => {
             let (rd, wr) = master.into_split();
+            let (rd, wr) = (
+                TapRead::new(rd, recording.clone()),
+                TapWrite::new(wr, recording.clone()),
+            );
             let feeder = tokio::spawn(feed(input, wr, OnEof::Ignore, feed_cancel.clone()));
             let w = &write;
             let oc = &out_cancel;
@@ -356,7 +381,7 @@ pub(crate) async fn run(
         }
     };
     let mut outputs = outputs;
-    let wait = wait_child(&mut child, pgid, &cancel);
+    let wait = wait_child(&mut child, pgid, &job);
     tokio::pin!(wait);
     let mut sent = None;
     let early = tokio::select! {
@@ -379,11 +404,28 @@ pub(crate) async fn run(
     feed_cancel.cancel();
     let _ = feeder.await;
 
+    if let Some(w) = watcher {
+        w.abort();
+    }
     let (exit_code, exit_signal) = match status {
         Some(s) => (s.code(), s.signal()),
         None => (None, None),
     };
-    if !cancel.is_cancelled() {
+    let broken = recording
+        .as_ref()
+        .filter(|r| r.broken().is_cancelled())
+        .and_then(|r| r.failure());
+    if let (false, Some(why)) = (cancel.is_cancelled(), &broken) {
+        let msg = recording::refusal("the recording can no longer be written", why);
+        let _ = if is_pty {
+            write.data_bytes(format!("\r\n{msg}\r\n")).await
+        } else {
+            write.extended_data_bytes(1, format!("{msg}\n")).await
+        };
+        let _ = write.exit_status(255).await;
+        let _ = write.eof().await;
+        let _ = write.close().await;
+    } else if !cancel.is_cancelled() {
         match (exit_code, exit_signal) {
             (Some(code), _) => {
                 let _ = write.exit_status(u32::try_from(code).unwrap_or(255)).await;
@@ -405,9 +447,15 @@ pub(crate) async fn run(
         let _ = write.eof().await;
         let _ = write.close().await;
     }
+    let recording_id = recording.as_ref().map(|r| r.id());
+    if let Some(rec) = &recording {
+        rec.finish(crate::server::now().1);
+    }
     // Audit line (info on purpose; see `server` module docs).
     tracing::info!(
         conn = audit.conn_id,
+        recording = ?recording_id,
+        recording_broken = broken.is_some(),
         peer_user = %audit.peer_user,
         peer_node = %audit.peer_node,
         local_user = %audit.local_user,

@@ -48,6 +48,8 @@ pub enum ClientMessage {
     /// Ask whether an SSH login held by a `check` rule may proceed
     /// (capability version 2).
     SshCheck(SshCheckRequest),
+    /// A piece of a finished SSH session recording (capability version 3).
+    SshRecording(SshRecordingChunk),
 }
 
 /// Everything the server sends inside the channel.
@@ -62,6 +64,8 @@ pub enum ServerMessage {
     KeepAlive(KeepAlive),
     /// An answer to a [`ClientMessage::SshCheck`] (`pending`, then final).
     SshCheck(SshCheckDecision),
+    /// The answer to every [`ClientMessage::SshRecording`] chunk.
+    SshRecording(SshRecordingAck),
     /// A fatal error: the server closes the connection after sending it.
     Error(ProtocolError),
 }
@@ -320,6 +324,97 @@ impl SshCheckVerdict {
     }
 }
 
+/// The most bytes of a recording one [`SshRecordingChunk`] carries (they
+/// travel as base64, so a chunk stays well below the server's 64 KiB
+/// message bound).
+pub const SSH_RECORDING_CHUNK: usize = 16 << 10;
+
+/// A piece of a finished SSH session recording, uploaded by the node that
+/// recorded it (capability version 3; docs/PROTOCOL.md §"SSH recordings").
+///
+/// The node sends the file in order, one chunk at a time, each answered by
+/// an [`SshRecordingAck`]; the last chunk carries `done`, and control then
+/// keeps the file and indexes it. A chunk at offset 0 starts the upload
+/// over (a retry after a lost connection).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SshRecordingChunk {
+    /// The node key of the recording node; control checks it belongs to
+    /// the machine that authenticated the channel.
+    pub node_key: NodePublic,
+    /// The recording's id (32 lowercase hex digits).
+    pub id: String,
+    /// Where `data` goes in the file; must be what control holds so far.
+    pub offset: u64,
+    /// At most [`SSH_RECORDING_CHUNK`] bytes, base64 in JSON.
+    #[serde(with = "b64")]
+    pub data: Vec<u8>,
+    /// On the last chunk: what the recording is of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<SshRecordingInfo>,
+}
+
+/// What a recording is of, as the recording node saw it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SshRecordingInfo {
+    /// Who logged in: a user login, tags, or `local uid N`.
+    pub src_user: String,
+    /// The source node's name.
+    pub src_node: String,
+    /// The source node's tailnet address.
+    pub src_addr: String,
+    /// The login name the client asked for.
+    pub ssh_user: String,
+    /// The local account the session ran as.
+    pub local_user: String,
+    /// `shell` or `exec`.
+    pub kind: String,
+    /// The command of an exec session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Whether input was recorded too.
+    pub input: bool,
+    /// When the session started.
+    pub started: UnixMillis,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<UnixMillis>,
+    /// Why the recording stopped before the session did, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// Control's answer to an [`SshRecordingChunk`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SshRecordingAck {
+    /// The recording's id.
+    pub id: String,
+    /// How many bytes control holds (the next chunk's offset).
+    pub received: u64,
+    /// The whole recording is stored (the answer to the `done` chunk).
+    #[serde(default)]
+    pub stored: bool,
+    /// Refused (and nothing kept); for people. Sending it again will not
+    /// help unless what the message names changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        STANDARD
+            .decode(s.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}")))
+    }
+}
+
 /// Returns whether `id` has the form of a login or check id: 32 lowercase
 /// hex digits.
 pub fn is_auth_id(id: &str) -> bool {
@@ -366,6 +461,39 @@ pub enum ErrorCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssh_recording_chunks_carry_base64_data_and_refuse_bad_base64() {
+        let chunk = SshRecordingChunk {
+            node_key: crate::key::NodePrivate::from_bytes([3; 32]).public(),
+            id: "0123456789abcdef0123456789abcdef".into(),
+            offset: 5,
+            data: b"{\"o\"}\n\xff".to_vec(),
+            done: None,
+        };
+        let json = serde_json::to_string(&ClientMessage::SshRecording(chunk.clone())).unwrap();
+        assert!(
+            json.contains(r#""offset":5,"data":"eyJvIn0K/w==""#),
+            "{json}"
+        );
+        assert!(!json.contains("done"), "{json}");
+        let back: ClientMessage = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ClientMessage::SshRecording(chunk));
+        let bad = json.replace("eyJvIn0K/w==", "not base64!");
+        let e = serde_json::from_str::<ClientMessage>(&bad).unwrap_err();
+        assert!(e.to_string().contains("invalid base64"), "{e}");
+        let ack: ServerMessage =
+            serde_json::from_str(r#"{"ssh_recording":{"id":"x","received":7}}"#).unwrap();
+        assert_eq!(
+            ack,
+            ServerMessage::SshRecording(SshRecordingAck {
+                id: "x".into(),
+                received: 7,
+                stored: false,
+                refused: None,
+            })
+        );
+    }
 
     #[test]
     fn ssh_check_decisions_have_a_stable_json_shape() {

@@ -310,6 +310,25 @@ pub struct SshAction {
     pub allow_local_port_forwarding: bool,
     /// Whether remote port forwarding (`ssh -R`, `tcpip-forward`) is allowed.
     pub allow_remote_port_forwarding: bool,
+    /// Record every session under this rule (the policy's `recorder`);
+    /// `None`: no recording. Absent on the wire when `None`, so older
+    /// netmaps still parse. Since capability version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<SshRecorder>,
+}
+
+/// How the destination node records the sessions of an SSH rule: terminal
+/// output (and resizes) always, as asciicast v2 files kept on the node and
+/// uploaded to control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SshRecorder {
+    /// Also record what the client types (`"i"` events). Off by default:
+    /// input carries passwords typed at prompts.
+    pub input: bool,
+    /// Fail closed: refuse the login when the recording cannot be created,
+    /// and end the session when it can no longer be written. When false,
+    /// such a session goes on unrecorded (with a warning in the log).
+    pub enforce: bool,
 }
 
 /// How a matching SSH rule admits a login.
@@ -427,6 +446,7 @@ mod tests {
                     allow_agent_forwarding: true,
                     allow_local_port_forwarding: true,
                     allow_remote_port_forwarding: false,
+                    recorder: None,
                 },
                 origin: Some(RuleOrigin { index: 0, line: 4 }),
             }],

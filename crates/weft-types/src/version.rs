@@ -30,6 +30,10 @@ use std::fmt;
 ///   rule's `checkPeriod` and how long the node waits; control answers
 ///   `accept` at once (a fresh approval), or `pending` with the URL and later
 ///   `accept`/`reject` (approved by that user, declined, or expired).
+/// - **3** (2026-12-08): SSH session recordings. `ssh_recording` carries a
+///   finished recording from the node that made it, in chunks of at most
+///   16 KiB (base64), each answered by an `ssh_recording` ack; the last
+///   chunk says what the recording is of.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -38,7 +42,7 @@ pub struct CapabilityVersion(pub u32);
 
 impl CapabilityVersion {
     /// The version this build speaks.
-    pub const CURRENT: CapabilityVersion = CapabilityVersion(2);
+    pub const CURRENT: CapabilityVersion = CapabilityVersion(3);
     /// The oldest client version this build's server still serves.
     pub const MIN_SUPPORTED: CapabilityVersion = CapabilityVersion(1);
 

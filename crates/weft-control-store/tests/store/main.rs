@@ -15,6 +15,7 @@ mod concurrency;
 mod dns;
 mod keys;
 mod nodes;
+mod recordings;
 mod registration;
 mod schema;
 mod ssh;
@@ -48,6 +49,7 @@ macro_rules! suite {
 }
 
 suite!(
+    recordings::ssh_recordings_are_stored_listed_in_pages_and_outlive_their_node,
     users::migrations_run_once_and_data_survives_reopening,
     users::users_are_created_read_updated_and_deleted,
     users::bad_user_input_is_refused_with_the_offending_value,

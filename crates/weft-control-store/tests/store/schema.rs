@@ -64,6 +64,7 @@ async fn both_migration_sets_define_the_same_schema() {
             "policies",
             "preauth_keys",
             "ssh_approvals",
+            "ssh_recordings",
             "users"
         ]
     );

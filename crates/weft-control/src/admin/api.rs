@@ -91,6 +91,9 @@ admin_routes! {
     "/dns" => get(get_dns), put(put_dns), patch(patch_dns);
     "/ssh/approvals" => get(list_ssh_approvals);
     "/ssh/approvals/revoke" => post(revoke_ssh_approvals);
+    "/ssh/sessions" => get(list_ssh_sessions);
+    "/ssh/sessions/{id}" => get(ssh_session);
+    "/ssh/sessions/{id}/cast" => get(ssh_session_cast);
 }
 
 /// Returns the admin routes (without authentication; see [`require_api_key`]),
@@ -255,6 +258,37 @@ async fn revoke_ssh_approvals(
     Json(r): Json<RevokeSshApprovals>,
 ) -> R<Vec<SshApprovalView>> {
     a.revoke_ssh_approvals(&r).await.map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionPage {
+    limit: Option<u32>,
+    before: Option<String>,
+}
+
+async fn list_ssh_sessions(
+    State(a): State<Admin>,
+    Query(p): Query<SessionPage>,
+) -> R<SshSessionList> {
+    a.list_ssh_sessions(p.limit, p.before.as_deref())
+        .await
+        .map(Json)
+}
+
+async fn ssh_session(State(a): State<Admin>, Path(id): Path<String>) -> R<SshSessionView> {
+    a.ssh_session(&id).await.map(Json)
+}
+
+async fn ssh_session_cast(
+    State(a): State<Admin>,
+    Path(id): Path<String>,
+) -> Result<Response, AdminError> {
+    let body = a.ssh_session_cast(&id).await?;
+    Ok((
+        [(http::header::CONTENT_TYPE, "application/x-asciicast")],
+        body,
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

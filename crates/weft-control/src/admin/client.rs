@@ -479,6 +479,36 @@ impl AdminClient {
         };
         self.request::<(), _>(http::Method::GET, &path, None).await
     }
+    /// `GET /ssh/sessions`: one page of recorded sessions, newest first.
+    pub async fn list_ssh_sessions(
+        &self,
+        limit: Option<u32>,
+        before: Option<&str>,
+    ) -> Result<SshSessionList, AdminClientError> {
+        let mut query = Vec::new();
+        if let Some(l) = limit {
+            query.push(format!("limit={l}"));
+        }
+        if let Some(b) = before {
+            query.push(format!("before={}", encode(b)));
+        }
+        let path = if query.is_empty() {
+            "/ssh/sessions".to_owned()
+        } else {
+            format!("/ssh/sessions?{}", query.join("&"))
+        };
+        self.request::<(), _>(http::Method::GET, &path, None).await
+    }
+    /// `GET /ssh/sessions/{id}`.
+    pub async fn ssh_session(&self, id: &str) -> Result<SshSessionView, AdminClientError> {
+        let path = format!("/ssh/sessions/{}", encode(id));
+        self.request::<(), _>(http::Method::GET, &path, None).await
+    }
+    /// `GET /ssh/sessions/{id}/cast`: the asciicast v2 file.
+    pub async fn ssh_session_cast(&self, id: &str) -> Result<Bytes, AdminClientError> {
+        let path = format!("/ssh/sessions/{}/cast", encode(id));
+        self.raw::<()>(http::Method::GET, &path, None).await
+    }
     /// `POST /ssh/approvals/revoke`.
     pub async fn revoke_ssh_approvals(
         &self,

@@ -10,6 +10,7 @@
 pub(crate) mod api;
 pub mod client;
 pub(crate) mod dns;
+mod recordings;
 pub(crate) mod socket;
 mod ssh;
 pub mod types;

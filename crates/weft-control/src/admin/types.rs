@@ -442,3 +442,49 @@ pub struct RevokeSshApprovals {
     #[serde(default)]
     pub all: bool,
 }
+
+/// A recorded SSH session (an asciicast v2 file a node uploaded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshSessionView {
+    /// 32 lowercase hex digits.
+    pub id: String,
+    /// The node that recorded it (the destination); `None` once deleted.
+    pub node_id: Option<i64>,
+    /// Its name.
+    pub node: String,
+    /// Who logged in (login name, tags, or `local uid N`).
+    pub src_user: String,
+    /// The source node's name.
+    pub src_node: String,
+    /// The source node's tailnet address.
+    pub src_addr: String,
+    /// The login name the client asked for.
+    pub ssh_user: String,
+    /// The local account the session ran as.
+    pub local_user: String,
+    /// `shell` or `exec`.
+    pub kind: String,
+    /// The command of an exec session.
+    pub command: Option<String>,
+    /// Whether input was recorded.
+    pub input: bool,
+    /// Start (unix ms).
+    pub started: i64,
+    /// End (unix ms).
+    pub ended: Option<i64>,
+    /// Size of the cast file.
+    pub size_bytes: i64,
+    /// Why the recording stopped before the session did.
+    pub failure: Option<String>,
+    /// When control stored it (unix ms).
+    pub received: i64,
+}
+
+/// One page of recorded SSH sessions, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshSessionList {
+    /// This page.
+    pub sessions: Vec<SshSessionView>,
+    /// Pass as `before` for the next page; `None` on the last page.
+    pub next: Option<String>,
+}

@@ -11,6 +11,7 @@ mod policy;
 mod progress;
 mod relay_map;
 mod serve;
+mod sessions;
 mod ssh;
 
 use std::path::PathBuf;

@@ -17,6 +17,9 @@ pub enum SshCmd {
     /// SSH check approvals: list and revoke them.
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
+    /// Recorded SSH sessions: list, show and play them.
+    #[command(subcommand)]
+    Sessions(super::sessions::SessionsCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,7 +53,10 @@ pub enum ApprovalsCmd {
 }
 
 pub async fn run(cmd: SshCmd, conn: &Conn) -> anyhow::Result<()> {
-    let SshCmd::Approvals(cmd) = cmd;
+    let cmd = match cmd {
+        SshCmd::Approvals(c) => c,
+        SshCmd::Sessions(c) => return super::sessions::run(c, conn).await,
+    };
     let client = conn.client()?;
     match cmd {
         ApprovalsCmd::List { user, node } => {

@@ -102,6 +102,8 @@ struct Conn<IO> {
     register: Option<PendingRegister>,
     /// At most one SSH check waits per connection (weftd opens one each).
     check: Option<PendingCheck>,
+    /// At most one SSH recording upload per connection.
+    recording: Option<crate::recordings::Upload>,
     stream: Option<ActiveStream>,
     /// A final error was sent; close once it is written.
     closing: bool,
@@ -127,6 +129,7 @@ where
         register_deadline,
         register: None,
         check: None,
+        recording: None,
         stream: None,
         closing: false,
     };
@@ -369,6 +372,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                 });
             }
             ClientMessage::KeepAlive(_) => {}
+            ClientMessage::SshRecording(c) => self.recording_chunk(c).await,
             ClientMessage::SshCheck(r) => {
                 let request_id = r.request_id;
                 let verdict = if self.check.is_some() {
@@ -408,6 +412,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Conn<IO> {
                 );
             }
         }
+    }
+
+    async fn recording_chunk(&mut self, c: weft_types::control::SshRecordingChunk) {
+        let ack =
+            crate::recordings::chunk(&self.ctx, self.machine_key, &mut self.recording, c).await;
+        if ack.refused.is_none() {
+            // Only a node registered to this machine gets this far.
+            self.mark_registered();
+        }
+        let _ = self
+            .conn
+            .send(&ServerMessage::SshRecording(ack), crate::now());
     }
 
     async fn open_map(&mut self, req: MapRequest) {

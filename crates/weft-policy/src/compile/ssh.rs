@@ -29,6 +29,7 @@ impl<'a> Compiler<'a> {
                 allow_agent_forwarding: true,
                 allow_local_port_forwarding: true,
                 allow_remote_port_forwarding: true,
+                recorder: rule.recorder,
             };
             out.ssh_meta
                 .push((Arc::new(users.clone()), action, origin(ri, rule.loc.line)));

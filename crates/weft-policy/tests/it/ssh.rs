@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use weft_policy::{LocalAccount, RejectReason, SshDecision, authorize_ssh, compile_all};
 use weft_types::filter::{
-    CheckPeriod, LocalUser, SshAction, SshMode, SshPolicy, SshPrincipal, SshRule,
+    CheckPeriod, LocalUser, SshAction, SshMode, SshPolicy, SshPrincipal, SshRecorder, SshRule,
 };
 
 fn passwd(entries: &[(&str, u32)]) -> impl Fn(&str) -> Option<LocalAccount> + use<> {
@@ -142,7 +142,7 @@ proptest! {
             rules: maps.into_iter().map(|users| SshRule {
                 principals: vec![SshPrincipal::Any],
                 users,
-                action: SshAction { mode: SshMode::Accept, allow_agent_forwarding: false, allow_local_port_forwarding: false, allow_remote_port_forwarding: false },
+                action: SshAction { mode: SshMode::Accept, allow_agent_forwarding: false, allow_local_port_forwarding: false, allow_remote_port_forwarding: false, recorder: None },
                 origin: None,
             }).collect(),
         };
@@ -186,4 +186,39 @@ proptest! {
             prop_assert_ne!(uid_of.get(&local_user).copied(), Some(0));
         }
     }
+}
+
+#[test]
+fn a_recorder_reaches_the_destination_in_its_rule_action() {
+    let s = server_policy(
+        r#"{"tagOwners": {"tag:server": []}, "ssh": [
+        {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:server"], "users": ["root"], "recorder": {"input": true}},
+        {"action": "accept", "src": ["autogroup:member"], "dst": ["tag:server"], "users": ["deploy"]},
+        {"action": "accept", "src": ["autogroup:member"], "dst": ["tag:server"], "users": ["autogroup:nonroot"], "recorder": {"enforce": false}},
+    ]}"#,
+    );
+    let users = passwd(&[("root", 0), ("bob", 1001), ("deploy", 1002)]);
+    let recorder_of = |src: &str, login: &str| match authorize_ssh(&s, ip(src), login, &users) {
+        SshDecision::Accept { action, .. } => action.recorder,
+        other => panic!("{other:?}"),
+    };
+    // Omitted keys default to output only, enforced.
+    assert_eq!(
+        recorder_of("100.64.0.1", "root"),
+        Some(SshRecorder {
+            input: true,
+            enforce: true
+        })
+    );
+    assert_eq!(
+        recorder_of("100.64.0.1", "bob"),
+        Some(SshRecorder {
+            input: false,
+            enforce: false
+        })
+    );
+    assert_eq!(recorder_of("100.64.0.1", "deploy"), None);
+    // The wire form names the recorder only where there is one.
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(json.matches("\"recorder\"").count(), 2, "{json}");
 }

@@ -77,15 +77,15 @@ impl ConnHandler {
             return;
         }
         self.refusal_logged = true;
-        let peer = self.identity.as_ref().ok();
-        // Audit line (info on purpose; see `server` module docs).
-        tracing::info!(
-            conn = self.conn_id,
-            peer_user = ?peer.map(PeerIdentity::principal),
-            client_uid = ?peer.and_then(PeerIdentity::client_uid),
-            reason = %message,
-            "ssh login refused"
-        );
+        crate::audit::login(&crate::audit::LoginAttempt {
+            conn: self.conn_id,
+            peer: self.identity.as_ref().ok(),
+            src_addr: self.peer_addr,
+            ssh_user: &self.ssh_user,
+            local_user: None,
+            result: crate::audit::LoginResult::Refused,
+            reason: Some(message),
+        });
     }
 
     /// Refuses the login: the reason goes out as a userauth banner in front

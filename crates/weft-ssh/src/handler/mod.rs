@@ -71,6 +71,8 @@ struct SessionChan {
     env: Vec<(String, String)>,
     pgid: Option<i32>,
     resize: Option<OwnedFd>,
+    /// The session's recording, if its rule asks for one (for resizes).
+    recording: Option<Arc<crate::recording::Recording>>,
     /// Cancelled when the client closes the channel or the connection ends.
     cancel: CancellationToken,
 }
@@ -86,7 +88,8 @@ pub(crate) struct ConnHandler {
     closed: CancellationToken,
     kbd: Kbd,
     login: Option<Login>,
-    /// The login name of the accepted login.
+    /// The login name of the latest attempt (the accepted one once
+    /// authenticated).
     ssh_user: String,
     /// Refusals so far (the reason is shown once per connection).
     refusals: u32,
@@ -241,6 +244,7 @@ impl Handler for ConnHandler {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        user.clone_into(&mut self.ssh_user);
         match self.decide(user).await {
             Verdict::Allow { user: local, grant } => Ok(self.accept_login(user, local, grant)),
             Verdict::Refuse(why) => Ok(self.refuse(&why)),
@@ -273,6 +277,7 @@ impl Handler for ConnHandler {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        user.clone_into(&mut self.ssh_user);
         // Zero prompts: the client answers at once, and the answer waits.
         let wait_round = || Auth::Partial {
             name: Cow::Borrowed(""),
@@ -343,16 +348,15 @@ impl Handler for ConnHandler {
             .identity
             .clone()
             .unwrap_or_else(|_| unknown_peer(self.peer_addr));
-        // Audit line (info on purpose; see `server` module docs).
-        tracing::info!(
-            conn = self.conn_id,
-            peer_user = %login.audit.peer_user,
-            peer_node = %login.audit.peer_node,
-            client_uid = ?peer.client_uid(),
-            ssh_user = %self.ssh_user,
-            local_user = %login.audit.local_user,
-            "ssh login accepted"
-        );
+        crate::audit::login(&crate::audit::LoginAttempt {
+            conn: self.conn_id,
+            peer: Some(&peer),
+            src_addr: self.peer_addr,
+            ssh_user: &self.ssh_user,
+            local_user: Some(&login.user.name),
+            result: crate::audit::LoginResult::Accepted,
+            reason: None,
+        });
         self.shared.register(
             self.conn_id,
             ConnEntry {
@@ -401,6 +405,7 @@ impl Handler for ConnHandler {
                 env: Vec::new(),
                 pgid: None,
                 resize: None,
+                recording: None,
                 cancel,
             },
         );
@@ -529,6 +534,13 @@ impl Handler for ConnHandler {
     ) -> Result<(), Self::Error> {
         if let Some(fd) = self.sessions.get(&channel).and_then(|c| c.resize.as_ref()) {
             session::resize(fd, col_width, row_height);
+        }
+        if let Some(rec) = self
+            .sessions
+            .get(&channel)
+            .and_then(|c| c.recording.as_ref())
+        {
+            rec.resize(col_width, row_height);
         }
         Ok(())
     }

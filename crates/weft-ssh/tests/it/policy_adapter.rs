@@ -86,6 +86,7 @@ async fn a_compiled_nonroot_policy_admits_users_as_themselves_and_refuses_root()
                 allow_agent_forwarding: true,
                 allow_local_port_forwarding: true,
                 allow_remote_port_forwarding: false,
+                recorder: None,
             },
             origin: None,
         }],

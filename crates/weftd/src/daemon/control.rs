@@ -454,8 +454,9 @@ impl Task {
                         self.emit(ControlEvent::NetMap(netmap));
                     }
                 }
-                // This connection sends no checks (see `ssh_check`).
-                SessionEvent::SshCheck(_) => {}
+                // This connection sends no checks or recordings (see
+                // `ssh_check`, `ssh_recording`).
+                SessionEvent::SshCheck(_) | SessionEvent::SshRecording(_) => {}
             }
         }
     }

@@ -35,6 +35,7 @@ pub mod relay;
 pub mod relay_addr;
 pub mod ssh;
 pub mod ssh_check;
+pub mod ssh_recording;
 pub mod state_file;
 pub mod stun_hosts;
 #[cfg(test)]
@@ -256,10 +257,17 @@ async fn run_async(
         ssh_check::max_wait_from_env(),
         stop_rx.clone(),
     );
+    // Finished recordings go to control (the files stay here too).
+    let recording_sink = ssh_recording::spawn(
+        args.statedir.join("recordings"),
+        check_hook.clone(),
+        stop_rx.clone(),
+    );
     let ssh_opts = ssh::SshOptions {
         statedir: args.statedir.clone(),
         port: ssh::SSH_PORT,
         check_hook: Some(Arc::new(check_hook)),
+        recording_sink: Some(Arc::new(recording_sink)),
         socket_owners: Arc::new(ssh::sock_owner::SockDiag),
         // Resolved now, before a package upgrade could replace the file.
         sftp_program: std::env::current_exe()

@@ -130,6 +130,27 @@ impl ControlCheckHook {
     }
 }
 
+impl ControlCheckHook {
+    /// Returns how to reach control and our node key, once registered
+    /// (shared with the recording uploader).
+    pub fn control_target(&self) -> Option<(Target, NodePublic)> {
+        let snap = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        let url = super::control::control_url(&snap.url, snap.ca_file.as_deref()).ok()?;
+        Some((
+            Target {
+                url,
+                machine_key: snap.machine_key,
+                server_key: snap.server_key,
+            },
+            snap.node_key,
+        ))
+    }
+}
+
 /// A check that cannot even be asked: refused at once with `message`.
 fn refused(message: String) -> PendingCheck {
     PendingCheck {

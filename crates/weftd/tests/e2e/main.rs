@@ -15,5 +15,6 @@ mod policy_e2e;
 mod ssh_check_e2e;
 mod ssh_common;
 mod ssh_e2e;
+mod ssh_record_e2e;
 mod tailnet_e2e;
 mod wg_interop;

@@ -172,6 +172,7 @@ fn grant(local_user: String, a: SshAction) -> Grant {
         allow_agent_forwarding: a.allow_agent_forwarding,
         allow_local_port_forwarding: a.allow_local_port_forwarding,
         allow_remote_port_forwarding: a.allow_remote_port_forwarding,
+        recorder: a.recorder,
         // The server re-checks the uid of every account it starts a
         // session as; the evaluator already refused uid 0 for nonroot rules.
         ..Grant::new(local_user)
@@ -297,6 +298,7 @@ mod tests {
                 allow_agent_forwarding: true,
                 allow_local_port_forwarding: true,
                 allow_remote_port_forwarding: false,
+                recorder: None,
             },
             origin: None,
         }

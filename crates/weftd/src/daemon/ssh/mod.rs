@@ -63,6 +63,8 @@ pub struct SshOptions {
     /// Decides `check` rules (re-authentication at control). `None`: check
     /// mode is unavailable and such logins are refused with a message.
     pub check_hook: Option<Arc<dyn CheckHook>>,
+    /// Takes finished session recordings (the upload to control).
+    pub recording_sink: Option<Arc<dyn weft_ssh::RecordingSink>>,
     /// Who owns a connection from this node's own address
     /// ([`sock_owner::SockDiag`] in the daemon).
     pub socket_owners: Arc<dyn SocketOwners>,
@@ -223,6 +225,9 @@ impl Service {
                     }),
                     sftp_server_paths: Vec::new(),
                     x11_forwarding: want.x11,
+                    // Sessions under a rule with a `recorder` (0700).
+                    recordings_dir: self.opts.statedir.join("recordings"),
+                    recording_sink: self.opts.recording_sink.clone(),
                     ..SshConfig::default()
                 };
                 let hook: Arc<dyn CheckHook> = match &self.opts.check_hook {
@@ -345,6 +350,7 @@ mod tests {
             statedir: PathBuf::from("/nonexistent"),
             port,
             check_hook: None,
+            recording_sink: None,
             socket_owners: Arc::new(sock_owner::SockDiag),
             sftp_program: PathBuf::from("/nonexistent/weftd"),
         };

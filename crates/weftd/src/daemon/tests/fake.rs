@@ -403,7 +403,9 @@ impl FakeControl {
                             m @ (ClientMessage::Endpoints(_) | ClientMessage::HostInfo(_)) => {
                                 self.s().updates.push(m);
                             }
-                            ClientMessage::KeepAlive(_) | ClientMessage::SshCheck(_) => {}
+                            ClientMessage::KeepAlive(_)
+                            | ClientMessage::SshCheck(_)
+                            | ClientMessage::SshRecording(_) => {}
                         }
                     }
                 }
