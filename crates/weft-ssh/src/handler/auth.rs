@@ -207,6 +207,25 @@ async fn decide(
         };
         return Verdict::Refuse(message);
     }
+    // A rule that must record refuses here, with the reason, when this node
+    // cannot write recordings at all (the session start checks again).
+    if grant.recorder.is_some_and(|r| r.enforce) {
+        let dir = shared.config.recordings_dir.clone();
+        let probed = tokio::task::spawn_blocking(move || crate::recording::probe_dir(&dir)).await;
+        let why = match probed {
+            Ok(Ok(())) => None,
+            Ok(Err(why)) => Some(why),
+            Err(_) => Some("the check failed".to_owned()),
+        };
+        if let Some(why) = why {
+            tracing::warn!(reason = %why, "ssh login refused: its rule requires recording and none can be written");
+            return Verdict::Refuse(format!(
+                "tailnet policy requires this SSH session to be recorded, but this node cannot \
+                 write recordings ({why}); ask the node's admin to fix the recordings directory, \
+                 or a tailnet admin about the rule's \"recorder\""
+            ));
+        }
+    }
     match period {
         None => Verdict::Allow { user, grant },
         Some(period) => Verdict::Hold {

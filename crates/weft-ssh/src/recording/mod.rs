@@ -98,6 +98,27 @@ pub fn prepare_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Checks that a recording can be created in `dir` now (the directory is
+/// prepared, and a probe file created and removed), so that a login under an
+/// enforcing rule is refused at authentication, with its reason, when nothing
+/// could be recorded. The session start checks again (the disk may fill in
+/// between) and fails closed there too.
+///
+/// # Errors
+/// What stands in the way, with the path.
+pub fn probe_dir(dir: &Path) -> Result<(), String> {
+    let at = |e: io::Error, p: &Path| format!("{}: {e}", p.display());
+    prepare_dir(dir).map_err(|e| at(e, dir))?;
+    let probe = dir.join(format!(".probe-{}", new_id()));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)
+        .map_err(|e| at(e, &probe))?;
+    std::fs::remove_file(&probe).map_err(|e| at(e, &probe))
+}
+
 /// One session's recording. Shared by the output and input taps and the
 /// window-change handler; the first write error under an enforcing rule
 /// cancels [`Recording::broken`].

@@ -177,27 +177,40 @@ fn sessions_under_a_recorder_rule_leave_asciicast_files_and_fail_closed_without_
                     .run_unchecked()?;
             std::fs::remove_file(&dir)?;
             std::fs::rename(&kept, &dir)?;
+            // Refused at authentication (the reason in a banner), not after a login.
             ensure!(
-                !refused.status.success() && !refused.stdout.contains("must-not-run"),
-                "an unrecordable session ran: {refused:?}"
+                refused.status.code() == Some(255)
+                    && !refused.stdout.contains("must-not-run")
+                    && refused.stderr.contains("Permission denied (none)."),
+                "an unrecordable session was not refused at login: {refused:?}"
             );
             ensure!(
                 refused
                     .stderr
-                    .contains("tailnet policy requires this SSH session to be recorded")
-                    && refused.stderr.contains("recordings"),
+                    .contains("weft: tailnet policy requires this SSH session to be recorded")
+                    && refused.stderr.contains("cannot write recordings"),
                 "no reason on stderr: {}",
                 refused.stderr
             );
 
-            // One audit line per attempt on b.
+            // One audit line per attempt on b: the two recorded logins, the refused one.
             let log = b.log();
             let audit: Vec<&str> = log
                 .lines()
                 .filter(|l| l.contains("weft_ssh::audit"))
                 .collect();
             ensure!(
-                audit.iter().filter(|l| l.contains("accepted")).count() >= 3
+                audit
+                    .iter()
+                    .filter(|l| l.contains("result=\"accepted\""))
+                    .count()
+                    == 2
+                    && audit
+                        .iter()
+                        .filter(|l| l.contains("result=\"refused\"")
+                            && l.contains("cannot write recordings"))
+                        .count()
+                        == 1
                     && audit
                         .iter()
                         .all(|l| l.contains(ALICE) && l.contains(&target.name)),
